@@ -1,0 +1,259 @@
+"""Command line: ``ncsim simulate | theory | validate | study | bench``.
+
+Commands are thin: they parse options into specs, call the library and print or write the
+result. ``--format json`` prints one JSON object on stdout and nothing else there; progress
+goes to stderr. Bad input exits with status 2 and one line on stderr, before any file is
+written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ncsim.cli_errors import fail, handle_errors
+from ncsim.errors import InputError
+from ncsim.params import INTEGERS, NUMBERS, grid
+from ncsim.spec import (
+    ACTIVATIONS,
+    BIASES,
+    DTYPES,
+    LOSSES,
+    MODELS,
+    ONSET_METRICS,
+    SOLVERS,
+    InitSpec,
+    ModelSpec,
+    OnsetSpec,
+    Regularization,
+    RunSpec,
+    SolverSpec,
+    TimeScale,
+)
+
+SUBCOMMANDS = {
+    "theory": "ncsim.theory.cli:theory",
+    "validate": "ncsim.validate.cli:validate",
+    "study": "ncsim.study.cli:study",
+    "bench": "ncsim.bench:bench",
+}
+
+
+class NcsimGroup(click.Group):
+    """Click group with lazily imported sub-groups and one-line errors (exit status 2)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        names.update(n for n in SUBCOMMANDS if self._load(n) is not None)
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or self._load(name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as err:
+            if err.name and module.startswith(err.name):
+                return None
+            raise
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except click.exceptions.ClickException as err:
+            fail(err.format_message())
+        except InputError as err:
+            fail(str(err))
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=NcsimGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ncsim")
+def cli() -> None:
+    """Simulate the onset of neural collapse (NC) in unconstrained-features models."""
+
+
+def main() -> None:
+    """Console entry point."""
+    cli()
+
+
+# ---------------------------------------------------------------------------- simulate
+
+GRID_OPTIONS = ("classes", "per_class", "dim", "depth", "width", "lambda_w", "lambda_h",
+                "lambda_b", "init_scale", "seed", "eta_h", "eta_w", "eta_b")
+TABLE_COLUMNS = ("status", "onset_time", "fn_at_onset", "fn_star_theory", "onset_time_theory",
+                 "final_fn", "final_nc1_trace", "steps")
+
+
+def _choice(values: tuple[str, ...]) -> click.Choice:
+    return click.Choice(list(values), case_sensitive=False)
+
+
+def build_specs(options: dict[str, Any]) -> list[RunSpec]:
+    """Run specs of the grid given by the simulate options (validated)."""
+    axes = {name: options[name] for name in GRID_OPTIONS if options.get(name) is not None}
+    counts = options.get("class_counts")
+    specs = []
+    for point in grid(axes):
+        classes = int(point.get("classes", 10))
+        per_class: int | tuple[int, ...] = int(point.get("per_class", 20))
+        if counts:
+            per_class = tuple(int(c) for c in counts)
+            classes = len(per_class)
+        depth = int(point.get("depth", 1))
+        model = ModelSpec(
+            kind=options["model"], loss=options["loss"], bias=options["bias"], classes=classes,
+            per_class=per_class, dim=int(point.get("dim", 32)), depth=depth,
+            width=int(point["width"]) if "width" in point else None,
+            activation=options["activation"], leaky_slope=options["leaky_slope"],
+        )
+        lambda_b = point.get("lambda_b", 1e-3 if options["bias"] == "reg" else 0.0)
+        spec = RunSpec(
+            model=model,
+            reg=Regularization(lambda_w=point.get("lambda_w", 5e-4),
+                               lambda_h=point.get("lambda_h", 5e-4), lambda_b=lambda_b),
+            init=InitSpec(kind=options["init"], scale=point.get("init_scale", 0.1),
+                          seed=int(point.get("seed", 0))),
+            time_scale=TimeScale(eta_h=point.get("eta_h", 1.0), eta_w=point.get("eta_w", 1.0),
+                                 eta_b=point.get("eta_b", 1.0)),
+            solver=SolverSpec(
+                method=options["solver"], dt=options["dt"], rtol=options["rtol"],
+                atol=options["atol"], t_end=options["t_end"], records=options["records"],
+                t_first=options["t_first"], max_steps=options["max_steps"],
+                gtol=options["gtol"], dtype=options["dtype"], device=options["device"],
+            ),
+            onset=OnsetSpec(metric=options["onset_metric"],
+                            threshold=options["onset_threshold"], stay=options["onset_stay"],
+                            interpolate=options["interpolate"]),
+        )
+        specs.append(spec.validate())
+    return specs
+
+
+def _model_options(func):
+    opts = [
+        click.option("--model", type=_choice(MODELS), default="ufm", show_default=True,
+                     help="ufm: Z = W H + b; deep: H feeds an L-layer head."),
+        click.option("--loss", type=_choice(LOSSES), default="ce", show_default=True),
+        click.option("--bias", type=_choice(BIASES), default="none", show_default=True,
+                     help="none | free (lambda_b = 0) | reg (lambda_b > 0)."),
+        click.option("-K", "--classes", type=INTEGERS, default=None, help="Classes K [10]."),
+        click.option("-n", "--per-class", type=INTEGERS, default=None,
+                     help="Samples per class n [20]."),
+        click.option("--class-counts", type=INTEGERS, default=None,
+                     help="Class counts n_1,...,n_K (imbalance; overrides -K and -n)."),
+        click.option("-d", "--dim", type=INTEGERS, default=None, help="Feature dimension d [32]."),
+        click.option("--depth", type=INTEGERS, default=None,
+                     help="Weight matrices L incl. the classifier (deep) [1]."),
+        click.option("--width", type=INTEGERS, default=None, help="Hidden width (deep) [d]."),
+        click.option("--activation", type=_choice(ACTIVATIONS), default="linear",
+                     show_default=True),
+        click.option("--leaky-slope", type=float, default=0.01, show_default=True),
+        click.option("--lambda-w", type=NUMBERS, default=None, help="Weight decay of W [5e-4]."),
+        click.option("--lambda-h", type=NUMBERS, default=None, help="Feature decay [5e-4]."),
+        click.option("--lambda-b", type=NUMBERS, default=None,
+                     help="Bias decay (with --bias reg) [1e-3]."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+@cli.command()
+@_model_options
+@click.option("--init", type=_choice(("gaussian", "spectral", "etf")), default="gaussian",
+              show_default=True, help="Initialisation (spectral/etf: balanced, aligned).")
+@click.option("--init-scale", type=NUMBERS, default=None, help="Init scale [0.1].")
+@click.option("--seed", type=INTEGERS, default=None, help="Seed(s) [0].")
+@click.option("--eta-h", type=NUMBERS, default=None, help="Time scale of H [1].")
+@click.option("--eta-w", type=NUMBERS, default=None, help="Time scale of the W_l [1].")
+@click.option("--eta-b", type=NUMBERS, default=None, help="Time scale of b [1].")
+@click.option("--t-end", type=float, default=2e4, show_default=True)
+@click.option("--solver", type=_choice(SOLVERS), default="dopri5", show_default=True)
+@click.option("--dt", type=float, default=None, help="Step (gd, rk4) or first step.")
+@click.option("--rtol", type=float, default=1e-8, show_default=True)
+@click.option("--atol", type=float, default=1e-10, show_default=True)
+@click.option("--dtype", type=_choice(DTYPES), default="float64", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--records", type=int, default=200, show_default=True)
+@click.option("--t-first", type=float, default=None, help="First non-zero record time.")
+@click.option("--max-steps", type=int, default=1_000_000, show_default=True)
+@click.option("--gtol", type=float, default=1e-10, show_default=True,
+              help="Steady state when |grad f| <= gtol.")
+@click.option("--onset-metric", type=_choice(ONSET_METRICS), default="nc1_trace",
+              show_default=True)
+@click.option("--onset-threshold", type=float, default=0.01, show_default=True)
+@click.option("--onset-stay", type=int, default=1, show_default=True,
+              help="Records the metric must stay below the threshold.")
+@click.option("--interpolate/--no-interpolate", default=True, show_default=True,
+              help="Interpolate the crossing time in log-time.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write runs, trajectories, spec sidecar and a figure to this folder.")
+@click.option("--table-format", type=_choice(("parquet", "csv")), default="parquet",
+              show_default=True)
+@click.option("--format", "fmt", type=_choice(("table", "json")), default="table",
+              show_default=True)
+@click.option("--progress/--no-progress", default=None, help="Progress bar [on for grids].")
+@handle_errors
+def simulate(**options: Any) -> None:
+    """Integrate one run or a grid (every numeric option takes 1e-4..1e-1:16 ranges)."""
+    from ncsim.flow import simulate as run_simulation
+
+    specs = build_specs(options)
+    show = options["progress"] if options["progress"] is not None else len(specs) > 1
+    result = run_simulation(specs, progress=show)
+    if options["out"] is not None:
+        write_simulation(result, options["out"], options["table_format"], specs)
+    if options["fmt"] == "json":
+        from ncsim.io import to_jsonable
+
+        rows = result.runs.to_dict(orient="records")
+        click.echo(json.dumps(to_jsonable({"runs": rows})))
+    else:
+        click.echo(format_run_table(result.runs, specs))
+
+
+def varying_columns(runs, candidates: tuple[str, ...] = ()) -> list[str]:
+    """Spec columns whose values differ between runs (the grid axes)."""
+    names = candidates or ("classes", "per_class", "dim", "depth", "width", "lambda_w",
+                           "lambda_h", "lambda_b", "init_scale", "init_seed",
+                           "time_scale_eta_h", "time_scale_eta_w", "time_scale_eta_b")
+    return [c for c in names if c in runs and runs[c].astype(str).nunique() > 1]
+
+
+def format_run_table(runs, specs: list[RunSpec]) -> str:
+    """Readable text table: the grid axes and the main results."""
+    columns = ["run_id", *varying_columns(runs), *[c for c in TABLE_COLUMNS if c in runs]]
+    with __import__("pandas").option_context("display.width", 200, "display.max_rows", 500):
+        return runs[columns].to_string(index=False, float_format=lambda v: f"{v:.6g}")
+
+
+def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec]) -> None:
+    """Write ``runs``, ``trajectories``, ``spec.json`` and ``trajectories.png`` into ``out``."""
+    from ncsim.io import provenance, table_path, write_json, write_table
+    from ncsim.plots import save_figure, trajectory_figure
+
+    write_table(result.runs, table_path(out / "runs", table_format), table_format)
+    write_table(result.trajectories, table_path(out / "trajectories", table_format), table_format)
+    write_json({"runs": [s.to_row() for s in specs], "provenance": provenance(
+        specs[0].solver.device, specs[0].solver.dtype)}, out / "spec.json")
+    axes = varying_columns(result.runs)
+    fig = trajectory_figure(result.trajectories, result.runs,
+                            label_column=axes[0] if axes else None)
+    save_figure(fig, out / "trajectories.png")

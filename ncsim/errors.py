@@ -1,0 +1,20 @@
+"""Error types shared by the library and the command line.
+
+Every error a user can cause derives from :class:`InputError`; its message is one line that
+says what is wrong and what is allowed. The command line turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Invalid user input (a parameter, a file, a specification).
+
+    The message is a single line: what is wrong, and what is allowed or what to do.
+    """
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`InputError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise InputError(message)

@@ -1,0 +1,8 @@
+"""Integrators and the batched simulator."""
+
+from ncsim.flow.integrate import FlowResult, integrate
+from ncsim.flow.simulate import RECORDED, SimulationResult, run_id, simulate
+from ncsim.flow.tableau import Tableau, tableau
+
+__all__ = ["RECORDED", "FlowResult", "SimulationResult", "Tableau", "integrate", "run_id",
+           "simulate", "tableau"]

@@ -1,0 +1,321 @@
+"""Batched integration of a gradient flow with per-run step sizes and per-run stopping.
+
+The state of R runs is one tensor (R, P). Every run has its own time, step size, step count
+and status; a run that finishes (t_end, steady state, step cap) or fails (NaN/inf, divergence)
+is frozen while the others go on. The loop never synchronises with the host inside a chunk of
+``check_every`` steps: termination and records are checked between chunks.
+
+Records: the flow is recorded at fixed times (R share them). Adaptive methods limit each step so
+that it crosses at most one record time and evaluate the record with the method's dense output
+inside the step; the recorded states wait in a small buffer and their metrics are computed at
+the next synchronisation, for all waiting runs at once. Fixed-step methods share one time for
+every run, so the host knows which records a step crosses without asking the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ncsim.flow.tableau import Tableau, tableau
+from ncsim.spec import SolverSpec
+
+RUNNING, DONE, STEADY, MAX_STEPS, DIVERGED = 0, 1, 2, 3, 4
+STATUS_NAMES = {RUNNING: "running", DONE: "t_end", STEADY: "steady", MAX_STEPS: "max_steps",
+                DIVERGED: "diverged"}
+
+Velocity = Callable[[torch.Tensor], torch.Tensor]
+Recorder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
+_DIVERGE_ABS = 1e100
+
+
+@dataclass
+class FlowResult:
+    """Outcome of :func:`integrate` for R runs.
+
+    records : (R, T, Q) recorded quantities at the record times (NaN where not reached).
+    times : (T,) record times.
+    t_final : (R,) time reached. steps : (R,) accepted steps. rejected : (R,) rejected steps.
+    code : (R,) stop reason (DONE, STEADY, MAX_STEPS, DIVERGED).
+    final_state : (R, P) state at ``t_final``. grad_norm : (R,) |grad f| at the final state.
+    """
+
+    records: np.ndarray
+    times: np.ndarray
+    t_final: np.ndarray
+    steps: np.ndarray
+    rejected: np.ndarray
+    code: np.ndarray
+    final_state: torch.Tensor
+    grad_norm: np.ndarray
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.square().mean(dim=1).sqrt()
+
+
+def _stage_sum(y: torch.Tensor, h: torch.Tensor, weights: np.ndarray | torch.Tensor,
+               ks: list[torch.Tensor]) -> torch.Tensor:
+    """y + h * sum_j weights[j] k_j; ``weights`` (S,) scalars or (S, R) per run."""
+    out = y.clone()
+    for j, k in enumerate(ks):
+        w = weights[j]
+        if isinstance(w, torch.Tensor):
+            out.addcmul_(k, (h * w).unsqueeze(1))
+        elif w != 0.0:
+            out.addcmul_(k, (h * float(w)).unsqueeze(1))
+    return out
+
+
+def _stages(tab: Tableau, f: Velocity, y: torch.Tensor, k1: torch.Tensor, h: torch.Tensor
+            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """All stages of one step from ``y`` with per-run step ``h``; returns (y_new, ks)."""
+    ks = [k1]
+    for s in range(1, tab.stages):
+        if tab.fsal and s == tab.stages - 1:
+            y_new = _stage_sum(y, h, tab.b, ks)
+            ks.append(f(y_new))
+            return y_new, ks
+        ks.append(f(_stage_sum(y, h, tab.a[s, :s], ks)))
+    return _stage_sum(y, h, tab.b, ks), ks
+
+
+def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: list[torch.Tensor],
+           theta: torch.Tensor) -> torch.Tensor:
+    """Dense output at per-run fractions ``theta`` (R,) of the step."""
+    powers = torch.stack([theta ** (j + 1) for j in range(tab.p.shape[1])], dim=1)
+    p = torch.as_tensor(tab.p, dtype=powers.dtype, device=powers.device)
+    weights = (powers @ p.T).T.to(y.dtype)  # (S, R)
+    return _stage_sum(y, h.to(y.dtype), weights, ks)
+
+
+def _initial_step(f: Velocity, y0: torch.Tensor, k0: torch.Tensor, order: int,
+                  rtol: float, atol: float) -> torch.Tensor:
+    """Per-run first step (Hairer, Norsett & Wanner, II.4), float64 (R,)."""
+    scale = atol + rtol * y0.abs()
+    d0, d1 = _rms(y0 / scale).double(), _rms(k0 / scale).double()
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    y1 = y0 + h0.to(y0.dtype).unsqueeze(1) * k0
+    d2 = _rms((f(y1) - k0) / scale).double() / h0
+    big = torch.maximum(d1, d2)
+    h1 = torch.where(big <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+                     (0.01 / big) ** (1.0 / (order + 1)))
+    return torch.minimum(100 * h0, h1)
+
+
+class _Recorder:
+    """Buffer of recorded states waiting for their metrics; flushed at synchronisations."""
+
+    def __init__(self, record: Recorder, r: int, t: int, q: int, p: int, slots: int,
+                 like: torch.Tensor) -> None:
+        self.record = record
+        self.values = torch.full((r, t, q), math.nan, dtype=torch.float64, device=like.device)
+        self.states = torch.empty((r, slots, p), dtype=like.dtype, device=like.device)
+        self.index = torch.full((r, slots), -1, dtype=torch.long, device=like.device)
+        self.slot = torch.zeros(r, dtype=torch.long, device=like.device)
+        self.rows = torch.arange(r, device=like.device)
+
+    def push(self, mask: torch.Tensor, states: torch.Tensor, rec_index: torch.Tensor) -> None:
+        """Queue ``states`` (R, P) as record ``rec_index`` (R,) for the runs in ``mask``."""
+        slot = self.slot.clamp(max=self.states.shape[1] - 1)
+        current = self.states[self.rows, slot]
+        self.states[self.rows, slot] = torch.where(mask.unsqueeze(1), states, current)
+        self.index[self.rows, slot] = torch.where(mask, rec_index, self.index[self.rows, slot])
+        self.slot += mask.long()
+
+    def flush(self) -> None:
+        """Compute the metrics of every queued state and store them."""
+        used = torch.arange(self.states.shape[1], device=self.slot.device) < self.slot[:, None]
+        if not bool(used.any()):
+            return
+        runs = self.rows.unsqueeze(1).expand_as(used)[used]
+        self.values[runs, self.index[used]] = self.record(self.states[used], runs).double()
+        self.slot.zero_()
+        self.index.fill_(-1)
+
+    def now(self, mask: torch.Tensor, states: torch.Tensor, j: int) -> None:
+        """Record every run of ``mask`` at record index ``j`` right away."""
+        values = self.record(states, self.rows).double()
+        self.values[:, j] = torch.where(mask.unsqueeze(1), values, self.values[:, j])
+
+
+def _grad_norm(k: torch.Tensor, eta: torch.Tensor | float) -> torch.Tensor:
+    return (k / eta).double().norm(dim=1)
+
+
+def integrate(
+    velocity: Velocity,
+    y0: torch.Tensor,
+    solver: SolverSpec,
+    record: Recorder,
+    num_quantities: int,
+    eta: torch.Tensor | float = 1.0,
+    progress: Callable[[int], None] | None = None,
+) -> FlowResult:
+    """Integrate dy/dt = velocity(y) for every run of the batch ``y0`` (R, P).
+
+    Parameters
+    ----------
+    velocity : (R, P) -> (R, P), equal to -eta * grad f.
+    y0 : initial states (R, P).
+    solver : method, tolerances, stopping rules and record times.
+    record : (states (M, P), run index (M,)) -> quantities (M, Q) at a record.
+    num_quantities : Q.
+    eta : time-scale factors (scalar or (R, P)), to turn velocities back into gradients for
+        the steady-state test |grad f| <= gtol.
+    progress : called with the number of runs that finished since the last call.
+    """
+    if solver.adaptive:
+        return _integrate_adaptive(velocity, y0, solver, record, num_quantities, eta, progress)
+    return _integrate_fixed(velocity, y0, solver, record, num_quantities, eta, progress)
+
+
+def _start(y0: torch.Tensor, solver: SolverSpec, record: Recorder, q: int, slots: int
+           ) -> tuple[_Recorder, torch.Tensor, np.ndarray]:
+    times = solver.record_times()
+    rec = _Recorder(record, y0.shape[0], len(times), q, y0.shape[1], slots, y0)
+    next_rec = torch.zeros(y0.shape[0], dtype=torch.long, device=y0.device)
+    if times[0] == 0.0:
+        rec.now(torch.ones_like(next_rec, dtype=torch.bool), y0, 0)
+        next_rec += 1
+    return rec, next_rec, times
+
+
+def _finish(rec: _Recorder, velocity: Velocity, eta, y, t, steps, rejected, code, times,
+            next_rec) -> FlowResult:
+    """Record lagging final records, build the result (one host transfer)."""
+    rec.flush()
+    rec_t = torch.as_tensor(np.append(times, np.inf), dtype=torch.float64, device=t.device)
+    lag = (next_rec < len(times)) & (rec_t[next_rec.clamp(max=len(times))] <= t)
+    if bool(lag.any()):
+        rec.push(lag, y, next_rec)
+        rec.flush()
+    k = velocity(y)
+    return FlowResult(
+        records=rec.values.cpu().numpy(), times=times, t_final=t.cpu().numpy(),
+        steps=steps.cpu().numpy(), rejected=rejected.cpu().numpy(), code=code.cpu().numpy(),
+        final_state=y, grad_norm=_grad_norm(k, eta).cpu().numpy(),
+    )
+
+
+def _integrate_adaptive(velocity, y0, solver, record, q, eta, progress) -> FlowResult:
+    tab = tableau(solver.method)
+    r, dev = y0.shape[0], y0.device
+    rec, next_rec, times = _start(y0, solver, record, q, solver.check_every)
+    rec_t = torch.as_tensor(np.append(times, [np.inf, np.inf]), dtype=torch.float64, device=dev)
+    t_end = float(solver.t_end)
+    y = y0.clone()
+    k1 = velocity(y)
+    t = torch.zeros(r, dtype=torch.float64, device=dev)
+    if solver.dt is not None:
+        dt = torch.full((r,), float(solver.dt), dtype=torch.float64, device=dev)
+    else:
+        dt = _initial_step(velocity, y, k1, tab.order, solver.rtol, solver.atol)
+    code = torch.zeros(r, dtype=torch.int8, device=dev)
+    steps = torch.zeros(r, dtype=torch.long, device=dev)
+    rejected = torch.zeros(r, dtype=torch.long, device=dev)
+    err_exp = -1.0 / tab.order
+    finished_before = 0
+    while True:
+        for _ in range(solver.check_every):
+            active = code == RUNNING
+            limit = torch.minimum(rec_t[next_rec + 1], torch.full_like(t, t_end))
+            capped = t + dt >= limit
+            h = torch.where(capped, limit - t, dt)
+            hy = h.to(y.dtype)
+            y_new, ks = _stages(tab, velocity, y, k1, hy)
+            err = _stage_sum(torch.zeros_like(y), hy, tab.e, ks)
+            scale = solver.atol + solver.rtol * torch.maximum(y.abs(), y_new.abs())
+            err_norm = _rms(err / scale).double()
+            finite = torch.isfinite(err_norm) & torch.isfinite(y_new).all(dim=1)
+            accept = active & finite & (err_norm <= 1.0)
+            t_new = torch.where(capped, limit, t + h)
+            factor = (_SAFETY * err_norm.clamp(min=1e-10) ** err_exp).clamp(_FACTOR_MIN,
+                                                                            _FACTOR_MAX)
+            factor = torch.where(finite, factor, torch.full_like(factor, _FACTOR_MIN))
+            factor = torch.where(accept, factor, factor.clamp(max=1.0))
+            proposal = h * factor
+            dt = torch.where(active, torch.where(accept & capped,
+                                                 torch.maximum(dt, proposal), proposal), dt)
+            cross = accept & (rec_t[next_rec] <= t_new)
+            theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
+            rec.push(cross, _dense(tab, y, h, ks, theta), next_rec)
+            next_rec = next_rec + cross.long()
+            y = torch.where(accept.unsqueeze(1), y_new, y)
+            k1 = torch.where(accept.unsqueeze(1), ks[-1] if tab.fsal else velocity(y), k1)
+            t = torch.where(accept, t_new, t)
+            steps += accept.long()
+            rejected += (active & ~accept).long()
+            code = torch.where(accept & (t >= t_end), torch.full_like(code, DONE), code)
+            tiny = dt < 1e-13 * torch.clamp(t, min=1.0)
+            bad = active & (tiny | (y.abs().amax(dim=1) > _DIVERGE_ABS))
+            code = torch.where(bad & (code == RUNNING), torch.full_like(code, DIVERGED), code)
+            code = torch.where((code == RUNNING) & (steps + rejected >= solver.max_steps),
+                               torch.full_like(code, MAX_STEPS), code)
+        rec.flush()
+        steady = (code == RUNNING) & (_grad_norm(k1, eta) <= solver.gtol)
+        code = torch.where(steady, torch.full_like(code, STEADY), code)
+        finished = int((code != RUNNING).sum())
+        if progress is not None and finished > finished_before:
+            progress(finished - finished_before)
+        finished_before = finished
+        if finished == r:
+            break
+    return _finish(rec, velocity, eta, y, t, steps, rejected, code, times, next_rec)
+
+
+def _integrate_fixed(velocity, y0, solver, record, q, eta, progress) -> FlowResult:
+    tab = tableau(solver.method)
+    r, dev = y0.shape[0], y0.device
+    rec, next_rec, times = _start(y0, solver, record, q, 1)
+    t_end, dt = float(solver.t_end), float(solver.dt)
+    y = y0.clone()
+    t_host = 0.0
+    code = torch.zeros(r, dtype=torch.int8, device=dev)
+    steps = torch.zeros(r, dtype=torch.long, device=dev)
+    j_next = int(next_rec[0])
+    n_steps = 0
+    finished_before = 0
+    while t_host < t_end and n_steps < solver.max_steps:
+        for _ in range(solver.check_every):
+            if t_host >= t_end or n_steps >= solver.max_steps:
+                break
+            active = code == RUNNING
+            h_host = min(dt, t_end - t_host)
+            t_new_host = t_end if h_host < dt else t_host + h_host
+            h = torch.full((r,), h_host, dtype=y.dtype, device=dev)
+            y_new, ks = _stages(tab, velocity, y, velocity(y), h)
+            bad = active & ~(torch.isfinite(y_new).all(dim=1)
+                             & (y_new.abs().amax(dim=1) <= _DIVERGE_ABS))
+            code = torch.where(bad, torch.full_like(code, DIVERGED), code)
+            ok = active & ~bad
+            while j_next < len(times) and times[j_next] <= t_new_host:
+                theta = torch.full((r,), (times[j_next] - t_host) / h_host,
+                                   dtype=torch.float64, device=dev)
+                rec.now(ok, _dense(tab, y, h.double(), ks, theta), j_next)
+                j_next += 1
+            y = torch.where(ok.unsqueeze(1), y_new, y)
+            steps += ok.long()
+            t_host, n_steps = t_new_host, n_steps + 1
+        k = velocity(y)
+        steady = (code == RUNNING) & (_grad_norm(k, eta) <= solver.gtol)
+        code = torch.where(steady, torch.full_like(code, STEADY), code)
+        finished = int((code != RUNNING).sum())
+        if progress is not None and finished > finished_before:
+            progress(finished - finished_before)
+        finished_before = finished
+        if finished == r:
+            break
+    final_code = DONE if t_host >= t_end else MAX_STEPS
+    code = torch.where(code == RUNNING, torch.full_like(code, final_code), code)
+    t = torch.where(code == DONE, torch.full((r,), t_host, dtype=torch.float64, device=dev),
+                    steps.double() * dt)
+    next_rec = torch.full((r,), j_next, dtype=torch.long, device=dev)
+    rejected = torch.zeros_like(steps)
+    return _finish(rec, velocity, eta, y, t, steps, rejected, code, times, next_rec)

@@ -1,0 +1,215 @@
+"""The batched simulator: run specs in, run table and trajectory table out.
+
+Runs that share the model structure, the solver and the onset rule are integrated together in
+one batch (one tensor with a leading run axis); each keeps its own weight decays, init, seed,
+time scales, step size and status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ncsim.flow.integrate import DIVERGED, MAX_STEPS, FlowResult, integrate
+from ncsim.metrics import METRIC_NAMES, nc_metrics
+from ncsim.models import Penalties, UFMObjective, initial_state
+from ncsim.onset import is_vanishing, onset_time, value_at
+from ncsim.spec import RunSpec
+
+RECORDED = ("loss", "objective", *METRIC_NAMES)
+STATUSES = ("ok", "vanishing", "diverged", "max_steps", "not_collapsed")
+
+
+@dataclass
+class SimulationResult:
+    """Run table (one row per run) and long-format trajectory table."""
+
+    runs: pd.DataFrame
+    trajectories: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def run_id(spec: RunSpec) -> str:
+    """Stable 12-hex identifier of a run spec (hash of every field)."""
+    row = spec.to_row()
+    if spec.init.kind == "arrays" and spec.init.arrays is not None:
+        digest = hashlib.sha1()
+        for key in sorted(spec.init.arrays):
+            for arr in np.atleast_1d(np.asarray(spec.init.arrays[key], dtype=object)):
+                digest.update(np.ascontiguousarray(np.asarray(arr, dtype=np.float64)).tobytes())
+        row["init_arrays"] = digest.hexdigest()
+    text = json.dumps(row, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+class _Batch:
+    """Tensors of one batch: objective, penalties, time scales, initial state."""
+
+    def __init__(self, specs: Sequence[RunSpec]) -> None:
+        first = specs[0]
+        self.specs = list(specs)
+        self.model, self.solver, self.onset = first.model, first.solver, first.onset
+        self.device = torch.device(self.solver.device)
+        self.dtype = getattr(torch, self.solver.dtype)
+        self.objective = UFMObjective(self.model, self.device, self.dtype)
+        depth = self.model.depth
+
+        def tensor(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=self.dtype, device=self.device)
+
+        self.penalties = Penalties(
+            w=tensor([list(s.reg.per_layer(depth)) for s in specs]).T.contiguous(),
+            h=tensor([s.reg.lambda_h for s in specs]),
+            b=tensor([s.reg.lambda_b for s in specs]),
+        )
+        self.eta = self._time_scales(tensor)
+        self.y0 = initial_state(self.model, [s.init for s in specs], self.device, self.dtype)
+
+    def _time_scales(self, tensor: Callable[[list[float]], torch.Tensor]) -> torch.Tensor | float:
+        depth = self.model.depth
+        per_block = {"H": [s.time_scale.eta_h for s in self.specs],
+                     "b": [s.time_scale.eta_b for s in self.specs]}
+        for l in range(depth):
+            per_block[f"W{l + 1}"] = [s.time_scale.per_layer(depth)[l] for s in self.specs]
+        if all(v == 1.0 for values in per_block.values() for v in values):
+            return 1.0
+        layout = self.objective.layout
+        return layout.expand_per_block({b.name: tensor(per_block[b.name]) for b in layout.blocks})
+
+    def velocity(self, state: torch.Tensor) -> torch.Tensor:
+        return -self.eta * self.objective.gradient(state, self.penalties)
+
+    def record(self, states: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
+        """Recorded quantities (M, Q) of states (M, P) belonging to runs (M,)."""
+        pen = self.penalties.select(runs)
+        loss, objective = self.objective.value(states, pen)
+        feats, weights, bias = self.objective.penultimate(states)
+        values = nc_metrics(feats, self.objective.labels, self.model.classes, weights, bias)
+        return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
+
+
+def _status(code: int, has_onset: bool, vanishing: bool) -> str:
+    if code == DIVERGED:
+        return "diverged"
+    if vanishing:
+        return "vanishing"
+    if has_onset:
+        return "ok"
+    if code == MAX_STEPS:
+        return "max_steps"
+    return "not_collapsed"
+
+
+def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[dict], pd.DataFrame]:
+    """Run rows and trajectory rows of one integrated batch."""
+    q_index = {name: i for i, name in enumerate(RECORDED)}
+    all_runs = torch.arange(len(ids), device=batch.device)
+    final = batch.record(flow.final_state, all_runs).double().cpu().numpy()
+    onset = batch.onset
+    rows, frames = [], []
+    for i, (spec, rid) in enumerate(zip(batch.specs, ids)):
+        series = flow.records[i]
+        fn_series = series[:, q_index["fn"]]
+        when = onset_time(flow.times, series[:, q_index[onset.metric]], onset.threshold,
+                          onset.stay, onset.interpolate)
+        fn_on = value_at(flow.times, fn_series, when, onset.interpolate)
+        fn_all = np.append(fn_series, final[i, q_index["fn"]])
+        vanishing = is_vanishing(fn_all, spec.solver.vanish_tol)
+        row = {"run_id": rid, **spec.to_row(),
+               "status": _status(int(flow.code[i]), math.isfinite(when), vanishing),
+               "steps": int(flow.steps[i]), "rejected_steps": int(flow.rejected[i]),
+               "t_final": float(flow.t_final[i]), "grad_norm_final": float(flow.grad_norm[i]),
+               "onset_time": when, "fn_at_onset": fn_on}
+        row.update({f"final_{name}": float(final[i, j]) for j, name in enumerate(RECORDED)})
+        rows.append(row)
+        keep = np.isfinite(series).any(axis=1)
+        frame = pd.DataFrame(series[keep], columns=list(RECORDED))
+        frame.insert(0, "run_id", rid)
+        frame.insert(1, "time", flow.times[keep])
+        frame.insert(2, "time_unit", "t")
+        frame.insert(3, "phase", 0)
+        frames.append(frame)
+    return rows, pd.concat(frames, ignore_index=True)
+
+
+def _theory_columns(spec: RunSpec) -> dict[str, Any]:
+    try:
+        from ncsim.theory.columns import theory_columns
+    except ImportError:  # the theory module is optional at import time
+        return {"fn_star_theory": math.nan, "onset_time_theory": math.nan,
+                "collapsed_theory": None}
+    return theory_columns(spec)
+
+
+def _batches(specs: Sequence[RunSpec], max_batch: int) -> list[list[int]]:
+    """Indices of ``specs`` grouped by batch key, each group cut to ``max_batch`` runs."""
+    groups: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault(spec.batch_key(), []).append(i)
+    out = []
+    for members in groups.values():
+        out += [members[k:k + max_batch] for k in range(0, len(members), max_batch)]
+    return out
+
+
+def simulate(
+    specs: RunSpec | Sequence[RunSpec],
+    progress: bool = False,
+    max_batch: int = 4096,
+) -> SimulationResult:
+    """Integrate every run and summarise it.
+
+    Parameters
+    ----------
+    specs : one run or a list of runs (validated here).
+    progress : show a progress bar (stderr) of finished runs.
+    max_batch : largest number of runs integrated in one batch.
+
+    Returns
+    -------
+    SimulationResult with ``runs`` (one row per run, input order) and ``trajectories``.
+    """
+    from ncsim.io import provenance
+
+    specs = [specs] if isinstance(specs, RunSpec) else list(specs)
+    for spec in specs:
+        spec.validate()
+    ids = [run_id(s) for s in specs]
+    seen: dict[str, int] = {}
+    for i, rid in enumerate(ids):
+        seen[rid] = seen.get(rid, 0) + 1
+        if seen[rid] > 1:
+            ids[i] = f"{rid}-{seen[rid] - 1}"
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(specs), unit="run", desc="simulate", leave=False)
+    rows: dict[int, dict] = {}
+    frames = []
+    for members in _batches(specs, max_batch):
+        batch = _Batch([specs[i] for i in members])
+        flow = integrate(batch.velocity, batch.y0, batch.solver, batch.record, len(RECORDED),
+                         eta=batch.eta, progress=bar.update if bar is not None else None)
+        batch_rows, frame = _summarise(batch, flow, [ids[i] for i in members])
+        for i, row in zip(members, batch_rows):
+            row.update(_theory_columns(specs[i]))
+            row.update(provenance(specs[i].solver.device, specs[i].solver.dtype))
+            rows[i] = row
+        frames.append(frame)
+    if bar is not None:
+        bar.close()
+    runs = pd.DataFrame([rows[i] for i in range(len(specs))])
+    trajectories = pd.concat(frames, ignore_index=True)
+    order = {rid: k for k, rid in enumerate(ids)}
+    trajectories = trajectories.sort_values(["run_id", "time"], key=lambda c: (
+        c.map(order) if c.name == "run_id" else c), kind="stable").reset_index(drop=True)
+    return SimulationResult(runs=runs, trajectories=trajectories)

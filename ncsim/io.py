@@ -1,0 +1,117 @@
+"""Result tables, run metadata and atomic writes.
+
+Tables are pandas DataFrames written as Parquet (default) or CSV. Every write goes to a
+temporary file in the target folder and is renamed into place, so a reader never sees a
+partial file and an interrupted write leaves the previous file intact.
+
+Run table: one row per run (every spec field, ``status``, ``steps``, ``t_final``, final
+metrics, ``onset_time``, ``fn_at_onset``, theory columns, provenance).
+Trajectory table (long format): ``run_id, time, time_unit, phase, loss, fn, nc1, nc1_trace,
+nc2_etf, ...`` one row per run and record time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ncsim.errors import InputError
+
+FORMATS = ("parquet", "csv")
+TRAJECTORY_KEYS = ("run_id", "time", "time_unit", "phase")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def table_path(stem: str | os.PathLike, fmt: str) -> Path:
+    """``stem`` with the extension of ``fmt`` ("parquet" or "csv")."""
+    if fmt not in FORMATS:
+        raise InputError(f"unknown table format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    return Path(stem).with_suffix(f".{fmt}")
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write a table atomically; the format follows ``fmt`` or the file extension."""
+    path = Path(path)
+    fmt = fmt or ("csv" if path.suffix == ".csv" else "parquet")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown table format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a Parquet or CSV table written by :func:`write_table`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"table {path} does not exist")
+    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write JSON atomically (NaN written as null)."""
+    text = json.dumps(to_jsonable(data), indent=2, sort_keys=True)
+    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types: NaN/inf -> None, numpy scalars -> Python numbers, tuples -> lists."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [to_jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def provenance(device: str = "cpu", dtype: str = "float64") -> dict[str, Any]:
+    """Versions and machine facts recorded with every result."""
+    import numpy as np
+    import torch
+
+    from ncsim import __version__
+
+    return {
+        "ncsim_version": __version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "machine": platform.machine(),
+        "device": device,
+        "dtype": dtype,
+    }

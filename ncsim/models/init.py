@@ -1,0 +1,122 @@
+"""Initial states of a batch of runs.
+
+Each run draws its random numbers from its own generator seeded with its own seed, in
+float64 on the CPU, so a run starts from the same point whatever batch, device or dtype it
+is solved in. The bias starts at 0.
+
+- gaussian: every entry of H and W_l is N(0, scale^2).
+- spectral: balanced and aligned with the label modes: with r modes (K for MSE without bias,
+  else the K-1 centred modes), H = a U_0 V^T, W_l = a U_l U_{l-1}^T, W_L = a U_K U_{L-1}^T with
+  orthonormal U (random rotations from the run's seed) and V the label modes, so every factor
+  has singular value a = scale on those modes and Z = a^(L+1) U_K V^T.
+- etf: spectral on the K-1 centred modes (class means form a scaled simplex ETF).
+- arrays: explicit arrays (e.g. real features) given in the spec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ncsim.errors import InputError
+from ncsim.models.ufm import state_layout
+from ncsim.spec import InitSpec, ModelSpec, spectral_rank
+
+
+def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
+    """Random (rows, cols) matrix with orthonormal columns (rows >= cols), float64."""
+    q, r = torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+
+
+def _centred_basis(k: int) -> torch.Tensor:
+    """(K, K-1) orthonormal basis of the vectors orthogonal to the all-ones vector."""
+    helmert = torch.zeros(k, k - 1, dtype=torch.float64)
+    for j in range(1, k):
+        helmert[:j, j - 1] = 1.0 / np.sqrt(j * (j + 1))
+        helmert[j, j - 1] = -j / np.sqrt(j * (j + 1))
+    return helmert
+
+
+def label_modes(model: ModelSpec, centred: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left (K, r) and right (N, r) orthonormal label modes, float64.
+
+    Uncentred: U = I_K and V = class indicators / sqrt(n_k). Centred: both multiplied by an
+    orthonormal basis of the complement of the ones vector (exact label modes when balanced).
+    """
+    counts = torch.tensor(model.class_counts, dtype=torch.float64)
+    labels = torch.repeat_interleave(torch.arange(model.classes), torch.tensor(model.class_counts))
+    indicators = torch.nn.functional.one_hot(labels, model.classes).to(torch.float64)
+    v = indicators / counts.sqrt()
+    u = torch.eye(model.classes, dtype=torch.float64)
+    if centred:
+        q = _centred_basis(model.classes)
+        u, v = u @ q, v @ q
+    return u, v
+
+
+def _gaussian(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(int(init.seed))
+    parts = {"H": torch.randn(model.dim, model.num_samples, generator=gen, dtype=torch.float64)}
+    for l, shape in enumerate(model.layer_shapes):
+        parts[f"W{l + 1}"] = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    return {k: init.scale * v for k, v in parts.items()}
+
+
+def _spectral(model: ModelSpec, init: InitSpec, centred: bool) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(int(init.seed))
+    u_k, v = label_modes(model, centred)
+    r = u_k.shape[1]
+    a = init.scale
+    bases = [_orthonormal(model.dim, r, gen)]
+    bases += [_orthonormal(model.hidden_width, r, gen) for _ in range(model.depth - 1)]
+    bases.append(u_k)
+    parts = {"H": a * bases[0] @ v.T}
+    for l in range(model.depth):
+        parts[f"W{l + 1}"] = a * bases[l + 1] @ bases[l].T
+    return parts
+
+
+def _arrays(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
+    arrays = init.arrays or {}
+    parts = {"H": torch.as_tensor(np.asarray(arrays["H"]), dtype=torch.float64)}
+    weights = arrays.get("W")
+    if weights is None or len(weights) != model.depth:
+        raise InputError(f"init arrays need 'W' with {model.depth} matrices W_1..W_L")
+    for l, w in enumerate(weights):
+        parts[f"W{l + 1}"] = torch.as_tensor(np.asarray(w), dtype=torch.float64)
+    if model.has_bias and arrays.get("b") is not None:
+        parts["b"] = torch.as_tensor(np.asarray(arrays["b"]), dtype=torch.float64)
+    expected = {b.name: b.shape for b in state_layout(model).blocks}
+    for name, tensor in parts.items():
+        if tuple(tensor.shape) != expected[name]:
+            raise InputError(f"init array {name} has shape {tuple(tensor.shape)}, "
+                             f"expected {expected[name]}")
+    return parts
+
+
+def initial_parts(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
+    """Blocks {name: float64 tensor of the block's shape} of one run's initial state."""
+    if init.kind == "gaussian":
+        parts = _gaussian(model, init)
+    elif init.kind == "spectral":
+        parts = _spectral(model, init, centred=spectral_rank(model) < model.classes)
+    elif init.kind == "etf":
+        parts = _spectral(model, init, centred=True)
+    elif init.kind == "arrays":
+        parts = _arrays(model, init)
+    else:
+        raise InputError(f"unknown init {init.kind!r}")
+    if model.has_bias and "b" not in parts:
+        parts["b"] = torch.zeros(model.classes, dtype=torch.float64)
+    return parts
+
+
+def initial_state(
+    model: ModelSpec, inits: list[InitSpec], device: str | torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Flat initial states (R, P) of the runs ``inits`` (one per run)."""
+    layout = state_layout(model)
+    rows = [layout.pack({k: v.unsqueeze(0) for k, v in initial_parts(model, i).items()})
+            for i in inits]
+    return torch.cat(rows, dim=0).to(device=device, dtype=dtype)

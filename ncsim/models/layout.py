@@ -1,0 +1,60 @@
+"""Packing of the model blocks (H, W_1..W_L, b) into one flat state tensor (R, P)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Block:
+    """A named block of the state: ``shape`` per run, stored at ``[start, start + size)``."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.size
+
+
+class StateLayout:
+    """Ordered blocks of a flat state; ``view`` returns per-block views (R, *shape)."""
+
+    def __init__(self, shapes: list[tuple[str, tuple[int, ...]]]) -> None:
+        blocks, start = [], 0
+        for name, shape in shapes:
+            blocks.append(Block(name, tuple(shape), start))
+            start += math.prod(shape)
+        self.blocks: tuple[Block, ...] = tuple(blocks)
+        self.size = start
+        self._by_name = {b.name: b for b in blocks}
+
+    def __getitem__(self, name: str) -> Block:
+        return self._by_name[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def view(self, state: torch.Tensor, name: str) -> torch.Tensor:
+        """View of block ``name`` in ``state`` (R, P): shape (R, *block.shape)."""
+        b = self._by_name[name]
+        return state[:, b.start:b.stop].view(state.shape[0], *b.shape)
+
+    def pack(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate blocks given as (R, *shape) tensors into a flat (R, P) state."""
+        r = next(iter(parts.values())).shape[0]
+        return torch.cat([parts[b.name].reshape(r, b.size) for b in self.blocks], dim=1)
+
+    def expand_per_block(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-run, per-block scalars {name: (R,)} broadcast to a flat (R, P) tensor."""
+        r = next(iter(values.values())).shape[0]
+        cols = [values[b.name].reshape(r, 1).expand(r, b.size) for b in self.blocks]
+        return torch.cat(cols, dim=1)

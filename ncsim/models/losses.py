@@ -1,0 +1,35 @@
+"""Data losses of the UFM and their gradients with respect to the logits.
+
+Both use the sample-mean normalisation of the objective: loss = (1/N) sum_i l(z_i, y_i),
+MSE l = 1/2 |z - y|^2 and softmax cross-entropy. Logits are batched (R, K, N) (columns are
+samples); targets are the one-hot matrix Y (K, N).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def mse(logits: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss (R,) and gradient dL/dZ (R, K, N) of (1/2N) |Z - Y|_F^2."""
+    n = logits.shape[-1]
+    residual = logits - onehot
+    loss = 0.5 * residual.square().sum(dim=(-2, -1)) / n
+    return loss, residual / n
+
+
+def cross_entropy(logits: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss (R,) and gradient dL/dZ (R, K, N) of (1/N) sum_i CE(z_i, y_i)."""
+    n = logits.shape[-1]
+    log_prob = torch.log_softmax(logits, dim=-2)
+    loss = -(log_prob * onehot).sum(dim=(-2, -1)) / n
+    return loss, (log_prob.exp() - onehot) / n
+
+
+def loss_function(name: str):
+    """The (loss, gradient) function for ``name`` in ("mse", "ce")."""
+    if name == "mse":
+        return mse
+    if name == "ce":
+        return cross_entropy
+    raise ValueError(f"unknown loss {name!r}")

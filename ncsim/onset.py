@@ -1,0 +1,189 @@
+"""Onset of collapse, fn at onset, lead time: one implementation for every time series.
+
+The same functions serve simulated trajectories, training logs and imported logs. A series is
+a pair of 1-D arrays ``times`` (T,) and ``values`` (T,); NaN values are gaps (e.g. training logs
+leave NC metrics empty before 99% accuracy) and are skipped.
+
+Conventions
+-----------
+- Onset time: first time at which ``metric < threshold`` holds, for ``stay`` consecutive finite
+  records. With ``interpolate=True`` the crossing time is interpolated between the record
+  before and the first record below, linearly in (log time, log value); when the earlier record
+  is at t <= 0 the interpolation is linear in time.
+- fn at onset: fn interpolated at the onset time the same way (log time), or taken at the
+  onset record when ``interpolate=False``.
+- Lead time: onset time minus the first time fn crosses ``level``. The crossing direction is
+  "below" (fn falls to the level, as in trained networks), "above" (fn grows to it, as in a
+  small-init UFM) or "auto" (from the side of the first finite fn value).
+- Vanishing: the final fn is below ``vanish_tol`` times the largest fn of the run. Such a run
+  is reported as ``vanishing``, never as collapsed (above the weight-decay threshold NC1 still
+  goes to 0 while every norm goes to 0 too).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ncsim.errors import InputError
+
+
+def _finite_series(times: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    times = np.asarray(times, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    if times.shape != values.shape or times.ndim != 1:
+        raise InputError(f"times and values must be 1-D of equal length, got {times.shape} "
+                         f"and {values.shape}")
+    keep = np.isfinite(values) & np.isfinite(times)
+    return times[keep], values[keep]
+
+
+def _interp_time(t0: float, t1: float, v0: float, v1: float, level: float, log_value: bool) -> float:
+    """Time in [t0, t1] where a segment from v0 to v1 meets ``level``."""
+    if log_value and v0 > 0 and v1 > 0 and level > 0:
+        a, b, c = math.log(v0), math.log(v1), math.log(level)
+    else:
+        a, b, c = v0, v1, level
+    if a == b:
+        return t1
+    frac = min(max((c - a) / (b - a), 0.0), 1.0)
+    if t0 > 0:
+        return math.exp(math.log(t0) + frac * (math.log(t1) - math.log(t0)))
+    return t0 + frac * (t1 - t0)
+
+
+def crossing_index(values: np.ndarray, threshold: float, stay: int = 1) -> int | None:
+    """Index of the first entry of the first run of ``stay`` entries below ``threshold``."""
+    below = np.asarray(values) < threshold
+    if stay <= 1:
+        hits = np.flatnonzero(below)
+        return int(hits[0]) if hits.size else None
+    window = np.convolve(below.astype(np.int64), np.ones(stay, dtype=np.int64), mode="valid")
+    hits = np.flatnonzero(window == stay)
+    return int(hits[0]) if hits.size else None
+
+
+def onset_time(
+    times: np.ndarray,
+    values: np.ndarray,
+    threshold: float = 0.01,
+    stay: int = 1,
+    interpolate: bool = True,
+) -> float:
+    """Onset time of a metric series (NaN if it never falls below ``threshold``).
+
+    Parameters
+    ----------
+    times : (T,) record times (increasing), any unit.
+    values : (T,) metric values (NaN = gap).
+    threshold : onset when ``values < threshold``.
+    stay : number of consecutive finite records that must stay below.
+    interpolate : interpolate the crossing in (log time, log value).
+    """
+    t, v = _finite_series(times, values)
+    idx = crossing_index(v, threshold, stay)
+    if idx is None:
+        return math.nan
+    if not interpolate or idx == 0:
+        return float(t[idx])
+    return _interp_time(t[idx - 1], t[idx], v[idx - 1], v[idx], threshold, log_value=True)
+
+
+def value_at(times: np.ndarray, values: np.ndarray, when: float, interpolate: bool = True) -> float:
+    """Series value at time ``when``: log-time interpolation, or the record at/after ``when``."""
+    if not math.isfinite(when):
+        return math.nan
+    t, v = _finite_series(times, values)
+    if t.size == 0:
+        return math.nan
+    j = int(np.searchsorted(t, when, side="left"))
+    if j >= t.size:
+        return float(v[-1])
+    if not interpolate or j == 0 or t[j] == when:
+        return float(v[j])
+    t0, t1 = t[j - 1], t[j]
+    if t0 > 0:
+        frac = (math.log(when) - math.log(t0)) / (math.log(t1) - math.log(t0))
+    else:
+        frac = (when - t0) / (t1 - t0)
+    return float(v[j - 1] + frac * (v[j] - v[j - 1]))
+
+
+def crossing_time(
+    times: np.ndarray,
+    values: np.ndarray,
+    level: float,
+    direction: str = "auto",
+    interpolate: bool = True,
+) -> float:
+    """First time the series crosses ``level`` (NaN if never).
+
+    direction : "below" (first value <= level), "above" (first value >= level) or "auto"
+        ("below" when the first finite value is above the level, else "above").
+    """
+    t, v = _finite_series(times, values)
+    if t.size == 0:
+        return math.nan
+    if direction == "auto":
+        direction = "below" if v[0] > level else "above"
+    if direction not in ("below", "above"):
+        raise InputError(f"unknown crossing direction {direction!r}; allowed: below, above, auto")
+    hits = np.flatnonzero(v <= level if direction == "below" else v >= level)
+    if hits.size == 0:
+        return math.nan
+    j = int(hits[0])
+    if not interpolate or j == 0:
+        return float(t[j])
+    return _interp_time(t[j - 1], t[j], v[j - 1], v[j], level, log_value=True)
+
+
+def lead_time(
+    times: np.ndarray,
+    fn: np.ndarray,
+    onset: float,
+    level: float,
+    direction: str = "auto",
+    interpolate: bool = True,
+) -> float:
+    """Onset time minus the first time fn crosses ``level`` (NaN if either is missing)."""
+    cross = crossing_time(times, fn, level, direction, interpolate)
+    return onset - cross if math.isfinite(onset) and math.isfinite(cross) else math.nan
+
+
+def is_vanishing(fn: np.ndarray, vanish_tol: float = 1e-3) -> bool:
+    """True when the last finite fn is below ``vanish_tol`` times the largest fn."""
+    v = np.asarray(fn, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return False
+    peak = float(v.max())
+    return peak <= 0 or float(v[-1]) < vanish_tol * peak
+
+
+def onset_table(
+    trajectories: pd.DataFrame,
+    metric: str = "nc1_trace",
+    threshold: float = 0.01,
+    stay: int = 1,
+    interpolate: bool = True,
+    fn_column: str = "fn",
+    time_column: str = "time",
+    group: str = "run_id",
+) -> pd.DataFrame:
+    """Onset time and fn at onset for each run of a long-format trajectory table.
+
+    Returns a frame indexed by ``group`` with columns ``onset_time`` and ``fn_at_onset``.
+    """
+    missing = [c for c in (group, time_column, metric, fn_column) if c not in trajectories]
+    if missing:
+        raise InputError(f"trajectory table lacks column(s) {', '.join(missing)}")
+    rows = []
+    for run_id, part in trajectories.groupby(group, sort=False):
+        part = part.sort_values(time_column)
+        t = part[time_column].to_numpy(dtype=np.float64)
+        when = onset_time(t, part[metric].to_numpy(dtype=np.float64), threshold, stay, interpolate)
+        fn_on = value_at(t, part[fn_column].to_numpy(dtype=np.float64), when, interpolate)
+        rows.append({group: run_id, "onset_time": when, "fn_at_onset": fn_on})
+    return pd.DataFrame(rows).set_index(group)

@@ -1,0 +1,109 @@
+"""Figures from the result tables (matplotlib, non-interactive backend)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ncsim.io import atomic_write  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike) -> Path:
+    """Save ``fig`` atomically (format from the extension) and close it."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".") or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _positive(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    return frame[(frame["time"] > 0) & np.isfinite(frame[column]) & (frame[column] > 0)]
+
+
+def trajectory_figure(
+    trajectories: pd.DataFrame,
+    runs: pd.DataFrame | None = None,
+    metrics: Sequence[str] = ("fn", "nc1_trace"),
+    label_column: str | None = None,
+    max_runs: int = 64,
+    time_label: str = "t (gradient-flow time)",
+) -> plt.Figure:
+    """One log-log panel per metric, one line per run, onset times marked with a dot.
+
+    Parameters
+    ----------
+    trajectories : long table with ``run_id, time`` and the ``metrics`` columns.
+    runs : run table (``run_id, onset_time, fn_at_onset``) to mark the onsets, optional.
+    label_column : run-table column used to colour and label the lines.
+    """
+    ids = list(dict.fromkeys(trajectories["run_id"]))[:max_runs]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    info = runs.set_index("run_id") if runs is not None else None
+    for k, rid in enumerate(ids):
+        part = trajectories[trajectories["run_id"] == rid]
+        color = cmap(k / max(len(ids) - 1, 1))
+        label = None
+        if info is not None and label_column is not None and rid in info.index:
+            label = f"{label_column}={info.at[rid, label_column]:.3g}"
+        for ax, metric in zip(axes[0], metrics):
+            data = _positive(part, metric)
+            ax.loglog(data["time"], data[metric], color=color, lw=1.0, label=label)
+            if info is not None and rid in info.index:
+                onset = info.at[rid, "onset_time"]
+                if np.isfinite(onset) and onset > 0:
+                    y = (info.at[rid, "fn_at_onset"] if metric == "fn"
+                         else np.interp(np.log(onset), np.log(data["time"]), data[metric])
+                         if len(data) else np.nan)
+                    ax.plot([onset], [y], "o", color=color, ms=3)
+    for ax, metric in zip(axes[0], metrics):
+        ax.set_xlabel(time_label)
+        ax.set_ylabel(metric)
+        ax.grid(True, which="both", alpha=0.3)
+    if label_column is not None and len(ids) <= 12:
+        axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(
+    table: pd.DataFrame,
+    x: str,
+    y: str,
+    value: str,
+    title: str = "",
+    log_value: bool = True,
+    boundary: tuple[np.ndarray, np.ndarray] | None = None,
+) -> plt.Figure:
+    """Heat map of ``value`` over a grid of (``x``, ``y``) (both log axes).
+
+    boundary : optional curve (xs, ys) drawn over the map (e.g. a theoretical threshold).
+    """
+    grid = table.pivot_table(index=y, columns=x, values=value, aggfunc="mean")
+    data = grid.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    shown = np.log10(data) if log_value else data
+    xs, ys = grid.columns.to_numpy(float), grid.index.to_numpy(float)
+    mesh = ax.pcolormesh(xs, ys, np.ma.masked_invalid(shown), shading="nearest", cmap="magma")
+    fig.colorbar(mesh, ax=ax, label=f"log10 {value}" if log_value else value)
+    if boundary is not None:
+        ax.plot(boundary[0], boundary[1], "c-", lw=2, label="theory threshold")
+        ax.legend(fontsize=8, loc="lower left")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(xs.min(), xs.max())
+    ax.set_ylim(ys.min(), ys.max())
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title or value)
+    fig.tight_layout()
+    return fig

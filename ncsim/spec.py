@@ -1,0 +1,376 @@
+"""Parameter dataclasses of a simulated run, and their validation.
+
+A run is a :class:`RunSpec`: the model (:class:`ModelSpec`), the regularisation
+(:class:`Regularization`), the initialisation (:class:`InitSpec`), the per-block time-scale
+factors (:class:`TimeScale`), the solver (:class:`SolverSpec`) and the onset rule
+(:class:`OnsetSpec`). Runs that share ``model``, ``solver`` and ``onset`` can be integrated in
+one batch; ``reg``, ``init`` and ``time_scale`` may differ from run to run.
+
+Conventions (see the package README): the objective is
+
+    f = (1/N) sum_i loss(z_i, y_i) + lambda_W/2 sum_l |W_l|_F^2 + lambda_H/2 |H|_F^2 + lambda_b/2 |b|^2
+
+with N the number of samples, MSE loss 1/2 |z - y|^2 and softmax cross-entropy; gradient flow
+``d theta / dt = -eta_theta grad f``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ncsim.errors import InputError, require
+
+MODELS = ("ufm", "deep")
+ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "gelu", "silu")
+LOSSES = ("ce", "mse")
+BIASES = ("none", "free", "reg")
+INITS = ("gaussian", "spectral", "etf", "arrays")
+SOLVERS = ("gd", "rk4", "dopri5", "tsit5")
+DTYPES = ("float64", "float32")
+ONSET_METRICS = (
+    "nc1_trace", "nc1", "nc2_etf", "nc2_angle", "nc3", "nc3_paper", "cdnv",
+)
+
+
+def _one_of(value: str, allowed: Sequence[str], name: str) -> None:
+    require(value in allowed, f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _finite_nonneg(value: float, name: str) -> None:
+    require(
+        isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+        f"{name} must be a finite number >= 0, got {value!r}",
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Structure of the model; every run of a batch shares it.
+
+    Parameters
+    ----------
+    kind : "ufm" (one-layer: Z = W H + b) or "deep" (H feeds an L-layer head).
+    loss : "ce" (softmax cross-entropy) or "mse" (1/2 |z - y|^2).
+    bias : "none" (b = 0), "free" (trained, lambda_b = 0) or "reg" (trained, lambda_b > 0).
+    classes : K >= 2.
+    per_class : n, samples per class, or a tuple of K class counts (imbalance).
+    dim : d, dimension of the free features H.
+    depth : L, number of weight matrices including the classifier (1 for "ufm").
+    width : hidden width of the deep head (default: d).
+    activation : nonlinearity between the layers of the deep head.
+    leaky_slope : negative slope of "leaky_relu".
+    """
+
+    kind: str = "ufm"
+    loss: str = "ce"
+    bias: str = "none"
+    classes: int = 10
+    per_class: int | tuple[int, ...] = 20
+    dim: int = 32
+    depth: int = 1
+    width: int | None = None
+    activation: str = "linear"
+    leaky_slope: float = 0.01
+
+    def __post_init__(self) -> None:
+        if isinstance(self.per_class, list):
+            object.__setattr__(self, "per_class", tuple(self.per_class))
+        if self.kind == "ufm" and self.depth != 1:
+            raise InputError(f"model 'ufm' has depth 1, got depth {self.depth}; use --model deep")
+
+    def validate(self) -> None:
+        _one_of(self.kind, MODELS, "model")
+        _one_of(self.loss, LOSSES, "loss")
+        _one_of(self.bias, BIASES, "bias")
+        _one_of(self.activation, ACTIVATIONS, "activation")
+        require(isinstance(self.classes, int) and self.classes >= 2,
+                f"classes K must be an integer >= 2, got {self.classes!r}")
+        counts = self.class_counts
+        require(len(counts) == self.classes,
+                f"per_class gives {len(counts)} class counts but K = {self.classes}")
+        require(all(isinstance(c, (int, np.integer)) and c >= 1 for c in counts),
+                f"samples per class must be integers >= 1, got {self.per_class!r}")
+        require(isinstance(self.dim, int) and self.dim >= 1, f"dim d must be >= 1, got {self.dim!r}")
+        require(isinstance(self.depth, int) and self.depth >= 1,
+                f"depth must be an integer >= 1, got {self.depth!r}")
+        require(self.kind == "deep" or self.depth == 1, "model 'ufm' has depth 1")
+        require(self.width is None or (isinstance(self.width, int) and self.width >= 1),
+                f"width must be an integer >= 1, got {self.width!r}")
+        require(self.kind == "deep" or self.activation == "linear",
+                "an activation needs --model deep (the one-layer UFM has none)")
+        _finite_nonneg(self.leaky_slope, "leaky_slope")
+
+    @property
+    def class_counts(self) -> tuple[int, ...]:
+        """Samples per class, length K."""
+        if isinstance(self.per_class, tuple):
+            return tuple(int(c) for c in self.per_class)
+        return (int(self.per_class),) * self.classes
+
+    @property
+    def num_samples(self) -> int:
+        """N = sum of the class counts."""
+        return sum(self.class_counts)
+
+    @property
+    def hidden_width(self) -> int:
+        """Width of the hidden layers of the deep head (d when not given)."""
+        return self.width if self.width is not None else self.dim
+
+    @property
+    def balanced(self) -> bool:
+        return len(set(self.class_counts)) == 1
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias != "none"
+
+    @property
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """(out, in) shape of each weight matrix W_1 .. W_L; W_L is the classifier."""
+        if self.depth == 1:
+            return [(self.classes, self.dim)]
+        m = self.hidden_width
+        shapes = [(m, self.dim)] + [(m, m)] * (self.depth - 2) + [(self.classes, m)]
+        return shapes
+
+    @property
+    def penultimate_dim(self) -> int:
+        """Dimension of the penultimate features (input of the classifier)."""
+        return self.dim if self.depth == 1 else self.hidden_width
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """Weight decays; ``lambda_w`` is one value or one per layer (W_1 .. W_L)."""
+
+    lambda_w: float | tuple[float, ...] = 5e-4
+    lambda_h: float = 5e-4
+    lambda_b: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lambda_w, list):
+            object.__setattr__(self, "lambda_w", tuple(self.lambda_w))
+
+    def per_layer(self, depth: int) -> tuple[float, ...]:
+        """lambda_W for each of the ``depth`` weight matrices."""
+        if isinstance(self.lambda_w, tuple):
+            require(len(self.lambda_w) == depth,
+                    f"lambda_w lists {len(self.lambda_w)} values but depth is {depth}")
+            return tuple(float(v) for v in self.lambda_w)
+        return (float(self.lambda_w),) * depth
+
+    def validate(self, model: ModelSpec) -> None:
+        for v in self.per_layer(model.depth):
+            _finite_nonneg(v, "lambda_w")
+        _finite_nonneg(self.lambda_h, "lambda_h")
+        _finite_nonneg(self.lambda_b, "lambda_b")
+        if model.bias == "reg":
+            require(self.lambda_b > 0, "bias 'reg' needs lambda_b > 0 (use bias 'free' for 0)")
+        elif self.lambda_b != 0:
+            require(False, f"lambda_b = {self.lambda_b} needs --bias reg, got bias {model.bias!r}")
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """Initial point.
+
+    kind : "gaussian" (i.i.d. N(0, scale^2) entries), "spectral" (balanced and aligned with the
+        label modes of the model: K modes for MSE without bias, else the K-1 centred modes; every
+        factor has singular value ``scale`` on those modes), "etf" (spectral on the K-1 centred
+        modes, i.e. a scaled simplex ETF), or "arrays" (explicit arrays, e.g. real features).
+    scale : standard deviation (gaussian) or per-factor singular value (spectral, etf).
+    seed : random seed of this run (gaussian entries, random rotations of spectral inits).
+    arrays : for kind "arrays": {"H": (d, N), "W": [(out, in) per layer], "b": (K,)} as numpy.
+    """
+
+    kind: str = "gaussian"
+    scale: float = 0.1
+    seed: int = 0
+    arrays: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+
+    def validate(self, model: ModelSpec) -> None:
+        _one_of(self.kind, INITS, "init")
+        require(math.isfinite(self.scale) and self.scale > 0,
+                f"init scale must be a finite number > 0, got {self.scale!r}")
+        require(isinstance(self.seed, (int, np.integer)) and self.seed >= 0,
+                f"seed must be an integer >= 0, got {self.seed!r}")
+        modes = spectral_rank(model) if self.kind == "spectral" else model.classes - 1
+        if self.kind in ("spectral", "etf"):
+            dims = [model.dim] + ([model.hidden_width] if model.depth > 1 else [])
+            require(min(dims) >= modes,
+                    f"init {self.kind!r} needs d (and width) >= {modes} for K = {model.classes}, "
+                    f"got d = {model.dim}" + (f", width = {model.hidden_width}"
+                                               if model.depth > 1 else ""))
+        if self.kind == "arrays":
+            require(self.arrays is not None and "H" in self.arrays,
+                    "init 'arrays' needs arrays={'H': ..., 'W': [...], 'b': ...}")
+
+
+def spectral_rank(model: ModelSpec) -> int:
+    """Number of label modes a spectral init fills: K (MSE, no bias) or K - 1."""
+    return model.classes if (model.loss == "mse" and model.bias == "none") else model.classes - 1
+
+
+@dataclass(frozen=True)
+class TimeScale:
+    """Per-block time-scale factors eta (gradient flow d theta/dt = -eta grad f)."""
+
+    eta_h: float = 1.0
+    eta_w: float | tuple[float, ...] = 1.0
+    eta_b: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eta_w, list):
+            object.__setattr__(self, "eta_w", tuple(self.eta_w))
+
+    def per_layer(self, depth: int) -> tuple[float, ...]:
+        if isinstance(self.eta_w, tuple):
+            require(len(self.eta_w) == depth,
+                    f"eta_w lists {len(self.eta_w)} values but depth is {depth}")
+            return tuple(float(v) for v in self.eta_w)
+        return (float(self.eta_w),) * depth
+
+    def validate(self, model: ModelSpec) -> None:
+        for v in (self.eta_h, self.eta_b, *self.per_layer(model.depth)):
+            require(math.isfinite(v) and v > 0, f"time-scale factors must be > 0, got {v!r}")
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """Integrator and stopping rules (shared by a batch).
+
+    method : "gd" (explicit Euler, i.e. gradient descent with learning rate dt), "rk4"
+        (fixed step dt), "dopri5" or "tsit5" (adaptive, one step size per run).
+    dt : fixed step (gd, rk4); the first step is chosen automatically when None (adaptive).
+    rtol, atol : local error tolerances of the adaptive methods.
+    t_end : final time (> 0), in gradient-flow time units (t = lr x steps).
+    records : number of recorded times: t = 0 and records - 1 log-spaced times in
+        [t_first, t_end].
+    t_first : first non-zero record time (default min(1e-2, t_end / 10)).
+    max_steps : step cap per run.
+    gtol : steady state: a run stops when |grad f|_2 <= gtol.
+    check_every : steps between two host synchronisations (termination checks).
+    vanish_tol : a run whose final fn is below vanish_tol x its largest fn is "vanishing".
+    dtype, device : torch dtype name and device of the integration.
+    """
+
+    method: str = "dopri5"
+    dt: float | None = None
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    t_end: float = 2e4
+    records: int = 200
+    t_first: float | None = None
+    max_steps: int = 1_000_000
+    gtol: float = 1e-10
+    check_every: int = 16
+    vanish_tol: float = 1e-3
+    dtype: str = "float64"
+    device: str = "cpu"
+
+    @property
+    def adaptive(self) -> bool:
+        return self.method in ("dopri5", "tsit5")
+
+    @property
+    def first_record(self) -> float:
+        return self.t_first if self.t_first is not None else min(1e-2, self.t_end / 10)
+
+    def record_times(self) -> np.ndarray:
+        """Record times, shape (records,): 0 then log-spaced in [t_first, t_end]."""
+        if self.records == 1:
+            return np.array([self.t_end])
+        rest = np.geomspace(self.first_record, self.t_end, self.records - 1)
+        return np.concatenate([[0.0], rest])
+
+    def validate(self) -> None:
+        _one_of(self.method, SOLVERS, "solver")
+        _one_of(self.dtype, DTYPES, "dtype")
+        require(math.isfinite(self.t_end) and self.t_end > 0, f"t_end must be > 0, got {self.t_end}")
+        if not self.adaptive:
+            require(self.dt is not None and math.isfinite(self.dt) and self.dt > 0,
+                    f"solver {self.method!r} needs a step dt > 0 (e.g. --dt 0.1)")
+        elif self.dt is not None:
+            require(math.isfinite(self.dt) and self.dt > 0, f"dt must be > 0, got {self.dt}")
+        require(self.rtol > 0 and self.atol >= 0, "rtol must be > 0 and atol >= 0")
+        require(isinstance(self.records, int) and self.records >= 2,
+                f"records must be an integer >= 2, got {self.records!r}")
+        require(0 < self.first_record < self.t_end,
+                f"t_first must lie in (0, t_end), got {self.first_record}")
+        require(self.max_steps >= 1, "max_steps must be >= 1")
+        require(self.gtol >= 0, "gtol must be >= 0")
+        require(self.check_every >= 1, "check_every must be >= 1")
+        require(0 <= self.vanish_tol < 1, "vanish_tol must lie in [0, 1)")
+        dev = str(self.device)
+        require(dev == "cpu" or dev.startswith("cuda") or dev == "mps",
+                f"unknown device {dev!r}; allowed: cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class OnsetSpec:
+    """Onset rule: first time ``metric`` < ``threshold`` (for ``stay`` consecutive records).
+
+    interpolate : interpolate the crossing time linearly in (log time, log metric).
+    """
+
+    metric: str = "nc1_trace"
+    threshold: float = 0.01
+    stay: int = 1
+    interpolate: bool = True
+
+    def validate(self) -> None:
+        _one_of(self.metric, ONSET_METRICS, "onset metric")
+        require(math.isfinite(self.threshold) and self.threshold > 0,
+                f"onset threshold must be > 0, got {self.threshold}")
+        require(isinstance(self.stay, int) and self.stay >= 1, "onset 'stay' must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One simulated run."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    reg: Regularization = field(default_factory=Regularization)
+    init: InitSpec = field(default_factory=InitSpec)
+    time_scale: TimeScale = field(default_factory=TimeScale)
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    onset: OnsetSpec = field(default_factory=OnsetSpec)
+
+    def validate(self) -> RunSpec:
+        """Check every field; raise :class:`InputError` with one clear line. Returns self."""
+        self.model.validate()
+        self.reg.validate(self.model)
+        self.init.validate(self.model)
+        self.time_scale.validate(self.model)
+        self.solver.validate()
+        self.onset.validate()
+        return self
+
+    def batch_key(self) -> tuple:
+        """Runs with equal keys can share one batch."""
+        return (self.model, self.solver, self.onset, self.init.kind == "arrays")
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat dict of every spec field (for the run table)."""
+        row: dict[str, Any] = {}
+        for part in ("model", "reg", "init", "time_scale", "solver", "onset"):
+            for f in dataclasses.fields(getattr(self, part)):
+                if f.name == "arrays":
+                    continue
+                value = getattr(getattr(self, part), f.name)
+                if isinstance(value, tuple):
+                    value = ",".join(str(v) for v in value)
+                key = f.name if part in ("model", "reg") else f"{part}_{f.name}"
+                row[key] = value
+        return row
+
+    def replace(self, **parts: Any) -> RunSpec:
+        """Copy with some parts replaced: ``spec.replace(reg=Regularization(...))``."""
+        return dataclasses.replace(self, **parts)

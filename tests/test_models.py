@@ -1,0 +1,114 @@
+"""Objective, gradient and initial states of the UFM family."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from ncsim.errors import InputError
+from ncsim.models import Penalties, UFMObjective, initial_state, label_modes
+from ncsim.spec import InitSpec, ModelSpec, RunSpec
+
+CASES = list(itertools.product(
+    [("ufm", 1, "linear"), ("deep", 2, "relu"), ("deep", 3, "gelu"), ("deep", 2, "tanh"),
+     ("deep", 3, "silu"), ("deep", 2, "leaky_relu"), ("deep", 4, "linear")],
+    ["ce", "mse"], ["none", "free", "reg"],
+))
+
+
+def _random_penalties(depth: int, runs: int, seed: int) -> Penalties:
+    gen = torch.Generator().manual_seed(seed)
+    return Penalties(torch.rand(depth, runs, generator=gen, dtype=torch.float64),
+                     torch.rand(runs, generator=gen, dtype=torch.float64),
+                     torch.rand(runs, generator=gen, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("arch", "loss", "bias"), CASES)
+def test_gradient_equals_autograd(arch, loss, bias):
+    kind, depth, act = arch
+    model = ModelSpec(kind=kind, depth=depth, activation=act, loss=loss, bias=bias, classes=4,
+                      per_class=(3, 2, 4, 3), dim=5, width=6)
+    obj = UFMObjective(model, "cpu", torch.float64)
+    y = initial_state(model, [InitSpec(seed=i, scale=0.8) for i in range(3)], "cpu",
+                      torch.float64)
+    if bias != "none":
+        y[:, -4:] = torch.randn(3, 4, dtype=torch.float64)
+    pen = _random_penalties(depth, 3, 1)
+    y.requires_grad_(True)
+    _, f = obj.value(y, pen)
+    (expected,) = torch.autograd.grad(f.sum(), y)
+    got = obj.gradient(y.detach(), pen)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_objective_equals_naive_loop():
+    model = ModelSpec(loss="ce", bias="reg", classes=3, per_class=(2, 3, 1), dim=4)
+    obj = UFMObjective(model, "cpu", torch.float64)
+    y = initial_state(model, [InitSpec(seed=3, scale=1.0)], "cpu", torch.float64)
+    y[:, -3:] = torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64)
+    pen = Penalties(torch.tensor([[0.1]], dtype=torch.float64),
+                    torch.tensor([0.2], dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64))
+    h = y[0, :24].view(4, 6).numpy()
+    w = y[0, 24:36].view(3, 4).numpy()
+    b = y[0, 36:].numpy()
+    labels = [0, 0, 1, 1, 1, 2]
+    total = 0.0
+    for i, c in enumerate(labels):
+        z = w @ h[:, i] + b
+        total += -(z[c] - np.log(np.exp(z).sum()))
+    expected = total / 6 + 0.05 * (w**2).sum() + 0.1 * (h**2).sum() + 0.15 * (b**2).sum()
+    _, f = obj.value(y, pen)
+    assert abs(float(f[0]) - expected) < 1e-13
+
+
+@pytest.mark.parametrize(("loss", "bias", "modes"), [("mse", "none", 4), ("mse", "free", 3),
+                                                     ("ce", "none", 3)])
+def test_spectral_init_is_balanced_and_aligned(loss, bias, modes):
+    model = ModelSpec(kind="deep", depth=3, loss=loss, bias=bias, classes=4, per_class=5, dim=7,
+                      width=6)
+    obj = UFMObjective(model, "cpu", torch.float64)
+    a = 0.7
+    y = initial_state(model, [InitSpec(kind="spectral", scale=a, seed=2)], "cpu",
+                      torch.float64)
+    for block in obj.layout.blocks:
+        if block.name == "b":
+            continue
+        sv = torch.linalg.svdvals(obj.layout.view(y, block.name)[0])
+        torch.testing.assert_close(sv[:modes], torch.full((modes,), a, dtype=torch.float64))
+        assert float(sv[modes:].abs().sum()) < 1e-12
+    z, _, _ = obj.forward(y)
+    u, v = label_modes(model, centred=modes < 4)
+    expected = a**4 * u @ v.T
+    torch.testing.assert_close(z[0], expected)
+
+
+def test_gaussian_init_independent_of_batch_and_dtype():
+    model = ModelSpec(classes=3, per_class=2, dim=4)
+    alone = initial_state(model, [InitSpec(seed=5)], "cpu", torch.float64)
+    batch = initial_state(model, [InitSpec(seed=s) for s in (1, 5, 9)], "cpu", torch.float64)
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=0)
+    f32 = initial_state(model, [InitSpec(seed=5)], "cpu", torch.float32)
+    torch.testing.assert_close(f32.double(), alone, rtol=1e-7, atol=0)
+
+
+def test_etf_init_needs_enough_dimensions():
+    spec = RunSpec(model=ModelSpec(classes=10, dim=8), init=InitSpec(kind="etf"))
+    with pytest.raises(InputError, match="needs d"):
+        spec.validate()
+    RunSpec(model=ModelSpec(classes=10, dim=9), init=InitSpec(kind="etf")).validate()
+
+
+def test_arrays_init_round_trip():
+    model = ModelSpec(loss="mse", bias="free", classes=3, per_class=2, dim=4)
+    rng = np.random.default_rng(0)
+    arrays = {"H": rng.normal(size=(4, 6)), "W": [rng.normal(size=(3, 4))], "b": rng.normal(size=3)}
+    y = initial_state(model, [InitSpec(kind="arrays", arrays=arrays)], "cpu", torch.float64)
+    obj = UFMObjective(model, "cpu", torch.float64)
+    np.testing.assert_array_equal(obj.layout.view(y, "H")[0].numpy(), arrays["H"])
+    np.testing.assert_array_equal(obj.layout.view(y, "b")[0].numpy(), arrays["b"])
+    bad = {"H": rng.normal(size=(5, 6)), "W": [rng.normal(size=(3, 4))]}
+    with pytest.raises(InputError, match="shape"):
+        initial_state(model, [InitSpec(kind="arrays", arrays=bad)], "cpu", torch.float64)
