@@ -40,7 +40,9 @@ def _finite_series(times: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
     return times[keep], values[keep]
 
 
-def _interp_time(t0: float, t1: float, v0: float, v1: float, level: float, log_value: bool) -> float:
+def _interp_time(
+    t0: float, t1: float, v0: float, v1: float, level: float, log_value: bool
+) -> float:
     """Time in [t0, t1] where a segment from v0 to v1 meets ``level``."""
     if log_value and v0 > 0 and v1 > 0 and level > 0:
         a, b, c = math.log(v0), math.log(v1), math.log(level)

@@ -8,7 +8,8 @@ one batch; ``reg``, ``init`` and ``time_scale`` may differ from run to run.
 
 Conventions (see the package README): the objective is
 
-    f = (1/N) sum_i loss(z_i, y_i) + lambda_W/2 sum_l |W_l|_F^2 + lambda_H/2 |H|_F^2 + lambda_b/2 |b|^2
+    f = (1/N) sum_i loss(z_i, y_i) + lambda_W/2 sum_l |W_l|_F^2 + lambda_H/2 |H|_F^2
+        + lambda_b/2 |b|^2
 
 with N the number of samples, MSE loss 1/2 |z - y|^2 and softmax cross-entropy; gradient flow
 ``d theta / dt = -eta_theta grad f``.
@@ -96,7 +97,8 @@ class ModelSpec:
                 f"per_class gives {len(counts)} class counts but K = {self.classes}")
         require(all(isinstance(c, (int, np.integer)) and c >= 1 for c in counts),
                 f"samples per class must be integers >= 1, got {self.per_class!r}")
-        require(isinstance(self.dim, int) and self.dim >= 1, f"dim d must be >= 1, got {self.dim!r}")
+        require(isinstance(self.dim, int) and self.dim >= 1,
+                f"dim d must be >= 1, got {self.dim!r}")
         require(isinstance(self.depth, int) and self.depth >= 1,
                 f"depth must be an integer >= 1, got {self.depth!r}")
         require(self.kind == "deep" or self.depth == 1, "model 'ufm' has depth 1")
@@ -293,7 +295,8 @@ class SolverSpec:
     def validate(self) -> None:
         _one_of(self.method, SOLVERS, "solver")
         _one_of(self.dtype, DTYPES, "dtype")
-        require(math.isfinite(self.t_end) and self.t_end > 0, f"t_end must be > 0, got {self.t_end}")
+        require(math.isfinite(self.t_end) and self.t_end > 0,
+                f"t_end must be > 0, got {self.t_end}")
         if not self.adaptive:
             require(self.dt is not None and math.isfinite(self.dt) and self.dt > 0,
                     f"solver {self.method!r} needs a step dt > 0 (e.g. --dt 0.1)")

@@ -50,7 +50,8 @@ def test_objective_equals_naive_loop():
     y = initial_state(model, [InitSpec(seed=3, scale=1.0)], "cpu", torch.float64)
     y[:, -3:] = torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64)
     pen = Penalties(torch.tensor([[0.1]], dtype=torch.float64),
-                    torch.tensor([0.2], dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64))
+                    torch.tensor([0.2], dtype=torch.float64),
+                    torch.tensor([0.3], dtype=torch.float64))
     h = y[0, :24].view(4, 6).numpy()
     w = y[0, 24:36].view(3, 4).numpy()
     b = y[0, 36:].numpy()

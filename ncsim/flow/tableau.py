@@ -14,7 +14,7 @@ classic RK4 with its 3rd-order continuous extension; explicit Euler with linear 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import sympy as sp
@@ -116,7 +116,7 @@ def _tsit5() -> Tableau:
     return Tableau("tsit5", c, a, b, _tsit5_dense(), e=e, order=5, fsal=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def tableau(method: str) -> Tableau:
     """The tableau of ``method`` in ("gd", "rk4", "dopri5", "tsit5")."""
     makers = {"gd": _euler, "rk4": _rk4, "dopri5": _dopri5, "tsit5": _tsit5}

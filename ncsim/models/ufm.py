@@ -71,14 +71,18 @@ class UFMObjective:
         self.loss_and_grad = loss_function(model.loss)
         self.sigma, self.sigma_grad = activation(model.activation, model.leaky_slope)
 
-    def _blocks(self, state: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+    def _blocks(
+        self, state: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         lay = self.layout
         h = lay.view(state, "H")
         ws = [lay.view(state, f"W{l + 1}") for l in range(self.depth)]
         b = lay.view(state, "b") if "b" in lay else None
         return h, ws, b
 
-    def forward(self, state: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def forward(
+        self, state: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Logits Z (R, K, N), pre-activations U_l and activations A_l (A_0 = H)."""
         h, ws, b = self._blocks(state)
         acts, pres = [h], []
@@ -128,7 +132,9 @@ class UFMObjective:
         grads["H"] = g_a + pen.h.view(-1, 1, 1) * h
         return self.layout.pack(grads)
 
-    def penultimate(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def penultimate(
+        self, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Penultimate features as rows (R, N, p), classifier W_L (R, K, p), bias (R, K) or None."""
         h, ws, b = self._blocks(state)
         feats = h

@@ -1,0 +1,905 @@
+"""Neural-collapse metrics: batched over runs, and a streaming accumulator for large data.
+
+Layout and shapes
+-----------------
+Features are rows. For ``R`` runs that share one labelled sample set:
+
+- ``features`` : (R, N, p) penultimate features h_i (input of the last linear layer),
+- ``labels`` : (N,) integer classes in [0, K), shared by all runs,
+- ``weights`` : (R, K, p) classifier W (rows w_c), ``bias`` : (R, K) or None.
+
+Every metric returns an (R,) tensor, computed in the input dtype (except the small Gram solve of
+``nc1``, done in float64) without host syncs: the functions run on a GPU as they are.
+:class:`StreamingNC` accumulates one run (R = 1) in float64 over batches and calls the same
+formula functions at the end (it may sync: it checks label values and returns floats).
+
+Conventions (DESIGN.md section 2)
+---------------------------------
+- fn = mean_i |h_i|_2 of the uncentred features.
+- Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T,
+  Sigma_B = (1/K) sum_c (mu_c - mu_G)(mu_c - mu_G)^T, Mbar = [mu_c - mu_G]_c (K x p).
+- mu_G is the sample mean over all N samples (``global_mean="sample"``, default) or the
+  unweighted average of the class means (``global_mean="class_average"``); they agree for
+  balanced classes.
+- ``nc1`` = tr(Sigma_W Sigma_B^+)/K (Papyan et al., with the 1/K of Zhu et al.),
+  ``nc1_trace`` = tr(Sigma_W)/tr(Sigma_B) (the paper's form).
+- ``nc2_etf`` = || G/|G|_F - (I - 11^T/K)/sqrt(K-1) ||_F with G = Mbar Mbar^T;
+  ``nc2_etf_w`` the same on the class-centred classifier Wc = W - mean_c w_c (Zhou et al. 2022).
+  Centring makes one target fit every case: for a bias-free MSE UFM the optimal W is an orthogonal
+  frame (W W^T = c I), and its centred version is a simplex ETF.
+- ``nc2_equinorm`` = std_c |mu_c - mu_G| / mean_c |mu_c - mu_G| (unbiased std, ddof = 1, as the
+  Papyan notebook); ``nc2_equinorm_w`` the same on the raw row norms |w_c|.
+- ``nc2_angle`` = mean over ordered pairs c != c' of |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(K-1)|.
+- ``nc3`` = || Wc/|Wc|_F - Mbar/|Mbar|_F ||_F^2 (self-duality, class-centred W);
+  ``nc3_paper`` = 1 - mean_c cos(w_c, mu_c - mu_G) with the raw W (the paper's form).
+- ``nc4`` = fraction of samples where argmax_c (W h + b)_c != argmin_c |h - mu_c|
+  (ties: the first index, as ``torch.argmax``/``argmin``).
+- ``cdnv`` = mean over pairs c < c' of (Var_c + Var_c') / (2 |mu_c - mu_c'|^2),
+  Var_c = mean over class c of |h - mu_c|^2 (Galanti et al. 2022).
+- ``class_mean_norm`` = mean_c |mu_c - mu_G|_2; ``within_energy`` = tr(Sigma_W);
+  ``w_norm`` = |W|_F.
+
+Pseudo-inverse (sync-free). Mbar always has a structural null combination: z^T Mbar = 0 with z
+the weights of mu_G (counts/N, or 1/K). Rather than cut that numerically zero singular value by a
+tolerance (fragile when |mu_G| >> |Mbar|, where its rounding level is not small), ``nc1``
+projects it out exactly: with Q (K, K-1) an orthonormal basis of z-perp, B = Q^T Mbar satisfies
+B^T B = Mbar^T Mbar, and tr(Sigma_W Sigma_B^+)/K = |F B^+|_F^2 for any factor F with
+F^T F = Sigma_W (F = centred features / sqrt(N) in the batched path: no p x p matrix is formed).
+``torch.linalg.pinv``/``svd``/``eigh`` synchronise a CUDA device with the host, so B^+ is an
+iterated-Tikhonov (order 2) pseudo-inverse: with S = B B^T + delta I (or B^T B + delta I when
+p < K-1, whichever Gram is smaller), Y1 = S^{-1} B, Y2 = S^{-1} (B + delta Y1), B^+ ~ Y2^T,
+solved by ``cholesky_ex`` and triangular solves in float64 (the Gram is at most (K-1) x (K-1) per
+run). delta = delta_rel * tr(B B^T), delta_rel = 1e-10 for float64 features and 1e-7 for lower
+precision. Each singular value s of B is inverted with the filter factor
+1 - (delta / (s^2 + delta))^2: a soft cut at s ~ sqrt(delta) (ratio ~ 1e-5 (f64) or 3e-4 (f32) to
+the largest s for well-spread means). Above the cut the relative error is (delta/s^2)^2 <=
+(delta_rel (K-1) cond(B)^2)^2, e.g. 1e-13 for K = 10, cond 30 in float64; below it components
+are damped (~ 2 s / delta) instead of dropped, so nc1 does not jump when a singular value
+crosses a threshold, and exactly rank-deficient means (spanning fewer than min(K-1, p)
+dimensions) act like a truncated pinv as long as their rounding level sits well below the cut.
+
+Degenerate values (IEEE conventions, no clamping, never an exception):
+- exactly collapsed features (Sigma_W = 0, distinct class means): nc1 = nc1_trace = cdnv = 0;
+- no between-class spread (tr Sigma_B = 0, e.g. all features zero): ``nc1`` and ``nc1_trace``
+  are tr(Sigma_W)/0, i.e. NaN when Sigma_W = 0 too and +inf otherwise; every scale-free metric
+  that divides by a zero norm (nc2_*, nc3*, cdnv for coincident means) is NaN or inf likewise.
+  fn, within_energy, class_mean_norm, w_norm and nc4 stay finite. The simulator flags vanishing
+  runs from fn; a NaN never passes an onset test ``metric < threshold``.
+- A class without samples has undefined mean. Inputs on the CPU are checked (labels in range,
+  every class present) and raise :class:`~ncsim.errors.InputError`; on other devices that check
+  would need a host sync, so it is skipped and such a class yields NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ncsim.errors import require
+
+__all__ = [
+    "GLOBAL_MEANS",
+    "METRIC_NAMES",
+    "ClassStats",
+    "StreamingNC",
+    "cdnv",
+    "cdnv_from_stats",
+    "class_mean_norm",
+    "class_statistics",
+    "feature_norm",
+    "nc1",
+    "nc1_from_stats",
+    "nc1_trace",
+    "nc1_trace_from_stats",
+    "nc2_angle",
+    "nc2_equinorm",
+    "nc2_equinorm_w",
+    "nc2_etf",
+    "nc2_etf_w",
+    "nc3",
+    "nc3_paper",
+    "nc4",
+    "nc_metrics",
+]
+
+GLOBAL_MEANS = ("sample", "class_average")
+
+METRIC_NAMES: tuple[str, ...] = (
+    "fn",
+    "nc1",
+    "nc1_trace",
+    "nc2_etf",
+    "nc2_etf_w",
+    "nc2_equinorm",
+    "nc2_equinorm_w",
+    "nc2_angle",
+    "nc3",
+    "nc3_paper",
+    "nc4",
+    "cdnv",
+    "class_mean_norm",
+    "within_energy",
+    "w_norm",
+)
+
+# --------------------------------------------------------------------------------------------
+# class statistics
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ClassStats:
+    """Per-class statistics of R runs that share the labels.
+
+    Attributes
+    ----------
+    counts : (K,) int64, samples per class.
+    means : (R, K, p), class means mu_c.
+    global_mean : (R, p), mu_G (see ``mean_weights``).
+    within_factor : (R, m, p), any F with F^T F = Sigma_W (the centred features / sqrt(N) in the
+        batched path, m = N; a symmetric square root in the streaming path, m = p).
+    within_energy : (R,), tr(Sigma_W) (squared feature units).
+    feature_norm : (R,), fn = mean_i |h_i|_2 (feature units).
+    class_var : (R, K), Var_c = mean over class c of |h - mu_c|^2.
+    mean_weights : (K,), z with mu_G = sum_c z_c mu_c (counts/N or 1/K), in the means' dtype.
+    """
+
+    counts: Tensor
+    means: Tensor
+    global_mean: Tensor
+    within_factor: Tensor
+    within_energy: Tensor
+    feature_norm: Tensor
+    class_var: Tensor
+    mean_weights: Tensor
+
+    @property
+    def K(self) -> int:
+        """Number of classes."""
+        return self.means.shape[-2]
+
+    @property
+    def means_centred(self) -> Tensor:
+        """(R, K, p) centred class means Mbar = mu_c - mu_G."""
+        return self.means - self.global_mean.unsqueeze(-2)
+
+    @property
+    def sigma_w(self) -> Tensor:
+        """(R, p, p) within-class covariance Sigma_W (formed on demand: O(m p^2))."""
+        f = self.within_factor
+        return f.transpose(-1, -2) @ f
+
+    @property
+    def sigma_b(self) -> Tensor:
+        """(R, p, p) between-class covariance Sigma_B = Mbar^T Mbar / K."""
+        m = self.means_centred
+        return m.transpose(-1, -2) @ m / self.K
+
+
+def _one_hot(labels: Tensor, K: int, dtype: torch.dtype) -> Tensor:
+    """(N, K) one-hot matrix; built by comparison (no sync, unlike ``F.one_hot``)."""
+    return (labels.unsqueeze(-1) == torch.arange(K, device=labels.device)).to(dtype)
+
+
+def _mean_weights(counts: Tensor, global_mean: str, dtype: torch.dtype) -> Tensor:
+    """(K,) weights z of the class means in mu_G."""
+    c = counts.to(dtype)
+    if global_mean == "sample":
+        return c / c.sum()
+    return torch.full_like(c, 1.0 / c.shape[0])
+
+
+def class_statistics(
+    features: Tensor, labels: Tensor, K: int, global_mean: str = "sample"
+) -> ClassStats:
+    """Class counts, means, global mean and within-class statistics, batched over runs.
+
+    Parameters
+    ----------
+    features : (R, N, p) float tensor, rows are samples.
+    labels : (N,) integer tensor with values in [0, K), shared by all runs.
+    K : number of classes (>= 2).
+    global_mean : "sample" (mu_G = mean of all N samples) or "class_average" (unweighted mean
+        of the class means).
+
+    Returns
+    -------
+    ClassStats
+        Batched statistics in the dtype of ``features`` (counts are int64).
+    """
+    _check_features(features, labels, K)
+    _check_global_mean(global_mean)
+    dtype = features.dtype
+    n = features.shape[-2]
+    member = labels.unsqueeze(-1) == torch.arange(K, device=labels.device)  # (N, K) bool
+    onehot = member.to(dtype)
+    counts = member.sum(0)  # int64
+    counts_f = counts.to(dtype)
+    means = (onehot.transpose(0, 1) @ features) / counts_f.unsqueeze(-1)  # (R, K, p)
+    z = _mean_weights(counts, global_mean, dtype)
+    mu_g = features.mean(-2) if global_mean == "sample" else means.mean(-2)
+    centred = features - means.index_select(-2, labels)  # (R, N, p)
+    sq = (centred * centred).sum(-1)  # (R, N)
+    return ClassStats(
+        counts=counts,
+        means=means,
+        global_mean=mu_g,
+        within_factor=centred / n**0.5,
+        within_energy=sq.sum(-1) / n,
+        feature_norm=feature_norm(features),
+        class_var=(sq @ onehot) / counts_f,
+        mean_weights=z,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# formulas on class statistics (shared by the batched and the streaming paths)
+# --------------------------------------------------------------------------------------------
+
+
+def _complement_basis(z: Tensor) -> Tensor:
+    """(K, K-1) orthonormal basis of the complement of z (Householder reflector, no sync)."""
+    K = z.shape[0]
+    u = z / torch.linalg.vector_norm(z)
+    e1 = torch.zeros_like(u)
+    e1[0] = 1.0
+    v = u + e1  # u[0] >= 0, so no cancellation
+    h = torch.eye(K, dtype=z.dtype, device=z.device) - 2.0 * torch.outer(v, v) / (v @ v)
+    return h[:, 1:]
+
+
+def _chol_solve(chol: Tensor, rhs: Tensor) -> Tensor:
+    """S^{-1} rhs given the lower Cholesky factor of S (R, n, n); no host sync."""
+    z = torch.linalg.solve_triangular(chol, rhs, upper=False)
+    return torch.linalg.solve_triangular(chol.transpose(-1, -2), z, upper=True)
+
+
+def _soft_pinv(b: Tensor, delta_rel: float) -> Tensor:
+    """(R, p, k) order-2 iterated-Tikhonov pseudo-inverse of b (R, k, p), float64, no sync."""
+    b64 = b.to(torch.float64)
+    k, p = b.shape[-2], b.shape[-1]
+    bt = b64.transpose(-1, -2)
+    gram = b64 @ bt if p >= k else bt @ b64  # the smaller Gram
+    n = gram.shape[-1]
+    delta_rel = max(delta_rel, 16.0 * n * torch.finfo(torch.float64).eps)
+    delta = delta_rel * torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
+    eye = torch.eye(n, dtype=torch.float64, device=b.device)
+    delta = delta.unsqueeze(-1).unsqueeze(-1)
+    chol, _ = torch.linalg.cholesky_ex(gram + delta * eye)  # info unread: no sync
+    rhs = b64 if p >= k else bt
+    y = _chol_solve(chol, rhs)
+    y = _chol_solve(chol, rhs + delta * y)  # second Tikhonov step: bias (delta/s^2)^2
+    return y.transpose(-1, -2) if p >= k else y
+
+
+def nc1_from_stats(stats: ClassStats) -> Tensor:
+    """NC1 = tr(Sigma_W Sigma_B^+)/K from class statistics; see :func:`nc1`.
+
+    Returns
+    -------
+    Tensor
+        (R,) dimensionless, in the dtype of the statistics.
+    """
+    mbar = stats.means_centred
+    K = mbar.shape[-2]
+    q = _complement_basis(stats.mean_weights)  # (K, K-1)
+    b = q.transpose(0, 1) @ mbar  # (R, K-1, p), B^T B = Mbar^T Mbar
+    delta_rel = 1e-10 if mbar.dtype == torch.float64 else 1e-7
+    b_pinv = _soft_pinv(b, delta_rel).to(mbar.dtype)  # (R, p, K-1)
+    x = stats.within_factor @ b_pinv  # (R, m, K-1)
+    value = (x * x).sum((-2, -1))
+    tr_b = (mbar * mbar).sum((-2, -1)) / K
+    return torch.where(tr_b > 0, value, stats.within_energy / tr_b)
+
+
+def nc1_trace_from_stats(stats: ClassStats) -> Tensor:
+    """NC1 (trace form) = tr(Sigma_W)/tr(Sigma_B); 0/0 gives NaN. Returns (R,)."""
+    mbar = stats.means_centred
+    tr_b = (mbar * mbar).sum((-2, -1)) / stats.K
+    return stats.within_energy / tr_b
+
+
+def _pair_sq_dist(mbar: Tensor) -> Tensor:
+    """(R, K, K) squared distances |mu_c - mu_c'|^2 from the Gram of the centred means."""
+    g = mbar @ mbar.transpose(-1, -2)
+    d = torch.diagonal(g, dim1=-2, dim2=-1)
+    return (d.unsqueeze(-1) + d.unsqueeze(-2) - 2.0 * g).clamp_min(0.0)
+
+
+def cdnv_from_stats(stats: ClassStats) -> Tensor:
+    """CDNV averaged over the K(K-1)/2 class pairs; see :func:`cdnv`. Returns (R,)."""
+    K = stats.K
+    dist2 = _pair_sq_dist(stats.means_centred)
+    var = stats.class_var
+    num = 0.5 * (var.unsqueeze(-1) + var.unsqueeze(-2))
+    iu = torch.triu_indices(K, K, offset=1, device=var.device)
+    ratio = num[..., iu[0], iu[1]] / dist2[..., iu[0], iu[1]]
+    return ratio.mean(-1)
+
+
+def _stats_metrics(stats: ClassStats, weights: Tensor | None) -> dict[str, Tensor]:
+    """Every metric of :data:`METRIC_NAMES` except ``nc4`` (and the W ones without W)."""
+    mbar = stats.means_centred
+    out = {
+        "fn": stats.feature_norm,
+        "nc1": nc1_from_stats(stats),
+        "nc1_trace": nc1_trace_from_stats(stats),
+        "nc2_etf": nc2_etf(mbar),
+        "nc2_equinorm": nc2_equinorm(mbar),
+        "nc2_angle": nc2_angle(mbar),
+        "cdnv": cdnv_from_stats(stats),
+        "class_mean_norm": class_mean_norm(mbar),
+        "within_energy": stats.within_energy,
+    }
+    if weights is not None:
+        out["nc2_etf_w"] = nc2_etf_w(weights)
+        out["nc2_equinorm_w"] = nc2_equinorm_w(weights)
+        out["nc3"] = nc3(weights, mbar)
+        out["nc3_paper"] = nc3_paper(weights, mbar)
+        out["w_norm"] = torch.linalg.vector_norm(weights, dim=(-2, -1))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# public metrics
+# --------------------------------------------------------------------------------------------
+
+
+def feature_norm(features: Tensor) -> Tensor:
+    """fn = mean_i |h_i|_2 of the uncentred features.
+
+    Parameters
+    ----------
+    features : (R, N, p).
+
+    Returns
+    -------
+    Tensor
+        (R,) in feature units.
+    """
+    return torch.linalg.vector_norm(features, dim=-1).mean(-1)
+
+
+def nc1(features: Tensor, labels: Tensor, K: int, global_mean: str = "sample") -> Tensor:
+    """NC1 = tr(Sigma_W Sigma_B^+)/K (Papyan et al.; sync-free pinv, see the module docstring).
+
+    Parameters
+    ----------
+    features : (R, N, p). labels : (N,) in [0, K). K : classes.
+    global_mean : "sample" or "class_average" (definition of mu_G in Sigma_B).
+
+    Returns
+    -------
+    Tensor
+        (R,) dimensionless; 0 for exactly collapsed features, NaN/inf when Sigma_B = 0.
+    """
+    return nc1_from_stats(class_statistics(features, labels, K, global_mean))
+
+
+def nc1_trace(features: Tensor, labels: Tensor, K: int, global_mean: str = "sample") -> Tensor:
+    """NC1 (trace form) = tr(Sigma_W)/tr(Sigma_B), the paper's metric.
+
+    No clamping: tr(Sigma_B) = 0 gives NaN when tr(Sigma_W) = 0 (e.g. all features zero) and
+    +inf otherwise.
+
+    Parameters
+    ----------
+    features : (R, N, p). labels : (N,) in [0, K). K : classes.
+    global_mean : "sample" or "class_average".
+
+    Returns
+    -------
+    Tensor
+        (R,) dimensionless.
+    """
+    return nc1_trace_from_stats(class_statistics(features, labels, K, global_mean))
+
+
+def _etf_distance(x: Tensor) -> Tensor:
+    """|| G/|G|_F - (I - 11^T/K)/sqrt(K-1) ||_F with G = x x^T, x (R, K, p)."""
+    K = x.shape[-2]
+    g = x @ x.transpose(-1, -2)
+    g = g / torch.linalg.vector_norm(g, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
+    eye = torch.eye(K, dtype=x.dtype, device=x.device)
+    target = (eye - 1.0 / K) / (K - 1) ** 0.5
+    return torch.linalg.vector_norm(g - target, dim=(-2, -1))
+
+
+def _centre_classes(weights: Tensor) -> Tensor:
+    """(R, K, p) W minus its mean row."""
+    return weights - weights.mean(-2, keepdim=True)
+
+
+def _equinorm(x: Tensor) -> Tensor:
+    """std_c |x_c| / mean_c |x_c| (ddof = 1) for x (R, K, p)."""
+    norms = torch.linalg.vector_norm(x, dim=-1)
+    return norms.std(-1, correction=1) / norms.mean(-1)
+
+
+def nc2_etf(means_centred: Tensor) -> Tensor:
+    """NC2: distance of the normalised Gram of centred means to the simplex ETF.
+
+    Parameters
+    ----------
+    means_centred : (R, K, p), Mbar = mu_c - mu_G.
+
+    Returns
+    -------
+    Tensor
+        (R,) in [0, 2]; scale-invariant, penalises unequal norms and angles; NaN if Mbar = 0.
+    """
+    return _etf_distance(means_centred)
+
+
+def nc2_etf_w(weights: Tensor) -> Tensor:
+    """NC2 on the classifier: ETF distance of Wc Wc^T, Wc = W - mean_c w_c.
+
+    Centring makes both the CE/biased optimum (an ETF) and the bias-free MSE optimum (an
+    orthogonal frame, whose centred version is an ETF) score 0.
+
+    Parameters
+    ----------
+    weights : (R, K, p).
+
+    Returns
+    -------
+    Tensor
+        (R,) in [0, 2].
+    """
+    return _etf_distance(_centre_classes(weights))
+
+
+def nc2_equinorm(means_centred: Tensor) -> Tensor:
+    """NC2 equinorm: std_c |mu_c - mu_G| / mean_c |mu_c - mu_G| (unbiased std).
+
+    Parameters
+    ----------
+    means_centred : (R, K, p).
+
+    Returns
+    -------
+    Tensor
+        (R,) coefficient of variation; NaN if every centred mean is zero.
+    """
+    return _equinorm(means_centred)
+
+
+def nc2_equinorm_w(weights: Tensor) -> Tensor:
+    """NC2 equinorm of the classifier rows: std_c |w_c| / mean_c |w_c| (raw W, ddof = 1).
+
+    Parameters
+    ----------
+    weights : (R, K, p).
+
+    Returns
+    -------
+    Tensor
+        (R,).
+    """
+    return _equinorm(weights)
+
+
+def _unit_rows(x: Tensor) -> Tensor:
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+def nc2_angle(means_centred: Tensor) -> Tensor:
+    """NC2 (paper): mean over ordered pairs c != c' of |cos(mu_c, mu_c') + 1/(K-1)|.
+
+    Cosines are between centred means.
+
+    Parameters
+    ----------
+    means_centred : (R, K, p).
+
+    Returns
+    -------
+    Tensor
+        (R,) dimensionless; 0 for a simplex ETF.
+    """
+    K = means_centred.shape[-2]
+    u = _unit_rows(means_centred)
+    cos = u @ u.transpose(-1, -2)
+    off = ~torch.eye(K, dtype=torch.bool, device=cos.device)
+    dev = (cos + 1.0 / (K - 1)).abs() * off
+    return dev.sum((-2, -1)) / (K * (K - 1))
+
+
+def nc3(weights: Tensor, means_centred: Tensor) -> Tensor:
+    """NC3 self-duality: || Wc/|Wc|_F - Mbar/|Mbar|_F ||_F^2, Wc = W - mean_c w_c.
+
+    Parameters
+    ----------
+    weights : (R, K, p). means_centred : (R, K, p).
+
+    Returns
+    -------
+    Tensor
+        (R,) in [0, 4].
+    """
+    wc = _centre_classes(weights)
+    a = wc / torch.linalg.vector_norm(wc, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
+    nm = torch.linalg.vector_norm(means_centred, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
+    d = a - means_centred / nm
+    return (d * d).sum((-2, -1))
+
+
+def nc3_paper(weights: Tensor, means_centred: Tensor) -> Tensor:
+    """NC3 (paper): 1 - mean_c cos(w_c, mu_c - mu_G) with the raw (uncentred) W.
+
+    Parameters
+    ----------
+    weights : (R, K, p). means_centred : (R, K, p).
+
+    Returns
+    -------
+    Tensor
+        (R,) in [0, 2].
+    """
+    cos = (_unit_rows(weights) * _unit_rows(means_centred)).sum(-1)
+    return 1.0 - cos.mean(-1)
+
+
+def _ncc_mismatch(features: Tensor, logits: Tensor, means: Tensor) -> Tensor:
+    """(R, N) bool: argmax of the logits differs from the nearest class mean.
+
+    Distances are expanded about the average class mean, so a large common offset of the
+    features costs no precision: argmin_c |m_c|^2 - 2 h' . m_c with h' = h - ref, m = mu - ref.
+    """
+    ref = means.mean(-2, keepdim=True)
+    hc = features - ref
+    mc = means - ref
+    score = (mc * mc).sum(-1).unsqueeze(-2) - 2.0 * (hc @ mc.transpose(-1, -2))  # (R, N, K)
+    return logits.argmax(-1) != score.argmin(-1)
+
+
+def nc4(features: Tensor, weights: Tensor, bias: Tensor | None, means: Tensor) -> Tensor:
+    """NC4: fraction of samples where argmax_c (W h + b)_c != argmin_c |h - mu_c|.
+
+    Parameters
+    ----------
+    features : (R, N, p). weights : (R, K, p). bias : (R, K) or None.
+    means : (R, K, p) uncentred class means mu_c.
+
+    Returns
+    -------
+    Tensor
+        (R,) fraction in [0, 1], in the dtype of ``features``.
+    """
+    require(
+        isinstance(features, Tensor) and features.ndim == 3,
+        f"features must be an (R, N, p) tensor, got shape {_shape(features)}",
+    )
+    r, _, p = features.shape
+    require(
+        isinstance(means, Tensor)
+        and means.ndim == 3
+        and means.shape[0] == r
+        and means.shape[2] == p,
+        f"means must have shape (R, K, p) = ({r}, K, {p}), got {_shape(means)}",
+    )
+    _check_weights(weights, bias, r, means.shape[1], p, features.dtype)
+    logits = features @ weights.transpose(-1, -2)
+    if bias is not None:
+        logits = logits + bias.unsqueeze(-2)
+    return _ncc_mismatch(features, logits, means).to(features.dtype).mean(-1)
+
+
+def cdnv(features: Tensor, labels: Tensor, K: int) -> Tensor:
+    """Class-distance normalised variance (Galanti et al. 2022), mean over pairs c < c'.
+
+    V(c, c') = (Var_c + Var_c') / (2 |mu_c - mu_c'|^2), Var_c = mean_{i in c} |h_i - mu_c|^2.
+
+    Parameters
+    ----------
+    features : (R, N, p). labels : (N,) in [0, K). K : classes.
+
+    Returns
+    -------
+    Tensor
+        (R,) dimensionless; inf if two class means coincide, NaN if also Var = 0.
+    """
+    return cdnv_from_stats(class_statistics(features, labels, K))
+
+
+def class_mean_norm(means_centred: Tensor) -> Tensor:
+    """Mean norm of the centred class means, mean_c |mu_c - mu_G|_2.
+
+    Parameters
+    ----------
+    means_centred : (R, K, p).
+
+    Returns
+    -------
+    Tensor
+        (R,) in feature units.
+    """
+    return torch.linalg.vector_norm(means_centred, dim=-1).mean(-1)
+
+
+def nc_metrics(
+    features: Tensor,
+    labels: Tensor,
+    K: int,
+    weights: Tensor,
+    bias: Tensor | None = None,
+    global_mean: str = "sample",
+) -> dict[str, Tensor]:
+    """Every metric of :data:`METRIC_NAMES`, sharing one set of class statistics.
+
+    Parameters
+    ----------
+    features : (R, N, p). labels : (N,) in [0, K). K : classes.
+    weights : (R, K, p) classifier. bias : (R, K) or None (used by nc4 only).
+    global_mean : "sample" or "class_average".
+
+    Returns
+    -------
+    dict[str, Tensor]
+        Keys exactly :data:`METRIC_NAMES` in that order, each an (R,) tensor.
+    """
+    stats = class_statistics(features, labels, K, global_mean)
+    _check_weights(weights, bias, features.shape[0], K, features.shape[-1], features.dtype)
+    out = _stats_metrics(stats, weights)
+    out["nc4"] = nc4(features, weights, bias, stats.means)
+    return {name: out[name] for name in METRIC_NAMES}
+
+
+# --------------------------------------------------------------------------------------------
+# streaming accumulator
+# --------------------------------------------------------------------------------------------
+
+
+class StreamingNC:
+    """Accumulate NC statistics of one run over batches, in float64.
+
+    Pass 1: :meth:`update` with every batch. It keeps per-class counts, per-class means and the
+    pooled within-class scatter about the class means, merged batch by batch with the parallel
+    update of Chan, Golub & LeVeque (no raw second moments, so a large common offset costs no
+    precision), plus per-class scatter traces (for CDNV) and the sum of |h|_2 (for fn).
+    Optional pass 2 for NC4, which needs the final class means: :meth:`begin_nc4`, then
+    :meth:`update_nc4` with every batch and the network's logits (bias included).
+    :meth:`compute` returns the metrics as floats, via the same formulas as :func:`nc_metrics`.
+
+    Parameters
+    ----------
+    K : number of classes (>= 2).
+    p : feature dimension.
+    device : where the accumulators live.
+    """
+
+    def __init__(self, K: int, p: int, device: str | torch.device = "cpu") -> None:
+        _check_K(K)
+        require(
+            isinstance(p, int) and p >= 1, f"feature dimension p must be an int >= 1, got {p!r}"
+        )
+        self.K = K
+        self.p = p
+        self.device = torch.device(device)
+        f64 = {"dtype": torch.float64, "device": self.device}
+        self._counts = torch.zeros(K, dtype=torch.int64, device=self.device)
+        self._means = torch.zeros(K, p, **f64)
+        self._scatter = torch.zeros(p, p, **f64)
+        self._class_scatter = torch.zeros(K, **f64)
+        self._norm_sum = torch.zeros((), **f64)
+        self._nc4_means: Tensor | None = None
+        self._nc4_mismatch = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._nc4_count = 0
+
+    @property
+    def n_samples(self) -> int:
+        """Samples seen in pass 1."""
+        return int(self._counts.sum())
+
+    def _batch(self, features: Tensor) -> Tensor:
+        require(
+            isinstance(features, Tensor) and features.ndim == 2 and features.shape[1] == self.p,
+            f"features must be a (B, {self.p}) tensor, got shape {_shape(features)}",
+        )
+        require(features.is_floating_point(), f"features must be floating, got {features.dtype}")
+        return features.to(device=self.device, dtype=torch.float64)
+
+    def _check_logits(self, logits: Tensor, b: int) -> None:
+        require(
+            isinstance(logits, Tensor) and tuple(logits.shape) == (b, self.K),
+            f"logits must have shape ({b}, {self.K}), got {_shape(logits)}",
+        )
+
+    def update(self, features: Tensor, labels: Tensor, logits: Tensor | None = None) -> None:
+        """Add one batch to pass 1.
+
+        Parameters
+        ----------
+        features : (B, p) float tensor (any float dtype and device; accumulated in float64).
+        labels : (B,) integer tensor in [0, K).
+        logits : (B, K) or None. Accepted so one loop can feed both passes; pass 1 only checks
+            its shape (NC4 needs the final means and comes from :meth:`update_nc4`).
+        """
+        require(self._nc4_means is None, "update() after begin_nc4(): pass 1 is closed")
+        x = self._batch(features)
+        y = _check_labels_1d(labels, x.shape[0], self.K, force=True).to(self.device)
+        if logits is not None:
+            self._check_logits(logits, x.shape[0])
+        onehot = _one_hot(y, self.K, torch.float64)  # (B, K)
+        nb = onehot.sum(0)  # (K,)
+        bmean = (onehot.T @ x) / nb.clamp_min(1.0).unsqueeze(-1)
+        c = x - bmean.index_select(0, y)
+        na = self._counts.to(torch.float64)
+        n = na + nb
+        frac = torch.where(n > 0, nb / n.clamp_min(1.0), torch.zeros_like(n))
+        w = na * frac  # n_a n_b / n
+        delta = bmean - self._means
+        self._scatter += c.T @ c + (delta * w.unsqueeze(-1)).T @ delta
+        self._class_scatter += onehot.T @ (c * c).sum(-1) + w * (delta * delta).sum(-1)
+        self._means += delta * frac.unsqueeze(-1)
+        self._counts += nb.to(torch.int64)
+        self._norm_sum += torch.linalg.vector_norm(x, dim=-1).sum()
+
+    def begin_nc4(self) -> None:
+        """Close pass 1 and start the NC4 pass with the final class means."""
+        self._check_classes_present()
+        self._nc4_means = self._means.clone()
+        self._nc4_mismatch.zero_()
+        self._nc4_count = 0
+
+    def update_nc4(self, features: Tensor, logits: Tensor) -> None:
+        """Add one batch to the NC4 pass.
+
+        Parameters
+        ----------
+        features : (B, p) float tensor.
+        logits : (B, K) network output W h + b for these features.
+        """
+        require(self._nc4_means is not None, "update_nc4() before begin_nc4()")
+        x = self._batch(features)
+        self._check_logits(logits, x.shape[0])
+        z = logits.to(device=self.device, dtype=torch.float64)
+        mism = _ncc_mismatch(x.unsqueeze(0), z.unsqueeze(0), self._nc4_means.unsqueeze(0))
+        self._nc4_mismatch += mism.sum()
+        self._nc4_count += x.shape[0]
+
+    def _check_classes_present(self) -> None:
+        empty = (self._counts == 0).nonzero().flatten().tolist()
+        require(not empty, f"classes {empty} have no samples; every class needs one")
+
+    def stats(self, global_mean: str = "sample") -> ClassStats:
+        """Accumulated statistics as a :class:`ClassStats` with R = 1 (float64).
+
+        ``within_factor`` is the symmetric square root of Sigma_W (negative rounding
+        eigenvalues set to 0).
+        """
+        _check_global_mean(global_mean)
+        self._check_classes_present()
+        n = self._counts.sum().to(torch.float64)
+        z = _mean_weights(self._counts, global_mean, torch.float64)
+        mu_g = z @ self._means
+        sigma_w = self._scatter / n
+        evals, evecs = torch.linalg.eigh(0.5 * (sigma_w + sigma_w.T))
+        factor = evals.clamp_min(0.0).sqrt().unsqueeze(-1) * evecs.T
+        return ClassStats(
+            counts=self._counts.clone(),
+            means=self._means.unsqueeze(0).clone(),
+            global_mean=mu_g.unsqueeze(0),
+            within_factor=factor.unsqueeze(0),
+            within_energy=(self._class_scatter.sum() / n).reshape(1),
+            feature_norm=(self._norm_sum / n).reshape(1),
+            class_var=(self._class_scatter / self._counts.to(torch.float64)).unsqueeze(0),
+            mean_weights=z,
+        )
+
+    def compute(
+        self,
+        weights: Tensor | None = None,
+        bias: Tensor | None = None,
+        global_mean: str = "sample",
+    ) -> dict[str, float]:
+        """Metrics of everything accumulated so far.
+
+        Parameters
+        ----------
+        weights : (K, p) classifier or None (then the W metrics are left out).
+        bias : (K,) or None; only checked (NC4 comes from the logits of the NC4 pass).
+        global_mean : "sample" or "class_average".
+
+        Returns
+        -------
+        dict[str, float]
+            The keys of :data:`METRIC_NAMES` that are available, in that order: always fn,
+            nc1, nc1_trace, nc2_etf, nc2_equinorm, nc2_angle, cdnv, class_mean_norm,
+            within_energy; with ``weights`` also nc2_etf_w, nc2_equinorm_w, nc3, nc3_paper,
+            w_norm; nc4 once the NC4 pass has seen samples.
+        """
+        w = None
+        if weights is not None:
+            require(
+                isinstance(weights, Tensor) and tuple(weights.shape) == (self.K, self.p),
+                f"weights must have shape ({self.K}, {self.p}), got {_shape(weights)}",
+            )
+            w = weights.to(device=self.device, dtype=torch.float64).unsqueeze(0)
+        if bias is not None:
+            require(
+                isinstance(bias, Tensor) and tuple(bias.shape) == (self.K,),
+                f"bias must have shape ({self.K},), got {_shape(bias)}",
+            )
+        out = _stats_metrics(self.stats(global_mean), w)
+        if self._nc4_count > 0:
+            out["nc4"] = (self._nc4_mismatch.to(torch.float64) / self._nc4_count).reshape(1)
+        return {k: float(out[k][0]) for k in METRIC_NAMES if k in out}
+
+
+# --------------------------------------------------------------------------------------------
+# input checks (shape checks always; value checks only where they cost no device sync)
+# --------------------------------------------------------------------------------------------
+
+
+def _shape(x: object) -> str:
+    return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+
+
+def _check_K(K: int) -> None:
+    require(
+        isinstance(K, int) and not isinstance(K, bool) and K >= 2,
+        f"number of classes K must be an int >= 2, got {K!r}",
+    )
+
+
+def _check_global_mean(global_mean: str) -> None:
+    require(
+        global_mean in GLOBAL_MEANS,
+        f"unknown global_mean {global_mean!r}; allowed: {', '.join(GLOBAL_MEANS)}",
+    )
+
+
+def _check_labels_1d(labels: Tensor, n: int, K: int, force: bool = False) -> Tensor:
+    """Check shape and dtype; values too when on the CPU (or ``force``, which may sync)."""
+    require(
+        isinstance(labels, Tensor) and labels.ndim == 1 and labels.shape[0] == n,
+        f"labels must be a ({n},) tensor matching the features, got shape {_shape(labels)}",
+    )
+    require(
+        not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool,
+        f"labels must be an integer tensor, got {labels.dtype}",
+    )
+    if (force or labels.device.type == "cpu") and n > 0:
+        lo, hi = int(labels.min()), int(labels.max())
+        require(lo >= 0 and hi < K, f"labels must lie in [0, {K}), got values in [{lo}, {hi}]")
+    return labels
+
+
+def _check_features(features: Tensor, labels: Tensor, K: int) -> None:
+    _check_K(K)
+    require(
+        isinstance(features, Tensor) and features.ndim == 3,
+        f"features must be an (R, N, p) tensor, got shape {_shape(features)}",
+    )
+    require(features.is_floating_point(), f"features must be floating, got {features.dtype}")
+    require(features.shape[1] > 0, "features must hold at least one sample (N >= 1)")
+    _check_labels_1d(labels, features.shape[1], K)
+    require(
+        labels.device == features.device,
+        f"labels on {labels.device} but features on {features.device}; use one device",
+    )
+    if labels.device.type == "cpu":
+        counts = torch.bincount(labels, minlength=K)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        require(not empty, f"classes {empty} have no samples; every class needs one")
+
+
+def _check_weights(
+    weights: Tensor, bias: Tensor | None, r: int, K: int, p: int, dtype: torch.dtype
+) -> None:
+    require(
+        isinstance(weights, Tensor) and tuple(weights.shape) == (r, K, p),
+        f"weights must have shape (R, K, p) = ({r}, {K}, {p}), got {_shape(weights)}",
+    )
+    require(
+        weights.dtype == dtype, f"weights are {weights.dtype} but features are {dtype}; cast one"
+    )
+    if bias is not None:
+        require(
+            isinstance(bias, Tensor) and tuple(bias.shape) == (r, K),
+            f"bias must have shape (R, K) = ({r}, {K}), got {_shape(bias)}",
+        )
+        require(bias.dtype == dtype, f"bias is {bias.dtype} but features are {dtype}; cast one")

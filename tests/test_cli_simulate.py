@@ -1,0 +1,70 @@
+"""The ``ncsim simulate`` command: grids, outputs, JSON and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from ncsim.cli import cli
+from ncsim.params import parse_values
+
+SMALL = ["simulate", "-K", "3", "-n", "2", "-d", "4", "--t-end", "300", "--records", "20"]
+
+
+def _run(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_parse_values():
+    assert parse_values("0.5") == [0.5]
+    assert parse_values("1,2, 3") == [1.0, 2.0, 3.0]
+    values = parse_values("1e-4..1e-1:4")
+    assert values == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+
+
+def test_grid_json_has_one_row_per_run_with_status_and_onset():
+    result = _run([*SMALL, "--lambda-w", "1e-3..5e-1:2", "--lambda-h", "1e-3,5e-1",
+                   "--format", "json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert len(runs) == 4
+    for row in runs:
+        assert {"status", "onset_time", "fn_at_onset", "fn_star_theory"} <= set(row)
+    statuses = {(r["lambda_w"], r["lambda_h"]): r["status"] for r in runs}
+    assert statuses[(1e-3, 1e-3)] == "ok"
+    assert statuses[(0.5, 0.5)] == "vanishing"  # K sqrt(n lw lh) = 2.1 > 1
+
+
+def test_out_writes_tables_sidecar_and_figure(tmp_path):
+    out = tmp_path / "res"
+    result = _run([*SMALL, "--seed", "0,1", "--out", str(out), "--table-format", "csv"])
+    assert result.exit_code == 0, result.output
+    runs = pd.read_csv(out / "runs.csv")
+    traj = pd.read_csv(out / "trajectories.csv")
+    assert len(runs) == 2 and runs["run_id"].is_unique
+    assert set(traj["run_id"]) == set(runs["run_id"])
+    assert (out / "spec.json").exists() and (out / "trajectories.png").stat().st_size > 1000
+    assert "status" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-K", "1"], "classes K must be"),
+    (["--lambda-w", "-1e-3"], "lambda_w must be"),
+    (["--model", "deep", "--activation", "swish"], "swish"),
+    (["--lambda-h", "1e-4..:3"], "malformed range"),
+    (["--t-end", "0"], "t_end must be > 0"),
+    (["-K", "10", "-d", "5", "--init", "etf"], "needs d"),
+    (["--solver", "gd"], "needs a step dt"),
+])
+def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, args, message):
+    out = tmp_path / "never"
+    result = CliRunner().invoke(cli, ["simulate", *args, "--out", str(out)])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()

@@ -1,0 +1,195 @@
+"""Integrators and the batched simulator against closed forms, scipy and themselves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from ncsim.flow import RECORDED, integrate, simulate
+from ncsim.flow.simulate import _Batch
+from ncsim.spec import (
+    InitSpec,
+    ModelSpec,
+    OnsetSpec,
+    Regularization,
+    RunSpec,
+    SolverSpec,
+    TimeScale,
+)
+
+K, N_PER, D = 4, 5, 6
+LAM = 0.02
+
+
+def _closed_form_fn(loss: str, bias: str, lam_w: float, lam_h: float) -> float:
+    """Feature norm at the global minimiser (theory brief, sections 1.1 and 2.1)."""
+    r = math.sqrt(N_PER * lam_w * lam_h)
+    c = math.sqrt(lam_w / (N_PER * lam_h))
+    if loss == "ce":
+        h2 = (K - 1) / K * c * math.log(1 / r - (K - 1))
+    else:
+        h2 = c * (1 - K * r) * ((K - 1) / K if bias == "free" else 1.0)
+    return math.sqrt(h2)
+
+
+@pytest.mark.parametrize(("loss", "bias"), [("ce", "none"), ("mse", "none"), ("mse", "free")])
+def test_end_state_equals_closed_form(loss, bias):
+    lam_w, lam_h = LAM, 1.5 * LAM
+    spec = RunSpec(
+        model=ModelSpec(loss=loss, bias=bias, classes=K, per_class=N_PER, dim=D),
+        reg=Regularization(lambda_w=lam_w, lambda_h=lam_h),
+        init=InitSpec(scale=0.3, seed=4),
+        solver=SolverSpec(t_end=4000, rtol=1e-11, atol=1e-13, records=40, gtol=0),
+    )
+    row = simulate(spec).runs.iloc[0]
+    expected = _closed_form_fn(loss, bias, lam_w, lam_h)
+    assert row["status"] == "ok"
+    assert abs(row["final_fn"] / expected - 1) < 1e-6
+    assert row["final_nc1"] < 1e-8
+    assert row["final_nc2_etf"] < 1e-6
+    assert row["final_nc2_etf_w"] < 1e-6
+    assert row["final_nc3"] < 1e-6
+
+
+def _scipy_reference(spec: RunSpec):
+    batch = _Batch([spec])
+
+    def rhs(_t, y):
+        state = torch.as_tensor(y, dtype=torch.float64).unsqueeze(0)
+        return batch.velocity(state)[0].numpy()
+
+    times = spec.solver.record_times()
+    sol = solve_ivp(rhs, (0, spec.solver.t_end), batch.y0[0].numpy(), method="DOP853",
+                    rtol=1e-10, atol=1e-12, t_eval=times)
+    states = torch.as_tensor(sol.y.T, dtype=torch.float64)
+    runs = torch.zeros(len(times), dtype=torch.long)
+    return batch, batch.record(states, runs).numpy()
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5"])
+@pytest.mark.parametrize(("loss", "bias"), [("ce", "none"), ("mse", "reg")])
+def test_trajectory_equals_scipy_dop853(method, loss, bias):
+    spec = RunSpec(
+        model=ModelSpec(loss=loss, bias=bias, classes=3, per_class=2, dim=4),
+        reg=Regularization(lambda_w=0.01, lambda_h=0.02, lambda_b=0.05 if bias == "reg" else 0),
+        init=InitSpec(scale=0.5, seed=1),
+        solver=SolverSpec(method=method, t_end=60, rtol=1e-10, atol=1e-12, records=30, gtol=0),
+    )
+    batch, expected = _scipy_reference(spec)
+    flow = integrate(batch.velocity, batch.y0, spec.solver, batch.record, len(RECORDED))
+    got = flow.records[0]
+    cols = [RECORDED.index(c) for c in ("loss", "objective", "fn", "w_norm", "within_energy",
+                                         "class_mean_norm")]
+    np.testing.assert_allclose(got[:, cols], expected[:, cols], rtol=1e-7, atol=1e-9)
+
+
+def test_run_alone_equals_run_in_batch_of_256():
+    base = RunSpec(
+        model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
+        solver=SolverSpec(t_end=200, records=25, rtol=1e-9, atol=1e-11),
+    )
+    target = base.replace(reg=Regularization(lambda_w=3e-3, lambda_h=7e-3),
+                          init=InitSpec(scale=0.2, seed=11))
+    others = [base.replace(reg=Regularization(lambda_w=10 ** (-4 + 2 * i / 255),
+                                              lambda_h=10 ** (-1 - 2 * i / 255)),
+                           init=InitSpec(scale=0.05 + i / 100, seed=i)) for i in range(255)]
+    alone = simulate(target).trajectories
+    together = simulate(others[:100] + [target] + others[100:])
+    rid = alone["run_id"].iloc[0]
+    inside = together.trajectories[together.trajectories["run_id"] == rid]
+    assert len(together.runs) == 256
+    cols = ["time", "loss", "fn", "nc1", "nc1_trace", "nc3"]
+    np.testing.assert_allclose(inside[cols].to_numpy(), alone[cols].to_numpy(), rtol=1e-12,
+                               atol=1e-14)
+
+
+def test_above_threshold_run_is_vanishing():
+    lam_c = 1 / (K * math.sqrt(N_PER))  # lambda_W = lambda_H = lam_c <=> K sqrt(n l l) = 1
+    specs = [RunSpec(model=ModelSpec(loss=loss, classes=K, per_class=N_PER, dim=D),
+                     reg=Regularization(lambda_w=factor * lam_c, lambda_h=factor * lam_c),
+                     init=InitSpec(scale=0.5, seed=0),
+                     solver=SolverSpec(t_end=3000, records=60))
+             for loss in ("ce", "mse") for factor in (1.3, 0.7)]
+    runs = simulate(specs).runs
+    assert list(runs["status"]) == ["vanishing", "ok", "vanishing", "ok"]
+    vanished = runs[runs["status"] == "vanishing"]
+    assert (vanished["final_fn"] < 1e-6).all()
+
+
+def test_gd_is_explicit_euler():
+    spec = RunSpec(model=ModelSpec(classes=3, per_class=2, dim=4),
+                   reg=Regularization(lambda_w=0.1, lambda_h=0.2),
+                   init=InitSpec(scale=0.7, seed=2),
+                   solver=SolverSpec(method="gd", dt=0.25, t_end=1.0, records=2, t_first=0.5,
+                                     gtol=0))
+    batch = _Batch([spec])
+    flow = integrate(batch.velocity, batch.y0, spec.solver, batch.record, len(RECORDED))
+    y = batch.y0.clone()
+    for _ in range(4):
+        y = y - 0.25 * batch.objective.gradient(y, batch.penalties)
+    torch.testing.assert_close(flow.final_state, y, rtol=0, atol=1e-15)
+    assert flow.steps[0] == 4
+
+
+def test_rk4_converges_to_adaptive_solution():
+    spec = RunSpec(model=ModelSpec(loss="mse", classes=3, per_class=2, dim=4),
+                   reg=Regularization(lambda_w=0.05, lambda_h=0.05),
+                   init=InitSpec(scale=0.6, seed=3),
+                   solver=SolverSpec(method="rk4", dt=0.05, t_end=20, records=10, gtol=0))
+    fixed = simulate(spec).trajectories["fn"].to_numpy()
+    adaptive = simulate(spec.replace(solver=SolverSpec(t_end=20, records=10, rtol=1e-11,
+                                                       atol=1e-13, gtol=0)))
+    np.testing.assert_allclose(fixed, adaptive.trajectories["fn"].to_numpy(), rtol=1e-6)
+
+
+def test_diverging_run_is_frozen_and_others_continue():
+    base = RunSpec(model=ModelSpec(loss="mse", classes=3, per_class=2, dim=4),
+                   reg=Regularization(lambda_w=0.01, lambda_h=0.01),
+                   solver=SolverSpec(method="gd", dt=0.5, t_end=600, records=10))
+    specs = [base.replace(init=InitSpec(scale=s, seed=1)) for s in (0.3, 30.0, 0.4)]
+    runs = simulate(specs).runs
+    assert list(runs["status"]) == ["ok", "diverged", "ok"]
+    assert np.isfinite(runs["final_fn"]).all()
+
+
+def test_uniform_time_scale_rescales_time():
+    base = RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
+                   reg=Regularization(lambda_w=0.01, lambda_h=0.01),
+                   init=InitSpec(scale=0.3, seed=5),
+                   solver=SolverSpec(t_end=40, records=12, rtol=1e-11, atol=1e-13, gtol=0))
+    slow = simulate(base).trajectories
+    fast = simulate(base.replace(
+        time_scale=TimeScale(eta_h=2.0, eta_w=2.0),
+        solver=SolverSpec(t_end=20, t_first=0.005, records=12, rtol=1e-11, atol=1e-13, gtol=0),
+    )).trajectories
+    np.testing.assert_allclose(fast["time"] * 2, slow["time"], rtol=1e-12)
+    np.testing.assert_allclose(fast["fn"], slow["fn"], rtol=1e-8)
+
+
+def test_steady_state_stops_early_and_records_onset():
+    spec = RunSpec(model=ModelSpec(loss="mse", classes=3, per_class=2, dim=3),
+                   reg=Regularization(lambda_w=0.05, lambda_h=0.05),
+                   init=InitSpec(scale=0.5, seed=0),
+                   solver=SolverSpec(t_end=1e6, gtol=1e-9, records=50),
+                   onset=OnsetSpec(threshold=1e-3))
+    row = simulate(spec).runs.iloc[0]
+    assert row["status"] == "ok"
+    assert row["t_final"] < 1e6
+    assert row["grad_norm_final"] <= 1e-9
+    assert 0 < row["onset_time"] < row["t_final"]
+
+
+def test_float32_agrees_with_float64():
+    spec = RunSpec(model=ModelSpec(loss="ce", classes=4, per_class=3, dim=5),
+                   reg=Regularization(lambda_w=0.01, lambda_h=0.01),
+                   init=InitSpec(scale=0.2, seed=0),
+                   solver=SolverSpec(t_end=300, records=20, rtol=1e-6, atol=1e-8))
+    f64 = simulate(spec).runs.iloc[0]
+    f32 = simulate(spec.replace(solver=SolverSpec(t_end=300, records=20, rtol=1e-6, atol=1e-8,
+                                                  dtype="float32"))).runs.iloc[0]
+    assert abs(f32["final_fn"] / f64["final_fn"] - 1) < 1e-4
+    assert abs(f32["onset_time"] / f64["onset_time"] - 1) < 1e-3
