@@ -1,0 +1,248 @@
+"""``ncsim theory``: equilibrium | threshold | onset | derive | phase-diagram."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import click
+import sympy as sp
+
+from ncsim.cli_errors import handle_errors
+from ncsim.errors import InputError, require
+from ncsim.params import grid, parse_ints, parse_values
+from ncsim.theory.critical import critical_table
+from ncsim.theory.derivations import derivations
+from ncsim.theory.dynamics import growth_rate, nc1_rates
+from ncsim.theory.equilibrium import BIASES, LOSSES, equilibrium
+from ncsim.theory.phase import AXES, phase_diagram, plot_phase
+from ncsim.theory.prediction import predicted_onset
+
+FORMATS = ("json", "latex", "text")
+
+
+def _model_options(func: Callable) -> Callable:
+    opts = [
+        click.option("--loss", default="ce", show_default=True, help="ce | mse"),
+        click.option("--bias", default="none", show_default=True, help="none | free | reg"),
+        click.option("-K", "--classes", "classes", default="10", show_default=True),
+        click.option("-n", "--per-class", "per_class", default="20", show_default=True),
+        click.option("-d", "--dim", "dim", default="32", show_default=True),
+        click.option("--depth", default="1", show_default=True,
+                     help="weight matrices L (>= 2: deep linear UFM)"),
+        click.option("--lambda-w", "lambda_w", default="5e-4", show_default=True),
+        click.option("--lambda-h", "lambda_h", default="5e-4", show_default=True),
+        click.option("--lambda-b", "lambda_b", default="0", show_default=True),
+        click.option("--init-scale", "init_scale", default="0.1", show_default=True),
+        click.option("--onset-threshold", "onset_threshold", default="0.01", show_default=True),
+        click.option("--ratio", default=None,
+                     help="lambda_H / lambda_W for lambda_crit (default: from the decays)"),
+        click.option("--format", "fmt", default="json", show_default=True,
+                     help="json | latex | text"),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
+    require(o["loss"] in LOSSES, f"unknown loss {o['loss']!r}; allowed: {', '.join(LOSSES)}")
+    require(o["bias"] in BIASES, f"unknown bias {o['bias']!r}; allowed: {', '.join(BIASES)}")
+    require(o["fmt"] in FORMATS, f"unknown format {o['fmt']!r}; allowed: {', '.join(FORMATS)}")
+    axes = {
+        "K": parse_ints(o["classes"], "-K/--classes"),
+        "n": parse_ints(o["per_class"], "-n/--per-class"),
+        "d": parse_ints(o["dim"], "-d/--dim"),
+        "depth": parse_ints(o["depth"], "--depth"),
+        "lambda_w": parse_values(o["lambda_w"], "--lambda-w"),
+        "lambda_h": parse_values(o["lambda_h"], "--lambda-h"),
+        "lambda_b": parse_values(o["lambda_b"], "--lambda-b"),
+        "init_scale": parse_values(o["init_scale"], "--init-scale"),
+        "onset_threshold": parse_values(o["onset_threshold"], "--onset-threshold"),
+    }
+    require(all(k >= 2 for k in axes["K"]), "-K/--classes must be an integer >= 2")
+    require(all(v >= 1 for v in axes["n"]), "-n/--per-class must be an integer >= 1")
+    require(all(v >= 1 for v in axes["d"]), "-d/--dim must be an integer >= 1")
+    require(all(v >= 1 for v in axes["depth"]), "--depth must be an integer >= 1")
+    for name in ("lambda_w", "lambda_h", "lambda_b"):
+        require(all(v >= 0 for v in axes[name]), f"--{name.replace('_', '-')} must be >= 0")
+    require(all(v > 0 for v in axes["init_scale"]), "--init-scale must be > 0")
+    require(all(v > 0 for v in axes["onset_threshold"]), "--onset-threshold must be > 0")
+    if o["bias"] == "reg":
+        require(all(v > 0 for v in axes["lambda_b"]),
+                "bias 'reg' needs --lambda-b > 0 (use --bias free for 0)")
+    else:
+        require(all(v == 0 for v in axes["lambda_b"]),
+                f"--lambda-b needs --bias reg, got bias {o['bias']!r}")
+    points = grid(axes)
+    require(len(points) <= 100_000, f"grid has {len(points)} points; at most 100000")
+    return points
+
+
+def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, Any]:
+    loss, bias = o["loss"], o["bias"]
+    eq = equilibrium(loss, bias, p["K"], p["n"], p["lambda_w"], p["lambda_h"], p["lambda_b"],
+                     p["depth"])
+    row: dict[str, Any] = {"loss": loss, "bias": bias, **p}
+    d = eq.to_dict()
+    row["collapsed"] = bool(d.pop("collapsed"))
+    for k, v in d.items():
+        row[k] = v if v is None or isinstance(v, bool) else float(v)
+    ratio = float(o["ratio"]) if o["ratio"] is not None else (
+        p["lambda_h"] / p["lambda_w"] if p["lambda_w"] > 0 and p["lambda_h"] > 0 else 1.0)
+    require(ratio > 0, "--ratio must be > 0")
+    row["ratio"] = ratio
+    row.update(critical_table(loss, bias, p["K"], p["n"], p["depth"], ratio))
+    row["growth_rate"] = float(growth_rate(p["K"], p["n"], p["lambda_w"], p["lambda_h"],
+                                           p["depth"]))
+    early, late = nc1_rates(p["K"], p["n"], p["lambda_w"], p["lambda_h"])
+    row["nc1_rate_early"], row["nc1_rate_late"] = float(early), float(late)
+    if p["depth"] > 1:  # the one-layer mode rates do not apply
+        row["nc1_rate_early"] = row["nc1_rate_late"] = math.nan
+    row["onset_time"] = row["lead_time"] = row["fn_cross_time"] = math.nan
+    row["onset_regime"] = None
+    if with_onset:
+        pred = predicted_onset(loss, bias, p["K"], p["n"], p["d"], p["lambda_w"], p["lambda_h"],
+                               p["init_scale"], p["onset_threshold"], p["lambda_b"], p["depth"])
+        row.update(onset_time=pred.onset_time, lead_time=pred.lead_time,
+                   fn_cross_time=pred.fn_cross_time, onset_regime=pred.regime)
+    return row
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _emit(rows: list[dict[str, Any]], fmt: str, exprs: dict[str, sp.Expr]) -> None:
+    if fmt == "json":
+        click.echo(json.dumps({"results": [{k: _json_value(v) for k, v in r.items()}
+                                           for r in rows]}))
+        return
+    if fmt == "latex":
+        click.echo(_latex_exprs(exprs))
+        keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float))
+                and not isinstance(rows[0][k], bool)]
+        click.echo("\\begin{tabular}{l" + "r" * len(rows) + "}")
+        for k in keys:
+            cells = " & ".join(f"{r[k]:.6g}" for r in rows)
+            click.echo(f"\\texttt{{{k.replace('_', chr(92) + '_')}}} & {cells} \\\\")
+        click.echo("\\end{tabular}")
+        return
+    for i, r in enumerate(rows):
+        if len(rows) > 1:
+            click.echo(f"# point {i + 1}/{len(rows)}")
+        width = max(len(k) for k in r)
+        for k, v in r.items():
+            click.echo(f"{k:<{width}}  {v:.10g}" if isinstance(v, float) and not isinstance(
+                v, bool) else f"{k:<{width}}  {v}")
+
+
+def _latex_exprs(exprs: dict[str, sp.Expr]) -> str:
+    lines = ["\\begin{align*}"]
+    for name, e in exprs.items():
+        lines.append(f"\\text{{{name.replace('_', ' ')}}} &: \\quad {sp.latex(e)} \\\\")
+    lines.append("\\end{align*}")
+    return "\n".join(lines)
+
+
+def _run(o: dict[str, Any], with_onset: bool, keys: list[str] | None) -> None:
+    points = _grid(o)
+    rows = [_row(o, p, with_onset) for p in points]
+    exprs = derivations(o["loss"], points[0]["depth"], o["bias"]) if o["fmt"] == "latex" else {}
+    if keys is not None and exprs:
+        exprs = {k: v for k, v in exprs.items() if any(w in k for w in keys)}
+    _emit(rows, o["fmt"], exprs)
+
+
+@click.group("theory")
+def theory() -> None:
+    """Closed-form equilibria, thresholds and onset predictions (sympy-derived)."""
+
+
+@theory.command("equilibrium")
+@_model_options
+@handle_errors
+def equilibrium_cmd(**o: Any) -> None:
+    """Global minimiser: norms, fn*, logits / margin, loss, and the whole theory row."""
+    _run(o, True, ["objective", "sigma", "margin", "w_row", "h2", "ce", "prob", "x_max",
+                   "bias", "mean"])
+
+
+@theory.command("threshold")
+@_model_options
+@handle_errors
+def threshold_cmd(**o: Any) -> None:
+    """Critical weight decay (lambda_H = ratio x lambda_W), deep jump and thresholds."""
+    _run(o, False, ["crit", "tau", "Lambda", "jump"])
+
+
+@theory.command("onset")
+@_model_options
+@handle_errors
+def onset_cmd(**o: Any) -> None:
+    """Growth rate, NC1 rates, predicted onset and lead time (Gaussian init)."""
+    _run(o, True, ["growth", "logistic", "half", "nc1", "escape"])
+
+
+@theory.command("derive")
+@click.option("--loss", default="ce", show_default=True, help="ce | mse")
+@click.option("--bias", default="none", show_default=True, help="none | free | reg")
+@click.option("--depth", default="1", show_default=True)
+@click.option("--format", "fmt", default="latex", show_default=True, help="json | latex | text")
+@handle_errors
+def derive_cmd(loss: str, bias: str, depth: str, fmt: str) -> None:
+    """Print the derivation's key expressions."""
+    require(fmt in FORMATS, f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    depths = parse_ints(depth, "--depth")
+    require(len(depths) == 1 and depths[0] >= 1, "--depth takes one integer >= 1")
+    exprs = derivations(loss, depths[0], bias)
+    if fmt == "latex":
+        click.echo(_latex_exprs(exprs))
+    elif fmt == "json":
+        click.echo(json.dumps({"loss": loss, "bias": bias, "depth": depths[0],
+                               "expressions": {k: sp.sstr(v) for k, v in exprs.items()},
+                               "latex": {k: sp.latex(v) for k, v in exprs.items()}}))
+    else:
+        for k, v in exprs.items():
+            click.echo(f"{k} = {sp.sstr(v)}")
+
+
+@theory.command("phase-diagram")
+@_model_options
+@click.option("--x", "x_axis", default="lambda_w", show_default=True,
+              help="x parameter: " + ", ".join(AXES))
+@click.option("--y", "y_axis", default="lambda_h", show_default=True, help="y parameter")
+@click.option("--xs", default="1e-4..1:25", help="x values (value, list or lo..hi:count)")
+@click.option("--ys", default=None, help="y values (default: as --xs)")
+@click.option("--out", default=None, help="figure path (png/pdf)")
+@handle_errors
+def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None,
+              **o: Any) -> None:
+    """Analytic phase diagram over two parameters: table (stdout) and figure (--out)."""
+    require(x_axis in AXES and y_axis in AXES,
+            f"phase axes must be two of: {', '.join(AXES)}")
+    xv = parse_values(xs, "--xs")
+    yv = parse_values(ys if ys is not None else xs, "--ys")
+    points = _grid(o)
+    require(len(points) == 1, "phase-diagram: give one value for every other parameter")
+    p = points[0]
+    base = {"loss": o["loss"], "bias": o["bias"], "K": p["K"], "n": p["n"], "d": p["d"],
+            "depth": p["depth"], "lambda_w": p["lambda_w"], "lambda_h": p["lambda_h"],
+            "lambda_b": p["lambda_b"], "init_scale": p["init_scale"]}
+    try:
+        rows = phase_diagram(x_axis, xv, y_axis, yv, base)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if out is not None:
+        plot_phase(rows, x_axis, y_axis, out)
+    if o["fmt"] == "json":
+        click.echo(json.dumps({"x": x_axis, "y": y_axis, "results": rows, "figure": out}))
+    else:
+        click.echo(f"{x_axis:>12} {y_axis:>12} {'phase':>12} {'fn_star':>12}")
+        for r in rows:
+            click.echo(f"{r[x_axis]:>12.4g} {r[y_axis]:>12.4g} {r['phase']:>12} "
+                       f"{r['fn_star']:>12.5g}")

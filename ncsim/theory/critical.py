@@ -1,0 +1,161 @@
+"""Critical weight decay and the deep-model thresholds (global, stationary, jump, basin).
+
+``lambda_crit`` is the critical lambda_W when lambda_H = ratio x lambda_W (every W_l shares
+lambda_W): below it the global minimiser is collapsed, above it the origin. One layer: from
+g'(0+) = 0 (closed form, MSE and CE alike). Deep MSE: from the jump condition (closed form).
+Deep CE: certified bisection of g(sigma*(Lambda)) - g(0) in log Lambda (monotone in Lambda).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from ncsim.theory import deep, modes, ufm
+from ncsim.theory import symbols as S
+from ncsim.theory._backend import Array, bisect, broadcast, namespace
+from ncsim.theory.compile import compile_expr
+from ncsim.theory.equilibrium import check_model
+
+
+@functools.cache
+def _compiled(name: str):
+    d = deep.derive_mse()
+    args = [deep.N_sym, S.s, S.M, S.Lam, S.c]
+    if name == "lambda_crit_1":
+        return compile_expr(ufm.derive_mse()["lambda_crit_ratio"], [S.K, S.n, S.rho])
+    return compile_expr(d[name], args)
+
+
+def Lambda_crit(loss: str, K: Array, n: Array, depth: int = 1) -> Array:
+    """Critical geometric-mean decay Lambda_glob (collapse iff Lambda < Lambda_crit).
+
+    One layer: 1/(K sqrt(n)) (MSE and CE). Deep MSE: the sympy jump formula. Deep CE: numeric.
+    """
+    K, n = broadcast(K, n)
+    xp = namespace(K)
+    M = depth + 1
+    if depth == 1:
+        return 1 / (K * xp.sqrt(n))
+    if loss == "mse":
+        return _compiled("Lambda_glob")(K * n, xp.sqrt(n), M, 0.0 * K + 1.0, 1.0 + 0.0 * K)
+    return _ce_Lambda_glob(K, n, M)
+
+
+def _ce_Lambda_glob(K: Array, n: Array, M: int) -> Array:
+    _, lam_stat = modes.ce_psi_max(K, n, M)
+    xp = namespace(K)
+
+    def gap(log_lam: Array) -> Array:
+        lam = xp.exp(log_lam)
+        sol = modes.ce_ray(K, n, lam, M)
+        g_loc = modes.ce_objective(sol.sigma_local, K, n, lam, M)
+        gap_ = g_loc - sol.objective_zero
+        return xp.where(xp.isfinite(gap_), gap_, xp.full_like(gap_, 1.0))  # no critical point
+
+    hi = xp.log(lam_stat)
+    return xp.exp(bisect(gap, hi - 60.0, hi, iters=80))
+
+
+def lambda_crit(loss: str, bias: str, K: Array, n: Array, depth: int = 1,
+                ratio: Array = 1.0) -> Array:
+    """Critical lambda_W (with lambda_H = ratio x lambda_W, all layers equal).
+
+    Parameters
+    ----------
+    loss, bias : model (the bias does not move the threshold of the centred modes).
+    K, n : classes, samples per class (balanced). depth : L. ratio : lambda_H / lambda_W.
+
+    Returns
+    -------
+    Array: lambda_W,c = Lambda_crit / ratio^(1/M) with M = depth + 1.
+    """
+    check_model(loss, bias, depth)
+    K, n, ratio = broadcast(K, n, ratio)
+    return Lambda_crit(loss, K, n, depth) / ratio ** (1.0 / (depth + 1))
+
+
+def lambda_b_crit_mean_mode(K: Array, n: Array, lambda_w: Array, lambda_h: Array) -> Array:
+    """MSE, regularised bias, one layer: the mean mode dies iff lambda_b/(1+lambda_b) <= K r.
+
+    Returns the critical lambda_b (the mean mode is non-zero for lambda_b above it), or inf
+    where K r >= 1.
+    """
+    K, n, lw, lh = broadcast(K, n, lambda_w, lambda_h)
+    xp = namespace(K)
+    q = K * xp.sqrt(n * lw * lh)
+    return xp.where(q < 1, q / xp.where(q < 1, 1 - q, 1.0), xp.full_like(q, float("inf")))
+
+
+@dataclass(frozen=True)
+class DeepThresholds:
+    """Thresholds of the deep linear MSE mode problem (arrays), theory.md 3.1.
+
+    tau_glob, tau_stat : collapse is global iff sqrt(n) > tau_glob; a non-zero critical point
+        exists iff sqrt(n) > tau_stat.
+    Lambda_glob, Lambda_stat : the same as bounds on Lambda.
+    sigma_jump : sigma* at the global threshold (the size of the first-order jump).
+    """
+
+    tau_glob: Array
+    tau_stat: Array
+    Lambda_glob: Array
+    Lambda_stat: Array
+    sigma_jump: Array
+
+
+def deep_thresholds(K: Array, n: Array, Lam: Array, depth: int) -> DeepThresholds:
+    """Closed-form deep-linear MSE thresholds at geometric-mean decay ``Lam`` (depth >= 2)."""
+    if depth < 2:
+        raise ValueError("deep thresholds need depth >= 2")
+    K, n, Lam = broadcast(K, n, Lam)
+    xp = namespace(K)
+    M, N, s, one = depth + 1, K * n, xp.sqrt(n), 1.0 + 0.0 * K
+    f = _compiled
+    return DeepThresholds(
+        tau_glob=f("tau_glob")(N, s, M, Lam, one),
+        tau_stat=f("tau_stat")(N, s, M, Lam, one),
+        Lambda_glob=f("Lambda_glob")(N, s, M, Lam, one),
+        Lambda_stat=f("Lambda_stat")(N, s, M, Lam, one),
+        sigma_jump=f("sigma_jump")(N, s, M, Lam, one),
+    )
+
+
+def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Array:
+    """Per-factor amplitude a_u below which a balanced aligned init flows to the origin.
+
+    Equal decays lambda on all M = depth + 1 factors. MSE: the lower root of
+    (s - a^M) a^(M-2) = N lambda (certified bisection on [0, x_max]); CE: the lower root of
+    psi(sigma) = lambda, a_u = sigma_u^(1/M). Returns 0 for depth 1 (the origin is a saddle
+    below lambda_crit) and NaN where no non-zero critical point exists (everything vanishes).
+    """
+    K, n, lam = broadcast(K, n, lam)
+    xp = namespace(K)
+    M = depth + 1
+    if depth == 1:
+        return xp.where(K * lam * xp.sqrt(n) < 1, 0.0 * K, xp.full_like(K, float("nan")))
+    s, N = xp.sqrt(n), K * n
+    if loss == "mse":
+        x_max = (s * (M - 2) / (2 * (M - 1))) ** (1.0 / M)
+        root = bisect(lambda a: a ** (M - 2) * (s - a ** M) / N - lam, 0.0 * K, x_max)
+        return root
+    sig_m, _ = modes.ce_psi_max(K, n, M)
+    root = bisect(lambda v: modes._ce_psi(v, K, n, M) - lam, 0.0 * K, sig_m)
+    return root ** (1.0 / M)
+
+
+def critical_table(loss: str, bias: str, K: int, n: int, depth: int, ratio: float = 1.0
+                   ) -> dict[str, float]:
+    """Scalars for reports: lambda_crit and, for deep MSE, the closed-form jump."""
+    lc = float(lambda_crit(loss, bias, K, n, depth, ratio))
+    out = {"lambda_crit": lc, "Lambda_crit": float(Lambda_crit(loss, K, n, depth))}
+    if depth >= 2 and loss == "mse":
+        th = deep_thresholds(K, n, out["Lambda_crit"], depth)
+        out["sigma_jump"] = float(th.sigma_jump)
+    if depth >= 2 and loss == "ce":
+        lam = out["Lambda_crit"]
+        sol = modes.ce_ray(K, n, np.array(lam * (1 - 1e-9)), depth + 1)
+        out["sigma_jump"] = float(sol.sigma)
+    return out

@@ -1,0 +1,169 @@
+"""Gradient-flow dynamics of the label modes: growth at the origin, logistic rise, escape times.
+
+Mode ODE (one layer, theory.md 1.2): with aligned singular vectors each label mode has scalar
+weight / feature amplitudes (w, h) with
+
+    MSE: dw/dt = (s - w h) h / N - lambda_W w,   dh/dt = (s - w h) w / N - lambda_H h,
+    CE:  dw/dt = h / (sqrt(n)(e^(w h / sqrt n) + K - 1)) - lambda_W w   (and w <-> h),
+
+s = sqrt(n), N = K n. Deep, balanced, equal decays (per-factor amplitude a, u = a^M):
+MSE: da/dt = (s - a^M) a^(M-1) / N - lambda a.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import sympy as sp
+from scipy.integrate import quad
+
+from ncsim.theory import symbols as S
+from ncsim.theory._backend import Array, broadcast, namespace
+from ncsim.theory.compile import compile_expr
+
+z_inf, r_sym, u_sym = sp.symbols("z_inf r u", positive=True)
+g_sym = sp.Symbol("g", positive=True)
+
+
+@functools.cache
+def derive() -> dict[str, sp.Expr]:
+    """Symbolic dynamics results.
+
+    Returns
+    -------
+    dict with ``jacobian`` (linearised one-layer mode system at 0, coupling g = s/N),
+    ``growth_rate`` (its largest eigenvalue), ``logistic`` z(t) (separation of variables of
+    dz/dt = 2 r z (1 - z/z_inf)), ``logistic_rate`` r and ``logistic_limit`` z_inf for equal
+    decays (matching dz/dt = (2/N) z (s - N lambda - z)), ``half_time``, ``z_integral``
+    (int_0^t z), ``nc1_rate_early`` = 2(lambda_H + mu), ``nc1_rate_late`` = 2 lambda_H and
+    ``escape_asymptotic`` (deep, lambda = 0, small init a_0, M >= 3).
+    """
+    J = sp.Matrix([[-S.lam_w, g_sym], [g_sym, -S.lam_h]])
+    eig = list(J.eigenvals())
+    mu = sp.simplify(max(eig, key=lambda e: e.subs({S.lam_w: 1, S.lam_h: 2, g_sym: 1})))
+    mu_ufm = mu.subs(g_sym, sp.sqrt(S.n) / S.N)
+    # logistic by separation of variables
+    T = sp.integrate(1 / (2 * r_sym * u_sym * (1 - u_sym / z_inf)), (u_sym, S.z0, S.z),
+                     conds="none")
+    (zt,) = sp.solve(sp.Eq(S.t, T), S.z)
+    zt = sp.simplify(zt)
+    # identify r and z_inf from the equal-decay mode ODE dz/dt = 2 z ((s - z)/N - lambda)
+    rhs = sp.expand(2 * S.z * ((sp.sqrt(S.n) - S.z) / S.N - S.lam))
+    lin, quad_ = rhs.coeff(S.z, 1), rhs.coeff(S.z, 2)
+    rate = sp.simplify(lin / 2)
+    limit = sp.simplify(-lin / quad_)
+    (t_half,) = sp.solve(sp.Eq(zt, z_inf / 2), S.t)
+    tau = sp.Symbol("tau", positive=True)
+    z_int = sp.simplify(sp.integrate(zt.subs(S.t, tau), (tau, 0, S.t)))
+    a0 = sp.Symbol("a_0", positive=True)
+    s_ = sp.Symbol("s", positive=True)
+    Nn = sp.Symbol("N", positive=True)
+    lead = Nn / S.M * sp.integrate(u_sym ** (2 / S.M - 2) / s_, (u_sym, a0 ** S.M, sp.oo),
+                                   conds="none")
+    return {
+        "jacobian": J,
+        "growth_rate_g": mu,
+        "growth_rate": sp.simplify(mu_ufm),
+        "logistic": zt,
+        "logistic_rate": rate,
+        "logistic_limit": limit,
+        "half_time": sp.simplify(t_half),
+        "z_integral": z_int,
+        "nc1_rate_early": 2 * (S.lam_h + mu_ufm),
+        "nc1_rate_late": 2 * S.lam_h,
+        "escape_asymptotic": sp.simplify(lead),
+    }
+
+
+@functools.cache
+def _fn(name: str):
+    d = derive()
+    args = {
+        "growth_rate": [S.K, S.n, S.lam_w, S.lam_h],
+        "logistic": [S.t, S.z0, z_inf, r_sym],
+        "logistic_rate": [S.K, S.n, S.lam],
+        "logistic_limit": [S.K, S.n, S.lam],
+        "half_time": [S.z0, z_inf, r_sym],
+        "z_integral": [S.t, S.z0, z_inf, r_sym],
+    }[name]
+    return compile_expr(d[name], args)
+
+
+def growth_rate(K: Array, n: Array, lambda_w: Array, lambda_h: Array, depth: int = 1) -> Array:
+    """Largest eigenvalue of the gradient flow linearised at the origin (per unit time).
+
+    One layer (MSE and CE, any bias): mu = -(lW+lH)/2 + sqrt(((lW-lH)/2)^2 + 1/(K^2 n)); the
+    norms of W and H grow like e^(mu t), sigma(WH) like e^(2 mu t). Deep (M >= 3): the data
+    gradient is of order >= 2 at 0, so the Jacobian is -diag(lambda) and mu = -min(lambda).
+    """
+    K, n, lw, lh = broadcast(K, n, lambda_w, lambda_h)
+    xp = namespace(K)
+    if depth == 1:
+        return _fn("growth_rate")(K, n, lw, lh)
+    return -xp.minimum(lw, lh)
+
+
+def logistic(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
+    """z(t) = sigma(WH) of a mode from a balanced aligned init z0 (MSE, lambda_W = lambda_H)."""
+    r = _fn("logistic_rate")(K, n, lam)
+    zi = _fn("logistic_limit")(K, n, lam)
+    return _fn("logistic")(t, z0, zi, r)
+
+
+def logistic_half_time(z0: Array, K: Array, n: Array, lam: Array) -> Array:
+    """t_1/2 = ln(z_inf/z0 - 1) / (2 r): time at which the mode reaches half its limit."""
+    r = _fn("logistic_rate")(K, n, lam)
+    zi = _fn("logistic_limit")(K, n, lam)
+    return _fn("half_time")(z0, zi, r)
+
+
+def logistic_integral(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
+    """int_0^t z(tau) dtau of the logistic mode (closed form)."""
+    r = _fn("logistic_rate")(K, n, lam)
+    zi = _fn("logistic_limit")(K, n, lam)
+    return _fn("z_integral")(t, z0, zi, r)
+
+
+def nc1_rates(K: Array, n: Array, lambda_w: Array, lambda_h: Array) -> tuple[Array, Array]:
+    """(early, late) exponential decay rates of NC1: 2(lambda_H + mu) and 2 lambda_H."""
+    mu = growth_rate(K, n, lambda_w, lambda_h)
+    return 2 * (lambda_h + mu), 2 * np.asarray(lambda_h, dtype=float) + 0 * mu
+
+
+def escape_time_asymptotic(K: Array, n: Array, a0: Array, depth: int) -> Array:
+    """Deep escape time without weight decay, small init: N a0^(2-M) / ((M-2) s), M >= 3."""
+    M = depth + 1
+    if M < 3:
+        raise ValueError("the asymptotic escape time needs depth >= 2")
+    K, n, a0 = broadcast(K, n, a0)
+    xp = namespace(K)
+    return K * n * a0 ** (2.0 - M) / ((M - 2) * xp.sqrt(n))
+
+
+def _deep_rhs(a: float, K: float, n: float, lam: float, M: int, loss: str) -> float:
+    s, N = math.sqrt(n), K * n
+    if loss == "mse":
+        return (s - a ** M) * a ** (M - 1) / N - lam * a
+    m = a ** M / s
+    return a ** (M - 1) * math.exp(-m) / (s * (1 + (K - 1) * math.exp(-m))) - lam * a
+
+
+def escape_time(K: float, n: float, a0: float, a_end: float, depth: int, lam: float = 0.0,
+                loss: str = "mse") -> float:
+    """Time for the balanced per-factor amplitude to go from a0 to a_end (quadrature).
+
+    t = int_{a0}^{a_end} da / (da/dt); inf when the flow does not reach a_end (trapped below
+    the basin root, or a_end beyond the stable point).
+    """
+    M = depth + 1
+    if a_end <= a0:
+        return 0.0
+    grid = np.linspace(a0, a_end, 2001)
+    rates = np.array([_deep_rhs(a, K, n, lam, M, loss) for a in grid])
+    if np.any(rates <= 0):
+        return math.inf
+    val, _ = quad(lambda a: 1.0 / _deep_rhs(a, K, n, lam, M, loss), a0, a_end, limit=400,
+                  epsabs=0.0, epsrel=1e-10, points=list(np.geomspace(a0, a_end, 8)[1:-1]))
+    return float(val)

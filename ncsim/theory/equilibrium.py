@@ -1,0 +1,220 @@
+"""Equilibria at the global minimiser: norms, fn*, logits, loss, for one-layer and deep linear UFMs.
+
+The global minimiser is assembled from the per-mode solutions (:mod:`ncsim.theory.modes`):
+
+- factor singular values on a mode with logit singular value sigma: lambda-balancing
+  (lambda_j a_j^2 equal across the M factors) gives a_j = sqrt(Lambda/lambda_j) sigma^(1/M);
+- penultimate features (input of the classifier W_L): singular value p = sigma / a_L on the mode;
+- label modes: K - 1 centred modes (singular value sqrt(n) of the centred labels), plus the
+  mean mode: for MSE without bias it is an ordinary mode, with a free bias the bias absorbs it
+  (sigma_0 = 0, b = 1/K), with a regularised bias it has data weight lambda_b/(1 + lambda_b);
+  for CE the mean mode is useless (softmax is shift invariant) and the bias is 0.
+- balanced collapse: every sample of class k has the same feature, so fn* = |h| = |mu_k|
+  (uncentred class mean) with |h|^2 = (K-1)/(K n) p^2 + p_0^2 / N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ncsim.errors import InputError, require
+from ncsim.theory import modes
+from ncsim.theory._backend import Array, broadcast, namespace
+
+LOSSES = ("mse", "ce")
+BIASES = ("none", "free", "reg")
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    """Global minimiser of the (deep linear) UFM; every field is an array of the grid shape.
+
+    Attributes
+    ----------
+    collapsed : bool, the global minimiser is non-zero (neural collapse).
+    sigma, sigma_mean : singular value of the logits Z = W_L ... W_1 H on each centred label
+        mode and on the mean mode.
+    fn_star : mean penultimate feature norm |h| at the minimiser (uncentred).
+    class_mean_norm_star, class_mean_norm_centred : |mu_k| and |mu_k - mu_G|.
+    w_norm_star : classifier row norm |w_k| (last layer).
+    factor_norms : Frobenius norms, keys "H", "W1", ..., "WL".
+    margin_star : true logit minus any other logit.
+    logit_true, logit_other : logits of the true and of any other class.
+    bias_star : entry of the bias vector (b = bias_star 1).
+    loss_star : mean data loss (1/N) sum_i loss(z_i, y_i).
+    objective_star, objective_zero : objective f at the minimiser and at the origin.
+    sigma_local : non-zero local minimiser of the mode problem (NaN if none; deep: may be a
+        metastable state when the origin is global).
+    lower_rank_better : whether a lower-rank configuration beats the collapsed one
+        (False where proven; None where not checked, see :func:`ncsim.theory.lowrank`).
+    """
+
+    collapsed: Array
+    sigma: Array
+    sigma_mean: Array
+    fn_star: Array
+    class_mean_norm_star: Array
+    class_mean_norm_centred: Array
+    w_norm_star: Array
+    factor_norms: dict[str, Array]
+    margin_star: Array
+    logit_true: Array
+    logit_other: Array
+    bias_star: Array
+    loss_star: Array
+    objective_star: Array
+    objective_zero: Array
+    sigma_local: Array
+    lower_rank_better: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with numpy arrays (factor norms flattened as ``norm_H``, ``norm_W1`` ...)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("factor_norms", "meta")}
+        for k, v in self.factor_norms.items():
+            out[f"norm_{k}"] = v
+        return out
+
+
+def check_model(loss: str, bias: str, depth: int) -> None:
+    """Raise :class:`InputError` for an unknown loss / bias or a bad depth."""
+    require(loss in LOSSES, f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+    require(bias in BIASES, f"unknown bias {bias!r}; allowed: {', '.join(BIASES)}")
+    require(isinstance(depth, (int, np.integer)) and depth >= 1,
+            f"depth must be an integer >= 1, got {depth!r}")
+
+
+def _lambdas(lambda_w: Any, lambda_h: Array, depth: int) -> list[Array]:
+    """[lambda_W1, ..., lambda_WL, lambda_H] (lambda_w: scalar/array or per-layer tuple)."""
+    if isinstance(lambda_w, (tuple, list)):
+        if len(lambda_w) != depth:
+            raise InputError(f"lambda_w lists {len(lambda_w)} values but depth is {depth}")
+        return [*lambda_w, lambda_h]
+    return [lambda_w] * depth + [lambda_h]
+
+
+def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_h: Array,
+                lambda_b: Array = 0.0, depth: int = 1,
+                check_lower_rank: bool = False) -> Equilibrium:
+    """Global minimiser of the UFM (depth 1) or the deep linear UFM (depth L >= 2).
+
+    Parameters
+    ----------
+    loss : "mse" or "ce".
+    bias : "none", "free" or "reg" (last-layer bias; ``lambda_b`` > 0 for "reg").
+    K, n : classes and samples per class (balanced), arrays broadcast with the decays.
+    lambda_w : weight decay of every W_l (array), or a tuple with one array per layer.
+    lambda_h : feature decay. lambda_b : bias decay (bias "reg").
+    depth : L, the number of weight matrices (M = L + 1 factors).
+    check_lower_rank : deep CE only: run :func:`ncsim.theory.lowrank.lower_rank_check` (numeric,
+        restarts; scalar parameters) and set ``lower_rank_better``; otherwise it is None there.
+
+    Returns
+    -------
+    Equilibrium with arrays of the broadcast shape (numpy, or torch if any input is torch).
+    """
+    check_model(loss, bias, depth)
+    M = depth + 1
+    lams = _lambdas(lambda_w, lambda_h, depth)
+    K, n, lambda_b, *lams = broadcast(K, n, lambda_b, *lams)
+    xp = namespace(K)
+    for v in lams:
+        if xp.any(v < 0):
+            raise InputError("weight decays must be >= 0")
+    lam_geo = lams[0] ** (1.0 / M)
+    for v in lams[1:]:
+        lam_geo = lam_geo * v ** (1.0 / M)
+    zero = xp.full_like(K, 0.0)
+    N = K * n
+    sqn = xp.sqrt(n)
+    if loss == "mse":
+        main = modes.mse_mode(K, n, lam_geo, M)
+        if bias == "none":
+            mean_sol, c0 = main, None
+        elif bias == "free":
+            mean_sol, c0 = None, None
+        else:
+            require(not xp.any(lambda_b <= 0), "bias 'reg' needs lambda_b > 0")
+            c0 = lambda_b / (1 + lambda_b)
+            mean_sol = modes.mse_mode(K, n, lam_geo, M, c0)
+    else:
+        main = modes.ce_ray(K, n, lam_geo, M)
+        mean_sol, c0 = None, None
+    sig = main.sigma
+    sig0 = mean_sol.sigma if mean_sol is not None else zero
+
+    def factor(sigma_: Array, lam_j: Array) -> Array:
+        ratio = xp.where(lam_j > 0, lam_geo / xp.where(lam_j > 0, lam_j, 1.0),
+                         xp.full_like(K, float("nan")))
+        return xp.where(sigma_ > 0, xp.sqrt(ratio) * sigma_ ** (1.0 / M), zero)
+
+    a_last, a_last0 = factor(sig, lams[depth - 1]), factor(sig0, lams[depth - 1])
+    p = xp.where(sig > 0, sig / xp.where(a_last > 0, a_last, 1.0), zero)
+    p0 = xp.where(sig0 > 0, sig0 / xp.where(a_last0 > 0, a_last0, 1.0), zero)
+    frac = (K - 1) / K
+    fn = xp.sqrt(frac / n * p ** 2 + p0 ** 2 / N)
+    fn_centred = xp.sqrt(frac / n) * p
+    w_row = xp.sqrt(frac * a_last ** 2 + a_last0 ** 2 / K)
+    names = [f"W{i + 1}" for i in range(depth)] + ["H"]
+    norms = {name: xp.sqrt((K - 1) * factor(sig, lam) ** 2 + factor(sig0, lam) ** 2)
+             for name, lam in zip(names, lams, strict=True)}
+    # logits: centred part sigma/sqrt(n) (e_k - 1/K); mean part m0 on every entry
+    if loss == "mse" and bias == "free":
+        b_entry = 1 / K + zero
+        resid0 = zero
+    elif loss == "mse" and bias == "reg":
+        b_entry = (sqn - sig0) / (K * sqn * (1 + lambda_b))
+        resid0 = (sqn - sig0) * c0
+    elif loss == "mse":
+        b_entry, resid0 = zero, sqn - sig0
+    else:
+        b_entry, resid0 = zero, zero
+    m0 = sig0 / (K * sqn) + b_entry
+    margin = sig / sqn
+    logit_true = frac * margin + m0
+    logit_other = -margin / K + m0
+    if loss == "mse":
+        loss_star = ((K - 1) * (sig - sqn) ** 2 + resid0 ** 2) / (2 * N)
+        obj = (K - 1) * main.objective
+        obj0 = (K - 1) * main.objective_zero
+        if mean_sol is not None:
+            obj = obj + mean_sol.objective
+            obj0 = obj0 + mean_sol.objective_zero
+    else:
+        finite = xp.isfinite(margin)
+        safe = xp.where(finite, margin, zero)
+        loss_star = xp.where(finite, xp.log1p((K - 1) * xp.exp(-safe)), zero)
+        obj, obj0 = main.objective, main.objective_zero
+    lower: Any = False if (loss == "mse" or depth == 1) else None
+    meta: dict[str, Any] = {"loss": loss, "bias": bias, "depth": depth, "M": M}
+    if lower is None and check_lower_rank:
+        from ncsim.theory.lowrank import lower_rank_check
+
+        require(np.size(K) == 1, "check_lower_rank needs scalar parameters")
+        lr = lower_rank_check(int(K), int(n), float(lam_geo), depth)
+        best_collapsed = float(obj)
+        lower = bool(lr.best_objective < best_collapsed - 1e-10 * max(1.0, abs(best_collapsed)))
+        meta.update(lower_rank_objective=lr.best_objective, lower_rank=lr.best_rank)
+    return Equilibrium(
+        collapsed=main.collapsed,
+        sigma=sig,
+        sigma_mean=sig0,
+        fn_star=fn,
+        class_mean_norm_star=fn,
+        class_mean_norm_centred=fn_centred,
+        w_norm_star=w_row,
+        factor_norms=norms,
+        margin_star=margin,
+        logit_true=logit_true,
+        logit_other=logit_other,
+        bias_star=b_entry,
+        loss_star=loss_star,
+        objective_star=obj,
+        objective_zero=obj0,
+        sigma_local=main.sigma_local,
+        lower_rank_better=lower,
+        meta=meta,
+    )

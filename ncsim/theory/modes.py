@@ -1,0 +1,140 @@
+"""Global minimiser of the scalar per-mode problems (closed form for M = 2, certified roots else).
+
+See :mod:`ncsim.theory.symbols` for the objectives. Root selection always compares the
+objective at the non-zero local minimiser with its value at the origin; the origin wins ties.
+All functions are vectorised over numpy or torch arrays; ``M`` (number of factors) is an int.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from ncsim.theory import symbols as S
+from ncsim.theory import ufm
+from ncsim.theory._backend import Array, bisect, broadcast, namespace
+from ncsim.theory.compile import compile_expr
+
+
+@dataclass(frozen=True)
+class ModeSolution:
+    """Solution of one scalar mode problem (arrays of the broadcast parameter shape).
+
+    sigma : singular value of the logit matrix Z on the mode at the global minimiser (0 when
+        the origin wins).
+    sigma_local : the non-zero local minimiser (NaN when there is no non-zero critical point).
+    collapsed : sigma > 0.
+    objective, objective_zero : g(sigma) and g(0).
+    """
+
+    sigma: Array
+    sigma_local: Array
+    collapsed: Array
+    objective: Array
+    objective_zero: Array
+
+
+@functools.cache
+def _mse_sigma2():
+    return compile_expr(ufm.derive_mse()["sigma_star"], [S.K, S.n, S.Lam, S.c])
+
+
+@functools.cache
+def _ce_sigma2():
+    return compile_expr(ufm.derive_ce()["sigma_star"], [S.K, S.n, S.Lam])
+
+
+def mse_objective(sigma: Array, K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> Array:
+    """g(sigma) = c/(2N)(sigma - sqrt(n))^2 + (M/2) Lambda sigma^(2/M), N = K n."""
+    xp = namespace(sigma, Lam)
+    return c / (2 * K * n) * (sigma - xp.sqrt(n * 1.0)) ** 2 + M / 2 * Lam * sigma ** (2.0 / M)
+
+
+def ce_objective(sigma: Array, K: Array, n: Array, Lam: Array, M: int) -> Array:
+    """g(sigma) = log(1 + (K-1) e^(-sigma/sqrt n)) + (K-1)(M/2) Lambda sigma^(2/M)."""
+    xp = namespace(sigma, Lam)
+    m = sigma / xp.sqrt(n * 1.0)
+    return xp.log1p((K - 1) * xp.exp(-m)) + (K - 1) * M / 2 * Lam * sigma ** (2.0 / M)
+
+
+def mse_mode(K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> ModeSolution:
+    """Global minimiser of the MSE per-mode problem with data weight ``c``."""
+    K, n, Lam, c = broadcast(K, n, Lam, c)
+    xp = namespace(K)
+    s = xp.sqrt(n)
+    g0 = c * n / (2 * K * n)
+    if M == 2:
+        sig = _mse_sigma2()(K, n, Lam, c)
+        local = xp.where(sig > 0, sig, xp.full_like(sig, float("nan")))
+        sig = xp.maximum(sig, xp.full_like(sig, 0.0))
+    else:
+        N = K * n
+        x_max = (s * (M - 2) / (2 * (M - 1))) ** (1.0 / M)
+
+        def phi(x: Array) -> Array:
+            return c * x ** (M - 2) * (s - x ** M) / N
+
+        has = phi(x_max) >= Lam
+        x_root = bisect(lambda x: phi(x) - Lam, x_max, s ** (1.0 / M))
+        local = xp.where(has, x_root ** M, xp.full_like(s, float("nan")))
+        g_loc = mse_objective(xp.where(has, local, s), K, n, Lam, M, c)
+        win = has & (g_loc < g0)
+        sig = xp.where(win, local, xp.full_like(s, 0.0))
+    g = mse_objective(sig, K, n, Lam, M, c)
+    return ModeSolution(sig, local, sig > 0, g, g0)
+
+
+def _ce_psi(sigma: Array, K: Array, n: Array, M: int) -> Array:
+    """psi(sigma) = sigma^(1-2/M) / (sqrt(n)(e^(sigma/sqrt n) + K - 1)), written stably."""
+    xp = namespace(sigma, K)
+    m = sigma / xp.sqrt(n)
+    return sigma ** (1 - 2.0 / M) * xp.exp(-m) / (xp.sqrt(n) * (1 + (K - 1) * xp.exp(-m)))
+
+
+def _ce_slope_sign(sigma: Array, K: Array, n: Array, M: int) -> Array:
+    """A positive multiple of d log(psi)/d sigma: (M-2) sqrt(n)(1 + (K-1)e^(-m)) - M sigma."""
+    xp = namespace(sigma, K)
+    return (M - 2) * xp.sqrt(n) * (1 + (K - 1) * xp.exp(-sigma / xp.sqrt(n))) - M * sigma
+
+
+def ce_psi_max(K: Array, n: Array, M: int) -> tuple[Array, Array]:
+    """Maximiser sigma_m of psi and Lambda_stat = psi(sigma_m) (M >= 3): certified bisection."""
+    K, n = broadcast(K, n)
+    xp = namespace(K)
+    hi = (M - 2) / M * xp.sqrt(n) * K * (1 + 1e-12) + 1e-300
+    sig_m = bisect(lambda v: _ce_slope_sign(v, K, n, M), xp.full_like(K, 0.0), hi)
+    return sig_m, _ce_psi(sig_m, K, n, M)
+
+
+def ce_ray(K: Array, n: Array, Lam: Array, M: int) -> ModeSolution:
+    """Global minimiser of CE on the ETF ray (all K - 1 modes equal)."""
+    K, n, Lam = broadcast(K, n, Lam)
+    xp = namespace(K)
+    g0 = xp.log(K)
+    nan = xp.full_like(K, float("nan"))
+    if M == 2:
+        live = K * Lam * xp.sqrt(n) < 1
+        with_lam = Lam > 0
+        safe = xp.where(with_lam & live, Lam, 1 / (2 * K * xp.sqrt(n)))
+        sig = _ce_sigma2()(K, n, safe)
+        sig = xp.where(with_lam, sig, xp.full_like(K, float("inf")))
+        local = xp.where(live, sig, nan)
+        sig = xp.where(live, sig, xp.full_like(K, 0.0))
+    else:
+        sig_m, psi_max = ce_psi_max(K, n, M)
+        has = psi_max >= Lam
+        hi = 2 * sig_m + xp.sqrt(n)
+        for _ in range(2000):
+            grow = has & (_ce_psi(hi, K, n, M) > Lam) & xp.isfinite(hi)
+            if not xp.any(grow):
+                break
+            hi = xp.where(grow, 2 * hi, hi)
+        root = bisect(lambda v: _ce_psi(v, K, n, M) - Lam, sig_m, hi)
+        root = xp.where(Lam > 0, root, xp.full_like(K, float("inf")))
+        local = xp.where(has, root, nan)
+        g_loc = ce_objective(xp.where(has & (Lam > 0), local, sig_m), K, n, Lam, M)
+        win = has & ((g_loc < g0) | (Lam <= 0))
+        sig = xp.where(win, local, xp.full_like(K, 0.0))
+    g = ce_objective(xp.where(xp.isfinite(sig), sig, xp.full_like(sig, 0.0)), K, n, Lam, M)
+    g = xp.where(xp.isfinite(sig), g, xp.full_like(g, 0.0))
+    return ModeSolution(sig, local, sig > 0, g, g0)

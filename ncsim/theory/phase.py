@@ -1,0 +1,107 @@
+"""Analytic phase diagram: collapse / no collapse / trapped at the origin / vanishing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ncsim.errors import require
+from ncsim.theory.critical import basin_threshold
+from ncsim.theory.equilibrium import equilibrium
+
+PHASES = ("collapse", "no_collapse", "trapped", "vanishing")
+AXES = ("lambda_w", "lambda_h", "lambda", "lambda_b", "init_scale", "depth", "K", "n")
+
+
+def classify(loss: str, bias: str, K: int, n: int, d: int, depth: int, lambda_w: float,
+             lambda_h: float, lambda_b: float, init_scale: float) -> dict[str, Any]:
+    """Phase of one parameter point.
+
+    - vanishing: no non-zero stable critical point; every norm goes to 0 (NC1 may still fall).
+    - trapped: a collapsed state exists (deep, M >= 3) but the init amplitude
+      a0 = init_scale sqrt(d/2) lies below the basin root a_u, so the flow returns to 0.
+    - no_collapse: lambda_H = 0: within-class variability in null(W) never decays.
+    - collapse: the flow reaches the collapsed state (``global`` says whether it is the global
+      minimiser or only metastable).
+    """
+    eq = equilibrium(loss, bias, K, n, lambda_w, lambda_h, lambda_b, depth)
+    glob = bool(eq.collapsed)
+    exists = glob or bool(np.isfinite(eq.sigma_local))
+    row = {"collapsed_global": glob, "fn_star": float(eq.fn_star)}
+    if not exists:
+        return {**row, "phase": "vanishing"}
+    if depth > 1:
+        lam = (lambda_h * lambda_w ** depth) ** (1.0 / (depth + 1))
+        a_u = float(basin_threshold(loss, K, n, lam, depth))
+        if init_scale * math.sqrt(d / 2) <= a_u:
+            return {**row, "phase": "trapped"}
+    if lambda_h == 0:
+        return {**row, "phase": "no_collapse"}
+    return {**row, "phase": "collapse"}
+
+
+def phase_diagram(x: str, xs: Sequence[float], y: str, ys: Sequence[float],
+                  base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Classify every (x, y) point; ``base`` holds the other parameters (as in :func:`classify`).
+
+    Axis "lambda" sets lambda_w = lambda_h together.
+    """
+    require(x in AXES and y in AXES, f"phase axes must be two of: {', '.join(AXES)}")
+    require(x != y, "phase axes must differ")
+    rows = []
+    for yv in ys:
+        for xv in xs:
+            p = dict(base)
+            for name, v in ((x, xv), (y, yv)):
+                if name == "lambda":
+                    p["lambda_w"] = p["lambda_h"] = float(v)
+                elif name in ("depth", "K", "n"):
+                    p[name] = int(v)
+                else:
+                    p[name] = float(v)
+            rows.append({x: xv, y: yv, **classify(**p)})
+    return rows
+
+
+def plot_phase(rows: list[dict[str, Any]], x: str, y: str, path: str) -> None:
+    """Save the phase diagram as a figure (categorical colours, log axes for decays/scales)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    xs = sorted({r[x] for r in rows})
+    ys = sorted({r[y] for r in rows})
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for r in rows:
+        grid[ys.index(r[y]), xs.index(r[x])] = PHASES.index(r["phase"])
+    cmap = ListedColormap(["#2a9d8f", "#e9c46a", "#f4a261", "#8d99ae"])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.pcolormesh(_edges(xs), _edges(ys), grid, cmap=cmap, vmin=-0.5, vmax=3.5)
+    for axis, name, set_scale in ((xs, x, ax.set_xscale), (ys, y, ax.set_yscale)):
+        if name not in ("depth", "K", "n") and min(axis) > 0 and len(axis) > 1:
+            set_scale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(PHASES))]
+    ax.legend(handles, PHASES, loc="upper left", fontsize=8, framealpha=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _edges(values: Sequence[float]) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    if len(v) == 1:
+        return np.array([v[0] * 0.9, v[0] * 1.1]) if v[0] > 0 else np.array([v[0] - .5, v[0] + .5])
+    if np.all(v > 0) and v.max() / v.min() > 20:
+        lv = np.log(v)
+        mids = np.exp(0.5 * (lv[1:] + lv[:-1]))
+        return np.concatenate([[np.exp(2 * lv[0] - np.log(mids[0]))], mids,
+                               [np.exp(2 * lv[-1] - np.log(mids[-1]))]])
+    mids = 0.5 * (v[1:] + v[:-1])
+    return np.concatenate([[2 * v[0] - mids[0]], mids, [2 * v[-1] - mids[-1]]])

@@ -1,0 +1,244 @@
+"""Per-run onset and fn*, per-group statistics and the lead-time predictor for training logs.
+
+Input: a trajectory table (see :mod:`ncsim.validate.logs`) with ``run_id, time, phase, fn`` and
+the onset metric (default ``nc1_trace``), and the run labels ``model, dataset, condition, seed``.
+
+Rules
+-----
+- Onset (the paper's rule, preset ``rupa2026``): the first logged epoch of the MSE phase (phase 2)
+  whose metric is below the threshold (0.01 strict, 0.05 relaxed); a log without phase 2 uses
+  its first such epoch. No interpolation. Empty (NaN) records, as written before 99% training
+  accuracy, are skipped. fn* of a run = fn at that record.
+- Group statistics (per model, dataset, condition): mean, sample std (ddof = 1), CV = std / mean
+  and the 95% Student-t interval mean +- t_{0.975, n-1} std / sqrt(n).
+- Lead time: T_NC minus the first logged epoch with fn <= a threshold fn_pred. fn_pred is
+  fitted either on the same runs (in-sample, as the paper did) or without the run's seed
+  (leave-one-seed-out). The fit is the mean fn* of the run's group, or (``fit="power"``) a
+  log-log line of group-mean fn* against a number in the condition name (e.g. width128 -> 128),
+  the paper's width fit. The rule T_NC = T_cross + mean lead is scored by its MAE.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ncsim.errors import InputError
+from ncsim.onset import crossing_time, onset_time, value_at
+
+GROUP_KEYS = ("model", "dataset", "condition")
+FITS = ("mean", "power")
+PRESETS = ("rupa2026", "ncsim")
+
+
+@dataclass(frozen=True)
+class OnsetRule:
+    """How onset is read from a log.
+
+    metric : trajectory column compared with ``threshold``.
+    threshold : onset when metric < threshold.
+    phase : restrict the search to this phase when the log has it (None = whole log).
+    interpolate : interpolate the crossing in log time (False = first record below).
+    stay : consecutive records that must stay below.
+    """
+
+    metric: str = "nc1_trace"
+    threshold: float = 0.01
+    phase: int | None = 2
+    interpolate: bool = False
+    stay: int = 1
+
+    @classmethod
+    def preset(cls, name: str, threshold: float | None = None) -> OnsetRule:
+        """``rupa2026``: phase 2, first record below (default 0.01); ``ncsim``: whole log."""
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+        thr = 0.01 if threshold is None else float(threshold)
+        if not (math.isfinite(thr) and thr > 0):
+            raise InputError(f"onset threshold must be > 0, got {threshold}")
+        if name == "rupa2026":
+            return cls(threshold=thr, phase=2, interpolate=False)
+        return cls(threshold=thr, phase=None, interpolate=False)
+
+
+def _search_part(part: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
+    if rule.phase is None or "phase" not in part.columns:
+        return part
+    in_phase = part["phase"].astype("Int64").eq(rule.phase).fillna(False).to_numpy(bool)
+    return part[in_phase] if in_phase.any() else part
+
+
+def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float]:
+    """Onset time, fn* and summary values of one run's records (sorted by time)."""
+    if rule.metric not in part.columns:
+        raise InputError(f"log lacks the onset metric column {rule.metric!r}")
+    search = _search_part(part, rule)
+    t = search["time"].to_numpy(np.float64)
+    metric = search[rule.metric].to_numpy(np.float64)
+    when = onset_time(t, metric, rule.threshold, rule.stay, rule.interpolate)
+    fn_star = value_at(t, search["fn"].to_numpy(np.float64), when, rule.interpolate)
+    all_metric = part[rule.metric].to_numpy(np.float64)
+    finite = all_metric[np.isfinite(all_metric)]
+    fn_all = part["fn"].to_numpy(np.float64)
+    fn_all = fn_all[np.isfinite(fn_all)]
+    return {
+        "onset_epoch": when,
+        "fn_star": fn_star,
+        "min_metric": float(finite.min()) if finite.size else math.nan,
+        "final_metric": float(finite[-1]) if finite.size else math.nan,
+        "final_fn": float(fn_all[-1]) if fn_all.size else math.nan,
+        "last_epoch": float(part["time"].max()),
+    }
+
+
+def run_table(traj: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
+    """One row per run: labels, ``onset_epoch``, ``fn_star``, ``status``."""
+    rows = []
+    for run_id, part in traj.groupby("run_id", sort=False):
+        part = part.sort_values("time", kind="stable")
+        row: dict[str, object] = {"run": run_id}
+        for key in ("model", "dataset", "condition", "seed"):
+            row[key] = part[key].iloc[0] if key in part.columns else pd.NA
+        row.update(run_onset(part, rule))
+        row["status"] = "collapsed" if math.isfinite(row["onset_epoch"]) else "not_collapsed"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _interval(values: np.ndarray) -> dict[str, float]:
+    n = values.size
+    mean = float(values.mean()) if n else math.nan
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "cv": std / mean if n > 1 and mean != 0 else math.nan,
+            "ci_low": mean - half, "ci_high": mean + half}
+
+
+def group_table(runs: pd.DataFrame, keys: tuple[str, ...] = GROUP_KEYS) -> pd.DataFrame:
+    """Per group: runs, collapsed runs, fn* and onset mean, sample std, CV, 95% t interval."""
+    rows = []
+    for key, part in runs.groupby(list(keys), sort=False, dropna=False):
+        ok = part[np.isfinite(part["onset_epoch"].to_numpy(np.float64))]
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=False))
+        row["n_runs"] = int(len(part))
+        row["n_collapsed"] = int(len(ok))
+        for name, col in (("fn_star", "fn_star"), ("onset", "onset_epoch")):
+            for stat, value in _interval(ok[col].to_numpy(np.float64)).items():
+                row[f"{name}_{stat}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def condition_number(condition: str) -> float:
+    """The number in a condition name: ``width128`` -> 128, ``wd1e-05`` -> 1e-5, ``wd0p0005``."""
+    match = re.search(r"(\d+(?:[.p]\d+)?(?:e-?\d+)?)", str(condition))
+    if match is None:
+        return math.nan
+    return float(match.group(1).replace("p", "."))
+
+
+def fit_thresholds(runs: pd.DataFrame, fit: str = "mean") -> dict[str, float]:
+    """fn_pred per run id, fitted on the collapsed runs of ``runs``.
+
+    ``mean``: the mean fn* of the run's group. ``power``: log fn* = a + b log x over the group
+    means, x the number in the condition name (groups sharing model and dataset).
+    """
+    if fit not in FITS:
+        raise InputError(f"unknown threshold fit {fit!r}; allowed: {', '.join(FITS)}")
+    ok = runs[np.isfinite(runs["fn_star"].to_numpy(np.float64))]
+    means = ok.groupby(list(GROUP_KEYS), dropna=False)["fn_star"].mean()
+    out: dict[str, float] = {}
+    for _, run in runs.iterrows():
+        key = tuple(run[k] for k in GROUP_KEYS)
+        if fit == "mean":
+            out[run["run"]] = float(means.get(key, math.nan))
+            continue
+        same = means[[(m, d) == key[:2] for m, d, _ in means.index]]
+        x = np.array([condition_number(c) for _, _, c in same.index])
+        keep = np.isfinite(x) & (x > 0)
+        xr = condition_number(key[2])
+        if keep.sum() < 2 or not (math.isfinite(xr) and xr > 0):
+            out[run["run"]] = math.nan
+            continue
+        slope, icpt = np.polyfit(np.log(x[keep]), np.log(same.to_numpy()[keep]), 1)
+        out[run["run"]] = float(math.exp(icpt + slope * math.log(xr)))
+    return out
+
+
+def crossing_epochs(traj: pd.DataFrame, levels: dict[str, float]) -> dict[str, float]:
+    """First logged epoch at which fn <= level, per run (NaN when never or level is NaN)."""
+    out = {}
+    for run_id, part in traj.groupby("run_id", sort=False):
+        level = levels.get(run_id, math.nan)
+        if not math.isfinite(level):
+            out[run_id] = math.nan
+            continue
+        part = part.sort_values("time", kind="stable")
+        out[run_id] = crossing_time(part["time"].to_numpy(np.float64),
+                                    part["fn"].to_numpy(np.float64), level,
+                                    direction="below", interpolate=False)
+    return out
+
+
+def _loso_thresholds(runs: pd.DataFrame, fit: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for _, run in runs.iterrows():
+        others = runs[runs["seed"].astype("string") != str(run["seed"])]
+        out[run["run"]] = fit_thresholds(pd.concat([others, run.to_frame().T.assign(
+            fn_star=math.nan)]), fit).get(run["run"], math.nan)
+    return out
+
+
+def lead_table(traj: pd.DataFrame, runs: pd.DataFrame, fit: str = "mean") -> pd.DataFrame:
+    """Per run: fn_pred, T_cross and lead, in-sample and leave-one-seed-out side by side."""
+    table = runs[["run", *GROUP_KEYS, "seed", "onset_epoch", "fn_star"]].copy()
+    for name, levels in (("in_sample", fit_thresholds(runs, fit)),
+                         ("held_out", _loso_thresholds(runs, fit))):
+        cross = crossing_epochs(traj, levels)
+        table[f"fn_pred_{name}"] = table["run"].map(levels).astype(np.float64)
+        table[f"t_cross_{name}"] = table["run"].map(cross).astype(np.float64)
+        table[f"lead_{name}"] = table["onset_epoch"] - table[f"t_cross_{name}"]
+    return table
+
+
+def lead_summary(leads: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Mean lead, std, MAE of T_NC = T_cross + mean lead, ordering accuracy; per method.
+
+    In-sample uses the mean lead of all crossed runs (the paper's 62 +- 37, MAE 24); held-out
+    predicts each run with the mean lead of the runs of the other seeds.
+    """
+    out = {}
+    for name in ("in_sample", "held_out"):
+        lead = leads[f"lead_{name}"].to_numpy(np.float64)
+        ok = np.isfinite(lead)
+        entry = {"n_crossed": int(ok.sum()), "n_runs": int(np.isfinite(
+            leads["onset_epoch"].to_numpy(np.float64)).sum())}
+        entry.update({"lead_mean": float(lead[ok].mean()) if ok.any() else math.nan,
+                      "lead_std": float(lead[ok].std(ddof=1)) if ok.sum() > 1 else math.nan,
+                      "ordering_accuracy": float((lead[ok] > 0).mean()) if ok.any() else math.nan})
+        if name == "in_sample":
+            errors = np.abs(lead[ok] - entry["lead_mean"])
+        else:
+            seeds = leads["seed"].astype("string").to_numpy()
+            errors = []
+            for i in np.flatnonzero(ok):
+                other = ok & (seeds != seeds[i])
+                if other.any():
+                    errors.append(abs(lead[i] - lead[other].mean()))
+            errors = np.asarray(errors)
+        entry["mae"] = float(errors.mean()) if errors.size else math.nan
+        out[name] = entry
+    return out
+
+
+def analyze(traj: pd.DataFrame, rule: OnsetRule, fit: str = "mean") -> dict[str, object]:
+    """Runs, groups, per-run leads and the lead summary of a trajectory table."""
+    runs = run_table(traj, rule)
+    leads = lead_table(traj, runs, fit)
+    return {"runs": runs, "groups": group_table(runs), "leads": leads,
+            "lead_summary": lead_summary(leads)}

@@ -1,0 +1,229 @@
+"""``ncsim validate``: train a network, analyse training logs, compare with the simulator.
+
+Thin commands over :mod:`ncsim.validate`; all logic lives in the library modules.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from ncsim.cli_errors import handle_errors
+from ncsim.errors import InputError
+from ncsim.io import to_jsonable
+
+FORMATS = ("table", "json")
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    rows = frame.astype(object).where(pd.notna(frame), None).to_dict(orient="records")
+    return to_jsonable(rows)
+
+
+def _print_table(title: str, frame: pd.DataFrame) -> None:
+    click.echo(f"# {title}")
+    with pd.option_context("display.width", 200, "display.max_columns", 40,
+                           "display.float_format", "{:.6g}".format):
+        click.echo(frame.to_string(index=False) if len(frame) else "(none)")
+    click.echo("")
+
+
+@click.group(name="validate")
+def validate() -> None:
+    """Check theory and simulation against real training."""
+
+
+@validate.command("analyze")
+@click.argument("logs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--preset", type=click.Choice(["rupa2026", "ncsim"]), default="rupa2026",
+              show_default=True, help="onset rule: rupa2026 = first phase-2 epoch below the "
+              "threshold (whole log when it has no phase 2); ncsim = whole log")
+@click.option("--onset-threshold", type=float, default=0.01, show_default=True,
+              help="onset when nc1 (trace form) < threshold; 0.05 for the paper's relaxed cells")
+@click.option("--metric", default="nc1_trace", show_default=True, help="onset metric column")
+@click.option("--threshold-fit", type=click.Choice(["mean", "power"]), default="mean",
+              show_default=True, help="lead-time threshold: group-mean fn*, or the paper's "
+              "log-log fit of group-mean fn* against the number in the condition (width)")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="also write the run table here (.csv or .parquet)")
+@handle_errors
+def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, metric: str,
+                threshold_fit: str, fmt: str, out: Path | None) -> None:
+    """Onset epoch and fn* per run, fn* statistics per group, lead-time predictor."""
+    from ncsim.io import write_table
+    from ncsim.validate.analysis import OnsetRule, analyze
+    from ncsim.validate.logs import read_logs
+
+    if not logs:
+        raise InputError("give at least one log file (paper CSV or ncsim log)")
+    rule = OnsetRule.preset(preset, onset_threshold)
+    rule = OnsetRule(metric=metric, threshold=rule.threshold, phase=rule.phase,
+                     interpolate=rule.interpolate)
+    result = analyze(read_logs(list(logs)), rule, threshold_fit)
+    runs = result["runs"].copy()
+    runs["onset_epoch"] = runs["onset_epoch"].astype("Int64")
+    if out is not None:
+        write_table(result["runs"], out)
+    if fmt == "json":
+        click.echo(json.dumps({
+            "rule": to_jsonable(vars(rule)),
+            "runs": _records(runs),
+            "groups": _records(result["groups"]),
+            "leads": _records(result["leads"]),
+            "lead_summary": to_jsonable(result["lead_summary"]),
+        }))
+        return
+    _print_table(f"runs (onset: {metric} < {rule.threshold}, preset {preset})",
+                 runs[["run", "model", "dataset", "condition", "seed", "onset_epoch", "fn_star",
+                       "min_metric", "status"]])
+    groups = result["groups"]
+    _print_table("groups (fn* mean, sample std, CV, 95% Student-t interval)",
+                 groups[["model", "dataset", "condition", "n_runs", "n_collapsed", "fn_star_mean",
+                         "fn_star_std", "fn_star_cv", "fn_star_ci_low", "fn_star_ci_high",
+                         "onset_mean", "onset_std"]])
+    _print_table(f"lead time (threshold fit: {threshold_fit})",
+                 result["leads"][["run", "onset_epoch", "fn_pred_in_sample", "lead_in_sample",
+                                  "fn_pred_held_out", "lead_held_out"]])
+    summary = pd.DataFrame(result["lead_summary"]).T.reset_index(names="method")
+    _print_table("lead-time predictor: in-sample vs leave-one-seed-out", summary)
+
+
+def _split_ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{option}: give integers separated by commas, got {text!r}") from None
+
+
+def _train_config(preset_name: str, epochs: str | None, arch: str | None, depth: int | None,
+                  width: int | None, act: str | None, overrides: dict) -> object:
+    import dataclasses
+
+    from ncsim.validate.train import preset
+
+    net = {k: v for k, v in (("arch", arch), ("depth", depth), ("width", width),
+                             ("activation", act)) if v is not None}
+    config = preset(preset_name, _split_ints(epochs, "--epochs"), **net)
+    phase_over = {k: v for k, v in overrides.items() if v is not None}
+    if phase_over:
+        config = dataclasses.replace(config, phases=tuple(
+            dataclasses.replace(p, **phase_over) for p in config.phases))
+    return config
+
+
+@validate.command("train")
+@click.option("--dataset", default="digits", show_default=True,
+              help="gaussian, digits, mnist1d, fashion_mnist, mnist, cifar10")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="folder of the IDX / CIFAR files (mnist, cifar10, fashion_mnist)")
+@click.option("--per-class", type=int, default=None, help="balanced subset: samples per class")
+@click.option("--preset", "preset_name", type=click.Choice(["mlp", "resnet20"]), default="mlp",
+              show_default=True, help="the paper's two-phase protocol (CE then MSE)")
+@click.option("--epochs", default=None, help="epochs per phase, e.g. 200,300")
+@click.option("--arch", type=click.Choice(["mlp", "cnn", "resnet20"]), default=None)
+@click.option("--depth", type=int, default=None, help="MLP hidden layers (>= 1)")
+@click.option("--width", type=int, default=None, help="hidden width")
+@click.option("--activation", default=None,
+              help="linear, relu, leaky_relu, tanh, gelu, silu")
+@click.option("--optimizer", default=None, help="adam, adamw or sgd (every phase)")
+@click.option("--lr", type=float, default=None, help="learning rate (every phase)")
+@click.option("--weight-decay", type=float, default=None, help="weight decay (every phase)")
+@click.option("--schedule", default=None, help="cosine, step or constant (every phase)")
+@click.option("--batch-size", type=int, default=None, help="batch size (every phase)")
+@click.option("--nc-every", type=int, default=10, show_default=True,
+              help="epochs between NC records")
+@click.option("--nc-min-accuracy", type=float, default=0.0, show_default=True,
+              help="leave NC columns empty below this train accuracy (paper: 0.99)")
+@click.option("--intervene-epoch", type=int, default=None,
+              help="rescale the last hidden layer after this many epochs")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="rescale factor")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--amp/--no-amp", default=False, help="mixed precision training steps")
+@click.option("--onset-threshold", type=float, default=0.01, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("validate_run"),
+              show_default=True, help="output folder: log.parquet, log.csv, figure, checkpoints")
+@click.option("--checkpoint-every", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--progress/--no-progress", default=True, help="progress bar on stderr")
+@handle_errors
+def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, preset_name: str,
+              epochs: str | None, arch: str | None, depth: int | None, width: int | None,
+              activation: str | None, optimizer: str | None, lr: float | None,
+              weight_decay: float | None, schedule: str | None, batch_size: int | None,
+              nc_every: int, nc_min_accuracy: float, intervene_epoch: int | None, alpha: float,
+              seed: int, device: str, amp: bool, onset_threshold: float, out: Path,
+              checkpoint_every: int, fmt: str, progress: bool) -> None:
+    """Train a network with the two-phase protocol and NC tracking; write the log and a figure."""
+    import dataclasses
+
+    from ncsim.io import provenance, write_json, write_table
+    from ncsim.validate.data import load_dataset
+    from ncsim.validate.plots import plot_training
+    from ncsim.validate.train import summarize, train
+
+    config = _train_config(preset_name, epochs, arch, depth, width, activation,
+                           {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+                            "schedule": schedule, "batch_size": batch_size})
+    run_id = f"{config.arch}_{dataset}_s{seed}"
+    config = dataclasses.replace(
+        config, nc_every=nc_every, nc_min_accuracy=nc_min_accuracy, seed=seed, device=device,
+        amp=amp, intervention_epoch=intervene_epoch, intervention_alpha=alpha,
+        checkpoint_dir=str(out / "checkpoints"), checkpoint_every=checkpoint_every,
+        run_id=run_id, data_args={"name": dataset, "per_class": per_class, "seed": seed,
+                                  "root": None if data_root is None else str(data_root)},
+        labels={"model": config.arch, "dataset": dataset,
+                               "condition": f"{config.arch}{config.width}"}).validate()
+    data = load_dataset(dataset, per_class=per_class, seed=seed, root=data_root)
+    result = train(config, data, progress=progress)
+    write_table(result.log, out / "log.parquet")
+    write_table(result.log, out / "log.csv")
+    summary = {"run": run_id, **summarize(result.log, onset_threshold),
+               "fn_before_intervention": result.fn_before_intervention}
+    write_json({"config": config.to_dict(), "summary": summary,
+                "provenance": provenance(device, "float32")}, out / "run.json")
+    plot_training(result.log, out / "training.png", onset=summary["onset_epoch"])
+    if fmt == "json":
+        click.echo(json.dumps(to_jsonable({"runs": [summary], "out": str(out)})))
+        return
+    _print_table(f"training run (log: {out / 'log.parquet'})", pd.DataFrame([summary]))
+
+
+@validate.command("compare")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True,
+              help="folder written by 'ncsim validate train' (two-phase CE -> MSE run)")
+@click.option("--per-class", type=int, default=20, show_default=True,
+              help="class-balanced subsample (n per class) for the UFM surrogate")
+@click.option("--onset-threshold", type=float, default=0.01, show_default=True)
+@click.option("--horizon", type=float, default=10.0, show_default=True,
+              help="simulate up to this multiple of the network's MSE-phase time")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="output folder (default: the run folder)")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@handle_errors
+def compare_cmd(run_dir: Path, per_class: int, onset_threshold: float, horizon: float,
+                out: Path | None, fmt: str) -> None:
+    """Measured vs simulated (UFM surrogate) onset and fn*, next to the closed-form fn*."""
+    from ncsim.io import write_table
+    from ncsim.validate.compare import compare_run
+    from ncsim.validate.plots import plot_overlay
+
+    result = compare_run(run_dir, per_class, onset_threshold, horizon)
+    out = out or run_dir
+    table = result["table"]
+    write_table(table, out / "compare.csv")
+    write_table(result["simulated"], out / "surrogate_trajectory.parquet")
+    row = table.iloc[0]
+    plot_overlay(result["measured"], result["simulated"], out / "compare.png",
+                 {"network": row["onset_measured"], "surrogate": row["onset_simulated"]})
+    if fmt == "json":
+        click.echo(json.dumps({"runs": _records(table)}))
+        return
+    _print_table("network vs UFM surrogate (times t = lr x steps from the MSE start)", table.T
+                 .reset_index().rename(columns={"index": "quantity", 0: "value"}))

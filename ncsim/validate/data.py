@@ -1,0 +1,245 @@
+"""Datasets for validation runs, as tensors (no DataLoader, no download at run time).
+
+Available:
+
+- ``gaussian``: synthetic Gaussian mixture: K class means drawn as random directions of norm
+  ``separation``, samples = mean + N(0, I_dim) noise.
+- ``digits``: scikit-learn's 8x8 digits (1797 images, K = 10); 20% of each class is held out.
+- ``mnist1d``: MNIST-1D (length-40 signals, K = 10) generated offline by
+  ``mnist1d.data.make_dataset`` (its ``get_dataset`` would download and is never used).
+- ``fashion_mnist``: IDX files of the Debian package ``dataset-fashion-mnist``
+  (/usr/share/datasets/fashion-mnist) or of a folder given with ``root``.
+- ``mnist``: IDX files (``train-images-idx3-ubyte[.gz]`` ...) in a user folder ``root``.
+- ``cifar10``: the CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) in ``root`` or
+  ``root/cifar-10-batches-py``.
+
+Every dataset is returned as float32 inputs of shape (N, C, *spatial) (images (N, C, H, W),
+signals and vectors (N, 1, L)) and int64 labels (N,). Balanced subsets keep ``per_class``
+samples of each class, chosen by a seeded permutation (deterministic). Inputs are normalised
+per channel with the training-set mean and std.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ncsim.errors import InputError, require
+
+DATASETS = ("gaussian", "digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors of one dataset.
+
+    x_train : (N, C, *spatial) float32. y_train : (N,) int64 in [0, K).
+    x_test : (M, C, *spatial) float32. y_test : (M,) int64.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, e.g. (1, 28, 28)."""
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: str | torch.device) -> Dataset:
+        """Copy with every tensor on ``device``."""
+        return Dataset(self.name, self.x_train.to(device), self.y_train.to(device),
+                       self.x_test.to(device), self.y_test.to(device), self.classes)
+
+
+# ----------------------------------------------------------------------------- file readers
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a numpy array of its stored shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    require(len(data) >= 4 and data[0] == 0 and data[1] == 0, f"{path} is not an IDX file")
+    kinds = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    require(data[2] in kinds, f"{path}: unknown IDX element type {data[2]:#x}")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=kinds[data[2]], offset=4 + 4 * ndim)
+    require(array.size == int(np.prod(shape)), f"{path}: IDX file is truncated")
+    return array.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str, provider: str) -> Path:
+    for name in (stem, f"{stem}.gz", stem.replace("-idx", ".idx"),
+                 stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).exists():
+            return root / name
+    raise InputError(f"missing {stem}[.gz] in {root}; {provider}")
+
+
+def _read_idx_split(root: Path, provider: str) -> tuple[np.ndarray, ...]:
+    if not root.is_dir():
+        raise InputError(f"dataset folder {root} does not exist; {provider}")
+    out = []
+    for split in ("train", "t10k"):
+        out.append(read_idx(_find_idx(root, f"{split}-images-idx3-ubyte", provider)))
+        out.append(read_idx(_find_idx(root, f"{split}-labels-idx1-ubyte", provider)))
+    return tuple(out)
+
+
+def read_cifar10(root: str | Path) -> tuple[np.ndarray, ...]:
+    """CIFAR-10 python batches -> (x_train (50000,3,32,32) uint8, y_train, x_test, y_test)."""
+    root = Path(root)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    hint = ("CIFAR-10 needs the python batches (data_batch_1..5, test_batch) from "
+            "cifar-10-python.tar.gz extracted in --data-root")
+    parts = []
+    for names in ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]):
+        xs, ys = [], []
+        for name in names:
+            if not (root / name).exists():
+                raise InputError(f"missing {root / name}; {hint}")
+            with open(root / name, "rb") as handle:
+                batch = pickle.load(handle, encoding="bytes")
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        parts += [np.concatenate(xs), np.concatenate(ys)]
+    return tuple(parts)
+
+
+# ----------------------------------------------------------------------------- sources
+def _gaussian(classes: int, dim: int, per_class: int, separation: float, seed: int):
+    require(classes >= 2, f"gaussian: classes must be >= 2, got {classes}")
+    require(dim >= 1, f"gaussian: dim must be >= 1, got {dim}")
+    require(per_class >= 1, f"gaussian: per_class must be >= 1, got {per_class}")
+    require(separation > 0, f"gaussian: separation must be > 0, got {separation}")
+    gen = np.random.default_rng(seed)
+    means = gen.standard_normal((classes, dim))
+    means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
+    y = np.repeat(np.arange(classes), per_class)
+    x_tr = means[y] + gen.standard_normal((y.size, dim))
+    x_te = means[y] + gen.standard_normal((y.size, dim))
+    return x_tr[:, None, :], y, x_te[:, None, :], y.copy()
+
+
+def _digits():
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise InputError("dataset 'digits' needs scikit-learn (pip install scikit-learn)") from None
+    bunch = load_digits()
+    x = bunch.images.astype(np.float64)[:, None, :, :]
+    y = bunch.target.astype(np.int64)
+    test = np.zeros(y.size, dtype=bool)
+    for c in range(10):  # deterministic: the last 20% of each class is the test set
+        idx = np.flatnonzero(y == c)
+        test[idx[int(round(0.8 * idx.size)):]] = True
+    return x[~test], y[~test], x[test], y[test]
+
+
+def _mnist1d(seed: int):
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise InputError("dataset 'mnist1d' needs the package mnist1d (pip install mnist1d)") \
+            from None
+    args = get_dataset_args()
+    args.seed = 42 + seed
+    data = make_dataset(args)  # generated offline, never downloaded
+    return (np.asarray(data["x"], np.float64)[:, None, :], np.asarray(data["y"], np.int64),
+            np.asarray(data["x_test"], np.float64)[:, None, :],
+            np.asarray(data["y_test"], np.int64))
+
+
+def _idx_images(root: Path, provider: str):
+    x_tr, y_tr, x_te, y_te = _read_idx_split(root, provider)
+    return x_tr[:, None], y_tr.astype(np.int64), x_te[:, None], y_te.astype(np.int64)
+
+
+def balanced_subset(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Indices of ``per_class`` samples of each class (all when None), seeded, sorted by class.
+
+    Raises InputError when a class has fewer samples than asked.
+    """
+    classes = np.unique(y)
+    if per_class is None:
+        return np.arange(y.size)
+    require(per_class >= 1, f"per_class must be >= 1, got {per_class}")
+    gen = np.random.default_rng(seed)
+    out = []
+    for c in classes:
+        idx = np.flatnonzero(y == c)
+        require(idx.size >= per_class,
+                f"class {c} has {idx.size} samples, fewer than per_class = {per_class}")
+        out.append(np.sort(gen.permutation(idx)[:per_class]))
+    return np.concatenate(out)
+
+
+def load_dataset(
+    name: str,
+    per_class: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    root: str | Path | None = None,
+    normalize: bool = True,
+    classes: int = 10,
+    dim: int = 32,
+    separation: float = 3.0,
+) -> Dataset:
+    """Load a dataset as tensors.
+
+    Parameters
+    ----------
+    name : one of ``DATASETS``.
+    per_class : training samples per class (balanced subset); None keeps all (gaussian: 100).
+    test_per_class : test samples per class; None keeps all.
+    seed : seed of the subset choice (and of the synthetic data).
+    root : folder of the IDX / CIFAR files (mnist, cifar10; fashion_mnist defaults to the
+        Debian package folder).
+    normalize : standardise each channel with the training mean and std.
+    classes, dim, separation : K, dimension and mean norm of the ``gaussian`` mixture.
+    """
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if name == "gaussian":
+        arrays = _gaussian(classes, dim, per_class or 100, separation, seed)
+    elif name == "digits":
+        arrays = _digits()
+    elif name == "mnist1d":
+        arrays = _mnist1d(0)
+    elif name == "fashion_mnist":
+        folder = Path(root) if root is not None else FASHION_DIR
+        arrays = _idx_images(folder, "install the Debian package dataset-fashion-mnist "
+                             "(apt-get install dataset-fashion-mnist) or pass --data-root")
+    elif name == "mnist":
+        require(root is not None, "dataset 'mnist' is read from a local folder of IDX files; "
+                "pass --data-root DIR holding train-images-idx3-ubyte[.gz] etc.")
+        arrays = _idx_images(Path(root), "MNIST needs the four IDX files "
+                             "(train/t10k images/labels) in --data-root")
+    else:
+        require(root is not None, "dataset 'cifar10' is read from a local folder; pass "
+                "--data-root DIR holding the CIFAR-10 python batches")
+        arrays = read_cifar10(root)
+    x_tr, y_tr, x_te, y_te = arrays
+    keep = balanced_subset(y_tr, per_class if name != "gaussian" else None, seed)
+    keep_te = balanced_subset(y_te, test_per_class, seed + 1)
+    x_tr = torch.as_tensor(np.asarray(x_tr[keep], dtype=np.float32))
+    x_te = torch.as_tensor(np.asarray(x_te[keep_te], dtype=np.float32))
+    if normalize:
+        axes = [0] + list(range(2, x_tr.ndim))
+        mean = x_tr.mean(dim=axes, keepdim=True)
+        std = x_tr.std(dim=axes, keepdim=True).clamp_min(1e-8)
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    k = int(max(y_tr.max(), y_te.max())) + 1
+    return Dataset(name, x_tr.contiguous(), torch.as_tensor(y_tr[keep]),
+                   x_te.contiguous(), torch.as_tensor(y_te[keep_te]), k)

@@ -1,0 +1,159 @@
+"""Read training logs (the paper's CSV schema and ncsim's own logs) into the trajectory schema.
+
+The paper's per-epoch logs (arXiv 2604.00230, released CSVs) have the columns
+``epoch, phase, train, test, nc1, nc2, nc3, feat_norm``; NC columns are empty until the training
+accuracy reaches 0.99. Some variants lack ``phase`` (intervention logs hold only the MSE phase)
+or name the accuracy ``train_acc``. Their ``nc1`` is the trace ratio tr(Sigma_W)/tr(Sigma_B),
+``nc2`` the mean |cos + 1/(K-1)| and ``nc3`` the paper's 1 - mean cos, so they map to ncsim's
+``nc1_trace``, ``nc2_angle`` and ``nc3_paper``.
+
+Output (long format, one row per run and logged epoch): ``run_id, time, time_unit ("epoch"),
+phase (1 = cross-entropy, 2 = MSE, <NA> when unknown), fn, nc1_trace, nc2_angle, nc3_paper,
+accuracy, test_accuracy`` plus any extra numeric column, and the run labels ``model, dataset,
+condition, seed``. ncsim's own training logs already use this schema and are read as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ncsim.errors import InputError
+
+#: paper column -> trajectory column
+PAPER_COLUMNS = {
+    "epoch": "time",
+    "feat_norm": "fn",
+    "nc1": "nc1_trace",
+    "nc2": "nc2_angle",
+    "nc3": "nc3_paper",
+    "train": "accuracy",
+    "train_acc": "accuracy",
+    "test": "test_accuracy",
+    "test_acc": "test_accuracy",
+}
+PAPER_REQUIRED = ("epoch", "nc1", "feat_norm")
+NCSIM_REQUIRED = ("time", "fn", "nc1_trace")
+LABELS = ("model", "dataset", "condition", "seed")
+
+#: file-name prefix -> (model, dataset) of the paper's released logs
+PAPER_CELLS = (
+    ("resnet20_mnist", "resnet20", "mnist"),
+    ("resnet20_fashion", "resnet20", "fashion_mnist"),
+    ("cifar10", "resnet20", "cifar10"),
+    ("mlp5_cifar10", "mlp5", "cifar10"),
+    ("vit", "vit", "mnist"),
+    ("e8_mlp_mnist", "mlp5", "mnist"),
+)
+_NAME = re.compile(r"^(?P<condition>.+?)_s(?P<seed>\d+)(?P<suffix>_[A-Za-z0-9]+)?$")
+
+
+def run_labels(name: str) -> dict[str, object]:
+    """Model, dataset, condition and seed read from a paper log's file stem.
+
+    ``width128_s0`` -> (mlp, mnist, width128, 0); ``depth2_s1_ext`` -> condition ``depth2_ext``;
+    ``cifar10_s2`` -> (resnet20, cifar10, cifar10, 2). Files without ``_s<seed>`` get seed <NA>.
+    """
+    match = _NAME.match(name)
+    if match:
+        condition = match.group("condition") + (match.group("suffix") or "")
+        seed: object = int(match.group("seed"))
+    else:
+        condition, seed = name, pd.NA
+    model, dataset = "mlp", "mnist"
+    for prefix, cell_model, cell_data in PAPER_CELLS:
+        if name.startswith(prefix):
+            model, dataset = cell_model, cell_data
+            break
+    return {"model": model, "dataset": dataset, "condition": condition, "seed": seed}
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise InputError(f"log file {path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        raise InputError(f"cannot read log {path}: {str(err).splitlines()[0]}") from None
+
+
+def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """Convert one paper-schema log (already read) to the trajectory schema."""
+    missing = [c for c in PAPER_REQUIRED if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"log {run_id} lacks column(s) {', '.join(missing)}; a paper log needs "
+            "epoch, nc1 and feat_norm (and optionally phase, train, test, nc2, nc3)"
+        )
+    out = frame.rename(columns={k: v for k, v in PAPER_COLUMNS.items() if k in frame.columns})
+    out = out.loc[:, ~out.columns.duplicated()].copy()
+    labels = run_labels(run_id)
+    for key in ("condition", "seed"):
+        if key in out.columns:  # intervention logs carry their own condition and seed
+            labels[key] = out[key].iloc[0] if len(out) else labels[key]
+            out = out.drop(columns=key)
+    out.insert(0, "run_id", run_id)
+    out.insert(2, "time_unit", "epoch")
+    if "phase" not in out.columns:
+        out.insert(3, "phase", pd.NA)
+    out["phase"] = pd.array(out["phase"], dtype="Int64")
+    for key, value in labels.items():
+        out[key] = value
+    for col in ("time", "fn", "nc1_trace"):
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(np.float64)
+    return out.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
+    """Check an ncsim trajectory table and fill missing labels."""
+    missing = [c for c in NCSIM_REQUIRED if c not in frame.columns]
+    if missing:
+        raise InputError(f"log {default_id} lacks column(s) {', '.join(missing)}; an ncsim log "
+                         "needs time, fn and nc1_trace")
+    out = frame.copy()
+    if "run_id" not in out.columns:
+        out.insert(0, "run_id", default_id)
+    if "time_unit" not in out.columns:
+        out["time_unit"] = "epoch"
+    if "phase" not in out.columns:
+        out["phase"] = pd.NA
+    out["phase"] = pd.array(pd.to_numeric(out["phase"], errors="coerce"), dtype="Int64")
+    defaults = run_labels(default_id)
+    for key in LABELS:
+        if key not in out.columns:
+            out[key] = defaults[key]
+    return out.sort_values(["run_id", "time"], kind="stable").reset_index(drop=True)
+
+
+def read_log(path: str | Path) -> pd.DataFrame:
+    """Read one log file (paper CSV or ncsim CSV/Parquet) into the trajectory schema.
+
+    The run id of a paper log is the file name without its extension.
+    """
+    path = Path(path)
+    frame = _read_frame(path)
+    if "epoch" in frame.columns and "time" not in frame.columns:
+        return from_paper(frame, path.stem)
+    if "time" in frame.columns:
+        return from_ncsim(frame, path.stem)
+    raise InputError(f"log {path} has neither an 'epoch' (paper schema) nor a 'time' column "
+                     "(ncsim schema)")
+
+
+def read_logs(paths: list[str | Path]) -> pd.DataFrame:
+    """Read several logs into one trajectory table (run ids must be unique)."""
+    if not paths:
+        raise InputError("no log files given")
+    parts = [read_log(p) for p in paths]
+    table = pd.concat(parts, ignore_index=True)
+    ids = [rid for part in parts for rid in part["run_id"].unique()]
+    dup = sorted({r for r in ids if ids.count(r) > 1})
+    if dup:
+        raise InputError(f"run id(s) {', '.join(map(str, dup))} appear in several logs; "
+                         "rename the files")
+    return table

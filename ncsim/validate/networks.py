@@ -1,0 +1,203 @@
+"""Networks for validation runs; each exposes its penultimate features and its classifier.
+
+Every network has
+- ``features(x) -> (B, p)``: the penultimate features h (input of the last linear layer),
+- ``classifier``: the last ``nn.Linear(p, K)`` (weights W (K, p), bias b (K,)),
+- ``forward(x) = classifier(features(x))``,
+- ``rescale_last_hidden(alpha)``: multiply the penultimate features by ``alpha`` (the paper's
+  intervention: the weight and bias of the last hidden Linear layer times alpha, exact for
+  positively homogeneous activations: linear, relu, leaky_relu; ResNet-20 multiplies its pooled
+  features by a fixed buffer).
+
+Architectures: an MLP (Flatten -> [Linear -> act] x depth -> Linear; Kaiming-normal weights, zero
+biases, as in arXiv 2604.00230), a small CNN (two conv blocks, one hidden Linear), and ResNet-20
+(He et al. 2016, CIFAR form: 3 stages x 3 BasicBlocks, 16/32/64 channels, 64-d pooled features;
+28x28 inputs are zero-padded to 32x32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ncsim.errors import InputError, require
+
+ARCHS = ("mlp", "cnn", "resnet20")
+ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "gelu", "silu")
+HOMOGENEOUS = ("linear", "relu", "leaky_relu")
+
+
+def activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
+    """Activation module by name (``ACTIVATIONS``)."""
+    table = {"linear": nn.Identity, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU,
+             "silu": nn.SiLU}
+    if name == "leaky_relu":
+        return nn.LeakyReLU(leaky_slope)
+    if name not in table:
+        raise InputError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
+    return table[name]()
+
+
+class MLP(nn.Module):
+    """Fully connected network: ``depth`` hidden layers of ``width`` units, then Linear(width, K).
+
+    Parameters
+    ----------
+    in_features : flattened input size.
+    classes : K.
+    depth : number of hidden layers (>= 1).
+    width : hidden width (>= 1).
+    act : activation name.
+    """
+
+    def __init__(self, in_features: int, classes: int, depth: int = 5, width: int = 512,
+                 act: str = "relu") -> None:
+        super().__init__()
+        require(isinstance(depth, int) and depth >= 1, f"MLP depth must be >= 1, got {depth}")
+        require(isinstance(width, int) and width >= 1, f"MLP width must be >= 1, got {width}")
+        self.act_name = act
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), activation(act)]
+            fan_in = width
+        self.body = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, classes)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    @property
+    def last_hidden(self) -> nn.Linear:
+        """The last hidden Linear layer (the one the intervention rescales)."""
+        return [m for m in self.body if isinstance(m, nn.Linear)][-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    @torch.no_grad()
+    def rescale_last_hidden(self, alpha: float) -> None:
+        layer = self.last_hidden
+        layer.weight.mul_(alpha)
+        layer.bias.mul_(alpha)
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks (32, 64 channels, 3-wide kernels, max-pool), then Linear(., width) -> act.
+
+    Works on 1-D (C, L) and 2-D (C, H, W) inputs.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], classes: int, width: int = 128,
+                 act: str = "relu") -> None:
+        super().__init__()
+        spatial = len(input_shape) - 1
+        require(spatial in (1, 2), f"the CNN needs (C, L) or (C, H, W) inputs, got {input_shape}")
+        conv, pool = (nn.Conv1d, nn.MaxPool1d) if spatial == 1 else (nn.Conv2d, nn.MaxPool2d)
+        chans = input_shape[0]
+        self.act_name = act
+        self.conv = nn.Sequential(
+            conv(chans, 32, 3, padding=1), nn.ReLU(), pool(2),
+            conv(32, 64, 3, padding=1), nn.ReLU(), pool(2), nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, *input_shape)).shape[1]
+        self.hidden = nn.Linear(flat, width)
+        self.act = activation(act)
+        self.classifier = nn.Linear(width, classes)
+
+    @property
+    def last_hidden(self) -> nn.Linear:
+        return self.hidden
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.hidden(self.conv(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    @torch.no_grad()
+    def rescale_last_hidden(self, alpha: float) -> None:
+        self.hidden.weight.mul_(alpha)
+        self.hidden.bias.mul_(alpha)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs with BatchNorm; 1x1 projection when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 for 32x32 inputs (28x28 inputs are zero-padded by 2 on each side).
+
+    Parameters
+    ----------
+    in_channels : 1 or 3.
+    classes : K.
+    """
+
+    def __init__(self, in_channels: int = 3, classes: int = 10) -> None:
+        super().__init__()
+        require(in_channels in (1, 3), f"ResNet-20 takes 1 or 3 channels, got {in_channels}")
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(16), nn.ReLU())
+        blocks: list[nn.Module] = []
+        cin = 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(3):
+                blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(64, classes)
+        self.register_buffer("feature_scale", torch.ones(()))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == 28 and x.shape[-2] == 28:
+            x = F.pad(x, (2, 2, 2, 2))
+        out = self.blocks(self.stem(x))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1) * self.feature_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    @torch.no_grad()
+    def rescale_last_hidden(self, alpha: float) -> None:
+        self.feature_scale.mul_(alpha)
+
+
+def build_network(arch: str, input_shape: tuple[int, ...], classes: int, depth: int = 5,
+                  width: int = 512, act: str = "relu") -> nn.Module:
+    """Network by name (``ARCHS``) for inputs of shape ``input_shape`` (C, *spatial)."""
+    if arch == "mlp":
+        return MLP(math.prod(input_shape), classes, depth, width, act)
+    if arch == "cnn":
+        return SmallCNN(input_shape, classes, width, act)
+    if arch == "resnet20":
+        require(len(input_shape) == 3 and input_shape[1:] in ((28, 28), (32, 32)),
+                f"ResNet-20 needs (C, 32, 32) or (C, 28, 28) images, got {input_shape}")
+        return ResNet20(input_shape[0], classes)
+    raise InputError(f"unknown network {arch!r}; allowed: {', '.join(ARCHS)}")

@@ -1,0 +1,400 @@
+"""Training loop with NC tracking: the paper's two-phase protocol and free configurations.
+
+Protocol presets (arXiv 2604.00230):
+
+- ``mlp``: phase 1 cross-entropy, phase 2 MSE against one-hot targets; each phase a fresh Adam
+  (lr 1e-3, coupled L2 ``weight_decay`` 1e-4) with a cosine schedule over that phase
+  (200 + 300 epochs, batch 256).
+- ``resnet20``: the same two phases with SGD (Nesterov, momentum 0.9, lr 0.1, weight decay 1e-3)
+  and a step schedule (x0.1 at epochs 100, 150 of phase 1 and 300, 450 of phase 2; 200 + 600
+  epochs, batch 128).
+
+Loss conventions: ``ce`` is ``nn.CrossEntropyLoss`` (mean over the batch); ``mse`` is
+``nn.MSELoss`` against one-hot targets (mean over the B x K entries, no 1/2), as the paper's code.
+
+Tracking: every ``nc_every`` epochs, at epoch 0 and at the end of every phase, the network is put
+in eval mode and the training set is passed in batches through :class:`ncsim.metrics.StreamingNC`
+(float64; a second pass gives NC4). One row of the log (trajectory schema) holds ``run_id,
+time (epoch), time_unit, phase, steps, flow_time (sum of lr over steps, i.e. t = lr x steps),
+lr, loss, accuracy, test_accuracy, weight_norm`` and every NC metric of ``ncsim.metrics``.
+With ``nc_min_accuracy`` the NC columns are left empty (NaN) while the training accuracy is
+below it, as in the paper's logs (0.99).
+
+Speed: the data stay as tensors on the device; batches are indexed from a seeded permutation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ncsim.errors import InputError, require
+from ncsim.validate.data import Dataset
+from ncsim.validate.networks import build_network
+
+LOSSES = ("ce", "mse")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+PRESETS = ("mlp", "resnet20")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase.
+
+    loss : "ce" or "mse". epochs : >= 1. optimizer : "adam" (coupled L2), "adamw" or "sgd".
+    lr : learning rate. weight_decay : the optimiser's ``weight_decay``.
+    schedule : "cosine" (to 0 over the phase), "step" (x ``gamma`` at ``milestones``, epochs
+    counted from the phase start) or "constant". batch_size : samples per step.
+    """
+
+    loss: str = "ce"
+    epochs: int = 200
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    batch_size: int = 256
+
+    def validate(self) -> None:
+        require(self.loss in LOSSES, f"unknown loss {self.loss!r}; allowed: {', '.join(LOSSES)}")
+        require(self.optimizer in OPTIMIZERS,
+                f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        require(self.schedule in SCHEDULES,
+                f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        require(isinstance(self.epochs, int) and self.epochs >= 1,
+                f"epochs per phase must be >= 1, got {self.epochs}")
+        require(math.isfinite(self.lr) and self.lr >= 0, f"lr must be >= 0, got {self.lr}")
+        require(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run: network, phases, tracking, intervention, checkpoints.
+
+    arch, depth, width, activation : the network (see :mod:`ncsim.validate.networks`).
+    phases : the training phases in order (phase numbers 1, 2, ...).
+    nc_every : epochs between two NC records (also epoch 0 and every phase end).
+    nc_min_accuracy : NC columns empty while train accuracy < this (paper: 0.99; 0 = always).
+    intervention_epoch, intervention_alpha : after that many epochs the last hidden layer is
+        rescaled by alpha (features x alpha); the record at that epoch is taken after it.
+    seed : seeds the initialisation and the batch order. device : "cpu", "cuda", ...
+    amp : mixed precision in the training steps (bfloat16 on CPU, float16 on CUDA).
+    checkpoint_dir, checkpoint_every : save model + optimiser state every k epochs and at
+        every phase end (``phase{j}_end.pt``); None = no checkpoints.
+    run_id, labels : the log's run id and label columns (model, dataset, condition).
+    data_args : keyword arguments of :func:`ncsim.validate.data.load_dataset` (stored in
+        checkpoints so that a checkpoint can rebuild its training set).
+    """
+
+    arch: str = "mlp"
+    depth: int = 5
+    width: int = 512
+    activation: str = "relu"
+    phases: tuple[Phase, ...] = (Phase(), Phase(loss="mse", epochs=300))
+    nc_every: int = 10
+    nc_min_accuracy: float = 0.0
+    eval_batch: int = 4096
+    intervention_epoch: int | None = None
+    intervention_alpha: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    run_id: str = "run"
+    data_args: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    labels: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def validate(self) -> TrainConfig:
+        require(len(self.phases) >= 1, "a training needs at least one phase")
+        for phase in self.phases:
+            phase.validate()
+        require(isinstance(self.depth, int) and self.depth >= 1,
+                f"depth must be an integer >= 1, got {self.depth}")
+        require(isinstance(self.width, int) and self.width >= 1,
+                f"width must be an integer >= 1, got {self.width}")
+        require(self.nc_every >= 1, f"nc_every must be >= 1, got {self.nc_every}")
+        total = sum(p.epochs for p in self.phases)
+        if self.intervention_epoch is not None:
+            require(0 <= self.intervention_epoch <= total,
+                    f"intervention epoch must lie in [0, {total}], got {self.intervention_epoch}")
+            require(math.isfinite(self.intervention_alpha) and self.intervention_alpha > 0,
+                    f"intervention alpha must be > 0, got {self.intervention_alpha}")
+        return self
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["phases"] = [dataclasses.asdict(p) for p in self.phases]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        data["phases"] = tuple(Phase(**{**p, "milestones": tuple(p.get("milestones", ()))})
+                               for p in data["phases"])
+        return cls(**data)
+
+
+def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -> TrainConfig:
+    """The paper's protocol for ``mlp`` or ``resnet20``; ``epochs`` overrides the phase lengths
+    (step milestones are scaled with them)."""
+    if name == "mlp":
+        phases = (Phase("ce", 200, "adam", 1e-3, 1e-4, schedule="cosine", batch_size=256),
+                  Phase("mse", 300, "adam", 1e-3, 1e-4, schedule="cosine", batch_size=256))
+        base: dict[str, Any] = {"arch": "mlp", "depth": 5, "width": 512}
+    elif name == "resnet20":
+        sgd = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-3, "momentum": 0.9,
+               "nesterov": True, "schedule": "step", "batch_size": 128}
+        phases = (Phase("ce", 200, milestones=(100, 150), **sgd),
+                  Phase("mse", 600, milestones=(300, 450), **sgd))
+        base = {"arch": "resnet20"}
+    else:
+        raise InputError(f"unknown training preset {name!r}; allowed: {', '.join(PRESETS)}")
+    if epochs is not None:
+        require(len(epochs) == len(phases),
+                f"preset {name!r} has {len(phases)} phases; give {len(phases)} epoch counts")
+        phases = tuple(dataclasses.replace(
+            p, epochs=int(e), milestones=tuple(int(round(m * e / p.epochs)) for m in p.milestones))
+            for p, e in zip(phases, epochs, strict=False))
+    return TrainConfig(phases=phases, **{**base, **overrides})
+
+
+# ----------------------------------------------------------------------------- pieces
+def make_optimizer(params, phase: Phase) -> torch.optim.Optimizer:
+    if phase.optimizer == "adam":
+        return torch.optim.Adam(params, lr=phase.lr, weight_decay=phase.weight_decay)
+    if phase.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=phase.lr, weight_decay=phase.weight_decay)
+    return torch.optim.SGD(params, lr=phase.lr, momentum=phase.momentum,
+                           nesterov=phase.nesterov and phase.momentum > 0,
+                           weight_decay=phase.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, phase: Phase):
+    if phase.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=phase.epochs)
+    if phase.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, list(phase.milestones), phase.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean cross-entropy, or ``nn.MSELoss`` (mean over B x K) against one-hot targets."""
+    if kind == "ce":
+        return F.cross_entropy(logits, labels)
+    target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return F.mse_loss(logits, target)
+
+
+@torch.no_grad()
+def extract(model: nn.Module, x: torch.Tensor, batch: int = 4096
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features (N, p) and logits (N, K) in eval mode."""
+    was_training = model.training
+    model.eval()
+    feats, logits = [], []
+    for start in range(0, x.shape[0], batch):
+        h = model.features(x[start:start + batch])
+        feats.append(h)
+        logits.append(model.classifier(h))
+    model.train(was_training)
+    return torch.cat(feats), torch.cat(logits)
+
+
+def classifier_arrays(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier weight (K, p) and bias (K,)."""
+    return model.classifier.weight.detach(), model.classifier.bias.detach()
+
+
+@torch.no_grad()
+def nc_record(model: nn.Module, data: Dataset, loss_kind: str, batch: int = 4096
+              ) -> dict[str, float]:
+    """NC metrics (float64, streaming), fn, loss and accuracies on the training set."""
+    from ncsim.metrics import StreamingNC
+
+    feats, logits = extract(model, data.x_train, batch)
+    acc = StreamingNC(data.classes, feats.shape[1], feats.device)
+    for start in range(0, feats.shape[0], batch):
+        sl = slice(start, start + batch)
+        acc.update(feats[sl], data.y_train[sl])
+    acc.begin_nc4()
+    for start in range(0, feats.shape[0], batch):
+        sl = slice(start, start + batch)
+        acc.update_nc4(feats[sl], logits[sl])
+    weight, bias = classifier_arrays(model)
+    row = {k: float(v) for k, v in acc.compute(weight, bias).items()}
+    row["loss"] = float(loss_fn(logits.float(), data.y_train, loss_kind))
+    row["accuracy"] = float((logits.argmax(1) == data.y_train).double().mean())
+    _, test_logits = extract(model, data.x_test, batch)
+    row["test_accuracy"] = (float((test_logits.argmax(1) == data.y_test).double().mean())
+                            if data.x_test.shape[0] else math.nan)
+    row["weight_norm"] = float(torch.sqrt(sum((p.double() ** 2).sum()
+                                              for p in model.parameters())))
+    return row
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`: the per-epoch log, the model and facts about the run."""
+
+    log: pd.DataFrame
+    model: nn.Module
+    config: TrainConfig
+    checkpoints: list[Path]
+    fn_before_intervention: float = math.nan
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt, epoch: int, phase: int,
+                     config: TrainConfig, data: Dataset, steps: int, flow_time: float) -> Path:
+    from ncsim.io import atomic_write
+
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+             "phase": phase, "config": config.to_dict(), "steps": steps, "flow_time": flow_time,
+             "dataset": data.name, "input_shape": data.input_shape, "classes": data.classes}
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def build_model(config: TrainConfig, data: Dataset) -> nn.Module:
+    """The configured network for ``data``, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return build_network(config.arch, data.input_shape, data.classes, config.depth,
+                         config.width, config.activation).to(config.device)
+
+
+def train(config: TrainConfig, data: Dataset, progress: bool = False,
+          on_record: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train ``config`` on ``data`` and log NC metrics.
+
+    Returns a :class:`TrainResult` whose ``log`` has one row per record (see module docstring).
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    device = torch.device(config.device)
+    data = data.to(device)
+    model = build_model(config, data)
+    gen = torch.Generator().manual_seed(config.seed + 1_000_003)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda")
+    rows: list[dict[str, Any]] = []
+    checkpoints: list[Path] = []
+    ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    epoch, steps, flow_time = 0, 0, 0.0
+    fn_before = math.nan
+    n = data.x_train.shape[0]
+
+    def record(phase_no: int, phase: Phase, lr: float) -> None:
+        row: dict[str, Any] = {"run_id": config.run_id, "time": float(epoch),
+                               "time_unit": "epoch", "phase": phase_no, "phase_loss": phase.loss,
+                               "steps": steps, "flow_time": flow_time, "lr": lr}
+        row.update(nc_record(model, data, phase.loss, config.eval_batch))
+        if row["accuracy"] < config.nc_min_accuracy:
+            from ncsim.metrics import METRIC_NAMES
+            for name in METRIC_NAMES:
+                row[name] = math.nan
+        row.update({"seed": config.seed, **config.labels})
+        rows.append(row)
+        if on_record is not None:
+            on_record(row)
+
+    bar = tqdm(total=config.total_epochs, disable=not progress, file=sys.stderr,
+               desc=config.run_id, leave=False)
+    for phase_no, phase in enumerate(config.phases, start=1):
+        opt = make_optimizer(model.parameters(), phase)
+        sched = make_scheduler(opt, phase)
+        if epoch == 0:
+            if config.intervention_epoch == 0:
+                fn_before = _features_norm(model, data, config.eval_batch)
+                model.rescale_last_hidden(config.intervention_alpha)
+            record(phase_no, phase, phase.lr)
+        for _ in range(phase.epochs):
+            model.train()
+            lr = opt.param_groups[0]["lr"]
+            perm = torch.randperm(n, generator=gen).to(device)
+            for start in range(0, n, phase.batch_size):
+                idx = perm[start:start + phase.batch_size]
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
+                    out = model(data.x_train[idx])
+                loss = loss_fn(out.float(), data.y_train[idx], phase.loss)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                steps += 1
+                flow_time += lr
+            sched.step()
+            epoch += 1
+            bar.update(1)
+            if config.intervention_epoch == epoch:
+                fn_before = _features_norm(model, data, config.eval_batch)
+                model.rescale_last_hidden(config.intervention_alpha)
+            end = epoch == sum(p.epochs for p in config.phases[:phase_no])
+            if epoch % config.nc_every == 0 or end or config.intervention_epoch == epoch:
+                record(phase_no, phase, opt.param_groups[0]["lr"])
+            if ckpt_dir is not None and (end or (config.checkpoint_every
+                                                 and epoch % config.checkpoint_every == 0)):
+                name = f"phase{phase_no}_end.pt" if end else f"epoch{epoch:05d}.pt"
+                checkpoints.append(_save_checkpoint(ckpt_dir / name, model, opt, epoch,
+                                                    phase_no, config, data, steps, flow_time))
+    bar.close()
+    log = pd.DataFrame(rows)
+    log = log.drop_duplicates(subset=["time"], keep="last").reset_index(drop=True)
+    return TrainResult(log, model, config, checkpoints, fn_before)
+
+
+@torch.no_grad()
+def _features_norm(model: nn.Module, data: Dataset, batch: int) -> float:
+    feats, _ = extract(model, data.x_train, batch)
+    return float(feats.double().norm(dim=1).mean())
+
+
+def load_checkpoint(path: str | Path, data: Dataset | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network of a checkpoint; returns (model in eval mode, checkpoint dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    require(isinstance(state, dict) and "model" in state and "config" in state,
+            f"{path} is not an ncsim training checkpoint")
+    config = TrainConfig.from_dict(state["config"])
+    model = build_network(config.arch, tuple(state["input_shape"]), state["classes"],
+                          config.depth, config.width, config.activation)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+def summarize(log: pd.DataFrame, threshold: float = 0.01, metric: str = "nc1_trace"
+              ) -> dict[str, float]:
+    """Onset epoch (the paper's rule: first phase-2 record below ``threshold``) and fn*."""
+    from ncsim.validate.analysis import OnsetRule, run_onset
+
+    rule = OnsetRule(metric=metric, threshold=threshold, phase=2, interpolate=False)
+    out = run_onset(log.sort_values("time"), rule)
+    finite = log[np.isfinite(log[metric].to_numpy(np.float64))]
+    out["final_accuracy"] = float(log["accuracy"].iloc[-1])
+    out["nc1_start_phase2"] = (float(finite.loc[finite["phase"] == 2, metric].iloc[0])
+                               if (finite["phase"] == 2).any() else math.nan)
+    return out

@@ -1,0 +1,88 @@
+"""The ``ncsim theory`` command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ncsim.spec import ModelSpec, Regularization, RunSpec
+from ncsim.theory import theory_columns
+from ncsim.theory.cli import theory
+
+KEYS = ["collapsed", "fn_star", "w_norm_star", "class_mean_norm_star", "loss_star",
+        "margin_star", "lambda_crit", "growth_rate", "onset_time", "lead_time"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(theory, list(args))
+
+
+@pytest.mark.parametrize("cmd", ["equilibrium", "threshold", "onset"])
+def test_json_keys_and_grid(cmd):
+    res = run(cmd, "--loss", "ce", "-K", "4", "-n", "5", "-d", "8",
+              "--lambda-w", "1e-3,2e-3", "--lambda-h", "1e-3", "--format", "json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)["results"]
+    assert len(rows) == 2
+    for key in KEYS:
+        assert key in rows[0]
+
+
+def test_derive_latex():
+    res = run("derive", "--loss", "ce", "--format", "latex")
+    assert res.exit_code == 0
+    for token in ("\\log", "\\Lambda", "\\sqrt{n}", "sigma star", "margin star", "K - 1"):
+        assert token in res.output
+
+
+def test_deep_latex_and_text():
+    res = run("threshold", "--loss", "mse", "--depth", "2", "-K", "4", "-n", "5",
+              "--format", "latex")
+    assert res.exit_code == 0 and "tau glob" in res.output
+    res = run("equilibrium", "--loss", "mse", "--bias", "reg", "--lambda-b", "0.5",
+              "--format", "text")
+    assert res.exit_code == 0 and "fn_star" in res.output
+
+
+@pytest.mark.parametrize("args", [
+    ["equilibrium", "--loss", "hinge"],
+    ["equilibrium", "-K", "1"],
+    ["threshold", "--lambda-w", "-1"],
+    ["onset", "--lambda-w", "1e-4..x:3"],
+    ["equilibrium", "--bias", "reg"],
+    ["equilibrium", "--format", "yaml"],
+    ["phase-diagram", "--x", "speed"],
+])
+def test_bad_input_exit_2_one_line(args):
+    res = CliRunner().invoke(theory, args)
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "Traceback" not in res.output
+
+
+def test_phase_diagram(tmp_path):
+    out = tmp_path / "phase.png"
+    res = run("phase-diagram", "--loss", "mse", "--depth", "2", "-K", "4", "-n", "5",
+              "--x", "lambda", "--xs", "1e-3..1e-1:5", "--y", "init_scale",
+              "--ys", "0.01..1:4", "--format", "json", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    phases = {r["phase"] for r in json.loads(res.output)["results"]}
+    assert {"collapse", "trapped", "vanishing"} <= phases
+    assert out.exists() and out.stat().st_size > 1000
+
+
+def test_theory_columns():
+    spec = RunSpec(model=ModelSpec(loss="mse", classes=4, per_class=5, dim=8),
+                   reg=Regularization(1e-2, 1e-2)).validate()
+    row = theory_columns(spec)
+    assert row["collapsed_theory"] is True and row["fn_star_theory"] > 0
+    assert 0 < row["onset_time_theory"] < 1e4
+    relu = RunSpec(model=ModelSpec(kind="deep", depth=3, activation="relu", classes=4,
+                                   per_class=5, dim=8)).validate()
+    row = theory_columns(relu)
+    assert row["collapsed_theory"] is None and row["fn_star_theory"] != row["fn_star_theory"]
+    imb = RunSpec(model=ModelSpec(classes=3, per_class=(2, 3, 4), dim=8)).validate()
+    assert theory_columns(imb)["collapsed_theory"] is None
