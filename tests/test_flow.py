@@ -193,3 +193,17 @@ def test_float32_agrees_with_float64():
                                                   dtype="float32"))).runs.iloc[0]
     assert abs(f32["final_fn"] / f64["final_fn"] - 1) < 1e-4
     assert abs(f32["onset_time"] / f64["onset_time"] - 1) < 1e-3
+
+
+def test_final_state_continues_the_run_exactly():
+    spec = RunSpec(model=ModelSpec(loss="ce", bias="free", classes=3, per_class=2, dim=4),
+                   reg=Regularization(lambda_w=0.01, lambda_h=0.02),
+                   init=InitSpec(scale=0.4, seed=7),
+                   solver=SolverSpec(method="gd", dt=0.1, t_end=10, records=5, gtol=0))
+    whole = simulate(spec.replace(solver=SolverSpec(method="gd", dt=0.1, t_end=20, records=5,
+                                                    gtol=0)))
+    first = simulate(spec)
+    blocks = first.final_state(first.runs["run_id"].iloc[0])
+    second = simulate(spec.replace(init=InitSpec(kind="arrays", arrays=blocks)))
+    assert second.runs["final_fn"].iloc[0] == pytest.approx(whole.runs["final_fn"].iloc[0],
+                                                             rel=1e-12)

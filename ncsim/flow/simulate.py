@@ -34,7 +34,12 @@ class SimulationResult:
 
     runs: pd.DataFrame
     trajectories: pd.DataFrame
-    meta: dict[str, Any] = field(default_factory=dict)
+    final_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def final_state(self, run: str) -> dict[str, Any]:
+        """Blocks of a run's final state as float64 numpy arrays: ``H`` (d, N), ``W``
+        (list of (out, in)), ``b`` (K,) or None; ready for ``InitSpec(kind="arrays")``."""
+        return self.final_states[run]
 
 
 def run_id(spec: RunSpec) -> str:
@@ -140,6 +145,22 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[di
     return rows, pd.concat(frames, ignore_index=True)
 
 
+def _state_blocks(batch: _Batch, state: torch.Tensor) -> list[dict[str, Any]]:
+    """Per-run blocks of the flat states (R, P) as float64 numpy arrays."""
+    layout = batch.objective.layout
+    host = state.detach().double().cpu()
+    blocks = []
+    for i in range(host.shape[0]):
+        row = host[i:i + 1]
+        blocks.append({
+            "H": layout.view(row, "H")[0].numpy().copy(),
+            "W": [layout.view(row, f"W{l + 1}")[0].numpy().copy()
+                  for l in range(batch.model.depth)],
+            "b": layout.view(row, "b")[0].numpy().copy() if "b" in layout else None,
+        })
+    return blocks
+
+
 def _theory_columns(spec: RunSpec) -> dict[str, Any]:
     try:
         from ncsim.theory.columns import theory_columns
@@ -195,11 +216,14 @@ def simulate(
         bar = tqdm(total=len(specs), unit="run", desc="simulate", leave=False)
     rows: dict[int, dict] = {}
     frames = []
+    states: dict[str, dict[str, Any]] = {}
     for members in _batches(specs, max_batch):
         batch = _Batch([specs[i] for i in members])
         flow = integrate(batch.velocity, batch.y0, batch.solver, batch.record, len(RECORDED),
                          eta=batch.eta, progress=bar.update if bar is not None else None)
         batch_rows, frame = _summarise(batch, flow, [ids[i] for i in members])
+        for i, blocks in zip(members, _state_blocks(batch, flow.final_state)):
+            states[ids[i]] = blocks
         for i, row in zip(members, batch_rows):
             row.update(_theory_columns(specs[i]))
             row.update(provenance(specs[i].solver.device, specs[i].solver.dtype))
@@ -212,4 +236,4 @@ def simulate(
     order = {rid: k for k, rid in enumerate(ids)}
     trajectories = trajectories.sort_values(["run_id", "time"], key=lambda c: (
         c.map(order) if c.name == "run_id" else c), kind="stable").reset_index(drop=True)
-    return SimulationResult(runs=runs, trajectories=trajectories)
+    return SimulationResult(runs=runs, trajectories=trajectories, final_states=states)
