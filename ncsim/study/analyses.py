@@ -1,0 +1,871 @@
+"""Per-study analyses: the numbers behind each claim, its figures and its verdict.
+
+Each analysis takes the study, its run table and trajectory table and the figure folder, and
+returns a :class:`Section`: tables, figures, numbers and a verdict ("supports", "contradicts"
+or "inconclusive") with the reason in numbers. Only runs with ``status == "ok"`` count as
+collapsed; fn* of a run is ``fn_at_onset``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ncsim.study.spec import Study
+
+VERDICTS = ("supports", "contradicts", "inconclusive")
+CV_LIMIT = 0.08          # the paper's "CV < 8%"
+RETURN_TOL = 0.05        # |fn*(alpha) / fn*(1) - 1| counted as a return to fn*
+WIDTH_FN_LIMIT = 0.13    # the paper's "at most 13%"
+OPTIMAL_FACTOR = 2.0     # onset within this factor of the fastest = optimal regime
+
+
+@dataclass
+class Section:
+    """One study's part of the report."""
+
+    verdict: str
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+def collapsed(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs with status ok and a finite onset time and fn at onset.
+
+    Trained runs whose metric was already below the threshold when phase 2 began
+    (``onset_at_phase_start``) are left out: their crossing was not observed.
+    """
+    if "status" not in runs or "onset_time" not in runs:
+        return runs.iloc[0:0]
+    ok = runs[runs["status"] == "ok"]
+    if "onset_at_phase_start" in ok:
+        ok = ok[ok["onset_at_phase_start"].astype("boolean").fillna(False).to_numpy(bool) == 0]
+    return ok[np.isfinite(ok["onset_time"].astype(float))
+              & np.isfinite(ok["fn_at_onset"].astype(float))]
+
+
+def cv(values: Any) -> float:
+    """Sample coefficient of variation std(ddof=1) / mean (NaN for fewer than 2 values)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 2 or v.mean() == 0:
+        return math.nan
+    return float(v.std(ddof=1) / v.mean())
+
+
+def spread(values: Any) -> float:
+    """max / min - 1 of the finite positive values (NaN for fewer than 2)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(v.max() / v.min() - 1) if v.size >= 2 else math.nan
+
+
+def part_axes(study: Study, part: str) -> list[str]:
+    for p in study.parts:
+        if p["name"] == part:
+            return list(p["grid"])
+    return []
+
+
+def part_model(study: Study, part: str) -> str:
+    return next((p["model"] for p in study.parts if p["name"] == part), "simulated")
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "nan" if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _parts(runs: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(runs["part"])) if "part" in runs else []
+
+
+def _time_label(study: Study, part: str) -> str:
+    return "epoch" if part_model(study, part) == "trained" else "t (gradient-flow time)"
+
+
+def _figure(fig, figdir: Path, name: str) -> str:
+    from ncsim.plots import save_figure
+
+    save_figure(fig, figdir / f"{name}.png")
+    return f"figures/{name}.png"
+
+
+def _trajectory_fig(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path,
+                    part: str, label: str | None, max_runs: int = 12) -> tuple[str, str] | None:
+    from ncsim.plots import trajectory_figure
+
+    ids = list(runs.loc[runs["part"] == part, "run_id"])[:max_runs]
+    sub = traj[traj["run_id"].isin(ids)]
+    if sub.empty or "fn" not in sub or "nc1_trace" not in sub:
+        return None
+    info = runs[runs["run_id"].isin(ids)]
+    if label is not None and label in info and not pd.api.types.is_numeric_dtype(info[label]):
+        label = None
+    fig = trajectory_figure(sub, info, label_column=label, time_label=_time_label(study, part))
+    return (f"{part}: fn and NC1 (trace) over time; dots mark onsets",
+            _figure(fig, figdir, f"trajectories_{part}"))
+
+
+def _line_fig(table: pd.DataFrame, x: str, ys: list[str], hue: str | None, title: str,
+              logx: bool = True, logy: bool = True, vlines: dict[str, float] | None = None):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ys), figsize=(5.0 * len(ys), 3.8), squeeze=False)
+    groups = table.groupby(hue, sort=True) if hue else [("", table)]
+    for key, part in groups:
+        part = part.sort_values(x)
+        for ax, y in zip(axes[0], ys):
+            ax.plot(part[x], part[y], "o-", ms=4, label=f"{hue}={fmt(key)}" if hue else None)
+    for ax, y in zip(axes[0], ys):
+        if logx and (table[x].astype(float) > 0).all():
+            ax.set_xscale("log")
+        if logy and (table[y].dropna().astype(float) > 0).all() and table[y].notna().any():
+            ax.set_yscale("log")
+        for name, value in (vlines or {}).items():
+            if math.isfinite(value):
+                ax.axvline(value, color="c", ls="--", lw=1.5, label=name)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _group_stats(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group: runs, collapsed runs, fn* and onset mean and CV."""
+    rows = []
+    grouped = frame.groupby(keys, sort=True, dropna=False) if keys else [((), frame)]
+    for key, sub in grouped:
+        ok = collapsed(sub)
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row.update({"n_runs": len(sub), "n_collapsed": len(ok),
+                    "fn_star_mean": float(ok["fn_at_onset"].mean()) if len(ok) else math.nan,
+                    "fn_star_cv": cv(ok["fn_at_onset"]),
+                    "onset_mean": float(ok["onset_time"].mean()) if len(ok) else math.nan,
+                    "onset_cv": cv(ok["onset_time"])})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- 1 invariance
+def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
+    """CV of fn at onset within each part (init scale, time scale, seed, weight decay)."""
+    import matplotlib.pyplot as plt
+
+    rows, evaluable = [], []
+    for part in _parts(runs):
+        sub = runs[runs["part"] == part]
+        ok = collapsed(sub)
+        axes = part_axes(study, part)
+        row = {"part": part, "model": part_model(study, part), "varied": ", ".join(axes),
+               "n_runs": len(sub), "n_collapsed": len(ok),
+               "fn_star_mean": float(ok["fn_at_onset"].mean()) if len(ok) else math.nan,
+               "fn_star_cv": cv(ok["fn_at_onset"]), "onset_cv": cv(ok["onset_time"])}
+        if "fn_star_theory" in ok and ok["fn_star_theory"].notna().any():
+            row["fn_star_theory_mean"] = float(ok["fn_star_theory"].astype(float).mean())
+        rows.append(row)
+        if len(ok) >= 3:
+            evaluable.append(row)
+    table = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, part in enumerate(_parts(runs)):
+        ok = collapsed(runs[runs["part"] == part])
+        ax.plot(np.full(len(ok), i) + np.linspace(-0.15, 0.15, len(ok)), ok["fn_at_onset"],
+                "o", ms=4)
+    ax.set_xticks(range(len(_parts(runs))), _parts(runs), rotation=20, fontsize=8)
+    ax.set_ylabel("fn at onset (fn*)")
+    ax.grid(True, alpha=0.3)
+    figs = [("fn* of every collapsed run, by part", _figure(fig, figdir, "fn_star_groups"))]
+    for part in _parts(runs)[:2]:
+        item = _trajectory_fig(study, runs, traj, figdir, part, None)
+        if item:
+            figs.append(item)
+    if not evaluable:
+        return Section("inconclusive", "no part has 3 or more collapsed runs",
+                       tables=[("fn* per part", table)], figures=figs)
+    over = [r for r in evaluable if r["fn_star_cv"] >= CV_LIMIT]
+    numbers = {r["part"]: {"cv": r["fn_star_cv"], "n": r["n_collapsed"]} for r in evaluable}
+    listing = "; ".join(f"{r['part']}: CV {100 * r['fn_star_cv']:.1f}% (n={r['n_collapsed']})"
+                        for r in evaluable)
+    verdict = "contradicts" if over else "supports"
+    reason = (f"fn* CV {'>=' if over else '<'} {100 * CV_LIMIT:.0f}% "
+              f"{'in ' + ', '.join(r['part'] for r in over) if over else 'in every part'}: "
+              f"{listing}")
+    return Section(verdict, reason, numbers, [("fn* per part", table)], figs)
+
+
+# ----------------------------------------------------------------------------- 2 lead time
+def _lead_rows(sub: pd.DataFrame, traj: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    from ncsim.onset import lead_time
+
+    keys = [a for a in axes if a != "seed" and a in sub]
+    ok = collapsed(sub)
+    rows = []
+    for _, run in ok.iterrows():
+        same = ok
+        for k in keys:
+            same = same[same[k] == run[k]]
+        others = same[same["seed"] != run["seed"]] if "seed" in same else same.iloc[0:0]
+        part = traj[traj["run_id"] == run["run_id"]].sort_values("time")
+        t, fn = part["time"].to_numpy(float), part["fn"].to_numpy(float)
+        row = {"run_id": run["run_id"], "seed": run.get("seed"),
+               "onset_time": run["onset_time"], "fn_star": run["fn_at_onset"]}
+        for name, level in (("in_sample", same["fn_at_onset"].mean()),
+                            ("held_out", others["fn_at_onset"].mean() if len(others) else np.nan)):
+            row[f"fn_pred_{name}"] = level
+            row[f"lead_{name}"] = (lead_time(t, fn, run["onset_time"], level)
+                                   if math.isfinite(level) else math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _lead_summary(leads: pd.DataFrame, name: str) -> dict[str, float]:
+    lead = leads[f"lead_{name}"].to_numpy(float) if len(leads) else np.array([])
+    ok = np.isfinite(lead)
+    out = {"n_runs": int(len(leads)), "n_crossed": int(ok.sum()),
+           "lead_mean": float(lead[ok].mean()) if ok.any() else math.nan,
+           "lead_std": float(lead[ok].std(ddof=1)) if ok.sum() > 1 else math.nan,
+           "ordering_accuracy": float((lead[ok] > 0).mean()) if ok.any() else math.nan,
+           "lead_over_onset": float(np.mean(lead[ok] / leads["onset_time"].to_numpy(float)[ok]))
+           if ok.any() else math.nan}
+    if name == "in_sample":
+        errors = np.abs(lead[ok] - out["lead_mean"]) if ok.any() else np.array([])
+    else:
+        seeds = leads["seed"].astype(str).to_numpy()
+        errors = np.array([abs(lead[i] - lead[ok & (seeds != seeds[i])].mean())
+                           for i in np.flatnonzero(ok) if (ok & (seeds != seeds[i])).any()])
+    out["mae"] = float(errors.mean()) if errors.size else math.nan
+    return out
+
+
+def lead(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
+    """Lead of the fn crossing of fn_pred before onset, in-sample and leave-one-seed-out."""
+    import matplotlib.pyplot as plt
+
+    tables, summary_rows, all_leads = [], [], []
+    for part in _parts(runs):
+        leads = _lead_rows(runs[runs["part"] == part], traj, part_axes(study, part))
+        if leads.empty:
+            continue
+        leads.insert(0, "part", part)
+        all_leads.append(leads)
+        for name in ("in_sample", "held_out"):
+            summary_rows.append({"part": part, "method": name, **_lead_summary(leads, name)})
+    summary = pd.DataFrame(summary_rows)
+    tables.append(("lead-time summary (time unit of the part)", summary))
+    figs = []
+    if all_leads:
+        frame = pd.concat(all_leads, ignore_index=True)
+        tables.append(("per-run leads", frame))
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for name, marker in (("in_sample", "o"), ("held_out", "x")):
+            ax.plot(frame["onset_time"], frame[f"lead_{name}"] / frame["onset_time"], marker,
+                    label=name)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("onset time")
+        ax.set_ylabel("lead / onset time")
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        figs.append(("lead of the fn crossing, relative to the onset time",
+                     _figure(fig, figdir, "lead")))
+    for part in _parts(runs)[:2]:
+        item = _trajectory_fig(study, runs, traj, figdir, part, "seed")
+        if item:
+            figs.append(item)
+    held = summary[summary["method"] == "held_out"] if len(summary) else summary
+    held = held[held["n_crossed"] >= 4] if len(held) else held
+    numbers = {f"{r['part']}/{r['method']}": {k: r[k] for k in
+               ("lead_mean", "lead_std", "ordering_accuracy", "mae", "n_crossed")}
+               for _, r in summary.iterrows()}
+    if held.empty:
+        return Section("inconclusive", "fewer than 4 held-out runs crossed fn_pred in every "
+                       "part", numbers, tables, figs)
+    acc = held["ordering_accuracy"].to_numpy(float)
+    text = "; ".join(f"{r['part']}: held-out lead {fmt(r['lead_mean'])} ± {fmt(r['lead_std'])} "
+                     f"(MAE {fmt(r['mae'])}, fn crosses first in "
+                     f"{100 * r['ordering_accuracy']:.0f}% of {r['n_crossed']} runs)"
+                     for _, r in held.iterrows())
+    if (acc >= 0.8).all() and (held["lead_mean"] > 0).all():
+        return Section("supports", text, numbers, tables, figs)
+    if (acc <= 0.5).any():
+        return Section("contradicts", text, numbers, tables, figs)
+    return Section("inconclusive", text, numbers, tables, figs)
+
+
+# ----------------------------------------------------------------------------- 3 intervention
+def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
+                 figdir: Path) -> Section:
+    """Return to fn* and onset shift after rescaling the features by alpha."""
+    from scipy import stats
+
+    rows = []
+    for part in _parts(runs):
+        sub = runs[runs["part"] == part]
+        col = "intervene_alpha" if "intervene_alpha" in sub and sub["intervene_alpha"].notna(
+        ).any() else "intervention_alpha"
+        if col not in sub:
+            continue
+        sub = sub[sub[col].notna()]
+        control = collapsed(sub[sub[col] == 1.0])
+        for alpha, arm in sub.groupby(col, sort=True):
+            ok = collapsed(arm)
+            row = {"part": part, "alpha": alpha, "n_runs": len(arm), "n_collapsed": len(ok),
+                   "fn_before": float(arm["fn_before_intervention"].mean())
+                   if "fn_before_intervention" in arm else math.nan,
+                   "fn_after": float(arm["fn_after_intervention"].mean())
+                   if "fn_after_intervention" in arm else math.nan,
+                   "fn_star": float(ok["fn_at_onset"].mean()) if len(ok) else math.nan,
+                   "onset": float(ok["onset_time"].mean()) if len(ok) else math.nan}
+            base_fn = control["fn_at_onset"].mean() if len(control) else math.nan
+            row["fn_star_ratio"] = row["fn_star"] / base_fn if len(control) else math.nan
+            row["onset_shift"] = (row["onset"] - control["onset_time"].mean()
+                                  if len(control) else math.nan)
+            row["p_fn_star"] = (float(stats.ttest_ind(ok["fn_at_onset"], control["fn_at_onset"],
+                                                      equal_var=False).pvalue)
+                                if alpha != 1.0 and len(ok) >= 2 and len(control) >= 2
+                                else math.nan)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    figs = []
+    for part in _parts(runs)[:2]:
+        label = "intervene_alpha" if part_model(study, part) == "simulated" else None
+        item = _trajectory_fig(study, runs, traj, figdir, part, label)
+        if item:
+            figs.append(item)
+    tables = [("fn* and onset per rescaling factor alpha (ratio and shift against alpha = 1)",
+               table)]
+    arms = table[(table["alpha"] != 1.0) & table["fn_star_ratio"].notna()] if len(table) else table
+    if arms.empty:
+        return Section("inconclusive", "no rescaled arm with a collapsed control", {}, tables,
+                       figs)
+    dev = (arms["fn_star_ratio"] - 1).abs()
+    text = "; ".join(f"{r['part']} alpha={fmt(r['alpha'])}: fn {fmt(r['fn_before'])} -> "
+                     f"{fmt(r['fn_after'])}, fn*/fn*(1) = {fmt(r['fn_star_ratio'])}, onset "
+                     f"shift {fmt(r['onset_shift'])}" for _, r in arms.iterrows())
+    numbers = {"max_fn_star_deviation": float(dev.max())}
+    if (dev <= RETURN_TOL).all():
+        return Section("supports", f"every arm returns within {100 * RETURN_TOL:.0f}% of fn*: "
+                       + text, numbers, tables, figs)
+    if (dev > 3 * RETURN_TOL).any():
+        return Section("contradicts", f"an arm ends more than {300 * RETURN_TOL:.0f}% away "
+                       "from fn*: " + text, numbers, tables, figs)
+    return Section("inconclusive", text, numbers, tables, figs)
+
+
+# ----------------------------------------------------------------------------- 4 depth
+def _non_monotonic(values: np.ndarray, tol: float = 0.05) -> bool:
+    """True when successive differences change sign beyond a relative tolerance."""
+    diffs = np.diff(values) / values[:-1]
+    signs = [np.sign(d) for d in diffs if abs(d) > tol]
+    return any(a != b for a, b in zip(signs, signs[1:]))
+
+
+def depth(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
+    """Onset time over depth, per part and per setting of the other axes."""
+    rows, figs, series = [], [], []
+    for part in _parts(runs):
+        sub = runs[runs["part"] == part]
+        others = [a for a in part_axes(study, part) if a not in ("depth", "seed") and a in sub]
+        stats_ = _group_stats(sub, others + ["depth"])
+        stats_.insert(0, "part", part)
+        rows.append(stats_)
+        groups = stats_.groupby(others, sort=True) if others else [((), stats_)]
+        for key, s in groups:
+            s = s.sort_values("depth")
+            good = s[np.isfinite(s["onset_mean"])]
+            entry = {"part": part,
+                     "setting": {k: fmt(v) for k, v in zip(others, np.atleast_1d(key))},
+                     "depths": list(good["depth"]), "onsets": list(good["onset_mean"]),
+                     "collapsed_fraction": float(s["n_collapsed"].sum() / s["n_runs"].sum())}
+            if len(good) >= 3:
+                entry["non_monotonic"] = _non_monotonic(good["onset_mean"].to_numpy(float))
+                best = good.loc[good["onset_mean"].idxmin(), "depth"]
+                entry["fastest_depth"] = int(best)
+            series.append(entry)
+        hue = others[0] if others else None
+        fig = _line_fig(stats_, "depth", ["onset_mean", "fn_star_mean"], hue,
+                        f"{part}: onset time and fn* over depth", logx=False)
+        figs.append((f"{part}: onset time and fn* over depth", _figure(fig, figdir,
+                                                                       f"depth_{part}")))
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    tested = [s for s in series if "non_monotonic" in s]
+    listing = "; ".join(
+        f"{s['part']} {s['setting']}: onset {', '.join(fmt(v) for v in s['onsets'])} at depth "
+        f"{', '.join(map(str, s['depths']))}" for s in tested)
+    tables = [("onset time and fn* per depth", table)]
+    numbers = {"series": series}
+    if not tested:
+        return Section("inconclusive", "no series has 3 collapsed depths", numbers, tables, figs)
+    if any(s["non_monotonic"] for s in tested):
+        return Section("supports", "non-monotonic in "
+                       f"{sum(s['non_monotonic'] for s in tested)} of {len(tested)} series: "
+                       + listing, numbers, tables, figs)
+    return Section("contradicts", "onset time is monotonic in depth in every series: " + listing,
+                   numbers, tables, figs)
+
+
+# ----------------------------------------------------------------------------- 5 activation
+def activation(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
+    """Onset time and fn* per activation: spread across activations against within."""
+    import matplotlib.pyplot as plt
+
+    rows, figs, results = [], [], []
+    for part in _parts(runs):
+        sub = runs[runs["part"] == part]
+        stats_ = _group_stats(sub, ["activation"])
+        stats_.insert(0, "part", part)
+        rows.append(stats_)
+        good = stats_[np.isfinite(stats_["fn_star_mean"])]
+        if len(good) >= 2:
+            within = np.nanmax(np.r_[good["fn_star_cv"].to_numpy(float), 0.0])
+            results.append({"part": part, "n_activations": len(good),
+                            "fn_star_spread": spread(good["fn_star_mean"]),
+                            "onset_spread": spread(good["onset_mean"]),
+                            "fn_star_within_cv": float(within)})
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for ax, col in zip(axes, ("onset_mean", "fn_star_mean")):
+            ax.bar(stats_["activation"].astype(str), stats_[col].astype(float))
+            ax.set_ylabel(col)
+            ax.tick_params(axis="x", labelsize=8)
+        fig.suptitle(f"{part}: onset time and fn* per activation", fontsize=10)
+        fig.tight_layout()
+        figs.append((f"{part}: onset and fn* per activation",
+                     _figure(fig, figdir, f"activation_{part}")))
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    tables = [("onset time and fn* per activation", table)]
+    summary = pd.DataFrame(results)
+    if summary.empty:
+        return Section("inconclusive", "fewer than 2 activations collapsed in every part", {},
+                       tables, figs)
+    tables.append(("spread across activations (max/min - 1)", summary))
+    text = "; ".join(f"{r['part']}: fn* spread {100 * r['fn_star_spread']:.0f}%, onset spread "
+                     f"{100 * r['onset_spread']:.0f}% over {r['n_activations']} activations"
+                     for _, r in summary.iterrows())
+    both = (summary["fn_star_spread"] > 0.1) & (summary["onset_spread"] > 0.1) & (
+        summary["fn_star_spread"] > 2 * summary["fn_star_within_cv"])
+    neither = (summary["fn_star_spread"] <= 0.1) & (summary["onset_spread"] <= 0.1)
+    numbers = summary.set_index("part").to_dict("index")
+    if both.all():
+        return Section("supports", "activation moves both speed and fn* (>10%): " + text,
+                       numbers, tables, figs)
+    if neither.any():
+        return Section("contradicts", "activation moves neither speed nor fn* by >10%: " + text,
+                       numbers, tables, figs)
+    return Section("inconclusive", "activation moves only one of speed and fn* by >10% "
+                   "somewhere: " + text, numbers, tables, figs)
+
+
+# ----------------------------------------------------------------------------- 6 weight decay
+def _finite_mean(values: Any) -> float:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def regimes(lams: np.ndarray, onset: np.ndarray, ok: np.ndarray) -> list[str]:
+    """slow / optimal / prevents for a series ordered by increasing lambda."""
+    fastest = np.nanmin(np.where(ok, onset, np.nan)) if ok.any() else math.nan
+    out = []
+    for t, good in zip(onset, ok):
+        if not good:
+            out.append("prevents")
+        else:
+            out.append("optimal" if t <= OPTIMAL_FACTOR * fastest else "slow")
+    return out
+
+
+def _in_order(labels: list[str]) -> bool:
+    order = {"slow": 0, "optimal": 1, "prevents": 2}
+    ranks = [order[x] for x in labels]
+    return set(labels) == set(order) and all(a <= b for a, b in zip(ranks, ranks[1:]))
+
+
+def _critical(sub: pd.DataFrame) -> float:
+    """Lambda_crit of a part's runs, recovered from ``lambda_crit_theory`` (NaN without it).
+
+    lambda_crit_theory = Lambda_crit / (lambda_H / lambda_W)^(1/M) with M = depth + 1.
+    """
+    if "lambda_crit_theory" not in sub or not sub["lambda_crit_theory"].notna().any():
+        return math.nan
+    m = sub["depth"].astype(float) + 1 if "depth" in sub else 2.0
+    lc = sub["lambda_crit_theory"].astype(float) * (
+        sub["lambda_h"].astype(float) / sub["lambda_w"].astype(float)) ** (1.0 / m)
+    return float(np.nanmedian(lc))
+
+
+def series_threshold(sub: pd.DataFrame, x: str) -> float:
+    """The theory's critical value of ``x`` along a series (the other decays fixed).
+
+    Collapse iff (lambda_H lambda_W^L)^(1/(L+1)) < Lambda_crit; L the depth.
+    """
+    lc = _critical(sub)
+    if not math.isfinite(lc):
+        return math.nan
+    depth_ = float(sub["depth"].iloc[0]) if "depth" in sub else 1.0
+    if x == "lambda" or np.allclose(sub["lambda_w"], sub["lambda_h"]):
+        return lc
+    if x == "lambda_w":
+        return float((lc ** (depth_ + 1) / sub["lambda_h"].iloc[0]) ** (1.0 / depth_))
+    if x == "lambda_h":
+        return float(lc ** (depth_ + 1) / sub["lambda_w"].iloc[0] ** depth_)
+    return math.nan
+
+
+def _lambda_series(sub: pd.DataFrame, x: str, keys: list[str]) -> list[dict[str, Any]]:
+    out = []
+    groups = sub.groupby(keys, sort=True) if keys else [((), sub)]
+    for key, s in groups:
+        agg = s.groupby(x, sort=True).agg(
+            onset=("onset_time", _finite_mean),
+            ok=("status", lambda v: bool((v == "ok").mean() >= 0.5))).reset_index()
+        lams = agg[x].to_numpy(float)
+        good = agg["ok"].to_numpy(bool)
+        labels = regimes(lams, agg["onset"].to_numpy(float), good)
+        last = float(lams[good].max()) if good.any() else math.nan
+        above = lams[~good & (lams > (last if good.any() else 0))]
+        entry = {"setting": {k: fmt(v) for k, v in zip(keys, np.atleast_1d(key))},
+                 "lambdas": [float(v) for v in lams], "regimes": labels,
+                 "onsets": [float(v) for v in agg["onset"]],
+                 "three_regimes": _in_order(labels), "last_collapsed": last,
+                 "first_prevented": float(above.min()) if above.size else math.nan,
+                 "lambda_crit_theory": series_threshold(s, x)}
+        lc, lo, hi = entry["lambda_crit_theory"], last, entry["first_prevented"]
+        if math.isfinite(lc) and math.isfinite(lo) and math.isfinite(hi):
+            entry["theory_in_bracket"] = bool(lo < lc <= hi)
+        elif math.isfinite(lc) and math.isfinite(lo):
+            entry["theory_in_bracket"] = bool(lo < lc)  # nothing prevented: lc above the grid
+        else:
+            entry["theory_in_bracket"] = None
+        out.append(entry)
+    return out
+
+
+def _grid_heatmap(table: pd.DataFrame, x: str, y: str, value: str, title: str,
+                  curve: tuple[np.ndarray, np.ndarray] | None = None,
+                  row_marks: dict[float, float] | None = None, log_y: bool = True):
+    """Heat map of log10 ``value`` on a (log x, y) grid with whole edge cells.
+
+    curve : (xs, ys) theory line; row_marks : {y: x} theory value marked in each row.
+    """
+    import matplotlib.pyplot as plt
+
+    from ncsim.theory.phase import _edges
+
+    grid_ = table.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
+    xs, ys = grid_.columns.to_numpy(float), grid_.index.to_numpy(float)
+    data = np.log10(grid_.to_numpy(float))
+    fig, ax = plt.subplots(figsize=(5.8, 4.6))
+    y_edges = _edges(ys) if log_y else np.concatenate([[ys[0] - 0.5], ys + 0.5])
+    mesh = ax.pcolormesh(_edges(xs), y_edges, np.ma.masked_invalid(data), cmap="magma")
+    fig.colorbar(mesh, ax=ax, label=f"log10 {value}")
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    else:
+        ax.set_yticks(ys)
+    if curve is not None:
+        ax.plot(curve[0], curve[1], "c-", lw=2, label="theory threshold")
+    for k, (row, xv) in enumerate((row_marks or {}).items()):
+        if math.isfinite(xv):
+            ax.plot([xv, xv], [row - 0.45, row + 0.45], "c-", lw=2.5,
+                    label="theory lambda_crit" if k == 0 else None)
+    ax.set_xlim(_edges(xs)[0], _edges(xs)[-1])
+    ax.set_ylim(y_edges[0], y_edges[-1])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title, fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def _boundary_2d(sub: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    from ncsim.theory.critical import Lambda_crit
+
+    first = sub.iloc[0]
+    try:
+        depth_ = int(first.get("depth", 1)) if pd.notna(first.get("depth", 1)) else 1
+        lc = float(Lambda_crit(str(first["loss"]), float(first["classes"]),
+                               float(first["per_class"]), depth_))
+    except Exception:
+        return None
+    ys = np.geomspace(sub["lambda_h"].min() / 2, sub["lambda_h"].max() * 2, 64)
+    xs = (lc ** (depth_ + 1) / ys) ** (1.0 / depth_)
+    return xs, ys
+
+
+def _theory_phase(row: pd.Series) -> str:
+    from ncsim.theory.phase import classify
+
+    try:
+        return classify(str(row["loss"]), str(row["bias"]), int(row["classes"]),
+                        int(row["per_class"]), int(row["dim"]), int(row["depth"]),
+                        float(row["lambda_w"]), float(row["lambda_h"]), float(row["lambda_b"]),
+                        float(row["init_scale"]))["phase"]
+    except Exception:
+        return "n/a"
+
+
+def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
+                 figdir: Path) -> Section:
+    """Three regimes (slow / optimal / prevents) and the theory's lambda_crit."""
+    tables, figs, all_series, agreement = [], [], [], []
+    for part in _parts(runs):
+        sub = runs[runs["part"] == part].copy()
+        axes = part_axes(study, part)
+        trained = part_model(study, part) == "trained"
+        shown = sub.assign(onset_collapsed=np.where(sub["status"] == "ok", sub["onset_time"],
+                                                    np.nan))
+        if not trained:
+            sub["theory_phase"] = sub.apply(_theory_phase, axis=1)
+            measured = np.where(sub["status"] == "ok", "collapse", sub["status"])
+            match = (sub["theory_phase"] == "collapse") == (measured == "collapse")
+            agreement.append((part, float(match.mean()), len(sub)))
+        if {"lambda_w", "lambda_h"} <= set(axes):
+            fig = _grid_heatmap(shown, "lambda_w", "lambda_h", "onset_collapsed",
+                                f"{part}: onset time (blank: no collapse)",
+                                curve=_boundary_2d(sub))
+            figs.append((f"{part}: measured onset time over (lambda_W, lambda_H); the line is "
+                         "the theory's threshold sqrt(lambda_W lambda_H) = Lambda_crit (depth 1)",
+                         _figure(fig, figdir, f"wd_heatmap_{part}")))
+            diag = sub[np.isclose(sub["lambda_w"], sub["lambda_h"])]
+            series = _lambda_series(diag, "lambda_w", []) if len(diag) else []
+            series += _lambda_series(sub, "lambda_w", ["lambda_h"])
+        elif "lambda" in axes and "depth" in axes:
+            marks = {}
+            if "lambda_crit_theory" in sub:
+                crit = sub.groupby("depth")["lambda_crit_theory"].mean().dropna()
+                marks = {float(k): float(v) for k, v in crit.items()}
+            fig = _grid_heatmap(shown, "lambda", "depth", "onset_collapsed",
+                                f"{part}: onset time (blank: no collapse)", row_marks=marks,
+                                log_y=False)
+            figs.append((f"{part}: measured onset time over (lambda, depth); the line is the "
+                         "theory's lambda_crit(depth)", _figure(fig, figdir, f"wd_depth_{part}")))
+            series = _lambda_series(sub, "lambda", ["depth"])
+        else:
+            x = next((a for a in ("weight_decay", "lambda", "lambda_w", "lambda_h") if a in axes),
+                     None)
+            if x is None:
+                continue
+            keys = [a for a in axes if a not in (x, "seed")]
+            series = _lambda_series(sub, x, keys)
+            plot = shown.groupby([x, *keys], as_index=False)["onset_collapsed"].mean()
+            lc = float(sub["lambda_crit_theory"].mean()) if "lambda_crit_theory" in sub and \
+                sub["lambda_crit_theory"].notna().any() else math.nan
+            fig = _line_fig(plot, x, ["onset_collapsed"], keys[0] if keys else None,
+                            f"{part}: onset time over {x}", vlines={"lambda_crit (theory)": lc})
+            figs.append((f"{part}: onset time over {x} (gaps: no collapse)",
+                         _figure(fig, figdir, f"wd_line_{part}")))
+        for s in series:
+            s["part"] = part
+        all_series += series
+        cols = [c for c in ("lambda_w", "lambda_h", "lambda", "depth", "weight_decay", "seed",
+                            "status", "onset_time", "fn_at_onset", "lambda_crit_theory",
+                            "onset_time_theory", "theory_phase")
+                if c in sub and sub[c].notna().any()]
+        tables.append((f"{part}: runs", sub[cols]))
+    table = pd.DataFrame([{"part": s["part"], "setting": str(s["setting"]),
+                           "regimes": " ".join(s["regimes"]), "three_regimes": s["three_regimes"],
+                           "last_collapsed": s["last_collapsed"],
+                           "first_prevented": s["first_prevented"],
+                           "lambda_crit_theory": s["lambda_crit_theory"],
+                           "theory_in_bracket": s["theory_in_bracket"]} for s in all_series])
+    tables.insert(0, ("regimes along each lambda series (slow: onset > "
+                      f"{OPTIMAL_FACTOR:g}x the fastest; prevents: no collapse)", table))
+    numbers = {"agreement_with_theory_phase": {p: a for p, a, _ in agreement},
+               "series": all_series}
+    good = [s for s in all_series if s["three_regimes"]]
+    agree = "; ".join(f"{p}: measured collapse/no-collapse matches the theory's phase in "
+                      f"{100 * a:.0f}% of {n} runs" for p, a, n in agreement)
+    brackets = [s for s in all_series if s["theory_in_bracket"] is not None]
+    in_bracket = sum(bool(s["theory_in_bracket"]) for s in brackets)
+    example = good[0] if good else (all_series[0] if all_series else None)
+    detail = ""
+    if example is not None:
+        detail = (f"e.g. {example['part']} {example['setting']}: regimes "
+                  f"{' '.join(example['regimes'])} over lambda "
+                  f"{', '.join(fmt(v) for v in example['lambdas'])}; last collapsed "
+                  f"{fmt(example['last_collapsed'])}, first prevented "
+                  f"{fmt(example['first_prevented'])}, lambda_crit (theory) "
+                  f"{fmt(example['lambda_crit_theory'])}")
+    reason = (f"{len(good)} of {len(all_series)} lambda series show slow, optimal and prevents "
+              f"in order; lambda_crit (theory) lies between the last collapsed and the first "
+              f"prevented lambda in {in_bracket} of {len(brackets)} series. {agree}. {detail}")
+    if good:
+        return Section("supports", reason, numbers, tables, figs)
+    if all_series and all("prevents" not in s["regimes"] for s in all_series):
+        return Section("inconclusive", reason + " (no series reaches the prevents regime)",
+                       numbers, tables, figs)
+    return Section("contradicts" if len(all_series) >= 2 else "inconclusive", reason, numbers,
+                   tables, figs)
+
+
+# ----------------------------------------------------------------------------- 7 width
+def _reduction_gap(runs: pd.DataFrame) -> float:
+    """Largest relative difference of onset time and fn* between runs that differ only in
+    ``reduction`` (NaN without such pairs)."""
+    if "reduction" not in runs or runs["reduction"].nunique() < 2:
+        return math.nan
+    ok = collapsed(runs)
+    keys = [c for c in ("part", "dim", "seed", "init_scale", "lambda") if c in ok]
+    gaps = []
+    for _, pair in ok.groupby(keys):
+        if pair["reduction"].nunique() < 2:
+            continue
+        for col in ("onset_time", "fn_at_onset"):
+            v = pair[col].to_numpy(float)
+            gaps.append(float((v.max() - v.min()) / abs(v).max()))
+    return max(gaps) if gaps else math.nan
+
+
+def width(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
+    """Onset time and fn* over width: monotone speed-up, fn* moved by at most 13%.
+
+    Each setting of the other axes (e.g. the UFM's ``reduction``: "none" integrates H and W,
+    "gram" the width-independent Gram form) is a series of its own.
+    """
+    rows, figs, results = [], [], []
+    for part in _parts(runs):
+        sub = runs[runs["part"] == part]
+        axes = part_axes(study, part)
+        x = "dim" if "dim" in axes else "width"
+        others = [a for a in axes if a not in (x, "seed") and a in sub]
+        stats_ = _group_stats(sub, others + [x])
+        if "fn_star_theory" in sub:
+            theory = sub.groupby(x)["fn_star_theory"].mean()
+            stats_["fn_star_theory"] = stats_[x].map(theory)
+        stats_.insert(0, "part", part)
+        rows.append(stats_.rename(columns={x: "width_or_dim"}))
+        groups = stats_.groupby(others, sort=True) if others else [((), stats_)]
+        for key, series in groups:
+            good = series[np.isfinite(series["onset_mean"])].sort_values(x)
+            if len(good) < 3:
+                continue
+            onsets = good["onset_mean"].to_numpy(float)
+            label = ", ".join(f"{k}={fmt(v)}" for k, v in zip(others, np.atleast_1d(key)))
+            results.append({"part": part + (f" ({label})" if label else ""), "axis": x,
+                            "n_widths": len(good),
+                            "onset_monotone_decreasing": bool(
+                                np.all(np.diff(onsets) <= 0.02 * onsets[:-1])),
+                            "onset_change": float(onsets[-1] / onsets[0] - 1),
+                            "fn_star_spread": spread(good["fn_star_mean"])})
+        fig = _line_fig(stats_, x, ["onset_mean", "fn_star_mean"], others[0] if others else None,
+                        f"{part}: onset time and fn* over {x}")
+        figs.append((f"{part}: onset and fn* over {x}", _figure(fig, figdir, f"width_{part}")))
+    tables = [("onset and fn* per width (fn_star_theory: the closed form, independent of d)",
+               pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())]
+    summary = pd.DataFrame(results)
+    if summary.empty:
+        return Section("inconclusive", "fewer than 3 widths collapsed in every series", {},
+                       tables, figs)
+    tables.append(("width summary", summary))
+    text = "; ".join(f"{r['part']}: onset changes {100 * r['onset_change']:+.0f}% from the "
+                     f"smallest to the largest {r['axis']} (monotone decreasing: "
+                     f"{r['onset_monotone_decreasing']}), fn* spread "
+                     f"{100 * r['fn_star_spread']:.1f}%" for _, r in summary.iterrows())
+    numbers = summary.set_index("part").to_dict("index")
+    gap = _reduction_gap(runs)
+    if math.isfinite(gap):
+        numbers["reduction_gap"] = gap
+        text += (f"; the Gram (width-independent) and parameter forms agree to {gap:.1e} "
+                 "(largest relative difference of onset time and fn*)")
+    ok = summary["onset_monotone_decreasing"] & (summary["fn_star_spread"] <= WIDTH_FN_LIMIT)
+    if ok.all():
+        return Section("supports", text, numbers, tables, figs)
+    return Section("contradicts", text, numbers, tables, figs)
+
+
+# ----------------------------------------------------------------------------- 8 grid
+def _cell_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    if "arch" in out:
+        arch = out["arch"].astype(str)
+    elif "preset" in out:
+        arch = out["preset"].astype(str)
+    else:
+        arch = pd.Series("mlp", index=out.index)
+    if "depth" in out:
+        arch = np.where(arch == "mlp", "mlp-" + out["depth"].astype("Int64").astype(str), arch)
+    out["arch_label"] = arch
+    data = out["dataset"].astype(str) if "dataset" in out else out["part"].astype(str)
+    if "separation" in out:
+        data = data + np.where(out["separation"].notna(),
+                               "-sep" + out["separation"].astype(str), "")
+    out["dataset_label"] = data
+    return out
+
+
+def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
+    """fn* per (architecture, dataset) cell and the non-additivity (interaction) test."""
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    runs = _cell_labels(runs)
+    cells = _group_stats(runs, ["arch_label", "dataset_label"])
+    tables = [("fn* per (architecture, dataset) cell", cells)]
+    pivot = cells.pivot_table(index="arch_label", columns="dataset_label", values="fn_star_mean")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    im = ax.imshow(pivot.to_numpy(float), cmap="viridis")
+    ax.set_xticks(range(pivot.shape[1]), pivot.columns, rotation=20, fontsize=8)
+    ax.set_yticks(range(pivot.shape[0]), pivot.index, fontsize=8)
+    fig.colorbar(im, ax=ax, label="fn*")
+    fig.tight_layout()
+    figs = [("fn* per (architecture, dataset) cell", _figure(fig, figdir, "grid"))]
+    full = pivot.dropna(axis=0, how="any").dropna(axis=1, how="any")
+    if full.shape[0] < 2 or full.shape[1] < 2:
+        return Section("inconclusive", f"only {int(pivot.notna().sum().sum())} collapsed cells; "
+                       "the non-additivity test needs 2 architectures x 2 datasets",
+                       {}, tables, figs)
+    logf = np.log(full.to_numpy(float))
+    resid = logf - logf.mean(1, keepdims=True) - logf.mean(0, keepdims=True) + logf.mean()
+    effects = {c: float(full[c].iloc[-1] / full[c].iloc[0] - 1) for c in full.columns}
+    numbers = {"architecture_effect": effects, "interaction_rms_log": float(np.sqrt(
+        (resid ** 2).mean()))}
+    ok = collapsed(runs)
+    ok = ok[ok["arch_label"].isin(full.index) & ok["dataset_label"].isin(full.columns)]
+    groups = [g["fn_at_onset"].to_numpy(float) for _, g in
+              ok.groupby(["arch_label", "dataset_label"])]
+    text = "architecture effect " + ", ".join(f"{c}: {100 * e:+.0f}%" for c, e in
+                                              effects.items())
+    if min(len(g) for g in groups) < 2:
+        return Section("inconclusive", text + "; no replicate seeds for the interaction test",
+                       numbers, tables, figs)
+    # interaction F test on log fn*: residual of the additive fit against within-cell noise
+    within = sum(((np.log(g) - np.log(g).mean()) ** 2).sum() for g in groups)
+    df_within = sum(len(g) - 1 for g in groups)
+    n_cell = np.mean([len(g) for g in groups])
+    ss_inter = n_cell * float((resid ** 2).sum())
+    df_inter = (full.shape[0] - 1) * (full.shape[1] - 1)
+    f_stat = (ss_inter / df_inter) / (within / df_within) if within > 0 else math.inf
+    p = float(stats.f.sf(f_stat, df_inter, df_within)) if math.isfinite(f_stat) else 0.0
+    numbers.update({"interaction_F": f_stat, "interaction_p": p})
+    text += f"; interaction F = {fmt(f_stat)}, p = {fmt(p)}"
+    if p < 0.05:
+        return Section("supports", "non-additive: " + text, numbers, tables, figs)
+    if p > 0.2:
+        return Section("contradicts", "additive within noise: " + text, numbers, tables, figs)
+    return Section("inconclusive", text, numbers, tables, figs)
+
+
+Analysis = Callable[[Study, pd.DataFrame, pd.DataFrame, Path], Section]
+ANALYSES: dict[str, Analysis] = {
+    "invariance": invariance, "lead_time": lead, "intervention": intervention, "depth": depth,
+    "activation": activation, "weight_decay": weight_decay, "width": width, "grid": grid,
+}

@@ -1,0 +1,79 @@
+"""``ncsim study``: list | run [SPEC] | report DIR (thin commands over the library)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ncsim.cli_errors import handle_errors
+
+DEFAULT_STUDY = "weight_decay"
+DEFAULT_OUT = "ncsim-out"
+
+
+@click.group()
+def study() -> None:
+    """Declarative studies: one TOML spec per question, a resumable runner and a report."""
+
+
+@study.command("list")
+@handle_errors
+def list_cmd() -> None:
+    """Name every shipped study with its question (one line each)."""
+    from ncsim.study.spec import shipped_studies, tomllib
+
+    for path in shipped_studies():
+        raw = tomllib.loads(path.read_text())
+        kinds = sorted({p.get("model", "?") for p in raw.get("parts", [])})
+        click.echo(f"{path.stem:<20} [{'+'.join(kinds)}] {raw.get('question', '')}")
+
+
+@study.command("run")
+@click.argument("spec", required=False)
+@click.option("--quick", is_flag=True, help="Run the quick variant (2-core CPU, < 2 min).")
+@click.option("--executor", type=click.Choice(["local", "process", "dask"]), default="local",
+              show_default=True, help="Where runs execute.")
+@click.option("--address", default=None, help="Dask scheduler, e.g. tcp://host:8786 "
+              "(without it --executor dask starts a LocalCluster of 2 workers).")
+@click.option("--workers", type=int, default=None, help="Workers of process / LocalCluster.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help=f"Results folder (default {DEFAULT_OUT}/ or {DEFAULT_OUT}/NAME[-quick]).")
+@click.option("--force", is_flag=True, help="Recompute every run (ignore finished ones).")
+@click.option("--retry-failed", is_flag=True, help="Recompute runs that failed before.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@handle_errors
+def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
+            workers: int | None, out: Path | None, force: bool, retry_failed: bool,
+            no_progress: bool) -> None:
+    """Run SPEC (a .toml file or a study name); without SPEC, the quick weight-decay study.
+
+    Finished runs in --out are skipped, so an interrupted study resumes where it stopped.
+    """
+    from ncsim.study.runner import run_study
+    from ncsim.study.spec import load_study
+
+    if spec is None:
+        spec, quick = DEFAULT_STUDY, True
+        out = out or Path(DEFAULT_OUT)
+    loaded = load_study(spec, quick=quick)
+    out = out or Path(DEFAULT_OUT) / (loaded.name + ("-quick" if quick else ""))
+    summary = run_study(loaded, out, executor=executor, address=address, force=force,
+                        retry_failed=retry_failed, progress=not no_progress, workers=workers)
+    click.echo(f"study {loaded.name} ({'quick' if quick else 'full'}): {summary.total} runs, "
+               f"{summary.computed} computed, {summary.skipped} already done, "
+               f"{summary.failed} failed, {summary.seconds:.1f} s")
+    click.echo(f"table: {out / 'runs.parquet'}")
+    click.echo(f"report: {out / 'report.md'}")
+
+
+@study.command("report")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@handle_errors
+def report_cmd(directory: Path) -> None:
+    """Write DIR/report.md and DIR/report.html (question, figures, tables, verdict)."""
+    from ncsim.study.report import write_report
+
+    path = write_report(directory)
+    click.echo(f"report: {path}")
+    click.echo(f"report: {path.with_suffix('.html')}")

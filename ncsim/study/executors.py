@@ -1,0 +1,113 @@
+"""Executors: where the chunks of a study run.
+
+- ``local``: in this process, one chunk after the other (simulated runs of one structure are
+  integrated together, chunk by chunk, so the batching pays off);
+- ``process``: a :class:`concurrent.futures.ProcessPoolExecutor` on this machine;
+- ``dask``: a ``distributed`` client on ``address`` (``tcp://host:8786``) or, without an
+  address, a ``LocalCluster`` of 2 single-threaded workers. Dask is imported only here, only
+  when asked for.
+
+Every executor calls ``on_done(results)`` in this process as each chunk finishes, so results are
+written by one process only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from ncsim.errors import InputError
+from ncsim.study.compute import Result, run_chunk
+from ncsim.study.spec import RunDesc
+
+EXECUTORS = ("local", "process", "dask")
+Done = Callable[[list[Result]], None]
+
+
+def execute(chunks: list[list[RunDesc]], executor: str = "local", on_done: Done | None = None,
+            address: str | None = None, workers: int | None = None) -> None:
+    """Run every chunk with ``executor``; ``on_done`` receives each chunk's results."""
+    check_executor(executor, address)
+    done = on_done or (lambda _results: None)
+    if not chunks:
+        return
+    if executor == "local":
+        _local(chunks, done)
+    elif executor == "process":
+        _process(chunks, done, workers)
+    else:
+        _dask(chunks, done, address, workers)
+
+
+def check_executor(executor: str, address: str | None) -> None:
+    """Reject an unknown executor, or an address without Dask, before anything starts."""
+    if executor not in EXECUTORS:
+        raise InputError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if address is not None and executor != "dask":
+        raise InputError("--address needs --executor dask")
+
+
+def _local(chunks: list[list[RunDesc]], done: Done) -> None:
+    """One chunk after the other, torch on one thread (small batched tensors gain nothing
+    from more, and a shared machine loses a lot)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for chunk in chunks:
+            done(run_chunk(chunk))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _process(chunks: list[list[RunDesc]], done: Done, workers: int | None) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    count = workers or min(len(chunks), os.cpu_count() or 1)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker) as pool:
+        futures = [pool.submit(run_chunk, chunk) for chunk in chunks]
+        for future in as_completed(futures):
+            done(future.result())
+
+
+def _dask(chunks: list[list[RunDesc]], done: Done, address: str | None,
+          workers: int | None) -> None:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise InputError("--executor dask needs dask[distributed]: pip install "
+                         "'ncsim[dask]'") from None
+    cluster = None
+    if address is None:
+        import logging
+
+        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(address, timeout="20s")
+        except OSError as err:
+            raise InputError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+    try:
+        client.run(_init_worker)
+        futures = client.map(run_chunk, chunks, pure=False)
+        for future in as_completed(_iter(futures)):
+            done(future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _iter(futures: Iterable) -> list:
+    return list(futures)

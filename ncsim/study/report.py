@@ -1,0 +1,179 @@
+"""The study report: Markdown and HTML with the question, figures, tables and verdict.
+
+``write_report(DIR)`` works on one study folder (``DIR/study.json``) or on a folder whose
+sub-folders are study folders (one section each). Figures are embedded by relative path.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ncsim.errors import InputError
+from ncsim.io import atomic_write, write_json
+from ncsim.study.analyses import ANALYSES, Section, fmt
+from ncsim.study.spec import Study
+from ncsim.study.store import FAILED, Store
+
+MAX_ROWS = 40
+
+
+def study_dirs(root: str | Path) -> list[Path]:
+    """The study folders under ``root`` (``root`` itself when it is one)."""
+    root = Path(root)
+    if (root / "study.json").exists():
+        return [root]
+    found = sorted(p.parent for p in root.glob("*/study.json"))
+    if not found:
+        raise InputError(f"{root} holds no study (no study.json in it or its sub-folders)")
+    return found
+
+
+def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame]:
+    """Run the study's analysis on its consolidated tables; figures go to folder/figures."""
+    store = Store(folder)
+    study = Study.from_dict(store.study())
+    runs, traj = store.tables()
+    store.figures.mkdir(parents=True, exist_ok=True)
+    if runs.empty or "status" not in runs:
+        return study, Section("inconclusive", "no finished run"), runs
+    done = runs[runs["status"] != FAILED]
+    traj = traj[traj["run_id"].isin(done["run_id"])] if "run_id" in traj else traj
+    section = ANALYSES[study.analysis](study, done, traj, store.figures)
+    return study, section, runs
+
+
+def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
+    """A Markdown table (numbers with 4 significant digits; long tables cut)."""
+    if frame.empty:
+        return "(empty)\n"
+    shown = frame.head(max_rows)
+    head = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "---|" * len(shown.columns)
+    body = ["| " + " | ".join(fmt(v).replace("|", "/") for v in row) + " |"
+            for row in shown.itertuples(index=False)]
+    more = f"\n({len(frame) - max_rows} more rows in the run table)" if len(frame) > max_rows \
+        else ""
+    return "\n".join([head, rule, *body]) + "\n" + more
+
+
+def _status_counts(runs: pd.DataFrame) -> str:
+    if runs.empty or "status" not in runs:
+        return "no runs"
+    counts = runs["status"].value_counts()
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
+def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix: str = "") -> str:
+    """Markdown of one study (figure paths relative to the report, under ``prefix``)."""
+    variant = "quick" if study.quick else "full"
+    lines = [f"## {study.title} (`{study.name}`, {variant} variant)", "",
+             f"**Question.** {study.question}", "", f"**Claim tested.** {study.claim}", "",
+             f"**Verdict: {section.verdict}.** {section.reason}", "",
+             f"Runs: {len(runs)} ({_status_counts(runs)}). Metrics: "
+             f"{', '.join(study.metrics) or 'onset_time, fn_at_onset'}. Spec: `{study.source}`.",
+             ""]
+    failed = runs[runs["status"] == FAILED] if "status" in runs else runs.iloc[0:0]
+    if len(failed):
+        errors = failed["error"].astype(str).value_counts().head(3)
+        lines += ["Failed runs: " + "; ".join(f"{n} x {e}" for e, n in errors.items()), ""]
+    if "onset_at_phase_start" in runs:
+        inherited = int(runs["onset_at_phase_start"].astype("boolean").fillna(False).sum())
+        if inherited:
+            lines += [f"{inherited} trained run(s) were already below the onset threshold when "
+                      "phase 2 began: their crossing was not observed, so they do not count as "
+                      "collapsed runs (too short or too easy to decide).", ""]
+    if study.notes:
+        lines += [f"*Notes.* {study.notes}", ""]
+    for caption, path in section.figures:
+        lines += [f"![{caption}]({prefix}{path})", "", f"*{caption}*", ""]
+    for caption, table in section.tables:
+        lines += [f"**{caption}**", "", markdown_table(table), ""]
+    lines += section.notes
+    return "\n".join(lines) + "\n"
+
+
+def _html(markdown: str, title: str) -> str:
+    """A plain HTML rendering of the report's Markdown subset (headings, tables, images)."""
+    out, in_table = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+            out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("## "):
+            out.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line.startswith("![") and "](" in line:
+            alt, src = line[2:].split("](", 1)
+            out.append(f'<figure><img src="{html.escape(src.rstrip(")"))}" '
+                       f'alt="{html.escape(alt)}" style="max-width:100%"></figure>')
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
+             "collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{style}</style></head><body>\n" + "\n".join(out) +
+            "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    return re.sub(r"(?<![\w*])\*(?!\s)([^*]+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
+
+
+def _jsonable_numbers(numbers: Any) -> Any:
+    if isinstance(numbers, dict):
+        return {str(k): _jsonable_numbers(v) for k, v in numbers.items()}
+    if isinstance(numbers, (list, tuple)):
+        return [_jsonable_numbers(v) for v in numbers]
+    if isinstance(numbers, (np.generic,)):
+        return numbers.item()
+    if isinstance(numbers, float) and not math.isfinite(numbers):
+        return None
+    return numbers
+
+
+def write_report(root: str | Path) -> Path:
+    """Write ``root/report.md``, ``root/report.html`` and ``verdict.json`` per study."""
+    root = Path(root)
+    sections, verdicts = [], []
+    for folder in study_dirs(root):
+        study, section, runs = analyze_dir(folder)
+        prefix = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
+        sections.append(section_markdown(study, section, runs, prefix))
+        verdict = {"study": study.name, "quick": study.quick, "verdict": section.verdict,
+                   "reason": section.reason, "numbers": _jsonable_numbers(section.numbers)}
+        write_json(verdict, folder / "verdict.json")
+        verdicts.append(verdict)
+    title = "ncsim study report"
+    summary = ["# " + title, ""]
+    if len(verdicts) > 1:
+        summary += ["| study | verdict |", "|---|---|"]
+        summary += [f"| {v['study']} | {v['verdict']} |" for v in verdicts]
+        summary.append("")
+    text = "\n".join(summary) + "\n" + "\n".join(sections)
+    atomic_write(root / "report.md", lambda tmp: tmp.write_text(text))
+    atomic_write(root / "report.html", lambda tmp: tmp.write_text(_html(text, title)))
+    return root / "report.md"

@@ -1,0 +1,91 @@
+"""Run a study: resolve it into runs, skip finished ones, execute the rest, write the report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ncsim.study.executors import check_executor, execute
+from ncsim.study.spec import RunDesc, Study, build
+from ncsim.study.store import FAILED, Store
+
+DEFAULT_CHUNK = 8
+
+
+@dataclass
+class RunSummary:
+    """What a call of :func:`run_study` did."""
+
+    total: int
+    skipped: int
+    computed: int
+    failed: int
+    seconds: float
+    out: Path
+
+
+def chunk_runs(descs: list[RunDesc]) -> list[list[RunDesc]]:
+    """Chunks of work: simulated runs of one batch structure together (``chunk`` at most,
+    default 8); an intervention or a training is a chunk of its own."""
+    groups: dict[tuple, list[RunDesc]] = {}
+    chunks: list[list[RunDesc]] = []
+    for desc in descs:
+        if desc.model != "simulated" or "intervene_time" in desc.params:
+            chunks.append([desc])
+            continue
+        key = (build(desc).batch_key(), desc.params.get("chunk", DEFAULT_CHUNK))
+        groups.setdefault(key, []).append(desc)
+    for (_, size), members in groups.items():
+        chunks += [members[k:k + size] for k in range(0, len(members), size)]
+    return chunks
+
+
+def run_study(study: Study, out: str | Path, executor: str = "local", address: str | None = None,
+              force: bool = False, retry_failed: bool = False, progress: bool = True,
+              workers: int | None = None, report: bool = True) -> RunSummary:
+    """Compute every unfinished run of ``study`` into ``out`` and write tables and report.
+
+    Finished runs (their part files) are never recomputed unless ``force``; failed runs are
+    retried with ``retry_failed`` (or ``force``).
+    """
+    from ncsim.io import provenance
+
+    check_executor(executor, address)
+    start = time.perf_counter()
+    store = Store(out)
+    descs = study.runs()
+    ids = [d.run_id for d in descs]
+    store.bind({**study.to_dict(), "run_ids": ids, "provenance": provenance()}, force=force)
+    todo = set(store.pending(ids, force, retry_failed))
+    pending = [d for d in descs if d.run_id in todo]
+    failed = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(ids), initial=len(ids) - len(pending), unit="run",
+                   desc=study.name, file=sys.stderr, leave=False)
+
+    def on_done(results) -> None:
+        nonlocal failed
+        for rid, row, traj in results:
+            store.write_run(rid, row, traj)
+            failed += row.get("status") == FAILED
+        if bar is not None:
+            bar.update(len(results))
+            bar.set_postfix(left=bar.total - bar.n)
+
+    try:
+        execute(chunk_runs(pending), executor, on_done, address, workers)
+    finally:
+        if bar is not None:
+            bar.close()
+    store.consolidate(ids)
+    if report:
+        from ncsim.study.report import write_report
+
+        write_report(out)
+    return RunSummary(total=len(ids), skipped=len(ids) - len(pending), computed=len(pending),
+                      failed=failed, seconds=time.perf_counter() - start, out=Path(out))

@@ -1,0 +1,426 @@
+"""Study specifications: the TOML schema, its validation and the resolution into runs.
+
+A study file answers one question. Its top level holds
+
+- ``name``, ``title``, ``question``, ``claim`` (strings), ``analysis`` (one of
+  :data:`ncsim.study.analyses.ANALYSES`), ``metrics``, ``figures``, ``outputs`` (lists of
+  strings);
+- ``[simulated]`` and ``[trained]``: default parameters of the simulated and trained parts;
+- ``[[parts]]``: each with ``name``, ``model`` ("simulated" or "trained"), fixed parameters
+  and a ``[parts.grid]`` table whose values are non-empty lists or ranges ("1e-4..1e-1:8",
+  "1,2,3"); a part's runs are the Cartesian product of its grid;
+- ``[quick]``: the quick variant, merged over the full one: ``[quick.simulated]``,
+  ``[quick.trained]`` and ``[quick.parts.NAME]`` (fixed values, ``grid`` axes, or
+  ``skip = true``).
+
+Every run is a :class:`RunDesc` (part, model, parameters) whose ``run_id`` is a stable hash of
+those; simulated runs become :class:`ncsim.spec.RunSpec`, trained runs
+:class:`ncsim.validate.train.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ncsim.errors import InputError
+from ncsim.params import grid as cartesian
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli backport
+    import tomli as tomllib
+from ncsim.params import parse_values
+
+MODELS = ("simulated", "trained")
+OUTPUTS = ("runs", "trajectories", "figures", "report")
+FIGURES = ("trajectories", "heatmap", "depth_heatmap", "onset_vs", "fn_star_vs", "fn_star_groups",
+           "lead", "intervention", "grid")
+METRICS = ("onset_time", "fn_at_onset", "status", "final_fn", "final_nc1_trace", "lead_time",
+           "onset_shift", "fn_star_ratio", "cv")
+TOP_KEYS = {"name": str, "title": str, "question": str, "claim": str, "analysis": str,
+            "metrics": list, "figures": list, "outputs": list, "simulated": dict,
+            "trained": dict, "parts": list, "quick": dict, "notes": str}
+REQUIRED = ("name", "title", "question", "claim", "analysis", "parts")
+QUICK_KEYS = ("simulated", "trained", "parts", "note")
+
+# parameter name -> (type, allowed values or None)
+_ACTS = ("linear", "relu", "leaky_relu", "tanh", "gelu", "silu")
+SIM_PARAMS: dict[str, tuple[type, tuple | None]] = {
+    "loss": (str, ("ce", "mse")), "bias": (str, ("none", "free", "reg")),
+    "classes": (int, None), "per_class": (int, None), "dim": (int, None),
+    "depth": (int, None), "width": (int, None), "activation": (str, _ACTS),
+    "lambda_w": (float, None), "lambda_h": (float, None), "lambda_b": (float, None),
+    "lambda": (float, None), "init": (str, ("gaussian", "spectral", "etf")),
+    "init_scale": (float, None), "seed": (int, None), "eta_h": (float, None),
+    "eta_w": (float, None), "eta_b": (float, None),
+    "solver": (str, ("gd", "rk4", "dopri5", "tsit5")), "dt": (float, None),
+    "rtol": (float, None), "atol": (float, None), "t_end": (float, None),
+    "records": (int, None), "t_first": (float, None), "max_steps": (int, None),
+    "onset_metric": (str, ("nc1_trace", "nc1", "nc2_etf", "nc2_angle", "nc3", "nc3_paper",
+                           "cdnv")),
+    "onset_threshold": (float, None), "onset_stay": (int, None),
+    "dtype": (str, ("float64", "float32")), "chunk": (int, None),
+    "reduction": (str, ("auto", "none", "gram")),
+    "intervene_time": (float, None), "intervene_alpha": (float, None),
+}
+TRAIN_PARAMS: dict[str, tuple[type, tuple | None]] = {
+    "dataset": (str, ("gaussian", "digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")),
+    "data_root": (str, None), "per_class": (int, None), "test_per_class": (int, None),
+    "data_dim": (int, None), "data_classes": (int, None), "separation": (float, None),
+    "preset": (str, ("mlp", "resnet20")), "arch": (str, ("mlp", "cnn", "resnet20")),
+    "depth": (int, None), "width": (int, None), "activation": (str, _ACTS),
+    "epochs": (list, None), "lr": (float, None), "weight_decay": (float, None),
+    "batch_size": (int, None), "seed": (int, None), "nc_every": (int, None),
+    "onset_threshold": (float, None), "intervention_epoch": (int, None),
+    "intervention_alpha": (float, None), "device": (str, None), "chunk": (int, None),
+}
+PART_KEYS = ("name", "model", "grid", "skip")
+
+
+@dataclass(frozen=True)
+class RunDesc:
+    """One run of a study: its part, its model kind and its resolved parameters."""
+
+    part: str
+    model: str
+    params: dict[str, Any] = field(hash=False)
+
+    @property
+    def run_id(self) -> str:
+        """Stable 12-hex hash of (part, model, parameters)."""
+        text = json.dumps({"part": self.part, "model": self.model, "params": self.params},
+                          sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Study:
+    """A validated study specification (full or quick variant)."""
+
+    name: str
+    title: str
+    question: str
+    claim: str
+    analysis: str
+    metrics: list[str]
+    figures: list[str]
+    outputs: list[str]
+    parts: list[dict[str, Any]]
+    source: str
+    quick: bool = False
+    notes: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def runs(self) -> list[RunDesc]:
+        """Every run of the study, in grid order (duplicates removed)."""
+        out: dict[str, RunDesc] = {}
+        for part in self.parts:
+            for desc in _part_runs(part):
+                out.setdefault(desc.run_id, desc)
+        return list(out.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "title": self.title, "question": self.question,
+                "claim": self.claim, "analysis": self.analysis, "metrics": self.metrics,
+                "figures": self.figures, "outputs": self.outputs, "parts": self.parts,
+                "source": self.source, "quick": self.quick, "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Study:
+        keys = ("name", "title", "question", "claim", "analysis", "metrics", "figures",
+                "outputs", "parts", "source", "quick", "notes")
+        return cls(**{k: data[k] for k in keys if k in data})
+
+
+# ----------------------------------------------------------------------------- errors
+def _fail(source: str, key: str, message: str) -> None:
+    raise InputError(f"{source}: key '{key}': {message}")
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", list: "a list",
+            dict: "a table", bool: "true/false"}[kind]
+
+
+def _check_type(source: str, key: str, value: Any, kind: type, allowed: tuple | None) -> Any:
+    """Coerce ``value`` to ``kind`` or raise an error naming the file, the key and the type."""
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if kind is float and ok and not math.isfinite(value):
+        ok = False
+    if not ok:
+        extra = f" (one of: {', '.join(allowed)})" if allowed else ""
+        _fail(source, key, f"expected {_type_name(kind)}{extra}, got {value!r}")
+    if allowed is not None and value not in allowed:
+        _fail(source, key, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
+    if kind is list and key.endswith("epochs") and not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        _fail(source, key, f"expected a list of integers >= 1, got {value!r}")
+    return value
+
+
+def _schema(model: str) -> dict[str, tuple[type, tuple | None]]:
+    return SIM_PARAMS if model == "simulated" else TRAIN_PARAMS
+
+
+def _check_params(source: str, where: str, table: dict[str, Any], model: str) -> dict[str, Any]:
+    schema = _schema(model)
+    out = {}
+    for key, value in table.items():
+        if key not in schema:
+            _fail(source, f"{where}.{key}", f"unknown key for a {model} model; allowed: "
+                  f"{', '.join(sorted(schema))}")
+        kind, allowed = schema[key]
+        out[key] = _check_type(source, f"{where}.{key}", value, kind, allowed)
+    return out
+
+
+def _axis_values(source: str, key: str, value: Any, model: str) -> list[Any]:
+    """Values of one grid axis: a non-empty list, or a range / comma string for numbers."""
+    schema = _schema(model)
+    name = key.rsplit(".", 1)[-1]
+    if name not in schema:
+        _fail(source, key, f"unknown grid axis for a {model} model; allowed: "
+              f"{', '.join(sorted(schema))}")
+    kind, allowed = schema[name]
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            values: list[Any] = parse_values(value, key)
+        except InputError as err:
+            _fail(source, key, str(err))
+        if kind is int:
+            values = [int(round(v)) for v in values]
+    elif isinstance(value, list):
+        values = value
+    else:
+        _fail(source, key, f"a grid axis must be a non-empty list or a range string like "
+              f"'1e-4..1e-1:8', got {value!r}")
+    if not values:
+        _fail(source, key, "empty grid axis; give at least one value")
+    return [_check_type(source, f"{key}[{i}]", v, kind, allowed) for i, v in enumerate(values)]
+
+
+# ----------------------------------------------------------------------------- loading
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _apply_quick(source: str, raw: dict[str, Any]) -> dict[str, Any]:
+    quick = raw.get("quick", {})
+    for key in quick:
+        if key not in QUICK_KEYS:
+            _fail(source, f"quick.{key}", f"unknown key; allowed: {', '.join(QUICK_KEYS)}")
+    out = {k: v for k, v in raw.items() if k != "quick"}
+    for key in ("simulated", "trained"):
+        if key in quick:
+            out[key] = _merge(out.get(key, {}), quick[key])
+    overrides = quick.get("parts", {})
+    _check_type(source, "quick.parts", overrides, dict, None)
+    names = [p.get("name") for p in out["parts"]]
+    parts = []
+    for name in overrides:
+        if name not in names:
+            _fail(source, f"quick.parts.{name}", f"no part of that name; parts: "
+                  f"{', '.join(map(str, names))}")
+    for part in out["parts"]:
+        merged = part
+        if part.get("name") in overrides:
+            over = dict(overrides[part["name"]])
+            if "grid" in over:  # the quick grid replaces the axes it names
+                merged = _merge(part, {"grid": over.pop("grid")})
+            merged = _merge(merged, over)
+        if not merged.get("skip", False):
+            parts.append(merged)
+    out["parts"] = parts
+    return out
+
+
+def _check_top(source: str, raw: dict[str, Any]) -> None:
+    for key, value in raw.items():
+        if key not in TOP_KEYS:
+            _fail(source, key, f"unknown key; allowed: {', '.join(TOP_KEYS)}")
+        _check_type(source, key, value, TOP_KEYS[key], None)
+    for key in REQUIRED:
+        if key not in raw:
+            _fail(source, key, "missing; a study needs: " + ", ".join(REQUIRED))
+    from ncsim.study.analyses import ANALYSES
+
+    _check_type(source, "analysis", raw["analysis"], str, tuple(ANALYSES))
+    for key, allowed in (("metrics", METRICS), ("figures", FIGURES), ("outputs", OUTPUTS)):
+        for i, v in enumerate(raw.get(key, [])):
+            _check_type(source, f"{key}[{i}]", v, str, allowed)
+    if not raw["parts"]:
+        _fail(source, "parts", "empty; give at least one [[parts]] table")
+
+
+def _check_part(source: str, index: int, part: Any, defaults: dict[str, dict]) -> dict[str, Any]:
+    where = f"parts[{index}]"
+    _check_type(source, where, part, dict, None)
+    name = part.get("name", f"part{index}")
+    _check_type(source, f"{where}.name", name, str, None)
+    where = f"parts.{name}"
+    model = part.get("model")
+    if model is None:
+        _fail(source, f"{where}.model", f"missing; allowed: {', '.join(MODELS)}")
+    _check_type(source, f"{where}.model", model, str, MODELS)
+    fixed = {k: v for k, v in part.items() if k not in PART_KEYS}
+    fixed = _check_params(source, where, {**defaults.get(model, {}), **fixed}, model)
+    raw_grid = part.get("grid", {})
+    _check_type(source, f"{where}.grid", raw_grid, dict, None)
+    axes = {k: _axis_values(source, f"{where}.grid.{k}", v, model) for k, v in raw_grid.items()}
+    for key in axes:
+        fixed.pop(key, None)
+    return {"name": name, "model": model, "fixed": fixed, "grid": axes}
+
+
+def parse_study(raw: dict[str, Any], source: str, quick: bool = False) -> Study:
+    """Validate a parsed TOML document; raise :class:`InputError` naming file and key."""
+    _check_top(source, raw)
+    for key in ("simulated", "trained"):
+        _check_params(source, key, raw.get(key, {}), key)
+    for i, part in enumerate(raw["parts"]):
+        _check_type(source, f"parts[{i}]", part, dict, None)
+    resolved_raw = _apply_quick(source, raw) if quick else raw
+    defaults = {k: resolved_raw.get(k, {}) for k in ("simulated", "trained")}
+    parts = [_check_part(source, i, p, defaults) for i, p in enumerate(resolved_raw["parts"])]
+    if quick and "quick" not in raw:
+        _fail(source, "quick", "missing; every study needs a [quick] variant")
+    names = [p["name"] for p in parts]
+    if len(set(names)) != len(names):
+        _fail(source, "parts", f"part names must be unique, got {', '.join(names)}")
+    study = Study(name=raw["name"], title=raw["title"], question=raw["question"],
+                  claim=raw["claim"], analysis=raw["analysis"],
+                  metrics=list(raw.get("metrics", [])), figures=list(raw.get("figures", [])),
+                  outputs=list(raw.get("outputs", list(OUTPUTS))), parts=parts, source=source,
+                  quick=quick, notes=raw.get("notes", ""), raw=raw)
+    runs = study.runs()
+    if not runs:
+        _fail(source, "parts", "the study resolves to no run")
+    for desc in runs:  # every run must build a valid spec or config before anything starts
+        try:
+            build(desc)
+        except InputError as err:
+            _fail(source, f"parts.{desc.part}", f"run {desc.params}: {err}")
+    return study
+
+
+def load_study(path: str | Path, quick: bool = False) -> Study:
+    """Read and validate a study file (a path or the name of a shipped study)."""
+    path = resolve_path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{path}: not valid TOML: {err}") from None
+    return parse_study(raw, str(path), quick)
+
+
+def spec_dir() -> Path:
+    """Folder of the study files shipped with the package."""
+    return Path(__file__).with_name("specs")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A file path, or a study name found in ./studies/ or in the shipped specs."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    name = candidate.stem if candidate.suffix == ".toml" else str(path)
+    for folder in (Path("studies"), spec_dir()):
+        found = folder / f"{name}.toml"
+        if found.is_file():
+            return found
+    known = ", ".join(sorted(p.stem for p in spec_dir().glob("*.toml")))
+    raise InputError(f"study {str(path)!r} not found (a .toml file or one of: {known})")
+
+
+def shipped_studies() -> list[Path]:
+    """The study files shipped with the package, sorted by name."""
+    return sorted(spec_dir().glob("*.toml"))
+
+
+# ----------------------------------------------------------------------------- runs
+def _part_runs(part: dict[str, Any]) -> list[RunDesc]:
+    return [RunDesc(part["name"], part["model"], {**part["fixed"], **point})
+            for point in cartesian(part["grid"])]
+
+
+def build(desc: RunDesc) -> Any:
+    """The RunSpec (simulated) or TrainConfig (trained) of a run, validated."""
+    if desc.model == "simulated":
+        return run_spec(desc.params)
+    return train_config(desc.params)
+
+
+def run_spec(params: dict[str, Any]):
+    """A validated :class:`ncsim.spec.RunSpec` from flat simulated-run parameters."""
+    from ncsim.spec import (
+        InitSpec,
+        ModelSpec,
+        OnsetSpec,
+        Regularization,
+        RunSpec,
+        SolverSpec,
+        TimeScale,
+    )
+
+    p = dict(params)
+    depth = int(p.get("depth", 1))
+    lam = p.get("lambda")
+    model = ModelSpec(kind="ufm" if depth == 1 else "deep", loss=p.get("loss", "ce"),
+                      bias=p.get("bias", "none"), classes=p.get("classes", 10),
+                      per_class=p.get("per_class", 20), dim=p.get("dim", 32), depth=depth,
+                      width=p.get("width"), activation=p.get("activation", "linear"))
+    reg = Regularization(lambda_w=p.get("lambda_w", lam if lam is not None else 5e-4),
+                         lambda_h=p.get("lambda_h", lam if lam is not None else 5e-4),
+                         lambda_b=p.get("lambda_b", 0.0))
+    init = InitSpec(kind=p.get("init", "gaussian"), scale=p.get("init_scale", 0.1),
+                    seed=p.get("seed", 0))
+    ts = TimeScale(eta_h=p.get("eta_h", 1.0), eta_w=p.get("eta_w", 1.0), eta_b=p.get("eta_b", 1.0))
+    solver = SolverSpec(method=p.get("solver", "dopri5"), dt=p.get("dt"),
+                        rtol=p.get("rtol", 1e-6), atol=p.get("atol", 1e-9),
+                        t_end=p.get("t_end", 2e4), records=p.get("records", 100),
+                        t_first=p.get("t_first"), max_steps=p.get("max_steps", 1_000_000),
+                        dtype=p.get("dtype", "float64"),
+                        **({"reduction": p["reduction"]} if "reduction" in p else {}))
+    onset = OnsetSpec(metric=p.get("onset_metric", "nc1_trace"),
+                      threshold=p.get("onset_threshold", 0.01), stay=p.get("onset_stay", 1))
+    spec = RunSpec(model=model, reg=reg, init=init, time_scale=ts, solver=solver, onset=onset)
+    spec.validate()
+    t1 = p.get("intervene_time")
+    if t1 is not None and not 0 < t1 < solver.t_end:
+        raise InputError(f"intervene_time must lie in (0, t_end = {solver.t_end}), got {t1}")
+    if p.get("intervene_alpha", 1.0) <= 0:
+        raise InputError("intervene_alpha must be > 0")
+    return spec
+
+
+def train_config(params: dict[str, Any]):
+    """A validated :class:`ncsim.validate.train.TrainConfig` from flat trained-run parameters."""
+    import dataclasses
+
+    from ncsim.validate.train import preset
+
+    p = dict(params)
+    epochs = tuple(p["epochs"]) if "epochs" in p else None
+    overrides = {k: p[k] for k in ("arch", "depth", "width", "activation", "seed", "nc_every",
+                                   "intervention_epoch", "intervention_alpha", "device")
+                 if k in p}
+    config = preset(p.get("preset", "mlp"), epochs=epochs, **overrides)
+    phase_over = {k: p[k] for k in ("lr", "weight_decay", "batch_size") if k in p}
+    if phase_over:
+        config = dataclasses.replace(config, phases=tuple(
+            dataclasses.replace(ph, **phase_over) for ph in config.phases))
+    return config.validate()

@@ -1,0 +1,166 @@
+"""The results folder of a study: per-run part files, consolidated tables, resume.
+
+Layout of ``DIR``::
+
+    study.json              the resolved study (spec, variant, provenance)
+    parts/<run_id>.run.parquet    one finished run's row (written last, atomically)
+    parts/<run_id>.traj.parquet   its trajectory rows (written first, atomically)
+    runs.parquet            one row per run, unique ``run_id`` (consolidated from parts/)
+    trajectories.parquet    long-format trajectories of every run
+    figures/                figures of the report
+    report.md, report.html  the report
+
+A run is finished when its ``.run.parquet`` file exists; since every file is renamed into
+place, a killed study leaves only whole files and resumes from the finished runs. A failed run
+has ``status = "failed"`` and an ``error`` message; it is retried only on request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ncsim.errors import InputError
+from ncsim.io import read_table, write_json, write_table
+
+FAILED = "failed"
+
+
+class Store:
+    """Results folder of one study."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.parts = self.root / "parts"
+        self.figures = self.root / "figures"
+
+    # ------------------------------------------------------------------ paths
+    def run_file(self, run_id: str) -> Path:
+        return self.parts / f"{run_id}.run.parquet"
+
+    def traj_file(self, run_id: str) -> Path:
+        return self.parts / f"{run_id}.traj.parquet"
+
+    @property
+    def runs_path(self) -> Path:
+        return self.root / "runs.parquet"
+
+    @property
+    def trajectories_path(self) -> Path:
+        return self.root / "trajectories.parquet"
+
+    @property
+    def study_path(self) -> Path:
+        return self.root / "study.json"
+
+    # ------------------------------------------------------------------ study
+    def bind(self, study: dict[str, Any], force: bool = False) -> None:
+        """Record the study in the folder; refuse a folder holding another study."""
+        import json
+
+        if self.study_path.exists() and not force:
+            old = json.loads(self.study_path.read_text())
+            if (old.get("name"), old.get("quick")) != (study["name"], study["quick"]):
+                variant = "quick" if old.get("quick") else "full"
+                raise InputError(f"{self.root} holds the {variant} variant of study "
+                                 f"{old.get('name')!r}; use another --out or --force")
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self.clean_temporary()
+        write_json(study, self.study_path)
+
+    def clean_temporary(self) -> int:
+        """Remove temporary files left by a killed writer (one runner per folder at a time)."""
+        stale = [*self.root.glob(".*.tmp"), *self.parts.glob(".*.tmp")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+    def study(self) -> dict[str, Any]:
+        import json
+
+        if not self.study_path.exists():
+            raise InputError(f"{self.root} is not a study folder (no study.json)")
+        return json.loads(self.study_path.read_text())
+
+    # ------------------------------------------------------------------ runs
+    def statuses(self) -> dict[str, str]:
+        """Status of every finished (or failed) run, by run id."""
+        out = {}
+        for path in sorted(self.parts.glob("*.run.parquet")):
+            rid = path.name[: -len(".run.parquet")]
+            try:
+                frame = pd.read_parquet(path, columns=["status"])
+                out[rid] = str(frame["status"].iloc[0])
+            except Exception:  # an unreadable file counts as not finished
+                continue
+        return out
+
+    def pending(self, run_ids: list[str], force: bool = False,
+                retry_failed: bool = False) -> list[str]:
+        """Run ids still to compute."""
+        if force:
+            return list(run_ids)
+        done = self.statuses()
+        return [r for r in run_ids
+                if r not in done or (retry_failed and done[r] == FAILED)]
+
+    def write_run(self, run_id: str, row: dict[str, Any], traj: pd.DataFrame | None) -> None:
+        """Write one finished run: trajectory first, then the run row (its completion mark)."""
+        if traj is not None and len(traj):
+            write_table(traj.assign(run_id=run_id), self.traj_file(run_id))
+        else:
+            self.traj_file(run_id).unlink(missing_ok=True)
+        frame = pd.DataFrame([{**row, "run_id": run_id}])
+        write_table(frame, self.run_file(run_id))
+
+    def consolidate(self, run_ids: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Gather the part files into runs.parquet and trajectories.parquet (atomically).
+
+        run_ids : keep these runs only, in this order (default: the runs of the bound study,
+            or every part file without one).
+        """
+        done = self.statuses()
+        if run_ids is None:
+            run_ids = self._study_run_ids() or sorted(done)
+        ids = [r for r in run_ids if r in done]
+        rows = [pd.read_parquet(self.run_file(r)) for r in ids]
+        runs = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame({"run_id": []})
+        if len(runs):
+            runs = runs.drop_duplicates("run_id", keep="last").reset_index(drop=True)
+        trajs = [pd.read_parquet(self.traj_file(r)) for r in ids if self.traj_file(r).exists()]
+        traj = pd.concat(trajs, ignore_index=True) if trajs else pd.DataFrame({"run_id": []})
+        write_table(_plain(runs), self.runs_path)
+        write_table(_plain(traj), self.trajectories_path)
+        return runs, traj
+
+    def _study_run_ids(self) -> list[str]:
+        if not self.study_path.exists():
+            return []
+        study = self.study()
+        if "run_ids" in study:
+            return list(study["run_ids"])
+        from ncsim.study.spec import Study
+
+        return [d.run_id for d in Study.from_dict(study).runs()]
+
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The consolidated tables (consolidating first when part files are newer)."""
+        if not self.runs_path.exists() or not self.trajectories_path.exists():
+            return self.consolidate()
+        stamp = self.runs_path.stat().st_mtime_ns
+        if any(p.stat().st_mtime_ns > stamp for p in self.parts.glob("*.run.parquet")):
+            return self.consolidate()
+        return read_table(self.runs_path), read_table(self.trajectories_path)
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns mixing types become strings, so Parquet accepts them."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            kinds = {type(v) for v in out[col] if v is not None and v == v}
+            if len(kinds) > 1:
+                out[col] = out[col].map(lambda v: v if v is None else str(v))
+    return out

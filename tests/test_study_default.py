@@ -1,0 +1,42 @@
+"""``ncsim study run`` without a spec: the quick weight-decay study, table, figure, report."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    from ncsim.cli import cli as main
+
+    out = tmp_path_factory.mktemp("study") / "default"
+    result = CliRunner().invoke(main, ["study", "run", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_default_run_writes_table_figure_report(default_run):
+    runs = pd.read_parquet(default_run / "runs.parquet")
+    assert runs["run_id"].is_unique and len(runs) > 20
+    assert list((default_run / "figures").glob("*.png"))
+    assert (default_run / "report.md").exists() and (default_run / "report.html").exists()
+
+
+def test_weight_decay_report_shows_regimes_and_lambda_crit(default_run):
+    text = (default_run / "report.md").read_text()
+    assert "lambda_crit" in text
+    assert "Verdict: supports" in text
+    for regime in ("slow", "optimal", "prevents"):
+        assert regime in text
+    assert "theory" in text and "figures/wd_heatmap_ufm_2d.png" in text
+
+
+def test_report_command_rewrites_the_report(default_run):
+    from ncsim.cli import cli as main
+
+    (default_run / "report.md").unlink()
+    result = CliRunner().invoke(main, ["study", "report", str(default_run)])
+    assert result.exit_code == 0, result.output
+    assert (default_run / "report.md").exists()

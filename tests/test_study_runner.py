@@ -1,0 +1,170 @@
+"""Study runner: resume after SIGKILL, skipped runs, failures recorded, Dask = local."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ncsim.study.runner import run_study
+from ncsim.study.spec import load_study
+from ncsim.study.store import Store
+
+SPEC = """
+name = "tiny"
+title = "Tiny"
+question = "q?"
+claim = "c."
+analysis = "invariance"
+
+[simulated]
+classes = 3
+per_class = 4
+dim = 8
+t_end = {t_end}
+records = 40
+rtol = {rtol}
+atol = 1e-10
+lambda = 1e-2
+chunk = {chunk}
+
+[[parts]]
+name = "ufm"
+model = "simulated"
+[parts.grid]
+seed = {seeds}
+
+[quick]
+[quick.parts.ufm.grid]
+seed = [0]
+"""
+
+
+def _spec(tmp_path: Path, seeds: int, chunk: int = 2, t_end: float = 300.0,
+          rtol: float = 1e-5, extra: str = "") -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(SPEC.format(seeds=list(range(seeds)), chunk=chunk, t_end=t_end,
+                                rtol=rtol) + extra)
+    return path
+
+
+def _mtimes(store: Store) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in store.parts.glob("*.parquet")}
+
+
+def test_run_then_rerun_recomputes_nothing(tmp_path):
+    study = load_study(_spec(tmp_path, 4))
+    out = tmp_path / "out"
+    first = run_study(study, out, progress=False)
+    assert (first.total, first.computed, first.failed) == (4, 4, 0)
+    store = Store(out)
+    before = _mtimes(store)
+    second = run_study(study, out, progress=False)
+    assert (second.computed, second.skipped) == (0, 4)
+    assert _mtimes(store) == before
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert runs["run_id"].is_unique and len(runs) == 4
+    traj = pd.read_parquet(out / "trajectories.parquet")
+    assert set(traj["run_id"]) == set(runs["run_id"])
+    assert (out / "report.md").exists() and (out / "report.html").exists()
+    assert "Verdict" in (out / "report.md").read_text()
+
+
+def test_failed_run_is_recorded_and_not_retried(tmp_path):
+    extra = """
+[[parts]]
+name = "broken"
+model = "trained"
+dataset = "mnist"
+epochs = [1, 1]
+"""
+    study = load_study(_spec(tmp_path, 2, extra=extra))
+    out = tmp_path / "out"
+    summary = run_study(study, out, progress=False)
+    assert summary.failed == 1 and summary.total == 3
+    runs = pd.read_parquet(out / "runs.parquet")
+    bad = runs[runs["status"] == "failed"]
+    assert len(bad) == 1 and "data-root" in bad["error"].iloc[0]
+    assert (runs["status"] != "failed").sum() == 2
+    again = run_study(study, out, progress=False)
+    assert again.computed == 0
+    retried = run_study(study, out, progress=False, retry_failed=True)
+    assert retried.computed == 1
+
+
+def test_sigkill_midway_then_resume(tmp_path):
+    n = 16
+    spec = _spec(tmp_path, n, chunk=1, t_end=3e3, rtol=1e-10)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from ncsim.cli import main; main()", "study", "run", str(spec),
+           "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    store = Store(out)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(store.parts.glob("*.run.parquet"))) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in store.parts.glob("*.run.parquet")}
+    assert 3 <= len(finished) < n
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(finished)} already done" in result.stdout
+    for name, mtime in finished.items():
+        assert (store.parts / name).stat().st_mtime_ns == mtime
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == n and runs["run_id"].is_unique
+    assert (runs["status"] == "ok").all()
+    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers
+    for path in store.parts.glob("*.parquet"):
+        pd.read_parquet(path)
+
+
+def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.sort_values("run_id").reset_index(drop=True)
+    keep = [c for c in ("run_id", "status", "onset_time", "fn_at_onset", "final_fn",
+                        "final_nc1_trace", "steps") if c in frame]
+    return frame[keep]
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_the_same_table(tmp_path):
+    pytest.importorskip("dask.distributed")
+    study = load_study(_spec(tmp_path, 4, chunk=2))
+    local = run_study(study, tmp_path / "local", progress=False)
+    dask = run_study(study, tmp_path / "dask", executor="dask", progress=False)
+    assert local.computed == dask.computed == 4
+    a = _numeric(pd.read_parquet(tmp_path / "local" / "runs.parquet"))
+    b = _numeric(pd.read_parquet(tmp_path / "dask" / "runs.parquet"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_process_executor_gives_the_same_table(tmp_path):
+    study = load_study(_spec(tmp_path, 2, chunk=1))
+    run_study(study, tmp_path / "local", progress=False, report=False)
+    run_study(study, tmp_path / "proc", executor="process", workers=2, progress=False,
+              report=False)
+    a = _numeric(pd.read_parquet(tmp_path / "local" / "runs.parquet"))
+    b = _numeric(pd.read_parquet(tmp_path / "proc" / "runs.parquet"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_folder_of_another_study_is_refused(tmp_path):
+    from ncsim.errors import InputError
+
+    study = load_study(_spec(tmp_path, 1))
+    run_study(study, tmp_path / "out", progress=False, report=False)
+    other = load_study(_spec(tmp_path, 1), quick=True)
+    with pytest.raises(InputError, match="another --out"):
+        run_study(other, tmp_path / "out", progress=False)

@@ -1,0 +1,134 @@
+"""Study specs: validation errors name the file, the key and what is allowed; shipped specs."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ncsim.errors import InputError
+from ncsim.study.spec import load_study, shipped_studies, spec_dir, tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD = """
+name = "tiny"
+title = "Tiny"
+question = "q?"
+claim = "c."
+analysis = "invariance"
+
+[simulated]
+classes = 3
+per_class = 4
+dim = 8
+t_end = 200.0
+records = 20
+rtol = 1e-5
+atol = 1e-8
+lambda = 1e-2
+
+[[parts]]
+name = "ufm"
+model = "simulated"
+[parts.grid]
+seed = [0, 1]
+
+[quick]
+[quick.parts.ufm.grid]
+seed = [0]
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_spec_resolves(tmp_path):
+    study = load_study(_write(tmp_path, GOOD))
+    assert len(study.runs()) == 2
+    assert len(load_study(_write(tmp_path, GOOD), quick=True).runs()) == 1
+    assert len({r.run_id for r in study.runs()}) == 2
+
+
+@pytest.mark.parametrize("edit, key, allowed", [
+    (("analysis = \"invariance\"", "analysis = \"invariance\"\ncolour = 3"), "colour",
+     "allowed: name"),
+    (("seed = [0, 1]", "seed = [0, 1]\nwidht = [3]"), "parts.ufm.grid.widht", "allowed:"),
+    (("dim = 8", "dim = 8\nfoo = 1"), "simulated.foo", "allowed:"),
+    (("seed = [0, 1]", "seed = []"), "parts.ufm.grid.seed", "at least one value"),
+    (("dim = 8", "dim = \"eight\""), "simulated.dim", "expected an integer"),
+    (("seed = [0, 1]", "seed = [0, 1.5]"), "parts.ufm.grid.seed[1]", "expected an integer"),
+    (("seed = [0, 1]", "seed = [0]\nloss = [\"hinge\"]"), "parts.ufm.grid.loss[0]",
+     "allowed: ce, mse"),
+    (("analysis = \"invariance\"", "analysis = \"magic\""), "analysis", "allowed:"),
+    (("model = \"simulated\"", "model = \"dreamt\""), "parts.ufm.model",
+     "allowed: simulated, trained"),
+    (("seed = [0, 1]", "seed = \"1..0:3\""), "parts.ufm.grid.seed", "range"),
+])
+def test_malformed_spec_names_file_key_and_allowed(tmp_path, edit, key, allowed):
+    path = _write(tmp_path, GOOD.replace(*edit, 1))
+    with pytest.raises(InputError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert f"'{key}'" in message
+    assert allowed in message
+    assert "\n" not in message
+
+
+def test_invalid_run_rejected_before_running(tmp_path):
+    path = _write(tmp_path, GOOD.replace("dim = 8", "dim = 8\ninit = \"etf\"\nclasses = 40"))
+    with pytest.raises(InputError):
+        load_study(path)
+
+
+def test_cli_rejects_malformed_spec_before_any_run(tmp_path):
+    from ncsim.cli import cli as main
+
+    path = _write(tmp_path, GOOD.replace("seed = [0, 1]", "seed = []"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["study", "run", str(path), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "parts.ufm.grid.seed" in result.output and str(path) in result.output
+    assert not out.exists()
+
+
+def test_shipped_specs_load_full_and_quick():
+    names = [p.stem for p in shipped_studies()]
+    assert {"fn_star_invariance", "lead_time", "intervention", "depth", "activation",
+            "weight_decay", "width", "arch_dataset"} <= set(names)
+    for path in shipped_studies():
+        for quick in (False, True):
+            study = load_study(path, quick=quick)
+            assert study.runs()
+        assert "quick" in tomllib.loads(path.read_text())
+
+
+def test_studies_folder_is_a_copy_of_the_shipped_specs():
+    for path in shipped_studies():
+        copy = ROOT / "studies" / path.name
+        assert copy.exists(), f"studies/{path.name} missing"
+        assert filecmp.cmp(path, copy, shallow=False), f"studies/{path.name} differs"
+
+
+def test_study_found_by_name():
+    assert load_study("weight_decay", quick=True).name == "weight_decay"
+    with pytest.raises(InputError, match="not found"):
+        load_study("no_such_study")
+    assert spec_dir().is_dir()
+
+
+def test_study_list_one_line_per_study():
+    from ncsim.cli import cli as main
+
+    result = CliRunner().invoke(main, ["study", "list"])
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == len(shipped_studies())
+    for path, line in zip(shipped_studies(), lines):
+        assert line.startswith(path.stem)
