@@ -8,7 +8,7 @@ basin_threshold ; lambda_b_crit_mean_mode
 growth_rate ; logistic ; logistic_half_time ; logistic_integral ; nc1_rates ;
 escape_time ; escape_time_asymptotic
 predicted_onset(...) -> OnsetPrediction
-lower_rank_check(...) ; imbalanced_mse(...)
+lower_rank_check(...) ; imbalanced_equilibrium(...) ; imbalanced_mse(...)
 phase_diagram(...)
 theory_columns(spec) -> dict
 derivations(loss, depth) -> dict of sympy expressions
@@ -36,11 +36,13 @@ from ncsim.theory.dynamics import (
     nc1_rates,
 )
 from ncsim.theory.equilibrium import Equilibrium, equilibrium
+from ncsim.theory.imbalance import ImbalancedEquilibrium, imbalanced_equilibrium, imbalanced_mse
 from ncsim.theory.prediction import OnsetPrediction, predicted_onset
 
 __all__ = [
-    "DeepThresholds", "Equilibrium", "Lambda_crit", "OnsetPrediction", "basin_threshold",
-    "deep_thresholds", "derivations", "equilibrium", "escape_time", "escape_time_asymptotic",
-    "growth_rate", "lambda_b_crit_mean_mode", "lambda_crit", "logistic", "logistic_half_time",
+    "DeepThresholds", "Equilibrium", "ImbalancedEquilibrium", "Lambda_crit", "OnsetPrediction",
+    "basin_threshold", "deep_thresholds", "derivations", "equilibrium", "escape_time",
+    "escape_time_asymptotic", "growth_rate", "imbalanced_equilibrium", "imbalanced_mse",
+    "lambda_b_crit_mean_mode", "lambda_crit", "logistic", "logistic_half_time",
     "logistic_integral", "nc1_rates", "predicted_onset", "theory_columns",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from ncsim.spec import RunSpec
 from ncsim.theory.critical import lambda_crit
 from ncsim.theory.equilibrium import equilibrium
@@ -30,12 +32,20 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     (predicted nc1_trace onset for a Gaussian init; 0 for spectral / etf inits, which start
     collapsed; inf where the flow vanishes or is trapped), ``collapsed_theory`` (bool),
     ``lambda_crit_theory``, ``w_norm_star_theory``, ``loss_star_theory`` and ``theory_regime``.
-    NaN / None where the theory does not apply (imbalanced classes, non-linear deep heads, a
-    width other than d, per-layer decays in the onset model); never raises for a valid spec.
+    NaN / None where the theory does not apply (non-linear deep heads, a width other than d,
+    per-layer decays in the onset model, imbalanced CE or deep imbalanced models); never raises
+    for a valid spec.
+
+    Regimes (``theory_regime``): "ok"; "approximate: d < 5K" (onset model less accurate);
+    "no_minimiser: ..." (a zero decay: fn* etc. NaN, the early-phase onset is still given);
+    deep gaussian inits: onset NaN (only the mode escape time is known, named in the text);
+    "vanishing" / "trapped" (onset inf). Imbalanced one-layer MSE: the equilibrium columns come
+    from :mod:`ncsim.theory.imbalance` (``w_norm_star_theory`` is then the RMS classifier row
+    norm |W|_F / sqrt(K), which is the row norm when balanced); the onset is not predicted (NaN).
     """
     m = spec.model
     if not m.balanced:
-        return _empty("not_applicable: imbalanced classes")
+        return _imbalanced(spec)
     if m.depth > 1 and m.activation != "linear":
         return _empty(f"not_applicable: activation {m.activation}")
     if spec.time_scale.eta_h != 1 or spec.time_scale.per_layer(m.depth) != (1.0,) * m.depth:
@@ -44,6 +54,15 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
         lw = spec.reg.per_layer(m.depth)
         lw_arg: Any = lw[0] if len(set(lw)) == 1 else tuple(lw)
         K, n = m.classes, m.class_counts[0]
+        if min(*lw, spec.reg.lambda_h) <= 0:
+            row = _empty("no_minimiser: a zero weight or feature decay (norms grow without "
+                         "bound); no fn*, no equilibrium")
+            if m.depth == 1 and spec.init.kind == "gaussian" and spec.onset.metric == "nc1_trace":
+                pred = predicted_onset(m.loss, m.bias, K, n, m.dim, lw[0], spec.reg.lambda_h,
+                                       spec.init.scale, spec.onset.threshold,
+                                       spec.reg.lambda_b, 1)
+                row["onset_time_theory"] = pred.onset_time
+            return row
         eq = equilibrium(m.loss, m.bias, K, n, lw_arg, spec.reg.lambda_h, spec.reg.lambda_b,
                          m.depth)
         row = _empty("ok")
@@ -63,8 +82,44 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
                 m.depth == 1 or m.hidden_width == m.dim):
             pred = predicted_onset(m.loss, m.bias, K, n, m.dim, lw0, lh, spec.init.scale,
                                    spec.onset.threshold, spec.reg.lambda_b, m.depth)
-            row["onset_time_theory"] = pred.onset_time
             row["theory_regime"] = pred.regime
+            if pred.regime == "escape_time_only":  # not an nc1_trace onset: do not report it
+                row["onset_time_theory"] = math.nan
+                row["theory_regime"] = (f"onset not predicted for deep gaussian inits (mode "
+                                        f"escape time {pred.onset_time:.4g} only)")
+            else:
+                row["onset_time_theory"] = pred.onset_time
         return row
     except (ValueError, ArithmeticError) as err:  # numerical trouble: report, never raise
         return _empty(f"error: {err}")
+
+
+def _imbalanced(spec: RunSpec) -> dict[str, Any]:
+    """Equilibrium columns of an imbalanced one-layer MSE run (closed form / certified)."""
+    from ncsim.theory.imbalance import imbalanced_equilibrium
+
+    m = spec.model
+    if m.depth != 1 or m.loss != "mse":
+        return _empty("not_applicable: imbalanced classes (one-layer MSE only)")
+    lw, lh = spec.reg.per_layer(1)[0], spec.reg.lambda_h
+    if not (lw > 0 and lh > 0):
+        return _empty("no_minimiser: a zero weight or feature decay")
+    try:
+        eq = imbalanced_equilibrium("mse", m.bias, m.class_counts, lw, lh, spec.reg.lambda_b)
+    except (ValueError, ArithmeticError) as err:
+        return _empty(f"error: {err}")
+    if int(np.sum(eq.singular_values > 1e-9 * eq.singular_values[0])) > m.dim:
+        return _empty("not_applicable: d below the rank of the minimiser")
+    row = _empty(f"ok: imbalanced equilibrium ({eq.method}); onset not predicted")
+    counts = np.asarray(m.class_counts, dtype=np.float64)
+    N = counts.sum()
+    row["fn_star_theory"] = eq.fn_star
+    row["w_norm_star_theory"] = eq.w_norm_fro / math.sqrt(m.classes)
+    row["loss_star_theory"] = eq.loss_star
+    row["collapsed_theory"] = eq.collapsed
+    if m.bias != "reg":  # the largest label mode dies last: Lambda_c = s_max / N
+        from ncsim.theory.imbalance import label_singular_values
+
+        s_max = float(label_singular_values(m.bias, m.class_counts)[0])
+        row["lambda_crit_theory"] = s_max / N / math.sqrt(lh / lw)
+    return row

@@ -1,0 +1,297 @@
+"""One-layer UFM with class imbalance (class counts n_1 .. n_K): global minimiser.
+
+Objective (the package convention, N = sum_k n_k):
+
+    f = (1/N) sum_i loss(W h_i + b, y_i) + lambda_W/2 |W|_F^2 + lambda_H/2 |H|_F^2
+        + lambda_b/2 |b|^2.
+
+Reduction (exact, theory.md 0.2): with Lambda = sqrt(lambda_W lambda_H),
+min_{W H = Z} lambda_W/2 |W|^2 + lambda_H/2 |H|^2 = Lambda |Z|_*. The data term is convex and
+equal across the samples of a class, and averaging the columns of Z within each class is a
+contraction, so a minimiser has class-collapsed logits Z = X E, where X (K x K) holds the class
+columns scaled by sqrt(n_k) and E (K x N), E[k, i] = 1/sqrt(n_k) for i in class k, has
+orthonormal rows (|Z|_* = |X|_*). The problem becomes the convex program
+
+    min_{X, b} (1/N) sum_k n_k loss(X[:, k] / sqrt(n_k) + b, e_k) + lambda_b/2 |b|^2
+               + Lambda |X|_*.
+
+- MSE, no bias: X = SVT(diag(sqrt(n_k)), N Lambda): singular values (sqrt(n_k) - N Lambda)_+.
+  Closed form. Collapse iff sqrt(max_k n_k) > N Lambda; the classes with
+  sqrt(n_k) <= N Lambda collapse to zero features ("minority collapse").
+- MSE, free bias (lambda_b = 0): minimising over b centres the sample-level labels, and
+  Z = SVT(Y (I - 11^T/N), N Lambda) (singular-value soft-thresholding of the centred labels,
+  computed by an eigen-decomposition per parameter set); b = (1/N) (Y - Z) 1.
+- MSE with a regularised bias and CE (any bias): no closed form; the convex program is solved
+  numerically (L-BFGS on the balanced factorisation X = A B) and certified by its KKT
+  condition: G = grad_X F must satisfy U^T G V = -Lambda I on the support (U, V) of X and
+  |G|_2 <= Lambda (spectral norm) off it; the certificate is the largest violation relative
+  to Lambda, reported as ``kkt_residual``. The value is also compared with the origin.
+
+From X = U S V^T: W = (lambda_H/lambda_W)^(1/4) U S^(1/2), class means
+mu_k = (lambda_W/lambda_H)^(1/4) S^(1/2) V^T[:, k] / sqrt(n_k) (every sample of class k sits at
+its class mean), so |W|_F^2 = sqrt(lambda_H/lambda_W) |X|_* and |H|_F^2 = sqrt(lambda_W/lambda_H)
+|X|_*. Needs d >= rank(X) and lambda_W, lambda_H > 0 (with a zero decay there is no minimiser).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+
+from ncsim.errors import InputError, require
+
+
+@dataclass(frozen=True)
+class ImbalancedEquilibrium:
+    """Global minimiser of the imbalanced one-layer UFM (numbers in the package convention).
+
+    Attributes
+    ----------
+    collapsed : the minimiser is non-zero.
+    method : "closed_form" (MSE without / with free bias) or "certified_numeric".
+    kkt_residual : largest KKT violation relative to Lambda (0 for the closed forms).
+    singular_values : (K,) singular values of X (class logits scaled by sqrt(n_k)), descending.
+    class_means : (K, K) class means mu_k as columns, in the K-dim. coordinates of range(H).
+    class_mean_norms : (K,) |mu_k| (uncentred).
+    fn_star : mean_i |h_i| = (1/N) sum_k n_k |mu_k|.
+    class_mean_norm_centred : mean_k |mu_k - mu_G|, mu_G the sample mean.
+    w_norm_fro : |W|_F; w_row_norms : (K,) |w_k|.
+    h_norm_fro : |H|_F.
+    bias : (K,) bias vector (zeros without a bias).
+    logits : (K, K) class logits Z[:, k] = W mu_k + b.
+    loss_star : mean data loss; objective_star : f at the minimiser; objective_zero : f at W = H
+        = 0 with the best bias.
+    """
+
+    collapsed: bool
+    method: str
+    kkt_residual: float
+    singular_values: np.ndarray
+    class_means: np.ndarray
+    class_mean_norms: np.ndarray
+    fn_star: float
+    class_mean_norm_centred: float
+    w_norm_fro: float
+    w_row_norms: np.ndarray
+    h_norm_fro: float
+    bias: np.ndarray
+    logits: np.ndarray
+    loss_star: float
+    objective_star: float
+    objective_zero: float
+
+
+def _data_loss(loss: str, counts: np.ndarray, logits: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean data loss of class logits (K, K) (column k = class k) and its gradient."""
+    N = counts.sum()
+    K = counts.size
+    eye = np.eye(K)
+    if loss == "mse":
+        R = logits - eye
+        return float(0.5 * np.sum(counts * np.sum(R ** 2, axis=0)) / N), R * counts / N
+    Zs = logits - logits.max(axis=0)
+    logp = Zs - np.log(np.exp(Zs).sum(axis=0))
+    val = -float(np.sum(counts * np.diag(logp)) / N)
+    return val, (np.exp(logp) - eye) * counts / N
+
+
+def _smooth(loss: str, counts: np.ndarray, lb: float, X: np.ndarray, b: np.ndarray):
+    """F(X, b) = data + lambda_b/2 |b|^2 and its gradients (X scaled by sqrt(n_k))."""
+    sq = np.sqrt(counts)
+    val, G = _data_loss(loss, counts, X / sq + b[:, None])
+    return val + lb / 2 * float(b @ b), G / sq, G.sum(axis=1) + lb * b
+
+
+def _summary(loss: str, counts: np.ndarray, lw: float, lh: float, lb: float, X: np.ndarray,
+             b: np.ndarray, method: str, kkt: float, obj0: float) -> ImbalancedEquilibrium:
+    N = counts.sum()
+    U, S, Vt = np.linalg.svd(X)
+    ratio = (lw / lh) ** 0.25
+    means = ratio * (np.sqrt(S)[:, None] * Vt) / np.sqrt(counts)[None, :]
+    W = (U * np.sqrt(S)[None, :]) / ratio
+    norms = np.linalg.norm(means, axis=0)
+    mu_g = means @ counts / N
+    logits = X / np.sqrt(counts) + b[:, None]
+    data, _ = _data_loss(loss, counts, logits)
+    nuc = float(S.sum())
+    obj = data + math.sqrt(lw * lh) * nuc + lb / 2 * float(b @ b)
+    return ImbalancedEquilibrium(
+        collapsed=bool(S[0] > 1e-12 * max(1.0, math.sqrt(counts.max()))),
+        method=method,
+        kkt_residual=kkt,
+        singular_values=S,
+        class_means=means,
+        class_mean_norms=norms,
+        fn_star=float(norms @ counts / N),
+        class_mean_norm_centred=float(np.mean(np.linalg.norm(means - mu_g[:, None], axis=0))),
+        w_norm_fro=float(np.linalg.norm(W)),
+        w_row_norms=np.linalg.norm(W, axis=1),
+        h_norm_fro=math.sqrt(math.sqrt(lw / lh) * nuc),
+        bias=b,
+        logits=logits,
+        loss_star=data,
+        objective_star=obj,
+        objective_zero=obj0,
+    )
+
+
+def label_singular_values(bias: str, counts: Sequence[int]) -> np.ndarray:
+    """Singular values of the labels Y (bias "none") or of the centred labels (bias "free").
+
+    MSE collapse threshold: the mode with singular value s survives iff s > N Lambda, so the
+    collapse threshold is Lambda_c = max(s) / N.
+    """
+    cnt = np.asarray(counts, dtype=np.float64)
+    if bias == "none":
+        return np.sort(np.sqrt(cnt))[::-1]
+    N = cnt.sum()
+    sq = np.sqrt(cnt)
+    return np.linalg.svd(np.diag(sq) - np.outer(cnt, sq) / N, compute_uv=False)
+
+
+def _mse_closed_form(bias: str, counts: np.ndarray, Lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """(X, b) of the MSE problem without bias or with a free bias (soft-thresholding)."""
+    K, N = counts.size, counts.sum()
+    sq = np.sqrt(counts)
+    if bias == "none":
+        return np.diag(np.maximum(sq - N * Lam, 0.0)), np.zeros(K)
+    # centred labels Y (I - 11^T/N) = C E in class coordinates (E has orthonormal rows):
+    # C[j, k] = sqrt(n_k) [j = k] - n_j sqrt(n_k) / N; the optimal Z has no part along 1.
+    C = np.diag(sq) - np.outer(counts, sq) / N
+    U, S, Vt = np.linalg.svd(C)
+    X = (U * np.maximum(S - N * Lam, 0.0)[None, :]) @ Vt
+    # b = (1/N)(Y - Z) 1 = (1/N) (n_j - sum_k X[j, k] sqrt(n_k))
+    b = (counts - X @ sq) / N
+    return X, b
+
+
+def _origin_objective(loss: str, bias: str, counts: np.ndarray, lb: float) -> float:
+    """f at W = H = 0 with the optimal bias."""
+    K = counts.size
+    if bias == "none":
+        return _data_loss(loss, counts, np.zeros((K, K)))[0]
+    res = minimize(lambda b: _smooth(loss, counts, lb, np.zeros((K, K)), b)[::2],
+                   np.zeros(K), jac=True, method="L-BFGS-B",
+                   options={"ftol": 1e-16, "gtol": 1e-13, "maxiter": 10000})
+    return float(res.fun)
+
+
+def kkt_residual(loss: str, counts: np.ndarray, Lam: float, lb: float, X: np.ndarray,
+                 b: np.ndarray, bias: str) -> float:
+    """Largest violation of the optimality conditions of the convex program, relative to Lambda.
+
+    Conditions: U_r^T G V_r = -Lambda I_r on the support of X (rank r), the part of G off the
+    support has spectral norm <= Lambda (G = grad_X F), and grad_b F = 0 when b is trained.
+    """
+    _, G, gb = _smooth(loss, counts, lb, X, b)
+    U, S, Vt = np.linalg.svd(X)
+    tol = 1e-9 * max(1.0, float(S[0]) if S.size else 1.0)
+    r = int(np.sum(np.greater(S, tol)))
+    Ur, Vr = U[:, :r], Vt[:r].T
+    on = np.max(np.abs(Ur.T @ G @ Vr + Lam * np.eye(r))) if r else 0.0
+    Pu = np.eye(X.shape[0]) - Ur @ Ur.T
+    Pv = np.eye(X.shape[1]) - Vr @ Vr.T
+    off = max(np.linalg.norm(Pu @ G @ Pv, 2) - Lam, 0.0)
+    cross = np.max(np.abs(Ur.T @ G @ Pv)) if r else 0.0
+    cross = max(cross, np.max(np.abs(Pu @ G @ Vr)) if r else 0.0)
+    viol = max(on, off, cross) / Lam
+    if bias != "none":
+        viol = max(viol, float(np.max(np.abs(gb))) / Lam)
+    return float(viol)
+
+
+def _numeric(loss: str, bias: str, counts: np.ndarray, Lam: float, lb: float,
+             restarts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Solve the convex program through X = A B with penalty Lambda/2 (|A|^2 + |B|^2)."""
+    K = counts.size
+    nb = K if bias != "none" else 0
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        A = theta[:K * K].reshape(K, K)
+        B = theta[K * K:2 * K * K].reshape(K, K)
+        b = theta[2 * K * K:] if nb else np.zeros(K)
+        val, G, gb = _smooth(loss, counts, lb, A @ B, b)
+        val += Lam / 2 * (np.sum(A ** 2) + np.sum(B ** 2))
+        grads = [(G @ B.T + Lam * A).ravel(), (A.T @ G + Lam * B).ravel()]
+        if nb:
+            grads.append(gb)
+        return val, np.concatenate(grads)
+
+    rng = np.random.default_rng(seed)
+    best = None
+    for k in range(restarts):
+        scale = math.sqrt(counts.max()) * (0.3 + 0.7 * k / max(restarts - 1, 1))
+        x0 = rng.normal(0.0, scale / math.sqrt(K), 2 * K * K + nb)
+        res = minimize(fun, x0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": 50000, "maxcor": 30, "ftol": 1e-16, "gtol": 1e-13})
+        if best is None or res.fun < best.fun:
+            best = res
+    theta = best.x
+    A = theta[:K * K].reshape(K, K)
+    B = theta[K * K:2 * K * K].reshape(K, K)
+    b = theta[2 * K * K:] if nb else np.zeros(K)
+    return A @ B, b
+
+
+def imbalanced_equilibrium(loss: str, bias: str, counts: Sequence[int], lambda_w: float,
+                           lambda_h: float, lambda_b: float = 0.0, *, kkt_tol: float = 1e-6,
+                           restarts: int = 3, seed: int = 0) -> ImbalancedEquilibrium:
+    """Global minimiser of the one-layer UFM with class counts ``counts``.
+
+    Parameters
+    ----------
+    loss : "mse" or "ce".
+    bias : "none", "free" or "reg" (``lambda_b`` > 0 for "reg").
+    counts : (K,) samples per class n_k >= 1.
+    lambda_w, lambda_h : weight and feature decay, both > 0.
+    lambda_b : bias decay (bias "reg").
+    kkt_tol : numeric cases: the solution is accepted only when its KKT residual (relative to
+        Lambda) is below this; otherwise :class:`ArithmeticError` is raised.
+    restarts, seed : L-BFGS restarts of the numeric cases.
+
+    Returns
+    -------
+    ImbalancedEquilibrium. MSE with no or a free bias is a closed form (soft-thresholding);
+    the other cases are certified numeric solutions (``kkt_residual`` <= ``kkt_tol`` and
+    ``objective_star`` <= ``objective_zero``).
+    """
+    require(loss in ("mse", "ce"), f"unknown loss {loss!r}; allowed: mse, ce")
+    require(bias in ("none", "free", "reg"), f"unknown bias {bias!r}; allowed: none, free, reg")
+    cnt = np.asarray(counts, dtype=np.float64)
+    require(cnt.ndim == 1 and cnt.size >= 2 and bool(np.all(cnt >= 1)),
+            f"counts must list K >= 2 class sizes >= 1, got {counts!r}")
+    if not (lambda_w > 0 and lambda_h > 0):
+        raise InputError("imbalanced equilibrium needs lambda_w > 0 and lambda_h > 0 "
+                         "(with a zero decay the objective has no minimiser)")
+    lb = float(lambda_b) if bias == "reg" else 0.0
+    require(bias != "reg" or lb > 0, "bias 'reg' needs lambda_b > 0")
+    Lam = math.sqrt(lambda_w * lambda_h)
+    obj0 = _origin_objective(loss, bias, cnt, lb)
+    if loss == "mse" and bias in ("none", "free"):
+        X, b = _mse_closed_form(bias, cnt, Lam)
+        return _summary(loss, cnt, lambda_w, lambda_h, lb, X, b, "closed_form", 0.0, obj0)
+    eq = None
+    for k in range(restarts):  # benign factorisation: one start normally certifies
+        X, b = _numeric(loss, bias, cnt, Lam, lb, 1, seed + k)
+        kkt = kkt_residual(loss, cnt, Lam, lb, X, b, bias)
+        cand = _summary(loss, cnt, lambda_w, lambda_h, lb, X, b, "certified_numeric", kkt, obj0)
+        if eq is None or cand.kkt_residual < eq.kkt_residual:
+            eq = cand
+        if eq.kkt_residual <= kkt_tol:
+            break
+    if not (eq.kkt_residual <= kkt_tol
+            and eq.objective_star <= obj0 + 1e-12 * max(1.0, abs(obj0))):
+        raise ArithmeticError(f"imbalanced {loss} minimiser not certified: KKT residual "
+                              f"{eq.kkt_residual:.2e} (tol {kkt_tol:.0e}), f = "
+                              f"{eq.objective_star:.12g} vs origin {obj0:.12g}")
+    return eq
+
+
+def imbalanced_mse(counts: Sequence[int], lambda_w: float, lambda_h: float, bias: str = "none",
+                   lambda_b: float = 0.0) -> ImbalancedEquilibrium:
+    """MSE shortcut of :func:`imbalanced_equilibrium` (closed form for bias none / free)."""
+    return imbalanced_equilibrium("mse", bias, counts, lambda_w, lambda_h, lambda_b)
