@@ -26,6 +26,7 @@ from ncsim.spec import (
     LOSSES,
     MODELS,
     ONSET_METRICS,
+    REDUCTIONS,
     SOLVERS,
     InitSpec,
     ModelSpec,
@@ -137,6 +138,7 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
                 atol=options["atol"], t_end=options["t_end"], records=options["records"],
                 t_first=options["t_first"], max_steps=options["max_steps"],
                 gtol=options["gtol"], dtype=options["dtype"], device=options["device"],
+                reduction=options["reduction"],
             ),
             onset=OnsetSpec(metric=options["onset_metric"],
                             threshold=options["onset_threshold"], stay=options["onset_stay"],
@@ -191,6 +193,9 @@ def _model_options(func):
 @click.option("--atol", type=float, default=1e-10, show_default=True)
 @click.option("--dtype", type=_choice(DTYPES), default="float64", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--reduction", type=_choice(REDUCTIONS), default="auto", show_default=True,
+              help="State of the one-layer UFM: none (H, W, b), gram (Z, WW^T, H^TH; cost "
+                   "independent of d), auto (gram when smaller).")
 @click.option("--records", type=int, default=200, show_default=True)
 @click.option("--t-first", type=float, default=None, help="First non-zero record time.")
 @click.option("--max-steps", type=int, default=1_000_000, show_default=True)

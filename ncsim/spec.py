@@ -34,6 +34,7 @@ BIASES = ("none", "free", "reg")
 INITS = ("gaussian", "spectral", "etf", "arrays")
 SOLVERS = ("gd", "rk4", "dopri5", "tsit5")
 DTYPES = ("float64", "float32")
+REDUCTIONS = ("auto", "none", "gram")
 ONSET_METRICS = (
     "nc1_trace", "nc1", "nc2_etf", "nc2_angle", "nc3", "nc3_paper", "cdnv",
 )
@@ -261,6 +262,10 @@ class SolverSpec:
     check_every : steps between two host synchronisations (termination checks).
     vanish_tol : a run whose final fn is below vanish_tol x its largest fn is "vanishing".
     dtype, device : torch dtype name and device of the integration.
+    reduction : state the one-layer UFM is integrated in: "none" (the parameters H, W, b),
+        "gram" (the exact Gram-space form Z = W H, W W^T, H^T H, b, whose cost does not depend
+        on d; one-layer UFM only) or "auto" (gram for the one-layer UFM when its state is
+        smaller, roughly d > N + K; none otherwise).
     """
 
     method: str = "dopri5"
@@ -276,6 +281,7 @@ class SolverSpec:
     vanish_tol: float = 1e-3
     dtype: str = "float64"
     device: str = "cpu"
+    reduction: str = "auto"
 
     @property
     def adaptive(self) -> bool:
@@ -295,6 +301,7 @@ class SolverSpec:
     def validate(self) -> None:
         _one_of(self.method, SOLVERS, "solver")
         _one_of(self.dtype, DTYPES, "dtype")
+        _one_of(self.reduction, REDUCTIONS, "reduction")
         require(math.isfinite(self.t_end) and self.t_end > 0,
                 f"t_end must be > 0, got {self.t_end}")
         if not self.adaptive:
@@ -354,6 +361,8 @@ class RunSpec:
         self.time_scale.validate(self.model)
         self.solver.validate()
         self.onset.validate()
+        require(self.solver.reduction != "gram" or self.model.kind == "ufm",
+                "reduction 'gram' needs the one-layer UFM (model 'ufm')")
         return self
 
     def batch_key(self) -> tuple:

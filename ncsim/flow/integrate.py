@@ -5,11 +5,18 @@ and status; a run that finishes (t_end, steady state, step cap) or fails (NaN/in
 is frozen while the others go on. The loop never synchronises with the host inside a chunk of
 ``check_every`` steps: termination and records are checked between chunks.
 
-Records: the flow is recorded at fixed times (R share them). Adaptive methods limit each step so
-that it crosses at most one record time and evaluate the record with the method's dense output
-inside the step; the recorded states wait in a small buffer and their metrics are computed at
-the next synchronisation, for all waiting runs at once. Fixed-step methods share one time for
-every run, so the host knows which records a step crosses without asking the device.
+Records: the flow is recorded at fixed times (R share them). On a GPU, adaptive methods limit
+each step so that it crosses at most one record time and evaluate the record with the method's
+dense output inside the step; on the CPU, where asking how many record times a step crossed
+costs no device synchronisation, steps are not limited and every crossed record is evaluated by
+dense output. The recorded states wait in a small buffer and their metrics are computed at the
+next synchronisation, for all waiting runs at once. Fixed-step methods share one time for every
+run, so the host knows which records a step crosses without asking the device.
+
+Cost: the stages of a step live in one (S, R, P) buffer, so each stage sum is one matrix-vector
+product over the stacked stages; and when the caller can evaluate the velocity of a subset of
+runs (``select``), finished runs leave the batch at each synchronisation, so the work follows
+the sum of the runs' steps rather than R times the slowest run.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ STATUS_NAMES = {RUNNING: "running", DONE: "t_end", STEADY: "steady", MAX_STEPS: 
 
 Velocity = Callable[[torch.Tensor], torch.Tensor]
 Recorder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+GradNorm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
 _DIVERGE_ABS = 1e100
@@ -73,17 +81,62 @@ def _stage_sum(y: torch.Tensor, h: torch.Tensor, weights: np.ndarray | torch.Ten
     return out
 
 
-def _stages(tab: Tableau, f: Velocity, y: torch.Tensor, k1: torch.Tensor, h: torch.Tensor
-            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+class _Stages:
+    """Stage derivatives k_1 .. k_S of one step stored in one (S, R, P) buffer.
+
+    A stage sum y + h sum_j a_j k_j with scalar a_j is then one matrix-vector product over the
+    stacked stages and one fused multiply-add, instead of one kernel per stage.
+    """
+
+    def __init__(self, stages: int, like: torch.Tensor) -> None:
+        self.buf = torch.empty((stages, *like.shape), dtype=like.dtype, device=like.device)
+        self.flat = self.buf.view(stages, -1)
+        self.count = 0
+        self._weights: dict[tuple[float, ...], torch.Tensor] = {}
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        return self.buf[j]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return (self.buf[j] for j in range(self.count))
+
+    def set(self, j: int, k: torch.Tensor) -> None:
+        self.buf[j].copy_(k)
+        self.count = j + 1
+
+    def _row(self, weights: np.ndarray) -> torch.Tensor:
+        key = tuple(float(w) for w in weights)
+        row = self._weights.get(key)
+        if row is None:
+            row = torch.tensor(key, dtype=self.buf.dtype, device=self.buf.device)
+            self._weights[key] = row
+        return row
+
+    def combine(self, y: torch.Tensor | None, h: torch.Tensor, weights: np.ndarray
+                ) -> torch.Tensor:
+        """y + h * sum_j weights[j] k_j for scalar ``weights`` (s,), s <= stages."""
+        s = len(weights)
+        acc = (self._row(weights) @ self.flat[:s]).view(self.buf.shape[1:])
+        if y is None:
+            return acc.mul_(h.unsqueeze(1))
+        return torch.addcmul(y, acc, h.unsqueeze(1))
+
+
+def _stages(tab: Tableau, f: Velocity, y: torch.Tensor, k1: torch.Tensor, h: torch.Tensor,
+            buf: _Stages | None = None) -> tuple[torch.Tensor, _Stages]:
     """All stages of one step from ``y`` with per-run step ``h``; returns (y_new, ks)."""
-    ks = [k1]
+    ks = _Stages(tab.stages, y) if buf is None else buf
+    ks.set(0, k1)
     for s in range(1, tab.stages):
         if tab.fsal and s == tab.stages - 1:
-            y_new = _stage_sum(y, h, tab.b, ks)
-            ks.append(f(y_new))
+            y_new = ks.combine(y, h, tab.b[:s])
+            ks.set(s, f(y_new))
             return y_new, ks
-        ks.append(f(_stage_sum(y, h, tab.a[s, :s], ks)))
-    return _stage_sum(y, h, tab.b, ks), ks
+        ks.set(s, f(ks.combine(y, h, tab.a[s, :s])))
+    return ks.combine(y, h, tab.b), ks
 
 
 def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: list[torch.Tensor],
@@ -121,13 +174,16 @@ class _Recorder:
         self.slot = torch.zeros(r, dtype=torch.long, device=like.device)
         self.rows = torch.arange(r, device=like.device)
 
-    def push(self, mask: torch.Tensor, states: torch.Tensor, rec_index: torch.Tensor) -> None:
-        """Queue ``states`` (R, P) as record ``rec_index`` (R,) for the runs in ``mask``."""
-        slot = self.slot.clamp(max=self.states.shape[1] - 1)
-        current = self.states[self.rows, slot]
-        self.states[self.rows, slot] = torch.where(mask.unsqueeze(1), states, current)
-        self.index[self.rows, slot] = torch.where(mask, rec_index, self.index[self.rows, slot])
-        self.slot += mask.long()
+    def push(self, mask: torch.Tensor, states: torch.Tensor, rec_index: torch.Tensor,
+             rows: torch.Tensor | None = None) -> None:
+        """Queue ``states`` (M, P) as record ``rec_index`` (M,) for the runs in ``mask`` (M,);
+        ``rows`` (M,) are the runs of the M states (default: all R runs)."""
+        rows = self.rows if rows is None else rows
+        slot = self.slot[rows].clamp(max=self.states.shape[1] - 1)
+        current = self.states[rows, slot]
+        self.states[rows, slot] = torch.where(mask.unsqueeze(1), states, current)
+        self.index[rows, slot] = torch.where(mask, rec_index, self.index[rows, slot])
+        self.slot[rows] += mask.long()
 
     def flush(self) -> None:
         """Compute the metrics of every queued state and store them."""
@@ -157,6 +213,8 @@ def integrate(
     num_quantities: int,
     eta: torch.Tensor | float = 1.0,
     progress: Callable[[int], None] | None = None,
+    grad_norm: GradNorm | None = None,
+    select: Callable[[torch.Tensor], tuple[Velocity, GradNorm]] | None = None,
 ) -> FlowResult:
     """Integrate dy/dt = velocity(y) for every run of the batch ``y0`` (R, P).
 
@@ -170,10 +228,19 @@ def integrate(
     eta : time-scale factors (scalar or (R, P)), to turn velocities back into gradients for
         the steady-state test |grad f| <= gtol.
     progress : called with the number of runs that finished since the last call.
+    grad_norm : (state (R, P), velocity (R, P)) -> |grad f| (R,) float64; default
+        |velocity / eta|, for states that are the parameters themselves.
+    select : runs (M,) -> (velocity, grad_norm) of that subset of runs. When given, the
+        adaptive methods drop finished runs from the batch at each synchronisation, so the cost
+        follows the sum of the runs' steps rather than R times the longest run.
     """
+    if grad_norm is None:
+        def grad_norm(state: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return _grad_norm(k, eta)
     if solver.adaptive:
-        return _integrate_adaptive(velocity, y0, solver, record, num_quantities, eta, progress)
-    return _integrate_fixed(velocity, y0, solver, record, num_quantities, eta, progress)
+        return _integrate_adaptive(velocity, y0, solver, record, num_quantities, grad_norm,
+                                   progress, select)
+    return _integrate_fixed(velocity, y0, solver, record, num_quantities, grad_norm, progress)
 
 
 def _start(y0: torch.Tensor, solver: SolverSpec, record: Recorder, q: int, slots: int
@@ -187,8 +254,8 @@ def _start(y0: torch.Tensor, solver: SolverSpec, record: Recorder, q: int, slots
     return rec, next_rec, times
 
 
-def _finish(rec: _Recorder, velocity: Velocity, eta, y, t, steps, rejected, code, times,
-            next_rec) -> FlowResult:
+def _finish(rec: _Recorder, velocity: Velocity, grad_norm: GradNorm, y, t, steps, rejected,
+            code, times, next_rec) -> FlowResult:
     """Record lagging final records, build the result (one host transfer)."""
     rec.flush()
     rec_t = torch.as_tensor(np.append(times, np.inf), dtype=torch.float64, device=t.device)
@@ -200,11 +267,12 @@ def _finish(rec: _Recorder, velocity: Velocity, eta, y, t, steps, rejected, code
     return FlowResult(
         records=rec.values.cpu().numpy(), times=times, t_final=t.cpu().numpy(),
         steps=steps.cpu().numpy(), rejected=rejected.cpu().numpy(), code=code.cpu().numpy(),
-        final_state=y, grad_norm=_grad_norm(k, eta).cpu().numpy(),
+        final_state=y, grad_norm=grad_norm(y, k).cpu().numpy(),
     )
 
 
-def _integrate_adaptive(velocity, y0, solver, record, q, eta, progress) -> FlowResult:
+def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select=None
+                        ) -> FlowResult:
     tab = tableau(solver.method)
     r, dev = y0.shape[0], y0.device
     rec, next_rec, times = _start(y0, solver, record, q, solver.check_every)
@@ -221,18 +289,33 @@ def _integrate_adaptive(velocity, y0, solver, record, q, eta, progress) -> FlowR
     steps = torch.zeros(r, dtype=torch.long, device=dev)
     rejected = torch.zeros(r, dtype=torch.long, device=dev)
     err_exp = -1.0 / tab.order
+    host_free = y.device.type != "cpu"
     finished_before = 0
+    # The chunk works on the running runs only (``rows``): finished runs leave the batch at the
+    # next synchronisation when ``select`` gives the velocity of a subset of runs.
+    rows = torch.arange(r, device=dev)
+    f, gnorm = velocity, grad_norm
+    full = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
+            "rejected": rejected, "next_rec": next_rec}
+    sub = dict(full)
+    buf = _Stages(tab.stages, y)
     while True:
+        y, k1, t, dt = sub["y"], sub["k1"], sub["t"], sub["dt"]
+        code, steps, rejected, next_rec = (sub["code"], sub["steps"], sub["rejected"],
+                                           sub["next_rec"])
+        t_end_v = torch.full_like(t, t_end)
         for _ in range(solver.check_every):
             active = code == RUNNING
-            limit = torch.minimum(rec_t[next_rec + 1], torch.full_like(t, t_end))
+            # On a device, a step crosses at most one record time (no host test of how many
+            # it crosses); on the CPU steps run free and record every time they cross.
+            limit = torch.minimum(rec_t[next_rec + 1], t_end_v) if host_free else t_end_v
             capped = t + dt >= limit
             h = torch.where(capped, limit - t, dt)
             hy = h.to(y.dtype)
-            y_new, ks = _stages(tab, velocity, y, k1, hy)
-            err = _stage_sum(torch.zeros_like(y), hy, tab.e, ks)
-            scale = solver.atol + solver.rtol * torch.maximum(y.abs(), y_new.abs())
-            err_norm = _rms(err / scale).double()
+            y_new, ks = _stages(tab, f, y, k1, hy, buf)
+            err = ks.combine(None, hy, tab.e)
+            scale = torch.maximum(y.abs(), y_new.abs()).mul_(solver.rtol).add_(solver.atol)
+            err_norm = _rms(err.div_(scale)).double()
             finite = torch.isfinite(err_norm) & torch.isfinite(y_new).all(dim=1)
             accept = active & finite & (err_norm <= 1.0)
             t_new = torch.where(capped, limit, t + h)
@@ -244,33 +327,60 @@ def _integrate_adaptive(velocity, y0, solver, record, q, eta, progress) -> FlowR
             dt = torch.where(active, torch.where(accept & capped,
                                                  torch.maximum(dt, proposal), proposal), dt)
             cross = accept & (rec_t[next_rec] <= t_new)
-            theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
-            rec.push(cross, _dense(tab, y, h, ks, theta), next_rec)
-            next_rec = next_rec + cross.long()
-            y = torch.where(accept.unsqueeze(1), y_new, y)
-            k1 = torch.where(accept.unsqueeze(1), ks[-1] if tab.fsal else velocity(y), k1)
+            if host_free:
+                theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
+                rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, rows)
+                next_rec = next_rec + cross.long()
+            while not host_free and bool(cross.any()):  # on the CPU a test costs no sync
+                if int(rec.slot.max()) >= solver.check_every:
+                    rec.flush()
+                theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
+                rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, rows)
+                next_rec = next_rec + cross.long()
+                cross = accept & (rec_t[next_rec] <= t_new)
+            acc_col = accept.unsqueeze(1)
+            y = torch.where(acc_col, y_new, y)
+            k1 = torch.where(acc_col, ks[-1] if tab.fsal else f(y), k1)
             t = torch.where(accept, t_new, t)
-            steps += accept.long()
-            rejected += (active & ~accept).long()
+            steps = steps + accept.long()
+            rejected = rejected + (active & ~accept).long()
             code = torch.where(accept & (t >= t_end), torch.full_like(code, DONE), code)
+            if not host_free and solver.gtol > 0:
+                # free steps grow fast: test the steady state at every step (no sync on CPU)
+                steady = accept & (code == RUNNING) & (gnorm(y, k1) <= solver.gtol)
+                code = torch.where(steady, torch.full_like(code, STEADY), code)
             tiny = dt < 1e-13 * torch.clamp(t, min=1.0)
             bad = active & (tiny | (y.abs().amax(dim=1) > _DIVERGE_ABS))
             code = torch.where(bad & (code == RUNNING), torch.full_like(code, DIVERGED), code)
             code = torch.where((code == RUNNING) & (steps + rejected >= solver.max_steps),
                                torch.full_like(code, MAX_STEPS), code)
         rec.flush()
-        steady = (code == RUNNING) & (_grad_norm(k1, eta) <= solver.gtol)
+        steady = (code == RUNNING) & (gnorm(y, k1) <= solver.gtol)
         code = torch.where(steady, torch.full_like(code, STEADY), code)
-        finished = int((code != RUNNING).sum())
+        sub = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
+               "rejected": rejected, "next_rec": next_rec}
+        if sub["y"].shape[0] == r:
+            full = sub
+        else:
+            for key, value in sub.items():
+                full[key][rows] = value
+        running = full["code"] == RUNNING
+        finished = r - int(running.sum())
         if progress is not None and finished > finished_before:
             progress(finished - finished_before)
         finished_before = finished
         if finished == r:
             break
-    return _finish(rec, velocity, eta, y, t, steps, rejected, code, times, next_rec)
+        if select is not None and int(running.sum()) < rows.shape[0]:
+            rows = torch.nonzero(running).squeeze(1)
+            f, gnorm = select(rows)
+            sub = {key: value[rows] for key, value in full.items()}
+            buf = _Stages(tab.stages, sub["y"])
+    return _finish(rec, velocity, grad_norm, full["y"], full["t"], full["steps"],
+                   full["rejected"], full["code"], times, full["next_rec"])
 
 
-def _integrate_fixed(velocity, y0, solver, record, q, eta, progress) -> FlowResult:
+def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> FlowResult:
     tab = tableau(solver.method)
     r, dev = y0.shape[0], y0.device
     rec, next_rec, times = _start(y0, solver, record, q, 1)
@@ -280,6 +390,7 @@ def _integrate_fixed(velocity, y0, solver, record, q, eta, progress) -> FlowResu
     code = torch.zeros(r, dtype=torch.int8, device=dev)
     steps = torch.zeros(r, dtype=torch.long, device=dev)
     j_next = int(next_rec[0])
+    buf = _Stages(tab.stages, y)
     n_steps = 0
     finished_before = 0
     while t_host < t_end and n_steps < solver.max_steps:
@@ -290,7 +401,7 @@ def _integrate_fixed(velocity, y0, solver, record, q, eta, progress) -> FlowResu
             h_host = min(dt, t_end - t_host)
             t_new_host = t_end if h_host < dt else t_host + h_host
             h = torch.full((r,), h_host, dtype=y.dtype, device=dev)
-            y_new, ks = _stages(tab, velocity, y, velocity(y), h)
+            y_new, ks = _stages(tab, velocity, y, velocity(y), h, buf)
             bad = active & ~(torch.isfinite(y_new).all(dim=1)
                              & (y_new.abs().amax(dim=1) <= _DIVERGE_ABS))
             code = torch.where(bad, torch.full_like(code, DIVERGED), code)
@@ -304,7 +415,7 @@ def _integrate_fixed(velocity, y0, solver, record, q, eta, progress) -> FlowResu
             steps += ok.long()
             t_host, n_steps = t_new_host, n_steps + 1
         k = velocity(y)
-        steady = (code == RUNNING) & (_grad_norm(k, eta) <= solver.gtol)
+        steady = (code == RUNNING) & (grad_norm(y, k) <= solver.gtol)
         code = torch.where(steady, torch.full_like(code, STEADY), code)
         finished = int((code != RUNNING).sum())
         if progress is not None and finished > finished_before:
@@ -318,4 +429,4 @@ def _integrate_fixed(velocity, y0, solver, record, q, eta, progress) -> FlowResu
                     steps.double() * dt)
     next_rec = torch.full((r,), j_next, dtype=torch.long, device=dev)
     rejected = torch.zeros_like(steps)
-    return _finish(rec, velocity, eta, y, t, steps, rejected, code, times, next_rec)
+    return _finish(rec, velocity, grad_norm, y, t, steps, rejected, code, times, next_rec)

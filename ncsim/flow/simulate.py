@@ -21,6 +21,7 @@ import torch
 from ncsim.flow.integrate import DIVERGED, MAX_STEPS, FlowResult, integrate
 from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.models import Penalties, UFMObjective, initial_state
+from ncsim.models.gram import GramObjective, use_gram
 from ncsim.onset import is_vanishing, onset_time, value_at
 from ncsim.spec import RunSpec
 
@@ -38,13 +39,21 @@ class SimulationResult:
 
     def final_state(self, run: str) -> dict[str, Any]:
         """Blocks of a run's final state as float64 numpy arrays: ``H`` (d, N), ``W``
-        (list of (out, in)), ``b`` (K,) or None; ready for ``InitSpec(kind="arrays")``."""
+        (list of (out, in)), ``b`` (K,) or None; ready for ``InitSpec(kind="arrays")``.
+
+        A run integrated in Gram space (``SolverSpec.reduction``) has no (H, W) of its own:
+        ``H`` and ``W`` are then an isometric representative (same inner products, so the
+        same continuation of every recorded quantity; equal to the true point up to a rotation
+        of R^d), and the Gram blocks are added as ``Z`` = W H (K, N), ``A`` = W W^T (K, K) and
+        ``B`` = H^T H (N, N)."""
         return self.final_states[run]
 
 
 def run_id(spec: RunSpec) -> str:
     """Stable 12-hex identifier of a run spec (hash of every field)."""
     row = spec.to_row()
+    if row.get("solver_reduction") == "auto":  # the default keeps the identifiers it had
+        del row["solver_reduction"]
     if spec.init.kind == "arrays" and spec.init.arrays is not None:
         digest = hashlib.sha1()
         for key in sorted(spec.init.arrays):
@@ -55,8 +64,46 @@ def run_id(spec: RunSpec) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _ufm_velocity(objective: UFMObjective, pen: Penalties, eta: torch.Tensor | float
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fused velocity -eta grad f of the one-layer UFM in d space, states (M, P) -> (M, P).
+
+    One softmax (no log-softmax: the loss value is not needed), the residual formed in place,
+    and the three products written as two ``baddbmm`` with the weight decay folded in.
+    """
+    lay = objective.layout
+    n = objective.model.num_samples
+    onehot = objective.onehot
+    ce = objective.model.loss == "ce"
+    lw = (-pen.w[-1]).view(-1, 1, 1)
+    lh = (-pen.h).view(-1, 1, 1)
+    lb = (-pen.b).view(-1, 1)
+    has_b = "b" in lay
+    scale_eta = isinstance(eta, torch.Tensor) or eta != 1.0
+
+    def velocity(state: torch.Tensor) -> torch.Tensor:
+        h, w = lay.view(state, "H"), lay.view(state, "W1")
+        z = torch.bmm(w, h)
+        if has_b:
+            z += lay.view(state, "b").unsqueeze(-1)
+        g = torch.softmax(z, dim=1) if ce else z
+        g.sub_(onehot).div_(n)
+        parts = {"H": torch.baddbmm(lh * h, w.transpose(1, 2), g, alpha=-1.0),
+                 "W1": torch.baddbmm(lw * w, g, h.transpose(1, 2), alpha=-1.0)}
+        if has_b:
+            parts["b"] = lb * lay.view(state, "b") - g.sum(2)
+        out = lay.pack(parts)
+        return out.mul_(eta) if scale_eta else out
+
+    return velocity
+
+
 class _Batch:
-    """Tensors of one batch: objective, penalties, time scales, initial state."""
+    """Tensors of one batch: objective, penalties, time scales, initial state.
+
+    With the Gram reduction (``gram`` is a :class:`GramObjective`) the state is the Gram state
+    and ``velocity``, ``record`` and ``grad_norm`` work on it.
+    """
 
     def __init__(self, specs: Sequence[RunSpec]) -> None:
         first = specs[0]
@@ -77,6 +124,21 @@ class _Batch:
         )
         self.eta = self._time_scales(tensor)
         self.y0 = initial_state(self.model, [s.init for s in specs], self.device, self.dtype)
+        self.gram: GramObjective | None = None
+        if use_gram(self.model, self.solver.reduction):
+            self.gram = GramObjective(self.model, self.device, self.dtype)
+            lay = self.objective.layout
+            y64 = self.y0.double()
+            h, w = lay.view(y64, "H"), lay.view(y64, "W1")
+            b = lay.view(y64, "b") if "b" in lay else None
+            self.y0 = GramObjective(self.model, self.device, torch.float64).from_parameters(
+                h, w, b).to(self.dtype)
+            ts = [s.time_scale for s in specs]
+            uniform = all(t.eta_h == 1.0 and t.eta_b == 1.0 and t.per_layer(1) == (1.0,)
+                          for t in ts)
+            self.gram_eta = ((1.0, 1.0, 1.0) if uniform else
+                             (tensor([t.per_layer(1)[0] for t in ts]),
+                              tensor([t.eta_h for t in ts]), tensor([t.eta_b for t in ts])))
 
     def _time_scales(self, tensor: Callable[[list[float]], torch.Tensor]) -> torch.Tensor | float:
         depth = self.model.depth
@@ -90,11 +152,45 @@ class _Batch:
         return layout.expand_per_block({b.name: tensor(per_block[b.name]) for b in layout.blocks})
 
     def velocity(self, state: torch.Tensor) -> torch.Tensor:
+        if self.gram is not None:
+            return self.gram.velocity(state, self.penalties, *self.gram_eta)
+        if self.model.kind == "ufm":
+            return _ufm_velocity(self.objective, self.penalties, self.eta)(state)
         return -self.eta * self.objective.gradient(state, self.penalties)
+
+    def select(self, runs: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                                  Callable[[torch.Tensor, torch.Tensor],
+                                                           torch.Tensor]]:
+        """(velocity, grad_norm) of the runs ``runs`` (M,) alone (states (M, P))."""
+        pen = self.penalties.select(runs)
+        if self.gram is not None:
+            gram = self.gram
+            eta = tuple(e[runs] if isinstance(e, torch.Tensor) else e for e in self.gram_eta)
+            return (lambda y: gram.velocity(y, pen, *eta),
+                    lambda y, k: gram.grad_norm(y, pen))
+        objective = self.objective
+        eta = self.eta[runs] if isinstance(self.eta, torch.Tensor) else self.eta
+        if self.model.kind == "ufm":
+            velocity = _ufm_velocity(objective, pen, eta)
+        else:
+            def velocity(y: torch.Tensor) -> torch.Tensor:
+                return -eta * objective.gradient(y, pen)
+
+        return velocity, lambda y, k: (k / eta).double().norm(dim=1)
+
+    def grad_norm(self, state: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+        """|grad f|_2 (R,) at ``state`` whose velocity is ``velocity``, float64."""
+        if self.gram is not None:
+            return self.gram.grad_norm(state, self.penalties)
+        return (velocity / self.eta).double().norm(dim=1)
 
     def record(self, states: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
         """Recorded quantities (M, Q) of states (M, P) belonging to runs (M,)."""
         pen = self.penalties.select(runs)
+        if self.gram is not None:
+            loss, objective = self.gram.value(states, pen)
+            values = self.gram.metrics(states)
+            return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
         loss, objective = self.objective.value(states, pen)
         feats, weights, bias = self.objective.penultimate(states)
         values = nc_metrics(feats, self.objective.labels, self.model.classes, weights, bias)
@@ -147,6 +243,18 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[di
 
 def _state_blocks(batch: _Batch, state: torch.Tensor) -> list[dict[str, Any]]:
     """Per-run blocks of the flat states (R, P) as float64 numpy arrays."""
+    if batch.gram is not None:
+        gram = batch.gram
+        h, w = gram.factor(state.detach().double())
+        blocks = []
+        for i in range(state.shape[0]):
+            row = state[i:i + 1].detach().double().cpu()
+            parts = {name: gram.layout.view(row, name)[0].numpy().copy()
+                     for name in ("Z", "A", "B")}
+            b = gram.layout.view(row, "b")[0].numpy().copy() if "b" in gram.layout else None
+            blocks.append({"H": h[i].cpu().numpy().copy(), "W": [w[i].cpu().numpy().copy()],
+                           "b": b, **parts})
+        return blocks
     layout = batch.objective.layout
     host = state.detach().double().cpu()
     blocks = []
@@ -185,6 +293,7 @@ def simulate(
     specs: RunSpec | Sequence[RunSpec],
     progress: bool = False,
     max_batch: int = 4096,
+    theory: bool = True,
 ) -> SimulationResult:
     """Integrate every run and summarise it.
 
@@ -193,6 +302,8 @@ def simulate(
     specs : one run or a list of runs (validated here).
     progress : show a progress bar (stderr) of finished runs.
     max_batch : largest number of runs integrated in one batch.
+    theory : add the closed-form prediction columns (``fn_star_theory``, ...); benchmarks
+        switch them off to time the simulation alone.
 
     Returns
     -------
@@ -220,12 +331,14 @@ def simulate(
     for members in _batches(specs, max_batch):
         batch = _Batch([specs[i] for i in members])
         flow = integrate(batch.velocity, batch.y0, batch.solver, batch.record, len(RECORDED),
-                         eta=batch.eta, progress=bar.update if bar is not None else None)
+                         eta=batch.eta, progress=bar.update if bar is not None else None,
+                         grad_norm=batch.grad_norm, select=batch.select)
         batch_rows, frame = _summarise(batch, flow, [ids[i] for i in members])
         for i, blocks in zip(members, _state_blocks(batch, flow.final_state)):
             states[ids[i]] = blocks
         for i, row in zip(members, batch_rows):
-            row.update(_theory_columns(specs[i]))
+            if theory:
+                row.update(_theory_columns(specs[i]))
             row.update(provenance(specs[i].solver.device, specs[i].solver.dtype))
             rows[i] = row
         frames.append(frame)

@@ -1,0 +1,184 @@
+"""Peer solvers for the benchmarks: scipy ``solve_ivp`` (a loop over runs), torchdiffeq
+``odeint`` (one coupled batch) and torchode (per-run steps).
+
+Every peer integrates the same gradient flow of the one-layer UFM (bias-free, time scales 1) in
+the parameters (H, W) from the same initial states as ncsim, returns the states at the record
+times, and the benchmark computes the NC metrics of those states with
+:func:`ncsim.metrics.nc_metrics` (timed as part of the peer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ncsim.metrics import nc_metrics
+from ncsim.models import UFMObjective, initial_state
+from ncsim.spec import RunSpec
+
+
+@dataclass
+class Problem:
+    """The batched flow of a list of one-layer UFM runs, in torch and in numpy.
+
+    Attributes
+    ----------
+    objective : :class:`~ncsim.models.UFMObjective` (float64).
+    y0 : (R, P) float64 initial states.
+    lambda_w, lambda_h : (R,) weight decays.
+    times : (T,) record times (first is 0).
+    t_end : final time.
+    """
+
+    objective: UFMObjective
+    y0: torch.Tensor
+    lambda_w: torch.Tensor
+    lambda_h: torch.Tensor
+    times: np.ndarray
+    t_end: float
+
+    @classmethod
+    def from_specs(cls, specs: list[RunSpec]) -> Problem:
+        model, solver = specs[0].model, specs[0].solver
+        if model.kind != "ufm" or model.has_bias:
+            raise ValueError("the peers integrate the bias-free one-layer UFM")
+        obj = UFMObjective(model, "cpu", torch.float64)
+        y0 = initial_state(model, [s.init for s in specs], "cpu", torch.float64)
+        lw = torch.tensor([s.reg.per_layer(1)[0] for s in specs], dtype=torch.float64)
+        lh = torch.tensor([s.reg.lambda_h for s in specs], dtype=torch.float64)
+        return cls(obj, y0, lw, lh, solver.record_times(), float(solver.t_end))
+
+    def torch_velocity(self, lw: torch.Tensor, lh: torch.Tensor
+                       ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """(M, P) -> (M, P) velocity -grad f for runs with weight decays ``lw``, ``lh`` (M,)."""
+        from ncsim.models import Penalties
+
+        pen = Penalties(w=lw.view(1, -1), h=lh, b=torch.zeros_like(lh))
+        obj = self.objective
+        return lambda y: -obj.gradient(y, pen)
+
+    def numpy_velocity(self, i: int) -> Callable[[float, np.ndarray], np.ndarray]:
+        """Velocity of run ``i`` as a numpy function (t, y (P,)) -> (P,) for scipy."""
+        lay = self.objective.layout
+        hb, wb = lay["H"], lay["W1"]
+        d, n = hb.shape
+        k = wb.shape[0]
+        onehot = self.objective.onehot.numpy()
+        lw, lh = float(self.lambda_w[i]), float(self.lambda_h[i])
+        ce = self.objective.model.loss == "ce"
+
+        def f(t: float, y: np.ndarray) -> np.ndarray:
+            h = y[hb.start:hb.stop].reshape(d, n)
+            w = y[wb.start:wb.stop].reshape(k, d)
+            z = w @ h
+            if ce:
+                e = np.exp(z - z.max(axis=0))
+                g = (e / e.sum(axis=0) - onehot) / n
+            else:
+                g = (z - onehot) / n
+            out = np.empty_like(y)
+            out[hb.start:hb.stop] = (-(w.T @ g) - lh * h).ravel()
+            out[wb.start:wb.stop] = (-(g @ h.T) - lw * w).ravel()
+            return out
+
+        return f
+
+    def metrics(self, states: torch.Tensor) -> dict[str, torch.Tensor]:
+        """NC metrics of states (M, P) (float64)."""
+        lay = self.objective.layout
+        h, w = lay.view(states, "H"), lay.view(states, "W1")
+        return nc_metrics(h.transpose(1, 2), self.objective.labels, self.objective.model.classes,
+                          w)
+
+    def fn(self, states: torch.Tensor) -> np.ndarray:
+        """fn (M,) of states (M, P)."""
+        h = self.objective.layout.view(states, "H")
+        return h.norm(dim=1).mean(1).numpy()
+
+
+def scipy_loop(problem: Problem, method: str = "DOP853", rtol: float = 1e-8,
+               atol: float = 1e-10, records: bool = True) -> dict:
+    """scipy ``solve_ivp`` run by run; returns final fn (R,), steps (R,) and the states."""
+    from scipy.integrate import solve_ivp
+
+    r = problem.y0.shape[0]
+    finals, nfev, recorded = [], [], []
+    t_eval = problem.times if records else None
+    for i in range(r):
+        sol = solve_ivp(problem.numpy_velocity(i), (0.0, problem.t_end),
+                        problem.y0[i].numpy(), method=method, rtol=rtol, atol=atol,
+                        t_eval=t_eval)
+        if not sol.success:
+            raise RuntimeError(f"scipy {method} failed on run {i}: {sol.message}")
+        finals.append(sol.y[:, -1])
+        nfev.append(sol.nfev)
+        if records:
+            recorded.append(torch.from_numpy(sol.y.T.copy()))
+    final = torch.from_numpy(np.stack(finals))
+    if records:
+        problem.metrics(torch.cat(recorded))
+    return {"fn": problem.fn(final), "nfev": np.array(nfev)}
+
+
+def torchdiffeq_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10) -> dict:
+    """torchdiffeq ``odeint`` dopri5 on the whole batch (one coupled step size)."""
+    from torchdiffeq import odeint
+
+    f = problem.torch_velocity(problem.lambda_w, problem.lambda_h)
+    nfev = [0]
+
+    def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nfev[0] += 1
+        return f(y)
+
+    t = torch.as_tensor(problem.times, dtype=torch.float64)
+    with torch.no_grad():
+        ys = odeint(func, problem.y0.clone(), t, rtol=rtol, atol=atol, method="dopri5")
+    problem.metrics(ys.reshape(-1, ys.shape[-1]))
+    return {"fn": problem.fn(ys[-1]), "nfev": np.full(problem.y0.shape[0], nfev[0])}
+
+
+def torchode_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10) -> dict:
+    """torchode Dopri5 with an integral controller: per-run steps, t_eval at the records."""
+    import torchode as to
+
+    f = problem.torch_velocity(problem.lambda_w, problem.lambda_h)
+    r = problem.y0.shape[0]
+    term = to.ODETerm(lambda t, y: f(y))
+    step = to.Dopri5(term=term)
+    ctrl = to.IntegralController(atol=atol, rtol=rtol, term=term)
+    solver = to.AutoDiffAdjoint(step, ctrl, max_steps=1_000_000)
+    t_eval = torch.as_tensor(problem.times, dtype=torch.float64).repeat(r, 1)
+    problem_ivp = to.InitialValueProblem(y0=problem.y0.clone(), t_eval=t_eval)
+    with torch.no_grad():
+        sol = solver.solve(problem_ivp)
+    if not bool((sol.status == 0).all()):
+        raise RuntimeError(f"torchode failed: status {sol.status.tolist()}")
+    problem.metrics(sol.ys.reshape(-1, sol.ys.shape[-1]))
+    return {"fn": problem.fn(sol.ys[:, -1]), "nfev": sol.stats["n_f_evals"].numpy()}
+
+
+def reference_fn(problem: Problem, rtol: float = 1e-10, atol: float = 1e-12) -> np.ndarray:
+    """Reference fn(T) (R,): scipy DOP853 at rtol 1e-10, final time only."""
+    out = scipy_loop(problem, method="DOP853", rtol=rtol, atol=atol, records=False)
+    return out["fn"]
+
+
+PEERS: dict[str, Callable[..., dict]] = {
+    "scipy_dop853_loop": scipy_loop,
+    "torchdiffeq_dopri5": torchdiffeq_batch,
+    "torchode_dopri5": torchode_batch,
+}
+
+
+def check_accuracy(name: str, fn: np.ndarray, ref: np.ndarray, tol: float) -> float:
+    """Largest |fn - ref|; raises AssertionError when it exceeds ``tol`` (NaN fails)."""
+    err = float(np.max(np.abs(np.asarray(fn) - np.asarray(ref))))
+    if not (err <= tol) or not math.isfinite(err):
+        raise AssertionError(f"{name}: fn(T) error {err:.3e} exceeds the stated accuracy "
+                             f"{tol:.1e}")
+    return err

@@ -1,0 +1,91 @@
+"""Canonical benchmark workloads W1-W3 (DESIGN.md section 5) as lists of run specs.
+
+- W1 phase diagram: UFM-CE, K = 10, n = 20, d = 32, no bias, init N(0, 0.1^2), a grid of
+  (lambda_W, lambda_H) log-spaced in [1e-4, 3e-2]^2, 200 log-spaced records; CPU 8x8, T = 2e4.
+- W2 wide: UFM-MSE and UFM-CE, K = 10, n = 20, d in (32, 256, 1024, 4096), init scale
+  0.1 sqrt(32/d): the Gram form against the d-space form.
+- W3 large: K = 100, n = 50, d = 512, 16 runs: throughput of the right-hand side.
+
+``scale`` shrinks a workload for smoke tests (fewer runs, shorter horizon).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ncsim.spec import InitSpec, ModelSpec, Regularization, RunSpec, SolverSpec
+
+LAMBDA_RANGE = (1e-4, 3e-2)
+
+
+@dataclass
+class Workload:
+    """A named list of runs and the accuracy its solvers must reach.
+
+    Attributes
+    ----------
+    name : "W1", "W2-ce-d4096", ...
+    specs : the runs.
+    fn_tol : largest |fn(T) - fn_ref(T)| allowed (absolute, feature units).
+    params : description written to the JSON results.
+    """
+
+    name: str
+    specs: list[RunSpec]
+    fn_tol: float
+    params: dict = field(default_factory=dict)
+
+
+def w1(grid: int = 8, t_end: float = 2e4, records: int = 200, rtol: float = 1e-8,
+       atol: float = 1e-10, dtype: str = "float64", reduction: str = "auto") -> Workload:
+    """W1: grid x grid (lambda_W, lambda_H) phase diagram of the bias-free UFM-CE."""
+    lams = np.geomspace(*LAMBDA_RANGE, grid)
+    model = ModelSpec(kind="ufm", loss="ce", bias="none", classes=10, per_class=20, dim=32)
+    solver = SolverSpec(method="dopri5", rtol=rtol, atol=atol, t_end=t_end, records=records,
+                        dtype=dtype, reduction=reduction)
+    specs = [RunSpec(model=model, reg=Regularization(lambda_w=float(a), lambda_h=float(b)),
+                     init=InitSpec(kind="gaussian", scale=0.1, seed=i * grid + j),
+                     solver=solver)
+             for i, a in enumerate(lams) for j, b in enumerate(lams)]
+    return Workload("W1", specs, fn_tol=1e-6 if dtype == "float64" else 1e-3,
+                    params={"grid": grid, "t_end": t_end, "records": records, "K": 10, "n": 20,
+                            "d": 32, "loss": "ce", "rtol": rtol, "atol": atol, "dtype": dtype})
+
+
+def w2(loss: str = "mse", dim: int = 4096, runs: int = 4, t_end: float = 1e3,
+       records: int = 50, rtol: float = 1e-10, atol: float = 1e-12,
+       reduction: str = "gram") -> Workload:
+    """W2: the wide one-layer UFM (K = 10, n = 20) at width ``dim``; ``runs`` lambda pairs.
+
+    The init is N(0, s^2) with s = 0.1 sqrt(32 / d): the feature and classifier norms of W1 at
+    every width, so the flow's time scales (and step counts) do not change with d and the
+    cost of a form against d is seen directly.
+    """
+    lams = np.geomspace(*LAMBDA_RANGE, runs)
+    model = ModelSpec(kind="ufm", loss=loss, bias="none", classes=10, per_class=20, dim=dim)
+    solver = SolverSpec(method="dopri5", rtol=rtol, atol=atol, t_end=t_end, records=records,
+                        reduction=reduction)
+    specs = [RunSpec(model=model, reg=Regularization(lambda_w=float(lams[i]),
+                                                     lambda_h=float(lams[-1 - i])),
+                     init=InitSpec(kind="gaussian", scale=0.1 * (32 / dim) ** 0.5, seed=i),
+                     solver=solver)
+             for i in range(runs)]
+    return Workload(f"W2-{loss}-d{dim}", specs, fn_tol=1e-9,
+                    params={"K": 10, "n": 20, "d": dim, "loss": loss, "runs": runs,
+                            "t_end": t_end, "records": records, "rtol": rtol, "atol": atol})
+
+
+def w3(runs: int = 16, classes: int = 100, per_class: int = 50, dim: int = 512,
+       dtype: str = "float32") -> Workload:
+    """W3: the large one-layer UFM-CE (K = 100, n = 50, d = 512, 16 runs), RHS throughput."""
+    model = ModelSpec(kind="ufm", loss="ce", bias="none", classes=classes, per_class=per_class,
+                      dim=dim)
+    solver = SolverSpec(method="dopri5", t_end=10.0, records=10, dtype=dtype, reduction="none")
+    specs = [RunSpec(model=model, reg=Regularization(lambda_w=5e-4, lambda_h=5e-4),
+                     init=InitSpec(kind="gaussian", scale=0.1, seed=i), solver=solver)
+             for i in range(runs)]
+    return Workload("W3", specs, fn_tol=float("nan"),
+                    params={"K": classes, "n": per_class, "d": dim, "runs": runs,
+                            "dtype": dtype})

@@ -1,0 +1,331 @@
+"""``ncsim bench``: time ncsim against peer ODE solvers on the workloads W1-W3.
+
+Every solver runs in this one process, one after the other, with the same number of torch
+threads; each time is the median of ``repeats`` runs. A solver's result must reach the stated
+accuracy (W1: fn(T) within 1e-6 of a scipy DOP853 rtol 1e-10 reference; W2: the Gram form
+equals the d-space form to 1e-9) or the benchmark fails with an AssertionError. Results are
+printed and written as JSON (machine, versions, timings, ratios, peak memory).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _benchmarks():
+    """The ``benchmarks`` package of the source tree (workloads and peers)."""
+    try:
+        import benchmarks.peers  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(ROOT))
+    import benchmarks.peers as peers
+    import benchmarks.workloads as workloads
+
+    return workloads, peers
+
+
+# ------------------------------------------------------------------------------ measurement
+
+
+def machine() -> dict[str, Any]:
+    """Machine, library versions and thread settings."""
+    import scipy
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    for name in ("torchdiffeq", "torchode"):
+        try:
+            info[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            info[name] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA peak allocation, or peak resident-set growth on the CPU
+    (sampled every 2 ms from /proc/self/statm).
+
+    Attributes
+    ----------
+    peak : bytes above the level at entry.
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        self.base = _rss()
+        self._stop = threading.Event()
+        self._max = self.base
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self._max = max(self._max, _rss())
+                time.sleep(0.002)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self._max, _rss()) - self.base
+
+
+def timed(fn: Callable[[], Any], repeats: int, device: str = "cpu"
+          ) -> tuple[dict[str, Any], Any]:
+    """Run ``fn`` ``repeats`` times; ({median_s, times_s, peak_mem_mb}, last result)."""
+    times, out, peak = [], None, 0
+    for _ in range(repeats):
+        with PeakMemory(device) as mem:
+            start = time.perf_counter()
+            out = fn()
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        peak = max(peak, mem.peak)
+    return {"median_s": statistics.median(times), "times_s": times,
+            "peak_mem_mb": peak / 2**20}, out
+
+
+def _with_device(specs: list, device: str) -> list:
+    import dataclasses
+
+    return [s.replace(solver=dataclasses.replace(s.solver, device=device)) for s in specs]
+
+
+def _simulate(specs: list) -> Any:
+    from ncsim.flow.simulate import simulate
+
+    return simulate(specs, theory=False)
+
+
+# ------------------------------------------------------------------------------ workloads
+
+
+def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[str], None],
+             peer_repeats: int | None = None, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """W1 phase diagram: ncsim against the peers, fn(T) checked against a DOP853 reference."""
+    workloads, peer_mod = _benchmarks()
+    shape = {"full": (8, 2e4, 200), "small": (4, 2e3, 100), "tiny": (2, 50.0, 10)}[size]
+    wl = workloads.w1(grid=shape[0], t_end=shape[1], records=shape[2])
+    specs = _with_device(wl.specs, device)
+    problem = peer_mod.Problem.from_specs(wl.specs)
+    log(f"W1 ({len(specs)} runs, T = {shape[1]:g}): reference DOP853 rtol 1e-10 ...")
+    ref = peer_mod.reference_fn(problem)
+    rows: dict[str, Any] = {}
+    stats, res = timed(lambda: _simulate(specs), repeats, device)
+    err = peer_mod.check_accuracy("ncsim", res.runs["final_fn"].to_numpy(), ref, wl.fn_tol)
+    rows["ncsim_dopri5"] = {**stats, "fn_error": err, "steps_total": int(res.runs.steps.sum()),
+                            "steps_max": int(res.runs.steps.max())}
+    log(f"  ncsim_dopri5: {stats['median_s']:.3f} s (fn error {err:.1e})")
+    if peers:
+        for name, run in peer_mod.PEERS.items():
+            if name in skip:
+                continue
+            stats, out = timed(lambda run=run: run(problem), peer_repeats or repeats)
+            err = peer_mod.check_accuracy(name, out["fn"], ref, wl.fn_tol)
+            rows[name] = {**stats, "fn_error": err, "nfev_total": int(np.sum(out["nfev"]))}
+            log(f"  {name}: {stats['median_s']:.3f} s (fn error {err:.1e})")
+    return _with_ratios({"workload": "W1", "size": size, "params": wl.params, "solvers": rows,
+                         "peer_repeats": peer_repeats or repeats, "skipped": list(skip)},
+                        "ncsim_dopri5")
+
+
+def _with_ratios(entry: dict[str, Any], base: str) -> dict[str, Any]:
+    t0 = entry["solvers"][base]["median_s"]
+    entry["ratios"] = {name: row["median_s"] / t0 for name, row in entry["solvers"].items()
+                       if name != base}
+    others = list(entry["ratios"].values())
+    if others:
+        entry["speedup_vs_fastest_peer"] = min(others)
+    return entry
+
+
+def bench_w2(size: str, repeats: int, device: str, log: Callable[[str], None]
+             ) -> list[dict[str, Any]]:
+    """W2: Gram form against the d-space form over d, for MSE and CE."""
+    workloads, _ = _benchmarks()
+    dims = {"full": (32, 256, 1024, 4096), "small": (32, 256, 1024), "tiny": (32, 64)}[size]
+    t_end = {"full": 20.0, "small": 10.0, "tiny": 5.0}[size]
+    out = []
+    for loss in ("mse", "ce"):
+        for dim in dims:
+            row: dict[str, Any] = {"workload": "W2", "loss": loss, "d": dim, "size": size}
+            results = {}
+            for red in ("gram", "none"):
+                wl = workloads.w2(loss=loss, dim=dim, runs=2, t_end=t_end, records=20,
+                                  reduction=red)
+                stats, res = timed(lambda wl=wl: _simulate(_with_device(wl.specs, device)),
+                                   repeats, device)
+                results[red] = res
+                row[red] = {**stats, "steps_total": int(res.runs.steps.sum())}
+            row["max_rel_diff"] = w2_difference(results["gram"], results["none"])
+            if not row["max_rel_diff"] <= wl.fn_tol:
+                raise AssertionError(f"W2 {loss} d={dim}: Gram and d-space trajectories differ "
+                                     f"by {row['max_rel_diff']:.2e} > {wl.fn_tol:.0e}")
+            row["speedup"] = row["none"]["median_s"] / row["gram"]["median_s"]
+            log(f"W2 {loss} d={dim}: gram {row['gram']['median_s']:.3f} s, d-space "
+                f"{row['none']['median_s']:.3f} s, x{row['speedup']:.1f}, "
+                f"rel diff {row['max_rel_diff']:.1e}")
+            out.append(row)
+    return out
+
+
+W2_COLUMNS = ("loss", "objective", "fn", "class_mean_norm", "w_norm")
+
+
+def w2_difference(a: Any, b: Any) -> float:
+    """Largest difference of the recorded trajectories of two results, each column relative
+    to its largest value (loss, objective, fn, class-mean norm, |W|)."""
+    ta, tb = a.trajectories, b.trajectories
+    worst = 0.0
+    for col in W2_COLUMNS:
+        x, y = ta[col].to_numpy(), tb[col].to_numpy()
+        if x.shape != y.shape:
+            return float("inf")
+        scale = max(float(np.nanmax(np.abs(y))), 1e-300)
+        worst = max(worst, float(np.nanmax(np.abs(x - y))) / scale)
+    return worst
+
+
+def bench_w3(size: str, repeats: int, device: str, log: Callable[[str], None]
+             ) -> list[dict[str, Any]]:
+    """W3: right-hand-side throughput against the device's batched matmul rate."""
+    workloads, _ = _benchmarks()
+    from ncsim.flow.simulate import _Batch
+
+    shape = {"full": (16, 100, 50, 512), "small": (16, 100, 50, 512),
+             "tiny": (4, 10, 10, 64)}[size]
+    out = []
+    calls = 5
+    for dtype in ("float32", "float64"):
+        wl = workloads.w3(*shape, dtype=dtype)
+        batch = _Batch(_with_device(wl.specs, device))
+        y = batch.y0
+        r, k, n, d = shape[0], shape[1], shape[1] * shape[2], shape[3]
+        flops = r * 3 * 2 * k * d * n  # Z = W H, G H^T, W^T G
+        stats, _ = timed(lambda batch=batch, y=y: [batch.velocity(y) for _ in range(calls)],
+                         repeats, device)
+        rhs = stats["median_s"] / calls
+        dt = getattr(torch, dtype)
+        a = torch.randn(r, k, d, dtype=dt, device=device)
+        b = torch.randn(r, d, n, dtype=dt, device=device)
+        mm, _ = timed(lambda a=a, b=b: [torch.bmm(a, b) for _ in range(calls)], repeats, device)
+        mm_rate = r * 2 * k * d * n / (mm["median_s"] / calls)
+        row = {"workload": "W3", "dtype": dtype, "R": r, "K": k, "N": n, "d": d,
+               "rhs_s": rhs, "rhs_gflops": flops / rhs / 1e9, "matmul_gflops": mm_rate / 1e9,
+               "fraction_of_matmul_rate": flops / rhs / mm_rate,
+               "peak_mem_mb": stats["peak_mem_mb"], "state_mb": y.numel() * y.element_size()
+               / 2**20}
+        log(f"W3 {dtype}: RHS {rhs * 1e3:.1f} ms = {row['rhs_gflops']:.1f} GFLOP/s, matmul "
+            f"{row['matmul_gflops']:.1f} GFLOP/s, fraction {row['fraction_of_matmul_rate']:.2f}")
+        out.append(row)
+    return out
+
+
+def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
+              size: str = "full", peers: bool = True, threads: int | None = None,
+              log: Callable[[str], None] = print, peer_repeats: int | None = None,
+              skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the workloads and return the JSON-ready results."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                               "device": device, "repeats": repeats, "machine": machine(),
+                               "workloads": {}}
+    if "W1" in workloads:
+        results["workloads"]["W1"] = bench_w1(size, repeats, device, peers, log, peer_repeats,
+                                              skip)
+    if "W2" in workloads:
+        results["workloads"]["W2"] = bench_w2(size, repeats, device, log)
+    if "W3" in workloads:
+        results["workloads"]["W3"] = bench_w3(size, repeats, device, log)
+    return results
+
+
+@click.command("bench")
+@click.option("--workload", "workload", multiple=True, default=("W1", "W2", "W3"),
+              type=click.Choice(["W1", "W2", "W3"]), show_default=True,
+              help="Workload(s) to run (repeat the option for several).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
+              help="Timed repeats per solver (the median is reported).")
+@click.option("--size", default="full", show_default=True,
+              type=click.Choice(["full", "small", "tiny"]), help="Workload size.")
+@click.option("--peers/--no-peers", default=True, show_default=True,
+              help="Also time scipy, torchdiffeq and torchode on W1.")
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="torch threads for every solver (default: torch's own setting).")
+@click.option("--peer-repeats", default=None, type=click.IntRange(1),
+              help="Timed repeats of each peer (default: --repeats).")
+@click.option("--skip-peer", "skip", multiple=True,
+              type=click.Choice(["scipy_dop853_loop", "torchdiffeq_dopri5", "torchode_dopri5"]),
+              help="Leave out a peer (repeat the option for several).")
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="JSON output (default benchmarks/results/<device>_<date>.json).")
+def bench(workload: tuple[str, ...], device: str, repeats: int, size: str, peers: bool,
+          threads: int | None, peer_repeats: int | None, skip: tuple[str, ...],
+          out: str | None) -> None:
+    """Time ncsim and the peer solvers on the benchmark workloads; write JSON."""
+    results = run_bench(workload, device, repeats, size, peers, threads,
+                        log=lambda m: click.echo(m, err=True), peer_repeats=peer_repeats,
+                        skip=skip)
+    text = json.dumps(results, indent=2, default=float)
+    if out is None:
+        stamp = datetime.date.today().isoformat()
+        out = str(ROOT / "benchmarks" / "results" / f"{device.split(':')[0]}_{stamp}.json")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text + "\n")
+    click.echo(text)
+    click.echo(f"written {out}", err=True)

@@ -1,0 +1,306 @@
+"""Gram-space form of the one-layer UFM: exact dynamics whose cost does not depend on d.
+
+For the one-layer UFM (Z = W H + b 1^T, W (K, d), H (d, N)) the gradient flow
+
+    dW/dt = -eta_W (G H^T + lambda_W W),   dH/dt = -eta_H (W^T G + lambda_H H),
+    db/dt = -eta_b (G 1 + lambda_b b),     G = dLoss/dZ (K, N) at Z = W H + b 1^T,
+
+closes on the inner products S = W H (K, N), A = W W^T (K, K) and B = H^T H (N, N):
+
+    dS/dt = -eta_W (G B + lambda_W S) - eta_H (A G + lambda_H S)
+    dA/dt = -eta_W (G S^T + S G^T + 2 lambda_W A)
+    dB/dt = -eta_H (G^T S + S^T G + 2 lambda_H B)
+
+(differentiate S = W H, A = W W^T, B = H^T H and substitute the flow). The loss needs only
+Z = S + b 1^T, the penalties only tr A and tr B, and every neural-collapse metric is a function
+of inner products of the features h_i and the classifier rows w_c, so the whole simulation runs
+on (S, A, B, b): K N + K^2 + N^2 (+ K) numbers per run instead of d (N + K) (+ K). It pays off
+when d > N + K roughly.
+
+The flat state of R runs is (R, P) with blocks "Z" = S (K, N), "A" (K, K), "B" (N, N) and "b"
+(K,) when the model has a bias (see :func:`gram_layout`). A and B are integrated as full
+symmetric matrices; their right-hand sides are symmetrised exactly (X + X^T).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ncsim.metrics import METRIC_NAMES
+from ncsim.models.layout import StateLayout
+from ncsim.models.losses import loss_function
+from ncsim.models.ufm import Penalties, labels_for, state_layout
+from ncsim.spec import REDUCTIONS, ModelSpec
+
+__all__ = ["REDUCTIONS", "GramObjective", "gram_layout", "gram_size", "use_gram"]
+
+
+def gram_layout(model: ModelSpec) -> StateLayout:
+    """Blocks of the Gram state: Z = W H (K, N), A = W W^T (K, K), B = H^T H (N, N), b (K,)."""
+    k, n = model.classes, model.num_samples
+    shapes: list[tuple[str, tuple[int, ...]]] = [("Z", (k, n)), ("A", (k, k)), ("B", (n, n))]
+    if model.has_bias:
+        shapes.append(("b", (k,)))
+    return StateLayout(shapes)
+
+
+def gram_size(model: ModelSpec) -> int:
+    """Numbers per run of the Gram state."""
+    return gram_layout(model).size
+
+
+def use_gram(model: ModelSpec, reduction: str) -> bool:
+    """Whether a batch of ``model`` runs in Gram space under ``reduction``.
+
+    "gram" forces it (one-layer UFM only), "none" never; "auto" picks it for the one-layer UFM
+    when the Gram state is smaller than the d-space state (roughly d > N + K).
+    """
+    if reduction == "none" or model.kind != "ufm" or model.depth != 1:
+        return False
+    if reduction == "gram":
+        return True
+    return gram_size(model) < state_layout(model).size
+
+
+def _sym(x: Tensor) -> Tensor:
+    return x + x.transpose(-1, -2)
+
+
+class GramObjective:
+    """Objective, flow and NC metrics of the one-layer UFM on the Gram state.
+
+    Parameters
+    ----------
+    model : one-layer UFM ("ufm", depth 1) shared by the batch.
+    device, dtype : where and in which precision to compute.
+    """
+
+    def __init__(self, model: ModelSpec, device: str | torch.device, dtype: torch.dtype) -> None:
+        if model.kind != "ufm" or model.depth != 1:
+            raise ValueError("the Gram form needs the one-layer UFM (model 'ufm')")
+        self.model = model
+        self.layout = gram_layout(model)
+        self.classes, self.samples, self.dim = model.classes, model.num_samples, model.dim
+        self.labels = labels_for(model, device)
+        self.onehot = torch.nn.functional.one_hot(self.labels, model.classes).T.to(dtype)
+        self.loss_and_grad = loss_function(model.loss)
+        counts = torch.tensor(model.class_counts, dtype=dtype, device=device)
+        k, n = self.classes, self.samples
+        # C (N, K): averaging of the samples of each class; mu_c = H C[:, c].
+        self.avg = self.onehot.T / counts
+        # z (K,): weights of mu_G (sample mean); P = I - 1 z^T centres the class means.
+        z = counts / counts.sum()
+        eye_k = torch.eye(k, dtype=dtype, device=device)
+        self.centre = eye_k - z.unsqueeze(0)  # Mbar = P Mu
+        self.centre_w = eye_k - 1.0 / k  # Wc = P0 W
+        from ncsim.metrics import _complement_basis
+
+        self.basis = _complement_basis(z)  # (K, K-1)
+        self.counts = counts
+        self.n = n
+
+    # ------------------------------------------------------------------ state blocks
+
+    def blocks(self, state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Views (S (R, K, N), A (R, K, K), B (R, N, N), b (R, K) or None) of ``state``."""
+        lay = self.layout
+        b = lay.view(state, "b") if "b" in lay else None
+        return lay.view(state, "Z"), lay.view(state, "A"), lay.view(state, "B"), b
+
+    def from_parameters(self, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        """Gram state (R, P) of parameters H (R, d, N), W (R, K, d), b (R, K) or None."""
+        parts = {"Z": torch.bmm(w, h), "A": torch.bmm(w, w.transpose(1, 2)),
+                 "B": torch.bmm(h.transpose(1, 2), h)}
+        if b is not None:
+            parts["b"] = b
+        return self.layout.pack(parts)
+
+    def factor(self, state: Tensor, dim: int | None = None) -> tuple[Tensor, Tensor]:
+        """An isometric representative (H (R, d, N), W (R, K, d)) of the Gram state.
+
+        The joint Gram M = [[B, S^T], [S, A]] is factored as X X^T (eigen-decomposition,
+        negative rounding eigenvalues set to 0); the rows of X, padded with zeros to ``dim``
+        (default d; needs d >= rank M) are h_1 .. h_N, w_1 .. w_K. The flow is equivariant under
+        rotations of R^d, so this point has the same trajectory of every recorded quantity as
+        the original (H, W); it equals it up to a rotation.
+        """
+        s, a, bb, _ = self.blocks(state)
+        top = torch.cat([bb, s.transpose(1, 2)], dim=2)
+        joint = torch.cat([top, torch.cat([s, a], dim=2)], dim=1).double()
+        joint = 0.5 * (joint + joint.transpose(1, 2))
+        vals, vecs = torch.linalg.eigh(joint)
+        x = vecs * vals.clamp_min(0.0).sqrt().unsqueeze(1)  # (R, N+K, N+K)
+        x = x.flip(-1)  # largest eigenvalues first
+        dim = self.dim if dim is None else dim
+        m = x.shape[-1]
+        x = torch.nn.functional.pad(x, (0, dim - m)) if dim >= m else x[..., :dim]
+        n = self.samples
+        return x[:, :n].transpose(1, 2).to(state.dtype), x[:, n:].to(state.dtype)
+
+    # ------------------------------------------------------------------ objective and flow
+
+    def _logits_grad(self, s: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
+        z = s if b is None else s + b.unsqueeze(-1)
+        return self.loss_and_grad(z, self.onehot)
+
+    def value(self, state: Tensor, pen: Penalties) -> tuple[Tensor, Tensor]:
+        """(data loss (R,), objective f (R,))."""
+        s, a, bb, b = self.blocks(state)
+        loss, _ = self._logits_grad(s, b)
+        tr_a = torch.diagonal(a, dim1=1, dim2=2).sum(1)
+        tr_b = torch.diagonal(bb, dim1=1, dim2=2).sum(1)
+        total = loss + 0.5 * pen.w[-1] * tr_a + 0.5 * pen.h * tr_b
+        if b is not None:
+            total = total + 0.5 * pen.b * b.square().sum(1)
+        return loss, total
+
+    def velocity(self, state: Tensor, pen: Penalties, eta_w: Tensor | float = 1.0,
+                 eta_h: Tensor | float = 1.0, eta_b: Tensor | float = 1.0) -> Tensor:
+        """d state / dt (R, P) of the gradient flow; ``eta_*`` scalars or (R,) time scales."""
+        s, a, bb, b = self.blocks(state)
+        _, g = self._logits_grad(s, b)
+        lw = pen.w[-1].view(-1, 1, 1)
+        lh = pen.h.view(-1, 1, 1)
+        ew = eta_w.view(-1, 1, 1) if isinstance(eta_w, Tensor) else eta_w
+        eh = eta_h.view(-1, 1, 1) if isinstance(eta_h, Tensor) else eta_h
+        d_s = torch.baddbmm(lw * s, g, bb).mul_(-ew)
+        d_s.sub_(torch.baddbmm(lh * s, a, g).mul_(eh))
+        d_a = (_sym(torch.bmm(g, s.transpose(1, 2))) + 2.0 * lw * a).mul_(-ew)
+        d_b = (_sym(torch.bmm(g.transpose(1, 2), s)) + 2.0 * lh * bb).mul_(-eh)
+        parts = {"Z": d_s, "A": d_a, "B": d_b}
+        if b is not None:
+            eb = eta_b.view(-1, 1) if isinstance(eta_b, Tensor) else eta_b
+            parts["b"] = -(g.sum(2) + pen.b.view(-1, 1) * b) * eb
+        return self.layout.pack(parts)
+
+    def grad_norm(self, state: Tensor, pen: Penalties) -> Tensor:
+        """|grad f|_2 (R,) with respect to (W, H, b), from the Gram quantities.
+
+        |G H^T + lw W|^2 = tr(G B G^T) + 2 lw <G, S> + lw^2 tr A, and likewise for H with A.
+        """
+        s, a, bb, b = self.blocks(state)
+        _, g = self._logits_grad(s, b)
+        lw, lh = pen.w[-1], pen.h
+        gs = (g * s).sum((1, 2))
+        gbg = (torch.bmm(g, bb) * g).sum((1, 2))
+        gag = (torch.bmm(a, g) * g).sum((1, 2))
+        tr_a = torch.diagonal(a, dim1=1, dim2=2).sum(1)
+        tr_b = torch.diagonal(bb, dim1=1, dim2=2).sum(1)
+        sq = gbg + 2 * lw * gs + lw * lw * tr_a + gag + 2 * lh * gs + lh * lh * tr_b
+        if b is not None:
+            sq = sq + (g.sum(2) + pen.b.view(-1, 1) * b).square().sum(1)
+        return sq.double().clamp_min(0.0).sqrt()
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics(self, state: Tensor) -> dict[str, Tensor]:
+        """Every metric of :data:`ncsim.metrics.METRIC_NAMES` from the Gram state.
+
+        Same definitions (and the same sync-free pseudo-inverse of ``nc1``) as
+        :func:`ncsim.metrics.nc_metrics` on (H^T, W, b) with the sample global mean; for
+        d >= K - 1 the values agree to rounding.
+
+        Returns
+        -------
+        dict[str, Tensor]
+            Keys exactly METRIC_NAMES, each (R,).
+        """
+        s, a, bb, b = self.blocks(state)
+        k, n = self.classes, self.n
+        eye = torch.eye(k, dtype=s.dtype, device=s.device)
+        diag_b = torch.diagonal(bb, dim1=1, dim2=2)
+        fn = diag_b.clamp_min(0.0).sqrt().mean(1)
+        bc = bb @ self.avg  # (R, N, K): h_i . mu_c
+        mg = self.avg.T @ bc  # (R, K, K): mu_a . mu_c
+        mbar_g = self.centre @ mg @ self.centre.T  # Mbar Mbar^T
+        # within-class Gram Bc = D B D with D = I - onehot C^T (centred features).
+        bc_own = bc.gather(2, self.labels.view(1, -1, 1).expand(bb.shape[0], n, 1))  # h_i.mu_yi
+        mu_own = torch.diagonal(mg, dim1=1, dim2=2)[:, self.labels]  # |mu_yi|^2
+        sq_within = diag_b - 2.0 * bc_own.squeeze(2) + mu_own  # |h_i - mu_yi|^2
+        within_energy = sq_within.sum(1) / n
+        class_var = (sq_within @ self.onehot.T) / self.counts
+        tr_b = torch.diagonal(mbar_g, dim1=1, dim2=2).sum(1) / k
+        # nc1: |Fw B^+|_F^2 with Fw B^T = D B C P^T Q / sqrt(N) and B B^T = Q^T Mbar Mbar^T Q.
+        q = self.basis
+        cross = bc @ (self.centre.T @ q)  # (R, N, K-1): h_i . (Q^T Mbar)_j
+        cross = cross - (self.onehot.T @ (self.avg.T @ cross))  # rows minus their class mean
+        gm = q.T @ mbar_g @ q
+        value = _nc1_value(gm, cross.to(torch.float64) / n ** 0.5, s.dtype).to(s.dtype)
+        nc1 = torch.where(tr_b > 0, value, within_energy / tr_b)
+        norms = torch.diagonal(mbar_g, dim1=1, dim2=2).clamp_min(0.0).sqrt()
+        cos = mbar_g / (norms.unsqueeze(-1) * norms.unsqueeze(-2))
+        off = ~torch.eye(k, dtype=torch.bool, device=s.device)
+        nc2_angle = ((cos + 1.0 / (k - 1)).abs() * off).sum((1, 2)) / (k * (k - 1))
+        wc_g = self.centre_w @ a @ self.centre_w
+        w_norms = torch.diagonal(a, dim1=1, dim2=2).clamp_min(0.0).sqrt()
+        w_mbar = s @ self.avg @ self.centre.T  # (R, K, K): w_a . mbar_c
+        wc_mbar = (self.centre_w @ w_mbar)
+        wc_norm = torch.diagonal(wc_g, dim1=1, dim2=2).sum(1).clamp_min(0.0).sqrt()
+        m_norm = torch.diagonal(mbar_g, dim1=1, dim2=2).sum(1).clamp_min(0.0).sqrt()
+        inner = torch.diagonal(wc_mbar, dim1=1, dim2=2).sum(1) / (wc_norm * m_norm)
+        nc3 = (wc_norm / wc_norm).square() + (m_norm / m_norm).square() - 2.0 * inner
+        cos_wm = torch.diagonal(w_mbar, dim1=1, dim2=2) / (w_norms * norms)
+        # nc4: argmax of the logits against the nearest class mean (distances about the
+        # average class mean, as in ncsim.metrics).
+        logits = s if b is None else s + b.unsqueeze(-1)
+        h_ref = bc.mean(2, keepdim=True)  # h_i . ref
+        ref_mu = mg.mean(1)  # (R, K): ref . mu_c
+        ref_ref = mg.mean((1, 2)).view(-1, 1, 1)
+        mcmc = torch.diagonal(mg, dim1=1, dim2=2) - 2.0 * ref_mu + ref_ref.view(-1, 1)
+        hcmc = bc - h_ref - ref_mu.unsqueeze(1) + ref_ref
+        score = mcmc.unsqueeze(1) - 2.0 * hcmc
+        nc4 = (logits.argmax(1) != score.argmin(2)).to(s.dtype).mean(1)
+        dist2 = (torch.diagonal(mbar_g, dim1=1, dim2=2).unsqueeze(-1)
+                 + torch.diagonal(mbar_g, dim1=1, dim2=2).unsqueeze(-2) - 2.0 * mbar_g
+                 ).clamp_min(0.0)
+        num = 0.5 * (class_var.unsqueeze(-1) + class_var.unsqueeze(-2))
+        iu = torch.triu_indices(k, k, offset=1, device=s.device)
+        cdnv = (num[:, iu[0], iu[1]] / dist2[:, iu[0], iu[1]]).mean(-1)
+        out = {
+            "fn": fn,
+            "nc1": nc1,
+            "nc1_trace": within_energy / tr_b,
+            "nc2_etf": _etf_distance_gram(mbar_g, eye),
+            "nc2_etf_w": _etf_distance_gram(wc_g, eye),
+            "nc2_equinorm": norms.std(-1, correction=1) / norms.mean(-1),
+            "nc2_equinorm_w": w_norms.std(-1, correction=1) / w_norms.mean(-1),
+            "nc2_angle": nc2_angle,
+            "nc3": nc3,
+            "nc3_paper": 1.0 - cos_wm.mean(-1),
+            "nc4": nc4,
+            "cdnv": cdnv,
+            "class_mean_norm": norms.mean(-1),
+            "within_energy": within_energy,
+            "w_norm": torch.diagonal(a, dim1=1, dim2=2).sum(1).clamp_min(0.0).sqrt(),
+        }
+        return {name: out[name] for name in METRIC_NAMES}
+
+
+def _etf_distance_gram(g: Tensor, eye: Tensor) -> Tensor:
+    """|| G/|G|_F - (I - 11^T/K)/sqrt(K-1) ||_F for a Gram G (R, K, K)."""
+    k = g.shape[-1]
+    g = g / torch.linalg.vector_norm(g, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
+    target = (eye - 1.0 / k) / (k - 1) ** 0.5
+    return torch.linalg.vector_norm(g - target, dim=(-2, -1))
+
+
+def _nc1_value(gram: Tensor, cross: Tensor, dtype: torch.dtype) -> Tensor:
+    """|cross T|_F^2 with T = S^{-1} + delta S^{-2}, S = gram + delta I (order-2 Tikhonov).
+
+    Same regularisation as ``ncsim.metrics._soft_pinv`` (p >= K - 1 branch): there
+    B^+ ~ B^T (S^{-1} + delta S^{-2}) and Fw B^+ = (Fw B^T) T.
+    """
+    from ncsim.metrics import _chol_solve
+
+    g64 = gram.to(torch.float64)
+    m = g64.shape[-1]
+    delta_rel = 1e-10 if dtype == torch.float64 else 1e-7
+    delta_rel = max(delta_rel, 16.0 * m * torch.finfo(torch.float64).eps)
+    delta = (delta_rel * torch.diagonal(g64, dim1=-2, dim2=-1).sum(-1)).view(-1, 1, 1)
+    eye = torch.eye(m, dtype=torch.float64, device=gram.device)
+    chol, _ = torch.linalg.cholesky_ex(g64 + delta * eye)
+    rhs = cross.transpose(1, 2)  # (R, K-1, N)
+    y = _chol_solve(chol, rhs)
+    y = _chol_solve(chol, rhs + delta * y)
+    return (y * y).sum((1, 2))

@@ -1,0 +1,153 @@
+"""The Gram-space form of the one-layer UFM against the plain float64 d-space path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ncsim.errors import InputError
+from ncsim.flow.simulate import RECORDED, simulate
+from ncsim.metrics import METRIC_NAMES, nc_metrics
+from ncsim.models import Penalties, UFMObjective, initial_state
+from ncsim.models.gram import GramObjective, use_gram
+from ncsim.spec import (
+    InitSpec,
+    ModelSpec,
+    Regularization,
+    RunSpec,
+    SolverSpec,
+    TimeScale,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one torch thread is faster (and steadier on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+CASES = [("ce", "none"), ("ce", "reg"), ("mse", "none"), ("mse", "free")]
+
+
+def _point(loss: str, bias: str, dim: int = 7, runs: int = 3):
+    per_class = (3, 5, 4, 2) if bias != "none" else 3
+    model = ModelSpec(loss=loss, bias=bias, classes=4, per_class=per_class, dim=dim)
+    obj = UFMObjective(model, "cpu", torch.float64)
+    gram = GramObjective(model, "cpu", torch.float64)
+    y = initial_state(model, [InitSpec(scale=0.7, seed=s) for s in range(runs)], "cpu",
+                      torch.float64)
+    lay = obj.layout
+    gen = torch.Generator().manual_seed(0)
+    if "b" in lay:
+        y[:, lay["b"].start:] = torch.randn(runs, 4, generator=gen, dtype=torch.float64)
+    pen = Penalties(w=torch.tensor([[1e-2, 2e-3, 3e-2]], dtype=torch.float64)[:, :runs],
+                    h=torch.tensor([2e-2, 1e-3, 5e-3], dtype=torch.float64)[:runs],
+                    b=torch.tensor([1e-2, 2e-2, 3e-2] if bias == "reg" else [0.0] * 3,
+                                   dtype=torch.float64)[:runs])
+    return model, obj, gram, y, pen
+
+
+def _gram_of(obj, gram, y):
+    lay = obj.layout
+    b = lay.view(y, "b") if "b" in lay else None
+    return gram.from_parameters(lay.view(y, "H"), lay.view(y, "W1"), b)
+
+
+@pytest.mark.parametrize(("loss", "bias"), CASES)
+def test_gram_velocity_is_the_chain_rule_of_the_flow(loss, bias):
+    _, obj, gram, y, pen = _point(loss, bias)
+    lay = obj.layout
+    v = -obj.gradient(y, pen)
+    h, w, dh, dw = lay.view(y, "H"), lay.view(y, "W1"), lay.view(v, "H"), lay.view(v, "W1")
+    expected = {"Z": dw @ h + w @ dh, "A": dw @ w.transpose(1, 2) + w @ dw.transpose(1, 2),
+                "B": dh.transpose(1, 2) @ h + h.transpose(1, 2) @ dh}
+    if "b" in lay:
+        expected["b"] = lay.view(v, "b")
+    got = gram.velocity(_gram_of(obj, gram, y), pen)
+    torch.testing.assert_close(got, gram.layout.pack(expected), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("loss", "bias"), CASES)
+def test_gram_value_grad_norm_and_metrics_equal_d_space(loss, bias):
+    model, obj, gram, y, pen = _point(loss, bias)
+    s = _gram_of(obj, gram, y)
+    for a, b in zip(obj.value(y, pen), gram.value(s, pen)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gram.grad_norm(s, pen), obj.gradient(y, pen).norm(dim=1),
+                               rtol=1e-10, atol=1e-14)
+    lay = obj.layout
+    b = lay.view(y, "b") if "b" in lay else None
+    ref = nc_metrics(lay.view(y, "H").transpose(1, 2), obj.labels, model.classes,
+                     lay.view(y, "W1"), b)
+    got = gram.metrics(s)
+    assert list(got) == list(METRIC_NAMES)
+    for name in METRIC_NAMES:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_factor_is_an_isometric_representative():
+    _, obj, gram, y, _ = _point("ce", "reg")
+    s = _gram_of(obj, gram, y)
+    h, w = gram.factor(s)
+    assert h.shape == (3, 7, 14) and w.shape == (3, 4, 7)
+    b = gram.layout.view(s, "b")
+    torch.testing.assert_close(gram.from_parameters(h, w, b), s, rtol=0, atol=1e-12)
+
+
+def test_auto_reduction_picks_gram_only_where_it_is_smaller():
+    assert not use_gram(ModelSpec(dim=32), "auto")  # N + K = 210 > d
+    assert use_gram(ModelSpec(dim=4096), "auto")
+    assert use_gram(ModelSpec(dim=4), "gram")
+    assert not use_gram(ModelSpec(dim=4096), "none")
+    deep = ModelSpec(kind="deep", depth=2, dim=4096)
+    assert not use_gram(deep, "auto")
+    with pytest.raises(InputError, match="reduction"):
+        RunSpec(model=deep, solver=SolverSpec(reduction="gram")).validate()
+    with pytest.raises(InputError, match="reduction"):
+        RunSpec(solver=SolverSpec(reduction="fast")).validate()
+
+
+def _pair(loss, bias, dtype="float64", reduction="gram", **solver):
+    model = ModelSpec(loss=loss, bias=bias, classes=3, per_class=(2, 3, 2), dim=6)
+    settings = {"t_end": 40.0, "records": 15, "rtol": 1e-11, "atol": 1e-13, "gtol": 0.0,
+                **solver}
+    specs = [RunSpec(model=model,
+                     reg=Regularization(lambda_w=lw, lambda_h=lh,
+                                        lambda_b=0.03 if bias == "reg" else 0.0),
+                     init=InitSpec(scale=0.4, seed=i),
+                     time_scale=TimeScale(eta_h=1.0 + 0.5 * i),
+                     solver=SolverSpec(reduction=reduction, dtype=dtype, **settings))
+             for i, (lw, lh) in enumerate([(1e-2, 2e-2), (3e-3, 1e-3)])]
+    return simulate(specs, theory=False)
+
+
+@pytest.mark.parametrize(("loss", "bias"), [("ce", "none"), ("ce", "reg"), ("mse", "none"),
+                                            ("mse", "reg")])
+def test_gram_trajectories_equal_d_space(loss, bias):
+    gram, plain = _pair(loss, bias, reduction="gram"), _pair(loss, bias, reduction="none")
+    cols = ["loss", "objective", "fn", "w_norm", "within_energy", "class_mean_norm", "nc1_trace",
+            "nc2_etf", "nc3"]
+    np.testing.assert_allclose(gram.trajectories[cols].to_numpy(),
+                               plain.trajectories[cols].to_numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gram.runs["grad_norm_final"], plain.runs["grad_norm_final"],
+                               rtol=1e-6, atol=1e-12)
+    rid = gram.runs["run_id"].iloc[0]
+    state = gram.final_state(rid)
+    assert {"Z", "A", "B"} <= set(state)
+    w, h = state["W"][0], state["H"]
+    np.testing.assert_allclose(w @ h, state["Z"], atol=1e-12)
+    plain_state = plain.final_state(plain.runs["run_id"].iloc[0])
+    np.testing.assert_allclose(state["B"], plain_state["H"].T @ plain_state["H"], rtol=1e-8,
+                               atol=1e-12)
+
+
+def test_gram_float32_agrees_with_float64():
+    f32 = _pair("ce", "none", dtype="float32", rtol=1e-6, atol=1e-8)
+    f64 = _pair("ce", "none", dtype="float64", rtol=1e-10, atol=1e-12)
+    for col in ("loss", "fn", "w_norm"):
+        np.testing.assert_allclose(f32.trajectories[col], f64.trajectories[col], rtol=1e-4)
+    assert set(RECORDED) <= set(f32.trajectories.columns)
