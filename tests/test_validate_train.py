@@ -148,3 +148,31 @@ def test_cli_train_and_bad_input(tmp_path: Path):
         res = CliRunner().invoke(validate, args + bad)
         assert res.exit_code == 2, res.output
         assert word in res.stderr and res.stderr.strip().count("\n") == 0
+
+
+def cpu_small_data():
+    from ncsim.validate.train import CPU_SMALL_DATA
+
+    args = dict(CPU_SMALL_DATA)
+    return load_dataset(args.pop("name"), **args)
+
+
+def test_cpu_small_preset_nc1_falls_tenfold():
+    from ncsim.validate.train import preset
+
+    config = preset("cpu-small", epochs=(50, 1500), nc_every=100)
+    log = train(config, cpu_small_data()).log
+    p2 = log[log.phase == 2]
+    assert p2.accuracy.iloc[-1] == 1.0
+    nc1_start = float(log[log.phase == 1].nc1_trace.iloc[-1])
+    assert p2.nc1_trace.iloc[-1] < nc1_start / 10
+
+
+@pytest.mark.slow
+def test_cpu_small_preset_collapses():
+    from ncsim.validate.train import preset
+
+    log = train(preset("cpu-small"), cpu_small_data()).log
+    out = summarize(log)
+    assert log.accuracy.iloc[-1] == 1.0 and out["final_metric"] < 0.01
+    assert math.isfinite(out["onset_epoch"]) and math.isfinite(out["fn_star"])

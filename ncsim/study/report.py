@@ -76,7 +76,8 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
              f"**Question.** {study.question}", "", f"**Claim tested.** {study.claim}", "",
              f"**Verdict: {section.verdict}.** {section.reason}", "",
              f"Runs: {len(runs)} ({_status_counts(runs)}). Metrics: "
-             f"{', '.join(study.metrics) or 'onset_time, fn_at_onset'}. Spec: `{Path(str(study.source)).name}`.",
+             f"{', '.join(study.metrics) or 'onset_time, fn_at_onset'}. "
+             f"Spec: `{Path(str(study.source)).name}`.",
              ""]
     failed = runs[runs["status"] == FAILED] if "status" in runs else runs.iloc[0:0]
     if len(failed):

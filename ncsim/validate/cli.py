@@ -123,8 +123,10 @@ def _train_config(preset_name: str, epochs: str | None, arch: str | None, depth:
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="folder of the IDX / CIFAR files (mnist, cifar10, fashion_mnist)")
 @click.option("--per-class", type=int, default=None, help="balanced subset: samples per class")
-@click.option("--preset", "preset_name", type=click.Choice(["mlp", "resnet20"]), default="mlp",
-              show_default=True, help="the paper's two-phase protocol (CE then MSE)")
+@click.option("--preset", "preset_name", type=click.Choice(["mlp", "resnet20", "cpu-small"]),
+              default="mlp", show_default=True,
+              help="mlp, resnet20: the paper's two-phase protocol (CE then MSE); cpu-small: a "
+              "full-batch CPU run that collapses in seconds (digits, 10 per class by default)")
 @click.option("--epochs", default=None, help="epochs per phase, e.g. 200,300")
 @click.option("--arch", type=click.Choice(["mlp", "cnn", "resnet20"]), default=None)
 @click.option("--depth", type=int, default=None, help="MLP hidden layers (>= 1)")
@@ -136,14 +138,19 @@ def _train_config(preset_name: str, epochs: str | None, arch: str | None, depth:
 @click.option("--weight-decay", type=float, default=None, help="weight decay (every phase)")
 @click.option("--schedule", default=None, help="cosine, step or constant (every phase)")
 @click.option("--batch-size", type=int, default=None, help="batch size (every phase)")
-@click.option("--nc-every", type=int, default=10, show_default=True,
-              help="epochs between NC records")
+@click.option("--nc-every", type=int, default=None,
+              help="epochs between NC records [default: 10; cpu-small: 50]")
 @click.option("--nc-min-accuracy", type=float, default=0.0, show_default=True,
               help="leave NC columns empty below this train accuracy (paper: 0.99)")
 @click.option("--intervene-epoch", type=int, default=None,
               help="rescale the last hidden layer after this many epochs")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="rescale factor")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="seed of the initialisation, the batch order and the data subset")
+@click.option("--seeds", default=None,
+              help="train several seeds at once (e.g. 0,1,2) with the stacked trainer into one "
+              "log (run ids ..._s{seed}); the data subset uses --seed; no checkpoints, "
+              "intervention or --amp")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp/--no-amp", default=False, help="mixed precision training steps")
 @click.option("--onset-threshold", type=float, default=0.01, show_default=True)
@@ -157,8 +164,10 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, prese
               epochs: str | None, arch: str | None, depth: int | None, width: int | None,
               activation: str | None, optimizer: str | None, lr: float | None,
               weight_decay: float | None, schedule: str | None, batch_size: int | None,
-              nc_every: int, nc_min_accuracy: float, intervene_epoch: int | None, alpha: float,
-              seed: int, device: str, amp: bool, onset_threshold: float, out: Path,
+              nc_every: int | None, nc_min_accuracy: float, intervene_epoch: int | None,
+              alpha: float,
+              seed: int, seeds: str | None, device: str, amp: bool, onset_threshold: float,
+              out: Path,
               checkpoint_every: int, fmt: str, progress: bool) -> None:
     """Train a network with the two-phase protocol and NC tracking; write the log and a figure."""
     import dataclasses
@@ -168,53 +177,76 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, prese
     from ncsim.validate.plots import plot_training
     from ncsim.validate.train import summarize, train
 
+    if preset_name == "cpu-small" and per_class is None:
+        from ncsim.validate.train import CPU_SMALL_DATA
+
+        per_class = CPU_SMALL_DATA["per_class"]
     config = _train_config(preset_name, epochs, arch, depth, width, activation,
                            {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
                             "schedule": schedule, "batch_size": batch_size})
-    run_id = f"{config.arch}_{dataset}_s{seed}"
+    seed_list = _split_ints(seeds, "--seeds")
+    if seed_list is not None and (intervene_epoch is not None or amp or checkpoint_every):
+        raise InputError("--seeds (stacked training) has no --intervene-epoch, --amp or "
+                         "--checkpoint-every")
+    run_id = f"{config.arch}_{dataset}" if seed_list else f"{config.arch}_{dataset}_s{seed}"
     config = dataclasses.replace(
-        config, nc_every=nc_every, nc_min_accuracy=nc_min_accuracy, seed=seed, device=device,
+        config, nc_every=nc_every if nc_every is not None else config.nc_every,
+        nc_min_accuracy=nc_min_accuracy, seed=seed, device=device,
         amp=amp, intervention_epoch=intervene_epoch, intervention_alpha=alpha,
-        checkpoint_dir=str(out / "checkpoints"), checkpoint_every=checkpoint_every,
+        checkpoint_dir=None if seed_list else str(out / "checkpoints"),
+        checkpoint_every=checkpoint_every,
         run_id=run_id, data_args={"name": dataset, "per_class": per_class, "seed": seed,
                                   "root": None if data_root is None else str(data_root)},
         labels={"model": config.arch, "dataset": dataset,
                                "condition": f"{config.arch}{config.width}"}).validate()
     data = load_dataset(dataset, per_class=per_class, seed=seed, root=data_root)
-    result = train(config, data, progress=progress)
+    result = train(config, data, progress=progress,
+                   seeds=None if seed_list is None else list(seed_list))
     write_table(result.log, out / "log.parquet")
     write_table(result.log, out / "log.csv")
-    summary = {"run": run_id, **summarize(result.log, onset_threshold),
-               "fn_before_intervention": result.fn_before_intervention}
-    write_json({"config": config.to_dict(), "summary": summary,
+    runs = result.runs or [result]
+    summaries = [{"run": r.config.run_id, "seed": r.config.seed,
+                  **summarize(r.log, onset_threshold),
+                  "fn_before_intervention": r.fn_before_intervention} for r in runs]
+    write_json({"config": config.to_dict(), "seeds": [r.config.seed for r in runs],
+                "summary": summaries[0] if len(summaries) == 1 else summaries,
                 "provenance": provenance(device, "float32")}, out / "run.json")
-    plot_training(result.log, out / "training.png", onset=summary["onset_epoch"])
+    plot_training(runs[0].log, out / "training.png", onset=summaries[0]["onset_epoch"])
     if fmt == "json":
-        click.echo(json.dumps(to_jsonable({"runs": [summary], "out": str(out)})))
+        click.echo(json.dumps(to_jsonable({"runs": summaries, "out": str(out)})))
         return
-    _print_table(f"training run (log: {out / 'log.parquet'})", pd.DataFrame([summary]))
+    _print_table(f"training run (log: {out / 'log.parquet'})", pd.DataFrame(summaries))
 
 
 @validate.command("compare")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True,
               help="folder written by 'ncsim validate train' (two-phase CE -> MSE run)")
-@click.option("--per-class", type=int, default=20, show_default=True,
-              help="class-balanced subsample (n per class) for the UFM surrogate")
+@click.option("--per-class", type=int, default=None,
+              help="class-balanced subsample (n per class) for the UFM surrogate "
+              "[default: min(20, smallest class)]")
 @click.option("--onset-threshold", type=float, default=0.01, show_default=True)
 @click.option("--horizon", type=float, default=10.0, show_default=True,
-              help="simulate up to this multiple of the network's MSE-phase time")
+              help="simulate at least this multiple of the network's MSE-phase time")
+@click.option("--wd-horizon", type=float, default=5.0, show_default=True,
+              help="simulate at least this multiple of the surrogate's collapse time scale "
+              "1 / (2 lambda_H)")
+@click.option("--max-steps", type=int, default=20_000, show_default=True,
+              help="step budget of the surrogate integration (past it: extrapolated onset)")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="output folder (default: the run folder)")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @handle_errors
-def compare_cmd(run_dir: Path, per_class: int, onset_threshold: float, horizon: float,
-                out: Path | None, fmt: str) -> None:
+def compare_cmd(run_dir: Path, per_class: int | None, onset_threshold: float, horizon: float,
+                wd_horizon: float, max_steps: int, out: Path | None, fmt: str) -> None:
     """Measured vs simulated (UFM surrogate) onset and fn*, next to the closed-form fn*."""
     from ncsim.io import write_table
     from ncsim.validate.compare import compare_run
     from ncsim.validate.plots import plot_overlay
 
-    result = compare_run(run_dir, per_class, onset_threshold, horizon)
+    if max_steps < 1:
+        raise InputError(f"--max-steps must be >= 1, got {max_steps}")
+    result = compare_run(run_dir, per_class, onset_threshold, horizon,
+                         wd_horizon=wd_horizon, max_steps=max_steps)
     out = out or run_dir
     table = result["table"]
     write_table(table, out / "compare.csv")
@@ -225,5 +257,5 @@ def compare_cmd(run_dir: Path, per_class: int, onset_threshold: float, horizon: 
     if fmt == "json":
         click.echo(json.dumps({"runs": _records(table)}))
         return
-    _print_table("network vs UFM surrogate (times t = lr x steps from the MSE start)", table.T
+    _print_table(f"network vs UFM surrogate (time: {row['time_mapping']})", table.T
                  .reset_index().rename(columns={"index": "quantity", 0: "value"}))

@@ -6,7 +6,31 @@ Input: a training run folder written by ``ncsim validate train`` (``checkpoints/
 features and classifier at the start of the MSE phase on a class-balanced subsample of n per
 class, with the same K, d and lambda_W, and lambda_H from the balance calibration.
 
-All times are in the network's unit t = lr x steps, counted from the start of the MSE phase.
+Time units. ncsim's gradient flow is ``d theta/dt = -grad f`` with ``f = (1/N) sum 1/2 |z - y|^2
++ ...``; PyTorch's ``nn.MSELoss`` (mean over the N x K entries, no 1/2) is (2/K) times ncsim's
+data term, so a network with coupled L2 ``wd`` minimises (2/K) f with ``lambda_W = K wd / 2`` and
+its gradient flow in its own time t runs ncsim's flow at ``t_ncsim = (2/K) t``. The network's time
+is ``t = lr x steps`` for plain GD/SGD and ``t = lr x steps / (1 - m)`` for SGD with momentum m
+(heavy ball or Nesterov: the steady-state step is lr / (1 - m) times the gradient). All times in
+the table are in this unit t, counted from the start of the MSE phase.
+
+Adam and AdamW divide each coordinate by its running gradient scale, so their steps follow no
+time of the gradient flow of f: for such a phase 2 the table says ``time_mapping = "invalid
+(adam)"``, ``time_mapping_valid = False``, gives the measured onset in ``lr x steps`` for
+reference only and leaves the simulated onset empty (NaN); fn* values (which carry no time) are
+still reported.
+
+Horizon and cost. The surrogate's collapse is driven by its feature penalty: after it fits the
+targets, the within-class spread outside the row space of W decays as ``exp(-lambda_H t_ncsim)``
+(its variance, hence nc1_trace, at the rate ``2 lambda_H``). The integration therefore runs to
+``max(horizon x the MSE-phase time, wd_horizon / (2 lambda_H))`` in ncsim time, i.e. to its own
+onset, within a step budget (``max_steps``). The balance calibration can give a small lambda_H
+(1e-5 or less) while the classifier's rate |H|^2 / N is large, a stiff system whose explicit
+integration to the onset may exceed the budget; the row then has ``onset_simulated`` NaN,
+``status_simulated = "max_steps"``, the time reached (``onset_simulated_lower_bound``: the
+surrogate has not collapsed before it) and the extrapolation ``onset_simulated_estimate =
+t_reached + ln(nc1_trace(t_reached) / threshold) / (2 lambda_H)`` (network units), with
+``onset_simulated_source`` naming which of the two the ratio column uses.
 """
 
 from __future__ import annotations
@@ -25,28 +49,34 @@ from ncsim.validate.data import load_dataset
 from ncsim.validate.train import load_checkpoint
 
 
-def _measured(log: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, float, float]:
+def _measured(log: pd.DataFrame, threshold: float, factor: float = 1.0
+              ) -> tuple[pd.DataFrame, float, float]:
     require("flow_time" in log.columns, "the training log lacks flow_time (t = lr x steps)")
     phase2 = log[log["phase"] == 2].sort_values("time")
     require(len(phase2) > 0, "the training log has no MSE phase (phase 2)")
     before = log[log["time"] <= phase2["time"].iloc[0] - 0.5]
     t0 = float(before["flow_time"].iloc[-1]) if len(before) else 0.0
-    curve = phase2.assign(t=phase2["flow_time"].to_numpy(np.float64) - t0)
+    curve = phase2.assign(t=(phase2["flow_time"].to_numpy(np.float64) - t0) * factor)
     t = curve["t"].to_numpy(np.float64)
     onset = onset_time(t, curve["nc1_trace"].to_numpy(np.float64), threshold, interpolate=False)
     return curve, onset, value_at(t, curve["fn"].to_numpy(np.float64), onset, False)
 
 
-def compare_run(run_dir: str | Path, per_class: int = 20, threshold: float = 0.01,
-                horizon: float = 10.0, seed: int = 0) -> dict[str, Any]:
+def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: float = 0.01,
+                horizon: float = 10.0, seed: int = 0, wd_horizon: float = 5.0,
+                max_steps: int = 20_000) -> dict[str, Any]:
     """Compare a training run with its UFM surrogate.
 
     Parameters
     ----------
     run_dir : folder of ``ncsim validate train`` output.
-    per_class : n, samples per class of the surrogate.
+    per_class : n, samples per class of the surrogate (None: min(20, smallest class)).
     threshold : onset when nc1_trace < threshold (both curves, first record below).
-    horizon : simulate up to ``horizon`` x the network's MSE-phase duration.
+    horizon : simulate at least ``horizon`` x the network's MSE-phase duration.
+    seed : seed of the class-balanced subsample.
+    wd_horizon : simulate at least ``wd_horizon / (2 lambda_H)`` (ncsim time, the surrogate's
+        collapse time scale).
+    max_steps : step budget of the surrogate integration.
 
     Returns
     -------
@@ -61,6 +91,7 @@ def compare_run(run_dir: str | Path, per_class: int = 20, threshold: float = 0.0
             raise InputError(f"{path} not found; give a folder written by 'ncsim validate train' "
                              "with a two-phase (CE then MSE) protocol")
     from ncsim.io import read_table
+    from ncsim.validate.train import Phase, flow_time_factor
 
     model0, state0 = load_checkpoint(start_ckpt)
     config = state0["config"]
@@ -72,6 +103,15 @@ def compare_run(run_dir: str | Path, per_class: int = 20, threshold: float = 0.0
     data = load_dataset(args["name"], per_class=args.get("per_class"), seed=args.get("seed", 0),
                         root=args.get("root"))
     K = data.classes
+    counts = np.bincount(data.y_train.cpu().numpy(), minlength=K)
+    if per_class is None:
+        per_class = int(min(20, counts.min()))
+    require(1 <= per_class <= counts.min(),
+            f"--per-class must lie in [1, {counts.min()}] (the smallest class of the run's "
+            f"training set), got {per_class}")
+    phase2_spec = Phase(**{**phase2, "milestones": tuple(phase2.get("milestones", ()))})
+    step_factor = flow_time_factor(phase2_spec)
+    mapping_ok = np.isfinite(step_factor)
     start = sg.network_state(model0, data, per_class, seed)
     final = start
     if final_ckpt.exists():
@@ -79,11 +119,12 @@ def compare_run(run_dir: str | Path, per_class: int = 20, threshold: float = 0.0
     lam_w = sg.lambda_w_ncsim(phase2["weight_decay"], K)
     lam_h = sg.calibrate_lambda_h(final, lam_w)
     log = read_table(log_path)
-    curve, onset_net, fn_net = _measured(log, threshold)
+    curve, onset_net, fn_net = _measured(log, threshold, step_factor if mapping_ok else 1.0)
     factor = sg.time_factor(K)
     duration = float(curve["t"].max())
     require(duration > 0, "the MSE phase of the log has zero duration (lr = 0?)")
-    spec = sg.surrogate_spec(start, lam_w, lam_h, horizon * duration * factor, threshold)
+    t_end = max(horizon * duration * factor, wd_horizon / (2.0 * lam_h))
+    spec = sg.surrogate_spec(start, lam_w, lam_h, t_end, threshold, max_steps=max_steps)
     from ncsim.flow import simulate
 
     sim = simulate([spec])
@@ -92,16 +133,41 @@ def compare_run(run_dir: str | Path, per_class: int = 20, threshold: float = 0.0
     onset_sim = onset_time(t, traj["nc1_trace"].to_numpy(np.float64), threshold,
                            interpolate=False)
     fn_sim = value_at(t, traj["fn"].to_numpy(np.float64), onset_sim, False)
+    t_reached = float(t[-1])
+    nc1_reached = float(traj["nc1_trace"].iloc[-1])
+    if math.isfinite(onset_sim):
+        estimate, source = onset_sim, "simulated"
+    else:
+        rest = math.log(max(nc1_reached / threshold, 1.0)) / (2.0 * lam_h) / factor
+        estimate, source = t_reached + rest, "extrapolated"
+    if not mapping_ok:
+        estimate, source = math.nan, "none (no time mapping)"
+    if mapping_ok:
+        mapping = ("t = lr x steps" if step_factor == 1.0
+                   else f"t = lr x steps / (1 - momentum) = {step_factor:g} lr x steps")
+    else:
+        mapping = (f"invalid ({phase2['optimizer']}): no gradient-flow time; onset_measured "
+                   "is lr x steps, onset_simulated omitted")
     fn_theory, regime = sg.closed_form_fn_star(spec)
     row = {
         "run": log["run_id"].iloc[0] if "run_id" in log else run_dir.name,
         "K": K, "d": start.H.shape[0], "n_per_class": per_class,
         "weight_decay": phase2["weight_decay"], "lambda_w": lam_w, "lambda_h": lam_h,
         "lambda_h_rule": "balance: lambda_W |W|^2 / |H|^2 at the final network state",
-        "time_unit": "t = lr x steps from MSE start",
-        "onset_measured": onset_net, "onset_simulated": onset_sim,
+        "optimizer": phase2["optimizer"], "time_mapping": mapping,
+        "time_mapping_valid": bool(mapping_ok), "time_unit": "t from MSE start",
+        "t_ncsim_per_t": factor, "lambda_w_x_t_end": lam_w * factor * duration,
+        "onset_measured": onset_net, "onset_simulated": onset_sim if mapping_ok else math.nan,
+        "onset_simulated_lower_bound": t_reached if mapping_ok else math.nan,
+        "onset_simulated_estimate": estimate, "onset_simulated_source": source,
+        "onset_ratio_sim_over_measured": (estimate / onset_net
+                                          if onset_net and math.isfinite(onset_net) else math.nan),
+        "collapse_time_scale": 1.0 / (2.0 * lam_h) / factor,
         "fn_star_measured": fn_net, "fn_star_simulated": fn_sim,
         "fn_star_closed_form": fn_theory, "theory_note": regime,
+        "fn_star_ratio_sim_over_measured": fn_sim / fn_net if fn_net else math.nan,
+        "fn_star_ratio_closed_form_over_measured": (fn_theory / fn_net if fn_net
+                                                    else math.nan),
         "fn_start": start.fn, "fn_final_measured": float(curve["fn"].iloc[-1]),
         "fn_final_simulated": float(traj["fn"].iloc[-1]),
         "nc1_final_measured": float(curve["nc1_trace"].iloc[-1]),

@@ -80,8 +80,18 @@ def calibrate_lambda_h(state: SurrogateState, lambda_w: float) -> float:
 
 
 def surrogate_spec(state: SurrogateState, lambda_w: float, lambda_h: float, t_end: float,
-                   threshold: float = 0.01, records: int = 200):
-    """RunSpec of the UFM-MSE surrogate started at ``state`` (t_end in ncsim time)."""
+                   threshold: float = 0.01, records: int = 200, max_steps: int = 20_000):
+    """RunSpec of the UFM-MSE surrogate started at ``state``.
+
+    Parameters
+    ----------
+    state : initial H, W, b. lambda_w, lambda_h : ncsim regularisation.
+    t_end : final time in ncsim units. threshold : nc1_trace onset threshold.
+    records : recorded times (log-spaced). max_steps : step budget of the integration.
+
+    The one-layer UFM is integrated in the Gram-space form when it is smaller (``reduction =
+    "auto"``: d > N + K), whose cost does not depend on d.
+    """
     from ncsim.spec import InitSpec, ModelSpec, OnsetSpec, Regularization, RunSpec, SolverSpec
 
     d, N = state.H.shape
@@ -94,7 +104,8 @@ def surrogate_spec(state: SurrogateState, lambda_w: float, lambda_h: float, t_en
                          lambda_b=lambda_w if bias == "reg" else 0.0)
     init = InitSpec(kind="arrays", arrays={"H": state.H, "W": [state.W], "b": state.b})
     solver = SolverSpec(method="dopri5", t_end=t_end, records=records,
-                        t_first=min(1e-3, t_end / 1e4), rtol=1e-7, atol=1e-9)
+                        t_first=min(1e-3, t_end / 1e4), rtol=1e-6, atol=1e-8,
+                        max_steps=max_steps, reduction="auto")
     return RunSpec(model=model, reg=reg, init=init, solver=solver,
                    onset=OnsetSpec(metric="nc1_trace", threshold=threshold, interpolate=False))
 
@@ -112,7 +123,7 @@ def closed_form_fn_star(spec) -> tuple[float, str]:
     return float(cols.get("fn_star_theory", math.nan)), str(cols.get("theory_regime", ""))
 
 
-def simulated_curve(trajectories, factor: float) -> np.ndarray:
+def simulated_curve(trajectories, factor: float):
     """Trajectory rows with the time in the network's unit (t = t_ncsim / factor)."""
     out = trajectories.copy()
     out["t"] = out["time"].to_numpy(np.float64) / factor

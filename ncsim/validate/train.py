@@ -46,7 +46,7 @@ from ncsim.validate.networks import build_network
 LOSSES = ("ce", "mse")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
-PRESETS = ("mlp", "resnet20")
+PRESETS = ("mlp", "resnet20", "cpu-small")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ class Phase:
     lr : learning rate. weight_decay : the optimiser's ``weight_decay``.
     schedule : "cosine" (to 0 over the phase), "step" (x ``gamma`` at ``milestones``, epochs
     counted from the phase start) or "constant". batch_size : samples per step.
+    decay_last : apply ``weight_decay`` only to the last ``decay_last`` Linear layers (the
+    classifier counts as one); 0 = every parameter.
     """
 
     loss: str = "ce"
@@ -70,6 +72,7 @@ class Phase:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     batch_size: int = 256
+    decay_last: int = 0
 
     def validate(self) -> None:
         require(self.loss in LOSSES, f"unknown loss {self.loss!r}; allowed: {', '.join(LOSSES)}")
@@ -82,6 +85,8 @@ class Phase:
         require(math.isfinite(self.lr) and self.lr >= 0, f"lr must be >= 0, got {self.lr}")
         require(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        require(isinstance(self.decay_last, int) and self.decay_last >= 0,
+                f"decay_last must be an integer >= 0, got {self.decay_last}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class TrainConfig:
     phases : the training phases in order (phase numbers 1, 2, ...).
     nc_every : epochs between two NC records (also epoch 0 and every phase end).
     nc_min_accuracy : NC columns empty while train accuracy < this (paper: 0.99; 0 = always).
+    eval_batch : samples per forward pass of a record.
+    eval_test : also pass the test set at every record (``test_accuracy``; NaN when False).
     intervention_epoch, intervention_alpha : after that many epochs the last hidden layer is
         rescaled by alpha (features x alpha); the record at that epoch is taken after it.
     seed : seeds the initialisation and the batch order. device : "cpu", "cuda", ...
@@ -111,6 +118,7 @@ class TrainConfig:
     nc_every: int = 10
     nc_min_accuracy: float = 0.0
     eval_batch: int = 4096
+    eval_test: bool = True
     intervention_epoch: int | None = None
     intervention_alpha: float = 1.0
     seed: int = 0
@@ -157,8 +165,19 @@ class TrainConfig:
 
 
 def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -> TrainConfig:
-    """The paper's protocol for ``mlp`` or ``resnet20``; ``epochs`` overrides the phase lengths
-    (step milestones are scaled with them)."""
+    """A named protocol; ``epochs`` overrides the phase lengths (step milestones scale with them).
+
+    ``mlp`` and ``resnet20`` are the paper's protocols (see the module docstring).
+    ``cpu-small`` is a CPU-sized run that collapses (nc1_trace < 0.01 in the MSE phase within a
+    few thousand full-batch steps) on a small balanced subset (``CPU_SMALL_DATA``: digits, 10
+    per class): MLP depth 4, width 128; phase 1 CE, Adam lr 1e-3, no weight decay, 50 steps;
+    phase 2 MSE, heavy-ball SGD (lr 0.1, momentum 0.9, constant) with weight decay 2e-3 on the
+    last two Linear layers (last hidden + classifier), 4000 steps. Weight decay drives the
+    features at the rate ``wd x lr / (1 - momentum)`` per step: 4000 steps give
+    ``wd x t = 8`` with ``t = lr x steps / (1 - momentum)``. (Weight decay on every layer
+    stalls at nc1_trace ~ 0.02-0.03 on this data; a larger decay, 5e-3 or 1e-2, collapses
+    more slowly.)
+    """
     if name == "mlp":
         phases = (Phase("ce", 200, "adam", 1e-3, 1e-4, schedule="cosine", batch_size=256),
                   Phase("mse", 300, "adam", 1e-3, 1e-4, schedule="cosine", batch_size=256))
@@ -169,6 +188,12 @@ def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -
         phases = (Phase("ce", 200, milestones=(100, 150), **sgd),
                   Phase("mse", 600, milestones=(300, 450), **sgd))
         base = {"arch": "resnet20"}
+    elif name == "cpu-small":
+        full = 10_000  # >= every training set size used with this preset: full-batch steps
+        phases = (Phase("ce", 50, "adam", 1e-3, 0.0, schedule="constant", batch_size=full),
+                  Phase("mse", 4000, "sgd", 0.1, 2e-3, momentum=0.9, nesterov=False,
+                        schedule="constant", batch_size=full, decay_last=2))
+        base = {"arch": "mlp", "depth": 4, "width": 128, "nc_every": 50}
     else:
         raise InputError(f"unknown training preset {name!r}; allowed: {', '.join(PRESETS)}")
     if epochs is not None:
@@ -180,8 +205,36 @@ def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -
     return TrainConfig(phases=phases, **{**base, **overrides})
 
 
+CPU_SMALL_DATA: dict[str, Any] = {"name": "digits", "per_class": 10, "seed": 0}
+
+
 # ----------------------------------------------------------------------------- pieces
-def make_optimizer(params, phase: Phase) -> torch.optim.Optimizer:
+def decayed_names(model: nn.Module, last: int) -> set[str] | None:
+    """Names of the parameters of the last ``last`` Linear layers (None when ``last`` = 0: all)."""
+    if last == 0:
+        return None
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    require(last <= len(linears),
+            f"decay_last = {last} but the network has only {len(linears)} Linear layers")
+    keep = linears[-last:]
+    return {name for name, _ in model.named_parameters()
+            if any(name.startswith(prefix + ".") for prefix in keep)}
+
+
+def make_optimizer(params, phase: Phase, decayed: set[str] | None = None
+                   ) -> torch.optim.Optimizer:
+    """The phase's optimiser over ``params``.
+
+    ``params`` : an iterable of tensors, or of ``(name, tensor)`` pairs; with ``decayed`` (a set
+    of names, see :func:`decayed_names`) only those parameters get ``weight_decay``.
+    """
+    params = list(params)
+    if params and isinstance(params[0], tuple):
+        if decayed is None:
+            params = [p for _, p in params]
+        else:
+            params = [{"params": [p for n, p in params if n in decayed]},
+                      {"params": [p for n, p in params if n not in decayed], "weight_decay": 0.0}]
     if phase.optimizer == "adam":
         return torch.optim.Adam(params, lr=phase.lr, weight_decay=phase.weight_decay)
     if phase.optimizer == "adamw":
@@ -189,6 +242,19 @@ def make_optimizer(params, phase: Phase) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=phase.lr, momentum=phase.momentum,
                            nesterov=phase.nesterov and phase.momentum > 0,
                            weight_decay=phase.weight_decay)
+
+
+def flow_time_factor(phase: Phase) -> float:
+    """Gradient-flow time per unit of ``lr`` for one step of ``phase``.
+
+    Plain GD/SGD: 1 (``t = lr x steps``); heavy-ball or Nesterov momentum m: ``1 / (1 - m)``
+    (the steady-state step of momentum SGD is ``lr / (1 - m)`` times the gradient). Adam and
+    AdamW rescale every coordinate by its running gradient scale, so no time of the gradient
+    flow of the objective corresponds to their steps: NaN.
+    """
+    if phase.optimizer != "sgd":
+        return math.nan
+    return 1.0 / (1.0 - phase.momentum)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, phase: Phase):
@@ -228,9 +294,23 @@ def classifier_arrays(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def nc_record(model: nn.Module, data: Dataset, loss_kind: str, batch: int = 4096
-              ) -> dict[str, float]:
-    """NC metrics (float64, streaming), fn, loss and accuracies on the training set."""
+def nc_record(model: nn.Module, data: Dataset, loss_kind: str, batch: int = 4096,
+              test: bool = True) -> dict[str, float]:
+    """NC metrics (float64, streaming), fn, loss and accuracies on the training set.
+
+    Parameters
+    ----------
+    model : the network (put in eval mode for the record, its mode restored afterwards).
+    data : the dataset; the training set is passed once (features and logits of one forward
+        pass feed the NC statistics, NC4, the loss and the accuracy).
+    loss_kind : "ce" or "mse" (the ``loss`` column).
+    batch : samples per forward pass.
+    test : also pass the test set for ``test_accuracy`` (NaN when False or without test set).
+
+    Returns
+    -------
+    dict of floats: every NC metric, ``loss``, ``accuracy``, ``test_accuracy``, ``weight_norm``.
+    """
     from ncsim.metrics import StreamingNC
 
     feats, logits = extract(model, data.x_train, batch)
@@ -246,10 +326,11 @@ def nc_record(model: nn.Module, data: Dataset, loss_kind: str, batch: int = 4096
     row = {k: float(v) for k, v in acc.compute(weight, bias).items()}
     row["loss"] = float(loss_fn(logits.float(), data.y_train, loss_kind))
     row["accuracy"] = float((logits.argmax(1) == data.y_train).double().mean())
-    _, test_logits = extract(model, data.x_test, batch)
-    row["test_accuracy"] = (float((test_logits.argmax(1) == data.y_test).double().mean())
-                            if data.x_test.shape[0] else math.nan)
-    row["weight_norm"] = float(torch.sqrt(sum((p.double() ** 2).sum()
+    row["test_accuracy"] = math.nan
+    if test and data.x_test.shape[0]:
+        _, test_logits = extract(model, data.x_test, batch)
+        row["test_accuracy"] = float((test_logits.argmax(1) == data.y_test).double().mean())
+    row["weight_norm"] = float(torch.sqrt(sum((p.detach().double() ** 2).sum()
                                               for p in model.parameters())))
     return row
 
@@ -263,6 +344,7 @@ class TrainResult:
     config: TrainConfig
     checkpoints: list[Path]
     fn_before_intervention: float = math.nan
+    runs: list[TrainResult] = field(default_factory=list)
 
 
 def _save_checkpoint(path: Path, model: nn.Module, opt, epoch: int, phase: int,
@@ -283,13 +365,24 @@ def build_model(config: TrainConfig, data: Dataset) -> nn.Module:
 
 
 def train(config: TrainConfig, data: Dataset, progress: bool = False,
-          on_record: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          on_record: Callable[[dict[str, Any]], None] | None = None,
+          seeds: list[int] | None = None) -> TrainResult:
     """Train ``config`` on ``data`` and log NC metrics.
 
     Returns a :class:`TrainResult` whose ``log`` has one row per record (see module docstring).
+    With ``seeds`` (e.g. ``[0, 1, 2]``) every seed is trained in one vectorised loop
+    (:func:`ncsim.validate.stacked.train_stacked`): ``log`` holds the rows of all seeds
+    (run ids ``{run_id}_s{seed}``), ``model`` is the first seed's and ``runs`` the per-seed
+    results.
     """
     from tqdm.auto import tqdm
 
+    if seeds is not None:
+        from ncsim.validate.stacked import train_stacked
+
+        runs = train_stacked(config, data, seeds, progress)
+        log = pd.concat([r.log for r in runs], ignore_index=True)
+        return TrainResult(log, runs[0].model, config, [], math.nan, runs)
     config.validate()
     device = torch.device(config.device)
     data = data.to(device)
@@ -308,7 +401,7 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
         row: dict[str, Any] = {"run_id": config.run_id, "time": float(epoch),
                                "time_unit": "epoch", "phase": phase_no, "phase_loss": phase.loss,
                                "steps": steps, "flow_time": flow_time, "lr": lr}
-        row.update(nc_record(model, data, phase.loss, config.eval_batch))
+        row.update(nc_record(model, data, phase.loss, config.eval_batch, config.eval_test))
         if row["accuracy"] < config.nc_min_accuracy:
             from ncsim.metrics import METRIC_NAMES
             for name in METRIC_NAMES:
@@ -321,7 +414,8 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
     bar = tqdm(total=config.total_epochs, disable=not progress, file=sys.stderr,
                desc=config.run_id, leave=False)
     for phase_no, phase in enumerate(config.phases, start=1):
-        opt = make_optimizer(model.parameters(), phase)
+        opt = make_optimizer(model.named_parameters(), phase,
+                             decayed_names(model, phase.decay_last))
         sched = make_scheduler(opt, phase)
         if epoch == 0:
             if config.intervention_epoch == 0:

@@ -1,0 +1,145 @@
+"""Several seeds of one network trained at once (``torch.func`` model ensembling).
+
+The S copies of the network are stacked with :func:`torch.func.stack_module_state` into
+parameters of shape (S, *shape); one training step evaluates all copies with
+``torch.vmap(functional_call)`` on their own batches, and one optimiser (the phase's, see
+:func:`ncsim.validate.train.make_optimizer`) updates the stacked tensors. SGD, Adam and AdamW act
+element-wise, the copies do not share any parameter and the loss is the sum of the per-copy
+losses, so every copy follows exactly the trajectory of its separate training (same seed: same
+initialisation, same batch order), up to float rounding of the batched matrix products.
+
+Limitations: networks without BatchNorm (MLP, CNN), no intervention, no checkpoints, no mixed
+precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from ncsim.errors import require
+from ncsim.validate.data import Dataset
+from ncsim.validate.train import (
+    Phase,
+    TrainConfig,
+    TrainResult,
+    build_model,
+    decayed_names,
+    loss_fn,
+    make_optimizer,
+    make_scheduler,
+    nc_record,
+)
+
+
+def _unstack(base: nn.Module, params: dict[str, torch.Tensor], i: int) -> nn.Module:
+    """Copy of ``base`` holding copy ``i`` of the stacked parameters."""
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name][i])
+    return model
+
+
+def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
+                  progress: bool = False) -> list[TrainResult]:
+    """Train ``config`` once per seed in ``seeds``, all seeds in one vectorised loop.
+
+    Parameters
+    ----------
+    config : the run (its ``seed`` is replaced by each of ``seeds``; ``run_id`` gets ``_s{seed}``).
+    data : training data (shared by the seeds; each seed has its own batch order).
+    seeds : S >= 1 distinct seeds.
+
+    Returns
+    -------
+    list of S :class:`TrainResult`, in the order of ``seeds``; each log is the one that
+    :func:`ncsim.validate.train.train` writes for that seed.
+    """
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    config.validate()
+    seeds = [int(s) for s in seeds]
+    require(len(seeds) >= 1 and len(set(seeds)) == len(seeds),
+            f"give distinct seeds, got {seeds}")
+    require(config.arch in ("mlp", "cnn"),
+            f"stacked training supports the mlp and cnn networks, not {config.arch!r}")
+    require(config.intervention_epoch is None and config.checkpoint_dir is None and not config.amp,
+            "stacked training has no intervention, checkpoints or mixed precision")
+    device = torch.device(config.device)
+    data = data.to(device)
+    configs = [dataclasses.replace(config, seed=s, run_id=f"{config.run_id}_s{s}")
+               for s in seeds]
+    models = [build_model(c, data) for c in configs]
+    base = copy.deepcopy(models[0]).to("meta")
+    params, buffers = stack_module_state(models)
+    gens = [torch.Generator().manual_seed(s + 1_000_003) for s in seeds]
+    n = data.x_train.shape[0]
+    S = len(seeds)
+    rows: list[list[dict[str, Any]]] = [[] for _ in seeds]
+    epoch, steps, flow_time = 0, 0, 0.0
+
+    def forward(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor
+                ) -> torch.Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    batched = torch.vmap(forward)
+
+    def record(phase_no: int, phase: Phase, lr: float) -> None:
+        for i, c in enumerate(configs):
+            model = _unstack(models[i], params, i)
+            row: dict[str, Any] = {"run_id": c.run_id, "time": float(epoch),
+                                   "time_unit": "epoch", "phase": phase_no,
+                                   "phase_loss": phase.loss, "steps": steps,
+                                   "flow_time": flow_time, "lr": lr}
+            row.update(nc_record(model, data, phase.loss, config.eval_batch,
+                                          config.eval_test))
+            if row["accuracy"] < config.nc_min_accuracy:
+                from ncsim.metrics import METRIC_NAMES
+                for name in METRIC_NAMES:
+                    row[name] = float("nan")
+            row.update({"seed": c.seed, **config.labels})
+            rows[i].append(row)
+
+    bar = tqdm(total=config.total_epochs, disable=not progress, file=sys.stderr,
+               desc=f"{config.run_id} x{S}", leave=False)
+    for phase_no, phase in enumerate(config.phases, start=1):
+        opt = make_optimizer(list(params.items()), phase,
+                             decayed_names(models[0], phase.decay_last))
+        sched = make_scheduler(opt, phase)
+        if epoch == 0:
+            record(phase_no, phase, phase.lr)
+        for _ in range(phase.epochs):
+            lr = opt.param_groups[0]["lr"]
+            perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+            for start in range(0, n, phase.batch_size):
+                idx = perms[:, start:start + phase.batch_size]  # (S, B)
+                out = batched(params, buffers, data.x_train[idx])  # (S, B, K)
+                y = data.y_train[idx]
+                loss = sum(loss_fn(out[i].float(), y[i], phase.loss) for i in range(S))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                flow_time += lr
+            sched.step()
+            epoch += 1
+            bar.update(1)
+            end = epoch == sum(p.epochs for p in config.phases[:phase_no])
+            if epoch % config.nc_every == 0 or end:
+                record(phase_no, phase, opt.param_groups[0]["lr"])
+    bar.close()
+    out: list[TrainResult] = []
+    for i, c in enumerate(configs):
+        log = pd.DataFrame(rows[i]).drop_duplicates(subset=["time"], keep="last")
+        out.append(TrainResult(log.reset_index(drop=True), _unstack(models[i], params, i), c, []))
+    return out
