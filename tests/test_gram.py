@@ -151,3 +151,20 @@ def test_gram_float32_agrees_with_float64():
     for col in ("loss", "fn", "w_norm"):
         np.testing.assert_allclose(f32.trajectories[col], f64.trajectories[col], rtol=1e-4)
     assert set(RECORDED) <= set(f32.trajectories.columns)
+
+
+@pytest.mark.parametrize(("loss", "bias"), [("ce", "none"), ("mse", "free")])
+def test_magnitude_is_the_cauchy_schwarz_bound_of_each_inner_product(loss, bias):
+    model, obj, gram, y, _ = _point(loss, bias)
+    state = _gram_of(obj, gram, y)
+    mag = gram.magnitude(state)
+    lay = obj.layout
+    h, w = lay.view(y, "H"), lay.view(y, "W1")
+    hn, wn = h.norm(dim=1), w.norm(dim=2)  # (R, N) feature norms, (R, K) row norms
+    expected = {"Z": wn[:, :, None] * hn[:, None, :], "A": wn[:, :, None] * wn[:, None, :],
+                "B": hn[:, :, None] * hn[:, None, :]}
+    for name, bound in expected.items():
+        torch.testing.assert_close(gram.layout.view(mag, name), bound, rtol=1e-12, atol=1e-14)
+    assert bool((state.abs() <= mag * (1 + 1e-12)).all())
+    if bias != "none":
+        torch.testing.assert_close(gram.layout.view(mag, "b"), lay.view(y, "b").abs())

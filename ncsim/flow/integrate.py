@@ -215,6 +215,7 @@ def integrate(
     progress: Callable[[int], None] | None = None,
     grad_norm: GradNorm | None = None,
     select: Callable[[torch.Tensor], tuple[Velocity, GradNorm]] | None = None,
+    magnitude: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FlowResult:
     """Integrate dy/dt = velocity(y) for every run of the batch ``y0`` (R, P).
 
@@ -233,13 +234,17 @@ def integrate(
     select : runs (M,) -> (velocity, grad_norm) of that subset of runs. When given, the
         adaptive methods drop finished runs from the batch at each synchronisation, so the cost
         follows the sum of the runs' steps rather than R times the longest run.
+    magnitude : state (R, P) -> (R, P) size of each entry for the relative error test
+        (adaptive methods: error_i <= atol + rtol * max(magnitude(y), magnitude(y_new))_i);
+        default |y|. The Gram form passes Cauchy-Schwarz bounds, so an inner product is
+        judged against the norms of its factors, as in the parameter space.
     """
     if grad_norm is None:
         def grad_norm(state: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
             return _grad_norm(k, eta)
     if solver.adaptive:
         return _integrate_adaptive(velocity, y0, solver, record, num_quantities, grad_norm,
-                                   progress, select)
+                                   progress, select, magnitude or torch.abs)
     return _integrate_fixed(velocity, y0, solver, record, num_quantities, grad_norm, progress)
 
 
@@ -271,8 +276,8 @@ def _finish(rec: _Recorder, velocity: Velocity, grad_norm: GradNorm, y, t, steps
     )
 
 
-def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select=None
-                        ) -> FlowResult:
+def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select=None,
+                        magnitude=torch.abs) -> FlowResult:
     tab = tableau(solver.method)
     r, dev = y0.shape[0], y0.device
     rec, next_rec, times = _start(y0, solver, record, q, solver.check_every)
@@ -314,7 +319,8 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
             hy = h.to(y.dtype)
             y_new, ks = _stages(tab, f, y, k1, hy, buf)
             err = ks.combine(None, hy, tab.e)
-            scale = torch.maximum(y.abs(), y_new.abs()).mul_(solver.rtol).add_(solver.atol)
+            scale = torch.maximum(magnitude(y), magnitude(y_new)).mul_(solver.rtol).add_(
+                solver.atol)
             err_norm = _rms(err.div_(scale)).double()
             finite = torch.isfinite(err_norm) & torch.isfinite(y_new).all(dim=1)
             accept = active & finite & (err_norm <= 1.0)

@@ -332,7 +332,8 @@ def simulate(
         batch = _Batch([specs[i] for i in members])
         flow = integrate(batch.velocity, batch.y0, batch.solver, batch.record, len(RECORDED),
                          eta=batch.eta, progress=bar.update if bar is not None else None,
-                         grad_norm=batch.grad_norm, select=batch.select)
+                         grad_norm=batch.grad_norm, select=batch.select,
+                         magnitude=batch.gram.magnitude if batch.gram is not None else None)
         batch_rows, frame = _summarise(batch, flow, [ids[i] for i in members])
         for i, blocks in zip(members, _state_blocks(batch, flow.final_state)):
             states[ids[i]] = blocks

@@ -108,6 +108,18 @@ class GramObjective:
         b = lay.view(state, "b") if "b" in lay else None
         return lay.view(state, "Z"), lay.view(state, "A"), lay.view(state, "B"), b
 
+    def magnitude(self, state: Tensor) -> Tensor:
+        """Cauchy-Schwarz size of every entry (R, P): |w_c| |h_i| for Z, |w_c| |w_c'| for A,
+        |h_i| |h_j| for B and |b| for b, from the diagonals of A and B."""
+        s, a, bb, b = self.blocks(state)
+        wn = torch.diagonal(a, dim1=1, dim2=2).clamp_min(0).sqrt()
+        hn = torch.diagonal(bb, dim1=1, dim2=2).clamp_min(0).sqrt()
+        parts = {"Z": wn.unsqueeze(2) * hn.unsqueeze(1), "A": wn.unsqueeze(2) * wn.unsqueeze(1),
+                 "B": hn.unsqueeze(2) * hn.unsqueeze(1)}
+        if b is not None:
+            parts["b"] = b.abs()
+        return self.layout.pack(parts)
+
     def from_parameters(self, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         """Gram state (R, P) of parameters H (R, d, N), W (R, K, d), b (R, K) or None."""
         parts = {"Z": torch.bmm(w, h), "A": torch.bmm(w, w.transpose(1, 2)),
