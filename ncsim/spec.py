@@ -321,6 +321,23 @@ class SolverSpec:
         dev = str(self.device)
         require(dev == "cpu" or dev.startswith("cuda") or dev == "mps",
                 f"unknown device {dev!r}; allowed: cpu, cuda, cuda:N")
+        _require_device(dev)
+
+
+def _require_device(device: str) -> None:
+    """Raise :class:`InputError` when torch cannot use ``device`` on this machine."""
+    import torch
+
+    if device.startswith("cuda"):
+        require(torch.cuda.is_available(),
+                f"device {device!r} is not available (torch sees no CUDA device); use --device cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        require(index < torch.cuda.device_count(),
+                f"device {device!r} does not exist; this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device == "mps":
+        require(torch.backends.mps.is_available(),
+                "device 'mps' is not available on this machine; use --device cpu")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ def test_out_writes_tables_sidecar_and_figure(tmp_path):
     (["--t-end", "0"], "t_end must be > 0"),
     (["-K", "10", "-d", "5", "--init", "etf"], "needs d"),
     (["--solver", "gd"], "needs a step dt"),
+    (["--device", "tpu"], "unknown device"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, args, message):
     out = tmp_path / "never"
@@ -68,3 +69,14 @@ def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, args, message):
     assert message in lines[0]
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_unavailable_cuda_device_is_one_line_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = CliRunner().invoke(cli, [*SMALL, "--device", "cuda", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "not available" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
