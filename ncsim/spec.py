@@ -321,10 +321,10 @@ class SolverSpec:
         dev = str(self.device)
         require(dev == "cpu" or dev.startswith("cuda") or dev == "mps",
                 f"unknown device {dev!r}; allowed: cpu, cuda, cuda:N")
-        _require_device(dev)
+        require_device(dev)
 
 
-def _require_device(device: str) -> None:
+def require_device(device: str) -> None:
     """Raise :class:`InputError` when torch cannot use ``device`` on this machine."""
     import torch
 

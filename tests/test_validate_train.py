@@ -176,3 +176,18 @@ def test_cpu_small_preset_collapses():
     out = summarize(log)
     assert log.accuracy.iloc[-1] == 1.0 and out["final_metric"] < 0.01
     assert math.isfinite(out["onset_epoch"]) and math.isfinite(out["fn_star"])
+
+
+def test_unavailable_device_is_an_input_error():
+    import dataclasses
+
+    import torch
+
+    from ncsim.errors import InputError
+    from ncsim.validate.train import preset
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    config = dataclasses.replace(preset("cpu-small"), device="cuda")
+    with pytest.raises(InputError, match="not available"):
+        config.validate()

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncsim.errors import InputError, require
+from ncsim.spec import require_device
 from ncsim.validate.data import Dataset
 from ncsim.validate.networks import build_network
 
@@ -139,6 +140,7 @@ class TrainConfig:
         require(isinstance(self.width, int) and self.width >= 1,
                 f"width must be an integer >= 1, got {self.width}")
         require(self.nc_every >= 1, f"nc_every must be >= 1, got {self.nc_every}")
+        require_device(str(self.device))
         total = sum(p.epochs for p in self.phases)
         if self.intervention_epoch is not None:
             require(0 <= self.intervention_epoch <= total,
