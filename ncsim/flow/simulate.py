@@ -64,40 +64,6 @@ def run_id(spec: RunSpec) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _ufm_velocity(objective: UFMObjective, pen: Penalties, eta: torch.Tensor | float
-                  ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Fused velocity -eta grad f of the one-layer UFM in d space, states (M, P) -> (M, P).
-
-    One softmax (no log-softmax: the loss value is not needed), the residual formed in place,
-    and the three products written as two ``baddbmm`` with the weight decay folded in.
-    """
-    lay = objective.layout
-    n = objective.model.num_samples
-    onehot = objective.onehot
-    ce = objective.model.loss == "ce"
-    lw = (-pen.w[-1]).view(-1, 1, 1)
-    lh = (-pen.h).view(-1, 1, 1)
-    lb = (-pen.b).view(-1, 1)
-    has_b = "b" in lay
-    scale_eta = isinstance(eta, torch.Tensor) or eta != 1.0
-
-    def velocity(state: torch.Tensor) -> torch.Tensor:
-        h, w = lay.view(state, "H"), lay.view(state, "W1")
-        z = torch.bmm(w, h)
-        if has_b:
-            z += lay.view(state, "b").unsqueeze(-1)
-        g = torch.softmax(z, dim=1) if ce else z
-        g.sub_(onehot).div_(n)
-        parts = {"H": torch.baddbmm(lh * h, w.transpose(1, 2), g, alpha=-1.0),
-                 "W1": torch.baddbmm(lw * w, g, h.transpose(1, 2), alpha=-1.0)}
-        if has_b:
-            parts["b"] = lb * lay.view(state, "b") - g.sum(2)
-        out = lay.pack(parts)
-        return out.mul_(eta) if scale_eta else out
-
-    return velocity
-
-
 class _Batch:
     """Tensors of one batch: objective, penalties, time scales, initial state.
 
@@ -154,8 +120,6 @@ class _Batch:
     def velocity(self, state: torch.Tensor) -> torch.Tensor:
         if self.gram is not None:
             return self.gram.velocity(state, self.penalties, *self.gram_eta)
-        if self.model.kind == "ufm":
-            return _ufm_velocity(self.objective, self.penalties, self.eta)(state)
         return -self.eta * self.objective.gradient(state, self.penalties)
 
     def select(self, runs: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor],
@@ -170,11 +134,9 @@ class _Batch:
                     lambda y, k: gram.grad_norm(y, pen))
         objective = self.objective
         eta = self.eta[runs] if isinstance(self.eta, torch.Tensor) else self.eta
-        if self.model.kind == "ufm":
-            velocity = _ufm_velocity(objective, pen, eta)
-        else:
-            def velocity(y: torch.Tensor) -> torch.Tensor:
-                return -eta * objective.gradient(y, pen)
+
+        def velocity(y: torch.Tensor) -> torch.Tensor:
+            return -eta * objective.gradient(y, pen)
 
         return velocity, lambda y, k: (k / eta).double().norm(dim=1)
 

@@ -26,6 +26,15 @@ def cross_entropy(logits: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Ten
     return loss, (log_prob.exp() - onehot) / n
 
 
+def logit_gradient(name: str, logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """dL/dZ (R, K, N) alone (no loss value): (softmax(Z) - Y)/N for CE, (Z - Y)/N for MSE.
+
+    ``logits`` is overwritten for MSE (the residual is formed in place).
+    """
+    g = torch.softmax(logits, dim=-2) if name == "ce" else logits
+    return g.sub_(onehot).div_(logits.shape[-1])
+
+
 def loss_function(name: str):
     """The (loss, gradient) function for ``name`` in ("mse", "ce")."""
     if name == "mse":

@@ -21,7 +21,7 @@ import torch
 
 from ncsim.models.activations import activation
 from ncsim.models.layout import StateLayout
-from ncsim.models.losses import loss_function
+from ncsim.models.losses import logit_gradient, loss_function
 from ncsim.spec import ModelSpec
 
 
@@ -115,13 +115,16 @@ class UFMObjective:
         """Gradient of f with respect to the flat state: (R, P)."""
         h, ws, b = self._blocks(state)
         z, pres, acts = self.forward(state)
-        _, g_z = self.loss_and_grad(z, self.onehot)
+        g_z = logit_gradient(self.model.loss, z, self.onehot)
         grads: dict[str, torch.Tensor] = {}
         grads[f"W{self.depth}"] = torch.baddbmm(
             pen.w[-1].view(-1, 1, 1) * ws[-1], g_z, acts[-1].transpose(1, 2)
         )
         if b is not None:
             grads["b"] = g_z.sum(dim=2) + pen.b.view(-1, 1) * b
+        if self.depth == 1:
+            grads["H"] = torch.baddbmm(pen.h.view(-1, 1, 1) * h, ws[0].transpose(1, 2), g_z)
+            return self.layout.pack(grads)
         g_a = torch.bmm(ws[-1].transpose(1, 2), g_z)
         for l in range(self.depth - 2, -1, -1):
             g_u = g_a * self.sigma_grad(pres[l])
