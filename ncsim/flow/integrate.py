@@ -201,6 +201,18 @@ class _Recorder:
         self.values[:, j] = torch.where(mask.unsqueeze(1), values, self.values[:, j])
 
 
+def _mark(code: torch.Tensor, mask: torch.Tensor, status: int) -> torch.Tensor:
+    """``code`` (R,) with ``status`` where ``mask`` (R,) holds."""
+    return torch.where(mask, torch.full_like(code, status), code)
+
+
+def _report(progress: Callable[[int], None] | None, finished: int, before: int) -> int:
+    """Tell ``progress`` how many runs finished since ``before``; returns ``finished``."""
+    if progress is not None and finished > before:
+        progress(finished - before)
+    return finished
+
+
 def _grad_norm(k: torch.Tensor, eta: torch.Tensor | float) -> torch.Tensor:
     return (k / eta).double().norm(dim=1)
 
@@ -350,19 +362,19 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
             t = torch.where(accept, t_new, t)
             steps = steps + accept.long()
             rejected = rejected + (active & ~accept).long()
-            code = torch.where(accept & (t >= t_end), torch.full_like(code, DONE), code)
+            code = _mark(code, accept & (t >= t_end), DONE)
             if not host_free and solver.gtol > 0:
                 # free steps grow fast: test the steady state at every step (no sync on CPU)
                 steady = accept & (code == RUNNING) & (gnorm(y, k1) <= solver.gtol)
-                code = torch.where(steady, torch.full_like(code, STEADY), code)
+                code = _mark(code, steady, STEADY)
             tiny = dt < 1e-13 * torch.clamp(t, min=1.0)
             bad = active & (tiny | (y.abs().amax(dim=1) > _DIVERGE_ABS))
-            code = torch.where(bad & (code == RUNNING), torch.full_like(code, DIVERGED), code)
-            code = torch.where((code == RUNNING) & (steps + rejected >= solver.max_steps),
-                               torch.full_like(code, MAX_STEPS), code)
+            code = _mark(code, bad & (code == RUNNING), DIVERGED)
+            capped_out = (code == RUNNING) & (steps + rejected >= solver.max_steps)
+            code = _mark(code, capped_out, MAX_STEPS)
         rec.flush()
         steady = (code == RUNNING) & (gnorm(y, k1) <= solver.gtol)
-        code = torch.where(steady, torch.full_like(code, STEADY), code)
+        code = _mark(code, steady, STEADY)
         sub = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
                "rejected": rejected, "next_rec": next_rec}
         if sub["y"].shape[0] == r:
@@ -372,9 +384,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
                 full[key][rows] = value
         running = full["code"] == RUNNING
         finished = r - int(running.sum())
-        if progress is not None and finished > finished_before:
-            progress(finished - finished_before)
-        finished_before = finished
+        finished_before = _report(progress, finished, finished_before)
         if finished == r:
             break
         if select is not None and int(running.sum()) < rows.shape[0]:
@@ -410,7 +420,7 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
             y_new, ks = _stages(tab, velocity, y, velocity(y), h, buf)
             bad = active & ~(torch.isfinite(y_new).all(dim=1)
                              & (y_new.abs().amax(dim=1) <= _DIVERGE_ABS))
-            code = torch.where(bad, torch.full_like(code, DIVERGED), code)
+            code = _mark(code, bad, DIVERGED)
             ok = active & ~bad
             while j_next < len(times) and times[j_next] <= t_new_host:
                 theta = torch.full((r,), (times[j_next] - t_host) / h_host,
@@ -422,15 +432,13 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
             t_host, n_steps = t_new_host, n_steps + 1
         k = velocity(y)
         steady = (code == RUNNING) & (grad_norm(y, k) <= solver.gtol)
-        code = torch.where(steady, torch.full_like(code, STEADY), code)
+        code = _mark(code, steady, STEADY)
         finished = int((code != RUNNING).sum())
-        if progress is not None and finished > finished_before:
-            progress(finished - finished_before)
-        finished_before = finished
+        finished_before = _report(progress, finished, finished_before)
         if finished == r:
             break
     final_code = DONE if t_host >= t_end else MAX_STEPS
-    code = torch.where(code == RUNNING, torch.full_like(code, final_code), code)
+    code = _mark(code, code == RUNNING, final_code)
     t = torch.where(code == DONE, torch.full((r,), t_host, dtype=torch.float64, device=dev),
                     steps.double() * dt)
     next_rec = torch.full((r,), j_next, dtype=torch.long, device=dev)
