@@ -90,8 +90,9 @@ def plot_phase(rows: list[dict[str, Any]], x: str, y: str, path: str) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(PHASES))]
     ax.legend(handles, PHASES, loc="upper left", fontsize=8, framealpha=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from ncsim.plots import save_figure
+
+    save_figure(fig, path)
 
 
 def _edges(values: Sequence[float]) -> np.ndarray:

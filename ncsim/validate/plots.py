@@ -12,15 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ncsim.io import atomic_write  # noqa: E402
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png",
-                                                     dpi=120))
-    plt.close(fig)
-    return out
+from ncsim.plots import save_figure  # noqa: E402
 
 
 def plot_training(log: pd.DataFrame, path: str | Path, onset: float = math.nan) -> Path:
@@ -43,7 +35,7 @@ def plot_training(log: pd.DataFrame, path: str | Path, onset: float = math.nan) 
         if math.isfinite(onset):
             ax.axvline(onset, color="k", ls="--", lw=0.8)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_overlay(measured: pd.DataFrame, simulated: pd.DataFrame, path: str | Path,
@@ -65,4 +57,4 @@ def plot_overlay(measured: pd.DataFrame, simulated: pd.DataFrame, path: str | Pa
     for ax in axes:
         ax.legend()
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
