@@ -223,6 +223,7 @@ def simulate(**options: Any) -> None:
     import torch
 
     from ncsim.flow import simulate as run_simulation
+    from ncsim.results import write_simulation
 
     if options["threads"] is not None:
         torch.set_num_threads(options["threads"])
@@ -237,34 +238,13 @@ def simulate(**options: Any) -> None:
         rows = result.runs.to_dict(orient="records")
         click.echo(json.dumps(to_jsonable({"runs": rows})))
     else:
-        click.echo(format_run_table(result.runs, specs))
+        click.echo(format_run_table(result.runs))
 
 
-def varying_columns(runs, candidates: tuple[str, ...] = ()) -> list[str]:
-    """Spec columns whose values differ between runs (the grid axes)."""
-    names = candidates or ("classes", "per_class", "dim", "depth", "width", "lambda_w",
-                           "lambda_h", "lambda_b", "init_scale", "init_seed",
-                           "time_scale_eta_h", "time_scale_eta_w", "time_scale_eta_b")
-    return [c for c in names if c in runs and runs[c].astype(str).nunique() > 1]
-
-
-def format_run_table(runs, specs: list[RunSpec]) -> str:
+def format_run_table(runs) -> str:
     """Readable text table: the grid axes and the main results."""
+    from ncsim.results import varying_columns
+
     columns = ["run_id", *varying_columns(runs), *[c for c in TABLE_COLUMNS if c in runs]]
     with __import__("pandas").option_context("display.width", 200, "display.max_rows", 500):
         return runs[columns].to_string(index=False, float_format=lambda v: f"{v:.6g}")
-
-
-def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec]) -> None:
-    """Write ``runs``, ``trajectories``, ``spec.json`` and ``trajectories.png`` into ``out``."""
-    from ncsim.io import provenance, table_path, write_json, write_table
-    from ncsim.plots import save_figure, trajectory_figure
-
-    write_table(result.runs, table_path(out / "runs", table_format), table_format)
-    write_table(result.trajectories, table_path(out / "trajectories", table_format), table_format)
-    write_json({"runs": [s.to_row() for s in specs], "provenance": provenance(
-        specs[0].solver.device, specs[0].solver.dtype)}, out / "spec.json")
-    axes = varying_columns(result.runs)
-    fig = trajectory_figure(result.trajectories, result.runs,
-                            label_column=axes[0] if axes else None)
-    save_figure(fig, out / "trajectories.png")

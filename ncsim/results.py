@@ -1,0 +1,32 @@
+"""Writing a simulation's results: tables, spec sidecar and a figure, into one folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ncsim.spec import RunSpec
+
+
+def varying_columns(runs: pd.DataFrame, candidates: tuple[str, ...] = ()) -> list[str]:
+    """Spec columns whose values differ between runs (the grid axes)."""
+    names = candidates or ("classes", "per_class", "dim", "depth", "width", "lambda_w",
+                           "lambda_h", "lambda_b", "init_scale", "init_seed",
+                           "time_scale_eta_h", "time_scale_eta_w", "time_scale_eta_b")
+    return [c for c in names if c in runs and runs[c].astype(str).nunique() > 1]
+
+
+def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec]) -> None:
+    """Write ``runs``, ``trajectories``, ``spec.json`` and ``trajectories.png`` into ``out``."""
+    from ncsim.io import provenance, table_path, write_json, write_table
+    from ncsim.plots import save_figure, trajectory_figure
+
+    write_table(result.runs, table_path(out / "runs", table_format), table_format)
+    write_table(result.trajectories, table_path(out / "trajectories", table_format), table_format)
+    write_json({"runs": [s.to_row() for s in specs], "provenance": provenance(
+        specs[0].solver.device, specs[0].solver.dtype)}, out / "spec.json")
+    axes = varying_columns(result.runs)
+    fig = trajectory_figure(result.trajectories, result.runs,
+                            label_column=axes[0] if axes else None)
+    save_figure(fig, out / "trajectories.png")
