@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
 
-from ncsim.spec import ModelSpec, Regularization, RunSpec
+from ncsim.spec import ModelSpec, Regularization, RunSpec, TimeScale
 from ncsim.theory import theory_columns
 from ncsim.theory.cli import theory
 
@@ -86,3 +88,16 @@ def test_theory_columns():
     assert row["collapsed_theory"] is None and row["fn_star_theory"] != row["fn_star_theory"]
     imb = RunSpec(model=ModelSpec(classes=3, per_class=(2, 3, 4), dim=8)).validate()
     assert theory_columns(imb)["collapsed_theory"] is None
+
+
+def test_theory_columns_with_time_scales_keep_the_equilibrium():
+    """Time-scale factors change the path, not the minimiser: same equilibrium, no onset."""
+    spec = RunSpec(model=ModelSpec(loss="mse", classes=4, per_class=5, dim=8),
+                   reg=Regularization(1e-2, 3e-3)).validate()
+    scaled = dataclasses.replace(spec, time_scale=TimeScale(eta_h=50.0, eta_w=0.5)).validate()
+    plain, row = theory_columns(spec), theory_columns(scaled)
+    for key in ("fn_star_theory", "w_norm_star_theory", "loss_star_theory",
+                "lambda_crit_theory", "collapsed_theory"):
+        assert row[key] == plain[key], key
+    assert math.isfinite(plain["onset_time_theory"]) and math.isnan(row["onset_time_theory"])
+    assert row["theory_regime"].startswith("equilibrium only")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 
-from ncsim.spec import RunSpec
+from ncsim.spec import RunSpec, TimeScale
 from ncsim.theory.critical import lambda_crit
 from ncsim.theory.equilibrium import equilibrium
 from ncsim.theory.prediction import predicted_onset
@@ -34,7 +35,8 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     ``lambda_crit_theory``, ``w_norm_star_theory``, ``loss_star_theory`` and ``theory_regime``.
     NaN / None where the theory does not apply (non-linear deep heads, a width other than d,
     per-layer decays in the onset model, imbalanced CE or deep imbalanced models); never raises
-    for a valid spec.
+    for a valid spec. Time-scale factors (``spec.time_scale``) leave the equilibrium columns
+    unchanged (the minimiser does not depend on them) and the onset NaN.
 
     Regimes (``theory_regime``): "ok"; "approximate: d < 5K" (onset model less accurate);
     "no_minimiser: ..." (a zero decay: fn* etc. NaN, the early-phase onset is still given);
@@ -49,7 +51,12 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     if m.depth > 1 and m.activation != "linear":
         return _empty(f"not_applicable: activation {m.activation}")
     if spec.time_scale.eta_h != 1 or spec.time_scale.per_layer(m.depth) != (1.0,) * m.depth:
-        return _empty("not_applicable: time-scale factors")
+        # the minimiser does not depend on the time scales; the onset prediction does
+        row = theory_columns(dataclasses.replace(spec, time_scale=TimeScale()))
+        row["onset_time_theory"] = math.nan
+        row["theory_regime"] = ("equilibrium only: the onset is predicted for unit time-scale "
+                                "factors")
+        return row
     try:
         lw = spec.reg.per_layer(m.depth)
         lw_arg: Any = lw[0] if len(set(lw)) == 1 else tuple(lw)

@@ -229,15 +229,21 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, prese
               help="simulate at least this multiple of the network's MSE-phase time")
 @click.option("--wd-horizon", type=float, default=5.0, show_default=True,
               help="simulate at least this multiple of the surrogate's collapse time scale "
-              "1 / (2 lambda_H)")
+              "1 / (2 eta_H lambda_H)")
 @click.option("--max-steps", type=int, default=20_000, show_default=True,
               help="step budget of the surrogate integration (past it: extrapolated onset)")
+@click.option("--lambda-h-rule", type=click.Choice(("response", "balance")), default="response",
+              show_default=True,
+              help="feature-block calibration: 'response' fits eta_H and lambda_H to the "
+              "network's feature velocity at the MSE start; 'balance' takes lambda_H = "
+              "lambda_W |W|^2 / |H|^2 of the final network, eta_H = 1")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="output folder (default: the run folder)")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @handle_errors
 def compare_cmd(run_dir: Path, per_class: int | None, onset_threshold: float, horizon: float,
-                wd_horizon: float, max_steps: int, out: Path | None, fmt: str) -> None:
+                wd_horizon: float, max_steps: int, lambda_h_rule: str, out: Path | None,
+                fmt: str) -> None:
     """Measured vs simulated (UFM surrogate) onset and fn*, next to the closed-form fn*."""
     from ncsim.io import write_table
     from ncsim.validate.compare import compare_run
@@ -246,7 +252,8 @@ def compare_cmd(run_dir: Path, per_class: int | None, onset_threshold: float, ho
     if max_steps < 1:
         raise InputError(f"--max-steps must be >= 1, got {max_steps}")
     result = compare_run(run_dir, per_class, onset_threshold, horizon,
-                         wd_horizon=wd_horizon, max_steps=max_steps)
+                         wd_horizon=wd_horizon, max_steps=max_steps,
+                         lambda_h_rule=lambda_h_rule)
     out = out or run_dir
     table = result["table"]
     write_table(table, out / "compare.csv")

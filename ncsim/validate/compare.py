@@ -4,7 +4,9 @@ Input: a training run folder written by ``ncsim validate train`` (``checkpoints/
 = the state at the start of the MSE phase, ``checkpoints/phase2_end.pt`` = the final state,
 ``log.parquet``). The surrogate (see :mod:`ncsim.validate.surrogate`) starts from the network's
 features and classifier at the start of the MSE phase on a class-balanced subsample of n per
-class, with the same K, d and lambda_W, and lambda_H from the balance calibration.
+class, with the same K, d and lambda_W; its feature block (eta_H, lambda_H) is calibrated by the
+``response`` rule (fitted to the network's own feature velocity, the default) or the
+``balance`` rule.
 
 Time units. ncsim's gradient flow is ``d theta/dt = -grad f`` with ``f = (1/N) sum 1/2 |z - y|^2
 + ...``; PyTorch's ``nn.MSELoss`` (mean over the N x K entries, no 1/2) is (2/K) times ncsim's
@@ -21,16 +23,17 @@ reference only and leaves the simulated onset empty (NaN); fn* values (which car
 still reported.
 
 Horizon and cost. The surrogate's collapse is driven by its feature penalty: after it fits the
-targets, the within-class spread outside the row space of W decays as ``exp(-lambda_H t_ncsim)``
-(its variance, hence nc1_trace, at the rate ``2 lambda_H``). The integration therefore runs to
-``max(horizon x the MSE-phase time, wd_horizon / (2 lambda_H))`` in ncsim time, i.e. to its own
-onset, within a step budget (``max_steps``). The balance calibration can give a small lambda_H
-(1e-5 or less) while the classifier's rate |H|^2 / N is large, a stiff system whose explicit
-integration to the onset may exceed the budget; the row then has ``onset_simulated`` NaN,
-``status_simulated = "max_steps"``, the time reached (``onset_simulated_lower_bound``: the
-surrogate has not collapsed before it) and the extrapolation ``onset_simulated_estimate =
-t_reached + ln(nc1_trace(t_reached) / threshold) / (2 lambda_H)`` (network units), with
-``onset_simulated_source`` naming which of the two the ratio column uses.
+targets, the within-class spread outside the row space of W decays as ``exp(-eta_H lambda_H
+t_ncsim)`` (its variance, hence nc1_trace, at the rate ``2 eta_H lambda_H``). The integration
+therefore runs to ``max(horizon x the MSE-phase time, wd_horizon / (2 eta_H lambda_H))`` in ncsim
+time, i.e. to its own onset, within a step budget (``max_steps``). The balance calibration gives
+a small lambda_H (1e-5 or less) with eta_H = 1 while the classifier's rate |H|^2 / N is large, a
+stiff system whose explicit integration to the onset may exceed the budget; the row then has
+``onset_simulated`` NaN, ``status_simulated = "max_steps"``, the time reached
+(``onset_simulated_lower_bound``: the surrogate has not collapsed before it) and the
+extrapolation ``onset_simulated_estimate = t_reached + ln(nc1_trace(t_reached) / threshold) /
+(2 eta_H lambda_H)`` (network units), with ``onset_simulated_source`` naming which of the two the
+ratio column uses.
 """
 
 from __future__ import annotations
@@ -62,9 +65,16 @@ def _measured(log: pd.DataFrame, threshold: float, factor: float = 1.0
     return curve, onset, value_at(t, curve["fn"].to_numpy(np.float64), onset, False)
 
 
+RULES = {
+    "response": "response: eta_H, lambda_H fitted to the network's feature velocity at the "
+                "start of the MSE phase",
+    "balance": "balance: lambda_W |W|^2 / |H|^2 at the final network state, eta_H = 1",
+}
+
+
 def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: float = 0.01,
                 horizon: float = 10.0, seed: int = 0, wd_horizon: float = 5.0,
-                max_steps: int = 20_000) -> dict[str, Any]:
+                max_steps: int = 20_000, lambda_h_rule: str = "response") -> dict[str, Any]:
     """Compare a training run with its UFM surrogate.
 
     Parameters
@@ -77,6 +87,7 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     wd_horizon : simulate at least ``wd_horizon / (2 lambda_H)`` (ncsim time, the surrogate's
         collapse time scale).
     max_steps : step budget of the surrogate integration.
+    lambda_h_rule : "response" or "balance" (:mod:`ncsim.validate.surrogate`).
 
     Returns
     -------
@@ -91,7 +102,10 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
             raise InputError(f"{path} not found; give a folder written by 'ncsim validate train' "
                              "with a two-phase (CE then MSE) protocol")
     from ncsim.io import read_table
-    from ncsim.validate.train import Phase, flow_time_factor
+    from ncsim.validate.train import Phase, decayed_names, flow_time_factor
+
+    require(lambda_h_rule in sg.CALIBRATIONS, f"unknown lambda_H rule {lambda_h_rule!r}; "
+            f"allowed: {', '.join(sg.CALIBRATIONS)}")
 
     model0, state0 = load_checkpoint(start_ckpt)
     config = state0["config"]
@@ -117,14 +131,24 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     if final_ckpt.exists():
         final = sg.network_state(load_checkpoint(final_ckpt)[0], data, per_class, seed)
     lam_w = sg.lambda_w_ncsim(phase2["weight_decay"], K)
-    lam_h = sg.calibrate_lambda_h(final, lam_w)
+    factor = sg.time_factor(K)
+    if lambda_h_rule == "balance":
+        cal = sg.Calibration("balance", lambda_h=sg.calibrate_lambda_h(final, lam_w))
+    else:
+        _, v_data, v_decay = sg.feature_velocities(
+            model0, data, start.index, phase2["weight_decay"],
+            decayed_names(model0, int(phase2.get("decay_last", 0))))
+        cal = sg.calibrate_response(start, v_data, v_decay, factor)
+    rate = cal.eta_h * cal.lambda_h  # ncsim-time decay rate of the surrogate's features
     log = read_table(log_path)
     curve, onset_net, fn_net = _measured(log, threshold, step_factor if mapping_ok else 1.0)
-    factor = sg.time_factor(K)
     duration = float(curve["t"].max())
     require(duration > 0, "the MSE phase of the log has zero duration (lr = 0?)")
-    t_end = max(horizon * duration * factor, wd_horizon / (2.0 * lam_h))
-    spec = sg.surrogate_spec(start, lam_w, lam_h, t_end, threshold, max_steps=max_steps)
+    t_end = horizon * duration * factor
+    if rate > 0:
+        t_end = max(t_end, wd_horizon / (2.0 * rate))
+    spec = sg.surrogate_spec(start, lam_w, cal.lambda_h, t_end, threshold, max_steps=max_steps,
+                             eta_h=cal.eta_h)
     from ncsim.flow import simulate
 
     sim = simulate([spec])
@@ -138,7 +162,8 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     if math.isfinite(onset_sim):
         estimate, source = onset_sim, "simulated"
     else:
-        rest = math.log(max(nc1_reached / threshold, 1.0)) / (2.0 * lam_h) / factor
+        gap = math.log(max(nc1_reached / threshold, 1.0))
+        rest = gap / (2.0 * rate) / factor if rate > 0 else (math.inf if gap > 0 else 0.0)
         estimate, source = t_reached + rest, "extrapolated"
     if not mapping_ok:
         estimate, source = math.nan, "none (no time mapping)"
@@ -152,8 +177,9 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     row = {
         "run": log["run_id"].iloc[0] if "run_id" in log else run_dir.name,
         "K": K, "d": start.H.shape[0], "n_per_class": per_class,
-        "weight_decay": phase2["weight_decay"], "lambda_w": lam_w, "lambda_h": lam_h,
-        "lambda_h_rule": "balance: lambda_W |W|^2 / |H|^2 at the final network state",
+        "weight_decay": phase2["weight_decay"], "lambda_w": lam_w, "lambda_h": cal.lambda_h,
+        "eta_h": cal.eta_h, "lambda_h_rule": RULES[cal.rule],
+        "calibration_r2_data": cal.r2_data, "calibration_r2_decay": cal.r2_decay,
         "optimizer": phase2["optimizer"], "time_mapping": mapping,
         "time_mapping_valid": bool(mapping_ok), "time_unit": "t from MSE start",
         "t_ncsim_per_t": factor, "lambda_w_x_t_end": lam_w * factor * duration,
@@ -162,7 +188,7 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
         "onset_simulated_estimate": estimate, "onset_simulated_source": source,
         "onset_ratio_sim_over_measured": (estimate / onset_net
                                           if onset_net and math.isfinite(onset_net) else math.nan),
-        "collapse_time_scale": 1.0 / (2.0 * lam_h) / factor,
+        "collapse_time_scale": 1.0 / (2.0 * rate) / factor if rate > 0 else math.inf,
         "fn_star_measured": fn_net, "fn_star_simulated": fn_sim,
         "fn_star_closed_form": fn_theory, "theory_note": regime,
         "fn_star_ratio_sim_over_measured": fn_sim / fn_net if fn_net else math.nan,

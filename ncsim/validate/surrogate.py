@@ -8,16 +8,30 @@ lambda_H/2 |H|^2 + lambda_b/2 |b|^2``):
   coupled L2 ``wd/2 |theta|^2``. Its data term is (2/K) times ncsim's, so dividing the objective
   by 2/K gives ``lambda_W = lambda_b = K wd / 2`` and gradient-flow time ``t_ncsim = (2/K) t``
   with the network's time ``t = lr x steps``. Times are reported in the network's unit t.
-- lambda_H (the network has no feature penalty; its features are produced by a body under
-  weight decay) is calibrated by the balance identity of UFM critical points: at any critical
-  point of ``L(WH + b) + lambda_W/2 |W|^2 + lambda_H/2 |H|^2``, ``lambda_W |W|_F^2 =
-  lambda_H |H|_F^2``. Applied to the network's final (trained) classifier W and features H of
-  the same subsample, ``lambda_H = lambda_W |W|_F^2 / |H|_F^2``; when no final state is given,
-  the state at the start of the MSE phase is used.
+- The feature block. The network has no feature penalty: its features are moved by a body
+  under weight decay. Two calibrations are offered.
+
+  ``response`` (default): the surrogate's feature flow ``dH/dt = -eta_H (grad_H L + lambda_H H)``
+  is fitted to the network's own feature velocity at the start of the MSE phase. The network's
+  gradient flow ``d theta/dt = -grad_theta (data loss) - wd theta`` (decayed parameters only)
+  moves the subsample's features at ``v = J_theta h . d theta/dt``, computed exactly with two
+  Jacobian-vector products (one for the data gradient over the whole training set, one for the
+  decay). In ncsim time, least squares over all entries gives ``eta_H = -<v_data, G_H> /
+  |G_H|^2`` with ``G_H = grad_H L`` of the surrogate (the body's neural-tangent amplification of
+  the feature gradient, as one scalar) and ``eta_H lambda_H = -<v_decay, H> / |H|^2`` (the rate
+  at which the body's weight decay shrinks the features: ``wd x`` the degree of homogeneity of
+  the features in the decayed parameters, so exactly ``wd`` per decayed ReLU layer). The
+  fractions of each velocity that the fit explains (``r2_data``, ``r2_decay``) are reported:
+  a scalar cannot describe an anisotropic tangent kernel, and ``r2_data`` says how far it does.
+  ``balance``: the balance identity of UFM critical points, ``lambda_W |W|_F^2 = lambda_H
+  |H|_F^2``, applied to the network's final classifier and features of the same subsample,
+  with ``eta_H = 1``. It gives the surrogate the network's end point but the UFM's own (1/N)
+  feature rate, far slower than the network's, so its onset comes far later.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -26,7 +40,7 @@ import torch
 
 from ncsim.errors import require
 from ncsim.validate.data import Dataset, balanced_subset
-from ncsim.validate.train import extract
+from ncsim.validate.train import extract, loss_fn
 
 
 @dataclass
@@ -35,12 +49,14 @@ class SurrogateState:
 
     H : (d, N) float64 features, columns grouped by class (class-major, n per class).
     W : (K, d) classifier weight. b : (K,) classifier bias. per_class : n.
+    index : (N,) rows of the training set the columns of H come from (None: not from a network).
     """
 
     H: np.ndarray
     W: np.ndarray
     b: np.ndarray
     per_class: int
+    index: np.ndarray | None = None
 
     @property
     def fn(self) -> float:
@@ -58,7 +74,7 @@ def network_state(model: torch.nn.Module, data: Dataset, per_class: int, seed: i
         H=feats.double().cpu().numpy().T.copy(),
         W=model.classifier.weight.detach().double().cpu().numpy().copy(),
         b=model.classifier.bias.detach().double().cpu().numpy().copy(),
-        per_class=per_class,
+        per_class=per_class, index=idx,
     )
 
 
@@ -79,35 +95,147 @@ def calibrate_lambda_h(state: SurrogateState, lambda_w: float) -> float:
     return lambda_w * float((state.W ** 2).sum()) / h2
 
 
+CALIBRATIONS = ("response", "balance")
+
+
+@dataclass
+class Calibration:
+    """How the surrogate's feature block matches the network (see the module docstring).
+
+    rule : "response" or "balance". lambda_h : ncsim lambda_H. eta_h : time-scale factor of the
+    feature block. r2_data, r2_decay : fraction of the network's data / decay feature velocity
+    that the fit explains (NaN for "balance").
+    """
+
+    rule: str
+    lambda_h: float
+    eta_h: float = 1.0
+    r2_data: float = math.nan
+    r2_decay: float = math.nan
+
+
+def feature_velocities(model: torch.nn.Module, data: Dataset, index: np.ndarray,
+                       weight_decay: float, decayed: set[str] | None, loss: str = "mse",
+                       batch: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features of the samples ``index`` and their velocities under the network's gradient flow.
+
+    The flow is ``d theta/dt = -grad_theta loss(training set) - weight_decay theta`` (the decay on
+    the parameters named in ``decayed``; None: all), in the network's time ``t = lr x steps``.
+    Computed in float64 on a copy of ``model`` in eval mode.
+
+    Returns
+    -------
+    (H, v_data, v_decay), each (d, M) float64: features of the M samples, and dH/dt from the
+    data gradient and from the weight decay.
+    """
+    net = copy.deepcopy(model).double().eval()
+    params = dict(net.named_parameters())
+    x, y = data.x_train, data.y_train
+    total = x.shape[0]
+    grads = {name: torch.zeros_like(p) for name, p in params.items()}
+    for start in range(0, total, batch):
+        xb, yb = x[start:start + batch].double(), y[start:start + batch]
+        part = loss_fn(net(xb), yb, loss) * (xb.shape[0] / total)
+        for name, g in zip(params, torch.autograd.grad(part, list(params.values()),
+                                                       allow_unused=True)):
+            if g is not None:
+                grads[name] += g
+    with torch.no_grad():
+        tangent_data = {name: -g for name, g in grads.items()}
+        tangent_decay = {name: (-weight_decay * p if decayed is None or name in decayed
+                                else torch.zeros_like(p)) for name, p in params.items()}
+    body = _Features(net)
+    xs = x[torch.as_tensor(index, device=x.device)].double()
+    primal = {f"net.{name}": p.detach() for name, p in params.items()}
+
+    def features(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.func.functional_call(body, p, (xs,))
+
+    def prefixed(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {f"net.{name}": v for name, v in t.items()}
+
+    h, v_data = torch.func.jvp(features, (primal,), (prefixed(tangent_data),))
+    _, v_decay = torch.func.jvp(features, (primal,), (prefixed(tangent_decay),))
+    return tuple(a.detach().cpu().numpy().T.copy() for a in (h, v_data, v_decay))
+
+
+class _Features(torch.nn.Module):
+    """The network's penultimate features as a module (for functional calls)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
+def calibrate_response(state: SurrogateState, v_data: np.ndarray, v_decay: np.ndarray,
+                       time_factor_: float) -> Calibration:
+    """Least-squares fit of ``-eta_H (G_H + lambda_H H)`` to the network's feature velocity.
+
+    Parameters
+    ----------
+    state : the surrogate's initial state (H (d, N) of the same samples, W, b).
+    v_data, v_decay : (d, N) feature velocities in the network's time (from
+        :func:`feature_velocities`).
+    time_factor_ : t_ncsim / t_network (:func:`time_factor`).
+    """
+    H, W, b = state.H, state.W, state.b
+    K, N = W.shape[0], H.shape[1]
+    onehot = np.repeat(np.eye(K), state.per_class, axis=1)
+    grad_h = W.T @ (W @ H + b[:, None] - onehot) / N
+    vd, vw = v_data / time_factor_, v_decay / time_factor_
+    g2, h2 = float((grad_h ** 2).sum()), float((H ** 2).sum())
+    require(g2 > 0 and h2 > 0, "the surrogate's features fit the targets exactly (or are zero); "
+            "the response calibration is undefined: use --lambda-h-rule balance")
+    eta = -float((vd * grad_h).sum()) / g2
+    rate = -float((vw * H).sum()) / h2
+    require(eta > 0, f"the network's features move against the loss gradient (eta_H = {eta:.3g});"
+            " the response calibration is undefined: use --lambda-h-rule balance")
+    require(rate >= 0, f"the network's weight decay grows its features (rate {rate:.3g}); "
+            "use --lambda-h-rule balance")
+
+    def explained(v: np.ndarray, fit: np.ndarray) -> float:
+        v2 = float((v ** 2).sum())
+        return 1.0 - float(((v - fit) ** 2).sum()) / v2 if v2 > 0 else math.nan
+
+    return Calibration("response", lambda_h=rate / eta, eta_h=eta,
+                       r2_data=explained(vd, -eta * grad_h), r2_decay=explained(vw, -rate * H))
+
+
 def surrogate_spec(state: SurrogateState, lambda_w: float, lambda_h: float, t_end: float,
-                   threshold: float = 0.01, records: int = 200, max_steps: int = 20_000):
+                   threshold: float = 0.01, records: int = 200, max_steps: int = 20_000,
+                   eta_h: float = 1.0):
     """RunSpec of the UFM-MSE surrogate started at ``state``.
 
     Parameters
     ----------
     state : initial H, W, b. lambda_w, lambda_h : ncsim regularisation.
+    eta_h : time-scale factor of the feature block (``dH/dt = -eta_h grad_H f``).
     t_end : final time in ncsim units. threshold : nc1_trace onset threshold.
     records : recorded times (log-spaced). max_steps : step budget of the integration.
 
     The one-layer UFM is integrated in the Gram-space form when it is smaller (``reduction =
     "auto"``: d > N + K), whose cost does not depend on d.
     """
-    from ncsim.spec import InitSpec, ModelSpec, OnsetSpec, Regularization, RunSpec, SolverSpec
+    from ncsim import spec as sp
 
     d, N = state.H.shape
     K = state.W.shape[0]
     require(K * state.per_class == N, "surrogate state must hold n samples of every class")
     bias = "reg" if lambda_w > 0 else "free"
-    model = ModelSpec(kind="ufm", loss="mse", bias=bias, classes=K, per_class=state.per_class,
-                      dim=d)
-    reg = Regularization(lambda_w=lambda_w, lambda_h=lambda_h,
-                         lambda_b=lambda_w if bias == "reg" else 0.0)
-    init = InitSpec(kind="arrays", arrays={"H": state.H, "W": [state.W], "b": state.b})
-    solver = SolverSpec(method="dopri5", t_end=t_end, records=records,
-                        t_first=min(1e-3, t_end / 1e4), rtol=1e-6, atol=1e-8,
-                        max_steps=max_steps, reduction="auto")
-    return RunSpec(model=model, reg=reg, init=init, solver=solver,
-                   onset=OnsetSpec(metric="nc1_trace", threshold=threshold, interpolate=False))
+    model = sp.ModelSpec(kind="ufm", loss="mse", bias=bias, classes=K,
+                         per_class=state.per_class, dim=d)
+    reg = sp.Regularization(lambda_w=lambda_w, lambda_h=lambda_h,
+                            lambda_b=lambda_w if bias == "reg" else 0.0)
+    init = sp.InitSpec(kind="arrays", arrays={"H": state.H, "W": [state.W], "b": state.b})
+    solver = sp.SolverSpec(method="dopri5", t_end=t_end, records=records,
+                           t_first=min(1e-3, t_end / 1e4), rtol=1e-6, atol=1e-8,
+                           max_steps=max_steps, reduction="auto")
+    onset = sp.OnsetSpec(metric="nc1_trace", threshold=threshold, interpolate=False)
+    return sp.RunSpec(model=model, reg=reg, init=init, solver=solver,
+                      time_scale=sp.TimeScale(eta_h=eta_h), onset=onset)
 
 
 def closed_form_fn_star(spec) -> tuple[float, str]:
