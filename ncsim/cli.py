@@ -195,7 +195,8 @@ def _model_options(func):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--reduction", type=_choice(REDUCTIONS), default="auto", show_default=True,
               help="State of the one-layer UFM: none (H, W, b), gram (Z, WW^T, H^TH; cost "
-                   "independent of d), auto (gram when smaller).")
+                   "independent of d), classes (MSE only: class means, deviation propagator, "
+                   "W, b; cost independent of n), auto (the cheapest that applies).")
 @click.option("--records", type=int, default=200, show_default=True)
 @click.option("--t-first", type=float, default=None, help="First non-zero record time.")
 @click.option("--max-steps", type=int, default=1_000_000, show_default=True)

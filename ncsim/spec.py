@@ -34,7 +34,7 @@ BIASES = ("none", "free", "reg")
 INITS = ("gaussian", "spectral", "etf", "arrays")
 SOLVERS = ("gd", "rk4", "dopri5", "tsit5")
 DTYPES = ("float64", "float32")
-REDUCTIONS = ("auto", "none", "gram")
+REDUCTIONS = ("auto", "none", "gram", "classes")
 ONSET_METRICS = (
     "nc1_trace", "nc1", "nc2_etf", "nc2_angle", "nc3", "nc3_paper", "cdnv",
 )
@@ -264,8 +264,11 @@ class SolverSpec:
     dtype, device : torch dtype name and device of the integration.
     reduction : state the one-layer UFM is integrated in: "none" (the parameters H, W, b),
         "gram" (the exact Gram-space form Z = W H, W W^T, H^T H, b, whose cost does not depend
-        on d; one-layer UFM only) or "auto" (gram for the one-layer UFM when its state is
-        smaller, roughly d > N + K; none otherwise).
+        on d; one-layer UFM only), "classes" (the exact class-means form: class means,
+        deviation propagator, W, b, whose cost does not depend on n; one-layer UFM with MSE
+        loss only) or "auto" (gram for the one-layer UFM when its state is smaller, roughly
+        d > N + K; else classes for the one-layer MSE UFM when cheaper, 4 d + 3 K < 3 N; none
+        otherwise; see :func:`ncsim.models.reduction.state_form`).
     """
 
     method: str = "dopri5"
@@ -380,6 +383,10 @@ class RunSpec:
         self.onset.validate()
         require(self.solver.reduction != "gram" or self.model.kind == "ufm",
                 "reduction 'gram' needs the one-layer UFM (model 'ufm')")
+        require(self.solver.reduction != "classes" or (
+            self.model.kind == "ufm" and self.model.loss == "mse"),
+            "reduction 'classes' needs the one-layer UFM with MSE loss (model 'ufm', loss "
+            "'mse'); use 'auto' or 'none'")
         return self
 
     def batch_key(self) -> tuple:

@@ -21,7 +21,9 @@ import torch
 from ncsim.flow.integrate import DIVERGED, MAX_STEPS, FlowResult, integrate
 from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.models import Penalties, UFMObjective, initial_state
-from ncsim.models.gram import GramObjective, use_gram
+from ncsim.models.classmeans import ClassMeansObjective
+from ncsim.models.gram import GramObjective
+from ncsim.models.reduction import state_form
 from ncsim.onset import is_vanishing, onset_time, value_at
 from ncsim.spec import RunSpec
 
@@ -45,7 +47,8 @@ class SimulationResult:
         ``H`` and ``W`` are then an isometric representative (same inner products, so the
         same continuation of every recorded quantity; equal to the true point up to a rotation
         of R^d), and the Gram blocks are added as ``Z`` = W H (K, N), ``A`` = W W^T (K, K) and
-        ``B`` = H^T H (N, N)."""
+        ``B`` = H^T H (N, N). A run integrated in the class-means form gives its exact
+        (H, W, b), rebuilt from the class means and the deviation propagator."""
         return self.final_states[run]
 
 
@@ -67,8 +70,9 @@ def run_id(spec: RunSpec) -> str:
 class _Batch:
     """Tensors of one batch: objective, penalties, time scales, initial state.
 
-    With the Gram reduction (``gram`` is a :class:`GramObjective`) the state is the Gram state
-    and ``velocity``, ``record`` and ``grad_norm`` work on it.
+    With a reduction (``reduced`` is a :class:`GramObjective` or a
+    :class:`ClassMeansObjective`, see :func:`ncsim.models.reduction.state_form`) the state is
+    the reduced state and ``velocity``, ``record`` and ``grad_norm`` work on it.
     """
 
     def __init__(self, specs: Sequence[RunSpec]) -> None:
@@ -90,21 +94,32 @@ class _Batch:
         )
         self.eta = self._time_scales(tensor)
         self.y0 = initial_state(self.model, [s.init for s in specs], self.device, self.dtype)
-        self.gram: GramObjective | None = None
-        if use_gram(self.model, self.solver.reduction):
-            self.gram = GramObjective(self.model, self.device, self.dtype)
-            lay = self.objective.layout
-            y64 = self.y0.double()
-            h, w = lay.view(y64, "H"), lay.view(y64, "W1")
-            b = lay.view(y64, "b") if "b" in lay else None
+        self.form = state_form(self.model, self.solver.reduction)
+        self.reduced: GramObjective | ClassMeansObjective | None = None
+        if self.form != "none":
+            self._reduce(specs, tensor)
+
+    def _reduce(self, specs: Sequence[RunSpec], tensor: Callable[[list[float]], torch.Tensor]
+                ) -> None:
+        """Replace the initial state by its reduced form (built in float64)."""
+        lay = self.objective.layout
+        y64 = self.y0.double()
+        h, w = lay.view(y64, "H"), lay.view(y64, "W1")
+        b = lay.view(y64, "b") if "b" in lay else None
+        if self.form == "gram":
             self.y0 = GramObjective(self.model, self.device, torch.float64).from_parameters(
                 h, w, b).to(self.dtype)
-            ts = [s.time_scale for s in specs]
-            uniform = all(t.eta_h == 1.0 and t.eta_b == 1.0 and t.per_layer(1) == (1.0,)
-                          for t in ts)
-            self.gram_eta = ((1.0, 1.0, 1.0) if uniform else
-                             (tensor([t.per_layer(1)[0] for t in ts]),
-                              tensor([t.eta_h for t in ts]), tensor([t.eta_b for t in ts])))
+            self.reduced = GramObjective(self.model, self.device, self.dtype)
+        else:
+            exact = ClassMeansObjective(self.model, self.device, torch.float64)
+            self.y0 = exact.from_parameters(h, w, b).to(self.dtype)
+            self.reduced = exact.with_dtype(self.dtype)
+        ts = [s.time_scale for s in specs]
+        uniform = all(t.eta_h == 1.0 and t.eta_b == 1.0 and t.per_layer(1) == (1.0,)
+                      for t in ts)
+        self.reduced_eta = ((1.0, 1.0, 1.0) if uniform else
+                            (tensor([t.per_layer(1)[0] for t in ts]),
+                             tensor([t.eta_h for t in ts]), tensor([t.eta_b for t in ts])))
 
     def _time_scales(self, tensor: Callable[[list[float]], torch.Tensor]) -> torch.Tensor | float:
         depth = self.model.depth
@@ -117,9 +132,14 @@ class _Batch:
         layout = self.objective.layout
         return layout.expand_per_block({b.name: tensor(per_block[b.name]) for b in layout.blocks})
 
+    @property
+    def magnitude(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Entry sizes for the error test (the Gram form's Cauchy-Schwarz bounds), or None."""
+        return self.reduced.magnitude if isinstance(self.reduced, GramObjective) else None
+
     def velocity(self, state: torch.Tensor) -> torch.Tensor:
-        if self.gram is not None:
-            return self.gram.velocity(state, self.penalties, *self.gram_eta)
+        if self.reduced is not None:
+            return self.reduced.velocity(state, self.penalties, *self.reduced_eta)
         return -self.eta * self.objective.gradient(state, self.penalties)
 
     def select(self, runs: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor],
@@ -127,11 +147,11 @@ class _Batch:
                                                            torch.Tensor]]:
         """(velocity, grad_norm) of the runs ``runs`` (M,) alone (states (M, P))."""
         pen = self.penalties.select(runs)
-        if self.gram is not None:
-            gram = self.gram
-            eta = tuple(e[runs] if isinstance(e, torch.Tensor) else e for e in self.gram_eta)
-            return (lambda y: gram.velocity(y, pen, *eta),
-                    lambda y, k: gram.grad_norm(y, pen))
+        if self.reduced is not None:
+            reduced = self.reduced
+            eta = tuple(e[runs] if isinstance(e, torch.Tensor) else e for e in self.reduced_eta)
+            return (lambda y: reduced.velocity(y, pen, *eta, runs=runs),
+                    lambda y, k: reduced.grad_norm(y, pen, runs=runs))
         objective = self.objective
         eta = self.eta[runs] if isinstance(self.eta, torch.Tensor) else self.eta
 
@@ -142,19 +162,24 @@ class _Batch:
 
     def grad_norm(self, state: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
         """|grad f|_2 (R,) at ``state`` whose velocity is ``velocity``, float64."""
-        if self.gram is not None:
-            return self.gram.grad_norm(state, self.penalties)
+        if self.reduced is not None:
+            return self.reduced.grad_norm(state, self.penalties)
         return (velocity / self.eta).double().norm(dim=1)
 
     def record(self, states: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
         """Recorded quantities (M, Q) of states (M, P) belonging to runs (M,)."""
         pen = self.penalties.select(runs)
-        if self.gram is not None:
-            loss, objective = self.gram.value(states, pen)
-            values = self.gram.metrics(states)
+        if isinstance(self.reduced, GramObjective):
+            loss, objective = self.reduced.value(states, pen)
+            values = self.reduced.metrics(states)
             return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
-        loss, objective = self.objective.value(states, pen)
-        feats, weights, bias = self.objective.penultimate(states)
+        if isinstance(self.reduced, ClassMeansObjective):
+            loss, objective = self.reduced.value(states, pen, runs)
+            h, weights, bias = self.reduced.parameters(states, runs)
+            feats = h.transpose(1, 2)
+        else:
+            loss, objective = self.objective.value(states, pen)
+            feats, weights, bias = self.objective.penultimate(states)
         values = nc_metrics(feats, self.objective.labels, self.model.classes, weights, bias)
         return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
 
@@ -205,8 +230,13 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[di
 
 def _state_blocks(batch: _Batch, state: torch.Tensor) -> list[dict[str, Any]]:
     """Per-run blocks of the flat states (R, P) as float64 numpy arrays."""
-    if batch.gram is not None:
-        gram = batch.gram
+    if isinstance(batch.reduced, ClassMeansObjective):
+        h, w, b = batch.reduced.parameters(state.detach())
+        return [{"H": h[i].double().cpu().numpy().copy(), "W": [w[i].double().cpu().numpy().copy()],
+                 "b": None if b is None else b[i].double().cpu().numpy().copy()}
+                for i in range(state.shape[0])]
+    if isinstance(batch.reduced, GramObjective):
+        gram = batch.reduced
         h, w = gram.factor(state.detach().double())
         blocks = []
         for i in range(state.shape[0]):
@@ -295,7 +325,7 @@ def simulate(
         flow = integrate(batch.velocity, batch.y0, batch.solver, batch.record, len(RECORDED),
                          eta=batch.eta, progress=bar.update if bar is not None else None,
                          grad_norm=batch.grad_norm, select=batch.select,
-                         magnitude=batch.gram.magnitude if batch.gram is not None else None)
+                         magnitude=batch.magnitude)
         batch_rows, frame = _summarise(batch, flow, [ids[i] for i in members])
         for i, blocks in zip(members, _state_blocks(batch, flow.final_state)):
             states[ids[i]] = blocks

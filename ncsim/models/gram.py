@@ -156,8 +156,9 @@ class GramObjective:
         z = s if b is None else s + b.unsqueeze(-1)
         return self.loss_and_grad(z, self.onehot)
 
-    def value(self, state: Tensor, pen: Penalties) -> tuple[Tensor, Tensor]:
-        """(data loss (R,), objective f (R,))."""
+    def value(self, state: Tensor, pen: Penalties, runs: Tensor | None = None
+              ) -> tuple[Tensor, Tensor]:
+        """(data loss (R,), objective f (R,)); ``runs`` is not needed (common interface)."""
         s, a, bb, b = self.blocks(state)
         loss, _ = self._logits_grad(s, b)
         tr_a = torch.diagonal(a, dim1=1, dim2=2).sum(1)
@@ -168,8 +169,10 @@ class GramObjective:
         return loss, total
 
     def velocity(self, state: Tensor, pen: Penalties, eta_w: Tensor | float = 1.0,
-                 eta_h: Tensor | float = 1.0, eta_b: Tensor | float = 1.0) -> Tensor:
-        """d state / dt (R, P) of the gradient flow; ``eta_*`` scalars or (R,) time scales."""
+                 eta_h: Tensor | float = 1.0, eta_b: Tensor | float = 1.0,
+                 runs: Tensor | None = None) -> Tensor:
+        """d state / dt (R, P) of the gradient flow; ``eta_*`` scalars or (R,) time scales.
+        ``runs`` is not needed (the Gram state holds everything; common interface)."""
         s, a, bb, b = self.blocks(state)
         _, g = self._logits_grad(s, b)
         lw = pen.w[-1].view(-1, 1, 1)
@@ -186,7 +189,7 @@ class GramObjective:
             parts["b"] = -(g.sum(2) + pen.b.view(-1, 1) * b) * eb
         return self.layout.pack(parts)
 
-    def grad_norm(self, state: Tensor, pen: Penalties) -> Tensor:
+    def grad_norm(self, state: Tensor, pen: Penalties, runs: Tensor | None = None) -> Tensor:
         """|grad f|_2 (R,) with respect to (W, H, b), from the Gram quantities.
 
         |G H^T + lw W|^2 = tr(G B G^T) + 2 lw <G, S> + lw^2 tr A, and likewise for H with A.

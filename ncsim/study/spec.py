@@ -66,7 +66,7 @@ SIM_PARAMS: dict[str, tuple[type, tuple | None]] = {
                            "cdnv")),
     "onset_threshold": (float, None), "onset_stay": (int, None),
     "dtype": (str, ("float64", "float32")), "chunk": (int, None),
-    "reduction": (str, ("auto", "none", "gram")),
+    "reduction": (str, ("auto", "none", "gram", "classes")),
     "intervene_time": (float, None), "intervene_alpha": (float, None),
 }
 TRAIN_PARAMS: dict[str, tuple[type, tuple | None]] = {
