@@ -4,6 +4,8 @@
   (lambda_W, lambda_H) log-spaced in [1e-4, 3e-2]^2, 200 log-spaced records; CPU 8x8, T = 2e4.
 - W2 wide: UFM-MSE and UFM-CE, K = 10, n = 20, d in (32, 256, 1024, 4096), init scale
   0.1 sqrt(32/d): the Gram form against the d-space form.
+- W2n many samples: UFM-MSE, K = 10, d = 32, n per class in (20, 100, 500, 2000): the
+  class-means form against the d-space form.
 - W3 large: K = 100, n = 50, d = 512, 16 runs: throughput of the right-hand side.
 
 ``scale`` shrinks a workload for smoke tests (fewer runs, shorter horizon).
@@ -74,6 +76,27 @@ def w2(loss: str = "mse", dim: int = 4096, runs: int = 4, t_end: float = 1e3,
              for i in range(runs)]
     return Workload(f"W2-{loss}-d{dim}", specs, fn_tol=1e-9,
                     params={"K": 10, "n": 20, "d": dim, "loss": loss, "runs": runs,
+                            "t_end": t_end, "records": records, "rtol": rtol, "atol": atol})
+
+
+def w2n(per_class: int = 2000, runs: int = 2, t_end: float = 20.0, records: int = 20,
+        rtol: float = 1e-11, atol: float = 1e-13, reduction: str = "classes") -> Workload:
+    """W2n: the one-layer UFM-MSE (K = 10, d = 32) with ``per_class`` samples per class.
+
+    The init is N(0, 0.1^2) at every n, so the flow's time scales do not change with n (the
+    loss is a mean over samples) and the cost of a form against n is seen directly.
+    """
+    lams = np.geomspace(*LAMBDA_RANGE, runs)
+    model = ModelSpec(kind="ufm", loss="mse", bias="none", classes=10, per_class=per_class,
+                      dim=32)
+    solver = SolverSpec(method="dopri5", rtol=rtol, atol=atol, t_end=t_end, records=records,
+                        reduction=reduction)
+    specs = [RunSpec(model=model, reg=Regularization(lambda_w=float(lams[i]),
+                                                     lambda_h=float(lams[-1 - i])),
+                     init=InitSpec(kind="gaussian", scale=0.1, seed=i), solver=solver)
+             for i in range(runs)]
+    return Workload(f"W2n-n{per_class}", specs, fn_tol=1e-9,
+                    params={"K": 10, "n": per_class, "d": 32, "loss": "mse", "runs": runs,
                             "t_end": t_end, "records": records, "rtol": rtol, "atol": atol})
 
 

@@ -192,34 +192,53 @@ def _with_ratios(entry: dict[str, Any], base: str) -> dict[str, Any]:
     return entry
 
 
+def _compare_forms(make: Callable[[str], Any], forms: tuple[str, str], row: dict[str, Any],
+                   repeats: int, device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Time the workload ``make(form)`` in the reduced form ``forms[0]`` and the parameter form
+    ``forms[1]``; check that their trajectories agree to the workload's tolerance."""
+    results = {}
+    for form in forms:
+        wl = make(form)
+        stats, res = timed(lambda wl=wl: _simulate(_with_device(wl.specs, device)), repeats,
+                           device)
+        results[form] = res
+        row[form] = {**stats, "steps_total": int(res.runs.steps.sum())}
+    fast, plain = forms
+    row["max_rel_diff"] = w2_difference(results[fast], results[plain])
+    label = ", ".join(f"{k}={v}" for k, v in row.items() if k in ("loss", "d", "n"))
+    if not row["max_rel_diff"] <= wl.fn_tol:
+        raise AssertionError(f"{row['workload']} {label}: {fast} and d-space trajectories differ "
+                             f"by {row['max_rel_diff']:.2e} > {wl.fn_tol:.0e}")
+    row["speedup"] = row[plain]["median_s"] / row[fast]["median_s"]
+    log(f"{row['workload']} {label}: {fast} {row[fast]['median_s']:.3f} s, d-space "
+        f"{row[plain]['median_s']:.3f} s, x{row['speedup']:.1f}, "
+        f"rel diff {row['max_rel_diff']:.1e}")
+    return row
+
+
 def bench_w2(size: str, repeats: int, device: str, log: Callable[[str], None]
              ) -> list[dict[str, Any]]:
     """W2: Gram form against the d-space form over d, for MSE and CE."""
     workloads, _ = _benchmarks()
     dims = {"full": (32, 256, 1024, 4096), "small": (32, 256, 1024), "tiny": (32, 64)}[size]
     t_end = {"full": 20.0, "small": 10.0, "tiny": 5.0}[size]
-    out = []
-    for loss in ("mse", "ce"):
-        for dim in dims:
-            row: dict[str, Any] = {"workload": "W2", "loss": loss, "d": dim, "size": size}
-            results = {}
-            for red in ("gram", "none"):
-                wl = workloads.w2(loss=loss, dim=dim, runs=2, t_end=t_end, records=20,
-                                  reduction=red)
-                stats, res = timed(lambda wl=wl: _simulate(_with_device(wl.specs, device)),
-                                   repeats, device)
-                results[red] = res
-                row[red] = {**stats, "steps_total": int(res.runs.steps.sum())}
-            row["max_rel_diff"] = w2_difference(results["gram"], results["none"])
-            if not row["max_rel_diff"] <= wl.fn_tol:
-                raise AssertionError(f"W2 {loss} d={dim}: Gram and d-space trajectories differ "
-                                     f"by {row['max_rel_diff']:.2e} > {wl.fn_tol:.0e}")
-            row["speedup"] = row["none"]["median_s"] / row["gram"]["median_s"]
-            log(f"W2 {loss} d={dim}: gram {row['gram']['median_s']:.3f} s, d-space "
-                f"{row['none']['median_s']:.3f} s, x{row['speedup']:.1f}, "
-                f"rel diff {row['max_rel_diff']:.1e}")
-            out.append(row)
-    return out
+    return [_compare_forms(
+        lambda red, loss=loss, dim=dim: workloads.w2(loss=loss, dim=dim, runs=2, t_end=t_end,
+                                                     records=20, reduction=red),
+        ("gram", "none"), {"workload": "W2", "loss": loss, "d": dim, "size": size}, repeats,
+        device, log) for loss in ("mse", "ce") for dim in dims]
+
+
+def bench_w2n(size: str, repeats: int, device: str, log: Callable[[str], None]
+              ) -> list[dict[str, Any]]:
+    """W2n: class-means form against the d-space form over n (UFM-MSE, d = 32)."""
+    workloads, _ = _benchmarks()
+    sizes = {"full": (20, 100, 500, 2000), "small": (20, 100, 500), "tiny": (20, 50)}[size]
+    t_end = {"full": 20.0, "small": 10.0, "tiny": 5.0}[size]
+    return [_compare_forms(
+        lambda red, n=n: workloads.w2n(per_class=n, t_end=t_end, reduction=red),
+        ("classes", "none"), {"workload": "W2n", "n": n, "size": size}, repeats, device, log)
+        for n in sizes]
 
 
 W2_COLUMNS = ("loss", "objective", "fn", "class_mean_norm", "w_norm")
@@ -289,14 +308,16 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
                                               skip)
     if "W2" in workloads:
         results["workloads"]["W2"] = bench_w2(size, repeats, device, log)
+    if "W2n" in workloads:
+        results["workloads"]["W2n"] = bench_w2n(size, repeats, device, log)
     if "W3" in workloads:
         results["workloads"]["W3"] = bench_w3(size, repeats, device, log)
     return results
 
 
 @click.command("bench")
-@click.option("--workload", "workload", multiple=True, default=("W1", "W2", "W3"),
-              type=click.Choice(["W1", "W2", "W3"]), show_default=True,
+@click.option("--workload", "workload", multiple=True, default=("W1", "W2", "W2n", "W3"),
+              type=click.Choice(["W1", "W2", "W2n", "W3"]), show_default=True,
               help="Workload(s) to run (repeat the option for several).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),

@@ -641,7 +641,14 @@ def nc_metrics(
         Keys exactly :data:`METRIC_NAMES` in that order, each an (R,) tensor.
     """
     stats = class_statistics(features, labels, K, global_mean)
-    _check_weights(weights, bias, features.shape[0], K, features.shape[-1], features.dtype)
+    return nc_metrics_from_stats(stats, features, weights, bias)
+
+
+def nc_metrics_from_stats(stats: ClassStats, features: Tensor, weights: Tensor,
+                          bias: Tensor | None = None) -> dict[str, Tensor]:
+    """Every metric of :data:`METRIC_NAMES` from class statistics already at hand (any
+    ``within_factor``) and the features (R, N, p) they describe (nc4 needs every sample)."""
+    _check_weights(weights, bias, features.shape[0], stats.K, features.shape[-1], features.dtype)
     out = _stats_metrics(stats, weights)
     out["nc4"] = nc4(features, weights, bias, stats.means)
     return {name: out[name] for name in METRIC_NAMES}

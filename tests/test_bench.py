@@ -46,9 +46,13 @@ def test_accuracy_check_fails_loudly_on_a_wrong_result():
 
 def test_cli_writes_json(tmp_path):
     out = tmp_path / "r.json"
-    result = CliRunner().invoke(bench, ["--workload", "W2", "--size", "tiny", "--repeats", "1",
-                                        "--threads", "1", "--out", str(out)])
+    result = CliRunner().invoke(bench, ["--workload", "W2", "--workload", "W2n", "--size",
+                                        "tiny", "--repeats", "1", "--threads", "1", "--out",
+                                        str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     rows = data["workloads"]["W2"]
     assert rows and all(r["max_rel_diff"] <= 1e-9 for r in rows)
+    rows = data["workloads"]["W2n"]
+    assert [r["n"] for r in rows] == [20, 50]
+    assert all(r["max_rel_diff"] <= 1e-9 and r["classes"]["steps_total"] > 0 for r in rows)

@@ -171,15 +171,17 @@ def test_uniform_time_scale_rescales_time():
 
 
 def test_steady_state_stops_early_and_records_onset():
+    """gtol sits above the integrator's noise floor at rest (|grad f| ~ 1e-10 .. 4e-9 here
+    with rtol 1e-8: explicit steps at the stability limit leave the stiffest mode undamped)."""
     spec = RunSpec(model=ModelSpec(loss="mse", classes=3, per_class=2, dim=3),
                    reg=Regularization(lambda_w=0.05, lambda_h=0.05),
                    init=InitSpec(scale=0.5, seed=0),
-                   solver=SolverSpec(t_end=1e6, gtol=1e-9, records=50),
+                   solver=SolverSpec(t_end=1e6, gtol=1e-7, records=50),
                    onset=OnsetSpec(threshold=1e-3))
     row = simulate(spec).runs.iloc[0]
     assert row["status"] == "ok"
-    assert row["t_final"] < 1e6
-    assert row["grad_norm_final"] <= 1e-9
+    assert row["t_final"] < 1e4
+    assert row["grad_norm_final"] <= 1e-7
     assert 0 < row["onset_time"] < row["t_final"]
 
 

@@ -21,6 +21,7 @@ the sum of the runs' steps rather than R times the slowest run.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ RUNNING, DONE, STEADY, MAX_STEPS, DIVERGED = 0, 1, 2, 3, 4
 STATUS_NAMES = {RUNNING: "running", DONE: "t_end", STEADY: "steady", MAX_STEPS: "max_steps",
                 DIVERGED: "diverged"}
 
-Velocity = Callable[[torch.Tensor], torch.Tensor]
+Velocity = Callable[..., torch.Tensor]  # f(y) or f(y, out=buffer)
 Recorder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GradNorm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,6 +63,14 @@ class FlowResult:
     code: np.ndarray
     final_state: torch.Tensor
     grad_norm: np.ndarray
+
+
+def _takes_out(f: Velocity) -> bool:
+    """Whether the velocity ``f`` accepts ``out=`` (writes its result into a given tensor)."""
+    try:
+        return "out" in inspect.signature(f).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -107,6 +116,14 @@ class _Stages:
         self.buf[j].copy_(k)
         self.count = j + 1
 
+    def evaluate(self, j: int, f: Velocity, y: torch.Tensor, into: bool) -> None:
+        """k_j = f(y), written straight into the buffer when ``into`` (``f`` takes ``out``)."""
+        if into:
+            f(y, out=self.buf[j])
+            self.count = j + 1
+        else:
+            self.set(j, f(y))
+
     def _row(self, weights: np.ndarray) -> torch.Tensor:
         key = tuple(float(w) for w in weights)
         row = self._weights.get(key)
@@ -126,16 +143,17 @@ class _Stages:
 
 
 def _stages(tab: Tableau, f: Velocity, y: torch.Tensor, k1: torch.Tensor, h: torch.Tensor,
-            buf: _Stages | None = None) -> tuple[torch.Tensor, _Stages]:
-    """All stages of one step from ``y`` with per-run step ``h``; returns (y_new, ks)."""
+            buf: _Stages | None = None, into: bool = False) -> tuple[torch.Tensor, _Stages]:
+    """All stages of one step from ``y`` with per-run step ``h``; returns (y_new, ks).
+    ``into``: ``f`` accepts ``out=`` and writes each stage into the buffer."""
     ks = _Stages(tab.stages, y) if buf is None else buf
     ks.set(0, k1)
     for s in range(1, tab.stages):
         if tab.fsal and s == tab.stages - 1:
             y_new = ks.combine(y, h, tab.b[:s])
-            ks.set(s, f(y_new))
+            ks.evaluate(s, f, y_new, into)
             return y_new, ks
-        ks.set(s, f(ks.combine(y, h, tab.a[s, :s])))
+        ks.evaluate(s, f, ks.combine(y, h, tab.a[s, :s]), into)
     return ks.combine(y, h, tab.b), ks
 
 
@@ -312,6 +330,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
     # next synchronisation when ``select`` gives the velocity of a subset of runs.
     rows = torch.arange(r, device=dev)
     f, gnorm = velocity, grad_norm
+    into = _takes_out(f)
     full = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
             "rejected": rejected, "next_rec": next_rec}
     sub = dict(full)
@@ -329,7 +348,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
             capped = t + dt >= limit
             h = torch.where(capped, limit - t, dt)
             hy = h.to(y.dtype)
-            y_new, ks = _stages(tab, f, y, k1, hy, buf)
+            y_new, ks = _stages(tab, f, y, k1, hy, buf, into)
             err = ks.combine(None, hy, tab.e)
             scale = torch.maximum(magnitude(y), magnitude(y_new)).mul_(solver.rtol).add_(
                 solver.atol)
@@ -390,6 +409,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         if select is not None and int(running.sum()) < rows.shape[0]:
             rows = torch.nonzero(running).squeeze(1)
             f, gnorm = select(rows)
+            into = _takes_out(f)
             sub = {key: value[rows] for key, value in full.items()}
             buf = _Stages(tab.stages, sub["y"])
     return _finish(rec, velocity, grad_norm, full["y"], full["t"], full["steps"],
@@ -407,6 +427,7 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
     steps = torch.zeros(r, dtype=torch.long, device=dev)
     j_next = int(next_rec[0])
     buf = _Stages(tab.stages, y)
+    into = _takes_out(velocity)
     n_steps = 0
     finished_before = 0
     while t_host < t_end and n_steps < solver.max_steps:
@@ -417,7 +438,7 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
             h_host = min(dt, t_end - t_host)
             t_new_host = t_end if h_host < dt else t_host + h_host
             h = torch.full((r,), h_host, dtype=y.dtype, device=dev)
-            y_new, ks = _stages(tab, velocity, y, velocity(y), h, buf)
+            y_new, ks = _stages(tab, velocity, y, velocity(y), h, buf, into)
             bad = active & ~(torch.isfinite(y_new).all(dim=1)
                              & (y_new.abs().amax(dim=1) <= _DIVERGE_ABS))
             code = _mark(code, bad, DIVERGED)

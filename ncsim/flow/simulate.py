@@ -137,10 +137,11 @@ class _Batch:
         """Entry sizes for the error test (the Gram form's Cauchy-Schwarz bounds), or None."""
         return self.reduced.magnitude if isinstance(self.reduced, GramObjective) else None
 
-    def velocity(self, state: torch.Tensor) -> torch.Tensor:
+    def velocity(self, state: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """d state/dt (R, P) of every run, written into ``out`` when given."""
         if self.reduced is not None:
-            return self.reduced.velocity(state, self.penalties, *self.reduced_eta)
-        return -self.eta * self.objective.gradient(state, self.penalties)
+            return self.reduced.velocity(state, self.penalties, *self.reduced_eta, out=out)
+        return self.objective.velocity(state, self.penalties, self.eta, out)
 
     def select(self, runs: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor],
                                                   Callable[[torch.Tensor, torch.Tensor],
@@ -150,13 +151,13 @@ class _Batch:
         if self.reduced is not None:
             reduced = self.reduced
             eta = tuple(e[runs] if isinstance(e, torch.Tensor) else e for e in self.reduced_eta)
-            return (lambda y: reduced.velocity(y, pen, *eta, runs=runs),
+            return (lambda y, out=None: reduced.velocity(y, pen, *eta, runs=runs, out=out),
                     lambda y, k: reduced.grad_norm(y, pen, runs=runs))
         objective = self.objective
         eta = self.eta[runs] if isinstance(self.eta, torch.Tensor) else self.eta
 
-        def velocity(y: torch.Tensor) -> torch.Tensor:
-            return -eta * objective.gradient(y, pen)
+        def velocity(y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+            return objective.velocity(y, pen, eta, out)
 
         return velocity, lambda y, k: (k / eta).double().norm(dim=1)
 
@@ -175,11 +176,10 @@ class _Batch:
             return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
         if isinstance(self.reduced, ClassMeansObjective):
             loss, objective = self.reduced.value(states, pen, runs)
-            h, weights, bias = self.reduced.parameters(states, runs)
-            feats = h.transpose(1, 2)
-        else:
-            loss, objective = self.objective.value(states, pen)
-            feats, weights, bias = self.objective.penultimate(states)
+            values = self.reduced.metrics(states, runs)
+            return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
+        loss, objective = self.objective.value(states, pen)
+        feats, weights, bias = self.objective.penultimate(states)
         values = nc_metrics(feats, self.objective.labels, self.model.classes, weights, bias)
         return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ncsim.metrics import ClassStats, nc_metrics_from_stats
 from ncsim.models.layout import StateLayout
 from ncsim.models.ufm import Penalties, labels_for
 from ncsim.spec import ModelSpec
@@ -80,6 +81,7 @@ class ClassMeansObjective:
         self.eye_k = torch.eye(model.classes, dtype=dtype, device=device)
         self.e0: Tensor | None = None
         self.s0: Tensor | None = None
+        self.root: Tensor | None = None
 
     # ------------------------------------------------------------------ state and features
 
@@ -89,6 +91,8 @@ class ClassMeansObjective:
         means = h @ self.average  # (R, d, K)
         self.e0 = h - means[:, :, self.labels]
         self.s0 = self.e0 @ self.e0.transpose(1, 2)
+        vals, vecs = torch.linalg.eigh(self.s0)
+        self.root = vecs * vals.clamp_min(0.0).sqrt().unsqueeze(1)  # root root^T = S0
         eye = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)
         parts = {"M": means, "Phi": eye.expand(h.shape[0], -1, -1), "W1": w}
         if b is not None:
@@ -99,15 +103,21 @@ class ClassMeansObjective:
         """The same objective (and the runs' constants) in ``dtype``."""
         other = ClassMeansObjective(self.model, self.labels.device, dtype)
         if self.e0 is not None and self.s0 is not None:
-            other.e0, other.s0 = self.e0.to(dtype), self.s0.to(dtype)
+            other.e0, other.s0, other.root = (self.e0.to(dtype), self.s0.to(dtype),
+                                              self.root.to(dtype))
         return other
 
-    def _constants(self, runs: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.e0 is None or self.s0 is None:
+    def _deviations(self, runs: Tensor | None) -> Tensor:
+        """E0 (M, d, N) of the runs ``runs`` (None: all)."""
+        if self.e0 is None:
             raise RuntimeError("call from_parameters first: the runs' deviations are not set")
-        if runs is None:
-            return self.e0, self.s0
-        return self.e0[runs], self.s0[runs]
+        return self.e0 if runs is None else self.e0[runs]
+
+    def _scatter(self, runs: Tensor | None) -> Tensor:
+        """S0 (M, d, d) of the runs ``runs`` (None: all)."""
+        if self.s0 is None:
+            raise RuntimeError("call from_parameters first: the runs' deviations are not set")
+        return self.s0 if runs is None else self.s0[runs]
 
     def blocks(self, state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Views (M (R, d, K), Phi (R, d, d), W (R, K, d), b (R, K) or None) of ``state``."""
@@ -119,8 +129,32 @@ class ClassMeansObjective:
                    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The exact parameters (H (R, d, N), W (R, K, d), b (R, K) or None) of ``state``."""
         means, phi, w, b = self.blocks(state)
-        e0, _ = self._constants(runs)
-        return torch.baddbmm(means[:, :, self.labels], phi, e0), w, b
+        return torch.baddbmm(means[:, :, self.labels], phi, self._deviations(runs)), w, b
+
+    def metrics(self, state: Tensor, runs: Tensor | None = None) -> dict[str, Tensor]:
+        """Every metric of :data:`ncsim.metrics.METRIC_NAMES` (each (R,)).
+
+        The class statistics come from the state (class means; within-class covariance
+        Sigma_W = Phi S0 Phi^T / N through the factor root^T Phi^T / sqrt(N), d x d); fn, the
+        per-class variances and nc4 need every sample, rebuilt as H = mu[:, y] + Phi E0.
+        """
+        means, phi, w, b = self.blocks(state)
+        root = self.root if runs is None else self.root[runs]
+        dev = torch.bmm(phi, self._deviations(runs))  # (R, d, N)
+        feats = (dev + means[:, :, self.labels]).transpose(1, 2)  # (R, N, d)
+        sq_dev = dev.square().sum(1)  # (R, N)
+        mu = means.transpose(1, 2)  # (R, K, d)
+        stats = ClassStats(
+            counts=self.weights.new_tensor(self.model.class_counts).long(),
+            means=mu,
+            global_mean=(mu * self.weights.unsqueeze(-1)).sum(1),
+            within_factor=torch.bmm(phi, root).transpose(1, 2) / self.samples ** 0.5,
+            within_energy=sq_dev.sum(1) / self.samples,
+            feature_norm=torch.linalg.vector_norm(feats, dim=-1).mean(-1),
+            class_var=(sq_dev @ self.average),
+            mean_weights=self.weights,
+        )
+        return nc_metrics_from_stats(stats, feats, w, b)
 
     def _residual(self, means: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         """Class residuals r_c = W mu_c + b - y_c as columns (R, K, K)."""
@@ -133,7 +167,7 @@ class ClassMeansObjective:
               ) -> tuple[Tensor, Tensor]:
         """(data loss (R,), objective f (R,))."""
         means, phi, w, b = self.blocks(state)
-        _, s0 = self._constants(runs)
+        s0 = self._scatter(runs)
         r = self._residual(means, w, b)
         phi_s0 = torch.bmm(phi, s0)
         scatter_w = torch.bmm(torch.bmm(w, phi_s0), phi.transpose(1, 2))  # W S (R, K, d)
@@ -151,7 +185,7 @@ class ClassMeansObjective:
         """Gradients of f: W, b and the class-mean part g_c (columns of (R, d, K)), and the
         generator A Phi = (W^T W / N + lambda_H) Phi (R, d, d) of the deviations."""
         means, phi, w, b = self.blocks(state)
-        _, s0 = self._constants(runs)
+        s0 = self._scatter(runs)
         n = self.samples
         r = self._residual(means, w, b)
         w_phi = torch.bmm(w, phi)
@@ -170,8 +204,9 @@ class ClassMeansObjective:
 
     def velocity(self, state: Tensor, pen: Penalties, eta_w: Tensor | float = 1.0,
                  eta_h: Tensor | float = 1.0, eta_b: Tensor | float = 1.0,
-                 runs: Tensor | None = None) -> Tensor:
-        """d state / dt (R, P) of the gradient flow; ``eta_*`` scalars or (R,) time scales."""
+                 runs: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+        """d state / dt (R, P) of the gradient flow (written into ``out`` when given);
+        ``eta_*`` scalars or (R,) time scales."""
         grads = self._flow_parts(state, pen, runs)
         scale = {"W1": eta_w, "M": eta_h, "Phi": eta_h, "b": eta_b}
         for name, g in grads.items():
@@ -180,7 +215,7 @@ class ClassMeansObjective:
                 g.mul_(-eta.view(-1, *([1] * (g.dim() - 1))))
             else:
                 g.mul_(-float(eta))
-        return self.layout.pack(grads)
+        return self.layout.pack(grads, out=out)
 
     def grad_norm(self, state: Tensor, pen: Penalties, runs: Tensor | None = None) -> Tensor:
         """|grad f|_2 (R,) with respect to (H, W, b): the feature part is
@@ -188,7 +223,7 @@ class ClassMeansObjective:
         generator and S = Phi S0 Phi^T (cross terms vanish: deviations sum to 0 per class)."""
         grads = self._flow_parts(state, pen, runs)
         _, phi, _, _ = self.blocks(state)
-        _, s0 = self._constants(runs)
+        s0 = self._scatter(runs)
         a_phi = grads["Phi"]
         deviation = (torch.bmm(a_phi, s0) * a_phi).sum((1, 2))  # tr(A Phi S0 Phi^T A)
         means_part = (grads["M"].square().sum(1) * self.weights).sum(1) * self.samples

@@ -170,8 +170,9 @@ class GramObjective:
 
     def velocity(self, state: Tensor, pen: Penalties, eta_w: Tensor | float = 1.0,
                  eta_h: Tensor | float = 1.0, eta_b: Tensor | float = 1.0,
-                 runs: Tensor | None = None) -> Tensor:
-        """d state / dt (R, P) of the gradient flow; ``eta_*`` scalars or (R,) time scales.
+                 runs: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+        """d state / dt (R, P) of the gradient flow (written into ``out`` when given);
+        ``eta_*`` scalars or (R,) time scales.
         ``runs`` is not needed (the Gram state holds everything; common interface)."""
         s, a, bb, b = self.blocks(state)
         _, g = self._logits_grad(s, b)
@@ -187,7 +188,7 @@ class GramObjective:
         if b is not None:
             eb = eta_b.view(-1, 1) if isinstance(eta_b, Tensor) else eta_b
             parts["b"] = -(g.sum(2) + pen.b.view(-1, 1) * b) * eb
-        return self.layout.pack(parts)
+        return self.layout.pack(parts, out=out)
 
     def grad_norm(self, state: Tensor, pen: Penalties, runs: Tensor | None = None) -> Tensor:
         """|grad f|_2 (R,) with respect to (W, H, b), from the Gram quantities.

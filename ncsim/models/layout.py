@@ -48,10 +48,16 @@ class StateLayout:
         b = self._by_name[name]
         return state[:, b.start:b.stop].view(state.shape[0], *b.shape)
 
-    def pack(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Concatenate blocks given as (R, *shape) tensors into a flat (R, P) state."""
+    def pack(self, parts: dict[str, torch.Tensor], out: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Concatenate blocks given as (R, *shape) tensors into a flat (R, P) state (written
+        into ``out`` (R, P) when given)."""
         r = next(iter(parts.values())).shape[0]
-        return torch.cat([parts[b.name].reshape(r, b.size) for b in self.blocks], dim=1)
+        if out is None:
+            return torch.cat([parts[b.name].reshape(r, b.size) for b in self.blocks], dim=1)
+        for b in self.blocks:
+            self.view(out, b.name).copy_(parts[b.name])
+        return out
 
     def expand_per_block(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-run, per-block scalars {name: (R,)} broadcast to a flat (R, P) tensor."""

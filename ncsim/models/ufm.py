@@ -111,8 +111,50 @@ class UFMObjective:
         loss, _ = self.loss_and_grad(z, self.onehot)
         return loss, loss + self.penalty(state, pen)
 
+    def velocity(self, state: torch.Tensor, pen: Penalties,
+                 eta: torch.Tensor | float = 1.0, out: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Gradient-flow velocity -eta * grad f (R, P), written into ``out`` when given.
+
+        ``eta`` : a scalar, or per-entry time-scale factors (R, P).
+        """
+        if self.depth == 1 and not isinstance(eta, torch.Tensor):
+            return self._one_layer(state, pen, -float(eta), out)
+        grad = self.gradient(state, pen)
+        if out is None:
+            return grad.mul_(-eta)
+        return torch.mul(grad, -eta, out=out) if isinstance(eta, torch.Tensor) else (
+            torch.mul(grad, -float(eta), out=out))
+
+    def _one_layer(self, state: torch.Tensor, pen: Penalties, scale: float,
+                   out: torch.Tensor | None) -> torch.Tensor:
+        """``scale`` x grad f of the one-layer UFM, each block written straight into ``out``
+        (the products land in place; the decay terms follow as one fused multiply-add)."""
+        h, ws, b = self._blocks(state)
+        w = ws[0]
+        z = torch.bmm(w, h)
+        if b is not None:
+            z.add_(b.unsqueeze(-1))
+        g_z = logit_gradient(self.model.loss, z, self.onehot)
+        if scale != 1.0:
+            g_z.mul_(scale)
+        out = torch.empty_like(state) if out is None else out
+        lay = self.layout
+        out_h, out_w = lay.view(out, "H"), lay.view(out, "W1")
+        torch.bmm(w.transpose(1, 2), g_z, out=out_h)
+        out_h.addcmul_(h, (scale * pen.h).view(-1, 1, 1))
+        torch.bmm(g_z, h.transpose(1, 2), out=out_w)
+        out_w.addcmul_(w, (scale * pen.w[-1]).view(-1, 1, 1))
+        if b is not None:
+            out_b = lay.view(out, "b")
+            torch.sum(g_z, dim=2, out=out_b)
+            out_b.addcmul_(b, (scale * pen.b).view(-1, 1))
+        return out
+
     def gradient(self, state: torch.Tensor, pen: Penalties) -> torch.Tensor:
         """Gradient of f with respect to the flat state: (R, P)."""
+        if self.depth == 1:
+            return self._one_layer(state, pen, 1.0, None)
         h, ws, b = self._blocks(state)
         z, pres, acts = self.forward(state)
         g_z = logit_gradient(self.model.loss, z, self.onehot)
@@ -122,9 +164,6 @@ class UFMObjective:
         )
         if b is not None:
             grads["b"] = g_z.sum(dim=2) + pen.b.view(-1, 1) * b
-        if self.depth == 1:
-            grads["H"] = torch.baddbmm(pen.h.view(-1, 1, 1) * h, ws[0].transpose(1, 2), g_z)
-            return self.layout.pack(grads)
         g_a = torch.bmm(ws[-1].transpose(1, 2), g_z)
         for l in range(self.depth - 2, -1, -1):
             g_u = g_a * self.sigma_grad(pres[l])
