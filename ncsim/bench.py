@@ -205,7 +205,7 @@ def _compare_forms(make: Callable[[str], Any], forms: tuple[str, str], row: dict
         row[form] = {**stats, "steps_total": int(res.runs.steps.sum())}
     fast, plain = forms
     row["max_rel_diff"] = w2_difference(results[fast], results[plain])
-    label = ", ".join(f"{k}={v}" for k, v in row.items() if k in ("loss", "d", "n"))
+    label = ", ".join(f"{k}={v}" for k, v in row.items() if k in ("loss", "d", "n", "records"))
     if not row["max_rel_diff"] <= wl.fn_tol:
         raise AssertionError(f"{row['workload']} {label}: {fast} and d-space trajectories differ "
                              f"by {row['max_rel_diff']:.2e} > {wl.fn_tol:.0e}")
@@ -231,14 +231,17 @@ def bench_w2(size: str, repeats: int, device: str, log: Callable[[str], None]
 
 def bench_w2n(size: str, repeats: int, device: str, log: Callable[[str], None]
               ) -> list[dict[str, Any]]:
-    """W2n: class-means form against the d-space form over n (UFM-MSE, d = 32)."""
+    """W2n: class-means form against the d-space form over n (UFM-MSE, d = 32), with 20
+    records and with 2 (t = 0 and T: the cost of the flow alone, since every record rebuilds
+    the N features for fn and nc4)."""
     workloads, _ = _benchmarks()
     sizes = {"full": (20, 100, 500, 2000), "small": (20, 100, 500), "tiny": (20, 50)}[size]
     t_end = {"full": 20.0, "small": 10.0, "tiny": 5.0}[size]
     return [_compare_forms(
-        lambda red, n=n: workloads.w2n(per_class=n, t_end=t_end, reduction=red),
-        ("classes", "none"), {"workload": "W2n", "n": n, "size": size}, repeats, device, log)
-        for n in sizes]
+        lambda red, n=n, rec=rec: workloads.w2n(per_class=n, t_end=t_end, records=rec,
+                                                reduction=red),
+        ("classes", "none"), {"workload": "W2n", "n": n, "records": rec, "size": size},
+        repeats, device, log) for rec in (20, 2) for n in sizes]
 
 
 W2_COLUMNS = ("loss", "objective", "fn", "class_mean_norm", "w_norm")

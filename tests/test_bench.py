@@ -54,5 +54,5 @@ def test_cli_writes_json(tmp_path):
     rows = data["workloads"]["W2"]
     assert rows and all(r["max_rel_diff"] <= 1e-9 for r in rows)
     rows = data["workloads"]["W2n"]
-    assert [r["n"] for r in rows] == [20, 50]
+    assert [(r["n"], r["records"]) for r in rows] == [(20, 20), (50, 20), (20, 2), (50, 2)]
     assert all(r["max_rel_diff"] <= 1e-9 and r["classes"]["steps_total"] > 0 for r in rows)

@@ -209,3 +209,11 @@ def test_final_state_continues_the_run_exactly():
     second = simulate(spec.replace(init=InitSpec(kind="arrays", arrays=blocks)))
     assert second.runs["final_fn"].iloc[0] == pytest.approx(whole.runs["final_fn"].iloc[0],
                                                              rel=1e-12)
+
+
+def test_record_times():
+    """0, then log-spaced up to t_end; one record is t_end, two are 0 and t_end."""
+    np.testing.assert_array_equal(SolverSpec(t_end=5.0, records=1).record_times(), [5.0])
+    np.testing.assert_array_equal(SolverSpec(t_end=5.0, records=2).record_times(), [0.0, 5.0])
+    times = SolverSpec(t_end=100.0, records=4, t_first=1.0).record_times()
+    np.testing.assert_allclose(times, [0.0, 1.0, 10.0, 100.0], rtol=1e-15)
