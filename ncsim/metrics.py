@@ -640,6 +640,7 @@ def nc_metrics(
     dict[str, Tensor]
         Keys exactly :data:`METRIC_NAMES` in that order, each an (R,) tensor.
     """
+    features = features.contiguous()  # rows of a transposed view make every reduction slow
     stats = class_statistics(features, labels, K, global_mean)
     return nc_metrics_from_stats(stats, features, weights, bias)
 

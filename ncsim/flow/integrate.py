@@ -41,6 +41,7 @@ Recorder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GradNorm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
+_RECORD_CHUNK = 128  # recorded states per metrics call (W1: 371 us/state at 1024, 227 at 64)
 _DIVERGE_ABS = 1e100
 
 
@@ -209,7 +210,10 @@ class _Recorder:
         if not bool(used.any()):
             return
         runs = self.rows.unsqueeze(1).expand_as(used)[used]
-        self.values[runs, self.index[used]] = self.record(self.states[used], runs).double()
+        index, states = self.index[used], self.states[used]
+        for lo in range(0, runs.shape[0], _RECORD_CHUNK):  # blocks that stay in cache
+            part = slice(lo, lo + _RECORD_CHUNK)
+            self.values[runs[part], index[part]] = self.record(states[part], runs[part]).double()
         self.slot.zero_()
         self.index.fill_(-1)
 
