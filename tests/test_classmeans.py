@@ -136,13 +136,6 @@ def test_class_means_trajectories_equal_d_space(bias):
         np.testing.assert_allclose(got["W"][0], want["W"][0], rtol=1e-8, atol=1e-10)
 
 
-def test_float32_class_means_follow_float64():
-    low = simulate(_specs("classes", "reg", dtype="float32", rtol=1e-5, atol=1e-7),
-                   theory=False)
-    high = simulate(_specs("classes", "reg"), theory=False)
-    np.testing.assert_allclose(low.trajectories["fn"], high.trajectories["fn"], rtol=2e-4)
-
-
 def test_auto_picks_class_means_for_mse_where_cheaper():
     small_d = ModelSpec(loss="mse", classes=10, per_class=20, dim=32)
     assert class_means_cheaper(small_d) and state_form(small_d, "auto") == "classes"
@@ -155,3 +148,88 @@ def test_auto_picks_class_means_for_mse_where_cheaper():
         RunSpec(model=ModelSpec(loss="ce"), solver=SolverSpec(reduction="classes")).validate()
     with pytest.raises(InputError, match="classes"):
         RunSpec(model=deep, solver=SolverSpec(reduction="classes")).validate()
+
+
+def test_subset_of_runs_for_value_metrics_and_gradient_norm():
+    model = _model("reg")
+    h0, w, b, pen, _, phi = _random_point(model, seed=3)
+    form = ClassMeansObjective(model, "cpu", torch.float64)
+    state, _ = _evolved(form, h0, w, b, phi)
+    runs = torch.tensor([2, 0])
+    sub, sub_pen = state[runs], pen.select(runs)
+    for full, part in zip(form.value(state, pen), form.value(sub, sub_pen, runs)):
+        np.testing.assert_allclose(part, full[runs], rtol=1e-14)
+    np.testing.assert_allclose(form.grad_norm(sub, sub_pen, runs),
+                               form.grad_norm(state, pen)[runs], rtol=1e-14)
+    full_metrics, part_metrics = form.metrics(state), form.metrics(sub, runs)
+    for name, value in full_metrics.items():
+        np.testing.assert_allclose(part_metrics[name], value[runs], rtol=1e-12, err_msg=name)
+
+
+def test_metrics_equal_nc_metrics_of_the_rebuilt_features():
+    """Class statistics from the state (Sigma_W through the d x d factor) give the same metrics
+    as nc_metrics on the rebuilt features, float64 and float32."""
+    from ncsim.metrics import nc_metrics
+
+    model = _model("free")
+    h0, w, b, _, labels, phi = _random_point(model, seed=4)
+    for dtype, tol in ((torch.float64, 1e-11), (torch.float32, 2e-4)):
+        form = ClassMeansObjective(model, "cpu", torch.float64)
+        state64, h = _evolved(form, h0, w, b, phi)
+        low = form.with_dtype(dtype)
+        got = low.metrics(state64.to(dtype))
+        want = nc_metrics(h.transpose(1, 2), labels, model.classes, w, b)
+        for name in want:
+            np.testing.assert_allclose(got[name].double(), want[name], rtol=tol, atol=tol,
+                                       err_msg=f"{name} {dtype}")
+
+
+def test_gradient_norm_from_the_velocity():
+    model = _model("reg")
+    h0, w, b, pen, _, phi = _random_point(model, seed=5)
+    form = ClassMeansObjective(model, "cpu", torch.float64)
+    state, _ = _evolved(form, h0, w, b, phi)
+    eta = (torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64),
+           torch.tensor([3.0, 1.0, 0.25], dtype=torch.float64), 4.0)
+    vel = form.velocity(state, pen, *eta)
+    np.testing.assert_allclose(form.grad_norm_from_velocity(vel, *eta),
+                               form.grad_norm(state, pen), rtol=1e-13)
+
+
+def test_velocity_written_into_a_stage_buffer_slice():
+    model = _model("reg")
+    h0, w, b, pen, _, phi = _random_point(model, seed=6)
+    form = ClassMeansObjective(model, "cpu", torch.float64)
+    state, _ = _evolved(form, h0, w, b, phi)
+    buf = torch.full((3, *state.shape), 7.0, dtype=torch.float64)
+    out = form.velocity(state, pen, out=buf[1])
+    assert out.data_ptr() == buf[1].data_ptr()
+    np.testing.assert_array_equal(buf[1], form.velocity(state, pen))
+    assert (buf[0] == 7.0).all() and (buf[2] == 7.0).all()
+
+
+def test_float32_class_means_follow_float64_in_every_metric():
+    low = simulate(_specs("classes", "free", dtype="float32", rtol=1e-5, atol=1e-7),
+                   theory=False).trajectories
+    high = simulate(_specs("classes", "free"), theory=False).trajectories
+    for col in ("loss", "objective", "fn", "nc1_trace", "nc2_etf", "nc3", "w_norm",
+                "class_mean_norm", "within_energy"):
+        np.testing.assert_allclose(low[col], high[col], rtol=2e-3, atol=1e-5, err_msg=col)
+
+
+def test_run_ids_tell_the_class_means_form_apart():
+    """An auto MSE run that the class-means form integrates gets an id of its own; other auto
+    runs keep the id they had (the reduction key left out of the hash)."""
+    import hashlib
+    import json
+
+    from ncsim.flow.simulate import run_id
+
+    mse = _specs("auto", "none")[0]
+    assert state_form(mse.model, "auto") == "classes"
+    assert run_id(mse) != run_id(_specs("none", "none")[0])
+    ce = RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=4, dim=5))
+    row = ce.to_row()
+    del row["solver_reduction"]
+    legacy = hashlib.sha1(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert run_id(ce) == legacy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -217,3 +218,22 @@ def test_record_times():
     np.testing.assert_array_equal(SolverSpec(t_end=5.0, records=2).record_times(), [0.0, 5.0])
     times = SolverSpec(t_end=100.0, records=4, t_first=1.0).record_times()
     np.testing.assert_allclose(times, [0.0, 1.0, 10.0, 100.0], rtol=1e-15)
+
+
+def test_records_computed_in_blocks_equal_one_call(monkeypatch):
+    """Queued records are measured in blocks (cache-sized); the block size changes nothing."""
+    integrate_module = importlib.import_module("ncsim.flow.integrate")
+
+    specs = [RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
+                     reg=Regularization(lambda_w=0.01 * (i + 1), lambda_h=0.02),
+                     init=InitSpec(scale=0.4, seed=i),
+                     solver=SolverSpec(t_end=50.0, records=40, check_every=64))
+             for i in range(12)]
+    blocks = simulate(specs, theory=False).trajectories
+    monkeypatch.setattr(integrate_module, "_RECORD_CHUNK", 5)
+    small = simulate(specs, theory=False).trajectories
+    monkeypatch.setattr(integrate_module, "_RECORD_CHUNK", 10_000)
+    whole = simulate(specs, theory=False).trajectories
+    cols = list(RECORDED)
+    np.testing.assert_array_equal(small[cols].to_numpy(), whole[cols].to_numpy())
+    np.testing.assert_array_equal(blocks[cols].to_numpy(), whole[cols].to_numpy())

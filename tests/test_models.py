@@ -113,3 +113,43 @@ def test_arrays_init_round_trip():
     bad = {"H": rng.normal(size=(5, 6)), "W": [rng.normal(size=(3, 4))]}
     with pytest.raises(InputError, match="shape"):
         initial_state(model, [InitSpec(kind="arrays", arrays=bad)], "cpu", torch.float64)
+
+
+@pytest.mark.parametrize(("arch", "bias"), [(("ufm", 1, "linear"), "reg"),
+                                            (("ufm", 1, "linear"), "none"),
+                                            (("deep", 2, "tanh"), "free")])
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_velocity_into_a_stage_buffer_is_minus_eta_gradient(arch, loss, bias):
+    """velocity(out=) writes -eta grad f into a slice of an (S, R, P) buffer, scalar or per-entry
+    eta, and leaves the other slices alone."""
+    kind, depth, act = arch
+    model = ModelSpec(kind=kind, depth=depth, activation=act, loss=loss, bias=bias, classes=3,
+                      per_class=(2, 3, 2), dim=4, width=5)
+    obj = UFMObjective(model, "cpu", torch.float64)
+    y = initial_state(model, [InitSpec(seed=i, scale=0.8) for i in range(3)], "cpu",
+                      torch.float64)
+    pen = _random_penalties(depth, 3, 2)
+    grad = obj.gradient(y, pen)
+    per_entry = torch.rand(y.shape, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.float64) + 0.5
+    for eta in (1.0, 2.5, per_entry):
+        buf = torch.full((3, *y.shape), 9.0, dtype=torch.float64)
+        out = obj.velocity(y, pen, eta, out=buf[1])
+        assert out.data_ptr() == buf[1].data_ptr()
+        torch.testing.assert_close(buf[1], -eta * grad, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(obj.velocity(y, pen, eta), -eta * grad, rtol=1e-13,
+                                   atol=1e-15)
+        assert (buf[0] == 9.0).all() and (buf[2] == 9.0).all()
+
+
+def test_layout_pack_into_a_buffer_equals_concatenation():
+    from ncsim.models.ufm import state_layout
+
+    model = ModelSpec(loss="mse", bias="reg", classes=3, per_class=2, dim=4)
+    lay = state_layout(model)
+    gen = torch.Generator().manual_seed(1)
+    parts = {b.name: torch.randn(2, *b.shape, generator=gen) for b in lay.blocks}
+    buf = torch.zeros(3, 2, lay.size)
+    lay.pack(parts, out=buf[2])
+    torch.testing.assert_close(buf[2], lay.pack(parts), rtol=0, atol=0)
+    assert (buf[:2] == 0).all()

@@ -100,4 +100,11 @@ def test_theory_columns_with_time_scales_keep_the_equilibrium():
                 "lambda_crit_theory", "collapsed_theory"):
         assert row[key] == plain[key], key
     assert math.isfinite(plain["onset_time_theory"]) and math.isnan(row["onset_time_theory"])
-    assert row["theory_regime"].startswith("equilibrium only")
+    assert row["theory_regime"] == f"{plain['theory_regime']}; equilibrium only: the onset is " \
+        "predicted for unit time-scale factors"
+    no_min = dataclasses.replace(spec, reg=Regularization(0.0, 3e-3),
+                                 time_scale=TimeScale(eta_h=2.0)).validate()
+    row = theory_columns(no_min)
+    assert row["theory_regime"].startswith("no_minimiser") and "equilibrium only" in row[
+        "theory_regime"]
+    assert math.isnan(row["fn_star_theory"]) and math.isnan(row["onset_time_theory"])

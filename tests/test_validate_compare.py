@@ -66,6 +66,8 @@ def test_response_calibration_of_free_features_is_the_ufm():
     assert cal.lambda_h == pytest.approx(lambda_w_ncsim(wd, K), rel=1e-6)
     assert cal.r2_data == pytest.approx(1.0, abs=1e-9)
     assert cal.r2_decay == pytest.approx(1.0, abs=1e-9)
+    assert not sg.has_batch_norm(model)
+    assert sg.has_batch_norm(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
     # decay on the classifier only: the features feel no decay
     _, _, none = sg.feature_velocities(model, data, state.index, wd, decayed={"classifier.weight"})
     assert np.abs(none).max() == 0.0
@@ -160,6 +162,7 @@ def test_compare_response_calibration_on_collapsing_preset(collapsing_run):
     assert row["time_mapping_valid"] is True
     assert row["lambda_h_rule"].startswith("response")
     assert row["calibration_r2_decay"] == pytest.approx(1.0, abs=1e-9)
+    assert row["calibration_note"] == ""  # an MLP: no BatchNorm caveat
     assert 0 < row["calibration_r2_data"] < 1
     assert row["eta_h"] * row["lambda_h"] == pytest.approx(5 * 2e-3, rel=1e-6)
     assert row["onset_simulated_source"] == "simulated"

@@ -255,7 +255,8 @@ def integrate(
 
     Parameters
     ----------
-    velocity : (R, P) -> (R, P), equal to -eta * grad f.
+    velocity : (R, P) -> (R, P), equal to -eta * grad f. A velocity with an ``out`` keyword
+        (``f(y, out=buffer)``) writes each stage straight into the integrator's stage buffer.
     y0 : initial states (R, P).
     solver : method, tolerances, stopping rules and record times.
     record : (states (M, P), run index (M,)) -> quantities (M, Q) at a record.

@@ -55,8 +55,11 @@ class SimulationResult:
 def run_id(spec: RunSpec) -> str:
     """Stable 12-hex identifier of a run spec (hash of every field)."""
     row = spec.to_row()
-    if row.get("solver_reduction") == "auto":  # the default keeps the identifiers it had
-        del row["solver_reduction"]
+    if row.get("solver_reduction") == "auto":  # the default keeps the identifiers it had,
+        if state_form(spec.model, "auto") == "classes":  # except where auto now integrates
+            row["solver_reduction"] = "auto:classes"  # in the class-means form
+        else:
+            del row["solver_reduction"]
     if spec.init.kind == "arrays" and spec.init.arrays is not None:
         digest = hashlib.sha1()
         for key in sorted(spec.init.arrays):
@@ -151,6 +154,9 @@ class _Batch:
         if self.reduced is not None:
             reduced = self.reduced
             eta = tuple(e[runs] if isinstance(e, torch.Tensor) else e for e in self.reduced_eta)
+            if isinstance(reduced, ClassMeansObjective):
+                return (lambda y, out=None: reduced.velocity(y, pen, *eta, runs=runs, out=out),
+                        lambda y, k: reduced.grad_norm_from_velocity(k, *eta, runs=runs))
             return (lambda y, out=None: reduced.velocity(y, pen, *eta, runs=runs, out=out),
                     lambda y, k: reduced.grad_norm(y, pen, runs=runs))
         objective = self.objective
@@ -163,6 +169,8 @@ class _Batch:
 
     def grad_norm(self, state: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
         """|grad f|_2 (R,) at ``state`` whose velocity is ``velocity``, float64."""
+        if isinstance(self.reduced, ClassMeansObjective):
+            return self.reduced.grad_norm_from_velocity(velocity, *self.reduced_eta)
         if self.reduced is not None:
             return self.reduced.grad_norm(state, self.penalties)
         return (velocity / self.eta).double().norm(dim=1)

@@ -217,6 +217,28 @@ class ClassMeansObjective:
                 g.mul_(-float(eta))
         return self.layout.pack(grads, out=out)
 
+    def grad_norm_from_velocity(self, velocity: Tensor, eta_w: Tensor | float = 1.0,
+                                eta_h: Tensor | float = 1.0, eta_b: Tensor | float = 1.0,
+                                runs: Tensor | None = None) -> Tensor:
+        """|grad f|_2 (R,) from a velocity of :meth:`velocity` (no second evaluation): the
+        blocks divided by their time scales are the gradients of W, b, the class-mean part
+        g_c and the deviation generator A Phi (see :meth:`grad_norm`)."""
+        lay = self.layout
+
+        def unscaled(name: str, eta: Tensor | float) -> Tensor:
+            block = lay.view(velocity, name)
+            if isinstance(eta, Tensor):
+                return block / eta.view(-1, *([1] * (block.dim() - 1)))
+            return block / float(eta)
+
+        g_w, g_m, a_phi = unscaled("W1", eta_w), unscaled("M", eta_h), unscaled("Phi", eta_h)
+        deviation = (torch.bmm(a_phi, self._scatter(runs)) * a_phi).sum((1, 2))
+        means_part = (g_m.square().sum(1) * self.weights).sum(1) * self.samples
+        sq = g_w.square().sum((1, 2)) + means_part + deviation
+        if "b" in lay:
+            sq = sq + unscaled("b", eta_b).square().sum(1)
+        return sq.double().clamp_min(0.0).sqrt()
+
     def grad_norm(self, state: Tensor, pen: Penalties, runs: Tensor | None = None) -> Tensor:
         """|grad f|_2 (R,) with respect to (H, W, b): the feature part is
         sum_c n_c |g_c|^2 + tr(A S A) with g_c the class-mean gradient, A Phi the deviation

@@ -54,8 +54,9 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
         # the minimiser does not depend on the time scales; the onset prediction does
         row = theory_columns(dataclasses.replace(spec, time_scale=TimeScale()))
         row["onset_time_theory"] = math.nan
-        row["theory_regime"] = ("equilibrium only: the onset is predicted for unit time-scale "
-                                "factors")
+        note = "equilibrium only: the onset is predicted for unit time-scale factors"
+        regime = str(row["theory_regime"])
+        row["theory_regime"] = note if regime == "ok" else f"{regime}; {note}"
         return row
     try:
         lw = spec.reg.per_layer(m.depth)

@@ -84,7 +84,7 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     threshold : onset when nc1_trace < threshold (both curves, first record below).
     horizon : simulate at least ``horizon`` x the network's MSE-phase duration.
     seed : seed of the class-balanced subsample.
-    wd_horizon : simulate at least ``wd_horizon / (2 lambda_H)`` (ncsim time, the surrogate's
+    wd_horizon : simulate at least ``wd_horizon / (2 eta_H lambda_H)`` (ncsim time, the surrogate's
         collapse time scale).
     max_steps : step budget of the surrogate integration.
     lambda_h_rule : "response" or "balance" (:mod:`ncsim.validate.surrogate`).
@@ -139,6 +139,9 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
             model0, data, start.index, phase2["weight_decay"],
             decayed_names(model0, int(phase2.get("decay_last", 0))))
         cal = sg.calibrate_response(start, v_data, v_decay, factor)
+        if sg.has_batch_norm(model0):
+            cal.note = ("BatchNorm evaluated with running statistics (training steps use batch "
+                        "statistics): eta_H and lambda_H are approximate")
     rate = cal.eta_h * cal.lambda_h  # ncsim-time decay rate of the surrogate's features
     log = read_table(log_path)
     curve, onset_net, fn_net = _measured(log, threshold, step_factor if mapping_ok else 1.0)
@@ -180,6 +183,7 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
         "weight_decay": phase2["weight_decay"], "lambda_w": lam_w, "lambda_h": cal.lambda_h,
         "eta_h": cal.eta_h, "lambda_h_rule": RULES[cal.rule],
         "calibration_r2_data": cal.r2_data, "calibration_r2_decay": cal.r2_decay,
+        "calibration_note": cal.note,
         "optimizer": phase2["optimizer"], "time_mapping": mapping,
         "time_mapping_valid": bool(mapping_ok), "time_unit": "t from MSE start",
         "t_ncsim_per_t": factor, "lambda_w_x_t_end": lam_w * factor * duration,

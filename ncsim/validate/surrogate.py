@@ -104,7 +104,7 @@ class Calibration:
 
     rule : "response" or "balance". lambda_h : ncsim lambda_H. eta_h : time-scale factor of the
     feature block. r2_data, r2_decay : fraction of the network's data / decay feature velocity
-    that the fit explains (NaN for "balance").
+    that the fit explains (NaN for "balance"). note : caveats of the fit ("" when none).
     """
 
     rule: str
@@ -112,6 +112,7 @@ class Calibration:
     eta_h: float = 1.0
     r2_data: float = math.nan
     r2_decay: float = math.nan
+    note: str = ""
 
 
 def feature_velocities(model: torch.nn.Module, data: Dataset, index: np.ndarray,
@@ -121,7 +122,8 @@ def feature_velocities(model: torch.nn.Module, data: Dataset, index: np.ndarray,
 
     The flow is ``d theta/dt = -grad_theta loss(training set) - weight_decay theta`` (the decay on
     the parameters named in ``decayed``; None: all), in the network's time ``t = lr x steps``.
-    Computed in float64 on a copy of ``model`` in eval mode.
+    Computed in float64 on a copy of ``model`` in eval mode: BatchNorm layers use their running
+    statistics, whereas training steps use batch statistics (see :func:`has_batch_norm`).
 
     Returns
     -------
@@ -157,6 +159,11 @@ def feature_velocities(model: torch.nn.Module, data: Dataset, index: np.ndarray,
     h, v_data = torch.func.jvp(features, (primal,), (prefixed(tangent_data),))
     _, v_decay = torch.func.jvp(features, (primal,), (prefixed(tangent_decay),))
     return tuple(a.detach().cpu().numpy().T.copy() for a in (h, v_data, v_decay))
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has BatchNorm layers (its eval-mode velocities are then approximate)."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 class _Features(torch.nn.Module):
@@ -216,8 +223,9 @@ def surrogate_spec(state: SurrogateState, lambda_w: float, lambda_h: float, t_en
     t_end : final time in ncsim units. threshold : nc1_trace onset threshold.
     records : recorded times (log-spaced). max_steps : step budget of the integration.
 
-    The one-layer UFM is integrated in the Gram-space form when it is smaller (``reduction =
-    "auto"``: d > N + K), whose cost does not depend on d.
+    ``reduction = "auto"`` integrates the one-layer UFM in its cheapest exact form: the
+    Gram-space form when d > N + K roughly (cost independent of d), else the class-means form
+    when 4 d + 3 K < 3 N (cost independent of n), else the parameters.
     """
     from ncsim import spec as sp
 
