@@ -258,7 +258,10 @@ class SolverSpec:
         [t_first, t_end].
     t_first : first non-zero record time (default min(1e-2, t_end / 10)).
     max_steps : step cap per run.
-    gtol : steady state: a run stops when |grad f|_2 <= gtol.
+    gtol : steady state: a run stops when |grad f|_2 <= gtol. At rest an explicit method's
+        steps sit at its stability limit, so |grad f| settles on a noise floor of about
+        rtol x (largest curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a
+        gtol below that floor never stops a run early (it then runs to t_end).
     check_every : steps between two host synchronisations (termination checks).
     vanish_tol : a run whose final fn is below vanish_tol x its largest fn is "vanishing".
     dtype, device : torch dtype name and device of the integration.
