@@ -59,6 +59,7 @@ def test_out_writes_tables_sidecar_and_figure(tmp_path):
     (["-K", "10", "-d", "5", "--init", "etf"], "needs d"),
     (["--solver", "gd"], "needs a step dt"),
     (["--device", "tpu"], "unknown device"),
+    (["--loss", "ce", "--reduction", "classes"], "reduction 'classes' needs"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, args, message):
     out = tmp_path / "never"
