@@ -98,14 +98,22 @@ def test_value_and_gradient_norm_equal_d_space(bias):
 
 
 def test_subset_of_runs_uses_its_own_deviations():
-    model = _model("free")
-    h0, w, b, pen, _, phi = _random_point(model, seed=2)
+    """velocity, value, gradient norm and metrics of runs (2, 0) alone equal those rows."""
+    model = _model("reg")
+    h0, w, b, pen, _, phi = _random_point(model, seed=3)
     form = ClassMeansObjective(model, "cpu", torch.float64)
     state, _ = _evolved(form, h0, w, b, phi)
     runs = torch.tensor([2, 0])
-    full = form.velocity(state, pen)
-    part = form.velocity(state[runs], pen.select(runs), runs=runs)
-    np.testing.assert_allclose(part, full[runs], rtol=1e-14, atol=0)
+    sub, sub_pen = state[runs], pen.select(runs)
+    np.testing.assert_allclose(form.velocity(sub, sub_pen, runs=runs),
+                               form.velocity(state, pen)[runs], rtol=1e-14, atol=0)
+    for full, part in zip(form.value(state, pen), form.value(sub, sub_pen, runs)):
+        np.testing.assert_allclose(part, full[runs], rtol=1e-14)
+    np.testing.assert_allclose(form.grad_norm(sub, sub_pen, runs),
+                               form.grad_norm(state, pen)[runs], rtol=1e-14)
+    full_metrics, part_metrics = form.metrics(state), form.metrics(sub, runs)
+    for name, value in full_metrics.items():
+        np.testing.assert_allclose(part_metrics[name], value[runs], rtol=1e-12, err_msg=name)
 
 
 def _specs(reduction: str, bias: str, dtype: str = "float64", **solver):
@@ -148,22 +156,6 @@ def test_auto_picks_class_means_for_mse_where_cheaper():
         RunSpec(model=ModelSpec(loss="ce"), solver=SolverSpec(reduction="classes")).validate()
     with pytest.raises(InputError, match="classes"):
         RunSpec(model=deep, solver=SolverSpec(reduction="classes")).validate()
-
-
-def test_subset_of_runs_for_value_metrics_and_gradient_norm():
-    model = _model("reg")
-    h0, w, b, pen, _, phi = _random_point(model, seed=3)
-    form = ClassMeansObjective(model, "cpu", torch.float64)
-    state, _ = _evolved(form, h0, w, b, phi)
-    runs = torch.tensor([2, 0])
-    sub, sub_pen = state[runs], pen.select(runs)
-    for full, part in zip(form.value(state, pen), form.value(sub, sub_pen, runs)):
-        np.testing.assert_allclose(part, full[runs], rtol=1e-14)
-    np.testing.assert_allclose(form.grad_norm(sub, sub_pen, runs),
-                               form.grad_norm(state, pen)[runs], rtol=1e-14)
-    full_metrics, part_metrics = form.metrics(state), form.metrics(sub, runs)
-    for name, value in full_metrics.items():
-        np.testing.assert_allclose(part_metrics[name], value[runs], rtol=1e-12, err_msg=name)
 
 
 def test_metrics_equal_nc_metrics_of_the_rebuilt_features():
