@@ -138,6 +138,8 @@ def _train_config(preset_name: str, epochs: str | None, arch: str | None, depth:
 @click.option("--weight-decay", type=float, default=None, help="weight decay (every phase)")
 @click.option("--schedule", default=None, help="cosine, step or constant (every phase)")
 @click.option("--batch-size", type=int, default=None, help="batch size (every phase)")
+@click.option("--warmup", type=int, default=None,
+              help="epochs of linear lr warm-up at the start of every phase [preset's]")
 @click.option("--nc-every", type=int, default=None,
               help="epochs between NC records [default: 10; cpu-small: 50]")
 @click.option("--nc-min-accuracy", type=float, default=0.0, show_default=True,
@@ -164,8 +166,8 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, prese
               epochs: str | None, arch: str | None, depth: int | None, width: int | None,
               activation: str | None, optimizer: str | None, lr: float | None,
               weight_decay: float | None, schedule: str | None, batch_size: int | None,
-              nc_every: int | None, nc_min_accuracy: float, intervene_epoch: int | None,
-              alpha: float,
+              warmup: int | None, nc_every: int | None, nc_min_accuracy: float,
+              intervene_epoch: int | None, alpha: float,
               seed: int, seeds: str | None, device: str, amp: bool, onset_threshold: float,
               out: Path,
               checkpoint_every: int, fmt: str, progress: bool) -> None:
@@ -183,7 +185,7 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, prese
         per_class = CPU_SMALL_DATA["per_class"]
     config = _train_config(preset_name, epochs, arch, depth, width, activation,
                            {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
-                            "schedule": schedule, "batch_size": batch_size})
+                            "schedule": schedule, "batch_size": batch_size, "warmup": warmup})
     seed_list = _split_ints(seeds, "--seeds")
     if seed_list is not None and (intervene_epoch is not None or amp or checkpoint_every):
         raise InputError("--seeds (stacked training) has no --intervene-epoch, --amp or "

@@ -60,6 +60,8 @@ class Phase:
     counted from the phase start) or "constant". batch_size : samples per step.
     decay_last : apply ``weight_decay`` only to the last ``decay_last`` Linear layers (the
     classifier counts as one); 0 = every parameter.
+    warmup : epochs of linear warm-up at the phase start (lr x (e + 1) / (warmup + 1) in epoch
+    e < warmup, times the schedule); 0 = none.
     """
 
     loss: str = "ce"
@@ -74,6 +76,7 @@ class Phase:
     gamma: float = 0.1
     batch_size: int = 256
     decay_last: int = 0
+    warmup: int = 0
 
     def validate(self) -> None:
         require(self.loss in LOSSES, f"unknown loss {self.loss!r}; allowed: {', '.join(LOSSES)}")
@@ -88,6 +91,8 @@ class Phase:
         require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         require(isinstance(self.decay_last, int) and self.decay_last >= 0,
                 f"decay_last must be an integer >= 0, got {self.decay_last}")
+        require(isinstance(self.warmup, int) and 0 <= self.warmup < self.epochs,
+                f"warmup must be an integer in [0, epochs), got {self.warmup}")
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,14 @@ class TrainConfig:
         return cls(**data)
 
 
+def _rescaled(phase: Phase, epochs: int) -> Phase:
+    """``phase`` stretched to ``epochs``: step milestones and the warm-up scale with it."""
+    scale = epochs / phase.epochs
+    return dataclasses.replace(
+        phase, epochs=epochs, milestones=tuple(int(round(m * scale)) for m in phase.milestones),
+        warmup=min(int(round(phase.warmup * scale)), max(epochs - 1, 0)))
+
+
 def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -> TrainConfig:
     """A named protocol; ``epochs`` overrides the phase lengths (step milestones scale with them).
 
@@ -173,8 +186,12 @@ def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -
     ``cpu-small`` is a CPU-sized run that collapses (nc1_trace < 0.01 in the MSE phase within a
     few thousand full-batch steps) on a small balanced subset (``CPU_SMALL_DATA``: digits, 10
     per class): MLP depth 4, width 128; phase 1 CE, Adam lr 1e-3, no weight decay, 50 steps;
-    phase 2 MSE, heavy-ball SGD (lr 0.1, momentum 0.9, constant) with weight decay 2e-3 on the
-    last two Linear layers (last hidden + classifier), 4000 steps. Weight decay drives the
+    phase 2 MSE, heavy-ball SGD (lr 0.1, momentum 0.9, constant after a linear warm-up over
+    100 steps) with weight decay 2e-3 on the last two Linear layers (last hidden +
+    classifier), 4000 steps. The warm-up matters: the CE phase leaves features of norm ~25,
+    so the classifier's curvature (2/K) fn^2 ~ 130 makes lr 0.1 unstable at the MSE start
+    (without it, seeds 1-3 on digits end in NaN); ramped over 100 steps, digits collapses for
+    seeds 0-3 (onset 2000-2450 epochs, fn* 3.0-3.4). Weight decay drives the
     features at the rate ``wd x lr / (1 - momentum)`` per step: 4000 steps give
     ``wd x t = 8`` with ``t = lr x steps / (1 - momentum)``. (Weight decay on every layer
     stalls at nc1_trace ~ 0.02-0.03 on this data; a larger decay, 5e-3 or 1e-2, collapses
@@ -194,16 +211,14 @@ def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -
         full = 10_000  # >= every training set size used with this preset: full-batch steps
         phases = (Phase("ce", 50, "adam", 1e-3, 0.0, schedule="constant", batch_size=full),
                   Phase("mse", 4000, "sgd", 0.1, 2e-3, momentum=0.9, nesterov=False,
-                        schedule="constant", batch_size=full, decay_last=2))
+                        schedule="constant", batch_size=full, decay_last=2, warmup=100))
         base = {"arch": "mlp", "depth": 4, "width": 128, "nc_every": 50}
     else:
         raise InputError(f"unknown training preset {name!r}; allowed: {', '.join(PRESETS)}")
     if epochs is not None:
         require(len(epochs) == len(phases),
                 f"preset {name!r} has {len(phases)} phases; give {len(phases)} epoch counts")
-        phases = tuple(dataclasses.replace(
-            p, epochs=int(e), milestones=tuple(int(round(m * e / p.epochs)) for m in p.milestones))
-            for p, e in zip(phases, epochs, strict=False))
+        phases = tuple(_rescaled(p, int(e)) for p, e in zip(phases, epochs, strict=False))
     return TrainConfig(phases=phases, **{**base, **overrides})
 
 
@@ -260,11 +275,25 @@ def flow_time_factor(phase: Phase) -> float:
 
 
 def make_scheduler(opt: torch.optim.Optimizer, phase: Phase):
-    if phase.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=phase.epochs)
-    if phase.schedule == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, list(phase.milestones), phase.gamma)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    """The phase's per-epoch schedule; with ``phase.warmup`` > 0, its lr factor times a linear
+    warm-up (one LambdaLR: PyTorch's LambdaLR sets, not multiplies, so two do not chain)."""
+    if phase.warmup == 0:
+        if phase.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=phase.epochs)
+        if phase.schedule == "step":
+            return torch.optim.lr_scheduler.MultiStepLR(opt, list(phase.milestones),
+                                                        phase.gamma)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+    def factor(epoch: int) -> float:
+        ramp = min(1.0, (epoch + 1) / (phase.warmup + 1))
+        if phase.schedule == "cosine":
+            return ramp * 0.5 * (1.0 + math.cos(math.pi * epoch / phase.epochs))
+        if phase.schedule == "step":
+            return ramp * phase.gamma ** sum(epoch >= m for m in phase.milestones)
+        return ramp
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
