@@ -168,3 +168,27 @@ def test_folder_of_another_study_is_refused(tmp_path):
     other = load_study(_spec(tmp_path, 1), quick=True)
     with pytest.raises(InputError, match="another --out"):
         run_study(other, tmp_path / "out", progress=False)
+
+
+def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
+    """While one runner holds the folder, another fails at once and writes nothing; once the
+    holder is gone (even killed: the lock goes with the process) the folder is free again."""
+    from ncsim.errors import InputError
+
+    study = load_study(_spec(tmp_path, 2))
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from ncsim.study.store import Store\n"
+         "with Store(sys.argv[1]).lock():\n    print('held', flush=True); time.sleep(60)",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=f"in use by another 'ncsim study run' \\(pid "
+                                             f"{holder.pid}\\)"):
+            run_study(study, out, progress=False)
+        assert not (out / "study.json").exists() and not (out / "parts").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = run_study(study, out, progress=False, report=False)
+    assert summary.computed == 2

@@ -50,11 +50,22 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
     Finished runs (their part files) are never recomputed unless ``force``; failed runs are
     retried with ``retry_failed`` (or ``force``).
     """
-    from ncsim.io import provenance
-
     check_executor(executor, address)
     start = time.perf_counter()
     store = Store(out)
+    with store.lock():
+        computed, failed, total = _compute(study, store, out, executor, address, force,
+                                           retry_failed, progress, workers, report)
+    return RunSummary(total=total, skipped=total - computed, computed=computed, failed=failed,
+                      seconds=time.perf_counter() - start, out=Path(out))
+
+
+def _compute(study: Study, store: Store, out: str | Path, executor: str, address: str | None,
+             force: bool, retry_failed: bool, progress: bool, workers: int | None,
+             report: bool) -> tuple[int, int, int]:
+    """The body of :func:`run_study` (under the folder's lock): (computed, failed, total)."""
+    from ncsim.io import provenance
+
     descs = study.runs()
     ids = [d.run_id for d in descs]
     store.bind({**study.to_dict(), "run_ids": ids, "provenance": provenance()}, force=force)
@@ -87,5 +98,4 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
         from ncsim.study.report import write_report
 
         write_report(out)
-    return RunSummary(total=len(ids), skipped=len(ids) - len(pending), computed=len(pending),
-                      failed=failed, seconds=time.perf_counter() - start, out=Path(out))
+    return len(pending), failed, len(ids)

@@ -17,6 +17,9 @@ has ``status = "failed"`` and an ``error`` message; it is retried only on reques
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,33 @@ class Store:
     def study_path(self) -> Path:
         return self.root / "study.json"
 
+    # ------------------------------------------------------------------ one runner at a time
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one runner (``flock`` on ``DIR/.lock``). A second runner on the
+        same folder fails at once with :class:`InputError`; the lock goes with the process, so
+        a killed runner leaves none behind. Where ``flock`` does not exist the folder is not
+        locked."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock on this platform
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise InputError(f"{self.root} is in use by another 'ncsim study run' ({holder});"
+                                 " wait for it to finish or use another --out") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+            yield
+
     # ------------------------------------------------------------------ study
     def bind(self, study: dict[str, Any], force: bool = False) -> None:
         """Record the study in the folder; refuse a folder holding another study."""
@@ -71,7 +101,8 @@ class Store:
         write_json(study, self.study_path)
 
     def clean_temporary(self) -> int:
-        """Remove temporary files left by a killed writer (one runner per folder at a time)."""
+        """Remove temporary files left by a killed writer (safe: the runner holds
+        :meth:`lock`, so no other writer is alive)."""
         stale = [*self.root.glob(".*.tmp"), *self.parts.glob(".*.tmp")]
         for path in stale:
             path.unlink(missing_ok=True)
