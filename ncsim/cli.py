@@ -231,6 +231,11 @@ def simulate(**options: Any) -> None:
     specs = build_specs(options)
     show = options["progress"] if options["progress"] is not None else len(specs) > 1
     result = run_simulation(specs, progress=show)
+    stalled = int((result.runs["status"] == "stalled").sum())
+    if stalled:
+        click.echo(f"note: {stalled} run(s) stalled: the adaptive steps chatter at a kink of the "
+                   "flow (ReLU-type activations); integrate them with a fixed step, e.g. "
+                   "--solver rk4 --dt 0.5 (or --solver gd)", err=True)
     if options["out"] is not None:
         write_simulation(result, options["out"], options["table_format"], specs)
     if options["fmt"] == "json":

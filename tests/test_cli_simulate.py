@@ -81,3 +81,14 @@ def test_unavailable_cuda_device_is_one_line_error(tmp_path):
     assert result.exit_code == 2
     assert "not available" in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_stalled_runs_get_a_note_with_the_remedy():
+    result = CliRunner().invoke(cli, ["simulate", "--model", "deep", "--depth", "3",
+                                      "--activation", "relu", "--loss", "mse", "-K", "4", "-n",
+                                      "5", "-d", "8", "--lambda-w", "1e-3", "--lambda-h", "1e-3",
+                                      "--init-scale", "0.5", "--t-end", "2000", "--records",
+                                      "20", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["runs"][0]["status"] == "stalled"
+    assert "stalled" in result.stderr and "--solver rk4" in result.stderr

@@ -237,3 +237,21 @@ def test_records_computed_in_blocks_equal_one_call(monkeypatch):
     cols = list(RECORDED)
     np.testing.assert_array_equal(small[cols].to_numpy(), whole[cols].to_numpy())
     np.testing.assert_array_equal(blocks[cols].to_numpy(), whole[cols].to_numpy())
+
+
+def test_chattering_relu_run_stops_as_stalled():
+    """dopri5 on a ReLU head chatters where a pre-activation slides along zero; the run stops
+    as ``stalled`` after ~1000 rejections instead of crawling to t_end, and rk4 gets through."""
+    specs = [RunSpec(model=ModelSpec(kind="deep", depth=3, activation="relu", loss="mse",
+                                     classes=4, per_class=5, dim=8),
+                     reg=Regularization(lambda_w=1e-3, lambda_h=1e-3),
+                     init=InitSpec(scale=0.5, seed=seed),
+                     solver=SolverSpec(t_end=2000, records=20))
+             for seed in range(2)]
+    runs = simulate(specs, theory=False).runs
+    assert (runs["status"] == "stalled").all()
+    assert (runs["rejected_steps"] >= 1000).all() and (runs["t_final"] < 2000).all()
+    fixed = [s.replace(solver=SolverSpec(method="rk4", dt=0.01, t_end=2.0, records=5))
+             for s in specs]
+    done = simulate(fixed, theory=False).runs
+    assert (done["t_final"] == 2.0).all() and not (done["status"] == "stalled").any()

@@ -32,8 +32,9 @@ import torch
 from ncsim.flow.tableau import Tableau, tableau
 from ncsim.spec import SolverSpec
 
-RUNNING, DONE, STEADY, MAX_STEPS, DIVERGED = 0, 1, 2, 3, 4
+RUNNING, DONE, STEADY, MAX_STEPS, DIVERGED, STALLED = 0, 1, 2, 3, 4, 5
 STATUS_NAMES = {RUNNING: "running", DONE: "t_end", STEADY: "steady", MAX_STEPS: "max_steps",
+                STALLED: "stalled",
                 DIVERGED: "diverged"}
 
 Velocity = Callable[..., torch.Tensor]  # f(y) or f(y, out=buffer)
@@ -43,6 +44,7 @@ GradNorm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
 _RECORD_CHUNK = 128  # recorded states per metrics call (W1: 371 us/state at 1024, 227 at 64)
 _DIVERGE_ABS = 1e100
+_STALL_REJECTIONS = 1000  # smooth flows reject a few percent of their steps
 
 
 @dataclass
@@ -52,7 +54,7 @@ class FlowResult:
     records : (R, T, Q) recorded quantities at the record times (NaN where not reached).
     times : (T,) record times.
     t_final : (R,) time reached. steps : (R,) accepted steps. rejected : (R,) rejected steps.
-    code : (R,) stop reason (DONE, STEADY, MAX_STEPS, DIVERGED).
+    code : (R,) stop reason (DONE, STEADY, MAX_STEPS, DIVERGED, STALLED).
     final_state : (R, P) state at ``t_final``. grad_norm : (R,) |grad f| at the final state.
     """
 
@@ -399,6 +401,12 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         rec.flush()
         steady = (code == RUNNING) & (gnorm(y, k1) <= solver.gtol)
         code = _mark(code, steady, STEADY)
+        # A step-size controller that rejects one step for every two it accepts, over a
+        # thousand rejections, is chattering at a discontinuity of the velocity (a ReLU kink
+        # the flow slides along): it would crawl to t_end in ever more steps. Such runs stop as
+        # STALLED. (Smooth flows reject well under 1% of their steps.)
+        stalled = (code == RUNNING) & (rejected >= _STALL_REJECTIONS) & (2 * rejected >= steps)
+        code = _mark(code, stalled, STALLED)
         sub = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
                "rejected": rejected, "next_rec": next_rec}
         if sub["y"].shape[0] == r:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ncsim.flow.integrate import DIVERGED, MAX_STEPS, FlowResult, integrate
+from ncsim.flow.integrate import DIVERGED, MAX_STEPS, STALLED, FlowResult, integrate
 from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.models import Penalties, UFMObjective, initial_state
 from ncsim.models.classmeans import ClassMeansObjective
@@ -28,7 +28,7 @@ from ncsim.onset import is_vanishing, onset_time, value_at
 from ncsim.spec import RunSpec
 
 RECORDED = ("loss", "objective", *METRIC_NAMES)
-STATUSES = ("ok", "vanishing", "diverged", "max_steps", "not_collapsed")
+STATUSES = ("ok", "vanishing", "diverged", "stalled", "max_steps", "not_collapsed")
 
 
 @dataclass
@@ -195,6 +195,8 @@ class _Batch:
 def _status(code: int, has_onset: bool, vanishing: bool) -> str:
     if code == DIVERGED:
         return "diverged"
+    if code == STALLED:
+        return "stalled"
     if vanishing:
         return "vanishing"
     if has_onset:
