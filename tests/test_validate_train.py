@@ -172,7 +172,8 @@ def test_cpu_small_preset_nc1_falls_tenfold():
 @pytest.mark.slow
 def test_cpu_small_preset_collapses_for_every_seed():
     """Seeds 0-3 (trained stacked): each reaches accuracy 1 and collapses (onset 2000-2450
-    epochs, fn* 3.0-3.4 measured); without the MSE-phase warm-up seeds 1-3 ended in NaN."""
+    epochs, fn* 3.0-3.4 measured); without the MSE-phase warm-up seeds 2 and 3 ended at
+    chance accuracy with a NaN loss."""
     from ncsim.validate.train import preset
 
     log = train(preset("cpu-small"), cpu_small_data(), seeds=[0, 1, 2, 3]).log

@@ -190,8 +190,9 @@ def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -
     100 steps) with weight decay 2e-3 on the last two Linear layers (last hidden +
     classifier), 4000 steps. The warm-up matters: the CE phase leaves features of norm ~25,
     so the classifier's curvature (2/K) fn^2 ~ 130 makes lr 0.1 unstable at the MSE start
-    (without it, seeds 1-3 on digits end in NaN); ramped over 100 steps, digits collapses for
-    seeds 0-3 (onset 2000-2450 epochs, fn* 3.0-3.4). Weight decay drives the
+    (without it, seeds 2 and 3 on digits end at chance accuracy with a NaN loss, and seed 1
+    reaches nc1_trace < 0.01 only at its last record); ramped over 100 steps, digits collapses
+    for seeds 0-3 (onset 2000-2450 epochs, fn* 3.0-3.4). Weight decay drives the
     features at the rate ``wd x lr / (1 - momentum)`` per step: 4000 steps give
     ``wd x t = 8`` with ``t = lr x steps / (1 - momentum)``. (Weight decay on every layer
     stalls at nc1_trace ~ 0.02-0.03 on this data; a larger decay, 5e-3 or 1e-2, collapses
