@@ -178,17 +178,13 @@ class _Batch:
     def record(self, states: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
         """Recorded quantities (M, Q) of states (M, P) belonging to runs (M,)."""
         pen = self.penalties.select(runs)
-        if isinstance(self.reduced, GramObjective):
-            loss, objective = self.reduced.value(states, pen)
-            values = self.reduced.metrics(states)
-            return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
-        if isinstance(self.reduced, ClassMeansObjective):
+        if self.reduced is not None:
             loss, objective = self.reduced.value(states, pen, runs)
             values = self.reduced.metrics(states, runs)
-            return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
-        loss, objective = self.objective.value(states, pen)
-        feats, weights, bias = self.objective.penultimate(states)
-        values = nc_metrics(feats, self.objective.labels, self.model.classes, weights, bias)
+        else:
+            loss, objective = self.objective.value(states, pen)
+            feats, weights, bias = self.objective.penultimate(states)
+            values = nc_metrics(feats, self.objective.labels, self.model.classes, weights, bias)
         return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
 
 

@@ -242,14 +242,6 @@ class ClassMeansObjective:
     def grad_norm(self, state: Tensor, pen: Penalties, runs: Tensor | None = None) -> Tensor:
         """|grad f|_2 (R,) with respect to (H, W, b): the feature part is
         sum_c n_c |g_c|^2 + tr(A S A) with g_c the class-mean gradient, A Phi the deviation
-        generator and S = Phi S0 Phi^T (cross terms vanish: deviations sum to 0 per class)."""
-        grads = self._flow_parts(state, pen, runs)
-        _, phi, _, _ = self.blocks(state)
-        s0 = self._scatter(runs)
-        a_phi = grads["Phi"]
-        deviation = (torch.bmm(a_phi, s0) * a_phi).sum((1, 2))  # tr(A Phi S0 Phi^T A)
-        means_part = (grads["M"].square().sum(1) * self.weights).sum(1) * self.samples
-        sq = grads["W1"].square().sum((1, 2)) + means_part + deviation
-        if "b" in grads:
-            sq = sq + grads["b"].square().sum(1)
-        return sq.double().clamp_min(0.0).sqrt()
+        generator and S = Phi S0 Phi^T (cross terms vanish: deviations sum to 0 per class);
+        computed from the unit-time-scale velocity by :meth:`grad_norm_from_velocity`."""
+        return self.grad_norm_from_velocity(self.velocity(state, pen, runs=runs), runs=runs)

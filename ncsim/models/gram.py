@@ -210,12 +210,12 @@ class GramObjective:
 
     # ------------------------------------------------------------------ metrics
 
-    def metrics(self, state: Tensor) -> dict[str, Tensor]:
+    def metrics(self, state: Tensor, runs: Tensor | None = None) -> dict[str, Tensor]:
         """Every metric of :data:`ncsim.metrics.METRIC_NAMES` from the Gram state.
 
         Same definitions (and the same sync-free pseudo-inverse of ``nc1``) as
         :func:`ncsim.metrics.nc_metrics` on (H^T, W, b) with the sample global mean; for
-        d >= K - 1 the values agree to rounding.
+        d >= K - 1 the values agree to rounding. ``runs`` is not needed (common interface).
 
         Returns
         -------

@@ -121,10 +121,7 @@ class UFMObjective:
         if self.depth == 1 and not isinstance(eta, torch.Tensor):
             return self._one_layer(state, pen, -float(eta), out)
         grad = self.gradient(state, pen)
-        if out is None:
-            return grad.mul_(-eta)
-        return torch.mul(grad, -eta, out=out) if isinstance(eta, torch.Tensor) else (
-            torch.mul(grad, -float(eta), out=out))
+        return grad.mul_(-eta) if out is None else torch.mul(grad, -eta, out=out)
 
     def _one_layer(self, state: torch.Tensor, pen: Penalties, scale: float,
                    out: torch.Tensor | None) -> torch.Tensor:
