@@ -6,20 +6,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from ncsim.bench import _benchmarks, bench, run_bench
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one torch thread is faster (and steadier on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 
 def test_runner_times_ncsim_and_peers_on_a_tiny_workload():

@@ -20,16 +20,6 @@ from ncsim.spec import (
     TimeScale,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one torch thread is faster (and steadier on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CASES = [("ce", "none"), ("ce", "reg"), ("mse", "none"), ("mse", "free")]
 
 

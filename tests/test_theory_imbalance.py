@@ -6,22 +6,12 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from test_theory_minimise import MatrixObjective, minimise
 
 from ncsim.flow import simulate
 from ncsim.spec import InitSpec, ModelSpec, Regularization, RunSpec, SolverSpec
 from ncsim.theory import theory_columns
 from ncsim.theory.imbalance import imbalanced_equilibrium, imbalanced_mse
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny batched problems: one intra-op thread avoids thread contention on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class ImbalancedObjective(MatrixObjective):

@@ -10,22 +10,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from ncsim.flow import simulate
 from ncsim.onset import lead_time
 from ncsim.spec import InitSpec, ModelSpec, Regularization, RunSpec, SolverSpec
 from ncsim.theory import equilibrium, predicted_onset, theory_columns
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny batched problems: one intra-op thread avoids thread contention on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 EQ_SOLVER = SolverSpec(t_end=3000, rtol=1e-11, atol=1e-13, gtol=1e-10, records=30)
 

@@ -14,8 +14,6 @@ from ncsim.validate.cli import validate
 from ncsim.validate.data import Dataset
 from ncsim.validate.surrogate import SurrogateState, calibrate_lambda_h, lambda_w_ncsim
 
-THREADS = torch.get_num_threads()
-
 
 def test_balance_calibration():
     rng = np.random.default_rng(0)
@@ -132,23 +130,15 @@ def test_compare_command(tmp_path):
 def collapsing_run(tmp_path_factory):
     """A cpu-small training run (digits, MLP-4; measured onset 2350 t, fn* 3.37)."""
     out = tmp_path_factory.mktemp("cpu_small") / "run"
-    torch.set_num_threads(1)
-    try:
-        res = CliRunner().invoke(validate, ["train", "--preset", "cpu-small", "--out", str(out),
-                                            "--no-progress", "--format", "json"])
-    finally:
-        torch.set_num_threads(THREADS)
+    res = CliRunner().invoke(validate, ["train", "--preset", "cpu-small", "--out", str(out),
+                                        "--no-progress", "--format", "json"])
     assert res.exit_code == 0, res.output
     return out
 
 
 def _compare(run, *args: str) -> dict:
-    torch.set_num_threads(1)
-    try:
-        res = CliRunner().invoke(validate, ["compare", "--run", str(run), "--horizon", "2",
-                                            "--format", "json", *args])
-    finally:
-        torch.set_num_threads(THREADS)
+    res = CliRunner().invoke(validate, ["compare", "--run", str(run), "--horizon", "2",
+                                        "--format", "json", *args])
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout)["runs"][0]
 
