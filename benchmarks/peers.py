@@ -4,7 +4,8 @@
 Every peer integrates the same gradient flow of the one-layer UFM (bias-free, time scales 1) in
 the parameters (H, W) from the same initial states as ncsim, returns the states at the record
 times, and the benchmark computes the NC metrics of those states with
-:func:`ncsim.metrics.nc_metrics` (timed as part of the peer).
+:func:`ncsim.metrics.nc_metrics` (timed as part of the peer). The torch peers run on the
+problem's device and in its dtype; the scipy loop always runs on the CPU in float64.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ class Problem:
 
     Attributes
     ----------
-    objective : :class:`~ncsim.models.UFMObjective` (float64).
-    y0 : (R, P) float64 initial states.
-    lambda_w, lambda_h : (R,) weight decays.
+    objective : :class:`~ncsim.models.UFMObjective` on ``device`` in ``dtype``.
+    y0 : (R, P) initial states (``device``, ``dtype``; drawn in float64 like ncsim's).
+    lambda_w, lambda_h : (R,) weight decays (``device``, ``dtype``).
     times : (T,) record times (first is 0).
     t_end : final time.
     """
@@ -42,15 +43,28 @@ class Problem:
     t_end: float
 
     @classmethod
-    def from_specs(cls, specs: list[RunSpec]) -> Problem:
+    def from_specs(cls, specs: list[RunSpec], device: str = "cpu",
+                   dtype: torch.dtype = torch.float64) -> Problem:
         model, solver = specs[0].model, specs[0].solver
         if model.kind != "ufm" or model.has_bias:
             raise ValueError("the peers integrate the bias-free one-layer UFM")
-        obj = UFMObjective(model, "cpu", torch.float64)
+        obj = UFMObjective(model, device, dtype)
         y0 = initial_state(model, [s.init for s in specs], "cpu", torch.float64)
         lw = torch.tensor([s.reg.per_layer(1)[0] for s in specs], dtype=torch.float64)
         lh = torch.tensor([s.reg.lambda_h for s in specs], dtype=torch.float64)
-        return cls(obj, y0, lw, lh, solver.record_times(), float(solver.t_end))
+        move = {"device": device, "dtype": dtype}
+        return cls(obj, y0.to(**move), lw.to(**move), lh.to(**move), solver.record_times(),
+                   float(solver.t_end))
+
+    def subset(self, runs: list[int]) -> Problem:
+        """The problem of the runs ``runs`` alone."""
+        index = torch.tensor(runs, device=self.y0.device)
+        return Problem(self.objective, self.y0[index], self.lambda_w[index],
+                       self.lambda_h[index], self.times, self.t_end)
+
+    @property
+    def device(self) -> torch.device:
+        return self.y0.device
 
     def torch_velocity(self, lw: torch.Tensor, lh: torch.Tensor
                        ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -67,7 +81,7 @@ class Problem:
         hb, wb = lay["H"], lay["W1"]
         d, n = hb.shape
         k = wb.shape[0]
-        onehot = self.objective.onehot.numpy()
+        onehot = self.objective.onehot.double().cpu().numpy()
         lw, lh = float(self.lambda_w[i]), float(self.lambda_h[i])
         ce = self.objective.model.loss == "ce"
 
@@ -88,7 +102,7 @@ class Problem:
         return f
 
     def metrics(self, states: torch.Tensor) -> dict[str, torch.Tensor]:
-        """NC metrics of states (M, P) (float64)."""
+        """NC metrics of states (M, P) (in their dtype, on their device)."""
         lay = self.objective.layout
         h, w = lay.view(states, "H"), lay.view(states, "W1")
         return nc_metrics(h.transpose(1, 2), self.objective.labels, self.objective.model.classes,
@@ -97,20 +111,21 @@ class Problem:
     def fn(self, states: torch.Tensor) -> np.ndarray:
         """fn (M,) of states (M, P)."""
         h = self.objective.layout.view(states, "H")
-        return h.norm(dim=1).mean(1).numpy()
+        return h.norm(dim=1).mean(1).double().cpu().numpy()
 
 
 def scipy_loop(problem: Problem, method: str = "DOP853", rtol: float = 1e-8,
                atol: float = 1e-10, records: bool = True) -> dict:
-    """scipy ``solve_ivp`` run by run; returns final fn (R,), steps (R,) and the states."""
+    """scipy ``solve_ivp`` run by run (CPU, float64); returns final fn (R,) and f-evals (R,)."""
     from scipy.integrate import solve_ivp
 
     r = problem.y0.shape[0]
+    y0 = problem.y0.double().cpu()
     finals, nfev, recorded = [], [], []
     t_eval = problem.times if records else None
     for i in range(r):
         sol = solve_ivp(problem.numpy_velocity(i), (0.0, problem.t_end),
-                        problem.y0[i].numpy(), method=method, rtol=rtol, atol=atol,
+                        y0[i].numpy(), method=method, rtol=rtol, atol=atol,
                         t_eval=t_eval)
         if not sol.success:
             raise RuntimeError(f"scipy {method} failed on run {i}: {sol.message}")
@@ -120,8 +135,9 @@ def scipy_loop(problem: Problem, method: str = "DOP853", rtol: float = 1e-8,
             recorded.append(torch.from_numpy(sol.y.T.copy()))
     final = torch.from_numpy(np.stack(finals))
     if records:
-        problem.metrics(torch.cat(recorded))
-    return {"fn": problem.fn(final), "nfev": np.array(nfev)}
+        problem.metrics(torch.cat(recorded).to(problem.y0))
+    h = problem.objective.layout.view(final, "H")
+    return {"fn": h.norm(dim=1).mean(1).numpy(), "nfev": np.array(nfev)}
 
 
 def torchdiffeq_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10) -> dict:
@@ -135,7 +151,7 @@ def torchdiffeq_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10)
         nfev[0] += 1
         return f(y)
 
-    t = torch.as_tensor(problem.times, dtype=torch.float64)
+    t = torch.as_tensor(problem.times, dtype=problem.y0.dtype, device=problem.device)
     with torch.no_grad():
         ys = odeint(func, problem.y0.clone(), t, rtol=rtol, atol=atol, method="dopri5")
     problem.metrics(ys.reshape(-1, ys.shape[-1]))
@@ -152,14 +168,15 @@ def torchode_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10) ->
     step = to.Dopri5(term=term)
     ctrl = to.IntegralController(atol=atol, rtol=rtol, term=term)
     solver = to.AutoDiffAdjoint(step, ctrl, max_steps=1_000_000)
-    t_eval = torch.as_tensor(problem.times, dtype=torch.float64).repeat(r, 1)
+    t_eval = torch.as_tensor(problem.times, dtype=problem.y0.dtype,
+                             device=problem.device).repeat(r, 1)
     problem_ivp = to.InitialValueProblem(y0=problem.y0.clone(), t_eval=t_eval)
     with torch.no_grad():
         sol = solver.solve(problem_ivp)
     if not bool((sol.status == 0).all()):
         raise RuntimeError(f"torchode failed: status {sol.status.tolist()}")
     problem.metrics(sol.ys.reshape(-1, sol.ys.shape[-1]))
-    return {"fn": problem.fn(sol.ys[:, -1]), "nfev": sol.stats["n_f_evals"].numpy()}
+    return {"fn": problem.fn(sol.ys[:, -1]), "nfev": sol.stats["n_f_evals"].cpu().numpy()}
 
 
 def reference_fn(problem: Problem, rtol: float = 1e-10, atol: float = 1e-12) -> np.ndarray:

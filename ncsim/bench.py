@@ -2,9 +2,10 @@
 
 Every solver runs in this one process, one after the other, with the same number of torch
 threads; each time is the median of ``repeats`` runs. A solver's result must reach the stated
-accuracy (W1: fn(T) within 1e-6 of a scipy DOP853 rtol 1e-10 reference; W2: the Gram form
-equals the d-space form to 1e-9) or the benchmark fails with an AssertionError. Results are
-printed and written as JSON (machine, versions, timings, ratios, peak memory).
+accuracy (W1: fn(T) within 1e-6 (float64) or 1e-3 (float32) of a float64 reference, see
+:func:`bench_w1`; W2: the Gram form equals the d-space form to 1e-9) or the benchmark fails
+with an AssertionError. Results are printed and written as JSON (machine, versions, timings,
+ratios, peak memory).
 """
 
 from __future__ import annotations
@@ -153,42 +154,105 @@ def _simulate(specs: list) -> Any:
 # ------------------------------------------------------------------------------ workloads
 
 
+W1_SHAPES = {"full": (8, 2e4, 200), "full-gpu": (64, 5e3, 200), "small": (4, 2e3, 100),
+             "tiny": (2, 50.0, 10)}  # (grid, T, records); "full" on a GPU is "full-gpu"
+REFERENCE_LOOP_MAX = 256  # runs: above, the reference is ncsim (see _w1_reference)
+
+
+def _w1_reference(specs: list, device: str, log: Callable[[str], None],
+                  loop_max: int = REFERENCE_LOOP_MAX) -> tuple[np.ndarray, str]:
+    """Reference fn(T) (R,) of W1's runs and how it was obtained.
+
+    Up to ``loop_max`` runs: scipy DOP853 at rtol 1e-10 on every run. Above (the 4096 runs of
+    the GPU grid would take the loop half an hour): ncsim's float64 dopri5 at rtol 1e-11 on
+    ``device``, itself checked against DOP853 rtol 1e-10 on 16 runs spread over the grid (to
+    1e-8, or AssertionError).
+    """
+    import dataclasses
+
+    _, peer_mod = _benchmarks()
+    problem = peer_mod.Problem.from_specs(specs)
+    if len(specs) <= loop_max:
+        log(f"W1 ({len(specs)} runs): reference DOP853 rtol 1e-10 ...")
+        return peer_mod.reference_fn(problem), "scipy DOP853 rtol 1e-10, every run"
+    log(f"W1 ({len(specs)} runs): reference ncsim float64 rtol 1e-11, checked on 16 runs ...")
+    tight = [s.replace(solver=dataclasses.replace(s.solver, rtol=1e-11, atol=1e-13, records=2,
+                                                  device=device)) for s in specs]
+    ref = _simulate(tight).runs["final_fn"].to_numpy()
+    sample = [int(i) for i in np.unique(np.linspace(0, len(specs) - 1, 16).round())]
+    check = peer_mod.reference_fn(problem.subset(sample))
+    peer_mod.check_accuracy("ncsim reference (rtol 1e-11) against DOP853", ref[sample], check,
+                            1e-8)
+    return ref, "ncsim dopri5 float64 rtol 1e-11 (checked against DOP853 on 16 runs)"
+
+
 def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[str], None],
-             peer_repeats: int | None = None, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """W1 phase diagram: ncsim against the peers, fn(T) checked against a DOP853 reference."""
+             peer_repeats: int | None = None, skip: tuple[str, ...] = (),
+             dtypes: tuple[str, ...] | None = None,
+             reference_loop_max: int = REFERENCE_LOOP_MAX) -> dict[str, Any]:
+    """W1 phase diagram: ncsim against the peers, fn(T) checked against a reference.
+
+    On the CPU the grid is 8 x 8 with T = 2e4 in float64; on a GPU 64 x 64 with T = 5e3, in
+    float32 and float64 (``dtypes`` overrides). Each dtype runs at its tolerances
+    (``W1_TOLERANCES``) and must reach fn(T) within 1e-6 (float64) or 1e-3 (float32) of the
+    float64 reference. Solvers in float32 are named ``<solver>_float32`` and compared with
+    ncsim in float32. The scipy loop is a CPU float64 peer: it runs only there.
+    """
     workloads, peer_mod = _benchmarks()
-    shape = {"full": (8, 2e4, 200), "small": (4, 2e3, 100), "tiny": (2, 50.0, 10)}[size]
-    wl = workloads.w1(grid=shape[0], t_end=shape[1], records=shape[2])
-    specs = _with_device(wl.specs, device)
-    problem = peer_mod.Problem.from_specs(wl.specs)
-    log(f"W1 ({len(specs)} runs, T = {shape[1]:g}): reference DOP853 rtol 1e-10 ...")
-    ref = peer_mod.reference_fn(problem)
+    gpu = torch.device(device).type == "cuda"
+    grid, t_end, records = W1_SHAPES["full-gpu" if size == "full" and gpu else size]
+    dtypes = dtypes or (("float32", "float64") if gpu else ("float64",))
+    base = workloads.w1(grid=grid, t_end=t_end, records=records)
+    ref, how = _w1_reference(base.specs, device, log, reference_loop_max)
     rows: dict[str, Any] = {}
-    stats, res = timed(lambda: _simulate(specs), repeats, device)
-    err = peer_mod.check_accuracy("ncsim", res.runs["final_fn"].to_numpy(), ref, wl.fn_tol)
-    rows["ncsim_dopri5"] = {**stats, "fn_error": err, "steps_total": int(res.runs.steps.sum()),
-                            "steps_max": int(res.runs.steps.max())}
-    log(f"  ncsim_dopri5: {stats['median_s']:.3f} s (fn error {err:.1e})")
-    if peers:
-        for name, run in peer_mod.PEERS.items():
-            if name in skip:
+    skipped = list(skip)
+    for dtype in dtypes:
+        wl = workloads.w1(grid=grid, t_end=t_end, records=records, dtype=dtype)
+        suffix = "" if dtype == "float64" else f"_{dtype}"
+        specs = _with_device(wl.specs, device)
+        stats, res = timed(lambda specs=specs: _simulate(specs), repeats, device)
+        name = f"ncsim_dopri5{suffix}"
+        err = peer_mod.check_accuracy(name, res.runs["final_fn"].to_numpy(), ref, wl.fn_tol)
+        rows[name] = {**stats, "dtype": dtype, "fn_error": err,
+                      "steps_total": int(res.runs.steps.sum()),
+                      "steps_max": int(res.runs.steps.max())}
+        log(f"  {name}: {stats['median_s']:.3f} s (fn error {err:.1e})")
+        if not peers:
+            continue
+        problem = peer_mod.Problem.from_specs(wl.specs, device, getattr(torch, dtype))
+        tol = {"rtol": wl.params["rtol"], "atol": wl.params["atol"]}
+        for peer, run in peer_mod.PEERS.items():
+            if peer in skip:
                 continue
-            stats, out = timed(lambda run=run: run(problem), peer_repeats or repeats)
-            err = peer_mod.check_accuracy(name, out["fn"], ref, wl.fn_tol)
-            rows[name] = {**stats, "fn_error": err, "nfev_total": int(np.sum(out["nfev"]))}
-            log(f"  {name}: {stats['median_s']:.3f} s (fn error {err:.1e})")
-    return _with_ratios({"workload": "W1", "size": size, "params": wl.params, "solvers": rows,
-                         "peer_repeats": peer_repeats or repeats, "skipped": list(skip)},
-                        "ncsim_dopri5")
+            if peer == "scipy_dop853_loop" and (gpu or dtype != "float64"):
+                skipped.append(f"{peer}{suffix} (a CPU float64 peer)")
+                continue
+            stats, out = timed(lambda run=run, problem=problem, tol=tol: run(problem, **tol),
+                               peer_repeats or repeats, device)
+            err = peer_mod.check_accuracy(peer + suffix, out["fn"], ref, wl.fn_tol)
+            rows[peer + suffix] = {**stats, "dtype": dtype, "fn_error": err,
+                                   "nfev_total": int(np.sum(out["nfev"]))}
+            log(f"  {peer}{suffix}: {stats['median_s']:.3f} s (fn error {err:.1e})")
+    params = {**base.params, "dtypes": list(dtypes),
+              "tolerances": {d: list(workloads.W1_TOLERANCES[d]) for d in dtypes}}
+    entry = {"workload": "W1", "size": size, "device": device, "params": params,
+             "reference": how, "solvers": rows, "peer_repeats": peer_repeats or repeats,
+             "skipped": skipped}
+    return _with_ratios(entry, dtypes)
 
 
-def _with_ratios(entry: dict[str, Any], base: str) -> dict[str, Any]:
-    t0 = entry["solvers"][base]["median_s"]
-    entry["ratios"] = {name: row["median_s"] / t0 for name, row in entry["solvers"].items()
-                       if name != base}
-    others = list(entry["ratios"].values())
-    if others:
-        entry["speedup_vs_fastest_peer"] = min(others)
+def _with_ratios(entry: dict[str, Any], dtypes: tuple[str, ...]) -> dict[str, Any]:
+    """Peer time / ncsim time of the same dtype; the smallest is ``speedup_vs_fastest_peer``
+    (float64; ``speedup_vs_fastest_peer_float32`` for float32)."""
+    entry["ratios"] = {}
+    for dtype in dtypes:
+        suffix = "" if dtype == "float64" else f"_{dtype}"
+        t0 = entry["solvers"][f"ncsim_dopri5{suffix}"]["median_s"]
+        ratios = {name: row["median_s"] / t0 for name, row in entry["solvers"].items()
+                  if row["dtype"] == dtype and not name.startswith("ncsim")}
+        entry["ratios"].update(ratios)
+        if ratios:
+            entry[f"speedup_vs_fastest_peer{suffix}"] = min(ratios.values())
     return entry
 
 
@@ -299,8 +363,10 @@ def bench_w3(size: str, repeats: int, device: str, log: Callable[[str], None]
 def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
               size: str = "full", peers: bool = True, threads: int | None = None,
               log: Callable[[str], None] = print, peer_repeats: int | None = None,
-              skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run the workloads and return the JSON-ready results."""
+              skip: tuple[str, ...] = (), dtypes: tuple[str, ...] | None = None
+              ) -> dict[str, Any]:
+    """Run the workloads and return the JSON-ready results (``dtypes``: W1's, see
+    :func:`bench_w1`)."""
     if threads is not None:
         torch.set_num_threads(threads)
     results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -308,7 +374,7 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
                                "workloads": {}}
     if "W1" in workloads:
         results["workloads"]["W1"] = bench_w1(size, repeats, device, peers, log, peer_repeats,
-                                              skip)
+                                              skip, dtypes)
     if "W2" in workloads:
         results["workloads"]["W2"] = bench_w2(size, repeats, device, log)
     if "W2n" in workloads:
@@ -336,15 +402,18 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
 @click.option("--skip-peer", "skip", multiple=True,
               type=click.Choice(["scipy_dop853_loop", "torchdiffeq_dopri5", "torchode_dopri5"]),
               help="Leave out a peer (repeat the option for several).")
+@click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["float64", "float32"]),
+              help="W1's dtype(s) (repeat for both; default: float64 on the CPU, both on a "
+                   "GPU).")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
               help="JSON output (default benchmarks/results/<device>_<date>.json).")
 def bench(workload: tuple[str, ...], device: str, repeats: int, size: str, peers: bool,
           threads: int | None, peer_repeats: int | None, skip: tuple[str, ...],
-          out: str | None) -> None:
+          dtypes: tuple[str, ...], out: str | None) -> None:
     """Time ncsim and the peer solvers on the benchmark workloads; write JSON."""
     results = run_bench(workload, device, repeats, size, peers, threads,
                         log=lambda m: click.echo(m, err=True), peer_repeats=peer_repeats,
-                        skip=skip)
+                        skip=skip, dtypes=dtypes or None)
     text = json.dumps(results, indent=2, default=float)
     if out is None:
         stamp = datetime.date.today().isoformat()

@@ -45,3 +45,50 @@ def test_cli_writes_json(tmp_path):
     rows = data["workloads"]["W2n"]
     assert [(r["n"], r["records"]) for r in rows] == [(20, 20), (50, 20), (20, 2), (50, 2)]
     assert all(r["max_rel_diff"] <= 1e-9 and r["classes"]["steps_total"] > 0 for r in rows)
+
+
+def test_w1_in_float32_and_float64_compares_each_dtype_with_its_own_ncsim_run():
+    results = run_bench(("W1",), repeats=1, size="tiny", threads=1, log=lambda m: None,
+                        dtypes=("float64", "float32"))
+    w1 = results["workloads"]["W1"]
+    solvers = w1["solvers"]
+    assert set(solvers) == {"ncsim_dopri5", "scipy_dop853_loop", "torchdiffeq_dopri5",
+                            "torchode_dopri5", "ncsim_dopri5_float32",
+                            "torchdiffeq_dopri5_float32", "torchode_dopri5_float32"}
+    assert w1["skipped"] == ["scipy_dop853_loop_float32 (a CPU float64 peer)"]
+    for name, row in solvers.items():
+        assert row["dtype"] == ("float32" if name.endswith("_float32") else "float64")
+        assert row["fn_error"] <= (1e-3 if row["dtype"] == "float32" else 1e-6)
+    # float32 solvers carry rounding errors well above float64's, below their stated accuracy
+    assert solvers["ncsim_dopri5_float32"]["fn_error"] > 1e-8
+    for name, ratio in w1["ratios"].items():
+        base = "ncsim_dopri5_float32" if name.endswith("_float32") else "ncsim_dopri5"
+        assert ratio == pytest.approx(solvers[name]["median_s"] / solvers[base]["median_s"])
+    assert w1["speedup_vs_fastest_peer_float32"] == min(
+        v for k, v in w1["ratios"].items() if k.endswith("_float32"))
+    assert w1["params"]["tolerances"] == {"float64": [1e-8, 1e-10], "float32": [1e-5, 1e-7]}
+
+
+def test_w1_reference_of_a_large_grid_is_ncsim_checked_against_dop853():
+    from ncsim.bench import _w1_reference
+
+    workloads, peers = _benchmarks()
+    specs = workloads.w1(grid=2, t_end=50.0, records=10).specs
+    loop, how_loop = _w1_reference(specs, "cpu", lambda m: None)
+    tight, how_tight = _w1_reference(specs, "cpu", lambda m: None, loop_max=2)
+    assert how_loop.startswith("scipy") and how_tight.startswith("ncsim")
+    assert np.abs(tight - loop).max() < 1e-9
+    assert np.array_equal(loop, peers.reference_fn(peers.Problem.from_specs(specs)))
+
+
+def test_peer_problem_moves_to_the_requested_dtype():
+    import torch
+
+    workloads, peers = _benchmarks()
+    specs = workloads.w1(grid=2, t_end=1.0, records=2).specs
+    p64 = peers.Problem.from_specs(specs)
+    p32 = peers.Problem.from_specs(specs, dtype=torch.float32)
+    assert p32.y0.dtype == p32.lambda_w.dtype == torch.float32
+    assert torch.equal(p32.y0, p64.y0.float())  # the same draw, rounded
+    assert p64.subset([1, 3]).y0.shape[0] == 2
+    assert torch.equal(p64.subset([1, 3]).lambda_h, p64.lambda_h[[1, 3]])
