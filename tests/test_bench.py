@@ -92,3 +92,23 @@ def test_peer_problem_moves_to_the_requested_dtype():
     assert torch.equal(p32.y0, p64.y0.float())  # the same draw, rounded
     assert p64.subset([1, 3]).y0.shape[0] == 2
     assert torch.equal(p64.subset([1, 3]).lambda_h, p64.lambda_h[[1, 3]])
+
+
+@pytest.mark.slow
+def test_device_check_script_dry_runs_on_the_cpu(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ncsim.bench import ROOT
+
+    env = {**os.environ, "DEVICE": "cpu", "SIZE": "tiny", "PYTHON": sys.executable,
+           "FASHION_MNIST": str(tmp_path / "absent"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "V1 left out" in done.stderr
+    written = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert len(written) == 2 and written[0].endswith("_w1.json")
+    w1 = json.loads((tmp_path / written[0]).read_text())["workloads"]["W1"]
+    assert w1["solvers"]["ncsim_dopri5"]["fn_error"] <= 1e-6
