@@ -43,6 +43,9 @@ GradNorm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
 _RECORD_CHUNK = 128  # recorded states per metrics call (W1: 371 us/state at 1024, 227 at 64)
+# Bytes of queued record states (R x slots x P) a batch may hold: 4096 W1 runs in float64 took
+# 3.5 GB with 16 slots.
+_RECORD_BUFFER_BYTES = 256 * 2**20
 _DIVERGE_ABS = 1e100
 _STALL_REJECTIONS = 1000  # smooth flows reject a few percent of their steps
 
@@ -183,8 +186,23 @@ def _initial_step(f: Velocity, y0: torch.Tensor, k0: torch.Tensor, order: int,
     return torch.minimum(100 * h0, h1)
 
 
+def record_in_blocks(record: Recorder, states: torch.Tensor, runs: torch.Tensor
+                     ) -> torch.Tensor:
+    """``record(states, runs)`` (M, Q) as float64, computed in blocks of ``_RECORD_CHUNK``
+    states (they stay in cache, and the metrics' temporaries stay small for any M)."""
+    return torch.cat([record(states[lo:lo + _RECORD_CHUNK], runs[lo:lo + _RECORD_CHUNK]).double()
+                      for lo in range(0, states.shape[0], _RECORD_CHUNK)])
+
+
+def record_slots(r: int, p: int, itemsize: int, wanted: int) -> int:
+    """Slots of the record queue: ``wanted``, fewer when R x slots x P would pass
+    ``_RECORD_BUFFER_BYTES`` (at least 1)."""
+    return max(1, min(wanted, _RECORD_BUFFER_BYTES // max(1, r * p * itemsize)))
+
+
 class _Recorder:
-    """Buffer of recorded states waiting for their metrics; flushed at synchronisations."""
+    """Buffer of recorded states waiting for their metrics; flushed when full and at
+    synchronisations. It holds ``capacity`` states per run (see :func:`record_slots`)."""
 
     def __init__(self, record: Recorder, r: int, t: int, q: int, p: int, slots: int,
                  like: torch.Tensor) -> None:
@@ -194,6 +212,10 @@ class _Recorder:
         self.index = torch.full((r, slots), -1, dtype=torch.long, device=like.device)
         self.slot = torch.zeros(r, dtype=torch.long, device=like.device)
         self.rows = torch.arange(r, device=like.device)
+
+    @property
+    def capacity(self) -> int:
+        return self.states.shape[1]
 
     def push(self, mask: torch.Tensor, states: torch.Tensor, rec_index: torch.Tensor,
              rows: torch.Tensor | None = None) -> None:
@@ -208,21 +230,25 @@ class _Recorder:
 
     def flush(self) -> None:
         """Compute the metrics of every queued state and store them."""
-        used = torch.arange(self.states.shape[1], device=self.slot.device) < self.slot[:, None]
-        if not bool(used.any()):
-            return
-        runs = self.rows.unsqueeze(1).expand_as(used)[used]
-        index, states = self.index[used], self.states[used]
-        for lo in range(0, runs.shape[0], _RECORD_CHUNK):  # blocks that stay in cache
-            part = slice(lo, lo + _RECORD_CHUNK)
-            self.values[runs[part], index[part]] = self.record(states[part], runs[part]).double()
+        used = torch.arange(self.capacity, device=self.slot.device) < self.slot[:, None]
+        where = used.nonzero()  # (M, 2): run, slot
+        for lo in range(0, where.shape[0], _RECORD_CHUNK):  # gathered block by block
+            runs, slots = where[lo:lo + _RECORD_CHUNK].unbind(1)
+            values = self.record(self.states[runs, slots], runs).double()
+            self.values[runs, self.index[runs, slots]] = values
         self.slot.zero_()
         self.index.fill_(-1)
 
     def now(self, mask: torch.Tensor, states: torch.Tensor, j: int) -> None:
         """Record every run of ``mask`` at record index ``j`` right away."""
-        values = self.record(states, self.rows).double()
+        values = record_in_blocks(self.record, states, self.rows)
         self.values[:, j] = torch.where(mask.unsqueeze(1), values, self.values[:, j])
+
+
+def _host_free(device: torch.device) -> bool:
+    """Whether the loop must avoid host synchronisations inside a chunk (on an accelerator;
+    on the CPU a host test costs nothing)."""
+    return device.type != "cpu"
 
 
 def _mark(code: torch.Tensor, mask: torch.Tensor, status: int) -> torch.Tensor:
@@ -288,6 +314,7 @@ def integrate(
 def _start(y0: torch.Tensor, solver: SolverSpec, record: Recorder, q: int, slots: int
            ) -> tuple[_Recorder, torch.Tensor, np.ndarray]:
     times = solver.record_times()
+    slots = record_slots(y0.shape[0], y0.shape[1], y0.element_size(), slots)
     rec = _Recorder(record, y0.shape[0], len(times), q, y0.shape[1], slots, y0)
     next_rec = torch.zeros(y0.shape[0], dtype=torch.long, device=y0.device)
     if times[0] == 0.0:
@@ -331,7 +358,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
     steps = torch.zeros(r, dtype=torch.long, device=dev)
     rejected = torch.zeros(r, dtype=torch.long, device=dev)
     err_exp = -1.0 / tab.order
-    host_free = y.device.type != "cpu"
+    host_free = _host_free(y.device)
     finished_before = 0
     # The chunk works on the running runs only (``rows``): finished runs leave the batch at the
     # next synchronisation when ``select`` gives the velocity of a subset of runs.
@@ -347,7 +374,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         code, steps, rejected, next_rec = (sub["code"], sub["steps"], sub["rejected"],
                                            sub["next_rec"])
         t_end_v = torch.full_like(t, t_end)
-        for _ in range(solver.check_every):
+        for step in range(solver.check_every):
             active = code == RUNNING
             # On a device, a step crosses at most one record time (no host test of how many
             # it crosses); on the CPU steps run free and record every time they cross.
@@ -375,8 +402,10 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
                 theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
                 rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, rows)
                 next_rec = next_rec + cross.long()
+                if rec.capacity < solver.check_every and (step + 1) % rec.capacity == 0:
+                    rec.flush()  # a large batch's queue holds fewer steps than a chunk
             while not host_free and bool(cross.any()):  # on the CPU a test costs no sync
-                if int(rec.slot.max()) >= solver.check_every:
+                if int(rec.slot.max()) >= rec.capacity:
                     rec.flush()
                 theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
                 rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, rows)

@@ -18,7 +18,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ncsim.flow.integrate import DIVERGED, MAX_STEPS, STALLED, FlowResult, integrate
+from ncsim.flow.integrate import (
+    DIVERGED,
+    MAX_STEPS,
+    STALLED,
+    FlowResult,
+    integrate,
+    record_in_blocks,
+)
 from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.models import Penalties, UFMObjective, initial_state
 from ncsim.models.classmeans import ClassMeansObjective
@@ -206,7 +213,7 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[di
     """Run rows and trajectory rows of one integrated batch."""
     q_index = {name: i for i, name in enumerate(RECORDED)}
     all_runs = torch.arange(len(ids), device=batch.device)
-    final = batch.record(flow.final_state, all_runs).double().cpu().numpy()
+    final = record_in_blocks(batch.record, flow.final_state, all_runs).cpu().numpy()
     onset = batch.onset
     rows, frames = [], []
     for i, (spec, rid) in enumerate(zip(batch.specs, ids)):
