@@ -168,7 +168,8 @@ def torchode_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10) ->
     step = to.Dopri5(term=term)
     ctrl = to.IntegralController(atol=atol, rtol=rtol, term=term)
     solver = to.AutoDiffAdjoint(step, ctrl, max_steps=1_000_000)
-    t_eval = torch.as_tensor(problem.times, dtype=problem.y0.dtype,
+    # times stay float64 (as ncsim's): float32 times are ~5e-4 apart near t = 5e3
+    t_eval = torch.as_tensor(problem.times, dtype=torch.float64,
                              device=problem.device).repeat(r, 1)
     problem_ivp = to.InitialValueProblem(y0=problem.y0.clone(), t_eval=t_eval)
     with torch.no_grad():

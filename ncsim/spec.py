@@ -262,7 +262,9 @@ class SolverSpec:
         steps sit at its stability limit, so |grad f| settles on a noise floor of about
         rtol x (largest curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a
         gtol below that floor never stops a run early (it then runs to t_end).
-    check_every : steps between two host synchronisations (termination checks).
+    check_every : steps between two host synchronisations (termination checks). On an
+        accelerator a batch whose record queue holds fewer states per run (very large
+        batches: a 1 GiB cap) synchronises after that many steps.
     vanish_tol : a run whose final fn is below vanish_tol x its largest fn is "vanishing".
     dtype, device : torch dtype name and device of the integration.
     reduction : state the one-layer UFM is integrated in: "none" (the parameters H, W, b),

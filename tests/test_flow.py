@@ -257,11 +257,12 @@ def test_chattering_relu_run_stops_as_stalled():
     assert (done["t_final"] == 2.0).all() and not (done["status"] == "stalled").any()
 
 
-def test_small_record_queue_and_the_accelerator_loop_change_no_number(monkeypatch):
-    """A record queue capped below a chunk (large batches: flushed every ``capacity`` steps)
-    gives the same records as the full queue (to rounding), on the CPU loop and on the accelerator loop
-    (steps stop at record times, no host test inside a chunk), which is run here on the CPU;
-    the two loops agree to the tolerance."""
+@pytest.mark.parametrize("capacity", [1, 5])
+def test_small_record_queue_and_the_accelerator_loop_change_no_number(monkeypatch, capacity):
+    """A record queue of fewer slots than a chunk (large batches) gives the same records as the
+    full queue (to rounding: other states share a metrics block), on the CPU loop (flushed when
+    full) and on the accelerator loop (no host test inside a chunk, chunks cut to the queue's
+    capacity), which is run here on the CPU; the two loops agree to the tolerance."""
     integrate_module = importlib.import_module("ncsim.flow.integrate")
     specs = [RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
                      reg=Regularization(lambda_w=0.01 * (i + 1), lambda_h=0.02),
@@ -269,20 +270,33 @@ def test_small_record_queue_and_the_accelerator_loop_change_no_number(monkeypatc
                      solver=SolverSpec(t_end=50.0, records=40, check_every=16))
              for i in range(6)]
     cols = list(RECORDED)
+    flushes = []
+    real_flush = integrate_module._Recorder.flush
+
+    def counting_flush(self):
+        flushes.append(self.capacity)
+        real_flush(self)
 
     def records() -> np.ndarray:
-        return simulate(specs, theory=False).trajectories[cols].to_numpy()
+        flushes.clear()
+        values = simulate(specs, theory=False).trajectories[cols].to_numpy()
+        assert np.isfinite(values).all()
+        return values
 
+    monkeypatch.setattr(integrate_module._Recorder, "flush", counting_flush)
     cpu_full = records()
-    monkeypatch.setattr(integrate_module, "_RECORD_BUFFER_BYTES", 1)  # one slot
-    assert integrate_module.record_slots(6, 100, 8, 16) == 1
-    # the same states; measured in other blocks, so equal to rounding
+    cpu_syncs = len(flushes)
+    monkeypatch.setattr(integrate_module, "record_slots", lambda *args: capacity)
     np.testing.assert_allclose(records(), cpu_full, rtol=1e-13, atol=1e-15)
+    assert set(flushes) == {capacity}
     monkeypatch.setattr(integrate_module, "_host_free", lambda device: True)
-    device_one_slot = records()
-    monkeypatch.setattr(integrate_module, "_RECORD_BUFFER_BYTES", 2**30)
+    device_small = records()
+    device_syncs = len(flushes)
+    monkeypatch.setattr(integrate_module, "record_slots", lambda *args: 16)
     device_full = records()
-    np.testing.assert_allclose(device_one_slot, device_full, rtol=1e-13, atol=1e-15)
+    assert device_syncs > len(flushes)  # shorter chunks: more synchronisations
+    assert cpu_syncs > 0
+    np.testing.assert_allclose(device_small, device_full, rtol=1e-13, atol=1e-15)
     assert device_full.shape == cpu_full.shape
     np.testing.assert_allclose(device_full, cpu_full, rtol=1e-6, atol=1e-8)
     assert not np.array_equal(device_full, cpu_full)  # the loops take different steps

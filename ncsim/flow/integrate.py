@@ -42,10 +42,15 @@ Recorder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GradNorm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
-_RECORD_CHUNK = 128  # recorded states per metrics call (W1: 371 us/state at 1024, 227 at 64)
-# Bytes of queued record states (R x slots x P) a batch may hold: 4096 W1 runs in float64 took
-# 3.5 GB with 16 slots.
+# Recorded states per metrics call: on the CPU blocks that stay in cache (W1: 371 us/state at
+# 1024, 227 at 64); on an accelerator larger blocks, since small calls are launch-bound.
+_RECORD_CHUNK = 128
+_RECORD_CHUNK_DEVICE = 1024
+# Bytes of queued record states (R x slots x P) a batch may hold, on the CPU and on an
+# accelerator (4096 W1 runs in float64 took 3.5 GB with 16 slots; 1 GiB keeps 4 slots there,
+# 9 in float32).
 _RECORD_BUFFER_BYTES = 256 * 2**20
+_RECORD_BUFFER_BYTES_DEVICE = 2**30
 _DIVERGE_ABS = 1e100
 _STALL_REJECTIONS = 1000  # smooth flows reject a few percent of their steps
 
@@ -186,23 +191,35 @@ def _initial_step(f: Velocity, y0: torch.Tensor, k0: torch.Tensor, order: int,
     return torch.minimum(100 * h0, h1)
 
 
-def record_in_blocks(record: Recorder, states: torch.Tensor, runs: torch.Tensor
-                     ) -> torch.Tensor:
-    """``record(states, runs)`` (M, Q) as float64, computed in blocks of ``_RECORD_CHUNK``
-    states (they stay in cache, and the metrics' temporaries stay small for any M)."""
-    return torch.cat([record(states[lo:lo + _RECORD_CHUNK], runs[lo:lo + _RECORD_CHUNK]).double()
-                      for lo in range(0, states.shape[0], _RECORD_CHUNK)])
+def _host_free(device: torch.device) -> bool:
+    """Whether the loop must avoid host synchronisations inside a chunk (on an accelerator;
+    on the CPU a host test costs nothing)."""
+    return device.type != "cpu"
 
 
-def record_slots(r: int, p: int, itemsize: int, wanted: int) -> int:
-    """Slots of the record queue: ``wanted``, fewer when R x slots x P would pass
-    ``_RECORD_BUFFER_BYTES`` (at least 1)."""
-    return max(1, min(wanted, _RECORD_BUFFER_BYTES // max(1, r * p * itemsize)))
+def record_block(device: torch.device) -> int:
+    """Recorded states per metrics call on ``device``."""
+    return _RECORD_CHUNK_DEVICE if _host_free(device) else _RECORD_CHUNK
+
+
+def record_in_blocks(record: Recorder, states: torch.Tensor, runs: torch.Tensor,
+                     block: int = _RECORD_CHUNK) -> torch.Tensor:
+    """``record(states, runs)`` (M, Q) as float64, computed ``block`` states at a time (on the
+    CPU they stay in cache; the metrics' temporaries stay small for any M). M >= 1."""
+    return torch.cat([record(states[lo:lo + block], runs[lo:lo + block]).double()
+                      for lo in range(0, states.shape[0], block)])
+
+
+def record_slots(r: int, p: int, itemsize: int, wanted: int, device: torch.device) -> int:
+    """Slots of the record queue: ``wanted``, fewer when R x slots x P would pass the record
+    budget of ``device`` (``_RECORD_BUFFER_BYTES[_DEVICE]``); at least 1."""
+    budget = _RECORD_BUFFER_BYTES_DEVICE if _host_free(device) else _RECORD_BUFFER_BYTES
+    return max(1, min(wanted, budget // max(1, r * p * itemsize)))
 
 
 class _Recorder:
-    """Buffer of recorded states waiting for their metrics; flushed when full and at
-    synchronisations. It holds ``capacity`` states per run (see :func:`record_slots`)."""
+    """Buffer of recorded states waiting for their metrics; flushed at synchronisations (and
+    when full, on the CPU). It holds ``capacity`` states per run (see :func:`record_slots`)."""
 
     def __init__(self, record: Recorder, r: int, t: int, q: int, p: int, slots: int,
                  like: torch.Tensor) -> None:
@@ -212,6 +229,7 @@ class _Recorder:
         self.index = torch.full((r, slots), -1, dtype=torch.long, device=like.device)
         self.slot = torch.zeros(r, dtype=torch.long, device=like.device)
         self.rows = torch.arange(r, device=like.device)
+        self.block = record_block(like.device)
 
     @property
     def capacity(self) -> int:
@@ -232,8 +250,8 @@ class _Recorder:
         """Compute the metrics of every queued state and store them."""
         used = torch.arange(self.capacity, device=self.slot.device) < self.slot[:, None]
         where = used.nonzero()  # (M, 2): run, slot
-        for lo in range(0, where.shape[0], _RECORD_CHUNK):  # gathered block by block
-            runs, slots = where[lo:lo + _RECORD_CHUNK].unbind(1)
+        for lo in range(0, where.shape[0], self.block):  # gathered block by block
+            runs, slots = where[lo:lo + self.block].unbind(1)
             values = self.record(self.states[runs, slots], runs).double()
             self.values[runs, self.index[runs, slots]] = values
         self.slot.zero_()
@@ -241,14 +259,8 @@ class _Recorder:
 
     def now(self, mask: torch.Tensor, states: torch.Tensor, j: int) -> None:
         """Record every run of ``mask`` at record index ``j`` right away."""
-        values = record_in_blocks(self.record, states, self.rows)
+        values = record_in_blocks(self.record, states, self.rows, self.block)
         self.values[:, j] = torch.where(mask.unsqueeze(1), values, self.values[:, j])
-
-
-def _host_free(device: torch.device) -> bool:
-    """Whether the loop must avoid host synchronisations inside a chunk (on an accelerator;
-    on the CPU a host test costs nothing)."""
-    return device.type != "cpu"
 
 
 def _mark(code: torch.Tensor, mask: torch.Tensor, status: int) -> torch.Tensor:
@@ -314,7 +326,7 @@ def integrate(
 def _start(y0: torch.Tensor, solver: SolverSpec, record: Recorder, q: int, slots: int
            ) -> tuple[_Recorder, torch.Tensor, np.ndarray]:
     times = solver.record_times()
-    slots = record_slots(y0.shape[0], y0.shape[1], y0.element_size(), slots)
+    slots = record_slots(y0.shape[0], y0.shape[1], y0.element_size(), slots, y0.device)
     rec = _Recorder(record, y0.shape[0], len(times), q, y0.shape[1], slots, y0)
     next_rec = torch.zeros(y0.shape[0], dtype=torch.long, device=y0.device)
     if times[0] == 0.0:
@@ -359,6 +371,9 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
     rejected = torch.zeros(r, dtype=torch.long, device=dev)
     err_exp = -1.0 / tab.order
     host_free = _host_free(y.device)
+    # On an accelerator a step queues at most one record per run, and the queue is flushed at
+    # the end of a chunk: a large batch's queue (fewer slots) makes the chunk shorter.
+    chunk = min(solver.check_every, rec.capacity) if host_free else solver.check_every
     finished_before = 0
     # The chunk works on the running runs only (``rows``): finished runs leave the batch at the
     # next synchronisation when ``select`` gives the velocity of a subset of runs.
@@ -374,7 +389,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         code, steps, rejected, next_rec = (sub["code"], sub["steps"], sub["rejected"],
                                            sub["next_rec"])
         t_end_v = torch.full_like(t, t_end)
-        for step in range(solver.check_every):
+        for _ in range(chunk):
             active = code == RUNNING
             # On a device, a step crosses at most one record time (no host test of how many
             # it crosses); on the CPU steps run free and record every time they cross.
@@ -402,8 +417,6 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
                 theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
                 rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, rows)
                 next_rec = next_rec + cross.long()
-                if rec.capacity < solver.check_every and (step + 1) % rec.capacity == 0:
-                    rec.flush()  # a large batch's queue holds fewer steps than a chunk
             while not host_free and bool(cross.any()):  # on the CPU a test costs no sync
                 if int(rec.slot.max()) >= rec.capacity:
                     rec.flush()

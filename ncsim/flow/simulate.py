@@ -24,6 +24,7 @@ from ncsim.flow.integrate import (
     STALLED,
     FlowResult,
     integrate,
+    record_block,
     record_in_blocks,
 )
 from ncsim.metrics import METRIC_NAMES, nc_metrics
@@ -213,7 +214,8 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[di
     """Run rows and trajectory rows of one integrated batch."""
     q_index = {name: i for i, name in enumerate(RECORDED)}
     all_runs = torch.arange(len(ids), device=batch.device)
-    final = record_in_blocks(batch.record, flow.final_state, all_runs).cpu().numpy()
+    final = record_in_blocks(batch.record, flow.final_state, all_runs,
+                             record_block(batch.device)).cpu().numpy()
     onset = batch.onset
     rows, frames = [], []
     for i, (spec, rid) in enumerate(zip(batch.specs, ids)):
