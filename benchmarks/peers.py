@@ -136,8 +136,7 @@ def scipy_loop(problem: Problem, method: str = "DOP853", rtol: float = 1e-8,
     final = torch.from_numpy(np.stack(finals))
     if records:
         problem.metrics(torch.cat(recorded).to(problem.y0))
-    h = problem.objective.layout.view(final, "H")
-    return {"fn": h.norm(dim=1).mean(1).numpy(), "nfev": np.array(nfev)}
+    return {"fn": problem.fn(final), "nfev": np.array(nfev)}
 
 
 def torchdiffeq_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10) -> dict:

@@ -203,7 +203,7 @@ def record_block(device: torch.device) -> int:
 
 
 def record_in_blocks(record: Recorder, states: torch.Tensor, runs: torch.Tensor,
-                     block: int = _RECORD_CHUNK) -> torch.Tensor:
+                     block: int) -> torch.Tensor:
     """``record(states, runs)`` (M, Q) as float64, computed ``block`` states at a time (on the
     CPU they stay in cache; the metrics' temporaries stay small for any M). M >= 1."""
     return torch.cat([record(states[lo:lo + block], runs[lo:lo + block]).double()
@@ -240,7 +240,7 @@ class _Recorder:
         """Queue ``states`` (M, P) as record ``rec_index`` (M,) for the runs in ``mask`` (M,);
         ``rows`` (M,) are the runs of the M states (default: all R runs)."""
         rows = self.rows if rows is None else rows
-        slot = self.slot[rows].clamp(max=self.states.shape[1] - 1)
+        slot = self.slot[rows].clamp(max=self.capacity - 1)
         current = self.states[rows, slot]
         self.states[rows, slot] = torch.where(mask.unsqueeze(1), states, current)
         self.index[rows, slot] = torch.where(mask, rec_index, self.index[rows, slot])
