@@ -180,12 +180,11 @@ def _w1_reference(specs: list, device: str, log: Callable[[str], None],
     tight = [s.replace(solver=dataclasses.replace(s.solver, rtol=1e-11, atol=1e-13, records=2,
                                                   device=device)) for s in specs]
     ref = _simulate(tight).runs["final_fn"].to_numpy()
-    grid = math.isqrt(len(specs))
-    if grid * grid == len(specs):
-        axis = np.unique(np.linspace(0, grid - 1, 4).round().astype(int))
-        sample = [int(i * grid + j) for i in axis for j in axis]
-    else:
-        sample = [int(i) for i in np.unique(np.linspace(0, len(specs) - 1, 16).round())]
+    grid = math.isqrt(len(specs))  # W1's runs are a grid x grid square, row by row
+    if grid * grid != len(specs):
+        raise ValueError(f"W1 expects a square grid of runs, got {len(specs)}")
+    axis = np.unique(np.linspace(0, grid - 1, 4).round().astype(int))
+    sample = [int(i * grid + j) for i in axis for j in axis]
     check = peer_mod.reference_fn(problem.subset(sample))
     peer_mod.check_accuracy("ncsim reference (rtol 1e-11) against DOP853", ref[sample], check,
                             1e-8)

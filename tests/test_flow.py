@@ -220,15 +220,20 @@ def test_record_times():
     np.testing.assert_allclose(times, [0.0, 1.0, 10.0, 100.0], rtol=1e-15)
 
 
+def _small_ce_runs(count: int, check_every: int) -> list[RunSpec]:
+    """``count`` small UFM-CE runs (K = 3, n = 2, d = 4), T = 50 with 40 records."""
+    return [RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
+                    reg=Regularization(lambda_w=0.01 * (i + 1), lambda_h=0.02),
+                    init=InitSpec(scale=0.4, seed=i),
+                    solver=SolverSpec(t_end=50.0, records=40, check_every=check_every))
+            for i in range(count)]
+
+
 def test_records_computed_in_blocks_equal_one_call(monkeypatch):
     """Queued records are measured in blocks (cache-sized); the block size changes nothing."""
     integrate_module = importlib.import_module("ncsim.flow.integrate")
 
-    specs = [RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
-                     reg=Regularization(lambda_w=0.01 * (i + 1), lambda_h=0.02),
-                     init=InitSpec(scale=0.4, seed=i),
-                     solver=SolverSpec(t_end=50.0, records=40, check_every=64))
-             for i in range(12)]
+    specs = _small_ce_runs(12, check_every=64)
     blocks = simulate(specs, theory=False).trajectories
     monkeypatch.setattr(integrate_module, "_RECORD_CHUNK", 5)
     small = simulate(specs, theory=False).trajectories
@@ -264,11 +269,7 @@ def test_small_record_queue_and_the_accelerator_loop_change_no_number(monkeypatc
     full) and on the accelerator loop (no host test inside a chunk, chunks cut to the queue's
     capacity), which is run here on the CPU; the two loops agree to the tolerance."""
     integrate_module = importlib.import_module("ncsim.flow.integrate")
-    specs = [RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
-                     reg=Regularization(lambda_w=0.01 * (i + 1), lambda_h=0.02),
-                     init=InitSpec(scale=0.4, seed=i),
-                     solver=SolverSpec(t_end=50.0, records=40, check_every=16))
-             for i in range(6)]
+    specs = _small_ce_runs(6, check_every=16)
     cols = list(RECORDED)
     flushes = []
     real_flush = integrate_module._Recorder.flush
