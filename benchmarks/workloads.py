@@ -8,6 +8,9 @@
 - W2n many samples: UFM-MSE, K = 10, d = 32, n per class in (20, 100, 500, 2000): the
   class-means form against the d-space form.
 - W3 large: K = 100, n = 50, d = 512, 16 runs: throughput of the right-hand side.
+- V1 training: MLP-5 (width 512) and ResNet-20 on Fashion-MNIST, the paper's two-phase
+  protocols shortened to a few epochs, an NC record every epoch; and MLP-5 with several seeds
+  in one stacked loop. ncsim's ``train`` against a plain ``DataLoader`` loop.
 
 ``scale`` shrinks a workload for smoke tests (fewer runs, shorter horizon).
 """
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ncsim.spec import InitSpec, ModelSpec, Regularization, RunSpec, SolverSpec
+from ncsim.validate.train import TrainConfig, preset
 
 LAMBDA_RANGE = (1e-4, 3e-2)
 
@@ -124,3 +128,61 @@ def w3(runs: int = 16, classes: int = 100, per_class: int = 50, dim: int = 512,
     return Workload("W3", specs, fn_tol=float("nan"),
                     params={"K": classes, "n": per_class, "d": dim, "runs": runs,
                             "dtype": dtype})
+
+
+@dataclass
+class TrainingCase:
+    """One V1 training: a configuration, its data and how many seeds train at once.
+
+    Attributes
+    ----------
+    name : "mlp5", "resnet20", "mlp5_seeds4", ...
+    config : the two-phase training (``nc_every`` 1: every epoch is recorded).
+    per_class : training samples per class of Fashion-MNIST (None: all 6000).
+    test_per_class : test samples per class (None: all 1000).
+    seeds : seeds trained in one stacked loop (``train(..., seeds=...)``), or None for one run.
+    log_tol : largest relative difference allowed between ncsim's log and the peer's (one
+        run: the whole log; stacked seeds: the epoch-0 record, see ``accuracy_tol``).
+    accuracy_tol : stacked seeds only: largest difference of the final training accuracy.
+        A stacked copy follows its separate training up to float32 rounding of the batched
+        products, and Adam's first steps (sign-like for tiny gradients) amplify that rounding:
+        after 2 epochs on 10,000 samples the NC metrics of the two differ by up to ~10%, the
+        training accuracy by ~1%. So only the start is compared exactly.
+    """
+
+    name: str
+    config: TrainConfig
+    per_class: int | None
+    test_per_class: int | None
+    seeds: tuple[int, ...] | None = None
+    log_tol: float = 1e-3
+    accuracy_tol: float = 0.05
+
+
+# size -> {arch: (per_class, epochs per phase)}, seeds of the stacked case, test per class.
+# "full" on the CPU is a reduced V1 (an epoch of ResNet-20 over 60,000 images takes ~10 min
+# on one core); "full-gpu" trains on the whole training set.
+V1_SIZES = {
+    "full": ({"mlp": (1000, (2, 2)), "resnet20": (100, (1, 1))}, 4, 100),
+    "full-gpu": ({"mlp": (None, (1, 1)), "resnet20": (None, (1, 1))}, 8, None),
+    "small": ({"mlp": (200, (1, 1)), "resnet20": (30, (1, 1))}, 2, 20),
+    "tiny": ({"mlp": (20, (1, 1)), "resnet20": (5, (1, 1))}, 2, 5),
+}
+
+
+def v1(size: str = "full", device: str = "cpu") -> list[TrainingCase]:
+    """V1: MLP-5 and ResNet-20 (the paper's presets ``mlp`` and ``resnet20``, with fewer
+    epochs: the schedules and milestones shrink with them) and MLP-5 with several seeds in one
+    stacked loop; ``size`` in ``V1_SIZES`` ("full" means "full-gpu" on a GPU)."""
+    gpu = device.split(":")[0] != "cpu"
+    archs, seeds, test = V1_SIZES["full-gpu" if size == "full" and gpu else size]
+    cases = []
+    for arch, (per_class, epochs) in archs.items():
+        config = preset(arch, epochs=epochs, nc_every=1, device=device, run_id=arch)
+        name = "mlp5" if arch == "mlp" else arch
+        cases.append(TrainingCase(name, config, per_class, test))
+    mlp_per_class, mlp_epochs = archs["mlp"]
+    config = preset("mlp", epochs=mlp_epochs, nc_every=1, device=device, run_id="mlp")
+    cases.append(TrainingCase(f"mlp5_seeds{seeds}", config, mlp_per_class, test,
+                              tuple(range(seeds))))
+    return cases

@@ -1,10 +1,11 @@
-"""``ncsim bench``: time ncsim against peer ODE solvers on the workloads W1-W3.
+"""``ncsim bench``: time ncsim against peer ODE solvers (W1-W3) and a plain training loop (V1).
 
 Every solver runs in this one process, one after the other, with the same number of torch
 threads; each time is the median of ``repeats`` runs. A solver's result must reach the stated
 accuracy (W1: fn(T) within 1e-6 (float64) or 1e-3 (float32) of a float64 reference, see
-:func:`bench_w1`; W2: the Gram form equals the d-space form to 1e-9) or the benchmark fails
-with an AssertionError. Results are printed and written as JSON (machine, versions, timings,
+:func:`bench_w1`; W2: the Gram form equals the d-space form to 1e-9; V1: the peer's training
+log equals ncsim's to 1e-3) or the benchmark fails with an AssertionError (a peer's failure
+is reported in its row). Results are printed and written as JSON (machine, versions, timings,
 ratios, peak memory).
 """
 
@@ -27,11 +28,13 @@ import click
 import numpy as np
 import torch
 
+from ncsim.cli_errors import handle_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _benchmarks():
-    """The ``benchmarks`` package of the source tree (workloads and peers)."""
+    """The ``benchmarks`` package of the source tree (workloads and ODE peers)."""
     try:
         import benchmarks.peers  # noqa: F401
     except ImportError:
@@ -376,13 +379,110 @@ def bench_w3(size: str, repeats: int, device: str, log: Callable[[str], None]
     return out
 
 
+def _check_training(case: Any, logs: list, peer_logs: list, row: dict[str, Any],
+                    peer_mod: Any) -> None:
+    """Compare ncsim's logs with the peer's (one per seed): the whole log to ``case.log_tol``;
+    for stacked seeds the epoch-0 record to ``log_tol`` and the final training accuracy to
+    ``case.accuracy_tol`` (see ``TrainingCase``). Writes the differences into ``row``;
+    AssertionError when one is exceeded."""
+    pairs = list(zip(logs, peer_logs, strict=True))
+    rows = 1 if case.seeds else None
+    diff = max(peer_mod.log_difference(a, b, rows) for a, b in pairs)
+    row["max_rel_diff" if rows is None else "first_record_rel_diff"] = diff
+    if not diff <= case.log_tol:
+        raise AssertionError(f"V1 {case.name}: the DataLoader loop's log differs from ncsim's "
+                             f"by {diff:.2e} > {case.log_tol:.0e}")
+    if case.seeds:
+        acc = max(peer_mod.final_accuracy_difference(a, b) for a, b in pairs)
+        row["final_accuracy_diff"] = acc
+        if not acc <= case.accuracy_tol:
+            raise AssertionError(f"V1 {case.name}: final training accuracies differ by "
+                                 f"{acc:.3f} > {case.accuracy_tol}")
+
+
+def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
+             data_root: str | None = None, peers: bool = True) -> list[dict[str, Any]]:
+    """V1: ncsim's ``train`` (NC record every epoch) against a plain ``DataLoader`` loop.
+
+    For every case of ``benchmarks.workloads.v1`` both loops train the same network from the
+    same seed on the same batches; the peer's log must equal ncsim's (see
+    :func:`_check_training`), or its row holds the ``error`` and no ratio. The stacked case
+    trains its seeds in one ncsim loop and in one peer loop per seed. Also timed: one NC
+    record of the trained network (``nc_record_s``), and from it the tracking overhead at the
+    paper's ``nc_every`` = 10 (record / 10 epochs).
+    """
+    import dataclasses
+
+    from ncsim.validate.data import load_dataset
+    from ncsim.validate.train import nc_record, train
+
+    workloads, _ = _benchmarks()
+    import benchmarks.training_peer as peer_mod
+
+    # The first optimiser of a process imports torch._dynamo (~1.5 s): not either loop's cost.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    rows = []
+    for case in workloads.v1(size, device):
+        cfg = case.config
+        data = load_dataset("fashion_mnist", per_class=case.per_class,
+                            test_per_class=case.test_per_class, root=data_root)
+        seeds = case.seeds
+        epochs = cfg.total_epochs
+        row: dict[str, Any] = {
+            "workload": "V1", "case": case.name, "size": size, "arch": cfg.arch,
+            "depth": cfg.depth if cfg.arch == "mlp" else 20, "width": cfg.width,
+            "train_samples": int(data.x_train.shape[0]),
+            "test_samples": int(data.x_test.shape[0]),
+            "epochs": [p.epochs for p in cfg.phases],
+            "phases": [f"{p.loss} {p.optimizer} lr {p.lr:g} batch {p.batch_size}"
+                       for p in cfg.phases],
+            "seeds": len(seeds) if seeds else 1, "nc_every": cfg.nc_every}
+        log(f"V1 {case.name}: {row['train_samples']} samples, {epochs} epochs ...")
+        stats, result = timed(lambda cfg=cfg, data=data, seeds=seeds: train(
+            cfg, data, seeds=list(seeds) if seeds else None), repeats, device)
+        row["ncsim"] = stats
+        logs = [r.log for r in result.runs] if seeds else [result.log]
+        configs = ([dataclasses.replace(cfg, seed=s) for s in seeds] if seeds else [cfg])
+
+        def peer(configs=configs, data=data) -> list:
+            return [peer_mod.dataloader_training(c, data) for c in configs]
+
+        try:
+            if not peers:
+                raise RuntimeError("not run (--no-peers)")
+            stats, peer_logs = timed(peer, repeats, device)
+            _check_training(case, logs, peer_logs, row, peer_mod)
+            row["dataloader"] = stats
+            row["speedup"] = stats["median_s"] / row["ncsim"]["median_s"]
+        except (AssertionError, RuntimeError) as exc:
+            row["dataloader"] = {"error": str(exc)}
+            log(f"  dataloader: FAILED: {exc}")
+        if not seeds:
+            model, on_device = result.model, data.to(device)
+            loss = cfg.phases[-1].loss
+            record, _ = timed(lambda model=model, on_device=on_device, loss=loss, cfg=cfg:
+                              nc_record(model, on_device, loss, cfg.record_batch, cfg.eval_test),
+                              repeats, device)
+            row["nc_record_s"] = record["median_s"]
+            records = len(result.log)
+            epoch_s = (row["ncsim"]["median_s"] - records * record["median_s"]) / epochs
+            row["epoch_s"] = epoch_s
+            row["tracking_overhead_nc_every_10"] = record["median_s"] / (10 * epoch_s)
+        diff = row.get("max_rel_diff", row.get("first_record_rel_diff", math.nan))
+        log(f"  ncsim {row['ncsim']['median_s']:.2f} s, dataloader "
+            f"{row['dataloader'].get('median_s', math.nan):.2f} s, "
+            f"x{row.get('speedup', math.nan):.2f}, log difference {diff:.1e}")
+        rows.append(row)
+    return rows
+
+
 def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
               size: str = "full", peers: bool = True, threads: int | None = None,
               log: Callable[[str], None] = print, peer_repeats: int | None = None,
-              skip: tuple[str, ...] = (), dtypes: tuple[str, ...] | None = None
-              ) -> dict[str, Any]:
+              skip: tuple[str, ...] = (), dtypes: tuple[str, ...] | None = None,
+              data_root: str | None = None) -> dict[str, Any]:
     """Run the workloads and return the JSON-ready results (``dtypes``: W1's, see
-    :func:`bench_w1`)."""
+    :func:`bench_w1`; ``data_root``: the Fashion-MNIST folder of V1)."""
     if threads is not None:
         torch.set_num_threads(threads)
     results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -397,20 +497,24 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
         results["workloads"]["W2n"] = bench_w2n(size, repeats, device, log)
     if "W3" in workloads:
         results["workloads"]["W3"] = bench_w3(size, repeats, device, log)
+    if "V1" in workloads:
+        results["workloads"]["V1"] = bench_v1(size, repeats, device, log, data_root, peers)
     return results
 
 
 @click.command("bench")
 @click.option("--workload", "workload", multiple=True, default=("W1", "W2", "W2n", "W3"),
-              type=click.Choice(["W1", "W2", "W2n", "W3"]), show_default=True,
-              help="Workload(s) to run (repeat the option for several).")
+              type=click.Choice(["W1", "W2", "W2n", "W3", "V1"]), show_default=True,
+              help="Workload(s) to run (repeat the option for several; V1, the training "
+                   "loop, needs Fashion-MNIST).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
               help="Timed repeats per solver (the median is reported).")
 @click.option("--size", default="full", show_default=True,
               type=click.Choice(["full", "small", "tiny"]), help="Workload size.")
 @click.option("--peers/--no-peers", default=True, show_default=True,
-              help="Also time scipy, torchdiffeq and torchode on W1.")
+              help="Also time scipy, torchdiffeq and torchode on W1, and the DataLoader loop "
+                   "on V1.")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="torch threads for every solver (default: torch's own setting).")
 @click.option("--peer-repeats", default=None, type=click.IntRange(1),
@@ -421,15 +525,19 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["float64", "float32"]),
               help="W1's dtype(s) (repeat for both; default: float64 on the CPU, both on a "
                    "GPU).")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False),
+              help="Folder of the Fashion-MNIST IDX files for V1 (default: the Debian package "
+                   "dataset-fashion-mnist).")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
               help="JSON output (default benchmarks/results/<device>_<date>.json).")
+@handle_errors
 def bench(workload: tuple[str, ...], device: str, repeats: int, size: str, peers: bool,
           threads: int | None, peer_repeats: int | None, skip: tuple[str, ...],
-          dtypes: tuple[str, ...], out: str | None) -> None:
+          dtypes: tuple[str, ...], data_root: str | None, out: str | None) -> None:
     """Time ncsim and the peer solvers on the benchmark workloads; write JSON."""
     results = run_bench(workload, device, repeats, size, peers, threads,
                         log=lambda m: click.echo(m, err=True), peer_repeats=peer_repeats,
-                        skip=skip, dtypes=dtypes or None)
+                        skip=skip, dtypes=dtypes or None, data_root=data_root)
     text = json.dumps(results, indent=2, default=float)
     if out is None:
         stamp = datetime.date.today().isoformat()

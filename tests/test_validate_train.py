@@ -104,6 +104,21 @@ def test_streaming_metrics_equal_batched_on_saved_features(trained, digits):
         assert last[name] == pytest.approx(float(ref[name][0]), rel=1e-9, abs=1e-12), name
 
 
+def test_record_batch_follows_the_device_and_does_not_change_the_record(trained, digits):
+    from ncsim.validate.train import EVAL_BATCH, nc_record
+
+    assert tiny_config().record_batch == EVAL_BATCH["cpu"] == 256
+    assert tiny_config(device="cuda:1").record_batch == EVAL_BATCH["accelerator"] == 4096
+    assert tiny_config(eval_batch=33, device="cuda").record_batch == 33
+    with pytest.raises(InputError, match="eval_batch"):
+        tiny_config(eval_batch=0).validate()
+    one_pass = nc_record(trained.model, digits, "mse", batch=4096)
+    many = nc_record(trained.model, digits, "mse", batch=37)  # 400 samples: 11 passes
+    assert many.keys() == one_pass.keys()
+    for name, value in one_pass.items():
+        assert many[name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
+
+
 def test_training_is_deterministic(digits):
     cfg = tiny_config(phases=(Phase("ce", 2, batch_size=64),), nc_every=1)
     a, b = train(cfg, digits).log, train(cfg, digits).log

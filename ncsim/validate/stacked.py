@@ -101,7 +101,7 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
                                    "time_unit": "epoch", "phase": phase_no,
                                    "phase_loss": phase.loss, "steps": steps,
                                    "flow_time": flow_time, "lr": lr}
-            row.update(nc_record(model, data, phase.loss, config.eval_batch,
+            row.update(nc_record(model, data, phase.loss, config.record_batch,
                                           config.eval_test))
             if row["accuracy"] < config.nc_min_accuracy:
                 from ncsim.metrics import METRIC_NAMES
