@@ -143,10 +143,15 @@ def timed(fn: Callable[[], Any], repeats: int, device: str = "cpu"
             "peak_mem_mb": peak / 2**20}, out
 
 
-def _with_device(specs: list, device: str) -> list:
+def _with_solver(specs: list, **changes: Any) -> list:
+    """``specs`` with their solver's fields ``changes`` replaced."""
     import dataclasses
 
-    return [s.replace(solver=dataclasses.replace(s.solver, device=device)) for s in specs]
+    return [s.replace(solver=dataclasses.replace(s.solver, **changes)) for s in specs]
+
+
+def _with_device(specs: list, device: str) -> list:
+    return _with_solver(specs, device=device)
 
 
 def _simulate(specs: list) -> Any:
@@ -222,13 +227,12 @@ def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[s
         wl = workloads.w1(grid=grid, t_end=t_end, records=records, dtype=dtype)
         suffix = "" if dtype == "float64" else f"_{dtype}"
         specs = _with_device(wl.specs, device)
-        stats, res = timed(lambda specs=specs: _simulate(specs), repeats, device)
-        name = f"ncsim_dopri5{suffix}"
-        err = peer_mod.check_accuracy(name, res.runs["final_fn"].to_numpy(), ref, wl.fn_tol)
-        rows[name] = {**stats, "dtype": dtype, "fn_error": err,
-                      "steps_total": int(res.runs.steps.sum()),
-                      "steps_max": int(res.runs.steps.max())}
-        log(f"  {name}: {stats['median_s']:.3f} s (fn error {err:.1e})")
+        rows[f"ncsim_dopri5{suffix}"] = _ncsim_w1_row(f"ncsim_dopri5{suffix}", specs, ref, wl,
+                                                      repeats, device, log)
+        if gpu:  # the same runs with every chunk of steps replayed as a CUDA graph
+            graphed = _with_solver(specs, cuda_graphs=True)
+            name = f"ncsim_dopri5_graphs{suffix}"
+            rows[name] = _ncsim_w1_row(name, graphed, ref, wl, repeats, device, log)
         if not peers:
             continue
         problem = peer_mod.Problem.from_specs(wl.specs, device, getattr(torch, dtype))
@@ -259,12 +263,34 @@ def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[s
     return _with_ratios(entry, dtypes)
 
 
+def _ncsim_w1_row(name: str, specs: list, ref: np.ndarray, wl: Any, repeats: int,
+                  device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Time ncsim on W1's ``specs``; its fn(T) must reach ``wl.fn_tol`` (AssertionError)."""
+    _, peer_mod = _benchmarks()
+    stats, res = timed(lambda: _simulate(specs), repeats, device)
+    err = peer_mod.check_accuracy(name, res.runs["final_fn"].to_numpy(), ref, wl.fn_tol)
+    log(f"  {name}: {stats['median_s']:.3f} s (fn error {err:.1e})")
+    return {**stats, "dtype": specs[0].solver.dtype, "fn_error": err,
+            "steps_total": int(res.runs.steps.sum()), "steps_max": int(res.runs.steps.max())}
+
+
 def _with_ratios(entry: dict[str, Any], dtypes: tuple[str, ...]) -> dict[str, Any]:
     """Peer time / ncsim time of the same dtype; the smallest is ``speedup_vs_fastest_peer``
-    (float64; ``speedup_vs_fastest_peer_float32`` for float32)."""
+    (float64; ``speedup_vs_fastest_peer_float32`` for float32). With CUDA-graph rows, also
+    ``cuda_graphs_gain[_float32]`` (plain / graphs) and the peers' ratios to the graphs."""
     entry["ratios"] = {}
     for dtype in dtypes:
         suffix = "" if dtype == "float64" else f"_{dtype}"
+        graphs = entry["solvers"].get(f"ncsim_dopri5_graphs{suffix}")
+        if graphs is not None:
+            plain = entry["solvers"][f"ncsim_dopri5{suffix}"]["median_s"]
+            entry[f"cuda_graphs_gain{suffix}"] = plain / graphs["median_s"]
+            peers = [row["median_s"] for name, row in entry["solvers"].items()
+                     if row["dtype"] == dtype and not name.startswith("ncsim")
+                     and "error" not in row]
+            if peers:
+                entry[f"speedup_vs_fastest_peer_graphs{suffix}"] = (min(peers)
+                                                                    / graphs["median_s"])
         t0 = entry["solvers"][f"ncsim_dopri5{suffix}"]["median_s"]
         ratios = {name: row["median_s"] / t0 for name, row in entry["solvers"].items()
                   if row["dtype"] == dtype and not name.startswith("ncsim")

@@ -138,7 +138,7 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
                 atol=options["atol"], t_end=options["t_end"], records=options["records"],
                 t_first=options["t_first"], max_steps=options["max_steps"],
                 gtol=options["gtol"], dtype=options["dtype"], device=options["device"],
-                reduction=options["reduction"],
+                reduction=options["reduction"], cuda_graphs=options["cuda_graphs"],
             ),
             onset=OnsetSpec(metric=options["onset_metric"],
                             threshold=options["onset_threshold"], stay=options["onset_stay"],
@@ -197,6 +197,9 @@ def _model_options(func):
               help="State of the one-layer UFM: none (H, W, b), gram (Z, WW^T, H^TH; cost "
                    "independent of d), classes (MSE only: class means, deviation propagator, "
                    "W, b; cost independent of n), auto (the cheapest that applies).")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
+              help="Capture each chunk of steps as a CUDA graph and replay it (dopri5, tsit5 "
+                   "on a CUDA device).")
 @click.option("--records", type=int, default=200, show_default=True)
 @click.option("--t-first", type=float, default=None, help="First non-zero record time.")
 @click.option("--max-steps", type=int, default=1_000_000, show_default=True)

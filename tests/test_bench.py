@@ -147,14 +147,33 @@ def test_device_check_script_dry_runs_on_the_cpu(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    written = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert written[0].endswith("_w1.json") and written[1].endswith("_w2_w3.json")
-    w1 = json.loads((tmp_path / written[0]).read_text())["workloads"]["W1"]
+    written = {p.name.rsplit("_", 1)[-1] if "w2_w3" not in p.name else "w2_w3.json": p
+               for p in tmp_path.glob("*.json")}
+    w1 = json.loads(written["w1.json"].read_text())["workloads"]["W1"]
     assert w1["solvers"]["ncsim_dopri5"]["fn_error"] <= 1e-6
+    assert "W3" in json.loads(written["w2_w3.json"].read_text())["workloads"]
     if fashion:
-        assert len(written) == 3 and written[2].endswith("_v1.json")
-        v1 = json.loads((tmp_path / written[2]).read_text())["workloads"]["V1"]
+        assert len(written) == 3
+        v1 = json.loads(written["v1.json"].read_text())["workloads"]["V1"]
         assert [r["case"] for r in v1] == ["mlp5", "resnet20", "mlp5_seeds2"]
         assert all("speedup" in r for r in v1)
     else:
         assert len(written) == 2 and "V1 left out" in done.stderr
+
+
+def test_ratios_with_a_cuda_graph_row():
+    from ncsim.bench import _with_ratios
+
+    entry = {"solvers": {
+        "ncsim_dopri5": {"median_s": 2.0, "dtype": "float64"},
+        "ncsim_dopri5_graphs": {"median_s": 0.5, "dtype": "float64"},
+        "torchode_dopri5": {"median_s": 4.0, "dtype": "float64"},
+        "torchdiffeq_dopri5": {"dtype": "float64", "error": "failed"},
+        "ncsim_dopri5_float32": {"median_s": 1.0, "dtype": "float32"},
+        "torchode_dopri5_float32": {"median_s": 3.0, "dtype": "float32"},
+    }}
+    out = _with_ratios(entry, ("float32", "float64"))
+    assert out["ratios"] == {"torchode_dopri5": 2.0, "torchode_dopri5_float32": 3.0}
+    assert out["speedup_vs_fastest_peer"] == 2.0 and out["cuda_graphs_gain"] == 4.0
+    assert out["speedup_vs_fastest_peer_graphs"] == 8.0
+    assert "cuda_graphs_gain_float32" not in out and out["speedup_vs_fastest_peer_float32"] == 3.0

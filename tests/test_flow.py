@@ -301,3 +301,121 @@ def test_small_record_queue_and_the_accelerator_loop_change_no_number(monkeypatc
     assert device_full.shape == cpu_full.shape
     np.testing.assert_allclose(device_full, cpu_full, rtol=1e-6, atol=1e-8)
     assert not np.array_equal(device_full, cpu_full)  # the loops take different steps
+
+
+class _ForbiddenOnDevice:
+    """Inside a replayed chunk: every host synchronisation (``bool``, ``item``, ``nonzero``,
+    a copy to the host) and every tensor made from host data (``torch.tensor``) raises, as
+    they would break (or be frozen into) a CUDA graph capture."""
+
+    METHODS = ("__bool__", "__int__", "__float__", "item", "tolist", "cpu", "numpy", "nonzero")
+    FUNCTIONS = ("tensor", "as_tensor", "nonzero", "from_numpy")
+
+    def __enter__(self):
+        def forbidden(name):
+            def raiser(*args, **kwargs):
+                raise RuntimeError(f"{name} inside a captured chunk")
+            return raiser
+
+        self.saved = [(torch.Tensor, m, getattr(torch.Tensor, m)) for m in self.METHODS]
+        self.saved += [(torch, f, getattr(torch, f)) for f in self.FUNCTIONS]
+        for owner, name, _ in self.saved:
+            setattr(owner, name, forbidden(name))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, value in self.saved:
+            setattr(owner, name, value)
+
+
+class _FakeGraphs:
+    """torch.cuda's capture, on the CPU: ``capture`` runs the chunk once (the warm-up) and
+    records the next call without running it, as a capture does; ``replay`` runs the
+    recorded call on the same state with host synchronisations forbidden."""
+
+    def __init__(self) -> None:
+        self.captures, self.replays = 0, 0
+
+    def capture(self, advance, state):
+        advance(state)
+        self.captures += 1
+        fake = self
+
+        class Graph:
+            def replay(self) -> None:
+                fake.replays += 1
+                with _ForbiddenOnDevice():
+                    advance(state)
+
+        return Graph()
+
+
+def _integrate_batch(specs, **solver_changes):
+    """integrate() on the batch of ``specs``; returns (result, number of batch changes)."""
+    import dataclasses
+
+    batch = _Batch(specs)
+    solver = dataclasses.replace(batch.solver, **solver_changes)
+    changes = []
+
+    def select(runs):
+        changes.append(runs.shape[0])
+        return batch.select(runs)
+
+    result = integrate(batch.velocity, batch.y0, solver, batch.record, len(RECORDED),
+                       eta=batch.eta, grad_norm=batch.grad_norm, select=select,
+                       magnitude=batch.magnitude)
+    return result, len(changes)
+
+
+def test_cuda_graph_chunks_replay_the_accelerator_loop_exactly(monkeypatch):
+    """Chunks captured once per batch and replayed give the accelerator loop's numbers
+    bit for bit; a new capture follows every change of the batch (runs leaving it), and no
+    replayed chunk synchronises with the host or copies host data to the device."""
+    integrate_module = importlib.import_module("ncsim.flow.integrate")
+    monkeypatch.setattr(integrate_module, "_host_free", lambda device: True)
+    # weight decays 1e-3 .. 1: the runs need different numbers of steps and leave apart
+    specs = [s.replace(reg=Regularization(lambda_w=10.0 ** -i, lambda_h=10.0 ** -i))
+             for i, s in enumerate(_small_ce_runs(4, check_every=4))]
+    plain, plain_changes = _integrate_batch(specs)
+    fake = _FakeGraphs()
+    monkeypatch.setattr(integrate_module, "_graph_api", lambda: fake)
+    graphed, changes = _integrate_batch(specs, cuda_graphs=True)
+    np.testing.assert_array_equal(graphed.records, plain.records)
+    np.testing.assert_array_equal(graphed.steps, plain.steps)
+    np.testing.assert_array_equal(graphed.t_final, plain.t_final)
+    assert torch.equal(graphed.final_state, plain.final_state)
+    assert np.isfinite(graphed.records).all() and (graphed.t_final == 50.0).all()
+    assert changes == plain_changes >= 2 and len(set(plain.steps)) == 4
+    assert fake.captures == 1 + changes  # the first batch, then one per change of the batch
+    assert fake.replays > 2 * fake.captures
+    without = _FakeGraphs()
+    monkeypatch.setattr(integrate_module, "_graph_api", lambda: without)
+    _integrate_batch(specs)  # cuda_graphs off: no capture
+    assert without.captures == 0
+
+
+def test_a_host_synchronisation_inside_a_replayed_chunk_is_caught(monkeypatch):
+    """The stand-in capture is strict: a velocity that asks the host for a value fails."""
+    integrate_module = importlib.import_module("ncsim.flow.integrate")
+    monkeypatch.setattr(integrate_module, "_host_free", lambda device: True)
+    monkeypatch.setattr(integrate_module, "_graph_api", _FakeGraphs)
+    batch = _Batch(_small_ce_runs(2, check_every=4))
+    import dataclasses
+
+    def syncing(y, out=None):
+        float(y.abs().max())  # a host read: forbidden in a graph
+        return batch.velocity(y, out)
+
+    solver = dataclasses.replace(batch.solver, cuda_graphs=True)
+    with pytest.raises(RuntimeError, match="inside a captured chunk"):
+        integrate(syncing, batch.y0, solver, batch.record, len(RECORDED))
+
+
+def test_cuda_graphs_are_refused_off_cuda():
+    from ncsim.errors import InputError
+
+    with pytest.raises(InputError, match="CUDA device"):
+        SolverSpec(cuda_graphs=True).validate()
+    with pytest.raises(InputError, match="adaptive"):
+        SolverSpec(method="rk4", dt=0.1, cuda_graphs=True, device="cuda").validate()

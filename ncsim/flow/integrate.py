@@ -13,6 +13,11 @@ dense output. The recorded states wait in a small buffer and their metrics are c
 next synchronisation, for all waiting runs at once. Fixed-step methods share one time for every
 run, so the host knows which records a step crosses without asking the device.
 
+CUDA graphs (``SolverSpec.cuda_graphs``): since a chunk holds no host synchronisation on a
+device, each batch's chunk is captured once as a CUDA graph and replayed, one launch per chunk
+of steps instead of one per kernel; the chunk works in place on static state tensors, so the
+replay takes the same steps as the eager loop.
+
 Cost: the stages of a step live in one (S, R, P) buffer, so each stage sum is one matrix-vector
 product over the stacked stages; and when the caller can evaluate the velocity of a subset of
 runs (``select``), finished runs leave the batch at each synchronisation, so the work follows
@@ -113,6 +118,7 @@ class _Stages:
         self.flat = self.buf.view(stages, -1)
         self.count = 0
         self._weights: dict[tuple[float, ...], torch.Tensor] = {}
+        self._constants: dict[tuple[int, torch.dtype], tuple[np.ndarray, torch.Tensor]] = {}
 
     def __getitem__(self, j: int) -> torch.Tensor:
         return self.buf[j]
@@ -143,6 +149,16 @@ class _Stages:
             self._weights[key] = row
         return row
 
+    def constant(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        """``array`` as a tensor of ``dtype`` on the buffer's device, made once (no copy from
+        the host inside a captured chunk)."""
+        key = (id(array), dtype)
+        held = self._constants.get(key)
+        if held is None or held[0] is not array:  # the array is held, so its id stays its own
+            held = (array, torch.as_tensor(array, dtype=dtype, device=self.buf.device))
+            self._constants[key] = held
+        return held[1]
+
     def combine(self, y: torch.Tensor | None, h: torch.Tensor, weights: np.ndarray
                 ) -> torch.Tensor:
         """y + h * sum_j weights[j] k_j for scalar ``weights`` (s,), s <= stages."""
@@ -168,11 +184,11 @@ def _stages(tab: Tableau, f: Velocity, y: torch.Tensor, k1: torch.Tensor, h: tor
     return ks.combine(y, h, tab.b), ks
 
 
-def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: list[torch.Tensor],
+def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: _Stages,
            theta: torch.Tensor) -> torch.Tensor:
     """Dense output at per-run fractions ``theta`` (R,) of the step."""
     powers = torch.stack([theta ** (j + 1) for j in range(tab.p.shape[1])], dim=1)
-    p = torch.as_tensor(tab.p, dtype=powers.dtype, device=powers.device)
+    p = ks.constant(tab.p, powers.dtype)
     weights = (powers @ p.T).T.to(y.dtype)  # (S, R)
     return _stage_sum(y, h.to(y.dtype), weights, ks)
 
@@ -352,55 +368,48 @@ def _finish(rec: _Recorder, velocity: Velocity, grad_norm: GradNorm, y, t, steps
     )
 
 
-def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select=None,
-                        magnitude=torch.abs) -> FlowResult:
-    tab = tableau(solver.method)
-    r, dev = y0.shape[0], y0.device
-    rec, next_rec, times = _start(y0, solver, record, q, solver.check_every)
-    rec_t = torch.as_tensor(np.append(times, [np.inf, np.inf]), dtype=torch.float64, device=dev)
-    t_end = float(solver.t_end)
-    y = y0.clone()
-    k1 = velocity(y)
-    t = torch.zeros(r, dtype=torch.float64, device=dev)
-    if solver.dt is not None:
-        dt = torch.full((r,), float(solver.dt), dtype=torch.float64, device=dev)
-    else:
-        dt = _initial_step(velocity, y, k1, tab.order, solver.rtol, solver.atol)
-    code = torch.zeros(r, dtype=torch.int8, device=dev)
-    steps = torch.zeros(r, dtype=torch.long, device=dev)
-    rejected = torch.zeros(r, dtype=torch.long, device=dev)
-    err_exp = -1.0 / tab.order
-    host_free = _host_free(y.device)
-    # On an accelerator a step queues at most one record per run, and the queue is flushed at
-    # the end of a chunk: a large batch's queue (fewer slots) makes the chunk shorter.
-    chunk = min(solver.check_every, rec.capacity) if host_free else solver.check_every
-    finished_before = 0
-    # The chunk works on the running runs only (``rows``): finished runs leave the batch at the
-    # next synchronisation when ``select`` gives the velocity of a subset of runs.
-    rows = torch.arange(r, device=dev)
-    f, gnorm = velocity, grad_norm
-    into = _takes_out(f)
-    full = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
-            "rejected": rejected, "next_rec": next_rec}
-    sub = dict(full)
-    buf = _Stages(tab.stages, y)
-    while True:
-        y, k1, t, dt = sub["y"], sub["k1"], sub["t"], sub["dt"]
-        code, steps, rejected, next_rec = (sub["code"], sub["steps"], sub["rejected"],
-                                           sub["next_rec"])
-        t_end_v = torch.full_like(t, t_end)
-        for _ in range(chunk):
+_STATE = ("y", "k1", "t", "dt", "code", "steps", "rejected", "next_rec")
+
+
+@dataclass
+class _Chunk:
+    """What a chunk of adaptive steps of one batch needs besides its state.
+
+    ``advance`` runs ``length`` steps on a state dict (keys ``_STATE``: y, k1 (M, P); t, dt
+    (M,) float64; code, steps, rejected, next_rec (M,)) and writes the result back into the
+    same tensors, so that a captured chunk can be replayed on them (:class:`_GraphedChunk`).
+    """
+
+    tab: Tableau
+    f: Velocity
+    into: bool
+    buf: _Stages
+    rec: _Recorder
+    rows: torch.Tensor
+    rec_t: torch.Tensor
+    solver: SolverSpec
+    magnitude: Callable[[torch.Tensor], torch.Tensor]
+    gnorm: GradNorm
+    length: int
+    host_free: bool
+
+    def advance(self, state: dict[str, torch.Tensor]) -> None:
+        tab, f, solver, rec, rec_t = self.tab, self.f, self.solver, self.rec, self.rec_t
+        y, k1, t, dt, code, steps, rejected, next_rec = (state[key] for key in _STATE)
+        err_exp = -1.0 / tab.order
+        t_end_v = torch.full_like(t, float(solver.t_end))
+        for _ in range(self.length):
             active = code == RUNNING
             # On a device, a step crosses at most one record time (no host test of how many
             # it crosses); on the CPU steps run free and record every time they cross.
-            limit = torch.minimum(rec_t[next_rec + 1], t_end_v) if host_free else t_end_v
+            limit = torch.minimum(rec_t[next_rec + 1], t_end_v) if self.host_free else t_end_v
             capped = t + dt >= limit
             h = torch.where(capped, limit - t, dt)
             hy = h.to(y.dtype)
-            y_new, ks = _stages(tab, f, y, k1, hy, buf, into)
+            y_new, ks = _stages(tab, f, y, k1, hy, self.buf, self.into)
             err = ks.combine(None, hy, tab.e)
-            scale = torch.maximum(magnitude(y), magnitude(y_new)).mul_(solver.rtol).add_(
-                solver.atol)
+            scale = torch.maximum(self.magnitude(y), self.magnitude(y_new)).mul_(
+                solver.rtol).add_(solver.atol)
             err_norm = _rms(err.div_(scale)).double()
             finite = torch.isfinite(err_norm) & torch.isfinite(y_new).all(dim=1)
             accept = active & finite & (err_norm <= 1.0)
@@ -413,15 +422,15 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
             dt = torch.where(active, torch.where(accept & capped,
                                                  torch.maximum(dt, proposal), proposal), dt)
             cross = accept & (rec_t[next_rec] <= t_new)
-            if host_free:
+            if self.host_free:
                 theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
-                rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, rows)
+                rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, self.rows)
                 next_rec = next_rec + cross.long()
-            while not host_free and bool(cross.any()):  # on the CPU a test costs no sync
+            while not self.host_free and bool(cross.any()):  # on the CPU a test costs no sync
                 if int(rec.slot.max()) >= rec.capacity:
                     rec.flush()
                 theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
-                rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, rows)
+                rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, self.rows)
                 next_rec = next_rec + cross.long()
                 cross = accept & (rec_t[next_rec] <= t_new)
             acc_col = accept.unsqueeze(1)
@@ -430,30 +439,114 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
             t = torch.where(accept, t_new, t)
             steps = steps + accept.long()
             rejected = rejected + (active & ~accept).long()
-            code = _mark(code, accept & (t >= t_end), DONE)
-            if not host_free and solver.gtol > 0:
+            code = _mark(code, accept & (t >= solver.t_end), DONE)
+            if not self.host_free and solver.gtol > 0:
                 # free steps grow fast: test the steady state at every step (no sync on CPU)
-                steady = accept & (code == RUNNING) & (gnorm(y, k1) <= solver.gtol)
+                steady = accept & (code == RUNNING) & (self.gnorm(y, k1) <= solver.gtol)
                 code = _mark(code, steady, STEADY)
             tiny = dt < 1e-13 * torch.clamp(t, min=1.0)
             bad = active & (tiny | (y.abs().amax(dim=1) > _DIVERGE_ABS))
             code = _mark(code, bad & (code == RUNNING), DIVERGED)
             capped_out = (code == RUNNING) & (steps + rejected >= solver.max_steps)
             code = _mark(code, capped_out, MAX_STEPS)
+        for key, value in zip(_STATE, (y, k1, t, dt, code, steps, rejected, next_rec),
+                              strict=True):
+            state[key].copy_(value)
+
+
+class _GraphedChunk:
+    """A batch's chunk captured once as a CUDA graph and replayed: one launch per chunk of
+    steps instead of one per kernel (the chunk holds no host synchronisation on a device).
+
+    The first call runs the chunk eagerly on a side stream (it fills the lazy caches: stage
+    weights, dense-output coefficients, cuBLAS workspaces) and captures the next one, which a
+    capture records without running; every later call replays it on the same state tensors.
+    """
+
+    def __init__(self, chunk: _Chunk, state: dict[str, torch.Tensor]) -> None:
+        self.chunk, self.state = chunk, state
+        self.graph = None
+
+    def __call__(self) -> None:
+        if self.graph is None:
+            self.graph = _graph_api().capture(self.chunk.advance, self.state)
+        else:
+            self.graph.replay()
+
+
+class _CudaGraphs:
+    """torch.cuda's graph capture (one object so that tests can stand in for it)."""
+
+    @staticmethod
+    def capture(advance: Callable[[dict[str, torch.Tensor]], None],
+                state: dict[str, torch.Tensor]) -> torch.cuda.CUDAGraph:
+        """Run ``advance(state)`` once eagerly on a side stream, then capture a second call
+        (recorded, not run); returns the graph."""
+        device = state["y"].device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            advance(state)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            advance(state)
+        return graph
+
+
+def _graph_api() -> _CudaGraphs:
+    return _CudaGraphs()
+
+
+def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select=None,
+                        magnitude=torch.abs) -> FlowResult:
+    tab = tableau(solver.method)
+    r, dev = y0.shape[0], y0.device
+    rec, next_rec, times = _start(y0, solver, record, q, solver.check_every)
+    rec_t = torch.as_tensor(np.append(times, [np.inf, np.inf]), dtype=torch.float64, device=dev)
+    y = y0.clone()
+    k1 = velocity(y)
+    t = torch.zeros(r, dtype=torch.float64, device=dev)
+    if solver.dt is not None:
+        dt = torch.full((r,), float(solver.dt), dtype=torch.float64, device=dev)
+    else:
+        dt = _initial_step(velocity, y, k1, tab.order, solver.rtol, solver.atol)
+    code = torch.zeros(r, dtype=torch.int8, device=dev)
+    steps = torch.zeros(r, dtype=torch.long, device=dev)
+    rejected = torch.zeros(r, dtype=torch.long, device=dev)
+    host_free = _host_free(y.device)
+    graphs = host_free and solver.cuda_graphs
+    # On an accelerator a step queues at most one record per run, and the queue is flushed at
+    # the end of a chunk: a large batch's queue (fewer slots) makes the chunk shorter.
+    length = min(solver.check_every, rec.capacity) if host_free else solver.check_every
+    finished_before = 0
+    # The chunk works on the running runs only (``rows``): finished runs leave the batch at the
+    # next synchronisation when ``select`` gives the velocity of a subset of runs.
+    rows = torch.arange(r, device=dev)
+    f, gnorm = velocity, grad_norm
+    full = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
+            "rejected": rejected, "next_rec": next_rec}
+    sub = full
+    chunk = _Chunk(tab, f, _takes_out(f), _Stages(tab.stages, y), rec, rows, rec_t, solver,
+                   magnitude, gnorm, length, host_free)
+    runner = _GraphedChunk(chunk, sub) if graphs else None
+    while True:
+        if runner is not None:
+            runner()
+        else:
+            chunk.advance(sub)
         rec.flush()
-        steady = (code == RUNNING) & (gnorm(y, k1) <= solver.gtol)
+        code = sub["code"]
+        steady = (code == RUNNING) & (gnorm(sub["y"], sub["k1"]) <= solver.gtol)
         code = _mark(code, steady, STEADY)
         # A step-size controller that rejects one step for every two it accepts, over a
         # thousand rejections, is chattering at a discontinuity of the velocity (a ReLU kink
         # the flow slides along): it would crawl to t_end in ever more steps. Such runs stop as
         # STALLED. (Smooth flows reject well under 1% of their steps.)
-        stalled = (code == RUNNING) & (rejected >= _STALL_REJECTIONS) & (2 * rejected >= steps)
-        code = _mark(code, stalled, STALLED)
-        sub = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
-               "rejected": rejected, "next_rec": next_rec}
-        if sub["y"].shape[0] == r:
-            full = sub
-        else:
+        stalled = ((code == RUNNING) & (sub["rejected"] >= _STALL_REJECTIONS)
+                   & (2 * sub["rejected"] >= sub["steps"]))
+        sub["code"].copy_(_mark(code, stalled, STALLED))
+        if sub is not full:
             for key, value in sub.items():
                 full[key][rows] = value
         running = full["code"] == RUNNING
@@ -464,9 +557,10 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         if select is not None and int(running.sum()) < rows.shape[0]:
             rows = torch.nonzero(running).squeeze(1)
             f, gnorm = select(rows)
-            into = _takes_out(f)
             sub = {key: value[rows] for key, value in full.items()}
-            buf = _Stages(tab.stages, sub["y"])
+            chunk = _Chunk(tab, f, _takes_out(f), _Stages(tab.stages, sub["y"]), rec, rows,
+                           rec_t, solver, magnitude, gnorm, length, host_free)
+            runner = _GraphedChunk(chunk, sub) if graphs else None
     return _finish(rec, velocity, grad_norm, full["y"], full["t"], full["steps"],
                    full["rejected"], full["code"], times, full["next_rec"])
 
