@@ -395,6 +395,32 @@ def test_cuda_graph_chunks_replay_the_accelerator_loop_exactly(monkeypatch):
     assert without.captures == 0
 
 
+@pytest.mark.parametrize("model, reduction", [
+    (ModelSpec(loss="ce", classes=3, per_class=2, dim=40), "gram"),
+    (ModelSpec(loss="mse", bias="reg", classes=3, per_class=30, dim=4), "classes"),
+    (ModelSpec(kind="deep", depth=3, activation="tanh", loss="mse", classes=3, per_class=2,
+               dim=5), "none"),
+])
+def test_every_state_form_replays_without_host_synchronisation(monkeypatch, model, reduction):
+    """The Gram, class-means and deep forms run inside replayed chunks too (their velocities,
+    error scales and records hold no host read), with the eager loop's numbers."""
+    integrate_module = importlib.import_module("ncsim.flow.integrate")
+    monkeypatch.setattr(integrate_module, "_host_free", lambda device: True)
+    specs = [RunSpec(model=model, reg=Regularization(lambda_w=0.01 * (i + 1), lambda_h=0.02,
+                                                     lambda_b=0.01),
+                     init=InitSpec(scale=0.4, seed=i),
+                     solver=SolverSpec(t_end=20.0, records=12, check_every=4,
+                                       reduction=reduction))
+             for i in range(3)]
+    assert _Batch(specs).form == reduction
+    plain, _ = _integrate_batch(specs)
+    fake = _FakeGraphs()
+    monkeypatch.setattr(integrate_module, "_graph_api", lambda: fake)
+    graphed, _ = _integrate_batch(specs, cuda_graphs=True)
+    np.testing.assert_array_equal(graphed.records, plain.records)
+    assert np.isfinite(graphed.records).all() and fake.replays > 0
+
+
 def test_a_host_synchronisation_inside_a_replayed_chunk_is_caught(monkeypatch):
     """The stand-in capture is strict: a velocity that asks the host for a value fails."""
     integrate_module = importlib.import_module("ncsim.flow.integrate")
