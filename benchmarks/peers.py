@@ -157,14 +157,16 @@ def torchdiffeq_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10)
     return {"fn": problem.fn(ys[-1]), "nfev": np.full(problem.y0.shape[0], nfev[0])}
 
 
-def torchode_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10) -> dict:
-    """torchode Dopri5 with an integral controller: per-run steps, t_eval at the records."""
+def torchode_batch(problem: Problem, rtol: float = 1e-8, atol: float = 1e-10,
+                   method: str = "dopri5") -> dict:
+    """torchode ``method`` (Dopri5 or Tsit5) with an integral controller: per-run steps, t_eval
+    at the records."""
     import torchode as to
 
     f = problem.torch_velocity(problem.lambda_w, problem.lambda_h)
     r = problem.y0.shape[0]
     term = to.ODETerm(lambda t, y: f(y))
-    step = to.Dopri5(term=term)
+    step = {"dopri5": to.Dopri5, "tsit5": to.Tsit5}[method](term=term)
     ctrl = to.IntegralController(atol=atol, rtol=rtol, term=term)
     solver = to.AutoDiffAdjoint(step, ctrl, max_steps=1_000_000)
     # times stay float64 (as ncsim's): float32 times are ~5e-4 apart near t = 5e3
@@ -189,6 +191,7 @@ PEERS: dict[str, Callable[..., dict]] = {
     "scipy_dop853_loop": scipy_loop,
     "torchdiffeq_dopri5": torchdiffeq_batch,
     "torchode_dopri5": torchode_batch,
+    "torchode_tsit5": lambda problem, **tol: torchode_batch(problem, method="tsit5", **tol),
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,13 @@ from ncsim.validate.data import Dataset
 from ncsim.validate.networks import build_network
 from ncsim.validate.train import Phase, TrainConfig
 
-# The columns of a record that the benchmark compares between the loops.
+# The measured columns of a record that the benchmark compares between the loops, and the
+# columns of the protocol (when, after how many steps, at which learning rate) that must be
+# equal.
 COMPARED = ("loss", "accuracy", "test_accuracy", *METRIC_NAMES)
+PROTOCOL = ("time", "phase", "steps", "lr")
+# Entries are compared relative to max(|value|, this): values that are 0 compare absolutely.
+_FLOOR = 1e-9
 
 
 class EpochPermutations(Sampler[int]):
@@ -132,10 +138,11 @@ def dataloader_training(config: TrainConfig, data: Dataset) -> pd.DataFrame:
                               batch_size=config.record_batch, pin_memory=pin)
                    if config.eval_test and data.x_test.shape[0] else None)
     rows: list[dict[str, float]] = []
+    steps = 0
 
-    def record(epoch: int, phase_no: int, phase: Phase) -> None:
+    def record(epoch: int, phase_no: int, phase: Phase, lr: float) -> None:
         row = _record(model, record_train, record_test, data.classes, phase.loss, device)
-        rows.append({"time": float(epoch), "phase": phase_no, **row})
+        rows.append({"time": float(epoch), "phase": phase_no, "steps": steps, "lr": lr, **row})
 
     epoch = 0
     for phase_no, phase in enumerate(config.phases, start=1):
@@ -144,7 +151,7 @@ def dataloader_training(config: TrainConfig, data: Dataset) -> pd.DataFrame:
         opt, end_epoch = _optimizer(model, phase), epoch + phase.epochs
         sched = _scheduler(opt, phase)
         if epoch == 0:
-            record(epoch, phase_no, phase)
+            record(epoch, phase_no, phase, opt.param_groups[0]["lr"])
         model.train()
         for _ in range(phase.epochs):
             for xb, yb in loader:
@@ -153,19 +160,20 @@ def dataloader_training(config: TrainConfig, data: Dataset) -> pd.DataFrame:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                steps += 1
             sched.step()
             epoch += 1
             if epoch % config.nc_every == 0 or epoch == end_epoch:
-                record(epoch, phase_no, phase)
+                record(epoch, phase_no, phase, opt.param_groups[0]["lr"])
     return pd.DataFrame(rows).drop_duplicates(subset=["time"], keep="last").reset_index(
         drop=True)
 
 
 def log_difference(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame, rows: int | None = None
                    ) -> float:
-    """Largest difference between two training logs over :data:`COMPARED`, each column
-    relative to its largest value (inf when the record times differ); ``rows``: only the first
-    that many records."""
+    """Largest relative difference between two training logs over :data:`COMPARED`, entry by
+    entry (``|x - y| / max(|y|, 1e-9)``); inf when the record times differ or when a NaN or
+    an infinity of one log is not in the other. ``rows``: only the first that many records."""
     a = ncsim_log.sort_values("time").reset_index(drop=True).iloc[:rows]
     b = peer_log.sort_values("time").reset_index(drop=True).iloc[:rows]
     if a["time"].tolist() != b["time"].tolist():
@@ -173,12 +181,24 @@ def log_difference(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame, rows: int | 
     worst = 0.0
     for col in COMPARED:
         x, y = a[col].to_numpy(float), b[col].to_numpy(float)
-        both_nan = (x != x) & (y != y)
-        if ((x != x) != (y != y)).any():
+        finite = np.isfinite(x) & np.isfinite(y)
+        same = (np.isnan(x) & np.isnan(y)) | (np.isinf(x) & (x == y))
+        if not (finite | same).all():
             return math.inf
-        scale = max(float(abs(y[~both_nan]).max(initial=0.0)), 1e-300)
-        worst = max(worst, float(abs(x - y)[~both_nan].max(initial=0.0)) / scale)
+        rel = np.abs(x - y)[finite] / np.maximum(np.abs(y[finite]), _FLOOR)
+        worst = max(worst, float(rel.max(initial=0.0)))
     return worst
+
+
+def protocol_mismatch(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame) -> list[str]:
+    """The :data:`PROTOCOL` columns (record times, phases, step counts, learning rates) in
+    which two training logs differ (exact comparison)."""
+    a = ncsim_log.sort_values("time").reset_index(drop=True)
+    b = peer_log.sort_values("time").reset_index(drop=True)
+    if len(a) != len(b):
+        return ["time"]
+    return [col for col in PROTOCOL
+            if a[col].to_numpy(float).tolist() != b[col].to_numpy(float).tolist()]
 
 
 def final_accuracy_difference(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame) -> float:

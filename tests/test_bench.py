@@ -14,11 +14,13 @@ from ncsim.bench import _benchmarks, bench, run_bench
 def test_runner_times_ncsim_and_peers_on_a_tiny_workload():
     results = run_bench(("W1",), repeats=1, size="tiny", threads=1, log=lambda m: None)
     w1 = results["workloads"]["W1"]
-    assert set(w1["solvers"]) == {"ncsim_dopri5", "scipy_dop853_loop", "torchdiffeq_dopri5",
-                                  "torchode_dopri5"}
+    assert set(w1["solvers"]) == {"ncsim_dopri5", "ncsim_tsit5", "scipy_dop853_loop",
+                                  "torchdiffeq_dopri5", "torchode_dopri5", "torchode_tsit5"}
     for row in w1["solvers"].values():
         assert row["median_s"] > 0 and row["fn_error"] <= 1e-6
-    assert set(w1["ratios"]) == set(w1["solvers"]) - {"ncsim_dopri5"}
+    assert set(w1["ratios"]) == set(w1["solvers"]) - {"ncsim_dopri5", "ncsim_tsit5"}
+    ours = {k: w1["solvers"][k]["median_s"] for k in ("ncsim_dopri5", "ncsim_tsit5")}
+    assert w1["fastest_ncsim"] == min(ours, key=ours.get)
     assert results["machine"]["torch_threads"] == 1
     json.dumps(results)
 
@@ -52,9 +54,11 @@ def test_w1_in_float32_and_float64_compares_each_dtype_with_its_own_ncsim_run():
                         dtypes=("float64", "float32"))
     w1 = results["workloads"]["W1"]
     solvers = w1["solvers"]
-    assert set(solvers) == {"ncsim_dopri5", "scipy_dop853_loop", "torchdiffeq_dopri5",
-                            "torchode_dopri5", "ncsim_dopri5_float32",
-                            "torchdiffeq_dopri5_float32", "torchode_dopri5_float32"}
+    assert set(solvers) == {"ncsim_dopri5", "ncsim_tsit5", "scipy_dop853_loop",
+                            "torchdiffeq_dopri5", "torchode_dopri5", "torchode_tsit5",
+                            "ncsim_dopri5_float32", "ncsim_tsit5_float32",
+                            "torchdiffeq_dopri5_float32", "torchode_dopri5_float32",
+                            "torchode_tsit5_float32"}
     assert w1["skipped"] == ["scipy_dop853_loop_float32 (a CPU float64 peer)"]
     for name, row in solvers.items():
         assert row["dtype"] == ("float32" if name.endswith("_float32") else "float64")
@@ -65,8 +69,11 @@ def test_w1_in_float32_and_float64_compares_each_dtype_with_its_own_ncsim_run():
     for name, ratio in w1["ratios"].items():
         base = "ncsim_dopri5_float32" if name.endswith("_float32") else "ncsim_dopri5"
         assert ratio == pytest.approx(solvers[name]["median_s"] / solvers[base]["median_s"])
-    assert w1["speedup_vs_fastest_peer_float32"] == min(
-        v for k, v in w1["ratios"].items() if k.endswith("_float32"))
+    fastest = solvers[w1["fastest_ncsim_float32"]]["median_s"]
+    assert w1["fastest_ncsim_float32"].endswith("_float32")
+    assert w1["speedup_vs_fastest_peer_float32"] == pytest.approx(min(
+        row["median_s"] for k, row in solvers.items()
+        if k.endswith("_float32") and not k.startswith("ncsim")) / fastest)
     assert w1["params"]["tolerances"] == {"float64": [1e-8, 1e-10], "float32": [1e-5, 1e-7]}
     assert "rtol" not in w1["params"] and "dtype" not in w1["params"]
 
@@ -80,10 +87,29 @@ def test_a_peer_that_misses_its_accuracy_is_reported_not_fatal(monkeypatch):
         return {"fn": np.full(problem.y0.shape[0], 123.0), "nfev": np.zeros(1)}
 
     monkeypatch.setitem(peers.PEERS, "torchode_dopri5", wrong)
-    w1 = bench_w1("tiny", 1, "cpu", True, lambda m: None, skip=("torchdiffeq_dopri5",))
+    w1 = bench_w1("tiny", 1, "cpu", True, lambda m: None,
+                  skip=("torchdiffeq_dopri5", "torchode_tsit5"))
     assert "exceeds the stated accuracy" in w1["solvers"]["torchode_dopri5"]["error"]
     assert set(w1["ratios"]) == {"scipy_dop853_loop"}
-    assert w1["speedup_vs_fastest_peer"] == w1["ratios"]["scipy_dop853_loop"]
+    scipy = w1["solvers"]["scipy_dop853_loop"]["median_s"]
+    assert w1["speedup_vs_fastest_peer"] == pytest.approx(
+        scipy / w1["solvers"][w1["fastest_ncsim"]]["median_s"])
+
+
+def test_an_ncsim_variant_that_fails_is_reported_not_fatal(monkeypatch):
+    from ncsim import bench as bench_module
+
+    real = bench_module._ncsim_w1_row
+
+    def tsit5_breaks(name, specs, *args):
+        if specs[0].solver.method == "tsit5":
+            raise RuntimeError("no capture here")
+        return real(name, specs, *args)
+
+    monkeypatch.setattr(bench_module, "_ncsim_w1_row", tsit5_breaks)
+    w1 = bench_module.bench_w1("tiny", 1, "cpu", False, lambda m: None)
+    assert w1["solvers"]["ncsim_tsit5"] == {"dtype": "float64", "error": "no capture here"}
+    assert w1["fastest_ncsim"] == "ncsim_dopri5" and w1["ratios"] == {}
 
 
 def test_w1_reference_sample_holds_the_grid_corners(monkeypatch):
@@ -173,7 +199,9 @@ def test_ratios_with_a_cuda_graph_row():
         "torchode_dopri5_float32": {"median_s": 3.0, "dtype": "float32"},
     }}
     out = _with_ratios(entry, ("float32", "float64"))
+    # peers against the same method (dopri5); the headline against the fastest ncsim row
     assert out["ratios"] == {"torchode_dopri5": 2.0, "torchode_dopri5_float32": 3.0}
-    assert out["speedup_vs_fastest_peer"] == 2.0 and out["cuda_graphs_gain"] == 4.0
-    assert out["speedup_vs_fastest_peer_graphs"] == 8.0
+    assert out["fastest_ncsim"] == "ncsim_dopri5_graphs" and out["cuda_graphs_gain"] == 4.0
+    assert out["speedup_vs_fastest_peer"] == 8.0
     assert "cuda_graphs_gain_float32" not in out and out["speedup_vs_fastest_peer_float32"] == 3.0
+    assert out["fastest_ncsim_float32"] == "ncsim_dopri5_float32"

@@ -58,6 +58,7 @@ _RECORD_BUFFER_BYTES = 256 * 2**20
 _RECORD_BUFFER_BYTES_DEVICE = 2**30
 _DIVERGE_ABS = 1e100
 _STALL_REJECTIONS = 1000  # smooth flows reject a few percent of their steps
+_GRAPH_SHRINK = 4  # with CUDA graphs, a batch shrinks when <= 1/4 of it still runs
 
 
 @dataclass
@@ -458,17 +459,24 @@ class _GraphedChunk:
     """A batch's chunk captured once as a CUDA graph and replayed: one launch per chunk of
     steps instead of one per kernel (the chunk holds no host synchronisation on a device).
 
-    The first call runs the chunk eagerly on a side stream (it fills the lazy caches: stage
-    weights, dense-output coefficients, cuBLAS workspaces) and captures the next one, which a
-    capture records without running; every later call replays it on the same state tensors.
+    A capture costs a device synchronisation, a garbage collection and an eager warm-up chunk,
+    so the first chunk of a batch runs eagerly (a batch that lives one chunk is never
+    captured); the second call runs a chunk eagerly on a side stream (it fills the lazy
+    caches: stage weights, dense-output coefficients, cuBLAS workspaces) and captures the next
+    one, which a capture records without running; every later call replays it on the same
+    state tensors (their addresses are frozen into the graph: the loop updates them in place).
     """
 
     def __init__(self, chunk: _Chunk, state: dict[str, torch.Tensor]) -> None:
         self.chunk, self.state = chunk, state
+        self.calls = 0
         self.graph = None
 
     def __call__(self) -> None:
-        if self.graph is None:
+        self.calls += 1
+        if self.calls == 1:
+            self.chunk.advance(self.state)
+        elif self.graph is None:
             self.graph = _graph_api().capture(self.chunk.advance, self.state)
         else:
             self.graph.replay()
@@ -554,7 +562,11 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         finished_before = _report(progress, finished, finished_before)
         if finished == r:
             break
-        if select is not None and int(running.sum()) < rows.shape[0]:
+        # With CUDA graphs a smaller batch means a new capture: the batch shrinks only once
+        # a quarter or less of it still runs (finished runs are frozen meanwhile).
+        shrink = int(running.sum()) * (_GRAPH_SHRINK if graphs else 1) <= (
+            rows.shape[0] - (0 if graphs else 1))
+        if select is not None and shrink:
             rows = torch.nonzero(running).squeeze(1)
             f, gnorm = select(rows)
             sub = {key: value[rows] for key, value in full.items()}

@@ -117,7 +117,7 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
                              decayed_names(models[0], phase.decay_last))
         sched = make_scheduler(opt, phase)
         if epoch == 0:
-            record(phase_no, phase, phase.lr)
+            record(phase_no, phase, opt.param_groups[0]["lr"])  # the lr of epoch 1
         for _ in range(phase.epochs):
             lr = opt.param_groups[0]["lr"]
             perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)

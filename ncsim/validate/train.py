@@ -470,7 +470,7 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
             if config.intervention_epoch == 0:
                 fn_before = _features_norm(model, data, config.record_batch)
                 model.rescale_last_hidden(config.intervention_alpha)
-            record(phase_no, phase, phase.lr)
+            record(phase_no, phase, opt.param_groups[0]["lr"])  # the lr of epoch 1
         for _ in range(phase.epochs):
             model.train()
             lr = opt.param_groups[0]["lr"]
