@@ -10,7 +10,7 @@
 - W3 large: K = 100, n = 50, d = 512, 16 runs: throughput of the right-hand side.
 - V1 training: MLP-5 (width 512) and ResNet-20 on Fashion-MNIST, the paper's two-phase
   protocols shortened to a few epochs, an NC record every epoch; and MLP-5 with several seeds
-  in one stacked loop. ncsim's ``train`` against a plain ``DataLoader`` loop.
+  (one stacked loop on an accelerator). ncsim's ``train`` against a plain ``DataLoader`` loop.
 
 ``scale`` shrinks a workload for smoke tests (fewer runs, shorter horizon).
 """
@@ -140,17 +140,17 @@ class TrainingCase:
     config : the two-phase training (``nc_every`` 1: every epoch is recorded).
     per_class : training samples per class of Fashion-MNIST (None: all 6000).
     test_per_class : test samples per class (None: all 1000).
-    seeds : seeds trained in one stacked loop (``train(..., seeds=...)``), or None for one run.
+    seeds : seeds trained by ``train(..., seeds=...)``, or None for one run.
     log_tol : largest relative difference allowed between an entry of ncsim's log and the
-        peer's (one run on the CPU: every record; otherwise the epoch-0 record, see
+        peer's (on the CPU: every record; on an accelerator: the epoch-0 record, see
         ``accuracy_tol``).
-    accuracy_tol : stacked seeds, and any case on an accelerator: largest difference of the
-        final training accuracy. A stacked copy follows its separate training up to float32
-        rounding of the batched products, and Adam's first steps (sign-like for tiny
-        gradients) amplify that rounding: after 2 epochs on 10,000 samples the NC metrics of
-        the two differ by up to ~10%, the training accuracy by ~1%. An accelerator's
-        non-deterministic kernels do the same. So only the start is compared closely (and the
-        record times, step counts and learning rates exactly).
+    accuracy_tol : on an accelerator: largest difference of the final training accuracy.
+        There the kernels are not deterministic, and stacked seeds follow their separate
+        trainings only up to float32 rounding of the batched products; Adam's first steps
+        (sign-like for tiny gradients) amplify such rounding: after 2 epochs on 10,000
+        samples the NC metrics of a stacked copy and its separate training differ by up to
+        ~10%, the training accuracy by ~1% (measured on the CPU). So only the start is
+        compared closely (and the record times, step counts and learning rates exactly).
     """
 
     name: str
@@ -162,7 +162,7 @@ class TrainingCase:
     accuracy_tol: float = 0.05
 
 
-# size -> {arch: (per_class, epochs per phase)}, seeds of the stacked case, test per class.
+# size -> {arch: (per_class, epochs per phase)}, seeds of the seeds case, test per class.
 # "full" on the CPU is a reduced V1 (an epoch of ResNet-20 over 60,000 images takes ~10 min
 # on one core); "full-gpu" trains on the whole training set.
 V1_SIZES = {
@@ -175,8 +175,8 @@ V1_SIZES = {
 
 def v1(size: str = "full", device: str = "cpu") -> list[TrainingCase]:
     """V1: MLP-5 and ResNet-20 (the paper's presets ``mlp`` and ``resnet20``, with fewer
-    epochs: the schedules and milestones shrink with them) and MLP-5 with several seeds in one
-    stacked loop; ``size`` in ``V1_SIZES`` ("full" means "full-gpu" on a GPU)."""
+    epochs: the schedules and milestones shrink with them) and MLP-5 with several seeds;
+    ``size`` in ``V1_SIZES`` ("full" means "full-gpu" on a GPU)."""
     gpu = device.split(":")[0] != "cpu"
     archs, seeds, test = V1_SIZES["full-gpu" if size == "full" and gpu else size]
     cases = []

@@ -420,10 +420,11 @@ def _check_training(case: Any, logs: list, peer_logs: list, row: dict[str, Any],
     """Compare ncsim's logs with the peer's (one per seed); AssertionError when they differ.
 
     Always: the protocol columns (record times, phases, step counts, learning rates) equal.
-    ``exact`` (one run on the CPU: the same computation): every record to ``case.log_tol``
-    (``max_rel_diff``). Otherwise (stacked seeds, whose float32 rounding Adam amplifies, or an
-    accelerator's non-deterministic kernels): the epoch-0 record to ``log_tol``
-    (``first_record_rel_diff``) and the final training accuracy to ``case.accuracy_tol``.
+    ``exact`` (on the CPU: the same computation, seeds one after another): every record to
+    ``case.log_tol`` (``max_rel_diff``). Otherwise (an accelerator, whose kernels are not
+    deterministic and whose stacked seeds round differently, both amplified by Adam): the
+    epoch-0 record to ``log_tol`` (``first_record_rel_diff``) and the final training accuracy
+    to ``case.accuracy_tol``.
     """
     pairs = list(zip(logs, peer_logs, strict=True))
     for a, b in pairs:
@@ -451,11 +452,12 @@ def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
 
     For every case of ``benchmarks.workloads.v1`` both loops train the same network from the
     same seed on the same batches; the peer's log must equal ncsim's (see
-    :func:`_check_training`), or its row holds the ``error`` and no ratio. The stacked case
-    trains its seeds in one ncsim loop and in one peer loop per seed. Each loop gets one
-    untimed warm-up call before its timed repeats. Also timed: one NC
-    record of the trained network (``nc_record_s``), and from it the tracking overhead at the
-    paper's ``nc_every`` = 10 (record / 10 epochs).
+    :func:`_check_training`), or its row holds the ``error`` and no ratio. The seeds case
+    runs ``train(config, data, seeds=...)`` (one vectorised loop on an accelerator, the seeds
+    one after another on the CPU) against one peer loop per seed. Each loop gets one untimed
+    warm-up call before its timed repeats. Also timed: one NC record of the trained network
+    (``nc_record_s``), and from it the tracking overhead at the paper's ``nc_every`` = 10
+    (record / 10 epochs).
     """
     import dataclasses
 
@@ -495,7 +497,7 @@ def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
             if not peers:
                 raise RuntimeError("not run (--no-peers)")
             stats, peer_logs = timed(peer, repeats, device, warmup=True)
-            exact = seeds is None and torch.device(device).type == "cpu"
+            exact = torch.device(device).type == "cpu"  # seeds run one by one there
             _check_training(case, logs, peer_logs, row, peer_mod, exact)
             row["dataloader"] = stats
             row["speedup"] = stats["median_s"] / row["ncsim"]["median_s"]

@@ -143,10 +143,8 @@ def test_v1_benchmark_checks_and_times_both_loops():
         assert row["speedup"] == pytest.approx(row["dataloader"]["median_s"]
                                                / row["ncsim"]["median_s"])
     assert rows[0]["max_rel_diff"] < 1e-10 and rows[1]["max_rel_diff"] < 1e-10
-    stacked = rows[2]
-    assert stacked["seeds"] == 2 and stacked["first_record_rel_diff"] < 1e-10
-    assert "max_rel_diff" not in stacked
-    assert stacked["final_accuracy_diff"] <= 0.05
+    stacked = rows[2]  # on the CPU the seeds run one by one: their logs are exact too
+    assert stacked["seeds"] == 2 and stacked["max_rel_diff"] < 1e-10
     assert rows[0]["nc_record_s"] > 0 and rows[0]["tracking_overhead_nc_every_10"] > 0
     assert "nc_record_s" not in stacked
     json.dumps(rows)

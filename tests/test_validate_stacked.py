@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -13,18 +14,25 @@ from ncsim.errors import InputError
 from ncsim.io import read_table
 from ncsim.validate.cli import validate
 from ncsim.validate.data import load_dataset
+from ncsim.validate.stacked import train_stacked
 from ncsim.validate.train import Phase, TrainConfig, train
 
 
-def test_stacked_equals_separate_trainings():
-    data = load_dataset("digits", per_class=10, seed=0)
+def _config() -> TrainConfig:
     phases = (Phase("ce", 2, "adam", 1e-3, 1e-3, batch_size=32),
               Phase("mse", 2, "sgd", 0.05, 1e-3, batch_size=32, decay_last=2))
-    config = TrainConfig(depth=2, width=32, phases=phases, nc_every=1)
+    return TrainConfig(depth=2, width=32, phases=phases, nc_every=1)
+
+
+def test_stacked_equals_separate_trainings():
+    """The vectorised loop (what ``train(seeds=...)`` runs on an accelerator) follows each
+    seed's separate training up to the rounding of the batched products."""
+    data = load_dataset("digits", per_class=10, seed=0)
+    config = _config()
     seeds = [0, 1, 2]
-    stacked = train(config, data, seeds=seeds)
-    assert len(stacked.runs) == 3 and set(stacked.log.seed) == set(seeds)
-    for seed, run in zip(seeds, stacked.runs, strict=True):
+    runs = train_stacked(config, data, seeds)
+    assert len(runs) == 3 and [r.config.seed for r in runs] == seeds
+    for seed, run in zip(seeds, runs, strict=True):
         alone = train(dataclasses.replace(config, seed=seed), data)
         for (name, p), (name2, q) in zip(alone.model.named_parameters(),
                                          run.model.named_parameters(), strict=True):
@@ -32,7 +40,21 @@ def test_stacked_equals_separate_trainings():
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         for col in ("loss", "fn", "nc1_trace", "accuracy"):
             assert run.log[col].tolist() == pytest.approx(alone.log[col].tolist(), rel=1e-4)
-    assert stacked.runs[0].log.fn.iloc[0] != stacked.runs[1].log.fn.iloc[0]
+    assert runs[0].log.fn.iloc[0] != runs[1].log.fn.iloc[0]
+
+
+def test_seeds_on_the_cpu_train_one_after_another_exactly():
+    """On the CPU ``train(seeds=...)`` runs the seeds one after another: each seed's log is
+    its separate training's, bit for bit (the vectorised loop is slower there)."""
+    data = load_dataset("digits", per_class=10, seed=0)
+    config = _config()
+    result = train(config, data, seeds=[3, 1])
+    assert [r.config.run_id for r in result.runs] == ["run_s3", "run_s1"]
+    assert list(result.log.run_id.unique()) == ["run_s3", "run_s1"]
+    for seed, run in zip((3, 1), result.runs, strict=True):
+        alone = train(dataclasses.replace(config, seed=seed, run_id=f"run_s{seed}"), data)
+        pd.testing.assert_frame_equal(run.log, alone.log)
+    assert result.model is result.runs[0].model
 
 
 def test_stacked_rejects_batchnorm_and_duplicates():

@@ -150,9 +150,9 @@ def _train_config(preset_name: str, epochs: str | None, arch: str | None, depth:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="seed of the initialisation, the batch order and the data subset")
 @click.option("--seeds", default=None,
-              help="train several seeds at once (e.g. 0,1,2) with the stacked trainer into one "
-              "log (run ids ..._s{seed}); the data subset uses --seed; no checkpoints, "
-              "intervention or --amp")
+              help="train several seeds (e.g. 0,1,2) into one log (run ids ..._s{seed}): at "
+              "once with the stacked trainer on a GPU, one after another on the CPU; the data "
+              "subset uses --seed; no checkpoints, intervention or --amp")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp/--no-amp", default=False, help="mixed precision training steps")
 @click.option("--onset-threshold", type=float, default=0.01, show_default=True)

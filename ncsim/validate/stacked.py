@@ -9,7 +9,9 @@ losses, so every copy follows exactly the trajectory of its separate training (s
 initialisation, same batch order), up to float rounding of the batched matrix products.
 
 Limitations: networks without BatchNorm (MLP, CNN), no intervention, no checkpoints, no mixed
-precision.
+precision. ``train(config, data, seeds=...)`` uses it on accelerators; on the CPU, where the
+batched products measured slower than separate ones, it trains the seeds one after another
+(same limitations, so that a configuration behaves alike on every device).
 """
 
 from __future__ import annotations
@@ -48,6 +50,20 @@ def _unstack(base: nn.Module, params: dict[str, torch.Tensor], i: int) -> nn.Mod
     return model
 
 
+def check_seeds(config: TrainConfig, seeds: Sequence[int]) -> list[int]:
+    """Validate ``config`` for a training of several ``seeds`` (what stacking supports, on
+    every device, so that a run that works on the CPU works on a GPU); returns the seeds."""
+    config.validate()
+    seeds = [int(s) for s in seeds]
+    require(len(seeds) >= 1 and len(set(seeds)) == len(seeds),
+            f"give distinct seeds, got {seeds}")
+    require(config.arch in ("mlp", "cnn"),
+            f"stacked training supports the mlp and cnn networks, not {config.arch!r}")
+    require(config.intervention_epoch is None and config.checkpoint_dir is None and not config.amp,
+            "stacked training has no intervention, checkpoints or mixed precision")
+    return seeds
+
+
 def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
                   progress: bool = False) -> list[TrainResult]:
     """Train ``config`` once per seed in ``seeds``, all seeds in one vectorised loop.
@@ -67,14 +83,7 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
 
     from tqdm.auto import tqdm
 
-    config.validate()
-    seeds = [int(s) for s in seeds]
-    require(len(seeds) >= 1 and len(set(seeds)) == len(seeds),
-            f"give distinct seeds, got {seeds}")
-    require(config.arch in ("mlp", "cnn"),
-            f"stacked training supports the mlp and cnn networks, not {config.arch!r}")
-    require(config.intervention_epoch is None and config.checkpoint_dir is None and not config.amp,
-            "stacked training has no intervention, checkpoints or mixed precision")
+    seeds = check_seeds(config, seeds)
     device = torch.device(config.device)
     data = data.to(device)
     configs = [dataclasses.replace(config, seed=s, run_id=f"{config.run_id}_s{s}")

@@ -419,17 +419,25 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
     """Train ``config`` on ``data`` and log NC metrics.
 
     Returns a :class:`TrainResult` whose ``log`` has one row per record (see module docstring).
-    With ``seeds`` (e.g. ``[0, 1, 2]``) every seed is trained in one vectorised loop
-    (:func:`ncsim.validate.stacked.train_stacked`): ``log`` holds the rows of all seeds
-    (run ids ``{run_id}_s{seed}``), ``model`` is the first seed's and ``runs`` the per-seed
-    results.
+    With ``seeds`` (e.g. ``[0, 1, 2]``) every seed is trained: ``log`` holds the rows of all
+    seeds (run ids ``{run_id}_s{seed}``), ``model`` is the first seed's and ``runs`` the
+    per-seed results. On an accelerator the seeds train in one vectorised loop
+    (:func:`ncsim.validate.stacked.train_stacked`); on the CPU one after another, where the
+    vectorised products are slower than separate ones (a forward and backward pass of 4 MLP-5
+    copies on 256 samples: 108-120 ms stacked against 95 ms separate; 4 copies of depth 4,
+    width 128 on 100 samples: 3.1-3.7 ms against 2.8 ms), and the result is then exactly that
+    of separate trainings. ``on_record`` is not called for seeds.
     """
     from tqdm.auto import tqdm
 
     if seeds is not None:
-        from ncsim.validate.stacked import train_stacked
+        from ncsim.validate.stacked import check_seeds, train_stacked
 
-        runs = train_stacked(config, data, seeds, progress)
+        if torch.device(config.device).type == "cpu":
+            runs = [train(dataclasses.replace(config, seed=s, run_id=f"{config.run_id}_s{s}"),
+                          data, progress) for s in check_seeds(config, seeds)]
+        else:
+            runs = train_stacked(config, data, seeds, progress)
         log = pd.concat([r.log for r in runs], ignore_index=True)
         return TrainResult(log, runs[0].model, config, [], math.nan, runs)
     config.validate()
