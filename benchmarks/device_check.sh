@@ -35,7 +35,8 @@ print("torch", torch.__version__, "device", device,
       torch.cuda.get_device_name(device) if device.type == "cuda" else "")
 EOF
 skip=()
-"$py" -c "import torchode" 2>/dev/null || skip+=(--skip-peer torchode_dopri5 --skip-peer torchode_tsit5)
+"$py" -c "import torchode" 2>/dev/null \
+    || skip+=(--skip-peer torchode_dopri5 --skip-peer torchode_tsit5)
 "$py" -c "import torchdiffeq" 2>/dev/null || skip+=(--skip-peer torchdiffeq_dopri5)
 
 rc=0
