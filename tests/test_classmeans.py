@@ -223,5 +223,21 @@ def test_run_ids_tell_the_class_means_form_apart():
     ce = RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=4, dim=5))
     row = ce.to_row()
     del row["solver_reduction"]
+    del row["solver_cuda_graphs"]
     legacy = hashlib.sha1(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:12]
     assert run_id(ce) == legacy
+
+
+def test_run_ids_stay_those_of_earlier_versions():
+    """Identifiers are the resume keys of saved studies: these were computed before
+    ``cuda_graphs`` existed, and a spec that sets it keeps its id (same steps, same result)."""
+    import dataclasses
+
+    from ncsim.flow.simulate import run_id
+
+    ce = RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=4, dim=5))
+    mse = RunSpec(model=ModelSpec(loss="mse", classes=3, per_class=40, dim=5))
+    assert (run_id(ce), run_id(mse), run_id(RunSpec())) == (
+        "3f78215ae222", "7e38922e6a55", "927b19851355")
+    graphs = ce.replace(solver=dataclasses.replace(ce.solver, cuda_graphs=True))
+    assert run_id(graphs) == run_id(ce)

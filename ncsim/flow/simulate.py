@@ -61,8 +61,11 @@ class SimulationResult:
 
 
 def run_id(spec: RunSpec) -> str:
-    """Stable 12-hex identifier of a run spec (hash of every field)."""
+    """Stable 12-hex identifier of a run spec (hash of every field that shapes the result;
+    ``cuda_graphs`` only changes how the same steps are launched, so it is left out, which
+    also keeps the identifiers of runs made before it existed)."""
     row = spec.to_row()
+    row.pop("solver_cuda_graphs", None)
     if row.get("solver_reduction") == "auto":  # the default keeps the identifiers it had,
         if state_form(spec.model, "auto") == "classes":  # except where auto now integrates
             row["solver_reduction"] = "auto:classes"  # in the class-means form
