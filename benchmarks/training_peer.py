@@ -35,6 +35,8 @@ from ncsim.validate.train import Phase, TrainConfig
 # equal.
 COMPARED = ("loss", "accuracy", "test_accuracy", *METRIC_NAMES)
 PROTOCOL = ("time", "phase", "steps", "lr")
+# The columns of the loose whole-log check (runs that cannot agree to rounding).
+TREND = ("loss", "fn", "accuracy")
 # Entries are compared relative to max(|value|, this): values that are 0 compare absolutely.
 _FLOOR = 1e-9
 
@@ -169,9 +171,9 @@ def dataloader_training(config: TrainConfig, data: Dataset) -> pd.DataFrame:
         drop=True)
 
 
-def log_difference(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame, rows: int | None = None
-                   ) -> float:
-    """Largest relative difference between two training logs over :data:`COMPARED`, entry by
+def log_difference(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame, rows: int | None = None,
+                   columns: tuple[str, ...] = COMPARED) -> float:
+    """Largest relative difference between two training logs over ``columns``, entry by
     entry (``|x - y| / max(|y|, 1e-9)``); inf when the record times differ or when a NaN or
     an infinity of one log is not in the other. ``rows``: only the first that many records."""
     a = ncsim_log.sort_values("time").reset_index(drop=True).iloc[:rows]
@@ -179,7 +181,7 @@ def log_difference(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame, rows: int | 
     if a["time"].tolist() != b["time"].tolist():
         return math.inf
     worst = 0.0
-    for col in COMPARED:
+    for col in columns:
         x, y = a[col].to_numpy(float), b[col].to_numpy(float)
         finite = np.isfinite(x) & np.isfinite(y)
         same = (np.isnan(x) & np.isnan(y)) | (np.isinf(x) & (x == y))
@@ -197,12 +199,22 @@ def protocol_mismatch(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame) -> list[s
     b = peer_log.sort_values("time").reset_index(drop=True)
     if len(a) != len(b):
         return ["time"]
-    return [col for col in PROTOCOL
-            if a[col].to_numpy(float).tolist() != b[col].to_numpy(float).tolist()]
+    return [col for col in PROTOCOL if col not in a or col not in b
+            or a[col].to_numpy(float).tolist() != b[col].to_numpy(float).tolist()]
 
 
 def final_accuracy_difference(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame) -> float:
-    """|final training accuracy of ``ncsim_log`` - that of ``peer_log``|."""
+    """|final training accuracy of ``ncsim_log`` - that of ``peer_log``| (inf when either is
+    NaN)."""
     a = ncsim_log.sort_values("time")["accuracy"].iloc[-1]
     b = peer_log.sort_values("time")["accuracy"].iloc[-1]
-    return float(abs(a - b))
+    diff = float(abs(a - b))
+    return diff if math.isfinite(diff) else math.inf
+
+
+def trend_difference(ncsim_log: pd.DataFrame, peer_log: pd.DataFrame) -> float:
+    """Largest relative difference over every record of the columns :data:`TREND` (loss, fn,
+    training accuracy), entry by entry as :func:`log_difference`: the loose whole-log check
+    for runs that cannot agree to rounding (inf when the record times differ or a NaN or
+    infinity of one log is not in the other)."""
+    return log_difference(ncsim_log, peer_log, columns=TREND)

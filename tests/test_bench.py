@@ -21,6 +21,11 @@ def test_runner_times_ncsim_and_peers_on_a_tiny_workload():
     assert set(w1["ratios"]) == set(w1["solvers"]) - {"ncsim_dopri5", "ncsim_tsit5"}
     ours = {k: w1["solvers"][k]["median_s"] for k in ("ncsim_dopri5", "ncsim_tsit5")}
     assert w1["fastest_ncsim"] == min(ours, key=ours.get)
+    # each peer against ncsim with the same method
+    assert w1["ratios"]["torchode_tsit5"] == pytest.approx(
+        w1["solvers"]["torchode_tsit5"]["median_s"] / ours["ncsim_tsit5"])
+    assert w1["ratios"]["torchode_dopri5"] == pytest.approx(
+        w1["solvers"]["torchode_dopri5"]["median_s"] / ours["ncsim_dopri5"])
     assert results["machine"]["torch_threads"] == 1
     json.dumps(results)
 
@@ -67,7 +72,8 @@ def test_w1_in_float32_and_float64_compares_each_dtype_with_its_own_ncsim_run():
     for name in ("ncsim_dopri5_float32", "torchdiffeq_dopri5_float32", "torchode_dopri5_float32"):
         assert solvers[name]["fn_error"] > 1e-8
     for name, ratio in w1["ratios"].items():
-        base = "ncsim_dopri5_float32" if name.endswith("_float32") else "ncsim_dopri5"
+        method = "tsit5" if "_tsit5" in name else "dopri5"
+        base = f"ncsim_{method}_float32" if name.endswith("_float32") else f"ncsim_{method}"
         assert ratio == pytest.approx(solvers[name]["median_s"] / solvers[base]["median_s"])
     fastest = solvers[w1["fastest_ncsim_float32"]]["median_s"]
     assert w1["fastest_ncsim_float32"].endswith("_float32")
@@ -96,7 +102,7 @@ def test_a_peer_that_misses_its_accuracy_is_reported_not_fatal(monkeypatch):
         scipy / w1["solvers"][w1["fastest_ncsim"]]["median_s"])
 
 
-def test_an_ncsim_variant_that_fails_is_reported_not_fatal(monkeypatch):
+def test_an_ncsim_variant_that_fails_is_reported_and_fails_the_command(monkeypatch, tmp_path):
     from ncsim import bench as bench_module
 
     real = bench_module._ncsim_w1_row
@@ -110,6 +116,14 @@ def test_an_ncsim_variant_that_fails_is_reported_not_fatal(monkeypatch):
     w1 = bench_module.bench_w1("tiny", 1, "cpu", False, lambda m: None)
     assert w1["solvers"]["ncsim_tsit5"] == {"dtype": "float64", "error": "no capture here"}
     assert w1["fastest_ncsim"] == "ncsim_dopri5" and w1["ratios"] == {}
+    # the JSON keeps the other rows, and the command still fails
+    out = tmp_path / "w1.json"
+    result = CliRunner().invoke(bench, ["--workload", "W1", "--size", "tiny", "--repeats", "1",
+                                        "--no-peers", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "ncsim failed in ncsim_tsit5" in result.output
+    rows = json.loads(out.read_text())["workloads"]["W1"]["solvers"]
+    assert "error" in rows["ncsim_tsit5"] and rows["ncsim_dopri5"]["fn_error"] <= 1e-6
 
 
 def test_w1_reference_sample_holds_the_grid_corners(monkeypatch):
@@ -192,15 +206,18 @@ def test_ratios_with_a_cuda_graph_row():
 
     entry = {"solvers": {
         "ncsim_dopri5": {"median_s": 2.0, "dtype": "float64"},
+        "ncsim_tsit5": {"median_s": 1.6, "dtype": "float64"},
         "ncsim_dopri5_graphs": {"median_s": 0.5, "dtype": "float64"},
         "torchode_dopri5": {"median_s": 4.0, "dtype": "float64"},
+        "torchode_tsit5": {"median_s": 4.8, "dtype": "float64"},
         "torchdiffeq_dopri5": {"dtype": "float64", "error": "failed"},
         "ncsim_dopri5_float32": {"median_s": 1.0, "dtype": "float32"},
         "torchode_dopri5_float32": {"median_s": 3.0, "dtype": "float32"},
     }}
     out = _with_ratios(entry, ("float32", "float64"))
     # peers against the same method (dopri5); the headline against the fastest ncsim row
-    assert out["ratios"] == {"torchode_dopri5": 2.0, "torchode_dopri5_float32": 3.0}
+    assert out["ratios"] == {"torchode_dopri5": 2.0, "torchode_tsit5": pytest.approx(3.0),
+                             "torchode_dopri5_float32": 3.0}
     assert out["fastest_ncsim"] == "ncsim_dopri5_graphs" and out["cuda_graphs_gain"] == 4.0
     assert out["speedup_vs_fastest_peer"] == 8.0
     assert "cuda_graphs_gain_float32" not in out and out["speedup_vs_fastest_peer_float32"] == 3.0

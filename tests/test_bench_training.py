@@ -183,20 +183,33 @@ def test_v1_stacked_case_compares_each_seed_with_its_own_peer_run(digits):
             for s in (0, 1)]
     row: dict = {}
     _check_training(case, logs, [log.copy() for log in logs], row, peer, exact=False)
-    assert row == {"first_record_rel_diff": 0.0, "final_accuracy_diff": 0.0}
+    assert row == {"first_record_rel_diff": 0.0, "trend_rel_diff": 0.0,
+                   "final_accuracy_diff": 0.0}
     swapped = [logs[1], logs[0]]  # seed 1's start is not seed 0's
     with pytest.raises(AssertionError, match="differs from ncsim's"):
         _check_training(case, logs, swapped, {}, peer, exact=False)
-    late = [log.copy() for log in logs]
-    late[1].loc[late[1].index[-1], "accuracy"] -= 0.2
+    ours, late = [log.copy() for log in logs], [log.copy() for log in logs]
+    ours[1].loc[ours[1].index[-1], "accuracy"] = 0.90
+    late[1].loc[late[1].index[-1], "accuracy"] = 0.84  # 7% off (loose), 0.06 absolute
     with pytest.raises(AssertionError, match="final training accuracies"):
-        _check_training(case, logs, late, {}, peer, exact=False)
+        _check_training(case, ours, late, {}, peer, exact=False)
     rescheduled = [log.copy() for log in logs]
     rescheduled[0]["lr"] *= 2.0  # a loop with another learning rate: caught even when loose
     with pytest.raises(AssertionError, match="lr differ"):
         _check_training(case, logs, rescheduled, {}, peer, exact=False)
     drifted = [log.copy() for log in logs]
     drifted[0].loc[drifted[0].index[-1], "nc1"] *= 1.5  # a late record: only exact sees it
-    _check_training(case, logs, drifted, {}, peer, exact=False)
+    loose: dict = {}
+    _check_training(case, logs, drifted, loose, peer, exact=False)
+    assert set(loose) == {"first_record_rel_diff", "trend_rel_diff", "final_accuracy_diff"}
     with pytest.raises(AssertionError, match="differs from ncsim's"):
         _check_training(case, logs, drifted, {}, peer, exact=True)
+    # a loop that trains otherwise (its loss 20% off after the start) fails even when loose
+    off = [log.copy() for log in logs]
+    off[1].loc[off[1].index[1:], "loss"] *= 1.2
+    with pytest.raises(AssertionError, match="loss, fn or accuracy"):
+        _check_training(case, logs, off, {}, peer, exact=False)
+    nan = [log.copy() for log in logs]
+    nan[1].loc[nan[1].index[-1], "accuracy"] = math.nan
+    with pytest.raises(AssertionError):
+        _check_training(case, logs, nan, {}, peer, exact=False)

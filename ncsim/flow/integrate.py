@@ -564,7 +564,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
             break
         # With CUDA graphs a smaller batch means a new capture: the batch shrinks only once
         # a quarter or less of it still runs (finished runs are frozen meanwhile).
-        shrink = int(running.sum()) * (_GRAPH_SHRINK if graphs else 1) <= (
+        shrink = (r - finished) * (_GRAPH_SHRINK if graphs else 1) <= (
             rows.shape[0] - (0 if graphs else 1))
         if select is not None and shrink:
             rows = torch.nonzero(running).squeeze(1)
