@@ -8,7 +8,7 @@ in eval mode, keeps the features, and computes every metric with
 :func:`ncsim.metrics.nc_metrics` on the whole feature matrix in float64.
 
 The sampler draws one ``torch.randperm`` per epoch from a generator seeded as ncsim's loop
-seeds its own (``seed + 1_000_003``), so both loops see the same batches in the same order.
+seeds its own (``seed + BATCH_ORDER_OFFSET``), so both loops see the same batches in the same order.
 On the CPU the two trainings are then the same computation and their logs agree to float
 rounding of the metric sums; that is what lets the benchmark check the peer's results.
 """
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.validate.data import Dataset
 from ncsim.validate.networks import build_network
-from ncsim.validate.train import Phase, TrainConfig
+from ncsim.validate.train import BATCH_ORDER_OFFSET, Phase, TrainConfig
 
 # The measured columns of a record that the benchmark compares between the loops, and the
 # columns of the protocol (when, after how many steps, at which learning rate) that must be
@@ -134,7 +134,7 @@ def dataloader_training(config: TrainConfig, data: Dataset) -> pd.DataFrame:
                           config.width, config.activation).to(device)
     pin = device.type == "cuda"
     dataset = TensorDataset(data.x_train, data.y_train)
-    sampler = EpochPermutations(len(dataset), config.seed + 1_000_003)
+    sampler = EpochPermutations(len(dataset), config.seed + BATCH_ORDER_OFFSET)
     record_train = DataLoader(dataset, batch_size=config.record_batch, pin_memory=pin)
     record_test = (DataLoader(TensorDataset(data.x_test, data.y_test),
                               batch_size=config.record_batch, pin_memory=pin)

@@ -183,7 +183,6 @@ def _w1_reference(specs: list, device: str, log: Callable[[str], None],
     ``device``, itself checked against DOP853 rtol 1e-10 on 16 runs (to 1e-8, or
     AssertionError): a 4 x 4 sub-grid with the four corners, where the stiffest runs are.
     """
-    import dataclasses
 
     _, peer_mod = _benchmarks()
     problem = peer_mod.Problem.from_specs(specs)
@@ -191,8 +190,7 @@ def _w1_reference(specs: list, device: str, log: Callable[[str], None],
         log(f"W1 ({len(specs)} runs): reference DOP853 rtol 1e-10 ...")
         return peer_mod.reference_fn(problem), "scipy DOP853 rtol 1e-10, every run"
     log(f"W1 ({len(specs)} runs): reference ncsim float64 rtol 1e-11, checked on 16 runs ...")
-    tight = [s.replace(solver=dataclasses.replace(s.solver, rtol=1e-11, atol=1e-13, records=2,
-                                                  device=device)) for s in specs]
+    tight = _with_solver(specs, rtol=1e-11, atol=1e-13, records=2, device=device)
     ref = _simulate(tight).runs["final_fn"].to_numpy()
     grid = math.isqrt(len(specs))  # W1's runs are a grid x grid square, row by row
     if grid * grid != len(specs):
@@ -244,8 +242,7 @@ def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[s
                 rows[name] = _ncsim_w1_row(name, _with_solver(specs, **changes), ref, wl,
                                            repeats, device, log)
             except (AssertionError, RuntimeError) as exc:
-                rows[name] = {"dtype": dtype, "error": str(exc)}
-                log(f"  {name}: FAILED: {exc}")
+                rows[name] = _failed_row(name, dtype, exc, log)
         if not peers:
             continue
         problem = peer_mod.Problem.from_specs(wl.specs, device, getattr(torch, dtype))
@@ -261,8 +258,7 @@ def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[s
                                    peer_repeats or repeats, device)
                 err = peer_mod.check_accuracy(peer + suffix, out["fn"], ref, wl.fn_tol)
             except (AssertionError, RuntimeError) as exc:
-                rows[peer + suffix] = {"dtype": dtype, "error": str(exc)}
-                log(f"  {peer}{suffix}: FAILED: {exc}")
+                rows[peer + suffix] = _failed_row(peer + suffix, dtype, exc, log)
                 continue
             rows[peer + suffix] = {**stats, "dtype": dtype, "fn_error": err,
                                    "nfev_total": int(np.sum(out["nfev"]))}
@@ -274,6 +270,13 @@ def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[s
              "reference": how, "solvers": rows, "peer_repeats": peer_repeats or repeats,
              "skipped": skipped}
     return _with_ratios(entry, dtypes)
+
+
+def _failed_row(name: str, dtype: str, exc: Exception, log: Callable[[str], None]
+                ) -> dict[str, Any]:
+    """The W1 row of a solver that failed or missed its accuracy (no time, no ratio)."""
+    log(f"  {name}: FAILED: {exc}")
+    return {"dtype": dtype, "error": str(exc)}
 
 
 def _ncsim_w1_row(name: str, specs: list, ref: np.ndarray, wl: Any, repeats: int,
@@ -472,6 +475,22 @@ def _check_training(case: Any, logs: list, peer_logs: list, row: dict[str, Any],
                              f"{acc:.3f} > {case.accuracy_tol}")
 
 
+def _tracking_cost(result: Any, data: Any, repeats: int, device: str, total_s: float
+                   ) -> dict[str, float]:
+    """One NC record of the trained network (``nc_record_s``, median of ``repeats``), the
+    epoch time that leaves in the training's ``total_s`` (``epoch_s``), and the tracking
+    overhead at the paper's ``nc_every`` = 10 (record / 10 epochs)."""
+    from ncsim.validate.train import nc_record
+
+    cfg, on_device = result.config, data.to(device)
+    stats, _ = timed(lambda: nc_record(result.model, on_device, cfg.phases[-1].loss,
+                                       cfg.record_batch, cfg.eval_test), repeats, device)
+    record = stats["median_s"]
+    epoch_s = (total_s - len(result.log) * record) / cfg.total_epochs
+    return {"nc_record_s": record, "epoch_s": epoch_s,
+            "tracking_overhead_nc_every_10": record / (10 * epoch_s)}
+
+
 def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
              data_root: str | None = None, peers: bool = True) -> list[dict[str, Any]]:
     """V1: ncsim's ``train`` (NC record every epoch) against a plain ``DataLoader`` loop.
@@ -488,7 +507,7 @@ def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
     import dataclasses
 
     from ncsim.validate.data import load_dataset
-    from ncsim.validate.train import nc_record, train
+    from ncsim.validate.train import train
 
     workloads, _ = _benchmarks()
     import benchmarks.training_peer as peer_mod
@@ -531,16 +550,7 @@ def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
             row["dataloader"] = {"error": str(exc)}
             log(f"  dataloader: FAILED: {exc}")
         if not seeds:
-            model, on_device = result.model, data.to(device)
-            loss = cfg.phases[-1].loss
-            record, _ = timed(lambda model=model, on_device=on_device, loss=loss, cfg=cfg:
-                              nc_record(model, on_device, loss, cfg.record_batch, cfg.eval_test),
-                              repeats, device)
-            row["nc_record_s"] = record["median_s"]
-            records = len(result.log)
-            epoch_s = (row["ncsim"]["median_s"] - records * record["median_s"]) / epochs
-            row["epoch_s"] = epoch_s
-            row["tracking_overhead_nc_every_10"] = record["median_s"] / (10 * epoch_s)
+            row |= _tracking_cost(result, data, repeats, device, row["ncsim"]["median_s"])
         diff = row.get("max_rel_diff", row.get("first_record_rel_diff", math.nan))
         log(f"  ncsim {row['ncsim']['median_s']:.2f} s, dataloader "
             f"{row['dataloader'].get('median_s', math.nan):.2f} s, "

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from ncsim.bench import _benchmarks, bench, bench_v1
 from ncsim.validate.data import FASHION_DIR, Dataset, load_dataset
-from ncsim.validate.train import Phase, TrainConfig, preset, train
+from ncsim.validate.train import BATCH_ORDER_OFFSET, Phase, TrainConfig, preset, train
 
 _benchmarks()  # puts the source tree's ``benchmarks`` package on the path
 from benchmarks import training_peer as peer  # noqa: E402
@@ -33,8 +33,8 @@ def _mlp(phases: tuple[Phase, ...]) -> TrainConfig:
 
 
 def test_sampler_draws_the_batch_order_of_ncsims_loop():
-    sampler = peer.EpochPermutations(10, seed=7 + 1_000_003)
-    gen = torch.Generator().manual_seed(7 + 1_000_003)
+    sampler = peer.EpochPermutations(10, seed=7 + BATCH_ORDER_OFFSET)
+    gen = torch.Generator().manual_seed(7 + BATCH_ORDER_OFFSET)
     for _ in range(3):  # one fresh permutation per epoch, as train() draws them
         assert list(sampler) == torch.randperm(10, generator=gen).tolist()
     assert len(sampler) == 10

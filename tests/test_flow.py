@@ -412,7 +412,7 @@ def test_cuda_graph_chunks_replay_the_accelerator_loop_exactly(monkeypatch):
              for i in range(9)]
     plain, plain_changes = _integrate_batch(specs)
     fake = _FakeGraphs()
-    monkeypatch.setattr(integrate_module, "_graph_api", lambda: fake)
+    monkeypatch.setattr(integrate_module, "_capture_graph", fake.capture)
     graphed, changes = _integrate_batch(specs, cuda_graphs=True)
     np.testing.assert_array_equal(graphed.records, plain.records)
     np.testing.assert_array_equal(graphed.steps, plain.steps)
@@ -431,7 +431,7 @@ def test_cuda_graph_chunks_replay_the_accelerator_loop_exactly(monkeypatch):
     assert fake.captures <= 1 + len(changes)  # a batch is captured at its second chunk
     assert fake.replays > 3 * fake.captures
     without = _FakeGraphs()
-    monkeypatch.setattr(integrate_module, "_graph_api", lambda: without)
+    monkeypatch.setattr(integrate_module, "_capture_graph", without.capture)
     _integrate_batch(specs)  # cuda_graphs off: no capture
     assert without.captures == 0
 
@@ -483,7 +483,7 @@ def test_every_state_form_replays_without_host_synchronisation(monkeypatch, mode
     assert _Batch(specs).form == reduction
     plain, _ = _integrate_batch(specs)
     fake = _FakeGraphs()
-    monkeypatch.setattr(integrate_module, "_graph_api", lambda: fake)
+    monkeypatch.setattr(integrate_module, "_capture_graph", fake.capture)
     graphed, _ = _integrate_batch(specs, cuda_graphs=True)
     np.testing.assert_array_equal(graphed.records, plain.records)
     assert np.isfinite(graphed.records).all() and fake.replays > 0
@@ -493,7 +493,7 @@ def test_a_host_synchronisation_inside_a_replayed_chunk_is_caught(monkeypatch):
     """The stand-in capture is strict: a velocity that asks the host for a value fails."""
     integrate_module = importlib.import_module("ncsim.flow.integrate")
     monkeypatch.setattr(integrate_module, "_host_free", lambda device: True)
-    monkeypatch.setattr(integrate_module, "_graph_api", _FakeGraphs)
+    monkeypatch.setattr(integrate_module, "_capture_graph", _FakeGraphs().capture)
     batch = _Batch(_small_ce_runs(2, check_every=4))
     import dataclasses
 

@@ -461,10 +461,9 @@ class _GraphedChunk:
 
     A capture costs a device synchronisation, a garbage collection and an eager warm-up chunk,
     so the first chunk of a batch runs eagerly (a batch that lives one chunk is never
-    captured); the second call runs a chunk eagerly on a side stream (it fills the lazy
-    caches: stage weights, dense-output coefficients, cuBLAS workspaces) and captures the next
-    one, which a capture records without running; every later call replays it on the same
-    state tensors (their addresses are frozen into the graph: the loop updates them in place).
+    captured); the second call captures (:func:`_capture_graph`); every later call replays the
+    graph on the same state tensors (their addresses are frozen into the graph: the loop
+    updates them in place).
     """
 
     def __init__(self, chunk: _Chunk, state: dict[str, torch.Tensor]) -> None:
@@ -477,33 +476,27 @@ class _GraphedChunk:
         if self.calls == 1:
             self.chunk.advance(self.state)
         elif self.graph is None:
-            self.graph = _graph_api().capture(self.chunk.advance, self.state)
+            self.graph = _capture_graph(self.chunk.advance, self.state)
         else:
             self.graph.replay()
 
 
-class _CudaGraphs:
-    """torch.cuda's graph capture (one object so that tests can stand in for it)."""
-
-    @staticmethod
-    def capture(advance: Callable[[dict[str, torch.Tensor]], None],
-                state: dict[str, torch.Tensor]) -> torch.cuda.CUDAGraph:
-        """Run ``advance(state)`` once eagerly on a side stream, then capture a second call
-        (recorded, not run); returns the graph."""
-        device = state["y"].device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            advance(state)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            advance(state)
-        return graph
-
-
-def _graph_api() -> _CudaGraphs:
-    return _CudaGraphs()
+def _capture_graph(advance: Callable[[dict[str, torch.Tensor]], None],
+                   state: dict[str, torch.Tensor]) -> torch.cuda.CUDAGraph:
+    """Run ``advance(state)`` once eagerly on a side stream (it fills the lazy caches: stage
+    weights, dense-output coefficients, cuBLAS workspaces), then capture a second call, which
+    a capture records without running; returns the graph. (Tests stand in for it on the CPU.)
+    """
+    device = state["y"].device
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        advance(state)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        advance(state)
+    return graph
 
 
 def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select=None,
@@ -531,18 +524,22 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
     # The chunk works on the running runs only (``rows``): finished runs leave the batch at the
     # next synchronisation when ``select`` gives the velocity of a subset of runs.
     rows = torch.arange(r, device=dev)
-    f, gnorm = velocity, grad_norm
+    gnorm = grad_norm
     full = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
             "rejected": rejected, "next_rec": next_rec}
     sub = full
-    chunk = _Chunk(tab, f, _takes_out(f), _Stages(tab.stages, y), rec, rows, rec_t, solver,
-                   magnitude, gnorm, length, host_free)
-    runner = _GraphedChunk(chunk, sub) if graphs else None
+
+    def batch_runner(f: Velocity, gnorm: GradNorm, rows: torch.Tensor,
+                     state: dict[str, torch.Tensor]) -> Callable[[], None]:
+        """One chunk of the batch ``rows`` (its velocity ``f``) per call, in place on
+        ``state``: eager, or through a CUDA graph."""
+        chunk = _Chunk(tab, f, _takes_out(f), _Stages(tab.stages, state["y"]), rec, rows,
+                       rec_t, solver, magnitude, gnorm, length, host_free)
+        return _GraphedChunk(chunk, state) if graphs else (lambda: chunk.advance(state))
+
+    run_chunk = batch_runner(velocity, gnorm, rows, sub)
     while True:
-        if runner is not None:
-            runner()
-        else:
-            chunk.advance(sub)
+        run_chunk()
         rec.flush()
         code = sub["code"]
         steady = (code == RUNNING) & (gnorm(sub["y"], sub["k1"]) <= solver.gtol)
@@ -564,15 +561,13 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
             break
         # With CUDA graphs a smaller batch means a new capture: the batch shrinks only once
         # a quarter or less of it still runs (finished runs are frozen meanwhile).
-        shrink = (r - finished) * (_GRAPH_SHRINK if graphs else 1) <= (
-            rows.shape[0] - (0 if graphs else 1))
+        still = r - finished
+        shrink = (still * _GRAPH_SHRINK <= rows.shape[0]) if graphs else still < rows.shape[0]
         if select is not None and shrink:
             rows = torch.nonzero(running).squeeze(1)
             f, gnorm = select(rows)
             sub = {key: value[rows] for key, value in full.items()}
-            chunk = _Chunk(tab, f, _takes_out(f), _Stages(tab.stages, sub["y"]), rec, rows,
-                           rec_t, solver, magnitude, gnorm, length, host_free)
-            runner = _GraphedChunk(chunk, sub) if graphs else None
+            run_chunk = batch_runner(f, gnorm, rows, sub)
     return _finish(rec, velocity, grad_norm, full["y"], full["t"], full["steps"],
                    full["rejected"], full["code"], times, full["next_rec"])
 

@@ -29,6 +29,7 @@ from torch.func import functional_call, stack_module_state
 from ncsim.errors import require
 from ncsim.validate.data import Dataset
 from ncsim.validate.train import (
+    BATCH_ORDER_OFFSET,
     Phase,
     TrainConfig,
     TrainResult,
@@ -91,7 +92,7 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
     models = [build_model(c, data) for c in configs]
     base = copy.deepcopy(models[0]).to("meta")
     params, buffers = stack_module_state(models)
-    gens = [torch.Generator().manual_seed(s + 1_000_003) for s in seeds]
+    gens = [torch.Generator().manual_seed(s + BATCH_ORDER_OFFSET) for s in seeds]
     n = data.x_train.shape[0]
     S = len(seeds)
     rows: list[list[dict[str, Any]]] = [[] for _ in seeds]
