@@ -220,6 +220,14 @@ def test_record_times():
     np.testing.assert_allclose(times, [0.0, 1.0, 10.0, 100.0], rtol=1e-15)
 
 
+def _emulate_accelerator(monkeypatch) -> None:
+    """Run the accelerator's loop on the CPU: no host synchronisation inside a chunk, and no
+    product through numpy (a device never takes that route)."""
+    monkeypatch.setattr(importlib.import_module("ncsim.flow.integrate"), "_host_free",
+                        lambda device: True)
+    monkeypatch.setattr(importlib.import_module("ncsim.products"), "HOST_BLAS", False)
+
+
 def _small_ce_runs(count: int, check_every: int) -> list[RunSpec]:
     """``count`` small UFM-CE runs (K = 3, n = 2, d = 4), T = 50 with 40 records."""
     return [RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
@@ -290,7 +298,7 @@ def test_small_record_queue_and_the_accelerator_loop_change_no_number(monkeypatc
     monkeypatch.setattr(integrate_module, "record_slots", lambda *args: capacity)
     np.testing.assert_allclose(records(), cpu_full, rtol=1e-13, atol=1e-15)
     assert set(flushes) == {capacity}
-    monkeypatch.setattr(integrate_module, "_host_free", lambda device: True)
+    _emulate_accelerator(monkeypatch)
     device_small = records()
     device_syncs = len(flushes)
     monkeypatch.setattr(integrate_module, "record_slots", lambda *args: 16)
@@ -402,7 +410,7 @@ def test_cuda_graph_chunks_replay_the_accelerator_loop_exactly(monkeypatch):
     captured again) only when a quarter of it or less still runs, and no replayed chunk
     synchronises with the host or copies host data to the device."""
     integrate_module = importlib.import_module("ncsim.flow.integrate")
-    monkeypatch.setattr(integrate_module, "_host_free", lambda device: True)
+    _emulate_accelerator(monkeypatch)
     # weight decays 1e-4 .. 1: the runs need different numbers of steps; the strongest decays
     # come to rest (|grad f| <= gtol) long before t_end
     specs = [RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
@@ -473,7 +481,7 @@ def test_every_state_form_replays_without_host_synchronisation(monkeypatch, mode
     """The Gram, class-means and deep forms run inside replayed chunks too (their velocities,
     error scales and records hold no host read), with the eager loop's numbers."""
     integrate_module = importlib.import_module("ncsim.flow.integrate")
-    monkeypatch.setattr(integrate_module, "_host_free", lambda device: True)
+    _emulate_accelerator(monkeypatch)
     specs = [RunSpec(model=model, reg=Regularization(lambda_w=0.01 * (i + 1), lambda_h=0.02,
                                                      lambda_b=0.01),
                      init=InitSpec(scale=0.4, seed=i),
@@ -492,7 +500,7 @@ def test_every_state_form_replays_without_host_synchronisation(monkeypatch, mode
 def test_a_host_synchronisation_inside_a_replayed_chunk_is_caught(monkeypatch):
     """The stand-in capture is strict: a velocity that asks the host for a value fails."""
     integrate_module = importlib.import_module("ncsim.flow.integrate")
-    monkeypatch.setattr(integrate_module, "_host_free", lambda device: True)
+    _emulate_accelerator(monkeypatch)
     monkeypatch.setattr(integrate_module, "_capture_graph", _FakeGraphs().capture)
     batch = _Batch(_small_ce_runs(2, check_every=4))
     import dataclasses

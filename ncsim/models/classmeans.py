@@ -29,6 +29,7 @@ from torch import Tensor
 from ncsim.metrics import ClassStats, nc_metrics_from_stats
 from ncsim.models.layout import StateLayout
 from ncsim.models.ufm import Penalties, labels_for
+from ncsim.products import baddbmm, bmm
 from ncsim.spec import ModelSpec
 
 __all__ = ["ClassMeansObjective", "class_means_layout", "class_means_applies"]
@@ -129,7 +130,7 @@ class ClassMeansObjective:
                    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The exact parameters (H (R, d, N), W (R, K, d), b (R, K) or None) of ``state``."""
         means, phi, w, b = self.blocks(state)
-        return torch.baddbmm(means[:, :, self.labels], phi, self._deviations(runs)), w, b
+        return baddbmm(means[:, :, self.labels], phi, self._deviations(runs)), w, b
 
     def metrics(self, state: Tensor, runs: Tensor | None = None) -> dict[str, Tensor]:
         """Every metric of :data:`ncsim.metrics.METRIC_NAMES` (each (R,)).
@@ -140,7 +141,7 @@ class ClassMeansObjective:
         """
         means, phi, w, b = self.blocks(state)
         root = self.root if runs is None else self.root[runs]
-        dev = torch.bmm(phi, self._deviations(runs))  # (R, d, N)
+        dev = bmm(phi, self._deviations(runs))  # (R, d, N)
         feats = (dev + means[:, :, self.labels]).transpose(1, 2)  # (R, N, d)
         sq_dev = dev.square().sum(1)  # (R, N)
         mu = means.transpose(1, 2)  # (R, K, d)
@@ -148,7 +149,7 @@ class ClassMeansObjective:
             counts=self.weights.new_tensor(self.model.class_counts).long(),
             means=mu,
             global_mean=(mu * self.weights.unsqueeze(-1)).sum(1),
-            within_factor=torch.bmm(phi, root).transpose(1, 2) / self.samples ** 0.5,
+            within_factor=bmm(phi, root).transpose(1, 2) / self.samples ** 0.5,
             within_energy=sq_dev.sum(1) / self.samples,
             feature_norm=torch.linalg.vector_norm(feats, dim=-1).mean(-1),
             class_var=(sq_dev @ self.average),
@@ -158,7 +159,7 @@ class ClassMeansObjective:
 
     def _residual(self, means: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         """Class residuals r_c = W mu_c + b - y_c as columns (R, K, K)."""
-        r = torch.bmm(w, means) - self.eye_k
+        r = bmm(w, means) - self.eye_k
         return r if b is None else r + b.unsqueeze(-1)
 
     # ------------------------------------------------------------------ objective and flow
@@ -169,8 +170,8 @@ class ClassMeansObjective:
         means, phi, w, b = self.blocks(state)
         s0 = self._scatter(runs)
         r = self._residual(means, w, b)
-        phi_s0 = torch.bmm(phi, s0)
-        scatter_w = torch.bmm(torch.bmm(w, phi_s0), phi.transpose(1, 2))  # W S (R, K, d)
+        phi_s0 = bmm(phi, s0)
+        scatter_w = bmm(bmm(w, phi_s0), phi.transpose(1, 2))  # W S (R, K, d)
         loss = 0.5 * ((r.square().sum(1) * self.weights).sum(1)
                       + (scatter_w * w).sum((1, 2)) / self.samples)
         h_sq = (means.square().sum(1) * self.weights).sum(1) * self.samples + (phi_s0 * phi).sum(
@@ -188,14 +189,14 @@ class ClassMeansObjective:
         s0 = self._scatter(runs)
         n = self.samples
         r = self._residual(means, w, b)
-        w_phi = torch.bmm(w, phi)
-        scatter_w = torch.bmm(torch.bmm(w_phi, s0), phi.transpose(1, 2))  # W S
+        w_phi = bmm(w, phi)
+        scatter_w = bmm(bmm(w_phi, s0), phi.transpose(1, 2))  # W S
         weighted = r * self.weights  # (R, K, K): (n_c / N) r_c
         lw, lh = pen.w[-1].view(-1, 1, 1), pen.h.view(-1, 1, 1)
         grads = {
-            "W1": torch.baddbmm(lw * w, weighted, means.transpose(1, 2)),
-            "M": torch.baddbmm(lh * means, w.transpose(1, 2), r, alpha=1.0 / n),
-            "Phi": torch.baddbmm(lh * phi, w.transpose(1, 2), w_phi, alpha=1.0 / n),
+            "W1": baddbmm(lw * w, weighted, means.transpose(1, 2)),
+            "M": baddbmm(lh * means, w.transpose(1, 2), r, alpha=1.0 / n),
+            "Phi": baddbmm(lh * phi, w.transpose(1, 2), w_phi, alpha=1.0 / n),
         }
         grads["W1"].add_(scatter_w, alpha=1.0 / n)
         if b is not None:
@@ -232,7 +233,7 @@ class ClassMeansObjective:
             return block / float(eta)
 
         g_w, g_m, a_phi = unscaled("W1", eta_w), unscaled("M", eta_h), unscaled("Phi", eta_h)
-        deviation = (torch.bmm(a_phi, self._scatter(runs)) * a_phi).sum((1, 2))
+        deviation = (bmm(a_phi, self._scatter(runs)) * a_phi).sum((1, 2))
         means_part = (g_m.square().sum(1) * self.weights).sum(1) * self.samples
         sq = g_w.square().sum((1, 2)) + means_part + deviation
         if "b" in lay:

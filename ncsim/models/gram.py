@@ -31,6 +31,7 @@ from ncsim.metrics import METRIC_NAMES
 from ncsim.models.layout import StateLayout
 from ncsim.models.losses import loss_function
 from ncsim.models.ufm import Penalties, labels_for, state_layout
+from ncsim.products import baddbmm, bmm
 from ncsim.spec import REDUCTIONS, ModelSpec
 
 __all__ = ["REDUCTIONS", "GramObjective", "gram_layout", "gram_size", "use_gram"]
@@ -122,8 +123,8 @@ class GramObjective:
 
     def from_parameters(self, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         """Gram state (R, P) of parameters H (R, d, N), W (R, K, d), b (R, K) or None."""
-        parts = {"Z": torch.bmm(w, h), "A": torch.bmm(w, w.transpose(1, 2)),
-                 "B": torch.bmm(h.transpose(1, 2), h)}
+        parts = {"Z": bmm(w, h), "A": bmm(w, w.transpose(1, 2)),
+                 "B": bmm(h.transpose(1, 2), h)}
         if b is not None:
             parts["b"] = b
         return self.layout.pack(parts)
@@ -180,10 +181,10 @@ class GramObjective:
         lh = pen.h.view(-1, 1, 1)
         ew = eta_w.view(-1, 1, 1) if isinstance(eta_w, Tensor) else eta_w
         eh = eta_h.view(-1, 1, 1) if isinstance(eta_h, Tensor) else eta_h
-        d_s = torch.baddbmm(lw * s, g, bb).mul_(-ew)
-        d_s.sub_(torch.baddbmm(lh * s, a, g).mul_(eh))
-        d_a = (_sym(torch.bmm(g, s.transpose(1, 2))) + 2.0 * lw * a).mul_(-ew)
-        d_b = (_sym(torch.bmm(g.transpose(1, 2), s)) + 2.0 * lh * bb).mul_(-eh)
+        d_s = baddbmm(lw * s, g, bb).mul_(-ew)
+        d_s.sub_(baddbmm(lh * s, a, g).mul_(eh))
+        d_a = (_sym(bmm(g, s.transpose(1, 2))) + 2.0 * lw * a).mul_(-ew)
+        d_b = (_sym(bmm(g.transpose(1, 2), s)) + 2.0 * lh * bb).mul_(-eh)
         parts = {"Z": d_s, "A": d_a, "B": d_b}
         if b is not None:
             eb = eta_b.view(-1, 1) if isinstance(eta_b, Tensor) else eta_b
@@ -199,8 +200,8 @@ class GramObjective:
         _, g = self._logits_grad(s, b)
         lw, lh = pen.w[-1], pen.h
         gs = (g * s).sum((1, 2))
-        gbg = (torch.bmm(g, bb) * g).sum((1, 2))
-        gag = (torch.bmm(a, g) * g).sum((1, 2))
+        gbg = (bmm(g, bb) * g).sum((1, 2))
+        gag = (bmm(a, g) * g).sum((1, 2))
         tr_a = torch.diagonal(a, dim1=1, dim2=2).sum(1)
         tr_b = torch.diagonal(bb, dim1=1, dim2=2).sum(1)
         sq = gbg + 2 * lw * gs + lw * lw * tr_a + gag + 2 * lh * gs + lh * lh * tr_b

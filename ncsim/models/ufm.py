@@ -22,6 +22,7 @@ import torch
 from ncsim.models.activations import activation
 from ncsim.models.layout import StateLayout
 from ncsim.models.losses import logit_gradient, loss_function
+from ncsim.products import baddbmm, bmm
 from ncsim.spec import ModelSpec
 
 
@@ -87,10 +88,10 @@ class UFMObjective:
         h, ws, b = self._blocks(state)
         acts, pres = [h], []
         for w in ws[:-1]:
-            u = torch.bmm(w, acts[-1])
+            u = bmm(w, acts[-1])
             pres.append(u)
             acts.append(self.sigma(u))
-        z = torch.bmm(ws[-1], acts[-1])
+        z = bmm(ws[-1], acts[-1])
         if b is not None:
             z = z + b.unsqueeze(-1)
         return z, pres, acts
@@ -129,7 +130,7 @@ class UFMObjective:
         (the products land in place; the decay terms follow as one fused multiply-add)."""
         h, ws, b = self._blocks(state)
         w = ws[0]
-        z = torch.bmm(w, h)
+        z = bmm(w, h)
         if b is not None:
             z.add_(b.unsqueeze(-1))
         g_z = logit_gradient(self.model.loss, z, self.onehot)
@@ -138,9 +139,9 @@ class UFMObjective:
         out = torch.empty_like(state) if out is None else out
         lay = self.layout
         out_h, out_w = lay.view(out, "H"), lay.view(out, "W1")
-        torch.bmm(w.transpose(1, 2), g_z, out=out_h)
+        bmm(w.transpose(1, 2), g_z, out=out_h)
         out_h.addcmul_(h, (scale * pen.h).view(-1, 1, 1))
-        torch.bmm(g_z, h.transpose(1, 2), out=out_w)
+        bmm(g_z, h.transpose(1, 2), out=out_w)
         out_w.addcmul_(w, (scale * pen.w[-1]).view(-1, 1, 1))
         if b is not None:
             out_b = lay.view(out, "b")
@@ -156,18 +157,18 @@ class UFMObjective:
         z, pres, acts = self.forward(state)
         g_z = logit_gradient(self.model.loss, z, self.onehot)
         grads: dict[str, torch.Tensor] = {}
-        grads[f"W{self.depth}"] = torch.baddbmm(
+        grads[f"W{self.depth}"] = baddbmm(
             pen.w[-1].view(-1, 1, 1) * ws[-1], g_z, acts[-1].transpose(1, 2)
         )
         if b is not None:
             grads["b"] = g_z.sum(dim=2) + pen.b.view(-1, 1) * b
-        g_a = torch.bmm(ws[-1].transpose(1, 2), g_z)
+        g_a = bmm(ws[-1].transpose(1, 2), g_z)
         for l in range(self.depth - 2, -1, -1):
             g_u = g_a * self.sigma_grad(pres[l])
-            grads[f"W{l + 1}"] = torch.baddbmm(
+            grads[f"W{l + 1}"] = baddbmm(
                 pen.w[l].view(-1, 1, 1) * ws[l], g_u, acts[l].transpose(1, 2)
             )
-            g_a = torch.bmm(ws[l].transpose(1, 2), g_u)
+            g_a = bmm(ws[l].transpose(1, 2), g_u)
         grads["H"] = g_a + pen.h.view(-1, 1, 1) * h
         return self.layout.pack(grads)
 
@@ -178,5 +179,5 @@ class UFMObjective:
         h, ws, b = self._blocks(state)
         feats = h
         for w in ws[:-1]:
-            feats = self.sigma(torch.bmm(w, feats))
+            feats = self.sigma(bmm(w, feats))
         return feats.transpose(1, 2), ws[-1], b
