@@ -13,6 +13,7 @@ as JSON (machine, versions, timings, ratios, peak memory).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -66,6 +67,7 @@ def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "blas_threads": _blas_threads(),
         "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
@@ -397,6 +399,26 @@ def w2_difference(a: Any, b: Any) -> float:
     return worst
 
 
+def _matmul_rates(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str,
+                  calls: int, repeats: int) -> dict[str, float]:
+    """FLOP/s of the batched product (R, K, d) x (R, d, N) in ``dtype`` on ``device``:
+    ``torch_bmm``, and on the CPU also ``numpy_matmul`` (the library ncsim's CPU float64
+    products go through, :mod:`ncsim.products`); the device's rate is the larger."""
+    r, k, d, n = shape
+    a = torch.randn(r, k, d, dtype=dtype, device=device)
+    b = torch.randn(r, d, n, dtype=dtype, device=device)
+    products = {"torch_bmm": lambda: torch.bmm(a, b)}
+    if torch.device(device).type == "cpu":
+        a_np, b_np = a.numpy(), b.numpy()
+        products["numpy_matmul"] = lambda: np.matmul(a_np, b_np)
+    rates = {}
+    for lib, product in products.items():
+        stats, _ = timed(lambda product=product: [product() for _ in range(calls)], repeats,
+                         device)
+        rates[lib] = r * 2 * k * d * n / (stats["median_s"] / calls)
+    return rates
+
+
 def bench_w3(size: str, repeats: int, device: str, log: Callable[[str], None]
              ) -> list[dict[str, Any]]:
     """W3: right-hand-side throughput against the device's batched matmul rate."""
@@ -416,13 +438,11 @@ def bench_w3(size: str, repeats: int, device: str, log: Callable[[str], None]
         stats, _ = timed(lambda batch=batch, y=y: [batch.velocity(y) for _ in range(calls)],
                          repeats, device)
         rhs = stats["median_s"] / calls
-        dt = getattr(torch, dtype)
-        a = torch.randn(r, k, d, dtype=dt, device=device)
-        b = torch.randn(r, d, n, dtype=dt, device=device)
-        mm, _ = timed(lambda a=a, b=b: [torch.bmm(a, b) for _ in range(calls)], repeats, device)
-        mm_rate = r * 2 * k * d * n / (mm["median_s"] / calls)
+        rates = _matmul_rates((r, k, d, n), getattr(torch, dtype), device, calls, repeats)
+        mm_rate = max(rates.values())
         row = {"workload": "W3", "dtype": dtype, "R": r, "K": k, "N": n, "d": d,
                "rhs_s": rhs, "rhs_gflops": flops / rhs / 1e9, "matmul_gflops": mm_rate / 1e9,
+               **{f"{lib}_gflops": rate / 1e9 for lib, rate in rates.items()},
                "fraction_of_matmul_rate": flops / rhs / mm_rate,
                "peak_mem_mb": stats["peak_mem_mb"], "state_mb": y.numel() * y.element_size()
                / 2**20}
@@ -559,6 +579,14 @@ def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
     return rows
 
 
+def _blas_threads() -> dict[str, int]:
+    """Threads of each BLAS library loaded in this process (numpy's OpenBLAS, torch's MKL)."""
+    from threadpoolctl import threadpool_info
+
+    return {f"{pool['internal_api']} ({pool['prefix']})": pool["num_threads"]
+            for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
 def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
               size: str = "full", peers: bool = True, threads: int | None = None,
               log: Callable[[str], None] = print, peer_repeats: int | None = None,
@@ -566,23 +594,28 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
               data_root: str | None = None) -> dict[str, Any]:
     """Run the workloads and return the JSON-ready results (``dtypes``: W1's, see
     :func:`bench_w1`; ``data_root``: the Fashion-MNIST folder of V1)."""
+    from threadpoolctl import threadpool_limits
+
+    limits = contextlib.nullcontext()
     if threads is not None:
         torch.set_num_threads(threads)
-    results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                               "device": device, "repeats": repeats, "machine": machine(),
-                               "workloads": {}}
-    if "W1" in workloads:
-        results["workloads"]["W1"] = bench_w1(size, repeats, device, peers, log, peer_repeats,
-                                              skip, dtypes)
-    if "W2" in workloads:
-        results["workloads"]["W2"] = bench_w2(size, repeats, device, log)
-    if "W2n" in workloads:
-        results["workloads"]["W2n"] = bench_w2n(size, repeats, device, log)
-    if "W3" in workloads:
-        results["workloads"]["W3"] = bench_w3(size, repeats, device, log)
-    if "V1" in workloads:
-        results["workloads"]["V1"] = bench_v1(size, repeats, device, log, data_root, peers)
-    return results
+        limits = threadpool_limits(limits=threads, user_api="blas")  # numpy's: ncsim and peers
+    with limits:
+        results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                                   "device": device, "repeats": repeats, "machine": machine(),
+                                   "workloads": {}}
+        if "W1" in workloads:
+            results["workloads"]["W1"] = bench_w1(size, repeats, device, peers, log, peer_repeats,
+                                                  skip, dtypes)
+        if "W2" in workloads:
+            results["workloads"]["W2"] = bench_w2(size, repeats, device, log)
+        if "W2n" in workloads:
+            results["workloads"]["W2n"] = bench_w2n(size, repeats, device, log)
+        if "W3" in workloads:
+            results["workloads"]["W3"] = bench_w3(size, repeats, device, log)
+        if "V1" in workloads:
+            results["workloads"]["V1"] = bench_v1(size, repeats, device, log, data_root, peers)
+        return results
 
 
 @click.command("bench")
@@ -599,7 +632,8 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
               help="Also time scipy, torchdiffeq and torchode on W1, and the DataLoader loop "
                    "on V1.")
 @click.option("--threads", default=None, type=click.IntRange(1),
-              help="torch threads for every solver (default: torch's own setting).")
+              help="torch and BLAS threads for every solver (default: the libraries' own "
+                   "settings).")
 @click.option("--peer-repeats", default=None, type=click.IntRange(1),
               help="Timed repeats of each peer (default: --repeats).")
 @click.option("--skip-peer", "skip", multiple=True,

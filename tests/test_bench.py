@@ -222,3 +222,37 @@ def test_ratios_with_a_cuda_graph_row():
     assert out["speedup_vs_fastest_peer"] == 8.0
     assert "cuda_graphs_gain_float32" not in out and out["speedup_vs_fastest_peer_float32"] == 3.0
     assert out["fastest_ncsim_float32"] == "ncsim_dopri5_float32"
+
+
+def test_w3_measures_the_rhs_against_the_faster_matmul_library():
+    """On the CPU the reference rate is the faster of torch.bmm and numpy's matmul (the
+    library the float64 products go through), and the fraction is taken against it."""
+    from ncsim.bench import bench_w3
+
+    rows = bench_w3("tiny", 1, "cpu", lambda message: None)
+    assert [row["dtype"] for row in rows] == ["float32", "float64"]
+    for row in rows:
+        assert row["torch_bmm_gflops"] > 0 and row["numpy_matmul_gflops"] > 0
+        assert row["matmul_gflops"] == max(row["torch_bmm_gflops"], row["numpy_matmul_gflops"])
+        assert row["fraction_of_matmul_rate"] == pytest.approx(
+            row["rhs_gflops"] / row["matmul_gflops"], rel=1e-12)
+
+
+def test_threads_bound_torch_and_numpy_blas_during_the_run_only():
+    import torch
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {p["filepath"]: p["num_threads"] for p in threadpool_info()
+                if p["user_api"] == "blas"}
+
+    before, torch_before = blas_threads(), torch.get_num_threads()
+    try:
+        results = run_bench(("W3",), size="tiny", repeats=1, threads=1, log=lambda m: None)
+        assert results["machine"]["torch_threads"] == 1
+        assert results["machine"]["blas_threads"]  # numpy's OpenBLAS is seen
+        assert set(results["machine"]["blas_threads"].values()) == {1}
+        after = blas_threads()
+        assert {path: after[path] for path in before} == before  # restored afterwards
+    finally:
+        torch.set_num_threads(torch_before)
