@@ -401,16 +401,18 @@ def w2_difference(a: Any, b: Any) -> float:
 
 def _matmul_rates(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str,
                   calls: int, repeats: int) -> dict[str, float]:
-    """FLOP/s of the batched product (R, K, d) x (R, d, N) in ``dtype`` on ``device``:
+    """FLOP/s of the batched product (R, K, d) x (R, d, N) into a held result, in ``dtype``
+    on ``device``:
     ``torch_bmm``, and on the CPU also ``numpy_matmul`` (the library ncsim's CPU float64
     products go through, :mod:`ncsim.products`); the device's rate is the larger."""
     r, k, d, n = shape
     a = torch.randn(r, k, d, dtype=dtype, device=device)
     b = torch.randn(r, d, n, dtype=dtype, device=device)
-    products = {"torch_bmm": lambda: torch.bmm(a, b)}
+    c = torch.empty(r, k, n, dtype=dtype, device=device)  # the compute rate, no allocation
+    products = {"torch_bmm": lambda: torch.bmm(a, b, out=c)}
     if torch.device(device).type == "cpu":
-        a_np, b_np = a.numpy(), b.numpy()
-        products["numpy_matmul"] = lambda: np.matmul(a_np, b_np)
+        a_np, b_np, c_np = a.numpy(), b.numpy(), c.numpy()
+        products["numpy_matmul"] = lambda: np.matmul(a_np, b_np, out=c_np)
     rates = {}
     for lib, product in products.items():
         stats, _ = timed(lambda product=product: [product() for _ in range(calls)], repeats,
@@ -435,7 +437,9 @@ def bench_w3(size: str, repeats: int, device: str, log: Callable[[str], None]
         y = batch.y0
         r, k, n, d = shape[0], shape[1], shape[1] * shape[2], shape[3]
         flops = r * 3 * 2 * k * d * n  # Z = W H, G H^T, W^T G
-        stats, _ = timed(lambda batch=batch, y=y: [batch.velocity(y) for _ in range(calls)],
+        held = torch.empty_like(y)  # the integrator's stage buffer: no fresh pages per call
+        stats, _ = timed(lambda batch=batch, y=y, held=held: [batch.velocity(y, out=held)
+                                                              for _ in range(calls)],
                          repeats, device)
         rhs = stats["median_s"] / calls
         rates = _matmul_rates((r, k, d, n), getattr(torch, dtype), device, calls, repeats)
