@@ -13,7 +13,6 @@ as JSON (machine, versions, timings, ratios, peak memory).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from ncsim.cli_errors import handle_errors
+from ncsim.threads import bounded_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -598,13 +598,7 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
               data_root: str | None = None) -> dict[str, Any]:
     """Run the workloads and return the JSON-ready results (``dtypes``: W1's, see
     :func:`bench_w1`; ``data_root``: the Fashion-MNIST folder of V1)."""
-    from threadpoolctl import threadpool_limits
-
-    limits = contextlib.nullcontext()
-    if threads is not None:
-        torch.set_num_threads(threads)
-        limits = threadpool_limits(limits=threads, user_api="blas")  # numpy's: ncsim and peers
-    with limits:
+    with bounded_threads(threads):  # numpy's BLAS too: ncsim's products and the peers'
         results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                                    "device": device, "repeats": repeats, "machine": machine(),
                                    "workloads": {}}

@@ -220,20 +220,19 @@ def _model_options(func):
               show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar [on for grids].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch CPU threads (small problems on shared machines run best with 1).")
+              help="Torch and BLAS CPU threads (small problems on shared machines run best "
+                   "with 1).")
 @handle_errors
 def simulate(**options: Any) -> None:
     """Integrate one run or a grid (every numeric option takes 1e-4..1e-1:16 ranges)."""
-    import torch
-
     from ncsim.flow import simulate as run_simulation
     from ncsim.results import write_simulation
+    from ncsim.threads import bounded_threads
 
-    if options["threads"] is not None:
-        torch.set_num_threads(options["threads"])
     specs = build_specs(options)
     show = options["progress"] if options["progress"] is not None else len(specs) > 1
-    result = run_simulation(specs, progress=show)
+    with bounded_threads(options["threads"]):
+        result = run_simulation(specs, progress=show)
     stalled = int((result.runs["status"] == "stalled").sum())
     if stalled:
         click.echo(f"note: {stalled} run(s) stalled: the adaptive steps chatter at a kink of the "

@@ -254,5 +254,6 @@ def test_threads_bound_torch_and_numpy_blas_during_the_run_only():
         assert set(results["machine"]["blas_threads"].values()) == {1}
         after = blas_threads()
         assert {path: after[path] for path in before} == before  # restored afterwards
+        assert torch.get_num_threads() == torch_before
     finally:
         torch.set_num_threads(torch_before)

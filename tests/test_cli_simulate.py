@@ -92,3 +92,25 @@ def test_stalled_runs_get_a_note_with_the_remedy():
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["runs"][0]["status"] == "stalled"
     assert "stalled" in result.stderr and "--solver rk4" in result.stderr
+
+
+def test_threads_bound_torch_and_blas_during_the_simulation_only(monkeypatch):
+    import torch
+    from threadpoolctl import threadpool_info
+
+    import ncsim.flow
+
+    seen = {}
+    real = ncsim.flow.simulate
+
+    def observing(specs, **kwargs):
+        seen["torch"] = torch.get_num_threads()
+        seen["blas"] = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+        return real(specs, **kwargs)
+
+    monkeypatch.setattr(ncsim.flow, "simulate", observing)
+    before = torch.get_num_threads()
+    result = _run([*SMALL, "--threads", "1", "--format", "json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"torch": 1, "blas": {1}}
+    assert torch.get_num_threads() == before

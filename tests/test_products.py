@@ -81,3 +81,22 @@ def test_mismatched_shapes_are_refused():
         products.bmm(a, a)
     with pytest.raises(ValueError, match=r"\(R, m, k\)"):
         products.bmm(a[0], b[0])
+
+
+def test_bounded_threads_bounds_torch_and_blas_and_restores_them():
+    from threadpoolctl import threadpool_info
+
+    from ncsim.threads import bounded_threads
+
+    def blas():
+        return {p["filepath"]: p["num_threads"] for p in threadpool_info()
+                if p["user_api"] == "blas"}
+
+    torch_before, blas_before = torch.get_num_threads(), blas()
+    assert blas_before  # numpy's OpenBLAS is loaded with the products module
+    with bounded_threads(1):
+        assert torch.get_num_threads() == 1
+        assert set(blas().values()) == {1}
+    assert torch.get_num_threads() == torch_before and blas() == blas_before
+    with bounded_threads(None):
+        assert torch.get_num_threads() == torch_before and blas() == blas_before

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from ncsim.errors import InputError
 from ncsim.study.compute import Result, run_chunk
 from ncsim.study.spec import RunDesc
+from ncsim.threads import bounded_threads, set_threads
 
 EXECUTORS = ("local", "process", "dask")
 Done = Callable[[list[Result]], None]
@@ -50,21 +51,13 @@ def check_executor(executor: str, address: str | None) -> None:
 def _local(chunks: list[list[RunDesc]], done: Done) -> None:
     """One chunk after the other, torch on one thread (small batched tensors gain nothing
     from more, and a shared machine loses a lot)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with bounded_threads(1):
         for chunk in chunks:
             done(run_chunk(chunk))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
+    set_threads(1)
 
 
 def _process(chunks: list[list[RunDesc]], done: Done, workers: int | None) -> None:
