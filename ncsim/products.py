@@ -5,7 +5,7 @@ in the phase-diagram workload). On the CPU in float64, numpy's stacked ``matmul`
 runs these 1.1-2.8x faster than ``torch.bmm`` (MKL), from 64 x (10 x 32 x 200) to
 8 x (512 x 512 x 512), transposed operands included (``benchmarks/README.md``). The tensors
 are shared with numpy, not copied. float32 stays with torch (measured 0.87-3x, mixed), as do
-tensors on an accelerator and tensors that take part in autograd.
+tensors on an accelerator and tensors that take part in autograd or ``torch.func``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ HOST_BLAS = True
 the CPU (where the loop must not read host memory)."""
 
 
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # inside torch.func transforms
+
+
 def _host_route(*tensors: torch.Tensor | None) -> bool:
+    """Whether numpy may compute with ``tensors``: CPU float64 tensors with storage of their
+    own, outside autograd and ``torch.func`` transforms (vmap, jvp, grad)."""
     return HOST_BLAS and all(
         t is None or (t.device.type == "cpu" and t.dtype == torch.float64
-                      and not t.requires_grad)
+                      and not t.requires_grad and not _wrapped(t))
         for t in tensors)
 
 

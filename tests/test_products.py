@@ -75,6 +75,20 @@ def test_float32_autograd_and_the_switch_stay_with_torch(matmul_calls, monkeypat
     assert matmul_calls == []
 
 
+def test_torch_func_transforms_stay_with_torch(matmul_calls):
+    a, b = _operands()
+    tangent = torch.ones_like(a)
+    _, derivative = torch.func.jvp(lambda x: products.bmm(x, b), (a,), (tangent,))
+    np.testing.assert_allclose(derivative.numpy(), torch.bmm(tangent, b).numpy(), rtol=1e-13)
+    stacked = torch.stack([a, 2.0 * a])
+    mapped = torch.func.vmap(lambda x: products.baddbmm(x[:, :, :3], x, b))(stacked)
+    for i in range(2):
+        np.testing.assert_allclose(
+            mapped[i].numpy(), torch.baddbmm(stacked[i, :, :, :3], stacked[i], b).numpy(),
+            rtol=1e-13)
+    assert matmul_calls == []
+
+
 def test_mismatched_shapes_are_refused():
     a, b = _operands()
     with pytest.raises(ValueError, match=r"\(R, m, k\) and \(R, k, n\)"):
