@@ -16,14 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.workloads import w1  # noqa: E402
 from ncsim.bench import machine  # noqa: E402
 from ncsim.flow.simulate import _Batch, simulate  # noqa: E402
 from ncsim.spec import InitSpec, ModelSpec, Regularization, RunSpec, SolverSpec  # noqa: E402
+from ncsim.threads import set_threads  # noqa: E402
 
 
 def _median(fn, repeats: int = 5) -> float:
@@ -103,7 +102,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--replot", default=None, help="plot a saved sweep JSON again")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # torch and the BLAS libraries (CPU float64 products)
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     if args.replot:

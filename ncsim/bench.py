@@ -584,10 +584,12 @@ def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
 
 
 def _blas_threads() -> dict[str, int]:
-    """Threads of each BLAS library loaded in this process (numpy's OpenBLAS, torch's MKL)."""
+    """Threads of each BLAS library loaded in this process that threadpoolctl sees (numpy's
+    and scipy's OpenBLAS; torch's MKL is linked into torch and is bounded through torch),
+    keyed by the library's file name."""
     from threadpoolctl import threadpool_info
 
-    return {f"{pool['internal_api']} ({pool['prefix']})": pool["num_threads"]
+    return {os.path.basename(pool["filepath"]): pool["num_threads"]
             for pool in threadpool_info() if pool["user_api"] == "blas"}
 
 

@@ -1,11 +1,12 @@
 """Batched matrix products of the flows, on the CPU in float64 through numpy's BLAS.
 
 The right-hand sides multiply many small matrices per run (W H, W^T G, G H^T: 10 x 32 x 200
-in the phase-diagram workload). On the CPU in float64, numpy's stacked ``matmul`` (OpenBLAS)
-runs these 1.1-2.8x faster than ``torch.bmm`` (MKL), from 64 x (10 x 32 x 200) to
-8 x (512 x 512 x 512), transposed operands included (``benchmarks/README.md``). The tensors
-are shared with numpy, not copied. float32 stays with torch (measured 0.87-3x, mixed), as do
-tensors on an accelerator and tensors that take part in autograd or ``torch.func``.
+in the phase-diagram workload), and the integrator sums its stages with one vector-matrix
+product. On the CPU in float64, numpy's ``matmul`` (OpenBLAS) runs these faster than torch's
+(MKL) on the machines measured (``benchmarks/products.py``, ``benchmarks/README.md``). The
+tensors are shared with numpy, not copied. float32 stays with torch (measured mixed), as do
+tensors on an accelerator and tensors that take part in autograd (reverse or forward mode) or
+in ``torch.func`` transforms.
 """
 
 from __future__ import annotations
@@ -17,38 +18,58 @@ HOST_BLAS = True
 """Route CPU float64 products through numpy; switched off to emulate an accelerator's loop on
 the CPU (where the loop must not read host memory)."""
 
+_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
 
-_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # inside torch.func transforms
+
+def _plain(t: torch.Tensor) -> bool:
+    """A CPU float64 tensor whose memory numpy may read and write behind torch's back."""
+    return (t.device.type == "cpu" and t.dtype == torch.float64 and not t.requires_grad
+            and (_wrapped is None or not _wrapped(t))
+            and (not t.is_inference() or torch.is_inference_mode_enabled()))
 
 
 def _host_route(*tensors: torch.Tensor | None) -> bool:
-    """Whether numpy may compute with ``tensors``: CPU float64 tensors with storage of their
-    own, outside autograd and ``torch.func`` transforms (vmap, jvp, grad)."""
-    return HOST_BLAS and all(
-        t is None or (t.device.type == "cpu" and t.dtype == torch.float64
-                      and not t.requires_grad and not _wrapped(t))
-        for t in tensors)
+    """Whether numpy may compute with ``tensors`` (None entries are absent ``out``\\ s):
+    outside forward-mode autograd, every tensor :func:`_plain`."""
+    return (HOST_BLAS and torch.autograd.forward_ad._current_level < 0
+            and all(t is None or _plain(t) for t in tensors))
+
+
+def _written(out: torch.Tensor) -> torch.Tensor:
+    """Tell autograd that numpy wrote into ``out`` (an in-place write of torch would)."""
+    torch.autograd.graph.increment_version(out)
+    return out
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b for a (R, m, k), b (R, k, n): (R, m, n), written into ``out`` when given."""
-    if not _host_route(a, b, out):
+    """a @ b for a (R, m, k), b (R, k, n): (R, m, n), written into ``out`` when given.
+    Shapes that do not fit go to ``torch.bmm``, which raises its own error."""
+    fits = (a.dim() == 3 and b.dim() == 3 and a.shape[0] == b.shape[0]
+            and a.shape[2] == b.shape[1]
+            and (out is None or out.shape == (a.shape[0], a.shape[1], b.shape[2])))
+    if not (fits and _host_route(a, b, out)):
         return torch.bmm(a, b, out=out)
-    if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
-        raise ValueError(f"bmm needs (R, m, k) and (R, k, n) tensors, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
-    if out is None:  # torch's allocator: numpy's fresh pages of a large result cost ~20%
-        out = torch.empty(a.shape[0], a.shape[1], b.shape[2], dtype=a.dtype)
+    if out is None:
+        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
     np.matmul(a.numpy(), b.numpy(), out=out.numpy())
-    return out
+    return _written(out)
 
 
 def baddbmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0
             ) -> torch.Tensor:
-    """c + alpha * a @ b (``torch.baddbmm`` with beta = 1); ``c`` broadcasts to (R, m, n)."""
+    """c + alpha * a @ b (``torch.baddbmm`` with beta = 1) for a (R, m, k), b (R, k, n);
+    ``c`` broadcasts to (R, m, n)."""
     if not _host_route(a, b, c):
         return torch.baddbmm(c, a, b, alpha=alpha)
     product = bmm(a, b)
     if alpha != 1.0:
         product.mul_(alpha)
     return product.add_(c)
+
+
+def vecmat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """v @ m for v (s,), m (s, n): (n,) (the integrator's stage sums)."""
+    if not (v.dim() == 1 and m.dim() == 2 and v.shape[0] == m.shape[0]
+            and _host_route(v, m)):
+        return v @ m
+    return torch.from_numpy(np.matmul(v.numpy(), m.numpy()))

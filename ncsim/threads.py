@@ -1,5 +1,8 @@
-"""Thread counts of the compute libraries: torch's and numpy's BLAS (which runs the CPU
-float64 products, :mod:`ncsim.products`) bounded together."""
+"""Thread counts of the compute libraries: torch's, numpy's BLAS (which runs the CPU float64
+products, :mod:`ncsim.products`) and scipy's BLAS bounded together.
+
+threadpoolctl reaches the libraries loaded when a bound starts, so scipy's linear algebra is
+loaded first; a BLAS library loaded later inside a bound keeps its own count."""
 
 from __future__ import annotations
 
@@ -9,6 +12,12 @@ from collections.abc import Iterator
 import torch
 
 
+def _load_blas() -> None:
+    """Load numpy's and scipy's BLAS libraries (a bound reaches only loaded ones)."""
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
+
+
 @contextlib.contextmanager
 def bounded_threads(count: int | None) -> Iterator[None]:
     """Inside the block torch and every BLAS library loaded in the process use ``count``
@@ -16,6 +25,7 @@ def bounded_threads(count: int | None) -> Iterator[None]:
     if count is None:
         yield
         return
+    _load_blas()
     from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
@@ -30,6 +40,7 @@ def bounded_threads(count: int | None) -> Iterator[None]:
 def set_threads(count: int) -> None:
     """Bound torch and the BLAS libraries to ``count`` threads for the rest of the process
     (a worker process's initialiser)."""
+    _load_blas()
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(count)

@@ -1,9 +1,9 @@
-"""Test-session settings: one torch thread.
+"""Test-session settings: one thread for torch and the BLAS libraries.
 
 The test problems are small, so their cost is per-operation overhead; a second intra-op
 thread only adds contention on a shared 2-core machine (10-40x slower under load).
 """
 
-import torch
+from ncsim.threads import set_threads
 
-torch.set_num_threads(1)
+set_threads(1)

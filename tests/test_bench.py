@@ -240,20 +240,33 @@ def test_w3_measures_the_rhs_against_the_faster_matmul_library():
 
 def test_threads_bound_torch_and_numpy_blas_during_the_run_only():
     import torch
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
-    def blas_threads():
-        return {p["filepath"]: p["num_threads"] for p in threadpool_info()
-                if p["user_api"] == "blas"}
-
-    before, torch_before = blas_threads(), torch.get_num_threads()
+    torch_before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two threads before: the bound and the restoring both show
     try:
-        results = run_bench(("W3",), size="tiny", repeats=1, threads=1, log=lambda m: None)
-        assert results["machine"]["torch_threads"] == 1
-        assert results["machine"]["blas_threads"]  # numpy's OpenBLAS is seen
-        assert set(results["machine"]["blas_threads"].values()) == {1}
-        after = blas_threads()
-        assert {path: after[path] for path in before} == before  # restored afterwards
-        assert torch.get_num_threads() == torch_before
+        with threadpool_limits(limits=2, user_api="blas"):
+            results = run_bench(("W3",), size="tiny", repeats=1, threads=1, log=lambda m: None)
+            assert results["machine"]["torch_threads"] == 1
+            assert results["machine"]["blas_threads"]  # numpy's OpenBLAS is seen
+            assert set(results["machine"]["blas_threads"].values()) == {1}
+            assert torch.get_num_threads() == 2
+            assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
     finally:
         torch.set_num_threads(torch_before)
+
+
+def test_products_benchmark_rows(monkeypatch):
+    import torch
+
+    import benchmarks.products as bench_products
+
+    monkeypatch.setattr(bench_products, "REPEAT_BUDGET_S", 1e-4)
+    row = bench_products.product_row("tiny", 2, 3, 4, 5, True, torch.float64)
+    rates = [row[f"{lib}_{kind}_gflops"] for lib in ("torch", "numpy")
+             for kind in ("fresh", "held")]
+    assert all(rate > 0 for rate in rates) and row["dtype"] == "float64"
+    assert row["numpy_over_torch_held"] == pytest.approx(
+        row["numpy_held_gflops"] / row["torch_held_gflops"], rel=1e-12)
+    stage = bench_products.stage_sum_row("tiny", 3, 40, torch.float32)
+    assert stage["torch_ms"] > 0 and stage["numpy_ms"] > 0 and stage["dtype"] == "float32"

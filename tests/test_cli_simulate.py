@@ -96,21 +96,28 @@ def test_stalled_runs_get_a_note_with_the_remedy():
 
 def test_threads_bound_torch_and_blas_during_the_simulation_only(monkeypatch):
     import torch
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     import ncsim.flow
+
+    def blas_threads():
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
 
     seen = {}
     real = ncsim.flow.simulate
 
     def observing(specs, **kwargs):
-        seen["torch"] = torch.get_num_threads()
-        seen["blas"] = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+        seen["torch"], seen["blas"] = torch.get_num_threads(), blas_threads()
         return real(specs, **kwargs)
 
     monkeypatch.setattr(ncsim.flow, "simulate", observing)
     before = torch.get_num_threads()
-    result = _run([*SMALL, "--threads", "1", "--format", "json", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert seen == {"torch": 1, "blas": {1}}
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)  # two threads before: the bound and the restoring both show
+    try:
+        with threadpool_limits(limits=2, user_api="blas"):
+            result = _run([*SMALL, "--threads", "1", "--format", "json", "--no-progress"])
+            assert result.exit_code == 0, result.output
+            assert seen == {"torch": 1, "blas": {1}}
+            assert torch.get_num_threads() == 2 and blas_threads() == {2}
+    finally:
+        torch.set_num_threads(before)

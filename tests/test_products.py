@@ -89,16 +89,52 @@ def test_torch_func_transforms_stay_with_torch(matmul_calls):
     assert matmul_calls == []
 
 
-def test_mismatched_shapes_are_refused():
+def test_forward_mode_autograd_and_torch_bookkeeping_are_kept(matmul_calls):
+    import torch.autograd.forward_ad as fwad
+
     a, b = _operands()
-    with pytest.raises(ValueError, match=r"\(R, m, k\) and \(R, k, n\)"):
-        products.bmm(a, a)
-    with pytest.raises(ValueError, match=r"\(R, m, k\)"):
-        products.bmm(a[0], b[0])
+    tangent = torch.ones_like(a)
+    with fwad.dual_level():
+        dual = products.bmm(fwad.make_dual(a, tangent), b)
+        np.testing.assert_allclose(fwad.unpack_dual(dual).tangent.numpy(),
+                                   torch.bmm(tangent, b).numpy(), rtol=1e-13)
+    assert matmul_calls == []
+    out = torch.zeros(5, 4, 3, dtype=torch.float64)
+    version = out._version
+    products.bmm(a, b, out=out)  # autograd sees the write, as for torch's in-place ops
+    assert len(matmul_calls) == 1 and out._version > version
+    with torch.inference_mode():
+        held = torch.zeros(5, 4, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="[Ii]nference"):
+        products.bmm(a, b, out=held)  # torch's rule for inference tensors holds
+
+
+def test_vecmat_equals_torch_on_the_stage_buffer_pattern(matmul_calls):
+    gen = torch.Generator().manual_seed(2)
+    stages = torch.randn(7, 3 * 40, generator=gen, dtype=torch.float64)
+    weights = torch.tensor([0.1, -0.3, 0.25, 0.0, 1.5], dtype=torch.float64)
+    np.testing.assert_allclose(products.vecmat(weights, stages[:5]).numpy(),
+                               (weights @ stages[:5]).numpy(), rtol=1e-13, atol=1e-15)
+    assert len(matmul_calls) == 1
+    w32, s32 = weights.float(), stages[:5].float()
+    assert torch.equal(products.vecmat(w32, s32), w32 @ s32)
+    assert len(matmul_calls) == 1
+
+
+def test_mismatched_shapes_raise_torch_errors_on_both_routes(monkeypatch):
+    a, b = _operands()
+    for host in (True, False):
+        monkeypatch.setattr(products, "HOST_BLAS", host)
+        with pytest.raises(RuntimeError):
+            products.bmm(a, a)
+        with pytest.raises(RuntimeError):
+            products.bmm(a[0], b[0])
+        with pytest.raises(RuntimeError):
+            products.baddbmm(torch.zeros(5, 4, 3, dtype=torch.float64), a, a)
 
 
 def test_bounded_threads_bounds_torch_and_blas_and_restores_them():
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from ncsim.threads import bounded_threads
 
@@ -106,11 +142,16 @@ def test_bounded_threads_bounds_torch_and_blas_and_restores_them():
         return {p["filepath"]: p["num_threads"] for p in threadpool_info()
                 if p["user_api"] == "blas"}
 
-    torch_before, blas_before = torch.get_num_threads(), blas()
-    assert blas_before  # numpy's OpenBLAS is loaded with the products module
-    with bounded_threads(1):
-        assert torch.get_num_threads() == 1
-        assert set(blas().values()) == {1}
-    assert torch.get_num_threads() == torch_before and blas() == blas_before
-    with bounded_threads(None):
-        assert torch.get_num_threads() == torch_before and blas() == blas_before
+    torch_before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two threads before: the bound and the restoring both show
+    try:
+        with threadpool_limits(limits=2, user_api="blas"):
+            assert blas() and set(blas().values()) == {2}  # numpy's OpenBLAS is loaded
+            with bounded_threads(1):
+                assert torch.get_num_threads() == 1
+                assert set(blas().values()) == {1}
+            assert torch.get_num_threads() == 2 and set(blas().values()) == {2}
+            with bounded_threads(None):
+                assert torch.get_num_threads() == 2 and set(blas().values()) == {2}
+    finally:
+        torch.set_num_threads(torch_before)

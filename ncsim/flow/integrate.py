@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ncsim.flow.tableau import Tableau, tableau
+from ncsim.products import vecmat
 from ncsim.spec import SolverSpec
 
 RUNNING, DONE, STEADY, MAX_STEPS, DIVERGED, STALLED = 0, 1, 2, 3, 4, 5
@@ -164,7 +165,7 @@ class _Stages:
                 ) -> torch.Tensor:
         """y + h * sum_j weights[j] k_j for scalar ``weights`` (s,), s <= stages."""
         s = len(weights)
-        acc = (self._row(weights) @ self.flat[:s]).view(self.buf.shape[1:])
+        acc = vecmat(self._row(weights), self.flat[:s]).view(self.buf.shape[1:])
         if y is None:
             return acc.mul_(h.unsqueeze(1))
         return torch.addcmul(y, acc, h.unsqueeze(1))
