@@ -402,9 +402,9 @@ def w2_difference(a: Any, b: Any) -> float:
 def _matmul_rates(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str,
                   calls: int, repeats: int) -> dict[str, float]:
     """FLOP/s of the batched product (R, K, d) x (R, d, N) into a held result, in ``dtype``
-    on ``device``:
-    ``torch_bmm``, and on the CPU also ``numpy_matmul`` (the library ncsim's CPU float64
-    products go through, :mod:`ncsim.products`); the device's rate is the larger."""
+    on ``device``: ``torch_bmm``, and on the CPU also ``numpy_matmul`` (the library ncsim's
+    CPU float64 products go through, :mod:`ncsim.products`); the device's rate is the
+    larger."""
     r, k, d, n = shape
     a = torch.randn(r, k, d, dtype=dtype, device=device)
     b = torch.randn(r, d, n, dtype=dtype, device=device)
