@@ -78,6 +78,7 @@ import torch
 from torch import Tensor
 
 from ncsim.errors import require
+from ncsim.products import matmul
 
 __all__ = [
     "GLOBAL_MEANS",
@@ -217,7 +218,7 @@ def class_statistics(
     onehot = member.to(dtype)
     counts = member.sum(0)  # int64
     counts_f = counts.to(dtype)
-    means = (onehot.transpose(0, 1) @ features) / counts_f.unsqueeze(-1)  # (R, K, p)
+    means = matmul(onehot.transpose(0, 1), features) / counts_f.unsqueeze(-1)  # (R, K, p)
     z = _mean_weights(counts, global_mean, dtype)
     mu_g = features.mean(-2) if global_mean == "sample" else means.mean(-2)
     centred = features - means.index_select(-2, labels)  # (R, N, p)
@@ -288,7 +289,7 @@ def nc1_from_stats(stats: ClassStats) -> Tensor:
     b = q.transpose(0, 1) @ mbar  # (R, K-1, p), B^T B = Mbar^T Mbar
     delta_rel = 1e-10 if mbar.dtype == torch.float64 else 1e-7
     b_pinv = _soft_pinv(b, delta_rel).to(mbar.dtype)  # (R, p, K-1)
-    x = stats.within_factor @ b_pinv  # (R, m, K-1)
+    x = matmul(stats.within_factor, b_pinv)  # (R, m, K-1)
     value = (x * x).sum((-2, -1))
     tr_b = (mbar * mbar).sum((-2, -1)) / K
     return torch.where(tr_b > 0, value, stats.within_energy / tr_b)
@@ -551,7 +552,7 @@ def _ncc_mismatch(features: Tensor, logits: Tensor, means: Tensor) -> Tensor:
     ref = means.mean(-2, keepdim=True)
     hc = features - ref
     mc = means - ref
-    score = (mc * mc).sum(-1).unsqueeze(-2) - 2.0 * (hc @ mc.transpose(-1, -2))  # (R, N, K)
+    score = (mc * mc).sum(-1).unsqueeze(-2) - 2.0 * matmul(hc, mc.transpose(-1, -2))  # (R, N, K)
     return logits.argmax(-1) != score.argmin(-1)
 
 
@@ -581,7 +582,7 @@ def nc4(features: Tensor, weights: Tensor, bias: Tensor | None, means: Tensor) -
         f"means must have shape (R, K, p) = ({r}, K, {p}), got {_shape(means)}",
     )
     _check_weights(weights, bias, r, means.shape[1], p, features.dtype)
-    logits = features @ weights.transpose(-1, -2)
+    logits = matmul(features, weights.transpose(-1, -2))
     if bias is not None:
         logits = logits + bias.unsqueeze(-2)
     return _ncc_mismatch(features, logits, means).to(features.dtype).mean(-1)

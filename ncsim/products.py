@@ -67,6 +67,16 @@ def baddbmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.
     return product.add_(c)
 
 
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with ``torch.matmul``'s broadcasting of the leading dimensions (numpy's
+    ``matmul`` broadcasts alike) for a (..., m, k), b (..., k, n): the metrics' products over
+    all samples."""
+    fits = a.dim() >= 2 and b.dim() >= 2 and a.shape[-1] == b.shape[-2]
+    if not (fits and _host_route(a, b)):
+        return torch.matmul(a, b)
+    return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+
+
 def vecmat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """v @ m for v (s,), m (s, n): (n,) (the integrator's stage sums)."""
     if not (v.dim() == 1 and m.dim() == 2 and v.shape[0] == m.shape[0]

@@ -155,3 +155,18 @@ def test_bounded_threads_bounds_torch_and_blas_and_restores_them():
                 assert torch.get_num_threads() == 2 and set(blas().values()) == {2}
     finally:
         torch.set_num_threads(torch_before)
+
+
+def test_matmul_broadcasts_as_torch_does(matmul_calls):
+    gen = torch.Generator().manual_seed(3)
+    onehot = torch.randn(4, 6, generator=gen, dtype=torch.float64)  # (K, N) against (R, N, p)
+    features = torch.randn(5, 6, 3, generator=gen, dtype=torch.float64)
+    np.testing.assert_allclose(products.matmul(onehot, features).numpy(),
+                               torch.matmul(onehot, features).numpy(), rtol=1e-13)
+    weights = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64)
+    np.testing.assert_allclose(products.matmul(features, weights.transpose(-1, -2)).numpy(),
+                               torch.matmul(features, weights.transpose(-1, -2)).numpy(),
+                               rtol=1e-13)
+    assert len(matmul_calls) == 2
+    with pytest.raises(RuntimeError):
+        products.matmul(features, features)  # torch's own error for shapes that do not fit
