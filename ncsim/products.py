@@ -3,8 +3,9 @@
 The right-hand sides multiply many small matrices per run (W H, W^T G, G H^T: 10 x 32 x 200
 in the phase-diagram workload), and the integrator sums its stages with one vector-matrix
 product. On the CPU in float64, numpy's ``matmul`` (OpenBLAS) runs these faster than torch's
-(MKL) on the machines measured (``benchmarks/products.py``, ``benchmarks/README.md``). The
-tensors are shared with numpy, not copied. float32 stays with torch (measured mixed), as do
+(MKL) on the machines measured (``benchmarks/products.py``, ``benchmarks/README.md``); the
+route is on when numpy reports an optimised BLAS (its wheels ship OpenBLAS). The tensors are
+shared with numpy, not copied. float32 stays with torch (measured mixed), as do
 tensors on an accelerator and tensors that take part in autograd (reverse or forward mode) or
 in ``torch.func`` transforms.
 """
@@ -14,9 +15,28 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-HOST_BLAS = True
-"""Route CPU float64 products through numpy; switched off to emulate an accelerator's loop on
-the CPU (where the loop must not read host memory)."""
+OPTIMISED_BLAS = ("openblas", "mkl", "blis", "accelerate", "armpl")
+"""BLAS libraries (names as numpy reports them, lower case) that the route is for; a numpy
+built on the reference BLAS would be far slower than torch."""
+
+
+def numpy_blas() -> str:
+    """Name of the BLAS numpy was built with, as numpy reports it ("" when it does not)."""
+    try:
+        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    except (TypeError, KeyError):  # numpy < 1.26 has no mode="dicts"
+        return ""
+    return str(info.get("name", "")) if info.get("found", True) else ""
+
+
+def optimised(blas_name: str) -> bool:
+    """Whether ``blas_name`` is one of :data:`OPTIMISED_BLAS` (scipy-openblas, mkl-rt, ...)."""
+    return any(name in blas_name.lower() for name in OPTIMISED_BLAS)
+
+
+HOST_BLAS = optimised(numpy_blas())
+"""Route CPU float64 products through numpy: on when numpy has an optimised BLAS; switched off
+to emulate an accelerator's loop on the CPU (where the loop must not read host memory)."""
 
 _wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
 

@@ -121,6 +121,15 @@ def test_vecmat_equals_torch_on_the_stage_buffer_pattern(matmul_calls):
     assert len(matmul_calls) == 1
 
 
+def test_the_route_is_on_only_for_an_optimised_numpy_blas():
+    assert products.optimised(products.numpy_blas())  # numpy's wheels ship OpenBLAS
+    assert products.HOST_BLAS
+    for name in ("scipy-openblas", "openblas64", "mkl-sdl", "accelerate"):
+        assert products.optimised(name)
+    for name in ("blas", "cblas", "netlib", ""):  # reference BLAS, or numpy does not say
+        assert not products.optimised(name)
+
+
 def test_mismatched_shapes_raise_torch_errors_on_both_routes(monkeypatch):
     a, b = _operands()
     for host in (True, False):
