@@ -99,6 +99,9 @@ def test_forward_mode_autograd_and_torch_bookkeeping_are_kept(matmul_calls):
         np.testing.assert_allclose(fwad.unpack_dual(dual).tangent.numpy(),
                                    torch.bmm(tangent, b).numpy(), rtol=1e-13)
     assert matmul_calls == []
+    np.testing.assert_allclose(products.bmm(a.to_sparse(), b).numpy(),  # a sparse operand
+                               torch.bmm(a, b).numpy(), rtol=1e-13)
+    assert matmul_calls == []
     out = torch.zeros(5, 4, 3, dtype=torch.float64)
     version = out._version
     products.bmm(a, b, out=out)  # autograd sees the write, as for torch's in-place ops
