@@ -5,9 +5,9 @@ in the phase-diagram workload), and the integrator sums its stages with one vect
 product. On the CPU in float64, numpy's ``matmul`` (OpenBLAS) runs these faster than torch's
 (MKL) on the machines measured (``benchmarks/products.py``, ``benchmarks/README.md``); the
 route is on when numpy reports an optimised BLAS (its wheels ship OpenBLAS). The tensors are
-shared with numpy, not copied. float32 stays with torch (measured mixed), as do
-tensors on an accelerator and tensors that take part in autograd (reverse or forward mode) or
-in ``torch.func`` transforms.
+shared with numpy, not copied. float32 stays with torch (measured mixed), as do tensors on an
+accelerator, sparse tensors and tensors that take part in autograd (reverse or forward mode)
+or in ``torch.func`` transforms.
 """
 
 from __future__ import annotations
