@@ -126,7 +126,8 @@ def main() -> None:
             print(f"{row['dtype']} {label:22s} numpy/torch x{row['numpy_over_torch']:.2f}",
                   flush=True)
     day = datetime.date.today().isoformat()
-    path = Path(args.out) / f"products_cpu_{day}.json"
+    suffix = "" if args.threads == 1 else f"_threads{args.threads}"
+    path = Path(args.out) / f"products_cpu_{day}{suffix}.json"
     path.write_text(json.dumps({"date": day, "machine": machine(), "threads": args.threads,
                                 "products": rows, "stage_sums": sums}, indent=2))
     print(f"written {path}")

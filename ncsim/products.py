@@ -2,10 +2,12 @@
 
 The right-hand sides multiply many small matrices per run (W H, W^T G, G H^T: 10 x 32 x 200
 in the phase-diagram workload), and the integrator sums its stages with one vector-matrix
-product. On the CPU in float64, numpy's ``matmul`` (OpenBLAS) runs these faster than torch's
-(MKL) on the machines measured (``benchmarks/products.py``, ``benchmarks/README.md``); the
-route is on when numpy reports an optimised BLAS (its wheels ship OpenBLAS). The tensors are
-shared with numpy, not copied. float32 stays with torch (measured mixed), as do tensors on an
+product. On the CPU in float64 on one thread, numpy's ``matmul`` (OpenBLAS) runs these faster
+than torch's (MKL) on the machines measured (``benchmarks/products.py``,
+``benchmarks/README.md``). The route is on when numpy reports an optimised BLAS (its wheels
+ship OpenBLAS) and torch runs on one thread (``--threads 1``, the study executors): with more,
+torch splits a batched product over its threads and numpy does not. The tensors are shared
+with numpy, not copied. float32 stays with torch (measured mixed), as do tensors on an
 accelerator, sparse tensors and tensors that take part in autograd (reverse or forward mode)
 or in ``torch.func`` transforms.
 """
@@ -50,9 +52,12 @@ def _plain(t: torch.Tensor) -> bool:
 
 
 def _host_route(*tensors: torch.Tensor | None) -> bool:
-    """Whether numpy may compute with ``tensors`` (None entries are absent ``out``\\ s):
-    outside forward-mode autograd, every tensor :func:`_plain`."""
-    return (HOST_BLAS and torch.autograd.forward_ad._current_level < 0
+    """Whether numpy computes with ``tensors`` (None entries are absent ``out``\\ s): torch on
+    one thread (with more, torch splits a batched product over its threads and numpy, which
+    loops over the batch, falls behind), outside forward-mode autograd, every tensor
+    :func:`_plain`."""
+    return (HOST_BLAS and torch.get_num_threads() == 1
+            and torch.autograd.forward_ad._current_level < 0
             and all(t is None or _plain(t) for t in tensors))
 
 

@@ -124,6 +124,20 @@ def test_vecmat_equals_torch_on_the_stage_buffer_pattern(matmul_calls):
     assert len(matmul_calls) == 1
 
 
+def test_the_route_is_off_when_torch_runs_on_several_threads(matmul_calls):
+    a, b = _operands()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # torch then splits the batch over its threads; numpy would not
+    try:
+        np.testing.assert_allclose(products.bmm(a, b).numpy(), torch.bmm(a, b).numpy(),
+                                   rtol=1e-13)
+        assert matmul_calls == []
+    finally:
+        torch.set_num_threads(before)
+    products.bmm(a, b)
+    assert len(matmul_calls) == int(before == 1)
+
+
 def test_the_route_is_on_only_for_an_optimised_numpy_blas():
     assert products.optimised(products.numpy_blas())  # numpy's wheels ship OpenBLAS
     assert products.HOST_BLAS
