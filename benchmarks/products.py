@@ -1,11 +1,11 @@
 """Batched products on the CPU: torch.bmm against numpy's matmul at the flows' shapes.
 
 Usage: ``python benchmarks/products.py [--out benchmarks/results] [--threads 1]``.
-For every shape R x (m x k x n) and dtype it times, median of 7 interleaved repeats, the
-product with a fresh result (as a right-hand side makes its logits) and into a held result
-(as the stage buffer is written), and the stage sum (s,) @ (s, R P) of the integrator; it
-writes ``products_<device>_<date>.json``. This is the measurement behind the route of
-:mod:`ncsim.products` (CPU float64 through numpy).
+For every shape R x (m x k x n) and dtype it times (median of 7 repeats, one variant after the
+other) the product with a fresh result (as a right-hand side makes its logits) and into a held
+result (as the stage buffer is written), and the stage sum (s,) @ (s, R P) of the integrator;
+it writes ``products_cpu_<date>.json`` (``_threads<N>`` added for N > 1). This is the
+measurement behind the route of :mod:`ncsim.products` (CPU float64 through numpy).
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ def check_executor(executor: str, address: str | None) -> None:
 
 
 def _local(chunks: list[list[RunDesc]], done: Done) -> None:
-    """One chunk after the other, torch on one thread (small batched tensors gain nothing
-    from more, and a shared machine loses a lot)."""
+    """One chunk after the other, torch and the BLAS libraries on one thread (small batched
+    tensors gain nothing from more, and a shared machine loses a lot)."""
     with bounded_threads(1):
         for chunk in chunks:
             done(run_chunk(chunk))
