@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.workloads import w1  # noqa: E402
 from ncsim.bench import machine  # noqa: E402
 from ncsim.flow.simulate import _Batch, simulate  # noqa: E402
+from ncsim.heap import keep_freed_memory  # noqa: E402
 from ncsim.spec import InitSpec, ModelSpec, Regularization, RunSpec, SolverSpec  # noqa: E402
 from ncsim.threads import set_threads  # noqa: E402
 
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--replot", default=None, help="plot a saved sweep JSON again")
     args = parser.parse_args()
     set_threads(args.threads)  # torch and the BLAS libraries (CPU float64 products)
+    keep_freed_memory()  # as the command line does
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     if args.replot:

@@ -30,6 +30,7 @@ import click
 import numpy as np
 import torch
 
+from ncsim import heap
 from ncsim.cli_errors import handle_errors
 from ncsim.threads import bounded_threads
 
@@ -52,7 +53,8 @@ def _benchmarks():
 
 
 def machine() -> dict[str, Any]:
-    """Machine, library versions and thread settings."""
+    """Machine, library versions, thread settings and whether freed heap is kept
+    (:mod:`ncsim.heap`; the command line keeps it)."""
     import scipy
 
     cpu = platform.processor()
@@ -67,7 +69,7 @@ def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "blas_threads": _blas_threads(),
+        "blas_threads": _blas_threads(), "heap_kept": heap.kept(),
         "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

@@ -90,7 +90,10 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. The process keeps its freed heap for reuse (:mod:`ncsim.heap`)."""
+    from ncsim.heap import keep_freed_memory
+
+    keep_freed_memory()
     cli()
 
 

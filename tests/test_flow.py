@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 
@@ -220,6 +221,70 @@ def test_record_times():
     np.testing.assert_allclose(times, [0.0, 1.0, 10.0, 100.0], rtol=1e-15)
 
 
+def _uneven_runs(check_every: int = 16) -> list[RunSpec]:
+    """Three small UFM-CE runs of 84-151 steps to T = 500, started with a step of 30 that each
+    rejects a few times (3-10)."""
+    return [RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
+                    reg=Regularization(lambda_w=lw, lambda_h=lh), init=InitSpec(scale=0.4, seed=1),
+                    solver=SolverSpec(t_end=500.0, records=10, dt=30.0, gtol=0, rtol=1e-10,
+                                      atol=1e-12, check_every=check_every))
+            for lw, lh in [(1e-3, 1e-3), (0.2, 0.2), (0.01, 0.05)]]
+
+
+def test_rejected_steps_keep_their_state_in_the_cpu_loop():
+    """Runs that reject while others of the batch step keep their state, their first stage and
+    their error scale (the CPU loop copies their rows back): every run of the batch follows
+    scipy's DOP853."""
+    specs = _uneven_runs()
+    result = simulate(specs, theory=False)
+    runs = result.runs
+    assert (runs["rejected_steps"] > 0).all()
+    assert runs["rejected_steps"].nunique() > 1  # some steps rejected by one run only
+    cols = [RECORDED.index(c) for c in ("loss", "objective", "fn", "w_norm", "within_energy")]
+    for spec, rid in zip(specs, runs["run_id"], strict=True):
+        _, expected = _scipy_reference(spec)
+        got = result.trajectories[result.trajectories["run_id"] == rid][list(RECORDED)]
+        np.testing.assert_allclose(got.to_numpy()[:, cols], expected[:, cols], rtol=1e-7,
+                                   atol=1e-9)
+
+
+def test_cpu_loop_takes_the_accelerator_loops_steps(monkeypatch):
+    """The CPU loop (rejecting runs copy their rows back; finished runs leave at once) and the
+    accelerator loop (masked updates of every state) take the same steps, rejections included,
+    to the same end (two records: the accelerator loop's steps are cut at records only)."""
+    specs = [s.replace(solver=dataclasses.replace(s.solver, records=2)) for s in _uneven_runs()]
+    cols = ["steps", "rejected_steps", "t_final"]
+    cpu = simulate(specs, theory=False).runs
+    _emulate_accelerator(monkeypatch)
+    device = simulate(specs, theory=False).runs
+    assert (cpu["rejected_steps"] > 0).all()
+    np.testing.assert_array_equal(cpu[cols].to_numpy(), device[cols].to_numpy())
+    np.testing.assert_allclose(cpu["final_fn"], device["final_fn"], rtol=1e-13, atol=0)
+
+
+def test_a_finished_run_leaves_the_cpu_batch_at_once(monkeypatch):
+    """On the CPU a chunk ends at the step where a run finishes, so the batch sheds it then,
+    not after ``check_every`` steps: the first run to finish (84 steps) is the last one
+    evaluated with all three, although one chunk could hold every step of the batch."""
+    from ncsim.models.ufm import UFMObjective
+
+    sizes = []
+    real = UFMObjective.velocity
+
+    def counting(self, state, *args, **kwargs):
+        sizes.append(state.shape[0])
+        return real(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(UFMObjective, "velocity", counting)
+    runs = simulate(_uneven_runs(check_every=10_000), theory=False).runs
+    first = runs.sort_values("steps").iloc[0]
+    evaluated = first["steps"] + first["rejected_steps"]
+    full = sizes.count(3)
+    # 6 stages a step after the first stage, 3 evaluations to start, 1 at the end
+    assert 6 * evaluated <= full <= 6 * evaluated + 4
+    assert sizes.count(2) > 0 and sizes.count(1) > 0
+
+
 def _emulate_accelerator(monkeypatch) -> None:
     """Run the accelerator's loop on the CPU: no host synchronisation inside a chunk, and no
     product through numpy (a device never takes that route)."""
@@ -248,8 +313,13 @@ def test_records_computed_in_blocks_equal_one_call(monkeypatch):
     monkeypatch.setattr(integrate_module, "_RECORD_CHUNK", 10_000)
     whole = simulate(specs, theory=False).trajectories
     cols = list(RECORDED)
-    np.testing.assert_array_equal(small[cols].to_numpy(), whole[cols].to_numpy())
-    np.testing.assert_array_equal(blocks[cols].to_numpy(), whole[cols].to_numpy())
+    # Equal to rounding: torch reduces a block of one state by another kernel than a block of
+    # many (a std over W's row norms moves by 1e-16); a misplaced record would move by O(1).
+    np.testing.assert_allclose(small[cols].to_numpy(), whole[cols].to_numpy(), rtol=1e-12,
+                               atol=0)
+    np.testing.assert_allclose(blocks[cols].to_numpy(), whole[cols].to_numpy(), rtol=1e-12,
+                               atol=0)
+    assert len(small) == len(whole) == len(blocks)
 
 
 def test_chattering_relu_run_stops_as_stalled():

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from ncsim.errors import InputError
+from ncsim.heap import keep_freed_memory
 from ncsim.study.compute import Result, run_chunk
 from ncsim.study.spec import RunDesc
 from ncsim.threads import bounded_threads, set_threads
@@ -57,7 +58,9 @@ def _local(chunks: list[list[RunDesc]], done: Done) -> None:
 
 
 def _init_worker() -> None:
+    """A worker process: one thread per library, freed heap kept (:mod:`ncsim.heap`)."""
     set_threads(1)
+    keep_freed_memory()
 
 
 def _process(chunks: list[list[RunDesc]], done: Done, workers: int | None) -> None:
