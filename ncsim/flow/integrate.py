@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ncsim.flow.tableau import Tableau, tableau
-from ncsim.products import vecmat
+from ncsim.products import bmm, vecmat
 from ncsim.spec import SolverSpec
 
 RUNNING, DONE, STEADY, MAX_STEPS, DIVERGED, STALLED = 0, 1, 2, 3, 4, 5
@@ -102,19 +102,6 @@ def _peak(x: torch.Tensor) -> torch.Tensor:
     an inf. Two reductions without a temporary: on the CPU ``isfinite(x).all(1)`` takes ~8x
     longer than this at W1's batch."""
     return torch.maximum(x.amax(dim=1), x.amin(dim=1).neg())
-
-
-def _stage_sum(y: torch.Tensor, h: torch.Tensor, weights: np.ndarray | torch.Tensor,
-               ks: list[torch.Tensor]) -> torch.Tensor:
-    """y + h * sum_j weights[j] k_j; ``weights`` (S,) scalars or (S, R) per run."""
-    out = y.clone()
-    for j, k in enumerate(ks):
-        w = weights[j]
-        if isinstance(w, torch.Tensor):
-            out.addcmul_(k, (h * w).unsqueeze(1))
-        elif w != 0.0:
-            out.addcmul_(k, (h * float(w)).unsqueeze(1))
-    return out
 
 
 class _Stages:
@@ -196,12 +183,18 @@ def _stages(tab: Tableau, f: Velocity, y: torch.Tensor, k1: torch.Tensor, h: tor
 
 
 def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: _Stages,
-           theta: torch.Tensor) -> torch.Tensor:
-    """Dense output at per-run fractions ``theta`` (R,) of the step."""
+           theta: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense output (M, P) of the runs ``rows`` (M,) of the batch (default: all R) at
+    fractions ``theta`` (M,) of their step: y + h sum_j w_j(theta) k_j, the stage sum as one
+    batched (1, S) x (S, P) product per run."""
     powers = torch.stack([theta ** (j + 1) for j in range(tab.p.shape[1])], dim=1)
     p = ks.constant(tab.p, powers.dtype)
-    weights = (powers @ p.T).T.to(y.dtype)  # (S, R)
-    return _stage_sum(y, h.to(y.dtype), weights, ks)
+    weights = (powers @ p.T).to(y.dtype).unsqueeze(1)  # (M, 1, S)
+    stages = ks.buf if rows is None else ks.buf.index_select(1, rows)  # (S, M, P)
+    if rows is not None:
+        y, h = y.index_select(0, rows), h.index_select(0, rows)
+    acc = bmm(weights, stages.transpose(0, 1)).squeeze(1)
+    return torch.addcmul(y, acc, h.to(y.dtype).unsqueeze(1))
 
 
 def _initial_step(f: Velocity, y0: torch.Tensor, k0: torch.Tensor, order: int,
@@ -272,6 +265,15 @@ class _Recorder:
         self.states[rows, slot] = torch.where(mask.unsqueeze(1), states, current)
         self.index[rows, slot] = torch.where(mask, rec_index, self.index[rows, slot])
         self.slot[rows] += mask.long()
+
+    def push_rows(self, rows: torch.Tensor, states: torch.Tensor, rec_index: torch.Tensor
+                  ) -> None:
+        """Queue ``states`` (M, P) as record ``rec_index`` (M,) of the runs ``rows`` (M,),
+        distinct and each with a free slot (the CPU loop: only the runs that record)."""
+        slot = self.slot[rows]
+        self.states[rows, slot] = states
+        self.index[rows, slot] = rec_index
+        self.slot[rows] = slot + 1
 
     def flush(self) -> None:
         """Compute the metrics of every queued state and store them."""
@@ -447,8 +449,9 @@ class _Chunk:
             while not self.host_free and bool(cross.any()):  # on the CPU a test costs no sync
                 if int(rec.slot.max()) >= rec.capacity:
                     rec.flush()
-                theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
-                rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, self.rows)
+                at = cross.nonzero().squeeze(1)  # the runs that cross a record time
+                theta = ((rec_t[next_rec[at]] - t[at]) / h[at]).clamp(0.0, 1.0)
+                rec.push_rows(self.rows[at], _dense(tab, y, h, ks, theta, at), next_rec[at])
                 next_rec = next_rec + cross.long()
                 cross = accept & (rec_t[next_rec] <= t_new)
             if not self.host_free:
