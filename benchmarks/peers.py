@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ncsim.flow.integrate import record_block
 from ncsim.metrics import nc_metrics
 from ncsim.models import UFMObjective, initial_state
 from ncsim.spec import RunSpec
@@ -102,11 +103,18 @@ class Problem:
         return f
 
     def metrics(self, states: torch.Tensor) -> dict[str, torch.Tensor]:
-        """NC metrics of states (M, P) (in their dtype, on their device)."""
+        """NC metrics of states (M, P) (in their dtype, on their device), computed in blocks
+        of as many states as ncsim's own records use (cache-sized on the CPU: one call on
+        W1's 12,800 states took 3.4-5 s, blocks of 128 about 1.5 s)."""
         lay = self.objective.layout
-        h, w = lay.view(states, "H"), lay.view(states, "W1")
-        return nc_metrics(h.transpose(1, 2), self.objective.labels, self.objective.model.classes,
-                          w)
+        block = record_block(states.device)
+        parts = []
+        for lo in range(0, states.shape[0], block):
+            chunk = states[lo:lo + block]
+            h, w = lay.view(chunk, "H"), lay.view(chunk, "W1")
+            parts.append(nc_metrics(h.transpose(1, 2), self.objective.labels,
+                                    self.objective.model.classes, w))
+        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
     def fn(self, states: torch.Tensor) -> np.ndarray:
         """fn (M,) of states (M, P)."""

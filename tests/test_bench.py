@@ -170,6 +170,27 @@ def test_peer_problem_moves_to_the_requested_dtype():
     assert torch.equal(p64.subset([1, 3]).lambda_h, p64.lambda_h[[1, 3]])
 
 
+def test_peer_metrics_in_blocks_equal_one_call(monkeypatch):
+    """The peers' metrics are computed in ncsim's record blocks; the blocks change nothing."""
+    import torch
+
+    from ncsim.metrics import METRIC_NAMES
+
+    workloads, peers = _benchmarks()
+    problem = peers.Problem.from_specs(workloads.w1(grid=2, t_end=1.0, records=2).specs)
+    gen = torch.Generator().manual_seed(0)
+    states = problem.y0.repeat(3, 1) * (1 + torch.rand(12, 1, generator=gen,
+                                                        dtype=torch.float64))
+    monkeypatch.setattr(peers, "record_block", lambda device: 1_000)
+    whole = problem.metrics(states)
+    monkeypatch.setattr(peers, "record_block", lambda device: 5)
+    blocks = problem.metrics(states)
+    assert list(blocks) == list(METRIC_NAMES)
+    for name in METRIC_NAMES:
+        assert blocks[name].shape == (12,)
+        torch.testing.assert_close(blocks[name], whole[name], rtol=1e-12, atol=0)
+
+
 @pytest.mark.slow
 def test_device_check_script_dry_runs_on_the_cpu(tmp_path):
     import os
