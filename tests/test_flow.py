@@ -285,6 +285,31 @@ def test_a_finished_run_leaves_the_cpu_batch_at_once(monkeypatch):
     assert sizes.count(2) > 0 and sizes.count(1) > 0
 
 
+@pytest.mark.parametrize("count", [1, 2, 6, 8])
+def test_dense_output_of_some_runs_equals_their_rows_of_all(count):
+    """The dense output of a few runs (their stages gathered) and of many (one product over
+    every run, then their rows) equals the rows of the whole batch's, and the stage sum
+    y + h sum_j w_j(theta) k_j written out by hand."""
+    from ncsim.flow.integrate import _dense, _Stages
+    from ncsim.flow.tableau import tableau
+
+    tab = tableau("tsit5")
+    gen = torch.Generator().manual_seed(3)
+    y = torch.randn(8, 11, generator=gen, dtype=torch.float64)
+    ks = _Stages(tab.stages, y)
+    ks.buf.copy_(torch.randn(ks.buf.shape, generator=gen, dtype=torch.float64))
+    h = torch.rand(8, generator=gen, dtype=torch.float64) + 0.5
+    theta = torch.rand(8, generator=gen, dtype=torch.float64)
+    rows = torch.randperm(8, generator=gen)[:count]
+    everyone = _dense(tab, y, h, ks, theta)
+    some = _dense(tab, y, h, ks, theta[rows], rows)
+    torch.testing.assert_close(some, everyone[rows], rtol=1e-14, atol=1e-14)
+    powers = np.stack([theta.numpy() ** (j + 1) for j in range(tab.p.shape[1])], axis=1)
+    weights = powers @ tab.p.T  # (R, S)
+    by_hand = y.numpy() + h.numpy()[:, None] * np.einsum("rs,srp->rp", weights, ks.buf.numpy())
+    np.testing.assert_allclose(everyone.numpy(), by_hand, rtol=1e-13, atol=1e-13)
+
+
 def _emulate_accelerator(monkeypatch) -> None:
     """Run the accelerator's loop on the CPU: no host synchronisation inside a chunk, and no
     product through numpy (a device never takes that route)."""

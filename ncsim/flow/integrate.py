@@ -190,10 +190,16 @@ def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: _Stages,
     powers = torch.stack([theta ** (j + 1) for j in range(tab.p.shape[1])], dim=1)
     p = ks.constant(tab.p, powers.dtype)
     weights = (powers @ p.T).to(y.dtype).unsqueeze(1)  # (M, 1, S)
-    stages = ks.buf if rows is None else ks.buf.index_select(1, rows)  # (S, M, P)
-    if rows is not None:
+    if rows is None:
+        acc = bmm(weights, ks.buf.transpose(0, 1)).squeeze(1)
+    else:
         y, h = y.index_select(0, rows), h.index_select(0, rows)
-    acc = bmm(weights, stages.transpose(0, 1)).squeeze(1)
+        if 3 * rows.shape[0] < ks.buf.shape[1]:  # few runs: gather their stages (3 passes)
+            acc = bmm(weights, ks.buf.index_select(1, rows).transpose(0, 1)).squeeze(1)
+        else:  # many: one product over every run's stages, then their rows
+            every = weights.new_zeros((ks.buf.shape[1], 1, weights.shape[2]))
+            every[rows] = weights
+            acc = bmm(every, ks.buf.transpose(0, 1)).squeeze(1).index_select(0, rows)
     return torch.addcmul(y, acc, h.to(y.dtype).unsqueeze(1))
 
 
