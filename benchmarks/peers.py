@@ -109,7 +109,7 @@ class Problem:
         lay = self.objective.layout
         block = record_block(states.device)
         parts = []
-        for lo in range(0, states.shape[0], block):
+        for lo in range(0, max(states.shape[0], 1), block):  # no states: one empty call
             chunk = states[lo:lo + block]
             h, w = lay.view(chunk, "H"), lay.view(chunk, "W1")
             parts.append(nc_metrics(h.transpose(1, 2), self.objective.labels,

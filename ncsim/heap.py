@@ -30,10 +30,14 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 2**30
 """Blocks below this come from the heap; larger ones are mapped on their own."""
 
+FALLBACK_MMAP_THRESHOLD_BYTES = 2**25
+"""The largest mmap threshold older glibc releases accept (HEAP_MAX_SIZE / 2 on 64-bit); taken
+when the larger one is refused."""
+
 TRIM_THRESHOLD_BYTES = 2**30
 """Free memory at the top of the heap kept for reuse, instead of being returned to the system."""
 
-_kept = False
+_taken_mmap_threshold = 0
 
 
 @functools.cache
@@ -55,21 +59,30 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD_BYTES,
     """Serve blocks below ``mmap_threshold`` bytes from the heap, and keep up to
     ``trim_threshold`` bytes of free heap, for the rest of the process (glibc only).
 
-    Returns whether glibc took both settings; False elsewhere. Both must be positive and fit a C
-    int.
+    A glibc that refuses ``mmap_threshold`` (older ones stop at 32 MiB) gets
+    :data:`FALLBACK_MMAP_THRESHOLD_BYTES`. Returns whether both settings took effect; False
+    on other C libraries. Both must be positive and fit a C int.
     """
+    global _taken_mmap_threshold
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
         if not 0 < value < 2**31:
             raise ValueError(f"{name} must be a byte count in (0, 2**31), got {value}")
-    global _kept
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    _kept = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, trim_threshold))
-    return _kept
+    trimmed = bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    for threshold in (mmap_threshold, min(mmap_threshold, FALLBACK_MMAP_THRESHOLD_BYTES)):
+        if mallopt(_M_MMAP_THRESHOLD, threshold):
+            _taken_mmap_threshold = threshold
+            break
+    return trimmed and _taken_mmap_threshold > 0
 
 
 def kept() -> bool:
     """Whether :func:`keep_freed_memory` took effect in this process (benchmark records)."""
-    return _kept
+    return _taken_mmap_threshold > 0
+
+
+def mmap_threshold() -> int:
+    """The mmap threshold :func:`keep_freed_memory` set in this process, in bytes (0: none)."""
+    return _taken_mmap_threshold

@@ -67,6 +67,14 @@ def _written(out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _np_matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
+               ) -> np.ndarray:
+    """numpy's ``matmul`` on the tensors' memory, silent on overflow and invalid values as
+    torch is (an inf or NaN is the caller's to find: the integrator's divergence test)."""
+    with np.errstate(all="ignore"):
+        return np.matmul(a.numpy(), b.numpy(), out=None if out is None else out.numpy())
+
+
 def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """a @ b for a (R, m, k), b (R, k, n): (R, m, n), written into ``out`` when given.
     Shapes that do not fit go to ``torch.bmm``, which raises its own error."""
@@ -76,8 +84,8 @@ def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> to
     if not (fits and _host_route(a, b, out)):
         return torch.bmm(a, b, out=out)
     if out is None:
-        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
-    np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+        return torch.from_numpy(_np_matmul(a, b))
+    _np_matmul(a, b, out)
     return _written(out)
 
 
@@ -100,7 +108,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     fits = a.dim() >= 2 and b.dim() >= 2 and a.shape[-1] == b.shape[-2]
     if not (fits and _host_route(a, b)):
         return torch.matmul(a, b)
-    return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+    return torch.from_numpy(_np_matmul(a, b))
 
 
 def vecmat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -108,4 +116,4 @@ def vecmat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     if not (v.dim() == 1 and m.dim() == 2 and v.shape[0] == m.shape[0]
             and _host_route(v, m)):
         return v @ m
-    return torch.from_numpy(np.matmul(v.numpy(), m.numpy()))
+    return torch.from_numpy(_np_matmul(v, m))

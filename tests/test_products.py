@@ -196,3 +196,21 @@ def test_matmul_broadcasts_as_torch_does(matmul_calls):
     assert len(matmul_calls) == 2
     with pytest.raises(RuntimeError):
         products.matmul(features, features)  # torch's own error for shapes that do not fit
+
+
+def test_overflow_gives_torchs_inf_and_nan_without_a_warning(matmul_calls):
+    """numpy warns on overflow in matmul, torch does not: the route is silent like torch (the
+    integrator's divergence test finds the inf or NaN)."""
+    import warnings
+
+    a = torch.full((2, 3, 4), 1e200, dtype=torch.float64)
+    b = torch.full((2, 4, 5), 1e200, dtype=torch.float64)
+    b[1, 0, 0] = -1e200  # inf - inf in a sum: NaN or -inf, as the BLAS orders it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = products.bmm(a, b)
+        got_matmul = products.matmul(a, b)
+    expected = torch.bmm(a, b)
+    assert len(matmul_calls) == 2  # both through numpy
+    assert not got.isfinite().any() and not got_matmul.isfinite().any()
+    assert torch.equal(got[0], expected[0])  # +inf everywhere

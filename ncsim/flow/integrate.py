@@ -62,6 +62,9 @@ _RECORD_BUFFER_BYTES_DEVICE = 2**30
 _DIVERGE_ABS = 1e100
 _STALL_REJECTIONS = 1000  # smooth flows reject a few percent of their steps
 _GRAPH_SHRINK = 4  # with CUDA graphs, a batch shrinks when <= 1/4 of it still runs
+# Dense output of some runs: their stages are gathered (written once, read twice) when fewer
+# than 1/3 of the batch's runs record; otherwise one product reads every run's stages once.
+_GATHER_BELOW = 3
 
 
 @dataclass
@@ -194,7 +197,7 @@ def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: _Stages,
         acc = bmm(weights, ks.buf.transpose(0, 1)).squeeze(1)
     else:
         y, h = y.index_select(0, rows), h.index_select(0, rows)
-        if 3 * rows.shape[0] < ks.buf.shape[1]:  # few runs: gather their stages (3 passes)
+        if _GATHER_BELOW * rows.shape[0] < ks.buf.shape[1]:  # few runs: gather their stages
             acc = bmm(weights, ks.buf.index_select(1, rows).transpose(0, 1)).squeeze(1)
         else:  # many: one product over every run's stages, then their rows
             every = weights.new_zeros((ks.buf.shape[1], 1, weights.shape[2]))
@@ -347,7 +350,8 @@ def integrate(
     magnitude : state (R, P) -> (R, P) size of each entry for the relative error test
         (adaptive methods: error_i <= atol + rtol * max(magnitude(y), magnitude(y_new))_i);
         default |y|. The Gram form passes Cauchy-Schwarz bounds, so an inner product is
-        judged against the norms of its factors, as in the parameter space.
+        judged against the norms of its factors, as in the parameter space. It must return a
+        fresh, writable tensor (the CPU loop copies rejected runs' rows into it).
     """
     if grad_norm is None:
         def grad_norm(state: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -417,7 +421,7 @@ class _Chunk:
     stop_on_finish: bool = False
 
     def advance(self, state: dict[str, torch.Tensor]) -> None:
-        tab, f, solver, rec, rec_t = self.tab, self.f, self.solver, self.rec, self.rec_t
+        tab, f, solver, rec_t = self.tab, self.f, self.solver, self.rec_t
         y, k1, t, dt, code, steps, rejected, next_rec = (state[key] for key in _STATE)
         err_exp = -1.0 / tab.order
         t_end_v = torch.full_like(t, float(solver.t_end))
@@ -447,38 +451,9 @@ class _Chunk:
             proposal = h * factor
             dt = torch.where(active, torch.where(accept & capped,
                                                  torch.maximum(dt, proposal), proposal), dt)
-            cross = accept & (rec_t[next_rec] <= t_new)
-            if self.host_free:
-                theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
-                rec.push(cross, _dense(tab, y, h, ks, theta), next_rec, self.rows)
-                next_rec = next_rec + cross.long()
-            while not self.host_free and bool(cross.any()):  # on the CPU a test costs no sync
-                if int(rec.slot.max()) >= rec.capacity:
-                    rec.flush()
-                at = cross.nonzero().squeeze(1)  # the runs that cross a record time
-                theta = ((rec_t[next_rec[at]] - t[at]) / h[at]).clamp(0.0, 1.0)
-                rec.push_rows(self.rows[at], _dense(tab, y, h, ks, theta, at), next_rec[at])
-                next_rec = next_rec + cross.long()
-                cross = accept & (rec_t[next_rec] <= t_new)
-            if not self.host_free:
-                # On the CPU the runs that did not step copy their rows back into the new
-                # state (most steps: none). k1 may be a view of the last stage: the next step
-                # copies it into the first stage before it overwrites the last.
-                if not bool(accept.all()):
-                    keep = (~accept).nonzero().squeeze(1)
-                    y_new.index_copy_(0, keep, y.index_select(0, keep))
-                    mag_new.index_copy_(0, keep, mag.index_select(0, keep))
-                    peak_new = torch.where(accept, peak_new, peak)
-                    if tab.fsal:
-                        ks[-1].index_copy_(0, keep, ks[0].index_select(0, keep))
-                y, mag, peak = y_new, mag_new, peak_new
-                k1 = ks[-1] if tab.fsal else f(y)
-            else:
-                acc_col = accept.unsqueeze(1)
-                y = torch.where(acc_col, y_new, y)
-                mag = torch.where(acc_col, mag_new, mag)
-                peak = torch.where(accept, peak_new, peak)
-                k1 = torch.where(acc_col, ks[-1] if tab.fsal else f(y), ks[0])
+            next_rec = self._record(y, h, t, t_new, ks, accept, next_rec)
+            y, mag, peak, k1 = self._next_state(accept, (y, mag, peak), (y_new, mag_new, peak_new),
+                                                ks)
             t = torch.where(accept, t_new, t)
             steps = steps + accept.long()
             rejected = rejected + (active & ~accept).long()
@@ -497,6 +472,56 @@ class _Chunk:
         for key, value in zip(_STATE, (y, k1, t, dt, code, steps, rejected, next_rec),
                               strict=True):
             state[key].copy_(value)
+
+    def _record(self, y: torch.Tensor, h: torch.Tensor, t: torch.Tensor, t_new: torch.Tensor,
+                ks: _Stages, accept: torch.Tensor, next_rec: torch.Tensor) -> torch.Tensor:
+        """Queue the dense output of every record time that an accepted step from ``t`` to
+        ``t_new`` (M,) crossed; returns the runs' next record indices (M,).
+
+        On a device a step crosses at most one record time and every run goes through the
+        queue's masked update; on the CPU only the runs that cross, as often as they cross."""
+        rec, rec_t = self.rec, self.rec_t
+        cross = accept & (rec_t[next_rec] <= t_new)
+        if self.host_free:
+            theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
+            rec.push(cross, _dense(self.tab, y, h, ks, theta), next_rec, self.rows)
+            return next_rec + cross.long()
+        while bool(cross.any()):  # on the CPU a test costs no sync
+            if int(rec.slot.max()) >= rec.capacity:
+                rec.flush()
+            at = cross.nonzero().squeeze(1)  # the runs that cross a record time
+            theta = ((rec_t[next_rec[at]] - t[at]) / h[at]).clamp(0.0, 1.0)
+            rec.push_rows(self.rows[at], _dense(self.tab, y, h, ks, theta, at), next_rec[at])
+            next_rec = next_rec + cross.long()
+            cross = accept & (rec_t[next_rec] <= t_new)
+        return next_rec
+
+    def _next_state(self, accept: torch.Tensor, old: tuple[torch.Tensor, ...],
+                    new: tuple[torch.Tensor, ...], ks: _Stages
+                    ) -> tuple[torch.Tensor, ...]:
+        """(y (M, P), magnitude (M, P), peak (M,), k1 (M, P)) after a step: ``new`` (y_new,
+        its magnitude and peak) and the last stage for the runs that ``accept`` (M,) it,
+        ``old`` and the first stage (the old k1) for the others.
+
+        On the CPU the runs that did not step copy their rows back into ``new`` (most steps:
+        none); k1 may then be a view of the last stage, which the next step copies into the
+        first before it overwrites the last. On a device every state goes through a masked
+        update (no host test)."""
+        (y, mag, peak), (y_new, mag_new, peak_new) = old, new
+        tab, f = self.tab, self.f
+        if self.host_free:
+            acc_col = accept.unsqueeze(1)
+            y = torch.where(acc_col, y_new, y)
+            return (y, torch.where(acc_col, mag_new, mag), torch.where(accept, peak_new, peak),
+                    torch.where(acc_col, ks[-1] if tab.fsal else f(y), ks[0]))
+        if not bool(accept.all()):
+            keep = (~accept).nonzero().squeeze(1)
+            y_new.index_copy_(0, keep, y.index_select(0, keep))
+            mag_new.index_copy_(0, keep, mag.index_select(0, keep))
+            peak_new = torch.where(accept, peak_new, peak)
+            if tab.fsal:
+                ks[-1].index_copy_(0, keep, ks[0].index_select(0, keep))
+        return y_new, mag_new, peak_new, ks[-1] if tab.fsal else f(y_new)
 
 
 class _GraphedChunk:
@@ -592,7 +617,9 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         # A step-size controller that rejects one step for every two it accepts, over a
         # thousand rejections, is chattering at a discontinuity of the velocity (a ReLU kink
         # the flow slides along): it would crawl to t_end in ever more steps. Such runs stop as
-        # STALLED. (Smooth flows reject well under 1% of their steps.)
+        # STALLED. (Smooth flows reject well under 1% of their steps.) The test runs at chunk
+        # ends: every ``check_every`` steps, and on the CPU also when a run of the batch
+        # finishes, so the step a run stalls at can depend on its batch.
         stalled = ((code == RUNNING) & (sub["rejected"] >= _STALL_REJECTIONS)
                    & (2 * sub["rejected"] >= sub["steps"]))
         sub["code"].copy_(_mark(code, stalled, STALLED))
