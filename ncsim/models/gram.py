@@ -184,12 +184,20 @@ class GramObjective:
         d_s = baddbmm(lw * s, g, bb).mul_(-ew)
         d_s.sub_(baddbmm(lh * s, a, g).mul_(eh))
         d_a = (_sym(bmm(g, s.transpose(1, 2))) + 2.0 * lw * a).mul_(-ew)
-        d_b = (_sym(bmm(g.transpose(1, 2), s)) + 2.0 * lh * bb).mul_(-eh)
-        parts = {"Z": d_s, "A": d_a, "B": d_b}
+        out = torch.empty_like(state) if out is None else out
+        # the (N, N) block straight into ``out``: -eta_H (G^T S + S^T G) - 2 eta_H lambda_H B
+        # in three passes (the product with -eta_H folded into G, the symmetric sum, the decay)
+        half = bmm(g.transpose(1, 2) * -eh, s)
+        d_b = self.layout.view(out, "B")
+        torch.add(half, half.transpose(1, 2), out=d_b)
+        d_b.addcmul_(bb, -2.0 * eh * lh)
+        parts = {"Z": d_s, "A": d_a}
         if b is not None:
             eb = eta_b.view(-1, 1) if isinstance(eta_b, Tensor) else eta_b
             parts["b"] = -(g.sum(2) + pen.b.view(-1, 1) * b) * eb
-        return self.layout.pack(parts, out=out)
+        for name, part in parts.items():
+            self.layout.view(out, name).copy_(part)
+        return out
 
     def grad_norm(self, state: Tensor, pen: Penalties, runs: Tensor | None = None) -> Tensor:
         """|grad f|_2 (R,) with respect to (W, H, b), from the Gram quantities.
