@@ -634,7 +634,11 @@ def test_every_state_form_replays_without_host_synchronisation(monkeypatch, mode
     fake = _FakeGraphs()
     monkeypatch.setattr(integrate_module, "_capture_graph", fake.capture)
     graphed, _ = _integrate_batch(specs, cuda_graphs=True)
-    np.testing.assert_array_equal(graphed.records, plain.records)
+    assert torch.equal(graphed.final_state, plain.final_state)
+    np.testing.assert_array_equal(graphed.steps, plain.steps)
+    # records to rounding: the eager loop sheds finished runs sooner, and a metrics block of
+    # one state is reduced by other torch kernels than a block of several (1e-16)
+    np.testing.assert_allclose(graphed.records, plain.records, rtol=1e-13, atol=0)
     assert np.isfinite(graphed.records).all() and fake.replays > 0
 
 

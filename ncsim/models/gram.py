@@ -186,7 +186,7 @@ class GramObjective:
         d_a = (_sym(bmm(g, s.transpose(1, 2))) + 2.0 * lw * a).mul_(-ew)
         out = torch.empty_like(state) if out is None else out
         # the (N, N) block straight into ``out``: -eta_H (G^T S + S^T G) - 2 eta_H lambda_H B
-        # in three passes (the product with -eta_H folded into G, the symmetric sum, the decay)
+        # in three passes (-eta_H folded into G; the symmetric sum; the decay)
         half = bmm(g.transpose(1, 2) * -eh, s)
         d_b = self.layout.view(out, "B")
         torch.add(half, half.transpose(1, 2), out=d_b)
