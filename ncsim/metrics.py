@@ -553,7 +553,8 @@ def _ncc_mismatch(features: Tensor, logits: Tensor, means: Tensor) -> Tensor:
     hc = features - ref
     mc = means - ref
     score = (mc * mc).sum(-1).unsqueeze(-2) - 2.0 * matmul(hc, mc.transpose(-1, -2))  # (R, N, K)
-    return logits.argmax(-1) != score.argmin(-1)
+    # max/min's indices are argmax/argmin's (the first of ties, NaN first), ~30% faster on the CPU
+    return logits.max(-1).indices != score.min(-1).indices
 
 
 def nc4(features: Tensor, weights: Tensor, bias: Tensor | None, means: Tensor) -> Tensor:

@@ -485,3 +485,21 @@ def test_bad_options():
     acc.update(h[0], y)
     with pytest.raises(InputError, match="weights must have shape"):
         acc.compute(w)
+
+
+def test_nc4_takes_the_first_of_tied_classes_as_argmax_and_argmin_do():
+    """Integer logits and integer distances tie often; the mismatch uses the first tied class
+    on both sides (torch.argmax/argmin), also for a NaN logit (taken as the maximum)."""
+    from ncsim.metrics import _ncc_mismatch
+
+    gen = torch.Generator().manual_seed(4)
+    feats = torch.randint(-2, 3, (3, 40, 5), generator=gen).double()
+    means = torch.randint(-2, 3, (3, 4, 5), generator=gen).double()
+    means[:, 3] = -means[:, :3].sum(1)  # the average class mean is 0: exact integer scores
+    logits = torch.randint(0, 3, (3, 40, 4), generator=gen).double()
+    logits[0, 0, 2] = float("nan")
+    score = (means * means).sum(-1).unsqueeze(-2) - 2.0 * feats @ means.transpose(-1, -2)
+    expected = logits.argmax(-1) != score.argmin(-1)
+    assert (score == score.min(-1, keepdim=True).values).sum(-1).gt(1).any()  # ties occur
+    assert (logits == logits.amax(-1, keepdim=True)).sum(-1).gt(1).any()
+    assert torch.equal(_ncc_mismatch(feats, logits, means), expected)

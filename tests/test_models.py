@@ -153,3 +153,16 @@ def test_layout_pack_into_a_buffer_equals_concatenation():
     lay.pack(parts, out=buf[2])
     torch.testing.assert_close(buf[2], lay.pack(parts), rtol=0, atol=0)
     assert (buf[:2] == 0).all()
+
+
+@pytest.mark.parametrize("name", ["mse", "ce"])
+def test_loss_value_is_the_loss_of_loss_and_gradient_to_the_bit(name):
+    from ncsim.models.losses import loss_function, loss_value
+
+    gen = torch.Generator().manual_seed(2)
+    logits = 3.0 * torch.randn(4, 5, 7, generator=gen, dtype=torch.float64)
+    onehot = torch.nn.functional.one_hot(torch.arange(7) % 5, 5).T.double()
+    assert torch.equal(loss_value(name, logits, onehot),
+                       loss_function(name)(logits, onehot)[0])
+    with pytest.raises(ValueError, match="unknown loss"):
+        loss_value("hinge", logits, onehot)

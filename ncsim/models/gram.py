@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ncsim.metrics import METRIC_NAMES
 from ncsim.models.layout import StateLayout
-from ncsim.models.losses import loss_function
+from ncsim.models.losses import loss_function, loss_value
 from ncsim.models.ufm import Penalties, labels_for, state_layout
 from ncsim.products import baddbmm, bmm
 from ncsim.spec import REDUCTIONS, ModelSpec
@@ -161,7 +161,7 @@ class GramObjective:
               ) -> tuple[Tensor, Tensor]:
         """(data loss (R,), objective f (R,)); ``runs`` is not needed (common interface)."""
         s, a, bb, b = self.blocks(state)
-        loss, _ = self._logits_grad(s, b)
+        loss = loss_value(self.model.loss, s if b is None else s + b.unsqueeze(-1), self.onehot)
         tr_a = torch.diagonal(a, dim1=1, dim2=2).sum(1)
         tr_b = torch.diagonal(bb, dim1=1, dim2=2).sum(1)
         total = loss + 0.5 * pen.w[-1] * tr_a + 0.5 * pen.h * tr_b
@@ -275,7 +275,7 @@ class GramObjective:
         mcmc = torch.diagonal(mg, dim1=1, dim2=2) - 2.0 * ref_mu + ref_ref.view(-1, 1)
         hcmc = bc - h_ref - ref_mu.unsqueeze(1) + ref_ref
         score = mcmc.unsqueeze(1) - 2.0 * hcmc
-        nc4 = (logits.argmax(1) != score.argmin(2)).to(s.dtype).mean(1)
+        nc4 = (logits.max(1).indices != score.min(2).indices).to(s.dtype).mean(1)
         dist2 = (torch.diagonal(mbar_g, dim1=1, dim2=2).unsqueeze(-1)
                  + torch.diagonal(mbar_g, dim1=1, dim2=2).unsqueeze(-2) - 2.0 * mbar_g
                  ).clamp_min(0.0)

@@ -26,6 +26,17 @@ def cross_entropy(logits: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Ten
     return loss, (log_prob.exp() - onehot) / n
 
 
+def loss_value(name: str, logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """The loss (R,) alone (no gradient): the first value of :func:`loss_function`'s, to the
+    bit, without the passes that form dL/dZ (a record needs the value only)."""
+    n = logits.shape[-1]
+    if name == "ce":
+        return -(torch.log_softmax(logits, dim=-2) * onehot).sum(dim=(-2, -1)) / n
+    if name == "mse":
+        return 0.5 * (logits - onehot).square().sum(dim=(-2, -1)) / n
+    raise ValueError(f"unknown loss {name!r}")
+
+
 def logit_gradient(name: str, logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
     """dL/dZ (R, K, N) alone (no loss value): (softmax(Z) - Y)/N for CE, (Z - Y)/N for MSE.
 

@@ -21,7 +21,7 @@ import torch
 
 from ncsim.models.activations import activation
 from ncsim.models.layout import StateLayout
-from ncsim.models.losses import logit_gradient, loss_function
+from ncsim.models.losses import logit_gradient, loss_function, loss_value
 from ncsim.products import baddbmm, bmm
 from ncsim.spec import ModelSpec
 
@@ -109,7 +109,7 @@ class UFMObjective:
     def value(self, state: torch.Tensor, pen: Penalties) -> tuple[torch.Tensor, torch.Tensor]:
         """(data loss (R,), objective f (R,))."""
         z, _, _ = self.forward(state)
-        loss, _ = self.loss_and_grad(z, self.onehot)
+        loss = loss_value(self.model.loss, z, self.onehot)
         return loss, loss + self.penalty(state, pen)
 
     def velocity(self, state: torch.Tensor, pen: Penalties,
