@@ -153,15 +153,19 @@ class GramObjective:
 
     # ------------------------------------------------------------------ objective and flow
 
+    @staticmethod
+    def _logits(s: Tensor, b: Tensor | None) -> Tensor:
+        """Z = S + b 1^T (R, K, N)."""
+        return s if b is None else s + b.unsqueeze(-1)
+
     def _logits_grad(self, s: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
-        z = s if b is None else s + b.unsqueeze(-1)
-        return self.loss_and_grad(z, self.onehot)
+        return self.loss_and_grad(self._logits(s, b), self.onehot)
 
     def value(self, state: Tensor, pen: Penalties, runs: Tensor | None = None
               ) -> tuple[Tensor, Tensor]:
         """(data loss (R,), objective f (R,)); ``runs`` is not needed (common interface)."""
         s, a, bb, b = self.blocks(state)
-        loss = loss_value(self.model.loss, s if b is None else s + b.unsqueeze(-1), self.onehot)
+        loss = loss_value(self.model.loss, self._logits(s, b), self.onehot)
         tr_a = torch.diagonal(a, dim1=1, dim2=2).sum(1)
         tr_b = torch.diagonal(bb, dim1=1, dim2=2).sum(1)
         total = loss + 0.5 * pen.w[-1] * tr_a + 0.5 * pen.h * tr_b
@@ -195,9 +199,7 @@ class GramObjective:
         if b is not None:
             eb = eta_b.view(-1, 1) if isinstance(eta_b, Tensor) else eta_b
             parts["b"] = -(g.sum(2) + pen.b.view(-1, 1) * b) * eb
-        for name, part in parts.items():
-            self.layout.view(out, name).copy_(part)
-        return out
+        return self.layout.write(parts, out)
 
     def grad_norm(self, state: Tensor, pen: Penalties, runs: Tensor | None = None) -> Tensor:
         """|grad f|_2 (R,) with respect to (W, H, b), from the Gram quantities.
@@ -268,7 +270,7 @@ class GramObjective:
         cos_wm = torch.diagonal(w_mbar, dim1=1, dim2=2) / (w_norms * norms)
         # nc4: argmax of the logits against the nearest class mean (distances about the
         # average class mean, as in ncsim.metrics).
-        logits = s if b is None else s + b.unsqueeze(-1)
+        logits = self._logits(s, b)
         h_ref = bc.mean(2, keepdim=True)  # h_i . ref
         ref_mu = mg.mean(1)  # (R, K): ref . mu_c
         ref_ref = mg.mean((1, 2)).view(-1, 1, 1)

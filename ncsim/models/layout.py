@@ -55,8 +55,13 @@ class StateLayout:
         r = next(iter(parts.values())).shape[0]
         if out is None:
             return torch.cat([parts[b.name].reshape(r, b.size) for b in self.blocks], dim=1)
-        for b in self.blocks:
-            self.view(out, b.name).copy_(parts[b.name])
+        return self.write({b.name: parts[b.name] for b in self.blocks}, out)
+
+    def write(self, parts: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        """Copy the blocks ``parts`` {name: (R, *shape)} into ``out`` (R, P); blocks not in
+        ``parts`` are left as they are (a caller that wrote them in place)."""
+        for name, part in parts.items():
+            self.view(out, name).copy_(part)
         return out
 
     def expand_per_block(self, values: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -10,30 +10,35 @@ from __future__ import annotations
 import torch
 
 
+def _mse_loss(residual: torch.Tensor) -> torch.Tensor:
+    """(1/2N) |Z - Y|_F^2 (R,) from the residual Z - Y (R, K, N)."""
+    return 0.5 * residual.square().sum(dim=(-2, -1)) / residual.shape[-1]
+
+
+def _ce_loss(log_prob: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """(1/N) sum_i CE(z_i, y_i) (R,) from log softmax(Z) (R, K, N)."""
+    return -(log_prob * onehot).sum(dim=(-2, -1)) / log_prob.shape[-1]
+
+
 def mse(logits: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (R,) and gradient dL/dZ (R, K, N) of (1/2N) |Z - Y|_F^2."""
-    n = logits.shape[-1]
     residual = logits - onehot
-    loss = 0.5 * residual.square().sum(dim=(-2, -1)) / n
-    return loss, residual / n
+    return _mse_loss(residual), residual / logits.shape[-1]
 
 
 def cross_entropy(logits: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (R,) and gradient dL/dZ (R, K, N) of (1/N) sum_i CE(z_i, y_i)."""
-    n = logits.shape[-1]
     log_prob = torch.log_softmax(logits, dim=-2)
-    loss = -(log_prob * onehot).sum(dim=(-2, -1)) / n
-    return loss, (log_prob.exp() - onehot) / n
+    return _ce_loss(log_prob, onehot), (log_prob.exp() - onehot) / logits.shape[-1]
 
 
 def loss_value(name: str, logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """The loss (R,) alone (no gradient): the first value of :func:`loss_function`'s, to the
-    bit, without the passes that form dL/dZ (a record needs the value only)."""
-    n = logits.shape[-1]
+    """The loss (R,) alone, without the passes that form dL/dZ (a record needs the value
+    only); the same value as :func:`loss_function`'s, by the same helpers."""
     if name == "ce":
-        return -(torch.log_softmax(logits, dim=-2) * onehot).sum(dim=(-2, -1)) / n
+        return _ce_loss(torch.log_softmax(logits, dim=-2), onehot)
     if name == "mse":
-        return 0.5 * (logits - onehot).square().sum(dim=(-2, -1)) / n
+        return _mse_loss(logits - onehot)
     raise ValueError(f"unknown loss {name!r}")
 
 

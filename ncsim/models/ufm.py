@@ -21,7 +21,7 @@ import torch
 
 from ncsim.models.activations import activation
 from ncsim.models.layout import StateLayout
-from ncsim.models.losses import logit_gradient, loss_function, loss_value
+from ncsim.models.losses import logit_gradient, loss_value
 from ncsim.products import baddbmm, bmm
 from ncsim.spec import ModelSpec
 
@@ -69,7 +69,6 @@ class UFMObjective:
         self.depth = model.depth
         self.labels = labels_for(model, device)
         self.onehot = torch.nn.functional.one_hot(self.labels, model.classes).T.to(dtype)
-        self.loss_and_grad = loss_function(model.loss)
         self.sigma, self.sigma_grad = activation(model.activation, model.leaky_slope)
 
     def _blocks(
