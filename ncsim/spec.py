@@ -18,6 +18,7 @@ with N the number of samples, MSE loss 1/2 |z - y|^2 and softmax cross-entropy; 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -379,6 +380,32 @@ class OnsetSpec:
         require(isinstance(self.stay, int) and self.stay >= 1, "onset 'stay' must be >= 1")
 
 
+_ROW_PARTS = ("model", "reg", "init", "time_scale", "solver", "onset")
+_SHARED_PARTS = frozenset({"model", "time_scale", "solver", "onset"})  # hashable, shared by a batch
+
+
+def _part_row(part: str, value: Any) -> tuple[tuple[str, Any], ...]:
+    """(column, value) pairs of one part of a run spec ("model", "reg", ...) for the run table:
+    tuples joined by commas, init arrays left out, columns of parts other than the model and
+    the regularisation prefixed with the part's name."""
+    items = []
+    for name in _field_names(type(value)):
+        entry = getattr(value, name)
+        if isinstance(entry, tuple):
+            entry = ",".join(str(v) for v in entry)
+        items.append((name if part in ("model", "reg") else f"{part}_{name}", entry))
+    return tuple(items)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    """Field names of a spec dataclass for the run table (init arrays left out)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name != "arrays")
+
+
+_cached_part_row = functools.lru_cache(maxsize=1024)(_part_row)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One simulated run."""
@@ -413,15 +440,11 @@ class RunSpec:
     def to_row(self) -> dict[str, Any]:
         """Flat dict of every spec field (for the run table)."""
         row: dict[str, Any] = {}
-        for part in ("model", "reg", "init", "time_scale", "solver", "onset"):
-            for f in dataclasses.fields(getattr(self, part)):
-                if f.name == "arrays":
-                    continue
-                value = getattr(getattr(self, part), f.name)
-                if isinstance(value, tuple):
-                    value = ",".join(str(v) for v in value)
-                key = f.name if part in ("model", "reg") else f"{part}_{f.name}"
-                row[key] = value
+        for part in _ROW_PARTS:
+            value = getattr(self, part)
+            items = _cached_part_row(part, value) if part in _SHARED_PARTS else _part_row(
+                part, value)
+            row.update(items)
         return row
 
     def replace(self, **parts: Any) -> RunSpec:

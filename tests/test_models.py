@@ -95,6 +95,34 @@ def test_gaussian_init_independent_of_batch_and_dtype():
     torch.testing.assert_close(f32.double(), alone, rtol=1e-7, atol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(("kind", "depth", "bias"), [("ufm", 1, "none"), ("ufm", 1, "free"),
+                                                     ("deep", 3, "reg")])
+def test_initial_state_equals_per_run_draws_on_any_number_of_threads(kind, depth, bias,
+                                                                     threads):
+    """The batch's states, drawn in place (on several threads above 16 runs per thread),
+    are bit for bit the per-run ``randn`` draws of :func:`initial_parts` stacked; a spectral
+    and an explicit init go through the same path."""
+    from ncsim.models import initial_parts
+    from ncsim.models.ufm import state_layout
+
+    model = ModelSpec(kind=kind, depth=depth, activation="tanh", bias=bias, classes=3,
+                      per_class=(2, 3, 2), dim=5, width=4)
+    inits = [InitSpec(seed=s, scale=0.1 + 0.01 * s) for s in range(60)]
+    inits[7] = InitSpec(kind="spectral", scale=0.5, seed=7)
+    layout = state_layout(model)
+    expected = torch.cat([layout.pack({k: v.unsqueeze(0) for k, v in
+                                       initial_parts(model, i).items()}) for i in inits])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = initial_state(model, inits, "cpu", torch.float64)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got[0], got[1])
+
+
 def test_etf_init_needs_enough_dimensions():
     spec = RunSpec(model=ModelSpec(classes=10, dim=8), init=InitSpec(kind="etf"))
     with pytest.raises(InputError, match="needs d"):

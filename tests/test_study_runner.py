@@ -192,3 +192,20 @@ def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
         holder.wait()
     summary = run_study(study, out, progress=False, report=False)
     assert summary.computed == 2
+
+
+def test_run_chunk_gives_each_run_its_own_trajectory(tmp_path):
+    """The chunk's per-run trajectories (split by a group-by) are the rows of the batch's
+    trajectory table with that run's id, in time order; the row's sim_run_id names them."""
+    from ncsim.flow.simulate import simulate
+    from ncsim.study.compute import run_chunk
+    from ncsim.study.spec import run_spec
+
+    descs = load_study(_spec(tmp_path, seeds=4)).runs()
+    results = run_chunk(descs)
+    table = simulate([run_spec(d.params) for d in descs]).trajectories
+    assert [r[0] for r in results] == [d.run_id for d in descs]
+    for _, row, traj in results:
+        want = table[table["run_id"] == row["sim_run_id"]].drop(columns="run_id")
+        assert len(traj) == 40
+        pd.testing.assert_frame_equal(traj, want.reset_index(drop=True))

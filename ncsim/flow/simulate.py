@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.models import Penalties, UFMObjective, initial_state
 from ncsim.models.classmeans import ClassMeansObjective
 from ncsim.models.gram import GramObjective
+from ncsim.models.layout import StateLayout
 from ncsim.models.reduction import state_form
 from ncsim.onset import is_vanishing, onset_time, value_at
 from ncsim.spec import RunSpec
@@ -39,13 +40,47 @@ RECORDED = ("loss", "objective", *METRIC_NAMES)
 STATUSES = ("ok", "vanishing", "diverged", "stalled", "max_steps", "not_collapsed")
 
 
+class FinalStates(Mapping[str, dict[str, Any]]):
+    """Final states by run id (see :meth:`SimulationResult.final_state`).
+
+    Each batch's numpy blocks are built when one of its runs is first asked for (most callers
+    never ask: building them costs a copy of every state, and in the Gram form an
+    eigen-decomposition and d-sized arrays per run).
+    """
+
+    def __init__(self) -> None:
+        self._batch_of: dict[str, int] = {}
+        self._builders: list[Callable[[], list[dict[str, Any]]]] = []
+        self._ids: list[list[str]] = []
+        self._built: dict[str, dict[str, Any]] = {}
+
+    def add(self, ids: list[str], build: Callable[[], list[dict[str, Any]]]) -> None:
+        """Register a batch: ``build()`` returns the blocks of its runs ``ids``, in order."""
+        for rid in ids:
+            self._batch_of[rid] = len(self._builders)
+        self._builders.append(build)
+        self._ids.append(ids)
+
+    def __getitem__(self, run: str) -> dict[str, Any]:
+        if run not in self._built:
+            k = self._batch_of[run]  # KeyError for an unknown run, as a dict
+            self._built.update(zip(self._ids[k], self._builders[k]()))
+        return self._built[run]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._batch_of)
+
+    def __len__(self) -> int:
+        return len(self._batch_of)
+
+
 @dataclass
 class SimulationResult:
     """Run table (one row per run) and long-format trajectory table."""
 
     runs: pd.DataFrame
     trajectories: pd.DataFrame
-    final_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    final_states: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     def final_state(self, run: str) -> dict[str, Any]:
         """Blocks of a run's final state as float64 numpy arrays: ``H`` (d, N), ``W``
@@ -213,6 +248,48 @@ def _status(code: int, has_onset: bool, vanishing: bool) -> str:
     return "not_collapsed"
 
 
+def _reached(records: np.ndarray) -> np.ndarray:
+    """(R, T) whether any recorded quantity of a run is finite at a record time (the rows
+    the trajectory table keeps)."""
+    return np.isfinite(records).any(axis=2)
+
+
+def _in_input_order(frames: list[pd.DataFrame], positions: list[np.ndarray]) -> pd.DataFrame:
+    """One trajectory table of the batches' tables, run by run in input order.
+
+    ``positions[k]`` gives, for each row of ``frames[k]``, its run's position in the input;
+    a stable sort keeps every run's rows in time order.
+    """
+    table = pd.concat(frames, ignore_index=True)
+    if len(frames) == 1 and np.all(positions[0][1:] >= positions[0][:-1]):
+        return table
+    order = np.argsort(np.concatenate(positions), kind="stable")
+    return table.take(order).reset_index(drop=True)
+
+
+def _trajectory_frame(ids: Sequence[str], times: np.ndarray, records: np.ndarray
+                      ) -> pd.DataFrame:
+    """Long trajectory table of R runs: one row per run and record time at which any recorded
+    quantity is finite, run by run (in the order of ``ids``), each in time order.
+
+    Parameters
+    ----------
+    ids : (R,) run identifiers.
+    times : (T,) record times.
+    records : (R, T, Q) recorded quantities, Q = len(RECORDED) (NaN where not reached).
+    """
+    keep = _reached(records).ravel()
+    rows = np.flatnonzero(keep)  # (M,) into the (R * T) run-time pairs
+    values = np.take(records.reshape(-1, records.shape[2]), rows, axis=0)
+    frame = pd.DataFrame(values, columns=list(RECORDED), copy=False)  # one block, no copy
+    run_of_row = rows // records.shape[1]
+    frame.insert(0, "run_id", pd.array(list(ids), dtype="str").take(run_of_row))
+    frame.insert(1, "time", times[rows % records.shape[1]])
+    frame.insert(2, "time_unit", "t")
+    frame.insert(3, "phase", 0)
+    return frame
+
+
 def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[dict], pd.DataFrame]:
     """Run rows and trajectory rows of one integrated batch."""
     q_index = {name: i for i, name in enumerate(RECORDED)}
@@ -220,7 +297,7 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[di
     final = record_in_blocks(batch.record, flow.final_state, all_runs,
                              record_block(batch.device)).cpu().numpy()
     onset = batch.onset
-    rows, frames = [], []
+    rows = []
     for i, (spec, rid) in enumerate(zip(batch.specs, ids)):
         series = flow.records[i]
         fn_series = series[:, q_index["fn"]]
@@ -236,44 +313,46 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[di
                "onset_time": when, "fn_at_onset": fn_on}
         row.update({f"final_{name}": float(final[i, j]) for j, name in enumerate(RECORDED)})
         rows.append(row)
-        keep = np.isfinite(series).any(axis=1)
-        frame = pd.DataFrame(series[keep], columns=list(RECORDED))
-        frame.insert(0, "run_id", rid)
-        frame.insert(1, "time", flow.times[keep])
-        frame.insert(2, "time_unit", "t")
-        frame.insert(3, "phase", 0)
-        frames.append(frame)
-    return rows, pd.concat(frames, ignore_index=True)
+    return rows, _trajectory_frame(ids, flow.times, flow.records)
 
 
-def _state_blocks(batch: _Batch, state: torch.Tensor) -> list[dict[str, Any]]:
-    """Per-run blocks of the flat states (R, P) as float64 numpy arrays."""
-    if isinstance(batch.reduced, ClassMeansObjective):
-        h, w, b = batch.reduced.parameters(state.detach())
+def _state_builder(batch: _Batch, state: torch.Tensor) -> Callable[[], list[dict[str, Any]]]:
+    """A function that returns the per-run blocks of the batch's final states (R, P); it
+    holds the states (on the batch's device) and the little it needs of the batch."""
+    reduced, layout, depth = batch.reduced, batch.objective.layout, batch.model.depth
+    held = state.detach()
+    return lambda: _state_blocks(reduced, layout, depth, held)
+
+
+def _state_blocks(reduced: GramObjective | ClassMeansObjective | None, layout: StateLayout,
+                  depth: int, state: torch.Tensor) -> list[dict[str, Any]]:
+    """Per-run blocks of the flat states (R, P) as float64 numpy arrays: the parameter
+    ``layout`` of depth ``depth``, or the reduced form ``reduced``."""
+    if isinstance(reduced, ClassMeansObjective):
+        h, w, b = reduced.parameters(state)
         return [{"H": h[i].double().cpu().numpy().copy(), "W": [w[i].double().cpu().numpy().copy()],
                  "b": None if b is None else b[i].double().cpu().numpy().copy()}
                 for i in range(state.shape[0])]
-    if isinstance(batch.reduced, GramObjective):
-        gram = batch.reduced
-        h, w = gram.factor(state.detach().double())
+    if isinstance(reduced, GramObjective):
+        gram = reduced
+        h, w = gram.factor(state.double())
         blocks = []
         for i in range(state.shape[0]):
-            row = state[i:i + 1].detach().double().cpu()
+            row = state[i:i + 1].double().cpu()
             parts = {name: gram.layout.view(row, name)[0].numpy().copy()
                      for name in ("Z", "A", "B")}
             b = gram.layout.view(row, "b")[0].numpy().copy() if "b" in gram.layout else None
             blocks.append({"H": h[i].cpu().numpy().copy(), "W": [w[i].cpu().numpy().copy()],
                            "b": b, **parts})
         return blocks
-    layout = batch.objective.layout
-    host = state.detach().double().cpu()
+    host = state.double().cpu()
     blocks = []
     for i in range(host.shape[0]):
         row = host[i:i + 1]
         blocks.append({
             "H": layout.view(row, "H")[0].numpy().copy(),
             "W": [layout.view(row, f"W{l + 1}")[0].numpy().copy()
-                  for l in range(batch.model.depth)],
+                  for l in range(depth)],
             "b": layout.view(row, "b")[0].numpy().copy() if "b" in layout else None,
         })
     return blocks
@@ -336,8 +415,8 @@ def simulate(
 
         bar = tqdm(total=len(specs), unit="run", desc="simulate", leave=False)
     rows: dict[int, dict] = {}
-    frames = []
-    states: dict[str, dict[str, Any]] = {}
+    frames, positions = [], []
+    states = FinalStates()
     for members in _batches(specs, max_batch):
         batch = _Batch([specs[i] for i in members])
         flow = integrate(batch.velocity, batch.y0, batch.solver, batch.record, len(RECORDED),
@@ -345,19 +424,16 @@ def simulate(
                          grad_norm=batch.grad_norm, select=batch.select,
                          magnitude=batch.magnitude)
         batch_rows, frame = _summarise(batch, flow, [ids[i] for i in members])
-        for i, blocks in zip(members, _state_blocks(batch, flow.final_state)):
-            states[ids[i]] = blocks
+        states.add([ids[i] for i in members], _state_builder(batch, flow.final_state))
         for i, row in zip(members, batch_rows):
             if theory:
                 row.update(_theory_columns(specs[i]))
             row.update(provenance(specs[i].solver.device, specs[i].solver.dtype))
             rows[i] = row
         frames.append(frame)
+        positions.append(np.repeat(members, _reached(flow.records).sum(axis=1)))
     if bar is not None:
         bar.close()
     runs = pd.DataFrame([rows[i] for i in range(len(specs))])
-    trajectories = pd.concat(frames, ignore_index=True)
-    order = {rid: k for k, rid in enumerate(ids)}
-    trajectories = trajectories.sort_values(["run_id", "time"], key=lambda c: (
-        c.map(order) if c.name == "run_id" else c), kind="stable").reset_index(drop=True)
+    trajectories = _in_input_order(frames, positions)
     return SimulationResult(runs=runs, trajectories=trajectories, final_states=states)

@@ -15,12 +15,17 @@ is solved in. The bias starts at 0.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
 from ncsim.errors import InputError
+from ncsim.models.layout import StateLayout
 from ncsim.models.ufm import state_layout
 from ncsim.spec import InitSpec, ModelSpec, spectral_rank
+
+_RUNS_PER_THREAD = 16  # fewer runs per thread are drawn on the calling thread alone
 
 
 def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
@@ -112,11 +117,47 @@ def initial_parts(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
     return parts
 
 
+def _write_initial(model: ModelSpec, init: InitSpec, layout: StateLayout, row: torch.Tensor
+                   ) -> None:
+    """Write one run's initial state into ``row`` (1, P), float64 on the CPU.
+
+    A Gaussian draw goes straight into the row's blocks, in the order and with the values of
+    :func:`initial_parts` (``normal_`` on a contiguous block draws what ``randn`` of its
+    shape draws), and is scaled in place; the other kinds are built by
+    :func:`initial_parts` and copied in.
+    """
+    if init.kind != "gaussian":
+        layout.write({k: v.unsqueeze(0) for k, v in initial_parts(model, init).items()}, row)
+        return
+    gen = torch.Generator().manual_seed(int(init.seed))
+    names = ["H", *(f"W{l + 1}" for l in range(model.depth))]
+    for name in names:
+        layout.view(row, name).normal_(generator=gen).mul_(init.scale)
+    if model.has_bias:
+        layout.view(row, "b").zero_()
+
+
 def initial_state(
     model: ModelSpec, inits: list[InitSpec], device: str | torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Flat initial states (R, P) of the runs ``inits`` (one per run)."""
+    """Flat initial states (R, P) of the runs ``inits`` (one per run).
+
+    The runs are drawn on torch's intra-op threads (``torch.get_num_threads()``), each from
+    its own generator, so the values do not depend on the number of threads.
+    """
     layout = state_layout(model)
-    rows = [layout.pack({k: v.unsqueeze(0) for k, v in initial_parts(model, i).items()})
-            for i in inits]
-    return torch.cat(rows, dim=0).to(device=device, dtype=dtype)
+    out = torch.empty(len(inits), layout.size, dtype=torch.float64)
+
+    def fill(rows: range) -> None:
+        for i in rows:
+            _write_initial(model, inits[i], layout, out[i:i + 1])
+
+    threads = min(torch.get_num_threads(), len(inits) // _RUNS_PER_THREAD)
+    if threads > 1:
+        step = -(-len(inits) // threads)
+        with ThreadPoolExecutor(threads) as pool:  # torch releases the GIL while it draws
+            list(pool.map(fill, [range(a, min(a + step, len(inits)))
+                                 for a in range(0, len(inits), step)]))
+    else:
+        fill(range(len(inits)))
+    return out.to(device=device, dtype=dtype)

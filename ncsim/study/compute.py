@@ -66,8 +66,9 @@ def _simulate(descs: list[RunDesc]) -> list[Result]:
     result = simulate(specs)
     out = []
     sim_ids = list(result.runs["run_id"])
+    per_run = {rid: traj for rid, traj in result.trajectories.groupby("run_id", sort=False)}
     for desc, sim_id, row in zip(descs, sim_ids, result.runs.to_dict("records")):
-        traj = result.trajectories[result.trajectories["run_id"] == sim_id]
+        traj = per_run.get(sim_id, result.trajectories.iloc[:0])
         row = {**row, **_labels(desc), "sim_run_id": sim_id}
         row.pop("run_id", None)
         out.append((desc.run_id, row, traj.drop(columns="run_id").reset_index(drop=True)))
