@@ -8,7 +8,10 @@ log equals ncsim's, see :func:`_check_training`) or the benchmark fails with an
 AssertionError. A peer's failure, and that of an ncsim variant of W1 (tsit5, CUDA graphs), is
 reported in its row so that the other measurements survive; a failed ncsim row still makes
 ``ncsim bench`` exit with status 1 once the JSON is written. Results are printed and written
-as JSON (machine, versions, timings, ratios, peak memory).
+as JSON (machine, versions, timings, ratios, peak memory). ncsim's rows also give
+``phases_s``, the last repeat's split of ``simulate`` into preparation (initial states),
+integration and summary (tables) from :attr:`ncsim.flow.simulate.SimulationResult.timings`:
+the peers are timed from prepared tensors, so their times compare with ``integrate_s``.
 """
 
 from __future__ import annotations
@@ -291,7 +294,8 @@ def _ncsim_w1_row(name: str, specs: list, ref: np.ndarray, wl: Any, repeats: int
     err = peer_mod.check_accuracy(name, res.runs["final_fn"].to_numpy(), ref, wl.fn_tol)
     log(f"  {name}: {stats['median_s']:.3f} s (fn error {err:.1e})")
     return {**stats, "dtype": specs[0].solver.dtype, "fn_error": err,
-            "steps_total": int(res.runs.steps.sum()), "steps_max": int(res.runs.steps.max())}
+            "steps_total": int(res.runs.steps.sum()), "steps_max": int(res.runs.steps.max()),
+            "phases_s": res.timings}
 
 
 def _with_ratios(entry: dict[str, Any], dtypes: tuple[str, ...]) -> dict[str, Any]:
@@ -342,7 +346,7 @@ def _compare_forms(make: Callable[[str], Any], forms: tuple[str, str], row: dict
         stats, res = timed(lambda wl=wl: _simulate(_with_device(wl.specs, device)), repeats,
                            device)
         results[form] = res
-        row[form] = {**stats, "steps_total": int(res.runs.steps.sum())}
+        row[form] = {**stats, "steps_total": int(res.runs.steps.sum()), "phases_s": res.timings}
     fast, plain = forms
     row["max_rel_diff"] = w2_difference(results[fast], results[plain])
     label = ", ".join(f"{k}={v}" for k, v in row.items() if k in ("loss", "d", "n", "records"))

@@ -52,6 +52,11 @@ def test_cli_writes_json(tmp_path):
     rows = data["workloads"]["W2n"]
     assert [(r["n"], r["records"]) for r in rows] == [(20, 20), (50, 20), (20, 2), (50, 2)]
     assert all(r["max_rel_diff"] <= 1e-9 and r["classes"]["steps_total"] > 0 for r in rows)
+    for row in rows:
+        for form in ("classes", "none"):
+            phases = row[form]["phases_s"]
+            assert set(phases) == {"prepare_s", "integrate_s", "summarise_s"}
+            assert 0 < sum(phases.values()) <= row[form]["times_s"][-1]
 
 
 def test_w1_in_float32_and_float64_compares_each_dtype_with_its_own_ncsim_run():
@@ -67,6 +72,8 @@ def test_w1_in_float32_and_float64_compares_each_dtype_with_its_own_ncsim_run():
     assert w1["skipped"] == ["scipy_dop853_loop_float32 (a CPU float64 peer)"]
     for name, row in solvers.items():
         assert row["dtype"] == ("float32" if name.endswith("_float32") else "float64")
+        if name.startswith("ncsim"):
+            assert 0 < sum(row["phases_s"].values()) <= row["times_s"][-1]
         assert row["fn_error"] <= (1e-3 if row["dtype"] == "float32" else 1e-6)
     # float32 solvers carry rounding errors well above float64's, below their stated accuracy
     for name in ("ncsim_dopri5_float32", "torchdiffeq_dopri5_float32", "torchode_dopri5_float32"):

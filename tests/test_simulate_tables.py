@@ -156,3 +156,15 @@ def test_run_table_row_equals_the_field_by_field_reference():
     assert first.to_row()["time_scale_eta_w"] == "1.0,2.0"
     assert "init_arrays" not in first.to_row()
     assert (second.to_row()["lambda_w"], second.to_row()["init_seed"]) == (3e-3, 9)
+
+
+def test_timings_split_the_call_into_its_phases():
+    import time
+
+    start = time.perf_counter()
+    result = sim.simulate([_spec("ce", i) for i in range(3)], theory=False)
+    wall = time.perf_counter() - start
+    assert set(result.timings) == {"prepare_s", "integrate_s", "summarise_s"}
+    assert all(v > 0 for v in result.timings.values())
+    assert sum(result.timings.values()) <= wall
+    assert result.timings["integrate_s"] > result.timings["prepare_s"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +78,17 @@ class FinalStates(Mapping[str, dict[str, Any]]):
 
 @dataclass
 class SimulationResult:
-    """Run table (one row per run) and long-format trajectory table."""
+    """Run table (one row per run) and long-format trajectory table.
+
+    ``timings`` gives the wall-clock seconds of the call's phases: ``prepare_s`` (validation,
+    run ids, initial states and batch tensors), ``integrate_s`` (the flow and its records)
+    and ``summarise_s`` (final records, onsets, the two tables).
+    """
 
     runs: pd.DataFrame
     trajectories: pd.DataFrame
     final_states: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def final_state(self, run: str) -> dict[str, Any]:
         """Blocks of a run's final state as float64 numpy arrays: ``H`` (d, N), ``W``
@@ -378,6 +386,27 @@ def _batches(specs: Sequence[RunSpec], max_batch: int) -> list[list[int]]:
     return out
 
 
+@contextmanager
+def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the block to ``timings[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] += time.perf_counter() - start
+
+
+def _unique_ids(specs: Sequence[RunSpec]) -> list[str]:
+    """Run ids of ``specs``; a repeated spec gets ``-1``, ``-2``, ... after its id."""
+    ids = [run_id(s) for s in specs]
+    seen: dict[str, int] = {}
+    for i, rid in enumerate(ids):
+        seen[rid] = seen.get(rid, 0) + 1
+        if seen[rid] > 1:
+            ids[i] = f"{rid}-{seen[rid] - 1}"
+    return ids
+
+
 def simulate(
     specs: RunSpec | Sequence[RunSpec],
     progress: bool = False,
@@ -396,19 +425,17 @@ def simulate(
 
     Returns
     -------
-    SimulationResult with ``runs`` (one row per run, input order) and ``trajectories``.
+    SimulationResult with ``runs`` (one row per run, input order), ``trajectories``, the
+    final states and the phases' ``timings``.
     """
     from ncsim.io import provenance
 
-    specs = [specs] if isinstance(specs, RunSpec) else list(specs)
-    for spec in specs:
-        spec.validate()
-    ids = [run_id(s) for s in specs]
-    seen: dict[str, int] = {}
-    for i, rid in enumerate(ids):
-        seen[rid] = seen.get(rid, 0) + 1
-        if seen[rid] > 1:
-            ids[i] = f"{rid}-{seen[rid] - 1}"
+    timings = {"prepare_s": 0.0, "integrate_s": 0.0, "summarise_s": 0.0}
+    with _phase(timings, "prepare_s"):
+        specs = [specs] if isinstance(specs, RunSpec) else list(specs)
+        for spec in specs:
+            spec.validate()
+        ids = _unique_ids(specs)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -418,22 +445,28 @@ def simulate(
     frames, positions = [], []
     states = FinalStates()
     for members in _batches(specs, max_batch):
-        batch = _Batch([specs[i] for i in members])
-        flow = integrate(batch.velocity, batch.y0, batch.solver, batch.record, len(RECORDED),
-                         eta=batch.eta, progress=bar.update if bar is not None else None,
-                         grad_norm=batch.grad_norm, select=batch.select,
-                         magnitude=batch.magnitude)
-        batch_rows, frame = _summarise(batch, flow, [ids[i] for i in members])
-        states.add([ids[i] for i in members], _state_builder(batch, flow.final_state))
-        for i, row in zip(members, batch_rows):
-            if theory:
-                row.update(_theory_columns(specs[i]))
-            row.update(provenance(specs[i].solver.device, specs[i].solver.dtype))
-            rows[i] = row
-        frames.append(frame)
-        positions.append(np.repeat(members, _reached(flow.records).sum(axis=1)))
+        with _phase(timings, "prepare_s"):
+            batch = _Batch([specs[i] for i in members])
+        with _phase(timings, "integrate_s"):
+            flow = integrate(batch.velocity, batch.y0, batch.solver, batch.record,
+                             len(RECORDED), eta=batch.eta,
+                             progress=bar.update if bar is not None else None,
+                             grad_norm=batch.grad_norm, select=batch.select,
+                             magnitude=batch.magnitude)
+        with _phase(timings, "summarise_s"):
+            batch_rows, frame = _summarise(batch, flow, [ids[i] for i in members])
+            states.add([ids[i] for i in members], _state_builder(batch, flow.final_state))
+            for i, row in zip(members, batch_rows):
+                if theory:
+                    row.update(_theory_columns(specs[i]))
+                row.update(provenance(specs[i].solver.device, specs[i].solver.dtype))
+                rows[i] = row
+            frames.append(frame)
+            positions.append(np.repeat(members, _reached(flow.records).sum(axis=1)))
     if bar is not None:
         bar.close()
-    runs = pd.DataFrame([rows[i] for i in range(len(specs))])
-    trajectories = _in_input_order(frames, positions)
-    return SimulationResult(runs=runs, trajectories=trajectories, final_states=states)
+    with _phase(timings, "summarise_s"):
+        runs = pd.DataFrame([rows[i] for i in range(len(specs))])
+        trajectories = _in_input_order(frames, positions)
+    return SimulationResult(runs=runs, trajectories=trajectories, final_states=states,
+                            timings=timings)
