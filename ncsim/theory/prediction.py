@@ -13,7 +13,8 @@ Model (balanced classes, i.i.d. N(0, a^2) entries in W and H, small a, lambda_H 
   on the centred space). Of its initial value a^2 d (N - K) a fraction r_W/d lies in range(W)
   (r_W = K for MSE without bias, K - 1 otherwise) and also decays with int kappa w^2 / N.
 - nc1_trace(t) = tr(Sigma_W)/tr(Sigma_B) = E(t)/B(t); the onset is its first crossing of the
-  threshold (bracketed on a log-time grid, refined by brentq on the dense ODE solution).
+  threshold (bracketed on a log-time grid, refined by brentq on a dense solution of the
+  bracketing grid interval).
 - fn(t) is approximated by the root mean square feature norm sqrt((B + E + mean part)/N).
 
 Holds: balanced classes, d well above K (isotropic split of the within-class noise), one
@@ -24,11 +25,13 @@ layer, lambda_W, lambda_H > 0; init from 1e-4 to 1 (entry std) was checked (see
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.integrate import solve_ivp
+from scipy.integrate import odeint, solve_ivp
 from scipy.optimize import brentq
 
 from ncsim.theory import dynamics
@@ -73,54 +76,90 @@ def _mode_rhs(loss: str, K: int, n: int, lw: float, lh: float):
     return rhs
 
 
+@dataclass(frozen=True)
+class _ModeCurves:
+    """The mode ODE of one parameter point solved on a time grid, and nc1(t), fn(t) from it.
+
+    ``rhs`` is the mode ODE (w, h, int kappa w^2 / N); ``grid`` (G,) the times and ``states``
+    (G, 3) its solution there; the constants turn a state into the between-class, within-class
+    and mean energies (module docstring).
+    """
+
+    rhs: Callable[[float, np.ndarray], list[float]]
+    grid: np.ndarray
+    states: np.ndarray
+    loss: str
+    bias: str
+    K: int
+    n: int
+    d: int
+    lh: float
+    a: float
+    mu_minus: float
+    decay_h: float
+
+    def parts(self, t: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(between, within, mean) energies at times ``t`` (M,) of mode states (M, 3)."""
+        K, d, a = self.K, self.d, self.a
+        h, integ = states[:, 1], states[:, 2]
+        N = K * self.n
+        r_w = min(K if (self.loss == "mse" and self.bias == "none") else K - 1, d)
+        e0 = a * a * d * (N - K)
+        between = (K - 1) * (h * h + d * a * a * self.decay_h * np.exp(2 * self.mu_minus * t))
+        within = e0 * np.exp(-2 * self.lh * t) * ((d - r_w) / d + r_w / d * np.exp(-2 * integ))
+        mean = (h * h if (self.loss == "mse" and self.bias == "none")
+                else d * a * a * np.exp(-2 * self.lh * t))
+        return between, within, mean
+
+    def nc1(self, t: np.ndarray, states: np.ndarray) -> np.ndarray:
+        between, within, _ = self.parts(t, states)
+        return within / between
+
+    def fn(self, t: np.ndarray, states: np.ndarray) -> np.ndarray:
+        between, within, mean = self.parts(t, states)
+        return np.sqrt((between + within + mean) / (self.K * self.n))
+
+    def first_crossing(self, curve: str, level: float) -> float:
+        """First time the curve ("nc1" or "fn") crosses ``level``: the first sign change on
+        the grid, refined by brentq on a dense solution of that one grid interval."""
+        f = getattr(self, curve)
+        v = f(self.grid, self.states) - level
+        if v[0] == 0:
+            return float(self.grid[0])
+        idx = np.nonzero(np.sign(v[1:]) != np.sign(v[:-1]))[0]
+        if idx.size == 0:
+            return math.inf
+        i = int(idx[0])
+        t0, t1 = float(self.grid[i]), float(self.grid[i + 1])
+        cell = solve_ivp(self.rhs, (t0, t1), self.states[i], method="LSODA", rtol=_RTOL,
+                         atol=_ATOL, dense_output=True).sol
+        return float(brentq(lambda t: float(f(np.array([t]), cell(t)[None, :])[0]) - level,
+                            t0, t1, xtol=1e-12, rtol=1e-12))
+
+
+_RTOL, _ATOL = 1e-10, 1e-14  # of the mode ODE
+
+
 def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, a: float,
-            t_end: float):
-    """Dense solution and the closures nc1(t), fn(t)."""
+            grid: np.ndarray) -> _ModeCurves:
+    """The mode ODE from the growing eigen-direction of the init, solved on ``grid`` (G,)
+    (starting at t = 0) by LSODA in one call (the solver interpolates at the grid times)."""
     g = 1.0 / (K * math.sqrt(n))
     vals, vecs = np.linalg.eigh(np.array([[-lw, g], [g, -lh]]))
     e_plus, e_minus, mu_minus = vecs[:, 1], vecs[:, 0], vals[0]
     if e_plus[0] < 0:
         e_plus = -e_plus
     w0, h0 = math.sqrt(d) * a * e_plus
-    sol = solve_ivp(_mode_rhs(loss, K, n, lw, lh), (0.0, t_end), [w0, h0, 0.0], method="LSODA",
-                    rtol=1e-10, atol=1e-14, dense_output=True)
-    N = K * n
-    r_w = K if (loss == "mse" and bias == "none") else K - 1
-    r_w = min(r_w, d)
-    e0 = a * a * d * (N - K)
-    decay_h = e_minus[1] ** 2
-
-    def parts(t: np.ndarray):
-        w, h, integ = sol.sol(t)
-        between = (K - 1) * (h * h + d * a * a * decay_h * np.exp(2 * mu_minus * t))
-        within = e0 * np.exp(-2 * lh * t) * ((d - r_w) / d + r_w / d * np.exp(-2 * integ))
-        mean = h * h if (loss == "mse" and bias == "none") else d * a * a * np.exp(-2 * lh * t)
-        return between, within, mean
-
-    def nc1(t):
-        b, w, _ = parts(np.asarray(t, dtype=float))
-        return w / b
-
-    def fn(t):
-        b, w, m = parts(np.asarray(t, dtype=float))
-        return np.sqrt((b + w + m) / N)
-
-    return nc1, fn
+    rhs = _mode_rhs(loss, K, n, lw, lh)
+    states, info = odeint(rhs, [w0, h0, 0.0], grid, rtol=_RTOL, atol=_ATOL, tfirst=True,
+                          mxstep=100_000, full_output=True)
+    if info["message"] != "Integration successful.":
+        raise ArithmeticError(f"the mode ODE failed: {info['message']}")
+    return _ModeCurves(rhs, grid, states, loss, bias, K, n, d, lh, a, float(mu_minus),
+                       float(e_minus[1] ** 2))
 
 
-def _first_crossing(f, level: float, t_grid: np.ndarray) -> float:
-    """First t on the grid where f - level changes sign, refined by brentq (certified)."""
-    v = f(t_grid) - level
-    if v[0] == 0:
-        return float(t_grid[0])
-    idx = np.nonzero(np.sign(v[1:]) != np.sign(v[:-1]))[0]
-    if idx.size == 0:
-        return math.inf
-    i = int(idx[0])
-    return float(brentq(lambda t: float(f(t)) - level, t_grid[i], t_grid[i + 1],
-                        xtol=1e-12, rtol=1e-12))
-
-
+@functools.lru_cache(maxsize=4096)  # a pure function of its arguments: seeds share one call
 def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: float,
                     lambda_h: float, init_scale: float, threshold: float = 0.01,
                     lambda_b: float = 0.0, depth: int = 1, delta: float | None = None,
@@ -179,15 +218,15 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
     if t_max is None:
         slow = min(x for x in (lambda_h, mu) if x > 0) if max(lambda_h, mu) > 0 else 1e-6
         t_max = float(np.clip(40.0 / slow, 1e3, 1e8))
-    nc1, fn = _curves(loss, bias, K, n, d, lambda_w, lambda_h, init_scale, t_max)
     grid = np.concatenate([[0.0], np.geomspace(1e-3, t_max, 4000)])
-    onset = _first_crossing(nc1, threshold, grid)
-    fn0 = float(fn(0.0))
+    curves = _curves(loss, bias, K, n, d, lambda_w, lambda_h, init_scale, grid)
+    onset = curves.first_crossing("nc1", threshold)
+    fn0 = float(curves.fn(grid[:1], curves.states[:1])[0])
     if delta is None:
         delta = -0.05 if not fn0 > fn_star else 0.05
     if not math.isfinite(fn_star):
         return OnsetPrediction(onset, nan, nan, nan, "no_minimiser")
-    t_cross = _first_crossing(fn, (1 + delta) * fn_star, grid)
+    t_cross = curves.first_crossing("fn", (1 + delta) * fn_star)
     if not math.isfinite(onset):
         regime = "no_onset"
     elif d < 5 * K:
