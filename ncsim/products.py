@@ -45,7 +45,7 @@ _wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
 
 def _plain(t: torch.Tensor) -> bool:
     """A CPU float64 tensor whose memory numpy may read and write behind torch's back."""
-    return (t.device.type == "cpu" and t.dtype == torch.float64 and t.layout == torch.strided
+    return (t.is_cpu and t.dtype == torch.float64 and t.layout == torch.strided
             and not t.requires_grad
             and (_wrapped is None or not _wrapped(t))
             and (not t.is_inference() or torch.is_inference_mode_enabled()))

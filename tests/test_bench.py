@@ -298,3 +298,17 @@ def test_products_benchmark_rows(monkeypatch):
         row["numpy_held_gflops"] / row["torch_held_gflops"], rel=1e-12)
     stage = bench_products.stage_sum_row("tiny", 3, 40, torch.float32)
     assert stage["torch_ms"] > 0 and stage["numpy_ms"] > 0 and stage["dtype"] == "float32"
+
+
+def test_host_cost_script_times_every_part_and_keeps_the_thread_setting():
+    import torch
+
+    from benchmarks.host import host_costs
+
+    before = torch.get_num_threads()
+    costs = host_costs(grid=3, records=5, threads=2, repeats=1, theory_runs=3)
+    assert costs["runs"] == 9 and costs["records"] == 5
+    for key in ("validate_ids_s", "initial_state_s_threads1", "initial_state_s_threads2",
+                "trajectory_table_s", "theory_per_run_ms"):
+        assert costs[key] > 0, key
+    assert torch.get_num_threads() == before

@@ -1,0 +1,103 @@
+"""Host-side cost of a large batch: what ``simulate`` spends besides the flow.
+
+On an accelerator the flow of W1's 4096 runs takes a fraction of a second, so the host's
+share (validating and hashing the specs, drawing the initial states, building the tables,
+the theory columns) decides the wall time. This times each part on W1's GPU grid (64 x 64
+runs, K = 10, n = 20, d = 32, 200 records) on the CPU:
+
+- ``validate_ids_s``: validating the specs and their run ids;
+- ``initial_state_s``: the float64 Gaussian draws of every run, on 1 thread and on
+  ``--threads`` (the draws are the same on any number of threads);
+- ``trajectory_table_s``: the long trajectory table of R x 200 records (NaN-free);
+- ``theory_per_run_ms``: the closed-form theory columns of one run (mean over 128 runs of the
+  grid, each a different parameter point; runs that share one, e.g. seeds, share the call).
+
+Usage: ``python benchmarks/host.py [--grid 64] [--records 200] [--threads 2] [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.workloads import w1  # noqa: E402
+from ncsim.bench import machine  # noqa: E402
+from ncsim.flow.simulate import RECORDED, _theory_columns, _trajectory_frame, run_id  # noqa: E402
+from ncsim.heap import keep_freed_memory  # noqa: E402
+from ncsim.models import initial_state  # noqa: E402
+from ncsim.threads import set_threads  # noqa: E402
+
+
+def _median(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def host_costs(grid: int, records: int, threads: int, repeats: int = 3,
+               theory_runs: int = 128) -> dict:
+    """Seconds of each host-side part of ``simulate`` for a ``grid`` x ``grid`` W1 batch."""
+    specs = w1(grid=grid, t_end=5e3, records=records, dtype="float32").specs
+    model, inits = specs[0].model, [s.init for s in specs]
+    out: dict = {"runs": len(specs), "records": records, "threads": threads}
+
+    def validate_and_hash() -> None:
+        for s in specs:
+            s.validate()
+        [run_id(s) for s in specs]
+
+    out["validate_ids_s"] = _median(validate_and_hash, repeats)
+    before = torch.get_num_threads()
+    try:
+        for count in sorted({1, threads}):
+            set_threads(count)
+            out[f"initial_state_s_threads{count}"] = _median(
+                lambda: initial_state(model, inits, "cpu", torch.float32), repeats)
+    finally:
+        set_threads(before)
+    ids = [run_id(s) for s in specs]
+    times = np.concatenate([[0.0], np.geomspace(1e-2, 5e3, records - 1)])
+    table = np.random.default_rng(0).random((len(specs), records, len(RECORDED)))
+    out["trajectory_table_s"] = _median(lambda: _trajectory_frame(ids, times, table), repeats)
+    sample = specs[:: max(1, len(specs) // theory_runs)][:theory_runs]
+    _theory_columns(sample[0])
+    start = time.perf_counter()
+    for s in sample[1:]:
+        _theory_columns(s)
+    out["theory_per_run_ms"] = (time.perf_counter() - start) / max(1, len(sample) - 1) * 1e3
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", type=int, default=64)
+    parser.add_argument("--records", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    keep_freed_memory()
+    result = {"machine": machine(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              **host_costs(args.grid, args.records, args.threads, args.repeats)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
