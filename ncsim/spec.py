@@ -380,6 +380,15 @@ class OnsetSpec:
         require(isinstance(self.stay, int) and self.stay >= 1, "onset 'stay' must be >= 1")
 
 
+@functools.lru_cache(maxsize=256)
+def _check_shared(model: ModelSpec, solver: SolverSpec, onset: OnsetSpec) -> None:
+    """Validate the parts a batch of runs shares, once per distinct triple (frozen and
+    hashable; a part that fails raises every time, since a raised call is not cached)."""
+    model.validate()
+    solver.validate()
+    onset.validate()
+
+
 _ROW_PARTS = ("model", "reg", "init", "time_scale", "solver", "onset")
 _SHARED_PARTS = frozenset({"model", "time_scale", "solver", "onset"})  # hashable, shared by a batch
 
@@ -419,12 +428,10 @@ class RunSpec:
 
     def validate(self) -> RunSpec:
         """Check every field; raise :class:`InputError` with one clear line. Returns self."""
-        self.model.validate()
+        _check_shared(self.model, self.solver, self.onset)
         self.reg.validate(self.model)
         self.init.validate(self.model)
         self.time_scale.validate(self.model)
-        self.solver.validate()
-        self.onset.validate()
         require(self.solver.reduction != "gram" or self.model.kind == "ufm",
                 "reduction 'gram' needs the one-layer UFM (model 'ufm')")
         require(self.solver.reduction != "classes" or (

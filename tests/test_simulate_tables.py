@@ -168,3 +168,21 @@ def test_timings_split_the_call_into_its_phases():
     assert all(v > 0 for v in result.timings.values())
     assert sum(result.timings.values()) <= wall
     assert result.timings["integrate_s"] > result.timings["prepare_s"]
+
+
+def test_shared_parts_are_validated_once_and_a_bad_one_fails_every_time():
+    from ncsim.errors import InputError
+    from ncsim.spec import _check_shared
+
+    specs = [_spec("ce", i) for i in range(4)]
+    _check_shared.cache_clear()
+    for spec in specs:
+        spec.validate()
+    assert (_check_shared.cache_info().misses, _check_shared.cache_info().hits) == (1, 3)
+    bad = specs[0].replace(solver=dataclasses.replace(specs[0].solver, rtol=-1.0))
+    for _ in range(2):
+        with pytest.raises(InputError, match="rtol"):
+            bad.validate()
+    bad_reg = specs[0].replace(reg=Regularization(lambda_w=-1.0, lambda_h=1e-2))
+    with pytest.raises(InputError):
+        bad_reg.validate()

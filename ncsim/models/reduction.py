@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ncsim.models.classmeans import class_means_applies, class_means_cheaper
 from ncsim.models.gram import use_gram
 from ncsim.spec import ModelSpec
@@ -9,6 +11,7 @@ from ncsim.spec import ModelSpec
 FORMS = ("none", "gram", "classes")
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of a frozen model and a name
 def state_form(model: ModelSpec, reduction: str) -> str:
     """The state form of ``model`` runs under ``reduction``: "none" (parameters H, W, b),
     "gram" (Z = W H, W W^T, H^T H; cost independent of d) or "classes" (class means and the
