@@ -222,6 +222,10 @@ def _model_options(func):
 @click.option("--format", "fmt", type=_choice(("table", "json")), default="table",
               show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar [on for grids].")
+@click.option("--theory/--no-theory", default=True, show_default=True,
+              help="Closed-form prediction columns (fn_star_theory, onset_time_theory, ...): "
+                   "a few ms of CPU per distinct parameter point; leave them out for large "
+                   "grids on an accelerator.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch and BLAS CPU threads (small problems on shared machines run best "
                    "with 1).")
@@ -235,7 +239,7 @@ def simulate(**options: Any) -> None:
     specs = build_specs(options)
     show = options["progress"] if options["progress"] is not None else len(specs) > 1
     with bounded_threads(options["threads"]):
-        result = run_simulation(specs, progress=show)
+        result = run_simulation(specs, progress=show, theory=options["theory"])
     stalled = int((result.runs["status"] == "stalled").sum())
     if stalled:
         click.echo(f"note: {stalled} run(s) stalled: the adaptive steps chatter at a kink of the "

@@ -121,3 +121,17 @@ def test_threads_bound_torch_and_blas_during_the_simulation_only(monkeypatch):
             assert torch.get_num_threads() == 2 and blas_threads() == {2}
     finally:
         torch.set_num_threads(before)
+
+
+def test_no_theory_leaves_the_prediction_columns_out():
+    args = [*SMALL, "--seed", "0,1", "--format", "json", "--no-progress"]
+    with_theory = json.loads(_run(args).stdout)["runs"]
+    without = json.loads(_run([*args, "--no-theory"]).stdout)["runs"]
+    assert all("fn_star_theory" in r and "theory_regime" in r for r in with_theory)
+    assert all(not any(k.endswith("_theory") or k == "theory_regime" for k in r)
+               for r in without)
+    for a, b in zip(with_theory, without):
+        assert (a["run_id"], a["onset_time"], a["final_fn"]) == (
+            b["run_id"], b["onset_time"], b["final_fn"])
+    table = _run([*SMALL, "--no-theory", "--no-progress"])
+    assert table.exit_code == 0 and "onset_time" in table.stdout
