@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.workloads import w1  # noqa: E402
-from ncsim.bench import machine  # noqa: E402
+from ncsim.bench import machine, timed  # noqa: E402
 from ncsim.flow.simulate import RECORDED, _theory_columns, _trajectory_frame, run_id  # noqa: E402
 from ncsim.heap import keep_freed_memory  # noqa: E402
 from ncsim.models import initial_state  # noqa: E402
@@ -39,12 +38,8 @@ from ncsim.threads import set_threads  # noqa: E402
 
 
 def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of ``repeats`` calls of ``fn``."""
+    return timed(fn, repeats)[0]["median_s"]
 
 
 def host_costs(grid: int, records: int, threads: int, repeats: int = 3,
