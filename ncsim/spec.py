@@ -380,20 +380,10 @@ class OnsetSpec:
         require(isinstance(self.stay, int) and self.stay >= 1, "onset 'stay' must be >= 1")
 
 
-@functools.lru_cache(maxsize=256)
-def _check_shared(model: ModelSpec, solver: SolverSpec, onset: OnsetSpec) -> None:
-    """Validate the parts a batch of runs shares, once per distinct triple (frozen and
-    hashable; a part that fails raises every time, since a raised call is not cached)."""
-    model.validate()
-    solver.validate()
-    onset.validate()
-
-
 _ROW_PARTS = ("model", "reg", "init", "time_scale", "solver", "onset")
-_SHARED_PARTS = frozenset({"model", "time_scale", "solver", "onset"})  # hashable, shared by a batch
 
 
-def _part_row(part: str, value: Any) -> tuple[tuple[str, Any], ...]:
+def _part_row(part: str, value: Any) -> list[tuple[str, Any]]:
     """(column, value) pairs of one part of a run spec ("model", "reg", ...) for the run table:
     tuples joined by commas, init arrays left out, columns of parts other than the model and
     the regularisation prefixed with the part's name."""
@@ -403,16 +393,13 @@ def _part_row(part: str, value: Any) -> tuple[tuple[str, Any], ...]:
         if isinstance(entry, tuple):
             entry = ",".join(str(v) for v in entry)
         items.append((name if part in ("model", "reg") else f"{part}_{name}", entry))
-    return tuple(items)
+    return items
 
 
 @functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     """Field names of a spec dataclass for the run table (init arrays left out)."""
     return tuple(f.name for f in dataclasses.fields(cls) if f.name != "arrays")
-
-
-_cached_part_row = functools.lru_cache(maxsize=1024)(_part_row)
 
 
 @dataclass(frozen=True)
@@ -428,10 +415,12 @@ class RunSpec:
 
     def validate(self) -> RunSpec:
         """Check every field; raise :class:`InputError` with one clear line. Returns self."""
-        _check_shared(self.model, self.solver, self.onset)
+        self.model.validate()
         self.reg.validate(self.model)
         self.init.validate(self.model)
         self.time_scale.validate(self.model)
+        self.solver.validate()
+        self.onset.validate()
         require(self.solver.reduction != "gram" or self.model.kind == "ufm",
                 "reduction 'gram' needs the one-layer UFM (model 'ufm')")
         require(self.solver.reduction != "classes" or (
@@ -448,10 +437,7 @@ class RunSpec:
         """Flat dict of every spec field (for the run table)."""
         row: dict[str, Any] = {}
         for part in _ROW_PARTS:
-            value = getattr(self, part)
-            items = _cached_part_row(part, value) if part in _SHARED_PARTS else _part_row(
-                part, value)
-            row.update(items)
+            row.update(_part_row(part, getattr(self, part)))
         return row
 
     def replace(self, **parts: Any) -> RunSpec:

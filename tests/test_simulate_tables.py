@@ -73,8 +73,8 @@ def test_interleaved_batches_give_each_run_its_own_rows_in_input_order():
     result = sim.simulate(specs, theory=False)
     table = result.trajectories
     ids = list(result.runs["run_id"])
-    first_rows = table.groupby("run_id", sort=False).head(1)["run_id"]
-    assert list(first_rows) == ids
+    counts = [int((table["run_id"] == rid).sum()) for rid in ids]
+    assert list(table["run_id"]) == list(np.repeat(ids, counts))  # contiguous, input order
     assert result.runs["status"].iloc[3] == "max_steps"
     for spec, rid in zip(specs, ids):
         mine = table[table["run_id"] == rid].drop(columns="run_id").reset_index(drop=True)
@@ -98,7 +98,9 @@ def test_final_states_are_built_once_per_batch_when_asked_for():
     states.add(["a", "b"], builder("first", ["a", "b"]))
     states.add(["c"], builder("second", ["c"]))
     assert calls == [] and len(states) == 3 and list(states) == ["a", "b", "c"]
+    assert "a" in states and "unknown" not in states and calls == []
     assert states["b"]["H"][0] == 1 and calls == ["first"]
+    assert states._builders[0] is None  # what the builder held is released
     assert states["a"]["H"][0] == 0 and calls == ["first"]
     assert states["c"]["H"][0] == 0 and calls == ["first", "second"]
     with pytest.raises(KeyError):
@@ -137,8 +139,8 @@ def _reference_row(spec: RunSpec) -> dict:
 
 
 def test_run_table_row_equals_the_field_by_field_reference():
-    """``to_row`` (with its per-part cache) gives every field once, in order, tuples joined,
-    init arrays left out; a second spec sharing the cached parts gets its own values."""
+    """``to_row`` gives every field once, in order, tuples joined, init arrays left out;
+    each spec its own values, of their own types."""
     from ncsim.spec import TimeScale
 
     model = ModelSpec(kind="deep", depth=2, activation="relu", classes=3, per_class=(2, 3, 2),
@@ -147,8 +149,12 @@ def test_run_table_row_equals_the_field_by_field_reference():
     first = RunSpec(model=model, time_scale=TimeScale(eta_w=(1.0, 2.0)),
                     init=InitSpec(kind="arrays", arrays=arrays))
     second = first.replace(reg=Regularization(lambda_w=3e-3, lambda_h=4e-3),
-                           init=InitSpec(seed=9, scale=0.2))
-    for spec in (first, second, first):
+                           init=InitSpec(seed=9, scale=0.2),
+                           solver=dataclasses.replace(first.solver, t_end=1000),
+                           time_scale=TimeScale(eta_h=2.0, eta_w=(1.0, 2.0)))
+    third = second.replace(solver=dataclasses.replace(first.solver, t_end=1000.0))
+    third_id = sim.run_id(third)  # before the int-valued spec below is seen
+    for spec in (first, second, third, first):
         row = spec.to_row()
         assert row == _reference_row(spec)
         assert list(row) == list(_reference_row(spec))
@@ -156,6 +162,11 @@ def test_run_table_row_equals_the_field_by_field_reference():
     assert first.to_row()["time_scale_eta_w"] == "1.0,2.0"
     assert "init_arrays" not in first.to_row()
     assert (second.to_row()["lambda_w"], second.to_row()["init_seed"]) == (3e-3, 9)
+    assert second.to_row()["time_scale_eta_h"] == 2.0
+    # equal but differently typed values keep their own type (and so their run ids)
+    assert type(second.to_row()["solver_t_end"]) is int
+    assert type(third.to_row()["solver_t_end"]) is float
+    assert sim.run_id(third) == third_id
 
 
 def test_timings_split_the_call_into_its_phases():
@@ -169,20 +180,3 @@ def test_timings_split_the_call_into_its_phases():
     assert sum(result.timings.values()) <= wall
     assert result.timings["integrate_s"] > result.timings["prepare_s"]
 
-
-def test_shared_parts_are_validated_once_and_a_bad_one_fails_every_time():
-    from ncsim.errors import InputError
-    from ncsim.spec import _check_shared
-
-    specs = [_spec("ce", i) for i in range(4)]
-    _check_shared.cache_clear()
-    for spec in specs:
-        spec.validate()
-    assert (_check_shared.cache_info().misses, _check_shared.cache_info().hits) == (1, 3)
-    bad = specs[0].replace(solver=dataclasses.replace(specs[0].solver, rtol=-1.0))
-    for _ in range(2):
-        with pytest.raises(InputError, match="rtol"):
-            bad.validate()
-    bad_reg = specs[0].replace(reg=Regularization(lambda_w=-1.0, lambda_h=1e-2))
-    with pytest.raises(InputError):
-        bad_reg.validate()

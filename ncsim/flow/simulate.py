@@ -47,12 +47,13 @@ class FinalStates(Mapping[str, dict[str, Any]]):
 
     Each batch's numpy blocks are built when one of its runs is first asked for (most callers
     never ask: building them costs a copy of every state, and in the Gram form an
-    eigen-decomposition and d-sized arrays per run).
+    eigen-decomposition and d-sized arrays per run); until then the batch's final states are
+    held on the CPU (see :func:`_state_builder`).
     """
 
     def __init__(self) -> None:
         self._batch_of: dict[str, int] = {}
-        self._builders: list[Callable[[], list[dict[str, Any]]]] = []
+        self._builders: list[Callable[[], list[dict[str, Any]]] | None] = []
         self._ids: list[list[str]] = []
         self._built: dict[str, dict[str, Any]] = {}
 
@@ -66,8 +67,13 @@ class FinalStates(Mapping[str, dict[str, Any]]):
     def __getitem__(self, run: str) -> dict[str, Any]:
         if run not in self._built:
             k = self._batch_of[run]  # KeyError for an unknown run, as a dict
-            self._built.update(zip(self._ids[k], self._builders[k]()))
+            build = self._builders[k]
+            self._builders[k] = None  # what it held is not needed twice
+            self._built.update(zip(self._ids[k], build()))
         return self._built[run]
+
+    def __contains__(self, run: object) -> bool:
+        return run in self._batch_of
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._batch_of)
@@ -82,7 +88,8 @@ class SimulationResult:
 
     ``timings`` gives the wall-clock seconds of the call's phases: ``prepare_s`` (validation,
     run ids, initial states and batch tensors), ``integrate_s`` (the flow and its records)
-    and ``summarise_s`` (final records, onsets, the two tables).
+    and ``summarise_s`` (final records, onsets, the theory columns when asked for,
+    provenance and the two tables).
     """
 
     runs: pd.DataFrame
@@ -325,10 +332,18 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[di
 
 
 def _state_builder(batch: _Batch, state: torch.Tensor) -> Callable[[], list[dict[str, Any]]]:
-    """A function that returns the per-run blocks of the batch's final states (R, P); it
-    holds the states (on the batch's device) and the little it needs of the batch."""
+    """A function that returns the per-run blocks of the batch's final states (R, P).
+
+    It holds the states on the CPU (an accelerator's memory is not kept for them) and the
+    little it needs of the batch: the layout, or the Gram form (whose factoring needs only the
+    state). The class-means form's blocks are built at once: its objective holds (R, d, N)
+    tensors that are not to outlive the batch.
+    """
     reduced, layout, depth = batch.reduced, batch.objective.layout, batch.model.depth
-    held = state.detach()
+    if isinstance(reduced, ClassMeansObjective):
+        blocks = _state_blocks(reduced, layout, depth, state.detach())
+        return lambda: blocks
+    held = state.detach().cpu()
     return lambda: _state_blocks(reduced, layout, depth, held)
 
 

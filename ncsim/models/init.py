@@ -142,8 +142,10 @@ def initial_state(
 ) -> torch.Tensor:
     """Flat initial states (R, P) of the runs ``inits`` (one per run).
 
-    The runs are drawn on torch's intra-op threads (``torch.get_num_threads()``), each from
-    its own generator, so the values do not depend on the number of threads.
+    With at least 16 runs per thread, the runs are split over up to
+    ``torch.get_num_threads()`` Python threads (torch releases the GIL while it draws); each
+    run draws from its own generator into its own row, so the values do not depend on the
+    number of threads.
     """
     layout = state_layout(model)
     out = torch.empty(len(inits), layout.size, dtype=torch.float64)

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.integrate import odeint, solve_ivp
+from scipy.integrate import ODEintWarning, odeint, solve_ivp
 from scipy.optimize import brentq
 
 from ncsim.theory import dynamics
@@ -151,10 +152,13 @@ def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, 
         e_plus = -e_plus
     w0, h0 = math.sqrt(d) * a * e_plus
     rhs = _mode_rhs(loss, K, n, lw, lh)
-    states, info = odeint(rhs, [w0, h0, 0.0], grid, rtol=_RTOL, atol=_ATOL, tfirst=True,
-                          mxstep=100_000, full_output=True)
+    with warnings.catch_warnings():  # a failure is raised below, not printed
+        warnings.simplefilter("ignore", ODEintWarning)
+        states, info = odeint(rhs, [w0, h0, 0.0], grid, rtol=_RTOL, atol=_ATOL, tfirst=True,
+                              mxstep=100_000, full_output=True)
     if info["message"] != "Integration successful.":
-        raise ArithmeticError(f"the mode ODE failed: {info['message']}")
+        reason = info["message"].split(" (")[0].rstrip(".")  # without scipy's Dfun hint
+        raise ArithmeticError(f"the mode ODE failed: LSODA: {reason}")
     return _ModeCurves(rhs, grid, states, loss, bias, K, n, d, lh, a, float(mu_minus),
                        float(e_minus[1] ** 2))
 
