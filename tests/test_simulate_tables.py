@@ -180,3 +180,18 @@ def test_timings_split_the_call_into_its_phases():
     assert sum(result.timings.values()) <= wall
     assert result.timings["integrate_s"] > result.timings["prepare_s"]
 
+
+
+def test_a_result_pickles_with_its_final_states():
+    import pickle
+
+    specs = [_spec("ce", i) for i in range(2)] + [_spec("mse", 5)]
+    result = sim.simulate(specs, theory=False)
+    copy = pickle.loads(pickle.dumps(result))
+    pd.testing.assert_frame_equal(copy.runs, result.runs)
+    pd.testing.assert_frame_equal(copy.trajectories, result.trajectories)
+    assert copy.timings == result.timings and list(copy.final_states) == list(result.runs.run_id)
+    for rid in result.runs["run_id"]:
+        np.testing.assert_array_equal(copy.final_state(rid)["H"], result.final_state(rid)["H"])
+        np.testing.assert_array_equal(copy.final_state(rid)["W"][0],
+                                      result.final_state(rid)["W"][0])

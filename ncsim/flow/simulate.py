@@ -75,6 +75,12 @@ class FinalStates(Mapping[str, dict[str, Any]]):
     def __contains__(self, run: object) -> bool:
         return run in self._batch_of
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with every batch built (the builders are local functions)."""
+        for ids in self._ids:
+            self[ids[0]]
+        return {**self.__dict__, "_builders": [None] * len(self._builders)}
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._batch_of)
 
