@@ -380,22 +380,6 @@ class OnsetSpec:
         require(isinstance(self.stay, int) and self.stay >= 1, "onset 'stay' must be >= 1")
 
 
-_ROW_PARTS = ("model", "reg", "init", "time_scale", "solver", "onset")
-
-
-def _part_row(part: str, value: Any) -> list[tuple[str, Any]]:
-    """(column, value) pairs of one part of a run spec ("model", "reg", ...) for the run table:
-    tuples joined by commas, init arrays left out, columns of parts other than the model and
-    the regularisation prefixed with the part's name."""
-    items = []
-    for name in _field_names(type(value)):
-        entry = getattr(value, name)
-        if isinstance(entry, tuple):
-            entry = ",".join(str(v) for v in entry)
-        items.append((name if part in ("model", "reg") else f"{part}_{name}", entry))
-    return items
-
-
 @functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     """Field names of a spec dataclass for the run table (init arrays left out)."""
@@ -436,8 +420,13 @@ class RunSpec:
     def to_row(self) -> dict[str, Any]:
         """Flat dict of every spec field (for the run table)."""
         row: dict[str, Any] = {}
-        for part in _ROW_PARTS:
-            row.update(_part_row(part, getattr(self, part)))
+        for part in ("model", "reg", "init", "time_scale", "solver", "onset"):
+            value = getattr(self, part)
+            for name in _field_names(type(value)):
+                entry = getattr(value, name)
+                if isinstance(entry, tuple):
+                    entry = ",".join(str(v) for v in entry)
+                row[name if part in ("model", "reg") else f"{part}_{name}"] = entry
         return row
 
     def replace(self, **parts: Any) -> RunSpec:

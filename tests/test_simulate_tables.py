@@ -41,7 +41,7 @@ def test_trajectory_frame_equals_the_per_run_reference():
     records[4, 7] = np.nan  # a gap
     records[6] = np.nan  # a run with no row at all
     ids = [f"run{i}" for i in range(runs)]
-    got = sim._trajectory_frame(ids, times, records)
+    got, _ = sim._trajectory_frame(ids, times, records)
     pd.testing.assert_frame_equal(got, _reference_frame(ids, times, records), check_exact=True)
     assert len(got) == 5 * count + 12 - 1
     assert "run6" not in set(got["run_id"])

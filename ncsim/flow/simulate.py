@@ -269,12 +269,6 @@ def _status(code: int, has_onset: bool, vanishing: bool) -> str:
     return "not_collapsed"
 
 
-def _reached(records: np.ndarray) -> np.ndarray:
-    """(R, T) whether any recorded quantity of a run is finite at a record time (the rows
-    the trajectory table keeps)."""
-    return np.isfinite(records).any(axis=2)
-
-
 def _in_input_order(frames: list[pd.DataFrame], positions: list[np.ndarray]) -> pd.DataFrame:
     """One trajectory table of the batches' tables, run by run in input order.
 
@@ -289,7 +283,7 @@ def _in_input_order(frames: list[pd.DataFrame], positions: list[np.ndarray]) -> 
 
 
 def _trajectory_frame(ids: Sequence[str], times: np.ndarray, records: np.ndarray
-                      ) -> pd.DataFrame:
+                      ) -> tuple[pd.DataFrame, np.ndarray]:
     """Long trajectory table of R runs: one row per run and record time at which any recorded
     quantity is finite, run by run (in the order of ``ids``), each in time order.
 
@@ -298,8 +292,12 @@ def _trajectory_frame(ids: Sequence[str], times: np.ndarray, records: np.ndarray
     ids : (R,) run identifiers.
     times : (T,) record times.
     records : (R, T, Q) recorded quantities, Q = len(RECORDED) (NaN where not reached).
+
+    Returns
+    -------
+    (table, run_of_row): the table and, for each of its M rows, its run's index into ``ids``.
     """
-    keep = _reached(records).ravel()
+    keep = np.isfinite(records).any(axis=2).ravel()
     rows = np.flatnonzero(keep)  # (M,) into the (R * T) run-time pairs
     values = np.take(records.reshape(-1, records.shape[2]), rows, axis=0)
     frame = pd.DataFrame(values, columns=list(RECORDED), copy=False)  # one block, no copy
@@ -308,11 +306,13 @@ def _trajectory_frame(ids: Sequence[str], times: np.ndarray, records: np.ndarray
     frame.insert(1, "time", times[rows % records.shape[1]])
     frame.insert(2, "time_unit", "t")
     frame.insert(3, "phase", 0)
-    return frame
+    return frame, run_of_row
 
 
-def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[dict], pd.DataFrame]:
-    """Run rows and trajectory rows of one integrated batch."""
+def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
+               ) -> tuple[list[dict], pd.DataFrame, np.ndarray]:
+    """Run rows and trajectory rows of one integrated batch, and the index into ``ids`` of
+    each trajectory row's run."""
     q_index = {name: i for i, name in enumerate(RECORDED)}
     all_runs = torch.arange(len(ids), device=batch.device)
     final = record_in_blocks(batch.record, flow.final_state, all_runs,
@@ -334,7 +334,7 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]) -> tuple[list[di
                "onset_time": when, "fn_at_onset": fn_on}
         row.update({f"final_{name}": float(final[i, j]) for j, name in enumerate(RECORDED)})
         rows.append(row)
-    return rows, _trajectory_frame(ids, flow.times, flow.records)
+    return rows, *_trajectory_frame(ids, flow.times, flow.records)
 
 
 def _state_builder(batch: _Batch, state: torch.Tensor) -> Callable[[], list[dict[str, Any]]]:
@@ -475,7 +475,7 @@ def simulate(
                              grad_norm=batch.grad_norm, select=batch.select,
                              magnitude=batch.magnitude)
         with _phase(timings, "summarise_s"):
-            batch_rows, frame = _summarise(batch, flow, [ids[i] for i in members])
+            batch_rows, frame, run_of_row = _summarise(batch, flow, [ids[i] for i in members])
             states.add([ids[i] for i in members], _state_builder(batch, flow.final_state))
             for i, row in zip(members, batch_rows):
                 if theory:
@@ -483,7 +483,7 @@ def simulate(
                 row.update(provenance(specs[i].solver.device, specs[i].solver.dtype))
                 rows[i] = row
             frames.append(frame)
-            positions.append(np.repeat(members, _reached(flow.records).sum(axis=1)))
+            positions.append(np.asarray(members)[run_of_row])
     if bar is not None:
         bar.close()
     with _phase(timings, "summarise_s"):

@@ -60,12 +60,21 @@ def label_modes(model: ModelSpec, centred: bool) -> tuple[torch.Tensor, torch.Te
     return u, v
 
 
-def _gaussian(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
+def _draw_gaussian(model: ModelSpec, init: InitSpec, blocks: dict[str, torch.Tensor]) -> None:
+    """Fill the contiguous float64 blocks H, W1..WL (fresh tensors or views of a state row)
+    with N(0, scale^2) entries from the run's generator, in that order (``normal_`` on a
+    contiguous block draws what ``randn`` of its shape draws)."""
     gen = torch.Generator().manual_seed(int(init.seed))
-    parts = {"H": torch.randn(model.dim, model.num_samples, generator=gen, dtype=torch.float64)}
+    for name in ["H", *(f"W{l + 1}" for l in range(model.depth))]:
+        blocks[name].normal_(generator=gen).mul_(init.scale)
+
+
+def _gaussian(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
+    parts = {"H": torch.empty(model.dim, model.num_samples, dtype=torch.float64)}
     for l, shape in enumerate(model.layer_shapes):
-        parts[f"W{l + 1}"] = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    return {k: init.scale * v for k, v in parts.items()}
+        parts[f"W{l + 1}"] = torch.empty(*shape, dtype=torch.float64)
+    _draw_gaussian(model, init, parts)
+    return parts
 
 
 def _spectral(model: ModelSpec, init: InitSpec, centred: bool) -> dict[str, torch.Tensor]:
@@ -119,20 +128,13 @@ def initial_parts(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
 
 def _write_initial(model: ModelSpec, init: InitSpec, layout: StateLayout, row: torch.Tensor
                    ) -> None:
-    """Write one run's initial state into ``row`` (1, P), float64 on the CPU.
-
-    A Gaussian draw goes straight into the row's blocks, in the order and with the values of
-    :func:`initial_parts` (``normal_`` on a contiguous block draws what ``randn`` of its
-    shape draws), and is scaled in place; the other kinds are built by
-    :func:`initial_parts` and copied in.
-    """
+    """Write one run's initial state into ``row`` (1, P), float64 on the CPU: a Gaussian draw
+    straight into the row's blocks (:func:`_draw_gaussian`, as :func:`initial_parts` draws
+    it), the other kinds built by :func:`initial_parts` and copied in."""
     if init.kind != "gaussian":
         layout.write({k: v.unsqueeze(0) for k, v in initial_parts(model, init).items()}, row)
         return
-    gen = torch.Generator().manual_seed(int(init.seed))
-    names = ["H", *(f"W{l + 1}" for l in range(model.depth))]
-    for name in names:
-        layout.view(row, name).normal_(generator=gen).mul_(init.scale)
+    _draw_gaussian(model, init, {b.name: layout.view(row, b.name)[0] for b in layout.blocks})
     if model.has_bias:
         layout.view(row, "b").zero_()
 

@@ -77,54 +77,37 @@ def _mode_rhs(loss: str, K: int, n: int, lw: float, lh: float):
     return rhs
 
 
+Energies = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class _ModeCurves:
     """The mode ODE of one parameter point solved on a time grid, and nc1(t), fn(t) from it.
 
     ``rhs`` is the mode ODE (w, h, int kappa w^2 / N); ``grid`` (G,) the times and ``states``
-    (G, 3) its solution there; the constants turn a state into the between-class, within-class
-    and mean energies (module docstring).
+    (G, 3) its solution there; ``energies(t, states)`` gives the (between, within, mean)
+    energies at times ``t`` (M,) of mode states (M, 3) (module docstring); ``samples`` is N.
     """
 
     rhs: Callable[[float, np.ndarray], list[float]]
     grid: np.ndarray
     states: np.ndarray
-    loss: str
-    bias: str
-    K: int
-    n: int
-    d: int
-    lh: float
-    a: float
-    mu_minus: float
-    decay_h: float
-
-    def parts(self, t: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(between, within, mean) energies at times ``t`` (M,) of mode states (M, 3)."""
-        K, d, a = self.K, self.d, self.a
-        h, integ = states[:, 1], states[:, 2]
-        N = K * self.n
-        r_w = min(K if (self.loss == "mse" and self.bias == "none") else K - 1, d)
-        e0 = a * a * d * (N - K)
-        between = (K - 1) * (h * h + d * a * a * self.decay_h * np.exp(2 * self.mu_minus * t))
-        within = e0 * np.exp(-2 * self.lh * t) * ((d - r_w) / d + r_w / d * np.exp(-2 * integ))
-        mean = (h * h if (self.loss == "mse" and self.bias == "none")
-                else d * a * a * np.exp(-2 * self.lh * t))
-        return between, within, mean
+    energies: Energies
+    samples: int
 
     def nc1(self, t: np.ndarray, states: np.ndarray) -> np.ndarray:
-        between, within, _ = self.parts(t, states)
+        between, within, _ = self.energies(t, states)
         return within / between
 
     def fn(self, t: np.ndarray, states: np.ndarray) -> np.ndarray:
-        between, within, mean = self.parts(t, states)
-        return np.sqrt((between + within + mean) / (self.K * self.n))
+        between, within, mean = self.energies(t, states)
+        return np.sqrt((between + within + mean) / self.samples)
 
-    def first_crossing(self, curve: str, level: float) -> float:
-        """First time the curve ("nc1" or "fn") crosses ``level``: the first sign change on
-        the grid, refined by brentq on a dense solution of that one grid interval."""
-        f = getattr(self, curve)
-        v = f(self.grid, self.states) - level
+    def first_crossing(self, curve: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                       level: float) -> float:
+        """First time ``curve`` (:meth:`nc1` or :meth:`fn`) crosses ``level``: the first sign
+        change on the grid, refined by brentq on a dense solution of that one grid interval."""
+        v = curve(self.grid, self.states) - level
         if v[0] == 0:
             return float(self.grid[0])
         idx = np.nonzero(np.sign(v[1:]) != np.sign(v[:-1]))[0]
@@ -134,7 +117,7 @@ class _ModeCurves:
         t0, t1 = float(self.grid[i]), float(self.grid[i + 1])
         cell = solve_ivp(self.rhs, (t0, t1), self.states[i], method="LSODA", rtol=_RTOL,
                          atol=_ATOL, dense_output=True).sol
-        return float(brentq(lambda t: float(f(np.array([t]), cell(t)[None, :])[0]) - level,
+        return float(brentq(lambda t: float(curve(np.array([t]), cell(t)[None, :])[0]) - level,
                             t0, t1, xtol=1e-12, rtol=1e-12))
 
 
@@ -159,8 +142,20 @@ def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, 
     if info["message"] != "Integration successful.":
         reason = info["message"].split(" (")[0].rstrip(".")  # without scipy's Dfun hint
         raise ArithmeticError(f"the mode ODE failed: LSODA: {reason}")
-    return _ModeCurves(rhs, grid, states, loss, bias, K, n, d, lh, a, float(mu_minus),
-                       float(e_minus[1] ** 2))
+    N = K * n
+    r_w = K if (loss == "mse" and bias == "none") else K - 1
+    r_w = min(r_w, d)
+    e0 = a * a * d * (N - K)
+    decay_h = e_minus[1] ** 2
+
+    def energies(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, integ = y[:, 1], y[:, 2]
+        between = (K - 1) * (h * h + d * a * a * decay_h * np.exp(2 * mu_minus * t))
+        within = e0 * np.exp(-2 * lh * t) * ((d - r_w) / d + r_w / d * np.exp(-2 * integ))
+        mean = h * h if (loss == "mse" and bias == "none") else d * a * a * np.exp(-2 * lh * t)
+        return between, within, mean
+
+    return _ModeCurves(rhs, grid, states, energies, N)
 
 
 @functools.lru_cache(maxsize=4096)  # a pure function of its arguments: seeds share one call
@@ -224,13 +219,13 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
         t_max = float(np.clip(40.0 / slow, 1e3, 1e8))
     grid = np.concatenate([[0.0], np.geomspace(1e-3, t_max, 4000)])
     curves = _curves(loss, bias, K, n, d, lambda_w, lambda_h, init_scale, grid)
-    onset = curves.first_crossing("nc1", threshold)
+    onset = curves.first_crossing(curves.nc1, threshold)
     fn0 = float(curves.fn(grid[:1], curves.states[:1])[0])
     if delta is None:
         delta = -0.05 if not fn0 > fn_star else 0.05
     if not math.isfinite(fn_star):
         return OnsetPrediction(onset, nan, nan, nan, "no_minimiser")
-    t_cross = curves.first_crossing("fn", (1 + delta) * fn_star)
+    t_cross = curves.first_crossing(curves.fn, (1 + delta) * fn_star)
     if not math.isfinite(onset):
         regime = "no_onset"
     elif d < 5 * K:
