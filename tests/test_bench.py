@@ -312,3 +312,48 @@ def test_host_cost_script_times_every_part_and_keeps_the_thread_setting():
                 "trajectory_table_s", "theory_per_run_ms"):
         assert costs[key] > 0, key
     assert torch.get_num_threads() == before
+
+
+def test_power_iteration_finds_the_largest_eigenvalue_of_a_symmetric_flow():
+    from benchmarks.stiffness import largest_curvature
+
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.standard_normal((30, 30)))
+    eigs = -np.geomspace(1e-3, 2.5, 30)  # a decaying flow, one stiff mode
+    jac = (q * eigs) @ q.T
+    mu, drift = largest_curvature(lambda t, y: jac @ y, rng.standard_normal(30))
+    assert mu == pytest.approx(2.5, rel=1e-6) and drift < 1e-6
+
+
+def test_stiffness_report_steps_match_scipy_on_the_same_pair():
+    """ncsim's dopri5 and scipy's RK45 (the same Dormand-Prince pair, controller and error
+    norm) take the same steps on each run of a short 2 x 2 W1 grid, to a step or two."""
+    from benchmarks.stiffness import RTOLS, stiffness_report
+
+    report = stiffness_report(grid=2, t_end=2e3)
+    assert [r["run"] for r in report["runs"]] == [0, 1, 2, 3]
+    assert report["total_ncsim_steps"] == sum(r["ncsim_steps"] for r in report["runs"])
+    by_rtol = report["total_ncsim_steps_by_rtol"]
+    assert by_rtol["1e-08"] == report["total_ncsim_steps"]  # atol 1e-10 both ways
+    assert by_rtol["1e-05"] < by_rtol["1e-08"] < by_rtol["1e-10"]
+    for r in report["runs"]:
+        assert abs(r["ncsim_steps"] - r["rk45_steps"]["1e-08"]) <= 2, r
+        assert [r["rk45_steps"][str(t)] for t in RTOLS] == sorted(
+            r["rk45_steps"][str(t)] for t in RTOLS)
+        assert r["boundary"] == pytest.approx(3.3065679, abs=1e-6)
+    json.dumps(report)
+
+
+@pytest.mark.slow
+def test_w1_runs_with_unequal_decays_step_on_the_stability_boundary():
+    """Over W1's horizon the runs with a weight decay of 0.03 end with steps at the
+    Dormand-Prince stability boundary (h mu_max = 3.307 within 1%) and their step counts
+    barely depend on the tolerance; the run with both decays at 1e-4 is accuracy-limited."""
+    from benchmarks.stiffness import stiffness_report
+
+    runs = {r["run"]: r for r in stiffness_report(grid=2, t_end=2e4)["runs"]}
+    for i in (1, 2, 3):
+        assert runs[i]["h_mu"] == pytest.approx(runs[i]["boundary"], rel=0.01)
+        assert runs[i]["rk45_steps"]["1e-05"] >= 0.75 * runs[i]["rk45_steps"]["1e-08"]
+    assert runs[0]["h_mu"] < 0.5 * runs[0]["boundary"]
+    assert runs[0]["rk45_steps"]["1e-05"] < 0.5 * runs[0]["rk45_steps"]["1e-08"]

@@ -666,3 +666,56 @@ def test_cuda_graphs_are_refused_off_cuda():
         SolverSpec(cuda_graphs=True).validate()
     with pytest.raises(InputError, match="adaptive"):
         SolverSpec(method="rk4", dt=0.1, cuda_graphs=True, device="cuda").validate()
+
+
+@pytest.mark.parametrize("method", ["gd", "rk4", "dopri5", "tsit5"])
+def test_stability_polynomial_matches_exp_to_the_order_and_the_linear_step(method):
+    """R(z) agrees with exp(z) in its first order + 1 coefficients, and one step of the
+    method on dy/dt = mu y (mu < 0) multiplies y by R(h mu)."""
+    from math import factorial
+
+    from ncsim.flow.integrate import _stages
+    from ncsim.flow.tableau import tableau
+
+    tab = tableau(method)
+    coeffs = tab.stability_polynomial()
+    np.testing.assert_allclose(coeffs[:tab.order + 1],
+                               [1 / factorial(j) for j in range(tab.order + 1)], rtol=1e-13)
+    mu, h = -0.7, torch.tensor([1.3], dtype=torch.float64)
+    y = torch.ones(1, 1, dtype=torch.float64)
+    y_new, _ = _stages(tab, lambda v: mu * v, y, mu * y, h)
+    assert float(y_new) == pytest.approx(np.polynomial.Polynomial(coeffs)(1.3 * mu), rel=1e-14)
+
+
+def test_real_stability_boundaries_against_independent_roots():
+    """Euler's boundary is 2; RK4's and Dormand-Prince's are the smallest positive roots of
+    R(-x) = +-1 (numpy's polynomial roots), and Dormand-Prince's R(z), built from scipy's own
+    RK45 coefficients, is the same polynomial, with z^6 / 600 as its last term."""
+    from scipy.integrate import RK45
+
+    from ncsim.flow.tableau import tableau
+
+    assert tableau("gd").real_stability_boundary() == pytest.approx(2.0, abs=1e-9)
+
+    def first_crossing(coeffs: np.ndarray) -> float:
+        poly = np.polynomial.Polynomial(coeffs)(np.polynomial.Polynomial([0.0, -1.0]))
+        roots = np.concatenate([(poly - 1).roots(), (poly + 1).roots()])
+        real = roots[(abs(roots.imag) < 1e-9) & (roots.real > 1e-9)].real
+        return float(real.min())
+
+    for method, known in (("rk4", 2.785293563), ("dopri5", 3.306567893)):
+        tab = tableau(method)
+        boundary = tab.real_stability_boundary()
+        assert boundary == pytest.approx(first_crossing(tab.stability_polynomial()), abs=1e-9)
+        assert boundary == pytest.approx(known, abs=1e-9)
+    a = np.zeros((7, 7))
+    a[:6, :5] = RK45.A
+    a[6, :6] = RK45.B
+    b = np.append(RK45.B, 0.0)
+    theirs, power = [1.0], np.ones(7)
+    for _ in range(7):
+        theirs.append(float(b @ power))
+        power = a @ power
+    np.testing.assert_allclose(tableau("dopri5").stability_polynomial(), theirs, rtol=1e-14,
+                               atol=1e-17)
+    assert theirs[6] == pytest.approx(1 / 600, rel=1e-13) and abs(theirs[7]) < 1e-17
