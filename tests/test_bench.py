@@ -357,3 +357,16 @@ def test_w1_runs_with_unequal_decays_step_on_the_stability_boundary():
         assert runs[i]["rk45_steps"]["1e-05"] >= 0.75 * runs[i]["rk45_steps"]["1e-08"]
     assert runs[0]["h_mu"] < 0.5 * runs[0]["boundary"]
     assert runs[0]["rk45_steps"]["1e-05"] < 0.5 * runs[0]["rk45_steps"]["1e-08"]
+
+
+def test_gram_accuracy_script_measures_error_against_a_tight_reference():
+    """Both forms' trajectory errors grow with the tolerance (and their steps fall); the two
+    rtol-1e-13 references agree to far below either error."""
+    from benchmarks.gram_accuracy import errors_per_form
+
+    case = errors_per_form("ce", t_end=5.0, runs=2, dim=64, rtols=(1e-9, 1e-6))
+    assert case["ref_difference"] < 1e-11
+    for rows in case["forms"].values():
+        tight, loose = rows["1e-09"], rows["1e-06"]
+        assert case["ref_difference"] < tight["error"] < loose["error"] < 1e-4
+        assert tight["steps"] > loose["steps"]
