@@ -57,8 +57,12 @@ def test_gram_velocity_is_the_chain_rule_of_the_flow(loss, bias):
                 "B": dh.transpose(1, 2) @ h + h.transpose(1, 2) @ dh}
     if "b" in lay:
         expected["b"] = lay.view(v, "b")
-    got = gram.velocity(_gram_of(obj, gram, y), pen)
+    state = _gram_of(obj, gram, y)
+    before = state.clone()
+    got = gram.velocity(state, pen)
     torch.testing.assert_close(got, gram.layout.pack(expected), rtol=1e-12, atol=1e-14)
+    gram.grad_norm(state, pen)
+    assert torch.equal(state, before)  # the MSE gradient is formed in place, not in the state
 
 
 @pytest.mark.parametrize(("loss", "bias"), CASES)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ncsim.metrics import METRIC_NAMES
 from ncsim.models.layout import StateLayout
-from ncsim.models.losses import loss_function, loss_value
+from ncsim.models.losses import logit_gradient, loss_value
 from ncsim.models.ufm import Penalties, labels_for, state_layout
 from ncsim.products import baddbmm, bmm
 from ncsim.spec import REDUCTIONS, ModelSpec
@@ -85,7 +85,6 @@ class GramObjective:
         self.classes, self.samples, self.dim = model.classes, model.num_samples, model.dim
         self.labels = labels_for(model, device)
         self.onehot = torch.nn.functional.one_hot(self.labels, model.classes).T.to(dtype)
-        self.loss_and_grad = loss_function(model.loss)
         counts = torch.tensor(model.class_counts, dtype=dtype, device=device)
         k, n = self.classes, self.samples
         # C (N, K): averaging of the samples of each class; mu_c = H C[:, c].
@@ -158,8 +157,12 @@ class GramObjective:
         """Z = S + b 1^T (R, K, N)."""
         return s if b is None else s + b.unsqueeze(-1)
 
-    def _logits_grad(self, s: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self.loss_and_grad(self._logits(s, b), self.onehot)
+    def _logit_gradient(self, s: Tensor, b: Tensor | None) -> Tensor:
+        """dLoss/dZ (R, K, N), without the loss value (the flow does not need it)."""
+        z = self._logits(s, b)
+        if z is s and self.model.loss == "mse":
+            z = s.clone()  # the MSE gradient is formed in place: not in the state
+        return logit_gradient(self.model.loss, z, self.onehot)
 
     def value(self, state: Tensor, pen: Penalties, runs: Tensor | None = None
               ) -> tuple[Tensor, Tensor]:
@@ -180,7 +183,7 @@ class GramObjective:
         ``eta_*`` scalars or (R,) time scales.
         ``runs`` is not needed (the Gram state holds everything; common interface)."""
         s, a, bb, b = self.blocks(state)
-        _, g = self._logits_grad(s, b)
+        g = self._logit_gradient(s, b)
         lw = pen.w[-1].view(-1, 1, 1)
         lh = pen.h.view(-1, 1, 1)
         ew = eta_w.view(-1, 1, 1) if isinstance(eta_w, Tensor) else eta_w
@@ -207,7 +210,7 @@ class GramObjective:
         |G H^T + lw W|^2 = tr(G B G^T) + 2 lw <G, S> + lw^2 tr A, and likewise for H with A.
         """
         s, a, bb, b = self.blocks(state)
-        _, g = self._logits_grad(s, b)
+        g = self._logit_gradient(s, b)
         lw, lh = pen.w[-1], pen.h
         gs = (g * s).sum((1, 2))
         gbg = (bmm(g, bb) * g).sum((1, 2))
