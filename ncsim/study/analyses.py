@@ -159,7 +159,8 @@ def _group_stats(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                     "onset_mean": float(ok["onset_time"].mean()) if len(ok) else math.nan,
                     "onset_cv": cv(ok["onset_time"])})
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*keys, "n_runs", "n_collapsed", "fn_star_mean",
+                                       "fn_star_cv", "onset_mean", "onset_cv"])
 
 
 # ----------------------------------------------------------------------------- 1 invariance
@@ -821,13 +822,15 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
     cells = _group_stats(runs, ["arch_label", "dataset_label"])
     tables = [("fn* per (architecture, dataset) cell", cells)]
     pivot = cells.pivot_table(index="arch_label", columns="dataset_label", values="fn_star_mean")
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    im = ax.imshow(pivot.to_numpy(float), cmap="viridis")
-    ax.set_xticks(range(pivot.shape[1]), pivot.columns, rotation=20, fontsize=8)
-    ax.set_yticks(range(pivot.shape[0]), pivot.index, fontsize=8)
-    fig.colorbar(im, ax=ax, label="fn*")
-    fig.tight_layout()
-    figs = [("fn* per (architecture, dataset) cell", _figure(fig, figdir, "grid"))]
+    figs = []
+    if pivot.size:  # no heat map without a collapsed cell
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        im = ax.imshow(pivot.to_numpy(float), cmap="viridis")
+        ax.set_xticks(range(pivot.shape[1]), pivot.columns, rotation=20, fontsize=8)
+        ax.set_yticks(range(pivot.shape[0]), pivot.index, fontsize=8)
+        fig.colorbar(im, ax=ax, label="fn*")
+        fig.tight_layout()
+        figs.append(("fn* per (architecture, dataset) cell", _figure(fig, figdir, "grid")))
     full = pivot.dropna(axis=0, how="any").dropna(axis=1, how="any")
     if full.shape[0] < 2 or full.shape[1] < 2:
         return Section("inconclusive", f"only {int(pivot.notna().sum().sum())} collapsed cells; "
@@ -847,13 +850,21 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
     if min(len(g) for g in groups) < 2:
         return Section("inconclusive", text + "; no replicate seeds for the interaction test",
                        numbers, tables, figs)
-    # interaction F test on log fn*: residual of the additive fit against within-cell noise
+    # interaction F test on log fn*: residual of the additive fit to the cell means of log fn*
+    # against within-cell noise
     within = sum(((np.log(g) - np.log(g).mean()) ** 2).sum() for g in groups)
     df_within = sum(len(g) - 1 for g in groups)
+    if within <= 1e-20 * df_within:  # within-cell sd of log fn* below 1e-10: no noise
+        return Section("inconclusive", text + "; the replicate seeds have identical fn*, no "
+                       "within-cell noise for the interaction test", numbers, tables, figs)
+    logm = ok.assign(log_fn=np.log(ok["fn_at_onset"].astype(float))).pivot_table(
+        index="arch_label", columns="dataset_label", values="log_fn")
+    logm = logm.loc[full.index, full.columns].to_numpy(float)
+    inter = logm - logm.mean(1, keepdims=True) - logm.mean(0, keepdims=True) + logm.mean()
     n_cell = np.mean([len(g) for g in groups])
-    ss_inter = n_cell * float((resid ** 2).sum())
+    ss_inter = n_cell * float((inter ** 2).sum())
     df_inter = (full.shape[0] - 1) * (full.shape[1] - 1)
-    f_stat = (ss_inter / df_inter) / (within / df_within) if within > 0 else math.inf
+    f_stat = (ss_inter / df_inter) / (within / df_within)
     p = float(stats.f.sf(f_stat, df_inter, df_within)) if math.isfinite(f_stat) else 0.0
     numbers.update({"interaction_F": f_stat, "interaction_p": p})
     text += f"; interaction F = {fmt(f_stat)}, p = {fmt(p)}"
