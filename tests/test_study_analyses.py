@@ -77,3 +77,10 @@ def test_intervention_two_segments_and_reports(tmp_path):
 
     combined = write_report(tmp_path / "all").read_text()
     assert "Tiny intervention" in combined and "tiny/figures/" in combined
+
+
+def test_fmt_keeps_infinities_apart_from_nan():
+    from ncsim.study.analyses import fmt
+
+    assert [fmt(float("nan")), fmt(float("inf")), fmt(-np.inf)] == ["nan", "inf", "-inf"]
+    assert fmt(np.float64(1.23456e-5)) == "1.235e-05" and fmt(3) == "3"

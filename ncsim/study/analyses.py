@@ -82,8 +82,10 @@ def part_model(study: Study, part: str) -> str:
 
 
 def fmt(value: Any) -> str:
+    """A number for the report: 4 significant digits; NaN and infinities as "nan", "inf",
+    "-inf"."""
     if isinstance(value, (float, np.floating)):
-        return "nan" if not math.isfinite(value) else f"{value:.4g}"
+        return f"{value:.4g}"
     return str(value)
 
 
