@@ -654,3 +654,25 @@ def test_weight_decay_line_series_contradicts_and_inconclusive(tmp_path, figdir)
     assert sec.verdict == "inconclusive"
     assert sec.reason.endswith("(no series reaches the prevents regime)")
     assert [s["theory_in_bracket"] for s in sec.numbers["series"]] == [False, False]
+
+
+def test_weight_decay_agreement_counts_only_runs_the_theory_classifies(tmp_path, figdir):
+    """Measured collapse against the theory's phase: a run the closed forms cannot classify
+    (unbalanced classes given as text) is left out of the share, not counted as a miss."""
+    study = load(tmp_path, "weight_decay",
+                 part_toml("ufm_lambda", **{"lambda": [1e-3, 1.0], "seed": [0]}))
+    base = {"loss": "ce", "bias": "none", "classes": 3, "per_class": 4, "dim": 8, "depth": 1,
+            "lambda_b": 0.0, "init_scale": 0.1, "seed": 0, "fn_at_onset": 1.0}
+    rows = [{**base, "lambda": 1e-3, "status": "ok", "onset_time": 50.0},  # theory: collapse
+            {**base, "lambda": 1.0, "status": "vanishing", "onset_time": np.nan},  # vanishing
+            {**base, "per_class": "3,4", "lambda": 1e-2, "status": "ok", "onset_time": 40.0}]
+    runs = frame([{**r, "lambda_w": r["lambda"], "lambda_h": r["lambda"]} for r in rows],
+                 "ufm_lambda")
+    sec = weight_decay(study, runs, linear_traj([]), figdir)
+    assert list(sec.tables[1][1]["theory_phase"]) == ["collapse", "vanishing", "n/a"]
+    assert sec.numbers["agreement_with_theory_phase"] == {"ufm_lambda": 1.0}
+    assert "matches the theory's phase in 100% of 2 runs" in sec.reason
+    none = runs.assign(per_class="3,4")
+    sec = weight_decay(study, none, linear_traj([]), figdir)
+    assert math.isnan(sec.numbers["agreement_with_theory_phase"]["ufm_lambda"])
+    assert "ufm_lambda: the theory classifies none of its runs" in sec.reason
