@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ncsim.errors import InputError  # noqa: E402
 from ncsim.io import atomic_write  # noqa: E402
 
 
@@ -54,7 +56,9 @@ def trajectory_figure(
         color = cmap(k / max(len(ids) - 1, 1))
         label = None
         if info is not None and label_column is not None and rid in info.index:
-            label = f"{label_column}={info.at[rid, label_column]:.3g}"
+            value = info.at[rid, label_column]
+            label = (f"{label_column}={value:.3g}" if isinstance(value, numbers.Real)
+                     else f"{label_column}={value}")
         for ax, metric in zip(axes[0], metrics):
             data = _positive(part, metric)
             ax.loglog(data["time"], data[metric], color=color, lw=1.0, label=label)
@@ -86,24 +90,57 @@ def heatmap_figure(
 ) -> plt.Figure:
     """Heat map of ``value`` over a grid of (``x``, ``y``) (both log axes).
 
+    Each cell is centred (in log space) on its grid point and shown whole; a cell without a
+    finite (with ``log_value``, positive) mean is blank.
+
     boundary : optional curve (xs, ys) drawn over the map (e.g. a theoretical threshold).
     """
-    grid = table.pivot_table(index=y, columns=x, values=value, aggfunc="mean")
+    missing = [c for c in (x, y, value) if c not in table.columns]
+    if missing:
+        raise InputError(f"heat map: no column {', '.join(map(repr, missing))} in the table; "
+                         f"columns: {', '.join(map(str, table.columns))}")
+    if not len(table):
+        raise InputError(f"heat map of {value!r}: the table has no rows; nothing to draw")
+    for column in (x, y):
+        keys = table[column].to_numpy(float)
+        if not (np.isfinite(keys) & (keys > 0)).all():
+            raise InputError(f"heat map: column {column!r} needs positive finite values on its "
+                             f"log axis; got {keys[~(np.isfinite(keys) & (keys > 0))][0]}")
+    grid = table.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
     data = grid.to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
-    shown = np.log10(data) if log_value else data
-    xs, ys = grid.columns.to_numpy(float), grid.index.to_numpy(float)
-    mesh = ax.pcolormesh(xs, ys, np.ma.masked_invalid(shown), shading="nearest", cmap="magma")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shown = np.log10(data) if log_value else data
+    xs = cell_edges(grid.columns.to_numpy(float), log=True)
+    ys = cell_edges(grid.index.to_numpy(float), log=True)
+    mesh = ax.pcolormesh(xs, ys, np.ma.masked_invalid(shown), shading="flat", cmap="magma")
     fig.colorbar(mesh, ax=ax, label=f"log10 {value}" if log_value else value)
     if boundary is not None:
         ax.plot(boundary[0], boundary[1], "c-", lw=2, label="theory threshold")
         ax.legend(fontsize=8, loc="lower left")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlim(xs.min(), xs.max())
-    ax.set_ylim(ys.min(), ys.max())
+    ax.set_xlim(xs[0], xs[-1])
+    ax.set_ylim(ys[0], ys[-1])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(title or value)
     fig.tight_layout()
     return fig
+
+
+def cell_edges(values: Sequence[float], log: bool) -> np.ndarray:
+    """Edges (M + 1,) of the cells of a heat map centred on sorted grid values (M,).
+
+    On a log axis (``log``, positive values) the inner edges are geometric midpoints and a
+    single value gets half a decade either side; on a linear axis they are arithmetic midpoints
+    and a single value gets +-0.5. The outer edges mirror the nearest inner ones, so the edge
+    cells are whole.
+    """
+    v = np.asarray(values, dtype=float)
+    if log:
+        return 10.0 ** cell_edges(np.log10(v), log=False)
+    if len(v) == 1:
+        return v[0] + np.array([-0.5, 0.5])
+    mids = 0.5 * (v[1:] + v[:-1])
+    return np.concatenate([[2 * v[0] - mids[0]], mids, [2 * v[-1] - mids[-1]]])

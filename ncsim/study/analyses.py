@@ -568,14 +568,14 @@ def _grid_heatmap(table: pd.DataFrame, x: str, y: str, value: str, title: str,
     """
     import matplotlib.pyplot as plt
 
-    from ncsim.theory.phase import _edges
+    from ncsim.plots import cell_edges
 
     grid_ = table.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
     xs, ys = grid_.columns.to_numpy(float), grid_.index.to_numpy(float)
     data = np.log10(grid_.to_numpy(float))
     fig, ax = plt.subplots(figsize=(5.8, 4.6))
-    y_edges = _edges(ys) if log_y else np.concatenate([[ys[0] - 0.5], ys + 0.5])
-    mesh = ax.pcolormesh(_edges(xs), y_edges, np.ma.masked_invalid(data), cmap="magma")
+    x_edges, y_edges = cell_edges(xs, log=True), cell_edges(ys, log=log_y)
+    mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(data), cmap="magma")
     fig.colorbar(mesh, ax=ax, label=f"log10 {value}")
     ax.set_xscale("log")
     if log_y:
@@ -588,7 +588,7 @@ def _grid_heatmap(table: pd.DataFrame, x: str, y: str, value: str, title: str,
         if math.isfinite(xv):
             ax.plot([xv, xv], [row - 0.45, row + 0.45], "c-", lw=2.5,
                     label="theory lambda_crit" if k == 0 else None)
-    ax.set_xlim(_edges(xs)[0], _edges(xs)[-1])
+    ax.set_xlim(x_edges[0], x_edges[-1])
     ax.set_ylim(y_edges[0], y_edges[-1])
     ax.set_xlabel(x)
     ax.set_ylabel(y)

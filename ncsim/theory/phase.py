@@ -79,30 +79,20 @@ def plot_phase(rows: list[dict[str, Any]], x: str, y: str, path: str) -> None:
     grid = np.full((len(ys), len(xs)), np.nan)
     for r in rows:
         grid[ys.index(r[y]), xs.index(r[x])] = PHASES.index(r["phase"])
+    from ncsim.plots import cell_edges, save_figure
+
     cmap = ListedColormap(["#2a9d8f", "#e9c46a", "#f4a261", "#8d99ae"])
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ax.pcolormesh(_edges(xs), _edges(ys), grid, cmap=cmap, vmin=-0.5, vmax=3.5)
-    for axis, name, set_scale in ((xs, x, ax.set_xscale), (ys, y, ax.set_yscale)):
-        if name not in ("depth", "K", "n") and min(axis) > 0 and len(axis) > 1:
+    log = {name: name not in ("depth", "K", "n") and min(axis) > 0
+           for name, axis in ((x, xs), (y, ys))}
+    ax.pcolormesh(cell_edges(xs, log[x]), cell_edges(ys, log[y]), grid, cmap=cmap, vmin=-0.5,
+                  vmax=3.5)
+    for name, set_scale in ((x, ax.set_xscale), (y, ax.set_yscale)):
+        if log[name]:
             set_scale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(PHASES))]
     ax.legend(handles, PHASES, loc="upper left", fontsize=8, framealpha=0.8)
     fig.tight_layout()
-    from ncsim.plots import save_figure
-
     save_figure(fig, path)
-
-
-def _edges(values: Sequence[float]) -> np.ndarray:
-    v = np.asarray(values, dtype=float)
-    if len(v) == 1:
-        return np.array([v[0] * 0.9, v[0] * 1.1]) if v[0] > 0 else np.array([v[0] - .5, v[0] + .5])
-    if np.all(v > 0) and v.max() / v.min() > 20:
-        lv = np.log(v)
-        mids = np.exp(0.5 * (lv[1:] + lv[:-1]))
-        return np.concatenate([[np.exp(2 * lv[0] - np.log(mids[0]))], mids,
-                               [np.exp(2 * lv[-1] - np.log(mids[-1]))]])
-    mids = 0.5 * (v[1:] + v[:-1])
-    return np.concatenate([[2 * v[0] - mids[0]], mids, [2 * v[-1] - mids[-1]]])
