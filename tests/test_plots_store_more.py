@@ -345,10 +345,21 @@ def test_consolidate_turns_mixed_type_columns_into_text(tmp_path):
     store = Store(tmp_path)
     store.write_run("a", {**_row(1.0), "width": 3}, None)
     store.write_run("b", {**_row(2.0), "width": "3,4"}, None)
-    store.consolidate()
+    runs, _ = store.consolidate()
     back = pd.read_parquet(store.runs_path)
     assert list(back["width"]) == ["3", "3,4"]
     assert list(back["final_fn"]) == [1.0, 2.0]
+    assert list(runs["width"]) == ["3", "3,4"]  # the returned table is the one on disk
+
+
+def test_consolidate_of_no_finished_run_has_a_text_run_id(tmp_path):
+    """With no finished run both tables are empty with a text run_id column, returned and
+    read back alike."""
+    store = Store(tmp_path)
+    runs, traj = store.consolidate()
+    assert len(runs) == 0 and len(traj) == 0
+    assert runs["run_id"].dtype == object and traj["run_id"].dtype == object
+    assert pd.read_parquet(store.runs_path)["run_id"].dtype == object
 
 
 def test_tables_consolidate_when_missing_or_stale_and_read_back_otherwise(tmp_path):

@@ -157,13 +157,14 @@ class Store:
             run_ids = self._study_run_ids() or sorted(done)
         ids = [r for r in run_ids if r in done]
         rows = [pd.read_parquet(self.run_file(r)) for r in ids]
-        runs = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame({"run_id": []})
+        runs = pd.concat(rows, ignore_index=True) if rows else _no_runs()
         if len(runs):
             runs = runs.drop_duplicates("run_id", keep="last").reset_index(drop=True)
         trajs = [pd.read_parquet(self.traj_file(r)) for r in ids if self.traj_file(r).exists()]
-        traj = pd.concat(trajs, ignore_index=True) if trajs else pd.DataFrame({"run_id": []})
-        write_table(_plain(runs), self.runs_path)
-        write_table(_plain(traj), self.trajectories_path)
+        traj = pd.concat(trajs, ignore_index=True) if trajs else _no_runs()
+        runs, traj = _plain(runs), _plain(traj)  # what is returned is what a later read gives
+        write_table(runs, self.runs_path)
+        write_table(traj, self.trajectories_path)
         return runs, traj
 
     def _study_run_ids(self) -> list[str]:
@@ -184,6 +185,11 @@ class Store:
         if any(p.stat().st_mtime_ns > stamp for p in self.parts.glob("*.run.parquet")):
             return self.consolidate()
         return read_table(self.runs_path), read_table(self.trajectories_path)
+
+
+def _no_runs() -> pd.DataFrame:
+    """An empty table with a text run_id column."""
+    return pd.DataFrame({"run_id": pd.Series([], dtype=object)})
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:
