@@ -224,10 +224,10 @@ def lead_summary(leads: pd.DataFrame) -> dict[str, dict[str, float]]:
         if name == "in_sample":
             errors = np.abs(lead[ok] - entry["lead_mean"])
         else:
-            seeds = leads["seed"].astype("string").to_numpy()
+            seeds = leads["seed"].astype("string")
             errors = []
-            for i in np.flatnonzero(ok):
-                other = ok & (seeds != seeds[i])
+            for i in np.flatnonzero(ok):  # a run without seed is no other seed (as in LOSO)
+                other = ok & (seeds != str(leads["seed"].iloc[i])).fillna(False).to_numpy(bool)
                 if other.any():
                     errors.append(abs(lead[i] - lead[other].mean()))
             errors = np.asarray(errors)

@@ -73,13 +73,32 @@ def run_labels(name: str) -> dict[str, object]:
 
 def _read_frame(path: Path) -> pd.DataFrame:
     if not path.exists():
-        raise InputError(f"log file {path} does not exist")
+        raise InputError(f"log file {path} does not exist; check the path")
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise InputError(f"cannot read log {path}: {str(err).splitlines()[0]}") from None
+        raise InputError(f"cannot read log {path}: {str(err).splitlines()[0]}; a log is a CSV "
+                         "file or a Parquet file (.parquet)") from None
+
+
+def _phases(values: pd.Series, run_id: str) -> pd.arrays.IntegerArray:
+    """Training phases as nullable integers (text and blanks -> <NA>); a fractional phase is
+    an error."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    fractional = numbers.notna() & (numbers != numbers.round())
+    if fractional.any():
+        raise InputError(f"log {run_id}: phase {numbers[fractional].iloc[0]} is not a whole "
+                         "number; phases are 1 (cross-entropy) and 2 (MSE)")
+    return pd.array(numbers, dtype="Int64")
+
+
+def _as_float(out: pd.DataFrame) -> pd.DataFrame:
+    """time, fn and nc1_trace as float64 (text -> NaN)."""
+    for col in ("time", "fn", "nc1_trace"):
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(np.float64)
+    return out
 
 
 def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
@@ -101,12 +120,10 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     out.insert(2, "time_unit", "epoch")
     if "phase" not in out.columns:
         out.insert(3, "phase", pd.NA)
-    out["phase"] = pd.array(out["phase"], dtype="Int64")
+    out["phase"] = _phases(out["phase"], run_id)
     for key, value in labels.items():
         out[key] = value
-    for col in ("time", "fn", "nc1_trace"):
-        out[col] = pd.to_numeric(out[col], errors="coerce").astype(np.float64)
-    return out.sort_values("time", kind="stable").reset_index(drop=True)
+    return _as_float(out).sort_values("time", kind="stable").reset_index(drop=True)
 
 
 def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
@@ -122,12 +139,12 @@ def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
         out["time_unit"] = "epoch"
     if "phase" not in out.columns:
         out["phase"] = pd.NA
-    out["phase"] = pd.array(pd.to_numeric(out["phase"], errors="coerce"), dtype="Int64")
+    out["phase"] = _phases(out["phase"], default_id)
     defaults = run_labels(default_id)
     for key in LABELS:
         if key not in out.columns:
             out[key] = defaults[key]
-    return out.sort_values(["run_id", "time"], kind="stable").reset_index(drop=True)
+    return _as_float(out).sort_values(["run_id", "time"], kind="stable").reset_index(drop=True)
 
 
 def read_log(path: str | Path) -> pd.DataFrame:
@@ -145,8 +162,10 @@ def read_log(path: str | Path) -> pd.DataFrame:
                      "(ncsim schema)")
 
 
-def read_logs(paths: list[str | Path]) -> pd.DataFrame:
-    """Read several logs into one trajectory table (run ids must be unique)."""
+def read_logs(paths: list[str | Path] | str | Path) -> pd.DataFrame:
+    """Read several logs (or one path) into one trajectory table (run ids must be unique)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
     if not paths:
         raise InputError("no log files given")
     parts = [read_log(p) for p in paths]
