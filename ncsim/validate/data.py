@@ -147,14 +147,15 @@ def _digits():
     return x[~test], y[~test], x[test], y[test]
 
 
-def _mnist1d(seed: int):
+def _mnist1d():
+    """The standard MNIST-1D set (its generator's seed 42), made offline."""
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError:
         raise InputError("dataset 'mnist1d' needs the package mnist1d (pip install mnist1d)") \
             from None
     args = get_dataset_args()
-    args.seed = 42 + seed
+    args.seed = 42
     data = make_dataset(args)  # generated offline, never downloaded
     return (np.asarray(data["x"], np.float64)[:, None, :], np.asarray(data["y"], np.int64),
             np.asarray(data["x_test"], np.float64)[:, None, :],
@@ -203,7 +204,8 @@ def load_dataset(
     name : one of ``DATASETS``.
     per_class : training samples per class (balanced subset); None keeps all (gaussian: 100).
     test_per_class : test samples per class; None keeps all.
-    seed : seed of the subset choice (and of the synthetic data).
+    seed : seed of the subset choice and of the ``gaussian`` mixture (MNIST-1D is always the
+        standard set, made with its generator's seed 42; ``seed`` picks its subset).
     root : folder of the IDX / CIFAR files (mnist, cifar10; fashion_mnist defaults to the
         Debian package folder).
     normalize : standardise each channel with the training mean and std.
@@ -216,7 +218,7 @@ def load_dataset(
     elif name == "digits":
         arrays = _digits()
     elif name == "mnist1d":
-        arrays = _mnist1d(0)
+        arrays = _mnist1d()
     elif name == "fashion_mnist":
         folder = Path(root) if root is not None else FASHION_DIR
         arrays = _idx_images(folder, "install the Debian package dataset-fashion-mnist "
