@@ -205,7 +205,8 @@ def test_unreadable_and_absent_files(tmp_path):
 
 def test_read_logs_refuses_an_empty_list():
     """read_logs with no paths raises InputError 'no log files given'."""
-    with pytest.raises(InputError, match="^no log files given$"):
+    with pytest.raises(InputError, match="^no log files given; pass one or more CSV or "
+                                         "Parquet logs$"):
         read_logs([])
 
 
@@ -217,10 +218,13 @@ def test_read_logs_refuses_duplicate_run_ids(tmp_path):
     bare.to_parquet(tmp_path / "depth3_s4.parquet", index=False)
     with pytest.raises(InputError) as err:
         read_logs([tmp_path / "depth3_s4.csv", tmp_path / "depth3_s4.parquet"])
-    assert str(err.value) == "run id(s) depth3_s4 appear in several logs; rename the files"
+    assert str(err.value) == (
+        "run id(s) appear in several logs: depth3_s4 in depth3_s4.csv, depth3_s4.parquet; each "
+        "run needs its own id (a paper log's is its file name, an ncsim log's its run_id column)")
     write_table(ncsim_log(), tmp_path / "a.parquet")
     write_table(ncsim_log(), tmp_path / "b.csv")
-    with pytest.raises(InputError, match=r"^run id\(s\) r0, r1 appear in several logs"):
+    with pytest.raises(InputError, match=r"^run id\(s\) appear in several logs: r0 in "
+                                         r"a.parquet, b.csv; r1 in a.parquet, b.csv; "):
         read_logs([tmp_path / "a.parquet", tmp_path / "b.csv"])
 
 
@@ -311,7 +315,8 @@ def test_run_table_status_and_missing_metric():
     assert runs["status"].tolist() == ["collapsed", "not_collapsed"]
     assert runs["onset_epoch"][0] == 30.0 and math.isnan(runs["onset_epoch"][1])
     assert runs["model"].isna().all() and runs["seed"].isna().all()
-    with pytest.raises(InputError, match=r"^log lacks the onset metric column 'nc1'$"):
+    with pytest.raises(InputError, match=r"^log of run \? lacks the onset metric column 'nc1'; "
+                                         r"its columns: .*; choose another metric"):
         run_onset(onset_part(), OnsetRule(metric="nc1"))
 
 

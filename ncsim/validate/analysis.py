@@ -76,7 +76,10 @@ def _search_part(part: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
 def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float]:
     """Onset time, fn* and summary values of one run's records (sorted by time)."""
     if rule.metric not in part.columns:
-        raise InputError(f"log lacks the onset metric column {rule.metric!r}")
+        run = part["run_id"].iloc[0] if "run_id" in part and len(part) else "?"
+        raise InputError(f"log of run {run} lacks the onset metric column {rule.metric!r}; "
+                         f"its columns: {', '.join(map(str, part.columns))}; choose another "
+                         "metric (--metric) or a log that records it")
     search = _search_part(part, rule)
     t = search["time"].to_numpy(np.float64)
     metric = search[rule.metric].to_numpy(np.float64)

@@ -167,12 +167,16 @@ def read_logs(paths: list[str | Path] | str | Path) -> pd.DataFrame:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
-        raise InputError("no log files given")
+        raise InputError("no log files given; pass one or more CSV or Parquet logs")
     parts = [read_log(p) for p in paths]
     table = pd.concat(parts, ignore_index=True)
-    ids = [rid for part in parts for rid in part["run_id"].unique()]
-    dup = sorted({r for r in ids if ids.count(r) > 1})
+    holders: dict[object, list[str]] = {}
+    for path, part in zip(paths, parts, strict=True):
+        for rid in part["run_id"].unique():
+            holders.setdefault(rid, []).append(Path(path).name)
+    dup = sorted((rid for rid, files in holders.items() if len(files) > 1), key=str)
     if dup:
-        raise InputError(f"run id(s) {', '.join(map(str, dup))} appear in several logs; "
-                         "rename the files")
+        where = "; ".join(f"{rid} in {', '.join(holders[rid])}" for rid in dup)
+        raise InputError(f"run id(s) appear in several logs: {where}; each run needs its own id "
+                         "(a paper log's is its file name, an ncsim log's its run_id column)")
     return table
