@@ -18,7 +18,7 @@ import click
 
 from ncsim.cli_errors import fail, handle_errors
 from ncsim.errors import InputError
-from ncsim.params import INTEGERS, NUMBERS, grid
+from ncsim.params import COUNTS, INTEGERS, NUMBERS, grid
 from ncsim.spec import (
     ACTIVATIONS,
     BIASES,
@@ -161,7 +161,7 @@ def _model_options(func):
         click.option("-K", "--classes", type=INTEGERS, default=None, help="Classes K [10]."),
         click.option("-n", "--per-class", type=INTEGERS, default=None,
                      help="Samples per class n [20]."),
-        click.option("--class-counts", type=INTEGERS, default=None,
+        click.option("--class-counts", type=COUNTS, default=None,
                      help="Class counts n_1,...,n_K (imbalance; overrides -K and -n)."),
         click.option("-d", "--dim", type=INTEGERS, default=None, help="Feature dimension d [32]."),
         click.option("--depth", type=INTEGERS, default=None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -28,7 +28,8 @@ def _number(text: str, option: str) -> float:
             "or a log range like 1e-4..1e-1:16"
         ) from None
     if not math.isfinite(value):
-        raise InputError(f"{option}: {text.strip()!r} is not a finite number")
+        raise InputError(f"{option}: {text.strip()!r} is not a finite number; give a finite "
+                         "value")
     return value
 
 
@@ -60,15 +61,16 @@ def parse_values(text: str | float | int, option: str = "value") -> list[float]:
     return [_number(p, option) for p in parts]
 
 
-def parse_ints(text: str | int, option: str = "value") -> list[int]:
-    """Like :func:`parse_values` for integer options (ranges are rounded to integers)."""
+def parse_ints(text: str | int, option: str = "value", unique: bool = True) -> list[int]:
+    """Like :func:`parse_values` for integer options (ranges are rounded to integers);
+    repeated values are dropped unless ``unique`` is false."""
     values = parse_values(text, option)
     out = []
     for v in values:
         if ".." not in str(text) and v != int(v):
-            raise InputError(f"{option}: {v} is not an integer")
+            raise InputError(f"{option}: {v} is not an integer; give whole numbers")
         out.append(int(round(v)))
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(out)) if unique else out
 
 
 def grid(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -78,27 +80,30 @@ def grid(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 class NumberList(click.ParamType):
-    """Click type for a value, a comma list or a log range; converts to ``list[float]``."""
+    """Click type for a value, a comma list or a log range; converts to ``list[float]``
+    (``integer``: ``list[int]``, repeated values dropped unless ``unique`` is false)."""
 
     name = "numbers"
 
-    def __init__(self, integer: bool = False) -> None:
+    def __init__(self, integer: bool = False, unique: bool = True) -> None:
         self.integer = integer
+        self.unique = unique
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
         if isinstance(value, list):
             return value
         option = "/".join(param.opts) if param is not None else "value"
         try:
-            return parse_ints(value, option) if self.integer else parse_values(value, option)
+            if self.integer:
+                return parse_ints(value, option, self.unique)
+            return parse_values(value, option)
         except InputError as err:
-            self.fail(str(err), param, ctx)
+            message = str(err)
+            if param is not None:  # click names the option itself: not twice
+                message = message.removeprefix(f"{option}: ")
+            self.fail(message, param, ctx)
 
 
 NUMBERS = NumberList()
 INTEGERS = NumberList(integer=True)
-
-
-def flatten_unique(values: Iterable[float]) -> list[float]:
-    """Values in first-seen order without duplicates."""
-    return list(dict.fromkeys(values))
+COUNTS = NumberList(integer=True, unique=False)
