@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ncsim.theory import deep, modes, ufm
+from ncsim.errors import require
+from ncsim.theory import deep, modes
 from ncsim.theory import symbols as S
 from ncsim.theory._backend import Array, bisect, broadcast, namespace
 from ncsim.theory.compile import compile_expr
@@ -22,11 +23,8 @@ from ncsim.theory.equilibrium import check_model
 
 @functools.cache
 def _compiled(name: str):
-    d = deep.derive_mse()
-    args = [deep.N_sym, S.s, S.M, S.Lam, S.c]
-    if name == "lambda_crit_1":
-        return compile_expr(ufm.derive_mse()["lambda_crit_ratio"], [S.K, S.n, S.rho])
-    return compile_expr(d[name], args)
+    """The deep-MSE expression ``name`` as a numeric function of (N, sqrt n, M, Lambda, c)."""
+    return compile_expr(deep.derive_mse()[name], [deep.N_sym, S.s, S.M, S.Lam, S.c])
 
 
 def Lambda_crit(loss: str, K: Array, n: Array, depth: int = 1) -> Array:
@@ -81,7 +79,9 @@ def lambda_b_crit_mean_mode(K: Array, n: Array, lambda_w: Array, lambda_h: Array
     """MSE, regularised bias, one layer: the mean mode dies iff lambda_b/(1+lambda_b) <= K r.
 
     Returns the critical lambda_b (the mean mode is non-zero for lambda_b above it), or inf
-    where K r >= 1.
+    where K r >= 1; r = sqrt(n lambda_W lambda_H). Vectorised like the other closed forms,
+    without input checks: the values mean something for K >= 2, n >= 1 and lambda_W,
+    lambda_H >= 0 (the command line checks them).
     """
     K, n, lw, lh = broadcast(K, n, lambda_w, lambda_h)
     xp = namespace(K)
@@ -148,7 +148,12 @@ def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Ar
 
 def critical_table(loss: str, bias: str, K: int, n: int, depth: int, ratio: float = 1.0
                    ) -> dict[str, float]:
-    """Scalars for reports: lambda_crit and, for deep MSE, the closed-form jump."""
+    """Scalars for reports: lambda_crit, Lambda_crit and, for a deep model, the amplitude
+    sigma_jump of the collapsed state at Lambda_crit (deep MSE: closed form; deep CE: the
+    ray solution just below Lambda_crit, at Lambda_crit (1 - 1e-9))."""
+    require(int(K) == K and K >= 2, f"classes K must be an integer >= 2, got {K}")
+    require(int(n) == n and n >= 1, f"samples per class n must be an integer >= 1, got {n}")
+    require(ratio > 0, f"ratio lambda_H / lambda_W must be > 0, got {ratio}")
     lc = float(lambda_crit(loss, bias, K, n, depth, ratio))
     out = {"lambda_crit": lc, "Lambda_crit": float(Lambda_crit(loss, K, n, depth))}
     if depth >= 2 and loss == "mse":
