@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from tiny_study import write_tiny_study
 
 import ncsim.cli as cli_module
 import ncsim.study.executors as executors
@@ -36,32 +37,6 @@ def raw():
     """Raise an InputError without the handle_errors wrapper."""
     raise InputError("the probe value is bad;\\n   give a good one")
 '''
-
-STUDY = """
-name = "tiny"
-title = "Tiny"
-question = "q?"
-claim = "c."
-analysis = "invariance"
-
-[simulated]
-classes = 3
-per_class = 4
-dim = 8
-t_end = 300.0
-records = 20
-rtol = 1e-5
-atol = 1e-10
-lambda = 1e-2
-chunk = 2
-
-[[parts]]
-name = "ufm"
-model = "simulated"
-[parts.grid]
-seed = [0, 1, 2, 3]
-"""
-
 
 def _invoke(args, **kwargs):
     return CliRunner().invoke(cli, args, **kwargs)
@@ -270,9 +245,7 @@ def test_bad_class_counts_are_one_line(tmp_path, counts, message):
 
 
 def _study(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(STUDY)
-    return path
+    return write_tiny_study(tmp_path, seeds=4, records=20)
 
 
 def _renders(stderr: str) -> list[str]:

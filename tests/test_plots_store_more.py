@@ -10,38 +10,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_study import write_tiny_study
 
 from ncsim.errors import InputError
 from ncsim.plots import heatmap_figure, save_figure, trajectory_figure
 from ncsim.study import executors
 from ncsim.study.spec import load_study
 from ncsim.study.store import Store
-
-SPEC = """
-name = "tiny"
-title = "Tiny"
-question = "q?"
-claim = "c."
-analysis = "invariance"
-
-[simulated]
-classes = 3
-per_class = 4
-dim = 8
-t_end = 10.0
-records = 5
-lambda = 1e-2
-
-[[parts]]
-name = "ufm"
-model = "simulated"
-[parts.grid]
-seed = [0, 1, 2]
-
-[quick]
-[quick.parts.ufm.grid]
-seed = [0]
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -218,9 +193,7 @@ def test_save_figure_writes_the_format_of_the_extension_and_closes(tmp_path):
 
 # ----------------------------------------------------------------------------- store
 def _study(tmp_path, quick: bool = False):
-    path = tmp_path / "tiny.toml"
-    path.write_text(SPEC)
-    return load_study(path, quick=quick)
+    return load_study(write_tiny_study(tmp_path, seeds=3, t_end=10.0, records=5), quick=quick)
 
 
 def _row(value: float, status: str = "ok") -> dict:

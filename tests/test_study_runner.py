@@ -11,47 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_study import write_tiny_study
 
 from ncsim.study.runner import run_study
 from ncsim.study.spec import load_study
 from ncsim.study.store import Store
 
-SPEC = """
-name = "tiny"
-title = "Tiny"
-question = "q?"
-claim = "c."
-analysis = "invariance"
-
-[simulated]
-classes = 3
-per_class = 4
-dim = 8
-t_end = {t_end}
-records = 40
-rtol = {rtol}
-atol = 1e-10
-lambda = 1e-2
-chunk = {chunk}
-
-[[parts]]
-name = "ufm"
-model = "simulated"
-[parts.grid]
-seed = {seeds}
-
-[quick]
-[quick.parts.ufm.grid]
-seed = [0]
-"""
-
 
 def _spec(tmp_path: Path, seeds: int, chunk: int = 2, t_end: float = 300.0,
           rtol: float = 1e-5, extra: str = "") -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(SPEC.format(seeds=list(range(seeds)), chunk=chunk, t_end=t_end,
-                                rtol=rtol) + extra)
-    return path
+    return write_tiny_study(tmp_path, seeds, chunk, t_end, rtol=rtol, extra=extra)
 
 
 def _mtimes(store: Store) -> dict[str, int]:

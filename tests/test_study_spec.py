@@ -7,39 +7,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny_study import TEMPLATE
 
 from ncsim.errors import InputError
 from ncsim.study.spec import load_study, shipped_studies, spec_dir, tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
-GOOD = """
-name = "tiny"
-title = "Tiny"
-question = "q?"
-claim = "c."
-analysis = "invariance"
-
-[simulated]
-classes = 3
-per_class = 4
-dim = 8
-t_end = 200.0
-records = 20
-rtol = 1e-5
-atol = 1e-8
-lambda = 1e-2
-
-[[parts]]
-name = "ufm"
-model = "simulated"
-[parts.grid]
-seed = [0, 1]
-
-[quick]
-[quick.parts.ufm.grid]
-seed = [0]
-"""
+GOOD = TEMPLATE.format(seeds=[0, 1], chunk=2, t_end=200.0, records=20, rtol=1e-5)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
