@@ -93,8 +93,8 @@ def stiffness_report(grid: int = 8, t_end: float = 2e4) -> dict:
         totals[str(rtol)] = int(simulate(specs, theory=False).runs["steps"].sum())
     workload = w1(grid=grid, t_end=t_end)
     steps = simulate(workload.specs, theory=False).runs["steps"].to_numpy()
-    chosen = sorted({0, grid - 1, (grid // 2) * grid + grid // 2 - 1, grid * (grid - 1),
-                     grid * grid - 1})
+    centre = ((grid - 1) // 2) * grid + (grid - 1) // 2  # 35 on the 8 x 8 grid
+    chosen = sorted({0, grid - 1, centre, grid * (grid - 1), grid * grid - 1})
     problem = Problem.from_specs(workload.specs)
     boundary = tableau("dopri5").real_stability_boundary()
     rows = []

@@ -102,7 +102,7 @@ def heatmap_figure(
     if not len(table):
         raise InputError(f"heat map of {value!r}: the table has no rows; nothing to draw")
     for column in (x, y):
-        keys = table[column].to_numpy(float)
+        keys = pd.to_numeric(table[column], errors="coerce").to_numpy(float)  # text -> NaN
         if not (np.isfinite(keys) & (keys > 0)).all():
             raise InputError(f"heat map: column {column!r} needs positive finite values on its "
                              f"log axis; got {keys[~(np.isfinite(keys) & (keys > 0))][0]}")

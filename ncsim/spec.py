@@ -98,7 +98,8 @@ class ModelSpec:
         require(len(counts) == self.classes,
                 f"per_class gives {len(counts)} class counts but K = {self.classes}")
         require(all(isinstance(c, (int, np.integer)) and c >= 1 for c in counts),
-                f"samples per class must be integers >= 1, got {self.per_class!r}")
+                f"samples per class (per_class; --class-counts on the command line) must be "
+                f"integers >= 1, got {self.per_class!r}")
         require(isinstance(self.dim, int) and self.dim >= 1,
                 f"dim d must be >= 1, got {self.dim!r}")
         require(isinstance(self.depth, int) and self.depth >= 1,

@@ -229,7 +229,8 @@ def test_class_counts_give_one_class_per_count(counts, classes):
 
 
 @pytest.mark.parametrize(("counts", "message"), [
-    ("3,0", "Error: samples per class must be integers >= 1, got (3, 0)"),
+    ("3,0", "Error: samples per class (per_class; --class-counts on the command line) must "
+            "be integers >= 1, got (3, 0)"),
     ("3,2.5", "Error: Invalid value for '--class-counts': 2.5 is not an integer; give whole "
               "numbers"),
 ])

@@ -418,3 +418,11 @@ def test_cell_edges_on_log_and_linear_axes():
                                rtol=1e-4)
     np.testing.assert_allclose(cell_edges([1, 2, 4], log=False), [0.5, 1.5, 3.0, 5.0])
     np.testing.assert_allclose(cell_edges([7.0], log=False), [6.5, 7.5])
+
+
+def test_heatmap_text_coordinate_is_an_input_error():
+    """A coordinate column holding text is refused like a non-positive one, not with a raw
+    conversion error."""
+    table = pd.DataFrame({"x": ["a", "b"], "y": [1.0, 2.0], "v": [1.0, 2.0]})
+    with pytest.raises(InputError, match="^heat map: column 'x' needs positive finite values"):
+        heatmap_figure(table, "x", "y", "v")

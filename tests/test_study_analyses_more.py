@@ -562,6 +562,7 @@ def test_grid_f_test_uses_cell_means_of_log_fn_star(tmp_path, figdir):
     offsets[("mlp", "a")] = (-1.0, 0.0, 1.0)
     sec = grid(study, grid_runs(interaction_cells(0.0), offsets), linear_traj([]), figdir)
     assert sec.numbers["interaction_F"] == pytest.approx(0.0, abs=1e-12)
+    assert sec.numbers["interaction_rms_log"] == pytest.approx(0.0, abs=1e-12)
     assert sec.numbers["interaction_p"] == pytest.approx(1.0)
     assert sec.verdict == "contradicts"
 
@@ -676,3 +677,22 @@ def test_weight_decay_agreement_counts_only_runs_the_theory_classifies(tmp_path,
     sec = weight_decay(study, none, linear_traj([]), figdir)
     assert math.isnan(sec.numbers["agreement_with_theory_phase"]["ufm_lambda"])
     assert "ufm_lambda: the theory classifies none of its runs" in sec.reason
+
+
+def test_grid_heatmap_with_a_zero_decay_uses_a_linear_axis():
+    """A decay grid holding 0 (no weight decay) is drawn on a linear axis with finite edges;
+    an all-positive axis stays logarithmic with geometric cell edges."""
+    import matplotlib.pyplot as plt
+
+    from ncsim.study.analyses import _grid_heatmap
+
+    table = pd.DataFrame({"lambda_w": [0.0, 1e-3, 1e-2] * 2,
+                          "lambda_h": [1e-3] * 3 + [1e-2] * 3,
+                          "onset_collapsed": [10.0, 20.0, np.nan, 30.0, 40.0, 50.0]})
+    fig = _grid_heatmap(table, "lambda_w", "lambda_h", "onset_collapsed", "t")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_yscale() == "log"
+    corners = ax.collections[0].get_coordinates()
+    np.testing.assert_allclose(corners[0, :, 0], [-5e-4, 5e-4, 5.5e-3, 1.45e-2])
+    np.testing.assert_allclose(corners[:, 0, 1], 10.0 ** np.array([-3.5, -2.5, -1.5]))
+    plt.close(fig)

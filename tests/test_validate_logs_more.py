@@ -218,14 +218,20 @@ def test_read_logs_refuses_duplicate_run_ids(tmp_path):
     bare.to_parquet(tmp_path / "depth3_s4.parquet", index=False)
     with pytest.raises(InputError) as err:
         read_logs([tmp_path / "depth3_s4.csv", tmp_path / "depth3_s4.parquet"])
+    csv, parquet = tmp_path / "depth3_s4.csv", tmp_path / "depth3_s4.parquet"
     assert str(err.value) == (
-        "run id(s) appear in several logs: depth3_s4 in depth3_s4.csv, depth3_s4.parquet; each "
-        "run needs its own id (a paper log's is its file name, an ncsim log's its run_id column)")
-    write_table(ncsim_log(), tmp_path / "a.parquet")
-    write_table(ncsim_log(), tmp_path / "b.csv")
-    with pytest.raises(InputError, match=r"^run id\(s\) appear in several logs: r0 in "
-                                         r"a.parquet, b.csv; r1 in a.parquet, b.csv; "):
-        read_logs([tmp_path / "a.parquet", tmp_path / "b.csv"])
+        f"run id(s) appear in several logs: depth3_s4 in {csv}, {parquet}; each run needs its "
+        "own id (a paper log's is its file name, an ncsim log's its run_id column)")
+    (tmp_path / "other").mkdir()  # the same file name in two folders: the folders are named
+    bare.to_csv(tmp_path / "other" / "depth3_s4.csv", index=False)
+    with pytest.raises(InputError, match=f"depth3_s4 in {csv}, {tmp_path / 'other'}/"):
+        read_logs([csv, tmp_path / "other" / "depth3_s4.csv"])
+    a, b = tmp_path / "a.parquet", tmp_path / "b.csv"
+    write_table(ncsim_log(), a)
+    write_table(ncsim_log(), b)
+    with pytest.raises(InputError, match=f"^run id\\(s\\) appear in several logs: r0 in {a}, "
+                                         f"{b}; r1 in {a}, {b}; "):
+        read_logs([a, b])
 
 
 def test_read_logs_joins_paper_and_ncsim_logs(tmp_path):
@@ -318,6 +324,8 @@ def test_run_table_status_and_missing_metric():
     with pytest.raises(InputError, match=r"^log of run \? lacks the onset metric column 'nc1'; "
                                          r"its columns: .*; choose another metric"):
         run_onset(onset_part(), OnsetRule(metric="nc1"))
+    with pytest.raises(InputError, match=r"^log of run a lacks the onset metric column 'nc1'"):
+        run_table(traj, OnsetRule(metric="nc1"))
 
 
 @pytest.mark.parametrize(("condition", "number"), [
@@ -653,7 +661,8 @@ def test_fractional_phase_is_an_input_error_and_one_path_is_read(tmp_path):
     paper.to_csv(tmp_path / "width128_s0.csv", index=False)
     for name in ("depth3_s4", "width128_s0"):
         with pytest.raises(InputError, match=f"^log {name}: phase 1.5 is not a whole number; "
-                                             "phases are 1 .cross-entropy. and 2 .MSE.$"):
+                                             "phases are numbered 0, 1, 2, ... .paper logs: "
+                                             "1 = cross-entropy, 2 = MSE.$"):
             read_log(tmp_path / f"{name}.csv")
     ncsim_log.assign(phase=[1, 2]).to_csv(tmp_path / "depth3_s4.csv", index=False)
     table = read_logs(str(tmp_path / "depth3_s4.csv"))

@@ -562,7 +562,9 @@ def _lambda_series(sub: pd.DataFrame, x: str, keys: list[str]) -> list[dict[str,
 def _grid_heatmap(table: pd.DataFrame, x: str, y: str, value: str, title: str,
                   curve: tuple[np.ndarray, np.ndarray] | None = None,
                   row_marks: dict[float, float] | None = None, log_y: bool = True):
-    """Heat map of log10 ``value`` on a (log x, y) grid with whole edge cells.
+    """Heat map of log10 ``value`` on an (x, y) grid with whole edge cells; an axis is
+    logarithmic when its values are all positive (``log_y=False``: y linear always), so a
+    grid with a zero decay (a baseline without weight decay) gets a linear axis.
 
     curve : (xs, ys) theory line; row_marks : {y: x} theory value marked in each row.
     """
@@ -574,10 +576,12 @@ def _grid_heatmap(table: pd.DataFrame, x: str, y: str, value: str, title: str,
     xs, ys = grid_.columns.to_numpy(float), grid_.index.to_numpy(float)
     data = np.log10(grid_.to_numpy(float))
     fig, ax = plt.subplots(figsize=(5.8, 4.6))
-    x_edges, y_edges = cell_edges(xs, log=True), cell_edges(ys, log=log_y)
+    log_x, log_y = bool((xs > 0).all()), log_y and bool((ys > 0).all())
+    x_edges, y_edges = cell_edges(xs, log=log_x), cell_edges(ys, log=log_y)
     mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(data), cmap="magma")
     fig.colorbar(mesh, ax=ax, label=f"log10 {value}")
-    ax.set_xscale("log")
+    if log_x:
+        ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
     else:
@@ -841,13 +845,16 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
         return Section("inconclusive", f"only {int(pivot.notna().sum().sum())} collapsed cells; "
                        "the non-additivity test needs 2 architectures x 2 datasets",
                        {}, tables, figs)
-    logf = np.log(full.to_numpy(float))
-    resid = logf - logf.mean(1, keepdims=True) - logf.mean(0, keepdims=True) + logf.mean()
-    effects = {c: float(full[c].iloc[-1] / full[c].iloc[0] - 1) for c in full.columns}
-    numbers = {"architecture_effect": effects, "interaction_rms_log": float(np.sqrt(
-        (resid ** 2).mean()))}
     ok = collapsed(runs)
     ok = ok[ok["arch_label"].isin(full.index) & ok["dataset_label"].isin(full.columns)]
+    # interaction of the cell means of log fn*: what the additive model leaves over
+    logm = ok.assign(log_fn=np.log(ok["fn_at_onset"].astype(float))).pivot_table(
+        index="arch_label", columns="dataset_label", values="log_fn")
+    logm = logm.loc[full.index, full.columns].to_numpy(float)
+    inter = logm - logm.mean(1, keepdims=True) - logm.mean(0, keepdims=True) + logm.mean()
+    effects = {c: float(full[c].iloc[-1] / full[c].iloc[0] - 1) for c in full.columns}
+    numbers = {"architecture_effect": effects,
+               "interaction_rms_log": float(np.sqrt((inter ** 2).mean()))}
     groups = [g["fn_at_onset"].to_numpy(float) for _, g in
               ok.groupby(["arch_label", "dataset_label"])]
     text = "architecture effect " + ", ".join(f"{c}: {100 * e:+.0f}%" for c, e in
@@ -855,17 +862,12 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
     if min(len(g) for g in groups) < 2:
         return Section("inconclusive", text + "; no replicate seeds for the interaction test",
                        numbers, tables, figs)
-    # interaction F test on log fn*: residual of the additive fit to the cell means of log fn*
-    # against within-cell noise
+    # interaction F test on log fn*: the interaction above against within-cell noise
     within = sum(((np.log(g) - np.log(g).mean()) ** 2).sum() for g in groups)
     df_within = sum(len(g) - 1 for g in groups)
     if within <= 1e-20 * df_within:  # within-cell sd of log fn* below 1e-10: no noise
         return Section("inconclusive", text + "; the replicate seeds have identical fn*, no "
                        "within-cell noise for the interaction test", numbers, tables, figs)
-    logm = ok.assign(log_fn=np.log(ok["fn_at_onset"].astype(float))).pivot_table(
-        index="arch_label", columns="dataset_label", values="log_fn")
-    logm = logm.loc[full.index, full.columns].to_numpy(float)
-    inter = logm - logm.mean(1, keepdims=True) - logm.mean(0, keepdims=True) + logm.mean()
     n_cell = np.mean([len(g) for g in groups])
     ss_inter = n_cell * float((inter ** 2).sum())
     df_inter = (full.shape[0] - 1) * (full.shape[1] - 1)

@@ -90,7 +90,8 @@ def _phases(values: pd.Series, run_id: str) -> pd.arrays.IntegerArray:
     fractional = numbers.notna() & (numbers != numbers.round())
     if fractional.any():
         raise InputError(f"log {run_id}: phase {numbers[fractional].iloc[0]} is not a whole "
-                         "number; phases are 1 (cross-entropy) and 2 (MSE)")
+                         "number; phases are numbered 0, 1, 2, ... (paper logs: 1 = "
+                         "cross-entropy, 2 = MSE)")
     return pd.array(numbers, dtype="Int64")
 
 
@@ -173,7 +174,7 @@ def read_logs(paths: list[str | Path] | str | Path) -> pd.DataFrame:
     holders: dict[object, list[str]] = {}
     for path, part in zip(paths, parts, strict=True):
         for rid in part["run_id"].unique():
-            holders.setdefault(rid, []).append(Path(path).name)
+            holders.setdefault(rid, []).append(str(path))
     dup = sorted((rid for rid, files in holders.items() if len(files) > 1), key=str)
     if dup:
         where = "; ".join(f"{rid} in {', '.join(holders[rid])}" for rid in dup)
