@@ -113,6 +113,12 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
     """Run specs of the grid given by the simulate options (validated)."""
     axes = {name: options[name] for name in GRID_OPTIONS if options.get(name) is not None}
     counts = options.get("class_counts")
+    if counts:
+        spread = [f"-{'K' if n == 'classes' else 'n'}" for n in ("classes", "per_class")
+                  if len(axes.get(n, ())) > 1]
+        if spread:  # each value of the axis would repeat the same runs
+            raise InputError(f"--class-counts sets K and n, so {' and '.join(spread)} cannot "
+                             "take several values; drop them or --class-counts")
     specs = []
     for point in grid(axes):
         classes = int(point.get("classes", 10))

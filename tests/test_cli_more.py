@@ -228,6 +228,19 @@ def test_class_counts_give_one_class_per_count(counts, classes):
     assert run["per_class"] == counts
 
 
+def test_class_counts_with_a_k_or_n_grid_is_refused(tmp_path):
+    """--class-counts with several values of -K or -n would repeat the same runs: refused
+    with one line that says what to drop, before any file is written."""
+    out = tmp_path / "never"
+    for args, named in ((["-K", "3,4"], "-K"), (["-n", "2,3"], "-n"),
+                        (["-K", "3,4", "-n", "2,3"], "-K and -n")):
+        line = _error_line(_invoke(["simulate", "--class-counts", "2,3", *args, *TINY,
+                                    "--out", str(out)]))
+        assert line == (f"Error: --class-counts sets K and n, so {named} cannot take several "
+                        "values; drop them or --class-counts")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("counts", "message"), [
     ("3,0", "Error: samples per class (per_class; --class-counts on the command line) must "
             "be integers >= 1, got (3, 0)"),
