@@ -94,7 +94,12 @@ def onset_time(
 
 
 def value_at(times: np.ndarray, values: np.ndarray, when: float, interpolate: bool = True) -> float:
-    """Series value at time ``when``: log-time interpolation, or the record at/after ``when``."""
+    """Series value at time ``when``: log-time interpolation, or the record at/after ``when``.
+
+    Non-finite records are skipped, so the value comes from the nearest finite records: the
+    first at or after ``when`` (interpolated with the one before it), or the last finite one
+    when none follows; NaN when ``when`` is not finite or no record is.
+    """
     if not math.isfinite(when):
         return math.nan
     t, v = _finite_series(times, values)

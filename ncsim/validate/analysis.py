@@ -8,7 +8,8 @@ Rules
 - Onset (the paper's rule, preset ``rupa2026``): the first logged epoch of the MSE phase (phase 2)
   whose metric is below the threshold (0.01 strict, 0.05 relaxed); a log without phase 2 uses
   its first such epoch. No interpolation. Empty (NaN) records, as written before 99% training
-  accuracy, are skipped. fn* of a run = fn at that record.
+  accuracy, are skipped. fn* of a run = fn at that record (records without fn are skipped:
+  the next record with fn, or the last one before the onset when none follows).
 - Group statistics (per model, dataset, condition): mean, sample std (ddof = 1), CV = std / mean
   and the 95% Student-t interval mean +- t_{0.975, n-1} std / sqrt(n).
 - Lead time: T_NC minus the first logged epoch with fn <= a threshold fn_pred. fn_pred is
