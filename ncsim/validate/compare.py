@@ -30,10 +30,11 @@ time, i.e. to its own onset, within a step budget (``max_steps``). The balance c
 a small lambda_H (1e-5 or less) with eta_H = 1 while the classifier's rate |H|^2 / N is large, a
 stiff system whose explicit integration to the onset may exceed the budget; the row then has
 ``onset_simulated`` NaN, ``status_simulated = "max_steps"``, the time reached
-(``onset_simulated_lower_bound``: the surrogate has not collapsed before it) and the
-extrapolation ``onset_simulated_estimate = t_reached + ln(nc1_trace(t_reached) / threshold) /
-(2 eta_H lambda_H)`` (network units), with ``onset_simulated_source`` naming which of the two the
-ratio column uses.
+(``onset_simulated_lower_bound``: the surrogate has not collapsed before it; the onset itself
+when it has) and the extrapolation ``onset_simulated_estimate = t_reached + (K/2)
+ln(nc1_trace(t_reached) / threshold) / (2 eta_H lambda_H)`` (network units; eta_H lambda_H is a
+rate in ncsim time), with ``onset_simulated_source`` naming which of the two the ratio column
+uses.
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ from ncsim.validate.train import load_checkpoint
 
 def _measured(log: pd.DataFrame, threshold: float, factor: float = 1.0
               ) -> tuple[pd.DataFrame, float, float]:
-    require("flow_time" in log.columns, "the training log lacks flow_time (t = lr x steps)")
+    missing = [c for c in ("time", "phase", "flow_time", "nc1_trace", "fn") if c not in log]
+    require(not missing, f"the training log lacks column(s) {', '.join(missing)}; give the "
+            "log.parquet written by 'ncsim validate train' (flow_time = lr x steps)")
     phase2 = log[log["phase"] == 2].sort_values("time")
     require(len(phase2) > 0, "the training log has no MSE phase (phase 2)")
-    before = log[log["time"] <= phase2["time"].iloc[0] - 0.5]
+    before = log[log["time"] <= phase2["time"].iloc[0] - 0.5].sort_values("time")
     t0 = float(before["flow_time"].iloc[-1]) if len(before) else 0.0
     curve = phase2.assign(t=(phase2["flow_time"].to_numpy(np.float64) - t0) * factor)
     t = curve["t"].to_numpy(np.float64)
@@ -114,8 +117,12 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
             "compare needs a run whose second phase uses the MSE loss")
     args = dict(config.get("data_args") or {})
     require("name" in args, f"{start_ckpt} does not record its dataset; retrain with ncsim")
-    data = load_dataset(args["name"], per_class=args.get("per_class"), seed=args.get("seed", 0),
-                        root=args.get("root"))
+    data = load_dataset(**args)  # every recorded argument (gaussian: classes, dim, ...)
+    require(data.classes == state0["classes"]
+            and data.input_shape == tuple(state0["input_shape"]),
+            f"the dataset rebuilt from {start_ckpt} ({data.classes} classes, inputs "
+            f"{data.input_shape}) does not match the network ({state0['classes']} classes, "
+            f"inputs {tuple(state0['input_shape'])}); retrain with ncsim")
     K = data.classes
     counts = np.bincount(data.y_train.cpu().numpy(), minlength=K)
     if per_class is None:
@@ -144,6 +151,12 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
                         "statistics): eta_H and lambda_H are approximate")
     rate = cal.eta_h * cal.lambda_h  # ncsim-time decay rate of the surrogate's features
     log = read_table(log_path)
+    if "run_id" in log and log["run_id"].nunique() > 1:  # keep the checkpoint's own run
+        ids = sorted(map(str, log["run_id"].unique()))
+        require(config.get("run_id") in ids,
+                f"{log_path} holds runs {', '.join(ids)}, none of them the checkpoint's run "
+                f"{config.get('run_id')!r}; give the folder's own log")
+        log = log[log["run_id"] == config["run_id"]]
     curve, onset_net, fn_net = _measured(log, threshold, step_factor if mapping_ok else 1.0)
     duration = float(curve["t"].max())
     require(duration > 0, "the MSE phase of the log has zero duration (lr = 0?)")
@@ -188,7 +201,8 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
         "time_mapping_valid": bool(mapping_ok), "time_unit": "t from MSE start",
         "t_ncsim_per_t": factor, "lambda_w_x_t_end": lam_w * factor * duration,
         "onset_measured": onset_net, "onset_simulated": onset_sim if mapping_ok else math.nan,
-        "onset_simulated_lower_bound": t_reached if mapping_ok else math.nan,
+        "onset_simulated_lower_bound": ((onset_sim if math.isfinite(onset_sim) else t_reached)
+                                        if mapping_ok else math.nan),
         "onset_simulated_estimate": estimate, "onset_simulated_source": source,
         "onset_ratio_sim_over_measured": (estimate / onset_net
                                           if onset_net and math.isfinite(onset_net) else math.nan),
