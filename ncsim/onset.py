@@ -59,6 +59,8 @@ def _interp_time(
 def crossing_index(values: np.ndarray, threshold: float, stay: int = 1) -> int | None:
     """Index of the first entry of the first run of ``stay`` entries below ``threshold``."""
     below = np.asarray(values) < threshold
+    if below.size < stay:  # too few records for a run of ``stay`` (none at all included)
+        return None
     if stay <= 1:
         hits = np.flatnonzero(below)
         return int(hits[0]) if hits.size else None
