@@ -447,3 +447,45 @@ def test_compare_bad_options_and_logs(tiny_run, tmp_path):
     for name, log, message in cases:
         with pytest.raises(InputError, match=message):
             compare_run(_run(tiny_run, tmp_path / name, log=log), **QUICK)
+
+
+def test_compare_vanishing_surrogate_reports_no_onset(tiny_run, tmp_path, monkeypatch):
+    """A surrogate whose features vanish has no simulated onset, fn*, estimate or ratio (its
+    nc1 falling is no collapse), whatever its nc1 curve does."""
+    import ncsim.flow as flow
+
+    real = flow.simulate
+
+    def vanishing(specs, **kwargs):
+        result = real(specs, **kwargs)
+        result.runs["status"] = "vanishing"
+        return result
+
+    monkeypatch.setattr(flow, "simulate", vanishing)
+    res = compare_run(_run(tiny_run, tmp_path), per_class=N_PER, horizon=2.0, wd_horizon=5.0,
+                      max_steps=5000)
+    row = res["table"].iloc[0]
+    assert (res["simulated"]["nc1_trace"] < 0.01).any()  # the curve crosses all the same
+    assert row["status_simulated"] == "vanishing"
+    for key in ("onset_simulated", "fn_star_simulated", "onset_simulated_estimate",
+                "onset_ratio_sim_over_measured"):
+        assert math.isnan(row[key]), key
+    assert row["onset_simulated_source"] == "none (the surrogate's features vanish)"
+
+
+def test_compare_refuses_non_positive_horizons(tiny_run, tmp_path):
+    """horizon <= 0 or wd_horizon < 0 is an InputError naming both, before any work."""
+    for horizon, wd_horizon in ((0.0, 5.0), (-1.0, 5.0), (2.0, -1.0)):
+        with pytest.raises(InputError, match=f"^horizon must be > 0 and wd_horizon >= 0, got "
+                                             f"{horizon} and {wd_horizon}; they set"):
+            compare_run(tmp_path, horizon=horizon, wd_horizon=wd_horizon)
+
+
+def test_phase_momentum_must_be_below_one():
+    """Momentum 1 would make the flow time lr x steps / (1 - momentum) infinite: refused."""
+    from ncsim.validate.train import Phase
+
+    Phase("mse", 3, "sgd", 0.1, 1e-3, momentum=0.99).validate()
+    for momentum in (1.0, -0.1):
+        with pytest.raises(InputError, match=f"^momentum must be in \\[0, 1\\), got {momentum}"):
+            Phase("mse", 3, "sgd", 0.1, 1e-3, momentum=momentum).validate()

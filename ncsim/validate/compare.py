@@ -96,6 +96,9 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     -------
     dict with ``table`` (one-row DataFrame), ``measured`` and ``simulated`` curves (column t).
     """
+    require(horizon > 0 and wd_horizon >= 0,
+            f"horizon must be > 0 and wd_horizon >= 0, got {horizon} and {wd_horizon}; they "
+            "set how far the surrogate is simulated")
     run_dir = Path(run_dir)
     start_ckpt = run_dir / "checkpoints" / "phase1_end.pt"
     final_ckpt = run_dir / "checkpoints" / "phase2_end.pt"
@@ -172,11 +175,16 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     t = traj["t"].to_numpy(np.float64)
     onset_sim = onset_time(t, traj["nc1_trace"].to_numpy(np.float64), threshold,
                            interpolate=False)
+    vanishing = str(sim.runs["status"].iloc[0]) == "vanishing"
+    if vanishing:  # nc1 of vanishing features is no collapse (DESIGN: never reported as one)
+        onset_sim = math.nan
     fn_sim = value_at(t, traj["fn"].to_numpy(np.float64), onset_sim, False)
     t_reached = float(t[-1])
     nc1_reached = float(traj["nc1_trace"].iloc[-1])
     if math.isfinite(onset_sim):
         estimate, source = onset_sim, "simulated"
+    elif vanishing:
+        estimate, source = math.nan, "none (the surrogate's features vanish)"
     else:
         gap = math.log(max(nc1_reached / threshold, 1.0))
         rest = gap / (2.0 * rate) / factor if rate > 0 else (math.inf if gap > 0 else 0.0)

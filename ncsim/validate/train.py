@@ -101,6 +101,8 @@ class Phase:
                 f"decay_last must be an integer >= 0, got {self.decay_last}")
         require(isinstance(self.warmup, int) and 0 <= self.warmup < self.epochs,
                 f"warmup must be an integer in [0, epochs), got {self.warmup}")
+        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum} "
+                "(the flow time lr x steps / (1 - momentum) needs momentum < 1)")
 
 
 @dataclass(frozen=True)
