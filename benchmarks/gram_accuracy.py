@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ CASES = (("mse", 20.0, 2), ("mse", 1000.0, 4), ("ce", 20.0, 2), ("ce", 1000.0, 4
 def errors_per_form(loss: str, t_end: float, runs: int, dim: int,
                     rtols: tuple[float, ...] = RTOLS) -> dict:
     """Trajectory error against an rtol 1e-13 reference and total steps, per form and rtol."""
-    simulate = importlib.import_module("ncsim.flow.simulate").simulate
+    from ncsim.flow import simulate
 
     def run(reduction: str, rtol: float):
         specs = w2(loss=loss, dim=dim, runs=runs, t_end=t_end, records=20, rtol=rtol,
