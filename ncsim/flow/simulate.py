@@ -363,14 +363,13 @@ def _state_blocks(reduced: GramObjective | ClassMeansObjective | None, layout: S
                  "b": None if b is None else b[i].double().cpu().numpy().copy()}
                 for i in range(state.shape[0])]
     if isinstance(reduced, GramObjective):
-        gram = reduced
-        h, w = gram.factor(state.double())
+        h, w = reduced.factor(state.double())
         blocks = []
         for i in range(state.shape[0]):
             row = state[i:i + 1].double().cpu()
-            parts = {name: gram.layout.view(row, name)[0].numpy().copy()
+            parts = {name: reduced.layout.view(row, name)[0].numpy().copy()
                      for name in ("Z", "A", "B")}
-            b = gram.layout.view(row, "b")[0].numpy().copy() if "b" in gram.layout else None
+            b = reduced.layout.view(row, "b")[0].numpy().copy() if "b" in reduced.layout else None
             blocks.append({"H": h[i].cpu().numpy().copy(), "W": [w[i].cpu().numpy().copy()],
                            "b": b, **parts})
         return blocks

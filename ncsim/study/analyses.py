@@ -872,7 +872,7 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
     ss_inter = n_cell * float((inter ** 2).sum())
     df_inter = (full.shape[0] - 1) * (full.shape[1] - 1)
     f_stat = (ss_inter / df_inter) / (within / df_within)
-    p = float(stats.f.sf(f_stat, df_inter, df_within)) if math.isfinite(f_stat) else 0.0
+    p = float(stats.f.sf(f_stat, df_inter, df_within))  # finite: the within-cell noise is > 0
     numbers.update({"interaction_F": f_stat, "interaction_p": p})
     text += f"; interaction F = {fmt(f_stat)}, p = {fmt(p)}"
     if p < 0.05:
