@@ -31,7 +31,7 @@ from ncsim.metrics import METRIC_NAMES
 from ncsim.models.layout import StateLayout
 from ncsim.models.losses import logit_gradient, loss_value
 from ncsim.models.ufm import Penalties, labels_for, state_layout
-from ncsim.products import baddbmm, bmm
+from ncsim.products import bmm
 from ncsim.spec import REDUCTIONS, ModelSpec
 
 __all__ = ["REDUCTIONS", "GramObjective", "gram_layout", "gram_size", "use_gram"]
@@ -62,10 +62,6 @@ def use_gram(model: ModelSpec, reduction: str) -> bool:
     if reduction == "gram":
         return True
     return gram_size(model) < state_layout(model).size
-
-
-def _sym(x: Tensor) -> Tensor:
-    return x + x.transpose(-1, -2)
 
 
 class GramObjective:
@@ -188,21 +184,21 @@ class GramObjective:
         lh = pen.h.view(-1, 1, 1)
         ew = eta_w.view(-1, 1, 1) if isinstance(eta_w, Tensor) else eta_w
         eh = eta_h.view(-1, 1, 1) if isinstance(eta_h, Tensor) else eta_h
-        d_s = baddbmm(lw * s, g, bb).mul_(-ew)
-        d_s.sub_(baddbmm(lh * s, a, g).mul_(eh))
-        d_a = (_sym(bmm(g, s.transpose(1, 2))) + 2.0 * lw * a).mul_(-ew)
         out = torch.empty_like(state) if out is None else out
-        # the (N, N) block straight into ``out``: -eta_H (G^T S + S^T G) - 2 eta_H lambda_H B
-        # in three passes (-eta_H folded into G; the symmetric sum; the decay)
-        half = bmm(g.transpose(1, 2) * -eh, s)
-        d_b = self.layout.view(out, "B")
-        torch.add(half, half.transpose(1, 2), out=d_b)
-        d_b.addcmul_(bb, -2.0 * eh * lh)
-        parts = {"Z": d_s, "A": d_a}
+        lay = self.layout
+        d_s, d_a, d_b = lay.view(out, "Z"), lay.view(out, "A"), lay.view(out, "B")
+        g_w, g_h = g * -ew, g * -eh  # -eta_W G, -eta_H G (K, N): the scales on the small factor
+        # every block straight into ``out``: a product, the exact symmetric sum, the decay
+        bmm(g_w, bb, out=d_s)
+        d_s.add_(bmm(a, g_h)).addcmul_(s, -(ew * lw + eh * lh))
+        half_a = bmm(g_w, s.transpose(1, 2))
+        torch.add(half_a, half_a.transpose(1, 2), out=d_a).addcmul_(a, -2.0 * ew * lw)
+        half_b = bmm(g_h.transpose(1, 2), s)
+        torch.add(half_b, half_b.transpose(1, 2), out=d_b).addcmul_(bb, -2.0 * eh * lh)
         if b is not None:
             eb = eta_b.view(-1, 1) if isinstance(eta_b, Tensor) else eta_b
-            parts["b"] = -(g.sum(2) + pen.b.view(-1, 1) * b) * eb
-        return self.layout.write(parts, out)
+            torch.mul(g.sum(2) + pen.b.view(-1, 1) * b, -eb, out=lay.view(out, "b"))
+        return out
 
     def grad_norm(self, state: Tensor, pen: Penalties, runs: Tensor | None = None) -> Tensor:
         """|grad f|_2 (R,) with respect to (W, H, b), from the Gram quantities.
