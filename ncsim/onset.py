@@ -1,15 +1,20 @@
 """Onset of collapse, fn at onset, lead time: one implementation for every time series.
 
 The same functions serve simulated trajectories, training logs and imported logs. A series is
-a pair of 1-D arrays ``times`` (T,) and ``values`` (T,); NaN values are gaps (e.g. training logs
-leave NC metrics empty before 99% accuracy) and are skipped.
+a pair of 1-D arrays ``times`` (T,) and ``values`` (T,). Times must be in order (non-decreasing;
+two records at one time, e.g. the two sides of an intervention, are allowed); records without a
+finite time are dropped. NaN values are gaps (e.g. training logs leave NC metrics empty before
+99% accuracy) and are skipped.
 
 Conventions
 -----------
-- Onset time: first time at which ``metric < threshold`` holds, for ``stay`` consecutive finite
-  records. With ``interpolate=True`` the crossing time is interpolated between the record
-  before and the first record below, linearly in (log time, log value); when the earlier record
-  is at t <= 0 the interpolation is linear in time.
+- Onset time: first time at which ``metric < threshold`` holds, for ``stay`` consecutive
+  records that are not gaps. A metric at +inf (nc1 with no between-class spread) is a record
+  above every threshold, not a gap. With ``interpolate=True`` the crossing time is
+  interpolated between the record before and the first record below, linearly in (log time,
+  log value); when the earlier record is at t <= 0 the interpolation is linear in time, when a
+  value is <= 0 (nc1 of exactly collapsed features) linear in value, and from a record at +inf
+  the crossing is at the later record.
 - fn at onset: fn interpolated at the onset time the same way (log time), or taken at the
   onset record when ``interpolate=False``.
 - Lead time: onset time minus the first time fn crosses ``level``. The crossing direction is
@@ -30,13 +35,19 @@ import pandas as pd
 from ncsim.errors import InputError
 
 
-def _finite_series(times: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _finite_series(times: np.ndarray, values: np.ndarray, keep_inf: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The records with a finite time and a finite value (``keep_inf``: a non-NaN value)."""
     times = np.asarray(times, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     if times.shape != values.shape or times.ndim != 1:
         raise InputError(f"times and values must be 1-D of equal length, got {times.shape} "
                          f"and {values.shape}")
-    keep = np.isfinite(values) & np.isfinite(times)
+    timed = np.isfinite(times)
+    if np.any(np.diff(times[timed]) < 0):
+        raise InputError("record times must be in order (non-decreasing); sort the records by "
+                         "time first")
+    keep = timed & (~np.isnan(values) if keep_inf else np.isfinite(values))
     return times[keep], values[keep]
 
 
@@ -44,6 +55,8 @@ def _interp_time(
     t0: float, t1: float, v0: float, v1: float, level: float, log_value: bool
 ) -> float:
     """Time in [t0, t1] where a segment from v0 to v1 meets ``level``."""
+    if math.isinf(v0):  # the segment comes down from infinity: no earlier time is known
+        return t1
     if log_value and v0 > 0 and v1 > 0 and level > 0:
         a, b, c = math.log(v0), math.log(v1), math.log(level)
     else:
@@ -58,10 +71,15 @@ def _interp_time(
 
 def crossing_index(values: np.ndarray, threshold: float, stay: int = 1) -> int | None:
     """Index of the first entry of the first run of ``stay`` entries below ``threshold``."""
+    if isinstance(stay, bool) or not isinstance(stay, (int, np.integer)) or stay < 1:
+        raise InputError(f"stay must be an integer >= 1 (the number of consecutive records "
+                         f"below the threshold), got {stay!r}")
+    if not math.isfinite(threshold):
+        raise InputError(f"onset threshold must be a finite number, got {threshold!r}")
     below = np.asarray(values) < threshold
     if below.size < stay:  # too few records for a run of ``stay`` (none at all included)
         return None
-    if stay <= 1:
+    if stay == 1:
         hits = np.flatnonzero(below)
         return int(hits[0]) if hits.size else None
     window = np.convolve(below.astype(np.int64), np.ones(stay, dtype=np.int64), mode="valid")
@@ -80,13 +98,13 @@ def onset_time(
 
     Parameters
     ----------
-    times : (T,) record times (increasing), any unit.
-    values : (T,) metric values (NaN = gap).
-    threshold : onset when ``values < threshold``.
-    stay : number of consecutive finite records that must stay below.
+    times : (T,) record times (non-decreasing), any unit.
+    values : (T,) metric values (NaN = gap; +inf = above every threshold).
+    threshold : onset when ``values < threshold`` (a finite number).
+    stay : number of consecutive records (gaps skipped) that must stay below, >= 1.
     interpolate : interpolate the crossing in (log time, log value).
     """
-    t, v = _finite_series(times, values)
+    t, v = _finite_series(times, values, keep_inf=True)
     idx = crossing_index(v, threshold, stay)
     if idx is None:
         return math.nan
@@ -132,13 +150,13 @@ def crossing_time(
     direction : "below" (first value <= level), "above" (first value >= level) or "auto"
         ("below" when the first finite value is above the level, else "above").
     """
+    if direction not in ("below", "above", "auto"):
+        raise InputError(f"unknown crossing direction {direction!r}; allowed: below, above, auto")
     t, v = _finite_series(times, values)
     if t.size == 0:
         return math.nan
     if direction == "auto":
         direction = "below" if v[0] > level else "above"
-    if direction not in ("below", "above"):
-        raise InputError(f"unknown crossing direction {direction!r}; allowed: below, above, auto")
     hits = np.flatnonzero(v <= level if direction == "below" else v >= level)
     if hits.size == 0:
         return math.nan

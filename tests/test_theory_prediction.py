@@ -70,8 +70,8 @@ def test_grid_solve_equals_one_dense_solve(loss, bias, lw, lh, a):
     assert pred.fn_cross_time == pytest.approx(cross, rel=1e-7)
     if math.isfinite(cross):
         assert pred.lead_time == pytest.approx(onset - cross, rel=1e-6, abs=1e-6 * onset)
-    else:  # fn never reaches the level within the horizon
-        assert pred.lead_time == -math.inf
+    else:  # fn never reaches the level within the horizon: no lead (as onset.lead_time)
+        assert math.isnan(pred.lead_time)
 
 
 def test_prediction_is_computed_once_per_parameter_point():

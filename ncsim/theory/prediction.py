@@ -35,6 +35,7 @@ import numpy as np
 from scipy.integrate import ODEintWarning, odeint, solve_ivp
 from scipy.optimize import brentq
 
+from ncsim.errors import InputError
 from ncsim.theory import dynamics
 from ncsim.theory.critical import basin_threshold
 from ncsim.theory.equilibrium import equilibrium
@@ -45,8 +46,9 @@ class OnsetPrediction:
     """Predicted onset for one parameter point (times in gradient-flow units).
 
     onset_time : first time nc1_trace < threshold (inf if never, NaN if not predicted).
-    lead_time : onset_time minus the first time fn crosses (1 + delta) fn*.
-    fn_cross_time : that crossing time. delta : the delta used.
+    lead_time : onset_time minus the first time fn crosses (1 + delta) fn*; NaN when either
+        never happens (as the simulator's lead time).
+    fn_cross_time : that crossing time (inf if never). delta : the delta used.
     regime : "ok", "vanishing", "trapped", "no_onset" or "not_applicable".
     """
 
@@ -168,8 +170,9 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
     Parameters
     ----------
     loss, bias, K, n, d, depth : model. lambda_w, lambda_h, lambda_b : decays.
-    init_scale : std a of the i.i.d. Gaussian init entries.
-    threshold : NC1 (trace form) onset threshold.
+    init_scale : std a of the i.i.d. Gaussian init entries (> 0).
+    threshold : NC1 (trace form) onset threshold (> 0). Where the model's nc1_trace starts
+        below it ((N - K)/(K - 1) at t = 0; 0 for n = 1), the onset is t = 0.
     delta : fn crossing level (1 + delta) fn*; default -0.05 when fn starts below fn*, +0.05
         when above.
     t_max : search horizon (default: 40 / min(lambda_H, mu) capped to [1e3, 1e8]).
@@ -202,6 +205,9 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
       d < 4K, 7.5% at d = 4K), for deep heads (not modelled: NaN in the theory columns) and
       for a zero decay (no fn*).
     """
+    for name, value in (("threshold", threshold), ("init_scale", init_scale)):
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{name} must be a finite number > 0, got {value!r}")
     eq = equilibrium(loss, bias, K, n, lambda_w, lambda_h, lambda_b, depth)
     fn_star = float(eq.fn_star)
     nan = math.nan
@@ -219,7 +225,10 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
         t_max = float(np.clip(40.0 / slow, 1e3, 1e8))
     grid = np.concatenate([[0.0], np.geomspace(1e-3, t_max, 4000)])
     curves = _curves(loss, bias, K, n, d, lambda_w, lambda_h, init_scale, grid)
-    onset = curves.first_crossing(curves.nc1, threshold)
+    if float(curves.nc1(grid[:1], curves.states[:1])[0]) < threshold:
+        onset = 0.0  # below from the start: the first time nc1_trace < threshold is t = 0
+    else:
+        onset = curves.first_crossing(curves.nc1, threshold)
     fn0 = float(curves.fn(grid[:1], curves.states[:1])[0])
     if delta is None:
         delta = -0.05 if not fn0 > fn_star else 0.05
@@ -232,7 +241,8 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
         regime = "approximate: d < 5K"
     else:
         regime = "ok"
-    return OnsetPrediction(onset, onset - t_cross, t_cross, delta, regime)
+    lead = onset - t_cross if math.isfinite(onset) and math.isfinite(t_cross) else nan
+    return OnsetPrediction(onset, lead, t_cross, delta, regime)
 
 
 def _deep_onset(loss: str, K: int, n: int, d: int, lw: float, lh: float, a: float, depth: int,
