@@ -33,6 +33,7 @@ from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.models import Penalties, UFMObjective, initial_state
 from ncsim.models.classmeans import ClassMeansObjective
 from ncsim.models.gram import GramObjective
+from ncsim.models.init import float_array
 from ncsim.models.layout import StateLayout
 from ncsim.models.reduction import state_form
 from ncsim.onset import is_vanishing, onset_time, value_at
@@ -130,8 +131,11 @@ def run_id(spec: RunSpec) -> str:
     if spec.init.kind == "arrays" and spec.init.arrays is not None:
         digest = hashlib.sha1()
         for key in sorted(spec.init.arrays):
-            for arr in np.atleast_1d(np.asarray(spec.init.arrays[key], dtype=object)):
-                digest.update(np.ascontiguousarray(np.asarray(arr, dtype=np.float64)).tobytes())
+            # a list of matrices (W) is hashed matrix by matrix: numpy cannot make one array
+            # of matrices with equal row counts and different column counts
+            value = spec.init.arrays[key]
+            for arr in value if isinstance(value, (list, tuple)) else [value]:
+                digest.update(np.ascontiguousarray(float_array(key, arr)).tobytes())
         row["init_arrays"] = digest.hexdigest()
     text = json.dumps(row, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]

@@ -8,14 +8,19 @@ is solved in. The bias starts at 0.
 - spectral: balanced and aligned with the label modes: with r modes (K for MSE without bias,
   else the K-1 centred modes), H = a U_0 V^T, W_l = a U_l U_{l-1}^T, W_L = a U_K U_{L-1}^T with
   orthonormal U (random rotations from the run's seed) and V the label modes, so every factor
-  has singular value a = scale on those modes and Z = a^(L+1) U_K V^T.
-- etf: spectral on the K-1 centred modes (class means form a scaled simplex ETF).
+  has singular value a = scale on those modes and, for a linear head, Z = a^(L+1) U_K V^T.
+  Every sample of a class has the same features.
+- etf: spectral on the K-1 centred modes. With n samples per class the class means of H form a
+  scaled simplex ETF (Gram a^2/n (I - 11^T/K)); with class counts n_c, mean c is scaled by
+  1/sqrt(n_c) instead (Gram a^2 D^(-1/2) (I - 11^T/K) D^(-1/2), D = diag(n_c)), which keeps
+  the singular values of H at a but is not an ETF.
 - arrays: explicit arrays (e.g. real features) given in the spec.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,21 +96,39 @@ def _spectral(model: ModelSpec, init: InitSpec, centred: bool) -> dict[str, torc
     return parts
 
 
+def float_array(name: str, value: Any) -> np.ndarray:
+    """An init array as float64 numpy (None becomes NaN); :class:`InputError` when it is not
+    numeric (text, ragged nested lists)."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"init array {name} must be an array of numbers, got "
+                         f"{type(value).__name__} {value!r:.60}") from None
+
+
 def _arrays(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
+    """The given blocks, checked: the shapes of the model's blocks, finite entries, and a
+    bias only for a model that has one (it would otherwise be dropped)."""
     arrays = init.arrays or {}
-    parts = {"H": torch.as_tensor(np.asarray(arrays["H"]), dtype=torch.float64)}
+    parts = {"H": torch.as_tensor(float_array("H", arrays["H"]))}
     weights = arrays.get("W")
     if weights is None or len(weights) != model.depth:
         raise InputError(f"init arrays need 'W' with {model.depth} matrices W_1..W_L")
     for l, w in enumerate(weights):
-        parts[f"W{l + 1}"] = torch.as_tensor(np.asarray(w), dtype=torch.float64)
-    if model.has_bias and arrays.get("b") is not None:
-        parts["b"] = torch.as_tensor(np.asarray(arrays["b"]), dtype=torch.float64)
+        parts[f"W{l + 1}"] = torch.as_tensor(float_array(f"W{l + 1}", w))
+    if arrays.get("b") is not None:
+        if not model.has_bias:
+            raise InputError("init array b is given but the model has no bias (bias 'none'): "
+                             "drop 'b' or use bias 'free' or 'reg'")
+        parts["b"] = torch.as_tensor(float_array("b", arrays["b"]))
     expected = {b.name: b.shape for b in state_layout(model).blocks}
     for name, tensor in parts.items():
         if tuple(tensor.shape) != expected[name]:
             raise InputError(f"init array {name} has shape {tuple(tensor.shape)}, "
                              f"expected {expected[name]}")
+        if not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"init array {name} has non-finite entries (NaN or inf); give "
+                             f"finite values")
     return parts
 
 
