@@ -66,22 +66,38 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = 
     fmt = fmt or ("csv" if path.suffix == ".csv" else "parquet")
     if fmt not in FORMATS:
         raise InputError(f"unknown table format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if path.suffix in (".csv", ".parquet") and path.suffix != f".{fmt}":
+        raise InputError(f"table {path} has the extension {path.suffix} but the format is "
+                         f"{fmt!r}; name the file .{fmt} or give the format of its extension")
     if fmt == "csv":
         return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
     return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a Parquet or CSV table written by :func:`write_table`."""
+    """Read a Parquet or CSV table written by :func:`write_table`.
+
+    In a CSV file the run identifiers (``run_id`` and columns ending in ``_run_id``) are read
+    as text: a hexadecimal identifier such as ``012345678901`` or ``1234e5678901`` would
+    otherwise be read as a number.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"table {path} does not exist")
-    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    if path.suffix != ".csv":
+        return pd.read_parquet(path)
+    header = pd.read_csv(path, nrows=0).columns
+    ids = {c: str for c in header if c == "run_id" or str(c).endswith("_run_id")}
+    return pd.read_csv(path, dtype=ids)
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (NaN written as null)."""
-    text = json.dumps(to_jsonable(data), indent=2, sort_keys=True)
+    """Write JSON atomically (NaN and +-inf written as null).
+
+    Keys keep the order of ``data``: an order can carry meaning (the grid axes of a study,
+    whose runs are their Cartesian product in that order), and a read gives it back.
+    """
+    text = json.dumps(to_jsonable(data), indent=2)
     return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ncsim.errors import InputError
 
-_RANGE = re.compile(r"^\s*([^.:\s][^:]*?)\s*\.\.\s*([^:]+?)\s*:\s*(\d+)\s*$")
+_RANGE = re.compile(r"^\s*((?:[^.:\s]|\.\d)[^:]*?)\s*\.\.\s*([^:]+?)\s*:\s*(\d+)\s*$")
 
 
 def _number(text: str, option: str) -> float:
@@ -40,7 +40,7 @@ def parse_values(text: str | float | int, option: str = "value") -> list[float]:
     (both > 0, count >= 1; count = 1 gives ``lo``).
     """
     if isinstance(text, (int, float)):
-        return [float(text)]
+        return [_number(str(text), option)]
     text = text.strip()
     if ".." in text:
         match = _RANGE.match(text)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,9 +46,20 @@ def _one_of(value: str, allowed: Sequence[str], name: str) -> None:
     require(value in allowed, f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
+def _is_int(value: Any) -> bool:
+    """True for an integer (Python or numpy), false for a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    """True for a finite real number (Python or numpy), false for a bool, text or None."""
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)) and math.isfinite(value))
+
+
 def _finite_nonneg(value: float, name: str) -> None:
     require(
-        isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+        _is_real(value) and value >= 0,
         f"{name} must be a finite number >= 0, got {value!r}",
     )
 
@@ -92,23 +104,34 @@ class ModelSpec:
         _one_of(self.loss, LOSSES, "loss")
         _one_of(self.bias, BIASES, "bias")
         _one_of(self.activation, ACTIVATIONS, "activation")
-        require(isinstance(self.classes, int) and self.classes >= 2,
+        require(isinstance(self.classes, int) and not isinstance(self.classes, bool)
+                and self.classes >= 2,
                 f"classes K must be an integer >= 2, got {self.classes!r}")
+        given = self.per_class if isinstance(self.per_class, tuple) else (self.per_class,)
+        require(all(_is_int(c) and c >= 1 for c in given),
+                f"samples per class (per_class; --class-counts on the command line) must be "
+                f"integers >= 1, got {self.per_class!r}")
         counts = self.class_counts
         require(len(counts) == self.classes,
                 f"per_class gives {len(counts)} class counts but K = {self.classes}")
-        require(all(isinstance(c, (int, np.integer)) and c >= 1 for c in counts),
-                f"samples per class (per_class; --class-counts on the command line) must be "
-                f"integers >= 1, got {self.per_class!r}")
-        require(isinstance(self.dim, int) and self.dim >= 1,
+        require(isinstance(self.dim, int) and not isinstance(self.dim, bool) and self.dim >= 1,
                 f"dim d must be >= 1, got {self.dim!r}")
-        require(isinstance(self.depth, int) and self.depth >= 1,
+        require(isinstance(self.depth, int) and not isinstance(self.depth, bool)
+                and self.depth >= 1,
                 f"depth must be an integer >= 1, got {self.depth!r}")
         require(self.kind == "deep" or self.depth == 1, "model 'ufm' has depth 1")
-        require(self.width is None or (isinstance(self.width, int) and self.width >= 1),
+        require(self.width is None or (isinstance(self.width, int)
+                                       and not isinstance(self.width, bool)
+                                       and self.width >= 1),
                 f"width must be an integer >= 1, got {self.width!r}")
         require(self.kind == "deep" or self.activation == "linear",
                 "an activation needs --model deep (the one-layer UFM has none)")
+        require(self.depth >= 2 or self.activation == "linear",
+                f"activation {self.activation!r} acts on hidden layers: it needs depth >= 2 "
+                f"(--depth 2 or more), got depth {self.depth}")
+        require(self.depth >= 2 or self.width is None,
+                f"width {self.width} sets the hidden layers of a deep head: it needs "
+                f"--model deep with depth >= 2, got depth {self.depth}; drop the width")
         _finite_nonneg(self.leaky_slope, "leaky_slope")
 
     @property
@@ -172,8 +195,9 @@ class Regularization:
         return (float(self.lambda_w),) * depth
 
     def validate(self, model: ModelSpec) -> None:
-        for v in self.per_layer(model.depth):
+        for v in self.lambda_w if isinstance(self.lambda_w, tuple) else (self.lambda_w,):
             _finite_nonneg(v, "lambda_w")
+        self.per_layer(model.depth)
         _finite_nonneg(self.lambda_h, "lambda_h")
         _finite_nonneg(self.lambda_b, "lambda_b")
         if model.bias == "reg":
@@ -189,7 +213,9 @@ class InitSpec:
     kind : "gaussian" (i.i.d. N(0, scale^2) entries), "spectral" (balanced and aligned with the
         label modes of the model: K modes for MSE without bias, else the K-1 centred modes; every
         factor has singular value ``scale`` on those modes), "etf" (spectral on the K-1 centred
-        modes, i.e. a scaled simplex ETF), or "arrays" (explicit arrays, e.g. real features).
+        modes: the class means form a scaled simplex ETF when the classes are balanced; with
+        class counts n_c mean c is scaled by 1/sqrt(n_c), see :mod:`ncsim.models.init`), or
+        "arrays" (explicit arrays, e.g. real features).
     scale : standard deviation (gaussian) or per-factor singular value (spectral, etf).
     seed : random seed of this run (gaussian entries, random rotations of spectral inits).
     arrays : for kind "arrays": {"H": (d, N), "W": [(out, in) per layer], "b": (K,)} as numpy.
@@ -202,9 +228,9 @@ class InitSpec:
 
     def validate(self, model: ModelSpec) -> None:
         _one_of(self.kind, INITS, "init")
-        require(math.isfinite(self.scale) and self.scale > 0,
+        require(_is_real(self.scale) and self.scale > 0,
                 f"init scale must be a finite number > 0, got {self.scale!r}")
-        require(isinstance(self.seed, (int, np.integer)) and self.seed >= 0,
+        require(_is_int(self.seed) and self.seed >= 0,
                 f"seed must be an integer >= 0, got {self.seed!r}")
         modes = spectral_rank(model) if self.kind == "spectral" else model.classes - 1
         if self.kind in ("spectral", "etf"):
@@ -243,8 +269,11 @@ class TimeScale:
         return (float(self.eta_w),) * depth
 
     def validate(self, model: ModelSpec) -> None:
-        for v in (self.eta_h, self.eta_b, *self.per_layer(model.depth)):
-            require(math.isfinite(v) and v > 0, f"time-scale factors must be > 0, got {v!r}")
+        layers = self.eta_w if isinstance(self.eta_w, tuple) else (self.eta_w,)
+        named = [("eta_h", self.eta_h), ("eta_b", self.eta_b), *(("eta_w", v) for v in layers)]
+        for name, v in named:
+            require(_is_real(v) and v > 0, f"time-scale factors must be > 0, got {name} = {v!r}")
+        self.per_layer(model.depth)
 
 
 @dataclass(frozen=True)
@@ -319,30 +348,39 @@ class SolverSpec:
         _one_of(self.method, SOLVERS, "solver")
         _one_of(self.dtype, DTYPES, "dtype")
         _one_of(self.reduction, REDUCTIONS, "reduction")
-        require(math.isfinite(self.t_end) and self.t_end > 0,
-                f"t_end must be > 0, got {self.t_end}")
+        require(_is_real(self.t_end) and self.t_end > 0,
+                f"t_end must be > 0, got {self.t_end!r}")
         if not self.adaptive:
-            require(self.dt is not None and math.isfinite(self.dt) and self.dt > 0,
+            require(_is_real(self.dt) and self.dt > 0,
                     f"solver {self.method!r} needs a step dt > 0 (e.g. --dt 0.1)")
         elif self.dt is not None:
-            require(math.isfinite(self.dt) and self.dt > 0, f"dt must be > 0, got {self.dt}")
-        require(self.rtol > 0 and self.atol >= 0, "rtol must be > 0 and atol >= 0")
+            require(_is_real(self.dt) and self.dt > 0, f"dt must be > 0, got {self.dt!r}")
+        require(_is_real(self.rtol) and self.rtol > 0,
+                f"rtol must be a finite number > 0, got {self.rtol!r}")
+        require(_is_real(self.atol) and self.atol >= 0,
+                f"atol must be a finite number >= 0, got {self.atol!r}")
         if self.cuda_graphs:
             require(self.adaptive and self.device.startswith("cuda"),
                     f"cuda_graphs needs an adaptive solver (dopri5, tsit5) on a CUDA device, "
                     f"got {self.method!r} on {self.device!r}: pass --device cuda or drop "
                     f"--cuda-graphs")
-        require(isinstance(self.records, int) and self.records >= 2,
+        require(_is_int(self.records) and self.records >= 2,
                 f"records must be an integer >= 2, got {self.records!r}")
+        require(self.t_first is None or _is_real(self.t_first),
+                f"t_first must be a finite number, got {self.t_first!r}")
         require(0 < self.first_record < self.t_end,
                 f"t_first must lie in (0, t_end), got {self.first_record}")
-        require(self.max_steps >= 1, "max_steps must be >= 1")
-        require(self.gtol >= 0, "gtol must be >= 0")
-        require(self.check_every >= 1, "check_every must be >= 1")
-        require(0 <= self.vanish_tol < 1, "vanish_tol must lie in [0, 1)")
+        require(_is_int(self.max_steps) and self.max_steps >= 1,
+                f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        require(_is_real(self.gtol) and self.gtol >= 0,
+                f"gtol must be a finite number >= 0, got {self.gtol!r}")
+        require(_is_int(self.check_every) and self.check_every >= 1,
+                f"check_every must be an integer >= 1, got {self.check_every!r}")
+        require(_is_real(self.vanish_tol) and 0 <= self.vanish_tol < 1,
+                f"vanish_tol must lie in [0, 1), got {self.vanish_tol!r}")
         dev = str(self.device)
-        require(dev == "cpu" or dev.startswith("cuda") or dev == "mps",
-                f"unknown device {dev!r}; allowed: cpu, cuda, cuda:N")
+        require(re.fullmatch(r"cpu|mps|cuda(:\d+)?", dev) is not None,
+                f"unknown device {dev!r}; allowed: cpu, cuda, cuda:N, mps")
         require_device(dev)
 
 
@@ -376,9 +414,10 @@ class OnsetSpec:
 
     def validate(self) -> None:
         _one_of(self.metric, ONSET_METRICS, "onset metric")
-        require(math.isfinite(self.threshold) and self.threshold > 0,
-                f"onset threshold must be > 0, got {self.threshold}")
-        require(isinstance(self.stay, int) and self.stay >= 1, "onset 'stay' must be >= 1")
+        require(_is_real(self.threshold) and self.threshold > 0,
+                f"onset threshold must be > 0, got {self.threshold!r}")
+        require(_is_int(self.stay) and self.stay >= 1,
+                f"onset 'stay' must be an integer >= 1, got {self.stay!r}")
 
 
 @functools.cache

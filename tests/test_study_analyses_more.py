@@ -468,7 +468,8 @@ def test_width_contradicts_on_a_rise_or_a_large_fn_star_spread(tmp_path, figdir)
 
 def test_width_axis_without_other_axes_and_too_few_widths(tmp_path, figdir):
     """A width axis with seeds averages the seeds; two collapsed widths are inconclusive."""
-    study = load(tmp_path, "width", part_toml("relu", width=[16, 32, 64], seed=[0, 1]))
+    study = load(tmp_path, "width", part_toml("relu", "depth = 2\n", width=[16, 32, 64],
+                                               seed=[0, 1]))
     rows = [{"width": w, "seed": s, "onset_time": t * k, "fn_at_onset": 1.0,
              "fn_star_theory": 0.9}
             for w, t in zip([16, 32, 64], [300.0, 200.0, 100.0]) for s, k in ((0, 0.5), (1, 1.5))]

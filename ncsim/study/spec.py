@@ -8,10 +8,13 @@ A study file answers one question. Its top level holds
 - ``[simulated]`` and ``[trained]``: default parameters of the simulated and trained parts;
 - ``[[parts]]``: each with ``name``, ``model`` ("simulated" or "trained"), fixed parameters
   and a ``[parts.grid]`` table whose values are non-empty lists or ranges ("1e-4..1e-1:8",
-  "1,2,3"); a part's runs are the Cartesian product of its grid;
+  "1,2,3"); a part's runs are the Cartesian product of its grid; a parameter of a part is
+  fixed or a grid axis, not both (defaults of ``[simulated]``/``[trained]`` may be grid axes);
 - ``[quick]``: the quick variant, merged over the full one: ``[quick.simulated]``,
   ``[quick.trained]`` and ``[quick.parts.NAME]`` (fixed values, ``grid`` axes, or
   ``skip = true``).
+
+Unknown keys are refused everywhere, and both variants are checked whichever one is loaded.
 
 Every run is a :class:`RunDesc` (part, model, parameters) whose ``run_id`` is a stable hash of
 those; simulated runs become :class:`ncsim.spec.RunSpec`, trained runs
@@ -35,7 +38,7 @@ try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli backport
     import tomli as tomllib
-from ncsim.params import parse_values
+from ncsim.params import parse_ints, parse_values
 
 MODELS = ("simulated", "trained")
 OUTPUTS = ("runs", "trajectories", "figures", "report")
@@ -191,12 +194,11 @@ def _axis_values(source: str, key: str, value: Any, model: str) -> list[Any]:
               f"{', '.join(sorted(schema))}")
     kind, allowed = schema[name]
     if isinstance(value, str) and kind in (int, float):
-        try:
-            values: list[Any] = parse_values(value, key)
+        try:  # integers: a comma list of whole numbers, or a range rounded to integers
+            values: list[Any] = (parse_ints(value, key, unique=False) if kind is int
+                                 else parse_values(value, key))
         except InputError as err:
             _fail(source, key, str(err))
-        if kind is int:
-            values = [int(round(v)) for v in values]
     elif isinstance(value, list):
         values = value
     else:
@@ -218,14 +220,40 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_quick_part(source: str, name: str, over: Any, part: dict[str, Any]) -> None:
+    """Check one ``[quick.parts.NAME]`` table: a table of known parameters (of the part's
+    model), ``grid`` axes and a true/false ``skip``."""
+    where = f"quick.parts.{name}"
+    _check_type(source, where, over, dict, None)
+    _check_type(source, f"{where}.skip", over.get("skip", False), bool, None)
+    model = over.get("model", part.get("model"))
+    if model not in MODELS:
+        return  # reported with the part itself
+    fixed = {k: v for k, v in over.items() if k not in PART_KEYS}
+    _check_params(source, where, fixed, model)
+    grid = over.get("grid", {})
+    _check_type(source, f"{where}.grid", grid, dict, None)
+    for key, value in grid.items():
+        _axis_values(source, f"{where}.grid.{key}", value, model)
+    axes = {**(part.get("grid") if isinstance(part.get("grid"), dict) else {}), **grid}
+    for key in fixed:
+        if key in axes:
+            _fail(source, f"{where}.{key}", f"'{key}' is a grid axis of part {name!r}, so a "
+                  f"fixed value would be ignored; set it in [{where}.grid] as {key} = [...]")
+
+
 def _apply_quick(source: str, raw: dict[str, Any]) -> dict[str, Any]:
     quick = raw.get("quick", {})
     for key in quick:
         if key not in QUICK_KEYS:
             _fail(source, f"quick.{key}", f"unknown key; allowed: {', '.join(QUICK_KEYS)}")
+    if "note" in quick:
+        _check_type(source, "quick.note", quick["note"], str, None)
     out = {k: v for k, v in raw.items() if k != "quick"}
     for key in ("simulated", "trained"):
         if key in quick:
+            _check_type(source, f"quick.{key}", quick[key], dict, None)
+            _check_params(source, f"quick.{key}", quick[key], key)
             out[key] = _merge(out.get(key, {}), quick[key])
     overrides = quick.get("parts", {})
     _check_type(source, "quick.parts", overrides, dict, None)
@@ -235,6 +263,7 @@ def _apply_quick(source: str, raw: dict[str, Any]) -> dict[str, Any]:
         if name not in names:
             _fail(source, f"quick.parts.{name}", f"no part of that name; parts: "
                   f"{', '.join(map(str, names))}")
+        _check_quick_part(source, name, overrides[name], out["parts"][names.index(name)])
     for part in out["parts"]:
         merged = part
         if part.get("name") in overrides:
@@ -266,6 +295,20 @@ def _check_top(source: str, raw: dict[str, Any]) -> None:
         _fail(source, "parts", "empty; give at least one [[parts]] table")
 
 
+def _check_own_keys(source: str, name: Any, part: dict[str, Any]) -> None:
+    """A ``[[parts]]`` table of the file: no ``skip`` (only a quick variant skips a part) and
+    no parameter that is both fixed and a grid axis (the fixed value would be ignored)."""
+    where = f"parts.{name}"
+    if "skip" in part:
+        _fail(source, f"{where}.skip", f"only the quick variant skips a part: write "
+              f"[quick.parts.{name}] skip = true, or remove the part")
+    grid = part.get("grid", {})
+    for key in part:
+        if key not in PART_KEYS and isinstance(grid, dict) and key in grid:
+            _fail(source, f"{where}.{key}", f"'{key}' is also a grid axis of the part, so the "
+                  f"fixed value would be ignored; give it in one place")
+
+
 def _check_part(source: str, index: int, part: Any, defaults: dict[str, dict]) -> dict[str, Any]:
     where = f"parts[{index}]"
     _check_type(source, where, part, dict, None)
@@ -293,9 +336,15 @@ def parse_study(raw: dict[str, Any], source: str, quick: bool = False) -> Study:
         _check_params(source, key, raw.get(key, {}), key)
     for i, part in enumerate(raw["parts"]):
         _check_type(source, f"parts[{i}]", part, dict, None)
-    resolved_raw = _apply_quick(source, raw) if quick else raw
-    defaults = {k: resolved_raw.get(k, {}) for k in ("simulated", "trained")}
-    parts = [_check_part(source, i, p, defaults) for i, p in enumerate(resolved_raw["parts"])]
+        _check_own_keys(source, part.get("name", f"part{i}"), part)
+    # both variants are checked whichever one is loaded: a malformed file is refused as a whole
+    defaults = {k: raw.get(k, {}) for k in ("simulated", "trained")}
+    parts = [_check_part(source, i, p, defaults) for i, p in enumerate(raw["parts"])]
+    resolved_raw = _apply_quick(source, raw)
+    if quick:
+        defaults = {k: resolved_raw.get(k, {}) for k in ("simulated", "trained")}
+        parts = [_check_part(source, i, p, defaults)
+                 for i, p in enumerate(resolved_raw["parts"])]
     if quick and "quick" not in raw:
         _fail(source, "quick", "missing; every study needs a [quick] variant")
     names = [p["name"] for p in parts]
@@ -404,6 +453,13 @@ def run_spec(params: dict[str, Any]):
         raise InputError(f"intervene_time must lie in (0, t_end = {solver.t_end}), got {t1}")
     if p.get("intervene_alpha", 1.0) <= 0:
         raise InputError("intervene_alpha must be > 0")
+    if "intervene_alpha" in p and t1 is None:
+        raise InputError("intervene_alpha needs intervene_time (the time at which H is "
+                         "rescaled); give both or neither")
+    chunk = p.get("chunk", 1)
+    if not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
+        raise InputError(f"chunk (runs integrated in one batch) must be an integer >= 1, "
+                         f"got {chunk!r}")
     return spec
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ncsim.errors import InputError
@@ -163,8 +164,10 @@ class Store:
         trajs = [pd.read_parquet(self.traj_file(r)) for r in ids if self.traj_file(r).exists()]
         traj = pd.concat(trajs, ignore_index=True) if trajs else _no_runs()
         runs, traj = _plain(runs), _plain(traj)  # what is returned is what a later read gives
-        write_table(runs, self.runs_path)
+        # runs.parquet last: its time stamp tells tables() that both tables are current, so an
+        # interrupted consolidation is redone instead of pairing new runs with old trajectories
         write_table(traj, self.trajectories_path)
+        write_table(runs, self.runs_path)
         return runs, traj
 
     def _study_run_ids(self) -> list[str]:
@@ -193,11 +196,15 @@ def _no_runs() -> pd.DataFrame:
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """Object columns mixing types become strings, so Parquet accepts them."""
+    """Object columns mixing types become strings, so Parquet accepts them; a column mixing
+    integers and floats (and missing values) stays numeric, as floats."""
     out = frame.copy()
     for col in out.columns:
         if out[col].dtype == object:
             kinds = {type(v) for v in out[col] if v is not None and v == v}
-            if len(kinds) > 1:
+            if len(kinds) > 1 and all(issubclass(k, (int, float, np.integer, np.floating))
+                                      and not issubclass(k, (bool, np.bool_)) for k in kinds):
+                out[col] = out[col].astype(float)
+            elif len(kinds) > 1:
                 out[col] = out[col].map(lambda v: v if v is None else str(v))
     return out
