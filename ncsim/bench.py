@@ -509,7 +509,9 @@ def _tracking_cost(result: Any, data: Any, repeats: int, device: str, total_s: f
                    ) -> dict[str, float]:
     """One NC record of the trained network (``nc_record_s``, median of ``repeats``), the
     epoch time that leaves in the training's ``total_s`` (``epoch_s``), and the tracking
-    overhead at the paper's ``nc_every`` = 10 (record / 10 epochs)."""
+    overhead at the paper's ``nc_every`` = 10 (record / 10 epochs). Both are NaN when the
+    records, timed again here, take the whole ``total_s`` (timing noise on tiny trainings):
+    the epoch time cannot be separated then."""
     from ncsim.validate.train import nc_record
 
     cfg, on_device = result.config, data.to(device)
@@ -517,6 +519,8 @@ def _tracking_cost(result: Any, data: Any, repeats: int, device: str, total_s: f
                                        cfg.record_batch, cfg.eval_test), repeats, device)
     record = stats["median_s"]
     epoch_s = (total_s - len(result.log) * record) / cfg.total_epochs
+    if not epoch_s > 0:
+        epoch_s = math.nan
     return {"nc_record_s": record, "epoch_s": epoch_s,
             "tracking_overhead_nc_every_10": record / (10 * epoch_s)}
 

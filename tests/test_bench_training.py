@@ -145,7 +145,13 @@ def test_v1_benchmark_checks_and_times_both_loops():
     assert rows[0]["max_rel_diff"] < 1e-10 and rows[1]["max_rel_diff"] < 1e-10
     stacked = rows[2]  # on the CPU the seeds run one by one: their logs are exact too
     assert stacked["seeds"] == 2 and stacked["max_rel_diff"] < 1e-10
-    assert rows[0]["nc_record_s"] > 0 and rows[0]["tracking_overhead_nc_every_10"] > 0
+    first = rows[0]  # the epoch time is what the records leave of the training's time
+    assert first["nc_record_s"] > 0
+    if first["epoch_s"] > 0:
+        assert first["tracking_overhead_nc_every_10"] == pytest.approx(
+            first["nc_record_s"] / (10 * first["epoch_s"]), rel=1e-12)
+    else:  # timing noise: the records, timed again, took the whole training time
+        assert math.isnan(first["epoch_s"]) and math.isnan(first["tracking_overhead_nc_every_10"])
     assert "nc_record_s" not in stacked
     json.dumps(rows)
 
@@ -213,3 +219,21 @@ def test_v1_stacked_case_compares_each_seed_with_its_own_peer_run(digits):
     nan[1].loc[nan[1].index[-1], "accuracy"] = math.nan
     with pytest.raises(AssertionError):
         _check_training(case, logs, nan, {}, peer, exact=False)
+
+
+def test_tracking_cost_separates_the_epoch_time_or_says_it_cannot(monkeypatch):
+    """Epoch time = (training time - records x record time) / epochs; overhead at nc_every = 10
+    = record / (10 epochs). When the records, timed again, exceed the training time (noise on
+    a tiny training) both are NaN instead of a negative epoch time."""
+    import ncsim.bench as bench_mod
+
+    monkeypatch.setattr(bench_mod, "timed", lambda f, repeats, device: ({"median_s": 0.5}, None))
+    config = dataclasses.replace(_mlp((Phase(epochs=2),)), eval_test=False)
+    result = type("Result", (), {"config": config, "model": None, "log": [0, 1, 2, 3]})()
+    data = type("Data", (), {"to": lambda self, device: self})()
+    cost = bench_mod._tracking_cost(result, data, 3, "cpu", total_s=10.0)
+    assert cost == {"nc_record_s": 0.5, "epoch_s": 4.0,
+                    "tracking_overhead_nc_every_10": 0.5 / 40.0}
+    cost = bench_mod._tracking_cost(result, data, 3, "cpu", total_s=1.5)
+    assert cost["nc_record_s"] == 0.5
+    assert math.isnan(cost["epoch_s"]) and math.isnan(cost["tracking_overhead_nc_every_10"])

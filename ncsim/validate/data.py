@@ -22,6 +22,7 @@ per channel with the training-set mean and std.
 from __future__ import annotations
 
 import gzip
+import numbers
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +73,16 @@ def read_idx(path: str | Path) -> np.ndarray:
     kinds = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     require(data[2] in kinds, f"{path}: unknown IDX element type {data[2]:#x}")
     ndim = data[3]
+    start = 4 + 4 * ndim
+    require(len(data) >= start, f"{path}: IDX header is truncated ({ndim} dimensions need "
+            f"{start} header bytes, the file has {len(data)})")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=kinds[data[2]], offset=4 + 4 * ndim)
-    require(array.size == int(np.prod(shape)), f"{path}: IDX file is truncated")
-    return array.reshape(shape)
+    dtype = np.dtype(kinds[data[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    require(len(data) - start >= expected, f"{path}: IDX file is truncated")
+    require(len(data) - start == expected, f"{path}: IDX file holds more data than its header's "
+            f"shape {shape} ({len(data) - start} data bytes for {expected})")
+    return np.frombuffer(data, dtype=dtype, offset=start).reshape(shape)
 
 
 def _find_idx(root: Path, stem: str, provider: str) -> Path:
@@ -91,8 +98,13 @@ def _read_idx_split(root: Path, provider: str) -> tuple[np.ndarray, ...]:
         raise InputError(f"dataset folder {root} does not exist; {provider}")
     out = []
     for split in ("train", "t10k"):
-        out.append(read_idx(_find_idx(root, f"{split}-images-idx3-ubyte", provider)))
-        out.append(read_idx(_find_idx(root, f"{split}-labels-idx1-ubyte", provider)))
+        images = read_idx(_find_idx(root, f"{split}-images-idx3-ubyte", provider))
+        labels = read_idx(_find_idx(root, f"{split}-labels-idx1-ubyte", provider))
+        require(images.ndim >= 1 and labels.ndim == 1 and images.shape[0] == labels.shape[0],
+                f"{root}: {split}-images holds {images.shape[0] if images.ndim else 0} images "
+                f"but {split}-labels holds {labels.shape[0] if labels.ndim else 0} labels; use "
+                "image and label files of the same set")
+        out += [images, labels]
     return tuple(out)
 
 
@@ -113,6 +125,9 @@ def read_cifar10(root: str | Path) -> tuple[np.ndarray, ...]:
                 batch = pickle.load(handle, encoding="bytes")
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            require(xs[-1].shape[0] == ys[-1].shape[0],
+                    f"{root / name} holds {xs[-1].shape[0]} images but {ys[-1].shape[0]} "
+                    f"labels; {hint}")
         parts += [np.concatenate(xs), np.concatenate(ys)]
     return tuple(parts)
 
@@ -213,8 +228,11 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    require(isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0,
+            f"the data seed must be an integer >= 0, got {seed!r}")
     if name == "gaussian":
-        arrays = _gaussian(classes, dim, per_class or 100, separation, seed)
+        arrays = _gaussian(classes, dim, 100 if per_class is None else per_class, separation,
+                           seed)
     elif name == "digits":
         arrays = _digits()
     elif name == "mnist1d":

@@ -197,6 +197,8 @@ def build_network(arch: str, input_shape: tuple[int, ...], classes: int, depth: 
     if arch == "cnn":
         return SmallCNN(input_shape, classes, width, act)
     if arch == "resnet20":
+        require(act == "relu", f"ResNet-20's blocks use ReLU; activation {act!r} is not "
+                "available for it (allowed: relu)")
         require(len(input_shape) == 3 and input_shape[1:] in ((28, 28), (32, 32)),
                 f"ResNet-20 needs (C, 32, 32) or (C, 28, 28) images, got {input_shape}")
         return ResNet20(input_shape[0], classes)
