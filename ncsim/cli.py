@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ncsim.cli_errors import fail, handle_errors
+from ncsim.cli_errors import check_out_folder, fail, handle_errors
 from ncsim.errors import InputError
 from ncsim.params import COUNTS, INTEGERS, NUMBERS, grid
 from ncsim.spec import (
@@ -243,6 +243,7 @@ def simulate(**options: Any) -> None:
     from ncsim.threads import bounded_threads
 
     specs = build_specs(options)
+    check_out_folder(options["out"])
     show = options["progress"] if options["progress"] is not None else len(specs) > 1
     with bounded_threads(options["threads"]):
         result = run_simulation(specs, progress=show, theory=options["theory"])

@@ -18,12 +18,19 @@ def varying_columns(runs: pd.DataFrame, candidates: tuple[str, ...] = ()) -> lis
 
 
 def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec]) -> None:
-    """Write ``runs``, ``trajectories``, ``spec.json`` and ``trajectories.png`` into ``out``."""
-    from ncsim.io import provenance, table_path, write_json, write_table
+    """Write ``runs``, ``trajectories``, ``spec.json`` and ``trajectories.png`` into ``out``.
+
+    Tables of an earlier simulation in the other format are removed, so that every table in
+    ``out`` belongs to this simulation (and to ``spec.json``).
+    """
+    from ncsim.io import FORMATS, provenance, table_path, write_json, write_table
     from ncsim.plots import save_figure, trajectory_figure
 
     write_table(result.runs, table_path(out / "runs", table_format), table_format)
     write_table(result.trajectories, table_path(out / "trajectories", table_format), table_format)
+    for stale in (f for f in FORMATS if f != table_format):
+        for name in ("runs", "trajectories"):
+            table_path(out / name, stale).unlink(missing_ok=True)
     write_json({"runs": [s.to_row() for s in specs], "provenance": provenance(
         specs[0].solver.device, specs[0].solver.dtype)}, out / "spec.json")
     axes = varying_columns(result.runs)

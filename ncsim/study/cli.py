@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ncsim.cli_errors import handle_errors
+from ncsim.cli_errors import check_out_folder, handle_errors
 
 DEFAULT_STUDY = "weight_decay"
 DEFAULT_OUT = "ncsim-out"
@@ -36,8 +36,9 @@ def list_cmd() -> None:
               show_default=True, help="Where runs execute.")
 @click.option("--address", default=None, help="Dask scheduler, e.g. tcp://host:8786 "
               "(without it --executor dask starts a LocalCluster of 2 workers).")
-@click.option("--workers", type=int, default=None, help="Workers of process / LocalCluster.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Workers of process / LocalCluster.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Results folder (default {DEFAULT_OUT}/ or {DEFAULT_OUT}/NAME[-quick]).")
 @click.option("--force", is_flag=True, help="Recompute every run (ignore finished ones).")
 @click.option("--retry-failed", is_flag=True, help="Recompute runs that failed before.")
@@ -58,6 +59,7 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
         out = out or Path(DEFAULT_OUT)
     loaded = load_study(spec, quick=quick)
     out = out or Path(DEFAULT_OUT) / (loaded.name + ("-quick" if quick else ""))
+    check_out_folder(out)
     summary = run_study(loaded, out, executor=executor, address=address, force=force,
                         retry_failed=retry_failed, progress=not no_progress, workers=workers)
     click.echo(f"study {loaded.name} ({'quick' if quick else 'full'}): {summary.total} runs, "
@@ -65,6 +67,10 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
                f"{summary.failed} failed, {summary.seconds:.1f} s")
     click.echo(f"table: {out / 'runs.parquet'}")
     click.echo(f"report: {out / 'report.md'}")
+    if summary.failed:  # the tables and report are written; the exit status tells scripts
+        click.echo(f"note: {summary.failed} run(s) failed (their error is in the 'error' column "
+                   "of the run table); --retry-failed recomputes them", err=True)
+        raise SystemExit(1)
 
 
 @study.command("report")

@@ -18,6 +18,7 @@ import pandas as pd
 from ncsim.study.spec import RunDesc, run_spec, train_config
 
 Result = tuple[str, dict[str, Any], pd.DataFrame | None]
+STOPPED_EARLY = ("diverged", "stalled", "max_steps")  # statuses of a flow that ended before t_end
 
 
 def run_chunk(descs: list[RunDesc]) -> list[Result]:
@@ -85,7 +86,8 @@ def _intervention(desc: RunDesc) -> Result:
     """Simulate to ``intervene_time``, scale H by ``intervene_alpha``, continue to t_end.
 
     The trajectory holds both segments (``phase`` 1 and 2, times of segment 2 shifted by t1);
-    onset and fn at onset are read from the joined series.
+    onset and fn at onset are read from the joined series. When the first segment stops before
+    t1 (diverged, stalled, or out of steps), the run is that segment alone, with its status.
     """
     from ncsim.flow.simulate import simulate
     from ncsim.onset import onset_time, value_at
@@ -97,13 +99,20 @@ def _intervention(desc: RunDesc) -> Result:
     solver = spec.solver
     n1 = _segment_records(spec, t1)
     first = simulate(spec.replace(solver=dataclasses.replace(solver, t_end=t1, records=n1)))
-    state = first.final_state(first.runs["run_id"].iloc[0])
+    first_row = first.runs.iloc[0].to_dict()
+    traj1 = first.trajectories.drop(columns="run_id").assign(phase=1)
+    if first_row["status"] in STOPPED_EARLY:  # the flow ended before t1: nothing to continue
+        row = {**first_row, **spec.to_row(), **_labels(desc),
+               "fn_before_intervention": math.nan, "fn_after_intervention": math.nan,
+               "onset_before_intervention": bool(math.isfinite(first_row["onset_time"]))}
+        row.pop("run_id", None)
+        return desc.run_id, row, traj1
+    state = first.final_state(first_row["run_id"])
     arrays = {"H": np.asarray(state["H"]) * alpha, "W": state["W"], "b": state.get("b")}
     init = InitSpec(kind="arrays", scale=spec.init.scale, seed=spec.init.seed, arrays=arrays)
     rest = dataclasses.replace(solver, t_end=solver.t_end - t1, records=solver.records - n1 + 1,
                                t_first=min(1e-2, (solver.t_end - t1) / 10))
     second = simulate(spec.replace(init=init, solver=rest))
-    traj1 = first.trajectories.drop(columns="run_id").assign(phase=1)
     traj2 = second.trajectories.drop(columns="run_id").assign(phase=2)
     traj2["time"] = traj2["time"] + t1
     traj = pd.concat([traj1, traj2], ignore_index=True)
@@ -114,8 +123,16 @@ def _intervention(desc: RunDesc) -> Result:
     fn_on = value_at(times, traj["fn"].to_numpy(np.float64), when, spec.onset.interpolate)
     row = second.runs.iloc[0].to_dict()
     row.pop("run_id", None)
+    # the row describes the whole run: its own spec (not the second segment's t_end, records
+    # and array init), the steps of both segments, and the closed forms of its spec (the first
+    # segment's, which differ from the run's in t_end and records only)
+    row.update(spec.to_row())
+    row.update({k: v for k, v in first_row.items()
+                if k.endswith("_theory") or k == "theory_regime"})
+    for key in ("steps", "rejected_steps"):
+        row[key] = int(first_row[key]) + int(row[key])
     status = row["status"]
-    if status not in ("diverged", "vanishing"):
+    if status not in ("diverged", "stalled", "vanishing"):  # simulate's order of statuses
         status = "ok" if math.isfinite(when) else status
     fn2 = traj2["fn"].to_numpy(np.float64)
     row.update(_labels(desc))

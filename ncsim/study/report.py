@@ -26,6 +26,8 @@ MAX_ROWS = 40
 def study_dirs(root: str | Path) -> list[Path]:
     """The study folders under ``root`` (``root`` itself when it is one)."""
     root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root} does not exist; give the --out folder of a study run")
     if (root / "study.json").exists():
         return [root]
     found = sorted(p.parent for p in root.glob("*/study.json"))
@@ -40,6 +42,8 @@ def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame]:
     study = Study.from_dict(store.study())
     runs, traj = store.tables()
     store.figures.mkdir(parents=True, exist_ok=True)
+    for old in store.figures.glob("*.png"):  # figures of an earlier study or spec of the folder
+        old.unlink()
     if runs.empty or "status" not in runs:
         return study, Section("inconclusive", "no finished run"), runs
     done = runs[runs["status"] != FAILED]
@@ -89,14 +93,21 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
             lines += [f"{inherited} trained run(s) were already below the onset threshold when "
                       "phase 2 began: their crossing was not observed, so they do not count as "
                       "collapsed runs (too short or too easy to decide).", ""]
+    if study.quick_note:
+        lines += [f"*Quick variant.* {study.quick_note}", ""]
     if study.notes:
         lines += [f"*Notes.* {study.notes}", ""]
     for caption, path in section.figures:
-        lines += [f"![{caption}]({prefix}{path})", "", f"*{caption}*", ""]
+        lines += [f"![{caption}]({prefix}{path})", "", f"*{_escape_stars(caption)}*", ""]
     for caption, table in section.tables:
         lines += [f"**{caption}**", "", markdown_table(table), ""]
     lines += section.notes
     return "\n".join(lines) + "\n"
+
+
+def _escape_stars(text: str) -> str:
+    """``text`` with its stars (as in fn*) escaped, so that Markdown keeps them as text."""
+    return text.replace("*", "\\*")
 
 
 def _html(markdown: str, title: str) -> str:
@@ -138,10 +149,11 @@ def _html(markdown: str, title: str) -> str:
 def _inline(text: str) -> str:
     import re
 
-    text = html.escape(text)
+    text = html.escape(text).replace("\\*", "\0")  # an escaped star is text, never markup
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
     text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-    return re.sub(r"(?<![\w*])\*(?!\s)([^*]+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
+    text = re.sub(r"(?<![\w*])\*(?!\s)([^*]+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
+    return text.replace("\0", "*")
 
 
 def _jsonable_numbers(numbers: Any) -> Any:
@@ -166,13 +178,16 @@ def write_report(root: str | Path) -> Path:
         sections.append(section_markdown(study, section, runs, prefix))
         verdict = {"study": study.name, "quick": study.quick, "verdict": section.verdict,
                    "reason": section.reason, "numbers": _jsonable_numbers(section.numbers)}
+        if study.quick_note:
+            verdict["quick_note"] = study.quick_note
         write_json(verdict, folder / "verdict.json")
         verdicts.append(verdict)
     title = "ncsim study report"
     summary = ["# " + title, ""]
     if len(verdicts) > 1:
-        summary += ["| study | verdict |", "|---|---|"]
-        summary += [f"| {v['study']} | {v['verdict']} |" for v in verdicts]
+        summary += ["| study | variant | verdict |", "|---|---|---|"]
+        summary += [f"| {v['study']} | {'quick' if v['quick'] else 'full'} | {v['verdict']} |"
+                    for v in verdicts]
         summary.append("")
     text = "\n".join(summary) + "\n" + "\n".join(sections)
     atomic_write(root / "report.md", lambda tmp: tmp.write_text(text))

@@ -16,7 +16,11 @@ DEFAULT_CHUNK = 8
 
 @dataclass
 class RunSummary:
-    """What a call of :func:`run_study` did."""
+    """What a call of :func:`run_study` did.
+
+    ``failed`` counts the study's failed runs in the folder after the call: those of this call
+    and those of earlier calls that were not retried.
+    """
 
     total: int
     skipped: int
@@ -63,7 +67,8 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
 def _compute(study: Study, store: Store, out: str | Path, executor: str, address: str | None,
              force: bool, retry_failed: bool, progress: bool, workers: int | None,
              report: bool) -> tuple[int, int, int]:
-    """The body of :func:`run_study` (under the folder's lock): (computed, failed, total)."""
+    """The body of :func:`run_study` (under the folder's lock): (computed, failed, total),
+    ``failed`` counting every failed run of the study in the folder."""
     from ncsim.io import provenance
 
     descs = study.runs()
@@ -71,7 +76,6 @@ def _compute(study: Study, store: Store, out: str | Path, executor: str, address
     store.bind({**study.to_dict(), "run_ids": ids, "provenance": provenance()}, force=force)
     todo = set(store.pending(ids, force, retry_failed))
     pending = [d for d in descs if d.run_id in todo]
-    failed = 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -80,10 +84,8 @@ def _compute(study: Study, store: Store, out: str | Path, executor: str, address
                    desc=study.name, file=sys.stderr, leave=False)
 
     def on_done(results) -> None:
-        nonlocal failed
         for rid, row, traj in results:
             store.write_run(rid, row, traj)
-            failed += row.get("status") == FAILED
         if bar is not None:
             bar.update(len(results))
             bar.set_postfix(left=bar.total - bar.n)
@@ -93,7 +95,8 @@ def _compute(study: Study, store: Store, out: str | Path, executor: str, address
     finally:
         if bar is not None:
             bar.close()
-    store.consolidate(ids)
+    runs, _ = store.consolidate(ids)
+    failed = int((runs["status"] == FAILED).sum()) if "status" in runs else 0
     if report:
         from ncsim.study.report import write_report
 

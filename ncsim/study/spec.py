@@ -118,6 +118,7 @@ class Study:
     source: str
     quick: bool = False
     notes: str = ""
+    quick_note: str = ""  # the [quick] note of a quick variant (what its runs can decide)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def runs(self) -> list[RunDesc]:
@@ -132,12 +133,13 @@ class Study:
         return {"name": self.name, "title": self.title, "question": self.question,
                 "claim": self.claim, "analysis": self.analysis, "metrics": self.metrics,
                 "figures": self.figures, "outputs": self.outputs, "parts": self.parts,
-                "source": self.source, "quick": self.quick, "notes": self.notes}
+                "source": self.source, "quick": self.quick, "notes": self.notes,
+                "quick_note": self.quick_note}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Study:
         keys = ("name", "title", "question", "claim", "analysis", "metrics", "figures",
-                "outputs", "parts", "source", "quick", "notes")
+                "outputs", "parts", "source", "quick", "notes", "quick_note")
         return cls(**{k: data[k] for k in keys if k in data})
 
 
@@ -354,7 +356,8 @@ def parse_study(raw: dict[str, Any], source: str, quick: bool = False) -> Study:
                   claim=raw["claim"], analysis=raw["analysis"],
                   metrics=list(raw.get("metrics", [])), figures=list(raw.get("figures", [])),
                   outputs=list(raw.get("outputs", list(OUTPUTS))), parts=parts, source=source,
-                  quick=quick, notes=raw.get("notes", ""), raw=raw)
+                  quick=quick, notes=raw.get("notes", ""),
+                  quick_note=raw.get("quick", {}).get("note", "") if quick else "", raw=raw)
     runs = study.runs()
     if not runs:
         _fail(source, "parts", "the study resolves to no run")
@@ -370,9 +373,12 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
     """Read and validate a study file (a path or the name of a shipped study)."""
     path = resolve_path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not a text file in UTF-8 ({err.reason} at byte "
+                         f"{err.start}); give a TOML study file") from None
     return parse_study(raw, str(path), quick)
 
 

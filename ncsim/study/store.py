@@ -141,10 +141,13 @@ class Store:
     def write_run(self, run_id: str, row: dict[str, Any], traj: pd.DataFrame | None) -> None:
         """Write one finished run: trajectory first, then the run row (its completion mark)."""
         if traj is not None and len(traj):
-            write_table(traj.assign(run_id=run_id), self.traj_file(run_id))
+            traj = traj.drop(columns="run_id", errors="ignore")
+            traj.insert(0, "run_id", run_id)  # first, as in every table (DESIGN.md section 3)
+            write_table(traj, self.traj_file(run_id))
         else:
             self.traj_file(run_id).unlink(missing_ok=True)
-        frame = pd.DataFrame([{**row, "run_id": run_id}])
+        frame = pd.DataFrame([{"run_id": run_id, **{k: v for k, v in row.items()
+                                                    if k != "run_id"}}])
         write_table(frame, self.run_file(run_id))
 
     def consolidate(self, run_ids: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
