@@ -776,3 +776,16 @@ def test_changed_spec_never_reuses_stale_results(tmp_path):
     assert list(runs["solver_t_end"]) == [100.0, 100.0]
     assert list(runs["run_id"]) == [d.run_id for d in first.runs()]
     assert all(math.isfinite(v) for v in runs["final_fn"])
+
+
+@pytest.mark.parametrize("key", ["figures", "outputs"])
+def test_keys_that_were_never_acted_on_are_refused_with_what_to_do(tmp_path, key):
+    """'figures' and 'outputs' were validated and then ignored (a study wrote every table,
+    figure and report whatever they said); a file that sets them is told so."""
+    from ncsim.study.spec import load_study, spec_dir
+
+    text = (spec_dir() / "width.toml").read_text()
+    path = tmp_path / "width.toml"
+    path.write_text(f'{key} = ["runs"]\n' + text)
+    with pytest.raises(InputError, match=f"key '{key}': not read: .*remove the key"):
+        load_study(path)

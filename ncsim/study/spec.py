@@ -3,8 +3,8 @@
 A study file answers one question. Its top level holds
 
 - ``name``, ``title``, ``question``, ``claim`` (strings), ``analysis`` (one of
-  :data:`ncsim.study.analyses.ANALYSES`), ``metrics``, ``figures``, ``outputs`` (lists of
-  strings);
+  :data:`ncsim.study.analyses.ANALYSES`), ``metrics`` (the run-table columns the analysis
+  reads, named in the report; a list of strings), ``notes``;
 - ``[simulated]`` and ``[trained]``: default parameters of the simulated and trained parts;
 - ``[[parts]]``: each with ``name``, ``model`` ("simulated" or "trained"), fixed parameters
   and a ``[parts.grid]`` table whose values are non-empty lists or ranges ("1e-4..1e-1:8",
@@ -41,15 +41,19 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli bac
 from ncsim.params import parse_ints, parse_values
 
 MODELS = ("simulated", "trained")
-OUTPUTS = ("runs", "trajectories", "figures", "report")
-FIGURES = ("trajectories", "heatmap", "depth_heatmap", "onset_vs", "fn_star_vs", "fn_star_groups",
-           "lead", "intervention", "grid")
 METRICS = ("onset_time", "fn_at_onset", "status", "final_fn", "final_nc1_trace", "lead_time",
            "onset_shift", "fn_star_ratio", "cv")
 TOP_KEYS = {"name": str, "title": str, "question": str, "claim": str, "analysis": str,
-            "metrics": list, "figures": list, "outputs": list, "simulated": dict,
+            "metrics": list, "simulated": dict,
             "trained": dict, "parts": list, "quick": dict, "notes": str}
 REQUIRED = ("name", "title", "question", "claim", "analysis", "parts")
+# keys that were accepted once and never acted on: refused with what to do instead
+DROPPED_KEYS = {
+    "figures": "not read: each study's analysis draws the figures its claim needs (they go "
+               "to figures/ and into the report); remove the key",
+    "outputs": "not read: a study run always writes runs.parquet, trajectories.parquet, the "
+               "figures and the report; remove the key",
+}
 QUICK_KEYS = ("simulated", "trained", "parts", "note")
 
 # parameter name -> (type, allowed values or None)
@@ -112,8 +116,6 @@ class Study:
     claim: str
     analysis: str
     metrics: list[str]
-    figures: list[str]
-    outputs: list[str]
     parts: list[dict[str, Any]]
     source: str
     quick: bool = False
@@ -132,14 +134,14 @@ class Study:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "question": self.question,
                 "claim": self.claim, "analysis": self.analysis, "metrics": self.metrics,
-                "figures": self.figures, "outputs": self.outputs, "parts": self.parts,
+                "parts": self.parts,
                 "source": self.source, "quick": self.quick, "notes": self.notes,
                 "quick_note": self.quick_note}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Study:
-        keys = ("name", "title", "question", "claim", "analysis", "metrics", "figures",
-                "outputs", "parts", "source", "quick", "notes", "quick_note")
+        keys = ("name", "title", "question", "claim", "analysis", "metrics", "parts",
+                "source", "quick", "notes", "quick_note")  # others (older records) ignored
         return cls(**{k: data[k] for k in keys if k in data})
 
 
@@ -281,6 +283,8 @@ def _apply_quick(source: str, raw: dict[str, Any]) -> dict[str, Any]:
 
 def _check_top(source: str, raw: dict[str, Any]) -> None:
     for key, value in raw.items():
+        if key in DROPPED_KEYS:
+            _fail(source, key, DROPPED_KEYS[key])
         if key not in TOP_KEYS:
             _fail(source, key, f"unknown key; allowed: {', '.join(TOP_KEYS)}")
         _check_type(source, key, value, TOP_KEYS[key], None)
@@ -290,9 +294,8 @@ def _check_top(source: str, raw: dict[str, Any]) -> None:
     from ncsim.study.analyses import ANALYSES
 
     _check_type(source, "analysis", raw["analysis"], str, tuple(ANALYSES))
-    for key, allowed in (("metrics", METRICS), ("figures", FIGURES), ("outputs", OUTPUTS)):
-        for i, v in enumerate(raw.get(key, [])):
-            _check_type(source, f"{key}[{i}]", v, str, allowed)
+    for i, v in enumerate(raw.get("metrics", [])):
+        _check_type(source, f"metrics[{i}]", v, str, METRICS)
     if not raw["parts"]:
         _fail(source, "parts", "empty; give at least one [[parts]] table")
 
@@ -354,8 +357,7 @@ def parse_study(raw: dict[str, Any], source: str, quick: bool = False) -> Study:
         _fail(source, "parts", f"part names must be unique, got {', '.join(names)}")
     study = Study(name=raw["name"], title=raw["title"], question=raw["question"],
                   claim=raw["claim"], analysis=raw["analysis"],
-                  metrics=list(raw.get("metrics", [])), figures=list(raw.get("figures", [])),
-                  outputs=list(raw.get("outputs", list(OUTPUTS))), parts=parts, source=source,
+                  metrics=list(raw.get("metrics", [])), parts=parts, source=source,
                   quick=quick, notes=raw.get("notes", ""),
                   quick_note=raw.get("quick", {}).get("note", "") if quick else "", raw=raw)
     runs = study.runs()
