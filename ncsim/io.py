@@ -102,7 +102,8 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Plain JSON types: NaN/inf -> None, numpy scalars -> Python numbers, tuples -> lists."""
+    """Plain JSON types: NaN/inf -> None, numpy scalars -> Python numbers, tuples -> lists,
+    paths -> text."""
     import math
 
     import numpy as np
@@ -115,6 +116,8 @@ def to_jsonable(value: Any) -> Any:
         return [to_jsonable(v) for v in value.tolist()]
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if value is pd.NA or value is pd.NaT:

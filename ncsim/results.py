@@ -18,11 +18,13 @@ def varying_columns(runs: pd.DataFrame, candidates: tuple[str, ...] = ()) -> lis
 
 
 def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec]) -> None:
-    """Write ``runs``, ``trajectories``, ``spec.json`` and ``trajectories.png`` into ``out``.
+    """Write ``runs``, ``trajectories``, ``spec.json`` (each run's spec row under its run id)
+    and ``trajectories.png`` into ``out``.
 
     Tables of an earlier simulation in the other format are removed, so that every table in
     ``out`` belongs to this simulation (and to ``spec.json``).
     """
+    from ncsim.flow.simulate import unique_run_ids
     from ncsim.io import FORMATS, provenance, table_path, write_json, write_table
     from ncsim.plots import save_figure, trajectory_figure
 
@@ -31,7 +33,8 @@ def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec])
     for stale in (f for f in FORMATS if f != table_format):
         for name in ("runs", "trajectories"):
             table_path(out / name, stale).unlink(missing_ok=True)
-    write_json({"runs": [s.to_row() for s in specs], "provenance": provenance(
+    rows = [{"run_id": rid, **s.to_row()} for rid, s in zip(unique_run_ids(specs), specs)]
+    write_json({"runs": rows, "provenance": provenance(
         specs[0].solver.device, specs[0].solver.dtype)}, out / "spec.json")
     axes = varying_columns(result.runs)
     fig = trajectory_figure(result.trajectories, result.runs,

@@ -388,13 +388,14 @@ def test_write_json_writes_plain_json_with_null_for_non_finite(tmp_path):
 
 def test_simulation_folder_holds_tables_and_a_sidecar_that_match(tmp_path):
     """write_simulation: the run table read back equals the result's, and spec.json holds one
-    row per spec (its to_row, in run order) and the provenance of the runs."""
+    row per spec (its to_row under the run id of its row in the run table; a repeated spec
+    gets the table's suffixed id) and the provenance of the runs."""
     from ncsim.flow import simulate
     from ncsim.results import write_simulation
 
     model = ModelSpec(classes=3, per_class=(2, 3, 2), dim=4)
     specs = [RunSpec(model=model, init=InitSpec(seed=s),
-                     solver=SolverSpec(t_end=5.0, records=4)).validate() for s in (0, 1)]
+                     solver=SolverSpec(t_end=5.0, records=4)).validate() for s in (0, 1, 0)]
     result = simulate(specs, theory=False)
     write_simulation(result, tmp_path / "out", "csv", specs)
     out = tmp_path / "out"
@@ -402,9 +403,11 @@ def test_simulation_folder_holds_tables_and_a_sidecar_that_match(tmp_path):
                                                      "trajectories.csv", "trajectories.png"]
     runs = read_table(out / "runs.csv")
     assert list(runs["run_id"]) == list(result.runs["run_id"])
-    assert list(runs["init_seed"]) == [0, 1] and list(runs["per_class"]) == ["2,3,2"] * 2
+    assert list(runs["init_seed"]) == [0, 1, 0] and list(runs["per_class"]) == ["2,3,2"] * 3
+    assert runs["run_id"][2] == runs["run_id"][0] + "-1"
     side = json.loads((out / "spec.json").read_text())
-    assert side["runs"] == [to_jsonable(s.to_row()) for s in specs]
+    assert side["runs"] == [{"run_id": rid, **to_jsonable(s.to_row())}
+                            for rid, s in zip(runs["run_id"], specs)]
     assert (side["provenance"]["device"], side["provenance"]["dtype"]) == ("cpu", "float64")
     assert "ncsim_version" in side["provenance"]
 
@@ -789,3 +792,10 @@ def test_keys_that_were_never_acted_on_are_refused_with_what_to_do(tmp_path, key
     path.write_text(f'{key} = ["runs"]\n' + text)
     with pytest.raises(InputError, match=f"key '{key}': not read: .*remove the key"):
         load_study(path)
+
+
+def test_write_json_writes_paths_as_text(tmp_path):
+    """A path among the values (an output folder in a record) is written as its text; it
+    raised a TypeError."""
+    path = write_json({"out": tmp_path / "a" / "b.csv", "list": [Path("x")]}, tmp_path / "p.json")
+    assert json.loads(path.read_text()) == {"out": str(tmp_path / "a" / "b.csv"), "list": ["x"]}

@@ -728,3 +728,24 @@ def test_a_study_file_that_is_not_text_is_one_line(tmp_path):
     spec.write_bytes(b"\xff\xfe\x00binary")
     line = _error_line(_invoke(["study", "run", str(spec), "--out", str(tmp_path / "o")]))
     assert "not a text file in UTF-8" in line and "bin.toml" in line
+
+
+def test_report_of_a_study_folder_holding_another_study_covers_both(tmp_path):
+    """`study run NAME` without --out writes into ncsim-out/NAME-quick, inside the folder of
+    the default study; `study report ncsim-out` reports both (each with its variant), while a
+    study run still writes its own report only."""
+    spec = write_tiny_study(tmp_path, seeds=1, records=12)
+    root = tmp_path / "root"
+    assert _invoke(["study", "run", str(spec), "--out", str(root),
+                    "--no-progress"]).exit_code == 0
+    assert _invoke(["study", "run", str(spec), "--quick", "--out", str(root / "tiny-quick"),
+                    "--no-progress"]).exit_code == 0
+    assert _invoke(["study", "run", str(spec), "--out", str(root),
+                    "--no-progress"]).exit_code == 0
+    own = (root / "report.md").read_text()
+    assert own.count("## ") == 1 and "full variant" in own
+    assert _invoke(["study", "report", str(root)]).exit_code == 0
+    both = (root / "report.md").read_text()
+    assert both.count("## ") == 2 and "full variant" in both and "quick variant" in both
+    assert "| tiny | full |" in both and "| tiny | quick |" in both
+    assert "](tiny-quick/figures/" in both  # the nested study's figures, by relative path

@@ -420,7 +420,7 @@ def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] += time.perf_counter() - start
 
 
-def _unique_ids(specs: Sequence[RunSpec]) -> list[str]:
+def unique_run_ids(specs: Sequence[RunSpec]) -> list[str]:
     """Run ids of ``specs``; a repeated spec gets ``-1``, ``-2``, ... after its id."""
     ids = [run_id(s) for s in specs]
     seen: dict[str, int] = {}
@@ -459,7 +459,7 @@ def simulate(
         specs = [specs] if isinstance(specs, RunSpec) else list(specs)
         for spec in specs:
             spec.validate()
-        ids = _unique_ids(specs)
+        ids = unique_run_ids(specs)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -1,7 +1,7 @@
 """The study report: Markdown and HTML with the question, figures, tables and verdict.
 
-``write_report(DIR)`` works on one study folder (``DIR/study.json``) or on a folder whose
-sub-folders are study folders (one section each). Figures are embedded by relative path.
+``write_report(DIR)`` works on a study folder (``DIR/study.json``), on the study folders
+among its sub-folders, or on both (one section each). Figures are embedded by relative path.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from ncsim.study.store import FAILED, Store
 MAX_ROWS = 40
 
 
-def study_dirs(root: str | Path) -> list[Path]:
-    """The study folders under ``root`` (``root`` itself when it is one)."""
+def study_dirs(root: str | Path, nested: bool = True) -> list[Path]:
+    """The study folders at ``root``: ``root`` itself when it is one, then (``nested``) its
+    sub-folders that are (``ncsim study run NAME`` puts NAME-quick/ inside the default
+    folder, which holds the default study itself)."""
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root} does not exist; give the --out folder of a study run")
-    if (root / "study.json").exists():
-        return [root]
-    found = sorted(p.parent for p in root.glob("*/study.json"))
+    found = [root] if (root / "study.json").exists() else []
+    if nested or not found:
+        found += sorted(p.parent for p in root.glob("*/study.json"))
     if not found:
         raise InputError(f"{root} holds no study (no study.json in it or its sub-folders)")
     return found
@@ -168,11 +170,13 @@ def _jsonable_numbers(numbers: Any) -> Any:
     return numbers
 
 
-def write_report(root: str | Path) -> Path:
-    """Write ``root/report.md``, ``root/report.html`` and ``verdict.json`` per study."""
+def write_report(root: str | Path, nested: bool = True) -> Path:
+    """Write ``root/report.md``, ``root/report.html`` and ``verdict.json`` per study: of the
+    study in ``root`` and (``nested``, or when ``root`` holds none) of those in its
+    sub-folders."""
     root = Path(root)
     sections, verdicts = [], []
-    for folder in study_dirs(root):
+    for folder in study_dirs(root, nested):
         study, section, runs = analyze_dir(folder)
         prefix = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
         sections.append(section_markdown(study, section, runs, prefix))

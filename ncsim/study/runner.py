@@ -100,5 +100,5 @@ def _compute(study: Study, store: Store, out: str | Path, executor: str, address
     if report:
         from ncsim.study.report import write_report
 
-        write_report(out)
+        write_report(out, nested=False)  # this study's report; `study report` covers all
     return len(pending), failed, len(ids)

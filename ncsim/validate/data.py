@@ -183,7 +183,8 @@ def _idx_images(root: Path, provider: str):
 
 
 def balanced_subset(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
-    """Indices of ``per_class`` samples of each class (all when None), seeded, sorted by class.
+    """Indices of ``per_class`` samples of each class, seeded, sorted by class; all indices in
+    their order when ``per_class`` is None.
 
     Raises InputError when a class has fewer samples than asked.
     """

@@ -17,8 +17,11 @@ in eval mode and the training set is passed in batches through :class:`ncsim.met
 (float64; a second pass gives NC4). One row of the log (trajectory schema) holds ``run_id,
 time (epoch), time_unit, phase, steps, flow_time (sum of lr over steps, i.e. t = lr x steps),
 lr, loss, accuracy, test_accuracy, weight_norm`` and every NC metric of ``ncsim.metrics``.
-With ``nc_min_accuracy`` the NC columns are left empty (NaN) while the training accuracy is
-below it, as in the paper's logs (0.99).
+``lr`` is the scheduler's learning rate after the record's epoch, the one the next epoch
+trains with (at epoch 0 the first epoch's; at the end of a phase the schedule's next value,
+0 for a finished cosine). With ``nc_min_accuracy`` the metric columns of
+:data:`ncsim.metrics.METRIC_NAMES` (fn included) are left empty (NaN) while the training
+accuracy is below it, as in the paper's logs (0.99).
 
 Speed: the data stay as tensors on the device; batches are indexed from a seeded permutation.
 """
