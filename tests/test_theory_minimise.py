@@ -117,7 +117,7 @@ CASES = [
     ("mse", "reg", 3, 2, 2, 0.01, 0.02, 1.0),
     ("mse", "none", 3, 3, 4, 0.01, 0.01, 0.0),
     ("mse", "free", 4, 2, 4, 0.005, 0.01, 0.0),
-    ("mse", "none", 3, 2, 2, 0.09, 0.09, 0.0),      # metastable window: origin is global
+    ("mse", "none", 3, 2, 2, 0.09, 0.09, 0.0),      # below Lambda_crit 0.105: collapse global
     ("ce", "none", 3, 2, 2, 0.005, 0.005, 0.0),
     ("ce", "none", 3, 2, 3, 0.003, 0.003, 0.0),
     ("ce", "free", 3, 2, 2, 0.01, 0.02, 0.0),

@@ -55,7 +55,10 @@ class _Torch:
         if isinstance(v, torch.Tensor):
             return v.to(torch.float64) if not v.is_floating_point() else v
         device = like.device if isinstance(like, torch.Tensor) else None
-        dtype = like.dtype if isinstance(like, torch.Tensor) else torch.float64
+        # the tensor's float dtype; float64 beside an integer tensor (whose dtype would
+        # truncate a decay of 0.01 to 0)
+        floating = isinstance(like, torch.Tensor) and like.is_floating_point()
+        dtype = like.dtype if floating else torch.float64
         return torch.as_tensor(v, dtype=dtype, device=device)
 
     @staticmethod

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ncsim.spec import RunSpec, TimeScale
-from ncsim.theory.critical import lambda_crit
+from ncsim.theory.critical import Lambda_crit, basin_threshold, lambda_crit
 from ncsim.theory.equilibrium import equilibrium
 from ncsim.theory.prediction import predicted_onset
 
@@ -31,17 +31,25 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     -------
     dict with ``fn_star_theory`` (fn* at the global minimiser), ``onset_time_theory``
     (predicted nc1_trace onset for a Gaussian init; 0 for spectral / etf inits, which start
-    collapsed; inf where the flow vanishes or is trapped), ``collapsed_theory`` (bool),
-    ``lambda_crit_theory``, ``w_norm_star_theory``, ``loss_star_theory`` and ``theory_regime``.
-    NaN / None where the theory does not apply (non-linear deep heads, a width other than d,
-    per-layer decays in the onset model, imbalanced CE or deep imbalanced models); never raises
-    for a valid spec. Time-scale factors (``spec.time_scale``) leave the equilibrium columns
-    unchanged (the minimiser does not depend on them) and the onset NaN.
+    collapsed, when the flow ends collapsed; inf where the flow vanishes or is trapped),
+    ``collapsed_theory`` (bool), ``lambda_crit_theory`` (the critical lambda_W of the first
+    layer when every decay is scaled by one factor, so that collapsed_theory holds iff lambda_W1
+    < lambda_crit_theory; with equal layer decays this is :func:`lambda_crit` at ratio
+    lambda_H / lambda_W), ``w_norm_star_theory``, ``loss_star_theory`` and ``theory_regime``.
+    NaN / None where the theory does not apply (non-linear deep heads, d or the hidden width
+    below the rank of the minimiser, a width other than d or per-layer decays in the onset
+    model, imbalanced CE or deep imbalanced models); never raises for a valid spec. Time-scale
+    factors (``spec.time_scale``) leave the equilibrium columns unchanged (the minimiser does not
+    depend on them) and the onset NaN.
 
     Regimes (``theory_regime``): "ok"; "approximate: d < 5K" (onset model less accurate);
     "no_minimiser: ..." (a zero decay: fn* etc. NaN, the early-phase onset is still given);
+    "not_applicable: d below the rank of the minimiser" (the minimiser is then not the closed
+    form and not unique: all columns NaN / None);
     deep gaussian inits: onset NaN (only the mode escape time is known, named in the text);
-    "vanishing" / "trapped" (onset inf). Imbalanced one-layer MSE: the equilibrium columns come
+    "vanishing" / "trapped" (onset inf); "metastable: ..." (deep spectral / etf init in the
+    basin of a collapsed local minimum while the origin is global: onset 0, fn* of the origin).
+    Imbalanced one-layer MSE: the equilibrium columns come
     from :mod:`ncsim.theory.imbalance` (``w_norm_star_theory`` is then the RMS classifier row
     norm |W|_F / sqrt(K), which is the row norm when balanced); the onset is not predicted (NaN).
     """
@@ -73,19 +81,29 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
             return row
         eq = equilibrium(m.loss, m.bias, K, n, lw_arg, spec.reg.lambda_h, spec.reg.lambda_b,
                          m.depth)
+        # rank of the minimiser: the K - 1 centred label modes, plus the mean mode where it
+        # lives (MSE without bias, or with a regularised bias above lambda_b_crit)
+        rank = (K - 1 + int(bool(eq.sigma_mean > 0))) if eq.collapsed else 0
+        if rank > min(m.dim, m.hidden_width):
+            return _empty("not_applicable: d below the rank of the minimiser")
         row = _empty("ok")
         row["fn_star_theory"] = float(eq.fn_star)
         row["w_norm_star_theory"] = float(eq.w_norm_star)
         row["loss_star_theory"] = float(eq.loss_star)
         row["collapsed_theory"] = bool(eq.collapsed)
         lh, lw0 = spec.reg.lambda_h, lw[0]
-        if lw0 > 0 and lh > 0:
+        if len(set(lw)) == 1:
             row["lambda_crit_theory"] = float(
                 lambda_crit(m.loss, m.bias, K, n, m.depth, lh / lw0))
+        else:  # per-layer decays, all scaled together: collapse iff Lambda < Lambda_crit
+            lam = math.prod((*lw, lh)) ** (1.0 / (m.depth + 1))
+            row["lambda_crit_theory"] = lw0 * float(Lambda_crit(m.loss, K, n, m.depth)) / lam
         if spec.onset.metric != "nc1_trace":
             row["theory_regime"] = "onset predicted for nc1_trace only"
         elif spec.init.kind in ("spectral", "etf"):
-            row["onset_time_theory"] = 0.0 if eq.collapsed else math.inf
+            onset, regime = _aligned_onset(spec, eq, lw, lh)
+            row["onset_time_theory"] = onset
+            row["theory_regime"] = regime
         elif spec.init.kind == "gaussian" and isinstance(lw_arg, float) and (
                 m.depth == 1 or m.hidden_width == m.dim):
             pred = predicted_onset(m.loss, m.bias, K, n, m.dim, lw0, lh, spec.init.scale,
@@ -100,6 +118,29 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
         return row
     except (ValueError, ArithmeticError) as err:  # numerical trouble: report, never raise
         return _empty(f"error: {err}")
+
+
+def _aligned_onset(spec: RunSpec, eq: Any, lw: tuple[float, ...], lh: float
+                   ) -> tuple[float, str]:
+    """(onset, regime) of a spectral / etf init: it starts collapsed (nc1_trace = 0), so the
+    onset is 0 when the flow ends in a collapsed state and inf when it goes to the origin.
+
+    One layer: collapsed iff the global minimiser is (else every norm vanishes). Deep: the
+    init is balanced and aligned with per-factor amplitude ``scale`` on its modes, so it ends
+    collapsed iff a non-zero critical point exists and scale > a_u (the basin root, for the
+    geometric-mean decay), whether the collapsed state is global or metastable.
+    """
+    m = spec.model
+    if m.depth == 1 or not math.isfinite(float(eq.sigma_local)):
+        return (0.0, "ok") if eq.collapsed else (math.inf, "vanishing")
+    lam = math.prod((*lw, lh)) ** (1.0 / (m.depth + 1))
+    a_u = float(basin_threshold(m.loss, m.classes, m.class_counts[0], lam, m.depth))
+    if spec.init.scale <= a_u:
+        return math.inf, "trapped"
+    if not eq.collapsed:
+        return 0.0, ("metastable: the init is in the basin of a collapsed local minimum; the "
+                     "global minimiser (fn* column) is the origin")
+    return 0.0, "ok"
 
 
 def _imbalanced(spec: RunSpec) -> dict[str, Any]:

@@ -13,12 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ncsim.errors import require
+from ncsim.errors import InputError, require
 from ncsim.theory import deep, modes
 from ncsim.theory import symbols as S
 from ncsim.theory._backend import Array, bisect, broadcast, namespace
 from ncsim.theory.compile import compile_expr
-from ncsim.theory.equilibrium import check_model
+from ncsim.theory.equilibrium import (
+    broadcast_inputs,
+    check_classes,
+    check_decays,
+    check_model,
+)
 
 
 @functools.cache
@@ -31,8 +36,12 @@ def Lambda_crit(loss: str, K: Array, n: Array, depth: int = 1) -> Array:
     """Critical geometric-mean decay Lambda_glob (collapse iff Lambda < Lambda_crit).
 
     One layer: 1/(K sqrt(n)) (MSE and CE). Deep MSE: the sympy jump formula. Deep CE: numeric.
+    Raises :class:`InputError` for an unknown loss, a depth that is not an integer >= 1, or K, n
+    that are not integers >= 2 and >= 1.
     """
-    K, n = broadcast(K, n)
+    check_model(loss, "none", depth)
+    K, n = broadcast_inputs(["K", "n"], [K, n])
+    check_classes(K, n)
     xp = namespace(K)
     M = depth + 1
     if depth == 1:
@@ -69,9 +78,15 @@ def lambda_crit(loss: str, bias: str, K: Array, n: Array, depth: int = 1,
     Returns
     -------
     Array: lambda_W,c = Lambda_crit / ratio^(1/M) with M = depth + 1.
+
+    Raises :class:`InputError` for a bad model, K or n (as :func:`Lambda_crit`) or a ratio that
+    is not a finite number > 0.
     """
     check_model(loss, bias, depth)
-    K, n, ratio = broadcast(K, n, ratio)
+    K, n, ratio = broadcast_inputs(["K", "n", "ratio"], [K, n, ratio])
+    xp = namespace(ratio)
+    if xp.any(~(ratio > 0) | ~xp.isfinite(ratio)):
+        raise InputError("ratio lambda_H / lambda_W must be a finite number > 0")
     return Lambda_crit(loss, K, n, depth) / ratio ** (1.0 / (depth + 1))
 
 
@@ -107,11 +122,17 @@ class DeepThresholds:
 
 
 def deep_thresholds(K: Array, n: Array, Lam: Array, depth: int) -> DeepThresholds:
-    """Closed-form deep-linear MSE thresholds at geometric-mean decay ``Lam`` (depth >= 2)."""
-    if depth < 2:
-        raise ValueError("deep thresholds need depth >= 2")
-    K, n, Lam = broadcast(K, n, Lam)
+    """Closed-form deep-linear MSE thresholds at geometric-mean decay ``Lam`` (depth >= 2).
+
+    Raises :class:`InputError` (a ValueError) for a depth that is not an integer >= 2, K, n
+    that are not integers >= 2 and >= 1, or a decay that is not a finite number >= 0.
+    """
+    require(isinstance(depth, (int, np.integer)) and not isinstance(depth, bool) and depth >= 2,
+            f"deep thresholds need depth >= 2 (an integer), got {depth!r}")
+    K, n, Lam = broadcast_inputs(["K", "n", "Lam"], [K, n, Lam])
+    check_classes(K, n)
     xp = namespace(K)
+    check_decays(xp, Lam, name="the decay Lam")
     M, N, s, one = depth + 1, K * n, xp.sqrt(n), 1.0 + 0.0 * K
     f = _compiled
     return DeepThresholds(
@@ -130,9 +151,14 @@ def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Ar
     (s - a^M) a^(M-2) = N lambda (certified bisection on [0, x_max]); CE: the lower root of
     psi(sigma) = lambda, a_u = sigma_u^(1/M). Returns 0 for depth 1 (the origin is a saddle
     below lambda_crit) and NaN where no non-zero critical point exists (everything vanishes).
+    Raises :class:`InputError` for an unknown loss, a bad depth, K or n, or a decay that is not a
+    finite number >= 0.
     """
-    K, n, lam = broadcast(K, n, lam)
+    check_model(loss, "none", depth)
+    K, n, lam = broadcast_inputs(["K", "n", "lam"], [K, n, lam])
+    check_classes(K, n)
     xp = namespace(K)
+    check_decays(xp, lam, name="the decay lam")
     M = depth + 1
     if depth == 1:
         return xp.where(K * lam * xp.sqrt(n) < 1, 0.0 * K, xp.full_like(K, float("nan")))

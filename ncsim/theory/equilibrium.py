@@ -83,8 +83,50 @@ def check_model(loss: str, bias: str, depth: int) -> None:
     """Raise :class:`InputError` for an unknown loss / bias or a bad depth."""
     require(loss in LOSSES, f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
     require(bias in BIASES, f"unknown bias {bias!r}; allowed: {', '.join(BIASES)}")
-    require(isinstance(depth, (int, np.integer)) and depth >= 1,
+    require(isinstance(depth, (int, np.integer)) and not isinstance(depth, bool) and depth >= 1,
             f"depth must be an integer >= 1, got {depth!r}")
+
+
+def _first_bad(v: Array, bad: Array) -> str:
+    """The first offending entry of ``v`` (where ``bad`` holds) as a short string."""
+    return f"{float(v[bad].reshape(-1)[0]):g}"
+
+
+def check_classes(K: Array, n: Array) -> None:
+    """Raise :class:`InputError` unless every K is an integer >= 2 and every n an integer >= 1
+    (float arrays from :func:`broadcast_inputs`)."""
+    xp = namespace(K, n)
+    for v, name, low in ((K, "classes K", 2), (n, "samples per class n", 1)):
+        bad = ~(v >= low) | (v % 1 != 0)
+        if xp.any(bad):
+            raise InputError(f"{name} must be an integer >= {low}, got {_first_bad(v, bad)}")
+
+
+def check_decays(xp: Any, *decays: Array, name: str = "weight decays") -> None:
+    """Raise :class:`InputError` unless every decay is a finite number >= 0."""
+    for v in decays:
+        bad = ~(v >= 0) | ~xp.isfinite(v)
+        if xp.any(bad):
+            raise InputError(f"{name} must be finite and >= 0, got {_first_bad(v, bad)}")
+
+
+def broadcast_inputs(names: list[str], values: list[Any]) -> tuple[Array, ...]:
+    """:func:`ncsim.theory._backend.broadcast` of ``values`` with an :class:`InputError` (naming
+    the input by ``names``) for a value that is not a number or shapes that do not broadcast."""
+    try:
+        return broadcast(*values)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+    for name, v in zip(names, values, strict=True):
+        try:
+            broadcast(v)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"{name} must be a number or an array of numbers, got {v!r}"
+                             ) from None
+    shapes = dict.fromkeys(f"{name} {tuple(np.shape(v))}" for name, v in zip(names, values,
+                                                                              strict=True))
+    raise InputError("the parameters must be numbers or arrays that broadcast to one shape, got "
+                     "shapes " + ", ".join(shapes))
 
 
 def _lambdas(lambda_w: Any, lambda_h: Array, depth: int) -> list[Array]:
@@ -115,15 +157,24 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     Returns
     -------
     Equilibrium with arrays of the broadcast shape (numpy, or torch if any input is torch).
+
+    Raises
+    ------
+    InputError : unknown loss / bias, depth not an integer >= 1, K not an integer >= 2, n not an
+        integer >= 1, a decay that is negative, NaN or infinite, lambda_b not > 0 with bias
+        "reg", or values that are not numbers / do not broadcast. A zero decay is allowed (no
+        minimiser: norms without bound or NaN where a factor's share is undefined).
     """
     check_model(loss, bias, depth)
     M = depth + 1
     lams = _lambdas(lambda_w, lambda_h, depth)
-    K, n, lambda_b, *lams = broadcast(K, n, lambda_b, *lams)
+    names = ["K", "n", "lambda_b"] + (
+        [f"lambda_w[{i}]" for i in range(depth)] if isinstance(lambda_w, (tuple, list))
+        else ["lambda_w"] * depth) + ["lambda_h"]
+    K, n, lambda_b, *lams = broadcast_inputs(names, [K, n, lambda_b, *lams])
     xp = namespace(K)
-    for v in lams:
-        if xp.any(v < 0):
-            raise InputError("weight decays must be >= 0")
+    check_classes(K, n)
+    check_decays(xp, *lams)
     lam_geo = lams[0] ** (1.0 / M)
     for v in lams[1:]:
         lam_geo = lam_geo * v ** (1.0 / M)
@@ -137,7 +188,10 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
         elif bias == "free":
             mean_sol, c0 = None, None
         else:
-            require(not xp.any(lambda_b <= 0), "bias 'reg' needs lambda_b > 0")
+            bad = ~(lambda_b > 0) | ~xp.isfinite(lambda_b)
+            if xp.any(bad):
+                raise InputError(f"bias 'reg' needs lambda_b > 0 (a finite number), got "
+                                 f"{_first_bad(lambda_b, bad)}")
             c0 = lambda_b / (1 + lambda_b)
             mean_sol = modes.mse_mode(K, n, lam_geo, M, c0)
     else:
@@ -161,15 +215,22 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     names = [f"W{i + 1}" for i in range(depth)] + ["H"]
     norms = {name: xp.sqrt((K - 1) * factor(sig, lam) ** 2 + factor(sig0, lam) ** 2)
              for name, lam in zip(names, lams, strict=True)}
+
+    def shortfall(sigma_: Array, c_: Array) -> Array:
+        """sqrt(n) - sigma of an MSE mode without cancellation: a non-zero sigma is stationary,
+        g'(sigma) = 0, so sqrt(n) - sigma = N Lambda sigma^(2/M - 1) / c (tiny decays kept)."""
+        safe = xp.where(sigma_ > 0, sigma_, xp.full_like(sigma_, 1.0))
+        return xp.where(sigma_ > 0, N * lam_geo * safe ** (2.0 / M - 1) / c_, sqn + zero)
+
     # logits: centred part sigma/sqrt(n) (e_k - 1/K); mean part m0 on every entry
     if loss == "mse" and bias == "free":
         b_entry = 1 / K + zero
         resid0 = zero
     elif loss == "mse" and bias == "reg":
-        b_entry = (sqn - sig0) / (K * sqn * (1 + lambda_b))
-        resid0 = (sqn - sig0) * c0
+        b_entry = shortfall(sig0, c0) / (K * sqn * (1 + lambda_b))
+        resid0 = shortfall(sig0, c0) * c0
     elif loss == "mse":
-        b_entry, resid0 = zero, sqn - sig0
+        b_entry, resid0 = zero, shortfall(sig0, 1.0)
     else:
         b_entry, resid0 = zero, zero
     m0 = sig0 / (K * sqn) + b_entry
@@ -177,7 +238,7 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     logit_true = frac * margin + m0
     logit_other = -margin / K + m0
     if loss == "mse":
-        loss_star = ((K - 1) * (sig - sqn) ** 2 + resid0 ** 2) / (2 * N)
+        loss_star = ((K - 1) * shortfall(sig, 1.0) ** 2 + resid0 ** 2) / (2 * N)
         obj = (K - 1) * main.objective
         obj0 = (K - 1) * main.objective_zero
         if mean_sol is not None:

@@ -26,7 +26,15 @@ def classify(loss: str, bias: str, K: int, n: int, d: int, depth: int, lambda_w:
     - no_collapse: lambda_H = 0: within-class variability in null(W) never decays.
     - collapse: the flow reaches the collapsed state (``global`` says whether it is the global
       minimiser or only metastable).
+
+    Raises :class:`InputError` for a bad model or decay (see :func:`equilibrium`), a dimension d
+    that is not an integer >= 1 or an init scale that is not a finite number > 0.
     """
+    require(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1,
+            f"dimension d must be an integer >= 1, got {d!r}")
+    require(isinstance(init_scale, (int, float, np.integer, np.floating))
+            and not isinstance(init_scale, bool) and 0 < init_scale < math.inf,
+            f"init_scale must be a finite number > 0, got {init_scale!r}")
     eq = equilibrium(loss, bias, K, n, lambda_w, lambda_h, lambda_b, depth)
     glob = bool(eq.collapsed)
     exists = glob or bool(np.isfinite(eq.sigma_local))
@@ -43,6 +51,18 @@ def classify(loss: str, bias: str, K: int, n: int, d: int, depth: int, lambda_w:
     return {**row, "phase": "collapse"}
 
 
+BASE_KEYS = ("loss", "bias", "K", "n", "d", "depth", "lambda_w", "lambda_h", "lambda_b",
+             "init_scale")
+
+
+def _axis_keys(x: str, y: str) -> set[str]:
+    """Parameters that the axes x and y set (axis "lambda" sets lambda_w and lambda_h)."""
+    keys = {x, y}
+    if "lambda" in keys:
+        keys |= {"lambda_w", "lambda_h"}
+    return keys
+
+
 def phase_diagram(x: str, xs: Sequence[float], y: str, ys: Sequence[float],
                   base: dict[str, Any]) -> list[dict[str, Any]]:
     """Classify every (x, y) point; ``base`` holds the other parameters (as in :func:`classify`).
@@ -51,6 +71,12 @@ def phase_diagram(x: str, xs: Sequence[float], y: str, ys: Sequence[float],
     """
     require(x in AXES and y in AXES, f"phase axes must be two of: {', '.join(AXES)}")
     require(x != y, "phase axes must differ")
+    missing = [k for k in BASE_KEYS if k not in base and k not in _axis_keys(x, y)]
+    require(not missing, f"phase diagram base parameters missing: {', '.join(missing)} "
+                         f"(give {', '.join(BASE_KEYS)} except the two axes)")
+    unknown = sorted(set(base) - set(BASE_KEYS))
+    require(not unknown, f"unknown phase diagram base parameters: {', '.join(unknown)}; "
+                         f"allowed: {', '.join(BASE_KEYS)}")
     rows = []
     for yv in ys:
         for xv in xs:
