@@ -120,6 +120,10 @@ def test_above_threshold_run_is_vanishing():
     assert list(runs["status"]) == ["vanishing", "ok", "vanishing", "ok"]
     vanished = runs[runs["status"] == "vanishing"]
     assert (vanished["final_fn"] < 1e-6).all()
+    # no onset for a vanishing run (its nc1_trace may cross as the norms go to 0), one for
+    # the collapsed runs
+    assert vanished["onset_time"].isna().all() and vanished["fn_at_onset"].isna().all()
+    assert runs.loc[runs["status"] == "ok", "onset_time"].notna().all()
 
 
 def test_gd_is_explicit_euler():

@@ -3,6 +3,10 @@
 Runs that share the model structure, the solver and the onset rule are integrated together in
 one batch (one tensor with a leading run axis); each keeps its own weight decays, init, seed,
 time scales, step size and status.
+
+A run whose feature norms vanish has status "vanishing" and no onset (``onset_time`` and
+``fn_at_onset`` NaN): its metric may cross the threshold as every norm goes to 0, but that is
+not collapse (DESIGN.md section 2); the crossing stays visible in the trajectory table.
 """
 
 from __future__ import annotations
@@ -331,8 +335,10 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
         fn_on = value_at(flow.times, fn_series, when, onset.interpolate)
         fn_all = np.append(fn_series, final[i, q_index["fn"]])
         vanishing = is_vanishing(fn_all, spec.solver.vanish_tol)
-        row = {"run_id": rid, **spec.to_row(),
-               "status": _status(int(flow.code[i]), math.isfinite(when), vanishing),
+        status = _status(int(flow.code[i]), math.isfinite(when), vanishing)
+        if status == "vanishing":  # a crossing while every norm vanishes is no onset
+            when = fn_on = math.nan
+        row = {"run_id": rid, **spec.to_row(), "status": status,
                "steps": int(flow.steps[i]), "rejected_steps": int(flow.rejected[i]),
                "t_final": float(flow.t_final[i]), "grad_norm_final": float(flow.grad_norm[i]),
                "onset_time": when, "fn_at_onset": fn_on}

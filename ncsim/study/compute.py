@@ -134,6 +134,8 @@ def _intervention(desc: RunDesc) -> Result:
     status = row["status"]
     if status not in ("diverged", "stalled", "vanishing"):  # simulate's order of statuses
         status = "ok" if math.isfinite(when) else status
+    if status == "vanishing" and not when <= t1:  # as simulate: a crossing while the norms
+        when = fn_on = math.nan                   # vanish is no onset (one before t1 stays)
     fn2 = traj2["fn"].to_numpy(np.float64)
     row.update(_labels(desc))
     row.update({"status": status, "onset_time": when, "fn_at_onset": fn_on,
