@@ -14,12 +14,12 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
+from cli_helpers import error_line as _error_line
+from cli_helpers import interrupt_chunk
+from cli_helpers import invoke as _invoke
 from tiny_study import write_tiny_study
 
 import ncsim.cli as cli_module
-import ncsim.study.executors as executors
-from ncsim.cli import cli
 from ncsim.params import COUNTS, INTEGERS, NUMBERS, parse_ints, parse_values
 from ncsim.study.runner import run_study
 from ncsim.study.spec import load_study
@@ -38,19 +38,6 @@ def raw():
     raise InputError("the probe value is bad;\\n   give a good one")
 '''
 
-def _invoke(args, **kwargs):
-    return CliRunner().invoke(cli, args, **kwargs)
-
-
-def _error_line(result) -> str:
-    """The single ``Error: ...`` line of a run that exits with status 2 and no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 def _python_m_ncsim(*args: str) -> subprocess.CompletedProcess:
@@ -300,16 +287,7 @@ def test_interrupted_study_exits_130_keeps_finished_runs_and_resumes(tmp_path, m
     """Ctrl-C in the second chunk: exit status 130 and 'Aborted.' after the bar is cleared, no
     traceback; the first chunk's runs stay finished and a rerun computes only the rest."""
     spec, out = _study(tmp_path), tmp_path / "out"
-    real = executors.run_chunk
-    calls = []
-
-    def interrupted(chunk):
-        calls.append(len(chunk))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(chunk)
-
-    monkeypatch.setattr(executors, "run_chunk", interrupted)
+    calls = interrupt_chunk(monkeypatch)
     result = _invoke(["study", "run", str(spec), "--out", str(out)])
     assert result.exit_code == 130
     assert "Traceback" not in result.output and result.stdout == ""
@@ -319,7 +297,7 @@ def test_interrupted_study_exits_130_keeps_finished_runs_and_resumes(tmp_path, m
     assert len(finished) == 2
     assert not (out / "runs.parquet").exists()
 
-    monkeypatch.setattr(executors, "run_chunk", real)
+    monkeypatch.undo()
     resumed = _invoke(["study", "run", str(spec), "--out", str(out), "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
     assert "4 runs, 2 computed, 2 already done, 0 failed" in resumed.stdout

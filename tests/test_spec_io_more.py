@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import interrupt_chunk
 from tiny_study import write_tiny_study
 
 import ncsim.io as io_module
@@ -30,7 +31,6 @@ from ncsim.spec import (
     SolverSpec,
     TimeScale,
 )
-from ncsim.study import executors
 from ncsim.study.runner import run_study
 from ncsim.study.spec import Study, load_study, parse_study, shipped_studies, tomllib
 from ncsim.study.store import Store
@@ -723,18 +723,10 @@ def test_interrupted_study_resumes_to_the_uninterrupted_tables(tmp_path, monkeyp
     whole = run_study(study, tmp_path / "whole", progress=False, report=False)
     assert (whole.total, whole.computed) == (4, 4)
 
-    real = executors.run_chunk
-    calls = []
-
-    def interrupted(chunk):
-        calls.append(len(chunk))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(chunk)
-
-    monkeypatch.setattr(executors, "run_chunk", interrupted)
+    calls = interrupt_chunk(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_study(study, tmp_path / "cut", progress=False, report=False)
+    assert calls == [2, 2]
     monkeypatch.undo()
     store = Store(tmp_path / "cut")
     assert len(store.statuses()) == 2 and not store.runs_path.exists()

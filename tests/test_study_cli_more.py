@@ -22,6 +22,8 @@ import click
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import error_line as _error_line
+from cli_helpers import invoke as _invoke
 from click.testing import CliRunner
 from tiny_study import write_tiny_study
 
@@ -39,19 +41,6 @@ SUMMARY = re.compile(r"^study (\w+) \((quick|full)\): (\d+) runs, (\d+) computed
                      r"done, (\d+) failed, [0-9.]+ s$")
 
 
-def _invoke(args: list[str]):
-    return CliRunner().invoke(cli, args)
-
-
-def _error_line(result) -> str:
-    """The single ``Error: ...`` line of a run that exits with status 2 and no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 def _summary(result) -> tuple[str, str, int, int, int, int]:
