@@ -379,15 +379,16 @@ class SolverSpec:
         require(_is_real(self.vanish_tol) and 0 <= self.vanish_tol < 1,
                 f"vanish_tol must lie in [0, 1), got {self.vanish_tol!r}")
         dev = str(self.device)
-        require(re.fullmatch(r"cpu|mps|cuda(:\d+)?", dev) is not None,
-                f"unknown device {dev!r}; allowed: cpu, cuda, cuda:N, mps")
         require_device(dev)
 
 
 def require_device(device: str) -> None:
-    """Raise :class:`InputError` when torch cannot use ``device`` on this machine."""
+    """Raise :class:`InputError` when ``device`` is not a device name (cpu, cuda, cuda:N, mps)
+    or torch cannot use it on this machine."""
     import torch
 
+    require(re.fullmatch(r"cpu|mps|cuda(:\d+)?", device) is not None,
+            f"unknown device {device!r}; allowed: cpu, cuda, cuda:N, mps")
     if device.startswith("cuda"):
         require(torch.cuda.is_available(),
                 f"device {device!r} is not available (torch sees no CUDA device); use --device cpu")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -21,6 +22,10 @@ from ncsim.theory.phase import AXES, phase_diagram, plot_phase
 from ncsim.theory.prediction import predicted_onset
 
 FORMATS = ("json", "latex", "text")
+GRID_ORDER = ("A numeric option takes one value, a comma list or a log range lo..hi:count; "
+              "several make a grid with one result per point, in the order -K, -n, -d, --depth, "
+              "--lambda-w, --lambda-h, --lambda-b, --init-scale, --onset-threshold, the last "
+              "varying fastest. json: NaN is null, an infinity is the string \"inf\".")
 
 
 def _model_options(func: Callable) -> Callable:
@@ -38,7 +43,8 @@ def _model_options(func: Callable) -> Callable:
         click.option("--init-scale", "init_scale", default="0.1", show_default=True),
         click.option("--onset-threshold", "onset_threshold", default="0.01", show_default=True),
         click.option("--ratio", default=None,
-                     help="lambda_H / lambda_W for lambda_crit (default: from the decays)"),
+                     help="lambda_H / lambda_W for lambda_crit, one number > 0 (default: "
+                     "--lambda-h / --lambda-w of each point; 1 where a decay is 0)"),
         click.option("--format", "fmt", default="json", show_default=True,
                      help="json | latex | text"),
     ]
@@ -51,6 +57,7 @@ def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
     require(o["loss"] in LOSSES, f"unknown loss {o['loss']!r}; allowed: {', '.join(LOSSES)}")
     require(o["bias"] in BIASES, f"unknown bias {o['bias']!r}; allowed: {', '.join(BIASES)}")
     require(o["fmt"] in FORMATS, f"unknown format {o['fmt']!r}; allowed: {', '.join(FORMATS)}")
+    _ratio(o["ratio"])
     axes = {
         "K": parse_ints(o["classes"], "-K/--classes"),
         "n": parse_ints(o["per_class"], "-n/--per-class"),
@@ -81,6 +88,16 @@ def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
     return points
 
 
+def _ratio(text: str | None) -> float | None:
+    """The --ratio value: one finite number > 0, or None (from the decays)."""
+    if text is None:
+        return None
+    values = parse_values(text, "--ratio")
+    require(len(values) == 1 and values[0] > 0,
+            f"--ratio takes one number > 0 (lambda_H / lambda_W), got {text!r}")
+    return values[0]
+
+
 def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, Any]:
     loss, bias = o["loss"], o["bias"]
     eq = equilibrium(loss, bias, p["K"], p["n"], p["lambda_w"], p["lambda_h"], p["lambda_b"],
@@ -90,9 +107,9 @@ def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, An
     row["collapsed"] = bool(d.pop("collapsed"))
     for k, v in d.items():
         row[k] = v if v is None or isinstance(v, bool) else float(v)
-    ratio = float(o["ratio"]) if o["ratio"] is not None else (
-        p["lambda_h"] / p["lambda_w"] if p["lambda_w"] > 0 and p["lambda_h"] > 0 else 1.0)
-    require(ratio > 0, "--ratio must be > 0")
+    ratio = _ratio(o["ratio"])
+    if ratio is None:
+        ratio = p["lambda_h"] / p["lambda_w"] if p["lambda_w"] > 0 and p["lambda_h"] > 0 else 1.0
     row["ratio"] = ratio
     row.update(critical_table(loss, bias, p["K"], p["n"], p["depth"], ratio))
     row["growth_rate"] = float(growth_rate(p["K"], p["n"], p["lambda_w"], p["lambda_h"],
@@ -117,19 +134,37 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def _emit(rows: list[dict[str, Any]], fmt: str, exprs: dict[str, sp.Expr]) -> None:
+def _same_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with one set of keys (a depth grid mixes one-layer and deep rows: a key that a row
+    lacks, such as ``sigma_jump`` or ``norm_W2``, is NaN there)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k, math.nan) for k in keys} for r in rows]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _tex(name: str) -> str:
+    """A name in LaTeX text (underscores escaped)."""
+    return name.replace("_", "\\_")
+
+
+def _emit(rows: list[dict[str, Any]], fmt: str, exprs: dict[int, dict[str, sp.Expr]]) -> None:
     if fmt == "json":
         click.echo(json.dumps({"results": [{k: _json_value(v) for k, v in r.items()}
                                            for r in rows]}))
         return
     if fmt == "latex":
-        click.echo(_latex_exprs(exprs))
-        keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float))
-                and not isinstance(rows[0][k], bool)]
+        for depth, block in exprs.items():
+            if len(exprs) > 1:
+                click.echo(f"% depth {depth}")
+            click.echo(_latex_exprs(block))
+        keys = [k for k in rows[0] if any(_is_number(r[k]) for r in rows)]
         click.echo("\\begin{tabular}{l" + "r" * len(rows) + "}")
         for k in keys:
-            cells = " & ".join(f"{r[k]:.6g}" for r in rows)
-            click.echo(f"\\texttt{{{k.replace('_', chr(92) + '_')}}} & {cells} \\\\")
+            cells = " & ".join(f"{r[k]:.6g}" if _is_number(r[k]) else "--" for r in rows)
+            click.echo(f"\\texttt{{{_tex(k)}}} & {cells} \\\\")
         click.echo("\\end{tabular}")
         return
     for i, r in enumerate(rows):
@@ -151,10 +186,14 @@ def _latex_exprs(exprs: dict[str, sp.Expr]) -> str:
 
 def _run(o: dict[str, Any], with_onset: bool, keys: list[str] | None) -> None:
     points = _grid(o)
-    rows = [_row(o, p, with_onset) for p in points]
-    exprs = derivations(o["loss"], points[0]["depth"], o["bias"]) if o["fmt"] == "latex" else {}
-    if keys is not None and exprs:
-        exprs = {k: v for k, v in exprs.items() if any(w in k for w in keys)}
+    rows = _same_keys([_row(o, p, with_onset) for p in points])
+    exprs: dict[int, dict[str, sp.Expr]] = {}
+    if o["fmt"] == "latex":  # the expressions of every depth of the grid
+        for depth in dict.fromkeys(p["depth"] for p in points):
+            block = derivations(o["loss"], depth, o["bias"])
+            if keys is not None:
+                block = {k: v for k, v in block.items() if any(w in k for w in keys)}
+            exprs[depth] = block
     _emit(rows, o["fmt"], exprs)
 
 
@@ -163,7 +202,7 @@ def theory() -> None:
     """Closed-form equilibria, thresholds and onset predictions (sympy-derived)."""
 
 
-@theory.command("equilibrium")
+@theory.command("equilibrium", epilog=GRID_ORDER)
 @_model_options
 @handle_errors
 def equilibrium_cmd(**o: Any) -> None:
@@ -172,7 +211,7 @@ def equilibrium_cmd(**o: Any) -> None:
                    "bias", "mean"])
 
 
-@theory.command("threshold")
+@theory.command("threshold", epilog=GRID_ORDER)
 @_model_options
 @handle_errors
 def threshold_cmd(**o: Any) -> None:
@@ -180,7 +219,7 @@ def threshold_cmd(**o: Any) -> None:
     _run(o, False, ["crit", "tau", "Lambda", "jump"])
 
 
-@theory.command("onset")
+@theory.command("onset", epilog=GRID_ORDER)
 @_model_options
 @handle_errors
 def onset_cmd(**o: Any) -> None:
@@ -222,11 +261,37 @@ def derive_cmd(loss: str, bias: str, depth: str, fmt: str) -> None:
 @handle_errors
 def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None,
               **o: Any) -> None:
-    """Analytic phase diagram over two parameters: table (stdout) and figure (--out)."""
+    """Analytic phase diagram over two parameters: table (stdout) and figure (--out).
+
+    One row per (x, y) point, y in the outer loop and x varying fastest. K, n and depth take
+    integers (a log range is rounded); the axis lambda sets lambda_w = lambda_h.
+    """
     require(x_axis in AXES and y_axis in AXES,
             f"phase axes must be two of: {', '.join(AXES)}")
-    xv = parse_values(xs, "--xs")
-    yv = parse_values(ys if ys is not None else xs, "--ys")
+    axes = {x_axis, y_axis}
+    require(not ("lambda" in axes and axes & {"lambda_w", "lambda_h"}),
+            "the axis lambda sets lambda_w = lambda_h; the other axis must be another parameter")
+    require(o["ratio"] is None, "phase-diagram does not use --ratio (it sets lambda_crit of "
+            "equilibrium, threshold and onset); leave it out")
+    values = []
+    for axis, text, option in ((x_axis, xs, "--xs"), (y_axis, ys if ys is not None else xs,
+                                                     "--ys")):
+        values.append(parse_ints(text, option) if axis in ("K", "n", "depth")
+                      else parse_values(text, option))
+    xv, yv = values
+    if "lambda_b" in axes:
+        lambda_b = xv if x_axis == "lambda_b" else yv
+        require(o["bias"] == "reg", f"the axis lambda_b needs --bias reg, got bias {o['bias']!r}")
+        require(all(v > 0 for v in lambda_b),
+                "the axis lambda_b takes values > 0 (use --bias free for 0)")
+        o = {**o, "lambda_b": repr(lambda_b[0])}  # the axis, not --lambda-b, sets lambda_b
+    if out is not None:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        suffix = Path(out).suffix.lstrip(".").lower()
+        require(suffix == "" or suffix in kinds, f"--out {out}: unknown figure format "
+                f"{suffix!r}; name the file with one of: {', '.join(sorted(kinds))}")
     points = _grid(o)
     require(len(points) == 1, "phase-diagram: give one value for every other parameter")
     p = points[0]
@@ -240,9 +305,19 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
     if out is not None:
         plot_phase(rows, x_axis, y_axis, out)
     if o["fmt"] == "json":
-        click.echo(json.dumps({"x": x_axis, "y": y_axis, "results": rows, "figure": out}))
+        click.echo(json.dumps({"x": x_axis, "y": y_axis,
+                               "results": [{k: _json_value(v) for k, v in r.items()}
+                                           for r in rows], "figure": out}))
+    elif o["fmt"] == "latex":
+        click.echo("\\begin{tabular}{rrlr}")
+        names = (x_axis, y_axis, "phase", "fn_star")
+        click.echo(" & ".join(f"\\texttt{{{_tex(k)}}}" for k in names) + " \\\\")
+        for r in rows:
+            click.echo(f"{r[x_axis]:.6g} & {r[y_axis]:.6g} & {_tex(r['phase'])} & "
+                       f"{r['fn_star']:.6g} \\\\")
+        click.echo("\\end{tabular}")
     else:
         click.echo(f"{x_axis:>12} {y_axis:>12} {'phase':>12} {'fn_star':>12}")
         for r in rows:
-            click.echo(f"{r[x_axis]:>12.4g} {r[y_axis]:>12.4g} {r['phase']:>12} "
-                       f"{r['fn_star']:>12.5g}")
+            click.echo(f"{r[x_axis]:>12.6g} {r[y_axis]:>12.6g} {r['phase']:>12} "
+                       f"{r['fn_star']:>12.6g}")

@@ -203,7 +203,8 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     def factor(sigma_: Array, lam_j: Array) -> Array:
         ratio = xp.where(lam_j > 0, lam_geo / xp.where(lam_j > 0, lam_j, 1.0),
                          xp.full_like(K, float("nan")))
-        return xp.where(sigma_ > 0, xp.sqrt(ratio) * sigma_ ** (1.0 / M), zero)
+        with np.errstate(invalid="ignore"):  # 0 x inf (a zero decay): NaN, as documented
+            return xp.where(sigma_ > 0, xp.sqrt(ratio) * sigma_ ** (1.0 / M), zero)
 
     a_last, a_last0 = factor(sig, lams[depth - 1]), factor(sig0, lams[depth - 1])
     p = xp.where(sig > 0, sig / xp.where(a_last > 0, a_last, 1.0), zero)

@@ -85,6 +85,7 @@ def phase_diagram(x: str, xs: Sequence[float], y: str, ys: Sequence[float],
                 if name == "lambda":
                     p["lambda_w"] = p["lambda_h"] = float(v)
                 elif name in ("depth", "K", "n"):
+                    require(float(v).is_integer(), f"phase axis {name} takes integers, got {v}")
                     p[name] = int(v)
                 else:
                     p[name] = float(v)

@@ -6,21 +6,40 @@ Thin commands over :mod:`ncsim.validate`; all logic lives in the library modules
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from ncsim.cli_errors import handle_errors
-from ncsim.errors import InputError
+from ncsim.cli_errors import check_out_folder, handle_errors
+from ncsim.errors import InputError, require
 from ncsim.io import to_jsonable
+from ncsim.spec import require_device
 
 FORMATS = ("table", "json")
+TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
     rows = frame.astype(object).where(pd.notna(frame), None).to_dict(orient="records")
     return to_jsonable(rows)
+
+
+def _check_threshold(threshold: float) -> None:
+    require(math.isfinite(threshold) and threshold > 0,
+            f"--onset-threshold must be a finite number > 0 (onset when nc1_trace falls below "
+            f"it), got {threshold}")
+
+
+def _read_logs(paths: list[Path]) -> pd.DataFrame:
+    """Every log of ``paths`` in one trajectory table; a log without records is refused."""
+    from ncsim.validate.logs import read_log, read_logs
+
+    empty = [str(p) for p in paths if read_log(p).empty]
+    require(not empty, f"log(s) without records: {', '.join(empty)}; a log needs at least one "
+            "row below its header")
+    return read_logs(paths)
 
 
 def _print_table(title: str, frame: pd.DataFrame) -> None:
@@ -56,14 +75,18 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, met
     """Onset epoch and fn* per run, fn* statistics per group, lead-time predictor."""
     from ncsim.io import write_table
     from ncsim.validate.analysis import OnsetRule, analyze
-    from ncsim.validate.logs import read_logs
 
     if not logs:
         raise InputError("give at least one log file (paper CSV or ncsim log)")
+    if out is not None:
+        require(out.suffix in TABLE_SUFFIXES, f"--out {out}: name the run table .csv or "
+                ".parquet")
+        require(not out.is_dir(), f"--out {out} is a folder; give a file name ending in .csv "
+                "or .parquet")
     rule = OnsetRule.preset(preset, onset_threshold)
     rule = OnsetRule(metric=metric, threshold=rule.threshold, phase=rule.phase,
                      interpolate=rule.interpolate)
-    result = analyze(read_logs(list(logs)), rule, threshold_fit)
+    result = analyze(_read_logs(list(logs)), rule, threshold_fit)
     runs = result["runs"].copy()
     runs["onset_epoch"] = runs["onset_epoch"].astype("Int64")
     if out is not None:
@@ -179,6 +202,12 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, prese
     from ncsim.validate.plots import plot_training
     from ncsim.validate.train import summarize, train
 
+    _check_threshold(onset_threshold)
+    check_out_folder(out)
+    require_device(device)
+    if alpha != 1.0 and intervene_epoch is None:
+        raise InputError("--alpha rescales the last hidden layer at --intervene-epoch; give "
+                         "--intervene-epoch too")
     if preset_name == "cpu-small" and per_class is None:
         from ncsim.validate.train import CPU_SMALL_DATA
 
@@ -253,6 +282,8 @@ def compare_cmd(run_dir: Path, per_class: int | None, onset_threshold: float, ho
 
     if max_steps < 1:
         raise InputError(f"--max-steps must be >= 1, got {max_steps}")
+    _check_threshold(onset_threshold)
+    check_out_folder(out)
     result = compare_run(run_dir, per_class, onset_threshold, horizon,
                          wd_horizon=wd_horizon, max_steps=max_steps,
                          lambda_h_rule=lambda_h_rule)
