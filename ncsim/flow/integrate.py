@@ -209,7 +209,7 @@ def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: _Stages,
 def _initial_step(f: Velocity, y0: torch.Tensor, k0: torch.Tensor, order: int,
                   rtol: float, atol: float) -> torch.Tensor:
     """Per-run first step (Hairer, Norsett & Wanner, II.4), float64 (R,)."""
-    scale = atol + rtol * y0.abs()
+    scale = (atol + rtol * y0.abs()).clamp(min=torch.finfo(y0.dtype).tiny)  # atol may be 0
     d0, d1 = _rms(y0 / scale).double(), _rms(k0 / scale).double()
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
     y1 = y0 + h0.to(y0.dtype).unsqueeze(1) * k0
@@ -440,6 +440,8 @@ class _Chunk:
             err = ks.combine(None, hy, tab.e)
             mag_new, peak_new = self.magnitude(y_new), _peak(y_new)
             scale = torch.maximum(mag, mag_new).mul_(solver.rtol).add_(solver.atol)
+            if solver.atol == 0:  # an entry 0 in y and y_new: its error 0 passes, not 0/0
+                scale.clamp_(min=torch.finfo(scale.dtype).tiny)
             err_norm = _rms(err.div_(scale)).double()
             finite = torch.isfinite(err_norm) & torch.isfinite(peak_new)
             accept = active & finite & (err_norm <= 1.0)
@@ -462,7 +464,8 @@ class _Chunk:
                 # free steps grow fast: test the steady state at every step (no sync on CPU)
                 steady = accept & (code == RUNNING) & (self.gnorm(y, k1) <= solver.gtol)
                 code = _mark(code, steady, STEADY)
-            tiny = dt < 1e-13 * torch.clamp(t, min=1.0)
+            # NaN included: a NaN step (a NaN velocity at the initial state) is a failure
+            tiny = ~(dt >= 1e-13 * torch.clamp(t, min=1.0))
             bad = active & (tiny | (peak > _DIVERGE_ABS))
             code = _mark(code, bad & (code == RUNNING), DIVERGED)
             capped_out = (code == RUNNING) & (steps + rejected >= solver.max_steps)
@@ -644,13 +647,30 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
                    full["rejected"], full["code"], times, full["next_rec"])
 
 
+def _fixed_steps(t_end: float, dt: float) -> tuple[int, float]:
+    """(number of steps, size of the last step) of a fixed-step run to ``t_end``: t_end / dt
+    steps of dt when t_end is a multiple of dt up to rounding (dt = 0.1, t_end = 1: ten
+    steps, although ten additions of 0.1 make 1 - 1e-16), else floor(t_end / dt) steps of dt
+    and a shorter last one to t_end."""
+    ratio = t_end / dt
+    whole = round(ratio)
+    if whole >= 1 and abs(ratio - whole) <= 64 * np.finfo(np.float64).eps * ratio:
+        return whole, dt
+    full = math.floor(ratio)
+    return full + 1, t_end - full * dt
+
+
 def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> FlowResult:
+    """Explicit fixed steps shared by every run: step n goes from n dt to (n + 1) dt (the
+    last one ends at t_end, see :func:`_fixed_steps`); a run's time is that of its last step
+    (a diverged run's stays at its last finite state)."""
     tab = tableau(solver.method)
     r, dev = y0.shape[0], y0.device
     rec, next_rec, times = _start(y0, solver, record, q, 1)
     t_end, dt = float(solver.t_end), float(solver.dt)
+    total, last_h = _fixed_steps(t_end, dt)
     y = y0.clone()
-    t_host = 0.0
+    t = torch.zeros(r, dtype=torch.float64, device=dev)
     code = torch.zeros(r, dtype=torch.int8, device=dev)
     steps = torch.zeros(r, dtype=torch.long, device=dev)
     j_next = int(next_rec[0])
@@ -658,37 +678,41 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
     into = _takes_out(velocity)
     n_steps = 0
     finished_before = 0
-    while t_host < t_end and n_steps < solver.max_steps:
+    while True:
         for _ in range(solver.check_every):
-            if t_host >= t_end or n_steps >= solver.max_steps:
+            if n_steps >= total or n_steps >= solver.max_steps:
                 break
             active = code == RUNNING
-            h_host = min(dt, t_end - t_host)
-            t_new_host = t_end if h_host < dt else t_host + h_host
+            last = n_steps == total - 1
+            h_host = last_h if last else dt
+            t_host = n_steps * dt
+            t_new_host = t_end if last else (n_steps + 1) * dt
             h = torch.full((r,), h_host, dtype=y.dtype, device=dev)
             y_new, ks = _stages(tab, velocity, y, velocity(y), h, buf, into)
             bad = active & ~(_peak(y_new) <= _DIVERGE_ABS)  # NaN and inf included
             code = _mark(code, bad, DIVERGED)
             ok = active & ~bad
             while j_next < len(times) and times[j_next] <= t_new_host:
-                theta = torch.full((r,), (times[j_next] - t_host) / h_host,
+                theta = torch.full((r,), min(1.0, (times[j_next] - t_host) / h_host),
                                    dtype=torch.float64, device=dev)
                 rec.now(ok, _dense(tab, y, h.double(), ks, theta), j_next)
                 j_next += 1
             y = torch.where(ok.unsqueeze(1), y_new, y)
+            t = torch.where(ok, torch.full_like(t, t_new_host), t)
             steps += ok.long()
-            t_host, n_steps = t_new_host, n_steps + 1
+            n_steps += 1
+        # a run that reached t_end stopped there (as with the adaptive methods), even if at rest
+        if n_steps >= total:
+            code = _mark(code, code == RUNNING, DONE)
         k = velocity(y)
         steady = (code == RUNNING) & (grad_norm(y, k) <= solver.gtol)
         code = _mark(code, steady, STEADY)
+        if n_steps >= solver.max_steps:
+            code = _mark(code, code == RUNNING, MAX_STEPS)
         finished = int((code != RUNNING).sum())
         finished_before = _report(progress, finished, finished_before)
         if finished == r:
             break
-    final_code = DONE if t_host >= t_end else MAX_STEPS
-    code = _mark(code, code == RUNNING, final_code)
-    t = torch.where(code == DONE, torch.full((r,), t_host, dtype=torch.float64, device=dev),
-                    steps.double() * dt)
     next_rec = torch.full((r,), j_next, dtype=torch.long, device=dev)
     rejected = torch.zeros_like(steps)
     return _finish(rec, velocity, grad_norm, y, t, steps, rejected, code, times, next_rec)
