@@ -740,6 +740,20 @@ def test_nan_velocity_at_the_start_is_diverged_at_once(monkeypatch, method, loop
 
 
 @pytest.mark.parametrize("loop", ["cpu", "device"])
+@pytest.mark.parametrize("method", ["dopri5", "tsit5"])
+def test_nan_initial_state_is_diverged_at_once(monkeypatch, method, loop):
+    """A run that starts with a NaN entry is DIVERGED after its first attempt (a NaN peak
+    counts as a blow-up), not after a string of rejected steps; its neighbour is unaffected."""
+    _use_loop(monkeypatch, loop)
+    y0 = torch.tensor([[math.nan, 0.3], [1.0, 0.3]], dtype=F64)
+    solver = _spec(method=method, t_end=5.0, records=6, gtol=0)
+    result = integrate(lambda y: -y, y0, solver, _states, 2)
+    assert result.code[0] == DIVERGED and result.code[1] == DONE
+    assert result.steps[0] == 0 and result.rejected[0] <= 1 and result.t_final[0] == 0.0
+    np.testing.assert_allclose(result.records[1, :, 0], np.exp(-result.times), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loop", ["cpu", "device"])
 def test_pure_relative_tolerance_with_a_zero_coordinate(monkeypatch, loop):
     """atol = 0 (allowed: pure relative error control) with a coordinate that is 0 and stays
     0 under y' = -y: its error is 0, so it constrains nothing; the run reaches t_end with
