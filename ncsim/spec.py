@@ -288,7 +288,8 @@ class SolverSpec:
     records : number of recorded times: t = 0 and records - 1 log-spaced times in
         [t_first, t_end].
     t_first : first non-zero record time (default min(1e-2, t_end / 10)).
-    max_steps : step cap per run.
+    max_steps : cap on the step attempts of a run (accepted and rejected alike); status
+        "max_steps" when it is reached before t_end.
     gtol : steady state: a run stops when |grad f|_2 <= gtol. At rest an explicit method's
         steps sit at its stability limit, so |grad f| settles on a noise floor of about
         rtol x (largest curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a
