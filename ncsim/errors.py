@@ -6,6 +6,10 @@ says what is wrong and what is allowed. The command line turns it into exit stat
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
 
 class InputError(ValueError):
     """Invalid user input (a parameter, a file, a specification).
@@ -18,3 +22,15 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`InputError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise InputError(message)
+
+
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer, Python or numpy (a bool is not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is a finite real number, Python or numpy (a bool, text or None is
+    not)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))

@@ -32,7 +32,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ncsim.errors import InputError
+from ncsim.errors import InputError, is_integer
 
 
 def _finite_series(times: np.ndarray, values: np.ndarray, keep_inf: bool = False
@@ -71,7 +71,7 @@ def _interp_time(
 
 def crossing_index(values: np.ndarray, threshold: float, stay: int = 1) -> int | None:
     """Index of the first entry of the first run of ``stay`` entries below ``threshold``."""
-    if isinstance(stay, bool) or not isinstance(stay, (int, np.integer)) or stay < 1:
+    if not (is_integer(stay) and stay >= 1):
         raise InputError(f"stay must be an integer >= 1 (the number of consecutive records "
                          f"below the threshold), got {stay!r}")
     if not math.isfinite(threshold):

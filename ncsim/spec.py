@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ncsim.errors import InputError, require
+from ncsim.errors import InputError, is_finite_number, is_integer, require
 
 MODELS = ("ufm", "deep")
 ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "gelu", "silu")
@@ -46,20 +45,9 @@ def _one_of(value: str, allowed: Sequence[str], name: str) -> None:
     require(value in allowed, f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
-def _is_int(value: Any) -> bool:
-    """True for an integer (Python or numpy), false for a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value: Any) -> bool:
-    """True for a finite real number (Python or numpy), false for a bool, text or None."""
-    return (isinstance(value, (int, float, np.integer, np.floating))
-            and not isinstance(value, (bool, np.bool_)) and math.isfinite(value))
-
-
 def _finite_nonneg(value: float, name: str) -> None:
     require(
-        _is_real(value) and value >= 0,
+        is_finite_number(value) and value >= 0,
         f"{name} must be a finite number >= 0, got {value!r}",
     )
 
@@ -108,7 +96,7 @@ class ModelSpec:
                 and self.classes >= 2,
                 f"classes K must be an integer >= 2, got {self.classes!r}")
         given = self.per_class if isinstance(self.per_class, tuple) else (self.per_class,)
-        require(all(_is_int(c) and c >= 1 for c in given),
+        require(all(is_integer(c) and c >= 1 for c in given),
                 f"samples per class (per_class; --class-counts on the command line) must be "
                 f"integers >= 1, got {self.per_class!r}")
         counts = self.class_counts
@@ -228,9 +216,9 @@ class InitSpec:
 
     def validate(self, model: ModelSpec) -> None:
         _one_of(self.kind, INITS, "init")
-        require(_is_real(self.scale) and self.scale > 0,
+        require(is_finite_number(self.scale) and self.scale > 0,
                 f"init scale must be a finite number > 0, got {self.scale!r}")
-        require(_is_int(self.seed) and self.seed >= 0,
+        require(is_integer(self.seed) and self.seed >= 0,
                 f"seed must be an integer >= 0, got {self.seed!r}")
         modes = spectral_rank(model) if self.kind == "spectral" else model.classes - 1
         if self.kind in ("spectral", "etf"):
@@ -272,7 +260,8 @@ class TimeScale:
         layers = self.eta_w if isinstance(self.eta_w, tuple) else (self.eta_w,)
         named = [("eta_h", self.eta_h), ("eta_b", self.eta_b), *(("eta_w", v) for v in layers)]
         for name, v in named:
-            require(_is_real(v) and v > 0, f"time-scale factors must be > 0, got {name} = {v!r}")
+            require(is_finite_number(v) and v > 0,
+                    f"time-scale factors must be > 0, got {name} = {v!r}")
         self.per_layer(model.depth)
 
 
@@ -349,35 +338,35 @@ class SolverSpec:
         _one_of(self.method, SOLVERS, "solver")
         _one_of(self.dtype, DTYPES, "dtype")
         _one_of(self.reduction, REDUCTIONS, "reduction")
-        require(_is_real(self.t_end) and self.t_end > 0,
+        require(is_finite_number(self.t_end) and self.t_end > 0,
                 f"t_end must be > 0, got {self.t_end!r}")
         if not self.adaptive:
-            require(_is_real(self.dt) and self.dt > 0,
+            require(is_finite_number(self.dt) and self.dt > 0,
                     f"solver {self.method!r} needs a step dt > 0 (e.g. --dt 0.1)")
         elif self.dt is not None:
-            require(_is_real(self.dt) and self.dt > 0, f"dt must be > 0, got {self.dt!r}")
-        require(_is_real(self.rtol) and self.rtol > 0,
+            require(is_finite_number(self.dt) and self.dt > 0, f"dt must be > 0, got {self.dt!r}")
+        require(is_finite_number(self.rtol) and self.rtol > 0,
                 f"rtol must be a finite number > 0, got {self.rtol!r}")
-        require(_is_real(self.atol) and self.atol >= 0,
+        require(is_finite_number(self.atol) and self.atol >= 0,
                 f"atol must be a finite number >= 0, got {self.atol!r}")
         if self.cuda_graphs:
             require(self.adaptive and self.device.startswith("cuda"),
                     f"cuda_graphs needs an adaptive solver (dopri5, tsit5) on a CUDA device, "
                     f"got {self.method!r} on {self.device!r}: pass --device cuda or drop "
                     f"--cuda-graphs")
-        require(_is_int(self.records) and self.records >= 2,
+        require(is_integer(self.records) and self.records >= 2,
                 f"records must be an integer >= 2, got {self.records!r}")
-        require(self.t_first is None or _is_real(self.t_first),
+        require(self.t_first is None or is_finite_number(self.t_first),
                 f"t_first must be a finite number, got {self.t_first!r}")
         require(0 < self.first_record < self.t_end,
                 f"t_first must lie in (0, t_end), got {self.first_record}")
-        require(_is_int(self.max_steps) and self.max_steps >= 1,
+        require(is_integer(self.max_steps) and self.max_steps >= 1,
                 f"max_steps must be an integer >= 1, got {self.max_steps!r}")
-        require(_is_real(self.gtol) and self.gtol >= 0,
+        require(is_finite_number(self.gtol) and self.gtol >= 0,
                 f"gtol must be a finite number >= 0, got {self.gtol!r}")
-        require(_is_int(self.check_every) and self.check_every >= 1,
+        require(is_integer(self.check_every) and self.check_every >= 1,
                 f"check_every must be an integer >= 1, got {self.check_every!r}")
-        require(_is_real(self.vanish_tol) and 0 <= self.vanish_tol < 1,
+        require(is_finite_number(self.vanish_tol) and 0 <= self.vanish_tol < 1,
                 f"vanish_tol must lie in [0, 1), got {self.vanish_tol!r}")
         dev = str(self.device)
         require_device(dev)
@@ -416,9 +405,9 @@ class OnsetSpec:
 
     def validate(self) -> None:
         _one_of(self.metric, ONSET_METRICS, "onset metric")
-        require(_is_real(self.threshold) and self.threshold > 0,
+        require(is_finite_number(self.threshold) and self.threshold > 0,
                 f"onset threshold must be > 0, got {self.threshold!r}")
-        require(_is_int(self.stay) and self.stay >= 1,
+        require(is_integer(self.stay) and self.stay >= 1,
                 f"onset 'stay' must be an integer >= 1, got {self.stay!r}")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ncsim.errors import InputError, require
+from ncsim.errors import InputError, is_integer, require
 from ncsim.theory import deep, modes
 from ncsim.theory import symbols as S
 from ncsim.theory._backend import Array, bisect, broadcast, namespace
@@ -127,7 +127,7 @@ def deep_thresholds(K: Array, n: Array, Lam: Array, depth: int) -> DeepThreshold
     Raises :class:`InputError` (a ValueError) for a depth that is not an integer >= 2, K, n
     that are not integers >= 2 and >= 1, or a decay that is not a finite number >= 0.
     """
-    require(isinstance(depth, (int, np.integer)) and not isinstance(depth, bool) and depth >= 2,
+    require(is_integer(depth) and depth >= 2,
             f"deep thresholds need depth >= 2 (an integer), got {depth!r}")
     K, n, Lam = broadcast_inputs(["K", "n", "Lam"], [K, n, Lam])
     check_classes(K, n)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ncsim.errors import InputError, require
+from ncsim.errors import InputError, is_integer, require
 from ncsim.theory import modes
 from ncsim.theory._backend import Array, broadcast, namespace
 
@@ -83,7 +83,7 @@ def check_model(loss: str, bias: str, depth: int) -> None:
     """Raise :class:`InputError` for an unknown loss / bias or a bad depth."""
     require(loss in LOSSES, f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
     require(bias in BIASES, f"unknown bias {bias!r}; allowed: {', '.join(BIASES)}")
-    require(isinstance(depth, (int, np.integer)) and not isinstance(depth, bool) and depth >= 1,
+    require(is_integer(depth) and depth >= 1,
             f"depth must be an integer >= 1, got {depth!r}")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ncsim.errors import require
+from ncsim.errors import is_finite_number, is_integer, require
 from ncsim.theory.critical import basin_threshold
 from ncsim.theory.equilibrium import equilibrium
 
@@ -30,10 +30,9 @@ def classify(loss: str, bias: str, K: int, n: int, d: int, depth: int, lambda_w:
     Raises :class:`InputError` for a bad model or decay (see :func:`equilibrium`), a dimension d
     that is not an integer >= 1 or an init scale that is not a finite number > 0.
     """
-    require(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1,
+    require(is_integer(d) and d >= 1,
             f"dimension d must be an integer >= 1, got {d!r}")
-    require(isinstance(init_scale, (int, float, np.integer, np.floating))
-            and not isinstance(init_scale, bool) and 0 < init_scale < math.inf,
+    require(is_finite_number(init_scale) and init_scale > 0,
             f"init_scale must be a finite number > 0, got {init_scale!r}")
     eq = equilibrium(loss, bias, K, n, lambda_w, lambda_h, lambda_b, depth)
     glob = bool(eq.collapsed)

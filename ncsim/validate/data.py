@@ -22,7 +22,6 @@ per channel with the training-set mean and std.
 from __future__ import annotations
 
 import gzip
-import numbers
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ncsim.errors import InputError, require
+from ncsim.errors import InputError, is_integer, require
 
 DATASETS = ("gaussian", "digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -229,7 +228,7 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    require(isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0,
+    require(is_integer(seed) and seed >= 0,
             f"the data seed must be an integer >= 0, got {seed!r}")
     if name == "gaussian":
         arrays = _gaussian(classes, dim, 100 if per_class is None else per_class, separation,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncsim.errors import InputError, require
+from ncsim.errors import InputError, is_integer, require
 from ncsim.spec import require_device
 from ncsim.validate.data import Dataset
 from ncsim.validate.networks import ACTIVATIONS, ARCHS, build_network
@@ -60,11 +59,6 @@ BATCH_ORDER_OFFSET = 1_000_003
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 PRESETS = ("mlp", "resnet20", "cpu-small")
-
-
-def _is_int(value: Any) -> bool:
-    """Whether ``value`` is an integer (Python or numpy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -101,21 +95,21 @@ class Phase:
                 f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         require(self.schedule in SCHEDULES,
                 f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
-        require(_is_int(self.epochs) and self.epochs >= 1,
+        require(is_integer(self.epochs) and self.epochs >= 1,
                 f"epochs per phase must be an integer >= 1, got {self.epochs!r}")
         require(math.isfinite(self.lr) and self.lr >= 0, f"lr must be >= 0, got {self.lr}")
         require(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
                 f"weight decay must be a finite number >= 0, got {self.weight_decay}")
-        require(_is_int(self.batch_size) and self.batch_size >= 1,
+        require(is_integer(self.batch_size) and self.batch_size >= 1,
                 f"batch size must be an integer >= 1, got {self.batch_size!r}")
         require(math.isfinite(self.gamma) and self.gamma > 0,
                 f"step-schedule gamma must be a finite number > 0, got {self.gamma}")
-        require(all(_is_int(m) and m >= 0 for m in self.milestones),
+        require(all(is_integer(m) and m >= 0 for m in self.milestones),
                 "step-schedule milestones must be integers >= 0 (epochs from the phase start), "
                 f"got {tuple(self.milestones)!r}")
-        require(_is_int(self.decay_last) and self.decay_last >= 0,
+        require(is_integer(self.decay_last) and self.decay_last >= 0,
                 f"decay_last must be an integer >= 0, got {self.decay_last}")
-        require(_is_int(self.warmup) and 0 <= self.warmup < self.epochs,
+        require(is_integer(self.warmup) and 0 <= self.warmup < self.epochs,
                 f"warmup must be an integer in [0, epochs), got {self.warmup}")
         require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum} "
                 "(the flow time lr x steps / (1 - momentum) needs momentum < 1)")
@@ -173,27 +167,27 @@ class TrainConfig:
         require(self.arch != "resnet20" or self.activation == "relu",
                 f"ResNet-20's blocks use ReLU; activation {self.activation!r} is not available "
                 "for it (allowed: relu)")
-        require(_is_int(self.depth) and self.depth >= 1,
+        require(is_integer(self.depth) and self.depth >= 1,
                 f"depth must be an integer >= 1, got {self.depth}")
-        require(_is_int(self.width) and self.width >= 1,
+        require(is_integer(self.width) and self.width >= 1,
                 f"width must be an integer >= 1, got {self.width}")
-        require(_is_int(self.nc_every) and self.nc_every >= 1,
+        require(is_integer(self.nc_every) and self.nc_every >= 1,
                 f"nc_every must be an integer >= 1, got {self.nc_every!r}")
         require(0 <= self.nc_min_accuracy <= 1,
                 f"nc_min_accuracy must be a fraction in [0, 1] (the paper: 0.99), got "
                 f"{self.nc_min_accuracy}")
-        require(self.eval_batch is None or (_is_int(self.eval_batch) and self.eval_batch >= 1),
+        require(self.eval_batch is None or (is_integer(self.eval_batch) and self.eval_batch >= 1),
                 f"eval_batch must be an integer >= 1 (or None for the device's default), got "
                 f"{self.eval_batch!r}")
-        require(_is_int(self.seed) and self.seed >= 0,
+        require(is_integer(self.seed) and self.seed >= 0,
                 f"seed must be an integer >= 0, got {self.seed!r}")
-        require(_is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
+        require(is_integer(self.checkpoint_every) and self.checkpoint_every >= 0,
                 f"checkpoint_every must be an integer >= 0 (0: only at phase ends), got "
                 f"{self.checkpoint_every!r}")
         require_device(str(self.device))
         total = sum(p.epochs for p in self.phases)
         if self.intervention_epoch is not None:
-            require(_is_int(self.intervention_epoch) and 0 <= self.intervention_epoch <= total,
+            require(is_integer(self.intervention_epoch) and 0 <= self.intervention_epoch <= total,
                     f"intervention epoch must be an integer in [0, {total}], got "
                     f"{self.intervention_epoch!r}")
             require(math.isfinite(self.intervention_alpha) and self.intervention_alpha > 0,
