@@ -18,7 +18,7 @@ from ncsim.theory.critical import critical_table
 from ncsim.theory.derivations import derivations
 from ncsim.theory.dynamics import growth_rate, nc1_rates
 from ncsim.theory.equilibrium import BIASES, LOSSES, equilibrium
-from ncsim.theory.phase import AXES, phase_diagram, plot_phase
+from ncsim.theory.phase import AXES, check_axes, phase_diagram, plot_phase
 from ncsim.theory.prediction import predicted_onset
 
 FORMATS = ("json", "latex", "text")
@@ -266,11 +266,7 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
     One row per (x, y) point, y in the outer loop and x varying fastest. K, n and depth take
     integers (a log range is rounded); the axis lambda sets lambda_w = lambda_h.
     """
-    require(x_axis in AXES and y_axis in AXES,
-            f"phase axes must be two of: {', '.join(AXES)}")
-    axes = {x_axis, y_axis}
-    require(not ("lambda" in axes and axes & {"lambda_w", "lambda_h"}),
-            "the axis lambda sets lambda_w = lambda_h; the other axis must be another parameter")
+    check_axes(x_axis, y_axis, o["bias"])
     require(o["ratio"] is None, "phase-diagram does not use --ratio (it sets lambda_crit of "
             "equilibrium, threshold and onset); leave it out")
     values = []
@@ -279,9 +275,8 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
         values.append(parse_ints(text, option) if axis in ("K", "n", "depth")
                       else parse_values(text, option))
     xv, yv = values
-    if "lambda_b" in axes:
+    if "lambda_b" in (x_axis, y_axis):
         lambda_b = xv if x_axis == "lambda_b" else yv
-        require(o["bias"] == "reg", f"the axis lambda_b needs --bias reg, got bias {o['bias']!r}")
         require(all(v > 0 for v in lambda_b),
                 "the axis lambda_b takes values > 0 (use --bias free for 0)")
         o = {**o, "lambda_b": repr(lambda_b[0])}  # the axis, not --lambda-b, sets lambda_b

@@ -62,14 +62,25 @@ def _axis_keys(x: str, y: str) -> set[str]:
     return keys
 
 
+def check_axes(x: str, y: str, bias: str | None) -> None:
+    """Refuse a pair of phase axes that cannot make a diagram: two different names of
+    :data:`AXES`; "lambda" (which sets lambda_w = lambda_h) not beside lambda_w or lambda_h;
+    "lambda_b" only for a regularised bias."""
+    require(x in AXES and y in AXES, f"phase axes must be two of: {', '.join(AXES)}")
+    require(x != y, "phase axes must differ")
+    require(not ("lambda" in (x, y) and {x, y} & {"lambda_w", "lambda_h"}),
+            "the axis lambda sets lambda_w = lambda_h; the other axis must be another parameter")
+    require("lambda_b" not in (x, y) or bias == "reg",
+            f"the axis lambda_b needs --bias reg, got bias {bias!r}")
+
+
 def phase_diagram(x: str, xs: Sequence[float], y: str, ys: Sequence[float],
                   base: dict[str, Any]) -> list[dict[str, Any]]:
     """Classify every (x, y) point; ``base`` holds the other parameters (as in :func:`classify`).
 
     Axis "lambda" sets lambda_w = lambda_h together.
     """
-    require(x in AXES and y in AXES, f"phase axes must be two of: {', '.join(AXES)}")
-    require(x != y, "phase axes must differ")
+    check_axes(x, y, base.get("bias"))
     missing = [k for k in BASE_KEYS if k not in base and k not in _axis_keys(x, y)]
     require(not missing, f"phase diagram base parameters missing: {', '.join(missing)} "
                          f"(give {', '.join(BASE_KEYS)} except the two axes)")
