@@ -32,16 +32,6 @@ def _check_threshold(threshold: float) -> None:
             f"it), got {threshold}")
 
 
-def _read_logs(paths: list[Path]) -> pd.DataFrame:
-    """Every log of ``paths`` in one trajectory table; a log without records is refused."""
-    from ncsim.validate.logs import read_log, read_logs
-
-    empty = [str(p) for p in paths if read_log(p).empty]
-    require(not empty, f"log(s) without records: {', '.join(empty)}; a log needs at least one "
-            "row below its header")
-    return read_logs(paths)
-
-
 def _print_table(title: str, frame: pd.DataFrame) -> None:
     click.echo(f"# {title}")
     with pd.option_context("display.width", 200, "display.max_columns", 40,
@@ -75,6 +65,7 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, met
     """Onset epoch and fn* per run, fn* statistics per group, lead-time predictor."""
     from ncsim.io import write_table
     from ncsim.validate.analysis import OnsetRule, analyze
+    from ncsim.validate.logs import read_logs
 
     if not logs:
         raise InputError("give at least one log file (paper CSV or ncsim log)")
@@ -86,7 +77,7 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, met
     rule = OnsetRule.preset(preset, onset_threshold)
     rule = OnsetRule(metric=metric, threshold=rule.threshold, phase=rule.phase,
                      interpolate=rule.interpolate)
-    result = analyze(_read_logs(list(logs)), rule, threshold_fit)
+    result = analyze(read_logs(list(logs)), rule, threshold_fit)
     runs = result["runs"].copy()
     runs["onset_epoch"] = runs["onset_epoch"].astype("Int64")
     if out is not None:

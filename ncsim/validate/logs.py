@@ -164,12 +164,17 @@ def read_log(path: str | Path) -> pd.DataFrame:
 
 
 def read_logs(paths: list[str | Path] | str | Path) -> pd.DataFrame:
-    """Read several logs (or one path) into one trajectory table (run ids must be unique)."""
+    """Read several logs (or one path) into one trajectory table (run ids must be unique; a log
+    without records is refused, naming its file)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
         raise InputError("no log files given; pass one or more CSV or Parquet logs")
     parts = [read_log(p) for p in paths]
+    empty = [str(p) for p, part in zip(paths, parts, strict=True) if part.empty]
+    if empty:
+        raise InputError(f"log(s) without records: {', '.join(empty)}; a log needs at least one "
+                         "row below its header")
     table = pd.concat(parts, ignore_index=True)
     holders: dict[object, list[str]] = {}
     for path, part in zip(paths, parts, strict=True):
