@@ -15,7 +15,6 @@ import pandas as pd
 from ncsim.cli_errors import check_out_folder, handle_errors
 from ncsim.errors import InputError, require
 from ncsim.io import to_jsonable
-from ncsim.spec import require_device
 
 FORMATS = ("table", "json")
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -195,10 +194,6 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, prese
 
     _check_threshold(onset_threshold)
     check_out_folder(out)
-    require_device(device)
-    if alpha != 1.0 and intervene_epoch is None:
-        raise InputError("--alpha rescales the last hidden layer at --intervene-epoch; give "
-                         "--intervene-epoch too")
     if preset_name == "cpu-small" and per_class is None:
         from ncsim.validate.train import CPU_SMALL_DATA
 

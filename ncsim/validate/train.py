@@ -192,6 +192,10 @@ class TrainConfig:
                     f"{self.intervention_epoch!r}")
             require(math.isfinite(self.intervention_alpha) and self.intervention_alpha > 0,
                     f"intervention alpha must be > 0, got {self.intervention_alpha}")
+        else:
+            require(self.intervention_alpha == 1.0,
+                    "the intervention alpha rescales the last hidden layer at the intervention "
+                    "epoch (--alpha at --intervene-epoch); give the epoch too, or drop alpha")
         return self
 
     @property
