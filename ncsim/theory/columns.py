@@ -96,8 +96,8 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
             row["lambda_crit_theory"] = float(
                 lambda_crit(m.loss, m.bias, K, n, m.depth, lh / lw0))
         else:  # per-layer decays, all scaled together: collapse iff Lambda < Lambda_crit
-            lam = math.prod((*lw, lh)) ** (1.0 / (m.depth + 1))
-            row["lambda_crit_theory"] = lw0 * float(Lambda_crit(m.loss, K, n, m.depth)) / lam
+            row["lambda_crit_theory"] = (lw0 * float(Lambda_crit(m.loss, K, n, m.depth))
+                                         / _geometric_decay(lw, lh))
         if spec.onset.metric != "nc1_trace":
             row["theory_regime"] = "onset predicted for nc1_trace only"
         elif spec.init.kind in ("spectral", "etf"):
@@ -120,6 +120,11 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
         return _empty(f"error: {err}")
 
 
+def _geometric_decay(lw: tuple[float, ...], lh: float) -> float:
+    """Lambda = (lambda_W1 ... lambda_WL lambda_H)^(1/(L+1)), the decay the thresholds use."""
+    return math.prod((*lw, lh)) ** (1.0 / (len(lw) + 1))
+
+
 def _aligned_onset(spec: RunSpec, eq: Any, lw: tuple[float, ...], lh: float
                    ) -> tuple[float, str]:
     """(onset, regime) of a spectral / etf init: it starts collapsed (nc1_trace = 0), so the
@@ -133,8 +138,8 @@ def _aligned_onset(spec: RunSpec, eq: Any, lw: tuple[float, ...], lh: float
     m = spec.model
     if m.depth == 1 or not math.isfinite(float(eq.sigma_local)):
         return (0.0, "ok") if eq.collapsed else (math.inf, "vanishing")
-    lam = math.prod((*lw, lh)) ** (1.0 / (m.depth + 1))
-    a_u = float(basin_threshold(m.loss, m.classes, m.class_counts[0], lam, m.depth))
+    a_u = float(basin_threshold(m.loss, m.classes, m.class_counts[0], _geometric_decay(lw, lh),
+                                m.depth))
     if spec.init.scale <= a_u:
         return math.inf, "trapped"
     if not eq.collapsed:
