@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference_objective import Objective
 from scipy.optimize import minimize
 
 from ncsim.theory import equilibrium, lambda_crit
 
 
-class MatrixObjective:
-    """f(H, W_1..W_L, b) of the (deep linear) UFM with its analytic gradient (numpy, float64).
+class MatrixObjective(Objective):
+    """The full matrix objective (:class:`reference_objective.Objective`) of a balanced model
+    with one decay for every W_l: K classes of n samples, width d.
 
     Shapes: H (d, N), W_1 (m, d), ..., W_L (K, m) with m = d, b (K,); N = K n, columns
     ordered class by class.
@@ -18,49 +20,8 @@ class MatrixObjective:
 
     def __init__(self, loss: str, bias: str, K: int, n: int, d: int, depth: int,
                  lw: float, lh: float, lb: float = 0.0) -> None:
-        self.loss, self.bias, self.K, self.n, self.d, self.L = loss, bias, K, n, d, depth
-        self.lw, self.lh, self.lb = lw, lh, (lb if bias == "reg" else 0.0)
-        self.N = K * n
-        self.Y = np.kron(np.eye(K), np.ones((1, n)))
-        self.shapes = [(d, self.N)] + [(d, d)] * (depth - 1) + [(K, d)]
-        self.size = sum(a * b for a, b in self.shapes) + (K if bias != "none" else 0)
-
-    def unpack(self, theta: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        mats, i = [], 0
-        for a, b in self.shapes:
-            mats.append(theta[i:i + a * b].reshape(a, b))
-            i += a * b
-        b = theta[i:] if self.bias != "none" else np.zeros(self.K)
-        return mats, b
-
-    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        mats, b = self.unpack(theta)
-        acts = [mats[0]]
-        for W in mats[1:]:
-            acts.append(W @ acts[-1])
-        Z = acts[-1] + b[:, None]
-        if self.loss == "mse":
-            R = Z - self.Y
-            data = 0.5 * np.sum(R ** 2) / self.N
-            G = R / self.N
-        else:
-            Zs = Z - Z.max(axis=0)
-            logp = Zs - np.log(np.exp(Zs).sum(axis=0))
-            data = -np.sum(logp * self.Y) / self.N
-            G = (np.exp(logp) - self.Y) / self.N
-        lams = [self.lh] + [self.lw] * self.L
-        f = data + sum(lam / 2 * np.sum(A ** 2) for lam, A in zip(lams, mats, strict=True))
-        f += self.lb / 2 * np.sum(b ** 2)
-        grads = [None] * len(mats)
-        delta = G
-        for j in range(len(mats) - 1, 0, -1):
-            grads[j] = delta @ acts[j - 1].T + lams[j] * mats[j]
-            delta = mats[j].T @ delta
-        grads[0] = delta + lams[0] * mats[0]
-        out = [g.ravel() for g in grads]
-        if self.bias != "none":
-            out.append(G.sum(axis=1) + self.lb * b)
-        return f, np.concatenate(out)
+        super().__init__(loss, bias, (n,) * K, d, (lw,) * depth, lh, lb)
+        self.n = n
 
     def summary(self, theta: np.ndarray) -> dict[str, float]:
         mats, b = self.unpack(theta)
