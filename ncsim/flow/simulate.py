@@ -36,8 +36,8 @@ from ncsim.flow.integrate import (
 from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.models import Penalties, UFMObjective, initial_state
 from ncsim.models.classmeans import ClassMeansObjective
-from ncsim.models.gram import GramObjective
-from ncsim.models.init import float_array
+from ncsim.models.gram import GramObjective, initial_gram_state
+from ncsim.models.init import draws_gram_factor, float_array
 from ncsim.models.layout import StateLayout
 from ncsim.models.reduction import state_form
 from ncsim.onset import is_vanishing, onset_time, value_at
@@ -124,8 +124,13 @@ class SimulationResult:
 def run_id(spec: RunSpec) -> str:
     """Stable 12-hex identifier of a run spec (hash of every field that shapes the result;
     ``cuda_graphs`` only changes how the same steps are launched, so it is left out, which
-    also keeps the identifiers of runs made before it existed)."""
+    also keeps the identifiers of runs made before it existed). A gaussian init drawn
+    through its Gram factor (:func:`ncsim.models.init.draws_gram_factor`) is marked
+    ``init_draw``: such runs once drew (H, W) entry by entry, so their stored results are
+    not those of the same spec now."""
     row = spec.to_row()
+    if spec.init.kind == "gaussian" and draws_gram_factor(spec.model):
+        row["init_draw"] = "gram_factor"
     row.pop("solver_cuda_graphs", None)
     if row.get("solver_reduction") == "auto":  # the default keeps the identifiers it had,
         if state_form(spec.model, "auto") == "classes":  # except where auto now integrates
@@ -171,24 +176,27 @@ class _Batch:
             b=tensor([s.reg.lambda_b for s in specs]),
         )
         self.eta = self._time_scales(tensor)
-        self.y0 = initial_state(self.model, [s.init for s in specs], self.device, self.dtype)
         self.form = state_form(self.model, self.solver.reduction)
+        inits = [s.init for s in specs]
+        if self.form == "gram":
+            self.y0 = initial_gram_state(self.model, inits).to(self.device, self.dtype)
+        else:
+            self.y0 = initial_state(self.model, inits, self.device, self.dtype)
         self.reduced: GramObjective | ClassMeansObjective | None = None
         if self.form != "none":
             self._reduce(specs, tensor)
 
     def _reduce(self, specs: Sequence[RunSpec], tensor: Callable[[list[float]], torch.Tensor]
                 ) -> None:
-        """Replace the initial state by its reduced form (built in float64)."""
-        lay = self.objective.layout
-        y64 = self.y0.double()
-        h, w = lay.view(y64, "H"), lay.view(y64, "W1")
-        b = lay.view(y64, "b") if "b" in lay else None
+        """Set the reduced objective; replace a class-means batch's initial state by its
+        reduced form (built in float64; a Gram batch starts in Gram space already)."""
         if self.form == "gram":
-            self.y0 = GramObjective(self.model, self.device, torch.float64).from_parameters(
-                h, w, b).to(self.dtype)
             self.reduced = GramObjective(self.model, self.device, self.dtype)
         else:
+            lay = self.objective.layout
+            y64 = self.y0.double()
+            h, w = lay.view(y64, "H"), lay.view(y64, "W1")
+            b = lay.view(y64, "b") if "b" in lay else None
             exact = ClassMeansObjective(self.model, self.device, torch.float64)
             self.y0 = exact.from_parameters(h, w, b).to(self.dtype)
             self.reduced = exact.with_dtype(self.dtype)

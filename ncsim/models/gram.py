@@ -28,13 +28,15 @@ import torch
 from torch import Tensor
 
 from ncsim.metrics import METRIC_NAMES
+from ncsim.models.init import draws_gram_factor, gram_factor, initial_state
 from ncsim.models.layout import StateLayout
 from ncsim.models.losses import logit_gradient, loss_value
 from ncsim.models.ufm import Penalties, labels_for, state_layout
 from ncsim.products import bmm
-from ncsim.spec import REDUCTIONS, ModelSpec
+from ncsim.spec import REDUCTIONS, InitSpec, ModelSpec
 
-__all__ = ["REDUCTIONS", "GramObjective", "gram_layout", "gram_size", "use_gram"]
+__all__ = ["REDUCTIONS", "GramObjective", "gram_layout", "gram_size", "initial_gram_state",
+           "use_gram"]
 
 
 def gram_layout(model: ModelSpec) -> StateLayout:
@@ -62,6 +64,34 @@ def use_gram(model: ModelSpec, reduction: str) -> bool:
     if reduction == "gram":
         return True
     return gram_size(model) < state_layout(model).size
+
+
+def initial_gram_state(model: ModelSpec, inits: list[InitSpec]) -> Tensor:
+    """Gram states (R, P) of the runs' initial points (one init per run), float64 on the CPU.
+
+    A gaussian init drawn through its Gram factor L (:func:`ncsim.models.init.gram_factor`)
+    starts from L alone: (L_H^T, L_W) have the inner products of (H, W), so nothing of size d
+    is drawn. Every other init is built in R^d (:func:`ncsim.models.init.initial_state`) and
+    projected.
+    """
+    exact = GramObjective(model, "cpu", torch.float64)
+    out = torch.empty(len(inits), exact.layout.size, dtype=torch.float64)
+    by_factor = [i for i, init in enumerate(inits)
+                 if init.kind == "gaussian" and draws_gram_factor(model)]
+    in_space = [i for i in range(len(inits)) if i not in set(by_factor)]
+    if by_factor:
+        factors = torch.stack([gram_factor(model, inits[i])[0] for i in by_factor])
+        n = model.num_samples
+        bias = (torch.zeros(len(by_factor), model.classes, dtype=torch.float64)
+                if model.has_bias else None)
+        out[by_factor] = exact.from_parameters(factors[:, :n].transpose(1, 2), factors[:, n:],
+                                               bias)
+    if in_space:
+        lay = state_layout(model)
+        y = initial_state(model, [inits[i] for i in in_space], "cpu", torch.float64)
+        out[in_space] = exact.from_parameters(lay.view(y, "H"), lay.view(y, "W1"),
+                                              lay.view(y, "b") if "b" in lay else None)
+    return out
 
 
 class GramObjective:

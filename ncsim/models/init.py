@@ -4,7 +4,17 @@ Each run draws its random numbers from its own generator seeded with its own see
 float64 on the CPU, so a run starts from the same point whatever batch, device or dtype it
 is solved in. The bias starts at 0.
 
-- gaussian: every entry of H and W_l is N(0, scale^2).
+- gaussian: every entry of H and W_l is N(0, scale^2). For the one-layer UFM with
+  d > N + K the draw goes through the Gram factor of M = [H^T; W] ((N + K), d): M = L F^T,
+  with L (N + K, N + K) lower triangular with Bartlett entries (N(0, 1) below the diagonal,
+  sqrt(chi^2 with d - i degrees of freedom) on it at row i = 0, 1, ...) and F (d, N + K) a
+  Haar-random orthonormal frame, both times ``scale``. That is the LQ decomposition of a
+  Gaussian matrix, so M has exactly the distribution of iid N(0, scale^2) entries; but the
+  inner products M M^T = L L^T need only L, so the Gram form (:mod:`ncsim.models.gram`)
+  starts without anything of size d and its cost does not depend on d. These draws come
+  from numpy's PCG64 generator (``numpy.random.default_rng(seed)``: the strict lower
+  triangle of L row by row, its diagonal, then the (d, N + K) Gaussian whose QR gives F);
+  all other draws from torch's CPU generator.
 - spectral: balanced and aligned with the label modes: with r modes (K for MSE without bias,
   else the K-1 centred modes), H = a U_0 V^T, W_l = a U_l U_{l-1}^T, W_L = a U_K U_{L-1}^T with
   orthonormal U (random rotations from the run's seed) and V the label modes, so every factor
@@ -33,10 +43,16 @@ from ncsim.spec import InitSpec, ModelSpec, spectral_rank
 _RUNS_PER_THREAD = 16  # fewer runs per thread are drawn on the calling thread alone
 
 
+def _haar_columns(gaussian: torch.Tensor) -> torch.Tensor:
+    """The Haar-random orthonormal columns (rows, cols) of a (rows, cols) float64 Gaussian
+    matrix (rows >= cols): its QR factor Q with the signs that make diag(R) positive."""
+    q, r = torch.linalg.qr(gaussian)
+    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+
+
 def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
     """Random (rows, cols) matrix with orthonormal columns (rows >= cols), float64."""
-    q, r = torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+    return _haar_columns(torch.randn(rows, cols, generator=gen, dtype=torch.float64))
 
 
 def _centred_basis(k: int) -> torch.Tensor:
@@ -65,6 +81,38 @@ def label_modes(model: ModelSpec, centred: bool) -> tuple[torch.Tensor, torch.Te
     return u, v
 
 
+def draws_gram_factor(model: ModelSpec) -> bool:
+    """Whether a gaussian init of ``model`` is drawn through its Gram factor (the one-layer
+    UFM with d > N + K, see the module docstring)."""
+    return model.kind == "ufm" and model.dim > model.num_samples + model.classes
+
+
+def gram_factor(model: ModelSpec, init: InitSpec) -> tuple[torch.Tensor, np.random.Generator]:
+    """The Gram factor L (N + K, N + K) of a gaussian init with :func:`draws_gram_factor`,
+    float64 and lower triangular, already times ``scale``; and the run's generator after it
+    (the frame F is drawn from it next).
+
+    Rows 0..N-1 of L belong to h_1..h_N, rows N..N+K-1 to w_1..w_K: H^T H = L_H L_H^T,
+    W H = L_W L_H^T and W W^T = L_W L_W^T.
+    """
+    p = model.num_samples + model.classes
+    rng = np.random.default_rng(int(init.seed))
+    factor = np.zeros((p, p))
+    rows, cols = np.tril_indices(p, -1)
+    factor[rows, cols] = rng.standard_normal(rows.size)
+    factor[np.arange(p), np.arange(p)] = np.sqrt(rng.chisquare(model.dim - np.arange(p)))
+    return torch.from_numpy(factor * init.scale), rng
+
+
+def _gaussian_through_factor(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
+    """H (d, N) and W1 (K, d) of a gaussian init with :func:`draws_gram_factor`: M = L F^T."""
+    factor, rng = gram_factor(model, init)
+    frame = _haar_columns(torch.from_numpy(rng.standard_normal((model.dim, factor.shape[0]))))
+    m = factor @ frame.T
+    n = model.num_samples
+    return {"H": m[:n].T.contiguous(), "W1": m[n:].contiguous()}
+
+
 def _draw_gaussian(model: ModelSpec, init: InitSpec, blocks: dict[str, torch.Tensor]) -> None:
     """Fill the contiguous float64 blocks H, W1..WL (fresh tensors or views of a state row)
     with N(0, scale^2) entries from the run's generator, in that order (``normal_`` on a
@@ -75,6 +123,8 @@ def _draw_gaussian(model: ModelSpec, init: InitSpec, blocks: dict[str, torch.Ten
 
 
 def _gaussian(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
+    if draws_gram_factor(model):
+        return _gaussian_through_factor(model, init)
     parts = {"H": torch.empty(model.dim, model.num_samples, dtype=torch.float64)}
     for l, shape in enumerate(model.layer_shapes):
         parts[f"W{l + 1}"] = torch.empty(*shape, dtype=torch.float64)
@@ -153,8 +203,9 @@ def _write_initial(model: ModelSpec, init: InitSpec, layout: StateLayout, row: t
                    ) -> None:
     """Write one run's initial state into ``row`` (1, P), float64 on the CPU: a Gaussian draw
     straight into the row's blocks (:func:`_draw_gaussian`, as :func:`initial_parts` draws
-    it), the other kinds built by :func:`initial_parts` and copied in."""
-    if init.kind != "gaussian":
+    it), the other kinds (and a gaussian init drawn through its Gram factor) built by
+    :func:`initial_parts` and copied in."""
+    if init.kind != "gaussian" or draws_gram_factor(model):
         layout.write({k: v.unsqueeze(0) for k, v in initial_parts(model, init).items()}, row)
         return
     _draw_gaussian(model, init, {b.name: layout.view(row, b.name)[0] for b in layout.blocks})
