@@ -32,7 +32,7 @@ from ncsim.models.init import draws_gram_factor, gram_factor, initial_state
 from ncsim.models.layout import StateLayout
 from ncsim.models.losses import logit_gradient, loss_value
 from ncsim.models.ufm import Penalties, labels_for, state_layout
-from ncsim.products import bmm
+from ncsim.products import bmm, matmul
 from ncsim.spec import REDUCTIONS, InitSpec, ModelSpec
 
 __all__ = ["REDUCTIONS", "GramObjective", "gram_layout", "gram_size", "initial_gram_state",
@@ -267,7 +267,7 @@ class GramObjective:
         eye = torch.eye(k, dtype=s.dtype, device=s.device)
         diag_b = torch.diagonal(bb, dim1=1, dim2=2)
         fn = diag_b.clamp_min(0.0).sqrt().mean(1)
-        bc = bb @ self.avg  # (R, N, K): h_i . mu_c
+        bc = matmul(bb, self.avg)  # (R, N, K): h_i . mu_c
         mg = self.avg.T @ bc  # (R, K, K): mu_a . mu_c
         mbar_g = self.centre @ mg @ self.centre.T  # Mbar Mbar^T
         # within-class Gram Bc = D B D with D = I - onehot C^T (centred features).
@@ -280,7 +280,7 @@ class GramObjective:
         # nc1: |Fw B^+|_F^2 with Fw B^T = D B C P^T Q / sqrt(N) and B B^T = Q^T Mbar Mbar^T Q.
         q = self.basis
         cross = bc @ (self.centre.T @ q)  # (R, N, K-1): h_i . (Q^T Mbar)_j
-        cross = cross - (self.onehot.T @ (self.avg.T @ cross))  # rows minus their class mean
+        cross = cross - matmul(self.onehot.T, matmul(self.avg.T, cross))  # minus class means
         gm = q.T @ mbar_g @ q
         value = _nc1_value(gm, cross.to(torch.float64) / n ** 0.5, s.dtype).to(s.dtype)
         nc1 = torch.where(tr_b > 0, value, within_energy / tr_b)
