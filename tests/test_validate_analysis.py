@@ -161,3 +161,11 @@ def test_analyze_ncsim_log_schema():
                          "model": "mlp", "dataset": "digits", "condition": "c", "seed": 0})
     out = analyze(traj, OnsetRule.preset("rupa2026"))
     assert out["runs"].onset_epoch[0] == 40 and out["runs"].fn_star[0] == 1.0
+
+
+def test_run_table_refuses_a_table_without_records():
+    """An empty trajectory table (columns, no rows) is refused with a message, not tabulated
+    into a table without columns that the group statistics then trip over."""
+    empty = pd.DataFrame(columns=["run_id", "time", "fn", "nc1", "phase"])
+    with pytest.raises(InputError, match="no records"):
+        run_table(empty, OnsetRule.preset("rupa2026"))

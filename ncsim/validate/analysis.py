@@ -101,7 +101,12 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float]:
 
 
 def run_table(traj: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
-    """One row per run: labels, ``onset_epoch``, ``fn_star``, ``status``."""
+    """One row per run: labels, ``onset_epoch``, ``fn_star``, ``status``.
+
+    Raises :class:`InputError` when ``traj`` has no records (there is no run to tabulate)."""
+    if traj.empty:
+        raise InputError("the training logs hold no records, so there is no run to "
+                         "tabulate; read logs with at least one epoch each")
     rows = []
     for run_id, part in traj.groupby("run_id", sort=False):
         part = part.sort_values("time", kind="stable")
