@@ -178,3 +178,40 @@ def test_run_chunk_gives_each_run_its_own_trajectory(tmp_path):
         want = table[table["run_id"] == row["sim_run_id"]].drop(columns="run_id")
         assert len(traj) == 40
         pd.testing.assert_frame_equal(traj, want.reset_index(drop=True))
+
+
+def test_a_run_whose_simulator_id_changed_is_computed_again(tmp_path):
+    """A finished simulated run whose stored ``sim_run_id`` is not the one its parameters
+    give now (a result of an older simulator, e.g. of an older draw of the initial state) is
+    computed again on resume; the other finished run is kept as it is."""
+    study = load_study(_spec(tmp_path, 2))
+    out = tmp_path / "out"
+    run_study(study, out, progress=False)
+    store = Store(out)
+    old, kept = (d.run_id for d in study.runs())
+    row = pd.read_parquet(store.run_file(old))
+    current = row["sim_run_id"].iloc[0]
+    row["sim_run_id"], row["final_fn"] = "0123456789ab", -1.0
+    row.to_parquet(store.run_file(old))
+    kept_mtime = store.run_file(kept).stat().st_mtime_ns
+    again = run_study(study, out, progress=False)
+    assert (again.computed, again.skipped) == (1, 1)
+    redone = pd.read_parquet(store.run_file(old))
+    assert redone["sim_run_id"].iloc[0] == current and redone["final_fn"].iloc[0] > 0
+    assert store.run_file(kept).stat().st_mtime_ns == kept_mtime
+    assert run_study(study, out, progress=False).computed == 0
+
+
+def test_an_intervention_run_stores_its_simulator_id(tmp_path):
+    """An intervention run's row names the simulator id of its spec, as a plain run's does,
+    so that a change of what the simulator computes for it is seen on resume."""
+    from ncsim.flow.simulate import run_id
+    from ncsim.study.compute import run_chunk
+    from ncsim.study.spec import RunDesc, run_spec
+
+    plain = load_study(_spec(tmp_path, 1)).runs()[0]
+    desc = RunDesc(plain.part, plain.model, {**plain.params, "intervene_time": 100.0,
+                                             "intervene_alpha": 0.5})
+    (rid, row, traj), = run_chunk([desc])
+    assert rid == desc.run_id and row["sim_run_id"] == run_id(run_spec(desc.params))
+    assert set(traj["phase"]) == {1, 2}

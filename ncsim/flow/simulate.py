@@ -127,7 +127,8 @@ def run_id(spec: RunSpec) -> str:
     also keeps the identifiers of runs made before it existed). A gaussian init drawn
     through its Gram factor (:func:`ncsim.models.init.draws_gram_factor`) is marked
     ``init_draw``: such runs once drew (H, W) entry by entry, so their stored results are
-    not those of the same spec now."""
+    not those of the same spec now (a study computes a run again when its stored
+    ``sim_run_id`` is not the current one: :func:`ncsim.study.runner.stale_runs`)."""
     row = spec.to_row()
     if spec.init.kind == "gaussian" and draws_gram_factor(spec.model):
         row["init_draw"] = "gram_factor"

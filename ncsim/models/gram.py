@@ -72,13 +72,13 @@ def initial_gram_state(model: ModelSpec, inits: list[InitSpec]) -> Tensor:
     A gaussian init drawn through its Gram factor L (:func:`ncsim.models.init.gram_factor`)
     starts from L alone: (L_H^T, L_W) have the inner products of (H, W), so nothing of size d
     is drawn. Every other init is built in R^d (:func:`ncsim.models.init.initial_state`) and
-    projected.
+    projected. A float32 batch rounds these float64 Gram states, not the parameters.
     """
     exact = GramObjective(model, "cpu", torch.float64)
     out = torch.empty(len(inits), exact.layout.size, dtype=torch.float64)
-    by_factor = [i for i, init in enumerate(inits)
-                 if init.kind == "gaussian" and draws_gram_factor(model)]
-    in_space = [i for i in range(len(inits)) if i not in set(by_factor)]
+    wide = draws_gram_factor(model)
+    by_factor = [i for i, init in enumerate(inits) if wide and init.kind == "gaussian"]
+    in_space = [i for i, init in enumerate(inits) if not (wide and init.kind == "gaussian")]
     if by_factor:
         factors = torch.stack([gram_factor(model, inits[i])[0] for i in by_factor])
         n = model.num_samples

@@ -5,16 +5,21 @@ float64 on the CPU, so a run starts from the same point whatever batch, device o
 is solved in. The bias starts at 0.
 
 - gaussian: every entry of H and W_l is N(0, scale^2). For the one-layer UFM with
-  d > N + K the draw goes through the Gram factor of M = [H^T; W] ((N + K), d): M = L F^T,
-  with L (N + K, N + K) lower triangular with Bartlett entries (N(0, 1) below the diagonal,
-  sqrt(chi^2 with d - i degrees of freedom) on it at row i = 0, 1, ...) and F (d, N + K) a
-  Haar-random orthonormal frame, both times ``scale``. That is the LQ decomposition of a
+  d > N + K the draw goes through the Gram factor of M = [H^T; W] ((N + K), d):
+  M = scale L F^T, with L (N + K, N + K) lower triangular with Bartlett entries (N(0, 1)
+  below the diagonal, sqrt(chi^2 with d - i degrees of freedom) on it at row i = 0, 1, ...)
+  and F (d, N + K) a Haar-random orthonormal frame. That is the LQ decomposition of a
   Gaussian matrix, so M has exactly the distribution of iid N(0, scale^2) entries; but the
   inner products M M^T = L L^T need only L, so the Gram form (:mod:`ncsim.models.gram`)
   starts without anything of size d and its cost does not depend on d. These draws come
   from numpy's PCG64 generator (``numpy.random.default_rng(seed)``: the strict lower
   triangle of L row by row, its diagonal, then the (d, N + K) Gaussian whose QR gives F);
-  all other draws from torch's CPU generator.
+  all other draws from torch's CPU generator. The frame costs O(d (N + K)^2) once per run in
+  the d-space and class-means forms (60 ms at d = 4096, N + K = 210; 2.5 s at N + K = 2010),
+  against O(d (N + K)) for entry-by-entry draws; and LAPACK's QR may round differently on
+  another number of threads, so these starts agree across thread counts to rounding
+  (2e-14 of their size at N + K = 210), not bit for bit (the Gram starts too: their
+  products change library with the thread count, :mod:`ncsim.products`).
 - spectral: balanced and aligned with the label modes: with r modes (K for MSE without bias,
   else the K-1 centred modes), H = a U_0 V^T, W_l = a U_l U_{l-1}^T, W_L = a U_K U_{L-1}^T with
   orthonormal U (random rotations from the run's seed) and V the label modes, so every factor
@@ -221,7 +226,8 @@ def initial_state(
     With at least 16 runs per thread, the runs are split over up to
     ``torch.get_num_threads()`` Python threads (torch releases the GIL while it draws); each
     run draws from its own generator into its own row, so the values do not depend on the
-    number of threads.
+    number of Python threads (a wide one-layer UFM's frame F is a QR, equal across torch's
+    thread counts to rounding only: see the module docstring).
     """
     layout = state_layout(model)
     out = torch.empty(len(inits), layout.size, dtype=torch.float64)

@@ -49,7 +49,9 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
             no_progress: bool) -> None:
     """Run SPEC (a .toml file or a study name); without SPEC, the quick weight-decay study.
 
-    Finished runs in --out are skipped, so an interrupted study resumes where it stopped.
+    Finished runs in --out are skipped, so an interrupted study resumes where it stopped;
+    a simulated run whose stored simulator id differs from the one its parameters give now
+    (this version simulates it differently) is computed again.
     """
     from ncsim.study.runner import run_study
     from ncsim.study.spec import load_study

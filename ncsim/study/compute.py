@@ -89,7 +89,7 @@ def _intervention(desc: RunDesc) -> Result:
     onset and fn at onset are read from the joined series. When the first segment stops before
     t1 (diverged, stalled, or out of steps), the run is that segment alone, with its status.
     """
-    from ncsim.flow.simulate import simulate
+    from ncsim.flow.simulate import run_id, simulate
     from ncsim.onset import onset_time, value_at
     from ncsim.spec import InitSpec
 
@@ -102,7 +102,7 @@ def _intervention(desc: RunDesc) -> Result:
     first_row = first.runs.iloc[0].to_dict()
     traj1 = first.trajectories.drop(columns="run_id").assign(phase=1)
     if first_row["status"] in STOPPED_EARLY:  # the flow ended before t1: nothing to continue
-        row = {**first_row, **spec.to_row(), **_labels(desc),
+        row = {**first_row, **spec.to_row(), **_labels(desc), "sim_run_id": run_id(spec),
                "fn_before_intervention": math.nan, "fn_after_intervention": math.nan,
                "onset_before_intervention": bool(math.isfinite(first_row["onset_time"]))}
         row.pop("run_id", None)
@@ -138,7 +138,8 @@ def _intervention(desc: RunDesc) -> Result:
         when = fn_on = math.nan                   # vanish is no onset (one before t1 stays)
     fn2 = traj2["fn"].to_numpy(np.float64)
     row.update(_labels(desc))
-    row.update({"status": status, "onset_time": when, "fn_at_onset": fn_on,
+    row.update({"sim_run_id": run_id(spec), "status": status, "onset_time": when,
+                "fn_at_onset": fn_on,
                 "t_final": float(row["t_final"]) + t1, "init_kind": spec.init.kind,
                 "fn_before_intervention": float(first.runs["final_fn"].iloc[0]),
                 "fn_after_intervention": float(fn2[0]),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ncsim.study.executors import check_executor, execute
-from ncsim.study.spec import RunDesc, Study, build
+from ncsim.study.spec import RunDesc, Study, build, run_spec
 from ncsim.study.store import FAILED, Store
 
 DEFAULT_CHUNK = 8
@@ -51,8 +51,10 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
               workers: int | None = None, report: bool = True) -> RunSummary:
     """Compute every unfinished run of ``study`` into ``out`` and write tables and report.
 
-    Finished runs (their part files) are never recomputed unless ``force``; failed runs are
-    retried with ``retry_failed`` (or ``force``).
+    Finished runs (their part files) are not recomputed unless ``force``, or unless they are
+    stale (:func:`stale_runs`: simulated runs whose stored simulator id differs from the
+    one their parameters give now); failed runs are retried with ``retry_failed`` (or
+    ``force``).
     """
     check_executor(executor, address)
     start = time.perf_counter()
@@ -62,6 +64,19 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
                                            retry_failed, progress, workers, report)
     return RunSummary(total=total, skipped=total - computed, computed=computed, failed=failed,
                       seconds=time.perf_counter() - start, out=Path(out))
+
+
+def stale_runs(store: Store, descs: list[RunDesc]) -> set[str]:
+    """Finished simulated runs whose stored simulator id (``sim_run_id``) is not the one their
+    parameters give now: the simulator computes something else for them (e.g. a new draw of
+    the initial state), so they are computed again. Rows without ``sim_run_id`` (trained
+    runs, and intervention runs stored before it was written) are kept."""
+    from ncsim.flow.simulate import run_id
+
+    stored = store.stored("sim_run_id")
+    return {d.run_id for d in descs
+            if d.model == "simulated" and isinstance(stored.get(d.run_id), str)
+            and stored[d.run_id] != run_id(run_spec(d.params))}
 
 
 def _compute(study: Study, store: Store, out: str | Path, executor: str, address: str | None,
@@ -74,7 +89,7 @@ def _compute(study: Study, store: Store, out: str | Path, executor: str, address
     descs = study.runs()
     ids = [d.run_id for d in descs]
     store.bind({**study.to_dict(), "run_ids": ids, "provenance": provenance()}, force=force)
-    todo = set(store.pending(ids, force, retry_failed))
+    todo = set(store.pending(ids, force, retry_failed)) | stale_runs(store, descs)
     pending = [d for d in descs if d.run_id in todo]
     bar = None
     if progress:

@@ -129,6 +129,17 @@ class Store:
                 continue
         return out
 
+    def stored(self, column: str) -> dict[str, Any]:
+        """The value of ``column`` in every finished run's row that has it, by run id."""
+        out = {}
+        for path in sorted(self.parts.glob("*.run.parquet")):
+            try:
+                frame = pd.read_parquet(path, columns=[column])
+            except Exception:  # an unreadable file, or a row without the column
+                continue
+            out[path.name[: -len(".run.parquet")]] = frame[column].iloc[0]
+        return out
+
     def pending(self, run_ids: list[str], force: bool = False,
                 retry_failed: bool = False) -> list[str]:
         """Run ids still to compute."""
