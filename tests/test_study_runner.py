@@ -215,3 +215,22 @@ def test_an_intervention_run_stores_its_simulator_id(tmp_path):
     (rid, row, traj), = run_chunk([desc])
     assert rid == desc.run_id and row["sim_run_id"] == run_id(run_spec(desc.params))
     assert set(traj["phase"]) == {1, 2}
+
+
+def test_a_spec_repeated_in_a_batch_is_not_stale(tmp_path):
+    """Two parts with the same simulated spec share a batch, where the second gets the id
+    ``<id>-1``: a rerun keeps both (the suffix is not a changed simulator id)."""
+    extra = """
+[[parts]]
+name = "copy"
+model = "simulated"
+[parts.grid]
+seed = [0]
+"""
+    study = load_study(_spec(tmp_path, 1, chunk=4, extra=extra))
+    out = tmp_path / "out"
+    assert run_study(study, out, progress=False).computed == 2
+    sim_ids = sorted(Store(out).stored("sim_run_id").values())
+    assert sim_ids[1] == f"{sim_ids[0]}-1"
+    again = run_study(study, out, progress=False)
+    assert (again.computed, again.skipped) == (0, 2)

@@ -69,14 +69,16 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
 def stale_runs(store: Store, descs: list[RunDesc]) -> set[str]:
     """Finished simulated runs whose stored simulator id (``sim_run_id``) is not the one their
     parameters give now: the simulator computes something else for them (e.g. a new draw of
-    the initial state), so they are computed again. Rows without ``sim_run_id`` (trained
-    runs, and intervention runs stored before it was written) are kept."""
+    the initial state), so they are computed again. A spec repeated in one batch is stored
+    with a ``-k`` suffix (:func:`ncsim.flow.simulate.unique_run_ids`), which is not compared.
+    Rows without ``sim_run_id`` (trained runs, and intervention runs stored before it was
+    written) are kept."""
     from ncsim.flow.simulate import run_id
 
     stored = store.stored("sim_run_id")
     return {d.run_id for d in descs
             if d.model == "simulated" and isinstance(stored.get(d.run_id), str)
-            and stored[d.run_id] != run_id(run_spec(d.params))}
+            and stored[d.run_id].split("-")[0] != run_id(run_spec(d.params))}
 
 
 def _compute(study: Study, store: Store, out: str | Path, executor: str, address: str | None,
