@@ -327,6 +327,16 @@ def _with_ratios(entry: dict[str, Any], dtypes: tuple[str, ...]) -> dict[str, An
     return entry
 
 
+def unused_path(path: Path) -> Path:
+    """``path`` if no file is there, else the first free ``<stem>_2<suffix>``,
+    ``<stem>_3<suffix>``, ... beside it (a default output never overwrites a result)."""
+    candidate, k = path, 1
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
+    return candidate
+
+
 def failed_ncsim_rows(results: dict[str, Any]) -> list[str]:
     """Names of the ncsim rows of W1 that failed (their ``error``): a variant (tsit5, CUDA
     graphs) is reported in its row so that the other measurements survive, but the command
@@ -657,7 +667,8 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
               help="Folder of the Fashion-MNIST IDX files for V1 (default: the Debian package "
                    "dataset-fashion-mnist).")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
-              help="JSON output (default benchmarks/results/<device>_<date>.json).")
+              help="JSON output (default: benchmarks/results/<device>_<date>.json in the "
+                   "source checkout, with _2, _3, ... when that file exists).")
 @handle_errors
 def bench(workload: tuple[str, ...], device: str, repeats: int, size: str, peers: bool,
           threads: int | None, peer_repeats: int | None, skip: tuple[str, ...],
@@ -669,7 +680,8 @@ def bench(workload: tuple[str, ...], device: str, repeats: int, size: str, peers
     text = json.dumps(results, indent=2, default=float)
     if out is None:
         stamp = datetime.date.today().isoformat()
-        out = str(ROOT / "benchmarks" / "results" / f"{device.split(':')[0]}_{stamp}.json")
+        out = str(unused_path(ROOT / "benchmarks" / "results"
+                              / f"{device.split(':')[0]}_{stamp}.json"))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text + "\n")
     click.echo(text)

@@ -371,3 +371,15 @@ def test_gram_accuracy_script_measures_error_against_a_tight_reference():
         tight, loose = rows["1e-09"], rows["1e-06"]
         assert case["ref_difference"] < tight["error"] < loose["error"] < 1e-4
         assert tight["steps"] > loose["steps"]
+
+
+def test_default_output_never_overwrites_a_result(tmp_path):
+    """The default JSON path takes the first free ``_k`` suffix beside an existing result."""
+    from ncsim.bench import unused_path
+
+    path = tmp_path / "cpu_2026-01-01.json"
+    assert unused_path(path) == path
+    path.write_text("{}")
+    assert unused_path(path) == tmp_path / "cpu_2026-01-01_2.json"
+    (tmp_path / "cpu_2026-01-01_2.json").write_text("{}")
+    assert unused_path(path) == tmp_path / "cpu_2026-01-01_3.json"

@@ -234,3 +234,31 @@ seed = [0]
     assert sim_ids[1] == f"{sim_ids[0]}-1"
     again = run_study(study, out, progress=False)
     assert (again.computed, again.skipped) == (0, 2)
+
+
+def test_chunks_put_the_cheap_work_first(tmp_path):
+    """Simulated runs of one batch structure go together, ``chunk`` at most; the batches come
+    first, then each intervention, then each training; every run is in exactly one chunk."""
+    from ncsim.study.runner import chunk_runs
+
+    extra = """
+[[parts]]
+name = "net"
+model = "trained"
+dataset = "gaussian"
+
+[[parts]]
+name = "kick"
+model = "simulated"
+intervene_time = 100.0
+[parts.grid]
+seed = [0]
+"""
+    study = load_study(_spec(tmp_path, 5, chunk=2, extra=extra))
+    descs = study.runs()
+    assert [d.part for d in descs] == ["ufm"] * 5 + ["net", "kick"]
+    chunks = chunk_runs(descs)
+    assert [[d.part for d in c] for c in chunks] == [
+        ["ufm", "ufm"], ["ufm", "ufm"], ["ufm"], ["kick"], ["net"]]
+    flat = [d.run_id for c in chunks for d in c]
+    assert sorted(flat) == sorted(d.run_id for d in descs)

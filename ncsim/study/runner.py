@@ -32,18 +32,23 @@ class RunSummary:
 
 def chunk_runs(descs: list[RunDesc]) -> list[list[RunDesc]]:
     """Chunks of work: simulated runs of one batch structure together (``chunk`` at most,
-    default 8); an intervention or a training is a chunk of its own."""
+    default 8); an intervention or a training is a chunk of its own. The cheap chunks come
+    first (simulated batches, then interventions, then trainings), so that an interrupted
+    study has kept them."""
     groups: dict[tuple, list[RunDesc]] = {}
-    chunks: list[list[RunDesc]] = []
+    interventions: list[list[RunDesc]] = []
+    trainings: list[list[RunDesc]] = []
     for desc in descs:
-        if desc.model != "simulated" or "intervene_time" in desc.params:
-            chunks.append([desc])
-            continue
-        key = (build(desc).batch_key(), desc.params.get("chunk", DEFAULT_CHUNK))
-        groups.setdefault(key, []).append(desc)
-    for (_, size), members in groups.items():
-        chunks += [members[k:k + size] for k in range(0, len(members), size)]
-    return chunks
+        if desc.model != "simulated":
+            trainings.append([desc])
+        elif "intervene_time" in desc.params:
+            interventions.append([desc])
+        else:
+            key = (build(desc).batch_key(), desc.params.get("chunk", DEFAULT_CHUNK))
+            groups.setdefault(key, []).append(desc)
+    chunks = [members[k:k + size] for (_, size), members in groups.items()
+              for k in range(0, len(members), size)]
+    return chunks + interventions + trainings
 
 
 def run_study(study: Study, out: str | Path, executor: str = "local", address: str | None = None,
