@@ -204,3 +204,28 @@ def test_loss_value_and_logit_gradient_against_torch(name):
                                atol=1e-16)
     with pytest.raises(ValueError, match="unknown loss"):
         loss_value("hinge", logits, onehot)
+
+
+def test_layout_view_is_the_sliced_view_of_any_state():
+    """``StateLayout.view`` gives ``state[:, start:stop].view(R, *shape)``: same values, same
+    memory (a write through it lands in the state), for a contiguous state, a row subset (a
+    storage offset) and a state with a column stride; a state of another width is refused."""
+    from ncsim.models.layout import StateLayout
+
+    lay = StateLayout([("Z", (3, 4)), ("A", (3, 3)), ("B", (4, 4)), ("b", (3,))])
+    base = torch.randn(lay.size, 6, dtype=torch.float64)
+    states = {"contiguous": torch.randn(3, lay.size, dtype=torch.float64),
+              "rows 1..2": torch.randn(3, lay.size, dtype=torch.float64)[1:],
+              "column stride 6": base.T[2:4]}
+    for label, state in states.items():
+        for block in lay.blocks:
+            got = lay.view(state, block.name)
+            want = state[:, block.start:block.stop].view(state.shape[0], *block.shape)
+            assert torch.equal(got, want), (label, block.name)
+            assert got.stride() == want.stride() and got.data_ptr() == want.data_ptr()
+        lay.view(state, "B")[:, 1, 2] = 7.0
+        assert torch.all(state[:, lay["B"].start + 6] == 7.0), label
+    with pytest.raises(ValueError, match=f"state must be \\(R, {lay.size}\\)"):
+        lay.view(torch.zeros(2, lay.size - 1, dtype=torch.float64), "Z")
+    with pytest.raises(ValueError, match="state must be"):
+        lay.view(torch.zeros(lay.size, dtype=torch.float64), "Z")

@@ -36,6 +36,8 @@ class StateLayout:
         self.blocks: tuple[Block, ...] = tuple(blocks)
         self.size = start
         self._by_name = {b.name: b for b in blocks}
+        # per block: start, shape and the row-major strides of its shape (in entries)
+        self._spans = {b.name: (b.start, b.shape, _row_major_strides(b.shape)) for b in blocks}
 
     def __getitem__(self, name: str) -> Block:
         return self._by_name[name]
@@ -44,9 +46,18 @@ class StateLayout:
         return name in self._by_name
 
     def view(self, state: torch.Tensor, name: str) -> torch.Tensor:
-        """View of block ``name`` in ``state`` (R, P): shape (R, *block.shape)."""
-        b = self._by_name[name]
-        return state[:, b.start:b.stop].view(state.shape[0], *b.shape)
+        """View of block ``name`` in ``state`` (R, P): shape (R, *block.shape).
+
+        The same view as ``state[:, start:stop].view(R, *shape)``, made with one
+        ``as_strided`` (half the host time: the right-hand sides take several per call)."""
+        start, shape, strides = self._spans[name]
+        if state.dim() != 2 or state.shape[1] != self.size:
+            raise ValueError(f"state must be (R, {self.size}), got {tuple(state.shape)}")
+        s0, s1 = state.stride()
+        if s1 != 1:
+            strides = tuple(x * s1 for x in strides)
+        return state.as_strided((state.shape[0], *shape), (s0, *strides),
+                                state.storage_offset() + start * s1)
 
     def pack(self, parts: dict[str, torch.Tensor], out: torch.Tensor | None = None
              ) -> torch.Tensor:
@@ -69,3 +80,12 @@ class StateLayout:
         r = next(iter(values.values())).shape[0]
         cols = [values[b.name].reshape(r, 1).expand(r, b.size) for b in self.blocks]
         return torch.cat(cols, dim=1)
+
+
+def _row_major_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Strides (in entries) of a contiguous tensor of ``shape``."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
