@@ -262,3 +262,23 @@ seed = [0]
         ["ufm", "ufm"], ["ufm", "ufm"], ["ufm"], ["kick"], ["net"]]
     flat = [d.run_id for c in chunks for d in c]
     assert sorted(flat) == sorted(d.run_id for d in descs)
+
+
+def test_an_unreachable_scheduler_is_reported_before_any_file(tmp_path, monkeypatch):
+    """``--executor dask --address`` connects before the study folder is made: an unreachable
+    scheduler leaves no folder behind (bad input writes no files)."""
+    from ncsim.errors import InputError
+
+    distributed = pytest.importorskip("dask.distributed")
+    calls = []
+
+    def refuse(address, timeout):
+        calls.append(address)
+        raise OSError(f"timed out after {timeout} connecting to {address}")
+
+    monkeypatch.setattr(distributed, "Client", refuse)
+    study = load_study(_spec(tmp_path, 1))
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="cannot reach the Dask scheduler at tcp://10.0.0.1:1"):
+        run_study(study, out, executor="dask", address="tcp://10.0.0.1:1", progress=False)
+    assert calls == ["tcp://10.0.0.1:1"] and not out.exists()

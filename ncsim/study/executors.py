@@ -75,29 +75,49 @@ def _process(chunks: list[list[RunDesc]], done: Done, workers: int | None) -> No
             done(future.result())
 
 
-def _dask(chunks: list[list[RunDesc]], done: Done, address: str | None,
-          workers: int | None) -> None:
+def _distributed():
+    """The ``dask.distributed`` module, or :class:`InputError` saying how to install it."""
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        import dask.distributed
     except ImportError:
         raise InputError("--executor dask needs dask[distributed]: pip install "
                          "'ncsim[dask]'") from None
+    return dask.distributed
+
+
+def connect(address: str):
+    """A ``distributed`` client of the scheduler at ``address``; :class:`InputError` when it
+    cannot be reached within 20 s."""
+    try:
+        return _distributed().Client(address, timeout="20s")
+    except OSError as err:
+        raise InputError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+
+
+def check_scheduler(executor: str, address: str | None) -> None:
+    """With ``--executor dask --address``, connect once and leave, so that an unreachable
+    scheduler is reported before a study writes anything."""
+    if executor == "dask" and address is not None:
+        connect(address).close()
+
+
+def _dask(chunks: list[list[RunDesc]], done: Done, address: str | None,
+          workers: int | None) -> None:
+    distributed = _distributed()
     cluster = None
     if address is None:
         import logging
 
-        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
-        client = Client(cluster)
+        cluster = distributed.LocalCluster(n_workers=workers or 2, threads_per_worker=1,
+                                           processes=True, dashboard_address=None,
+                                           silence_logs=logging.ERROR)
+        client = distributed.Client(cluster)
     else:
-        try:
-            client = Client(address, timeout="20s")
-        except OSError as err:
-            raise InputError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+        client = connect(address)
     try:
         client.run(_init_worker)
         futures = client.map(run_chunk, chunks, pure=False)
-        for future in as_completed(_iter(futures)):
+        for future in distributed.as_completed(_iter(futures)):
             done(future.result())
     finally:
         client.close()

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ncsim.study.executors import check_executor, execute
+from ncsim.study.executors import check_executor, check_scheduler, execute
 from ncsim.study.spec import RunDesc, Study, build, run_spec
 from ncsim.study.store import FAILED, Store
 
@@ -62,6 +62,7 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
     ``force``).
     """
     check_executor(executor, address)
+    check_scheduler(executor, address)
     start = time.perf_counter()
     store = Store(out)
     with store.lock():
