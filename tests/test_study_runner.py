@@ -262,6 +262,9 @@ seed = [0]
         ["ufm", "ufm"], ["ufm", "ufm"], ["ufm"], ["kick"], ["net"]]
     flat = [d.run_id for c in chunks for d in c]
     assert sorted(flat) == sorted(d.run_id for d in descs)
+    parallel = chunk_runs(descs, cheap_first=False)  # workers in parallel: long work first
+    assert [[d.part for d in c] for c in parallel] == [
+        ["net"], ["kick"], ["ufm", "ufm"], ["ufm", "ufm"], ["ufm"]]
 
 
 def test_an_unreachable_scheduler_is_reported_before_any_file(tmp_path, monkeypatch):
@@ -282,3 +285,49 @@ def test_an_unreachable_scheduler_is_reported_before_any_file(tmp_path, monkeypa
     with pytest.raises(InputError, match="cannot reach the Dask scheduler at tcp://10.0.0.1:1"):
         run_study(study, out, executor="dask", address="tcp://10.0.0.1:1", progress=False)
     assert calls == ["tcp://10.0.0.1:1"] and not out.exists()
+
+
+def test_a_finished_study_reruns_without_its_scheduler(tmp_path, monkeypatch):
+    """Rerunning a finished study folder with ``--executor dask --address`` does not need
+    the scheduler (nothing is left to compute, and the folder exists already)."""
+    distributed = pytest.importorskip("dask.distributed")
+    study = load_study(_spec(tmp_path, 2))
+    out = tmp_path / "out"
+    run_study(study, out, progress=False)
+    calls = []
+
+    def refuse(address, timeout):
+        calls.append(address)
+        raise OSError("refused")
+
+    monkeypatch.setattr(distributed, "Client", refuse)
+    again = run_study(study, out, executor="dask", address="tcp://10.0.0.1:1", progress=False)
+    assert (again.computed, again.skipped, calls) == (0, 2, [])
+
+
+def test_old_intervention_rows_of_a_wide_gaussian_start_are_stale(tmp_path):
+    """An intervention row stored before rows named their ``sim_run_id`` is recomputed when
+    its gaussian init is now drawn through its Gram factor (d > N + K), and kept otherwise."""
+    extra = """
+[[parts]]
+name = "kick"
+model = "simulated"
+intervene_time = 100.0
+[parts.grid]
+dim = [8, 20]
+"""
+    study = load_study(_spec(tmp_path, 1, extra=extra))
+    out = tmp_path / "out"
+    run_study(study, out, progress=False)
+    store = Store(out)
+    kicks = {d.params["dim"]: d.run_id for d in study.runs() if d.part == "kick"}
+    for rid in kicks.values():
+        row = pd.read_parquet(store.run_file(rid))
+        row.drop(columns="sim_run_id").to_parquet(store.run_file(rid))
+    wide_mtime = store.run_file(kicks[20]).stat().st_mtime_ns
+    narrow_mtime = store.run_file(kicks[8]).stat().st_mtime_ns
+    again = run_study(study, out, progress=False)
+    assert (again.computed, again.skipped) == (1, 2)
+    assert store.run_file(kicks[20]).stat().st_mtime_ns != wide_mtime
+    assert store.run_file(kicks[8]).stat().st_mtime_ns == narrow_mtime
+    assert "sim_run_id" in pd.read_parquet(store.run_file(kicks[20])).columns

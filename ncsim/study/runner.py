@@ -30,11 +30,14 @@ class RunSummary:
     out: Path
 
 
-def chunk_runs(descs: list[RunDesc]) -> list[list[RunDesc]]:
+def chunk_runs(descs: list[RunDesc], cheap_first: bool = True) -> list[list[RunDesc]]:
     """Chunks of work: simulated runs of one batch structure together (``chunk`` at most,
-    default 8); an intervention or a training is a chunk of its own. The cheap chunks come
-    first (simulated batches, then interventions, then trainings), so that an interrupted
-    study has kept them."""
+    default 8); an intervention or a training is a chunk of its own.
+
+    ``cheap_first`` (one chunk after the other, the ``local`` executor): simulated batches,
+    then interventions, then trainings, so that an interrupted study has kept the cheap runs.
+    Otherwise (workers in parallel) the long chunks go first, trainings then interventions
+    then batches, so that they do not start last and leave the other workers idle."""
     groups: dict[tuple, list[RunDesc]] = {}
     interventions: list[list[RunDesc]] = []
     trainings: list[list[RunDesc]] = []
@@ -48,7 +51,9 @@ def chunk_runs(descs: list[RunDesc]) -> list[list[RunDesc]]:
             groups.setdefault(key, []).append(desc)
     chunks = [members[k:k + size] for (_, size), members in groups.items()
               for k in range(0, len(members), size)]
-    return chunks + interventions + trainings
+    if cheap_first:
+        return chunks + interventions + trainings
+    return trainings + interventions + chunks
 
 
 def run_study(study: Study, out: str | Path, executor: str = "local", address: str | None = None,
@@ -62,9 +67,10 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
     ``force``).
     """
     check_executor(executor, address)
-    check_scheduler(executor, address)
-    start = time.perf_counter()
     store = Store(out)
+    if not store.study_path.exists():  # a new folder: an unreachable scheduler leaves none
+        check_scheduler(executor, address)
+    start = time.perf_counter()
     with store.lock():
         computed, failed, total = _compute(study, store, out, executor, address, force,
                                            retry_failed, progress, workers, report)
@@ -77,14 +83,28 @@ def stale_runs(store: Store, descs: list[RunDesc]) -> set[str]:
     parameters give now: the simulator computes something else for them (e.g. a new draw of
     the initial state), so they are computed again. A spec repeated in one batch is stored
     with a ``-k`` suffix (:func:`ncsim.flow.simulate.unique_run_ids`), which is not compared.
-    Rows without ``sim_run_id`` (trained runs, and intervention runs stored before it was
-    written) are kept."""
+    A finished intervention row without ``sim_run_id`` (stored before it was written) is
+    stale when its init is drawn through the Gram factor
+    (:func:`ncsim.models.init.draws_gram_factor`): it came from the entry-by-entry draw.
+    Trained and failed rows are kept."""
     from ncsim.flow.simulate import run_id
+    from ncsim.models.init import draws_gram_factor
 
     stored = store.stored("sim_run_id")
-    return {d.run_id for d in descs
-            if d.model == "simulated" and isinstance(stored.get(d.run_id), str)
-            and stored[d.run_id].split("-")[0] != run_id(run_spec(d.params))}
+    done = store.statuses()
+    stale = set()
+    for d in descs:
+        if d.model != "simulated" or done.get(d.run_id, FAILED) == FAILED:
+            continue
+        spec = run_spec(d.params)
+        sim_id = stored.get(d.run_id)
+        if isinstance(sim_id, str):
+            if sim_id.split("-")[0] != run_id(spec):
+                stale.add(d.run_id)
+        elif ("intervene_time" in d.params and spec.init.kind == "gaussian"
+              and draws_gram_factor(spec.model)):
+            stale.add(d.run_id)
+    return stale
 
 
 def _compute(study: Study, store: Store, out: str | Path, executor: str, address: str | None,
@@ -114,7 +134,8 @@ def _compute(study: Study, store: Store, out: str | Path, executor: str, address
             bar.set_postfix(left=bar.total - bar.n)
 
     try:
-        execute(chunk_runs(pending), executor, on_done, address, workers)
+        execute(chunk_runs(pending, cheap_first=executor == "local"), executor, on_done,
+                address, workers)
     finally:
         if bar is not None:
             bar.close()
