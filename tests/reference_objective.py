@@ -7,7 +7,10 @@ counts, per-layer decays, hidden width and bias mode: the reference that scipy m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from scipy.optimize import minimize
 
 
 class Objective:
@@ -99,3 +102,18 @@ class Objective:
         for i, W in enumerate(mats[1:]):
             out[f"norm_W{i + 1}"] = float(np.linalg.norm(W))
         return out
+
+
+def minimise(obj: Objective, scales: Sequence[float], seed: int = 0,
+             gtol: float = 1e-12) -> tuple[np.ndarray, float]:
+    """Lowest L-BFGS-B end point of ``obj`` over one random start per scale (entries
+    N(0, (scale / sqrt(d))^2), drawn in that order from ``seed``); (x, f)."""
+    rng = np.random.default_rng(seed)
+    best = None
+    for sc in scales:
+        x0 = rng.normal(0.0, sc / np.sqrt(obj.d), obj.size)
+        res = minimize(obj, x0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": 50000, "maxcor": 30, "ftol": 1e-16, "gtol": gtol})
+        if best is None or res.fun < best.fun:
+            best = res
+    return best.x, float(best.fun)

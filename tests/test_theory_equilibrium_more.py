@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from reference_objective import Objective
+from reference_objective import minimise as reference_minimise
 from scipy.optimize import minimize
 
 from ncsim.errors import InputError
@@ -54,15 +55,7 @@ mp.mp.dps = 30
 def minimise(obj: Objective, scales: tuple[float, ...] = (1e-3, 0.5, 1.0, 2.0, 4.0),
              seed: int = 0) -> tuple[np.ndarray, float]:
     """Lowest L-BFGS-B end point over random starts of the given scales (one near the origin)."""
-    rng = np.random.default_rng(seed)
-    best = None
-    for sc in scales:
-        x0 = rng.normal(0.0, sc / math.sqrt(obj.d), obj.size)
-        res = minimize(obj, x0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": 50000, "maxcor": 30, "ftol": 1e-16, "gtol": 1e-12})
-        if best is None or res.fun < best.fun:
-            best = res
-    return best.x, float(best.fun)
+    return reference_minimise(obj, scales, seed, gtol=1e-12)
 
 
 def test_reference_gradient_matches_finite_differences():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from reference_objective import Objective
-from scipy.optimize import minimize
+from reference_objective import minimise as reference_minimise
 
 from ncsim.theory import equilibrium, lambda_crit
 
@@ -43,16 +43,8 @@ class MatrixObjective(Objective):
 def minimise(obj: MatrixObjective, restarts: int = 4, seed: int = 0,
              guess_scale: float = 1.0) -> tuple[np.ndarray, float]:
     """Best L-BFGS-B result over random restarts of several scales (incl. near the origin)."""
-    rng = np.random.default_rng(seed)
-    best = None
     scales = [1e-3] + [guess_scale * f for f in np.geomspace(0.3, 1.5, restarts)]
-    for sc in scales:
-        x0 = rng.normal(0.0, sc / np.sqrt(obj.d), obj.size)
-        res = minimize(obj, x0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": 50000, "maxcor": 30, "ftol": 1e-16, "gtol": 1e-11})
-        if best is None or res.fun < best.fun:
-            best = res
-    return best.x, float(best.fun)
+    return reference_minimise(obj, scales, seed, gtol=1e-11)
 
 
 def _guess(loss: str, depth: int) -> float:
