@@ -90,14 +90,14 @@ def stale_runs(store: Store, descs: list[RunDesc]) -> set[str]:
     from ncsim.flow.simulate import run_id
     from ncsim.models.init import draws_gram_factor
 
-    stored = store.stored("sim_run_id")
-    done = store.statuses()
+    rows = store.rows(["status", "sim_run_id"])  # one read of each run file
     stale = set()
     for d in descs:
-        if d.model != "simulated" or done.get(d.run_id, FAILED) == FAILED:
+        row = rows.get(d.run_id, {})
+        if d.model != "simulated" or row.get("status", FAILED) == FAILED:
             continue
         spec = run_spec(d.params)
-        sim_id = stored.get(d.run_id)
+        sim_id = row.get("sim_run_id")
         if isinstance(sim_id, str):
             if sim_id.split("-")[0] != run_id(spec):
                 stale.add(d.run_id)
