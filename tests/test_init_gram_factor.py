@@ -171,8 +171,8 @@ def test_run_ids_mark_the_factor_draw_only():
     wide, narrow = RunSpec(model=WIDE), RunSpec(model=ModelSpec(classes=2, per_class=2, dim=6))
     assert run_id(wide) != unmarked(wide)
     assert run_id(narrow) == unmarked(narrow)
-    arrays = RunSpec(model=WIDE, init=InitSpec(kind="spectral", seed=0))
-    assert run_id(arrays) == unmarked(arrays)
+    spectral = RunSpec(model=WIDE, init=InitSpec(kind="spectral", seed=0))
+    assert run_id(spectral) == unmarked(spectral)
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])

@@ -4,37 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from tiny_study import intervention_study
 
 from ncsim.study.analyses import _non_monotonic, collapsed, cv, regimes
 from ncsim.study.runner import run_study
 from ncsim.study.spec import load_study
 
-SPEC = """
-name = "tiny_intervention"
-title = "Tiny intervention"
-question = "q?"
-claim = "c."
-analysis = "intervention"
-
-[simulated]
-classes = 3
-per_class = 4
-dim = 8
-t_end = 400.0
-records = 40
-rtol = 1e-6
-atol = 1e-9
-lambda = 1e-2
-intervene_time = 20.0
-
-[[parts]]
-name = "ufm"
-model = "simulated"
-[parts.grid]
-intervene_alpha = [0.5, 1.0, 2.0]
-
-[quick]
-"""
+SPEC = intervention_study("tiny_intervention", "Tiny intervention", 400.0, 40,
+                          [0.5, 1.0, 2.0])
 
 
 def test_regimes_and_order():

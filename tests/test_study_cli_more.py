@@ -25,7 +25,7 @@ import pytest
 from cli_helpers import error_line as _error_line
 from cli_helpers import invoke as _invoke
 from click.testing import CliRunner
-from tiny_study import write_tiny_study
+from tiny_study import intervention_study, write_tiny_study
 
 import ncsim.flow
 from ncsim.cli import cli
@@ -583,32 +583,7 @@ def test_report_command_rewrites_the_same_report(tiny, tmp_path):
 
 # ------------------------------------------------------------------ intervention rows
 
-INTERVENTION = """
-name = "iv"
-title = "Intervention"
-question = "q?"
-claim = "c."
-analysis = "intervention"
-
-[simulated]
-classes = 3
-per_class = 4
-dim = 8
-t_end = 300.0
-records = 30
-rtol = 1e-6
-atol = 1e-9
-lambda = 1e-2
-intervene_time = 20.0
-
-[[parts]]
-name = "ufm"
-model = "simulated"
-[parts.grid]
-intervene_alpha = [0.5, 1.0]
-
-[quick]
-"""
+INTERVENTION = intervention_study("iv", "Intervention", 300.0, 30, [0.5, 1.0])
 
 
 def test_intervention_row_describes_the_whole_run(tmp_path, monkeypatch):

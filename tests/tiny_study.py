@@ -1,7 +1,7 @@
-"""The tiny simulated study of the study and command-line tests.
+"""The tiny simulated studies of the study and command-line tests.
 
 K = 3, n = 4, d = 8, lambda = 1e-2: one part "ufm" over the seeds 0 .. seeds - 1, and a
-quick variant with seed 0 alone.
+quick variant with seed 0 alone; and a tiny intervention study (H rescaled at t = 20).
 """
 
 from __future__ import annotations
@@ -46,3 +46,39 @@ def write_tiny_study(folder: Path, seeds: int = 2, chunk: int = 2, t_end: float 
     path.write_text(TEMPLATE.format(seeds=list(range(seeds)), chunk=chunk, t_end=t_end,
                                     records=records, rtol=rtol) + extra)
     return path
+
+
+INTERVENTION_TEMPLATE = """
+name = "{name}"
+title = "{title}"
+question = "q?"
+claim = "c."
+analysis = "intervention"
+
+[simulated]
+classes = 3
+per_class = 4
+dim = 8
+t_end = {t_end}
+records = {records}
+rtol = 1e-6
+atol = 1e-9
+lambda = 1e-2
+intervene_time = 20.0
+
+[[parts]]
+name = "ufm"
+model = "simulated"
+[parts.grid]
+intervene_alpha = {alphas}
+
+[quick]
+"""
+
+
+def intervention_study(name: str, title: str, t_end: float, records: int,
+                       alphas: list[float]) -> str:
+    """The tiny intervention study's TOML: one part "ufm" over the rescaling factors
+    ``alphas`` of H at t = 20, integrated to ``t_end`` with ``records`` records."""
+    return INTERVENTION_TEMPLATE.format(name=name, title=title, t_end=t_end, records=records,
+                                        alphas=alphas)
