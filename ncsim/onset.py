@@ -15,8 +15,10 @@ Conventions
   log value); when the earlier record is at t <= 0 the interpolation is linear in time, when a
   value is <= 0 (nc1 of exactly collapsed features) linear in value, and from a record at +inf
   the crossing is at the later record.
-- fn at onset: fn interpolated at the onset time the same way (log time), or taken at the
-  onset record when ``interpolate=False``.
+- fn at onset: fn interpolated at the onset time by the same rule as a crossing (linear in
+  (log time, log value); in value when a value is <= 0, in time from a record at t <= 0), or
+  taken at the onset record when ``interpolate=False``. So ``value_at`` at the time
+  ``crossing_time`` finds for a level gives that level back.
 - Lead time: onset time minus the first time fn crosses ``level``. The crossing direction is
   "below" (fn falls to the level, as in trained networks), "above" (fn grows to it, as in a
   small-init UFM) or "auto" (from the side of the first finite fn value).
@@ -114,7 +116,12 @@ def onset_time(
 
 
 def value_at(times: np.ndarray, values: np.ndarray, when: float, interpolate: bool = True) -> float:
-    """Series value at time ``when``: log-time interpolation, or the record at/after ``when``.
+    """Series value at time ``when``: interpolated, or the record at/after ``when``.
+
+    The interpolation is the inverse of the crossings': linear in (log time, log value) when
+    both records are > 0, linear in value when one is <= 0, and linear in time (not log time)
+    from a record at t <= 0. A power law between two records is therefore exact, and
+    ``value_at(t, v, crossing_time(t, v, level))`` is ``level``.
 
     Non-finite records are skipped, so the value comes from the nearest finite records: the
     first at or after ``when`` (interpolated with the one before it), or the last finite one
@@ -130,12 +137,14 @@ def value_at(times: np.ndarray, values: np.ndarray, when: float, interpolate: bo
         return float(v[-1])
     if not interpolate or j == 0 or t[j] == when:
         return float(v[j])
-    t0, t1 = t[j - 1], t[j]
+    t0, t1, v0, v1 = t[j - 1], t[j], v[j - 1], v[j]
     if t0 > 0:
         frac = (math.log(when) - math.log(t0)) / (math.log(t1) - math.log(t0))
     else:
         frac = (when - t0) / (t1 - t0)
-    return float(v[j - 1] + frac * (v[j] - v[j - 1]))
+    if v0 > 0 and v1 > 0:
+        return float(math.exp(math.log(v0) + frac * (math.log(v1) - math.log(v0))))
+    return float(v0 + frac * (v1 - v0))
 
 
 def crossing_time(

@@ -677,8 +677,9 @@ def reference_crossing(times, values, level, direction, interpolate=True) -> flo
 
 
 def reference_value_at(times, values, when) -> float:
-    """Value at ``when``: linear in log t between the finite records around it; the record
-    itself at a record time; first / last finite value outside the recorded range."""
+    """Value at ``when``: linear in (log t, log value) between the finite records around it
+    (in value when one is <= 0); the record itself at a record time; first / last finite
+    value outside the recorded range."""
     recs = [(float(t), float(v)) for t, v in zip(times, values)
             if math.isfinite(t) and math.isfinite(v)]
     if not recs or not math.isfinite(when):
@@ -688,6 +689,8 @@ def reference_value_at(times, values, when) -> float:
     for (t0, v0), (t1, v1) in zip(recs, recs[1:]):
         if t0 < when <= t1:
             frac = math.log(when / t0) / math.log(t1 / t0)
+            if v0 > 0 and v1 > 0:
+                return v0 * (v1 / v0) ** frac
             return v0 + frac * (v1 - v0)
     return recs[-1][1]
 
@@ -808,26 +811,45 @@ def test_crossing_never_and_lead_nan():
 
 
 @pytest.mark.parametrize("when", [0.5, 1.0, 1.5, 3.0, 5.0, 8.0, 20.0, 40.0, NAN])
-def test_value_at_matches_reference(when):
-    """value_at (fn at onset): linear in log time between the finite records around ``when``,
-    the record value at a record time, the first / last finite value outside the range."""
+@pytest.mark.parametrize("fn", [[3.0, NAN, 2.0, 1.5, NAN, 1.0], [3.0, NAN, 0.0, 1.5, -0.5, 1.0]],
+                         ids=["positive", "with_zero_and_negative"])
+def test_value_at_matches_reference(when, fn):
+    """value_at (fn at onset): linear in (log time, log value) between the finite records
+    around ``when`` (in value next to a value <= 0), the record value at a record time, the
+    first / last finite value outside the range."""
     times = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
-    fn = np.array([3.0, NAN, 2.0, 1.5, NAN, 1.0])
-    got = value_at(times, fn, when)
+    got = value_at(times, np.array(fn), when)
     want = reference_value_at(times, fn, when)
     assert _same(got, want), (got, want)
 
 
 def test_fn_at_onset_on_a_power_law():
     """fn at onset for nc1 = t^-2 and fn = 10 t^-1/2 recorded at 4 log-spaced records per
-    decade, threshold 0.005: the onset sqrt(200) lies between records and is exact (log-log);
-    fn there is interpolated linearly in the value over log t, so it is 1.01% above the exact
-    10 / 200^(1/4) (the log-log line would be exact); a series linear in log t is exact."""
+    decade, threshold 0.005: the onset sqrt(200) lies between records and is exact (log-log),
+    and so is fn there, 10 / 200^(1/4). A series linear in log t is not a power law: between
+    the records 10 and 10^1.25 the log-log line lies below it (log is concave), by
+    0.37% at the onset."""
     times = np.geomspace(1.0, 1e3, 13)
     when = onset_time(times, times**-2.0, 0.005)
     assert when == pytest.approx(math.sqrt(200.0), rel=1e-12)
     fn = value_at(times, 10.0 * times**-0.5, when)
-    exact = 10.0 / math.sqrt(when)
-    assert fn / exact - 1.0 == pytest.approx(0.010138, abs=1e-6)
+    assert fn == pytest.approx(10.0 / math.sqrt(when), rel=1e-12)
     lin = value_at(times, 2.0 + 3.0 * np.log(times), when)
-    assert lin == pytest.approx(2.0 + 3.0 * math.log(when), rel=1e-12)
+    v0, v1 = 2.0 + 3.0 * math.log(10.0), 2.0 + 3.0 * math.log(10**1.25)
+    frac = (math.log(when) - math.log(10.0)) / (math.log(10**1.25) - math.log(10.0))
+    assert lin == pytest.approx(v0 * (v1 / v0) ** frac, rel=1e-12)
+    assert lin / (2.0 + 3.0 * math.log(when)) - 1.0 == pytest.approx(-0.003705, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_value_at_inverts_crossing_time(seed):
+    """fn at the time fn crosses a level is that level: value_at undoes crossing_time's
+    interpolation (both linear in (log time, log value)), falling or rising, with a record
+    at t = 0."""
+    rng = np.random.default_rng(seed)
+    times = np.concatenate([[0.0], np.geomspace(0.01, 100.0, 9)])
+    fn = np.exp(np.cumsum(rng.normal(0.0, 0.5, times.size)))
+    for level in rng.uniform(fn.min(), fn.max(), 5):
+        direction = "below" if fn[0] > level else "above"
+        when = crossing_time(times, fn, level, direction)
+        assert value_at(times, fn, when) == pytest.approx(level, rel=1e-12)

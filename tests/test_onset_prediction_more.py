@@ -170,11 +170,17 @@ def test_mismatched_shapes_are_refused():
 
 
 def test_value_at_hand_worked():
-    """fn at a time: linear in value over log time (linear time from a record at t = 0)."""
-    # log-time fraction of 10 in [1, 100] is 1/2: 3 + (5 - 3)/2 = 4
-    assert value_at([1.0, 100.0], [3.0, 5.0], 10.0) == pytest.approx(4.0, rel=1e-14)
-    # from t = 0: linear fraction 1/4: 3 + 2/4 = 3.5
-    assert value_at([0.0, 4.0], [3.0, 5.0], 1.0) == pytest.approx(3.5, rel=1e-14)
+    """fn at a time: linear in (log time, log value), as a crossing; linear in time from a
+    record at t = 0, linear in value from a value <= 0."""
+    # log-time fraction of 10 in [1, 100] is 1/2: the geometric mean sqrt(3 * 5)
+    assert value_at([1.0, 100.0], [3.0, 5.0], 10.0) == pytest.approx(math.sqrt(15.0),
+                                                                       rel=1e-14)
+    # from t = 0: linear time fraction 1/4, still geometric in the value: 3 (5/3)^(1/4)
+    assert value_at([0.0, 4.0], [3.0, 5.0], 1.0) == pytest.approx(3.0 * (5.0 / 3.0) ** 0.25,
+                                                                   rel=1e-14)
+    # a value of 0 (exact collapse): linear in value, 0 + (2 - 0)/2 = 1
+    assert value_at([1.0, 100.0], [0.0, 2.0], 10.0) == pytest.approx(1.0, rel=1e-14)
+    assert value_at([1.0, 100.0], [-1.0, 3.0], 10.0) == pytest.approx(1.0, rel=1e-14)
     # no interpolation: the record at or after the time
     assert value_at([1.0, 100.0], [3.0, 5.0], 10.0, interpolate=False) == 5.0
     assert value_at([1.0, 100.0], [3.0, 5.0], 1.0, interpolate=False) == 3.0
@@ -184,8 +190,9 @@ def test_value_at_hand_worked():
     assert math.isnan(value_at([1.0, 100.0], [3.0, 5.0], NAN))
     assert math.isnan(value_at([], [], 1.0))
     # a gap at the requested time: interpolated between the finite neighbours (as the first
-    # case: 4)
-    assert value_at([1.0, 10.0, 100.0], [3.0, NAN, 5.0], 10.0) == pytest.approx(4.0, rel=1e-14)
+    # case: sqrt(15))
+    assert value_at([1.0, 10.0, 100.0], [3.0, NAN, 5.0], 10.0) == pytest.approx(math.sqrt(15.0),
+                                                                                 rel=1e-14)
 
 
 def test_crossing_time_hand_worked():
@@ -234,8 +241,8 @@ def test_lead_time_between_two_metric_series():
     assert onset == pytest.approx(16.0, rel=1e-14)
     # fn: 8 -> 2 over [2, 8], level 4: frac 1/2, t = sqrt(16) = 4; lead 16 - 4 = 12
     assert lead_time(t, fn, onset, 4.0) == pytest.approx(12.0, rel=1e-14)
-    # fn at onset (16 is half way from 8 to 32 in log time): 2 + (1 - 2)/2 = 1.5
-    assert value_at(t, fn, onset) == pytest.approx(1.5, rel=1e-14)
+    # fn at onset (16 is half way from 8 to 32 in log time): sqrt(2 * 1)
+    assert value_at(t, fn, onset) == pytest.approx(math.sqrt(2.0), rel=1e-14)
 
 
 def test_onset_table_metric_stay_columns_and_row_order():
@@ -250,9 +257,9 @@ def test_onset_table_metric_stay_columns_and_row_order():
     table = onset_table(frame, metric="nc1", threshold=0.01, fn_column="feat",
                         time_column="epoch", group="run")
     # a: sorted (1, 0.5), (2, 0.04), (8, 0.0025): crossing from (2, 0.04) to (8, 0.0025) at
-    # t = 4 (frac 1/2); fn at 4, half way from 2 to 8 in log time: (3 + 5)/2 = 4
+    # t = 4 (frac 1/2); fn at 4, half way from 2 to 8 in log time: sqrt(3 * 5)
     assert table.loc["a", "onset_time"] == pytest.approx(4.0, rel=1e-14)
-    assert table.loc["a", "fn_at_onset"] == pytest.approx(4.0, rel=1e-14)
+    assert table.loc["a", "fn_at_onset"] == pytest.approx(math.sqrt(15.0), rel=1e-14)
     # b, no interpolation: first record below at t = 2, fn there 6
     table = onset_table(frame, metric="nc1", interpolate=False, fn_column="feat",
                         time_column="epoch", group="run")
