@@ -52,6 +52,35 @@ def _finite_nonneg(value: float, name: str) -> None:
     )
 
 
+def _plain_value(value: Any, kind: str) -> Any:
+    """``value`` with numpy scalars as the Python numbers they hold and, for ``kind``
+    "float", an int as a float; tuples element by element. Anything else stays as it is,
+    for ``validate`` to judge (a float for an integer field, a bool, text)."""
+    if isinstance(value, tuple):
+        return tuple(_plain_value(v, kind) for v in value)
+    if isinstance(value, np.generic):  # numpy scalar: the Python number it holds
+        value = value.item()
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _plain_fields(spec: Any) -> None:
+    """Give a spec dataclass's numeric fields plain Python values, in place (frozen).
+
+    A numpy integer for ``dim``, an int for ``lambda_h`` or a list or array of class counts is
+    the same parameter as the plain value; normalised here, it compares equal, validates the
+    same way and gives the same run id (the run id hashes the fields' JSON text)."""
+    for item in dataclasses.fields(spec):
+        kind = str(item.type).split(" ")[0].split("[")[0]
+        value = getattr(spec, item.name)
+        if "tuple" in str(item.type) and isinstance(value, (list, np.ndarray)):
+            value = tuple(value.tolist() if isinstance(value, np.ndarray) else value)
+        if kind in ("float", "int", "bool"):
+            value = _plain_value(value, kind)
+        object.__setattr__(spec, item.name, value)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Structure of the model; every run of a batch shares it.
@@ -82,8 +111,7 @@ class ModelSpec:
     leaky_slope: float = 0.01
 
     def __post_init__(self) -> None:
-        if isinstance(self.per_class, list):
-            object.__setattr__(self, "per_class", tuple(self.per_class))
+        _plain_fields(self)
         if self.kind == "ufm" and self.depth != 1:
             raise InputError(f"model 'ufm' has depth 1, got depth {self.depth}; use --model deep")
 
@@ -92,8 +120,7 @@ class ModelSpec:
         _one_of(self.loss, LOSSES, "loss")
         _one_of(self.bias, BIASES, "bias")
         _one_of(self.activation, ACTIVATIONS, "activation")
-        require(isinstance(self.classes, int) and not isinstance(self.classes, bool)
-                and self.classes >= 2,
+        require(is_integer(self.classes) and self.classes >= 2,
                 f"classes K must be an integer >= 2, got {self.classes!r}")
         given = self.per_class if isinstance(self.per_class, tuple) else (self.per_class,)
         require(all(is_integer(c) and c >= 1 for c in given),
@@ -102,15 +129,12 @@ class ModelSpec:
         counts = self.class_counts
         require(len(counts) == self.classes,
                 f"per_class gives {len(counts)} class counts but K = {self.classes}")
-        require(isinstance(self.dim, int) and not isinstance(self.dim, bool) and self.dim >= 1,
-                f"dim d must be >= 1, got {self.dim!r}")
-        require(isinstance(self.depth, int) and not isinstance(self.depth, bool)
-                and self.depth >= 1,
+        require(is_integer(self.dim) and self.dim >= 1,
+                f"dim d must be an integer >= 1, got {self.dim!r}")
+        require(is_integer(self.depth) and self.depth >= 1,
                 f"depth must be an integer >= 1, got {self.depth!r}")
         require(self.kind == "deep" or self.depth == 1, "model 'ufm' has depth 1")
-        require(self.width is None or (isinstance(self.width, int)
-                                       and not isinstance(self.width, bool)
-                                       and self.width >= 1),
+        require(self.width is None or (is_integer(self.width) and self.width >= 1),
                 f"width must be an integer >= 1, got {self.width!r}")
         require(self.kind == "deep" or self.activation == "linear",
                 "an activation needs --model deep (the one-layer UFM has none)")
@@ -171,8 +195,7 @@ class Regularization:
     lambda_b: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.lambda_w, list):
-            object.__setattr__(self, "lambda_w", tuple(self.lambda_w))
+        _plain_fields(self)
 
     def per_layer(self, depth: int) -> tuple[float, ...]:
         """lambda_W for each of the ``depth`` weight matrices."""
@@ -214,6 +237,9 @@ class InitSpec:
     seed: int = 0
     arrays: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
+    def __post_init__(self) -> None:
+        _plain_fields(self)
+
     def validate(self, model: ModelSpec) -> None:
         _one_of(self.kind, INITS, "init")
         require(is_finite_number(self.scale) and self.scale > 0,
@@ -246,8 +272,7 @@ class TimeScale:
     eta_b: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.eta_w, list):
-            object.__setattr__(self, "eta_w", tuple(self.eta_w))
+        _plain_fields(self)
 
     def per_layer(self, depth: int) -> tuple[float, ...]:
         if isinstance(self.eta_w, tuple):
@@ -315,6 +340,9 @@ class SolverSpec:
     device: str = "cpu"
     reduction: str = "auto"
     cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        _plain_fields(self)
 
     @property
     def adaptive(self) -> bool:
@@ -402,6 +430,9 @@ class OnsetSpec:
     threshold: float = 0.01
     stay: int = 1
     interpolate: bool = True
+
+    def __post_init__(self) -> None:
+        _plain_fields(self)
 
     def validate(self) -> None:
         _one_of(self.metric, ONSET_METRICS, "onset metric")

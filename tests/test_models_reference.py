@@ -710,7 +710,7 @@ BAD_SPECS = [
      r"per_class gives 2 class counts but K = 3"),
     ("empty class", RunSpec(model=ModelSpec(classes=2, per_class=(2, 0))),
      r"samples per class .* must be integers >= 1"),
-    ("zero dim", RunSpec(model=ModelSpec(dim=0)), r"dim d must be >= 1"),
+    ("zero dim", RunSpec(model=ModelSpec(dim=0)), r"dim d must be an integer >= 1"),
     ("zero depth", RunSpec(model=ModelSpec(kind="deep", depth=0)),
      r"depth must be an integer >= 1"),
     ("zero width", RunSpec(model=ModelSpec(kind="deep", depth=2, width=0)),

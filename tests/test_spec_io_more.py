@@ -118,7 +118,8 @@ def test_run_spec_round_trip_keeps_its_row_and_run_id():
     assert back == spec
     assert back.to_row() == spec.to_row()
     assert run_id(back) == run_id(spec)
-    assert back.to_row()["per_class"] == 6 and type(back.to_row()["solver_t_end"]) is int
+    # t_end written as an int is the float 300.0 (one parameter, one id: 300 and 300.0 alike)
+    assert back.to_row()["per_class"] == 6 and type(back.to_row()["solver_t_end"]) is float
     assert back.to_row()["lambda_w"] == "0.001,0.0025,0.004"
 
 
@@ -424,7 +425,7 @@ BAD_FIELDS = [
     (ModelSpec(classes=2, per_class=(3, "a")), r"must be integers >= 1, got \(3, 'a'\)"),
     (ModelSpec(per_class=None), r"must be integers >= 1, got None"),
     (ModelSpec(classes=True, per_class=2), r"classes K must be an integer >= 2, got True"),
-    (ModelSpec(dim=True), r"dim d must be >= 1, got True"),
+    (ModelSpec(dim=True), r"dim d must be an integer >= 1, got True"),
     (ModelSpec(width=64), r"width 64 sets the hidden layers of a deep head: it needs --model "
                           r"deep with depth >= 2, got depth 1"),
     (ModelSpec(kind="deep", depth=1, width=8), r"width 8 .* needs --model deep with depth >= 2"),
