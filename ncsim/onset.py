@@ -18,7 +18,9 @@ Conventions
 - fn at onset: fn interpolated at the onset time by the same rule as a crossing (linear in
   (log time, log value); in value when a value is <= 0, in time from a record at t <= 0), or
   taken at the onset record when ``interpolate=False``. So ``value_at`` at the time
-  ``crossing_time`` finds for a level gives that level back.
+  ``crossing_time`` finds for a level gives that level back. An onset at a record's own time
+  takes that record's fn: of two records at one time (the two sides of an intervention), the
+  one whose metric crossed (:func:`onset_and_fn`).
 - Lead time: onset time minus the first time fn crosses ``level``. The crossing direction is
   "below" (fn falls to the level, as in trained networks), "above" (fn grows to it, as in a
   small-init UFM) or "auto" (from the side of the first finite fn value).
@@ -37,11 +39,9 @@ import pandas as pd
 from ncsim.errors import InputError, is_integer
 
 
-def _finite_series(times: np.ndarray, values: np.ndarray, keep_inf: bool = False
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The records with a finite time and a finite value (``keep_inf``: a non-NaN value)."""
-    times = np.asarray(times, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
+def _kept(times: np.ndarray, values: np.ndarray, keep_inf: bool = False) -> np.ndarray:
+    """Mask of the records with a finite time and a finite value (``keep_inf``: a non-NaN
+    value), after checking the shapes and the order of the times."""
     if times.shape != values.shape or times.ndim != 1:
         raise InputError(f"times and values must be 1-D of equal length, got {times.shape} "
                          f"and {values.shape}")
@@ -49,7 +49,15 @@ def _finite_series(times: np.ndarray, values: np.ndarray, keep_inf: bool = False
     if np.any(np.diff(times[timed]) < 0):
         raise InputError("record times must be in order (non-decreasing); sort the records by "
                          "time first")
-    keep = timed & (~np.isnan(values) if keep_inf else np.isfinite(values))
+    return timed & (~np.isnan(values) if keep_inf else np.isfinite(values))
+
+
+def _finite_series(times: np.ndarray, values: np.ndarray, keep_inf: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The records with a finite time and a finite value (``keep_inf``: a non-NaN value)."""
+    times = np.asarray(times, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    keep = _kept(times, values, keep_inf)
     return times[keep], values[keep]
 
 
@@ -63,9 +71,11 @@ def _interp_time(
         a, b, c = math.log(v0), math.log(v1), math.log(level)
     else:
         a, b, c = v0, v1, level
-    if a == b:
+    if a == b or t0 == t1:  # flat, or a jump between two records at one time
         return t1
     frac = min(max((c - a) / (b - a), 0.0), 1.0)
+    if frac in (0.0, 1.0):  # on a record: its time exactly (exp(log t) need not be t)
+        return t0 if frac == 0.0 else t1
     if t0 > 0:
         return math.exp(math.log(t0) + frac * (math.log(t1) - math.log(t0)))
     return t0 + frac * (t1 - t0)
@@ -106,13 +116,52 @@ def onset_time(
     stay : number of consecutive records (gaps skipped) that must stay below, >= 1.
     interpolate : interpolate the crossing in (log time, log value).
     """
-    t, v = _finite_series(times, values, keep_inf=True)
+    return _onset(times, values, threshold, stay, interpolate)[0]
+
+
+def _onset(times: np.ndarray, values: np.ndarray, threshold: float, stay: int,
+           interpolate: bool) -> tuple[float, int | None]:
+    """Onset time (NaN if none) and the index in ``times`` of the record that crossed."""
+    times = np.asarray(times, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    rows = np.flatnonzero(_kept(times, values, keep_inf=True))
+    t, v = times[rows], values[rows]
     idx = crossing_index(v, threshold, stay)
     if idx is None:
-        return math.nan
+        return math.nan, None
     if not interpolate or idx == 0:
-        return float(t[idx])
-    return _interp_time(t[idx - 1], t[idx], v[idx - 1], v[idx], threshold, log_value=True)
+        return float(t[idx]), int(rows[idx])
+    when = _interp_time(t[idx - 1], t[idx], v[idx - 1], v[idx], threshold, log_value=True)
+    return when, int(rows[idx])
+
+
+def onset_and_fn(
+    times: np.ndarray,
+    values: np.ndarray,
+    fn: np.ndarray,
+    threshold: float = 0.01,
+    stay: int = 1,
+    interpolate: bool = True,
+) -> tuple[float, float]:
+    """Onset time of a metric series and fn at onset (both NaN if there is no onset).
+
+    times, values : as for :func:`onset_time`; fn : (T,) fn at the same records (NaN = gap).
+
+    fn at onset is fn at the onset time (:func:`value_at`), except when the onset is a
+    record's own time: then it is that record's fn. The difference shows at two records with
+    one time (the two sides of an intervention that rescales the features): the onset is at
+    the record whose metric crossed, and fn at onset is that record's, not the first one's.
+    """
+    fn = np.asarray(fn, dtype=np.float64)
+    when, row = _onset(times, values, threshold, stay, interpolate)
+    if row is None:
+        return math.nan, math.nan
+    if fn.shape != np.shape(times):
+        raise InputError(f"fn must have one value per record: {fn.shape} against "
+                         f"{np.shape(times)} times")
+    if when == float(np.asarray(times, dtype=np.float64)[row]) and math.isfinite(fn[row]):
+        return when, float(fn[row])
+    return when, value_at(times, fn, when, interpolate)
 
 
 def value_at(times: np.ndarray, values: np.ndarray, when: float, interpolate: bool = True) -> float:
@@ -217,9 +266,10 @@ def onset_table(
         raise InputError(f"trajectory table lacks column(s) {', '.join(missing)}")
     rows = []
     for run_id, part in trajectories.groupby(group, sort=False):
-        part = part.sort_values(time_column)
-        t = part[time_column].to_numpy(dtype=np.float64)
-        when = onset_time(t, part[metric].to_numpy(dtype=np.float64), threshold, stay, interpolate)
-        fn_on = value_at(t, part[fn_column].to_numpy(dtype=np.float64), when, interpolate)
+        part = part.sort_values(time_column, kind="stable")  # keeps equal times in order
+        when, fn_on = onset_and_fn(part[time_column].to_numpy(dtype=np.float64),
+                                   part[metric].to_numpy(dtype=np.float64),
+                                   part[fn_column].to_numpy(dtype=np.float64),
+                                   threshold, stay, interpolate)
         rows.append({group: run_id, "onset_time": when, "fn_at_onset": fn_on})
     return pd.DataFrame(rows).set_index(group)

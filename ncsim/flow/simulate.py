@@ -40,7 +40,7 @@ from ncsim.models.gram import GramObjective, initial_gram_state
 from ncsim.models.init import draws_gram_factor, float_array
 from ncsim.models.layout import StateLayout
 from ncsim.models.reduction import state_form
-from ncsim.onset import is_vanishing, onset_time, value_at
+from ncsim.onset import is_vanishing, onset_and_fn
 from ncsim.spec import RunSpec
 
 RECORDED = ("loss", "objective", *METRIC_NAMES)
@@ -339,9 +339,8 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
     for i, (spec, rid) in enumerate(zip(batch.specs, ids)):
         series = flow.records[i]
         fn_series = series[:, q_index["fn"]]
-        when = onset_time(flow.times, series[:, q_index[onset.metric]], onset.threshold,
-                          onset.stay, onset.interpolate)
-        fn_on = value_at(flow.times, fn_series, when, onset.interpolate)
+        when, fn_on = onset_and_fn(flow.times, series[:, q_index[onset.metric]], fn_series,
+                                   onset.threshold, onset.stay, onset.interpolate)
         fn_all = np.append(fn_series, final[i, q_index["fn"]])
         vanishing = is_vanishing(fn_all, spec.solver.vanish_tol)
         status = _status(int(flow.code[i]), math.isfinite(when), vanishing)

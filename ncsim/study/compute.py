@@ -90,7 +90,7 @@ def _intervention(desc: RunDesc) -> Result:
     t1 (diverged, stalled, or out of steps), the run is that segment alone, with its status.
     """
     from ncsim.flow.simulate import run_id, simulate
-    from ncsim.onset import onset_time, value_at
+    from ncsim.onset import onset_and_fn
     from ncsim.spec import InitSpec
 
     spec = run_spec(desc.params)
@@ -118,9 +118,9 @@ def _intervention(desc: RunDesc) -> Result:
     traj = pd.concat([traj1, traj2], ignore_index=True)
     metric = spec.onset.metric
     times = traj["time"].to_numpy(np.float64)
-    when = onset_time(times, traj[metric].to_numpy(np.float64), spec.onset.threshold,
-                      spec.onset.stay, spec.onset.interpolate)
-    fn_on = value_at(times, traj["fn"].to_numpy(np.float64), when, spec.onset.interpolate)
+    when, fn_on = onset_and_fn(times, traj[metric].to_numpy(np.float64),
+                               traj["fn"].to_numpy(np.float64), spec.onset.threshold,
+                               spec.onset.stay, spec.onset.interpolate)
     row = second.runs.iloc[0].to_dict()
     row.pop("run_id", None)
     # the row describes the whole run: its own spec (not the second segment's t_end, records
