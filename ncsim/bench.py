@@ -327,14 +327,22 @@ def _with_ratios(entry: dict[str, Any], dtypes: tuple[str, ...]) -> dict[str, An
     return entry
 
 
-def unused_path(path: Path) -> Path:
-    """``path`` if no file is there, else the first free ``<stem>_2<suffix>``,
-    ``<stem>_3<suffix>``, ... beside it (a default output never overwrites a result)."""
+def write_unused(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` if no file is there, else to the first free
+    ``<stem>_2<suffix>``, ``<stem>_3<suffix>``, ... beside it; return the path written.
+
+    A default output never overwrites a result: each name is claimed by an exclusive create,
+    so two benchmarks that finish at once cannot both take the same one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     candidate, k = path, 1
-    while candidate.exists():
-        k += 1
-        candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
-    return candidate
+    while True:
+        try:
+            with candidate.open("x") as handle:
+                handle.write(text)
+            return candidate
+        except FileExistsError:
+            k += 1
+            candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
 
 
 def failed_ncsim_rows(results: dict[str, Any]) -> list[str]:
@@ -680,10 +688,11 @@ def bench(workload: tuple[str, ...], device: str, repeats: int, size: str, peers
     text = json.dumps(results, indent=2, default=float)
     if out is None:
         stamp = datetime.date.today().isoformat()
-        out = str(unused_path(ROOT / "benchmarks" / "results"
-                              / f"{device.split(':')[0]}_{stamp}.json"))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(text + "\n")
+        out = str(write_unused(ROOT / "benchmarks" / "results"
+                               / f"{device.split(':')[0]}_{stamp}.json", text + "\n"))
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
     click.echo(text)
     click.echo(f"written {out}", err=True)
     failed = failed_ncsim_rows(results)

@@ -374,12 +374,19 @@ def test_gram_accuracy_script_measures_error_against_a_tight_reference():
 
 
 def test_default_output_never_overwrites_a_result(tmp_path):
-    """The default JSON path takes the first free ``_k`` suffix beside an existing result."""
-    from ncsim.bench import unused_path
+    """The default JSON takes the first free ``_k`` suffix beside an existing result, each
+    name claimed by an exclusive create (threads writing at once all get their own file)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    path = tmp_path / "cpu_2026-01-01.json"
-    assert unused_path(path) == path
-    path.write_text("{}")
-    assert unused_path(path) == tmp_path / "cpu_2026-01-01_2.json"
-    (tmp_path / "cpu_2026-01-01_2.json").write_text("{}")
-    assert unused_path(path) == tmp_path / "cpu_2026-01-01_3.json"
+    from ncsim.bench import write_unused
+
+    path = tmp_path / "results" / "cpu_2026-01-01.json"
+    assert write_unused(path, "a") == path and path.read_text() == "a"
+    assert write_unused(path, "b") == path.with_name("cpu_2026-01-01_2.json")
+    assert write_unused(path, "c") == path.with_name("cpu_2026-01-01_3.json")
+    assert path.read_text() == "a"
+    with ThreadPoolExecutor(8) as pool:
+        written = list(pool.map(lambda i: write_unused(path, str(i)), range(16)))
+    assert len(set(written)) == 16
+    assert sorted(p.read_text() for p in written) == sorted(str(i) for i in range(16))
+    assert {p.name for p in written} == {f"cpu_2026-01-01_{k}.json" for k in range(4, 20)}
