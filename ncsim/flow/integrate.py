@@ -100,6 +100,13 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.square().mean(dim=1).sqrt()
 
 
+def _error_scale(solver: SolverSpec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The error scale atol + rtol |y| (R, P) of a state y (R, P), entry by entry."""
+    def scale(y: torch.Tensor) -> torch.Tensor:
+        return y.abs().mul_(solver.rtol).add_(solver.atol)
+    return scale
+
+
 def _peak(x: torch.Tensor) -> torch.Tensor:
     """max_i |x_i| per run (R,) of ``x`` (R, P); NaN when a row holds a NaN, inf when it holds
     an inf. Two reductions without a temporary: on the CPU ``isfinite(x).all(1)`` takes ~8x
@@ -347,18 +354,20 @@ def integrate(
     select : runs (M,) -> (velocity, grad_norm) of that subset of runs. When given, the
         adaptive methods drop finished runs from the batch at each synchronisation, so the cost
         follows the sum of the runs' steps rather than R times the longest run.
-    magnitude : state (R, P) -> (R, P) size of each entry for the relative error test
-        (adaptive methods: error_i <= atol + rtol * max(magnitude(y), magnitude(y_new))_i);
-        default |y|. The Gram form passes Cauchy-Schwarz bounds, so an inner product is
-        judged against the norms of its factors, as in the parameter space. It must return a
-        fresh, writable tensor (the CPU loop copies rejected runs' rows into it).
+    magnitude : state (R, P) -> (R, P) error scale of each entry (adaptive methods: a step
+        passes when the RMS of error_i / max(magnitude(y), magnitude(y_new))_i is <= 1);
+        default atol + rtol |y|. The Gram form passes its own (:meth:`GramObjective.
+        error_scale`): its entries are inner products, judged against the norms of their
+        factors, so that it resolves the features as finely as the parameter space does. It
+        must return a fresh, writable tensor (the CPU loop copies rejected runs' rows into
+        it).
     """
     if grad_norm is None:
         def grad_norm(state: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
             return _grad_norm(k, eta)
     if solver.adaptive:
         return _integrate_adaptive(velocity, y0, solver, record, num_quantities, grad_norm,
-                                   progress, select, magnitude or torch.abs)
+                                   progress, select, magnitude or _error_scale(solver))
     return _integrate_fixed(velocity, y0, solver, record, num_quantities, grad_norm, progress)
 
 
@@ -439,9 +448,8 @@ class _Chunk:
             y_new, ks = _stages(tab, f, y, k1, hy, self.buf, self.into)
             err = ks.combine(None, hy, tab.e)
             mag_new, peak_new = self.magnitude(y_new), _peak(y_new)
-            scale = torch.maximum(mag, mag_new).mul_(solver.rtol).add_(solver.atol)
-            if solver.atol == 0:  # an entry 0 in y and y_new: its error 0 passes, not 0/0
-                scale.clamp_(min=torch.finfo(scale.dtype).tiny)
+            # an entry 0 in y and y_new at atol = 0: its error 0 passes, not 0/0
+            scale = torch.maximum(mag, mag_new).clamp_(min=torch.finfo(y.dtype).tiny)
             err_norm = _rms(err.div_(scale)).double()
             finite = torch.isfinite(err_norm) & torch.isfinite(peak_new)
             accept = active & finite & (err_norm <= 1.0)
@@ -571,8 +579,8 @@ def _capture_graph(advance: Callable[[dict[str, torch.Tensor]], None],
     return graph
 
 
-def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select=None,
-                        magnitude=torch.abs) -> FlowResult:
+def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select,
+                        magnitude) -> FlowResult:
     tab = tableau(solver.method)
     r, dev = y0.shape[0], y0.device
     rec, next_rec, times = _start(y0, solver, record, q, solver.check_every)

@@ -221,8 +221,12 @@ class _Batch:
 
     @property
     def magnitude(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """Entry sizes for the error test (the Gram form's Cauchy-Schwarz bounds), or None."""
-        return self.reduced.magnitude if isinstance(self.reduced, GramObjective) else None
+        """Error scale of the adaptive step test for the Gram form (its inner products judged
+        by the norms of their factors), or None for the default atol + rtol |y|."""
+        if not isinstance(self.reduced, GramObjective):
+            return None
+        reduced, solver = self.reduced, self.solver
+        return lambda state: reduced.error_scale(state, solver.rtol, solver.atol)
 
     def velocity(self, state: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """d state/dt (R, P) of every run, written into ``out`` when given."""

@@ -24,6 +24,8 @@ symmetric matrices; their right-hand sides are symmetrised exactly (X + X^T).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -134,16 +136,26 @@ class GramObjective:
         b = lay.view(state, "b") if "b" in lay else None
         return lay.view(state, "Z"), lay.view(state, "A"), lay.view(state, "B"), b
 
-    def magnitude(self, state: Tensor) -> Tensor:
-        """Cauchy-Schwarz size of every entry (R, P): |w_c| |h_i| for Z, |w_c| |w_c'| for A,
-        |h_i| |h_j| for B and |b| for b, from the diagonals of A and B."""
+    def error_scale(self, state: Tensor, rtol: float, atol: float) -> Tensor:
+        """Error scale (R, P) of every entry for the adaptive step test.
+
+        An inner product x . y is judged as the parameter space judges x and y: relative
+        error rtol of |x| |y| (Cauchy-Schwarz), absolute error atol in each factor, i.e.
+        atol (|x| + |y|), and atol^2 when both vanish. So Z, A and B stay resolved when
+        |h|^2 falls near or below atol (small inits, vanishing runs): an absolute atol on the
+        squares would leave them unchecked there. The bias b is a parameter: atol + rtol |b|.
+        Norms |w_c|, |h_i| come from the diagonals of A and B."""
         s, a, bb, b = self.blocks(state)
         wn = torch.diagonal(a, dim1=1, dim2=2).clamp_min(0).sqrt()
         hn = torch.diagonal(bb, dim1=1, dim2=2).clamp_min(0).sqrt()
-        parts = {"Z": wn.unsqueeze(2) * hn.unsqueeze(1), "A": wn.unsqueeze(2) * wn.unsqueeze(1),
-                 "B": hn.unsqueeze(2) * hn.unsqueeze(1)}
+
+        def inner(x: Tensor, y: Tensor) -> Tensor:  # (R, m), (R, k) -> (R, m, k)
+            x, y = x.unsqueeze(2), y.unsqueeze(1)
+            return (x * y).mul_(rtol).add_((x + y).mul_(atol)).add_(atol * atol)
+
+        parts = {"Z": inner(wn, hn), "A": inner(wn, wn), "B": inner(hn, hn)}
         if b is not None:
-            parts["b"] = b.abs()
+            parts["b"] = b.abs().mul_(rtol).add_(atol)
         return self.layout.pack(parts)
 
     def from_parameters(self, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
@@ -234,6 +246,10 @@ class GramObjective:
         """|grad f|_2 (R,) with respect to (W, H, b), from the Gram quantities.
 
         |G H^T + lw W|^2 = tr(G B G^T) + 2 lw <G, S> + lw^2 tr A, and likewise for H with A.
+        Each is a quadratic form of the joint Gram [[B, S^T], [S, A]], >= 0 while that is
+        positive semi-definite. A negative sum means the state is not the Gram of any point
+        at this resolution (features at the tolerance's scale, e.g. a vanishing run): the norm
+        is then NaN (not resolved), never 0, so it cannot pass for a steady state.
         """
         s, a, bb, b = self.blocks(state)
         g = self._logit_gradient(s, b)
@@ -246,7 +262,8 @@ class GramObjective:
         sq = gbg + 2 * lw * gs + lw * lw * tr_a + gag + 2 * lh * gs + lh * lh * tr_b
         if b is not None:
             sq = sq + (g.sum(2) + pen.b.view(-1, 1) * b).square().sum(1)
-        return sq.double().clamp_min(0.0).sqrt()
+        sq = sq.double()
+        return torch.where(sq >= 0, sq.clamp_min(0.0).sqrt(), torch.full_like(sq, math.nan))
 
     # ------------------------------------------------------------------ metrics
 
@@ -273,7 +290,8 @@ class GramObjective:
         # within-class Gram Bc = D B D with D = I - onehot C^T (centred features).
         bc_own = bc.gather(2, self.labels.view(1, -1, 1).expand(bb.shape[0], n, 1))  # h_i.mu_yi
         mu_own = torch.diagonal(mg, dim1=1, dim2=2)[:, self.labels]  # |mu_yi|^2
-        sq_within = diag_b - 2.0 * bc_own.squeeze(2) + mu_own  # |h_i - mu_yi|^2
+        # |h_i - mu_yi|^2 >= 0; the difference can round below 0 when h_i ~ mu_yi
+        sq_within = (diag_b - 2.0 * bc_own.squeeze(2) + mu_own).clamp_min(0.0)
         within_energy = sq_within.sum(1) / n
         class_var = (sq_within @ self.onehot.T) / self.counts
         tr_b = torch.diagonal(mbar_g, dim1=1, dim2=2).sum(1) / k
