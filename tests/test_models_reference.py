@@ -800,6 +800,10 @@ BAD_VALUES = [
      lambda a: {**a, "W": [[[1.0, 2.0, 3.0, 4.0]] * 2 + [[1.0]], a["W"][1]]},
      r"init array W.? must be an array of numbers, got list"),
     ("no H", "free", lambda a: {**a, "H": None}, r"init array H has shape \(\), expected"),
+    ("complex H", "free", lambda a: {**a, "H": a["H"] + 5j},
+     r"init array H is complex \(complex128\); .* real part \(numpy.real\)"),
+    ("complex b as a list", "reg", lambda a: {**a, "b": [1.0, 2j, 0.0]},
+     r"init array b is complex"),
 ]
 
 

@@ -153,12 +153,17 @@ def _spectral(model: ModelSpec, init: InitSpec, centred: bool) -> dict[str, torc
 
 def float_array(name: str, value: Any) -> np.ndarray:
     """An init array as float64 numpy (None becomes NaN); :class:`InputError` when it is not
-    numeric (text, ragged nested lists)."""
+    real and numeric (text, ragged nested lists, complex numbers)."""
     try:
-        return np.asarray(value, dtype=np.float64)
+        raw = np.asarray(value)
+        real = None if np.iscomplexobj(raw) else np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"init array {name} must be an array of numbers, got "
                          f"{type(value).__name__} {value!r:.60}") from None
+    if real is None:
+        raise InputError(f"init array {name} is complex ({raw.dtype}); features and weights "
+                         f"are real: pass its real part (numpy.real) if that is what you mean")
+    return real
 
 
 def _arrays(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
