@@ -11,10 +11,14 @@ import numpy as np
 from ncsim.spec import RunSpec, TimeScale
 from ncsim.theory.critical import Lambda_crit, basin_threshold, lambda_crit
 from ncsim.theory.equilibrium import equilibrium
-from ncsim.theory.prediction import predicted_onset
+from ncsim.theory.prediction import METASTABLE, predicted_onset
 
 COLUMNS = ("fn_star_theory", "onset_time_theory", "collapsed_theory", "lambda_crit_theory",
            "w_norm_star_theory", "loss_star_theory", "theory_regime")
+
+
+_METASTABLE_NOTE = ("metastable: the init is in the basin of a collapsed local minimum; the "
+                    "global minimiser (fn* column) is the origin")
 
 
 def _empty(regime: str) -> dict[str, Any]:
@@ -46,9 +50,11 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     "no_minimiser: ..." (a zero decay: fn* etc. NaN, the early-phase onset is still given);
     "not_applicable: d below the rank of the minimiser" (the minimiser is then not the closed
     form and not unique: all columns NaN / None);
-    deep gaussian inits: onset NaN (only the mode escape time is known, named in the text);
-    "vanishing" / "trapped" (onset inf); "metastable: ..." (deep spectral / etf init in the
-    basin of a collapsed local minimum while the origin is global: onset 0, fn* of the origin).
+    deep gaussian inits: onset NaN (only the mode escape time is known, named in the text;
+    followed by "; metastable: ..." where the flow goes to a collapsed local minimum while the
+    origin is global); "vanishing" / "trapped" (onset inf); "metastable: ..." (deep spectral /
+    etf init in the basin of a collapsed local minimum while the origin is global: onset 0, fn*
+    of the origin).
     Imbalanced one-layer MSE: the equilibrium columns come
     from :mod:`ncsim.theory.imbalance` (``w_norm_star_theory`` is then the RMS classifier row
     norm |W|_F / sqrt(K), which is the row norm when balanced); the onset is not predicted (NaN).
@@ -109,10 +115,12 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
             pred = predicted_onset(m.loss, m.bias, K, n, m.dim, lw0, lh, spec.init.scale,
                                    spec.onset.threshold, spec.reg.lambda_b, m.depth)
             row["theory_regime"] = pred.regime
-            if pred.regime == "escape_time_only":  # not an nc1_trace onset: do not report it
+            if pred.regime.startswith("escape_time_only"):  # not an nc1_trace onset: not reported
                 row["onset_time_theory"] = math.nan
                 row["theory_regime"] = (f"onset not predicted for deep gaussian inits (mode "
                                         f"escape time {pred.onset_time:.4g} only)")
+                if pred.regime == METASTABLE:
+                    row["theory_regime"] += "; " + _METASTABLE_NOTE
             else:
                 row["onset_time_theory"] = pred.onset_time
         return row
@@ -143,8 +151,7 @@ def _aligned_onset(spec: RunSpec, eq: Any, lw: tuple[float, ...], lh: float
     if spec.init.scale <= a_u:
         return math.inf, "trapped"
     if not eq.collapsed:
-        return 0.0, ("metastable: the init is in the basin of a collapsed local minimum; the "
-                     "global minimiser (fn* column) is the origin")
+        return 0.0, _METASTABLE_NOTE
     return 0.0, "ok"
 
 

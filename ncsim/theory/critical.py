@@ -1,9 +1,16 @@
 """Critical weight decay and the deep-model thresholds (global, stationary, jump, basin).
 
 ``lambda_crit`` is the critical lambda_W when lambda_H = ratio x lambda_W (every W_l shares
-lambda_W): below it the global minimiser is collapsed, above it the origin. One layer: from
-g'(0+) = 0 (closed form, MSE and CE alike). Deep MSE: from the jump condition (closed form).
-Deep CE: certified bisection of g(sigma*(Lambda)) - g(0) in log Lambda (monotone in Lambda).
+lambda_W): below it the collapsed (ETF) state has a lower objective than the origin, above it
+the origin has. For one layer (MSE and CE) and for deep MSE this makes the collapsed state the
+global minimiser below and the origin the global minimiser above. For deep CE it compares only
+the ETF ray with the origin: a lower-rank configuration can beat both, on either side of the
+threshold (K = 3, n = 2, L = 2: a rank-1 head has lower f at 0.98 and at 1.02 Lambda_crit), so
+there the threshold is not a statement about the global minimiser; ``equilibrium(...,
+check_lower_rank=True)`` reports such a case as ``lower_rank_better`` (numeric, a witness).
+One layer: from g'(0+) = 0 (closed form, MSE and CE alike). Deep MSE: from the jump condition
+(closed form). Deep CE: certified bisection of g(sigma*(Lambda)) - g(0) in log Lambda (monotone
+in Lambda).
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ def _compiled(name: str):
 
 
 def Lambda_crit(loss: str, K: Array, n: Array, depth: int = 1) -> Array:
-    """Critical geometric-mean decay Lambda_glob (collapse iff Lambda < Lambda_crit).
+    """Critical geometric-mean decay Lambda_glob (collapse iff Lambda < Lambda_crit; deep CE:
+    the ETF beats the origin iff Lambda < Lambda_crit, a lower-rank state may beat both, see
+    the module docstring).
 
     One layer: 1/(K sqrt(n)) (MSE and CE). Deep MSE: the sympy jump formula. Deep CE: numeric.
     Raises :class:`InputError` for an unknown loss, a depth that is not an integer >= 1, or K, n
@@ -161,7 +170,7 @@ def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Ar
     check_decays(xp, lam, name="the decay lam")
     M = depth + 1
     if depth == 1:
-        return xp.where(K * lam * xp.sqrt(n) < 1, 0.0 * K, xp.full_like(K, float("nan")))
+        return xp.where(lam < 1 / (K * xp.sqrt(n)), 0.0 * K, xp.full_like(K, float("nan")))
     s, N = xp.sqrt(n), K * n
     if loss == "mse":
         x_max = (s * (M - 2) / (2 * (M - 1))) ** (1.0 / M)

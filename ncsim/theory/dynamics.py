@@ -14,14 +14,22 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 import sympy as sp
 from scipy.integrate import quad
 
+from ncsim.errors import InputError, is_finite_number, is_integer, require
 from ncsim.theory import symbols as S
-from ncsim.theory._backend import Array, broadcast, namespace
+from ncsim.theory._backend import Array, namespace
 from ncsim.theory.compile import compile_expr
+from ncsim.theory.equilibrium import (
+    LOSSES,
+    broadcast_inputs,
+    check_classes,
+    check_decays,
+)
 
 z_inf, r_sym, u_sym = sp.symbols("z_inf r u", positive=True)
 g_sym = sp.Symbol("g", positive=True)
@@ -91,14 +99,37 @@ def _fn(name: str):
     return compile_expr(d[name], args)
 
 
+def _checked(names: list[str], values: list[Array]) -> tuple[Array, ...]:
+    """Broadcast (K, n, *decays) named by ``names``; :class:`InputError` unless K is an integer
+    >= 2, n an integer >= 1 and every decay a finite number >= 0."""
+    K, n, *decays = broadcast_inputs(names, values)
+    check_classes(K, n)
+    xp = namespace(K)
+    for name, v in zip(names[2:], decays, strict=True):
+        check_decays(xp, v, name=name)
+    return (K, n, *decays)
+
+
+def _check_amplitude(xp: Any, v: Array, name: str) -> None:
+    """:class:`InputError` unless every entry of ``v`` is a finite number > 0."""
+    bad = ~(v > 0) | ~xp.isfinite(v)
+    if xp.any(bad):
+        raise InputError(f"{name} must be a finite number > 0, got "
+                         f"{float(v[bad].reshape(-1)[0]):g}")
+
+
 def growth_rate(K: Array, n: Array, lambda_w: Array, lambda_h: Array, depth: int = 1) -> Array:
     """Largest eigenvalue of the gradient flow linearised at the origin (per unit time).
 
     One layer (MSE and CE, any bias): mu = -(lW+lH)/2 + sqrt(((lW-lH)/2)^2 + 1/(K^2 n)); the
     norms of W and H grow like e^(mu t), sigma(WH) like e^(2 mu t). Deep (M >= 3): the data
     gradient is of order >= 2 at 0, so the Jacobian is -diag(lambda) and mu = -min(lambda).
+
+    Raises :class:`InputError` for a depth that is not an integer >= 1, K not an integer >= 2,
+    n not an integer >= 1 or a decay that is not a finite number >= 0.
     """
-    K, n, lw, lh = broadcast(K, n, lambda_w, lambda_h)
+    require(is_integer(depth) and depth >= 1, f"depth must be an integer >= 1, got {depth!r}")
+    K, n, lw, lh = _checked(["K", "n", "lambda_w", "lambda_h"], [K, n, lambda_w, lambda_h])
     xp = namespace(K)
     if depth == 1:
         return _fn("growth_rate")(K, n, lw, lh)
@@ -106,39 +137,56 @@ def growth_rate(K: Array, n: Array, lambda_w: Array, lambda_h: Array, depth: int
 
 
 def logistic(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
-    """z(t) = sigma(WH) of a mode from a balanced aligned init z0 (MSE, lambda_W = lambda_H)."""
+    """z(t) = sigma(WH) of a mode from a balanced aligned init z0 (MSE, lambda_W = lambda_H).
+
+    Raises :class:`InputError` for K, n, lam as :func:`growth_rate`."""
+    _checked(["K", "n", "lam"], [K, n, lam])
     r = _fn("logistic_rate")(K, n, lam)
     zi = _fn("logistic_limit")(K, n, lam)
     return _fn("logistic")(t, z0, zi, r)
 
 
 def logistic_half_time(z0: Array, K: Array, n: Array, lam: Array) -> Array:
-    """t_1/2 = ln(z_inf/z0 - 1) / (2 r): time at which the mode reaches half its limit."""
+    """t_1/2 = ln(z_inf/z0 - 1) / (2 r): time at which the mode reaches half its limit.
+
+    Raises :class:`InputError` for K, n, lam as :func:`growth_rate`."""
+    _checked(["K", "n", "lam"], [K, n, lam])
     r = _fn("logistic_rate")(K, n, lam)
     zi = _fn("logistic_limit")(K, n, lam)
     return _fn("half_time")(z0, zi, r)
 
 
 def logistic_integral(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
-    """int_0^t z(tau) dtau of the logistic mode (closed form)."""
+    """int_0^t z(tau) dtau of the logistic mode (closed form).
+
+    Raises :class:`InputError` for K, n, lam as :func:`growth_rate`."""
+    _checked(["K", "n", "lam"], [K, n, lam])
     r = _fn("logistic_rate")(K, n, lam)
     zi = _fn("logistic_limit")(K, n, lam)
     return _fn("z_integral")(t, z0, zi, r)
 
 
 def nc1_rates(K: Array, n: Array, lambda_w: Array, lambda_h: Array) -> tuple[Array, Array]:
-    """(early, late) exponential decay rates of NC1: 2(lambda_H + mu) and 2 lambda_H."""
+    """(early, late) exponential decay rates of NC1: 2(lambda_H + mu) and 2 lambda_H.
+
+    Raises :class:`InputError` for bad input as :func:`growth_rate`."""
     mu = growth_rate(K, n, lambda_w, lambda_h)
     return 2 * (lambda_h + mu), 2 * np.asarray(lambda_h, dtype=float) + 0 * mu
 
 
 def escape_time_asymptotic(K: Array, n: Array, a0: Array, depth: int) -> Array:
-    """Deep escape time without weight decay, small init: N a0^(2-M) / ((M-2) s), M >= 3."""
+    """Deep escape time without weight decay, small init: N a0^(2-M) / ((M-2) s), M >= 3.
+
+    Raises :class:`InputError` for a depth that is not an integer >= 2, K, n as
+    :func:`growth_rate` or an init amplitude a0 that is not a finite number > 0.
+    """
+    require(is_integer(depth) and depth >= 2,
+            f"the asymptotic escape time needs depth >= 2 (an integer), got {depth!r}")
     M = depth + 1
-    if M < 3:
-        raise ValueError("the asymptotic escape time needs depth >= 2")
-    K, n, a0 = broadcast(K, n, a0)
+    K, n, a0 = broadcast_inputs(["K", "n", "a0"], [K, n, a0])
+    check_classes(K, n)
     xp = namespace(K)
+    _check_amplitude(xp, a0, "the init amplitude a0")
     return K * n * a0 ** (2.0 - M) / ((M - 2) * xp.sqrt(n))
 
 
@@ -156,7 +204,16 @@ def escape_time(K: float, n: float, a0: float, a_end: float, depth: int, lam: fl
 
     t = int_{a0}^{a_end} da / (da/dt); inf when the flow does not reach a_end (trapped below
     the basin root, or a_end beyond the stable point).
+
+    Raises :class:`InputError` for K, n, lam as :func:`growth_rate`, a depth that is not an
+    integer >= 1, an unknown loss, or amplitudes a0, a_end that are not finite numbers >= 0.
     """
+    require(is_integer(depth) and depth >= 1, f"depth must be an integer >= 1, got {depth!r}")
+    require(loss in LOSSES, f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+    _checked(["K", "n", "lam"], [K, n, lam])
+    for name, v in (("a0", a0), ("a_end", a_end)):
+        require(is_finite_number(v) and v >= 0,
+                f"amplitude {name} must be a finite number >= 0, got {v!r}")
     M = depth + 1
     if a_end <= a0:
         return 0.0

@@ -34,7 +34,10 @@ class Equilibrium:
 
     Attributes
     ----------
-    collapsed : bool, the global minimiser is non-zero (neural collapse).
+    collapsed : bool, the global minimiser is non-zero (neural collapse). Deep CE: the
+        minimiser on the ETF ray beats the origin; a lower-rank state can beat both (see
+        ``lower_rank_better``), and then the fields describe the best ETF-ray state, not the
+        global minimiser.
     sigma, sigma_mean : singular value of the logits Z = W_L ... W_1 H on each centred label
         mode and on the mean mode.
     fn_star : mean penultimate feature norm |h| at the minimiser (uncentred).
@@ -138,6 +141,53 @@ def _lambdas(lambda_w: Any, lambda_h: Array, depth: int) -> list[Array]:
     return [lambda_w] * depth + [lambda_h]
 
 
+def geometric_mean(xp: Any, lams: list[Array]) -> Array:
+    """Lambda = (prod_j lambda_j)^(1/M), written as m prod_j (lambda_j / m)^(1/M) with m the
+    largest decay: exact (Lambda == lambda) when every decay equals lambda, so that a decay set
+    to the critical value gives exactly Lambda_crit; 0 where a decay is 0."""
+    M = len(lams)
+    top = lams[0]
+    for v in lams[1:]:
+        top = xp.maximum(top, v)
+    safe = xp.where(top > 0, top, xp.full_like(top, 1.0))
+    out = top
+    for v in lams:
+        out = out * (v / safe) ** (1.0 / M)
+    return xp.where(top > 0, out, xp.full_like(top, 0.0))
+
+
+def _factor(xp: Any, sigma: Array, lam_j: Array, lam_geo: Array, zeros: Array, M: int) -> Array:
+    """Singular value of the factor with decay ``lam_j`` on a mode with logit singular value
+    ``sigma`` (0 where sigma = 0). Every decay > 0: lambda-balancing sqrt(Lambda/lambda_j)
+    sigma^(1/M). A zero decay (no minimiser): the limit along every minimising sequence, 0 for a
+    factor with a decay > 0; for the zero-decay factor inf (without bound) when it is the only
+    zero decay and NaN when several are zero (then the limit depends on how they vanish)."""
+    safe = xp.where(lam_j > 0, lam_j, xp.full_like(lam_j, 1.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        balanced = xp.sqrt(lam_geo / safe) * sigma ** (1.0 / M)
+    limit = xp.where(lam_j > 0, xp.full_like(sigma, 0.0),
+                     xp.where(zeros == 1, xp.full_like(sigma, float("inf")),
+                              xp.full_like(sigma, float("nan"))))
+    value = xp.where(zeros > 0, limit, balanced)
+    return xp.where(sigma > 0, value, xp.full_like(sigma, 0.0))
+
+
+def _features(xp: Any, sigma: Array, a_last: Array, lam_last: Array, zeros: Array) -> Array:
+    """Singular value p = sigma / a_L of the penultimate features (input of W_L) on a mode.
+
+    A zero decay (no minimiser), the limit along every minimising sequence: inf where the
+    classifier decay lambda_WL > 0 (then W_L -> 0 while the logits stay finite); 0 where
+    lambda_WL = 0 is the only zero decay (the features' own decays push them to 0); NaN where
+    lambda_WL and another decay are 0 (the limit depends on how they vanish)."""
+    safe = xp.where(a_last > 0, a_last, xp.full_like(a_last, 1.0))
+    limit = xp.where(lam_last > 0, xp.full_like(sigma, float("inf")),
+                     xp.where(zeros == 1, xp.full_like(sigma, 0.0),
+                              xp.full_like(sigma, float("nan"))))
+    with np.errstate(invalid="ignore"):  # inf / inf (CE at a zero decay): replaced by the limit
+        value = xp.where(zeros > 0, limit, sigma / safe)
+    return xp.where(sigma > 0, value, xp.full_like(sigma, 0.0))
+
+
 def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_h: Array,
                 lambda_b: Array = 0.0, depth: int = 1,
                 check_lower_rank: bool = False) -> Equilibrium:
@@ -162,8 +212,18 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     ------
     InputError : unknown loss / bias, depth not an integer >= 1, K not an integer >= 2, n not an
         integer >= 1, a decay that is negative, NaN or infinite, lambda_b not > 0 with bias
-        "reg", or values that are not numbers / do not broadcast. A zero decay is allowed (no
-        minimiser: norms without bound or NaN where a factor's share is undefined).
+        "reg", or values that are not numbers / do not broadcast.
+
+    Notes
+    -----
+    A zero decay is allowed. There is no minimiser then; the norms are the limits along every
+    minimising sequence (equal to lambda_j -> 0 of the closed forms): a factor with a decay > 0
+    goes to 0, the only zero-decay factor grows without bound (inf); the penultimate features
+    (fn_star, class-mean norms) go to inf where the classifier decay lambda_WL > 0 and to 0
+    where lambda_WL is the only zero decay. Where several decays are zero the limit depends on
+    how they vanish: NaN for the zero-decay factors (and for fn_star if lambda_WL is one).
+    The collapse threshold is strict: at Lambda equal to :func:`Lambda_crit` (decays set to
+    :func:`lambda_crit`) ``collapsed`` is False.
     """
     check_model(loss, bias, depth)
     M = depth + 1
@@ -175,9 +235,7 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     xp = namespace(K)
     check_classes(K, n)
     check_decays(xp, *lams)
-    lam_geo = lams[0] ** (1.0 / M)
-    for v in lams[1:]:
-        lam_geo = lam_geo * v ** (1.0 / M)
+    lam_geo = geometric_mean(xp, lams)
     zero = xp.full_like(K, 0.0)
     N = K * n
     sqn = xp.sqrt(n)
@@ -200,15 +258,14 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     sig = main.sigma
     sig0 = mean_sol.sigma if mean_sol is not None else zero
 
+    zeros = sum((v == 0) * 1.0 for v in lams)  # how many decays are zero (no minimiser)
+
     def factor(sigma_: Array, lam_j: Array) -> Array:
-        ratio = xp.where(lam_j > 0, lam_geo / xp.where(lam_j > 0, lam_j, 1.0),
-                         xp.full_like(K, float("nan")))
-        with np.errstate(invalid="ignore"):  # 0 x inf (a zero decay): NaN, as documented
-            return xp.where(sigma_ > 0, xp.sqrt(ratio) * sigma_ ** (1.0 / M), zero)
+        return _factor(xp, sigma_, lam_j, lam_geo, zeros, M)
 
     a_last, a_last0 = factor(sig, lams[depth - 1]), factor(sig0, lams[depth - 1])
-    p = xp.where(sig > 0, sig / xp.where(a_last > 0, a_last, 1.0), zero)
-    p0 = xp.where(sig0 > 0, sig0 / xp.where(a_last0 > 0, a_last0, 1.0), zero)
+    p = _features(xp, sig, a_last, lams[depth - 1], zeros)
+    p0 = _features(xp, sig0, a_last0, lams[depth - 1], zeros)
     frac = (K - 1) / K
     fn = xp.sqrt(frac / n * p ** 2 + p0 ** 2 / N)
     fn_centred = xp.sqrt(frac / n) * p

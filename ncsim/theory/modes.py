@@ -64,9 +64,13 @@ def mse_mode(K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> ModeSolu
     s = xp.sqrt(n)
     g0 = c * n / (2 * K * n)
     if M == 2:
-        sig = _mse_sigma2()(K, n, Lam, c)
-        local = xp.where(sig > 0, sig, xp.full_like(sig, float("nan")))
+        # strict threshold test (collapse iff K Lambda sqrt(n) < c), written as the comparison
+        # Lambda < c / (K sqrt n) with the expression of Lambda_crit, so that Lambda set to
+        # Lambda_crit is never collapsed (the closed form alone rounds to sigma ~ 1e-16 there)
+        live = Lam < c / (K * s)
+        sig = xp.where(live, _mse_sigma2()(K, n, Lam, c), xp.full_like(s, 0.0))
         sig = xp.maximum(sig, xp.full_like(sig, 0.0))
+        local = xp.where(sig > 0, sig, xp.full_like(sig, float("nan")))
     else:
         N = K * n
         x_max = (s * (M - 2) / (2 * (M - 1))) ** (1.0 / M)
@@ -113,7 +117,7 @@ def ce_ray(K: Array, n: Array, Lam: Array, M: int) -> ModeSolution:
     g0 = xp.log(K)
     nan = xp.full_like(K, float("nan"))
     if M == 2:
-        live = K * Lam * xp.sqrt(n) < 1
+        live = Lam < 1 / (K * xp.sqrt(n))  # the expression of Lambda_crit (see mse_mode)
         with_lam = Lam > 0
         safe = xp.where(with_lam & live, Lam, 1 / (2 * K * xp.sqrt(n)))
         sig = _ce_sigma2()(K, n, safe)

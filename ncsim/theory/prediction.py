@@ -16,6 +16,10 @@ Model (balanced classes, i.i.d. N(0, a^2) entries in W and H, small a, lambda_H 
   threshold (bracketed on a log-time grid, refined by brentq on a dense solution of the
   bracketing grid interval).
 - fn(t) is approximated by the root mean square feature norm sqrt((B + E + mean part)/N).
+  The mean part |H v0|^2 (v0 = 1/sqrt(N)): MSE without bias, the K-th label mode (same ODE);
+  free bias and CE, undriven (decays at lambda_H); regularised bias, its own mode ODE together
+  with the bias (settled data weight lambda_b / (1 + lambda_b)), split into e_+ and e_- as a
+  centred mode.
 
 Holds: balanced classes, d well above K (isotropic split of the within-class noise), one
 layer, lambda_W, lambda_H > 0; init from 1e-4 to 1 (entry std) was checked (see
@@ -35,7 +39,7 @@ import numpy as np
 from scipy.integrate import ODEintWarning, odeint, solve_ivp
 from scipy.optimize import brentq
 
-from ncsim.errors import InputError
+from ncsim.errors import is_finite_number, is_integer, require
 from ncsim.theory import dynamics
 from ncsim.theory.critical import basin_threshold
 from ncsim.theory.equilibrium import equilibrium
@@ -49,7 +53,9 @@ class OnsetPrediction:
     lead_time : onset_time minus the first time fn crosses (1 + delta) fn*; NaN when either
         never happens (as the simulator's lead time).
     fn_cross_time : that crossing time (inf if never). delta : the delta used.
-    regime : "ok", "vanishing", "trapped", "no_onset" or "not_applicable".
+    regime : "ok", "approximate: d < 5K", "no_minimiser", "escape_time_only",
+        "escape_time_only: metastable", "trapped", "vanishing" or "no_onset" (see
+        :func:`predicted_onset`).
     """
 
     onset_time: float
@@ -59,11 +65,16 @@ class OnsetPrediction:
     regime: str
 
 
-def _mode_rhs(loss: str, K: int, n: int, lw: float, lh: float):
+def _mode_rhs(loss: str, K: int, n: int, lw: float, lh: float, lb: float | None = None):
+    """Right-hand side of the mode ODE: state (w, h, int kappa w^2 / N) of a centred label
+    mode; with ``lb`` (MSE, regularised bias) also (w0, h0, int w0^2 / N, beta) of the mean
+    mode and the bias beta = u0^T b along it (u0 = 1/sqrt(K), v0 = 1/sqrt(N): target sqrt(n),
+    bias logits sqrt(N) beta)."""
     s, N = math.sqrt(n), K * n
+    sqrt_N = math.sqrt(N)
 
     def rhs(t: float, y: np.ndarray) -> list[float]:
-        w, h, _ = y
+        w, h = y[0], y[1]
         if loss == "mse":
             drive = (s - w * h) / N
             kappa = 1.0
@@ -74,9 +85,22 @@ def _mode_rhs(loss: str, K: int, n: int, lw: float, lh: float):
             p = 1.0 / (1.0 + (K - 1) * em)
             q = (1.0 - p) / (K - 1)
             kappa = (1.0 - p * p - (K - 1) * q * q) / (K - 1)
-        return [drive * h - lw * w, drive * w - lh * h, kappa * w * w / N]
+        out = [drive * h - lw * w, drive * w - lh * h, kappa * w * w / N]
+        if lb is not None:
+            w0, h0, beta = y[3], y[4], y[6]
+            r = s - w0 * h0 - sqrt_N * beta
+            out += [r * h0 / N - lw * w0, r * w0 / N - lh * h0, w0 * w0 / N, r / sqrt_N - lb * beta]
+        return out
 
     return rhs
+
+
+def _split(lw: float, lh: float, g: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Eigenvectors (growing e_+ with e_+[0] >= 0, decaying e_-) of the mode Jacobian
+    [[-lw, g], [g, -lh]] and the eigenvalue mu_- of e_-."""
+    vals, vecs = np.linalg.eigh(np.array([[-lw, g], [g, -lh]]))
+    e_plus = vecs[:, 1] if vecs[0, 1] >= 0 else -vecs[:, 1]
+    return e_plus, vecs[:, 0], float(vals[0])
 
 
 Energies = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -127,37 +151,72 @@ _RTOL, _ATOL = 1e-10, 1e-14  # of the mode ODE
 
 
 def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, a: float,
-            grid: np.ndarray) -> _ModeCurves:
+            grid: np.ndarray, lb: float = 0.0) -> _ModeCurves:
     """The mode ODE from the growing eigen-direction of the init, solved on ``grid`` (G,)
-    (starting at t = 0) by LSODA in one call (the solver interpolates at the grid times)."""
+    (starting at t = 0) by LSODA in one call (the solver interpolates at the grid times).
+
+    The mean label mode: for MSE without bias an ordinary mode (the centred solution); with a
+    free bias, and for CE, undriven (it decays at lambda_H); with a regularised bias its own
+    mode ODE with the bias (data weight lambda_b / (1 + lambda_b) once the bias has settled),
+    split like a centred mode, the bias starting at 0."""
     g = 1.0 / (K * math.sqrt(n))
-    vals, vecs = np.linalg.eigh(np.array([[-lw, g], [g, -lh]]))
-    e_plus, e_minus, mu_minus = vecs[:, 1], vecs[:, 0], vals[0]
-    if e_plus[0] < 0:
-        e_plus = -e_plus
-    w0, h0 = math.sqrt(d) * a * e_plus
-    rhs = _mode_rhs(loss, K, n, lw, lh)
+    e_plus, e_minus, mu_minus = _split(lw, lh, g)
+    y0 = [*(math.sqrt(d) * a * e_plus), 0.0]
+    reg = loss == "mse" and bias == "reg"
+    if reg:
+        m_plus, m_minus, mu0_minus = _split(lw, lh, g * lb / (1 + lb))
+        y0 += [*(math.sqrt(d) * a * m_plus), 0.0, 0.0]
+    rhs = _mode_rhs(loss, K, n, lw, lh, lb if reg else None)
     with warnings.catch_warnings():  # a failure is raised below, not printed
         warnings.simplefilter("ignore", ODEintWarning)
-        states, info = odeint(rhs, [w0, h0, 0.0], grid, rtol=_RTOL, atol=_ATOL, tfirst=True,
+        states, info = odeint(rhs, y0, grid, rtol=_RTOL, atol=_ATOL, tfirst=True,
                               mxstep=100_000, full_output=True)
     if info["message"] != "Integration successful.":
         reason = info["message"].split(" (")[0].rstrip(".")  # without scipy's Dfun hint
         raise ArithmeticError(f"the mode ODE failed: LSODA: {reason}")
     N = K * n
-    r_w = K if (loss == "mse" and bias == "none") else K - 1
-    r_w = min(r_w, d)
+    # directions of range(W) on which the within-class energy also decays: the K - 1 centred
+    # modes (int kappa w^2 / N), the mean mode for MSE without bias (the same integral) or with
+    # a regularised bias (its own integral int w0^2 / N)
+    r_w = min(K if (loss == "mse" and bias == "none") else K - 1, d)
+    r_0 = 1 if (reg and d > r_w) else 0
     e0 = a * a * d * (N - K)
     decay_h = e_minus[1] ** 2
 
     def energies(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, integ = y[:, 1], y[:, 2]
         between = (K - 1) * (h * h + d * a * a * decay_h * np.exp(2 * mu_minus * t))
-        within = e0 * np.exp(-2 * lh * t) * ((d - r_w) / d + r_w / d * np.exp(-2 * integ))
-        mean = h * h if (loss == "mse" and bias == "none") else d * a * a * np.exp(-2 * lh * t)
-        return between, within, mean
+        kept = (d - r_w - r_0) / d + r_w / d * np.exp(-2 * integ)
+        if reg:
+            kept = kept + r_0 / d * np.exp(-2 * y[:, 5])
+            mean = y[:, 4] ** 2 + d * a * a * m_minus[1] ** 2 * np.exp(2 * mu0_minus * t)
+        elif loss == "mse" and bias == "none":
+            mean = h * h
+        else:
+            mean = d * a * a * np.exp(-2 * lh * t)
+        return between, e0 * np.exp(-2 * lh * t) * kept, mean
 
     return _ModeCurves(rhs, grid, states, energies, N)
+
+
+def _horizon(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, a: float,
+             threshold: float) -> float:
+    """Default search horizon: 40 / (slowest rate of lambda_H and mu), capped to [1e3, 1e8].
+
+    With lambda_H = 0 < lambda_W no rate sets it: the within-class energy in null(W) never
+    decays, and NC1 falls only as the class means grow without bound, polynomially (MSE:
+    h^4 ~ 4 lambda_W n t on a mode once w h ~ sqrt(n); CE faster). The horizon then also covers
+    100 x the time at which that growth brings nc1_trace below the threshold (capped at 1e12).
+    """
+    mu = float(dynamics.growth_rate(K, n, lw, lh))
+    slow = min(x for x in (lh, mu) if x > 0) if max(lh, mu) > 0 else 1e-6
+    t_max = float(np.clip(40.0 / slow, 1e3, 1e8))
+    if lh == 0 and lw > 0:
+        r_w = min(K if (loss == "mse" and bias == "none") else K - 1, d)
+        kept = a * a * (K * n - K) * max(d - r_w, 0)  # within-class energy that never decays
+        h2 = kept / ((K - 1) * threshold)  # mode energy h^2 that brings nc1_trace to threshold
+        t_max = float(np.clip(100.0 * h2 * h2 / (4.0 * lw * n), t_max, 1e12))
+    return t_max
 
 
 @functools.lru_cache(maxsize=4096)  # a pure function of its arguments: seeds share one call
@@ -173,9 +232,11 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
     init_scale : std a of the i.i.d. Gaussian init entries (> 0).
     threshold : NC1 (trace form) onset threshold (> 0). Where the model's nc1_trace starts
         below it ((N - K)/(K - 1) at t = 0; 0 for n = 1), the onset is t = 0.
-    delta : fn crossing level (1 + delta) fn*; default -0.05 when fn starts below fn*, +0.05
-        when above.
-    t_max : search horizon (default: 40 / min(lambda_H, mu) capped to [1e3, 1e8]).
+    delta : fn crossing level (1 + delta) fn*, a finite number > -1; default -0.05 when fn
+        starts below fn*, +0.05 when above.
+    t_max : search horizon (default: 40 / min(lambda_H, mu) capped to [1e3, 1e8]; with
+        lambda_H = 0 < lambda_W at least 100 x the estimated time of the slow polynomial
+        decay of NC1, capped at 1e12, see :func:`_horizon`).
 
     Returns
     -------
@@ -183,7 +244,17 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
     simulator; otherwise it names the failure: "approximate: d < 5K", "no_minimiser"
     (lambda_W or lambda_H = 0: the onset is kept, fn* and the lead time are NaN),
     "escape_time_only" (deep: the time is the mode escape time, not the nc1_trace onset),
-    "trapped", "vanishing" or "no_onset".
+    "escape_time_only: metastable" (deep, Lambda_glob < Lambda < Lambda_stat with the init
+    above the basin root: the flow goes to a collapsed local minimum while the origin is the
+    global minimiser; the time is the escape time towards that local minimum), "trapped"
+    (deep, init at or below the basin root), "vanishing" (no non-zero stable state) or
+    "no_onset".
+
+    Raises
+    ------
+    InputError : a bad model or decay (see :func:`equilibrium`), d not an integer >= 1, a
+        threshold or init_scale that is not a finite number > 0, delta not a finite number > -1,
+        or t_max not a finite number > 0.
 
     Notes
     -----
@@ -205,26 +276,22 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
       d < 4K, 7.5% at d = 4K), for deep heads (not modelled: NaN in the theory columns) and
       for a zero decay (no fn*).
     """
-    for name, value in (("threshold", threshold), ("init_scale", init_scale)):
-        if not (math.isfinite(value) and value > 0):
-            raise InputError(f"{name} must be a finite number > 0, got {value!r}")
+    _check_onset_inputs(d, threshold, init_scale, delta, t_max)
     eq = equilibrium(loss, bias, K, n, lambda_w, lambda_h, lambda_b, depth)
     fn_star = float(eq.fn_star)
     nan = math.nan
+    if depth > 1:  # before the collapse test: a metastable collapsed state can be reached
+        return _deep_onset(loss, K, n, d, lambda_w, lambda_h, init_scale, depth, eq)
     if not bool(eq.collapsed):
         return OnsetPrediction(math.inf, nan, nan, nan, "vanishing")
-    if depth > 1:
-        return _deep_onset(loss, K, n, d, lambda_w, lambda_h, init_scale, depth, eq)
     if not (lambda_w > 0 and lambda_h > 0):
         # no minimiser (norms grow without bound): fn* and the lead time are undefined; the
         # early NC1 phase is still linear, so the onset itself is kept but flagged
         fn_star = math.nan
-    mu = float(dynamics.growth_rate(K, n, lambda_w, lambda_h))
     if t_max is None:
-        slow = min(x for x in (lambda_h, mu) if x > 0) if max(lambda_h, mu) > 0 else 1e-6
-        t_max = float(np.clip(40.0 / slow, 1e3, 1e8))
+        t_max = _horizon(loss, bias, K, n, d, lambda_w, lambda_h, init_scale, threshold)
     grid = np.concatenate([[0.0], np.geomspace(1e-3, t_max, 4000)])
-    curves = _curves(loss, bias, K, n, d, lambda_w, lambda_h, init_scale, grid)
+    curves = _curves(loss, bias, K, n, d, lambda_w, lambda_h, init_scale, grid, lambda_b)
     if float(curves.nc1(grid[:1], curves.states[:1])[0]) < threshold:
         onset = 0.0  # below from the start: the first time nc1_trace < threshold is t = 0
     else:
@@ -245,18 +312,45 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
     return OnsetPrediction(onset, lead, t_cross, delta, regime)
 
 
+def _check_onset_inputs(d: int, threshold: float, init_scale: float, delta: float | None,
+                        t_max: float | None) -> None:
+    """:class:`InputError` for a bad dimension, threshold, init scale, delta or horizon (the
+    model itself is checked by :func:`equilibrium`)."""
+    require(is_integer(d) and d >= 1, f"dimension d must be an integer >= 1, got {d!r}")
+    for name, value in (("threshold", threshold), ("init_scale", init_scale)):
+        require(is_finite_number(value) and value > 0,
+                f"{name} must be a finite number > 0, got {value!r}")
+    require(delta is None or (is_finite_number(delta) and delta > -1),
+            f"delta must be a finite number > -1 (the fn level (1 + delta) fn* must be > 0), "
+            f"got {delta!r}")
+    require(t_max is None or (is_finite_number(t_max) and t_max > 0),
+            f"t_max must be a finite number > 0 (or None for the default), got {t_max!r}")
+
+
+METASTABLE = "escape_time_only: metastable"
+
+
 def _deep_onset(loss: str, K: int, n: int, d: int, lw: float, lh: float, a: float, depth: int,
                 eq) -> OnsetPrediction:
-    """Deep linear: onset ~ time for the balanced mode to reach half its equilibrium sigma."""
+    """Deep linear: onset ~ time for the balanced mode to reach half the sigma of the collapsed
+    state it flows to: the global minimiser, or, where the origin is global but a non-zero
+    local minimiser exists (Lambda_glob < Lambda < Lambda_stat), that metastable state (regime
+    :data:`METASTABLE`); "vanishing" where no non-zero critical point exists, "trapped" where
+    the init amplitude a0 = a sqrt(d/2) is at or below the basin root a_u."""
+    nan = math.nan
+    target = float(eq.sigma) if bool(eq.collapsed) else float(eq.sigma_local)
+    if not math.isfinite(target) or target <= 0:
+        return OnsetPrediction(math.inf, nan, nan, nan, "vanishing")
     M = depth + 1
     lam = (lh * lw ** depth) ** (1.0 / M)
     a0 = a * math.sqrt(d / 2)
     a_u = float(basin_threshold(loss, K, n, lam, depth))
     if a0 <= a_u:
-        return OnsetPrediction(math.inf, math.nan, math.nan, math.nan, "trapped")
-    a_half = (0.5 * float(eq.sigma)) ** (1.0 / M)
+        return OnsetPrediction(math.inf, nan, nan, nan, "trapped")
+    a_half = (0.5 * target) ** (1.0 / M)
     t = dynamics.escape_time(K, n, a0, a_half, depth, lam, loss)
     # the within-class decay of the deep head is not modelled: this is the time the balanced
     # mode needs to reach half its equilibrium, not the nc1_trace onset (measured: 27 vs 40 at
     # init 0.1, 1.2 vs 153 at init 0.3 for K=4, n=5, d=20, L=2, lambda=0.01)
-    return OnsetPrediction(t, math.nan, math.nan, math.nan, "escape_time_only")
+    regime = "escape_time_only" if bool(eq.collapsed) else METASTABLE
+    return OnsetPrediction(t, nan, nan, nan, regime)
