@@ -18,7 +18,7 @@ import sympy as sp
 from cli_helpers import error_line, invoke
 
 from ncsim.io import read_table
-from ncsim.onset import crossing_time, onset_time, value_at
+from ncsim.onset import crossing_time, is_vanishing, onset_time, value_at
 from ncsim.theory.critical import critical_table
 from ncsim.theory.dynamics import growth_rate, nc1_rates
 from ncsim.theory.equilibrium import equilibrium
@@ -478,6 +478,9 @@ def _check_runs(runs: list[dict], logs: list[Path], threshold: float, phase_two:
         for key, value in want.items():
             assert _same(_number(run[key]), value), (path.name, key, run[key], value)
         collapsed = math.isfinite(want["onset_epoch"])
+        # no released log vanishes (the vanishing rule: test_validate_fixes_session11.py)
+        fn = pd.read_csv(path).sort_values("epoch", kind="stable")["feat_norm"]
+        assert not is_vanishing(fn.to_numpy(np.float64), 1e-3), path.name
         assert run["status"] == ("collapsed" if collapsed else "not_collapsed")
         assert run["onset_epoch"] is None or isinstance(run["onset_epoch"], int)
 
@@ -495,7 +498,7 @@ def test_analyze_every_paper_log_equals_onset_functions(preset, threshold):
                              "--onset-threshold", str(threshold), "--format", "json"]))
     assert data["rule"] == {"metric": "nc1_trace", "threshold": threshold,
                             "phase": 2 if preset == "rupa2026" else None,
-                            "interpolate": False, "stay": 1}
+                            "interpolate": False, "stay": 1, "vanish_tol": 1e-3}
     _check_runs(data["runs"], logs, threshold, preset == "rupa2026")
     runs = pd.DataFrame(data["runs"])
     assert sum(g["n_runs"] for g in data["groups"]) == len(logs)

@@ -183,10 +183,11 @@ def _train(desc: RunDesc) -> Result:
     log = result.log.sort_values("time").reset_index(drop=True)
     rule = OnsetRule(threshold=p.get("onset_threshold", 0.01), phase=2, interpolate=False)
     summary = run_onset(log, rule)
-    collapsed = math.isfinite(summary["onset_epoch"])
+    collapsed = summary["status"] == "collapsed"
     inherited = collapsed and _below_at_switch(log, rule.metric, rule.threshold,
                                                summary["onset_epoch"])
-    row = {**_labels(desc), "status": "ok" if collapsed else "not_collapsed",
+    status = {"collapsed": "ok"}.get(summary["status"], summary["status"])  # simulate's names
+    row = {**_labels(desc), "status": status,
            "time_unit": "epoch", "onset_time": summary["onset_epoch"],
            "fn_at_onset": summary["fn_star"], "final_fn": summary["final_fn"],
            "final_nc1_trace": float(log["nc1_trace"].iloc[-1]),

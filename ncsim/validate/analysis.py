@@ -10,6 +10,13 @@ Rules
   its first such epoch. No interpolation. Empty (NaN) records, as written before 99% training
   accuracy, are skipped. fn* of a run = fn at that record (records without fn are skipped:
   the next record with fn, or the last one before the onset when none follows).
+- Vanishing (the simulator's rule, :func:`ncsim.onset.is_vanishing`): a run whose last finite
+  fn is below ``vanish_tol`` (default 1e-3, ``SolverSpec.vanish_tol``) times its largest fn,
+  over the whole log, has status ``vanishing`` and no onset (``onset_epoch`` and ``fn_star``
+  NaN): its scale-free NC1 may still fall while every feature norm goes to 0, which is no
+  collapse (DESIGN.md section 2). It is left out of the group fn* and onset statistics and of
+  the lead-time fit. Status of the other runs: ``collapsed`` or ``not_collapsed``.
+- Run ids: every record needs one; a record without a run id is an error (never dropped).
 - Group statistics (per model, dataset, condition): mean, sample std (ddof = 1), CV = std / mean
   and the 95% Student-t interval mean +- t_{0.975, n-1} std / sqrt(n).
 - Lead time: T_NC minus the first logged epoch with fn <= a threshold fn_pred. fn_pred is
@@ -29,12 +36,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ncsim.errors import InputError
-from ncsim.onset import crossing_time, onset_time, value_at
+from ncsim.errors import InputError, is_finite_number
+from ncsim.onset import crossing_time, is_vanishing, onset_and_fn
+from ncsim.spec import SolverSpec
+from ncsim.validate.logs import blank_run_ids
 
 GROUP_KEYS = ("model", "dataset", "condition")
 FITS = ("mean", "power")
 PRESETS = ("rupa2026", "ncsim")
+#: the simulator's vanishing tolerance (final fn < VANISH_TOL x largest fn)
+VANISH_TOL: float = SolverSpec.vanish_tol
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class OnsetRule:
     phase : restrict the search to this phase when the log has it (None = whole log).
     interpolate : interpolate the crossing in log time (False = first record below).
     stay : consecutive records that must stay below.
+    vanish_tol : the run is ``vanishing`` (no onset) when its last finite fn is below
+        vanish_tol x its largest fn (the simulator's rule and default); 0 turns it off.
     """
 
     metric: str = "nc1_trace"
@@ -53,6 +66,13 @@ class OnsetRule:
     phase: int | None = 2
     interpolate: bool = False
     stay: int = 1
+    vanish_tol: float = VANISH_TOL
+
+    def __post_init__(self) -> None:
+        tol = self.vanish_tol
+        if not (is_finite_number(tol) and 0 <= tol < 1):
+            raise InputError(f"vanish_tol must be a number in [0, 1) (a run is vanishing when "
+                             f"its final fn < vanish_tol x its largest fn), got {tol!r}")
 
     @classmethod
     def preset(cls, name: str, threshold: float | None = None) -> OnsetRule:
@@ -74,8 +94,19 @@ def _search_part(part: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
     return part[in_phase] if in_phase.any() else part
 
 
-def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float]:
-    """Onset time, fn* and summary values of one run's records (sorted by time)."""
+def run_status(onset: float, vanishing: bool) -> str:
+    """``vanishing`` (whatever the metric does), else ``collapsed`` or ``not_collapsed``."""
+    if vanishing:
+        return "vanishing"
+    return "collapsed" if math.isfinite(onset) else "not_collapsed"
+
+
+def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
+    """Onset time, fn*, status and summary values of one run's records (sorted by time).
+
+    A vanishing run (see the module notes) gets status ``vanishing`` and NaN ``onset_epoch``
+    and ``fn_star``; its summary values (``min_metric``, ``final_fn``, ...) are kept.
+    """
     if rule.metric not in part.columns:
         run = part["run_id"].iloc[0] if "run_id" in part and len(part) else "?"
         raise InputError(f"log of run {run} lacks the onset metric column {rule.metric!r}; "
@@ -84,11 +115,14 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float]:
     search = _search_part(part, rule)
     t = search["time"].to_numpy(np.float64)
     metric = search[rule.metric].to_numpy(np.float64)
-    when = onset_time(t, metric, rule.threshold, rule.stay, rule.interpolate)
-    fn_star = value_at(t, search["fn"].to_numpy(np.float64), when, rule.interpolate)
+    when, fn_star = onset_and_fn(t, metric, search["fn"].to_numpy(np.float64), rule.threshold,
+                                 rule.stay, rule.interpolate)
     all_metric = part[rule.metric].to_numpy(np.float64)
     finite = all_metric[np.isfinite(all_metric)]
     fn_all = part["fn"].to_numpy(np.float64)
+    vanishing = rule.vanish_tol > 0 and is_vanishing(fn_all, rule.vanish_tol)
+    if vanishing:  # a crossing while every norm vanishes is no onset (as in the simulator)
+        when = fn_star = math.nan
     fn_all = fn_all[np.isfinite(fn_all)]
     return {
         "onset_epoch": when,
@@ -97,16 +131,31 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float]:
         "final_metric": float(finite[-1]) if finite.size else math.nan,
         "final_fn": float(fn_all[-1]) if fn_all.size else math.nan,
         "last_epoch": float(part["time"].max()),
+        "status": run_status(when, vanishing),
     }
 
 
-def run_table(traj: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
-    """One row per run: labels, ``onset_epoch``, ``fn_star``, ``status``.
+def _check_run_ids(traj: pd.DataFrame) -> None:
+    """Every record needs a run id (a blank one would silently drop the record)."""
+    if "run_id" not in traj.columns:
+        raise InputError("the trajectory table has no run_id column; read the logs with "
+                         "ncsim.validate.logs.read_logs or add a run_id column")
+    blank = blank_run_ids(traj["run_id"])
+    if blank.any():
+        raise InputError(f"{int(blank.sum())} of {blank.size} records of the trajectory table "
+                         "have no run_id; give every record its run's id")
 
-    Raises :class:`InputError` when ``traj`` has no records (there is no run to tabulate)."""
+
+def run_table(traj: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
+    """One row per run: labels, ``onset_epoch``, ``fn_star``, summary values and ``status``
+    (``collapsed``, ``not_collapsed`` or ``vanishing``).
+
+    Raises :class:`InputError` when ``traj`` has no records (there is no run to tabulate) or a
+    record has no run id."""
     if traj.empty:
         raise InputError("the training logs hold no records, so there is no run to "
                          "tabulate; read logs with at least one epoch each")
+    _check_run_ids(traj)
     rows = []
     for run_id, part in traj.groupby("run_id", sort=False):
         part = part.sort_values("time", kind="stable")
@@ -114,7 +163,6 @@ def run_table(traj: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
         for key in ("model", "dataset", "condition", "seed"):
             row[key] = part[key].iloc[0] if key in part.columns else pd.NA
         row.update(run_onset(part, rule))
-        row["status"] = "collapsed" if math.isfinite(row["onset_epoch"]) else "not_collapsed"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -129,13 +177,16 @@ def _interval(values: np.ndarray) -> dict[str, float]:
 
 
 def group_table(runs: pd.DataFrame, keys: tuple[str, ...] = GROUP_KEYS) -> pd.DataFrame:
-    """Per group: runs, collapsed runs, fn* and onset mean, sample std, CV, 95% t interval."""
+    """Per group: runs, collapsed and vanishing runs, fn* and onset mean, sample std, CV, 95% t
+    interval over the collapsed runs (vanishing runs have no onset and are left out)."""
     rows = []
     for key, part in runs.groupby(list(keys), sort=False, dropna=False):
         ok = part[np.isfinite(part["onset_epoch"].to_numpy(np.float64))]
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=False))
         row["n_runs"] = int(len(part))
         row["n_collapsed"] = int(len(ok))
+        row["n_vanishing"] = (int(part["status"].eq("vanishing").sum())
+                              if "status" in part.columns else 0)
         for name, col in (("fn_star", "fn_star"), ("onset", "onset_epoch")):
             for stat, value in _interval(ok[col].to_numpy(np.float64)).items():
                 row[f"{name}_{stat}"] = value

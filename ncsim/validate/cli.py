@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
 
 from ncsim.cli_errors import check_out_folder, handle_errors
@@ -23,6 +24,15 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 def _records(frame: pd.DataFrame) -> list[dict]:
     rows = frame.astype(object).where(pd.notna(frame), None).to_dict(orient="records")
     return to_jsonable(rows)
+
+
+def _whole_as_int(values: pd.Series) -> pd.Series:
+    """Times as nullable integers when every finite one is a whole number (epochs print as
+    250, not 250.0); unchanged otherwise (flow time 1.25, a log-time interpolated onset)."""
+    numbers = values.to_numpy(np.float64)
+    known = numbers[~np.isnan(numbers)]
+    whole = np.isfinite(known).all() and np.array_equal(known, np.round(known))
+    return values.astype("Int64") if whole and np.all(np.abs(known) < 2.0**53) else values
 
 
 def _check_threshold(threshold: float) -> None:
@@ -78,7 +88,7 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, met
                      interpolate=rule.interpolate)
     result = analyze(read_logs(list(logs)), rule, threshold_fit)
     runs = result["runs"].copy()
-    runs["onset_epoch"] = runs["onset_epoch"].astype("Int64")
+    runs["onset_epoch"] = _whole_as_int(runs["onset_epoch"])
     if out is not None:
         write_table(result["runs"], out)
     if fmt == "json":
@@ -95,9 +105,9 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, met
                        "min_metric", "status"]])
     groups = result["groups"]
     _print_table("groups (fn* mean, sample std, CV, 95% Student-t interval)",
-                 groups[["model", "dataset", "condition", "n_runs", "n_collapsed", "fn_star_mean",
-                         "fn_star_std", "fn_star_cv", "fn_star_ci_low", "fn_star_ci_high",
-                         "onset_mean", "onset_std"]])
+                 groups[["model", "dataset", "condition", "n_runs", "n_collapsed", "n_vanishing",
+                         "fn_star_mean", "fn_star_std", "fn_star_cv", "fn_star_ci_low",
+                         "fn_star_ci_high", "onset_mean", "onset_std"]])
     _print_table(f"lead time (threshold fit: {threshold_fit})",
                  result["leads"][["run", "onset_epoch", "fn_pred_in_sample", "lead_in_sample",
                                   "fn_pred_held_out", "lead_held_out"]])

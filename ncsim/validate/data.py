@@ -107,26 +107,72 @@ def _read_idx_split(root: Path, provider: str) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+#: what pickle.load raises on a damaged or foreign file: its own UnpicklingError, and (the
+#: pickle documentation: "not necessarily limited to") EOFError on a truncated file,
+#: ValueError (e.g. text read as a protocol-0 opcode; UnicodeDecodeError is one), and
+#: AttributeError, ImportError, IndexError, KeyError, TypeError and OverflowError from a
+#: stream that names or calls the wrong things
+CORRUPT_PICKLE_ERRORS: tuple[type[Exception], ...] = (
+    pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError,
+    KeyError, TypeError, OverflowError)
+CIFAR_HINT = ("CIFAR-10 needs the python batches (data_batch_1..5, test_batch) from "
+              "cifar-10-python.tar.gz extracted in --data-root")
+CIFAR_PIXELS = 3 * 32 * 32
+
+
+def _load_pickle(path: Path) -> object:
+    """Unpickle one file; a damaged or foreign file is an :class:`InputError` naming it."""
+    with open(path, "rb") as handle:
+        try:
+            return pickle.load(handle, encoding="bytes")
+        except CORRUPT_PICKLE_ERRORS as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"{path} is not a readable CIFAR-10 python batch (unpickling "
+                             f"failed: {reason}); replace it with the file of the same name "
+                             f"from a fresh extract of cifar-10-python.tar.gz") from None
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch -> (images (M, 3, 32, 32) uint8, labels (M,) int64)."""
+    batch = _load_pickle(path)
+    bad = f"{path} is not a CIFAR-10 python batch"
+    require(isinstance(batch, dict) and b"data" in batch and b"labels" in batch,
+            f"{bad} (a batch is a dict with the keys b'data' and b'labels'); {CIFAR_HINT}")
+    try:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[b"labels"])
+    except (ValueError, TypeError):  # ragged or odd contents
+        raise InputError(f"{bad} (its data or labels are no arrays); {CIFAR_HINT}") from None
+    require(data.dtype.kind in "iu" and data.ndim == 2 and data.shape[1] == CIFAR_PIXELS,
+            f"{bad} (its data is {data.dtype} of shape {data.shape}, not integer rows of "
+            f"{CIFAR_PIXELS} pixels); {CIFAR_HINT}")
+    require(data.size == 0 or (data.min() >= 0 and data.max() <= 255),
+            f"{bad} (its pixel values leave 0..255); {CIFAR_HINT}")
+    require(labels.ndim == 1 and labels.dtype.kind in "iu",
+            f"{bad} (its labels are not a list of integers); {CIFAR_HINT}")
+    require(data.shape[0] == labels.shape[0], f"{path} holds {data.shape[0]} images but "
+            f"{labels.shape[0]} labels; {CIFAR_HINT}")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
 def read_cifar10(root: str | Path) -> tuple[np.ndarray, ...]:
-    """CIFAR-10 python batches -> (x_train (50000,3,32,32) uint8, y_train, x_test, y_test)."""
+    """CIFAR-10 python batches -> (x_train (50000,3,32,32) uint8, y_train, x_test, y_test).
+
+    A missing batch, a damaged one (unpickling fails) or one without integer images of 3 x 32 x 32
+    pixels (values 0..255) and as many integer labels is an :class:`InputError` naming the file.
+    """
     root = Path(root)
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
-    hint = ("CIFAR-10 needs the python batches (data_batch_1..5, test_batch) from "
-            "cifar-10-python.tar.gz extracted in --data-root")
     parts = []
     for names in ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]):
         xs, ys = [], []
         for name in names:
             if not (root / name).exists():
-                raise InputError(f"missing {root / name}; {hint}")
-            with open(root / name, "rb") as handle:
-                batch = pickle.load(handle, encoding="bytes")
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
-            require(xs[-1].shape[0] == ys[-1].shape[0],
-                    f"{root / name} holds {xs[-1].shape[0]} images but {ys[-1].shape[0]} "
-                    f"labels; {hint}")
+                raise InputError(f"missing {root / name}; {CIFAR_HINT}")
+            x, y = _cifar_batch(root / name)
+            xs.append(x)
+            ys.append(y)
         parts += [np.concatenate(xs), np.concatenate(ys)]
     return tuple(parts)
 

@@ -127,14 +127,39 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return _as_float(out).sort_values("time", kind="stable").reset_index(drop=True)
 
 
+def blank_run_ids(ids: pd.Series) -> np.ndarray:
+    """(M,) bool: records whose run id is missing (NaN, None) or empty text."""
+    text = ids.astype("string").str.strip()
+    return (ids.isna() | text.eq("").fillna(False)).to_numpy(bool)
+
+
+def _check_run_ids(ids: pd.Series, log: str) -> None:
+    """Refuse a ``run_id`` column with blank entries (they would be dropped or crash later)."""
+    blank = blank_run_ids(ids)
+    if not blank.any():
+        return
+    if blank.all():
+        raise InputError(f"log {log}: the run_id column is empty; fill it in, or drop the column "
+                         "to name the run after the file")
+    first = int(np.flatnonzero(blank)[0])
+    raise InputError(f"log {log}: {int(blank.sum())} of {blank.size} records have no run_id "
+                     f"(the first is data row {first + 1}); give every record its run's id")
+
+
 def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
-    """Check an ncsim trajectory table and fill missing labels."""
+    """Check an ncsim trajectory table and fill missing labels.
+
+    Without a ``run_id`` column every record belongs to one run named ``default_id``; with one,
+    every record needs an id (a blank one is an :class:`InputError`, never dropped).
+    """
     missing = [c for c in NCSIM_REQUIRED if c not in frame.columns]
     if missing:
         raise InputError(f"log {default_id} lacks column(s) {', '.join(missing)}; an ncsim log "
                          "needs time, fn and nc1_trace")
     out = frame.copy()
-    if "run_id" not in out.columns:
+    if "run_id" in out.columns:
+        _check_run_ids(out["run_id"], default_id)
+    else:
         out.insert(0, "run_id", default_id)
     if "time_unit" not in out.columns:
         out["time_unit"] = "epoch"

@@ -573,8 +573,10 @@ def load_checkpoint(path: str | Path, data: Dataset | None = None
 
 
 def summarize(log: pd.DataFrame, threshold: float = 0.01, metric: str = "nc1_trace"
-              ) -> dict[str, float]:
-    """Onset epoch (the paper's rule: first phase-2 record below ``threshold``) and fn*."""
+              ) -> dict[str, float | str]:
+    """Onset epoch (the paper's rule: first phase-2 record below ``threshold``), fn* and the
+    run's ``status`` (``collapsed``, ``not_collapsed``, or ``vanishing`` with no onset and fn*
+    when fn vanishes: :func:`ncsim.validate.analysis.run_onset`)."""
     from ncsim.validate.analysis import OnsetRule, run_onset
 
     rule = OnsetRule(metric=metric, threshold=threshold, phase=2, interpolate=False)
