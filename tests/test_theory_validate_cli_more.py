@@ -478,7 +478,7 @@ def _check_runs(runs: list[dict], logs: list[Path], threshold: float, phase_two:
         for key, value in want.items():
             assert _same(_number(run[key]), value), (path.name, key, run[key], value)
         collapsed = math.isfinite(want["onset_epoch"])
-        # no released log vanishes (the vanishing rule: test_validate_fixes_session11.py)
+        # no released log vanishes (the vanishing rule: test_validate_bad_logs_and_vanishing.py)
         fn = pd.read_csv(path).sort_values("epoch", kind="stable")["feat_norm"]
         assert not is_vanishing(fn.to_numpy(np.float64), 1e-3), path.name
         assert run["status"] == ("collapsed" if collapsed else "not_collapsed")

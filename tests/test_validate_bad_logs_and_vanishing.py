@@ -1,4 +1,4 @@
-"""Fixes of ``ncsim validate``: fractional onset times on the command line, vanishing training
+"""``ncsim validate`` at its edges: fractional onset times on the command line, vanishing training
 runs, records without a run id, and corrupt CIFAR-10 batches.
 
 Every table here is synthetic and small; expected values are worked out by hand.

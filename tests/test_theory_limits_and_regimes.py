@@ -1,10 +1,8 @@
-"""Fixes of the theory review (session 11): deep metastable Gaussian inits, the regularised-bias
-mean mode in the fn model, zero decays in the equilibrium, the lambda_H = 0 search horizon, the
-strict collapse threshold, input checks of the dynamics / onset functions, and the deep-CE
-threshold wording.
-
-Each test failed on the code before the fix (except the two documenting facts the new wording
-states, marked below)."""
+"""Theory at its limits and in its regimes: deep metastable Gaussian inits, the
+regularised-bias mean mode in the fn model, zero decays in the equilibrium, the lambda_H = 0
+search horizon, the strict collapse threshold, input checks of the dynamics / onset
+functions, and what the deep-CE threshold compares (two slow tests state the facts the
+wording rests on)."""
 
 from __future__ import annotations
 
@@ -391,7 +389,7 @@ def test_deep_ce_threshold_wording():
 
 @pytest.mark.slow
 def test_deep_ce_rank_one_beats_both_sides_of_the_threshold():
-    """The fact the wording states (it held before the fix too): K = 3, n = 2, L = 2, a rank-1
+    """The fact the wording states: K = 3, n = 2, L = 2, a rank-1
     head beats the ETF at 0.98 Lambda_crit and the origin at 1.02 Lambda_crit."""
     lc = float(Lambda_crit("ce", 3, 2, 2))
     for fac, collapsed in ((0.98, True), (1.02, False)):
