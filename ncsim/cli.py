@@ -45,6 +45,10 @@ SUBCOMMANDS = {
 }
 
 
+# click >= 8.2 raises this for a group called without a command (8.1 printed the help)
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class NcsimGroup(click.Group):
     """Click group with lazily imported sub-groups and one-line errors (exit status 2)."""
 
@@ -76,6 +80,9 @@ class NcsimGroup(click.Group):
         except click.exceptions.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
+        except _NO_ARGS_IS_HELP as err:  # a group called without a command: its help
+            click.echo(err.ctx.get_help() if err.ctx is not None else err.format_message())
+            sys.exit(0)
         except click.exceptions.ClickException as err:
             fail(err.format_message())
         except InputError as err:

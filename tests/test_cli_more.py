@@ -60,6 +60,18 @@ def test_python_m_ncsim_help_lists_every_command():
     assert "Simulate the onset of neural collapse" in result.stdout
 
 
+@pytest.mark.parametrize("group", [[], ["study"], ["theory"], ["validate"]])
+def test_a_group_without_a_command_prints_its_help(group):
+    """``ncsim``, ``ncsim study``, ... without a command print the group's help as --help
+    does (exit 0, stdout, one option per line), not a one-line error."""
+    bare = _python_m_ncsim(*group)
+    helped = _python_m_ncsim(*group, "--help")
+    assert bare.returncode == 0 and bare.stderr == "", bare.stderr
+    assert bare.stdout == helped.stdout
+    assert bare.stdout.startswith("Usage: python -m ncsim")
+    assert "\nOptions:\n" in bare.stdout and "\nCommands:\n" in bare.stdout
+
+
 def test_python_m_ncsim_unknown_command_exits_2_with_one_line():
     """``python -m ncsim`` passes the exit status on: a misspelt command is status 2 and one
     ``Error:`` line on stderr naming the closest command, nothing on stdout."""

@@ -367,6 +367,24 @@ def test_unknown_executor_and_address_without_dask_are_refused():
     assert calls == []
 
 
+def test_dask_executor_without_dask_is_refused_before_a_folder_is_written(tmp_path,
+                                                                         monkeypatch):
+    """--executor dask where dask.distributed does not import: exit 2, one line saying how to
+    install it, and no study folder (the import is checked with the options)."""
+    from cli_helpers import error_line, invoke
+
+    monkeypatch.setitem(sys.modules, "dask", None)  # import dask... raises ImportError
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    with pytest.raises(InputError, match=r"--executor dask needs dask\[distributed\]"):
+        executors.check_executor("dask", None)
+    spec = write_tiny_study(tmp_path, seeds=1, records=12)
+    out = tmp_path / "out"
+    result = invoke(["study", "run", str(spec), "--executor", "dask", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "--executor dask needs dask[distributed]" in error_line(result)
+    assert not out.exists()
+
+
 def test_worker_initialiser_bounds_threads_and_keeps_heap(monkeypatch):
     """A worker's initialiser sets torch and BLAS to one thread and keeps freed heap."""
     import torch

@@ -47,6 +47,8 @@ def check_executor(executor: str, address: str | None) -> None:
         raise InputError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
     if address is not None and executor != "dask":
         raise InputError("--address needs --executor dask")
+    if executor == "dask":
+        _distributed()  # installed, before a study folder is written
 
 
 def _local(chunks: list[list[RunDesc]], done: Done) -> None:
