@@ -353,6 +353,88 @@ def test_tables_consolidate_when_missing_or_stale_and_read_back_otherwise(tmp_pa
     assert list(runs["run_id"]) == ["a", "b"] and list(runs["final_fn"]) == [1.0, 2.0]
 
 
+TRAJ = pd.DataFrame(dict(time=[0.0, 1.0, 2.0], fn=[1.0, 0.5, 0.25]))
+
+
+def _damage(path, how: str) -> None:
+    """Truncate a parquet file to half its bytes, or delete it."""
+    if how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_a_run_with_a_damaged_trajectory_is_not_finished(tmp_path, how):
+    """The run row records its trajectory's length; a trajectory file that is cut short or
+    gone makes the run unfinished (pending again, left out of the tables) instead of breaking
+    consolidation or silently dropping its records. The bookkeeping column stays out of
+    runs.parquet."""
+    store = Store(tmp_path)
+    store.write_run("a", _row(1.0), TRAJ)
+    store.write_run("b", _row(2.0), TRAJ)
+    store.write_run("c", _row(3.0), None)  # no trajectory (e.g. a failed run): finished
+    assert store.pending(["a", "b", "c"]) == []
+    runs, traj = store.tables()
+    assert "trajectory_rows" not in runs.columns and len(traj) == 6
+    _damage(store.traj_file("b"), how)
+    assert store.pending(["a", "b", "c"]) == ["b"]
+    assert sorted(store.statuses()) == ["a", "c"]
+    runs, traj = store.tables()  # nothing newer, but b is no longer finished
+    assert list(runs["run_id"]) == ["a", "c"] and set(traj["run_id"]) == {"a"}
+    store.write_run("b", _row(2.5), TRAJ)
+    runs, traj = store.tables()
+    assert list(runs["final_fn"]) == [1.0, 2.5, 3.0] and len(traj) == 6
+
+
+def test_a_trajectory_of_another_length_or_a_deleted_run_file_is_noticed(tmp_path):
+    """A trajectory file with other rows than its run row records (overwritten by hand) is not
+    whole; a run file deleted after consolidation drops the run from the tables."""
+    store = Store(tmp_path)
+    for rid in ("a", "b"):
+        store.write_run(rid, _row(1.0), TRAJ)
+    store.tables()
+    TRAJ.iloc[:2].assign(run_id="a").to_parquet(store.traj_file("a"))
+    store.run_file("b").unlink()
+    assert store.statuses() == {}
+    runs, traj = store.tables()
+    assert len(runs) == 0 and len(traj) == 0
+
+
+def test_rows_written_before_the_trajectory_length_was_recorded(tmp_path):
+    """A run row without trajectory_rows (earlier versions): finished when its trajectory can
+    be read or is absent (there is no telling whether it had one), not when it is damaged."""
+    store = Store(tmp_path)
+    for rid in ("a", "b", "c"):
+        store.write_run(rid, _row(1.0), TRAJ)
+        row = pd.read_parquet(store.run_file(rid)).drop(columns="trajectory_rows")
+        row.to_parquet(store.run_file(rid))
+    store.traj_file("b").unlink()
+    _damage(store.traj_file("c"), "truncated")
+    assert sorted(store.statuses()) == ["a", "b"]
+
+
+def test_study_rerun_recomputes_a_run_whose_trajectory_was_cut_short(tmp_path):
+    """End to end: `study run` after one trajectory part was truncated computes that run
+    alone again and consolidates every run (it crashed on every rerun with a traceback)."""
+    from cli_helpers import invoke
+
+    spec = write_tiny_study(tmp_path, seeds=2, records=12)
+    out = tmp_path / "out"
+    assert invoke(["study", "run", str(spec), "--out", str(out)]).exit_code == 0
+    store = Store(out)
+    runs, traj = store.tables()
+    victim = runs["run_id"].iloc[1]
+    _damage(store.traj_file(victim), "truncated")
+    result = invoke(["study", "run", str(spec), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 runs, 1 computed, 1 already done, 0 failed" in result.output, result.output
+    again, again_traj = store.tables()
+    assert list(again["run_id"]) == list(runs["run_id"])
+    pd.testing.assert_frame_equal(again_traj, traj)
+
+
 # ----------------------------------------------------------------------------- executors
 def test_unknown_executor_and_address_without_dask_are_refused():
     """check_executor (and execute, before looking at the chunks) refuses an unknown executor
