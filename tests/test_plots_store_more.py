@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -465,6 +466,57 @@ def test_dask_executor_without_dask_is_refused_before_a_folder_is_written(tmp_pa
     assert result.exit_code == 2
     assert "--executor dask needs dask[distributed]" in error_line(result)
     assert not out.exists()
+
+
+def test_sigterm_during_a_process_pool_ends_its_workers_and_exits_143():
+    """SIGTERM reaches only the parent (a scheduler, timeout, kill): while the process pool
+    runs, the parent terminates its worker processes and exits with 128 + 15, and the
+    previous SIGTERM handler is back afterwards (the workers were orphaned before)."""
+    import multiprocessing
+    import signal
+    import time
+
+    before = signal.getsignal(signal.SIGTERM)
+    # forked before the handler is set, as a spawned pool worker starts with the default one
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    worker.start()
+    with pytest.raises(SystemExit) as ended, executors._workers_end_on_sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs at the next bytecode; never reached
+    worker.join(5)
+    assert ended.value.code == 143
+    assert not worker.is_alive() and worker.exitcode == -signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+def test_sigterm_to_study_run_with_the_process_executor_leaves_no_worker(tmp_path):
+    """End to end (about 20 s): `study run --executor process --workers 2`, SIGTERM to the
+    command once a run is on disk: it exits 143, its worker processes are gone, and a rerun
+    computes only what is missing."""
+    import signal
+    import subprocess
+    import time
+
+    spec = write_tiny_study(tmp_path, seeds=40, chunk=1, t_end=3000.0, rtol=1e-9)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ncsim", "study", "run", str(spec), "--out", str(out),
+               "--executor", "process", "--workers", "2", "--no-progress"]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((out / "parts").glob("*.run.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert children, "the pool has no worker processes"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(60) == 143
+    time.sleep(2)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+             and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    assert alive == []
+    finished = len(Store(out).statuses())
+    assert 1 <= finished < 40
 
 
 def test_worker_initialiser_bounds_threads_and_keeps_heap(monkeypatch):

@@ -13,8 +13,12 @@ written by one process only.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
-from collections.abc import Callable, Iterable
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 from ncsim.errors import InputError
 from ncsim.heap import keep_freed_memory
@@ -66,15 +70,38 @@ def _init_worker() -> None:
 
 
 def _process(chunks: list[list[RunDesc]], done: Done, workers: int | None) -> None:
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     count = workers or min(len(chunks), os.cpu_count() or 1)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker) as pool:
+    with _workers_end_on_sigterm(), ProcessPoolExecutor(count, mp_context=context,
+                                                        initializer=_init_worker) as pool:
         futures = [pool.submit(run_chunk, chunk) for chunk in chunks]
         for future in as_completed(futures):
             done(future.result())
+
+
+@contextlib.contextmanager
+def _workers_end_on_sigterm() -> Iterator[None]:
+    """While the pool runs, SIGTERM (a batch scheduler, ``timeout``, ``kill``) ends this
+    process's worker processes and then the process itself, with status 128 + 15 as the
+    local executor; the finished runs are on disk and a rerun resumes. SIGINT from a terminal
+    already reaches the workers (one process group). Outside the main thread no handler can
+    be set, and none is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end(signum: int, _frame: object) -> None:
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, end)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _distributed():
