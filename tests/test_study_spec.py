@@ -107,3 +107,66 @@ def test_study_list_one_line_per_study():
     assert len(lines) == len(shipped_studies())
     for path, line in zip(shipped_studies(), lines):
         assert line.startswith(path.stem)
+
+
+# ----------------------------------------------------------------------------- run ids
+
+def _ids(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return [d.run_id for d in load_study(path).runs()]
+
+
+def _tiny(**swap: str) -> str:
+    text = TEMPLATE.format(seeds=[0, 1], chunk=2, t_end=300.0, records=40, rtol=1e-5)
+    for old, new in swap.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def test_run_id_is_what_the_run_computes(tmp_path):
+    """chunk (batching), a default written out (solver, init_scale, reduction) or lambda
+    written as lambda_w and lambda_h leave a simulated run's id alone; a parameter that
+    changes the flow changes it, run by run."""
+    base = _ids(tmp_path, _tiny())
+    assert len(set(base)) == 2
+    same = [
+        _tiny(**{"chunk = 2": "chunk = 7"}),
+        _tiny(**{"lambda = 1e-2": 'lambda = 1e-2\nsolver = "dopri5"\ninit_scale = 0.1\n'
+                                  'reduction = "auto"\ndtype = "float64"'}),
+        _tiny(**{"lambda = 1e-2": "lambda_w = 1e-2\nlambda_h = 0.01"}),
+        _tiny(**{"t_end = 300.0": "t_end = 300"}),
+    ]
+    for text in same:
+        assert _ids(tmp_path, text) == base
+    other = [
+        _tiny(**{"lambda = 1e-2": "lambda = 2e-2"}),
+        _tiny(**{"rtol = 1e-05": "rtol = 1e-06"}),
+        _tiny(**{"lambda = 1e-2": 'lambda = 1e-2\nsolver = "tsit5"'}),
+    ]
+    for text in other:
+        assert set(_ids(tmp_path, text)).isdisjoint(base)
+    seeds = _ids(tmp_path, _tiny(**{"seed = [0, 1]": "seed = [1, 2]"}))
+    assert seeds[0] == base[1] and seeds[1] not in base
+
+
+def test_intervention_and_training_ids(tmp_path):
+    """An intervention is part of what a run computes (alpha 1 written out or not is the same);
+    a trained run's id leaves out chunk and data_root."""
+    from ncsim.study.spec import RunDesc
+
+    base = {"classes": 3, "per_class": 4, "dim": 8, "t_end": 300.0, "lambda": 1e-2}
+    plain = RunDesc("p", "simulated", base).run_id
+    cut = RunDesc("p", "simulated", {**base, "intervene_time": 10.0}).run_id
+    assert plain != cut
+    assert cut == RunDesc("p", "simulated", {**base, "intervene_time": 10,
+                                             "intervene_alpha": 1.0}).run_id
+    assert cut != RunDesc("p", "simulated", {**base, "intervene_time": 10.0,
+                                             "intervene_alpha": 0.5}).run_id
+    assert RunDesc("q", "simulated", base).run_id != plain  # the part is part of it
+    trained = {"dataset": "digits", "preset": "mlp", "seed": 0}
+    assert RunDesc("p", "trained", trained).run_id == RunDesc(
+        "p", "trained", {**trained, "chunk": 3, "data_root": "/data"}).run_id
+    assert RunDesc("p", "trained", trained).run_id != RunDesc(
+        "p", "trained", {**trained, "seed": 1}).run_id

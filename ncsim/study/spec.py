@@ -23,7 +23,9 @@ those; simulated runs become :class:`ncsim.spec.RunSpec`, trained runs
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -90,6 +92,9 @@ TRAIN_PARAMS: dict[str, tuple[type, tuple | None]] = {
 PART_KEYS = ("name", "model", "grid", "skip")
 
 
+EXECUTION_ONLY = ("chunk", "data_root")  # how and where a run is computed, not what
+
+
 @dataclass(frozen=True)
 class RunDesc:
     """One run of a study: its part, its model kind and its resolved parameters."""
@@ -98,12 +103,34 @@ class RunDesc:
     model: str
     params: dict[str, Any] = field(hash=False)
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
-        """Stable 12-hex hash of (part, model, parameters)."""
-        text = json.dumps({"part": self.part, "model": self.model, "params": self.params},
+        """Stable 12-hex hash of what the run computes: (part, model, parameters).
+
+        A simulated run's parameters enter as its RunSpec's identifier
+        (:func:`ncsim.flow.simulate.run_id`: every field, code defaults included) and its
+        intervention, so a default written out, or ``lambda`` written as ``lambda_w`` and
+        ``lambda_h``, is the same run, and a changed default is another. Parameters that say
+        how or where a run is computed (``chunk``, ``data_root``) are left out. Invalid
+        parameters hash as written (checking a study reports them, naming the key)."""
+        params = {k: v for k, v in self.params.items() if k not in EXECUTION_ONLY}
+        if self.model == "simulated":
+            with contextlib.suppress(InputError):
+                params = _simulated_identity(params)
+        text = json.dumps({"part": self.part, "model": self.model, "params": params},
                           sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _simulated_identity(params: dict[str, Any]) -> dict[str, Any]:
+    """What a simulated run computes: its spec's identifier and its intervention, if any."""
+    from ncsim.flow.simulate import run_id
+
+    identity: dict[str, Any] = {"spec": run_id(run_spec(params))}
+    if params.get("intervene_time") is not None:
+        identity["intervene"] = [float(params["intervene_time"]),
+                                 float(params.get("intervene_alpha", 1.0))]
+    return identity
 
 
 @dataclass
