@@ -33,8 +33,11 @@ import click
 import numpy as np
 import torch
 
+from ncsim import __version__ as ncsim_version
 from ncsim import heap
-from ncsim.cli_errors import handle_errors
+from ncsim.cli_errors import check_out_folder, handle_errors
+from ncsim.io import to_jsonable
+from ncsim.spec import require_device
 from ncsim.threads import bounded_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +76,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "blas_threads": _blas_threads(), "heap_kept": heap.kept(),
+        "ncsim": ncsim_version, "ncsim_commit": _commit(),
         "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
@@ -84,6 +88,24 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _commit() -> str | None:
+    """The git commit of the source checkout that is timed (None outside a checkout), with
+    ``+dirty`` when it has uncommitted changes to tracked files."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def _rss() -> int:
@@ -144,6 +166,11 @@ def timed(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: bool
     times, out, peak = [], None, 0
     if warmup:
         fn()
+    if torch.device(device).type == "cpu":
+        # memory kept from earlier solvers (ncsim.heap) would hide this one's growth: give
+        # it back first, so the first repeat's growth is this solver's own peak (that repeat
+        # pages its memory in; the median of the repeats is what is reported)
+        heap.release_freed_memory()
     for _ in range(repeats):
         with PeakMemory(device) as mem:
             start = time.perf_counter()
@@ -305,7 +332,8 @@ def _with_ratios(entry: dict[str, Any], dtypes: tuple[str, ...]) -> dict[str, An
       tsit5 where it ran, the others against ncsim dopri5);
     - ``speedup_vs_fastest_peer``: the fastest peer's time / the fastest ncsim row's
       (``fastest_ncsim`` names it: dopri5, tsit5 or dopri5 with CUDA graphs);
-    - ``cuda_graphs_gain``: ncsim dopri5 eager / with CUDA graphs, where both ran.
+    - ``cuda_graphs_gain``: ncsim dopri5 eager / with CUDA graphs, where both ran, and
+      ``speedup_vs_fastest_peer_graphs``: the fastest peer's time / ncsim's with graphs.
     """
     entry["ratios"] = {}
     for dtype in dtypes:
@@ -318,8 +346,11 @@ def _with_ratios(entry: dict[str, Any], dtypes: tuple[str, ...]) -> dict[str, An
         for name, t in peers.items():
             same = ours.get(f"ncsim_tsit5{suffix}") if "_tsit5" in name else None
             entry["ratios"][name] = t / (same or plain)
-        if f"ncsim_dopri5_graphs{suffix}" in ours:
-            entry[f"cuda_graphs_gain{suffix}"] = plain / ours[f"ncsim_dopri5_graphs{suffix}"]
+        graphs = ours.get(f"ncsim_dopri5_graphs{suffix}")
+        if graphs is not None:
+            entry[f"cuda_graphs_gain{suffix}"] = plain / graphs
+            if peers:
+                entry[f"speedup_vs_fastest_peer_graphs{suffix}"] = min(peers.values()) / graphs
         fastest = min(ours, key=ours.get)
         entry[f"fastest_ncsim{suffix}"] = fastest
         if peers:
@@ -682,10 +713,13 @@ def bench(workload: tuple[str, ...], device: str, repeats: int, size: str, peers
           threads: int | None, peer_repeats: int | None, skip: tuple[str, ...],
           dtypes: tuple[str, ...], data_root: str | None, out: str | None) -> None:
     """Time ncsim and the peer solvers on the benchmark workloads; write JSON."""
+    require_device(device)
+    if out is not None:  # before the (long) measurements, not after them
+        check_out_folder(Path(out).parent, "--out")
     results = run_bench(workload, device, repeats, size, peers, threads,
                         log=lambda m: click.echo(m, err=True), peer_repeats=peer_repeats,
                         skip=skip, dtypes=dtypes or None, data_root=data_root)
-    text = json.dumps(results, indent=2, default=float)
+    text = json.dumps(to_jsonable(results), indent=2)  # NaN (not measured) as null
     if out is None:
         stamp = datetime.date.today().isoformat()
         out = str(write_unused(ROOT / "benchmarks" / "results"

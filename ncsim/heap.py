@@ -86,3 +86,17 @@ def kept() -> bool:
 def mmap_threshold() -> int:
     """The mmap threshold :func:`keep_freed_memory` set in this process, in bytes (0: none)."""
     return _taken_mmap_threshold
+
+
+def release_freed_memory() -> bool:
+    """Give the heap's free memory back to the system now (glibc ``malloc_trim(0)``: the free
+    top of the heap and the free pages inside it), whatever :func:`keep_freed_memory` set.
+    Returns whether it ran (False on other C libraries). Used before a memory measurement, so
+    that memory freed by earlier work does not hide the next block's growth."""
+    if _mallopt() is None:
+        return False
+    trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True

@@ -248,6 +248,8 @@ def test_ratios_with_a_cuda_graph_row():
                              "torchode_dopri5_float32": 3.0}
     assert out["fastest_ncsim"] == "ncsim_dopri5_graphs" and out["cuda_graphs_gain"] == 4.0
     assert out["speedup_vs_fastest_peer"] == 8.0
+    assert out["speedup_vs_fastest_peer_graphs"] == 8.0  # benchmarks/README.md names it
+    assert "speedup_vs_fastest_peer_graphs_float32" not in out
     assert "cuda_graphs_gain_float32" not in out and out["speedup_vs_fastest_peer_float32"] == 3.0
     assert out["fastest_ncsim_float32"] == "ncsim_dopri5_float32"
 
@@ -390,3 +392,82 @@ def test_default_output_never_overwrites_a_result(tmp_path):
     assert len(set(written)) == 16
     assert sorted(p.read_text() for p in written) == sorted(str(i) for i in range(16))
     assert {p.name for p in written} == {f"cpu_2026-01-01_{k}.json" for k in range(4, 20)}
+
+
+# ----------------------------------------------------------------------------- command checks
+
+
+def _no_bench(monkeypatch):
+    import ncsim.bench as bench_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(bench_module, "run_bench", refuse)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--device", "foo"], "unknown device 'foo'"),
+    (["--device", "cuda:x"], "unknown device 'cuda:x'"),
+    (["--out", "FILE/result.json"], "is a file, not a folder"),
+    (["--out", "DIR"], "is a directory"),
+])
+def test_bad_device_or_out_is_refused_before_measuring(tmp_path, monkeypatch, args, words):
+    """A device torch does not know, or an --out that cannot be written, is one line and
+    exit status 2 before any workload runs (it came after minutes of measurements, or as a
+    torch traceback)."""
+    _no_bench(monkeypatch)
+    (tmp_path / "FILE").write_text("")
+    (tmp_path / "DIR").mkdir()
+    args = [str(tmp_path / a) if a.startswith(("FILE", "DIR")) else a for a in args]
+    result = CliRunner().invoke(bench, ["--workload", "W2", *args])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+
+
+def test_cuda_without_a_gpu_is_refused(monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    _no_bench(monkeypatch)
+    result = CliRunner().invoke(bench, ["--device", "cuda", "--workload", "W2"])
+    assert result.exit_code == 2 and "not available" in result.output
+
+
+def test_json_has_no_nan_and_names_the_code_timed(tmp_path, monkeypatch):
+    """Values that were not measured (NaN) are written as null, so the file is strict JSON;
+    the machine record names the ncsim version and the commit that was timed."""
+    import ncsim
+    import ncsim.bench as bench_module
+
+    monkeypatch.setattr(bench_module, "run_bench", lambda *a, **k: {
+        "machine": bench_module.machine(), "workloads": {"V1": [{"epoch_s": float("nan")}]}})
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(bench, ["--workload", "V1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert data["workloads"]["V1"][0]["epoch_s"] is None
+    assert data["machine"]["ncsim"] == ncsim.__version__
+    commit = data["machine"]["ncsim_commit"]
+    assert commit is None or (len(commit.split("+")[0]) == 40
+                              and commit.split("+")[1:] in ([], ["dirty"]))
+
+
+def test_peak_memory_does_not_depend_on_what_ran_before():
+    """A block that holds 64 MiB reports about 64 MiB whether it runs first or after another
+    that freed as much into the kept heap (the later one reported ~0 MiB: its memory came
+    from the heap, not from the system)."""
+    import time
+
+    from ncsim.bench import timed
+
+    def holds_64_mib():
+        block = np.ones(2**23)
+        time.sleep(0.05)  # the sampler looks every 2 ms
+        return float(block[-1])
+
+    first, _ = timed(holds_64_mib, 2)
+    second, _ = timed(holds_64_mib, 2)
+    for row in (first, second):
+        assert 56 <= row["peak_mem_mb"] <= 80, row

@@ -114,3 +114,11 @@ def test_command_line_keeps_freed_memory(monkeypatch):
     monkeypatch.setattr(ncsim.cli, "cli", lambda: None)
     ncsim.cli.main()
     assert calls == [True]
+
+
+def test_release_gives_freed_heap_back_and_is_a_no_op_elsewhere(monkeypatch):
+    """release_freed_memory runs glibc's malloc_trim (the peak-memory measurement of the
+    benchmarks relies on it); other C libraries: nothing, and it says so."""
+    assert heap.release_freed_memory() is GLIBC
+    monkeypatch.setattr(heap, "_mallopt", lambda: None)
+    assert heap.release_freed_memory() is False
