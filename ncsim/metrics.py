@@ -77,7 +77,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ncsim.errors import require
+from ncsim.errors import is_integer, require
 from ncsim.products import matmul
 
 __all__ = [
@@ -210,7 +210,7 @@ def class_statistics(
     ClassStats
         Batched statistics in the dtype of ``features`` (counts are int64).
     """
-    _check_features(features, labels, K)
+    labels = _check_features(features, labels, K)
     _check_global_mean(global_mean)
     dtype = features.dtype
     n = features.shape[-2]
@@ -642,7 +642,8 @@ def nc_metrics(
     dict[str, Tensor]
         Keys exactly :data:`METRIC_NAMES` in that order, each an (R,) tensor.
     """
-    features = features.contiguous()  # rows of a transposed view make every reduction slow
+    if isinstance(features, Tensor):  # (anything else is refused by class_statistics)
+        features = features.contiguous()  # rows of a transposed view make every reduction slow
     stats = class_statistics(features, labels, K, global_mean)
     return nc_metrics_from_stats(stats, features, weights, bias)
 
@@ -850,7 +851,7 @@ def _shape(x: object) -> str:
 
 def _check_K(K: int) -> None:
     require(
-        isinstance(K, int) and not isinstance(K, bool) and K >= 2,
+        is_integer(K) and K >= 2,
         f"number of classes K must be an int >= 2, got {K!r}",
     )
 
@@ -863,7 +864,8 @@ def _check_global_mean(global_mean: str) -> None:
 
 
 def _check_labels_1d(labels: Tensor, n: int, K: int, force: bool = False) -> Tensor:
-    """Check shape and dtype; values too when on the CPU (or ``force``, which may sync)."""
+    """Check shape and dtype; values too when on the CPU (or ``force``, which may sync).
+    Returns the labels as int64 (the index dtype of torch's gathers; uint8 IDX labels)."""
     require(
         isinstance(labels, Tensor) and labels.ndim == 1 and labels.shape[0] == n,
         f"labels must be a ({n},) tensor matching the features, got shape {_shape(labels)}",
@@ -875,10 +877,11 @@ def _check_labels_1d(labels: Tensor, n: int, K: int, force: bool = False) -> Ten
     if (force or labels.device.type == "cpu") and n > 0:
         lo, hi = int(labels.min()), int(labels.max())
         require(lo >= 0 and hi < K, f"labels must lie in [0, {K}), got values in [{lo}, {hi}]")
-    return labels
+    return labels.to(torch.int64)
 
 
-def _check_features(features: Tensor, labels: Tensor, K: int) -> None:
+def _check_features(features: Tensor, labels: Tensor, K: int) -> Tensor:
+    """Check features (R, N, p), labels (N,) and K; returns the labels as int64."""
     _check_K(K)
     require(
         isinstance(features, Tensor) and features.ndim == 3,
@@ -886,7 +889,7 @@ def _check_features(features: Tensor, labels: Tensor, K: int) -> None:
     )
     require(features.is_floating_point(), f"features must be floating, got {features.dtype}")
     require(features.shape[1] > 0, "features must hold at least one sample (N >= 1)")
-    _check_labels_1d(labels, features.shape[1], K)
+    labels = _check_labels_1d(labels, features.shape[1], K)
     require(
         labels.device == features.device,
         f"labels on {labels.device} but features on {features.device}; use one device",
@@ -895,6 +898,7 @@ def _check_features(features: Tensor, labels: Tensor, K: int) -> None:
         counts = torch.bincount(labels, minlength=K)
         empty = (counts == 0).nonzero().flatten().tolist()
         require(not empty, f"classes {empty} have no samples; every class needs one")
+    return labels
 
 
 def _check_weights(

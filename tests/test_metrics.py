@@ -503,3 +503,34 @@ def test_nc4_takes_the_first_of_tied_classes_as_argmax_and_argmin_do():
     assert (score == score.min(-1, keepdim=True).values).sum(-1).gt(1).any()  # ties occur
     assert (logits == logits.amax(-1, keepdim=True)).sum(-1).gt(1).any()
     assert torch.equal(_ncc_mismatch(feats, logits, means), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8,
+                                   torch.uint8])
+def test_every_integer_label_dtype_gives_the_same_metrics(dtype):
+    """uint8 (IDX files), int8, int16 and int32 labels are class indices like int64 ones:
+    the same metrics, batched and streamed (they passed the check, then failed in a gather);
+    a numpy K is an integer K."""
+    K, n, p = 4, 5, 6
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(1, K * n, p, generator=g, dtype=torch.float64)
+    w = torch.randn(1, K, p, generator=g, dtype=torch.float64)
+    y = torch.arange(K).repeat_interleave(n)
+    want = nc_metrics(h, y, K, w)
+    got = nc_metrics(h, y.to(dtype), np.int64(K), w)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, equal_nan=True)
+    stream = StreamingNC(K, p)
+    stream.update(h[0], y.to(dtype))
+    reference = StreamingNC(K, p)
+    reference.update(h[0], y)
+    got_stats, want_stats = vars(stream.stats()), vars(reference.stats())
+    assert got_stats.keys() == want_stats.keys()
+    for name, value in want_stats.items():
+        torch.testing.assert_close(got_stats[name], value, rtol=0, atol=0)
+
+
+def test_features_that_are_not_a_tensor_are_refused_in_one_line():
+    with pytest.raises(InputError, match=r"features must be an \(R, N, p\) tensor, got shape "
+                                         r"ndarray"):
+        nc_metrics(np.zeros((1, 4, 2)), torch.tensor([0, 0, 1, 1]), 2, torch.zeros(1, 2, 2))
