@@ -145,6 +145,9 @@ class ModelSpec:
                 f"width {self.width} sets the hidden layers of a deep head: it needs "
                 f"--model deep with depth >= 2, got depth {self.depth}; drop the width")
         _finite_nonneg(self.leaky_slope, "leaky_slope")
+        require(self.activation == "leaky_relu" or self.leaky_slope == 0.01,
+                f"leaky_slope {self.leaky_slope} sets the 'leaky_relu' activation, got "
+                f"activation {self.activation!r}; drop the slope or use leaky_relu")
 
     @property
     def class_counts(self) -> tuple[int, ...]:
@@ -288,6 +291,9 @@ class TimeScale:
             require(is_finite_number(v) and v > 0,
                     f"time-scale factors must be > 0, got {name} = {v!r}")
         self.per_layer(model.depth)
+        require(model.has_bias or self.eta_b == 1.0,
+                f"eta_b = {self.eta_b} scales the bias's flow but the model has no bias "
+                f"(bias 'none'); drop eta_b or use bias 'free' or 'reg'")
 
 
 @dataclass(frozen=True)
@@ -367,7 +373,7 @@ class SolverSpec:
         _one_of(self.dtype, DTYPES, "dtype")
         _one_of(self.reduction, REDUCTIONS, "reduction")
         require(is_finite_number(self.t_end) and self.t_end > 0,
-                f"t_end must be > 0, got {self.t_end!r}")
+                f"t_end must be a finite number > 0, got {self.t_end!r}")
         if not self.adaptive:
             require(is_finite_number(self.dt) and self.dt > 0,
                     f"solver {self.method!r} needs a step dt > 0 (e.g. --dt 0.1)")
@@ -437,7 +443,7 @@ class OnsetSpec:
     def validate(self) -> None:
         _one_of(self.metric, ONSET_METRICS, "onset metric")
         require(is_finite_number(self.threshold) and self.threshold > 0,
-                f"onset threshold must be > 0, got {self.threshold!r}")
+                f"onset threshold must be a finite number > 0, got {self.threshold!r}")
         require(is_integer(self.stay) and self.stay >= 1,
                 f"onset 'stay' must be an integer >= 1, got {self.stay!r}")
 

@@ -55,7 +55,7 @@ def test_out_writes_tables_sidecar_and_figure(tmp_path):
     (["--lambda-w", "-1e-3"], "lambda_w must be"),
     (["--model", "deep", "--activation", "swish"], "swish"),
     (["--lambda-h", "1e-4..:3"], "malformed range"),
-    (["--t-end", "0"], "t_end must be > 0"),
+    (["--t-end", "0"], "t_end must be a finite number > 0"),
     (["-K", "10", "-d", "5", "--init", "etf"], "needs d"),
     (["--solver", "gd"], "needs a step dt"),
     (["--device", "tpu"], "unknown device"),

@@ -446,13 +446,19 @@ BAD_FIELDS = [
     (TimeScale(eta_h="x"), r"time-scale factors must be > 0, got eta_h = 'x'"),
     (TimeScale(eta_b=float("nan")), r"time-scale factors must be > 0, got eta_b = nan"),
     (TimeScale(eta_w=0.0), r"time-scale factors must be > 0, got eta_w = 0\.0"),
+    # options that would change nothing but the run id
+    (TimeScale(eta_b=2.0), r"eta_b = 2\.0 scales the bias's flow but the model has no bias "
+                           r"\(bias 'none'\); drop eta_b"),
+    (ModelSpec(kind="deep", depth=2, classes=3, per_class=2, dim=4, activation="relu",
+               leaky_slope=0.2),
+     r"leaky_slope 0\.2 sets the 'leaky_relu' activation, got activation 'relu'"),
     # solver: methods, tolerances, horizons, record counts, steps, device
     (SolverSpec(method="euler"), r"unknown solver 'euler'; allowed: gd, rk4, dopri5, tsit5"),
     (SolverSpec(dtype="float16"), r"unknown dtype 'float16'; allowed: float64, float32"),
     (SolverSpec(reduction="fast"), r"unknown reduction 'fast'; allowed: auto, none, gram"),
-    (SolverSpec(t_end=None), r"t_end must be > 0, got None"),
-    (SolverSpec(t_end=float("inf")), r"t_end must be > 0, got inf"),
-    (SolverSpec(t_end=-1.0), r"t_end must be > 0, got -1\.0"),
+    (SolverSpec(t_end=None), r"t_end must be a finite number > 0, got None"),
+    (SolverSpec(t_end=float("inf")), r"t_end must be a finite number > 0, got inf"),
+    (SolverSpec(t_end=-1.0), r"t_end must be a finite number > 0, got -1\.0"),
     (SolverSpec(method="rk4"), r"solver 'rk4' needs a step dt > 0 \(e\.g\. --dt 0\.1\)"),
     (SolverSpec(method="gd", dt="0.1"), r"solver 'gd' needs a step dt > 0"),
     (SolverSpec(dt=-0.1), r"dt must be > 0, got -0\.1"),
@@ -479,8 +485,8 @@ BAD_FIELDS = [
      r"cuda_graphs needs an adaptive solver .* pass --device cuda or drop --cuda-graphs"),
     # onset
     (OnsetSpec(metric="nc4"), r"unknown onset metric 'nc4'; allowed: nc1_trace, nc1"),
-    (OnsetSpec(threshold="0.1"), r"onset threshold must be > 0, got '0\.1'"),
-    (OnsetSpec(threshold=float("inf")), r"onset threshold must be > 0, got inf"),
+    (OnsetSpec(threshold="0.1"), r"onset threshold must be a finite number > 0, got '0\.1'"),
+    (OnsetSpec(threshold=float("inf")), r"onset threshold must be a finite number > 0, got inf"),
     (OnsetSpec(stay=0), r"onset 'stay' must be an integer >= 1, got 0"),
     (OnsetSpec(stay=1.5), r"onset 'stay' must be an integer >= 1, got 1\.5"),
 ]

@@ -283,7 +283,7 @@ def test_presets_and_their_errors():
     with pytest.raises(InputError, match=r"^unknown preset 'paper'; allowed: rupa2026, ncsim$"):
         OnsetRule.preset("paper")
     for bad in (0, -0.5, math.nan, math.inf):
-        with pytest.raises(InputError, match="^onset threshold must be > 0, got "):
+        with pytest.raises(InputError, match="^onset threshold must be a finite number > 0, got "):
             OnsetRule.preset("rupa2026", bad)
 
 

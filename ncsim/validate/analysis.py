@@ -81,7 +81,7 @@ class OnsetRule:
             raise InputError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
         thr = 0.01 if threshold is None else float(threshold)
         if not (math.isfinite(thr) and thr > 0):
-            raise InputError(f"onset threshold must be > 0, got {threshold}")
+            raise InputError(f"onset threshold must be a finite number > 0, got {threshold}")
         if name == "rupa2026":
             return cls(threshold=thr, phase=2, interpolate=False)
         return cls(threshold=thr, phase=None, interpolate=False)
