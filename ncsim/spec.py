@@ -74,6 +74,8 @@ def _plain_fields(spec: Any) -> None:
     for item in dataclasses.fields(spec):
         kind = str(item.type).split(" ")[0].split("[")[0]
         value = getattr(spec, item.name)
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()  # a 0-d array is the number it holds
         if "tuple" in str(item.type) and isinstance(value, (list, np.ndarray)):
             value = tuple(value.tolist() if isinstance(value, np.ndarray) else value)
         if kind in ("float", "int", "bool"):

@@ -545,7 +545,7 @@ def _integrate_batch(specs, **solver_changes):
 
     result = integrate(batch.velocity, batch.y0, solver, batch.record, len(RECORDED),
                        eta=batch.eta, grad_norm=batch.grad_norm, select=select,
-                       magnitude=batch.magnitude)
+                       error_scale=batch.error_scale)
     return result, changes
 
 

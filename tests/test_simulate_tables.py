@@ -114,7 +114,7 @@ def test_final_state_of_a_batch_is_its_flat_state():
     batch = sim._Batch(specs)
     flow = sim.integrate(batch.velocity, batch.y0, batch.solver, batch.record,
                          len(sim.RECORDED), eta=batch.eta, grad_norm=batch.grad_norm,
-                         select=batch.select, magnitude=batch.magnitude)
+                         select=batch.select, error_scale=batch.error_scale)
     lay = batch.objective.layout
     for i, rid in enumerate(result.runs["run_id"]):
         blocks = result.final_state(rid)

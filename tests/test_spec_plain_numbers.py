@@ -108,3 +108,18 @@ def test_values_that_are_not_the_right_number_are_still_refused(spec, message):
             RunSpec(solver=spec).validate()
         else:
             RunSpec(reg=spec).validate()
+
+
+def test_zero_dimensional_arrays_are_the_numbers_they_hold():
+    """np.asarray(0.01) for lambda_w, eta_w or per_class is that number (tuple fields
+    included; it crashed turning the 0-d array into a tuple)."""
+    spec = RunSpec(model=ModelSpec(per_class=np.asarray(20), dim=np.asarray(8)),
+                   reg=Regularization(lambda_w=np.asarray(0.01), lambda_h=np.asarray(2e-3)),
+                   time_scale=TimeScale(eta_w=np.asarray(2.0)))
+    assert spec.validate() is spec
+    assert (spec.model.per_class, spec.model.dim) == (20, 8)
+    assert type(spec.model.per_class) is int
+    assert (spec.reg.lambda_w, spec.time_scale.eta_w) == (0.01, 2.0)
+    assert run_id(spec) == run_id(RunSpec(model=ModelSpec(per_class=20, dim=8),
+                                          reg=Regularization(lambda_w=0.01, lambda_h=2e-3),
+                                          time_scale=TimeScale(eta_w=2.0)))

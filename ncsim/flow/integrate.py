@@ -334,7 +334,7 @@ def integrate(
     progress: Callable[[int], None] | None = None,
     grad_norm: GradNorm | None = None,
     select: Callable[[torch.Tensor], tuple[Velocity, GradNorm]] | None = None,
-    magnitude: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    error_scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FlowResult:
     """Integrate dy/dt = velocity(y) for every run of the batch ``y0`` (R, P).
 
@@ -354,8 +354,8 @@ def integrate(
     select : runs (M,) -> (velocity, grad_norm) of that subset of runs. When given, the
         adaptive methods drop finished runs from the batch at each synchronisation, so the cost
         follows the sum of the runs' steps rather than R times the longest run.
-    magnitude : state (R, P) -> (R, P) error scale of each entry (adaptive methods: a step
-        passes when the RMS of error_i / max(magnitude(y), magnitude(y_new))_i is <= 1);
+    error_scale : state (R, P) -> (R, P) error scale of each entry (adaptive methods: a step
+        passes when the RMS of error_i / max(error_scale(y), error_scale(y_new))_i is <= 1);
         default atol + rtol |y|. The Gram form passes its own (:meth:`GramObjective.
         error_scale`): its entries are inner products, judged against the norms of their
         factors, so that it resolves the features as finely as the parameter space does. It
@@ -367,7 +367,7 @@ def integrate(
             return _grad_norm(k, eta)
     if solver.adaptive:
         return _integrate_adaptive(velocity, y0, solver, record, num_quantities, grad_norm,
-                                   progress, select, magnitude or _error_scale(solver))
+                                   progress, select, error_scale or _error_scale(solver))
     return _integrate_fixed(velocity, y0, solver, record, num_quantities, grad_norm, progress)
 
 
@@ -423,7 +423,7 @@ class _Chunk:
     rows: torch.Tensor
     rec_t: torch.Tensor
     solver: SolverSpec
-    magnitude: Callable[[torch.Tensor], torch.Tensor]
+    error_scale: Callable[[torch.Tensor], torch.Tensor]
     gnorm: GradNorm
     length: int
     host_free: bool
@@ -434,9 +434,9 @@ class _Chunk:
         y, k1, t, dt, code, steps, rejected, next_rec = (state[key] for key in _STATE)
         err_exp = -1.0 / tab.order
         t_end_v = torch.full_like(t, float(solver.t_end))
-        # magnitude and peak of the current y, carried from step to step (an accepted y_new
-        # becomes y: its magnitude and peak are already known)
-        mag, peak = self.magnitude(y), _peak(y)
+        # error scale and peak of the current y, carried from step to step (an accepted y_new
+        # becomes y: its error scale and peak are already known)
+        mag, peak = self.error_scale(y), _peak(y)
         for _ in range(self.length):
             active = code == RUNNING
             # On a device, a step crosses at most one record time (no host test of how many
@@ -447,7 +447,7 @@ class _Chunk:
             hy = h.to(y.dtype)
             y_new, ks = _stages(tab, f, y, k1, hy, self.buf, self.into)
             err = ks.combine(None, hy, tab.e)
-            mag_new, peak_new = self.magnitude(y_new), _peak(y_new)
+            mag_new, peak_new = self.error_scale(y_new), _peak(y_new)
             # an entry 0 in y and y_new at atol = 0: its error 0 passes, not 0/0
             scale = torch.maximum(mag, mag_new).clamp_(min=torch.finfo(y.dtype).tiny)
             err_norm = _rms(err.div_(scale)).double()
@@ -510,8 +510,8 @@ class _Chunk:
     def _next_state(self, accept: torch.Tensor, old: tuple[torch.Tensor, ...],
                     new: tuple[torch.Tensor, ...], ks: _Stages
                     ) -> tuple[torch.Tensor, ...]:
-        """(y (M, P), magnitude (M, P), peak (M,), k1 (M, P)) after a step: ``new`` (y_new,
-        its magnitude and peak) and the last stage for the runs that ``accept`` (M,) it,
+        """(y (M, P), error scale (M, P), peak (M,), k1 (M, P)) after a step: ``new`` (y_new,
+        its error scale and peak) and the last stage for the runs that ``accept`` (M,) it,
         ``old`` and the first stage (the old k1) for the others.
 
         On the CPU the runs that did not step copy their rows back into ``new`` (most steps:
@@ -580,7 +580,7 @@ def _capture_graph(advance: Callable[[dict[str, torch.Tensor]], None],
 
 
 def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select,
-                        magnitude) -> FlowResult:
+                        error_scale) -> FlowResult:
     tab = tableau(solver.method)
     r, dev = y0.shape[0], y0.device
     rec, next_rec, times = _start(y0, solver, record, q, solver.check_every)
@@ -614,7 +614,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         """One chunk of the batch ``rows`` (its velocity ``f``) per call, in place on
         ``state``: eager, or through a CUDA graph."""
         chunk = _Chunk(tab, f, _takes_out(f), _Stages(tab.stages, state["y"]), rec, rows,
-                       rec_t, solver, magnitude, gnorm, length, host_free,
+                       rec_t, solver, error_scale, gnorm, length, host_free,
                        stop_on_finish=not host_free and select is not None)
         return _GraphedChunk(chunk, state) if graphs else (lambda: chunk.advance(state))
 

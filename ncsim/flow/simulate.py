@@ -220,7 +220,7 @@ class _Batch:
         return layout.expand_per_block({b.name: tensor(per_block[b.name]) for b in layout.blocks})
 
     @property
-    def magnitude(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def error_scale(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """Error scale of the adaptive step test for the Gram form (its inner products judged
         by the norms of their factors), or None for the default atol + rtol |y|."""
         if not isinstance(self.reduced, GramObjective):
@@ -494,7 +494,7 @@ def simulate(
                              len(RECORDED), eta=batch.eta,
                              progress=bar.update if bar is not None else None,
                              grad_norm=batch.grad_norm, select=batch.select,
-                             magnitude=batch.magnitude)
+                             error_scale=batch.error_scale)
         with _phase(timings, "summarise_s"):
             batch_rows, frame, run_of_row = _summarise(batch, flow, [ids[i] for i in members])
             states.add([ids[i] for i in members], _state_builder(batch, flow.final_state))
