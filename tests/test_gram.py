@@ -218,3 +218,17 @@ def test_vanishing_run_never_records_a_negative_nc1_nor_a_false_steady_state():
     resolved = both[both["fn_plain"] > 1e-4]
     assert len(resolved) >= 9
     np.testing.assert_allclose(resolved["fn_gram"], resolved["fn_plain"], rtol=1e-6)
+
+
+def test_grad_norm_below_its_rounding_is_not_a_zero():
+    """|grad f| from Gram quantities is a difference of terms: where it cannot be told from
+    their rounding (here the origin of the CE UFM, all terms 0; a vanishing or steady run
+    near it) it is NaN, never a rounded 0 that would pass any gtol; at an ordinary point it
+    is the parameter-space norm."""
+    _, obj, gram, y, pen = _point("ce", "none")
+    state = _gram_of(obj, gram, y)
+    torch.testing.assert_close(gram.grad_norm(state, pen), obj.gradient(y, pen).norm(dim=1),
+                               rtol=1e-10, atol=0)
+    origin = _gram_of(obj, gram, torch.zeros_like(y))
+    assert bool(torch.isnan(gram.grad_norm(origin, pen)).all())
+    assert float(obj.gradient(torch.zeros_like(y), pen).norm()) == 0.0

@@ -247,9 +247,11 @@ class GramObjective:
 
         |G H^T + lw W|^2 = tr(G B G^T) + 2 lw <G, S> + lw^2 tr A, and likewise for H with A.
         Each is a quadratic form of the joint Gram [[B, S^T], [S, A]], >= 0 while that is
-        positive semi-definite. A negative sum means the state is not the Gram of any point
-        at this resolution (features at the tolerance's scale, e.g. a vanishing run): the norm
-        is then NaN (not resolved), never 0, so it cannot pass for a steady state.
+        positive semi-definite. Near a stationary point its terms cancel, so the sum carries
+        a rounding error of about eps times the sum of the terms' sizes. A sum not above 64
+        times that (negative or 0 included: a state that is no Gram of a point at this
+        resolution, e.g. a vanishing run) is not resolved: the norm is then NaN, never a
+        rounded 0, so it cannot pass for a steady state.
         """
         s, a, bb, b = self.blocks(state)
         g = self._logit_gradient(s, b)
@@ -260,10 +262,14 @@ class GramObjective:
         tr_a = torch.diagonal(a, dim1=1, dim2=2).sum(1)
         tr_b = torch.diagonal(bb, dim1=1, dim2=2).sum(1)
         sq = gbg + 2 * lw * gs + lw * lw * tr_a + gag + 2 * lh * gs + lh * lh * tr_b
+        size = (gbg.abs() + 2 * (lw + lh) * gs.abs() + lw * lw * tr_a.abs() + gag.abs()
+                + lh * lh * tr_b.abs())
         if b is not None:
-            sq = sq + (g.sum(2) + pen.b.view(-1, 1) * b).square().sum(1)
-        sq = sq.double()
-        return torch.where(sq >= 0, sq.clamp_min(0.0).sqrt(), torch.full_like(sq, math.nan))
+            bias_sq = (g.sum(2) + pen.b.view(-1, 1) * b).square().sum(1)
+            sq, size = sq + bias_sq, size + bias_sq
+        floor = 64 * torch.finfo(sq.dtype).eps * size
+        sq, floor = sq.double(), floor.double()
+        return torch.where(sq > floor, sq.clamp_min(0.0).sqrt(), torch.full_like(sq, math.nan))
 
     # ------------------------------------------------------------------ metrics
 
