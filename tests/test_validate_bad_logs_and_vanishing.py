@@ -307,3 +307,24 @@ def test_study_trained_row_reads_the_status_of_run_onset(monkeypatch, fn_end, nc
         assert row["onset_time"] == 5.0 and row["fn_at_onset"] == 2.0
     else:
         assert math.isnan(row["onset_time"]) and math.isnan(row["fn_at_onset"])
+
+
+def test_compare_measures_no_onset_on_a_vanishing_log():
+    """`validate compare`'s measured side follows the same rule as `analyze`: a log whose fn
+    vanishes (1 -> 1e-5 in the MSE phase) has no onset and no fn*, though its nc1 falls below
+    the threshold; the same log with fn held at 1 has its onset at the first record below."""
+    from ncsim.validate.compare import _measured
+
+    epochs = np.arange(1, 41, dtype=float)
+    phase = np.where(epochs <= 10, 1, 2)
+    nc1 = np.where(epochs <= 10, 0.5, 0.5 * 10.0 ** (-(epochs - 10) / 8))
+    fn = np.where(epochs <= 10, 1.0, 10.0 ** (-(epochs - 10) / 6))
+    log = pd.DataFrame({"run_id": "r", "time": epochs, "phase": phase,
+                        "flow_time": epochs * 0.1, "fn": fn, "nc1_trace": nc1})
+    _, onset, fn_star = _measured(log, 0.01)
+    assert math.isnan(onset) and math.isnan(fn_star)
+    assert run_onset(log, OnsetRule(threshold=0.01))["status"] == "vanishing"
+    _, onset, fn_star = _measured(log.assign(fn=1.0), 0.01)
+    # nc1 < 0.01 first at epoch 24 (0.5 x 10^(-14/8) = 0.0089); t counts from epoch 10's
+    # flow time 1.0: 2.4 - 1.0
+    assert onset == pytest.approx(1.4, rel=1e-12) and fn_star == 1.0

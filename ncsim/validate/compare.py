@@ -47,8 +47,9 @@ import numpy as np
 import pandas as pd
 
 from ncsim.errors import InputError, require
-from ncsim.onset import onset_time, value_at
+from ncsim.onset import is_vanishing, onset_and_fn, onset_time, value_at
 from ncsim.validate import surrogate as sg
+from ncsim.validate.analysis import VANISH_TOL
 from ncsim.validate.data import load_dataset
 from ncsim.validate.train import load_checkpoint
 
@@ -64,8 +65,11 @@ def _measured(log: pd.DataFrame, threshold: float, factor: float = 1.0
     t0 = float(before["flow_time"].iloc[-1]) if len(before) else 0.0
     curve = phase2.assign(t=(phase2["flow_time"].to_numpy(np.float64) - t0) * factor)
     t = curve["t"].to_numpy(np.float64)
-    onset = onset_time(t, curve["nc1_trace"].to_numpy(np.float64), threshold, interpolate=False)
-    return curve, onset, value_at(t, curve["fn"].to_numpy(np.float64), onset, False)
+    if is_vanishing(log["fn"].to_numpy(np.float64), VANISH_TOL):  # no collapse, as in analyze
+        return curve, math.nan, math.nan
+    onset, fn_on = onset_and_fn(t, curve["nc1_trace"].to_numpy(np.float64),
+                                curve["fn"].to_numpy(np.float64), threshold, interpolate=False)
+    return curve, onset, fn_on
 
 
 RULES = {
