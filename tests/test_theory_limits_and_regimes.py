@@ -397,3 +397,21 @@ def test_deep_ce_rank_one_beats_both_sides_of_the_threshold():
         assert bool(eq.collapsed) is collapsed
         assert eq.lower_rank_better is True
         assert eq.meta["lower_rank_objective"] < float(eq.objective_star) - 1e-3
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize(("lw", "lh"), [(0.01, 0.0), (0.0, 0.01), (0.0, 0.0)])
+def test_deep_zero_decay_has_no_minimiser_not_a_vanishing_run(loss, lw, lh):
+    """A deep head with a zero decay has norms without bound: the prediction says
+    "no_minimiser" with no onset (deep CE said "vanishing" with onset inf)."""
+    p = predicted_onset(loss, "none", 4, 5, 20, lw, lh, 0.3, 0.01, 0.0, 2)
+    assert p.regime == "no_minimiser" and math.isnan(p.onset_time)
+
+
+def test_lambda_h_zero_horizon_is_capped():
+    """With lambda_H = 0 the default search reaches at most 1e10 (flow time): a CE model whose
+    slow onset lies beyond it is reported as never (inf) instead of a minutes-long solve to
+    1e12."""
+    assert prediction._horizon("ce", "none", 10, 20, 512, 1e-4, 0.0, 1.0, 0.01) == 1e10
+    p = predicted_onset("ce", "none", 10, 20, 512, 1e-4, 0.0, 1.0)
+    assert p.onset_time == math.inf and p.regime == "no_minimiser"

@@ -222,8 +222,10 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     (fn_star, class-mean norms) go to inf where the classifier decay lambda_WL > 0 and to 0
     where lambda_WL is the only zero decay. Where several decays are zero the limit depends on
     how they vanish: NaN for the zero-decay factors (and for fn_star if lambda_WL is one).
-    The collapse threshold is strict: at Lambda equal to :func:`Lambda_crit` (decays set to
-    :func:`lambda_crit`) ``collapsed`` is False.
+    The collapse threshold is strict: at Lambda equal to :func:`Lambda_crit` (equal decays
+    set to :func:`lambda_crit`) ``collapsed`` is False. Unequal decays whose geometric mean
+    is Lambda_crit (``lambda_crit(..., ratio=r)``) round to within a few ulps of it, on
+    either side; there the state is collapsed with sigma ~ 1e-16 or not.
     """
     check_model(loss, bias, depth)
     M = depth + 1

@@ -148,6 +148,7 @@ class _ModeCurves:
 
 
 _RTOL, _ATOL = 1e-10, 1e-14  # of the mode ODE
+_SLOW_HORIZON = 1e10  # longest default search with lambda_H = 0 (flow time)
 
 
 def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, a: float,
@@ -206,7 +207,8 @@ def _horizon(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float,
     With lambda_H = 0 < lambda_W no rate sets it: the within-class energy in null(W) never
     decays, and NC1 falls only as the class means grow without bound, polynomially (MSE:
     h^4 ~ 4 lambda_W n t on a mode once w h ~ sqrt(n); CE faster). The horizon then also covers
-    100 x the time at which that growth brings nc1_trace below the threshold (capped at 1e12).
+    100 x the time at which that growth brings nc1_trace below the threshold, capped at 1e10
+    (flow times no simulation reaches; the mode ODE's solve beyond it took minutes).
     """
     mu = float(dynamics.growth_rate(K, n, lw, lh))
     slow = min(x for x in (lh, mu) if x > 0) if max(lh, mu) > 0 else 1e-6
@@ -215,7 +217,7 @@ def _horizon(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float,
         r_w = min(K if (loss == "mse" and bias == "none") else K - 1, d)
         kept = a * a * (K * n - K) * max(d - r_w, 0)  # within-class energy that never decays
         h2 = kept / ((K - 1) * threshold)  # mode energy h^2 that brings nc1_trace to threshold
-        t_max = float(np.clip(100.0 * h2 * h2 / (4.0 * lw * n), t_max, 1e12))
+        t_max = float(np.clip(100.0 * h2 * h2 / (4.0 * lw * n), t_max, _SLOW_HORIZON))
     return t_max
 
 
@@ -236,7 +238,7 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
         starts below fn*, +0.05 when above.
     t_max : search horizon (default: 40 / min(lambda_H, mu) capped to [1e3, 1e8]; with
         lambda_H = 0 < lambda_W at least 100 x the estimated time of the slow polynomial
-        decay of NC1, capped at 1e12, see :func:`_horizon`).
+        decay of NC1, capped at 1e10, see :func:`_horizon`).
 
     Returns
     -------
@@ -336,8 +338,11 @@ def _deep_onset(loss: str, K: int, n: int, d: int, lw: float, lh: float, a: floa
     state it flows to: the global minimiser, or, where the origin is global but a non-zero
     local minimiser exists (Lambda_glob < Lambda < Lambda_stat), that metastable state (regime
     :data:`METASTABLE`); "vanishing" where no non-zero critical point exists, "trapped" where
-    the init amplitude a0 = a sqrt(d/2) is at or below the basin root a_u."""
+    the init amplitude a0 = a sqrt(d/2) is at or below the basin root a_u; "no_minimiser"
+    (onset NaN) where a decay is 0."""
     nan = math.nan
+    if not (lw > 0 and lh > 0):  # norms without bound: no state to escape towards
+        return OnsetPrediction(nan, nan, nan, nan, "no_minimiser")
     target = float(eq.sigma) if bool(eq.collapsed) else float(eq.sigma_local)
     if not math.isfinite(target) or target <= 0:
         return OnsetPrediction(math.inf, nan, nan, nan, "vanishing")
