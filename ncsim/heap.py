@@ -41,14 +41,21 @@ _taken_mmap_threshold = 0
 
 
 @functools.cache
-def _mallopt():
-    """glibc's ``mallopt``, or None when the process does not run on glibc."""
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc, else None."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     name = ctypes.util.find_library("c")
-    if name is None:
+    return ctypes.CDLL(name) if name is not None else None
+
+
+@functools.cache
+def _mallopt():
+    """glibc's ``mallopt``, or None when the process does not run on glibc."""
+    libc = _glibc()
+    if libc is None:
         return None
-    mallopt = ctypes.CDLL(name).mallopt
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return mallopt
@@ -95,7 +102,7 @@ def release_freed_memory() -> bool:
     that memory freed by earlier work does not hide the next block's growth."""
     if _mallopt() is None:
         return False
-    trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    trim = _glibc().malloc_trim
     trim.argtypes = (ctypes.c_size_t,)
     trim.restype = ctypes.c_int
     trim(0)
