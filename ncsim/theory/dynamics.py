@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import numpy as np
 import sympy as sp
 from scipy.integrate import quad
 
-from ncsim.errors import InputError, is_finite_number, is_integer, require
+from ncsim.errors import is_finite_number, is_integer, require
 from ncsim.theory import symbols as S
 from ncsim.theory._backend import Array, namespace
 from ncsim.theory.compile import compile_expr
@@ -29,6 +28,7 @@ from ncsim.theory.equilibrium import (
     broadcast_inputs,
     check_classes,
     check_decays,
+    check_finite_numbers,
 )
 
 z_inf, r_sym, u_sym = sp.symbols("z_inf r u", positive=True)
@@ -110,14 +110,6 @@ def _checked(names: list[str], values: list[Array]) -> tuple[Array, ...]:
     return (K, n, *decays)
 
 
-def _check_amplitude(xp: Any, v: Array, name: str) -> None:
-    """:class:`InputError` unless every entry of ``v`` is a finite number > 0."""
-    bad = ~(v > 0) | ~xp.isfinite(v)
-    if xp.any(bad):
-        raise InputError(f"{name} must be a finite number > 0, got "
-                         f"{float(v[bad].reshape(-1)[0]):g}")
-
-
 def growth_rate(K: Array, n: Array, lambda_w: Array, lambda_h: Array, depth: int = 1) -> Array:
     """Largest eigenvalue of the gradient flow linearised at the origin (per unit time).
 
@@ -186,7 +178,7 @@ def escape_time_asymptotic(K: Array, n: Array, a0: Array, depth: int) -> Array:
     K, n, a0 = broadcast_inputs(["K", "n", "a0"], [K, n, a0])
     check_classes(K, n)
     xp = namespace(K)
-    _check_amplitude(xp, a0, "the init amplitude a0")
+    check_finite_numbers(xp, a0, name="the init amplitude a0", positive=True)
     return K * n * a0 ** (2.0 - M) / ((M - 2) * xp.sqrt(n))
 
 

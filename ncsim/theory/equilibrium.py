@@ -105,12 +105,19 @@ def check_classes(K: Array, n: Array) -> None:
             raise InputError(f"{name} must be an integer >= {low}, got {_first_bad(v, bad)}")
 
 
+def check_finite_numbers(xp: Any, *values: Array, name: str, positive: bool = False) -> None:
+    """Raise :class:`InputError` unless every entry of ``values`` is a finite number >= 0
+    (> 0 when ``positive``)."""
+    for v in values:
+        bad = ~(v > 0 if positive else v >= 0) | ~xp.isfinite(v)
+        if xp.any(bad):
+            bound = "> 0" if positive else ">= 0"
+            raise InputError(f"{name} must be a finite number {bound}, got {_first_bad(v, bad)}")
+
+
 def check_decays(xp: Any, *decays: Array, name: str = "weight decays") -> None:
     """Raise :class:`InputError` unless every decay is a finite number >= 0."""
-    for v in decays:
-        bad = ~(v >= 0) | ~xp.isfinite(v)
-        if xp.any(bad):
-            raise InputError(f"{name} must be finite and >= 0, got {_first_bad(v, bad)}")
+    check_finite_numbers(xp, *decays, name=name)
 
 
 def broadcast_inputs(names: list[str], values: list[Any]) -> tuple[Array, ...]:
