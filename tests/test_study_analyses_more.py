@@ -658,6 +658,30 @@ def test_weight_decay_line_series_contradicts_and_inconclusive(tmp_path, figdir)
     assert [s["theory_in_bracket"] for s in sec.numbers["series"]] == [False, False]
 
 
+def test_weight_decay_leaves_out_runs_collapsed_before_they_came_into_view(tmp_path, figdir):
+    """Runs already below the threshold when phase 2 began (onset_at_phase_start) count
+    neither as collapsed nor as prevented: the series and the figure hold only the observed
+    runs, and a part with nothing observed gives no series and no figure."""
+    study = load(tmp_path, "weight_decay",
+                 part_toml("ufm_lambda", **{"lambda": [1e-4, 1e-3, 1e-2, 1e-1], "seed": [0, 1]}))
+    runs = wd_runs({32: [1000.0, 200.0, 100.0, None]}).drop(columns="dim")
+    runs["onset_at_phase_start"] = False
+    # the first lambda's runs collapsed out of view, with an onset at the phase start
+    first = runs["lambda"] == 1e-4
+    runs.loc[first, "onset_at_phase_start"] = True
+    runs.loc[first, "onset_time"] = 1.0
+    sec = weight_decay(study, runs, linear_traj([]), figdir)
+    (series,) = sec.numbers["series"]
+    assert series["lambdas"] == pytest.approx([1e-3, 1e-2, 1e-1])
+    assert series["regimes"] == ["optimal", "optimal", "prevents"]
+    assert series["onsets"][:2] == pytest.approx([200.0, 100.0])
+    assert list(sec.tables[1][1]["lambda"]) == [1e-3] * 2 + [1e-2] * 2 + [1e-1] * 2
+    everything = runs.assign(onset_at_phase_start=True)
+    sec = weight_decay(study, everything, linear_traj([]), figdir / "none")
+    assert sec.numbers["series"] == [] and sec.figures == []
+    assert sec.verdict == "inconclusive"
+
+
 def test_weight_decay_agreement_counts_only_runs_the_theory_classifies(tmp_path, figdir):
     """Measured collapse against the theory's phase: a run the closed forms cannot classify
     (unbalanced classes given as text) is left out of the share, not counted as a miss."""

@@ -2,8 +2,9 @@
 
 Each analysis takes the study, its run table and trajectory table and the figure folder, and
 returns a :class:`Section`: tables, figures, numbers and a verdict ("supports", "contradicts"
-or "inconclusive") with the reason in numbers. Only runs with ``status == "ok"`` count as
-collapsed; fn* of a run is ``fn_at_onset``.
+or "inconclusive") with the reason in numbers. Only the runs :func:`collapsed` keeps count as
+collapsed (status ok, a finite onset and fn at onset, a crossing in view); fn* of a run is
+``fn_at_onset``.
 """
 
 from __future__ import annotations
@@ -39,17 +40,22 @@ class Section:
 
 
 # ----------------------------------------------------------------------------- helpers
-def collapsed(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs with status ok and a finite onset time and fn at onset.
+def observed(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs whose outcome was observed: all but the trained runs whose metric was already
+    below the threshold when phase 2 began (``onset_at_phase_start``), which neither
+    collapsed in view nor failed to collapse."""
+    if "onset_at_phase_start" not in runs:
+        return runs
+    inherited = runs["onset_at_phase_start"].astype("boolean").fillna(False).to_numpy(bool)
+    return runs[~inherited]
 
-    Trained runs whose metric was already below the threshold when phase 2 began
-    (``onset_at_phase_start``) are left out: their crossing was not observed.
-    """
+
+def collapsed(runs: pd.DataFrame) -> pd.DataFrame:
+    """Observed runs (:func:`observed`) with status ok and a finite onset time and fn at
+    onset."""
     if "status" not in runs or "onset_time" not in runs:
         return runs.iloc[0:0]
-    ok = runs[runs["status"] == "ok"]
-    if "onset_at_phase_start" in ok:
-        ok = ok[ok["onset_at_phase_start"].astype("boolean").fillna(False).to_numpy(bool) == 0]
+    ok = observed(runs[runs["status"] == "ok"])
     return ok[np.isfinite(ok["onset_time"].astype(float))
               & np.isfinite(ok["fn_at_onset"].astype(float))]
 
@@ -535,8 +541,8 @@ def _lambda_series(sub: pd.DataFrame, x: str, keys: list[str]) -> list[dict[str,
     groups = sub.groupby(keys, sort=True) if keys else [((), sub)]
     for key, s in groups:
         agg = s.groupby(x, sort=True).agg(
-            onset=("onset_time", _finite_mean),
-            ok=("status", lambda v: bool((v == "ok").mean() >= 0.5))).reset_index()
+            onset=("onset_collapsed", _finite_mean),
+            ok=("is_collapsed", lambda v: bool(v.mean() >= 0.5))).reset_index()
         lams = agg[x].to_numpy(float)
         good = agg["ok"].to_numpy(bool)
         labels = regimes(lams, agg["onset"].to_numpy(float), good)
@@ -635,14 +641,19 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     """Three regimes (slow / optimal / prevents) and the theory's lambda_crit."""
     tables, figs, all_series, agreement = [], [], [], []
     for part in _parts(runs):
-        sub = runs[runs["part"] == part].copy()
+        # runs already collapsed when they came into view are neither collapsed nor
+        # prevented: they stay out of the series, the figures and the agreement
+        sub = observed(runs[runs["part"] == part]).copy()
+        if sub.empty:
+            continue
         axes = part_axes(study, part)
         trained = part_model(study, part) == "trained"
-        shown = sub.assign(onset_collapsed=np.where(sub["status"] == "ok", sub["onset_time"],
-                                                    np.nan))
+        sub["is_collapsed"] = sub.index.isin(collapsed(sub).index)
+        sub["onset_collapsed"] = np.where(sub["is_collapsed"], sub["onset_time"], np.nan)
+        shown = sub
         if not trained:
             sub["theory_phase"] = sub.apply(_theory_phase, axis=1)
-            measured = np.where(sub["status"] == "ok", "collapse", sub["status"])
+            measured = np.where(sub["is_collapsed"], "collapse", sub["status"])
             match = (sub["theory_phase"] == "collapse") == (measured == "collapse")
             known = (sub["theory_phase"] != "n/a").to_numpy()  # runs the theory classifies
             agreement.append((part, float(match[known].mean()) if known.any() else math.nan,

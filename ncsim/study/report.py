@@ -93,8 +93,9 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
         inherited = int(runs["onset_at_phase_start"].astype("boolean").fillna(False).sum())
         if inherited:
             lines += [f"{inherited} trained run(s) were already below the onset threshold when "
-                      "phase 2 began: their crossing was not observed, so they do not count as "
-                      "collapsed runs (too short or too easy to decide).", ""]
+                      "phase 2 began: their crossing was not observed, so they count neither as "
+                      "collapsed nor as prevented runs and stay out of the analyses (too short "
+                      "or too easy to decide).", ""]
     if study.quick_note:
         lines += [f"*Quick variant.* {study.quick_note}", ""]
     if study.notes:
