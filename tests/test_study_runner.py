@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -285,6 +286,29 @@ def test_an_unreachable_scheduler_is_reported_before_any_file(tmp_path, monkeypa
     with pytest.raises(InputError, match="cannot reach the Dask scheduler at tcp://10.0.0.1:1"):
         run_study(study, out, executor="dask", address="tcp://10.0.0.1:1", progress=False)
     assert calls == ["tcp://10.0.0.1:1"] and not out.exists()
+
+
+@pytest.mark.parametrize(("address", "why"), [
+    ("nonsense", "missing port number"), ("tcp://scheduler", "missing port number"),
+    ("tcp://127.0.0.1:notaport", "invalid literal"), ("foo://x:1", "unknown address scheme")])
+def test_a_malformed_scheduler_address_is_an_input_error(tmp_path, monkeypatch, address, why):
+    """An address without a port, with a bad port or an unknown scheme is one InputError
+    saying what form to give, before any client is made or any file written."""
+    from ncsim.errors import InputError
+
+    distributed = pytest.importorskip("dask.distributed")
+
+    def never(*args, **kwargs):
+        raise AssertionError("no client for a malformed address")
+
+    monkeypatch.setattr(distributed, "Client", never)
+    study = load_study(_spec(tmp_path, 1))
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=rf"^--address '{re.escape(address)}' is not a Dask "
+                                         rf"scheduler address \({why}.*\); give one as "
+                                         r"tcp://HOST:PORT$"):
+        run_study(study, out, executor="dask", address=address, progress=False)
+    assert not out.exists()
 
 
 def test_a_finished_study_reruns_without_its_scheduler(tmp_path, monkeypatch):

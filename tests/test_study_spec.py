@@ -98,6 +98,19 @@ def test_study_found_by_name():
     assert spec_dir().is_dir()
 
 
+def test_a_name_with_toml_finds_the_shipped_study_but_a_missing_path_is_an_error(
+        tmp_path, monkeypatch):
+    """``depth.toml`` without a folder is the study's name; a path with a folder that does not
+    exist is an error naming the path, never the shipped study of the same name."""
+    monkeypatch.chdir(tmp_path)
+    assert load_study("depth.toml", quick=True).source == str(spec_dir() / "depth.toml")
+    for missing in (tmp_path / "nowhere" / "depth.toml", "./depth.toml", "studies/depth.toml"):
+        with pytest.raises(InputError, match=r"^study file '.*depth\.toml' not found \(give "
+                                             r"an existing \.toml file, or the name of a study "
+                                             r"without a folder: .*depth.*\)$"):
+            load_study(missing)
+
+
 def test_study_list_one_line_per_study():
     from ncsim.cli import cli as main
 

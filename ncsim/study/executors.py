@@ -115,10 +115,20 @@ def _distributed():
 
 
 def connect(address: str):
-    """A ``distributed`` client of the scheduler at ``address``; :class:`InputError` when it
-    cannot be reached within 20 s."""
+    """A ``distributed`` client of the scheduler at ``address``; :class:`InputError` when the
+    address is malformed (no port, an unknown scheme) or cannot be reached within 20 s."""
+    distributed = _distributed()
+    from distributed.comm import resolve_address
+
     try:
-        return _distributed().Client(address, timeout="20s")
+        resolve_address(address)  # the form of the address, before a client is made
+    except ValueError as err:
+        raise InputError(f"--address {address!r} is not a Dask scheduler address ({err}); "
+                         "give one as tcp://HOST:PORT") from None
+    except OSError as err:
+        raise InputError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+    try:
+        return distributed.Client(address, timeout="20s")
     except OSError as err:
         raise InputError(f"cannot reach the Dask scheduler at {address}: {err}") from None
 

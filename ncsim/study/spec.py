@@ -417,16 +417,21 @@ def spec_dir() -> Path:
 
 
 def resolve_path(path: str | Path) -> Path:
-    """A file path, or a study name found in ./studies/ or in the shipped specs."""
+    """A file path, or a study name (``depth`` or ``depth.toml``, no folder) found in
+    ./studies/ or in the shipped specs. A path with a folder must be a file: a missing one
+    is an error, never a shipped study of the same name."""
     candidate = Path(path)
     if candidate.is_file():
         return candidate
+    known = ", ".join(sorted(p.stem for p in spec_dir().glob("*.toml")))
+    if candidate.name != str(path):
+        raise InputError(f"study file {str(path)!r} not found (give an existing .toml file, "
+                         f"or the name of a study without a folder: {known})")
     name = candidate.stem if candidate.suffix == ".toml" else str(path)
     for folder in (Path("studies"), spec_dir()):
         found = folder / f"{name}.toml"
         if found.is_file():
             return found
-    known = ", ".join(sorted(p.stem for p in spec_dir().glob("*.toml")))
     raise InputError(f"study {str(path)!r} not found (a .toml file or one of: {known})")
 
 
