@@ -1,12 +1,22 @@
 """Test-session settings: one thread for torch and the BLAS libraries, and freed heap kept
-(as the command line does: :mod:`ncsim.heap`).
+(as the command line does: :mod:`ncsim.heap`), and a derivation cache of the session's own.
 
 The test problems are small, so their cost is per-operation overhead; a second intra-op
 thread only adds contention on a shared 2-core machine (10-40x slower under load).
 """
 
-from ncsim.heap import keep_freed_memory
-from ncsim.threads import set_threads
+import atexit
+import os
+import shutil
+import tempfile
+
+# the symbolic derivations are cached in a folder of this session (derived afresh each session,
+# never read from or written to the user's cache); subprocesses inherit it
+os.environ["NCSIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="ncsim-test-cache-")
+atexit.register(shutil.rmtree, os.environ["NCSIM_CACHE_DIR"], ignore_errors=True)
+
+from ncsim.heap import keep_freed_memory  # noqa: E402
+from ncsim.threads import set_threads  # noqa: E402
 
 set_threads(1)
 keep_freed_memory()

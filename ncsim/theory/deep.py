@@ -22,16 +22,15 @@ For CE on the ETF ray the same structure holds with psi(sigma) = sigma^(1-2/M) /
 
 from __future__ import annotations
 
-import functools
-
 import sympy as sp
 
 from ncsim.theory import symbols as S
+from ncsim.theory.cache import derivation
 
 N_sym = sp.Symbol("N", positive=True)
 
 
-@functools.cache
+@derivation
 def derive_mse() -> dict[str, sp.Expr]:
     """Symbolic thresholds of the deep linear MSE per-mode problem (symbols s, N, M, Lambda, c).
 
@@ -77,7 +76,7 @@ def _invert_for_s(lam_expr: sp.Expr) -> sp.Expr:
     return sp.powsimp(sp.simplify(sol), force=True)
 
 
-@functools.cache
+@derivation
 def derive_ce() -> dict[str, sp.Expr]:
     """Deep CE on the ETF ray: objective, stationarity, and psi(sigma) = Lambda at g' = 0."""
     g = S.g_ce(S.M)

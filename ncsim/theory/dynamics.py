@@ -22,6 +22,7 @@ from scipy.integrate import quad
 from ncsim.errors import is_finite_number, is_integer, require
 from ncsim.theory import symbols as S
 from ncsim.theory._backend import Array, namespace
+from ncsim.theory.cache import derivation
 from ncsim.theory.compile import compile_expr
 from ncsim.theory.equilibrium import (
     LOSSES,
@@ -35,7 +36,7 @@ z_inf, r_sym, u_sym = sp.symbols("z_inf r u", positive=True)
 g_sym = sp.Symbol("g", positive=True)
 
 
-@functools.cache
+@derivation
 def derive() -> dict[str, sp.Expr]:
     """Symbolic dynamics results.
 

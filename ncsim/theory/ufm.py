@@ -9,14 +9,13 @@ g'(0+) = 0.
 
 from __future__ import annotations
 
-import functools
-
 import sympy as sp
 
 from ncsim.theory import symbols as S
+from ncsim.theory.cache import derivation
 
 
-@functools.cache
+@derivation
 def derive_mse() -> dict[str, sp.Expr]:
     """MSE one-layer UFM derivation.
 
@@ -59,7 +58,7 @@ def derive_mse() -> dict[str, sp.Expr]:
     }
 
 
-@functools.cache
+@derivation
 def derive_ce() -> dict[str, sp.Expr]:
     """CE one-layer UFM derivation on the ETF ray.
 
@@ -100,7 +99,7 @@ def derive_ce() -> dict[str, sp.Expr]:
     }
 
 
-@functools.cache
+@derivation
 def derive_reg_bias_mean_mode() -> dict[str, sp.Expr]:
     """MSE with regularised bias: eliminate the bias from the mean label mode.
 

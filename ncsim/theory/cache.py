@@ -1,0 +1,110 @@
+"""A disk cache of the symbolic derivations, so that sympy derives them once per installation.
+
+The derivations (``solve``, ``simplify``, ``integrate``) take 2-8 s of CPU in all, which every
+process that asks for a closed form would otherwise pay again: each ``ncsim simulate`` call
+with its theory columns, each study worker. :func:`derivation` keeps a derivation's result,
+a dict of sympy expressions, as a pickle file named after the function and a key of
+
+- the bytes of every source file of :mod:`ncsim.theory` (a changed derivation, or a changed
+  symbol it builds on, is a new key),
+- the sympy version and the Python version (the pickle's classes).
+
+The folder is ``$NCSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/ncsim``, else ``~/.cache/ncsim``;
+``NCSIM_CACHE_DIR=""`` turns the disk cache off. The cache is best effort: a folder that
+cannot be written, or a file that cannot be read back as such a dict (truncated, from
+another program), means the derivation runs as without it (and rewrites an unreadable file).
+Files are written whole (a temporary file renamed), so processes that derive at once do not
+see each other's partial files.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import sympy as sp
+
+Derivation = Callable[[], dict[str, sp.Expr]]  # expressions and matrices of them
+
+
+def cache_dir() -> Path | None:
+    """The folder of the derivation cache, or None when ``NCSIM_CACHE_DIR`` is set empty."""
+    chosen = os.environ.get("NCSIM_CACHE_DIR")
+    if chosen is not None:
+        return Path(chosen).expanduser() if chosen else None
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ncsim"
+
+
+@functools.cache
+def source_key() -> str:
+    """Hex digest of the theory package's sources, sympy's version and Python's version."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    digest.update(f"sympy {sp.__version__} python {sys.version_info[:2]}".encode())
+    return digest.hexdigest()[:20]
+
+
+def cache_file(func: Derivation) -> Path | None:
+    """Where ``func``'s result is kept (None: the disk cache is off)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    return folder / f"{func.__module__}.{func.__qualname__}-{source_key()}.pickle"
+
+
+def _read(path: Path) -> dict[str, sp.Expr] | None:
+    """The dict of expressions in ``path``, or None when there is none to read back."""
+    try:
+        with path.open("rb") as handle:
+            value = pickle.load(handle)
+    except Exception:  # missing, truncated or another program's file: a cache miss
+        return None
+    if isinstance(value, dict) and all(isinstance(k, str)
+                                       and isinstance(v, (sp.Basic, sp.MatrixBase))
+                                       for k, v in value.items()):
+        return value
+    return None
+
+
+def _write(path: Path, value: dict[str, sp.Expr]) -> None:
+    """Write ``value`` to ``path`` whole (a temporary file renamed); errors are ignored."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError:
+        pass  # a folder that cannot be written: derive again next time
+
+
+def derivation(func: Derivation) -> Derivation:
+    """Cache ``func`` (no arguments, returning a dict of sympy expressions) in this process and
+    on disk (:func:`cache_file`)."""
+
+    @functools.cache
+    @functools.wraps(func)
+    def cached() -> dict[str, sp.Expr]:
+        path = cache_file(func)
+        value = _read(path) if path is not None else None
+        if value is None:
+            value = func()
+            if path is not None:
+                _write(path, value)
+        return value
+
+    cached.uncached = func  # the derivation itself, for tests and for checking a cache
+    return cached
