@@ -48,6 +48,28 @@ def test_deep_latex_and_text():
     assert res.exit_code == 0 and "fn_star" in res.output
 
 
+def test_equilibrium_checks_lower_rank_states_on_request():
+    """Deep CE just below Lambda_crit (K = 3, n = 2, L = 2): the ETF state (objective 1.0846)
+    is beaten by a rank-1 state (1.0715, theory README); without --check-lower-rank the
+    comparison is not made (null), and one layer never has a better lower-rank state."""
+    args = ["equilibrium", "--loss", "ce", "-K", "3", "-n", "2", "--depth", "1,2",
+            "--lambda-w", "0.14455", "--lambda-h", "0.14455", "--format", "json"]
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    plain = {r["depth"]: r for r in json.loads(res.output)["results"]}
+    assert plain[2]["lower_rank_better"] is None and plain[1]["lower_rank_better"] is False
+    assert "lower_rank_objective" not in plain[2]
+    res = run(*args, "--check-lower-rank")
+    assert res.exit_code == 0, res.output
+    checked = {r["depth"]: r for r in json.loads(res.output)["results"]}
+    deep = checked[2]
+    assert deep["lower_rank_better"] is True and deep["lower_rank"] == 1
+    assert deep["objective_star"] == pytest.approx(1.0846, abs=1e-4)
+    assert deep["lower_rank_objective"] == pytest.approx(1.0715, abs=1e-4)
+    assert checked[1]["lower_rank_better"] is False and checked[1]["lower_rank"] is None
+    assert checked[1]["lower_rank_objective"] is None  # NaN is written as null
+
+
 @pytest.mark.parametrize("args", [
     ["equilibrium", "--loss", "hinge"],
     ["equilibrium", "-K", "1"],

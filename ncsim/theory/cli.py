@@ -100,13 +100,17 @@ def _ratio(text: str | None) -> float | None:
 
 def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, Any]:
     loss, bias = o["loss"], o["bias"]
+    lower_rank = bool(o.get("check_lower_rank")) and loss == "ce" and p["depth"] > 1
     eq = equilibrium(loss, bias, p["K"], p["n"], p["lambda_w"], p["lambda_h"], p["lambda_b"],
-                     p["depth"])
+                     p["depth"], check_lower_rank=lower_rank)
     row: dict[str, Any] = {"loss": loss, "bias": bias, **p}
     d = eq.to_dict()
     row["collapsed"] = bool(d.pop("collapsed"))
     for k, v in d.items():
         row[k] = v if v is None or isinstance(v, bool) else float(v)
+    if o.get("check_lower_rank"):  # the best lower-rank state (deep CE; NaN / null elsewhere)
+        row["lower_rank_objective"] = float(eq.meta.get("lower_rank_objective", math.nan))
+        row["lower_rank"] = eq.meta.get("lower_rank")
     ratio = _ratio(o["ratio"])
     if ratio is None:
         ratio = p["lambda_h"] / p["lambda_w"] if p["lambda_w"] > 0 and p["lambda_h"] > 0 else 1.0
@@ -204,9 +208,18 @@ def theory() -> None:
 
 @theory.command("equilibrium", epilog=GRID_ORDER)
 @_model_options
+@click.option("--check-lower-rank", "check_lower_rank", is_flag=True,
+              help="deep CE: compare the ETF state with the best state of class-mean rank "
+              "1 .. K-2 (numeric, with restarts; ~0.5 s a point at K = 10): lower_rank_better, "
+              "lower_rank_objective, lower_rank")
 @handle_errors
 def equilibrium_cmd(**o: Any) -> None:
-    """Global minimiser: norms, fn*, logits / margin, loss, and the whole theory row."""
+    """Collapsed (ETF) minimiser: norms, fn*, logits / margin, loss, and the whole theory row.
+
+    It is the global minimiser for one layer and for MSE. For deep CE heads (depth >= 2) a
+    lower-rank state can be lower: lower_rank_better is null unless --check-lower-rank
+    compares them.
+    """
     _run(o, True, ["objective", "sigma", "margin", "w_row", "h2", "ce", "prob", "x_max",
                    "bias", "mean"])
 
