@@ -1,7 +1,8 @@
 """Command line: ``ncsim simulate | theory | validate | study | bench``.
 
 Commands are thin: they parse options into specs, call the library and print or write the
-result. ``--format json`` prints one JSON object on stdout and nothing else there; progress
+result. ``--format json`` prints one JSON object on stdout and nothing else there (NaN as
+null, an infinity as the string "inf"); progress
 goes to stderr. Bad input exits with status 2 and one line on stderr, before any file is
 written.
 """

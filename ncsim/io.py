@@ -102,8 +102,9 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Plain JSON types: NaN/inf -> None, numpy scalars -> Python numbers, tuples -> lists,
-    paths -> text."""
+    """Plain JSON types: NaN -> None, an infinity -> the string "inf" / "-inf" (a value that
+    is infinite, such as an onset predicted never, stays apart from one that is undefined),
+    numpy scalars -> Python numbers, tuples -> lists, paths -> text."""
     import math
 
     import numpy as np
@@ -119,7 +120,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if value is pd.NA or value is pd.NaT:
         return None
     return value

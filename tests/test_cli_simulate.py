@@ -36,6 +36,9 @@ def test_grid_json_has_one_row_per_run_with_status_and_onset():
     statuses = {(r["lambda_w"], r["lambda_h"]): r["status"] for r in runs}
     assert statuses[(1e-3, 1e-3)] == "ok"
     assert statuses[(0.5, 0.5)] == "vanishing"  # K sqrt(n lw lh) = 2.1 > 1
+    # the vanishing run: no onset measured (null), an onset the theory predicts never ("inf")
+    gone = next(r for r in runs if (r["lambda_w"], r["lambda_h"]) == (0.5, 0.5))
+    assert gone["onset_time"] is None and gone["onset_time_theory"] == "inf"
 
 
 def test_out_writes_tables_sidecar_and_figure(tmp_path):

