@@ -123,6 +123,28 @@ def test_ncsim_log_without_labels_gets_labels_from_the_file_name(tmp_path):
     assert got["seed"].tolist() == [2, 2, 2]
 
 
+def test_ncsim_log_with_another_name_is_unlabelled_and_each_run_its_own_condition(tmp_path):
+    """A label-less ncsim table whose file name is no paper log's (a simulation's
+    trajectories.parquet) is never taken for the paper's MNIST MLP: model and dataset are
+    'unlabelled' and each run is its own condition, so runs of a grid never share a group."""
+    from ncsim.validate.analysis import OnsetRule, run_table
+
+    frame = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "time": [0.0, 1.0, 0.0, 1.0],
+                          "fn": [1.0, 2.0, 1.0, 3.0], "nc1_trace": [1.0, 1e-3, 1.0, 1e-3]})
+    frame.to_parquet(tmp_path / "trajectories.parquet", index=False)
+    got = read_log(tmp_path / "trajectories.parquet")
+    assert set(got["model"]) == {"unlabelled"} and set(got["dataset"]) == {"unlabelled"}
+    assert got["condition"].tolist() == ["a", "a", "b", "b"]
+    assert got["seed"].isna().all()
+    runs = run_table(got, OnsetRule.preset("ncsim"))
+    assert runs["condition"].tolist() == ["a", "b"]
+    single = frame[frame["run_id"] == "a"].drop(columns="run_id")
+    single.to_csv(tmp_path / "log.csv", index=False)
+    got = read_log(tmp_path / "log.csv")
+    assert got["run_id"].tolist() == ["log", "log"] and got["condition"].tolist() == ["log"] * 2
+    assert set(got["model"]) == {"unlabelled"}
+
+
 def test_ncsim_log_keeps_its_own_labels_and_fills_only_missing_ones(tmp_path):
     """Labels and run id present in an ncsim log win over the file name; absent ones are filled
     (here model/dataset from the name width64_s7 -> mlp, mnist)."""

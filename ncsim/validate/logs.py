@@ -146,11 +146,29 @@ def _check_run_ids(ids: pd.Series, log: str) -> None:
                      f"(the first is data row {first + 1}); give every record its run's id")
 
 
+def is_paper_name(name: str) -> bool:
+    """Whether a file stem reads as a paper log's name (``<condition>_s<seed>``, or a name
+    starting with one of :data:`PAPER_CELLS`), from which :func:`run_labels` reads labels."""
+    return bool(_NAME.match(name)) or any(name.startswith(p) for p, _, _ in PAPER_CELLS)
+
+
+def _default_labels(out: pd.DataFrame, default_id: str) -> dict[str, object]:
+    """Labels of an ncsim log that lacks them: from a paper-style file name, else
+    ``unlabelled`` model and dataset with each run its own condition (its run id), so runs of
+    one table that differ in their settings (a simulated grid, a study) never share a group."""
+    if is_paper_name(default_id):
+        return run_labels(default_id)
+    return {"model": "unlabelled", "dataset": "unlabelled", "condition": out["run_id"],
+            "seed": pd.NA}
+
+
 def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
     """Check an ncsim trajectory table and fill missing labels.
 
     Without a ``run_id`` column every record belongs to one run named ``default_id``; with one,
-    every record needs an id (a blank one is an :class:`InputError`, never dropped).
+    every record needs an id (a blank one is an :class:`InputError`, never dropped). Missing
+    model / dataset / condition / seed come from a paper-style file name (:func:`run_labels`);
+    otherwise model and dataset are ``unlabelled`` and each run is its own condition.
     """
     missing = [c for c in NCSIM_REQUIRED if c not in frame.columns]
     if missing:
@@ -166,7 +184,7 @@ def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
     if "phase" not in out.columns:
         out["phase"] = pd.NA
     out["phase"] = _phases(out["phase"], default_id)
-    defaults = run_labels(default_id)
+    defaults = _default_labels(out, default_id)
     for key in LABELS:
         if key not in out.columns:
             out[key] = defaults[key]
