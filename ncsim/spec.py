@@ -36,6 +36,20 @@ INITS = ("gaussian", "spectral", "etf", "arrays")
 SOLVERS = ("gd", "rk4", "dopri5", "tsit5")
 DTYPES = ("float64", "float32")
 REDUCTIONS = ("auto", "none", "gram", "classes")
+GRAM_MIN_DIM_RULE = "K for MSE, K - 1 for CE"
+
+
+def gram_min_dim(model: ModelSpec) -> int:
+    """Smallest width d at which the Gram form follows the parameter flow.
+
+    Every column of X = [H^T; W] obeys dx/dt = L(t) x with L = -[[eta_H lambda_H, eta_H G^T],
+    [eta_W G, eta_W lambda_W]], G = dLoss/dZ (K, N). The Gram flow of X X^T is that of any
+    number of columns: a rounding error outside the span of X's d columns grows along every
+    eigenvalue of L > 0 that those columns do not hold. L has at most rank G of them, and
+    rank G <= K (K - 1 for CE, whose G has columns summing to 0); with d at least that, X's
+    columns hold them all and the error decays.
+    """
+    return model.classes - 1 if model.loss == "ce" else model.classes
 ONSET_METRICS = (
     "nc1_trace", "nc1", "nc2_etf", "nc2_angle", "nc3", "nc3_paper", "cdnv",
 )
@@ -323,7 +337,8 @@ class SolverSpec:
     dtype, device : torch dtype name and device of the integration.
     reduction : state the one-layer UFM is integrated in: "none" (the parameters H, W, b),
         "gram" (the exact Gram-space form Z = W H, W W^T, H^T H, b, whose cost does not depend
-        on d; one-layer UFM only), "classes" (the exact class-means form: class means,
+        on d; one-layer UFM with d >= K for MSE, d >= K - 1 for CE: :func:`gram_min_dim`),
+        "classes" (the exact class-means form: class means,
         deviation propagator, W, b, whose cost does not depend on n; one-layer UFM with MSE
         loss only) or "auto" (gram for the one-layer UFM when its state is smaller, roughly
         d > N + K; else classes for the one-layer MSE UFM when cheaper, 4 d + 3 K < 3 N; none
@@ -477,6 +492,13 @@ class RunSpec:
         self.onset.validate()
         require(self.solver.reduction != "gram" or self.model.kind == "ufm",
                 "reduction 'gram' needs the one-layer UFM (model 'ufm')")
+        if self.solver.reduction == "gram":
+            need = gram_min_dim(self.model)
+            require(self.model.dim >= need,
+                    f"reduction 'gram' needs d >= {need} ({GRAM_MIN_DIM_RULE}), got "
+                    f"d = {self.model.dim}: with fewer dimensions than growing directions the "
+                    "Gram flow leaves rank d and drifts to a wider model's optimum; use "
+                    "reduction 'none' or 'auto'")
         require(self.solver.reduction != "classes" or (
             self.model.kind == "ufm" and self.model.loss == "mse"),
             "reduction 'classes' needs the one-layer UFM with MSE loss (model 'ufm', loss "

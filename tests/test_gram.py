@@ -105,6 +105,45 @@ def test_auto_reduction_picks_gram_only_where_it_is_smaller():
         RunSpec(solver=SolverSpec(reduction="fast")).validate()
 
 
+@pytest.mark.parametrize(("loss", "bias", "need"), [("mse", "none", 4), ("mse", "free", 4),
+                                                    ("ce", "none", 3), ("ce", "free", 3)])
+def test_gram_below_its_width_is_refused_and_from_it_follows_the_parameters(loss, bias, need):
+    """K = 4, n = 2 over t = 1000: a forced Gram form with d below gram_min_dim (K for MSE,
+    K - 1 for CE) is refused (its flow left rank d and found a wider model's optimum: fn 0.814
+    against 0.564 at MSE d = 2); at d = gram_min_dim it ends where the parameter flow does."""
+    from ncsim.spec import gram_min_dim
+
+    def spec(d, reduction):
+        return RunSpec(model=ModelSpec(loss=loss, bias=bias, classes=4, per_class=2, dim=d),
+                       reg=Regularization(lambda_w=0.011, lambda_h=0.011),
+                       init=InitSpec(scale=0.5, seed=0),
+                       solver=SolverSpec(t_end=1000.0, records=10, reduction=reduction))
+
+    assert gram_min_dim(spec(need, "gram").model) == need
+    with pytest.raises(InputError, match=rf"^reduction 'gram' needs d >= {need} \(K for MSE, "
+                                         rf"K - 1 for CE\), got d = {need - 1}: .* use "
+                                         r"reduction 'none' or 'auto'$"):
+        spec(need - 1, "gram").validate()
+    gram = simulate(spec(need, "gram").validate(), theory=False).runs.iloc[0]
+    plain = simulate(spec(need, "none").validate(), theory=False).runs.iloc[0]
+    assert gram["final_fn"] == pytest.approx(plain["final_fn"], rel=1e-8)
+    assert gram["final_objective"] == pytest.approx(plain["final_objective"], rel=1e-8)
+
+
+def test_auto_never_takes_gram_below_its_width():
+    """'auto' picks the Gram form only where its state is smaller (d > N + K - NK / (N + K)),
+    which lies above gram_min_dim for every K, n and loss."""
+    from ncsim.spec import gram_min_dim
+
+    for loss in ("mse", "ce"):
+        for k in range(2, 13):
+            for n in range(1, 6):
+                for d in range(1, 3 * k * (n + 1)):
+                    model = ModelSpec(loss=loss, classes=k, per_class=n, dim=d)
+                    if use_gram(model, "auto"):
+                        assert d >= gram_min_dim(model), (loss, k, n, d)
+
+
 def _pair(loss, bias, dtype="float64", reduction="gram", **solver):
     model = ModelSpec(loss=loss, bias=bias, classes=3, per_class=(2, 3, 2), dim=6)
     settings = {"t_end": 40.0, "records": 15, "rtol": 1e-11, "atol": 1e-13, "gtol": 0.0,

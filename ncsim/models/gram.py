@@ -15,7 +15,9 @@ closes on the inner products S = W H (K, N), A = W W^T (K, K) and B = H^T H (N, 
 Z = S + b 1^T, the penalties only tr A and tr B, and every neural-collapse metric is a function
 of inner products of the features h_i and the classifier rows w_c, so the whole simulation runs
 on (S, A, B, b): K N + K^2 + N^2 (+ K) numbers per run instead of d (N + K) (+ K). It pays off
-when d > N + K roughly.
+when d > N + K roughly. It follows the parameter flow for d >= K (K - 1 for CE); below that a
+rounding error outside rank d grows, and the flow drifts to a wider model's optimum
+(:func:`ncsim.spec.gram_min_dim`, checked by ``RunSpec.validate``).
 
 The flat state of R runs is (R, P) with blocks "Z" = S (K, N), "A" (K, K), "B" (N, N) and "b"
 (K,) when the model has a bias (see :func:`gram_layout`). A and B are integrated as full
