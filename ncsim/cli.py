@@ -23,6 +23,7 @@ from ncsim.params import COUNTS, INTEGERS, NUMBERS, grid
 from ncsim.spec import (
     ACTIVATIONS,
     BIASES,
+    DEFAULT_TOLERANCES,
     DTYPES,
     LOSSES,
     MODELS,
@@ -127,6 +128,9 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
         if spread:  # each value of the axis would repeat the same runs
             raise InputError(f"--class-counts sets K and n, so {' and '.join(spread)} cannot "
                              "take several values; drop them or --class-counts")
+    usual = DEFAULT_TOLERANCES.get(options["dtype"], DEFAULT_TOLERANCES["float64"])
+    rtol = usual[0] if options["rtol"] is None else options["rtol"]
+    atol = usual[1] if options["atol"] is None else options["atol"]
     specs = []
     for point in grid(axes):
         classes = int(point.get("classes", 10))
@@ -151,8 +155,8 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
             time_scale=TimeScale(eta_h=point.get("eta_h", 1.0), eta_w=point.get("eta_w", 1.0),
                                  eta_b=point.get("eta_b", 1.0)),
             solver=SolverSpec(
-                method=options["solver"], dt=options["dt"], rtol=options["rtol"],
-                atol=options["atol"], t_end=options["t_end"], records=options["records"],
+                method=options["solver"], dt=options["dt"], rtol=rtol, atol=atol,
+                t_end=options["t_end"], records=options["records"],
                 t_first=options["t_first"], max_steps=options["max_steps"],
                 gtol=options["gtol"], dtype=options["dtype"], device=options["device"],
                 reduction=options["reduction"], cuda_graphs=options["cuda_graphs"],
@@ -206,8 +210,10 @@ def _model_options(func):
 @click.option("--t-end", type=float, default=2e4, show_default=True)
 @click.option("--solver", type=_choice(SOLVERS), default="dopri5", show_default=True)
 @click.option("--dt", type=float, default=None, help="Step (gd, rk4) or first step.")
-@click.option("--rtol", type=float, default=1e-8, show_default=True)
-@click.option("--atol", type=float, default=1e-10, show_default=True)
+@click.option("--rtol", type=float, default=None,
+              help="Relative tolerance [1e-8 in float64, 1e-5 in float32].")
+@click.option("--atol", type=float, default=None,
+              help="Absolute tolerance [1e-10 in float64, 1e-7 in float32].")
 @click.option("--dtype", type=_choice(DTYPES), default="float64", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--reduction", type=_choice(REDUCTIONS), default="auto", show_default=True,

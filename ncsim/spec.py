@@ -35,6 +35,10 @@ BIASES = ("none", "free", "reg")
 INITS = ("gaussian", "spectral", "etf", "arrays")
 SOLVERS = ("gd", "rk4", "dopri5", "tsit5")
 DTYPES = ("float64", "float32")
+#: usual (rtol, atol) of each dtype (the command line's defaults)
+DEFAULT_TOLERANCES = {"float64": (1e-8, 1e-10), "float32": (1e-5, 1e-7)}
+#: an adaptive step's rounding, about eps |y|, may take at most 1/8 of its error budget
+RTOL_FLOOR_EPS = 8
 REDUCTIONS = ("auto", "none", "gram", "classes")
 GRAM_MIN_DIM_RULE = "K for MSE, K - 1 for CE"
 
@@ -319,7 +323,8 @@ class SolverSpec:
     method : "gd" (explicit Euler, i.e. gradient descent with learning rate dt), "rk4"
         (fixed step dt), "dopri5" or "tsit5" (adaptive, one step size per run).
     dt : fixed step (gd, rk4); the first step is chosen automatically when None (adaptive).
-    rtol, atol : local error tolerances of the adaptive methods.
+    rtol, atol : local error tolerances of the adaptive methods; rtol >= 8 eps of the dtype
+        (9.5e-7 in float32; :data:`DEFAULT_TOLERANCES` are the usual pairs).
     t_end : final time (> 0), in gradient-flow time units (t = lr x steps).
     records : number of recorded times: t = 0 and records - 1 log-spaced times in
         [t_first, t_end].
@@ -398,6 +403,13 @@ class SolverSpec:
             require(is_finite_number(self.dt) and self.dt > 0, f"dt must be > 0, got {self.dt!r}")
         require(is_finite_number(self.rtol) and self.rtol > 0,
                 f"rtol must be a finite number > 0, got {self.rtol!r}")
+        if self.adaptive:
+            floor = RTOL_FLOOR_EPS * float(np.finfo(self.dtype).eps)
+            require(self.rtol >= floor,
+                    f"rtol {self.rtol:g} is below what {self.dtype} resolves ({RTOL_FLOOR_EPS} "
+                    f"eps = {floor:.2g}): the step control would chase rounding errors "
+                    f"(rejections, 'stalled'); give rtol >= {floor:.2g} (usual in {self.dtype}: "
+                    f"{DEFAULT_TOLERANCES[self.dtype][0]:g}) or dtype float64")
         require(is_finite_number(self.atol) and self.atol >= 0,
                 f"atol must be a finite number >= 0, got {self.atol!r}")
         if self.cuda_graphs:

@@ -63,6 +63,8 @@ def test_out_writes_tables_sidecar_and_figure(tmp_path):
     (["--solver", "gd"], "needs a step dt"),
     (["--device", "tpu"], "unknown device"),
     (["--loss", "ce", "--reduction", "classes"], "reduction 'classes' needs"),
+    (["--dtype", "float32", "--rtol", "1e-8"], "rtol 1e-08 is below what float32 resolves"),
+    (["-K", "4", "-d", "2", "--reduction", "gram"], "reduction 'gram' needs d >= 3"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, args, message):
     out = tmp_path / "never"
@@ -138,3 +140,19 @@ def test_no_theory_leaves_the_prediction_columns_out():
             b["run_id"], b["onset_time"], b["final_fn"])
     table = _run([*SMALL, "--no-theory", "--no-progress"])
     assert table.exit_code == 0 and "onset_time" in table.stdout
+
+
+@pytest.mark.parametrize(("dtype", "rtol", "atol"), [("float64", 1e-8, 1e-10),
+                                                     ("float32", 1e-5, 1e-7)])
+def test_tolerances_default_to_the_dtype_s_usual_pair(dtype, rtol, atol):
+    """Without --rtol / --atol, float64 runs at (1e-8, 1e-10) and float32 at (1e-5, 1e-7)
+    (the default float64 rtol is below what float32 resolves); given ones are kept."""
+    result = _run([*SMALL, "--dtype", dtype, "--format", "json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["runs"]
+    assert (row["solver_rtol"], row["solver_atol"]) == (rtol, atol)
+    assert row["status"] == "ok"
+    result = _run([*SMALL, "--dtype", dtype, "--rtol", "2e-5", "--atol", "3e-7",
+                   "--format", "json", "--no-progress"])
+    (row,) = json.loads(result.stdout)["runs"]
+    assert (row["solver_rtol"], row["solver_atol"]) == (2e-5, 3e-7)

@@ -466,6 +466,11 @@ BAD_FIELDS = [
     (SolverSpec(rtol=float("inf")), r"rtol must be a finite number > 0, got inf"),
     (SolverSpec(rtol="1e-8"), r"rtol must be a finite number > 0, got '1e-8'"),
     (SolverSpec(rtol=0.0), r"rtol must be a finite number > 0, got 0\.0"),
+    (SolverSpec(rtol=1e-8, dtype="float32"),
+     r"rtol 1e-08 is below what float32 resolves \(8 eps = 9\.5e-07\): the step control "
+     r"would chase rounding errors \(rejections, 'stalled'\); give rtol >= 9\.5e-07 \(usual "
+     r"in float32: 1e-05\) or dtype float64"),
+    (SolverSpec(rtol=1e-16), r"rtol 1e-16 is below what float64 resolves \(8 eps = 1\.8e-15\)"),
     (SolverSpec(atol=float("nan")), r"atol must be a finite number >= 0, got nan"),
     (SolverSpec(atol=-1e-9), r"atol must be a finite number >= 0, got -1e-09"),
     (SolverSpec(records=1), r"records must be an integer >= 2, got 1"),
@@ -799,3 +804,12 @@ def test_write_json_writes_paths_as_text(tmp_path):
     raised a TypeError."""
     path = write_json({"out": tmp_path / "a" / "b.csv", "list": [Path("x")]}, tmp_path / "p.json")
     assert json.loads(path.read_text()) == {"out": str(tmp_path / "a" / "b.csv"), "list": ["x"]}
+
+
+def test_rtol_floor_holds_for_adaptive_methods_only():
+    """float32 resolves rtol 1e-6 (above 8 eps = 9.5e-7) and its usual 1e-5; fixed-step
+    methods do not use rtol, so any value passes there."""
+    for rtol in (1e-6, 1e-5):
+        _with(SolverSpec(rtol=rtol, dtype="float32")).validate()
+    _with(SolverSpec(method="rk4", dt=0.1, rtol=1e-12, dtype="float32")).validate()
+    _with(SolverSpec(rtol=2e-15)).validate()
