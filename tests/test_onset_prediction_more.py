@@ -405,7 +405,7 @@ def _onset_model_ode_reference(loss: str, bias: str, K: int, n: int, d: int, lw:
         mean = h * h if (loss == "mse" and bias == "none") else d * a * a * np.exp(-2 * lh * t)
         return within / between, np.sqrt((between + within + mean) / N)
 
-    t_max = float(np.clip(40.0 / min(lh, mu_p), 1e3, 1e8))
+    t_max = float(np.clip(40.0 / min(lw, lh, mu_p), 1e3, 1e8))
     sol = solve_ivp(rhs, (0.0, t_max), [*(math.sqrt(d) * a * e_p), 0.0], method="DOP853",
                     rtol=1e-12, atol=1e-15, dense_output=True)
     assert sol.success
@@ -414,14 +414,23 @@ def _onset_model_ode_reference(loss: str, bias: str, K: int, n: int, d: int, lw:
     fn_star = float(equilibrium(loss, bias, K, n, lw, lh).fn_star)
     delta = -0.05 if fn[0] <= fn_star else 0.05
 
-    def first(values, level, which):
-        change = np.flatnonzero(np.sign(values[1:] - level) != np.sign(values[:-1] - level))
+    def first(values, level, which, falling):
+        """The first crossing of ``level`` in the given direction (a pass the other way, as
+        a fn starting beyond the level, does not count)."""
+        above = values - level
+        if falling:
+            change = np.flatnonzero((above[:-1] > 0) & (above[1:] <= 0))
+        else:
+            change = np.flatnonzero((above[:-1] < 0) & (above[1:] >= 0))
         assert change.size, "the reference never crosses"
         i = int(change[0])
         return brentq(lambda t: curves(t, sol.sol(t))[which] - level, grid[i], grid[i + 1],
                       xtol=1e-13, rtol=1e-13)
 
-    return first(nc1, threshold, 0), first(fn, (1 + delta) * fn_star, 1), delta
+    # NC1 falls through the threshold; fn rises through (1 - 0.05) fn* or falls through
+    # (1 + 0.05) fn*
+    return (first(nc1, threshold, 0, falling=True),
+            first(fn, (1 + delta) * fn_star, 1, falling=delta > 0), delta)
 
 
 @pytest.mark.parametrize(("loss", "bias", "lw", "lh", "a"), [

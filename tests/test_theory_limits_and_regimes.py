@@ -85,18 +85,26 @@ def test_deep_gaussian_in_the_metastable_window_is_not_vanishing():
 def test_deep_gaussian_regime_agrees_with_phase_classify(loss):
     """Over a grid of decays (through the metastable window) and init scales, the regime of
     predicted_onset names the same phase as phase.classify: escape time <-> collapse, trapped,
-    vanishing. The metastable window is hit (it was reported as vanishing)."""
+    vanishing, except within the band around the basin root (regime basin_edge), where
+    Gaussian runs go either way. The metastable window is hit (it was reported as
+    vanishing)."""
     lc = float(Lambda_crit(loss, K1, N1, L1))
-    metastable = 0
+    metastable = near = 0
     for fac in (0.5, 0.9, 1.03, 1.08, 1.15, 1.3, 2.0):
         lam = fac * lc
         for a in (0.02, 0.1, 0.3, 1.0):
             p = predicted_onset(loss, "none", K1, N1, D1, lam, lam, a, depth=L1)
             phase = classify(loss, "none", K1, N1, D1, L1, lam, lam, 0.0, a)["phase"]
+            if p.regime.startswith(prediction.NEAR_BASIN):
+                # within the band around a_u (seed-dependent outcome): classify draws its
+                # line at a_u itself, so either side
+                assert phase in ("trapped", "collapse") and math.isnan(p.onset_time)
+                near += 1
+                continue
             assert PHASE_OF_REGIME[p.regime] == phase, (fac, a, p)
             assert math.isfinite(p.onset_time) == (phase == "collapse")
             metastable += p.regime == "escape_time_only: metastable"
-    assert metastable > 0
+    assert metastable > 0 and near > 0
 
 
 def test_theory_columns_deep_gaussian_metastable():

@@ -45,7 +45,7 @@ def _t_max(K, n, lw, lh):
     from ncsim.theory import dynamics
 
     mu = float(dynamics.growth_rate(K, n, lw, lh))
-    return float(np.clip(40.0 / min(x for x in (lh, mu) if x > 0), 1e3, 1e8))
+    return float(np.clip(40.0 / min(x for x in (lw, lh, mu) if x > 0), 1e3, 1e8))
 
 
 # (onset time, fn crossing time) at K = 10, n = 20, d = 64 from the earlier implementation
@@ -56,7 +56,9 @@ EARLIER = {
     ("mse", "free", 0.03, 0.0001, 0.1): (13958.44246830682, 3631.568213471191),
     ("ce", "none", 0.001, 0.003, 0.1): (747.3009265430516, 7.422385661093206),
     ("ce", "free", 0.001, 0.03, 1.0): (174.8097584044928, 278.33123730810473),
-    ("ce", "free", 0.0001, 0.03, 1.0): (176.32858132110687, math.inf),
+    # fn crosses in the slow lambda_W phase: beyond the earlier horizon 40 / min(lambda_H, mu)
+    # (inf then), found since the horizon includes lambda_W (the same with t_max = 1e8)
+    ("ce", "free", 0.0001, 0.03, 1.0): (176.32858132110687, 4616.502715054075),
 }
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
-from ncsim.spec import RunSpec, TimeScale
+from ncsim.spec import RunSpec, TimeScale, spectral_rank
+from ncsim.theory import dynamics
 from ncsim.theory.critical import Lambda_crit, basin_threshold, lambda_crit
 from ncsim.theory.equilibrium import equilibrium
 from ncsim.theory.prediction import METASTABLE, predicted_onset
@@ -52,9 +54,14 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     form and not unique: all columns NaN / None);
     deep gaussian inits: onset NaN (only the mode escape time is known, named in the text;
     followed by "; metastable: ..." where the flow goes to a collapsed local minimum while the
-    origin is global); "vanishing" / "trapped" (onset inf); "metastable: ..." (deep spectral /
-    etf init in the basin of a collapsed local minimum while the origin is global: onset 0, fn*
-    of the origin).
+    origin is global); "basin_edge: ..." (deep gaussian init within the band around the basin
+    root where runs go either way, :func:`ncsim.theory.prediction.basin_band`; deep aligned
+    init on the boundary of the basin: onset NaN); "vanishing" / "trapped" (onset inf);
+    "metastable: ..." (deep spectral / etf init in the basin of a collapsed local minimum while
+    the origin is global: onset 0, fn* of the origin); "mean_mode_unseeded: ..." (an etf init,
+    or a spectral init with a regularised bias, where the minimiser has a mean label mode the
+    init does not seed: depth >= 2, the equilibrium columns describe the end state without
+    the mean mode; one layer, they are NaN, the text gives both candidate fn values).
     Imbalanced one-layer MSE: the equilibrium columns come
     from :mod:`ncsim.theory.imbalance` (``w_norm_star_theory`` is then the RMS classifier row
     norm |W|_F / sqrt(K), which is the row norm when balanced); the onset is not predicted (NaN).
@@ -110,6 +117,8 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
             onset, regime = _aligned_onset(spec, eq, lw, lh)
             row["onset_time_theory"] = onset
             row["theory_regime"] = regime
+            if regime == "ok":
+                _unseeded_mean_mode(spec, eq, row, lw_arg)
         elif spec.init.kind == "gaussian" and isinstance(lw_arg, float) and (
                 m.depth == 1 or m.hidden_width == m.dim):
             pred = predicted_onset(m.loss, m.bias, K, n, m.dim, lw0, lh, spec.init.scale,
@@ -139,20 +148,77 @@ def _aligned_onset(spec: RunSpec, eq: Any, lw: tuple[float, ...], lh: float
     onset is 0 when the flow ends in a collapsed state and inf when it goes to the origin.
 
     One layer: collapsed iff the global minimiser is (else every norm vanishes). Deep: the
-    init is balanced and aligned with per-factor amplitude ``scale`` on its modes, so it ends
-    collapsed iff a non-zero critical point exists and scale > a_u (the basin root, for the
-    geometric-mean decay), whether the collapsed state is global or metastable.
+    init is aligned with per-factor amplitude ``scale`` on its modes, so it ends collapsed
+    iff a non-zero critical point exists and the aligned mode flow from ``scale`` collapses
+    (:func:`_aligned_fate`), whether the collapsed state is global or metastable.
     """
     m = spec.model
     if m.depth == 1 or not math.isfinite(float(eq.sigma_local)):
         return (0.0, "ok") if eq.collapsed else (math.inf, "vanishing")
-    a_u = float(basin_threshold(m.loss, m.classes, m.class_counts[0], _geometric_decay(lw, lh),
-                                m.depth))
-    if spec.init.scale <= a_u:
+    fate = _aligned_fate(m.loss, m.classes, m.class_counts[0], spec.init.scale, (*lw, lh))
+    if fate == "origin":
         return math.inf, "trapped"
+    if fate == "undecided":
+        return math.nan, ("basin_edge: the aligned init lies on the boundary of the origin's "
+                          "basin (the mode flow settles neither at 0 nor collapsed)")
     if not eq.collapsed:
         return 0.0, _METASTABLE_NOTE
     return 0.0, "ok"
+
+
+@functools.lru_cache(maxsize=4096)  # seeds of one parameter point share one answer
+def _aligned_fate(loss: str, K: int, n: int, scale: float, decays: tuple[float, ...]) -> str:
+    """"collapse", "origin" or "undecided" for an aligned init of per-factor amplitude
+    ``scale`` with the factor decays ``decays`` (deep, all > 0). Equal decays: the balanced
+    flow stays balanced, so it collapses iff scale > a_u (:func:`basin_threshold`). Unequal
+    decays: the factors drift apart and a_u of the geometric-mean decay is not the boundary
+    (MSE, K=4, n=5, L=2, lambda_W = 0.04, lambda_H = 0.005: 1.1 a_u(Lambda) vanishes), so the
+    per-factor mode flow is integrated (:func:`ncsim.theory.dynamics.aligned_fate`)."""
+    if len(set(decays)) == 1:
+        a_u = float(basin_threshold(loss, K, n, decays[0], len(decays) - 1))
+        return "collapse" if scale > a_u else "origin"
+    return dynamics.aligned_fate(loss, K, n, scale, decays)
+
+
+def _seeds_mean_mode(spec: RunSpec) -> bool:
+    """Whether an aligned init puts an amplitude on the mean label mode: only a spectral init
+    of MSE without bias (K modes); etf inits and every other spectral init fill the K - 1
+    centred modes only."""
+    return spec.init.kind == "spectral" and spectral_rank(spec.model) == spec.model.classes
+
+
+def _unseeded_mean_mode(spec: RunSpec, eq: Any, row: dict[str, Any], lw_arg: Any) -> None:
+    """Rewrite ``row`` (an aligned init that ends collapsed) where the global minimiser has a
+    mean label mode (sigma_mean > 0: MSE without bias, or with a regularised bias above its
+    threshold) that the init does not seed. The mean mode then stays at 0 in exact
+    arithmetic. Depth >= 2: 0 is a strict local minimum of the mean mode, so the flow ends at
+    the state without it: its fn, |w| and loss replace the minimiser's. One layer: 0 is
+    invariant but unstable, so whether rounding errors seed the mean mode (and the run ends at
+    fn*) or not depends on the run: those columns are NaN."""
+    m = spec.model
+    if _seeds_mean_mode(spec) or not float(eq.sigma_mean) > 0:
+        return
+    K, n = m.classes, m.class_counts[0]
+    end = equilibrium(m.loss, m.bias, K, n, lw_arg, spec.reg.lambda_h, spec.reg.lambda_b,
+                      m.depth, mean_mode=False)
+    fn_end, fn_star = float(end.fn_star), float(eq.fn_star)
+    if m.depth > 1:
+        row["fn_star_theory"] = fn_end
+        row["w_norm_star_theory"] = float(end.w_norm_star)
+        row["loss_star_theory"] = float(end.loss_star)
+        row["theory_regime"] = (
+            f"mean_mode_unseeded: the {spec.init.kind} init has no mean label mode, which "
+            f"stays 0 (a strict local minimum for depth >= 2): the flow ends at fn = "
+            f"{fn_end:.6g} (the fn* column and the other equilibrium columns describe that "
+            f"state), not at the global minimiser, fn* = {fn_star:.6g}")
+        return
+    for key in ("fn_star_theory", "w_norm_star_theory", "loss_star_theory"):
+        row[key] = math.nan
+    row["theory_regime"] = (
+        f"mean_mode_unseeded: the {spec.init.kind} init has no mean label mode; one layer: 0 "
+        f"is invariant but unstable there, so the run ends at fn = {fn_end:.6g} (the mean mode "
+        f"stays 0) or, once rounding errors seed it, at the global minimiser, fn* = "
+        f"{fn_star:.6g}; which one depends on the run: equilibrium columns NaN")
 
 
 def _imbalanced(spec: RunSpec) -> dict[str, Any]:

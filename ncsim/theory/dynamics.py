@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 import sympy as sp
-from scipy.integrate import quad
+from scipy.integrate import quad, solve_ivp
 
 from ncsim.errors import is_finite_number, is_integer, require
 from ncsim.theory import symbols as S
@@ -217,3 +217,128 @@ def escape_time(K: float, n: float, a0: float, a_end: float, depth: int, lam: fl
     val, _ = quad(lambda a: 1.0 / _deep_rhs(a, K, n, lam, M, loss), a0, a_end, limit=400,
                   epsabs=0.0, epsrel=1e-10, points=list(np.geomspace(a0, a_end, 8)[1:-1]))
     return float(val)
+
+
+def _aligned_rhs(loss: str, K: float, n: float, decays: np.ndarray, c: float):
+    """Right-hand side of the per-factor amplitudes a (M,) of one aligned label mode with
+    decays ``decays`` (M,): da_j/dt = drive(u) prod_(i != j) a_i - lambda_j a_j, u = prod a,
+    MSE drive c (s - u) / N, CE (ETF ray) e^(-m) / (s (1 + (K-1) e^(-m))) with m = u / s.
+    Equal decays and amplitudes give :func:`_deep_rhs`."""
+    s, N = math.sqrt(n), K * n
+
+    def rhs(t: float, a: np.ndarray) -> np.ndarray:
+        before = np.concatenate([[1.0], np.cumprod(a[:-1])])  # prod_(i < j) a_i
+        after = np.concatenate([np.cumprod(a[:0:-1])[::-1], [1.0]])  # prod_(i > j) a_i
+        others = before * after
+        u = float(before[-1] * a[-1])
+        if loss == "mse":
+            drive = c * (s - u) / N
+        else:
+            em = math.exp(-u / s) if u / s > -700 else math.inf
+            drive = em / (s * (1 + (K - 1) * em))
+        return drive * others - decays * a
+
+    return rhs
+
+
+def aligned_fate(loss: str, K: int, n: int, a0: float, decays: tuple[float, ...],
+                 c: float = 1.0) -> str:
+    """Where the gradient flow of one aligned label mode goes from per-factor amplitude ``a0``
+    on every factor (a spectral / etf init of scale a0) with the decays ``decays`` of the
+    M = depth + 1 factors (any order; all > 0).
+
+    Returns "collapse" (u = prod a converges to the non-zero local minimiser sigma_local of
+    the mode problem at Lambda = geometric mean of the decays, within 1e-6 relative),
+    "origin" (u falls below 1e-10 sigma_local) or "undecided" (neither after 1000 /
+    min(decays) of flow time: the init lies on the boundary of the origin's basin to within
+    the ODE's accuracy). "origin" also where no non-zero critical point exists. With equal
+    decays the balanced flow is one ODE and the answer is a0 > a_u
+    (:func:`ncsim.theory.critical.basin_threshold`); with unequal decays the factors do not
+    stay equal and a_u of the geometric mean is not the boundary (MSE, K=4, n=5, L=2,
+    lambda_W = 0.04, lambda_H = 0.005: 1.1 a_u(Lambda) goes to the origin), so the M
+    amplitudes are integrated (LSODA, rtol 1e-10).
+
+    Raises :class:`InputError` for an unknown loss, K, n as :func:`growth_rate`, a0 that is
+    not a finite number > 0, or decays that are not finite numbers > 0 (at least 2 of them).
+    """
+    from ncsim.theory import modes
+    from ncsim.theory.equilibrium import geometric_mean
+
+    require(loss in LOSSES, f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+    _checked(["K", "n"], [K, n])
+    require(is_finite_number(a0) and a0 > 0,
+            f"amplitude a0 must be a finite number > 0, got {a0!r}")
+    require(len(decays) >= 2 and all(is_finite_number(v) and v > 0 for v in decays),
+            f"decays must be at least 2 finite numbers > 0 (one per factor), got {decays!r}")
+    lams = np.array(decays, dtype=float)
+    M = lams.size
+    lam = float(geometric_mean(np, [np.asarray(v) for v in lams]))
+    sol = (modes.mse_mode(K, n, lam, M, c) if loss == "mse" else modes.ce_ray(K, n, lam, M))
+    target = float(sol.sigma_local)
+    if not math.isfinite(target):
+        return "origin"
+    rhs = _aligned_rhs(loss, float(K), float(n), lams, c)
+
+    def vanished(t: float, a: np.ndarray) -> float:  # u = 1e-10 sigma_local
+        return float(np.sum(np.log(np.abs(a)))) - math.log(1e-10 * target)
+
+    def settled(t: float, a: np.ndarray) -> float:  # |u / sigma_local - 1| = 1e-7
+        return abs(float(np.prod(a)) / target - 1) - 1e-7
+
+    vanished.terminal = settled.terminal = True
+    sol_ = solve_ivp(rhs, (0.0, 1000.0 / float(lams.min())), np.full(M, float(a0)),
+                     method="LSODA", rtol=1e-10, atol=1e-14 * float(a0), events=[vanished, settled])
+    if sol_.status == -1:
+        raise ArithmeticError(f"the aligned mode ODE failed: {sol_.message}")
+    u = float(np.prod(sol_.y[:, -1]))
+    if u <= 1e-10 * target * (1 + 1e-6):
+        return "origin"
+    if abs(u / target - 1) <= 1e-6:
+        return "collapse"
+    return "undecided"
+
+
+@functools.lru_cache(maxsize=1024)
+def aligned_basin_root(loss: str, K: int, n: int, decays: tuple[float, ...]) -> float:
+    """Per-factor amplitude a_u above which an aligned balanced init (every factor at a_u)
+    collapses and below which it goes to the origin, for the decays ``decays`` of the M
+    factors (all > 0): :func:`ncsim.theory.critical.basin_threshold` for equal decays; else a
+    bisection of :func:`aligned_fate` (30 steps, relative accuracy ~1e-9 of the bracket).
+    NaN where no non-zero critical point exists; 0 for one layer (M = 2).
+
+    Raises :class:`InputError` as :func:`aligned_fate`.
+    """
+    from ncsim.theory.critical import basin_threshold
+    from ncsim.theory.equilibrium import geometric_mean
+
+    require(loss in LOSSES, f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+    require(len(decays) >= 2 and all(is_finite_number(v) and v > 0 for v in decays),
+            f"decays must be at least 2 finite numbers > 0 (one per factor), got {decays!r}")
+    depth = len(decays) - 1
+    lam = float(geometric_mean(np, [np.asarray(float(v)) for v in decays]))
+    a_equal = float(basin_threshold(loss, K, n, lam, depth))
+    if len(set(decays)) == 1 or depth == 1 or not math.isfinite(a_equal):
+        return a_equal
+    lo, hi = _bracket(loss, K, n, decays, a_equal)
+    for _ in range(30):
+        mid = math.sqrt(lo * hi)
+        if aligned_fate(loss, K, n, mid, decays) == "collapse":
+            hi = mid
+        else:
+            lo = mid
+    return math.sqrt(lo * hi)
+
+
+def _bracket(loss: str, K: int, n: int, decays: tuple[float, ...], a_equal: float
+             ) -> tuple[float, float]:
+    """Amplitudes (lo, hi) around a_equal with fates "origin" and "collapse"."""
+    lo, hi = a_equal / 2, a_equal * 2
+    for _ in range(30):
+        if aligned_fate(loss, K, n, lo, decays) == "origin":
+            break
+        lo /= 4
+    for _ in range(30):
+        if aligned_fate(loss, K, n, hi, decays) == "collapse":
+            return lo, hi
+        hi *= 4
+    raise ArithmeticError(f"no aligned init amplitude up to {hi:g} collapses (decays {decays})")

@@ -197,7 +197,7 @@ def _features(xp: Any, sigma: Array, a_last: Array, lam_last: Array, zeros: Arra
 
 def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_h: Array,
                 lambda_b: Array = 0.0, depth: int = 1,
-                check_lower_rank: bool = False) -> Equilibrium:
+                check_lower_rank: bool = False, mean_mode: bool = True) -> Equilibrium:
     """Global minimiser of the UFM (depth 1) or the deep linear UFM (depth L >= 2).
 
     Parameters
@@ -210,6 +210,12 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     depth : L, the number of weight matrices (M = L + 1 factors).
     check_lower_rank : deep CE only: run :func:`ncsim.theory.lowrank.lower_rank_check` (numeric,
         restarts; scalar parameters) and set ``lower_rank_better``; otherwise it is None there.
+    mean_mode : False: the state with the mean label mode held at 0 (MSE without bias or with
+        a regularised bias; the other cases have none): the end state of an init that does not
+        seed it (an etf init, or a spectral init with a regularised bias). For depth >= 2 that
+        state is a local minimum (the origin of the mean-mode problem is a strict local
+        minimum); for one layer the mean mode at 0 is invariant but unstable, so rounding
+        errors can seed it. The regularised bias still takes its value for the mean mode at 0.
 
     Returns
     -------
@@ -229,10 +235,14 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     (fn_star, class-mean norms) go to inf where the classifier decay lambda_WL > 0 and to 0
     where lambda_WL is the only zero decay. Where several decays are zero the limit depends on
     how they vanish: NaN for the zero-decay factors (and for fn_star if lambda_WL is one).
-    The collapse threshold is strict: at Lambda equal to :func:`Lambda_crit` (equal decays
-    set to :func:`lambda_crit`) ``collapsed`` is False. Unequal decays whose geometric mean
-    is Lambda_crit (``lambda_crit(..., ratio=r)``) round to within a few ulps of it, on
-    either side; there the state is collapsed with sigma ~ 1e-16 or not.
+    The collapse threshold is strict at every depth: at Lambda equal to :func:`Lambda_crit`
+    (equal decays set to :func:`lambda_crit`) ``collapsed`` is False (deep heads jump there
+    between two states of equal objective; the origin is returned, as just above the
+    threshold; deep CE counts an objective gap within 1e-13 relative as that tie, which makes
+    it not collapsed within 1e-12 relative below Lambda_crit, see :mod:`ncsim.theory.modes`).
+    Unequal decays whose geometric mean is Lambda_crit (``lambda_crit(..., ratio=r)``) round
+    to within a few ulps of it, on either side; there the state is collapsed with sigma ~
+    1e-16 or not.
     """
     check_model(loss, bias, depth)
     M = depth + 1
@@ -265,6 +275,10 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
         main = modes.ce_ray(K, n, lam_geo, M)
         mean_sol, c0 = None, None
     sig = main.sigma
+    if not mean_mode:  # the mean mode held at 0 (its objective is then the origin's)
+        mean_sol = None if mean_sol is None else modes.ModeSolution(
+            zero, mean_sol.sigma_local, zero > 0, mean_sol.objective_zero,
+            mean_sol.objective_zero)
     sig0 = mean_sol.sigma if mean_sol is not None else zero
 
     zeros = sum((v == 0) * 1.0 for v in lams)  # how many decays are zero (no minimiser)

@@ -1,7 +1,12 @@
 """Global minimiser of the scalar per-mode problems (closed form for M = 2, certified roots else).
 
-See :mod:`ncsim.theory.symbols` for the objectives. Root selection always compares the
-objective at the non-zero local minimiser with its value at the origin; the origin wins ties.
+See :mod:`ncsim.theory.symbols` for the objectives. Root selection: the non-zero local
+minimiser is global where it has a lower objective than the origin, and ties go to the origin,
+so that a decay set to the critical value (:func:`ncsim.theory.critical.lambda_crit`) is not
+collapsed. Decided by the same expression as the threshold where it has a closed form (one
+layer, deep MSE: Lambda < Lambda_crit, analytically the same as comparing the objectives, which
+at Lambda_crit agree only to rounding); deep CE compares the objectives and counts a gap within
+rounding (:data:`CE_TIE`) as a tie, since its Lambda_crit is a numeric root of that gap.
 All functions are vectorised over numpy or torch arrays; ``M`` (number of factors) is an int.
 """
 
@@ -10,8 +15,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from ncsim.theory import deep, ufm
 from ncsim.theory import symbols as S
-from ncsim.theory import ufm
 from ncsim.theory._backend import Array, bisect, broadcast, namespace
 from ncsim.theory.compile import compile_expr
 
@@ -42,6 +47,21 @@ def _mse_sigma2():
 @functools.cache
 def _ce_sigma2():
     return compile_expr(ufm.derive_ce()["sigma_star"], [S.K, S.n, S.Lam])
+
+
+@functools.cache
+def _mse_Lambda_glob():
+    """Deep MSE Lambda_glob(N, sqrt n, M, Lambda, c): the expression (and argument order) of
+    :func:`ncsim.theory.critical.Lambda_crit`, so both round alike."""
+    return compile_expr(deep.derive_mse()["Lambda_glob"], [deep.N_sym, S.s, S.M, S.Lam, S.c])
+
+
+# deep CE: an objective gap |g(sigma_local) - g(0)| at most this (relative to g(0) = ln K) is
+# a tie (the origin wins). Lambda_crit is the bisected root of that gap, so at Lambda_crit the
+# computed gap is a few ulps of either sign: measured over K = 2..20, n = 1..50, L = 2..4, at
+# most 9.4e-16 relative. The window it opens below Lambda_crit is below 1e-12 relative in
+# Lambda (every one of those points is collapsed at (1 - 1e-12) lambda_crit).
+CE_TIE = 1e-13
 
 
 def mse_objective(sigma: Array, K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> Array:
@@ -81,8 +101,9 @@ def mse_mode(K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> ModeSolu
         has = phi(x_max) >= Lam
         x_root = bisect(lambda x: phi(x) - Lam, x_max, s ** (1.0 / M))
         local = xp.where(has, x_root ** M, xp.full_like(s, float("nan")))
-        g_loc = mse_objective(xp.where(has, local, s), K, n, Lam, M, c)
-        win = has & (g_loc < g0)
+        # the non-zero state beats the origin iff Lambda < Lambda_glob (strict: the origin wins
+        # the tie at Lambda_glob, where the objectives agree only to rounding)
+        win = has & (Lam < _mse_Lambda_glob()(N, s, M, Lam, c))
         sig = xp.where(win, local, xp.full_like(s, 0.0))
     g = mse_objective(sig, K, n, Lam, M, c)
     return ModeSolution(sig, local, sig > 0, g, g0)
@@ -137,7 +158,7 @@ def ce_ray(K: Array, n: Array, Lam: Array, M: int) -> ModeSolution:
         root = xp.where(Lam > 0, root, xp.full_like(K, float("inf")))
         local = xp.where(has, root, nan)
         g_loc = ce_objective(xp.where(has & (Lam > 0), local, sig_m), K, n, Lam, M)
-        win = has & ((g_loc < g0) | (Lam <= 0))
+        win = has & ((g_loc < g0 - CE_TIE * g0) | (Lam <= 0))
         sig = xp.where(win, local, xp.full_like(K, 0.0))
     g = ce_objective(xp.where(xp.isfinite(sig), sig, xp.full_like(sig, 0.0)), K, n, Lam, M)
     g = xp.where(xp.isfinite(sig), g, xp.full_like(g, 0.0))

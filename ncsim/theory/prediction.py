@@ -24,13 +24,15 @@ Model (balanced classes, i.i.d. N(0, a^2) entries in W and H, small a, lambda_H 
 Holds: balanced classes, d well above K (isotropic split of the within-class noise), one
 layer, lambda_W, lambda_H > 0; init from 1e-4 to 1 (entry std) was checked (see
 :func:`predicted_onset`). Fails for d close to K and for deep models, where
-:func:`predicted_onset` flags the regime ("approximate: d < 5K", "escape_time_only").
+:func:`predicted_onset` flags the regime ("approximate: d < 5K", "escape_time_only",
+"basin_edge"). Measured limits (K = 2, lead times): ncsim/theory/README.md.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +43,6 @@ from scipy.optimize import brentq
 
 from ncsim.errors import is_finite_number, is_integer, require
 from ncsim.theory import dynamics
-from ncsim.theory.critical import basin_threshold
 from ncsim.theory.equilibrium import equilibrium
 
 
@@ -130,21 +131,42 @@ class _ModeCurves:
         return np.sqrt((between + within + mean) / self.samples)
 
     def first_crossing(self, curve: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                       level: float) -> float:
-        """First time ``curve`` (:meth:`nc1` or :meth:`fn`) crosses ``level``: the first sign
-        change on the grid, refined by brentq on a dense solution of that one grid interval."""
-        v = curve(self.grid, self.states) - level
-        if v[0] == 0:
+                       level: float, direction: str) -> float:
+        """First time ``curve`` (:meth:`nc1` or :meth:`fn`) crosses ``level`` in ``direction``:
+        "up" (from below the level to at or above it) or "down" (from above to at or below).
+
+        The first such sign change on the grid, refined by brentq on a dense solution of that
+        one grid interval. A curve that starts at the level crosses at t = 0 (the grid's first
+        time); one that starts on the far side crosses only after it has come back to the
+        near side (e.g. fn starting just above 0.95 fn*, dipping and rising to fn*: the rise),
+        so inf if it never comes back, as when a curve never reaches the level.
+        """
+        side = _side(curve(self.grid, self.states) - level, direction)
+        if side[0] == 0:
             return float(self.grid[0])
-        idx = np.nonzero(np.sign(v[1:]) != np.sign(v[:-1]))[0]
-        if idx.size == 0:
+        i = _first_crossing_interval(side)
+        if i is None:
             return math.inf
-        i = int(idx[0])
         t0, t1 = float(self.grid[i]), float(self.grid[i + 1])
         cell = solve_ivp(self.rhs, (t0, t1), self.states[i], method="LSODA", rtol=_RTOL,
                          atol=_ATOL, dense_output=True).sol
         return float(brentq(lambda t: float(curve(np.array([t]), cell(t)[None, :])[0]) - level,
                             t0, t1, xtol=1e-12, rtol=1e-12))
+
+
+def _side(v: np.ndarray, direction: str) -> np.ndarray:
+    """``v`` = curve - level (G,) signed so that the near side (before a crossing in
+    ``direction``) is negative: v for "up", -v for "down"."""
+    if direction not in ("up", "down"):
+        raise ValueError(f"crossing direction must be 'up' or 'down', got {direction!r}")
+    return v if direction == "up" else -v
+
+
+def _first_crossing_interval(side: np.ndarray) -> int | None:
+    """Index i of the first grid interval with side[i] < 0 <= side[i + 1] (a crossing from the
+    near side to the level or beyond), None when there is none."""
+    idx = np.nonzero((side[:-1] < 0) & (side[1:] >= 0))[0]
+    return int(idx[0]) if idx.size else None
 
 
 _RTOL, _ATOL = 1e-10, 1e-14  # of the mode ODE
@@ -202,7 +224,13 @@ def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, 
 
 def _horizon(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, a: float,
              threshold: float) -> float:
-    """Default search horizon: 40 / (slowest rate of lambda_H and mu), capped to [1e3, 1e8].
+    """Default search horizon: 40 / (slowest rate of lambda_W, lambda_H and mu, the positive
+    ones), capped to [1e3, 1e8].
+
+    lambda_W belongs there: the mode (w, h) settles on fn* only once lambda_W w^2 and
+    lambda_H h^2 balance, which takes ~1 / min(lambda_W, lambda_H) (CE, regularised bias,
+    K=2, n=28, d=11, lambda_W = 1.43e-5, lambda_H = 1.96e-3, init 3: fn crosses 1.05 fn* at
+    t = 32228, after 40 / min(lambda_H, mu) = 20371).
 
     With lambda_H = 0 < lambda_W no rate sets it: the within-class energy in null(W) never
     decays, and NC1 falls only as the class means grow without bound, polynomially (MSE:
@@ -211,7 +239,8 @@ def _horizon(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float,
     (flow times no simulation reaches; the mode ODE's solve beyond it took minutes).
     """
     mu = float(dynamics.growth_rate(K, n, lw, lh))
-    slow = min(x for x in (lh, mu) if x > 0) if max(lh, mu) > 0 else 1e-6
+    rates = [x for x in (lw, lh, mu) if x > 0]
+    slow = min(rates) if rates else 1e-6
     t_max = float(np.clip(40.0 / slow, 1e3, 1e8))
     if lh == 0 and lw > 0:
         r_w = min(K if (loss == "mse" and bias == "none") else K - 1, d)
@@ -221,7 +250,6 @@ def _horizon(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float,
     return t_max
 
 
-@functools.lru_cache(maxsize=4096)  # a pure function of its arguments: seeds share one call
 def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: float,
                     lambda_h: float, init_scale: float, threshold: float = 0.01,
                     lambda_b: float = 0.0, depth: int = 1, delta: float | None = None,
@@ -230,14 +258,18 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
 
     Parameters
     ----------
-    loss, bias, K, n, d, depth : model. lambda_w, lambda_h, lambda_b : decays.
+    loss, bias, K, n, d, depth : model. lambda_w, lambda_h, lambda_b : decays (numbers: one
+        parameter point per call; :func:`equilibrium` takes arrays).
     init_scale : std a of the i.i.d. Gaussian init entries (> 0).
     threshold : NC1 (trace form) onset threshold (> 0). Where the model's nc1_trace starts
         below it ((N - K)/(K - 1) at t = 0; 0 for n = 1), the onset is t = 0.
-    delta : fn crossing level (1 + delta) fn*, a finite number > -1; default -0.05 when fn
-        starts below fn*, +0.05 when above.
-    t_max : search horizon (default: 40 / min(lambda_H, mu) capped to [1e3, 1e8]; with
-        lambda_H = 0 < lambda_W at least 100 x the estimated time of the slow polynomial
+    delta : fn crossing level (1 + delta) fn*, a finite number > -1. delta < 0: the time fn
+        rises to the level (the first crossing from below); delta > 0: the time it falls to it
+        (from above); delta = 0: from the side fn starts on. See
+        :meth:`_ModeCurves.first_crossing` for a start on the far side of the level.
+        Default -0.05 when the model's fn starts at or below fn*, +0.05 when above.
+    t_max : search horizon (default: 40 / min(lambda_W, lambda_H, mu) capped to [1e3, 1e8];
+        with lambda_H = 0 < lambda_W at least 100 x the estimated time of the slow polynomial
         decay of NC1, capped at 1e10, see :func:`_horizon`).
 
     Returns
@@ -247,16 +279,20 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
     (lambda_W or lambda_H = 0: the onset is kept, fn* and the lead time are NaN),
     "escape_time_only" (deep: the time is the mode escape time, not the nc1_trace onset),
     "escape_time_only: metastable" (deep, Lambda_glob < Lambda < Lambda_stat with the init
-    above the basin root: the flow goes to a collapsed local minimum while the origin is the
+    above the basin band: the flow goes to a collapsed local minimum while the origin is the
     global minimiser; the time is the escape time towards that local minimum), "trapped"
-    (deep, init at or below the basin root), "vanishing" (no non-zero stable state) or
-    "no_onset".
+    (deep, init amplitude below the basin band: onset inf), :data:`NEAR_BASIN` (deep, init
+    amplitude within the band around the basin root where Gaussian runs go either way: onset
+    NaN), "vanishing" (no non-zero stable state) or "no_onset". The regime does not flag an
+    ill-conditioned lead time (fn crossing the level near-tangentially): see
+    ncsim/theory/README.md for the measured limits.
 
     Raises
     ------
-    InputError : a bad model or decay (see :func:`equilibrium`), d not an integer >= 1, a
-        threshold or init_scale that is not a finite number > 0, delta not a finite number > -1,
-        or t_max not a finite number > 0.
+    InputError : a bad model or decay (see :func:`equilibrium`), a parameter that is not a
+        number (e.g. a list or an array of decays), d not an integer >= 1, a threshold or
+        init_scale that is not a finite number > 0, delta not a finite number > -1, or t_max
+        not a finite number > 0.
 
     Notes
     -----
@@ -266,7 +302,8 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
 
     - one layer, balanced, d >= 5K, lambda_W, lambda_H > 0: onset within 2.1% for init std
       1e-4 .. 1 (seed 1), worst 4.9% over seeds 1-2 at d = 5K, 1.3% at d = 10K; the lead time
-      is within 5% of max(onset, fn crossing time) (largest measured 3.0%, seed 1);
+      is within 5% of max(onset, fn crossing time) (largest measured 3.0%, seed 1); over
+      random parameter points see ncsim/theory/README.md (K = 2: single seeds up to 29% off);
     - small init (a sqrt(d) well below fn*): NC1 reaches the threshold in the linear phase,
       where nc1_trace decays at the lambda-independent rate 2 / (K sqrt(n)) (lambda_W =
       lambda_H), before fn reaches fn*: the lead time is negative (onset precedes the fn
@@ -275,10 +312,35 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
       follows (positive lead, the order reported for trained networks); a large init
       (fn starting above fn*) uses delta = +0.05;
     - fails for d close to K (d = K + 1: 15% off; single seeds scatter by up to 11% for
-      d < 4K, 7.5% at d = 4K), for deep heads (not modelled: NaN in the theory columns) and
-      for a zero decay (no fn*).
+      d < 4K, 7.5% at d = 4K; d = K can be off by 10x), for deep heads (not modelled: NaN in
+      the theory columns) and for a zero decay (no fn*).
     """
+    _check_scalars(loss=loss, bias=bias, K=K, n=n, d=d, lambda_w=lambda_w, lambda_h=lambda_h,
+                   init_scale=init_scale, threshold=threshold, lambda_b=lambda_b, depth=depth,
+                   delta=delta, t_max=t_max)
     _check_onset_inputs(d, threshold, init_scale, delta, t_max)
+    return _predicted_onset(loss, bias, K, n, d, lambda_w, lambda_h, init_scale, threshold,
+                            lambda_b, depth, delta, t_max)
+
+
+def _check_scalars(**params: object) -> None:
+    """:class:`InputError` for a parameter of :func:`predicted_onset` that is not a single
+    value (text for loss and bias, a number or None otherwise): a list or an array of decays
+    would otherwise fail as an unhashable cache key."""
+    for name, value in params.items():
+        if name in ("loss", "bias"):
+            require(isinstance(value, str), f"{name} must be text, got {value!r}")
+        else:
+            require(value is None or isinstance(value, numbers.Real),
+                    f"{name} must be a number (predicted_onset takes one parameter point; "
+                    f"call it once per point), got {value!r}")
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of its arguments: seeds share one call
+def _predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: float,
+                     lambda_h: float, init_scale: float, threshold: float, lambda_b: float,
+                     depth: int, delta: float | None, t_max: float | None) -> OnsetPrediction:
+    """:func:`predicted_onset` after its input checks (cached per parameter point)."""
     eq = equilibrium(loss, bias, K, n, lambda_w, lambda_h, lambda_b, depth)
     fn_star = float(eq.fn_star)
     nan = math.nan
@@ -297,13 +359,15 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
     if float(curves.nc1(grid[:1], curves.states[:1])[0]) < threshold:
         onset = 0.0  # below from the start: the first time nc1_trace < threshold is t = 0
     else:
-        onset = curves.first_crossing(curves.nc1, threshold)
+        onset = curves.first_crossing(curves.nc1, threshold, "down")
     fn0 = float(curves.fn(grid[:1], curves.states[:1])[0])
     if delta is None:
         delta = -0.05 if not fn0 > fn_star else 0.05
     if not math.isfinite(fn_star):
         return OnsetPrediction(onset, nan, nan, nan, "no_minimiser")
-    t_cross = curves.first_crossing(curves.fn, (1 + delta) * fn_star)
+    level = (1 + delta) * fn_star
+    direction = "up" if delta < 0 or (delta == 0 and not fn0 > fn_star) else "down"
+    t_cross = curves.first_crossing(curves.fn, level, direction)
     if not math.isfinite(onset):
         regime = "no_onset"
     elif d < 5 * K:
@@ -312,6 +376,11 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
         regime = "ok"
     lead = onset - t_cross if math.isfinite(onset) and math.isfinite(t_cross) else nan
     return OnsetPrediction(onset, lead, t_cross, delta, regime)
+
+
+# the cache's controls, as on an lru_cache-wrapped function (benchmarks clear it)
+predicted_onset.cache_clear = _predicted_onset.cache_clear  # type: ignore[attr-defined]
+predicted_onset.cache_info = _predicted_onset.cache_info  # type: ignore[attr-defined]
 
 
 def _check_onset_inputs(d: int, threshold: float, init_scale: float, delta: float | None,
@@ -330,6 +399,48 @@ def _check_onset_inputs(d: int, threshold: float, init_scale: float, delta: floa
 
 
 METASTABLE = "escape_time_only: metastable"
+NEAR_BASIN = "basin_edge"
+BASIN_BAND_LOW = 0.4  # below this many a_u every Gaussian run measured was trapped
+
+
+def basin_band(d: int) -> tuple[float, float]:
+    """(low, high) edges, as multiples of the basin root a_u, of the band of init amplitudes
+    a0 = a sqrt(d/2) where deep Gaussian runs go either way: (0.4, 1 + 0.6 / sqrt(d)).
+
+    The per-mode amplitudes of a Gaussian init are random (chi-distributed, more so for small
+    d), so a0 = a_u does not separate the outcomes. Measured (ncsim.flow.simulate, 6-8 seeds
+    per point, a0 / a_u from 0.2 to 2; K = 2..16, d = K..20K, L = 2..4, MSE and CE, equal and
+    unequal decays: 22 configurations, 1760 runs): every run with a0 < 0.4 a_u vanished and
+    every run with a0 > (1 + 0.6 / sqrt(d)) a_u collapsed; mixed outcomes were seen from
+    0.45 a_u (CE, K = d = 6) up to 1.2 a_u (MSE, K = d = 2); for K=4, n=5, d=20, L=2,
+    lambda=0.01: none of 6 seeds collapsed at 0.6 a_u, 3 at 0.7, 5 at 0.8, all at 0.9.
+    """
+    return BASIN_BAND_LOW, 1.0 + 0.6 / math.sqrt(d)
+
+
+def _basin_position(loss: str, K: int, n: int, a0: float, decays: tuple[float, ...], d: int
+                    ) -> str:
+    """Where the init amplitude a0 lies against the band :func:`basin_band` around the basin
+    root a_u of the aligned flow with the factor decays ``decays``: "below", "above", or
+    within it, as text for the regime ("= 0.85 a_u"; unequal decays "= 0.0241").
+
+    Equal decays: a_u in closed form (:func:`ncsim.theory.critical.basin_threshold`).
+    Unequal decays: the aligned flow's fate from a0 / low and a0 / high
+    (:func:`ncsim.theory.dynamics.aligned_fate`; a0 < low a_u iff a0 / low < a_u, i.e. the
+    flow from a0 / low goes to the origin), two ODE solves instead of the bisection of a_u."""
+    from ncsim.theory.critical import basin_threshold
+
+    low, high = basin_band(d)
+    if len(set(decays)) == 1:
+        a_u = float(basin_threshold(loss, K, n, decays[0], len(decays) - 1))
+        if a0 < low * a_u:
+            return "below"
+        return "above" if a0 > high * a_u else f"= {a0 / a_u:.3g} a_u"
+    if dynamics.aligned_fate(loss, K, n, a0 / low, decays) == "origin":
+        return "below"
+    if dynamics.aligned_fate(loss, K, n, a0 / high, decays) == "collapse":
+        return "above"
+    return f"= {a0:.3g}"
 
 
 def _deep_onset(loss: str, K: int, n: int, d: int, lw: float, lh: float, a: float, depth: int,
@@ -337,9 +448,11 @@ def _deep_onset(loss: str, K: int, n: int, d: int, lw: float, lh: float, a: floa
     """Deep linear: onset ~ time for the balanced mode to reach half the sigma of the collapsed
     state it flows to: the global minimiser, or, where the origin is global but a non-zero
     local minimiser exists (Lambda_glob < Lambda < Lambda_stat), that metastable state (regime
-    :data:`METASTABLE`); "vanishing" where no non-zero critical point exists, "trapped" where
-    the init amplitude a0 = a sqrt(d/2) is at or below the basin root a_u; "no_minimiser"
-    (onset NaN) where a decay is 0."""
+    :data:`METASTABLE`); "vanishing" where no non-zero critical point exists; "trapped" where
+    the init amplitude a0 = a sqrt(d/2) is below the band around the basin root a_u
+    (:func:`basin_band`; a_u of the aligned balanced flow with these decays,
+    :func:`_basin_position`), :data:`NEAR_BASIN` (onset NaN) within it; "no_minimiser" (onset
+    NaN) where a decay is 0."""
     nan = math.nan
     if not (lw > 0 and lh > 0):  # norms without bound: no state to escape towards
         return OnsetPrediction(nan, nan, nan, nan, "no_minimiser")
@@ -349,9 +462,15 @@ def _deep_onset(loss: str, K: int, n: int, d: int, lw: float, lh: float, a: floa
     M = depth + 1
     lam = (lh * lw ** depth) ** (1.0 / M)
     a0 = a * math.sqrt(d / 2)
-    a_u = float(basin_threshold(loss, K, n, lam, depth))
-    if a0 <= a_u:
+    where = _basin_position(loss, K, n, a0, (float(lw),) * depth + (float(lh),), d)
+    if where == "below":
         return OnsetPrediction(math.inf, nan, nan, nan, "trapped")
+    if where != "above":
+        low, high = basin_band(d)
+        return OnsetPrediction(nan, nan, nan, nan, (
+            f"{NEAR_BASIN}: init amplitude a sqrt(d/2) {where}, within the band "
+            f"[{low:.3g}, {high:.3g}] a_u where Gaussian runs are trapped or collapse "
+            f"depending on the seed; no onset predicted"))
     a_half = (0.5 * target) ** (1.0 / M)
     t = dynamics.escape_time(K, n, a0, a_half, depth, lam, loss)
     # the within-class decay of the deep head is not modelled: this is the time the balanced
