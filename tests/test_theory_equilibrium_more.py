@@ -681,6 +681,11 @@ def test_phase_trapped_and_collapse_match_gaussian_runs():
     runs = simulate(specs).runs
     assert phases == ["trapped", "collapse"] * 2
     assert runs["status"].tolist() == ["vanishing", "ok"] * 2
+    for loss in ("mse", "ce"):  # within [0.4, 1 + 0.6 / sqrt d] of the edge: the seed decides
+        edge = float(basin_threshold(loss, K, n, lam, 2)) / math.sqrt(d / 2)
+        for f in (0.45, 0.8, 1.2):
+            assert classify(loss, "none", K, n, d, 2, lam, lam, 0.0, f * edge)["phase"] == \
+                "basin_edge"
     ok = runs[runs["status"] == "ok"]
     np.testing.assert_allclose(ok["final_fn"], ok["fn_star_theory"], rtol=1e-6)
 

@@ -85,8 +85,8 @@ def test_deep_gaussian_in_the_metastable_window_is_not_vanishing():
 def test_deep_gaussian_regime_agrees_with_phase_classify(loss):
     """Over a grid of decays (through the metastable window) and init scales, the regime of
     predicted_onset names the same phase as phase.classify: escape time <-> collapse, trapped,
-    vanishing, except within the band around the basin root (regime basin_edge), where
-    Gaussian runs go either way. The metastable window is hit (it was reported as
+    vanishing, and basin_edge within the band around the basin root, where Gaussian runs go
+    either way. The metastable window is hit (it was reported as
     vanishing)."""
     lc = float(Lambda_crit(loss, K1, N1, L1))
     metastable = near = 0
@@ -96,9 +96,8 @@ def test_deep_gaussian_regime_agrees_with_phase_classify(loss):
             p = predicted_onset(loss, "none", K1, N1, D1, lam, lam, a, depth=L1)
             phase = classify(loss, "none", K1, N1, D1, L1, lam, lam, 0.0, a)["phase"]
             if p.regime.startswith(prediction.NEAR_BASIN):
-                # within the band around a_u (seed-dependent outcome): classify draws its
-                # line at a_u itself, so either side
-                assert phase in ("trapped", "collapse") and math.isnan(p.onset_time)
+                # within the band around a_u (seed-dependent outcome), in both
+                assert phase == "basin_edge" and math.isnan(p.onset_time)
                 near += 1
                 continue
             assert PHASE_OF_REGIME[p.regime] == phase, (fac, a, p)

@@ -655,7 +655,8 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             sub["theory_phase"] = sub.apply(_theory_phase, axis=1)
             measured = np.where(sub["is_collapsed"], "collapse", sub["status"])
             match = (sub["theory_phase"] == "collapse") == (measured == "collapse")
-            known = (sub["theory_phase"] != "n/a").to_numpy()  # runs the theory classifies
+            # runs the theory classifies (basin_edge: the seed decides, no prediction)
+            known = (~sub["theory_phase"].isin(["n/a", "basin_edge"])).to_numpy()
             agreement.append((part, float(match[known].mean()) if known.any() else math.nan,
                               int(known.sum())))
         if {"lambda_w", "lambda_h"} <= set(axes):

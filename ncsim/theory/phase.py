@@ -1,4 +1,5 @@
-"""Analytic phase diagram: collapse / no collapse / trapped at the origin / vanishing."""
+"""Analytic phase diagram: collapse / no collapse / trapped at the origin / vanishing / the
+band around the basin root where the outcome depends on the seed."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from ncsim.errors import is_finite_number, is_integer, require
-from ncsim.theory.critical import basin_threshold
 from ncsim.theory.equilibrium import equilibrium
+from ncsim.theory.prediction import basin_position
 
-PHASES = ("collapse", "no_collapse", "trapped", "vanishing")
+PHASES = ("collapse", "no_collapse", "trapped", "vanishing", "basin_edge")
 AXES = ("lambda_w", "lambda_h", "lambda", "lambda_b", "init_scale", "depth", "K", "n")
 
 
@@ -22,7 +23,10 @@ def classify(loss: str, bias: str, K: int, n: int, d: int, depth: int, lambda_w:
 
     - vanishing: no non-zero stable critical point; every norm goes to 0 (NC1 may still fall).
     - trapped: a collapsed state exists (deep, M >= 3) but the init amplitude
-      a0 = init_scale sqrt(d/2) lies below the basin root a_u, so the flow returns to 0.
+      a0 = init_scale sqrt(d/2) lies below the band around the basin root a_u
+      (:func:`ncsim.theory.prediction.basin_band`), so the flow returns to 0.
+    - basin_edge: deep, a0 within that band, where Gaussian inits are trapped or collapse
+      depending on the seed.
     - no_collapse: lambda_H = 0: within-class variability in null(W) never decays.
     - collapse: the flow reaches the collapsed state (``global`` says whether it is the global
       minimiser or only metastable).
@@ -41,10 +45,12 @@ def classify(loss: str, bias: str, K: int, n: int, d: int, depth: int, lambda_w:
     if not exists:
         return {**row, "phase": "vanishing"}
     if depth > 1:
-        lam = (lambda_h * lambda_w ** depth) ** (1.0 / (depth + 1))
-        a_u = float(basin_threshold(loss, K, n, lam, depth))
-        if init_scale * math.sqrt(d / 2) <= a_u:
+        decays = (float(lambda_w),) * depth + (float(lambda_h),)
+        where = basin_position(loss, K, n, init_scale * math.sqrt(d / 2), decays, d)
+        if where == "below":
             return {**row, "phase": "trapped"}
+        if where != "above":
+            return {**row, "phase": "basin_edge"}
     if lambda_h == 0:
         return {**row, "phase": "no_collapse"}
     return {**row, "phase": "collapse"}
@@ -118,12 +124,12 @@ def plot_phase(rows: list[dict[str, Any]], x: str, y: str, path: str) -> None:
         grid[ys.index(r[y]), xs.index(r[x])] = PHASES.index(r["phase"])
     from ncsim.plots import cell_edges, save_figure
 
-    cmap = ListedColormap(["#2a9d8f", "#e9c46a", "#f4a261", "#8d99ae"])
+    cmap = ListedColormap(["#2a9d8f", "#e9c46a", "#f4a261", "#8d99ae", "#b5838d"])
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     log = {name: name not in ("depth", "K", "n") and min(axis) > 0
            for name, axis in ((x, xs), (y, ys))}
     ax.pcolormesh(cell_edges(xs, log[x]), cell_edges(ys, log[y]), grid, cmap=cmap, vmin=-0.5,
-                  vmax=3.5)
+                  vmax=len(PHASES) - 0.5)
     for name, set_scale in ((x, ax.set_xscale), (y, ax.set_yscale)):
         if log[name]:
             set_scale("log")

@@ -418,7 +418,7 @@ def basin_band(d: int) -> tuple[float, float]:
     return BASIN_BAND_LOW, 1.0 + 0.6 / math.sqrt(d)
 
 
-def _basin_position(loss: str, K: int, n: int, a0: float, decays: tuple[float, ...], d: int
+def basin_position(loss: str, K: int, n: int, a0: float, decays: tuple[float, ...], d: int
                     ) -> str:
     """Where the init amplitude a0 lies against the band :func:`basin_band` around the basin
     root a_u of the aligned flow with the factor decays ``decays``: "below", "above", or
@@ -451,7 +451,7 @@ def _deep_onset(loss: str, K: int, n: int, d: int, lw: float, lh: float, a: floa
     :data:`METASTABLE`); "vanishing" where no non-zero critical point exists; "trapped" where
     the init amplitude a0 = a sqrt(d/2) is below the band around the basin root a_u
     (:func:`basin_band`; a_u of the aligned balanced flow with these decays,
-    :func:`_basin_position`), :data:`NEAR_BASIN` (onset NaN) within it; "no_minimiser" (onset
+    :func:`basin_position`), :data:`NEAR_BASIN` (onset NaN) within it; "no_minimiser" (onset
     NaN) where a decay is 0."""
     nan = math.nan
     if not (lw > 0 and lh > 0):  # norms without bound: no state to escape towards
@@ -462,7 +462,7 @@ def _deep_onset(loss: str, K: int, n: int, d: int, lw: float, lh: float, a: floa
     M = depth + 1
     lam = (lh * lw ** depth) ** (1.0 / M)
     a0 = a * math.sqrt(d / 2)
-    where = _basin_position(loss, K, n, a0, (float(lw),) * depth + (float(lh),), d)
+    where = basin_position(loss, K, n, a0, (float(lw),) * depth + (float(lh),), d)
     if where == "below":
         return OnsetPrediction(math.inf, nan, nan, nan, "trapped")
     if where != "above":
