@@ -662,6 +662,9 @@ def test_phase_diagram_across_the_critical_decay():
     assert [r["collapsed_global"] for r in rows] == [True, False, False]
     no_h = classify("mse", "none", K, n, 6, 1, 0.01, 0.0, 0.0, 1.0)
     assert no_h["phase"] == "no_collapse"
+    # deep heads with one zero decay: the origin has no basin (a_u of the geometric mean 0)
+    assert classify("mse", "none", K, n, 6, 2, 0.01, 0.0, 0.0, 1e-3)["phase"] == "no_collapse"
+    assert classify("mse", "none", K, n, 6, 2, 0.0, 0.01, 0.0, 1e-3)["phase"] == "collapse"
     trapped = classify("mse", "none", K, n, 6, 2, 0.02, 0.02, 0.0, 1e-3)
     assert trapped["phase"] == "trapped"
 

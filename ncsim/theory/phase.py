@@ -44,7 +44,7 @@ def classify(loss: str, bias: str, K: int, n: int, d: int, depth: int, lambda_w:
     row = {"collapsed_global": glob, "fn_star": float(eq.fn_star)}
     if not exists:
         return {**row, "phase": "vanishing"}
-    if depth > 1:
+    if depth > 1 and lambda_w > 0 and lambda_h > 0:  # a zero decay leaves the origin no basin
         decays = (float(lambda_w),) * depth + (float(lambda_h),)
         where = basin_position(loss, K, n, init_scale * math.sqrt(d / 2), decays, d)
         if where == "below":
