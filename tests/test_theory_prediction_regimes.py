@@ -150,7 +150,7 @@ def test_deep_mse_threshold_test_agrees_with_the_objectives():
         K = rng.integers(2, 30, 5000) * 1.0
         n = rng.integers(1, 60, 5000) * 1.0
         c = rng.uniform(0.05, 1, 5000)
-        lc = modes._mse_Lambda_glob()(K * n, np.sqrt(n), M, 1.0, c)
+        lc = modes.deep_mse_expression("Lambda_glob")(K * n, np.sqrt(n), M, 1.0, c)
         lam = lc * np.exp(rng.uniform(-1, 1, 5000))
         sol = modes.mse_mode(K, n, lam, M, c)
         g_loc = modes.mse_objective(np.nan_to_num(sol.sigma_local), K, n, lam, M, c)

@@ -15,28 +15,19 @@ in Lambda).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from ncsim.errors import InputError, is_integer, require
-from ncsim.theory import deep, modes
-from ncsim.theory import symbols as S
+from ncsim.theory import modes
 from ncsim.theory._backend import Array, bisect, broadcast, namespace
-from ncsim.theory.compile import compile_expr
 from ncsim.theory.equilibrium import (
     broadcast_inputs,
     check_classes,
     check_decays,
     check_model,
 )
-
-
-@functools.cache
-def _compiled(name: str):
-    """The deep-MSE expression ``name`` as a numeric function of (N, sqrt n, M, Lambda, c)."""
-    return compile_expr(deep.derive_mse()[name], [deep.N_sym, S.s, S.M, S.Lam, S.c])
 
 
 def Lambda_crit(loss: str, K: Array, n: Array, depth: int = 1) -> Array:
@@ -56,7 +47,8 @@ def Lambda_crit(loss: str, K: Array, n: Array, depth: int = 1) -> Array:
     if depth == 1:
         return 1 / (K * xp.sqrt(n))
     if loss == "mse":
-        return _compiled("Lambda_glob")(K * n, xp.sqrt(n), M, 0.0 * K + 1.0, 1.0 + 0.0 * K)
+        glob = modes.deep_mse_expression("Lambda_glob")
+        return glob(K * n, xp.sqrt(n), M, 0.0 * K + 1.0, 1.0 + 0.0 * K)
     return _ce_Lambda_glob(K, n, M)
 
 
@@ -143,7 +135,7 @@ def deep_thresholds(K: Array, n: Array, Lam: Array, depth: int) -> DeepThreshold
     xp = namespace(K)
     check_decays(xp, Lam, name="the decay Lam")
     M, N, s, one = depth + 1, K * n, xp.sqrt(n), 1.0 + 0.0 * K
-    f = _compiled
+    f = modes.deep_mse_expression
     return DeepThresholds(
         tau_glob=f("tau_glob")(N, s, M, Lam, one),
         tau_stat=f("tau_stat")(N, s, M, Lam, one),

@@ -50,10 +50,11 @@ def _ce_sigma2():
 
 
 @functools.cache
-def _mse_Lambda_glob():
-    """Deep MSE Lambda_glob(N, sqrt n, M, Lambda, c): the expression (and argument order) of
-    :func:`ncsim.theory.critical.Lambda_crit`, so both round alike."""
-    return compile_expr(deep.derive_mse()["Lambda_glob"], [deep.N_sym, S.s, S.M, S.Lam, S.c])
+def deep_mse_expression(name: str):
+    """The deep-MSE expression ``name`` of :func:`ncsim.theory.deep.derive_mse` as a numeric
+    function of (N, sqrt n, M, Lambda, c); :mod:`ncsim.theory.critical` evaluates the same
+    functions, so a threshold and the tie rule of :func:`mse_mode` round alike."""
+    return compile_expr(deep.derive_mse()[name], [deep.N_sym, S.s, S.M, S.Lam, S.c])
 
 
 # deep CE: an objective gap |g(sigma_local) - g(0)| at most this (relative to g(0) = ln K) is
@@ -103,7 +104,7 @@ def mse_mode(K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> ModeSolu
         local = xp.where(has, x_root ** M, xp.full_like(s, float("nan")))
         # the non-zero state beats the origin iff Lambda < Lambda_glob (strict: the origin wins
         # the tie at Lambda_glob, where the objectives agree only to rounding)
-        win = has & (Lam < _mse_Lambda_glob()(N, s, M, Lam, c))
+        win = has & (Lam < deep_mse_expression("Lambda_glob")(N, s, M, Lam, c))
         sig = xp.where(win, local, xp.full_like(s, 0.0))
     g = mse_objective(sig, K, n, Lam, M, c)
     return ModeSolution(sig, local, sig > 0, g, g0)
