@@ -650,7 +650,6 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
         trained = part_model(study, part) == "trained"
         sub["is_collapsed"] = sub.index.isin(collapsed(sub).index)
         sub["onset_collapsed"] = np.where(sub["is_collapsed"], sub["onset_time"], np.nan)
-        shown = sub
         if not trained:
             sub["theory_phase"] = sub.apply(_theory_phase, axis=1)
             measured = np.where(sub["is_collapsed"], "collapse", sub["status"])
@@ -660,7 +659,7 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             agreement.append((part, float(match[known].mean()) if known.any() else math.nan,
                               int(known.sum())))
         if {"lambda_w", "lambda_h"} <= set(axes):
-            fig = _grid_heatmap(shown, "lambda_w", "lambda_h", "onset_collapsed",
+            fig = _grid_heatmap(sub, "lambda_w", "lambda_h", "onset_collapsed",
                                 f"{part}: onset time (blank: no collapse)",
                                 curve=_boundary_2d(sub))
             figs.append((f"{part}: measured onset time over (lambda_W, lambda_H); the line is "
@@ -674,7 +673,7 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             if "lambda_crit_theory" in sub:
                 crit = sub.groupby("depth")["lambda_crit_theory"].mean().dropna()
                 marks = {float(k): float(v) for k, v in crit.items()}
-            fig = _grid_heatmap(shown, "lambda", "depth", "onset_collapsed",
+            fig = _grid_heatmap(sub, "lambda", "depth", "onset_collapsed",
                                 f"{part}: onset time (blank: no collapse)", row_marks=marks,
                                 log_y=False)
             figs.append((f"{part}: measured onset time over (lambda, depth); the line is the "
@@ -687,7 +686,7 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                 continue
             keys = [a for a in axes if a not in (x, "seed")]
             series = _lambda_series(sub, x, keys)
-            plot = shown.groupby([x, *keys], as_index=False)["onset_collapsed"].mean()
+            plot = sub.groupby([x, *keys], as_index=False)["onset_collapsed"].mean()
             lc = float(sub["lambda_crit_theory"].mean()) if "lambda_crit_theory" in sub and \
                 sub["lambda_crit_theory"].notna().any() else math.nan
             fig = _line_fig(plot, x, ["onset_collapsed"], keys[0] if keys else None,

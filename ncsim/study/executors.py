@@ -122,13 +122,10 @@ def connect(address: str):
 
     try:
         resolve_address(address)  # the form of the address, before a client is made
+        return distributed.Client(address, timeout="20s")
     except ValueError as err:
         raise InputError(f"--address {address!r} is not a Dask scheduler address ({err}); "
                          "give one as tcp://HOST:PORT") from None
-    except OSError as err:
-        raise InputError(f"cannot reach the Dask scheduler at {address}: {err}") from None
-    try:
-        return distributed.Client(address, timeout="20s")
     except OSError as err:
         raise InputError(f"cannot reach the Dask scheduler at {address}: {err}") from None
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ncsim.errors import InputError
 from ncsim.io import atomic_write, write_json
-from ncsim.study.analyses import ANALYSES, Section, fmt
+from ncsim.study.analyses import ANALYSES, Section, fmt, observed
 from ncsim.study.spec import Study
 from ncsim.study.store import FAILED, Store
 
@@ -89,13 +89,12 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
     if len(failed):
         errors = failed["error"].astype(str).value_counts().head(3)
         lines += ["Failed runs: " + "; ".join(f"{n} x {e}" for e, n in errors.items()), ""]
-    if "onset_at_phase_start" in runs:
-        inherited = int(runs["onset_at_phase_start"].astype("boolean").fillna(False).sum())
-        if inherited:
-            lines += [f"{inherited} trained run(s) were already below the onset threshold when "
-                      "phase 2 began: their crossing was not observed, so they count neither as "
-                      "collapsed nor as prevented runs and stay out of the analyses (too short "
-                      "or too easy to decide).", ""]
+    inherited = len(runs) - len(observed(runs))
+    if inherited:
+        lines += [f"{inherited} trained run(s) were already below the onset threshold when "
+                  "phase 2 began: their crossing was not observed, so they count neither as "
+                  "collapsed nor as prevented runs and stay out of the analyses (too short "
+                  "or too easy to decide).", ""]
     if study.quick_note:
         lines += [f"*Quick variant.* {study.quick_note}", ""]
     if study.notes:

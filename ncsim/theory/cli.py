@@ -102,9 +102,8 @@ def _ratio(text: str | None) -> float | None:
 
 def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, Any]:
     loss, bias = o["loss"], o["bias"]
-    lower_rank = bool(o.get("check_lower_rank")) and loss == "ce" and p["depth"] > 1
     eq = equilibrium(loss, bias, p["K"], p["n"], p["lambda_w"], p["lambda_h"], p["lambda_b"],
-                     p["depth"], check_lower_rank=lower_rank)
+                     p["depth"], check_lower_rank=bool(o.get("check_lower_rank")))
     row: dict[str, Any] = {"loss": loss, "bias": bias, **p}
     d = eq.to_dict()
     row["collapsed"] = bool(d.pop("collapsed"))
