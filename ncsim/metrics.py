@@ -45,23 +45,29 @@ tolerance (fragile when |mu_G| >> |Mbar|, where its rounding level is not small)
 projects it out exactly: with Q (K, K-1) an orthonormal basis of z-perp, B = Q^T Mbar satisfies
 B^T B = Mbar^T Mbar, and tr(Sigma_W Sigma_B^+)/K = |F B^+|_F^2 for any factor F with
 F^T F = Sigma_W (F = centred features / sqrt(N) in the batched path: no p x p matrix is formed).
-``torch.linalg.pinv``/``svd``/``eigh`` synchronise a CUDA device with the host, so B^+ is an
-iterated-Tikhonov (order 2) pseudo-inverse: with S = B B^T + delta I (or B^T B + delta I when
-p < K-1, whichever Gram is smaller), Y1 = S^{-1} B, Y2 = S^{-1} (B + delta Y1), B^+ ~ Y2^T,
-solved by ``cholesky_ex`` and triangular solves in float64 (the Gram is at most (K-1) x (K-1) per
-run). delta = delta_rel * tr(B B^T), delta_rel = 1e-10 for float64 features and 1e-7 for lower
-precision. Each singular value s of B is inverted with the filter factor
-1 - (delta / (s^2 + delta))^2: a soft cut at s ~ sqrt(delta) (ratio ~ 1e-5 (f64) or 3e-4 (f32) to
-the largest s for well-spread means). Above the cut the relative error is (delta/s^2)^2 <=
-(delta_rel (K-1) cond(B)^2)^2, e.g. 1e-13 for K = 10, cond 30 in float64; below it components
-are damped (~ 2 s / delta) instead of dropped, so nc1 does not jump when a singular value
-crosses a threshold, and exactly rank-deficient means (spanning fewer than min(K-1, p)
-dimensions) act like a truncated pinv as long as their rounding level sits well below the cut.
+``torch.linalg.pinv``/``svd``/``eigh`` synchronise a CUDA device with the host, so B^+ is a
+filtered pseudo-inverse from one small complex solve (``inv_ex``, no sync): with G = B B^T (or
+B^T B when p < K-1, whichever is smaller) in float64 and T = Re[(G - i delta I)^{-1}]
+= G (G^2 + delta^2 I)^{-1}, B^+ ~ B^T T. Each singular value s of B is inverted with the filter
+factor s^4 / (s^4 + delta^2): a soft cut at s ~ sqrt(delta). Above the cut the relative error
+is (delta/s^2)^2 <= (delta_rel (K-1) cond(B)^2)^2, e.g. 1e-13 for K = 10, cond 30 in float64.
+Below it a component is damped as s^3/delta^2, so nc1 does not jump when a singular value
+crosses a threshold, and rounding-level singular values of rank-deficient means add only
+(s/s_max)^6 / c^8 relative (c = sqrt(delta)/s_max). delta = max(delta_rel tr G,
+10 s_n^(3/2) (tr G)^(1/4)), delta_rel = 1e-10 for float64 features and 1e-7 for lower
+precision, s_n the rounding level of Mbar (``ClassStats.mean_noise``): the second term keeps
+that share below 1e-4 when the means sit on a large common offset, even if s_n were the
+rounding's exact size (measured, it is ~10x above it: then 1e-10).
+
+Resolution. The class means carry rounding errors of about s_n = 8 eps (sqrt(K) + sqrt(p))
+max|h| (eps of the features' dtype). Centred means with |Mbar|_F <= 4 s_n are not resolved and
+count as exact zeros (``ClassStats.means_centred``): identical features are no collapse.
 
 Degenerate values (IEEE conventions, no clamping, never an exception):
 - exactly collapsed features (Sigma_W = 0, distinct class means): nc1 = nc1_trace = cdnv = 0;
-- no between-class spread (tr Sigma_B = 0, e.g. all features zero): ``nc1`` and ``nc1_trace``
-  are tr(Sigma_W)/0, i.e. NaN when Sigma_W = 0 too and +inf otherwise; every scale-free metric
+- no between-class spread (tr Sigma_B = 0 to resolution, e.g. all features zero or all equal):
+  ``nc1`` and ``nc1_trace`` are tr(Sigma_W)/0, i.e. NaN when Sigma_W = 0 too (tr Sigma_W <= s_n^2)
+  and +inf otherwise; every scale-free metric
   that divides by a zero norm (nc2_*, nc3*, cdnv for coincident means) is NaN or inf likewise.
   fn, within_energy, class_mean_norm, w_norm and nc4 stay finite. The simulator flags vanishing
   runs from fn; a NaN never passes an onset test ``metric < threshold``.
@@ -72,6 +78,7 @@ Degenerate values (IEEE conventions, no clamping, never an exception):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +97,7 @@ __all__ = [
     "class_mean_norm",
     "class_statistics",
     "feature_norm",
+    "mean_noise",
     "nc1",
     "nc1_from_stats",
     "nc1_trace",
@@ -145,6 +153,8 @@ class ClassStats:
     feature_norm : (R,), fn = mean_i |h_i|_2 (feature units).
     class_var : (R, K), Var_c = mean over class c of |h - mu_c|^2.
     mean_weights : (K,), z with mu_G = sum_c z_c mu_c (counts/N or 1/K), in the means' dtype.
+    mean_noise : (R,), rounding level s_n of the centred class means (feature units, see
+        :func:`mean_noise`); spreads below it are not resolved.
     """
 
     counts: Tensor
@@ -155,6 +165,7 @@ class ClassStats:
     feature_norm: Tensor
     class_var: Tensor
     mean_weights: Tensor
+    mean_noise: Tensor
 
     @property
     def K(self) -> int:
@@ -163,8 +174,11 @@ class ClassStats:
 
     @property
     def means_centred(self) -> Tensor:
-        """(R, K, p) centred class means Mbar = mu_c - mu_G."""
-        return self.means - self.global_mean.unsqueeze(-2)
+        """(R, K, p) centred class means Mbar = mu_c - mu_G; exact zeros for a run whose
+        |Mbar|_F is not above 4 ``mean_noise`` (no between-class spread resolved)."""
+        m = self.means - self.global_mean.unsqueeze(-2)
+        resolved = (m * m).sum((-2, -1)) > (4.0 * self.mean_noise) ** 2
+        return m * resolved.to(m.dtype).unsqueeze(-1).unsqueeze(-1)  # NaN stays NaN
 
     @property
     def sigma_w(self) -> Tensor:
@@ -190,6 +204,22 @@ def _mean_weights(counts: Tensor, global_mean: str, dtype: torch.dtype) -> Tenso
     if global_mean == "sample":
         return c / c.sum()
     return torch.full_like(c, 1.0 / c.shape[0])
+
+
+def mean_noise(scale: Tensor, K: int, p: int, dtype: torch.dtype) -> Tensor:
+    """Rounding level s_n = 8 eps (sqrt(K) + sqrt(p)) scale of centred class means.
+
+    Parameters
+    ----------
+    scale : (R,) largest |entry| of the features (or of the means), feature units.
+    K, p : classes and feature dimension. dtype : the dtype the means were computed in.
+
+    Returns
+    -------
+    Tensor
+        (R,) in feature units: about the largest singular value of the means' rounding error.
+    """
+    return 8.0 * torch.finfo(dtype).eps * (K ** 0.5 + p ** 0.5) * scale
 
 
 def class_statistics(
@@ -232,6 +262,7 @@ def class_statistics(
         feature_norm=feature_norm(features),
         class_var=(sq @ onehot) / counts_f,
         mean_weights=z,
+        mean_noise=mean_noise(features.abs().amax((-2, -1)), K, features.shape[-1], dtype),
     )
 
 
@@ -251,28 +282,36 @@ def _complement_basis(z: Tensor) -> Tensor:
     return h[:, 1:]
 
 
-def _chol_solve(chol: Tensor, rhs: Tensor) -> Tensor:
-    """S^{-1} rhs given the lower Cholesky factor of S (R, n, n); no host sync."""
-    z = torch.linalg.solve_triangular(chol, rhs, upper=False)
-    return torch.linalg.solve_triangular(chol.transpose(-1, -2), z, upper=True)
+def _filtered_inverse(gram: Tensor, noise: Tensor, delta_rel: float) -> Tensor:
+    """(R, m, m) T = Re[(G - i delta I)^{-1}] = G (G^2 + delta^2 I)^{-1} of a PSD Gram G.
+
+    ``gram`` (R, m, m) float64; ``noise`` (R,) rounding level s_n of the factor whose Gram it
+    is (same units as its singular values). delta as in the module docstring; no host sync.
+    """
+    m = gram.shape[-1]
+    delta_rel = max(delta_rel, 16.0 * m * torch.finfo(torch.float64).eps)
+    tr = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
+    noise_floor = 10.0 * noise.to(tr.dtype) ** 1.5 * tr.clamp_min(0.0) ** 0.25
+    delta = torch.maximum(delta_rel * tr, noise_floor)
+    eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
+    shifted = torch.complex(gram, -delta.unsqueeze(-1).unsqueeze(-1) * eye)
+    inverse, _ = torch.linalg.inv_ex(shifted)  # info unread: no sync
+    return inverse.real
 
 
-def _soft_pinv(b: Tensor, delta_rel: float) -> Tensor:
-    """(R, p, k) order-2 iterated-Tikhonov pseudo-inverse of b (R, k, p), float64, no sync."""
+def _soft_pinv(b: Tensor, delta_rel: float, noise: Tensor) -> Tensor:
+    """(R, p, k) filtered pseudo-inverse B^T T (or T B^T) of b (R, k, p), float64, no sync."""
     b64 = b.to(torch.float64)
-    k, p = b.shape[-2], b.shape[-1]
     bt = b64.transpose(-1, -2)
-    gram = b64 @ bt if p >= k else bt @ b64  # the smaller Gram
-    n = gram.shape[-1]
-    delta_rel = max(delta_rel, 16.0 * n * torch.finfo(torch.float64).eps)
-    delta = delta_rel * torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
-    eye = torch.eye(n, dtype=torch.float64, device=b.device)
-    delta = delta.unsqueeze(-1).unsqueeze(-1)
-    chol, _ = torch.linalg.cholesky_ex(gram + delta * eye)  # info unread: no sync
-    rhs = b64 if p >= k else bt
-    y = _chol_solve(chol, rhs)
-    y = _chol_solve(chol, rhs + delta * y)  # second Tikhonov step: bias (delta/s^2)^2
-    return y.transpose(-1, -2) if p >= k else y
+    if b.shape[-1] >= b.shape[-2]:
+        return bt @ _filtered_inverse(b64 @ bt, noise, delta_rel)
+    return _filtered_inverse(bt @ b64, noise, delta_rel) @ bt
+
+
+def _over_zero_spread(within: Tensor, noise: Tensor) -> Tensor:
+    """within / 0 for a spread zero to resolution: NaN if ``within`` <= noise^2, else inf."""
+    return torch.where(within > noise * noise, torch.full_like(within, math.inf),
+                       torch.full_like(within, math.nan))
 
 
 def nc1_from_stats(stats: ClassStats) -> Tensor:
@@ -287,36 +326,44 @@ def nc1_from_stats(stats: ClassStats) -> Tensor:
     K = mbar.shape[-2]
     q = _complement_basis(stats.mean_weights)  # (K, K-1)
     b = q.transpose(0, 1) @ mbar  # (R, K-1, p), B^T B = Mbar^T Mbar
-    delta_rel = 1e-10 if mbar.dtype == torch.float64 else 1e-7
-    b_pinv = _soft_pinv(b, delta_rel).to(mbar.dtype)  # (R, p, K-1)
+    b_pinv = _soft_pinv(b, _nc1_delta_rel(mbar.dtype), stats.mean_noise).to(mbar.dtype)
     x = matmul(stats.within_factor, b_pinv)  # (R, m, K-1)
     value = (x * x).sum((-2, -1))
     tr_b = (mbar * mbar).sum((-2, -1)) / K
-    return torch.where(tr_b > 0, value, stats.within_energy / tr_b)
+    return torch.where(tr_b > 0, value, _over_zero_spread(stats.within_energy, stats.mean_noise))
+
+
+def _nc1_delta_rel(dtype: torch.dtype) -> float:
+    """Relative Tikhonov level of ``nc1``'s pseudo-inverse for features of ``dtype``."""
+    return 1e-10 if dtype == torch.float64 else 1e-7
 
 
 def nc1_trace_from_stats(stats: ClassStats) -> Tensor:
     """NC1 (trace form) = tr(Sigma_W)/tr(Sigma_B); 0/0 gives NaN. Returns (R,)."""
     mbar = stats.means_centred
     tr_b = (mbar * mbar).sum((-2, -1)) / stats.K
-    return stats.within_energy / tr_b
+    within = stats.within_energy
+    return torch.where(tr_b > 0, within / tr_b, _over_zero_spread(within, stats.mean_noise))
 
 
-def _pair_sq_dist(mbar: Tensor) -> Tensor:
-    """(R, K, K) squared distances |mu_c - mu_c'|^2 from the Gram of the centred means."""
-    g = mbar @ mbar.transpose(-1, -2)
-    d = torch.diagonal(g, dim1=-2, dim2=-1)
-    return (d.unsqueeze(-1) + d.unsqueeze(-2) - 2.0 * g).clamp_min(0.0)
+def _pair_sq_dist(mbar: Tensor, noise: Tensor) -> Tensor:
+    """(R, K, K) squared distances |mu_c - mu_c'|^2, from the differences themselves (no
+    Gram: close means keep their digits); exact 0 where a distance is not above 4 ``noise``."""
+    dist = torch.cdist(mbar, mbar, compute_mode="donot_use_mm_for_euclid_dist")
+    resolved = dist > 4.0 * noise.unsqueeze(-1).unsqueeze(-1)
+    return dist.square() * resolved.to(dist.dtype)
 
 
 def cdnv_from_stats(stats: ClassStats) -> Tensor:
     """CDNV averaged over the K(K-1)/2 class pairs; see :func:`cdnv`. Returns (R,)."""
     K = stats.K
-    dist2 = _pair_sq_dist(stats.means_centred)
+    dist2 = _pair_sq_dist(stats.means_centred, stats.mean_noise)
     var = stats.class_var
     num = 0.5 * (var.unsqueeze(-1) + var.unsqueeze(-2))
     iu = torch.triu_indices(K, K, offset=1, device=var.device)
-    ratio = num[..., iu[0], iu[1]] / dist2[..., iu[0], iu[1]]
+    num, dist2 = num[..., iu[0], iu[1]], dist2[..., iu[0], iu[1]]
+    noise = stats.mean_noise.unsqueeze(-1)
+    ratio = torch.where(dist2 > 0, num / dist2, _over_zero_spread(num, noise))
     return ratio.mean(-1)
 
 
@@ -399,8 +446,11 @@ def nc1_trace(features: Tensor, labels: Tensor, K: int, global_mean: str = "samp
 
 
 def _etf_distance(x: Tensor) -> Tensor:
-    """|| G/|G|_F - (I - 11^T/K)/sqrt(K-1) ||_F with G = x x^T, x (R, K, p)."""
+    """|| G/|G|_F - (I - 11^T/K)/sqrt(K-1) ||_F with G = x x^T, x (R, K, p).
+
+    x is scaled to unit Frobenius norm first, so G does not over- or underflow (x^4)."""
     K = x.shape[-2]
+    x = x / torch.linalg.vector_norm(x, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
     g = x @ x.transpose(-1, -2)
     g = g / torch.linalg.vector_norm(g, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
     eye = torch.eye(K, dtype=x.dtype, device=x.device)
@@ -431,6 +481,7 @@ def nc2_etf(means_centred: Tensor) -> Tensor:
     Tensor
         (R,) in [0, 2]; scale-invariant, penalises unequal norms and angles; NaN if Mbar = 0.
     """
+    _check_blocks(means_centred=means_centred)
     return _etf_distance(means_centred)
 
 
@@ -449,6 +500,7 @@ def nc2_etf_w(weights: Tensor) -> Tensor:
     Tensor
         (R,) in [0, 2].
     """
+    _check_blocks(weights=weights)
     return _etf_distance(_centre_classes(weights))
 
 
@@ -464,6 +516,7 @@ def nc2_equinorm(means_centred: Tensor) -> Tensor:
     Tensor
         (R,) coefficient of variation; NaN if every centred mean is zero.
     """
+    _check_blocks(means_centred=means_centred)
     return _equinorm(means_centred)
 
 
@@ -479,6 +532,7 @@ def nc2_equinorm_w(weights: Tensor) -> Tensor:
     Tensor
         (R,).
     """
+    _check_blocks(weights=weights)
     return _equinorm(weights)
 
 
@@ -500,6 +554,7 @@ def nc2_angle(means_centred: Tensor) -> Tensor:
     Tensor
         (R,) dimensionless; 0 for a simplex ETF.
     """
+    _check_blocks(means_centred=means_centred)
     K = means_centred.shape[-2]
     u = _unit_rows(means_centred)
     cos = u @ u.transpose(-1, -2)
@@ -520,6 +575,7 @@ def nc3(weights: Tensor, means_centred: Tensor) -> Tensor:
     Tensor
         (R,) in [0, 4].
     """
+    _check_blocks(weights=weights, means_centred=means_centred)
     wc = _centre_classes(weights)
     a = wc / torch.linalg.vector_norm(wc, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
     nm = torch.linalg.vector_norm(means_centred, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
@@ -539,6 +595,7 @@ def nc3_paper(weights: Tensor, means_centred: Tensor) -> Tensor:
     Tensor
         (R,) in [0, 2].
     """
+    _check_blocks(weights=weights, means_centred=means_centred)
     cos = (_unit_rows(weights) * _unit_rows(means_centred)).sum(-1)
     return 1.0 - cos.mean(-1)
 
@@ -618,6 +675,7 @@ def class_mean_norm(means_centred: Tensor) -> Tensor:
     Tensor
         (R,) in feature units.
     """
+    _check_blocks(means_centred=means_centred)
     return torch.linalg.vector_norm(means_centred, dim=-1).mean(-1)
 
 
@@ -684,10 +742,10 @@ class StreamingNC:
     def __init__(self, K: int, p: int, device: str | torch.device = "cpu") -> None:
         _check_K(K)
         require(
-            isinstance(p, int) and p >= 1, f"feature dimension p must be an int >= 1, got {p!r}"
+            is_integer(p) and p >= 1, f"feature dimension p must be an int >= 1, got {p!r}"
         )
-        self.K = K
-        self.p = p
+        self.K = int(K)
+        self.p = int(p)
         self.device = torch.device(device)
         f64 = {"dtype": torch.float64, "device": self.device}
         self._counts = torch.zeros(K, dtype=torch.int64, device=self.device)
@@ -695,6 +753,7 @@ class StreamingNC:
         self._scatter = torch.zeros(p, p, **f64)
         self._class_scatter = torch.zeros(K, **f64)
         self._norm_sum = torch.zeros((), **f64)
+        self._abs_max = torch.zeros((), **f64)
         self._nc4_means: Tensor | None = None
         self._nc4_mismatch = torch.zeros((), dtype=torch.int64, device=self.device)
         self._nc4_count = 0
@@ -747,6 +806,7 @@ class StreamingNC:
         self._means += delta * frac.unsqueeze(-1)
         self._counts += nb.to(torch.int64)
         self._norm_sum += torch.linalg.vector_norm(x, dim=-1).sum()
+        self._abs_max = torch.maximum(self._abs_max, x.abs().amax())
 
     def begin_nc4(self) -> None:
         """Close pass 1 and start the NC4 pass with the final class means."""
@@ -798,6 +858,7 @@ class StreamingNC:
             feature_norm=(self._norm_sum / n).reshape(1),
             class_var=(self._class_scatter / self._counts.to(torch.float64)).unsqueeze(0),
             mean_weights=z,
+            mean_noise=mean_noise(self._abs_max.reshape(1), self.K, self.p, torch.float64),
         )
 
     def compute(
@@ -849,6 +910,19 @@ def _shape(x: object) -> str:
     return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
 
 
+def _check_blocks(**blocks: Tensor) -> None:
+    """Each block an (R, K, p) float tensor with K >= 2, all of one shape."""
+    shapes = set()
+    for name, x in blocks.items():
+        require(
+            isinstance(x, Tensor) and x.ndim == 3 and x.is_floating_point() and x.shape[1] >= 2,
+            f"{name} must be a float (R, K, p) tensor with K >= 2, got {_shape(x)}",
+        )
+        shapes.add(tuple(x.shape))
+    names = ", ".join(blocks)
+    require(len(shapes) == 1, f"{names} must have one shape (R, K, p), got {sorted(shapes)}")
+
+
 def _check_K(K: int) -> None:
     require(
         is_integer(K) and K >= 2,
@@ -889,6 +963,7 @@ def _check_features(features: Tensor, labels: Tensor, K: int) -> Tensor:
     )
     require(features.is_floating_point(), f"features must be floating, got {features.dtype}")
     require(features.shape[1] > 0, "features must hold at least one sample (N >= 1)")
+    require(features.shape[2] > 0, "features must have at least one dimension (p >= 1)")
     labels = _check_labels_1d(labels, features.shape[1], K)
     require(
         labels.device == features.device,

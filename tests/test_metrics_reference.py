@@ -516,8 +516,9 @@ def _ill_conditioned(k, p, squeeze, seed=1, n=6):
 
 
 def _documented_soft_nc1(h, y, k) -> float:
-    """nc1 with the documented iterated-Tikhonov filter: sum_i (f_i/s_i)^2 v_i^T Sigma_W v_i,
-    f_i = 1 - (delta/(s_i^2 + delta))^2, delta = 1e-10 sum_i s_i^2 (s_i, v_i: SVD of Mbar)."""
+    """nc1 with the documented filter: sum_i (f_i/s_i)^2 v_i^T Sigma_W v_i,
+    f_i = s_i^4/(s_i^4 + delta^2), delta = 1e-10 sum_i s_i^2 (s_i, v_i: SVD of Mbar; the
+    rounding-level term of delta is ~1e-19 here, far below)."""
     mu = np.array([h[y == c].mean(0) for c in range(k)])
     mbar = mu - h.mean(0)
     d = h - mu[y]
@@ -526,7 +527,7 @@ def _documented_soft_nc1(h, y, k) -> float:
     r = min(h.shape[1], k - 1)
     s, vt = s[:r], vt[:r]
     delta = 1e-10 * float(np.sum(s**2))
-    f = 1.0 - (delta / (s**2 + delta)) ** 2
+    f = s**4 / (s**4 + delta**2)
     return float(sum((f[i] / s[i]) ** 2 * (vt[i] @ sigma_w @ vt[i]) for i in range(r)))
 
 

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from ncsim.metrics import METRIC_NAMES
+from ncsim.metrics import METRIC_NAMES, _over_zero_spread
 from ncsim.models.init import draws_gram_factor, gram_factor, initial_state
 from ncsim.models.layout import StateLayout
 from ncsim.models.losses import logit_gradient, loss_value
@@ -295,6 +295,11 @@ class GramObjective:
         bc = matmul(bb, self.avg)  # (R, N, K): h_i . mu_c
         mg = self.avg.T @ bc  # (R, K, K): mu_a . mu_c
         mbar_g = self.centre @ mg @ self.centre.T  # Mbar Mbar^T
+        # rounding level of Mbar from the Gram: s_n^2 ~ eps max|h_i|^2 (half the digits)
+        noise2 = 16.0 * k ** 0.5 * torch.finfo(s.dtype).eps * diag_b.amax(1)
+        resolved = torch.diagonal(mbar_g, dim1=1, dim2=2).sum(1) > 16.0 * noise2
+        mbar_g = mbar_g * resolved.to(s.dtype).view(-1, 1, 1)  # unresolved: exact 0, NaN stays
+        noise = noise2.clamp_min(0.0).sqrt()
         # within-class Gram Bc = D B D with D = I - onehot C^T (centred features).
         bc_own = bc.gather(2, self.labels.view(1, -1, 1).expand(bb.shape[0], n, 1))  # h_i.mu_yi
         mu_own = torch.diagonal(mg, dim1=1, dim2=2)[:, self.labels]  # |mu_yi|^2
@@ -308,8 +313,9 @@ class GramObjective:
         cross = bc @ (self.centre.T @ q)  # (R, N, K-1): h_i . (Q^T Mbar)_j
         cross = cross - matmul(self.onehot.T, matmul(self.avg.T, cross))  # minus class means
         gm = q.T @ mbar_g @ q
-        value = _nc1_value(gm, cross.to(torch.float64) / n ** 0.5, s.dtype).to(s.dtype)
-        nc1 = torch.where(tr_b > 0, value, within_energy / tr_b)
+        value = _nc1_value(gm, cross.to(torch.float64) / n ** 0.5, noise, s.dtype).to(s.dtype)
+        unresolved = _over_zero_spread(within_energy, noise)
+        nc1 = torch.where(tr_b > 0, value, unresolved)
         norms = torch.diagonal(mbar_g, dim1=1, dim2=2).clamp_min(0.0).sqrt()
         cos = mbar_g / (norms.unsqueeze(-1) * norms.unsqueeze(-2))
         off = ~torch.eye(k, dtype=torch.bool, device=s.device)
@@ -334,15 +340,17 @@ class GramObjective:
         score = mcmc.unsqueeze(1) - 2.0 * hcmc
         nc4 = (logits.max(1).indices != score.min(2).indices).to(s.dtype).mean(1)
         dist2 = (torch.diagonal(mbar_g, dim1=1, dim2=2).unsqueeze(-1)
-                 + torch.diagonal(mbar_g, dim1=1, dim2=2).unsqueeze(-2) - 2.0 * mbar_g
-                 ).clamp_min(0.0)
+                 + torch.diagonal(mbar_g, dim1=1, dim2=2).unsqueeze(-2) - 2.0 * mbar_g)
+        dist2 = dist2 * (dist2 > 16.0 * noise2.view(-1, 1, 1)).to(s.dtype)
         num = 0.5 * (class_var.unsqueeze(-1) + class_var.unsqueeze(-2))
         iu = torch.triu_indices(k, k, offset=1, device=s.device)
-        cdnv = (num[:, iu[0], iu[1]] / dist2[:, iu[0], iu[1]]).mean(-1)
+        num, dist2 = num[:, iu[0], iu[1]], dist2[:, iu[0], iu[1]]
+        cdnv = torch.where(dist2 > 0, num / dist2,
+                           _over_zero_spread(num, noise.unsqueeze(-1))).mean(-1)
         out = {
             "fn": fn,
             "nc1": nc1,
-            "nc1_trace": within_energy / tr_b,
+            "nc1_trace": torch.where(tr_b > 0, within_energy / tr_b, unresolved),
             "nc2_etf": _etf_distance_gram(mbar_g, eye),
             "nc2_etf_w": _etf_distance_gram(wc_g, eye),
             "nc2_equinorm": norms.std(-1, correction=1) / norms.mean(-1),
@@ -367,22 +375,14 @@ def _etf_distance_gram(g: Tensor, eye: Tensor) -> Tensor:
     return torch.linalg.vector_norm(g - target, dim=(-2, -1))
 
 
-def _nc1_value(gram: Tensor, cross: Tensor, dtype: torch.dtype) -> Tensor:
-    """|cross T|_F^2 with T = S^{-1} + delta S^{-2}, S = gram + delta I (order-2 Tikhonov).
+def _nc1_value(gram: Tensor, cross: Tensor, noise: Tensor, dtype: torch.dtype) -> Tensor:
+    """|cross T|_F^2 with T = Re[(gram - i delta I)^{-1}], the filtered inverse of
+    ``ncsim.metrics`` (p >= K - 1 branch): there B^+ ~ B^T T and Fw B^+ = (Fw B^T) T.
 
-    Same regularisation as ``ncsim.metrics._soft_pinv`` (p >= K - 1 branch): there
-    B^+ ~ B^T (S^{-1} + delta S^{-2}) and Fw B^+ = (Fw B^T) T.
+    gram (R, K-1, K-1) = B B^T, cross (R, N, K-1) = Fw B^T (float64), noise (R,) = s_n.
     """
-    from ncsim.metrics import _chol_solve
+    from ncsim.metrics import _filtered_inverse, _nc1_delta_rel
 
-    g64 = gram.to(torch.float64)
-    m = g64.shape[-1]
-    delta_rel = 1e-10 if dtype == torch.float64 else 1e-7
-    delta_rel = max(delta_rel, 16.0 * m * torch.finfo(torch.float64).eps)
-    delta = (delta_rel * torch.diagonal(g64, dim1=-2, dim2=-1).sum(-1)).view(-1, 1, 1)
-    eye = torch.eye(m, dtype=torch.float64, device=gram.device)
-    chol, _ = torch.linalg.cholesky_ex(g64 + delta * eye)
-    rhs = cross.transpose(1, 2)  # (R, K-1, N)
-    y = _chol_solve(chol, rhs)
-    y = _chol_solve(chol, rhs + delta * y)
+    t = _filtered_inverse(gram.to(torch.float64), noise.to(torch.float64), _nc1_delta_rel(dtype))
+    y = cross @ t
     return (y * y).sum((1, 2))
