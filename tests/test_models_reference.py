@@ -804,6 +804,9 @@ BAD_VALUES = [
      r"init array H is complex \(complex128\); .* real part \(numpy.real\)"),
     ("complex b as a list", "reg", lambda a: {**a, "b": [1.0, 2j, 0.0]},
      r"init array b is complex"),
+    ("the bias under another name", "free", lambda a: {**a, "bias": np.ones(3)},
+     r"init arrays have unknown keys \['bias'\]; the keys are 'H', 'W'"),
+    ("a capital B", "reg", lambda a: {**a, "B": np.ones(3)}, r"unknown keys \['B'\]"),
 ]
 
 

@@ -170,6 +170,10 @@ def _arrays(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
     """The given blocks, checked: the shapes of the model's blocks, finite entries, and a
     bias only for a model that has one (it would otherwise be dropped)."""
     arrays = init.arrays or {}
+    unknown = sorted(set(arrays) - {"H", "W", "b"})
+    if unknown:
+        raise InputError(f"init arrays have unknown keys {unknown}; the keys are 'H', 'W' "
+                         f"(a list of W_1..W_L) and 'b'")
     parts = {"H": torch.as_tensor(float_array("H", arrays["H"]))}
     weights = arrays.get("W")
     if weights is None or len(weights) != model.depth:
