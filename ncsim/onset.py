@@ -24,9 +24,14 @@ Conventions
 - Lead time: onset time minus the first time fn crosses ``level``. The crossing direction is
   "below" (fn falls to the level, as in trained networks), "above" (fn grows to it, as in a
   small-init UFM) or "auto" (from the side of the first finite fn value).
-- Vanishing: the final fn is below ``vanish_tol`` times the largest fn of the run. Such a run
-  is reported as ``vanishing``, never as collapsed (above the weight-decay threshold NC1 still
-  goes to 0 while every norm goes to 0 too).
+- Vanishing: the final fn is below ``vanish_tol`` times the largest fn of the run
+  (:func:`is_vanishing`). Such a run is reported as ``vanishing``, never as collapsed (above
+  the weight-decay threshold NC1 still goes to 0 while every norm goes to 0 too): it has no
+  onset and no fn at onset. The run-level functions apply the rule: the simulator's run table
+  (``ncsim.flow.simulate``, with each run's ``SolverSpec.vanish_tol``), :func:`onset_table`
+  (``vanish_tol``, default the simulator's 1e-3) and ``ncsim.validate.analysis.run_onset``.
+  The series functions (:func:`onset_time`, :func:`onset_and_fn`, ...) read one metric series
+  and do not: a caller that has fn checks :func:`is_vanishing` itself.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from ncsim.errors import InputError, is_integer
+from ncsim.errors import InputError, is_finite_number, is_integer
+from ncsim.spec import SolverSpec
+
+#: the columns of :func:`onset_table`'s result
+ONSET_COLUMNS = ("onset_time", "fn_at_onset", "vanishing")
 
 
 def _kept(times: np.ndarray, values: np.ndarray, keep_inf: bool = False) -> np.ndarray:
@@ -86,8 +95,11 @@ def crossing_index(values: np.ndarray, threshold: float, stay: int = 1) -> int |
     if not (is_integer(stay) and stay >= 1):
         raise InputError(f"stay must be an integer >= 1 (the number of consecutive records "
                          f"below the threshold), got {stay!r}")
-    if not math.isfinite(threshold):
-        raise InputError(f"onset threshold must be a finite number, got {threshold!r}")
+    if isinstance(threshold, np.ndarray) and threshold.ndim == 0:
+        threshold = threshold.item()  # a 0-d array is the number it holds
+    if not is_finite_number(threshold):
+        raise InputError(f"onset threshold must be a finite number (not text or a bool), got "
+                         f"{threshold!r}")
     below = np.asarray(values) < threshold
     if below.size < stay:  # too few records for a run of ``stay`` (none at all included)
         return None
@@ -119,11 +131,19 @@ def onset_time(
     return _onset(times, values, threshold, stay, interpolate)[0]
 
 
+def _float_series(name: str, series: object) -> np.ndarray:
+    """``series`` as a float64 array; :class:`InputError` if it holds anything but numbers."""
+    try:
+        return np.asarray(series, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} must be a sequence of numbers, got "
+                         f"{type(series).__name__}: {err}") from None
+
+
 def _onset(times: np.ndarray, values: np.ndarray, threshold: float, stay: int,
            interpolate: bool) -> tuple[float, int | None]:
     """Onset time (NaN if none) and the index in ``times`` of the record that crossed."""
-    times = np.asarray(times, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
+    times, values = _float_series("times", times), _float_series("values", values)
     rows = np.flatnonzero(_kept(times, values, keep_inf=True))
     t, v = times[rows], values[rows]
     idx = crossing_index(v, threshold, stay)
@@ -154,11 +174,11 @@ def onset_and_fn(
     """
     fn = np.asarray(fn, dtype=np.float64)
     when, row = _onset(times, values, threshold, stay, interpolate)
-    if row is None:
-        return math.nan, math.nan
-    if fn.shape != np.shape(times):
+    if fn.shape != np.shape(times):  # checked with or without an onset
         raise InputError(f"fn must have one value per record: {fn.shape} against "
                          f"{np.shape(times)} times")
+    if row is None:
+        return math.nan, math.nan
     if when == float(np.asarray(times, dtype=np.float64)[row]) and math.isfinite(fn[row]):
         return when, float(fn[row])
     return when, value_at(times, fn, when, interpolate)
@@ -256,20 +276,39 @@ def onset_table(
     fn_column: str = "fn",
     time_column: str = "time",
     group: str = "run_id",
+    vanish_tol: float = SolverSpec.vanish_tol,
 ) -> pd.DataFrame:
     """Onset time and fn at onset for each run of a long-format trajectory table.
 
-    Returns a frame indexed by ``group`` with columns ``onset_time`` and ``fn_at_onset``.
+    A run whose fn vanishes (its last finite fn below ``vanish_tol`` x its largest fn over
+    the table's records, :func:`is_vanishing`) has no onset: ``onset_time`` and
+    ``fn_at_onset`` are NaN and ``vanishing`` is True, as in the simulator's run table.
+    ``vanish_tol`` defaults to the simulator's (``SolverSpec.vanish_tol``); pass a run's own
+    value if it was changed, or 0 to turn the rule off. The simulator also counts the final
+    state, which is the last record of a run that reached ``t_end``; a run that stopped early
+    (``max_steps``, ``diverged``, ``stalled``) may differ, and the simulator keeps the onset
+    of a diverged or stalled run: its run table is the reference for those.
+
+    Returns a frame indexed by ``group`` with columns ``onset_time``, ``fn_at_onset`` and
+    ``vanishing`` (no rows for a table without records).
     """
     missing = [c for c in (group, time_column, metric, fn_column) if c not in trajectories]
     if missing:
         raise InputError(f"trajectory table lacks column(s) {', '.join(missing)}")
+    if not (is_finite_number(vanish_tol) and 0 <= vanish_tol < 1):
+        raise InputError(f"vanish_tol must be a number in [0, 1) (a run is vanishing when its "
+                         f"final fn < vanish_tol x its largest fn; 0 turns the rule off), "
+                         f"got {vanish_tol!r}")
     rows = []
     for run_id, part in trajectories.groupby(group, sort=False):
         part = part.sort_values(time_column, kind="stable")  # keeps equal times in order
+        fn = part[fn_column].to_numpy(dtype=np.float64)
         when, fn_on = onset_and_fn(part[time_column].to_numpy(dtype=np.float64),
-                                   part[metric].to_numpy(dtype=np.float64),
-                                   part[fn_column].to_numpy(dtype=np.float64),
+                                   part[metric].to_numpy(dtype=np.float64), fn,
                                    threshold, stay, interpolate)
-        rows.append({group: run_id, "onset_time": when, "fn_at_onset": fn_on})
-    return pd.DataFrame(rows).set_index(group)
+        vanishing = vanish_tol > 0 and is_vanishing(fn, vanish_tol)
+        if vanishing:  # a crossing while every norm vanishes is no onset
+            when = fn_on = math.nan
+        rows.append({group: run_id, "onset_time": when, "fn_at_onset": fn_on,
+                     "vanishing": vanishing})
+    return pd.DataFrame(rows, columns=[group, *ONSET_COLUMNS]).set_index(group)

@@ -279,6 +279,10 @@ class InitSpec:
         if self.kind == "arrays":
             require(self.arrays is not None and "H" in self.arrays,
                     "init 'arrays' needs arrays={'H': ..., 'W': [...], 'b': ...}")
+        else:
+            require(self.arrays is None,
+                    f"init {self.kind!r} draws its own start and would ignore the arrays given; "
+                    f"use kind 'arrays' to start from them, or drop arrays=")
 
 
 def spectral_rank(model: ModelSpec) -> int:
@@ -496,6 +500,7 @@ class RunSpec:
 
     def validate(self) -> RunSpec:
         """Check every field; raise :class:`InputError` with one clear line. Returns self."""
+        self._check_parts()
         self.model.validate()
         self.reg.validate(self.model)
         self.init.validate(self.model)
@@ -517,6 +522,18 @@ class RunSpec:
             "'mse'); use 'auto' or 'none'")
         return self
 
+    def _check_parts(self) -> None:
+        """:class:`InputError` unless every part is an instance of its spec class (a dict of
+        fields, e.g. ``model={"classes": 3}``, is not one)."""
+        for item in dataclasses.fields(self):
+            value, kind = getattr(self, item.name), _PART_TYPES[item.name]
+            if not isinstance(value, kind):
+                shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+                raise InputError(f"RunSpec {item.name} must be a {kind.__name__}, got "
+                                 f"{type(value).__name__} {shown}; build it as "
+                                 f"{kind.__name__}(...), e.g. RunSpec({item.name}="
+                                 f"{kind.__name__}())")
+
     def batch_key(self) -> tuple:
         """Runs with equal keys can share one batch."""
         return (self.model, self.solver, self.onset, self.init.kind == "arrays")
@@ -536,3 +553,9 @@ class RunSpec:
     def replace(self, **parts: Any) -> RunSpec:
         """Copy with some parts replaced: ``spec.replace(reg=Regularization(...))``."""
         return dataclasses.replace(self, **parts)
+
+
+#: the class of each part of a :class:`RunSpec`
+_PART_TYPES: dict[str, type] = {"model": ModelSpec, "reg": Regularization, "init": InitSpec,
+                                "time_scale": TimeScale, "solver": SolverSpec,
+                                "onset": OnsetSpec}

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ncsim.errors import InputError, is_integer, require
 from ncsim.flow.integrate import (
     DIVERGED,
     MAX_STEPS,
@@ -117,8 +118,22 @@ class SimulationResult:
         same continuation of every recorded quantity; equal to the true point up to a rotation
         of R^d), and the Gram blocks are added as ``Z`` = W H (K, N), ``A`` = W W^T (K, K) and
         ``B`` = H^T H (N, N). A run integrated in the class-means form gives its exact
-        (H, W, b), rebuilt from the class means and the deviation propagator."""
+        (H, W, b), rebuilt from the class means and the deviation propagator.
+
+        Raises :class:`InputError` for a run id that is not one of this result's
+        (``runs["run_id"]``)."""
+        if run not in self.final_states:
+            raise InputError(f"no run {run!r} in this result; pass one of its run ids "
+                             f"(result.runs['run_id']): {_some_ids(list(self.final_states))}")
         return self.final_states[run]
+
+
+def _some_ids(ids: list[str], shown: int = 5) -> str:
+    """The first ``shown`` run ids, comma separated, with how many more there are."""
+    if not ids:
+        return "none (the result holds no final states)"
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
 
 
 def run_id(spec: RunSpec) -> str:
@@ -449,6 +464,33 @@ def unique_run_ids(specs: Sequence[RunSpec]) -> list[str]:
     return ids
 
 
+def _run_specs(specs: object) -> list[RunSpec]:
+    """``specs`` (one :class:`RunSpec` or an iterable of them) as a validated, non-empty list;
+    :class:`InputError` for anything else."""
+    if isinstance(specs, RunSpec):
+        specs = [specs]
+    elif isinstance(specs, (str, bytes, Mapping)) or not isinstance(specs, Iterable):
+        raise InputError(f"simulate takes a RunSpec or a list of RunSpecs, got "
+                         f"{type(specs).__name__} {_short_repr(specs)}; build each run as "
+                         "RunSpec(model=ModelSpec(...), reg=Regularization(...), ...)")
+    runs = list(specs)
+    require(len(runs) > 0, "simulate got an empty list of runs; give a RunSpec or a list of at "
+            "least one RunSpec")
+    for i, spec in enumerate(runs):
+        if not isinstance(spec, RunSpec):
+            raise InputError(f"simulate takes RunSpecs, but item {i} of the list is a "
+                             f"{type(spec).__name__} {_short_repr(spec)}; wrap it in a RunSpec, "
+                             "e.g. RunSpec(model=ModelSpec(...))")
+        spec.validate()
+    return runs
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def simulate(
     specs: RunSpec | Sequence[RunSpec],
     progress: bool = False,
@@ -459,9 +501,10 @@ def simulate(
 
     Parameters
     ----------
-    specs : one run or a list of runs (validated here).
+    specs : one run or a list of runs (validated here: :class:`InputError` for an empty list,
+        an item that is not a :class:`RunSpec` or a spec that does not validate).
     progress : show a progress bar (stderr) of finished runs.
-    max_batch : largest number of runs integrated in one batch.
+    max_batch : largest number of runs integrated in one batch (an integer >= 1).
     theory : add the closed-form prediction columns (``fn_star_theory``, ...); benchmarks
         switch them off to time the simulation alone.
 
@@ -474,9 +517,10 @@ def simulate(
 
     timings = {"prepare_s": 0.0, "integrate_s": 0.0, "summarise_s": 0.0}
     with _phase(timings, "prepare_s"):
-        specs = [specs] if isinstance(specs, RunSpec) else list(specs)
-        for spec in specs:
-            spec.validate()
+        require(is_integer(max_batch) and max_batch >= 1,
+                f"max_batch must be an integer >= 1 (the most runs integrated in one batch), "
+                f"got {max_batch!r}")
+        specs = _run_specs(specs)
         ids = unique_run_ids(specs)
     bar = None
     if progress:

@@ -37,12 +37,15 @@ from ncsim.theory.dynamics import (
 )
 from ncsim.theory.equilibrium import Equilibrium, equilibrium
 from ncsim.theory.imbalance import ImbalancedEquilibrium, imbalanced_equilibrium, imbalanced_mse
+from ncsim.theory.lowrank import LowRankResult, lower_rank_check
+from ncsim.theory.phase import phase_diagram
 from ncsim.theory.prediction import OnsetPrediction, predicted_onset
 
 __all__ = [
-    "DeepThresholds", "Equilibrium", "ImbalancedEquilibrium", "Lambda_crit", "OnsetPrediction",
-    "basin_threshold", "deep_thresholds", "derivations", "equilibrium", "escape_time",
-    "escape_time_asymptotic", "growth_rate", "imbalanced_equilibrium", "imbalanced_mse",
-    "lambda_b_crit_mean_mode", "lambda_crit", "logistic", "logistic_half_time",
-    "logistic_integral", "nc1_rates", "predicted_onset", "theory_columns",
+    "DeepThresholds", "Equilibrium", "ImbalancedEquilibrium", "Lambda_crit", "LowRankResult",
+    "OnsetPrediction", "basin_threshold", "deep_thresholds", "derivations", "equilibrium",
+    "escape_time", "escape_time_asymptotic", "growth_rate", "imbalanced_equilibrium",
+    "imbalanced_mse", "lambda_b_crit_mean_mode", "lambda_crit", "logistic", "logistic_half_time",
+    "logistic_integral", "lower_rank_check", "nc1_rates", "phase_diagram", "predicted_onset",
+    "theory_columns",
 ]

@@ -37,7 +37,8 @@ def Lambda_crit(loss: str, K: Array, n: Array, depth: int = 1) -> Array:
 
     One layer: 1/(K sqrt(n)) (MSE and CE). Deep MSE: the sympy jump formula. Deep CE: numeric.
     Raises :class:`InputError` for an unknown loss, a depth that is not an integer >= 1, or K, n
-    that are not integers >= 2 and >= 1.
+    that are not integers >= 2 and >= 1 (text and booleans are not numbers: "3" and True are
+    refused, not read as 3 and 1).
     """
     check_model(loss, "none", depth)
     K, n = broadcast_inputs(["K", "n"], [K, n])

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from ncsim.errors import InputError, is_integer, require
 from ncsim.theory import modes
@@ -120,9 +121,28 @@ def check_decays(xp: Any, *decays: Array, name: str = "weight decays") -> None:
     check_finite_numbers(xp, *decays, name=name)
 
 
+def _holds_numbers(value: Any) -> bool:
+    """Whether ``value`` is a number or an array of numbers (numpy, torch, nested lists): not
+    text, not a bool and not an array of them (a float conversion would accept "0.01" and take
+    True for 1.0). Anything else is left to the float conversion."""
+    if isinstance(value, torch.Tensor):
+        return not (value.dtype == torch.bool or value.is_complex())
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        return False
+    try:
+        kind = np.asarray(value).dtype.kind
+    except (TypeError, ValueError):  # ragged nesting: the broadcast below reports it
+        return True
+    return kind not in "bUSc"
+
+
 def broadcast_inputs(names: list[str], values: list[Any]) -> tuple[Array, ...]:
     """:func:`ncsim.theory._backend.broadcast` of ``values`` with an :class:`InputError` (naming
-    the input by ``names``) for a value that is not a number or shapes that do not broadcast."""
+    the input by ``names``) for a value that is not a number (text and booleans included, also
+    in an array) or shapes that do not broadcast."""
+    for name, v in zip(names, values, strict=True):
+        if not _holds_numbers(v):
+            raise InputError(f"{name} must be a number or an array of numbers, got {v!r}")
     try:
         return broadcast(*values)
     except (TypeError, ValueError, RuntimeError):
@@ -225,7 +245,8 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     ------
     InputError : unknown loss / bias, depth not an integer >= 1, K not an integer >= 2, n not an
         integer >= 1, a decay that is negative, NaN or infinite, lambda_b not > 0 with bias
-        "reg", or values that are not numbers / do not broadcast.
+        "reg", or values that are not numbers (text such as "0.01" and booleans included, also
+        inside an array) or do not broadcast.
 
     Notes
     -----

@@ -230,7 +230,7 @@ def _horizon(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float,
     lambda_W belongs there: the mode (w, h) settles on fn* only once lambda_W w^2 and
     lambda_H h^2 balance, which takes ~1 / min(lambda_W, lambda_H) (CE, regularised bias,
     K=2, n=28, d=11, lambda_W = 1.43e-5, lambda_H = 1.96e-3, init 3: fn crosses 1.05 fn* at
-    t = 32228, after 40 / min(lambda_H, mu) = 20371).
+    t = 32268, after 40 / min(lambda_H, mu) = 20371).
 
     With lambda_H = 0 < lambda_W no rate sets it: the within-class energy in null(W) never
     decays, and NC1 falls only as the class means grow without bound, polynomially (MSE:
@@ -331,7 +331,8 @@ def _check_scalars(**params: object) -> None:
         if name in ("loss", "bias"):
             require(isinstance(value, str), f"{name} must be text, got {value!r}")
         else:
-            require(value is None or isinstance(value, numbers.Real),
+            require(value is None or (isinstance(value, numbers.Real)
+                                      and not isinstance(value, bool)),
                     f"{name} must be a number (predicted_onset takes one parameter point; "
                     f"call it once per point), got {value!r}")
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ncsim.errors import InputError, is_finite_number
+from ncsim.errors import InputError, is_finite_number, is_integer
 from ncsim.onset import crossing_time, is_vanishing, onset_and_fn
 from ncsim.spec import SolverSpec
 from ncsim.validate.logs import blank_run_ids
@@ -69,6 +69,12 @@ class OnsetRule:
     vanish_tol: float = VANISH_TOL
 
     def __post_init__(self) -> None:
+        if not (is_finite_number(self.threshold) and self.threshold > 0):
+            raise InputError(f"onset threshold must be a finite number > 0 (onset when the "
+                             f"metric falls below it), got {self.threshold!r}")
+        if not (is_integer(self.stay) and self.stay >= 1):
+            raise InputError(f"stay must be an integer >= 1 (the number of consecutive records "
+                             f"below the threshold), got {self.stay!r}")
         tol = self.vanish_tol
         if not (is_finite_number(tol) and 0 <= tol < 1):
             raise InputError(f"vanish_tol must be a number in [0, 1) (a run is vanishing when "

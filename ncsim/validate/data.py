@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ncsim.errors import InputError, is_integer, require
+from ncsim.errors import InputError, is_finite_number, is_integer, require
 
 DATASETS = ("gaussian", "digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -179,10 +179,11 @@ def read_cifar10(root: str | Path) -> tuple[np.ndarray, ...]:
 
 # ----------------------------------------------------------------------------- sources
 def _gaussian(classes: int, dim: int, per_class: int, separation: float, seed: int):
-    require(classes >= 2, f"gaussian: classes must be >= 2, got {classes}")
-    require(dim >= 1, f"gaussian: dim must be >= 1, got {dim}")
-    require(per_class >= 1, f"gaussian: per_class must be >= 1, got {per_class}")
-    require(separation > 0, f"gaussian: separation must be > 0, got {separation}")
+    require(is_integer(classes) and classes >= 2,
+            f"gaussian: classes must be an integer >= 2, got {classes!r}")
+    require(is_integer(dim) and dim >= 1, f"gaussian: dim must be an integer >= 1, got {dim!r}")
+    require(is_finite_number(separation) and separation > 0,
+            f"gaussian: separation must be a finite number > 0, got {separation!r}")
     gen = np.random.default_rng(seed)
     means = gen.standard_normal((classes, dim))
     means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
@@ -227,6 +228,13 @@ def _idx_images(root: Path, provider: str):
     return x_tr[:, None], y_tr.astype(np.int64), x_te[:, None], y_te.astype(np.int64)
 
 
+def require_count(value: object, name: str) -> None:
+    """:class:`InputError` unless ``value`` (samples per class) is None or an integer >= 1."""
+    require(value is None or (is_integer(value) and value >= 1),
+            f"{name} must be an integer >= 1 (samples per class) or None (keep all), got "
+            f"{value!r}")
+
+
 def balanced_subset(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
     """Indices of ``per_class`` samples of each class, seeded, sorted by class; all indices in
     their order when ``per_class`` is None.
@@ -236,7 +244,7 @@ def balanced_subset(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarr
     classes = np.unique(y)
     if per_class is None:
         return np.arange(y.size)
-    require(per_class >= 1, f"per_class must be >= 1, got {per_class}")
+    require_count(per_class, "per_class")
     gen = np.random.default_rng(seed)
     out = []
     for c in classes:
@@ -276,6 +284,8 @@ def load_dataset(
         raise InputError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     require(is_integer(seed) and seed >= 0,
             f"the data seed must be an integer >= 0, got {seed!r}")
+    require_count(per_class, "per_class")
+    require_count(test_per_class, "test_per_class")
     if name == "gaussian":
         arrays = _gaussian(classes, dim, 100 if per_class is None else per_class, separation,
                            seed)

@@ -465,6 +465,12 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(config, TrainConfig):
+        raise InputError(f"train takes a TrainConfig, got {type(config).__name__}; build one "
+                         "with TrainConfig(...) or ncsim.validate.train.preset(name)")
+    if not isinstance(data, Dataset):
+        raise InputError(f"train takes a Dataset as data, got {type(data).__name__}; load one "
+                         "with ncsim.validate.data.load_dataset(name)")
     if seeds is not None:
         from ncsim.validate.stacked import check_seeds, train_stacked
 
@@ -576,10 +582,19 @@ def summarize(log: pd.DataFrame, threshold: float = 0.01, metric: str = "nc1_tra
               ) -> dict[str, float | str]:
     """Onset epoch (the paper's rule: first phase-2 record below ``threshold``), fn* and the
     run's ``status`` (``collapsed``, ``not_collapsed``, or ``vanishing`` with no onset and fn*
-    when fn vanishes: :func:`ncsim.validate.analysis.run_onset`)."""
+    when fn vanishes: :func:`ncsim.validate.analysis.run_onset`).
+
+    ``log`` is one run's training log as :func:`train` writes it; :class:`InputError` when it
+    has no records or lacks a column this needs (``time``, ``phase``, ``fn``, ``accuracy`` and
+    ``metric``)."""
     from ncsim.validate.analysis import OnsetRule, run_onset
 
     rule = OnsetRule(metric=metric, threshold=threshold, phase=2, interpolate=False)
+    missing = [c for c in ("time", "phase", "fn", "accuracy", metric) if c not in log.columns]
+    require(not missing, f"the training log lacks column(s) {', '.join(missing)}; summarize "
+            f"needs a log as train() writes it, with time, phase, fn, accuracy and the onset "
+            f"metric {metric!r}")
+    require(len(log) > 0, "the training log has no records; summarize needs at least one")
     out = run_onset(log.sort_values("time"), rule)
     finite = log[np.isfinite(log[metric].to_numpy(np.float64))]
     out["final_accuracy"] = float(log["accuracy"].iloc[-1])
