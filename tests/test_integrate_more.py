@@ -688,13 +688,13 @@ def test_finite_time_blow_up_is_diverged_at_the_blow_up_time(monkeypatch, method
 
 
 def test_gd_blow_up_is_diverged_with_the_last_finite_state():
-    """Euler on y' = y^2 (dt = 1/8) passes 1e100 at some step: DIVERGED, t_final = steps x
-    dt, and the final state is the hand loop's last state below 1e100, to the bit."""
+    """Euler on y' = y^2 (dt = 1/8) passes 1e6 (1 + |y0|) at some step: DIVERGED, t_final =
+    steps x dt, and the final state is the hand loop's last state below it, to the bit."""
     y0 = torch.ones(1, 1, dtype=F64)
     solver = _spec(method="gd", dt=0.125, t_end=10.0, records=5, gtol=0)
     result = integrate(lambda y: y * y, y0, solver, _states, 1)
     y, n = 1.0, 0
-    while abs(y + 0.125 * (y * y)) <= 1e100:
+    while abs(y + 0.125 * (y * y)) <= 2e6:
         y, n = y + 0.125 * (y * y), n + 1
     assert result.code[0] == DIVERGED and result.steps[0] == n
     assert result.t_final[0] == 0.125 * n
@@ -924,3 +924,20 @@ def test_recorder_is_told_each_states_run_and_progress_counts_every_run(monkeypa
             expected = np.exp(-rate * t)
         np.testing.assert_allclose(result.records[run, reached, 0], expected, rtol=1e-6,
                                    atol=1e-9)  # atol 1e-10 of the adaptive runs
+
+
+def test_gradient_descent_past_its_stability_limit_is_diverged():
+    """A CE UFM under gradient descent with a step far past 2/L: the iterates grow without
+    bound (fn 7.8e51 at t = 3000 with dt = 50, fn 6e10 with dt = 500). Both are `diverged`,
+    not `ok`; the same run at dt = 0.5 is `ok`."""
+    from ncsim.flow import simulate
+    from ncsim.spec import ModelSpec, Regularization, RunSpec, SolverSpec
+
+    model = ModelSpec(kind="ufm", loss="ce", classes=4, per_class=6, dim=12)
+    reg = Regularization(lambda_w=1e-3, lambda_h=1e-3)
+    status = {}
+    for dt in (50.0, 500.0, 0.5):
+        spec = RunSpec(model=model, reg=reg,
+                       solver=SolverSpec(method="gd", dt=dt, t_end=3000.0, records=20))
+        status[dt] = simulate(spec, theory=False).runs["status"].iloc[0]
+    assert status == {50.0: "diverged", 500.0: "diverged", 0.5: "ok"}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ncsim.metrics import ClassStats, mean_noise, nc_metrics_from_stats
+from ncsim.metrics import ClassStats, _abs_max, mean_noise, nc_metrics_from_stats
 from ncsim.models.layout import StateLayout
 from ncsim.models.ufm import Penalties, labels_for
 from ncsim.products import baddbmm, bmm
@@ -154,7 +154,7 @@ class ClassMeansObjective:
             feature_norm=torch.linalg.vector_norm(feats, dim=-1).mean(-1),
             class_var=(sq_dev @ self.average),
             mean_weights=self.weights,
-            mean_noise=mean_noise(feats.abs().amax((1, 2)), mu.shape[1], mu.shape[2], mu.dtype),
+            mean_noise=mean_noise(_abs_max(feats), mu.shape[1], mu.shape[2], mu.dtype),
         )
         return nc_metrics_from_stats(stats, feats, w, b)
 
