@@ -50,7 +50,8 @@ filtered pseudo-inverse from one small complex solve (``inv_ex``, no sync): with
 B^T B when p < K-1, whichever is smaller) in float64 and T = Re[(G - i delta I)^{-1}]
 = G (G^2 + delta^2 I)^{-1}, B^+ ~ B^T T. Each singular value s of B is inverted with the filter
 factor s^4 / (s^4 + delta^2): a soft cut at s ~ sqrt(delta). Above the cut the relative error
-is (delta/s^2)^2 <= (delta_rel (K-1) cond(B)^2)^2, e.g. 1e-13 for K = 10, cond 30 in float64.
+is (delta/s^2)^2, <= (delta_rel (K-1) cond(B)^2)^2 while delta is its first term below, e.g.
+1e-13 for K = 10, cond 30 in float64.
 Below it a component is damped as s^3/delta^2, so nc1 does not jump when a singular value
 crosses a threshold, and rounding-level singular values of rank-deficient means add only
 (s/s_max)^6 / c^8 relative (c = sqrt(delta)/s_max). delta = max(delta_rel tr G,
