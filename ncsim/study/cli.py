@@ -79,9 +79,16 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @handle_errors
 def report_cmd(directory: Path) -> None:
-    """Write DIR/report.md and DIR/report.html (question, figures, tables, verdict)."""
-    from ncsim.study.report import write_report
+    """Write DIR/report.md and DIR/report.html (question, figures, tables, verdict).
+
+    A study whose runs have not all finished (interrupted, or still running) gets the verdict
+    "incomplete", with how many of its runs finished and which are missing."""
+    from ncsim.study.report import unfinished_studies, write_report
 
     path = write_report(directory)
     click.echo(f"report: {path}")
     click.echo(f"report: {path.with_suffix('.html')}")
+    for folder, finished, total in unfinished_studies(directory):
+        click.echo(f"note: {folder}: {finished} of {total} runs finished, so the report gives "
+                   "no verdict; run 'ncsim study run' on that folder again to finish them",
+                   err=True)

@@ -47,9 +47,13 @@ def _guarded(func, descs: list[RunDesc]) -> list[Result]:
         return func(descs)
     except Exception as err:  # recorded, never raised: the study goes on
         tail = traceback.format_exc(limit=3).strip().splitlines()[-1]
-        return [(d.run_id, {**_labels(d), "status": "failed",
-                            "error": f"{type(err).__name__}: {err}" if str(err) else tail},
-                 None) for d in descs]
+        return failed_results(descs, f"{type(err).__name__}: {err}" if str(err) else tail)
+
+
+def failed_results(descs: list[RunDesc], error: str) -> list[Result]:
+    """The rows of runs that failed with ``error`` (status ``failed``, no trajectory)."""
+    return [(d.run_id, {**_labels(d), "status": "failed", "error": error}, None)
+            for d in descs]
 
 
 def _labels(desc: RunDesc) -> dict[str, Any]:

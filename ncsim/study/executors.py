@@ -8,26 +8,42 @@
   when asked for.
 
 Every executor calls ``on_done(results)`` in this process as each chunk finishes, so results are
-written by one process only.
+written by one process only. A chunk whose work raises, or whose worker or executor is lost (a
+worker process killed, e.g. for memory: ``BrokenProcessPool``, ``KilledWorker``; the Dask
+scheduler gone: ``FutureCancelledError``), gives its runs as failed with that error, so the
+study goes on (or ends with every run recorded) and ``--retry-failed`` computes them again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
+import re
 import signal
+import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ncsim.errors import InputError
 from ncsim.heap import keep_freed_memory
-from ncsim.study.compute import Result, run_chunk
+from ncsim.study.compute import Result, failed_results, run_chunk
 from ncsim.study.spec import RunDesc
 from ncsim.threads import bounded_threads, set_threads
 
 EXECUTORS = ("local", "process", "dask")
 Done = Callable[[list[Result]], None]
+NO_WORKERS_WAIT_S = 5.0  # after this long without a worker, --address says so (and waits on)
+# what the errors of a lost chunk mean, for its runs' error text
+LOST_HINTS = {
+    "BrokenProcessPool": "a worker process died (killed, e.g. for memory, or crashed); the "
+                         "chunks still in the pool were lost with it",
+    "KilledWorker": "every worker that ran it died (killed, e.g. for memory)",
+    "FutureCancelledError": "the Dask scheduler or the connection to it was lost",
+    "CancelledError": "the executor cancelled it (its scheduler or pool was lost)",
+}
 
 
 def execute(chunks: list[list[RunDesc]], executor: str = "local", on_done: Done | None = None,
@@ -60,25 +76,79 @@ def _local(chunks: list[list[RunDesc]], done: Done) -> None:
     tensors gain nothing from more, and a shared machine loses a lot)."""
     with bounded_threads(1):
         for chunk in chunks:
-            done(run_chunk(chunk))
+            try:
+                results = run_chunk(chunk)
+            except Exception as err:  # run_chunk records its runs' errors; this is a safety net
+                results = failed_results(chunk, chunk_error("local", err))
+            done(results)
+
+
+def chunk_error(executor: str, err: BaseException) -> str:
+    """The error text (one line) of the runs of a chunk that ``executor`` did not return:
+    the exception, and what it means where that is known."""
+    name = type(err).__name__
+    text = re.sub(r"\brun_chunk-[\w-]+", "run_chunk", " ".join(str(err).split()))
+    hint = LOST_HINTS.get(name)
+    return f"{executor} executor: {name}" + (f": {text}" if text else "") + (
+        f" ({hint})" if hint else "")
+
+
+def _finish(future: Any, chunk: list[RunDesc], done: Done, executor: str) -> None:
+    """Hand a chunk's results to ``done``; a future that failed (the work raised, its worker
+    died, its executor is gone) gives the chunk's runs as failed with the error."""
+    try:
+        results = future.result()
+    except Exception as err:
+        results = failed_results(chunk, chunk_error(executor, err))
+    done(results)
 
 
 def _init_worker() -> None:
-    """A worker process: one thread per library, freed heap kept (:mod:`ncsim.heap`)."""
+    """A worker process: one thread per library, freed heap kept (:mod:`ncsim.heap`), and
+    ended with the study process (:func:`_end_with_parent`)."""
     set_threads(1)
     keep_freed_memory()
+    _end_with_parent()
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent() -> None:
+    """On Linux, ask the kernel to end this worker when the process that started it dies:
+    a study process killed by SIGKILL (out of memory, a batch scheduler) would otherwise leave
+    its idle pool workers behind. Elsewhere a no-op; Dask workers manage themselves."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request: end now
+        os._exit(1)
 
 
 def _process(chunks: list[list[RunDesc]], done: Done, workers: int | None) -> None:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """A pool of spawned processes. A worker that dies breaks the pool: its chunk and the
+    chunks not yet returned are recorded as failed (``BrokenProcessPool``)."""
+    from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, as_completed
 
     count = workers or min(len(chunks), os.cpu_count() or 1)
     context = multiprocessing.get_context("spawn")
     with _workers_end_on_sigterm(), ProcessPoolExecutor(count, mp_context=context,
                                                         initializer=_init_worker) as pool:
-        futures = [pool.submit(run_chunk, chunk) for chunk in chunks]
+        futures = {}
+        for chunk in chunks:
+            try:
+                futures[pool.submit(run_chunk, chunk)] = chunk
+            except BrokenExecutor as err:  # the pool broke while chunks were submitted
+                done(failed_results(chunk, chunk_error("process", err)))
         for future in as_completed(futures):
-            done(future.result())
+            _finish(future, futures[future], done, "process")
 
 
 @contextlib.contextmanager
@@ -153,13 +223,27 @@ def _dask(chunks: list[list[RunDesc]], done: Done, address: str | None,
     try:
         client.run(_init_worker)
         futures = client.map(run_chunk, chunks, pure=False)
-        for future in distributed.as_completed(_iter(futures)):
-            done(future.result())
+        if address is not None:
+            note_no_workers(client, address)
+        chunk_of = {future.key: chunk for future, chunk in zip(futures, chunks)}
+        for future in distributed.as_completed(futures):
+            _finish(future, chunk_of[future.key], done, "dask")
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
 
-def _iter(futures: Iterable) -> list:
-    return list(futures)
+def note_no_workers(client: Any, address: str, wait_s: float = NO_WORKERS_WAIT_S) -> bool:
+    """Wait up to ``wait_s`` for a worker of the scheduler at ``address``; without one, say so
+    in one line on stderr (the study waits on: workers may join later). Whether it said so."""
+    try:
+        client.wait_for_workers(1, timeout=wait_s)
+    except (TimeoutError, asyncio.TimeoutError):
+        print(f"note: the Dask scheduler at {address} has no workers yet; the study waits for "
+              f"them (start some with: dask worker {address} --nthreads 1)", file=sys.stderr,
+              flush=True)
+        return True
+    except OSError:  # the scheduler is gone: the chunks' futures say so, and are recorded
+        return False
+    return False

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 import math
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,26 @@ from ncsim.study.spec import Study
 from ncsim.study.store import FAILED, Store
 
 MAX_ROWS = 40
+INCOMPLETE = "incomplete"  # the verdict of a study whose runs have not all finished
+
+
+@dataclass
+class Progress:
+    """How far a study folder is: its runs with a row (failed ones included) of the runs its
+    study.json lists, and the missing ones by part (part -> (missing, runs of the part))."""
+
+    finished: int
+    total: int
+    missing: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def missing_text(self) -> str:
+        """``seeds 12 of 20, wd 5 of 5`` (a part unknown to the study: ``17 runs``)."""
+        return ", ".join(f"{n} runs" if part == "?" else f"{part} {n} of {size}"
+                         for part, (n, size) in self.missing.items())
 
 
 def study_dirs(root: str | Path, nested: bool = True) -> list[Path]:
@@ -38,20 +60,82 @@ def study_dirs(root: str | Path, nested: bool = True) -> list[Path]:
     return found
 
 
-def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame]:
-    """Run the study's analysis on its consolidated tables; figures go to folder/figures."""
+def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame, Progress]:
+    """Run the study's analysis on its consolidated tables; figures go to folder/figures.
+
+    A study whose runs have not all finished (interrupted, or still running) gets the verdict
+    ``incomplete`` naming what is missing: the analysis of a subset decides nothing. Its tables
+    and figures still show the finished runs."""
     store = Store(folder)
-    study = Study.from_dict(store.study())
+    study = _load_study(store)
     runs, traj = store.tables()
+    progress = study_progress(store, study, runs)
     store.figures.mkdir(parents=True, exist_ok=True)
     for old in store.figures.glob("*.png"):  # figures of an earlier study or spec of the folder
         old.unlink()
     if runs.empty or "status" not in runs:
-        return study, Section("inconclusive", "no finished run"), runs
+        section = Section("inconclusive", "no finished run")
+    else:
+        section = _analyze(study, runs, traj, store, progress)
+    if not progress.complete:
+        section.verdict, section.reason = INCOMPLETE, _incomplete_reason(progress)
+    return study, section, runs, progress
+
+
+def _load_study(store: Store) -> Study:
+    """The folder's study; :class:`InputError` when study.json lacks what a study needs."""
+    record = store.study()
+    try:
+        return Study.from_dict(record)
+    except TypeError as err:
+        raise InputError(f"{store.study_path} is damaged ({err}); remove it and run 'ncsim "
+                         f"study run SPEC --out {store.root}' with this folder's study") from None
+
+
+def _analyze(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, store: Store,
+             progress: Progress) -> Section:
+    """The study's analysis of its runs that did not fail. On an unfinished study an analysis
+    that cannot work on the runs there are (a part missing) leaves a note instead."""
     done = runs[runs["status"] != FAILED]
     traj = traj[traj["run_id"].isin(done["run_id"])] if "run_id" in traj else traj
-    section = ANALYSES[study.analysis](study, done, traj, store.figures)
-    return study, section, runs
+    try:
+        return ANALYSES[study.analysis](study, done, traj, store.figures)
+    except Exception as err:
+        if progress.complete:
+            raise
+        return Section(INCOMPLETE, "", notes=[
+            f"The analysis needs more of the study's runs ({type(err).__name__}: {err})."])
+
+
+def study_progress(store: Store, study: Study, runs: pd.DataFrame) -> Progress:
+    """Which of the runs study.json lists have a row in ``runs`` (failed runs count as
+    finished: they are reported as failed)."""
+    expected = store.study_run_ids()
+    have = set(runs["run_id"]) if "run_id" in runs else set()
+    missing = [r for r in expected if r not in have]
+    if not missing:
+        return Progress(finished=len(expected) or len(runs), total=len(expected) or len(runs))
+    return Progress(finished=len(expected) - len(missing), total=len(expected),
+                    missing=_missing_by_part(study, missing))
+
+
+def _missing_by_part(study: Study, missing: list[str]) -> dict[str, tuple[int, int]]:
+    """Missing runs by part, with each part's number of runs; runs the study's parts do not
+    give (ids of another version) count under ``?``."""
+    descs = study.runs()
+    part_of = {d.run_id: d.part for d in descs}
+    sizes = Counter(d.part for d in descs)
+    counts = Counter(part_of.get(rid, "?") for rid in missing)
+    order = [*sizes, "?"]
+    return {part: (counts[part], sizes.get(part, counts[part]))
+            for part in order if counts.get(part)}
+
+
+def _incomplete_reason(progress: Progress) -> str:
+    return (f"{progress.finished} of {progress.total} runs finished (missing: "
+            f"{progress.missing_text()}): no verdict until every run has finished. Run "
+            "'ncsim study run' on this folder again to compute the rest (finished runs are "
+            "kept).")
 
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
@@ -75,16 +159,24 @@ def _status_counts(runs: pd.DataFrame) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
 
 
-def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix: str = "") -> str:
-    """Markdown of one study (figure paths relative to the report, under ``prefix``)."""
+def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix: str = "",
+                     progress: Progress | None = None) -> str:
+    """Markdown of one study (figure paths relative to the report, under ``prefix``); an
+    unfinished study (``progress``) says so first."""
     variant = "quick" if study.quick else "full"
-    lines = [f"## {study.title} (`{study.name}`, {variant} variant)", "",
-             f"**Question.** {study.question}", "", f"**Claim tested.** {study.claim}", "",
-             f"**Verdict: {section.verdict}.** {section.reason}", "",
-             f"Runs: {len(runs)} ({_status_counts(runs)}). Metrics: "
-             f"{', '.join(study.metrics) or 'onset_time, fn_at_onset'}. "
-             f"Spec: `{Path(str(study.source)).name}`.",
-             ""]
+    lines = [f"## {study.title} (`{study.name}`, {variant} variant)", ""]
+    counted = f"{len(runs)}"
+    if progress is not None and not progress.complete:
+        lines += [f"**Unfinished study: {progress.finished} of {progress.total} runs "
+                  f"finished** (missing: {progress.missing_text()}). The tables and figures "
+                  "below cover the finished runs only.", ""]
+        counted = f"{progress.finished} of {progress.total} finished"
+    lines += [f"**Question.** {study.question}", "", f"**Claim tested.** {study.claim}", "",
+              f"**Verdict: {section.verdict}.** {section.reason}", "",
+              f"Runs: {counted} ({_status_counts(runs)}). Metrics: "
+              f"{', '.join(study.metrics) or 'onset_time, fn_at_onset'}. "
+              f"Spec: `{Path(str(study.source)).name}`.",
+              ""]
     failed = runs[runs["status"] == FAILED] if "status" in runs else runs.iloc[0:0]
     if len(failed):
         errors = failed["error"].astype(str).value_counts().head(3)
@@ -177,11 +269,14 @@ def write_report(root: str | Path, nested: bool = True) -> Path:
     root = Path(root)
     sections, verdicts = [], []
     for folder in study_dirs(root, nested):
-        study, section, runs = analyze_dir(folder)
+        study, section, runs, progress = analyze_dir(folder)
         prefix = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
-        sections.append(section_markdown(study, section, runs, prefix))
+        sections.append(section_markdown(study, section, runs, prefix, progress))
         verdict = {"study": study.name, "quick": study.quick, "verdict": section.verdict,
-                   "reason": section.reason, "numbers": _jsonable_numbers(section.numbers)}
+                   "reason": section.reason, "numbers": _jsonable_numbers(section.numbers),
+                   "runs_finished": progress.finished, "runs_total": progress.total}
+        if not progress.complete:
+            verdict["runs_missing"] = {part: n for part, (n, _) in progress.missing.items()}
         if study.quick_note:
             verdict["quick_note"] = study.quick_note
         write_json(verdict, folder / "verdict.json")
@@ -197,3 +292,17 @@ def write_report(root: str | Path, nested: bool = True) -> Path:
     atomic_write(root / "report.md", lambda tmp: tmp.write_text(text))
     atomic_write(root / "report.html", lambda tmp: tmp.write_text(_html(text, title)))
     return root / "report.md"
+
+
+def unfinished_studies(root: str | Path) -> list[tuple[Path, int, int]]:
+    """(folder, finished, total) of each study under ``root`` whose last report (its
+    verdict.json) found runs missing."""
+    import json
+
+    out = []
+    for folder in study_dirs(root):
+        path = folder / "verdict.json"
+        verdict = json.loads(path.read_text()) if path.exists() else {}
+        if verdict.get("verdict") == INCOMPLETE:
+            out.append((folder, verdict["runs_finished"], verdict["runs_total"]))
+    return out

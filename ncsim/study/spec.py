@@ -228,8 +228,8 @@ def _axis_values(source: str, key: str, value: Any, model: str) -> list[Any]:
         try:  # integers: a comma list of whole numbers, or a range rounded to integers
             values: list[Any] = (parse_ints(value, key, unique=False) if kind is int
                                  else parse_values(value, key))
-        except InputError as err:
-            _fail(source, key, str(err))
+        except InputError as err:  # its message starts with the key, named once here
+            _fail(source, key, str(err).removeprefix(f"{key}: "))
     elif isinstance(value, list):
         values = value
     else:
@@ -237,7 +237,24 @@ def _axis_values(source: str, key: str, value: Any, model: str) -> list[Any]:
               f"'1e-4..1e-1:8', got {value!r}")
     if not values:
         _fail(source, key, "empty grid axis; give at least one value")
-    return [_check_type(source, f"{key}[{i}]", v, kind, allowed) for i, v in enumerate(values)]
+    checked = [_check_type(source, f"{key}[{i}]", v, kind, allowed)
+               for i, v in enumerate(values)]
+    _check_distinct(source, key, value, checked)
+    return checked
+
+
+def _check_distinct(source: str, key: str, written: Any, values: list[Any]) -> None:
+    """Refuse a grid axis that repeats a value (``seed = [0, 0, 1]``, or an integer range
+    that rounds two points to one): the repeat would be the same run, computed once."""
+    seen: list[Any] = []
+    for value in values:
+        if value in seen:
+            how = (f"the range {written!r} rounds two points to {value!r}; give fewer points "
+                   "or a list" if isinstance(written, str) and ".." in written
+                   else f"{value!r} appears more than once; give each value once")
+            _fail(source, key, f"repeated grid value: {how} (a repeated value is the same "
+                  "run, computed once)")
+        seen.append(value)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -387,6 +404,8 @@ def parse_study(raw: dict[str, Any], source: str, quick: bool = False) -> Study:
                   metrics=list(raw.get("metrics", [])), parts=parts, source=source,
                   quick=quick, notes=raw.get("notes", ""),
                   quick_note=raw.get("quick", {}).get("note", "") if quick else "", raw=raw)
+    for part in parts:
+        _check_distinct_runs(source, part)
     runs = study.runs()
     if not runs:
         _fail(source, "parts", "the study resolves to no run")
@@ -444,6 +463,18 @@ def shipped_studies() -> list[Path]:
 def _part_runs(part: dict[str, Any]) -> list[RunDesc]:
     return [RunDesc(part["name"], part["model"], {**part["fixed"], **point})
             for point in cartesian(part["grid"])]
+
+
+def _check_distinct_runs(source: str, part: dict[str, Any]) -> None:
+    """Refuse two grid points of a part that are the same run (e.g. ``lambda`` as an axis
+    while ``lambda_w`` and ``lambda_h`` are fixed): it would be computed once, silently."""
+    seen: dict[str, dict[str, Any]] = {}
+    for desc, point in zip(_part_runs(part), cartesian(part["grid"])):
+        if desc.run_id in seen:
+            _fail(source, f"parts.{part['name']}.grid", f"the grid points {seen[desc.run_id]} "
+                  f"and {point} are the same run (it would be computed once); change the "
+                  "axes so that every point differs")
+        seen[desc.run_id] = point
 
 
 def build(desc: RunDesc) -> Any:

@@ -93,10 +93,8 @@ class Store:
     # ------------------------------------------------------------------ study
     def bind(self, study: dict[str, Any], force: bool = False) -> None:
         """Record the study in the folder; refuse a folder holding another study."""
-        import json
-
         if self.study_path.exists() and not force:
-            old = json.loads(self.study_path.read_text())
+            old = self.study()
             if (old.get("name"), old.get("quick")) != (study["name"], study["quick"]):
                 variant = "quick" if old.get("quick") else "full"
                 raise InputError(f"{self.root} holds the {variant} variant of study "
@@ -114,11 +112,24 @@ class Store:
         return len(stale)
 
     def study(self) -> dict[str, Any]:
+        """The study recorded in ``study.json``; :class:`InputError` when there is none or
+        it is damaged (cut short, not JSON)."""
         import json
 
         if not self.study_path.exists():
             raise InputError(f"{self.root} is not a study folder (no study.json)")
-        return json.loads(self.study_path.read_text())
+        try:
+            study = json.loads(self.study_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(self._damaged_study(f"not valid JSON: {err}")) from None
+        if not isinstance(study, dict):
+            raise InputError(self._damaged_study("not a JSON object"))
+        return study
+
+    def _damaged_study(self, why: str) -> str:
+        return (f"{self.study_path} is damaged ({why}); remove it and run 'ncsim study run "
+                f"SPEC --out {self.root}' with this folder's study: finished runs in "
+                f"{self.parts} are kept")
 
     # ------------------------------------------------------------------ runs
     def rows(self, columns: list[str]) -> dict[str, dict[str, Any]]:
@@ -197,7 +208,7 @@ class Store:
         """
         done = self.statuses()
         if run_ids is None:
-            run_ids = self._study_run_ids() or sorted(done)
+            run_ids = self.study_run_ids() or sorted(done)
         ids = [r for r in run_ids if r in done]
         rows = [pd.read_parquet(self.run_file(r)) for r in ids]
         runs = pd.concat(rows, ignore_index=True) if rows else _no_runs()
@@ -213,7 +224,8 @@ class Store:
         write_table(runs, self.runs_path)
         return runs, traj
 
-    def _study_run_ids(self) -> list[str]:
+    def study_run_ids(self) -> list[str]:
+        """The run ids of the bound study, in its order (none without study.json)."""
         if not self.study_path.exists():
             return []
         study = self.study()
@@ -224,17 +236,29 @@ class Store:
         return [d.run_id for d in Study.from_dict(study).runs()]
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The consolidated tables, consolidated again first when a part file is newer or a
-        run in them is no longer finished (its files deleted or damaged)."""
+        """The consolidated tables, consolidated again first when a part file is newer, a
+        run in them is no longer finished (its files deleted or damaged), or a table cannot
+        be read (cut short: the part files hold the same rows)."""
         if not self.runs_path.exists() or not self.trajectories_path.exists():
             return self.consolidate()
         stamp = self.runs_path.stat().st_mtime_ns
         if any(p.stat().st_mtime_ns > stamp for p in self.parts.glob("*.run.parquet")):
             return self.consolidate()
-        runs = read_table(self.runs_path)
-        if not set(runs["run_id"]) <= set(self.statuses()):
+        tables = self._read_tables()
+        if tables is None or not set(tables[0]["run_id"]) <= set(self.statuses()):
             return self.consolidate()
-        return runs, read_table(self.trajectories_path)
+        return tables
+
+    def _read_tables(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """runs.parquet and trajectories.parquet as written, or None when either is damaged
+        (unreadable, or without a run_id column)."""
+        try:
+            runs, traj = read_table(self.runs_path), read_table(self.trajectories_path)
+        except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+            return None
+        if "run_id" not in runs or "run_id" not in traj:
+            return None
+        return runs, traj
 
 
 def _no_runs() -> pd.DataFrame:
