@@ -13,7 +13,7 @@ Every metric returns an (R,) tensor, computed in the input dtype (except the sma
 :class:`StreamingNC` accumulates one run (R = 1) in float64 over batches and calls the same
 formula functions at the end (it may sync: it checks label values and returns floats).
 
-Conventions (DESIGN.md section 2)
+Conventions (README, "What ncsim computes")
 ---------------------------------
 - fn = mean_i |h_i|_2 of the uncentred features.
 - Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T,

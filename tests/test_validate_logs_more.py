@@ -161,13 +161,17 @@ def test_ncsim_log_keeps_its_own_labels_and_fills_only_missing_ones(tmp_path):
 
 
 def test_ncsim_log_phase_is_coerced_to_nullable_integers(tmp_path):
-    """Phase values that are numbers (also as text or float) become Int64; others become <NA>."""
-    frame = pd.DataFrame({"time": [0.0, 1.0, 2.0, 3.0], "fn": [1.0] * 4,
-                          "nc1_trace": [0.5] * 4, "phase": ["1", "2.0", "x", ""]})
+    """Phase values that are numbers (also as text or float) become Int64; a phase that is no
+    number ('x') is refused, since it would switch the phase-2 rule off without a word."""
+    frame = pd.DataFrame({"time": [0.0, 1.0, 2.0], "fn": [1.0] * 3,
+                          "nc1_trace": [0.5] * 3, "phase": ["1", "2.0", "2"]})
     frame.to_csv(tmp_path / "p_s0.csv", index=False)
     got = read_log(tmp_path / "p_s0.csv")
     assert str(got["phase"].dtype) == "Int64"
-    assert got["phase"].tolist()[:2] == [1, 2] and got["phase"][2:].isna().all()
+    assert got["phase"].tolist() == [1, 2, 2]
+    frame.assign(phase=["1", "2.0", "x"]).to_csv(tmp_path / "q_s0.csv", index=False)
+    with pytest.raises(InputError, match="'x' (is|are) not (a )?phase number"):
+        read_log(tmp_path / "q_s0.csv")
 
 
 @pytest.mark.parametrize(("columns", "missing"), [

@@ -6,7 +6,7 @@ time scales, step size and status.
 
 A run whose feature norms vanish has status "vanishing" and no onset (``onset_time`` and
 ``fn_at_onset`` NaN): its metric may cross the threshold as every norm goes to 0, but that is
-not collapse (DESIGN.md section 2); the crossing stays visible in the trajectory table.
+not collapse (README, "What ncsim computes"); the crossing stays visible in the trajectory table.
 """
 
 from __future__ import annotations

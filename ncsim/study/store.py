@@ -191,7 +191,7 @@ class Store:
         """Write one finished run: trajectory first, then the run row (its completion mark)."""
         if traj is not None and len(traj):
             traj = traj.drop(columns="run_id", errors="ignore")
-            traj.insert(0, "run_id", run_id)  # first, as in every table (DESIGN.md section 3)
+            traj.insert(0, "run_id", run_id)  # first, as in every table
             write_table(traj, self.traj_file(run_id))
         else:
             self.traj_file(run_id).unlink(missing_ok=True)

@@ -8,17 +8,22 @@ Rules
 - Onset (the paper's rule, preset ``rupa2026``): the first logged epoch of the MSE phase (phase 2)
   whose metric is below the threshold (0.01 strict, 0.05 relaxed); a log without phase 2 uses
   its first such epoch. No interpolation. Empty (NaN) records, as written before 99% training
-  accuracy, are skipped. fn* of a run = fn at that record (records without fn are skipped:
-  the next record with fn, or the last one before the onset when none follows).
+  accuracy, are skipped. fn* of a run = fn at that record, the paper's definition (its logs
+  README: "feat_norm at T_NC"); when that record has no fn, fn* is NaN (never a neighbouring
+  record's fn) and the run is left out of the fn* statistics and the lead-time fit. With
+  ``interpolate`` the onset falls between records and fn* is fn interpolated there
+  (:func:`ncsim.onset.onset_and_fn`).
 - Vanishing (the simulator's rule, :func:`ncsim.onset.is_vanishing`): a run whose last finite
   fn is below ``vanish_tol`` (default 1e-3, ``SolverSpec.vanish_tol``) times its largest fn,
   over the whole log, has status ``vanishing`` and no onset (``onset_epoch`` and ``fn_star``
   NaN): its scale-free NC1 may still fall while every feature norm goes to 0, which is no
-  collapse (DESIGN.md section 2). It is left out of the group fn* and onset statistics and of
-  the lead-time fit. Status of the other runs: ``collapsed`` or ``not_collapsed``.
+  collapse (README.md, section "What ncsim computes", item Onset). It is left out of the group
+  fn* and onset statistics and of the lead-time fit. Status of the other runs: ``collapsed``
+  or ``not_collapsed``.
 - Run ids: every record needs one; a record without a run id is an error (never dropped).
 - Group statistics (per model, dataset, condition): mean, sample std (ddof = 1), CV = std / mean
-  and the 95% Student-t interval mean +- t_{0.975, n-1} std / sqrt(n).
+  and the 95% Student-t interval mean +- t_{0.975, n-1} std / sqrt(n), over the collapsed runs
+  (fn* over those with an fn*).
 - Lead time: T_NC minus the first logged epoch with fn <= a threshold fn_pred. fn_pred is
   fitted either on the same runs (in-sample, as the paper did) or without the run's seed
   (leave-one-seed-out). The fit is the mean fn* of the run's group, or (``fit="power"``) a
@@ -100,6 +105,13 @@ def _search_part(part: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
     return part[in_phase] if in_phase.any() else part
 
 
+def _no_fn_at(times: np.ndarray, fn: np.ndarray, when: float) -> bool:
+    """Whether an onset at record time ``when`` has no finite fn on its record(s)."""
+    if not math.isfinite(when):
+        return False
+    return not np.isfinite(fn[times == when]).any()
+
+
 def run_status(onset: float, vanishing: bool) -> str:
     """``vanishing`` (whatever the metric does), else ``collapsed`` or ``not_collapsed``."""
     if vanishing:
@@ -111,7 +123,8 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
     """Onset time, fn*, status and summary values of one run's records (sorted by time).
 
     A vanishing run (see the module notes) gets status ``vanishing`` and NaN ``onset_epoch``
-    and ``fn_star``; its summary values (``min_metric``, ``final_fn``, ...) are kept.
+    and ``fn_star``; its summary values (``min_metric``, ``final_fn``, ...) are kept. Without
+    interpolation, a run whose onset record has no fn is ``collapsed`` with ``fn_star`` NaN.
     """
     if rule.metric not in part.columns:
         run = part["run_id"].iloc[0] if "run_id" in part and len(part) else "?"
@@ -121,8 +134,10 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
     search = _search_part(part, rule)
     t = search["time"].to_numpy(np.float64)
     metric = search[rule.metric].to_numpy(np.float64)
-    when, fn_star = onset_and_fn(t, metric, search["fn"].to_numpy(np.float64), rule.threshold,
-                                 rule.stay, rule.interpolate)
+    fn = search["fn"].to_numpy(np.float64)
+    when, fn_star = onset_and_fn(t, metric, fn, rule.threshold, rule.stay, rule.interpolate)
+    if not rule.interpolate and _no_fn_at(t, fn, when):
+        fn_star = math.nan  # fn* is fn at the onset record; a neighbour's would be another epoch's
     all_metric = part[rule.metric].to_numpy(np.float64)
     finite = all_metric[np.isfinite(all_metric)]
     fn_all = part["fn"].to_numpy(np.float64)
@@ -184,7 +199,8 @@ def _interval(values: np.ndarray) -> dict[str, float]:
 
 def group_table(runs: pd.DataFrame, keys: tuple[str, ...] = GROUP_KEYS) -> pd.DataFrame:
     """Per group: runs, collapsed and vanishing runs, fn* and onset mean, sample std, CV, 95% t
-    interval over the collapsed runs (vanishing runs have no onset and are left out)."""
+    interval over the collapsed runs (vanishing runs have no onset and are left out; fn* over
+    the collapsed runs that have one)."""
     rows = []
     for key, part in runs.groupby(list(keys), sort=False, dropna=False):
         ok = part[np.isfinite(part["onset_epoch"].to_numpy(np.float64))]
@@ -194,7 +210,8 @@ def group_table(runs: pd.DataFrame, keys: tuple[str, ...] = GROUP_KEYS) -> pd.Da
         row["n_vanishing"] = (int(part["status"].eq("vanishing").sum())
                               if "status" in part.columns else 0)
         for name, col in (("fn_star", "fn_star"), ("onset", "onset_epoch")):
-            for stat, value in _interval(ok[col].to_numpy(np.float64)).items():
+            values = ok[col].to_numpy(np.float64)
+            for stat, value in _interval(values[np.isfinite(values)]).items():
                 row[f"{name}_{stat}"] = value
         rows.append(row)
     return pd.DataFrame(rows)

@@ -49,6 +49,18 @@ def _print_table(title: str, frame: pd.DataFrame) -> None:
     click.echo("")
 
 
+def _note_missing_fn_star(runs: pd.DataFrame) -> None:
+    """Say on stderr which collapsed runs have no fn at their onset record (no fn*)."""
+    missing = runs[runs["status"].eq("collapsed") & runs["fn_star"].isna()]
+    if missing.empty:
+        return
+    names = ", ".join(str(r) for r in missing["run"].head(5))
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    click.echo(f"note: {len(missing)} collapsed run(s) have no fn at their onset record, so no "
+               f"fn* ({names}{more}); they are left out of the fn* statistics and the lead-time "
+               "fit", err=True)
+
+
 @click.group(name="validate")
 def validate() -> None:
     """Check theory and simulation against real training."""
@@ -87,6 +99,7 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, met
     rule = OnsetRule(metric=metric, threshold=rule.threshold, phase=rule.phase,
                      interpolate=rule.interpolate)
     result = analyze(read_logs(list(logs)), rule, threshold_fit)
+    _note_missing_fn_star(result["runs"])
     runs = result["runs"].copy()
     runs["onset_epoch"] = _whole_as_int(runs["onset_epoch"])
     if out is not None:

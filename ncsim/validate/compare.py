@@ -180,7 +180,7 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     onset_sim = onset_time(t, traj["nc1_trace"].to_numpy(np.float64), threshold,
                            interpolate=False)
     vanishing = str(sim.runs["status"].iloc[0]) == "vanishing"
-    if vanishing:  # nc1 of vanishing features is no collapse (DESIGN: never reported as one)
+    if vanishing:  # nc1 of vanishing features is no collapse (README: never reported as one)
         onset_sim = math.nan
     fn_sim = value_at(t, traj["fn"].to_numpy(np.float64), onset_sim, False)
     t_reached = float(t[-1])

@@ -8,9 +8,20 @@ or name the accuracy ``train_acc``. Their ``nc1`` is the trace ratio tr(Sigma_W)
 ``nc1_trace``, ``nc2_angle`` and ``nc3_paper``.
 
 Output (long format, one row per run and logged epoch): ``run_id, time, time_unit ("epoch"),
-phase (1 = cross-entropy, 2 = MSE, <NA> when unknown), fn, nc1_trace, nc2_angle, nc3_paper,
-accuracy, test_accuracy`` plus any extra numeric column, and the run labels ``model, dataset,
-condition, seed``. ncsim's own training logs already use this schema and are read as they are.
+phase (1 = cross-entropy, 2 = MSE, <NA> when the log has no phases), fn, nc1_trace, nc2_angle,
+nc3_paper, accuracy, test_accuracy`` plus any extra numeric column, and the run labels ``model,
+dataset, condition, seed``. ncsim's own training logs already use this schema and are read as
+they are.
+
+Checks (each failure is an :class:`InputError` naming the log and what to give): numbers where
+numbers belong (text such as ``ten`` is never read as a gap), a time on every record, nc1 >= 0,
+phase numbers (paper logs: 1 or 2; text labels such as ``CE`` / ``MSE`` are refused, as they
+would switch off the phase-2 onset rule), a phase on every record of a run or on none, and one
+record per run, time and phase (identical copies count once).
+
+Labels from a file name (:func:`run_labels`): ``<condition>_s<seed>`` gives condition and seed;
+model and dataset only for the paper's documented names (its logs README, "File name ->
+condition"), ``unlabelled`` otherwise.
 """
 
 from __future__ import annotations
@@ -39,36 +50,73 @@ PAPER_REQUIRED = ("epoch", "nc1", "feat_norm")
 NCSIM_REQUIRED = ("time", "fn", "nc1_trace")
 LABELS = ("model", "dataset", "condition", "seed")
 
-#: file-name prefix -> (model, dataset) of the paper's released logs
-PAPER_CELLS = (
-    ("resnet20_mnist", "resnet20", "mnist"),
-    ("resnet20_fashion", "resnet20", "fashion_mnist"),
-    ("cifar10", "resnet20", "cifar10"),
-    ("mlp5_cifar10", "mlp5", "cifar10"),
-    ("vit", "vit", "mnist"),
-    ("e8_mlp_mnist", "mlp5", "mnist"),
+#: the paper's documented file-name families (rupa2026-logs README, "File name -> condition"
+#: and "Variants"): a condition matching the pattern, in a name ``<condition>_s<seed>``, is a run
+#: of that (model, dataset) cell
+PAPER_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    (r"depth\d+", "mlp", "mnist"),
+    (r"width\d+", "mlp", "mnist"),
+    (r"wd\d[\dep.\-]*", "mlp", "mnist"),  # wd1e-05, wd5e-05, wd0p0005
+    (r"act[A-Za-z]+", "mlp", "mnist"),  # actGELU, actTanh
+    (r"gelu", "mlp", "mnist"),  # gelu_s{3,4}: more GELU seeds
+    (r"intervention_(?:control|scale_down|scale_up)", "mlp", "mnist"),
+    (r"resnet20_mnist", "resnet20", "mnist"),
+    (r"cifar10", "resnet20", "cifar10"),
+    (r"mlp5_cifar10", "mlp5", "cifar10"),
+    (r"e8_mlp_mnist(?:_[a-z]+)?", "mlp5", "mnist"),  # early_warning/e8_mlp_mnist_adam_s*
+    (r"vit_mnist(?:_[a-z]+)?", "vit", "mnist"),  # vit_crossarch/vit_mnist_adam_s*
 )
+#: the paper's documented logs named without a seed -> (model, dataset)
+PAPER_UNSEEDED = {"ce_only_ablation": ("mlp", "mnist")}
+#: the logs README lists ``gelu_s{3,4}.csv`` as GELU runs next to ``actGELU_s*.csv``
+CONDITION_ALIASES = {"gelu": "actGELU"}
+#: suffixes of compressed files (pandas reads them), removed before the run id is read
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+UNLABELLED = "unlabelled"
 _NAME = re.compile(r"^(?P<condition>.+?)_s(?P<seed>\d+)(?P<suffix>_[A-Za-z0-9]+)?$")
 
 
-def run_labels(name: str) -> dict[str, object]:
-    """Model, dataset, condition and seed read from a paper log's file stem.
+def log_name(path: str | Path) -> str:
+    """A log's run id: its file name without a compression suffix and its table suffix
+    (``width128_s0.csv.gz`` -> ``width128_s0``)."""
+    path = Path(path)
+    if path.suffix.lower() in COMPRESSION_SUFFIXES:
+        path = path.with_suffix("")
+    return path.stem
 
-    ``width128_s0`` -> (mlp, mnist, width128, 0); ``depth2_s1_ext`` -> condition ``depth2_ext``;
-    ``cifar10_s2`` -> (resnet20, cifar10, cifar10, 2). Files without ``_s<seed>`` get seed <NA>.
+
+def _paper_cell(base: str, seeded: bool) -> tuple[str, str] | None:
+    """(model, dataset) of a documented paper log name, None for any other name."""
+    if not seeded:
+        return PAPER_UNSEEDED.get(base)
+    for pattern, model, dataset in PAPER_FAMILIES:
+        if re.fullmatch(pattern, base):
+            return model, dataset
+    return None
+
+
+def run_labels(name: str) -> dict[str, object]:
+    """Model, dataset, condition and seed read from a log's file stem.
+
+    ``<condition>_s<seed>[_suffix]`` gives condition and seed (``depth2_s1_ext`` -> condition
+    ``depth2_ext``, seed 1); other names are their own condition with seed <NA>. Model and
+    dataset come only from the paper's documented names (:data:`PAPER_FAMILIES`,
+    :data:`PAPER_UNSEEDED`): ``width128_s0`` -> (mlp, mnist), ``cifar10_s2`` -> (resnet20,
+    cifar10); any other name (``baseline``, ``wd0p0005``, ``myrun_s0``) -> ``unlabelled``.
+    ``gelu_s3`` is a GELU run: condition ``actGELU`` (:data:`CONDITION_ALIASES`).
     """
     match = _NAME.match(name)
     if match:
-        condition = match.group("condition") + (match.group("suffix") or "")
+        base, suffix = match.group("condition"), match.group("suffix") or ""
         seed: object = int(match.group("seed"))
     else:
-        condition, seed = name, pd.NA
-    model, dataset = "mlp", "mnist"
-    for prefix, cell_model, cell_data in PAPER_CELLS:
-        if name.startswith(prefix):
-            model, dataset = cell_model, cell_data
-            break
-    return {"model": model, "dataset": dataset, "condition": condition, "seed": seed}
+        base, suffix, seed = name, "", pd.NA
+    cell = _paper_cell(base, seeded=match is not None)
+    if cell is None:
+        return {"model": UNLABELLED, "dataset": UNLABELLED, "condition": base + suffix,
+                "seed": seed}
+    condition = CONDITION_ALIASES.get(base, base) + suffix
+    return {"model": cell[0], "dataset": cell[1], "condition": condition, "seed": seed}
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
@@ -83,27 +131,150 @@ def _read_frame(path: Path) -> pd.DataFrame:
                          "file or a Parquet file (.parquet)") from None
 
 
-def _phases(values: pd.Series, run_id: str) -> pd.arrays.IntegerArray:
-    """Training phases as nullable integers (text and blanks -> <NA>); a fractional phase is
-    an error."""
+#: the paper's phase numbers: 1 = cross-entropy, 2 = MSE
+PAPER_PHASES = (1, 2)
+#: trajectory column -> its name in a paper log (for messages)
+PAPER_NAMES = {"time": "epoch", "fn": "feat_norm", "nc1_trace": "nc1"}
+NCSIM_NAMES = {"time": "time", "fn": "fn", "nc1_trace": "nc1_trace"}
+#: text that reads as a blank (not measured) value
+_BLANK_TEXT = ("", "nan", "na", "n/a", "null", "none", "<na>")
+_PHASE_HINT_PAPER = ("give phase 1 (cross-entropy) or 2 (MSE) as a number on every row, or drop "
+                     "the phase column to search the whole log for the onset")
+_PHASE_HINT_NCSIM = ("give the phase number on every record (0 for a simulation, 1, 2, ... for "
+                     "the phases of a training; paper logs: 1 = cross-entropy, 2 = MSE), or drop "
+                     "the phase column to search the whole log for the onset")
+
+
+def _not_numbers(values: pd.Series, numbers: pd.Series) -> np.ndarray:
+    """(M,) bool: entries of ``values`` that are neither a number nor a blank (text such as
+    ``CE`` or ``ten``); ``numbers`` is ``pd.to_numeric(values, errors="coerce")``."""
+    text = values.astype("string").str.strip().str.lower()
+    blank = values.isna().to_numpy(bool) | text.isin(_BLANK_TEXT).fillna(True).to_numpy(bool)
+    return numbers.isna().to_numpy(bool) & ~blank
+
+
+def _listed(values: object, limit: int = 4) -> str:
+    """Up to ``limit`` values, comma-separated, with how many more there are."""
+    items = list(values)
+    shown = ", ".join(str(v) for v in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _phases(values: pd.Series, log: str, allowed: tuple[int, ...] | None) -> pd.arrays.IntegerArray:
+    """Training phases as nullable integers (blanks -> <NA>).
+
+    Text (``CE``, ``MSE``), a fractional phase, and a phase outside ``allowed`` (paper logs:
+    1 or 2; None: any number >= 0) are errors: a phase that is not read would silently switch
+    off the phase-2 onset rule.
+    """
     numbers = pd.to_numeric(values, errors="coerce")
+    hint = _PHASE_HINT_NCSIM if allowed is None else _PHASE_HINT_PAPER
+    text = _not_numbers(values, numbers)
+    if text.any():
+        found = _listed(repr(v) for v in pd.unique(values[text].astype(str)))
+        raise InputError(f"log {log}: phase values {found} are not phase numbers; {hint}")
     fractional = numbers.notna() & (numbers != numbers.round())
     if fractional.any():
-        raise InputError(f"log {run_id}: phase {numbers[fractional].iloc[0]} is not a whole "
+        raise InputError(f"log {log}: phase {numbers[fractional].iloc[0]} is not a whole "
                          "number; phases are numbered 0, 1, 2, ... (paper logs: 1 = "
                          "cross-entropy, 2 = MSE)")
+    known = numbers.dropna()
+    bad = known[~known.isin(allowed)] if allowed is not None else known[known < 0]
+    if len(bad):
+        found = _listed(int(v) for v in pd.unique(bad))
+        raise InputError(f"log {log}: phase values {found} are not allowed; {hint}")
     return pd.array(numbers, dtype="Int64")
 
 
-def _as_float(out: pd.DataFrame) -> pd.DataFrame:
-    """time, fn and nc1_trace as float64 (text -> NaN)."""
+def _number_column(out: pd.DataFrame, col: str, log: str, names: dict[str, str]) -> None:
+    """``out[col]`` as float64 in place; an entry that is text (not a number, not blank) is an
+    error, never a silent gap."""
+    numbers = pd.to_numeric(out[col], errors="coerce")
+    text = _not_numbers(out[col], numbers)
+    if text.any():
+        first = int(np.flatnonzero(text)[0])
+        hint = (f"give every record its {names[col]} as a number" if col == "time" else
+                "write numbers, and leave an entry blank where nothing was measured")
+        raise InputError(f"log {log}: {names[col]} {str(out[col].iloc[first])!r} in data row "
+                         f"{first + 1} is not a number ({int(text.sum())} such entries); {hint}")
+    out[col] = numbers.astype(np.float64)
+
+
+def _as_float(out: pd.DataFrame, log: str, names: dict[str, str]) -> pd.DataFrame:
+    """time, fn and nc1_trace as float64. Text entries, a record without a time and a negative
+    nc1_trace (a ratio of traces) are errors naming the log and the record."""
     for col in ("time", "fn", "nc1_trace"):
-        out[col] = pd.to_numeric(out[col], errors="coerce").astype(np.float64)
+        _number_column(out, col, log, names)
+    no_time = np.isnan(out["time"].to_numpy(np.float64))
+    if no_time.any():
+        first = int(np.flatnonzero(no_time)[0])
+        raise InputError(f"log {log}: {int(no_time.sum())} record(s) have no {names['time']} "
+                         f"(the first is data row {first + 1}); give every record its "
+                         f"{names['time']}, or delete the row")
+    nc1 = out["nc1_trace"].to_numpy(np.float64)
+    negative = nc1 < 0
+    if negative.any():
+        first = int(np.flatnonzero(negative)[0])
+        raise InputError(f"log {log}: {names['nc1_trace']} is {nc1[first]:g} at "
+                         f"{names['time']} {out['time'].iloc[first]:g}; nc1 is the trace ratio "
+                         "tr(Sigma_W)/tr(Sigma_B), never below 0: check how the log was written")
     return out
 
 
+def _where(log: str, run_id: object) -> str:
+    """``log X`` or, for a run other than the log's own, ``log X, run R``."""
+    return f"log {log}" if str(run_id) == log else f"log {log}, run {run_id}"
+
+
+def _check_phase_blanks(out: pd.DataFrame, log: str, names: dict[str, str],
+                        allowed: tuple[int, ...] | None) -> None:
+    """Refuse a run whose phase is blank on some records but not all: those records could not
+    be placed in the phase-2 search, so the onset would silently move (a phase column that is
+    blank throughout means the log has no phases, and the whole log is searched)."""
+    for run_id, part in out.groupby("run_id", sort=False):
+        blank = part["phase"].isna().to_numpy(bool)
+        if blank.any() and not blank.all():
+            times = part["time"].to_numpy(np.float64)[blank]
+            hint = _PHASE_HINT_NCSIM if allowed is None else _PHASE_HINT_PAPER
+            raise InputError(f"{_where(log, run_id)}: phase is blank on {int(blank.sum())} of "
+                             f"{blank.size} records ({names['time']} "
+                             f"{_listed(f'{t:g}' for t in times)}); {hint}")
+
+
+def _drop_repeated_records(out: pd.DataFrame, log: str, names: dict[str, str]) -> pd.DataFrame:
+    """One record per run, time and phase: identical copies of a record count once; copies
+    that differ are an error naming the time (which one holds would be a guess)."""
+    out = out.drop_duplicates()
+    clash = out.duplicated(subset=["run_id", "time", "phase"], keep=False).to_numpy(bool)
+    if clash.any():
+        first = int(np.flatnonzero(clash)[0])
+        run_id, when = out["run_id"].iloc[first], out["time"].iloc[first]
+        count = int(((out["run_id"] == run_id) & (out["time"] == when)
+                     & clash).sum())
+        raise InputError(f"{_where(log, run_id)}: {names['time']} {when:g} has {count} records "
+                         "with different values; keep one record per "
+                         f"{names['time']} (and phase)")
+    return out
+
+
+def _check_records(out: pd.DataFrame, log: str, names: dict[str, str],
+                   allowed: tuple[int, ...] | None) -> pd.DataFrame:
+    """Numbers, phases and repeated records of a converted log (before sorting, so that data
+    rows are named as in the file)."""
+    out = _as_float(out, log, names)
+    out["phase"] = _phases(out["phase"], log, allowed)
+    _check_phase_blanks(out, log, names, allowed)
+    return _drop_repeated_records(out, log, names)
+
+
 def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
-    """Convert one paper-schema log (already read) to the trajectory schema."""
+    """Convert one paper-schema log (already read) to the trajectory schema.
+
+    Refused (:class:`InputError`): text where a number belongs, a record without an epoch, a
+    negative nc1, a phase other than 1 or 2 (text labels included), a phase blank on some
+    records only, and two different records for one epoch and phase (identical copies count
+    once).
+    """
     missing = [c for c in PAPER_REQUIRED if c not in frame.columns]
     if missing:
         raise InputError(
@@ -121,10 +292,10 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     out.insert(2, "time_unit", "epoch")
     if "phase" not in out.columns:
         out.insert(3, "phase", pd.NA)
-    out["phase"] = _phases(out["phase"], run_id)
+    out = _check_records(out, run_id, PAPER_NAMES, PAPER_PHASES)
     for key, value in labels.items():
         out[key] = value
-    return _as_float(out).sort_values("time", kind="stable").reset_index(drop=True)
+    return out.sort_values("time", kind="stable").reset_index(drop=True)
 
 
 def blank_run_ids(ids: pd.Series) -> np.ndarray:
@@ -147,18 +318,23 @@ def _check_run_ids(ids: pd.Series, log: str) -> None:
 
 
 def is_paper_name(name: str) -> bool:
-    """Whether a file stem reads as a paper log's name (``<condition>_s<seed>``, or a name
-    starting with one of :data:`PAPER_CELLS`), from which :func:`run_labels` reads labels."""
-    return bool(_NAME.match(name)) or any(name.startswith(p) for p, _, _ in PAPER_CELLS)
+    """Whether a file stem is one of the paper's documented log names (``<family>_s<seed>``
+    with a family of :data:`PAPER_FAMILIES`, or a name of :data:`PAPER_UNSEEDED`), from which
+    :func:`run_labels` reads model and dataset."""
+    match = _NAME.match(name)
+    base = match.group("condition") if match else name
+    return _paper_cell(base, seeded=match is not None) is not None
 
 
-def _default_labels(out: pd.DataFrame, default_id: str) -> dict[str, object]:
-    """Labels of an ncsim log that lacks them: from a paper-style file name, else
-    ``unlabelled`` model and dataset with each run its own condition (its run id), so runs of
-    one table that differ in their settings (a simulated grid, a study) never share a group."""
-    if is_paper_name(default_id):
+def _default_labels(out: pd.DataFrame, default_id: str, own_ids: bool) -> dict[str, object]:
+    """Labels of an ncsim log that lacks them: from the file name (:func:`run_labels`) when it
+    is a paper log's name or the file is one run named after it; a table with its own run ids
+    and another name (a simulated grid, a study) gets ``unlabelled`` model and dataset with
+    each run its own condition (its run id), so runs that differ in their settings never share
+    a group."""
+    if is_paper_name(default_id) or not own_ids:
         return run_labels(default_id)
-    return {"model": "unlabelled", "dataset": "unlabelled", "condition": out["run_id"],
+    return {"model": UNLABELLED, "dataset": UNLABELLED, "condition": out["run_id"],
             "seed": pd.NA}
 
 
@@ -167,15 +343,17 @@ def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
 
     Without a ``run_id`` column every record belongs to one run named ``default_id``; with one,
     every record needs an id (a blank one is an :class:`InputError`, never dropped). Missing
-    model / dataset / condition / seed come from a paper-style file name (:func:`run_labels`);
-    otherwise model and dataset are ``unlabelled`` and each run is its own condition.
+    model / dataset / condition / seed come from :func:`_default_labels`. Records are checked
+    as a paper log's are (:func:`from_paper`), except that a phase may be any whole number
+    >= 0 (0: a simulation).
     """
     missing = [c for c in NCSIM_REQUIRED if c not in frame.columns]
     if missing:
         raise InputError(f"log {default_id} lacks column(s) {', '.join(missing)}; an ncsim log "
                          "needs time, fn and nc1_trace")
     out = frame.copy()
-    if "run_id" in out.columns:
+    own_ids = "run_id" in out.columns
+    if own_ids:
         _check_run_ids(out["run_id"], default_id)
     else:
         out.insert(0, "run_id", default_id)
@@ -183,25 +361,26 @@ def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
         out["time_unit"] = "epoch"
     if "phase" not in out.columns:
         out["phase"] = pd.NA
-    out["phase"] = _phases(out["phase"], default_id)
-    defaults = _default_labels(out, default_id)
+    out = _check_records(out, default_id, NCSIM_NAMES, None)
+    defaults = _default_labels(out, default_id, own_ids)
     for key in LABELS:
         if key not in out.columns:
             out[key] = defaults[key]
-    return _as_float(out).sort_values(["run_id", "time"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["run_id", "time"], kind="stable").reset_index(drop=True)
 
 
 def read_log(path: str | Path) -> pd.DataFrame:
-    """Read one log file (paper CSV or ncsim CSV/Parquet) into the trajectory schema.
+    """Read one log file (paper CSV or ncsim CSV/Parquet, also compressed, e.g. ``.csv.gz``)
+    into the trajectory schema.
 
-    The run id of a paper log is the file name without its extension.
+    The run id of a paper log is the file name without its extension(s) (:func:`log_name`).
     """
     path = Path(path)
     frame = _read_frame(path)
     if "epoch" in frame.columns and "time" not in frame.columns:
-        return from_paper(frame, path.stem)
+        return from_paper(frame, log_name(path))
     if "time" in frame.columns:
-        return from_ncsim(frame, path.stem)
+        return from_ncsim(frame, log_name(path))
     raise InputError(f"log {path} has neither an 'epoch' (paper schema) nor a 'time' column "
                      "(ncsim schema)")
 
