@@ -935,9 +935,10 @@ def test_gradient_descent_past_its_stability_limit_is_diverged():
 
     model = ModelSpec(kind="ufm", loss="ce", classes=4, per_class=6, dim=12)
     reg = Regularization(lambda_w=1e-3, lambda_h=1e-3)
-    status = {}
-    for dt in (50.0, 500.0, 0.5):
-        spec = RunSpec(model=model, reg=reg,
-                       solver=SolverSpec(method="gd", dt=dt, t_end=3000.0, records=20))
-        status[dt] = simulate(spec, theory=False).runs["status"].iloc[0]
-    assert status == {50.0: "diverged", 500.0: "diverged", 0.5: "ok"}
+    for dtype in ("float64", "float32"):
+        status = {}
+        for dt in (50.0, 500.0, 0.5):
+            solver = SolverSpec(method="gd", dt=dt, t_end=3000.0, records=20, dtype=dtype)
+            spec = RunSpec(model=model, reg=reg, solver=solver)
+            status[dt] = simulate(spec, theory=False).runs["status"].iloc[0]
+        assert status == {50.0: "diverged", 500.0: "diverged", 0.5: "ok"}, dtype

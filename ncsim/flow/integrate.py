@@ -683,7 +683,8 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
     t_end, dt = float(solver.t_end), float(solver.dt)
     total, last_h = _fixed_steps(t_end, dt)
     y = y0.clone()
-    blow_up = (_DIVERGE_GROWTH * (1.0 + _peak(y0))).clamp(max=_DIVERGE_ABS)  # (R,)
+    limit = min(_DIVERGE_ABS, torch.finfo(y0.dtype).max)  # 1e100 is no float32
+    blow_up = (_DIVERGE_GROWTH * (1.0 + _peak(y0))).clamp(max=limit)  # (R,)
     t = torch.zeros(r, dtype=torch.float64, device=dev)
     code = torch.zeros(r, dtype=torch.int8, device=dev)
     steps = torch.zeros(r, dtype=torch.long, device=dev)
