@@ -218,9 +218,9 @@ def _model_options(func):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--reduction", type=_choice(REDUCTIONS), default="auto", show_default=True,
               help="State of the one-layer UFM: none (H, W, b), gram (Z, WW^T, H^TH; cost "
-                   "independent of d; needs d >= K, K - 1 for CE), classes (MSE only: class "
-                   "means, deviation propagator, W, b; cost independent of n), auto (the "
-                   "cheapest that applies).")
+                   "independent of d; needs d >= N + K for MSE, K - 1 for CE), classes (MSE "
+                   "only: class means, deviation propagator, W, b; cost independent of n), "
+                   "auto (the cheapest that applies).")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
               help="Capture each chunk of steps as a CUDA graph and replay it (dopri5, tsit5 "
                    "on a CUDA device).")

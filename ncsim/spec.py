@@ -40,7 +40,7 @@ DEFAULT_TOLERANCES = {"float64": (1e-8, 1e-10), "float32": (1e-5, 1e-7)}
 #: an adaptive step's rounding, about eps |y|, may take at most 1/8 of its error budget
 RTOL_FLOOR_EPS = 8
 REDUCTIONS = ("auto", "none", "gram", "classes")
-GRAM_MIN_DIM_RULE = "K for MSE, K - 1 for CE"
+GRAM_MIN_DIM_RULE = "N + K for MSE, K - 1 for CE"
 
 
 def gram_min_dim(model: ModelSpec) -> int:
@@ -50,10 +50,24 @@ def gram_min_dim(model: ModelSpec) -> int:
     [eta_W G, eta_W lambda_W]], G = dLoss/dZ (K, N). The Gram flow of X X^T is that of any
     number of columns: a rounding error outside the span of X's d columns grows along every
     eigenvalue of L > 0 that those columns do not hold. L has at most rank G of them, and
-    rank G <= K (K - 1 for CE, whose G has columns summing to 0); with d at least that, X's
-    columns hold them all and the error decays.
+    rank G <= K (K - 1 for CE, whose G has columns summing to 0). That count is not enough for
+    the span to hold them: measured, CE from d = K - 1 follows the parameters (to 2e-11 with
+    both decays > 0 and eta_W = eta_H, :func:`gram_full_rank_dim`), MSE at d = K does not
+    (decays 1e-3, t = 500: fn 5.8e-2 off; at d = 2K, 3e-6), so MSE needs the full rank N + K.
     """
-    return model.classes - 1 if model.loss == "ce" else model.classes
+    return model.classes - 1 if model.loss == "ce" else gram_full_rank_dim(model)
+
+
+def gram_full_rank_dim(model: ModelSpec) -> int:
+    """N + K: from this width X = [H^T; W] has full row rank, so every Gram is a state of the
+    parameter flow and the Gram form is exact whatever the decays and time scales.
+
+    Below it (CE only, :func:`gram_min_dim`) directions outside the span of X must decay: with
+    a zero decay they are neutral, and eta_W != eta_H makes L unsymmetric. Measured (CE, K = 3,
+    n = 3, decays 0.01, eta_W = 5, t = 40): fn 1.1e-2 off at d = 3. :meth:`RunSpec.validate`
+    refuses a zero decay or unequal time scales there.
+    """
+    return model.num_samples + model.classes
 ONSET_METRICS = (
     "nc1_trace", "nc1", "nc2_etf", "nc2_angle", "nc3", "nc3_paper", "cdnv",
 )
@@ -335,7 +349,9 @@ class SolverSpec:
     t_first : first non-zero record time (default min(1e-2, t_end / 10)).
     max_steps : cap on the step attempts of a run (accepted and rejected alike); status
         "max_steps" when it is reached before t_end.
-    gtol : steady state: a run stops when |grad f|_2 <= gtol. At rest an explicit method's
+    gtol : steady state: a run stops when |grad f|_2 <= gtol and its state is not growing away
+        (theta . theta' <= 1e-6 |theta|^2 per unit time: a small init near the origin's saddle
+        has a tiny gradient too, but is leaving). At rest an explicit method's
         steps sit at its stability limit, so |grad f| settles on a noise floor of about
         rtol x (largest curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a
         gtol below that floor never stops a run early (it then runs to t_end).
@@ -346,11 +362,11 @@ class SolverSpec:
     dtype, device : torch dtype name and device of the integration.
     reduction : state the one-layer UFM is integrated in: "none" (the parameters H, W, b),
         "gram" (the exact Gram-space form Z = W H, W W^T, H^T H, b, whose cost does not depend
-        on d; one-layer UFM with d >= K for MSE, d >= K - 1 for CE: :func:`gram_min_dim`),
+        on d; one-layer UFM with d >= N + K for MSE, d >= K - 1 for CE: :func:`gram_min_dim`),
         "classes" (the exact class-means form: class means,
         deviation propagator, W, b, whose cost does not depend on n; one-layer UFM with MSE
-        loss only) or "auto" (gram for the one-layer UFM when its state is smaller, roughly
-        d > N + K; else classes for the one-layer MSE UFM when cheaper, 4 d + 3 K < 3 N; none
+        loss only) or "auto" (gram for the one-layer UFM when its state is smaller and
+        d >= N + K; else classes for the one-layer MSE UFM when cheaper, 4 d + 3 K < 3 N; none
         otherwise; see :func:`ncsim.models.reduction.state_form`).
     cuda_graphs : capture each chunk of ``check_every`` steps as a CUDA graph and replay it
         (adaptive methods on a CUDA device only): one launch per chunk instead of one per
@@ -516,11 +532,27 @@ class RunSpec:
                     f"d = {self.model.dim}: with fewer dimensions than growing directions the "
                     "Gram flow leaves rank d and drifts to a wider model's optimum; use "
                     "reduction 'none' or 'auto'")
+            self._check_gram_below_full_rank()
         require(self.solver.reduction != "classes" or (
             self.model.kind == "ufm" and self.model.loss == "mse"),
             "reduction 'classes' needs the one-layer UFM with MSE loss (model 'ufm', loss "
             "'mse'); use 'auto' or 'none'")
         return self
+
+    def _check_gram_below_full_rank(self) -> None:
+        """Below d = N + K a forced Gram form needs both decays > 0 and eta_W = eta_H
+        (:func:`gram_full_rank_dim`)."""
+        full = gram_full_rank_dim(self.model)
+        if self.model.dim >= full:
+            return
+        lw, lh = self.reg.per_layer(1)[0], float(self.reg.lambda_h)
+        eta_w, eta_h = self.time_scale.per_layer(1)[0], float(self.time_scale.eta_h)
+        require(lw > 0 and lh > 0 and eta_w == eta_h,
+                f"reduction 'gram' below d = N + K = {full} needs lambda_w > 0, lambda_h > 0 "
+                f"and eta_w = eta_h, got lambda_w = {lw:g}, lambda_h = {lh:g}, eta_w = "
+                f"{eta_w:g}, eta_h = {eta_h:g}: otherwise directions outside rank d do not "
+                f"decay and the Gram flow follows a wider model; use reduction 'none' or "
+                f"'auto', or d >= {full}")
 
     def _check_parts(self) -> None:
         """:class:`InputError` unless every part is an instance of its spec class (a dict of

@@ -105,12 +105,13 @@ def test_auto_reduction_picks_gram_only_where_it_is_smaller():
         RunSpec(solver=SolverSpec(reduction="fast")).validate()
 
 
-@pytest.mark.parametrize(("loss", "bias", "need"), [("mse", "none", 4), ("mse", "free", 4),
+@pytest.mark.parametrize(("loss", "bias", "need"), [("mse", "none", 12), ("mse", "free", 12),
                                                     ("ce", "none", 3), ("ce", "free", 3)])
 def test_gram_below_its_width_is_refused_and_from_it_follows_the_parameters(loss, bias, need):
-    """K = 4, n = 2 over t = 1000: a forced Gram form with d below gram_min_dim (K for MSE,
-    K - 1 for CE) is refused (its flow left rank d and found a wider model's optimum: fn 0.814
-    against 0.564 at MSE d = 2); at d = gram_min_dim it ends where the parameter flow does."""
+    """K = 4, n = 2 over t = 1000: a forced Gram form with d below gram_min_dim (N + K for
+    MSE, K - 1 for CE) is refused (its flow left rank d and found a wider model's optimum: fn
+    0.814 against 0.564 at MSE d = 2); at d = gram_min_dim it ends where the parameter flow
+    does."""
     from ncsim.spec import gram_min_dim
 
     def spec(d, reduction):
@@ -120,8 +121,8 @@ def test_gram_below_its_width_is_refused_and_from_it_follows_the_parameters(loss
                        solver=SolverSpec(t_end=1000.0, records=10, reduction=reduction))
 
     assert gram_min_dim(spec(need, "gram").model) == need
-    with pytest.raises(InputError, match=rf"^reduction 'gram' needs d >= {need} \(K for MSE, "
-                                         rf"K - 1 for CE\), got d = {need - 1}: .* use "
+    with pytest.raises(InputError, match=rf"^reduction 'gram' needs d >= {need} \(N \+ K for "
+                                         rf"MSE, K - 1 for CE\), got d = {need - 1}: .* use "
                                          r"reduction 'none' or 'auto'$"):
         spec(need - 1, "gram").validate()
     gram = simulate(spec(need, "gram").validate(), theory=False).runs.iloc[0]
@@ -130,9 +131,33 @@ def test_gram_below_its_width_is_refused_and_from_it_follows_the_parameters(loss
     assert gram["final_objective"] == pytest.approx(plain["final_objective"], rel=1e-8)
 
 
+@pytest.mark.parametrize(("lw", "lh", "eta_w", "refused"), [
+    (0.0, 0.01, 1.0, True), (0.01, 0.0, 1.0, True), (0.01, 0.01, 5.0, True),
+    (0.01, 0.01, 1.0, False)])
+def test_ce_gram_below_full_rank_needs_decays_and_equal_time_scales(lw, lh, eta_w, refused):
+    """CE, K = 3, n = 3 (N + K = 12), d = 3: with a zero decay or eta_W != eta_H the forced
+    Gram form is refused (eta_W = 5 at decays 0.01 ended 1.1e-2 off in fn at t = 40); with
+    both decays and equal time scales it follows the parameters; at d = N + K anything goes."""
+    from ncsim.spec import TimeScale
+
+    def spec(d):
+        return RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=3, dim=d),
+                       reg=Regularization(lambda_w=lw, lambda_h=lh),
+                       time_scale=TimeScale(eta_w=eta_w),
+                       solver=SolverSpec(reduction="gram"))
+
+    if refused:
+        with pytest.raises(InputError, match=r"below d = N \+ K = 12 needs lambda_w > 0, "
+                                             r"lambda_h > 0 and eta_w = eta_h"):
+            spec(3).validate()
+    else:
+        spec(3).validate()
+    spec(12).validate()
+
+
 def test_auto_never_takes_gram_below_its_width():
-    """'auto' picks the Gram form only where its state is smaller (d > N + K - NK / (N + K)),
-    which lies above gram_min_dim for every K, n and loss."""
+    """'auto' picks the Gram form only where its state is smaller and d >= N + K, which is at
+    least gram_min_dim for every K, n and loss."""
     from ncsim.spec import gram_min_dim
 
     for loss in ("mse", "ce"):
@@ -145,7 +170,7 @@ def test_auto_never_takes_gram_below_its_width():
 
 
 def _pair(loss, bias, dtype="float64", reduction="gram", **solver):
-    model = ModelSpec(loss=loss, bias=bias, classes=3, per_class=(2, 3, 2), dim=6)
+    model = ModelSpec(loss=loss, bias=bias, classes=3, per_class=(2, 3, 2), dim=10)  # N + K
     settings = {"t_end": 40.0, "records": 15, "rtol": 1e-11, "atol": 1e-13, "gtol": 0.0,
                 **solver}
     specs = [RunSpec(model=model,

@@ -278,6 +278,15 @@ class _Batch:
             return self.reduced.grad_norm(state, self.penalties)
         return (velocity / self.eta).double().norm(dim=1)
 
+    def objective_values(self, states: torch.Tensor) -> np.ndarray:
+        """Objective f (R,) of one state per run of the batch (R, P), float64 on the host."""
+        pen = self.penalties.select(torch.arange(states.shape[0], device=states.device))
+        if self.reduced is not None:
+            _, objective = self.reduced.value(states, pen, None)
+        else:
+            _, objective = self.objective.value(states, pen)
+        return objective.double().cpu().numpy()
+
     def record(self, states: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
         """Recorded quantities (M, Q) of states (M, P) belonging to runs (M,)."""
         pen = self.penalties.select(runs)
@@ -291,8 +300,10 @@ class _Batch:
         return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
 
 
-def _status(code: int, has_onset: bool, vanishing: bool) -> str:
-    if code == DIVERGED:
+def _status(code: int, has_onset: bool, vanishing: bool, rose: bool = False) -> str:
+    """Run status from the integrator's stop code, the onset, the vanishing rule and whether
+    the objective ended above its start (``rose``: no gradient flow does that)."""
+    if code == DIVERGED or rose:
         return "diverged"
     if code == STALLED:
         return "stalled"
@@ -303,6 +314,14 @@ def _status(code: int, has_onset: bool, vanishing: bool) -> str:
     if code == MAX_STEPS:
         return "max_steps"
     return "not_collapsed"
+
+
+def _objective_rose(start: float, end: float) -> bool:
+    """Whether the objective ended above its start beyond integration error (1e-3 relative):
+    a gradient flow never raises it (df/dt = -sum eta |grad f|^2), so such a run was
+    integrated unstably (gradient descent past its stability limit, a far too loose
+    tolerance)."""
+    return end > start + 1e-3 * abs(start) + 1e-12
 
 
 def _in_input_order(frames: list[pd.DataFrame], positions: list[np.ndarray]) -> pd.DataFrame:
@@ -353,6 +372,8 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
     all_runs = torch.arange(len(ids), device=batch.device)
     final = record_in_blocks(batch.record, flow.final_state, all_runs,
                              record_block(batch.device)).cpu().numpy()
+    f_index = q_index["objective"]
+    f_start = batch.objective_values(batch.y0)
     onset = batch.onset
     rows = []
     for i, (spec, rid) in enumerate(zip(batch.specs, ids)):
@@ -362,7 +383,8 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
                                    onset.threshold, onset.stay, onset.interpolate)
         fn_all = np.append(fn_series, final[i, q_index["fn"]])
         vanishing = is_vanishing(fn_all, spec.solver.vanish_tol)
-        status = _status(int(flow.code[i]), math.isfinite(when), vanishing)
+        status = _status(int(flow.code[i]), math.isfinite(when), vanishing,
+                         _objective_rose(f_start[i], final[i, f_index]))
         if status == "vanishing":  # a crossing while every norm vanishes is no onset
             when = fn_on = math.nan
         row = {"run_id": rid, **spec.to_row(), "status": status,

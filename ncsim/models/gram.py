@@ -15,9 +15,10 @@ closes on the inner products S = W H (K, N), A = W W^T (K, K) and B = H^T H (N, 
 Z = S + b 1^T, the penalties only tr A and tr B, and every neural-collapse metric is a function
 of inner products of the features h_i and the classifier rows w_c, so the whole simulation runs
 on (S, A, B, b): K N + K^2 + N^2 (+ K) numbers per run instead of d (N + K) (+ K). It pays off
-when d > N + K roughly. It follows the parameter flow for d >= K (K - 1 for CE); below that a
-rounding error outside rank d grows, and the flow drifts to a wider model's optimum
-(:func:`ncsim.spec.gram_min_dim`, checked by ``RunSpec.validate``).
+when d > N + K roughly. It is the parameter flow for d >= N + K, where the Gram has full rank;
+below that a rounding error outside rank d is a wider model's state, which can grow and take
+the flow elsewhere. CE is followed from d = K - 1 with both decays > 0 and eta_W = eta_H; MSE
+needs N + K (:func:`ncsim.spec.gram_min_dim`, checked by ``RunSpec.validate``).
 
 The flat state of R runs is (R, P) with blocks "Z" = S (K, N), "A" (K, K), "B" (N, N) and "b"
 (K,) when the model has a bias (see :func:`gram_layout`). A and B are integrated as full
@@ -37,7 +38,7 @@ from ncsim.models.layout import StateLayout
 from ncsim.models.losses import logit_gradient, loss_value
 from ncsim.models.ufm import Penalties, labels_for, state_layout
 from ncsim.products import bmm, matmul
-from ncsim.spec import REDUCTIONS, InitSpec, ModelSpec
+from ncsim.spec import REDUCTIONS, InitSpec, ModelSpec, gram_full_rank_dim
 
 __all__ = ["REDUCTIONS", "GramObjective", "gram_layout", "gram_size", "initial_gram_state",
            "use_gram"]
@@ -61,13 +62,15 @@ def use_gram(model: ModelSpec, reduction: str) -> bool:
     """Whether a batch of ``model`` runs in Gram space under ``reduction``.
 
     "gram" forces it (one-layer UFM only), "none" never; "auto" picks it for the one-layer UFM
-    when the Gram state is smaller than the d-space state (roughly d > N + K).
+    when the Gram state is smaller than the d-space state and d >= N + K, where it is exact
+    for any decays and time scales (:func:`ncsim.spec.gram_full_rank_dim`).
     """
     if reduction == "none" or model.kind != "ufm" or model.depth != 1:
         return False
     if reduction == "gram":
         return True
-    return gram_size(model) < state_layout(model).size
+    return (gram_size(model) < state_layout(model).size
+            and model.dim >= gram_full_rank_dim(model))
 
 
 def initial_gram_state(model: ModelSpec, inits: list[InitSpec]) -> Tensor:
