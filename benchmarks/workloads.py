@@ -4,7 +4,8 @@
   (lambda_W, lambda_H) log-spaced in [1e-4, 3e-2]^2, 200 log-spaced records; CPU 8x8, T = 2e4;
   GPU 64x64, T = 5e3, in float32 and float64.
 - W2 wide: UFM-MSE and UFM-CE, K = 10, n = 20, d in (32, 256, 1024, 4096), init scale
-  0.1 sqrt(32/d): the Gram form against the d-space form.
+  0.1 sqrt(32/d): the Gram form against the d-space form (MSE from d = N + K = 210 on, where
+  the Gram form is allowed for MSE: ``ncsim.spec.gram_min_dim``).
 - W2n many samples: UFM-MSE, K = 10, d = 32, n per class in (20, 100, 500, 2000): the
   class-means form against the d-space form.
 - W3 large: K = 100, n = 50, d = 512, 16 runs: throughput of the right-hand side.

@@ -218,7 +218,8 @@ def _model_options(func):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--reduction", type=_choice(REDUCTIONS), default="auto", show_default=True,
               help="State of the one-layer UFM: none (H, W, b), gram (Z, WW^T, H^TH; cost "
-                   "independent of d; needs d >= N + K for MSE, K - 1 for CE), classes (MSE "
+                   "independent of d; needs d >= N + K, or for CE d >= K - 1 with both decays "
+                   "> 0 and eta_w = eta_h), classes (MSE "
                    "only: class means, deviation propagator, W, b; cost independent of n), "
                    "auto (the cheapest that applies).")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
@@ -267,6 +268,12 @@ def simulate(**options: Any) -> None:
         click.echo(f"note: {stalled} run(s) stalled: the adaptive steps chatter at a kink of the "
                    "flow (ReLU-type activations); integrate them with a fixed step, e.g. "
                    "--solver rk4 --dt 0.5 (or --solver gd)", err=True)
+    at_rest = _stopped_at_rest_uncollapsed(result.runs)
+    if at_rest:
+        click.echo(f"note: {at_rest} run(s) stopped at rest before t_end without collapsing "
+                   "(|grad f| <= gtol): a stationary point, possibly a saddle such as the "
+                   "origin that a tiny init starts next to; give --gtol 0 to follow them to "
+                   "t_end", err=True)
     if options["out"] is not None:
         write_simulation(result, options["out"], options["table_format"], specs)
     if options["fmt"] == "json":
@@ -276,6 +283,12 @@ def simulate(**options: Any) -> None:
         click.echo(json.dumps(to_jsonable({"runs": rows})))
     else:
         click.echo(format_run_table(result.runs))
+
+
+def _stopped_at_rest_uncollapsed(runs: Any) -> int:
+    """Runs of the run table that are `not_collapsed` but stopped before t_end (at rest)."""
+    early = runs["t_final"] < runs["solver_t_end"] * (1.0 - 1e-12)
+    return int(((runs["status"] == "not_collapsed") & early).sum())
 
 
 def format_run_table(runs) -> str:

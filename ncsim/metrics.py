@@ -353,12 +353,26 @@ def nc1_trace_from_stats(stats: ClassStats) -> Tensor:
     return torch.where(tr_b > 0, within / tr_b, _over_zero_spread(within, stats.mean_noise))
 
 
+# Above this many R K^2 p terms the pair distances come from a float64 Gram: the difference
+# kernel runs at ~1.4 GFLOP/s on the CPU (cdnv 14 -> 120 ms at R = 64, K = 100, p = 256).
+_DIRECT_PAIR_TERMS = 2**22
+
+
 def _pair_sq_dist(mbar: Tensor, noise: Tensor) -> Tensor:
-    """(R, K, K) squared distances |mu_c - mu_c'|^2, from the differences themselves (no
-    Gram: close means keep their digits); exact 0 where a distance is not above 4 ``noise``."""
-    dist = torch.cdist(mbar, mbar, compute_mode="donot_use_mm_for_euclid_dist")
-    resolved = dist > 4.0 * noise.unsqueeze(-1).unsqueeze(-1)
-    return dist.square() * resolved.to(dist.dtype)
+    """(R, K, K) squared distances |mu_c - mu_c'|^2; exact 0 where a distance is not above
+    4 ``noise``. From the differences themselves up to :data:`_DIRECT_PAIR_TERMS` (close means
+    keep their digits); beyond, from the Gram of the centred means in float64 (relative error
+    ~1e-16 (|mu_c|^2 + |mu_c'|^2) / |mu_c - mu_c'|^2)."""
+    r, k, p = mbar.shape
+    if r * k * k * p <= _DIRECT_PAIR_TERMS:
+        dist2 = torch.cdist(mbar, mbar, compute_mode="donot_use_mm_for_euclid_dist").square()
+    else:
+        m64 = mbar.to(torch.float64)
+        g = m64 @ m64.transpose(-1, -2)
+        d = torch.diagonal(g, dim1=-2, dim2=-1)
+        dist2 = (d.unsqueeze(-1) + d.unsqueeze(-2) - 2.0 * g).clamp_min(0.0).to(mbar.dtype)
+    resolved = dist2 > (4.0 * noise.unsqueeze(-1).unsqueeze(-1)) ** 2
+    return dist2 * resolved.to(dist2.dtype)
 
 
 def cdnv_from_stats(stats: ClassStats) -> Tensor:

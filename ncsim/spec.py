@@ -349,9 +349,10 @@ class SolverSpec:
     t_first : first non-zero record time (default min(1e-2, t_end / 10)).
     max_steps : cap on the step attempts of a run (accepted and rejected alike); status
         "max_steps" when it is reached before t_end.
-    gtol : steady state: a run stops when |grad f|_2 <= gtol and its state is not growing away
-        (theta . theta' <= 1e-6 |theta|^2 per unit time: a small init near the origin's saddle
-        has a tiny gradient too, but is leaving). At rest an explicit method's
+    gtol : steady state: a run stops when |grad f|_2 <= gtol. A start within gtol of a
+        stationary point stops there too: an init at scale ~1e-10 near the origin's saddle
+        stops at once as ``not_collapsed`` (``ncsim simulate`` notes it); give gtol = 0 to
+        follow such runs to t_end. At rest an explicit method's
         steps sit at its stability limit, so |grad f| settles on a noise floor of about
         rtol x (largest curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a
         gtol below that floor never stops a run early (it then runs to t_end).

@@ -156,3 +156,19 @@ def test_tolerances_default_to_the_dtype_s_usual_pair(dtype, rtol, atol):
                    "--format", "json", "--no-progress"])
     (row,) = json.loads(result.stdout)["runs"]
     assert (row["solver_rtol"], row["solver_atol"]) == (2e-5, 3e-7)
+
+
+def test_a_run_stopped_at_rest_without_collapsing_is_noted():
+    """An init at scale 1e-10 next to the origin's saddle has |grad f| <= gtol at once: the run
+    stops as not_collapsed after one step, and the command says so on stderr with the way out
+    (--gtol 0, with which the same run collapses)."""
+    args = ["simulate", "--loss", "ce", "-K", "4", "-n", "3", "-d", "8", "--lambda-w", "1e-3",
+            "--lambda-h", "1e-3", "--init-scale", "1e-10", "--t-end", "2000", "--records", "30",
+            "--no-theory", "--format", "json"]
+    stopped = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert "1 run(s) stopped at rest before t_end without collapsing" in stopped.stderr
+    assert "--gtol 0" in stopped.stderr
+    assert json.loads(stopped.stdout)["runs"][0]["status"] == "not_collapsed"
+    followed = CliRunner().invoke(cli, [*args, "--gtol", "0"], catch_exceptions=False)
+    assert "stopped at rest" not in followed.stderr
+    assert json.loads(followed.stdout)["runs"][0]["status"] == "ok"

@@ -190,3 +190,36 @@ def test_zero_feature_dimension_and_numpy_p():
                    torch.zeros(1, 2, 0, dtype=torch.float64))
     acc = StreamingNC(np.int64(3), np.int64(5))
     assert (acc.K, acc.p) == (3, 5) and isinstance(acc.p, int)
+
+
+def test_gram_float32_nc1_keeps_its_digits_for_full_rank_means():
+    """The float32 Gram-state nc1 of well-spread means stays within 1e-5 of the float64 value
+    (a rounding floor from the Gram's sqrt(eps) noise raised delta and put it 1.3e-3 off)."""
+    k, n, d = 10, 20, 256
+    model = ModelSpec(kind="ufm", loss="ce", bias="none", classes=k, per_class=n, dim=d)
+    gram = GramObjective(model, "cpu", torch.float32)
+    y = gram.labels
+    rng = np.random.default_rng(4)
+    h = rng.normal(size=(k, d))[y.numpy()] + 0.5 * rng.normal(size=(k * n, d))
+    w = rng.normal(size=(k, d))
+    want = float(nc_metrics(torch.as_tensor(h).unsqueeze(0), y, k,
+                            torch.as_tensor(w).unsqueeze(0))["nc1"][0])
+    h32 = torch.as_tensor(h.T, dtype=torch.float32).unsqueeze(0)
+    w32 = torch.as_tensor(w, dtype=torch.float32).unsqueeze(0)
+    got = float(gram.metrics(gram.from_parameters(h32, w32, None))["nc1"][0])
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_cdnv_of_large_batches_from_the_float64_gram_agrees(monkeypatch):
+    """Past the direct-difference budget the pair distances come from a float64 Gram: cdnv
+    agrees with the direct path to 1e-12 (float64) and 1e-6 (float32 features)."""
+    import ncsim.metrics as metrics
+
+    k, p = 12, 16
+    h, y, w = _run(k, p, 5, seed=9)
+    for dtype, rel in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        direct = _metrics(h, y, k, w, dtype)["cdnv"]
+        monkeypatch.setattr(metrics, "_DIRECT_PAIR_TERMS", 0)
+        gram = _metrics(h, y, k, w, dtype)["cdnv"]
+        monkeypatch.undo()
+        assert gram == pytest.approx(direct, rel=rel), dtype

@@ -112,22 +112,6 @@ def _error_scale(solver: SolverSpec) -> Callable[[torch.Tensor], torch.Tensor]:
     return scale
 
 
-# A state growing at a relative rate above this (1/t) is leaving a stationary point (a small
-# init near the origin's saddle), however small its gradient: it is not at rest.
-_ESCAPE_RATE = 1e-6
-
-
-def _at_rest(grad_norm: GradNorm, y: torch.Tensor, k: torch.Tensor, gtol: float
-             ) -> torch.Tensor:
-    """(R,) bool: |grad f| <= gtol and the state (R, P) is not growing away from where it is,
-    y . k <= 1e-6 |y|^2 with k its velocity. Near a saddle the gradient is as small as the
-    state (an init at scale 1e-10 stopped after one step, `not_collapsed`, where the flow
-    collapses at t = 24); there |y| grows at a finite rate, while near a minimum its rate
-    is ~|grad f| / |y| and a run decaying to a minimum at the origin shrinks (y . k < 0)."""
-    radial = (y * k).sum(1)
-    return (grad_norm(y, k) <= gtol) & ~(radial > _ESCAPE_RATE * (y * y).sum(1))
-
-
 def _peak(x: torch.Tensor) -> torch.Tensor:
     """max_i |x_i| per run (R,) of ``x`` (R, P); NaN when a row holds a NaN, inf when it holds
     an inf. Two reductions without a temporary: on the CPU ``isfinite(x).all(1)`` takes ~8x
@@ -491,7 +475,7 @@ class _Chunk:
             code = _mark(code, accept & (t >= solver.t_end), DONE)
             if not self.host_free and solver.gtol > 0:
                 # free steps grow fast: test the steady state at every step (no sync on CPU)
-                steady = accept & (code == RUNNING) & _at_rest(self.gnorm, y, k1, solver.gtol)
+                steady = accept & (code == RUNNING) & (self.gnorm(y, k1) <= solver.gtol)
                 code = _mark(code, steady, STEADY)
             # NaN included: a NaN step (a NaN velocity at the initial state) is a failure
             tiny = ~(dt >= 1e-13 * torch.clamp(t, min=1.0))
@@ -644,7 +628,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         run_chunk()
         rec.flush()
         code = sub["code"]
-        steady = (code == RUNNING) & _at_rest(gnorm, sub["y"], sub["k1"], solver.gtol)
+        steady = (code == RUNNING) & (gnorm(sub["y"], sub["k1"]) <= solver.gtol)
         code = _mark(code, steady, STEADY)
         # A step-size controller that rejects one step for every two it accepts, over a
         # thousand rejections, is chattering at a discontinuity of the velocity (a ReLU kink
@@ -736,7 +720,7 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
         if n_steps >= total:
             code = _mark(code, code == RUNNING, DONE)
         k = velocity(y)
-        steady = (code == RUNNING) & _at_rest(grad_norm, y, k, solver.gtol)
+        steady = (code == RUNNING) & (grad_norm(y, k) <= solver.gtol)
         code = _mark(code, steady, STEADY)
         if n_steps >= solver.max_steps:
             code = _mark(code, code == RUNNING, MAX_STEPS)

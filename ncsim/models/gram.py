@@ -316,7 +316,7 @@ class GramObjective:
         cross = bc @ (self.centre.T @ q)  # (R, N, K-1): h_i . (Q^T Mbar)_j
         cross = cross - matmul(self.onehot.T, matmul(self.avg.T, cross))  # minus class means
         gm = q.T @ mbar_g @ q
-        value = _nc1_value(gm, cross.to(torch.float64) / n ** 0.5, noise, s.dtype).to(s.dtype)
+        value = _nc1_value(gm, cross.to(torch.float64) / n ** 0.5, s.dtype).to(s.dtype)
         unresolved = _over_zero_spread(within_energy, noise)
         nc1 = torch.where(tr_b > 0, value, unresolved)
         norms = torch.diagonal(mbar_g, dim1=1, dim2=2).clamp_min(0.0).sqrt()
@@ -378,14 +378,17 @@ def _etf_distance_gram(g: Tensor, eye: Tensor) -> Tensor:
     return torch.linalg.vector_norm(g - target, dim=(-2, -1))
 
 
-def _nc1_value(gram: Tensor, cross: Tensor, noise: Tensor, dtype: torch.dtype) -> Tensor:
+def _nc1_value(gram: Tensor, cross: Tensor, dtype: torch.dtype) -> Tensor:
     """|cross T|_F^2 with T = Re[(gram - i delta I)^{-1}], the filtered inverse of
     ``ncsim.metrics`` (p >= K - 1 branch): there B^+ ~ B^T T and Fw B^+ = (Fw B^T) T.
 
-    gram (R, K-1, K-1) = B B^T, cross (R, N, K-1) = Fw B^T (float64), noise (R,) = s_n.
+    gram (R, K-1, K-1) = B B^T, cross (R, N, K-1) = Fw B^T (float64). delta is its delta_rel
+    term alone: the rounding level of a Gram (sqrt eps, not eps) would raise it above well
+    resolved singular values (float32 nc1 went 1.3e-7 -> 1.3e-3 off at t = 0).
     """
     from ncsim.metrics import _filtered_inverse, _nc1_delta_rel
 
-    t = _filtered_inverse(gram.to(torch.float64), noise.to(torch.float64), _nc1_delta_rel(dtype))
+    no_floor = torch.zeros(gram.shape[0], dtype=torch.float64, device=gram.device)
+    t = _filtered_inverse(gram.to(torch.float64), no_floor, _nc1_delta_rel(dtype))
     y = cross @ t
     return (y * y).sum((1, 2))

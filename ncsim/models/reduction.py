@@ -17,7 +17,7 @@ def state_form(model: ModelSpec, reduction: str) -> str:
     "gram" (Z = W H, W W^T, H^T H; cost independent of d) or "classes" (class means and the
     deviation propagator; one-layer MSE only, cost independent of n).
 
-    "auto" takes gram where its state is smaller than the parameters' (roughly d > N + K),
+    "auto" takes gram where its state is smaller than the parameters' and d >= N + K,
     else classes for the one-layer MSE UFM where it needs fewer multiply-adds (4 d + 3 K < 3 N),
     else none. An explicit form is taken as asked (``RunSpec.validate`` checks it applies).
     """

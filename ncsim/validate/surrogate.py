@@ -225,7 +225,7 @@ def surrogate_spec(state: SurrogateState, lambda_w: float, lambda_h: float, t_en
     records : recorded times (log-spaced). max_steps : step budget of the integration.
 
     ``reduction = "auto"`` integrates the one-layer UFM in its cheapest exact form: the
-    Gram-space form when d > N + K roughly (cost independent of d), else the class-means form
+    Gram-space form when d >= N + K (cost independent of d), else the class-means form
     when 4 d + 3 K < 3 N (cost independent of n), else the parameters.
     """
     from ncsim import spec as sp
