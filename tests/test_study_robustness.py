@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from cli_helpers import error_line, interrupt_chunk, invoke
-from tiny_study import write_tiny_study
+from tiny_study import BROKEN_PART, write_tiny_study
 
 import ncsim.study.executors as executors
 from ncsim.errors import InputError
@@ -32,14 +32,6 @@ name = "wd"
 model = "simulated"
 [parts.grid]
 lambda = [2e-2, 4e-2]
-"""
-
-BROKEN_PART = """
-[[parts]]
-name = "broken"
-model = "trained"
-dataset = "mnist"
-epochs = [1, 1]
 """
 
 

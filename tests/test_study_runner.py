@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tiny_study import write_tiny_study
+from tiny_study import BROKEN_PART, write_tiny_study
 
 from ncsim.study.runner import run_study
 from ncsim.study.spec import load_study
@@ -47,14 +47,7 @@ def test_run_then_rerun_recomputes_nothing(tmp_path):
 
 
 def test_failed_run_is_recorded_and_not_retried(tmp_path):
-    extra = """
-[[parts]]
-name = "broken"
-model = "trained"
-dataset = "mnist"
-epochs = [1, 1]
-"""
-    study = load_study(_spec(tmp_path, 2, extra=extra))
+    study = load_study(_spec(tmp_path, 2, extra=BROKEN_PART))
     out = tmp_path / "out"
     summary = run_study(study, out, progress=False)
     assert summary.failed == 1 and summary.total == 3

@@ -38,6 +38,16 @@ seed = [0]
 """
 
 
+# A trained part whose runs fail (MNIST is not on the machine: nothing is downloaded).
+BROKEN_PART = """
+[[parts]]
+name = "broken"
+model = "trained"
+dataset = "mnist"
+epochs = [1, 1]
+"""
+
+
 def write_tiny_study(folder: Path, seeds: int = 2, chunk: int = 2, t_end: float = 300.0,
                      records: int = 40, rtol: float = 1e-5, extra: str = "") -> Path:
     """Write the study as ``folder / "tiny.toml"`` (``extra``: TOML appended) and return the
