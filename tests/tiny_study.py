@@ -38,7 +38,7 @@ seed = [0]
 """
 
 
-# A trained part whose runs fail (MNIST is not on the machine: nothing is downloaded).
+# A trained part whose runs fail: MNIST is read from a local folder (--data-root) not given here.
 BROKEN_PART = """
 [[parts]]
 name = "broken"
