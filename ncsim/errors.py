@@ -34,3 +34,16 @@ def is_finite_number(value: Any) -> bool:
     not)."""
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
+
+
+def listed(values: Any, limit: int = 5) -> str:
+    """Up to ``limit`` values, comma-separated, and how many more there are (for messages)."""
+    items = [str(v) for v in values]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (for messages)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ncsim.errors import InputError, is_finite_number, is_integer, require
+from ncsim.errors import InputError, is_finite_number, is_integer, require, short_repr
 
 MODELS = ("ufm", "deep")
 ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "gelu", "silu")
@@ -561,9 +561,8 @@ class RunSpec:
         for item in dataclasses.fields(self):
             value, kind = getattr(self, item.name), _PART_TYPES[item.name]
             if not isinstance(value, kind):
-                shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
                 raise InputError(f"RunSpec {item.name} must be a {kind.__name__}, got "
-                                 f"{type(value).__name__} {shown}; build it as "
+                                 f"{type(value).__name__} {short_repr(value)}; build it as "
                                  f"{kind.__name__}(...), e.g. RunSpec({item.name}="
                                  f"{kind.__name__}())")
 

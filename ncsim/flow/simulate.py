@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ncsim.errors import InputError, is_integer, require
+from ncsim.errors import InputError, is_integer, listed, require, short_repr
 from ncsim.flow.integrate import (
     DIVERGED,
     MAX_STEPS,
@@ -128,12 +128,9 @@ class SimulationResult:
         return self.final_states[run]
 
 
-def _some_ids(ids: list[str], shown: int = 5) -> str:
-    """The first ``shown`` run ids, comma separated, with how many more there are."""
-    if not ids:
-        return "none (the result holds no final states)"
-    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
-    return ", ".join(ids[:shown]) + more
+def _some_ids(ids: list[str]) -> str:
+    """The first run ids, comma separated, with how many more there are."""
+    return listed(ids) if ids else "none (the result holds no final states)"
 
 
 def run_id(spec: RunSpec) -> str:
@@ -493,7 +490,7 @@ def _run_specs(specs: object) -> list[RunSpec]:
         specs = [specs]
     elif isinstance(specs, (str, bytes, Mapping)) or not isinstance(specs, Iterable):
         raise InputError(f"simulate takes a RunSpec or a list of RunSpecs, got "
-                         f"{type(specs).__name__} {_short_repr(specs)}; build each run as "
+                         f"{type(specs).__name__} {short_repr(specs)}; build each run as "
                          "RunSpec(model=ModelSpec(...), reg=Regularization(...), ...)")
     runs = list(specs)
     require(len(runs) > 0, "simulate got an empty list of runs; give a RunSpec or a list of at "
@@ -501,16 +498,10 @@ def _run_specs(specs: object) -> list[RunSpec]:
     for i, spec in enumerate(runs):
         if not isinstance(spec, RunSpec):
             raise InputError(f"simulate takes RunSpecs, but item {i} of the list is a "
-                             f"{type(spec).__name__} {_short_repr(spec)}; wrap it in a RunSpec, "
+                             f"{type(spec).__name__} {short_repr(spec)}; wrap it in a RunSpec, "
                              "e.g. RunSpec(model=ModelSpec(...))")
         spec.validate()
     return runs
-
-
-def _short_repr(value: object, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def simulate(

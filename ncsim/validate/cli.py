@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ncsim.cli_errors import check_out_folder, handle_errors
-from ncsim.errors import InputError, require
+from ncsim.errors import InputError, listed, require
 from ncsim.io import to_jsonable
 
 FORMATS = ("table", "json")
@@ -54,11 +54,9 @@ def _note_missing_fn_star(runs: pd.DataFrame) -> None:
     missing = runs[runs["status"].eq("collapsed") & runs["fn_star"].isna()]
     if missing.empty:
         return
-    names = ", ".join(str(r) for r in missing["run"].head(5))
-    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
     click.echo(f"note: {len(missing)} collapsed run(s) have no fn at their onset record, so no "
-               f"fn* ({names}{more}); they are left out of the fn* statistics and the lead-time "
-               "fit", err=True)
+               f"fn* ({listed(missing['run'])}); they are left out of the fn* statistics and the "
+               "lead-time fit", err=True)
 
 
 @click.group(name="validate")

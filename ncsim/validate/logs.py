@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ncsim.errors import InputError
+from ncsim.errors import InputError, listed
 
 #: paper column -> trajectory column
 PAPER_COLUMNS = {
@@ -153,13 +153,6 @@ def _not_numbers(values: pd.Series, numbers: pd.Series) -> np.ndarray:
     return numbers.isna().to_numpy(bool) & ~blank
 
 
-def _listed(values: object, limit: int = 4) -> str:
-    """Up to ``limit`` values, comma-separated, with how many more there are."""
-    items = list(values)
-    shown = ", ".join(str(v) for v in items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
 def _phases(values: pd.Series, log: str, allowed: tuple[int, ...] | None) -> pd.arrays.IntegerArray:
     """Training phases as nullable integers (blanks -> <NA>).
 
@@ -171,7 +164,7 @@ def _phases(values: pd.Series, log: str, allowed: tuple[int, ...] | None) -> pd.
     hint = _PHASE_HINT_NCSIM if allowed is None else _PHASE_HINT_PAPER
     text = _not_numbers(values, numbers)
     if text.any():
-        found = _listed(repr(v) for v in pd.unique(values[text].astype(str)))
+        found = listed((repr(v) for v in pd.unique(values[text].astype(str))), limit=4)
         raise InputError(f"log {log}: phase values {found} are not phase numbers; {hint}")
     fractional = numbers.notna() & (numbers != numbers.round())
     if fractional.any():
@@ -181,7 +174,7 @@ def _phases(values: pd.Series, log: str, allowed: tuple[int, ...] | None) -> pd.
     known = numbers.dropna()
     bad = known[~known.isin(allowed)] if allowed is not None else known[known < 0]
     if len(bad):
-        found = _listed(int(v) for v in pd.unique(bad))
+        found = listed((int(v) for v in pd.unique(bad)), limit=4)
         raise InputError(f"log {log}: phase values {found} are not allowed; {hint}")
     return pd.array(numbers, dtype="Int64")
 
@@ -238,7 +231,7 @@ def _check_phase_blanks(out: pd.DataFrame, log: str, names: dict[str, str],
             hint = _PHASE_HINT_NCSIM if allowed is None else _PHASE_HINT_PAPER
             raise InputError(f"{_where(log, run_id)}: phase is blank on {int(blank.sum())} of "
                              f"{blank.size} records ({names['time']} "
-                             f"{_listed(f'{t:g}' for t in times)}); {hint}")
+                             f"{listed((f'{t:g}' for t in times), limit=4)}); {hint}")
 
 
 def _drop_repeated_records(out: pd.DataFrame, log: str, names: dict[str, str]) -> pd.DataFrame:
