@@ -79,6 +79,7 @@ Degenerate values (IEEE conventions, no clamping, never an exception):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -95,6 +96,7 @@ __all__ = [
     "StreamingNC",
     "cdnv",
     "cdnv_from_stats",
+    "cdnv_of_pairs",
     "class_mean_norm",
     "class_statistics",
     "feature_norm",
@@ -173,10 +175,11 @@ class ClassStats:
         """Number of classes."""
         return self.means.shape[-2]
 
-    @property
+    @functools.cached_property
     def means_centred(self) -> Tensor:
         """(R, K, p) centred class means Mbar = mu_c - mu_G; exact zeros for a run whose
-        |Mbar|_F is not above 4 ``mean_noise`` (no between-class spread resolved)."""
+        |Mbar|_F is not above 4 ``mean_noise`` (no between-class spread resolved). Computed
+        once per statistics object."""
         m = self.means - self.global_mean.unsqueeze(-2)
         resolved = (m * m).sum((-2, -1)) > (4.0 * self.mean_noise) ** 2
         return m * resolved.to(m.dtype).unsqueeze(-1).unsqueeze(-1)  # NaN stays NaN
@@ -289,17 +292,19 @@ def _complement_basis(z: Tensor) -> Tensor:
     return h[:, 1:]
 
 
-def _filtered_inverse(gram: Tensor, noise: Tensor, delta_rel: float) -> Tensor:
+def _filtered_inverse(gram: Tensor, delta_rel: float, noise: Tensor | None = None) -> Tensor:
     """(R, m, m) T = Re[(G - i delta I)^{-1}] = G (G^2 + delta^2 I)^{-1} of a PSD Gram G.
 
     ``gram`` (R, m, m) float64; ``noise`` (R,) rounding level s_n of the factor whose Gram it
-    is (same units as its singular values). delta as in the module docstring; no host sync.
+    is (same units as its singular values), or None for no rounding floor. delta as in the
+    module docstring; no host sync.
     """
     m = gram.shape[-1]
     delta_rel = max(delta_rel, 16.0 * m * torch.finfo(torch.float64).eps)
     tr = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
-    noise_floor = 10.0 * noise.to(tr.dtype) ** 1.5 * tr.clamp_min(0.0) ** 0.25
-    delta = torch.maximum(delta_rel * tr, noise_floor)
+    delta = delta_rel * tr
+    if noise is not None:
+        delta = torch.maximum(delta, 10.0 * noise.to(tr.dtype) ** 1.5 * tr.clamp_min(0.0) ** 0.25)
     eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
     shifted = torch.complex(gram, -delta.unsqueeze(-1).unsqueeze(-1) * eye)
     inverse, _ = torch.linalg.inv_ex(shifted)  # info unread: no sync
@@ -311,8 +316,8 @@ def _soft_pinv(b: Tensor, delta_rel: float, noise: Tensor) -> Tensor:
     b64 = b.to(torch.float64)
     bt = b64.transpose(-1, -2)
     if b.shape[-1] >= b.shape[-2]:
-        return bt @ _filtered_inverse(b64 @ bt, noise, delta_rel)
-    return _filtered_inverse(bt @ b64, noise, delta_rel) @ bt
+        return bt @ _filtered_inverse(b64 @ bt, delta_rel, noise)
+    return _filtered_inverse(bt @ b64, delta_rel, noise) @ bt
 
 
 def _over_zero_spread(within: Tensor, noise: Tensor) -> Tensor:
@@ -377,14 +382,19 @@ def _pair_sq_dist(mbar: Tensor, noise: Tensor) -> Tensor:
 
 def cdnv_from_stats(stats: ClassStats) -> Tensor:
     """CDNV averaged over the K(K-1)/2 class pairs; see :func:`cdnv`. Returns (R,)."""
-    K = stats.K
     dist2 = _pair_sq_dist(stats.means_centred, stats.mean_noise)
-    var = stats.class_var
-    num = 0.5 * (var.unsqueeze(-1) + var.unsqueeze(-2))
-    iu = torch.triu_indices(K, K, offset=1, device=var.device)
+    return cdnv_of_pairs(stats.class_var, dist2, stats.mean_noise)
+
+
+def cdnv_of_pairs(class_var: Tensor, dist2: Tensor, noise: Tensor) -> Tensor:
+    """(R,) mean over pairs c < c' of (Var_c + Var_c') / (2 dist2_cc'), from the per-class
+    variances (R, K) and squared mean distances (R, K, K) (0 where not resolved: then inf, or
+    NaN when the variances are at the rounding level ``noise`` (R,) too)."""
+    k = class_var.shape[-1]
+    num = 0.5 * (class_var.unsqueeze(-1) + class_var.unsqueeze(-2))
+    iu = torch.triu_indices(k, k, offset=1, device=class_var.device)
     num, dist2 = num[..., iu[0], iu[1]], dist2[..., iu[0], iu[1]]
-    noise = stats.mean_noise.unsqueeze(-1)
-    ratio = torch.where(dist2 > 0, num / dist2, _over_zero_spread(num, noise))
+    ratio = torch.where(dist2 > 0, num / dist2, _over_zero_spread(num, noise.unsqueeze(-1)))
     return ratio.mean(-1)
 
 

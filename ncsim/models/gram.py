@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-from ncsim.metrics import METRIC_NAMES, _over_zero_spread
+from ncsim.metrics import METRIC_NAMES, _over_zero_spread, cdnv_of_pairs
 from ncsim.models.init import draws_gram_factor, gram_factor, initial_state
 from ncsim.models.layout import StateLayout
 from ncsim.models.losses import logit_gradient, loss_value
@@ -345,11 +345,7 @@ class GramObjective:
         dist2 = (torch.diagonal(mbar_g, dim1=1, dim2=2).unsqueeze(-1)
                  + torch.diagonal(mbar_g, dim1=1, dim2=2).unsqueeze(-2) - 2.0 * mbar_g)
         dist2 = dist2 * (dist2 > 16.0 * noise2.view(-1, 1, 1)).to(s.dtype)
-        num = 0.5 * (class_var.unsqueeze(-1) + class_var.unsqueeze(-2))
-        iu = torch.triu_indices(k, k, offset=1, device=s.device)
-        num, dist2 = num[:, iu[0], iu[1]], dist2[:, iu[0], iu[1]]
-        cdnv = torch.where(dist2 > 0, num / dist2,
-                           _over_zero_spread(num, noise.unsqueeze(-1))).mean(-1)
+        cdnv = cdnv_of_pairs(class_var, dist2, noise)
         out = {
             "fn": fn,
             "nc1": nc1,
@@ -388,7 +384,6 @@ def _nc1_value(gram: Tensor, cross: Tensor, dtype: torch.dtype) -> Tensor:
     """
     from ncsim.metrics import _filtered_inverse, _nc1_delta_rel
 
-    no_floor = torch.zeros(gram.shape[0], dtype=torch.float64, device=gram.device)
-    t = _filtered_inverse(gram.to(torch.float64), no_floor, _nc1_delta_rel(dtype))
+    t = _filtered_inverse(gram.to(torch.float64), _nc1_delta_rel(dtype))
     y = cross @ t
     return (y * y).sum((1, 2))
