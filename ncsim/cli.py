@@ -255,6 +255,7 @@ def _model_options(func):
 def simulate(**options: Any) -> None:
     """Integrate one run or a grid (every numeric option takes 1e-4..1e-1:16 ranges)."""
     from ncsim.flow import simulate as run_simulation
+    from ncsim.flow import stopped_at_rest
     from ncsim.results import write_simulation
     from ncsim.threads import bounded_threads
 
@@ -268,7 +269,7 @@ def simulate(**options: Any) -> None:
         click.echo(f"note: {stalled} run(s) stalled: the adaptive steps chatter at a kink of the "
                    "flow (ReLU-type activations); integrate them with a fixed step, e.g. "
                    "--solver rk4 --dt 0.5 (or --solver gd)", err=True)
-    at_rest = _stopped_at_rest_uncollapsed(result.runs)
+    at_rest = int(stopped_at_rest(result.runs).sum())
     if at_rest:
         click.echo(f"note: {at_rest} run(s) stopped at rest before t_end without collapsing "
                    "(|grad f| <= gtol): a stationary point, possibly a saddle such as the "
@@ -283,12 +284,6 @@ def simulate(**options: Any) -> None:
         click.echo(json.dumps(to_jsonable({"runs": rows})))
     else:
         click.echo(format_run_table(result.runs))
-
-
-def _stopped_at_rest_uncollapsed(runs: Any) -> int:
-    """Runs of the run table that are `not_collapsed` but stopped before t_end (at rest)."""
-    early = runs["t_final"] < runs["solver_t_end"] * (1.0 - 1e-12)
-    return int(((runs["status"] == "not_collapsed") & early).sum())
 
 
 def format_run_table(runs) -> str:

@@ -351,7 +351,8 @@ class SolverSpec:
         "max_steps" when it is reached before t_end.
     gtol : steady state: a run stops when |grad f|_2 <= gtol. A start within gtol of a
         stationary point stops there too: an init at scale ~1e-10 near the origin's saddle
-        stops at once as ``not_collapsed`` (``ncsim simulate`` notes it); give gtol = 0 to
+        stops at once as ``not_collapsed`` (``ncsim.flow.stopped_at_rest`` finds such runs in a
+        run table; ``ncsim simulate`` notes them); give gtol = 0 to
         follow such runs to t_end. At rest an explicit method's
         steps sit at its stability limit, so |grad f| settles on a noise floor of about
         rtol x (largest curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a

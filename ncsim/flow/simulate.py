@@ -297,6 +297,14 @@ class _Batch:
         return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
 
 
+def stopped_at_rest(runs: pd.DataFrame) -> pd.Series:
+    """(runs,) bool of a run table: `not_collapsed` runs that stopped before t_end because
+    |grad f| <= gtol, at a stationary point that need not be a minimum (a tiny init next to the
+    origin's saddle stops at once; ``SolverSpec(gtol=0)`` follows such runs to t_end)."""
+    early = runs["t_final"] < runs["solver_t_end"] * (1.0 - 1e-12)
+    return (runs["status"] == "not_collapsed") & early
+
+
 def _status(code: int, has_onset: bool, vanishing: bool, rose: bool = False) -> str:
     """Run status from the integrator's stop code, the onset, the vanishing rule and whether
     the objective ended above its start (``rose``: no gradient flow does that)."""
