@@ -275,23 +275,25 @@ class _Batch:
             return self.reduced.grad_norm(state, self.penalties)
         return (velocity / self.eta).double().norm(dim=1)
 
+    def _value(self, states: torch.Tensor, runs: torch.Tensor) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+        """(data loss (M,), objective f (M,)) of states (M, P) belonging to runs (M,)."""
+        pen = self.penalties.select(runs)
+        if self.reduced is not None:
+            return self.reduced.value(states, pen, runs)
+        return self.objective.value(states, pen)
+
     def objective_values(self, states: torch.Tensor) -> np.ndarray:
         """Objective f (R,) of one state per run of the batch (R, P), float64 on the host."""
-        pen = self.penalties.select(torch.arange(states.shape[0], device=states.device))
-        if self.reduced is not None:
-            _, objective = self.reduced.value(states, pen, None)
-        else:
-            _, objective = self.objective.value(states, pen)
-        return objective.double().cpu().numpy()
+        runs = torch.arange(states.shape[0], device=states.device)
+        return self._value(states, runs)[1].double().cpu().numpy()
 
     def record(self, states: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
         """Recorded quantities (M, Q) of states (M, P) belonging to runs (M,)."""
-        pen = self.penalties.select(runs)
+        loss, objective = self._value(states, runs)
         if self.reduced is not None:
-            loss, objective = self.reduced.value(states, pen, runs)
             values = self.reduced.metrics(states, runs)
         else:
-            loss, objective = self.objective.value(states, pen)
             feats, weights, bias = self.objective.penultimate(states)
             values = nc_metrics(feats, self.objective.labels, self.model.classes, weights, bias)
         return torch.stack([loss, objective, *(values[k] for k in METRIC_NAMES)], dim=1)
