@@ -305,7 +305,7 @@ def test_depth_supports_non_monotonic_series(tmp_path, figdir):
     sec = depth(study, pd.concat([runs, mlp], ignore_index=True), linear_traj([]), figdir)
     assert sec.verdict == "supports"
     assert sec.reason.startswith("non-monotonic in 2 of 3 series: ")
-    assert "deep_linear {'init_scale': '0.3'}: onset 100, 50, 80, 120 at depth 1, 2, 3, 4" \
+    assert "deep_linear (init_scale = 0.3): onset 100, 50, 80, 120 at depth 1, 2, 3, 4" \
         in sec.reason
     by = {(s["part"], str(s["setting"])): s for s in sec.numbers["series"]}
     low = by[("deep_linear", "{'init_scale': '0.3'}")]

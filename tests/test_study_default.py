@@ -31,6 +31,10 @@ def test_weight_decay_report_shows_regimes_and_lambda_crit(default_run):
     for regime in ("slow", "optimal", "prevents"):
         assert regime in text
     assert "theory" in text and "figures/wd_heatmap_ufm_2d.png" in text
+    # the grid's diagonal series is named as such, the others by their lambda_h
+    assert "e.g. ufm_2d (lambda_h = lambda_w): regimes slow slow slow optimal prevents" in text
+    assert "| ufm_2d | lambda_h = lambda_w | slow slow slow optimal prevents prevents |" in text
+    assert "| ufm_2d | lambda_h = 0.001 |" in text
 
 
 def test_report_command_rewrites_the_report(default_run):
@@ -40,3 +44,16 @@ def test_report_command_rewrites_the_report(default_run):
     result = CliRunner().invoke(main, ["study", "report", str(default_run)])
     assert result.exit_code == 0, result.output
     assert (default_run / "report.md").exists()
+
+
+def test_trained_part_crosses_the_threshold_in_phase_two(default_run):
+    """The quick trained part starts uncollapsed and shows its crossing (not a blind smoke test)."""
+    runs = pd.read_parquet(default_run / "runs.parquet")
+    trained = runs[runs["part"] == "mlp_real"].sort_values("weight_decay")
+    assert len(trained) == 3
+    assert not trained["onset_at_phase_start"].astype(bool).any()
+    assert list(trained["status"]) == ["ok", "ok", "vanishing"]
+    phase_one_epochs = 40
+    assert (trained["onset_time"].iloc[:2] > phase_one_epochs).all()
+    text = (default_run / "report.md").read_text()
+    assert "| mlp_real | all runs | slow optimal prevents | True |" in text

@@ -95,6 +95,17 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def setting_text(setting: dict[str, str]) -> str:
+    """A series' setting of the other axes for the report: "lambda_h = 0.001, depth = 2";
+    "all runs" when the series has no other axis."""
+    return ", ".join(f"{k} = {v}" for k, v in setting.items()) or "all runs"
+
+
+def series_label(part: str, setting: dict[str, str]) -> str:
+    """A part and its series' setting: "deep_linear (init_scale = 0.3)", or the part alone."""
+    return f"{part} ({setting_text(setting)})" if setting else part
+
+
 def _parts(runs: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(runs["part"])) if "part" in runs else []
 
@@ -415,7 +426,8 @@ def depth(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) ->
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     tested = [s for s in series if "non_monotonic" in s]
     listing = "; ".join(
-        f"{s['part']} {s['setting']}: onset {', '.join(fmt(v) for v in s['onsets'])} at depth "
+        f"{series_label(s['part'], s['setting'])}: onset "
+        f"{', '.join(fmt(v) for v in s['onsets'])} at depth "
         f"{', '.join(map(str, s['depths']))}" for s in tested)
     tables = [("onset time and fn* per depth", table)]
     numbers = {"series": series}
@@ -667,6 +679,8 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                          _figure(fig, figdir, f"wd_heatmap_{part}")))
             diag = sub[np.isclose(sub["lambda_w"], sub["lambda_h"])]
             series = _lambda_series(diag, "lambda_w", []) if len(diag) else []
+            for s in series:
+                s["setting"] = {"lambda_h": "lambda_w"}  # the diagonal of the grid
             series += _lambda_series(sub, "lambda_w", ["lambda_h"])
         elif "lambda" in axes and "depth" in axes:
             marks = {}
@@ -701,7 +715,7 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                             "onset_time_theory", "theory_phase")
                 if c in sub and sub[c].notna().any()]
         tables.append((f"{part}: runs", sub[cols]))
-    table = pd.DataFrame([{"part": s["part"], "setting": str(s["setting"]),
+    table = pd.DataFrame([{"part": s["part"], "setting": setting_text(s["setting"]),
                            "regimes": " ".join(s["regimes"]), "three_regimes": s["three_regimes"],
                            "last_collapsed": s["last_collapsed"],
                            "first_prevented": s["first_prevented"],
@@ -720,7 +734,7 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     example = good[0] if good else (all_series[0] if all_series else None)
     detail = ""
     if example is not None:
-        detail = (f"e.g. {example['part']} {example['setting']}: regimes "
+        detail = (f"e.g. {series_label(example['part'], example['setting'])}: regimes "
                   f"{' '.join(example['regimes'])} over lambda "
                   f"{', '.join(fmt(v) for v in example['lambdas'])}; last collapsed "
                   f"{fmt(example['last_collapsed'])}, first prevented "
