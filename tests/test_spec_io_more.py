@@ -198,7 +198,7 @@ def test_shipped_quick_variants_merge_defaults_and_replace_named_axes_only():
     arch = {d.part: d.params for d in load_study("arch_dataset", quick=True).runs()}
     assert (arch["mnist1d"]["dataset"], arch["mnist1d"]["separation"],
             arch["mnist1d"]["data_dim"]) == ("gaussian", 10.0, 8)
-    assert arch["fashion_mnist"]["separation"] == 20.0
+    assert arch["fashion_mnist"]["separation"] == 8.0
 
 
 @pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
