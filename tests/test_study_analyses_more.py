@@ -572,8 +572,22 @@ def test_grid_without_replicates_is_inconclusive(tmp_path, figdir):
     """One seed per cell: the interaction is measured but not tested, inconclusive."""
     study = load(tmp_path, "grid", part_toml("a", seed=[0]))
     sec = grid(study, grid_runs(interaction_cells(0.2), (0.0,)), linear_traj([]), figdir)
-    assert sec.verdict == "inconclusive" and "no replicate seeds" in sec.reason
+    assert sec.verdict == "inconclusive"
+    assert sec.reason.endswith("; the interaction test needs 2 or more collapsed seeds per cell "
+                               "(one in mlp x a, mlp x b, resnet20 x a, resnet20 x b)")
     assert sec.numbers["interaction_rms_log"] == pytest.approx(0.2)
+    assert "interaction_F" not in sec.numbers
+
+
+def test_grid_names_the_cell_without_a_replicate(tmp_path, figdir):
+    """Two seeds per cell but one collapsed in mlp x a: the test is not run, and the reason
+    names that cell only."""
+    study = load(tmp_path, "grid", part_toml("a", seed=[0, 1]))
+    offsets = {k: (-0.01, 0.01) for k in interaction_cells(0.2)}
+    offsets[("mlp", "a")] = (0.0,)
+    sec = grid(study, grid_runs(interaction_cells(0.2), offsets), linear_traj([]), figdir)
+    assert sec.verdict == "inconclusive"
+    assert sec.reason.endswith("(one in mlp x a)")
     assert "interaction_F" not in sec.numbers
 
 

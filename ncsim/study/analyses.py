@@ -880,13 +880,15 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
     effects = {c: float(full[c].iloc[-1] / full[c].iloc[0] - 1) for c in full.columns}
     numbers = {"architecture_effect": effects,
                "interaction_rms_log": float(np.sqrt((inter ** 2).mean()))}
-    groups = [g["fn_at_onset"].to_numpy(float) for _, g in
-              ok.groupby(["arch_label", "dataset_label"])]
+    by_cell = {key: g["fn_at_onset"].to_numpy(float) for key, g in
+               ok.groupby(["arch_label", "dataset_label"])}
+    groups = list(by_cell.values())
     text = "architecture effect " + ", ".join(f"{c}: {100 * e:+.0f}%" for c, e in
                                               effects.items())
-    if min(len(g) for g in groups) < 2:
-        return Section("inconclusive", text + "; no replicate seeds for the interaction test",
-                       numbers, tables, figs)
+    single = [f"{a} x {d}" for (a, d), g in by_cell.items() if len(g) < 2]
+    if single:
+        return Section("inconclusive", text + "; the interaction test needs 2 or more collapsed "
+                       f"seeds per cell (one in {', '.join(single)})", numbers, tables, figs)
     # interaction F test on log fn*: the interaction above against within-cell noise
     within = sum(((np.log(g) - np.log(g).mean()) ** 2).sum() for g in groups)
     df_within = sum(len(g) - 1 for g in groups)
