@@ -21,6 +21,7 @@ class _Numpy:
     exp = staticmethod(np.exp)
     log = staticmethod(np.log)
     log1p = staticmethod(np.log1p)
+    expm1 = staticmethod(np.expm1)
     sqrt = staticmethod(np.sqrt)
     maximum = staticmethod(np.maximum)
     minimum = staticmethod(np.minimum)
@@ -41,6 +42,7 @@ class _Torch:
     exp = staticmethod(torch.exp)
     log = staticmethod(torch.log)
     log1p = staticmethod(torch.log1p)
+    expm1 = staticmethod(torch.expm1)
     sqrt = staticmethod(torch.sqrt)
     maximum = staticmethod(torch.maximum)
     minimum = staticmethod(torch.minimum)
@@ -81,6 +83,13 @@ def broadcast(*values: Any) -> tuple[Any, ...]:
     return tuple(np.broadcast_arrays(*arrays))
 
 
+def _opposite(a: Array, b: Array) -> Array:
+    """Whether a and b are of opposite sign or one is 0 (a b <= 0 without forming the product,
+    which underflows to 0 for two values below 1e-154 and would then count as a sign change);
+    False where either is NaN."""
+    return ((a <= 0) & (b >= 0)) | ((a >= 0) & (b <= 0))
+
+
 def bisect(f: Callable[[Array], Array], lo: Array, hi: Array, iters: int = 200) -> Array:
     """Root of ``f`` in [lo, hi] by vectorised bisection; needs f(lo) and f(hi) of opposite sign.
 
@@ -90,12 +99,12 @@ def bisect(f: Callable[[Array], Array], lo: Array, hi: Array, iters: int = 200) 
     """
     xp = namespace(lo, hi)
     flo, fhi = f(lo), f(hi)
-    ok = (flo * fhi) <= 0
+    ok = _opposite(flo, fhi)
     lo, hi = lo * 1.0, hi * 1.0
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         fm = f(mid)
-        left = (flo * fm) <= 0
+        left = _opposite(flo, fm)
         hi = xp.where(left, mid, hi)
         lo = xp.where(left, lo, mid)
         flo = xp.where(left, flo, fm)

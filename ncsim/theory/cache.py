@@ -6,7 +6,10 @@ with its theory columns, each study worker. :func:`derivation` keeps a derivatio
 a dict of sympy expressions, as a pickle file named after the function and a key of
 
 - the bytes of every source file of :mod:`ncsim.theory` (a changed derivation, or a changed
-  symbol it builds on, is a new key),
+  symbol it builds on, is a new key), read once when this module is imported, i.e. the
+  sources of the code the process runs (a key read at the first derivation would name the
+  files on disk then: a long-lived process, such as a study worker, whose sources are edited
+  or upgraded under it would file its old derivation under the new sources' key),
 - the sympy version and the Python version (the pickle's classes).
 
 The folder is ``$NCSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/ncsim``, else ``~/.cache/ncsim``;
@@ -51,6 +54,9 @@ def source_key() -> str:
         digest.update(path.read_bytes())
     digest.update(f"sympy {sp.__version__} python {sys.version_info[:2]}".encode())
     return digest.hexdigest()[:20]
+
+
+source_key()  # the key of the sources being imported, not of whatever is on disk later
 
 
 def cache_file(func: Derivation) -> Path | None:

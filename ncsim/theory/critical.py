@@ -150,9 +150,11 @@ def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Ar
     """Per-factor amplitude a_u below which a balanced aligned init flows to the origin.
 
     Equal decays lambda on all M = depth + 1 factors. MSE: the lower root of
-    (s - a^M) a^(M-2) = N lambda (certified bisection on [0, x_max]); CE: the lower root of
-    psi(sigma) = lambda, a_u = sigma_u^(1/M). Returns 0 for depth 1 (the origin is a saddle
-    below lambda_crit) and NaN where no non-zero critical point exists (everything vanishes).
+    (s - a^M) a^(M-2) = N lambda (certified bisection in [0, x_max], on a bracket of bounded
+    ratio, so accurate to rounding down to the smallest decays); CE: the lower root of
+    psi(sigma) = lambda, a_u = sigma_u^(1/M) (solved in a). Returns 0 for depth 1 (the origin
+    is a saddle below lambda_crit) and NaN where no non-zero critical point exists (everything
+    vanishes).
     Raises :class:`InputError` for an unknown loss, a bad depth, K or n, or a decay that is not a
     finite number >= 0.
     """
@@ -165,13 +167,31 @@ def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Ar
     if depth == 1:
         return xp.where(lam < 1 / (K * xp.sqrt(n)), 0.0 * K, xp.full_like(K, float("nan")))
     s, N = xp.sqrt(n), K * n
+    # The bisection runs on a bracket [lo, hi] with hi / lo bounded (about 2^(1/(M-2)) for
+    # MSE, ((e^(sig_m/s) + K - 1) / K)^(1/(M-2)) for CE), so that the root is resolved to
+    # rounding for every decay; a bracket [0, x_max] would resolve it only to x_max 2^-200 in
+    # absolute terms (wrong digits for a decay below ~1e-20, where the root is that small).
     if loss == "mse":
         x_max = (s * (M - 2) / (2 * (M - 1))) ** (1.0 / M)
-        root = bisect(lambda a: a ** (M - 2) * (s - a ** M) / N - lam, 0.0 * K, x_max)
-        return root
+        # on [0, x_max]: s M / (2(M-1)) <= s - a^M <= s, so the root a satisfies
+        # N lam / s <= a^(M-2) <= 2(M-1)/M N lam / s
+        # (the bounds widened by 0.1%: at the bounds themselves the sign rounds either way)
+        hi = xp.minimum(x_max, 1.001 * (2 * (M - 1) / M * N * lam / s) ** (1.0 / (M - 2)))
+        lo = xp.minimum(hi, 0.999 * (N * lam / s) ** (1.0 / (M - 2)))
+        return bisect(lambda a: a ** (M - 2) * (s - a ** M) / N - lam, lo, hi)
     sig_m, _ = modes.ce_psi_max(K, n, M)
-    root = bisect(lambda v: modes._ce_psi(v, K, n, M) - lam, 0.0 * K, sig_m)
-    return root ** (1.0 / M)
+    # in the amplitude a = sigma^(1/M) (sigma itself underflows for a tiny decay):
+    # psi(a^M) = a^(M-2) / (s (e^(a^M / s) + K - 1)); on [0, sig_m] K <= e^(a^M/s) + K - 1 <=
+    # e^(sig_m/s) + K - 1, so the root satisfies lam s K <= a^(M-2) <= lam s (e^(sig_m/s) + K - 1)
+    with np.errstate(over="ignore"):
+        top = lam * s * (xp.exp(sig_m / s) + K - 1)
+    hi = xp.minimum(sig_m ** (1.0 / M), 1.001 * top ** (1.0 / (M - 2)))
+    lo = xp.minimum(hi, 0.999 * (lam * s * K) ** (1.0 / (M - 2)))
+
+    def psi_minus_lam(a: Array) -> Array:
+        return a ** (M - 2) / (s * (xp.exp(a ** M / s) + K - 1)) - lam
+
+    return bisect(psi_minus_lam, lo, hi)
 
 
 def critical_table(loss: str, bias: str, K: int, n: int, depth: int, ratio: float = 1.0

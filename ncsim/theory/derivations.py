@@ -34,8 +34,9 @@ def derivations(loss: str, depth: int = 1, bias: str = "none") -> dict[str, sp.E
         d = deep.derive_ce()
         out.update({k: d[k] for k in ["objective", "stationarity", "Lambda_of_sigma"]})
     if depth == 1:
-        out.update({k: dyn[k] for k in ["growth_rate", "logistic", "half_time",
-                                         "nc1_rate_early", "nc1_rate_late"]})
+        out.update({k: dyn[k] for k in ["growth_rate", "growth_rate_evaluated", "logistic",
+                                         "logistic_evaluated", "half_time", "nc1_rate_early",
+                                         "nc1_rate_early_evaluated", "nc1_rate_late"]})
     else:
         out["escape_asymptotic"] = dyn["escape_asymptotic"]
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 import sympy as sp
@@ -30,6 +31,7 @@ from ncsim.theory.equilibrium import (
     check_classes,
     check_decays,
     check_finite_numbers,
+    geometric_mean,
 )
 
 z_inf, r_sym, u_sym = sp.symbols("z_inf r u", positive=True)
@@ -63,9 +65,34 @@ def derive() -> dict[str, sp.Expr]:
     lin, quad_ = rhs.coeff(S.z, 1), rhs.coeff(S.z, 2)
     rate = sp.simplify(lin / 2)
     limit = sp.simplify(-lin / quad_)
+    assert sp.simplify(limit - S.N * rate) == 0  # z_inf = N r
+    # the growth rate and early NC1 rate as evaluated: mu = -(lW + lH)/2 + root/2 and
+    # 2(lH + mu) = lH - lW + root cancel where lW >> lH (mu ~ g^2/lW, root ~ lW); rationalised,
+    # mu = 2(g - Lambda)(g + Lambda)/(lW + lH + root) and, for lW > lH,
+    # 2(lH + mu) = 4 g^2/(lW - lH + root); g = 1/(K sqrt n) and Lambda = sqrt(lW lH) (a symbol,
+    # evaluated as the equilibria's geometric mean) as in the threshold test Lambda <
+    # Lambda_crit, so that mu is 0 exactly where that test is a tie
+    g2 = (sp.sqrt(S.n) / S.N) ** 2
+    g_ = 1 / (S.K * sp.sqrt(S.n))
+    root = sp.sqrt((S.lam_w - S.lam_h) ** 2 + 4 * g2)
+    mu_eval = 2 * (g_ - S.Lam) * (g_ + S.Lam) / (S.lam_w + S.lam_h + root)
+    early_eval = 4 * g2 / (S.lam_w - S.lam_h + root)
+    assert sp.simplify(sp.radsimp(mu_eval.subs(S.Lam, sp.sqrt(S.lam_w * S.lam_h))
+                                  - mu_ufm)) == 0
+    assert sp.simplify(sp.radsimp(early_eval - 2 * (S.lam_h + mu_ufm))) == 0
     (t_half,) = sp.solve(sp.Eq(zt, z_inf / 2), S.t)
     tau = sp.Symbol("tau", positive=True)
     z_int = sp.simplify(sp.integrate(zt.subs(S.t, tau), (tau, 0, S.t)))
+    # the forms that are evaluated (:func:`logistic`, :func:`logistic_integral`): z_inf = N r,
+    # and E = (1 - e^(-2 r t)) / r = 2 t exprel(-2 r t) (finite at r = 0; exprel(x) =
+    # (e^x - 1)/x), so that neither overflows at large r t nor cancels near r = 0
+    e_fac = (1 - sp.exp(-2 * r_sym * S.t)) / r_sym
+    z_stable = S.z0 * S.N / (S.N * sp.exp(-2 * r_sym * S.t) + S.z0 * e_fac)
+    assert sp.simplify(z_stable - zt.subs(z_inf, S.N * r_sym)) == 0
+    int_stable = S.N / 2 * (2 * r_sym * S.t + sp.log(sp.exp(-2 * r_sym * S.t)
+                                                      + S.z0 * e_fac / S.N))
+    assert sp.simplify(sp.expand_log(int_stable - z_int.subs(z_inf, S.N * r_sym),
+                                     force=True)) == 0
     a0 = sp.Symbol("a_0", positive=True)
     s_ = sp.Symbol("s", positive=True)
     Nn = sp.Symbol("N", positive=True)
@@ -75,7 +102,11 @@ def derive() -> dict[str, sp.Expr]:
         "jacobian": J,
         "growth_rate_g": mu,
         "growth_rate": sp.simplify(mu_ufm),
+        "growth_rate_evaluated": mu_eval,
+        "nc1_rate_early_evaluated": early_eval,
         "logistic": zt,
+        "logistic_evaluated": z_stable,
+        "z_integral_evaluated": int_stable,
         "logistic_rate": rate,
         "logistic_limit": limit,
         "half_time": sp.simplify(t_half),
@@ -91,6 +122,8 @@ def _fn(name: str):
     d = derive()
     args = {
         "growth_rate": [S.K, S.n, S.lam_w, S.lam_h],
+        "growth_rate_evaluated": [S.K, S.n, S.lam_w, S.lam_h, S.Lam],
+        "nc1_rate_early_evaluated": [S.K, S.n, S.lam_w, S.lam_h],
         "logistic": [S.t, S.z0, z_inf, r_sym],
         "logistic_rate": [S.K, S.n, S.lam],
         "logistic_limit": [S.K, S.n, S.lam],
@@ -124,23 +157,49 @@ def growth_rate(K: Array, n: Array, lambda_w: Array, lambda_h: Array, depth: int
     require(is_integer(depth) and depth >= 1, f"depth must be an integer >= 1, got {depth!r}")
     K, n, lw, lh = _checked(["K", "n", "lambda_w", "lambda_h"], [K, n, lambda_w, lambda_h])
     xp = namespace(K)
-    if depth == 1:
-        return _fn("growth_rate")(K, n, lw, lh)
+    if depth == 1:  # the rationalised form (derive()["growth_rate_evaluated"])
+        return _fn("growth_rate_evaluated")(K, n, lw, lh, geometric_mean(xp, [lw, lh]))
     return -xp.minimum(lw, lh)
+
+
+def _exprel(xp: Any, x: Array) -> Array:
+    """(e^x - 1) / x, 1 at x = 0 (inf for x > 709)."""
+    nonzero = x != 0
+    safe = xp.where(nonzero, x, xp.full_like(x, 1.0))
+    with np.errstate(over="ignore"):
+        return xp.where(nonzero, xp.expm1(safe) / safe, xp.full_like(x, 1.0))
+
+
+def _logistic_parts(t: Array, z0: Array, K: Array, n: Array, lam: Array
+                    ) -> tuple[Any, Array, Array, Array, Array]:
+    """(xp, t, z0, N, 2 r t) broadcast, with r the logistic rate (``derive()``)."""
+    K, n, lam = _checked(["K", "n", "lam"], [K, n, lam])
+    t, z0, K, n, lam = broadcast_inputs(["t", "z0", "K", "n", "lam"], [t, z0, K, n, lam])
+    xp = namespace(t)
+    r = _fn("logistic_rate")(K, n, lam)
+    return xp, t, z0, K * n, 2 * r * t
 
 
 def logistic(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
     """z(t) = sigma(WH) of a mode from a balanced aligned init z0 (MSE, lambda_W = lambda_H).
 
+    Evaluated as z0 N / (N e^(-2rt) + 2 z0 t exprel(-2rt)) (``derive()["logistic_evaluated"]``,
+    the logistic with z_inf = N r): finite for every t (z -> z_inf = N r for r > 0, -> 0 for
+    r <= 0), exact at the critical decay (r = 0: z0 / (1 + 2 z0 t / N)) and free of
+    cancellation near it.
+
     Raises :class:`InputError` for K, n, lam as :func:`growth_rate`."""
-    _checked(["K", "n", "lam"], [K, n, lam])
-    r = _fn("logistic_rate")(K, n, lam)
-    zi = _fn("logistic_limit")(K, n, lam)
-    return _fn("logistic")(t, z0, zi, r)
+    xp, t, z0, N, x = _logistic_parts(t, z0, K, n, lam)
+    with np.errstate(over="ignore"):
+        return z0 * N / (N * xp.exp(-x) + 2 * z0 * t * _exprel(xp, -x))
 
 
 def logistic_half_time(z0: Array, K: Array, n: Array, lam: Array) -> Array:
     """t_1/2 = ln(z_inf/z0 - 1) / (2 r): time at which the mode reaches half its limit.
+
+    Negative where z_inf / 2 < z0 < z_inf (the half point lies before t = 0); NaN where the
+    mode never passes z_inf / 2: z0 >= z_inf (it falls towards z_inf from above) or
+    lambda >= lambda_crit (r <= 0, z_inf <= 0: it falls to 0).
 
     Raises :class:`InputError` for K, n, lam as :func:`growth_rate`."""
     _checked(["K", "n", "lam"], [K, n, lam])
@@ -152,19 +211,33 @@ def logistic_half_time(z0: Array, K: Array, n: Array, lam: Array) -> Array:
 def logistic_integral(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
     """int_0^t z(tau) dtau of the logistic mode (closed form).
 
+    Evaluated as (N/2) log1p(2 z0 t exprel(2rt) / N), and where 2rt > 700 (exprel would
+    overflow) as (N/2) (2rt + log(e^(-2rt) + 2 z0 t exprel(-2rt) / N))
+    (``derive()["z_integral_evaluated"]``): finite for every t and exact at r = 0.
+
     Raises :class:`InputError` for K, n, lam as :func:`growth_rate`."""
-    _checked(["K", "n", "lam"], [K, n, lam])
-    r = _fn("logistic_rate")(K, n, lam)
-    zi = _fn("logistic_limit")(K, n, lam)
-    return _fn("z_integral")(t, z0, zi, r)
+    xp, t, z0, N, x = _logistic_parts(t, z0, K, n, lam)
+    up = x > 700.0
+    with np.errstate(over="ignore", invalid="ignore"):  # the branch not taken may overflow
+        grown = x + xp.log(xp.exp(-xp.where(up, x, -x)) + 2 * z0 * t * _exprel(xp, -x) / N)
+        small = xp.log1p(2 * z0 * t * _exprel(xp, xp.where(up, -x, x)) / N)
+    return N / 2 * xp.where(up, grown, small)
 
 
 def nc1_rates(K: Array, n: Array, lambda_w: Array, lambda_h: Array) -> tuple[Array, Array]:
     """(early, late) exponential decay rates of NC1: 2(lambda_H + mu) and 2 lambda_H.
 
+    The early rate is evaluated as 2(lambda_H + mu) where lambda_H >= lambda_W and as
+    4 g^2 / (lambda_W - lambda_H + root) (``derive()["nc1_rate_early_evaluated"]``, the same
+    number without the cancellation of lambda_H + mu) where lambda_W > lambda_H.
+
     Raises :class:`InputError` for bad input as :func:`growth_rate`."""
     mu = growth_rate(K, n, lambda_w, lambda_h)
-    return 2 * (lambda_h + mu), 2 * np.asarray(lambda_h, dtype=float) + 0 * mu
+    K, n, lw, lh = broadcast_inputs(["K", "n", "lambda_w", "lambda_h"],
+                                    [K, n, lambda_w, lambda_h])
+    xp = namespace(mu)
+    early = xp.where(lw > lh, _fn("nc1_rate_early_evaluated")(K, n, lw, lh), 2 * (lh + mu))
+    return early, 2 * lh + 0 * mu
 
 
 def escape_time_asymptotic(K: Array, n: Array, a0: Array, depth: int) -> Array:
