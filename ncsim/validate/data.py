@@ -16,13 +16,16 @@ Available:
 Every dataset is returned as float32 inputs of shape (N, C, *spatial) (images (N, C, H, W),
 signals and vectors (N, 1, L)) and int64 labels (N,). Balanced subsets keep ``per_class``
 samples of each class, chosen by a seeded permutation (deterministic). Inputs are normalised
-per channel with the training-set mean and std.
+per channel with the mean and std of the training samples kept (the subset's, not the full
+set's). Gzip-compressed IDX files are recognised by their first bytes; a missing, damaged or
+truncated file is an :class:`~ncsim.errors.InputError` naming it.
 """
 
 from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,25 +65,63 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------- file readers
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into a numpy array of its stored shape."""
+#: the first two bytes of every gzip stream (RFC 1952)
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read_bytes(path: Path, hint: str) -> bytes:
+    """The bytes of ``path``, decompressed when it is a gzip stream (named ``.gz`` or not).
+
+    A file that cannot be read, or a damaged or truncated gzip stream, is an
+    :class:`InputError` naming the file.
+    """
+    tail = f"; {hint}" if hint else ""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise InputError(f"cannot read {path} ({err.strerror or type(err).__name__})"
+                         f"{tail}") from None
+    if data[:2] != GZIP_MAGIC:
+        require(path.suffix != ".gz", f"{path} is named .gz but is not gzip-compressed; "
+                f"replace it with the original download or drop the .gz suffix{tail}")
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
+        raise InputError(f"{path} is a damaged or truncated gzip file ({err}); replace it "
+                         f"with an intact copy{tail}") from None
+
+
+def read_idx(path: str | Path, hint: str = "") -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a numpy array of its stored shape.
+
+    Parameters
+    ----------
+    path : the file; gzip streams are recognised by their first bytes (``.gz`` or not).
+    hint : what to do about a bad file, appended to the error message ("" = nothing).
+
+    Raises
+    ------
+    InputError : naming the file, when it cannot be read, is a damaged gzip stream, is not an
+        IDX file, or its data do not match its header's shape.
+    """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    require(len(data) >= 4 and data[0] == 0 and data[1] == 0, f"{path} is not an IDX file")
+    tail = f"; {hint}" if hint else ""
+    data = _read_bytes(path, hint)
+    require(len(data) >= 4 and data[0] == 0 and data[1] == 0, f"{path} is not an IDX file{tail}")
     kinds = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    require(data[2] in kinds, f"{path}: unknown IDX element type {data[2]:#x}")
+    require(data[2] in kinds, f"{path}: unknown IDX element type {data[2]:#x}{tail}")
     ndim = data[3]
     start = 4 + 4 * ndim
     require(len(data) >= start, f"{path}: IDX header is truncated ({ndim} dimensions need "
-            f"{start} header bytes, the file has {len(data)})")
+            f"{start} header bytes, the file has {len(data)}){tail}")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(kinds[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
-    require(len(data) - start >= expected, f"{path}: IDX file is truncated")
+    require(len(data) - start >= expected, f"{path}: IDX file is truncated{tail}")
     require(len(data) - start == expected, f"{path}: IDX file holds more data than its header's "
-            f"shape {shape} ({len(data) - start} data bytes for {expected})")
+            f"shape {shape} ({len(data) - start} data bytes for {expected}){tail}")
     return np.frombuffer(data, dtype=dtype, offset=start).reshape(shape)
 
 
@@ -97,12 +138,17 @@ def _read_idx_split(root: Path, provider: str) -> tuple[np.ndarray, ...]:
         raise InputError(f"dataset folder {root} does not exist; {provider}")
     out = []
     for split in ("train", "t10k"):
-        images = read_idx(_find_idx(root, f"{split}-images-idx3-ubyte", provider))
-        labels = read_idx(_find_idx(root, f"{split}-labels-idx1-ubyte", provider))
-        require(images.ndim >= 1 and labels.ndim == 1 and images.shape[0] == labels.shape[0],
-                f"{root}: {split}-images holds {images.shape[0] if images.ndim else 0} images "
-                f"but {split}-labels holds {labels.shape[0] if labels.ndim else 0} labels; use "
-                "image and label files of the same set")
+        image_path = _find_idx(root, f"{split}-images-idx3-ubyte", provider)
+        images = read_idx(image_path, provider)
+        label_path = _find_idx(root, f"{split}-labels-idx1-ubyte", provider)
+        labels = read_idx(label_path, provider)
+        require(images.ndim == 3, f"{image_path} holds an array of shape {images.shape}, not "
+                f"images (N, rows, columns); {provider}")
+        require(labels.ndim == 1, f"{label_path} holds an array of shape {labels.shape}, not "
+                f"labels (N,); {provider}")
+        require(images.shape[0] == labels.shape[0],
+                f"{root}: {split}-images holds {images.shape[0]} images but {split}-labels "
+                f"holds {labels.shape[0]} labels; use image and label files of the same set")
         out += [images, labels]
     return tuple(out)
 
@@ -121,15 +167,19 @@ CIFAR_PIXELS = 3 * 32 * 32
 
 
 def _load_pickle(path: Path) -> object:
-    """Unpickle one file; a damaged or foreign file is an :class:`InputError` naming it."""
-    with open(path, "rb") as handle:
-        try:
+    """Unpickle one file; an unreadable, damaged or foreign file is an :class:`InputError`
+    naming it."""
+    try:
+        with open(path, "rb") as handle:
             return pickle.load(handle, encoding="bytes")
-        except CORRUPT_PICKLE_ERRORS as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(f"{path} is not a readable CIFAR-10 python batch (unpickling "
-                             f"failed: {reason}); replace it with the file of the same name "
-                             f"from a fresh extract of cifar-10-python.tar.gz") from None
+    except CORRUPT_PICKLE_ERRORS as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path} is not a readable CIFAR-10 python batch (unpickling "
+                         f"failed: {reason}); replace it with the file of the same name "
+                         f"from a fresh extract of cifar-10-python.tar.gz") from None
+    except OSError as err:
+        raise InputError(f"cannot read {path} ({err.strerror or type(err).__name__}); "
+                         f"{CIFAR_HINT}") from None
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -235,22 +285,29 @@ def require_count(value: object, name: str) -> None:
             f"{value!r}")
 
 
-def balanced_subset(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+def balanced_subset(y: np.ndarray, per_class: int | None, seed: int, name: str = "per_class",
+                    where: str = "") -> np.ndarray:
     """Indices of ``per_class`` samples of each class, seeded, sorted by class; all indices in
     their order when ``per_class`` is None.
 
-    Raises InputError when a class has fewer samples than asked.
+    ``name`` and ``where`` (e.g. "digits training set") word the error. Raises InputError
+    when a class has fewer samples than asked, naming the largest count every class has.
     """
     classes = np.unique(y)
     if per_class is None:
         return np.arange(y.size)
-    require_count(per_class, "per_class")
+    require_count(per_class, name)
+    counts = {c: int(np.count_nonzero(y == c)) for c in classes}
+    short = [c for c in classes if counts[c] < per_class]
+    if short:
+        c = short[0]
+        raise InputError(f"{where + ': ' if where else ''}class {c} has {counts[c]} samples, "
+                         f"fewer than {name} = {per_class}; ask for at most "
+                         f"{min(counts.values())} per class (the smallest class)")
     gen = np.random.default_rng(seed)
     out = []
     for c in classes:
         idx = np.flatnonzero(y == c)
-        require(idx.size >= per_class,
-                f"class {c} has {idx.size} samples, fewer than per_class = {per_class}")
         out.append(np.sort(gen.permutation(idx)[:per_class]))
     return np.concatenate(out)
 
@@ -277,7 +334,8 @@ def load_dataset(
         standard set, made with its generator's seed 42; ``seed`` picks its subset).
     root : folder of the IDX / CIFAR files (mnist, cifar10; fashion_mnist defaults to the
         Debian package folder).
-    normalize : standardise each channel with the training mean and std.
+    normalize : standardise each channel with the mean and std (unbiased) of the training
+        samples kept (the subset, when ``per_class`` is given); the test set gets the same.
     classes, dim, separation : K, dimension and mean norm of the ``gaussian`` mixture.
     """
     if name not in DATASETS:
@@ -307,8 +365,10 @@ def load_dataset(
                 "--data-root DIR holding the CIFAR-10 python batches")
         arrays = read_cifar10(root)
     x_tr, y_tr, x_te, y_te = arrays
-    keep = balanced_subset(y_tr, per_class if name != "gaussian" else None, seed)
-    keep_te = balanced_subset(y_te, test_per_class, seed + 1)
+    keep = balanced_subset(y_tr, per_class if name != "gaussian" else None, seed, "per_class",
+                           f"{name} training set")
+    keep_te = balanced_subset(y_te, test_per_class, seed + 1, "test_per_class",
+                              f"{name} test set")
     x_tr = torch.as_tensor(np.asarray(x_tr[keep], dtype=np.float32))
     x_te = torch.as_tensor(np.asarray(x_te[keep_te], dtype=np.float32))
     if normalize:

@@ -13,6 +13,13 @@ Architectures: an MLP (Flatten -> [Linear -> act] x depth -> Linear; Kaiming-nor
 biases, as in arXiv 2604.00230), a small CNN (two conv blocks, one hidden Linear), and ResNet-20
 (He et al. 2016, CIFAR form: 3 stages x 3 BasicBlocks, 16/32/64 channels, 64-d pooled features;
 28x28 inputs are zero-padded to 32x32).
+
+ResNet-20's shortcuts where the shape changes are 1x1 convolutions with BatchNorm (He et al.'s
+option B): 272,474 parameters for 3 input channels, the paper's 0.272M (He et al.'s CIFAR
+networks use option A, zero-padded identities without parameters: 269,722). Grey images keep
+one input channel (272,186 parameters), where the paper repeats the grey channel three times;
+the two differ only in the stem's initial weights (a 1-channel kernel equals the sum of the
+three repeated ones, whose initial scale is sqrt(3) times larger).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncsim.errors import InputError, require
+from ncsim.errors import InputError, is_integer, require
 
 ARCHS = ("mlp", "cnn", "resnet20")
 ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "gelu", "silu")
@@ -56,8 +63,11 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, classes: int, depth: int = 5, width: int = 512,
                  act: str = "relu") -> None:
         super().__init__()
-        require(isinstance(depth, int) and depth >= 1, f"MLP depth must be >= 1, got {depth}")
-        require(isinstance(width, int) and width >= 1, f"MLP width must be >= 1, got {width}")
+        require(is_integer(depth) and depth >= 1,
+                f"MLP depth must be an integer >= 1, got {depth!r}")
+        require(is_integer(width) and width >= 1,
+                f"MLP width must be an integer >= 1, got {width!r}")
+        depth, width = int(depth), int(width)
         self.act_name = act
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = in_features
@@ -130,7 +140,8 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convs with BatchNorm; 1x1 projection when the shape changes)."""
+    """ResNet basic block (two 3x3 convs with BatchNorm; a 1x1 conv + BatchNorm projection
+    shortcut when the shape changes, option B)."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()

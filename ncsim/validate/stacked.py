@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from ncsim.errors import require
+from ncsim.errors import is_integer, require
 from ncsim.validate.data import Dataset
 from ncsim.validate.train import (
     BATCH_ORDER_OFFSET,
@@ -35,6 +35,7 @@ from ncsim.validate.train import (
     TrainResult,
     build_model,
     decayed_names,
+    log_row,
     loss_fn,
     make_optimizer,
     make_scheduler,
@@ -55,6 +56,9 @@ def check_seeds(config: TrainConfig, seeds: Sequence[int]) -> list[int]:
     """Validate ``config`` for a training of several ``seeds`` (what stacking supports, on
     every device, so that a run that works on the CPU works on a GPU); returns the seeds."""
     config.validate()
+    seeds = list(seeds)
+    require(all(is_integer(s) and s >= 0 for s in seeds),
+            f"seeds must be integers >= 0, got {seeds!r}")
     seeds = [int(s) for s in seeds]
     require(len(seeds) >= 1 and len(set(seeds)) == len(seeds),
             f"give distinct seeds, got {seeds}")
@@ -107,18 +111,8 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
     def record(phase_no: int, phase: Phase, lr: float) -> None:
         for i, c in enumerate(configs):
             model = _unstack(models[i], params, i)
-            row: dict[str, Any] = {"run_id": c.run_id, "time": float(epoch),
-                                   "time_unit": "epoch", "phase": phase_no,
-                                   "phase_loss": phase.loss, "steps": steps,
-                                   "flow_time": flow_time, "lr": lr}
-            row.update(nc_record(model, data, phase.loss, config.record_batch,
-                                          config.eval_test))
-            if row["accuracy"] < config.nc_min_accuracy:
-                from ncsim.metrics import METRIC_NAMES
-                for name in METRIC_NAMES:
-                    row[name] = float("nan")
-            row.update({"seed": c.seed, **config.labels})
-            rows[i].append(row)
+            values = nc_record(model, data, phase.loss, config.record_batch, config.eval_test)
+            rows[i].append(log_row(c, epoch, phase_no, phase, steps, flow_time, lr, values))
 
     bar = tqdm(total=config.total_epochs, disable=not progress, file=sys.stderr,
                desc=f"{config.run_id} x{S}", leave=False)

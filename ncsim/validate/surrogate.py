@@ -20,10 +20,13 @@ lambda_H/2 |H|^2 + lambda_b/2 |b|^2``):
   |G_H|^2`` with ``G_H = grad_H L`` of the surrogate (the body's neural-tangent amplification of
   the feature gradient, as one scalar) and ``eta_H lambda_H = -<v_decay, H> / |H|^2`` (the rate
   at which the body's weight decay shrinks the features: ``wd x`` the degree of homogeneity of
-  the features in the decayed parameters, so exactly ``wd`` per decayed ReLU layer in the
-  network's time t, ``K wd / 2`` per layer in ncsim time). The fractions of each velocity that
-  the fit explains (``r2_data``, ``r2_decay``) are reported: a scalar cannot describe an
-  anisotropic tangent kernel, and ``r2_data`` says how far it does.
+  the features in the decayed parameters, ``K wd / 2`` per degree in ncsim time). For a ReLU
+  MLP the decay of the last hidden layer (weight and bias) gives exactly ``wd`` in the
+  network's time t; an earlier layer gives ``wd`` only when the biases after it are zero (a
+  layer's output is homogeneous in its weight and bias, the next layer's bias is not scaled),
+  e.g. 2.98 wd, not 3 wd, for the three layers of a trained depth-3 MLP. The fractions of each
+  velocity that the fit explains (``r2_data``, ``r2_decay``) are reported: a scalar cannot
+  describe an anisotropic tangent kernel, and ``r2_data`` says how far it does.
   ``balance``: the balance identity of UFM critical points, ``lambda_W |W|_F^2 = lambda_H
   |H|_F^2``, applied to the network's final classifier and features of the same subsample,
   with ``eta_H = 1``. It gives the surrogate the network's end point but the UFM's own (1/N)

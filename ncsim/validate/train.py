@@ -14,9 +14,13 @@ Loss conventions: ``ce`` is ``nn.CrossEntropyLoss`` (mean over the batch); ``mse
 
 Tracking: every ``nc_every`` epochs, at epoch 0 and at the end of every phase, the network is put
 in eval mode and the training set is passed in batches through :class:`ncsim.metrics.StreamingNC`
-(float64; a second pass gives NC4). One row of the log (trajectory schema) holds ``run_id,
-time (epoch), time_unit, phase, steps, flow_time (sum of lr over steps, i.e. t = lr x steps),
-lr, loss, accuracy, test_accuracy, weight_norm`` and every NC metric of ``ncsim.metrics``.
+(float64; a second pass gives NC4). One row of the log (trajectory schema, in this order)
+holds ``run_id, time (epoch), time_unit, phase, loss``, every NC metric of ``ncsim.metrics``,
+``accuracy, test_accuracy, weight_norm, phase_loss, steps, flow_time`` (sum of lr over steps,
+i.e. t = lr x steps), ``lr, seed`` and the label columns (see :func:`log_row`).
+``loss`` is the phase's data loss (no weight decay) and ``accuracy`` the training accuracy, both
+from the record's eval-mode pass; ``weight_norm`` is the Euclidean norm of all parameters
+together (weights, biases, BatchNorm scales and shifts; no buffers).
 ``lr`` is the scheduler's learning rate after the record's epoch, the one the next epoch
 trains with (at epoch 0 the first epoch's; at the end of a phase the schedule's next value,
 0 for a finished cosine). With ``nc_min_accuracy`` the metric columns of
@@ -42,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncsim.errors import InputError, is_integer, require
+from ncsim.errors import InputError, is_finite_number, is_integer, require
 from ncsim.spec import require_device
-from ncsim.validate.data import Dataset
+from ncsim.validate.data import CORRUPT_PICKLE_ERRORS, Dataset
 from ncsim.validate.networks import ACTIVATIONS, ARCHS, build_network
 
 LOSSES = ("ce", "mse")
@@ -97,21 +101,24 @@ class Phase:
                 f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         require(is_integer(self.epochs) and self.epochs >= 1,
                 f"epochs per phase must be an integer >= 1, got {self.epochs!r}")
-        require(math.isfinite(self.lr) and self.lr >= 0, f"lr must be >= 0, got {self.lr}")
-        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-                f"weight decay must be a finite number >= 0, got {self.weight_decay}")
+        require(is_finite_number(self.lr) and self.lr >= 0,
+                f"lr must be a finite number >= 0, got {self.lr!r}")
+        require(is_finite_number(self.weight_decay) and self.weight_decay >= 0,
+                f"weight decay must be a finite number >= 0, got {self.weight_decay!r}")
         require(is_integer(self.batch_size) and self.batch_size >= 1,
                 f"batch size must be an integer >= 1, got {self.batch_size!r}")
-        require(math.isfinite(self.gamma) and self.gamma > 0,
-                f"step-schedule gamma must be a finite number > 0, got {self.gamma}")
-        require(all(is_integer(m) and m >= 0 for m in self.milestones),
+        require(is_finite_number(self.gamma) and self.gamma > 0,
+                f"step-schedule gamma must be a finite number > 0, got {self.gamma!r}")
+        require(isinstance(self.milestones, (tuple, list))
+                and all(is_integer(m) and m >= 0 for m in self.milestones),
                 "step-schedule milestones must be integers >= 0 (epochs from the phase start), "
-                f"got {tuple(self.milestones)!r}")
+                f"got {self.milestones!r}")
         require(is_integer(self.decay_last) and self.decay_last >= 0,
                 f"decay_last must be an integer >= 0, got {self.decay_last}")
         require(is_integer(self.warmup) and 0 <= self.warmup < self.epochs,
                 f"warmup must be an integer in [0, epochs), got {self.warmup}")
-        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum} "
+        require(is_finite_number(self.momentum) and 0 <= self.momentum < 1,
+                f"momentum must be in [0, 1), got {self.momentum!r} "
                 "(the flow time lr x steps / (1 - momentum) needs momentum < 1)")
 
 
@@ -173,9 +180,9 @@ class TrainConfig:
                 f"width must be an integer >= 1, got {self.width}")
         require(is_integer(self.nc_every) and self.nc_every >= 1,
                 f"nc_every must be an integer >= 1, got {self.nc_every!r}")
-        require(0 <= self.nc_min_accuracy <= 1,
+        require(is_finite_number(self.nc_min_accuracy) and 0 <= self.nc_min_accuracy <= 1,
                 f"nc_min_accuracy must be a fraction in [0, 1] (the paper: 0.99), got "
-                f"{self.nc_min_accuracy}")
+                f"{self.nc_min_accuracy!r}")
         require(self.eval_batch is None or (is_integer(self.eval_batch) and self.eval_batch >= 1),
                 f"eval_batch must be an integer >= 1 (or None for the device's default), got "
                 f"{self.eval_batch!r}")
@@ -190,8 +197,9 @@ class TrainConfig:
             require(is_integer(self.intervention_epoch) and 0 <= self.intervention_epoch <= total,
                     f"intervention epoch must be an integer in [0, {total}], got "
                     f"{self.intervention_epoch!r}")
-            require(math.isfinite(self.intervention_alpha) and self.intervention_alpha > 0,
-                    f"intervention alpha must be > 0, got {self.intervention_alpha}")
+            require(is_finite_number(self.intervention_alpha) and self.intervention_alpha > 0,
+                    f"intervention alpha must be a finite number > 0, got "
+                    f"{self.intervention_alpha!r}")
         else:
             require(self.intervention_alpha == 1.0,
                     "the intervention alpha rescales the last hidden layer at the intervention "
@@ -419,6 +427,29 @@ def nc_record(model: nn.Module, data: Dataset, loss_kind: str, batch: int = 4096
     return row
 
 
+def log_row(config: TrainConfig, epoch: int, phase_no: int, phase: Phase, steps: int,
+            flow_time: float, lr: float, values: dict[str, float]) -> dict[str, Any]:
+    """One row of the training log, columns in the trajectory table's order.
+
+    ``run_id, time, time_unit, phase, loss`` and the NC metrics (as a simulation's table), then
+    ``accuracy, test_accuracy, weight_norm, phase_loss, steps, flow_time, lr, seed`` and the
+    label columns. ``values`` is :func:`nc_record`'s dict; the metrics of
+    :data:`ncsim.metrics.METRIC_NAMES` are NaN while the accuracy is below
+    ``config.nc_min_accuracy``.
+    """
+    from ncsim.metrics import METRIC_NAMES
+
+    gap = values["accuracy"] < config.nc_min_accuracy
+    row: dict[str, Any] = {"run_id": config.run_id, "time": float(epoch), "time_unit": "epoch",
+                           "phase": phase_no, "loss": values["loss"]}
+    for name, value in values.items():
+        if name != "loss":
+            row[name] = math.nan if gap and name in METRIC_NAMES else value
+    row.update({"phase_loss": phase.loss, "steps": steps, "flow_time": flow_time, "lr": lr,
+                "seed": config.seed, **config.labels})
+    return row
+
+
 @dataclass
 class TrainResult:
     """Outcome of :func:`train`: the per-epoch log, the model and facts about the run."""
@@ -496,15 +527,8 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
     n = data.x_train.shape[0]
 
     def record(phase_no: int, phase: Phase, lr: float) -> None:
-        row: dict[str, Any] = {"run_id": config.run_id, "time": float(epoch),
-                               "time_unit": "epoch", "phase": phase_no, "phase_loss": phase.loss,
-                               "steps": steps, "flow_time": flow_time, "lr": lr}
-        row.update(nc_record(model, data, phase.loss, config.record_batch, config.eval_test))
-        if row["accuracy"] < config.nc_min_accuracy:
-            from ncsim.metrics import METRIC_NAMES
-            for name in METRIC_NAMES:
-                row[name] = math.nan
-        row.update({"seed": config.seed, **config.labels})
+        values = nc_record(model, data, phase.loss, config.record_batch, config.eval_test)
+        row = log_row(config, epoch, phase_no, phase, steps, flow_time, lr, values)
         rows.append(row)
         if on_record is not None:
             on_record(row)
@@ -567,7 +591,14 @@ def load_checkpoint(path: str | Path, data: Dataset | None = None
     path = Path(path)
     if not path.exists():
         raise InputError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    require(path.is_file(), f"checkpoint {path} is not a file; give a .pt file written by "
+            "ncsim training")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, *CORRUPT_PICKLE_ERRORS) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path} is not a readable checkpoint (loading failed: {reason}); "
+                         "it is damaged or truncated: train the run again") from None
     require(isinstance(state, dict) and "model" in state and "config" in state,
             f"{path} is not an ncsim training checkpoint")
     config = TrainConfig.from_dict(state["config"])
