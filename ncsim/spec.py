@@ -33,6 +33,9 @@ ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "gelu", "silu")
 LOSSES = ("ce", "mse")
 BIASES = ("none", "free", "reg")
 INITS = ("gaussian", "spectral", "etf", "arrays")
+#: seeds of drawn inits lie in [0, SEED_LIMIT): torch's CPU generator (mt19937) keeps only the
+#: low 32 bits of its seed, so seeds s and s + 2^32 would draw the same start
+SEED_LIMIT = 2**32
 SOLVERS = ("gd", "rk4", "dopri5", "tsit5")
 DTYPES = ("float64", "float32")
 #: usual (rtol, atol) of each dtype (the command line's defaults)
@@ -265,7 +268,8 @@ class InitSpec:
         class counts n_c mean c is scaled by 1/sqrt(n_c), see :mod:`ncsim.models.init`), or
         "arrays" (explicit arrays, e.g. real features).
     scale : standard deviation (gaussian) or per-factor singular value (spectral, etf).
-    seed : random seed of this run (gaussian entries, random rotations of spectral inits).
+    seed : random seed of this run (gaussian entries, random rotations of spectral inits), an
+        integer in [0, 2^32) (:data:`SEED_LIMIT`).
     arrays : for kind "arrays": {"H": (d, N), "W": [(out, in) per layer], "b": (K,)} as numpy.
     """
 
@@ -281,8 +285,9 @@ class InitSpec:
         _one_of(self.kind, INITS, "init")
         require(is_finite_number(self.scale) and self.scale > 0,
                 f"init scale must be a finite number > 0, got {self.scale!r}")
-        require(is_integer(self.seed) and self.seed >= 0,
-                f"seed must be an integer >= 0, got {self.seed!r}")
+        require(is_integer(self.seed) and 0 <= self.seed < SEED_LIMIT,
+                f"seed must be an integer in [0, 2^32), got {self.seed!r} (torch's generator "
+                "keeps only the low 32 bits of a seed: a larger one would alias a smaller one)")
         modes = spectral_rank(model) if self.kind == "spectral" else model.classes - 1
         if self.kind in ("spectral", "etf"):
             dims = [model.dim] + ([model.hidden_width] if model.depth > 1 else [])

@@ -727,7 +727,7 @@ BAD_SPECS = [
         eta_w=(1.0,))), r"eta_w lists 1 values but depth is 2"),
     ("unknown init", RunSpec(init=InitSpec(kind="orthogonal")), r"unknown init 'orthogonal'"),
     ("zero init scale", RunSpec(init=InitSpec(scale=0.0)), r"init scale must be a finite"),
-    ("negative seed", RunSpec(init=InitSpec(seed=-1)), r"seed must be an integer >= 0"),
+    ("negative seed", RunSpec(init=InitSpec(seed=-1)), r"seed must be an integer in \[0, 2\^32\)"),
     ("arrays without H", RunSpec(init=InitSpec(kind="arrays", arrays={"W": []})),
      r"init 'arrays' needs arrays="),
 ]

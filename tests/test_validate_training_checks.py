@@ -395,12 +395,19 @@ def test_config_fields_of_the_wrong_type_are_input_errors(config_kw, word):
         TrainConfig(**config_kw).validate()
 
 
-@pytest.mark.parametrize("seeds", [[0.5, 1.5], ["a"], [-1]])
+@pytest.mark.parametrize("seeds", [[0.5, 1.5], ["a"], [-1], [2**31]])
 def test_seeds_must_be_integers(seeds):
     """Fractional seeds were truncated silently (0.5, 1.5 trained seeds 0 and 1); text raised
     ValueError."""
     from ncsim.validate.stacked import check_seeds
 
-    with pytest.raises(InputError, match="seeds must be integers >= 0"):
+    with pytest.raises(InputError, match=r"seeds must be integers in \[0, 2\^31\)"):
         check_seeds(TrainConfig(), seeds)
     assert check_seeds(TrainConfig(), [np.int64(2), 0]) == [2, 0]
+
+
+def test_training_seed_beyond_2_to_the_31_is_refused():
+    """torch keeps the low 32 bits of a seed: seed 2^32 + s would start as seed s does."""
+    with pytest.raises(InputError, match=r"seed must be an integer in \[0, 2\^31\)"):
+        TrainConfig(seed=2**32).validate()
+    TrainConfig(seed=2**31 - 1).validate()

@@ -30,6 +30,10 @@ is solved in. The bias starts at 0.
   1/sqrt(n_c) instead (Gram a^2 D^(-1/2) (I - 11^T/K) D^(-1/2), D = diag(n_c)), which keeps
   the singular values of H at a but is not an ETF.
 - arrays: explicit arrays (e.g. real features) given in the spec.
+
+Seeds are integers in [0, 2^32) (:data:`SEED_LIMIT`): torch's CPU generator keeps only the low
+32 bits of its seed, so seeds s and s + 2^32 would draw the same start; a larger seed is
+refused (:class:`InputError`) rather than silently aliased.
 """
 
 from __future__ import annotations
@@ -43,9 +47,21 @@ import torch
 from ncsim.errors import InputError
 from ncsim.models.layout import StateLayout
 from ncsim.models.ufm import state_layout
-from ncsim.spec import InitSpec, ModelSpec, spectral_rank
+from ncsim.spec import SEED_LIMIT, InitSpec, ModelSpec, spectral_rank
 
 _RUNS_PER_THREAD = 16  # fewer runs per thread are drawn on the calling thread alone
+
+
+def run_seed(init: InitSpec) -> int:
+    """The seed of ``init`` as a Python int; :class:`InputError` when it is not below
+    :data:`SEED_LIMIT` (a larger seed would start from the same point as its low 32 bits)."""
+    seed = int(init.seed)
+    if not 0 <= seed < SEED_LIMIT:
+        raise InputError(f"seed {seed} is out of range: seeds of the initial state are integers "
+                         f"in [0, 2^32) (below {SEED_LIMIT}); torch's generator keeps only the "
+                         f"low 32 bits of a seed, so a larger one would draw what a smaller one "
+                         f"draws; give a seed below 2^32")
+    return seed
 
 
 def _haar_columns(gaussian: torch.Tensor) -> torch.Tensor:
@@ -101,7 +117,7 @@ def gram_factor(model: ModelSpec, init: InitSpec) -> tuple[torch.Tensor, np.rand
     W H = L_W L_H^T and W W^T = L_W L_W^T.
     """
     p = model.num_samples + model.classes
-    rng = np.random.default_rng(int(init.seed))
+    rng = np.random.default_rng(run_seed(init))
     factor = np.zeros((p, p))
     rows, cols = np.tril_indices(p, -1)
     factor[rows, cols] = rng.standard_normal(rows.size)
@@ -122,7 +138,7 @@ def _draw_gaussian(model: ModelSpec, init: InitSpec, blocks: dict[str, torch.Ten
     """Fill the contiguous float64 blocks H, W1..WL (fresh tensors or views of a state row)
     with N(0, scale^2) entries from the run's generator, in that order (``normal_`` on a
     contiguous block draws what ``randn`` of its shape draws)."""
-    gen = torch.Generator().manual_seed(int(init.seed))
+    gen = torch.Generator().manual_seed(run_seed(init))
     for name in ["H", *(f"W{l + 1}" for l in range(model.depth))]:
         blocks[name].normal_(generator=gen).mul_(init.scale)
 
@@ -138,7 +154,7 @@ def _gaussian(model: ModelSpec, init: InitSpec) -> dict[str, torch.Tensor]:
 
 
 def _spectral(model: ModelSpec, init: InitSpec, centred: bool) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(int(init.seed))
+    gen = torch.Generator().manual_seed(run_seed(init))
     u_k, v = label_modes(model, centred)
     r = u_k.shape[1]
     a = init.scale

@@ -7,6 +7,10 @@ Model (depth L >= 1; L = 1 is the one-layer UFM, a linear activation gives the d
     f = (1/N) sum_i loss(z_i, y_i) + sum_l lambda_l/2 |W_l|_F^2 + lambda_H/2 |H|_F^2
         + lambda_b/2 |b|^2
 
+At a kink (relu, leaky_relu at u = 0) the derivative taken is that of the piece u < 0: 0 for
+relu and the slope for leaky_relu, as torch's autograd takes it
+(:func:`ncsim.models.activations.activation`).
+
 The penultimate features are A_{L-1} (the input of the classifier W_L). Samples are ordered
 class by class (class 0 first). Every tensor has a leading run axis R; each run has its own
 weight decays. The gradient is written out by hand (reverse mode through the layers); the

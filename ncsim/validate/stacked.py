@@ -30,6 +30,7 @@ from ncsim.errors import is_integer, require
 from ncsim.validate.data import Dataset
 from ncsim.validate.train import (
     BATCH_ORDER_OFFSET,
+    TRAIN_SEED_LIMIT,
     Phase,
     TrainConfig,
     TrainResult,
@@ -57,8 +58,8 @@ def check_seeds(config: TrainConfig, seeds: Sequence[int]) -> list[int]:
     every device, so that a run that works on the CPU works on a GPU); returns the seeds."""
     config.validate()
     seeds = list(seeds)
-    require(all(is_integer(s) and s >= 0 for s in seeds),
-            f"seeds must be integers >= 0, got {seeds!r}")
+    require(all(is_integer(s) and 0 <= s < TRAIN_SEED_LIMIT for s in seeds),
+            f"seeds must be integers in [0, 2^31), got {seeds!r}")
     seeds = [int(s) for s in seeds]
     require(len(seeds) >= 1 and len(set(seeds)) == len(seeds),
             f"give distinct seeds, got {seeds}")

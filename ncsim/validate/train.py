@@ -60,6 +60,9 @@ EVAL_BATCH = {"cpu": 256, "accelerator": 4096}
 # The batch order of seed s is drawn from a generator seeded s + BATCH_ORDER_OFFSET (apart from
 # the initialisation's seed s).
 BATCH_ORDER_OFFSET = 1_000_003
+# Training seeds lie in [0, 2^31): torch seeds its generators with the low 32 bits only, so the
+# initialisation's seed s and the batch order's s + BATCH_ORDER_OFFSET stay distinct and unaliased.
+TRAIN_SEED_LIMIT = 2**31
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 PRESETS = ("mlp", "resnet20", "cpu-small")
@@ -186,8 +189,10 @@ class TrainConfig:
         require(self.eval_batch is None or (is_integer(self.eval_batch) and self.eval_batch >= 1),
                 f"eval_batch must be an integer >= 1 (or None for the device's default), got "
                 f"{self.eval_batch!r}")
-        require(is_integer(self.seed) and self.seed >= 0,
-                f"seed must be an integer >= 0, got {self.seed!r}")
+        require(is_integer(self.seed) and 0 <= self.seed < TRAIN_SEED_LIMIT,
+                f"seed must be an integer in [0, 2^31), got {self.seed!r} (torch's generator "
+                "keeps only the low 32 bits of a seed, and the batch order uses seed + "
+                f"{BATCH_ORDER_OFFSET})")
         require(is_integer(self.checkpoint_every) and self.checkpoint_every >= 0,
                 f"checkpoint_every must be an integer >= 0 (0: only at phase ends), got "
                 f"{self.checkpoint_every!r}")
