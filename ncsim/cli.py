@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from ncsim.cli_errors import check_out_folder, fail, handle_errors
+from ncsim.cli_errors import OutPath, check_out_folder, fail, handle_errors
 from ncsim.errors import InputError
 from ncsim.params import COUNTS, INTEGERS, NUMBERS, grid
 from ncsim.spec import (
@@ -108,8 +108,27 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------- simulate
 
-GRID_OPTIONS = ("classes", "per_class", "dim", "depth", "width", "lambda_w", "lambda_h",
-                "lambda_b", "init_scale", "seed", "eta_h", "eta_w", "eta_b")
+GRID_OPTIONS = ("classes", "per_class", "dim", "depth", "width", "leaky_slope", "lambda_w",
+                "lambda_h", "lambda_b", "init_scale", "seed", "eta_h", "eta_w", "eta_b", "t_end",
+                "dt", "rtol", "atol", "records", "t_first", "max_steps", "gtol",
+                "onset_threshold", "onset_stay")
+MAX_RUNS = 1_000_000
+SIMULATE_EPILOG = (
+    "A numeric option takes one value, a comma list or a log range lo..hi:count (count "
+    "log-spaced values from lo to hi, both > 0; hi below lo counts down); a repeated value "
+    "counts once. Several make a grid with one run per point (at most 1000000), in the order "
+    "of this list: -K, -n, -d, --depth, --width, --leaky-slope, --lambda-w, --lambda-h, "
+    "--lambda-b, --init-scale, --seed, --eta-h, --eta-w, --eta-b, --t-end, --dt, --rtol, "
+    "--atol, --records, --t-first, --max-steps, --gtol, --onset-threshold, --onset-stay, the "
+    "last varying fastest (--threads takes one number). json: NaN is null, an infinity is "
+    "the string \"inf\". Exit status 0 whatever the runs' statuses (diverged, "
+    "not_collapsed, ... are in the status column); 2 for bad input.")
+#: run-table column of each grid option, in the order of GRID_OPTIONS
+AXIS_COLUMNS = ("classes", "per_class", "dim", "depth", "width", "leaky_slope", "lambda_w",
+                "lambda_h", "lambda_b", "init_scale", "init_seed", "time_scale_eta_h",
+                "time_scale_eta_w", "time_scale_eta_b", "solver_t_end", "solver_dt",
+                "solver_rtol", "solver_atol", "solver_records", "solver_t_first",
+                "solver_max_steps", "solver_gtol", "onset_threshold", "onset_stay")
 TABLE_COLUMNS = ("status", "onset_time", "fn_at_onset", "fn_star_theory", "onset_time_theory",
                  "final_fn", "final_nc1_trace", "steps")
 
@@ -129,10 +148,8 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
             raise InputError(f"--class-counts sets K and n, so {' and '.join(spread)} cannot "
                              "take several values; drop them or --class-counts")
     usual = DEFAULT_TOLERANCES.get(options["dtype"], DEFAULT_TOLERANCES["float64"])
-    rtol = usual[0] if options["rtol"] is None else options["rtol"]
-    atol = usual[1] if options["atol"] is None else options["atol"]
     specs = []
-    for point in grid(axes):
+    for point in grid(axes, limit=MAX_RUNS):
         classes = int(point.get("classes", 10))
         per_class: int | tuple[int, ...] = int(point.get("per_class", 20))
         if counts:
@@ -143,7 +160,7 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
             kind=options["model"], loss=options["loss"], bias=options["bias"], classes=classes,
             per_class=per_class, dim=int(point.get("dim", 32)), depth=depth,
             width=int(point["width"]) if "width" in point else None,
-            activation=options["activation"], leaky_slope=options["leaky_slope"],
+            activation=options["activation"], leaky_slope=point.get("leaky_slope", 0.01),
         )
         lambda_b = point.get("lambda_b", 1e-3 if options["bias"] == "reg" else 0.0)
         spec = RunSpec(
@@ -155,14 +172,16 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
             time_scale=TimeScale(eta_h=point.get("eta_h", 1.0), eta_w=point.get("eta_w", 1.0),
                                  eta_b=point.get("eta_b", 1.0)),
             solver=SolverSpec(
-                method=options["solver"], dt=options["dt"], rtol=rtol, atol=atol,
-                t_end=options["t_end"], records=options["records"],
-                t_first=options["t_first"], max_steps=options["max_steps"],
-                gtol=options["gtol"], dtype=options["dtype"], device=options["device"],
+                method=options["solver"], dt=point.get("dt"),
+                rtol=point.get("rtol", usual[0]), atol=point.get("atol", usual[1]),
+                t_end=point.get("t_end", 2e4), records=int(point.get("records", 200)),
+                t_first=point.get("t_first"), max_steps=int(point.get("max_steps", 1_000_000)),
+                gtol=point.get("gtol", 1e-10), dtype=options["dtype"], device=options["device"],
                 reduction=options["reduction"], cuda_graphs=options["cuda_graphs"],
             ),
             onset=OnsetSpec(metric=options["onset_metric"],
-                            threshold=options["onset_threshold"], stay=options["onset_stay"],
+                            threshold=point.get("onset_threshold", 0.01),
+                            stay=int(point.get("onset_stay", 1)),
                             interpolate=options["interpolate"]),
         )
         specs.append(spec.validate())
@@ -187,7 +206,8 @@ def _model_options(func):
         click.option("--width", type=INTEGERS, default=None, help="Hidden width (deep) [d]."),
         click.option("--activation", type=_choice(ACTIVATIONS), default="linear",
                      show_default=True),
-        click.option("--leaky-slope", type=float, default=0.01, show_default=True),
+        click.option("--leaky-slope", type=NUMBERS, default=None,
+                     help="Negative slope of leaky_relu [0.01]."),
         click.option("--lambda-w", type=NUMBERS, default=None, help="Weight decay of W [5e-4]."),
         click.option("--lambda-h", type=NUMBERS, default=None, help="Feature decay [5e-4]."),
         click.option("--lambda-b", type=NUMBERS, default=None,
@@ -198,7 +218,7 @@ def _model_options(func):
     return func
 
 
-@cli.command()
+@cli.command(epilog=SIMULATE_EPILOG)
 @_model_options
 @click.option("--init", type=_choice(("gaussian", "spectral", "etf")), default="gaussian",
               show_default=True, help="Initialisation (spectral/etf: balanced, aligned).")
@@ -207,12 +227,12 @@ def _model_options(func):
 @click.option("--eta-h", type=NUMBERS, default=None, help="Time scale of H [1].")
 @click.option("--eta-w", type=NUMBERS, default=None, help="Time scale of the W_l [1].")
 @click.option("--eta-b", type=NUMBERS, default=None, help="Time scale of b [1].")
-@click.option("--t-end", type=float, default=2e4, show_default=True)
+@click.option("--t-end", type=NUMBERS, default=None, help="Final time [2e4].")
 @click.option("--solver", type=_choice(SOLVERS), default="dopri5", show_default=True)
-@click.option("--dt", type=float, default=None, help="Step (gd, rk4) or first step.")
-@click.option("--rtol", type=float, default=None,
+@click.option("--dt", type=NUMBERS, default=None, help="Step (gd, rk4) or first step.")
+@click.option("--rtol", type=NUMBERS, default=None,
               help="Relative tolerance [1e-8 in float64, 1e-5 in float32].")
-@click.option("--atol", type=float, default=None,
+@click.option("--atol", type=NUMBERS, default=None,
               help="Absolute tolerance [1e-10 in float64, 1e-7 in float32].")
 @click.option("--dtype", type=_choice(DTYPES), default="float64", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
@@ -225,19 +245,21 @@ def _model_options(func):
 @click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
               help="Capture each chunk of steps as a CUDA graph and replay it (dopri5, tsit5 "
                    "on a CUDA device).")
-@click.option("--records", type=int, default=200, show_default=True)
-@click.option("--t-first", type=float, default=None, help="First non-zero record time.")
-@click.option("--max-steps", type=int, default=1_000_000, show_default=True)
-@click.option("--gtol", type=float, default=1e-10, show_default=True,
-              help="Steady state when |grad f| <= gtol.")
+@click.option("--records", type=INTEGERS, default=None,
+              help="Record times: 0 and records - 1 log-spaced times up to t_end [200].")
+@click.option("--t-first", type=NUMBERS, default=None, help="First non-zero record time.")
+@click.option("--max-steps", type=INTEGERS, default=None, help="Step budget per run [1000000].")
+@click.option("--gtol", type=NUMBERS, default=None,
+              help="Steady state when |grad f| <= gtol [1e-10].")
 @click.option("--onset-metric", type=_choice(ONSET_METRICS), default="nc1_trace",
               show_default=True)
-@click.option("--onset-threshold", type=float, default=0.01, show_default=True)
-@click.option("--onset-stay", type=int, default=1, show_default=True,
-              help="Records the metric must stay below the threshold.")
+@click.option("--onset-threshold", type=NUMBERS, default=None,
+              help="Onset when the metric falls below this [0.01].")
+@click.option("--onset-stay", type=INTEGERS, default=None,
+              help="Records the metric must stay below the threshold [1].")
 @click.option("--interpolate/--no-interpolate", default=True, show_default=True,
               help="Interpolate the crossing time in log-time.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path), default=None,
               help="Write runs, trajectories, spec sidecar and a figure to this folder.")
 @click.option("--table-format", type=_choice(("parquet", "csv")), default="parquet",
               show_default=True)
@@ -253,7 +275,7 @@ def _model_options(func):
                    "with 1).")
 @handle_errors
 def simulate(**options: Any) -> None:
-    """Integrate one run or a grid (every numeric option takes 1e-4..1e-1:16 ranges)."""
+    """Integrate one run or a grid (numeric options take lists and 1e-4..1e-1:16 ranges)."""
     from ncsim.flow import simulate as run_simulation
     from ncsim.flow import stopped_at_rest
     from ncsim.results import write_simulation
@@ -290,6 +312,7 @@ def format_run_table(runs) -> str:
     """Readable text table: the grid axes and the main results."""
     from ncsim.results import varying_columns
 
-    columns = ["run_id", *varying_columns(runs), *[c for c in TABLE_COLUMNS if c in runs]]
+    axes = varying_columns(runs, AXIS_COLUMNS)
+    columns = ["run_id", *axes, *[c for c in TABLE_COLUMNS if c in runs]]
     with __import__("pandas").option_context("display.width", 200, "display.max_rows", 500):
         return runs[columns].to_string(index=False, float_format=lambda v: f"{v:.6g}")

@@ -61,27 +61,73 @@ def parse_values(text: str | float | int, option: str = "value") -> list[float]:
     return [_number(p, option) for p in parts]
 
 
+INT_LIMIT = 2**63
+"""Integer option values lie in (-2^63, 2^63): the run tables store them (seeds included) as
+int64."""
+
+
+def _integer(text: str, option: str) -> int:
+    """One whole number, read exactly (``"9007199254740993"`` keeps its last digit; a float
+    spelling such as ``"1e3"`` must be whole)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        number = _number(text, option)
+        if number != int(number):
+            raise InputError(f"{option}: {number} is not an integer; give whole numbers") from None
+        value = int(number)
+    return _in_int_range(value, option)
+
+
+def _in_int_range(value: int, option: str) -> int:
+    if abs(value) >= INT_LIMIT:
+        raise InputError(f"{option}: {value} is out of range; give integers of magnitude below "
+                         "2^63 (9223372036854775808)")
+    return value
+
+
+def distinct(values: Sequence[Any]) -> list[Any]:
+    """The values in their order, each once (a repeated value would repeat a grid point)."""
+    return list(dict.fromkeys(values))
+
+
 def parse_ints(text: str | int, option: str = "value", unique: bool = True) -> list[int]:
-    """Like :func:`parse_values` for integer options (ranges are rounded to integers);
-    repeated values are dropped unless ``unique`` is false."""
-    values = parse_values(text, option)
-    out = []
-    for v in values:
-        if ".." not in str(text) and v != int(v):
-            raise InputError(f"{option}: {v} is not an integer; give whole numbers")
-        out.append(int(round(v)))
-    return list(dict.fromkeys(out)) if unique else out
+    """Like :func:`parse_values` for integer options, read exactly (ranges are rounded to
+    integers); repeated values are dropped unless ``unique`` is false. Every value has a
+    magnitude below 2^63."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        out = [_in_int_range(text, option)]
+    elif isinstance(text, str) and ".." in text:
+        out = [_in_int_range(int(round(v)), option) for v in parse_values(text, option)]
+    else:
+        parts = str(text).split(",")
+        if any(not p.strip() for p in parts):
+            raise InputError(f"{option}: empty value in {text!r}")
+        out = [_integer(p, option) for p in parts]
+    return distinct(out) if unique else out
 
 
-def grid(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Cartesian product of named value lists, in the order given (last axis fastest)."""
+def grid_size(axes: Mapping[str, Sequence[Any]]) -> int:
+    """Number of points of the Cartesian product of ``axes`` (without building it)."""
+    return math.prod(len(values) for values in axes.values())
+
+
+def grid(axes: Mapping[str, Sequence[Any]], limit: int | None = None) -> list[dict[str, Any]]:
+    """Cartesian product of named value lists, in the order given (last axis fastest).
+
+    With ``limit``, a product of more than ``limit`` points is refused before it is built.
+    """
+    if limit is not None and grid_size(axes) > limit:
+        sizes = " x ".join(f"{len(v)} {name}" for name, v in axes.items() if len(v) > 1)
+        raise InputError(f"the grid has {grid_size(axes)} points ({sizes}); at most {limit} "
+                         "in one call: give fewer values or split the grid")
     names = list(axes)
     return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
 
 
 class NumberList(click.ParamType):
     """Click type for a value, a comma list or a log range; converts to ``list[float]``
-    (``integer``: ``list[int]``, repeated values dropped unless ``unique`` is false)."""
+    (``integer``: ``list[int]``); repeated values are dropped unless ``unique`` is false."""
 
     name = "numbers"
 
@@ -96,7 +142,8 @@ class NumberList(click.ParamType):
         try:
             if self.integer:
                 return parse_ints(value, option, self.unique)
-            return parse_values(value, option)
+            values = parse_values(value, option)
+            return distinct(values) if self.unique else values
         except InputError as err:
             message = str(err)
             if param is not None:  # click names the option itself: not twice

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ncsim.cli_errors import check_out_folder, handle_errors
+from ncsim.cli_errors import OutPath, check_out_folder, handle_errors
 
 DEFAULT_STUDY = "weight_decay"
 DEFAULT_OUT = "ncsim-out"
@@ -38,7 +38,7 @@ def list_cmd() -> None:
               "(without it --executor dask starts a LocalCluster of 2 workers).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Workers of process / LocalCluster.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path), default=None,
               help=f"Results folder (default {DEFAULT_OUT}/ or {DEFAULT_OUT}/NAME[-quick]).")
 @click.option("--force", is_flag=True, help="Recompute every run (ignore finished ones).")
 @click.option("--retry-failed", is_flag=True, help="Recompute runs that failed before.")

@@ -11,10 +11,10 @@ from typing import Any
 import click
 import sympy as sp
 
-from ncsim.cli_errors import handle_errors
+from ncsim.cli_errors import OutPath, check_out_file, handle_errors
 from ncsim.errors import InputError, require
 from ncsim.io import to_jsonable
-from ncsim.params import grid, parse_ints, parse_values
+from ncsim.params import distinct, grid, parse_ints, parse_values
 from ncsim.theory.critical import critical_table
 from ncsim.theory.derivations import derivations
 from ncsim.theory.dynamics import growth_rate, nc1_rates
@@ -24,9 +24,10 @@ from ncsim.theory.prediction import predicted_onset
 
 FORMATS = ("json", "latex", "text")
 GRID_ORDER = ("A numeric option takes one value, a comma list or a log range lo..hi:count; "
-              "several make a grid with one result per point, in the order -K, -n, -d, --depth, "
-              "--lambda-w, --lambda-h, --lambda-b, --init-scale, --onset-threshold, the last "
-              "varying fastest. json: NaN is null, an infinity is the string \"inf\" (as in "
+              "a repeated value counts once; several make a grid with one result per point "
+              "(at most 100000), in the order -K, -n, -d, --depth, --lambda-w, --lambda-h, "
+              "--lambda-b, --init-scale, --onset-threshold, the last varying fastest. json: "
+              "NaN is null, an infinity is the string \"inf\" (as in "
               "every --format json of ncsim).")
 
 
@@ -65,11 +66,11 @@ def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
         "n": parse_ints(o["per_class"], "-n/--per-class"),
         "d": parse_ints(o["dim"], "-d/--dim"),
         "depth": parse_ints(o["depth"], "--depth"),
-        "lambda_w": parse_values(o["lambda_w"], "--lambda-w"),
-        "lambda_h": parse_values(o["lambda_h"], "--lambda-h"),
-        "lambda_b": parse_values(o["lambda_b"], "--lambda-b"),
-        "init_scale": parse_values(o["init_scale"], "--init-scale"),
-        "onset_threshold": parse_values(o["onset_threshold"], "--onset-threshold"),
+        "lambda_w": distinct(parse_values(o["lambda_w"], "--lambda-w")),
+        "lambda_h": distinct(parse_values(o["lambda_h"], "--lambda-h")),
+        "lambda_b": distinct(parse_values(o["lambda_b"], "--lambda-b")),
+        "init_scale": distinct(parse_values(o["init_scale"], "--init-scale")),
+        "onset_threshold": distinct(parse_values(o["onset_threshold"], "--onset-threshold")),
     }
     require(all(k >= 2 for k in axes["K"]), "-K/--classes must be an integer >= 2")
     require(all(v >= 1 for v in axes["n"]), "-n/--per-class must be an integer >= 1")
@@ -85,9 +86,7 @@ def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         require(all(v == 0 for v in axes["lambda_b"]),
                 f"--lambda-b needs --bias reg, got bias {o['bias']!r}")
-    points = grid(axes)
-    require(len(points) <= 100_000, f"grid has {len(points)} points; at most 100000")
-    return points
+    return grid(axes, limit=100_000)
 
 
 def _ratio(text: str | None) -> float | None:
@@ -264,7 +263,8 @@ def derive_cmd(loss: str, bias: str, depth: str, fmt: str) -> None:
 @click.option("--y", "y_axis", default="lambda_h", show_default=True, help="y parameter")
 @click.option("--xs", default="1e-4..1:25", help="x values (value, list or lo..hi:count)")
 @click.option("--ys", default=None, help="y values (default: as --xs)")
-@click.option("--out", default=None, help="figure path (png/pdf)")
+@click.option("--out", type=OutPath(dir_okay=False), default=None,
+              help="figure path (png/pdf)")
 @handle_errors
 def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None,
               **o: Any) -> None:
@@ -280,8 +280,10 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
     for axis, text, option in ((x_axis, xs, "--xs"), (y_axis, ys if ys is not None else xs,
                                                      "--ys")):
         values.append(parse_ints(text, option) if axis in ("K", "n", "depth")
-                      else parse_values(text, option))
+                      else distinct(parse_values(text, option)))
     xv, yv = values
+    require(len(xv) * len(yv) <= 100_000, f"the phase diagram has {len(xv) * len(yv)} points "
+            f"({len(xv)} x {len(yv)}); at most 100000: give fewer --xs or --ys values")
     if "lambda_b" in (x_axis, y_axis):
         lambda_b = xv if x_axis == "lambda_b" else yv
         require(all(v > 0 for v in lambda_b),
@@ -294,6 +296,7 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
         suffix = Path(out).suffix.lstrip(".").lower()
         require(suffix == "" or suffix in kinds, f"--out {out}: unknown figure format "
                 f"{suffix!r}; name the file with one of: {', '.join(sorted(kinds))}")
+        check_out_file(out)
     points = _grid(o)
     require(len(points) == 1, "phase-diagram: give one value for every other parameter")
     p = points[0]

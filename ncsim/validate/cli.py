@@ -13,7 +13,7 @@ import click
 import numpy as np
 import pandas as pd
 
-from ncsim.cli_errors import check_out_folder, handle_errors
+from ncsim.cli_errors import OutPath, check_out_file, check_out_folder, handle_errors
 from ncsim.errors import InputError, listed, require
 from ncsim.io import to_jsonable
 
@@ -76,7 +76,7 @@ def validate() -> None:
               show_default=True, help="lead-time threshold: group-mean fn*, or the paper's "
               "log-log fit of group-mean fn* against the number in the condition (width)")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=OutPath(path_type=Path), default=None,
               help="also write the run table here (.csv or .parquet)")
 @handle_errors
 def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, metric: str,
@@ -93,6 +93,7 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, met
                 ".parquet")
         require(not out.is_dir(), f"--out {out} is a folder; give a file name ending in .csv "
                 "or .parquet")
+        check_out_file(out)
     rule = OnsetRule.preset(preset, onset_threshold)
     rule = OnsetRule(metric=metric, threshold=rule.threshold, phase=rule.phase,
                      interpolate=rule.interpolate)
@@ -190,7 +191,7 @@ def _train_config(preset_name: str, epochs: str | None, arch: str | None, depth:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp/--no-amp", default=False, help="mixed precision training steps")
 @click.option("--onset-threshold", type=float, default=0.01, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("validate_run"),
+@click.option("--out", type=OutPath(path_type=Path), default=Path("validate_run"),
               show_default=True, help="output folder: log.parquet, log.csv, figure, checkpoints")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
@@ -275,7 +276,7 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, prese
               help="feature-block calibration: 'response' fits eta_H and lambda_H to the "
               "network's feature velocity at the MSE start; 'balance' takes lambda_H = "
               "lambda_W |W|^2 / |H|^2 of the final network, eta_H = 1")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=OutPath(path_type=Path), default=None,
               help="output folder (default: the run folder)")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @handle_errors
