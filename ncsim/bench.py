@@ -35,7 +35,7 @@ import torch
 
 from ncsim import __version__ as ncsim_version
 from ncsim import heap
-from ncsim.cli_errors import check_out_folder, handle_errors
+from ncsim.cli_errors import OutPath, check_out_folder, handle_errors
 from ncsim.io import to_jsonable
 from ncsim.spec import require_device
 from ncsim.threads import bounded_threads
@@ -712,7 +712,7 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
 @click.option("--data-root", default=None, type=click.Path(file_okay=False),
               help="Folder of the Fashion-MNIST IDX files for V1 (default: the Debian package "
                    "dataset-fashion-mnist).")
-@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+@click.option("--out", "out", default=None, type=OutPath(dir_okay=False),
               help="JSON output (default: benchmarks/results/<device>_<date>.json in the "
                    "source checkout, with _2, _3, ... when that file exists).")
 @handle_errors

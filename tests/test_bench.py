@@ -411,6 +411,7 @@ def _no_bench(monkeypatch):
     (["--device", "cuda:x"], "unknown device 'cuda:x'"),
     (["--out", "FILE/result.json"], "is a file, not a folder"),
     (["--out", "DIR"], "is a directory"),
+    (["--out", ""], "empty path"),
 ])
 def test_bad_device_or_out_is_refused_before_measuring(tmp_path, monkeypatch, args, words):
     """A device torch does not know, or an --out that cannot be written, is one line and

@@ -411,3 +411,27 @@ def test_training_seed_beyond_2_to_the_31_is_refused():
     with pytest.raises(InputError, match=r"seed must be an integer in \[0, 2\^31\)"):
         TrainConfig(seed=2**32).validate()
     TrainConfig(seed=2**31 - 1).validate()
+
+
+def test_cli_test_per_class_subsets_the_test_set(tmp_path):
+    """--test-per-class reaches the dataset: the recorded data arguments (what the run
+    loaded and what compare rebuilds) give K x test_per_class test samples."""
+    import json
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(validate, [
+        "train", "--dataset", "gaussian", "--per-class", "4", "--test-per-class", "3",
+        "--epochs", "1,1", "--depth", "1", "--width", "8", "--batch-size", "16",
+        "--nc-every", "1", "--no-progress", "--format", "json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    args = json.loads((out / "run.json").read_text())["config"]["data_args"]
+    assert args["test_per_class"] == 3
+    assert load_dataset(**args).y_test.numel() == 10 * 3
+    assert load_dataset(**{**args, "test_per_class": None}).y_test.numel() > 10 * 3
+
+
+def test_condition_label_names_resnet20_without_a_width():
+    from ncsim.validate.cli import _condition_label
+
+    assert _condition_label(TrainConfig(arch="resnet20", width=512)) == "resnet20"
+    assert _condition_label(TrainConfig(arch="mlp", width=512)) == "mlp512"

@@ -152,12 +152,21 @@ def _train_config(preset_name: str, epochs: str | None, arch: str | None, depth:
     return config
 
 
+def _condition_label(config) -> str:
+    """The run's condition: the architecture with its width (mlp512), or the architecture alone
+    where the width is not a parameter of it (resnet20)."""
+    return config.arch if config.arch == "resnet20" else f"{config.arch}{config.width}"
+
+
 @validate.command("train")
 @click.option("--dataset", default="digits", show_default=True,
               help="gaussian, digits, mnist1d, fashion_mnist, mnist, cifar10")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="folder of the IDX / CIFAR files (mnist, cifar10, fashion_mnist)")
 @click.option("--per-class", type=int, default=None, help="balanced subset: samples per class")
+@click.option("--test-per-class", type=int, default=None,
+              help="balanced test subset: test samples per class [all; each NC record runs "
+              "the model over the test set for test_accuracy]")
 @click.option("--preset", "preset_name", type=click.Choice(["mlp", "resnet20", "cpu-small"]),
               default="mlp", show_default=True,
               help="mlp, resnet20: the paper's two-phase protocol (CE then MSE); cpu-small: a "
@@ -197,7 +206,8 @@ def _train_config(preset_name: str, epochs: str | None, arch: str | None, depth:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--progress/--no-progress", default=True, help="progress bar on stderr")
 @handle_errors
-def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, preset_name: str,
+def train_cmd(dataset: str, data_root: Path | None, per_class: int | None,
+              test_per_class: int | None, preset_name: str,
               epochs: str | None, arch: str | None, depth: int | None, width: int | None,
               activation: str | None, optimizer: str | None, lr: float | None,
               weight_decay: float | None, schedule: str | None, batch_size: int | None,
@@ -234,11 +244,13 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None, prese
         amp=amp, intervention_epoch=intervene_epoch, intervention_alpha=alpha,
         checkpoint_dir=None if seed_list else str(out / "checkpoints"),
         checkpoint_every=checkpoint_every,
-        run_id=run_id, data_args={"name": dataset, "per_class": per_class, "seed": seed,
+        run_id=run_id, data_args={"name": dataset, "per_class": per_class,
+                                  "test_per_class": test_per_class, "seed": seed,
                                   "root": None if data_root is None else str(data_root)},
         labels={"model": config.arch, "dataset": dataset,
-                               "condition": f"{config.arch}{config.width}"}).validate()
-    data = load_dataset(dataset, per_class=per_class, seed=seed, root=data_root)
+                "condition": _condition_label(config)}).validate()
+    data = load_dataset(dataset, per_class=per_class, test_per_class=test_per_class, seed=seed,
+                        root=data_root)
     result = train(config, data, progress=progress,
                    seeds=None if seed_list is None else list(seed_list))
     write_table(result.log, out / "log.parquet")
