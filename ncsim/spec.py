@@ -150,7 +150,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         _plain_fields(self)
         if self.kind == "ufm" and self.depth != 1:
-            raise InputError(f"model 'ufm' has depth 1, got depth {self.depth}; use --model deep")
+            raise InputError(f"model 'ufm' has depth 1, got depth {self.depth}; use kind='deep' "
+                             "(--model deep)")
 
     def validate(self) -> None:
         _one_of(self.kind, MODELS, "model")
@@ -174,13 +175,14 @@ class ModelSpec:
         require(self.width is None or (is_integer(self.width) and self.width >= 1),
                 f"width must be an integer >= 1, got {self.width!r}")
         require(self.kind == "deep" or self.activation == "linear",
-                "an activation needs --model deep (the one-layer UFM has none)")
+                "an activation needs kind='deep' (--model deep; the one-layer UFM has none)")
         require(self.depth >= 2 or self.activation == "linear",
                 f"activation {self.activation!r} acts on hidden layers: it needs depth >= 2 "
                 f"(--depth 2 or more), got depth {self.depth}")
         require(self.depth >= 2 or self.width is None,
                 f"width {self.width} sets the hidden layers of a deep head: it needs "
-                f"--model deep with depth >= 2, got depth {self.depth}; drop the width")
+                f"kind='deep' with depth >= 2 (--model deep --depth 2 or more), got depth "
+                f"{self.depth}; drop the width")
         _finite_nonneg(self.leaky_slope, "leaky_slope")
         require(self.activation == "leaky_relu" or self.leaky_slope == 0.01,
                 f"leaky_slope {self.leaky_slope} sets the 'leaky_relu' activation, got "
@@ -254,7 +256,8 @@ class Regularization:
         if model.bias == "reg":
             require(self.lambda_b > 0, "bias 'reg' needs lambda_b > 0 (use bias 'free' for 0)")
         elif self.lambda_b != 0:
-            require(False, f"lambda_b = {self.lambda_b} needs --bias reg, got bias {model.bias!r}")
+            require(False, f"lambda_b = {self.lambda_b} needs bias='reg' (--bias reg), got bias "
+                    f"{model.bias!r}")
 
 
 @dataclass(frozen=True)
@@ -425,7 +428,7 @@ class SolverSpec:
                 f"t_end must be a finite number > 0, got {self.t_end!r}")
         if not self.adaptive:
             require(is_finite_number(self.dt) and self.dt > 0,
-                    f"solver {self.method!r} needs a step dt > 0 (e.g. --dt 0.1)")
+                    f"solver {self.method!r} needs a step dt > 0 (e.g. dt=0.1, --dt 0.1)")
         elif self.dt is not None:
             require(is_finite_number(self.dt) and self.dt > 0, f"dt must be > 0, got {self.dt!r}")
         require(is_finite_number(self.rtol) and self.rtol > 0,
@@ -442,8 +445,8 @@ class SolverSpec:
         if self.cuda_graphs:
             require(self.adaptive and self.device.startswith("cuda"),
                     f"cuda_graphs needs an adaptive solver (dopri5, tsit5) on a CUDA device, "
-                    f"got {self.method!r} on {self.device!r}: pass --device cuda or drop "
-                    f"--cuda-graphs")
+                    f"got {self.method!r} on {self.device!r}: use device='cuda' (--device cuda) "
+                    f"or drop cuda_graphs (--cuda-graphs)")
         require(is_integer(self.records) and self.records >= 2,
                 f"records must be an integer >= 2, got {self.records!r}")
         require(self.t_first is None or is_finite_number(self.t_first),
@@ -471,14 +474,15 @@ def require_device(device: str) -> None:
             f"unknown device {device!r}; allowed: cpu, cuda, cuda:N, mps")
     if device.startswith("cuda"):
         require(torch.cuda.is_available(),
-                f"device {device!r} is not available (torch sees no CUDA device); use --device cpu")
+                f"device {device!r} is not available (torch sees no CUDA device); use "
+                f"device='cpu' (--device cpu)")
         index = int(device.split(":")[1]) if ":" in device else 0
         require(index < torch.cuda.device_count(),
                 f"device {device!r} does not exist; this machine has "
                 f"{torch.cuda.device_count()} CUDA device(s)")
     elif device == "mps":
         require(torch.backends.mps.is_available(),
-                "device 'mps' is not available on this machine; use --device cpu")
+                "device 'mps' is not available on this machine; use device='cpu' (--device cpu)")
 
 
 @dataclass(frozen=True)

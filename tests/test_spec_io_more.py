@@ -427,9 +427,9 @@ BAD_FIELDS = [
     (ModelSpec(per_class=None), r"must be integers >= 1, got None"),
     (ModelSpec(classes=True, per_class=2), r"classes K must be an integer >= 2, got True"),
     (ModelSpec(dim=True), r"dim d must be an integer >= 1, got True"),
-    (ModelSpec(width=64), r"width 64 sets the hidden layers of a deep head: it needs --model "
-                          r"deep with depth >= 2, got depth 1"),
-    (ModelSpec(kind="deep", depth=1, width=8), r"width 8 .* needs --model deep with depth >= 2"),
+    (ModelSpec(width=64), r"width 64 sets the hidden layers of a deep head: it needs kind='deep' "
+                          r"with depth >= 2 \(--model deep --depth 2 or more\), got depth 1"),
+    (ModelSpec(kind="deep", depth=1, width=8), r"width 8 .* needs kind='deep' with depth >= 2"),
     (ModelSpec(kind="deep", depth=1, activation="relu"),
      r"activation 'relu' acts on hidden layers: it needs depth >= 2 \(--depth 2 or more\), "
      r"got depth 1"),
@@ -461,7 +461,7 @@ BAD_FIELDS = [
     (SolverSpec(t_end=None), r"t_end must be a finite number > 0, got None"),
     (SolverSpec(t_end=float("inf")), r"t_end must be a finite number > 0, got inf"),
     (SolverSpec(t_end=-1.0), r"t_end must be a finite number > 0, got -1\.0"),
-    (SolverSpec(method="rk4"), r"solver 'rk4' needs a step dt > 0 \(e\.g\. --dt 0\.1\)"),
+    (SolverSpec(method="rk4"), r"solver 'rk4' needs a step dt > 0 \(e\.g\. dt=0\.1, --dt 0\.1\)"),
     (SolverSpec(method="gd", dt="0.1"), r"solver 'gd' needs a step dt > 0"),
     (SolverSpec(dt=-0.1), r"dt must be > 0, got -0\.1"),
     (SolverSpec(rtol=float("inf")), r"rtol must be a finite number > 0, got inf"),
@@ -489,7 +489,8 @@ BAD_FIELDS = [
     (SolverSpec(device="cudafoo"), r"unknown device 'cudafoo'; allowed: cpu, cuda, cuda:N"),
     (SolverSpec(device="cuda:x"), r"unknown device 'cuda:x'; allowed"),
     (SolverSpec(cuda_graphs=True, method="rk4", dt=0.1),
-     r"cuda_graphs needs an adaptive solver .* pass --device cuda or drop --cuda-graphs"),
+     r"cuda_graphs needs an adaptive solver .* use device='cuda' \(--device cuda\) or drop "
+     r"cuda_graphs"),
     # onset
     (OnsetSpec(metric="nc4"), r"unknown onset metric 'nc4'; allowed: nc1_trace, nc1"),
     (OnsetSpec(threshold="0.1"), r"onset threshold must be a finite number > 0, got '0\.1'"),
@@ -524,7 +525,8 @@ def test_counts_and_lengths_are_checked_before_use():
         ModelSpec(classes=3, per_class=(2, 2)).validate()
     with pytest.raises(InputError, match=r"eta_w lists 3 values but depth is 2"):
         RunSpec(model=DEEP, time_scale=TimeScale(eta_w=(1.0, 1.0, 1.0))).validate()
-    with pytest.raises(InputError, match=r"model 'ufm' has depth 1, got depth 2; use --model"):
+    with pytest.raises(InputError, match=r"model 'ufm' has depth 1, got depth 2; use "
+                                         r"kind='deep' \(--model deep\)"):
         ModelSpec(depth=2)
     RunSpec(model=ModelSpec(kind="deep", depth=2, width=5, activation="gelu", classes=3,
                             per_class=2, dim=4)).validate()

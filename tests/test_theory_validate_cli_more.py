@@ -666,7 +666,8 @@ def test_train_summary_equals_onset_functions_on_its_log(tiny_run):
     assert [p["epochs"] for p in config["phases"]] == [1, 2]
     assert [p["batch_size"] for p in config["phases"]] == [16, 16]
     assert (config["depth"], config["width"], config["nc_every"], config["seed"]) == (1, 8, 1, 0)
-    assert config["data_args"] == {"name": "gaussian", "per_class": 4, "seed": 0, "root": None}
+    assert config["data_args"] == {"name": "gaussian", "per_class": 4, "test_per_class": None,
+                                   "seed": 0, "root": None}
 
 
 def test_train_log_analyzed_gives_the_train_summary(tiny_run):
@@ -694,7 +695,8 @@ def test_train_cpu_small_preset_on_digits_with_table_output(tmp_path):
     assert result.stdout.startswith(f"# training run (log: {out / 'log.parquet'})")
     assert "mlp_digits_s0" in result.stdout
     config = json.loads((out / "run.json").read_text())["config"]
-    assert config["data_args"] == {"name": "digits", "per_class": 10, "seed": 0, "root": None}
+    assert config["data_args"] == {"name": "digits", "per_class": 10, "test_per_class": None,
+                                   "seed": 0, "root": None}
     assert (config["depth"], config["width"]) == (4, 128)
     assert [(p["loss"], p["epochs"]) for p in config["phases"]] == [("ce", 1), ("mse", 2)]
     log = read_table(out / "log.parquet")
