@@ -13,6 +13,7 @@ nc2_etf, ...`` one row per run and record time.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -61,12 +62,20 @@ def table_path(stem: str | os.PathLike, fmt: str) -> Path:
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Write a table atomically; the format follows ``fmt`` or the file extension."""
+    """Write a table atomically; the format follows ``fmt`` or the file extension.
+
+    The extension is read in any case (``.CSV`` is CSV, as :func:`read_table` reads it);
+    without ``fmt`` it must be ``.csv`` or ``.parquet``, since the reader goes by it.
+    """
     path = Path(path)
-    fmt = fmt or ("csv" if path.suffix == ".csv" else "parquet")
+    suffix = path.suffix.lower()
+    if fmt is None and suffix not in (".csv", ".parquet"):
+        raise InputError(f"table {path}: name the file .csv or .parquet (the extension gives "
+                         "the format)")
+    fmt = fmt or suffix.lstrip(".")
     if fmt not in FORMATS:
         raise InputError(f"unknown table format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    if path.suffix in (".csv", ".parquet") and path.suffix != f".{fmt}":
+    if suffix in (".csv", ".parquet") and suffix != f".{fmt}":
         raise InputError(f"table {path} has the extension {path.suffix} but the format is "
                          f"{fmt!r}; name the file .{fmt} or give the format of its extension")
     if fmt == "csv":
@@ -79,25 +88,57 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
     In a CSV file the run identifiers (``run_id`` and columns ending in ``_run_id``) are read
     as text: a hexadecimal identifier such as ``012345678901`` or ``1234e5678901`` would
-    otherwise be read as a number.
+    otherwise be read as a number. In a column of text only an empty field is a missing
+    value (what :func:`write_table` writes for NaN and None): "NA", "None", "null" or "n/a"
+    stay text. A column of numbers (at least one finite number, every other field a number
+    or one of pandas' missing-value texts) also reads "nan" and "NA" as NaN.
+
+    CSV keeps no types: a column of integers with a missing value comes back as float64, a
+    boolean column with a missing value as objects, a column without any value (all
+    missing, or a table without rows) as float64 or objects (Parquet keeps them all). A
+    table without columns is read back as an empty table.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"table {path} does not exist")
-    if path.suffix != ".csv":
+    if path.suffix.lower() != ".csv":
         return pd.read_parquet(path)
-    header = pd.read_csv(path, nrows=0).columns
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except pd.errors.EmptyDataError:  # what to_csv writes for a table without columns
+        return pd.DataFrame()
     ids = {c: str for c in header if c == "run_id" or str(c).endswith("_run_id")}
-    return pd.read_csv(path, dtype=ids)
+    text = pd.read_csv(path, dtype=ids, keep_default_na=False, na_values=[""])
+    loose = pd.read_csv(path, dtype=ids)  # pandas' missing-value texts ("NA", "nan") as NaN
+    for column in text.columns:
+        if (not pd.api.types.is_numeric_dtype(text[column])
+                and pd.api.types.is_numeric_dtype(loose[column])
+                and _has_a_number(text[column])):
+            text[column] = loose[column]  # numbers with "NA" or "nan" written for missing
+    return text
+
+
+def _has_a_number(column: pd.Series) -> bool:
+    """Whether a text column holds at least one finite number (a column of numbers that
+    pandas reads as text because of a missing-value text, not a column of labels such as
+    "NA" or "None")."""
+    for value in column.dropna():
+        try:
+            if math.isfinite(float(value)):
+                return True
+        except (TypeError, ValueError):
+            continue
+    return False
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (NaN and +-inf written as null).
+    """Write strict JSON atomically (:func:`to_jsonable`: NaN as null, an infinity as the
+    string "inf" or "-inf"; a value that is still not valid JSON raises ``ValueError``).
 
     Keys keep the order of ``data``: an order can carry meaning (the grid axes of a study,
     whose runs are their Cartesian product in that order), and a read gives it back.
     """
-    text = json.dumps(to_jsonable(data), indent=2)
+    text = json.dumps(to_jsonable(data), indent=2, allow_nan=False)
     return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
 
 
@@ -105,8 +146,6 @@ def to_jsonable(value: Any) -> Any:
     """Plain JSON types: NaN -> None, an infinity -> the string "inf" / "-inf" (a value that
     is infinite, such as an onset predicted never, stays apart from one that is undefined),
     numpy scalars -> Python numbers, tuples -> lists, paths -> text."""
-    import math
-
     import numpy as np
 
     if isinstance(value, dict):

@@ -22,13 +22,31 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike) -> Path:
     """Save ``fig`` atomically (format from the extension) and close it."""
     path = Path(path)
     fmt = path.suffix.lstrip(".") or "png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120,
+                                                   bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 
 def _positive(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     return frame[(frame["time"] > 0) & np.isfinite(frame[column]) & (frame[column] > 0)]
+
+
+def _label_colors(values: list, cmap) -> tuple[list, matplotlib.colors.Normalize | None]:
+    """Colours of the runs by their label ``values`` (numbers: by value, on a log scale when
+    all are positive and span more than a factor 10; otherwise by order) and the norm of a
+    colour bar (None when the colours follow the order)."""
+    numeric = [isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values]
+    v = np.asarray([float(x) if ok else np.nan for x, ok in zip(values, numeric)])
+    if values and all(numeric) and np.isfinite(v).all() and v.min() < v.max():
+        if v.min() > 0 and v.max() > 10 * v.min():
+            norm = matplotlib.colors.LogNorm(v.min(), v.max())
+        else:
+            norm = matplotlib.colors.Normalize(v.min(), v.max())
+        return [cmap(norm(x)) for x in v], norm
+    return [cmap(k / max(len(values) - 1, 1)) for k in range(len(values))], None
 
 
 def trajectory_figure(
@@ -44,38 +62,73 @@ def trajectory_figure(
     Parameters
     ----------
     trajectories : long table with ``run_id, time`` and the ``metrics`` columns.
-    runs : run table (``run_id, onset_time, fn_at_onset``) to mark the onsets, optional.
-    label_column : run-table column used to colour and label the lines.
+    runs : run table (``run_id``; ``onset_time, fn_at_onset`` to mark the onsets), optional.
+    label_column : run-table column used to colour and label the lines: a legend (one entry
+        per value) up to 12 runs, a colour bar of its values beyond (numbers; other values
+        colour by order).
+    max_runs : the first ``max_runs`` runs are drawn; the title then says how many of all.
+
+    Nothing is dropped silently: a panel says how many records with t > 0 it cannot show
+    on its log axes (a value that is 0, negative or NaN), and one without any record to
+    show says so.
     """
-    ids = list(dict.fromkeys(trajectories["run_id"]))[:max_runs]
+    all_ids = list(dict.fromkeys(trajectories["run_id"])) if "run_id" in trajectories else []
+    ids = all_ids[:max_runs]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
     cmap = plt.get_cmap("viridis")
-    info = runs.set_index("run_id") if runs is not None else None
+    info = runs.set_index("run_id") if runs is not None and "run_id" in runs else None
+    labelled = (info is not None and label_column is not None
+                and label_column in info.columns)
+    values = [info.at[rid, label_column] if labelled and rid in info.index else None
+              for rid in ids]
+    colors, norm = _label_colors(values, cmap) if labelled else _label_colors([None] * len(ids),
+                                                                               cmap)
+    hidden = dict.fromkeys(metrics, 0)
+    shown = dict.fromkeys(metrics, 0)
+    seen: set[str] = set()
     for k, rid in enumerate(ids):
         part = trajectories[trajectories["run_id"] == rid]
-        color = cmap(k / max(len(ids) - 1, 1))
+        color = colors[k]
         label = None
-        if info is not None and label_column is not None and rid in info.index:
-            value = info.at[rid, label_column]
+        if labelled and rid in info.index:
+            value = values[k]
             label = (f"{label_column}={value:.3g}" if isinstance(value, numbers.Real)
-                     else f"{label_column}={value}")
+                     and not isinstance(value, bool) else f"{label_column}={value}")
+            if label in seen:  # one legend entry per value
+                label = None
+            else:
+                seen.add(label)
         for ax, metric in zip(axes[0], metrics):
+            if metric not in part:
+                continue
             data = _positive(part, metric)
+            hidden[metric] += int((part["time"] > 0).sum()) - len(data)
+            shown[metric] += len(data)
             ax.loglog(data["time"], data[metric], color=color, lw=1.0, label=label)
-            if info is not None and rid in info.index:
-                onset = info.at[rid, "onset_time"]
-                if np.isfinite(onset) and onset > 0:
-                    y = (info.at[rid, "fn_at_onset"] if metric == "fn"
-                         else np.interp(np.log(onset), np.log(data["time"]), data[metric])
-                         if len(data) else np.nan)
-                    ax.plot([onset], [y], "o", color=color, ms=3)
+            onset = (info.at[rid, "onset_time"] if info is not None and rid in info.index
+                     and "onset_time" in info.columns else np.nan)
+            if np.isfinite(onset) and onset > 0 and len(data):
+                y = (info.at[rid, "fn_at_onset"] if metric == "fn" and "fn_at_onset" in info
+                     else np.interp(np.log(onset), np.log(data["time"]), data[metric]))
+                ax.plot([onset], [y], "o", color=color, ms=3)
     for ax, metric in zip(axes[0], metrics):
         ax.set_xlabel(time_label)
         ax.set_ylabel(metric)
         ax.grid(True, which="both", alpha=0.3)
-    if label_column is not None and len(ids) <= 12:
-        axes[0][0].legend(fontsize=7)
+        if not shown[metric]:
+            ax.text(0.5, 0.5, f"no positive finite {metric} at t > 0 to show",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=9)
+        elif hidden[metric]:
+            ax.set_title(f"{hidden[metric]} record(s) with {metric} <= 0 or NaN not shown "
+                         "(log axis)", fontsize=8)
+    if len(all_ids) > len(ids):
+        fig.suptitle(f"first {len(ids)} of {len(all_ids)} runs shown", fontsize=9)
     fig.tight_layout()
+    if labelled and 0 < len(ids) <= 12:
+        axes[0][0].legend(fontsize=7)
+    elif labelled and norm is not None:
+        mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(mappable, ax=axes[0].tolist(), label=label_column, fraction=0.03, pad=0.02)
     return fig
 
 

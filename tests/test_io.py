@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import stat
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from ncsim.errors import InputError
-from ncsim.io import read_table, write_table
+from ncsim.io import read_table, write_json, write_table
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
@@ -41,3 +44,70 @@ def test_unknown_format_and_missing_table(tmp_path):
         write_table(pd.DataFrame(), tmp_path / "t.x", fmt="xlsx")
     with pytest.raises(InputError, match="does not exist"):
         read_table(tmp_path / "none.parquet")
+
+
+def test_csv_keeps_text_that_reads_like_a_missing_value(tmp_path):
+    """In a CSV table only an empty field is missing: the texts "NA", "None", "null", "n/a"
+    and "nan" come back as written (pandas' defaults would read them as NaN); NaN and None
+    come back missing, infinities and booleans as written; Parquet gives the same values."""
+    frame = pd.DataFrame({"run_id": ["012345678901", "1234e5678901", "r2", "r3", "r4", "r5"],
+                          "label": ["NA", "None", "null", "n/a", "nan", None],
+                          "x": [1.0, np.nan, np.inf, -np.inf, 0.5, 2.0],
+                          "ok": [True, False, True, True, False, True],
+                          "note": ["é ∞", "a,b", 'say "x"', "two\nlines", "", "z"]})
+    for suffix in (".csv", ".parquet"):
+        back = read_table(write_table(frame, tmp_path / f"t{suffix}"))
+        assert back["run_id"].tolist() == frame["run_id"].tolist()
+        assert back["label"].iloc[:5].tolist() == ["NA", "None", "null", "n/a", "nan"]
+        assert pd.isna(back["label"].iloc[5])
+        np.testing.assert_array_equal(back["x"].to_numpy(), frame["x"].to_numpy())
+        assert back["ok"].dtype == bool and back["ok"].tolist() == frame["ok"].tolist()
+        assert back["note"].iloc[:4].tolist() == frame["note"].iloc[:4].tolist()
+
+
+def test_csv_numbers_written_as_nan_text_stay_numbers(tmp_path):
+    """A numeric column of a CSV written elsewhere with "nan", "NaN" or "NA" for a missing
+    value is still read as float64."""
+    path = tmp_path / "log.csv"
+    path.write_text("run_id,fn,label\nr0,1.5,NA\nr1,nan,x\nr2,NaN,\nr3,NA,None\n")
+    back = read_table(path)
+    assert back["fn"].dtype == np.float64
+    np.testing.assert_array_equal(back["fn"].to_numpy(), [1.5, np.nan, np.nan, np.nan])
+    assert back["label"].iloc[[0, 1, 3]].tolist() == ["NA", "x", "None"]
+
+
+def test_tables_without_columns_or_rows_read_back(tmp_path):
+    """A table without columns reads back empty from CSV too (pandas raises
+    EmptyDataError on the file it writes); a table without rows keeps its columns."""
+    for suffix in (".csv", ".parquet"):
+        assert read_table(write_table(pd.DataFrame(), tmp_path / f"e{suffix}")).shape == (0, 0)
+        empty = pd.DataFrame({"run_id": pd.Series([], dtype=str), "fn": pd.Series([], dtype=float)})
+        back = read_table(write_table(empty, tmp_path / f"rows{suffix}"))
+        assert back.columns.tolist() == ["run_id", "fn"] and len(back) == 0
+
+
+def test_write_json_is_strict_json(tmp_path):
+    """write_json: NaN (also numpy's) as null, infinities as "inf" / "-inf", numpy numbers as
+    numbers, keys in order; the file parses as strict JSON."""
+    data = {"b": np.float32("nan"), "a": [math.inf, -np.inf, np.int64(3), np.bool_(True)],
+            "c": pd.NA}
+    path = write_json(data, tmp_path / "x.json")
+
+    def refuse(name):
+        raise ValueError(name)
+
+    back = json.loads(path.read_text(), parse_constant=refuse)
+    assert back == {"b": None, "a": ["inf", "-inf", 3, True], "c": None}
+    assert list(back) == ["b", "a", "c"]
+
+
+def test_the_extension_gives_the_format_in_any_case(tmp_path):
+    """'t.CSV' is written as CSV (it was Parquet under a .CSV name) and read back; a name
+    without a table extension needs the format."""
+    frame = pd.DataFrame({"run_id": ["a"], "fn": [1.5]})
+    path = write_table(frame, tmp_path / "t.CSV")
+    assert path.read_text().splitlines() == ["run_id,fn", "a,1.5"]
+    pd.testing.assert_frame_equal(read_table(path), frame)
+    with pytest.raises(InputError, match="name the file .csv or .parquet"):
+        write_table(frame, tmp_path / "t.txt")
+    assert not (tmp_path / "t.txt").exists()

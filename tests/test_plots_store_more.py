@@ -192,6 +192,97 @@ def test_save_figure_writes_the_format_of_the_extension_and_closes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["t.png", "t.svg"]
 
 
+def _many_runs(count: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``count`` runs with fn = (k + 1) t at t = 1, 10, 100; label lam = 10^(k - count + 1)."""
+    t = np.array([1.0, 10.0, 100.0])
+    traj = pd.concat([pd.DataFrame({"run_id": f"r{k:02d}", "time": t, "fn": (k + 1) * t,
+                                    "nc1_trace": 1.0 / t}) for k in range(count)])
+    runs = pd.DataFrame({"run_id": [f"r{k:02d}" for k in range(count)],
+                         "lam": 10.0 ** (np.arange(count) - count + 1),
+                         "onset_time": np.nan, "fn_at_onset": np.nan})
+    return traj, runs
+
+
+def test_trajectory_figure_says_how_many_runs_it_leaves_out():
+    """max_runs draws the first runs and the figure says so: 'first 5 of 20 runs shown'."""
+    traj, runs = _many_runs(20)
+    fig = trajectory_figure(traj, runs, max_runs=5)
+    assert len([ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "-"]) == 5
+    assert fig._suptitle is not None
+    assert fig._suptitle.get_text() == "first 5 of 20 runs shown"
+    fig = trajectory_figure(traj, runs, max_runs=20)
+    assert fig._suptitle is None
+
+
+def test_trajectory_figure_colour_bar_keys_many_numeric_labels():
+    """Beyond 12 labelled runs (no legend) a colour bar of the label column keys the lines,
+    whose colours follow the label's value (log scale over 19 decades) rather than the row
+    order."""
+    traj, runs = _many_runs(20)
+    shuffled = runs.iloc[::-1].reset_index(drop=True)
+    fig = trajectory_figure(traj, shuffled, label_column="lam")
+    ax_fn, ax_nc, bar = fig.axes
+    assert bar.get_ylabel() == "lam"
+    assert ax_fn.get_legend() is None
+    lines = [ln for ln in ax_fn.get_lines() if ln.get_linestyle() == "-"]
+    cmap = plt.get_cmap("viridis")
+    np.testing.assert_allclose(lines[0].get_color(), cmap(0.0))   # r00: the smallest lam
+    np.testing.assert_allclose(lines[-1].get_color(), cmap(1.0))  # r19: the largest lam
+    np.testing.assert_allclose(lines[10].get_color(), cmap(10 / 19))
+
+
+def test_trajectory_panels_say_what_the_log_axes_leave_out():
+    """A record at t > 0 whose metric is <= 0 or NaN (one per run here) is counted in the
+    panel's title; a panel with nothing to show says so instead of staying blank; a run
+    table without onset columns draws the lines without dots."""
+    traj, runs = _trajectories()
+    fig = trajectory_figure(traj, runs)
+    ax_fn, ax_nc = fig.axes
+    assert ax_fn.get_title() == ""
+    assert ax_nc.get_title() == "3 record(s) with nc1_trace <= 0 or NaN not shown (log axis)"
+    traj = traj.assign(nc1_trace=-traj["nc1_trace"].abs())
+    fig = trajectory_figure(traj, runs[["run_id", "lam"]], label_column="lam")
+    ax_fn, ax_nc = fig.axes
+    assert [t.get_text() for t in ax_nc.texts] == ["no positive finite nc1_trace at t > 0 to "
+                                                   "show"]
+    assert not [ln for ln in ax_fn.get_lines() if ln.get_marker() == "o"]
+
+
+def test_training_figure_breaks_its_log_lines_at_non_positive_values(tmp_path):
+    """plot_training and plot_overlay: a 0, a negative value or NaN on a log axis breaks the
+    line (NaN in its data, not a plunge to the axis edge) and the panel counts it."""
+    from ncsim.validate import plots as vplots
+
+    shown = {}
+    real = vplots.save_figure
+
+    def keep(fig, path):
+        shown[Path(path).name] = [[ln.get_ydata().tolist() for ln in ax.get_lines()
+                                   if ln.get_linestyle() != "--"] + [ax.get_title()]
+                                  for ax in fig.axes]
+        return real(fig, path)
+
+    log = pd.DataFrame({"time": [0.0, 1.0, 2.0, 3.0], "fn": [1.0, 0.0, 2.0, 3.0],
+                        "nc1_trace": [1.0, 0.1, -0.5, np.nan], "nc1": [1.0, 1.0, 1.0, 1.0],
+                        "accuracy": [0.1, 0.5, 0.9, 1.0]})
+    import unittest.mock as mock
+
+    with mock.patch.object(vplots, "save_figure", keep):
+        vplots.plot_training(log, tmp_path / "training.png", onset=2.0)
+        curve = pd.DataFrame({"t": [0.0, 1.0, 2.0], "fn": [1.0, 0.0, 2.0],
+                              "nc1_trace": [1.0, 0.1, 0.01]})
+        vplots.plot_overlay(curve, curve, tmp_path / "compare.png")
+    fn_panel, nc1_panel, _ = shown["training.png"]
+    np.testing.assert_array_equal(fn_panel[0], [1.0, np.nan, 2.0, 3.0])
+    assert fn_panel[-1] == "1 fn value(s) <= 0 or NaN not shown (log axis)"
+    np.testing.assert_array_equal(nc1_panel[0], [1.0, 0.1, np.nan, np.nan])
+    assert nc1_panel[-1] == "2 NC1 value(s) <= 0 or NaN not shown (log axis)"
+    fn_overlay, nc_overlay = shown["compare.png"]
+    np.testing.assert_array_equal(fn_overlay[0], [np.nan, 2.0])  # t = 0 left out
+    assert fn_overlay[-1] == "2 fn value(s) <= 0 or NaN not shown (log axis)"
+    assert nc_overlay[-1] == ""
+
+
 # ----------------------------------------------------------------------------- store
 def _study(tmp_path, quick: bool = False):
     return load_study(write_tiny_study(tmp_path, seeds=3, t_end=10.0, records=5), quick=quick)
@@ -578,3 +669,12 @@ def test_heatmap_text_coordinate_is_an_input_error():
     table = pd.DataFrame({"x": ["a", "b"], "y": [1.0, 2.0], "v": [1.0, 2.0]})
     with pytest.raises(InputError, match="^heat map: column 'x' needs positive finite values"):
         heatmap_figure(table, "x", "y", "v")
+
+
+def test_trajectory_legend_has_one_entry_per_label_value():
+    """Runs that share a label value (seeds of one setting) share one legend entry."""
+    traj, runs = _trajectories()
+    runs = runs.assign(lam=[1e-3, 1e-3, 1e-1])
+    fig = trajectory_figure(traj, runs, label_column="lam")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["lam=0.001",
+                                                                            "lam=0.1"]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ncsim.errors import InputError
@@ -83,13 +83,54 @@ def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame, Progress]:
 
 
 def _load_study(store: Store) -> Study:
-    """The folder's study; :class:`InputError` when study.json lacks what a study needs."""
+    """The folder's study; :class:`InputError` when study.json lacks what a study needs or
+    holds a value of the wrong kind (a field that is not text, an unknown analysis, a part
+    without a name, a grid that is not a table of value lists, run ids that are not a list
+    of texts)."""
     record = store.study()
     try:
-        return Study.from_dict(record)
+        study = Study.from_dict(record)
     except TypeError as err:
-        raise InputError(f"{store.study_path} is damaged ({err}); remove it and run 'ncsim "
-                         f"study run SPEC --out {store.root}' with this folder's study") from None
+        raise InputError(_damaged(store, str(err))) from None
+    run_ids = record.get("run_ids", [])
+    problem = ("'run_ids' is not a list of run ids" if not isinstance(run_ids, list)
+               or not all(isinstance(r, str) for r in run_ids) else _study_problem(study))
+    if problem:
+        raise InputError(_damaged(store, problem))
+    return study
+
+
+def _damaged(store: Store, why: str) -> str:
+    return (f"{store.study_path} is damaged ({why}); remove it and run 'ncsim study run SPEC "
+            f"--out {store.root}' with this folder's study")
+
+
+def _study_problem(study: Study) -> str:
+    """What is wrong with a study read back from study.json ("" when nothing is)."""
+    for key in ("name", "title", "question", "claim", "analysis", "source", "notes",
+                "quick_note"):
+        if not isinstance(getattr(study, key), str):
+            return f"'{key}' is not text"
+    if study.analysis not in ANALYSES:
+        return f"unknown analysis {study.analysis!r}; known: {', '.join(ANALYSES)}"
+    if not isinstance(study.quick, bool):
+        return "'quick' is not true or false"
+    if not isinstance(study.metrics, list) or not all(isinstance(m, str)
+                                                      for m in study.metrics):
+        return "'metrics' is not a list of names"
+    if not isinstance(study.parts, list):
+        return "'parts' is not a list"
+    for i, part in enumerate(study.parts):
+        if not isinstance(part, dict):
+            return f"parts[{i}] is not a table"
+        if not isinstance(part.get("name"), str) or not isinstance(part.get("model"), str):
+            return f"parts[{i}] has no 'name' or 'model' text"
+        grid = part.get("grid")
+        if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+            return f"parts[{i}] has no 'grid' table of value lists"
+        if not isinstance(part.get("fixed", {}), dict):
+            return f"parts[{i}]: 'fixed' is not a table"
+    return ""
 
 
 def _analyze(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, store: Store,
@@ -139,17 +180,47 @@ def _incomplete_reason(progress: Progress) -> str:
 
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
-    """A Markdown table (numbers with 4 significant digits; long tables cut)."""
+    """A Markdown table (numbers with 4 significant digits; long tables cut).
+
+    A cell keeps its text: a pipe is escaped (``\\|``), a line break becomes a space, and
+    stars and ``<`` are escaped so that Markdown shows them as text; a missing value of any
+    type (NaN, ``pd.NA``) is written "nan"."""
     if frame.empty:
         return "(empty)\n"
     shown = frame.head(max_rows)
-    head = "| " + " | ".join(map(str, shown.columns)) + " |"
+    head = "| " + " | ".join(_cell(c) for c in shown.columns) + " |"
     rule = "|" + "---|" * len(shown.columns)
-    body = ["| " + " | ".join(fmt(v).replace("|", "/") for v in row) + " |"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |"
             for row in shown.itertuples(index=False)]
     more = f"\n({len(frame) - max_rows} more rows in the run table)" if len(frame) > max_rows \
         else ""
     return "\n".join([head, rule, *body]) + "\n" + more
+
+
+def _cell(value: Any) -> str:
+    """One table cell of Markdown: :func:`fmt` of the value, on one line, its pipes, stars
+    and ``<`` escaped."""
+    if value is pd.NA or value is pd.NaT:
+        value = math.nan
+    text = " ".join(fmt(value).split())
+    return _escape(text).replace("|", "\\|")
+
+
+def _escape(text: str) -> str:
+    """``text`` with its stars (as in fn*) and ``<`` escaped, so that Markdown keeps them as
+    text (no emphasis, no HTML tag); code spans (between backticks) are left as they are.
+
+    Used on the text between emphasis marks (captions: ``**fn* per part**`` would end its
+    bold at the star) and in table cells; in running text a star after a word (fn*) opens no
+    emphasis and stays as written."""
+    pieces = re.split(r"(`[^`]*`)", str(text))
+    return "".join(p if p.startswith("`") and p.endswith("`") and len(p) > 1
+                   else p.replace("*", "\\*").replace("<", "\\<") for p in pieces)
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (a line break would end a paragraph or a table row)."""
+    return " ".join(str(text).split())
 
 
 def _status_counts(runs: pd.DataFrame) -> str:
@@ -164,15 +235,16 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
     """Markdown of one study (figure paths relative to the report, under ``prefix``); an
     unfinished study (``progress``) says so first."""
     variant = "quick" if study.quick else "full"
-    lines = [f"## {study.title} (`{study.name}`, {variant} variant)", ""]
+    lines = [f"## {_one_line(study.title)} (`{study.name}`, {variant} variant)", ""]
     counted = f"{len(runs)}"
     if progress is not None and not progress.complete:
         lines += [f"**Unfinished study: {progress.finished} of {progress.total} runs "
                   f"finished** (missing: {progress.missing_text()}). The tables and figures "
                   "below cover the finished runs only.", ""]
         counted = f"{progress.finished} of {progress.total} finished"
-    lines += [f"**Question.** {study.question}", "", f"**Claim tested.** {study.claim}", "",
-              f"**Verdict: {section.verdict}.** {section.reason}", "",
+    lines += [f"**Question.** {_one_line(study.question)}", "",
+              f"**Claim tested.** {_one_line(study.claim)}", "",
+              f"**Verdict: {section.verdict}.** {_one_line(section.reason)}", "",
               f"Runs: {counted} ({_status_counts(runs)}). Metrics: "
               f"{', '.join(study.metrics) or 'onset_time, fn_at_onset'}. "
               f"Spec: `{Path(str(study.source)).name}`.",
@@ -180,7 +252,8 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
     failed = runs[runs["status"] == FAILED] if "status" in runs else runs.iloc[0:0]
     if len(failed):
         errors = failed["error"].astype(str).value_counts().head(3)
-        lines += ["Failed runs: " + "; ".join(f"{n} x {e}" for e, n in errors.items()), ""]
+        lines += ["Failed runs: " + "; ".join(f"{n} x {_escape(_one_line(e))}"
+                                              for e, n in errors.items()), ""]
     inherited = len(runs) - len(observed(runs))
     if inherited:
         lines += [f"{inherited} trained run(s) were already below the onset threshold when "
@@ -188,20 +261,16 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
                   "collapsed nor as prevented runs and stay out of the analyses (too short "
                   "or too easy to decide).", ""]
     if study.quick_note:
-        lines += [f"*Quick variant.* {study.quick_note}", ""]
+        lines += [f"*Quick variant.* {_one_line(study.quick_note)}", ""]
     if study.notes:
-        lines += [f"*Notes.* {study.notes}", ""]
+        lines += [f"*Notes.* {_one_line(study.notes)}", ""]
     for caption, path in section.figures:
-        lines += [f"![{caption}]({prefix}{path})", "", f"*{_escape_stars(caption)}*", ""]
+        caption = _one_line(caption)
+        lines += [f"![{caption}]({prefix}{path})", "", f"*{_escape(caption)}*", ""]
     for caption, table in section.tables:
-        lines += [f"**{caption}**", "", markdown_table(table), ""]
-    lines += section.notes
+        lines += [f"**{_escape(_one_line(caption))}**", "", markdown_table(table), ""]
+    lines += [_one_line(note) + "\n" for note in section.notes]
     return "\n".join(lines) + "\n"
-
-
-def _escape_stars(text: str) -> str:
-    """``text`` with its stars (as in fn*) escaped, so that Markdown keeps them as text."""
-    return text.replace("*", "\\*")
 
 
 def _html(markdown: str, title: str) -> str:
@@ -209,7 +278,7 @@ def _html(markdown: str, title: str) -> str:
     out, in_table = [], False
     for line in markdown.splitlines():
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
             if all(set(c) <= {"-"} for c in cells):
                 continue
             tag = "th" if not in_table else "td"
@@ -241,31 +310,26 @@ def _html(markdown: str, title: str) -> str:
 
 
 def _inline(text: str) -> str:
-    import re
+    """HTML of one line of the report's Markdown: bold, italics, code; a character escaped
+    with a backslash (``\\*``, ``\\|``, ``\\<``) is text, never markup."""
+    kept: list[str] = []
 
-    text = html.escape(text).replace("\\*", "\0")  # an escaped star is text, never markup
+    def keep(match: re.Match) -> str:
+        kept.append(match.group(1))
+        return f"\0{len(kept) - 1}\0"
+
+    text = html.escape(re.sub(r"\\([!-/:-@\[-`{-~])", keep, text))
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
     text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
     text = re.sub(r"(?<![\w*])\*(?!\s)([^*]+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
-    return text.replace("\0", "*")
-
-
-def _jsonable_numbers(numbers: Any) -> Any:
-    if isinstance(numbers, dict):
-        return {str(k): _jsonable_numbers(v) for k, v in numbers.items()}
-    if isinstance(numbers, (list, tuple)):
-        return [_jsonable_numbers(v) for v in numbers]
-    if isinstance(numbers, (np.generic,)):
-        return numbers.item()
-    if isinstance(numbers, float) and not math.isfinite(numbers):
-        return None
-    return numbers
+    return re.sub("\0(\\d+)\0", lambda m: html.escape(kept[int(m.group(1))]), text)
 
 
 def write_report(root: str | Path, nested: bool = True) -> Path:
     """Write ``root/report.md``, ``root/report.html`` and ``verdict.json`` per study: of the
     study in ``root`` and (``nested``, or when ``root`` holds none) of those in its
-    sub-folders."""
+    sub-folders. verdict.json is strict JSON: an undefined number (NaN) is null, an infinite
+    one the string "inf" or "-inf" (:func:`ncsim.io.to_jsonable`)."""
     root = Path(root)
     sections, verdicts = [], []
     for folder in study_dirs(root, nested):
@@ -273,7 +337,7 @@ def write_report(root: str | Path, nested: bool = True) -> Path:
         prefix = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
         sections.append(section_markdown(study, section, runs, prefix, progress))
         verdict = {"study": study.name, "quick": study.quick, "verdict": section.verdict,
-                   "reason": section.reason, "numbers": _jsonable_numbers(section.numbers),
+                   "reason": section.reason, "numbers": section.numbers,
                    "runs_finished": progress.finished, "runs_total": progress.total}
         if not progress.complete:
             verdict["runs_missing"] = {part: n for part, (n, _) in progress.missing.items()}

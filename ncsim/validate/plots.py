@@ -15,17 +15,42 @@ import pandas as pd  # noqa: E402
 from ncsim.plots import save_figure  # noqa: E402
 
 
+def _on_log_axis(values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
+    """``values`` (n,) with every entry a log axis cannot show (0, negative, NaN, inf) set
+    to NaN, so that the line breaks there instead of plunging to the axis edge, and how
+    many such entries there were."""
+    v = np.asarray(values, dtype=np.float64)
+    bad = ~(np.isfinite(v) & (v > 0))
+    return np.where(bad, np.nan, v), int(bad.sum())
+
+
+def _note_hidden(ax: plt.Axes, hidden: int, what: str) -> None:
+    """Say on ``ax`` how many values of ``what`` its log axis leaves out."""
+    if hidden:
+        ax.set_title(f"{hidden} {what} value(s) <= 0 or NaN not shown (log axis)", fontsize=8)
+
+
 def plot_training(log: pd.DataFrame, path: str | Path, onset: float = math.nan) -> Path:
-    """fn, NC1 (trace and pinv forms) and accuracy against epoch; onset marked if finite."""
+    """fn, NC1 (trace and pinv forms) and accuracy against epoch; onset marked if finite.
+
+    fn and NC1 are on log axes: a value that is 0, negative or NaN breaks the line and the
+    panel says how many were left out."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     t = log["time"].to_numpy(np.float64)
-    axes[0].plot(t, log["fn"], marker=".")
+    fn, hidden = _on_log_axis(log["fn"])
+    axes[0].plot(t, fn, marker=".")
     axes[0].set(xlabel="epoch", ylabel="fn (mean |h|)", yscale="log")
+    _note_hidden(axes[0], hidden, "fn")
+    hidden = 0
     for col in ("nc1_trace", "nc1"):
         if col in log:
-            axes[1].plot(t, log[col], marker=".", label=col)
+            values, n = _on_log_axis(log[col])
+            hidden += n
+            axes[1].plot(t, values, marker=".", label=col)
     axes[1].set(xlabel="epoch", ylabel="NC1", yscale="log")
-    axes[1].legend()
+    _note_hidden(axes[1], hidden, "NC1")
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend()
     axes[2].plot(t, log["accuracy"], label="train")
     if "test_accuracy" in log:
         axes[2].plot(t, log["test_accuracy"], label="test")
@@ -40,16 +65,25 @@ def plot_training(log: pd.DataFrame, path: str | Path, onset: float = math.nan) 
 
 def plot_overlay(measured: pd.DataFrame, simulated: pd.DataFrame, path: str | Path,
                  onsets: dict[str, float] | None = None) -> Path:
-    """Measured and simulated fn and NC1 (trace form) against matched time t = lr x steps."""
+    """Measured and simulated fn and NC1 (trace form) against matched time t = lr x steps.
+
+    All axes are logarithmic: records at t <= 0 are left out (the start of the phase), and a
+    value that is 0, negative or NaN breaks its line, with a note of how many were left out.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    hidden = {"fn": 0, "nc1_trace": 0}
     for frame, label, style in ((measured, "network", "-o"), (simulated, "UFM surrogate", "-")):
         t = frame["t"].to_numpy(np.float64)
         keep = t > 0
-        axes[0].plot(t[keep], frame["fn"].to_numpy()[keep], style, ms=3, label=label)
-        axes[1].plot(t[keep], frame["nc1_trace"].to_numpy()[keep], style, ms=3, label=label)
+        for ax, col in zip(axes, ("fn", "nc1_trace")):
+            values, n = _on_log_axis(frame[col].to_numpy()[keep])
+            hidden[col] += n
+            ax.plot(t[keep], values, style, ms=3, label=label)
     axes[0].set(xscale="log", yscale="log", xlabel="t = lr x steps (from MSE start)", ylabel="fn")
     axes[1].set(xscale="log", yscale="log", xlabel="t = lr x steps (from MSE start)",
                 ylabel="NC1 (trace)")
+    for ax, col in zip(axes, ("fn", "nc1_trace")):
+        _note_hidden(ax, hidden[col], col)
     for name, value in (onsets or {}).items():
         if value is not None and math.isfinite(value) and value > 0:
             for ax in axes:
