@@ -388,16 +388,20 @@ def test_critical_table_rejects_bad_model():
                                              ("mse", 1, "none"), ("ce", 1, "reg"),
                                              ("mse", 2, "reg")])
 def test_derivations_reg_bias_keys(loss, depth, bias):
-    """The bias entry and the mean-mode weight are listed for one-layer MSE with a regularised
-    bias only, and then equal the expressions of derive_reg_bias_mean_mode."""
+    """MSE with a bias lists its bias entry at every depth: 1/K for a free bias; for a
+    regularised one the expressions of derive_reg_bias_mean_mode, with the mean-mode weight.
+    CE and MSE without bias list neither."""
     d = derivations(loss, depth, bias)
-    if (loss, depth, bias) == ("mse", 1, "reg"):
+    if loss == "mse" and bias == "reg":
         rb = ufm.derive_reg_bias_mean_mode()
         assert d["bias_entry"] == rb["bias_entry"]
         assert sp.simplify(d["mean_mode_weight"] - S.lam_b / (1 + S.lam_b)) == 0
-        assert "sigma_star" in d and "growth_rate" in d
+    elif loss == "mse" and bias == "free":
+        assert d["bias_entry"] == 1 / S.K and "mean_mode_weight" not in d
     else:
         assert "bias_entry" not in d and "mean_mode_weight" not in d
+    if depth == 1:
+        assert "sigma_star" in d and "growth_rate" in d
 
 
 @pytest.mark.parametrize("depth", [2, 3])

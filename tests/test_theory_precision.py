@@ -29,7 +29,13 @@ from ncsim.theory import (
 from ncsim.theory import symbols as S
 from ncsim.theory._backend import bisect
 
-mp.mp.dps = 50
+
+@pytest.fixture(autouse=True)
+def _mpmath_fifty_digits():
+    """mpmath at 50 digits in every test of this module (a module-level setting would be
+    overwritten by whichever test module is imported last)."""
+    with mp.workdps(50):
+        yield
 
 
 def rel(got: float, want: mp.mpf) -> float:

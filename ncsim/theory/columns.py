@@ -23,6 +23,9 @@ _METASTABLE_NOTE = ("metastable: the init is in the basin of a collapsed local m
                     "global minimiser (fn* column) is the origin")
 
 
+_OTHER_METRIC = "onset predicted for nc1_trace only"
+
+
 def _empty(regime: str) -> dict[str, Any]:
     row: dict[str, Any] = {c: math.nan for c in COLUMNS}
     row["collapsed_theory"] = None
@@ -41,11 +44,16 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     ``collapsed_theory`` (bool), ``lambda_crit_theory`` (the critical lambda_W of the first
     layer when every decay is scaled by one factor, so that collapsed_theory holds iff lambda_W1
     < lambda_crit_theory; with equal layer decays this is :func:`lambda_crit` at ratio
-    lambda_H / lambda_W), ``w_norm_star_theory``, ``loss_star_theory`` and ``theory_regime``.
-    NaN / None where the theory does not apply (non-linear deep heads, d or the hidden width
-    below the rank of the minimiser, a width other than d or per-layer decays in the onset
-    model, imbalanced CE or deep imbalanced models); never raises for a valid spec. Time-scale
-    factors (``spec.time_scale``) leave the equilibrium columns unchanged (the minimiser does not
+    lambda_H / lambda_W), ``w_norm_star_theory`` (the RMS classifier row norm
+    |W_L|_F / sqrt(K), the row norm |w_k| when the rows are equinorm; the measured
+    ``final_w_norm`` is |W_L|_F), ``loss_star_theory`` (mean data loss) and ``theory_regime``.
+    Deep CE: the equilibrium columns are the collapsed (ETF-ray) state, where the simulated runs
+    end; a lower-rank state can have a lower objective (:mod:`ncsim.theory.lowrank`, not run
+    here). NaN / None where the theory does not apply (non-linear deep heads, d or the hidden
+    width below the rank of the minimiser, a width other than d or per-layer decays in the
+    onset model, an "arrays" init in the onset model, imbalanced CE or deep imbalanced models),
+    with the reason in ``theory_regime``; never raises for a valid spec. Time-scale factors
+    (``spec.time_scale``) leave the equilibrium columns unchanged (the minimiser does not
     depend on them) and the onset NaN.
 
     Regimes (``theory_regime``): "ok"; "approximate: d < 5K" (onset model less accurate);
@@ -61,7 +69,14 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     the origin is global: onset 0, fn* of the origin); "mean_mode_unseeded: ..." (an etf init,
     or a spectral init with a regularised bias, where the minimiser has a mean label mode the
     init does not seed: depth >= 2, the equilibrium columns describe the end state without
-    the mean mode; one layer, they are NaN, the text gives both candidate fn values).
+    the mean mode; one layer, they are NaN, the text gives both candidate fn values);
+    "mean_mode_trapped: ..." / "mean_mode_basin_edge: ..." (deep MSE with a regularised bias
+    and a Gaussian init whose amplitude lies below / within the band around the basin root of
+    the mean label mode, whose data weight lambda_b/(1 + lambda_b) puts that root above the
+    centred modes': below, the equilibrium columns describe the end state without the mean
+    mode; within, they are NaN and the text gives both candidate fn values). Deep Gaussian
+    inits with per-layer decays: "trapped" / "basin_edge: ..." against the basin root of the
+    aligned flow with those decays, else onset NaN with the reason.
     Imbalanced one-layer MSE: the equilibrium columns come
     from :mod:`ncsim.theory.imbalance` (``w_norm_star_theory`` is then the RMS classifier row
     norm |W|_F / sqrt(K), which is the row norm when balanced); the onset is not predicted (NaN).
@@ -111,9 +126,7 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
         else:  # per-layer decays, all scaled together: collapse iff Lambda < Lambda_crit
             row["lambda_crit_theory"] = (lw0 * float(Lambda_crit(m.loss, K, n, m.depth))
                                          / _geometric_decay(lw, lh))
-        if spec.onset.metric != "nc1_trace":
-            row["theory_regime"] = "onset predicted for nc1_trace only"
-        elif spec.init.kind in ("spectral", "etf"):
+        if spec.init.kind in ("spectral", "etf"):
             onset, regime = _aligned_onset(spec, eq, lw, lh)
             row["onset_time_theory"] = onset
             row["theory_regime"] = regime
@@ -132,6 +145,32 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
                     row["theory_regime"] += "; " + _METASTABLE_NOTE
             else:
                 row["onset_time_theory"] = pred.onset_time
+            if not pred.regime.startswith(("trapped", "vanishing")):
+                _gaussian_mean_mode(spec, eq, row, lw, lh, lw_arg)
+        elif spec.init.kind == "gaussian" and m.hidden_width == m.dim:  # per-layer decays
+            onset, regime = _unequal_decays_fate(spec, eq, lw, lh)
+            row["onset_time_theory"] = onset
+            row["theory_regime"] = regime
+            if not regime.startswith(("trapped", "vanishing")):
+                _gaussian_mean_mode(spec, eq, row, lw, lh, lw_arg)
+        elif spec.init.kind == "gaussian":
+            row["theory_regime"] = ("onset not predicted for deep gaussian inits with a width "
+                                    "other than d")
+            if m.loss == "mse" and m.bias == "reg" and float(eq.sigma_mean) > 0:
+                row["theory_regime"] += (
+                    "; the equilibrium columns assume that the mean label mode escapes the "
+                    "origin (its basin is modelled for the width d only)")
+        else:  # init "arrays": an arbitrary start
+            row["theory_regime"] = ("onset not predicted for an 'arrays' init; the equilibrium "
+                                    "columns are the global minimiser, which a start of that "
+                                    "kind need not reach")
+        if spec.onset.metric != "nc1_trace":  # the fate (trapped, ...) holds for every metric
+            row["onset_time_theory"] = math.nan
+            regime = str(row["theory_regime"])
+            onset_only = regime == "ok" or regime.startswith("approximate") or (
+                regime.startswith("onset not predicted") and "; " not in regime)
+            row["theory_regime"] = (_OTHER_METRIC if onset_only
+                                    else f"{regime}; {_OTHER_METRIC}")
         return row
     except (ValueError, ArithmeticError) as err:  # numerical trouble: report, never raise
         return _empty(f"error: {err}")
@@ -219,6 +258,84 @@ def _unseeded_mean_mode(spec: RunSpec, eq: Any, row: dict[str, Any], lw_arg: Any
         f"is invariant but unstable there, so the run ends at fn = {fn_end:.6g} (the mean mode "
         f"stays 0) or, once rounding errors seed it, at the global minimiser, fn* = "
         f"{fn_star:.6g}; which one depends on the run: equilibrium columns NaN")
+
+
+def _unequal_decays_fate(spec: RunSpec, eq: Any, lw: tuple[float, ...], lh: float
+                        ) -> tuple[float, str]:
+    """(onset, regime) of a deep Gaussian init with per-layer weight decays (width d, every
+    decay > 0), as :func:`ncsim.theory.prediction.predicted_onset` gives them for equal
+    decays: inf and "vanishing" without a non-zero critical point; inf and "trapped" below the
+    band around the basin root of the aligned flow with these decays, NaN and "basin_edge"
+    within it (:func:`ncsim.theory.prediction.basin_position`); above it NaN (only the mode
+    escape time of equal decays is derived), with the metastable note where the origin is
+    global."""
+    from ncsim.theory.prediction import basin_band, basin_position
+
+    m = spec.model
+    if not (bool(eq.collapsed) or math.isfinite(float(eq.sigma_local))):
+        return math.inf, "vanishing"
+    a0 = spec.init.scale * math.sqrt(m.dim / 2)
+    where = basin_position(m.loss, m.classes, m.class_counts[0], a0, (*lw, lh), m.dim)
+    if where == "below":
+        return math.inf, "trapped"
+    if where != "above":
+        low, high = basin_band(m.dim)
+        return math.nan, (f"basin_edge: init amplitude a sqrt(d/2) {where}, within the band "
+                          f"[{low:.3g}, {high:.3g}] a_u around the basin root a_u of the "
+                          f"aligned flow with these decays, where runs are trapped or "
+                          f"collapse by seed")
+    regime = "onset not predicted for deep gaussian inits with per-layer weight decays"
+    return math.nan, regime if bool(eq.collapsed) else f"{regime}; {_METASTABLE_NOTE}"
+
+
+def _gaussian_mean_mode(spec: RunSpec, eq: Any, row: dict[str, Any], lw: tuple[float, ...],
+                        lh: float, lw_arg: Any) -> None:
+    """Rewrite ``row`` (a deep Gaussian init whose centred modes collapse) where the minimiser
+    has a mean label mode with a regularised bias (MSE; sigma_mean > 0).
+
+    With the bias at its optimum the mean mode is an MSE mode of data weight c0 = lambda_b /
+    (1 + lambda_b) < 1, i.e. a mode with every decay divided by c0 (theory.md 1.1): its basin
+    root lies above that of the centred modes, and for depth >= 2 the origin of the mean mode
+    is a strict local minimum. The init amplitude a0 = a sqrt(d/2) is placed against the band
+    around that root (:func:`ncsim.theory.prediction.basin_position`). Below the band the mean
+    mode returns to 0 and the run ends at ``equilibrium(..., mean_mode=False)``: its fn, |w|
+    and loss replace the minimiser's. Within the band the end state depends on the seed: those
+    columns are NaN and the regime gives both values. Without bias every mode has the same
+    root; a free bias absorbs the mean mode; CE has none."""
+    from ncsim.theory.prediction import basin_position
+
+    m = spec.model
+    if not (m.depth > 1 and m.loss == "mse" and m.bias == "reg" and float(eq.sigma_mean) > 0):
+        return
+    K, n = m.classes, m.class_counts[0]
+    c0 = spec.reg.lambda_b / (1.0 + spec.reg.lambda_b)
+    a0 = spec.init.scale * math.sqrt(m.dim / 2)
+    where = basin_position("mse", K, n, a0, tuple(v / c0 for v in (*lw, lh)), m.dim)
+    if where == "above":
+        return
+    end = equilibrium(m.loss, m.bias, K, n, lw_arg, lh, spec.reg.lambda_b, m.depth,
+                      mean_mode=False)
+    fn_end, fn_star = float(end.fn_star), float(eq.fn_star)
+    regime = str(row["theory_regime"])
+    if where == "below":
+        row["fn_star_theory"] = fn_end
+        row["w_norm_star_theory"] = float(end.w_norm_star)
+        row["loss_star_theory"] = float(end.loss_star)
+        row["theory_regime"] = (
+            f"mean_mode_trapped: the init amplitude a sqrt(d/2) = {a0:.4g} lies below the band "
+            f"around the basin root of the mean label mode (data weight lambda_b/(1 + lambda_b)"
+            f" = {c0:.4g}), which returns to 0: the flow ends at fn = {fn_end:.6g} (the fn* "
+            f"column and the other equilibrium columns describe that state), not at the global "
+            f"minimiser, fn* = {fn_star:.6g}; {regime}")
+        return
+    for key in ("fn_star_theory", "w_norm_star_theory", "loss_star_theory"):
+        row[key] = math.nan
+    row["theory_regime"] = (
+        f"mean_mode_basin_edge: the init amplitude a sqrt(d/2) {where.replace('a_u', 'a_u0')}, "
+        f"within the band around the basin root a_u0 of the mean label mode (data weight "
+        f"lambda_b/(1 + lambda_b) = {c0:.4g}): the run ends at fn = {fn_end:.6g} (mean mode "
+        f"back at 0) or at the global minimiser, fn* = {fn_star:.6g}, by seed: equilibrium "
+        f"columns NaN; {regime}")
 
 
 def _imbalanced(spec: RunSpec) -> dict[str, Any]:

@@ -338,7 +338,27 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     m0 = sig0 / (K * sqn) + b_entry
     margin = sig / sqn
     logit_true = frac * margin + m0
-    logit_other = -margin / K + m0
+    if loss == "mse":
+        # logit_other = m0 - sigma/(K sqrt(n)) = (P(sigma) - P0) / (K sqrt(n)), P(sigma) = sqrt(n)
+        # - sigma = N Lambda sigma^q (stationary form, q = 2/M - 1) and P0 = c0 (sqrt(n) -
+        # sigma_0) with the mean mode's data weight c0 (1 without bias, lambda_b/(1 + lambda_b)
+        # with a regularised one; a free bias, b = 1/K, absorbs the mean mode: P0 = 0). Where
+        # the mean mode lives, P0 = N Lambda sigma_0^q and the difference is taken as
+        # N Lambda sigma_0^q expm1(q log1p((sigma - sigma_0)/sigma_0)), with sigma - sigma_0
+        # = shortfall(sigma_0) - shortfall(sigma): no cancellation at tiny decays, exactly 0
+        # for one layer (q = 0) and without bias (sigma_0 = sigma)
+        c_mean = {"none": 1.0, "free": 0.0, "reg": c0}[bias]
+        q = 2.0 / M - 1
+        pull = shortfall(sig, 1.0)
+        live0 = (sig0 > 0) & (c_mean * sqn > 0)
+        safe0 = xp.where(live0, sig0, xp.full_like(sig0, 1.0))
+        c_safe = xp.where(live0, c_mean + zero, xp.full_like(sig0, 1.0))
+        gap = shortfall(safe0, c_safe) - shortfall(xp.where(live0, sig, safe0), 1.0)
+        both = N * lam_geo * safe0 ** q * xp.expm1(q * xp.log1p(gap / safe0))
+        logit_other = xp.where(live0, both, pull - c_mean * sqn) / (K * sqn)
+        logit_other = logit_other + 0 * (sig + sig0)  # NaN stays NaN
+    else:
+        logit_other = -margin / K + m0
     if loss == "mse":
         loss_star = ((K - 1) * shortfall(sig, 1.0) ** 2 + resid0 ** 2) / (2 * N)
         obj = (K - 1) * main.objective

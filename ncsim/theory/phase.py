@@ -27,9 +27,18 @@ def classify(loss: str, bias: str, K: int, n: int, d: int, depth: int, lambda_w:
       (:func:`ncsim.theory.prediction.basin_band`), so the flow returns to 0.
     - basin_edge: deep, a0 within that band, where Gaussian inits are trapped or collapse
       depending on the seed.
-    - no_collapse: lambda_H = 0: within-class variability in null(W) never decays.
-    - collapse: the flow reaches the collapsed state (``global`` says whether it is the global
-      minimiser or only metastable).
+    - no_collapse: lambda_H = 0: within-class variability in null(W) never decays, so NC1
+      fails in absolute terms. The relative metrics still fall as the class means grow without
+      bound (polynomially, theory.md 1.2), so a simulated run there reaches the nc1_trace
+      threshold and reports an onset (K=4, n=5, d=20, lambda_W = 0.02, init 1e-3: onset 32.6
+      for MSE and CE alike, status ok).
+    - collapse: the flow reaches the collapsed state (``collapsed_global`` says whether it is
+      the global minimiser or only metastable). Deep CE: the collapsed (ETF) state; a
+      lower-rank state can have a lower objective (:mod:`ncsim.theory.lowrank`).
+
+    The phase is that of the K - 1 centred label modes. With a regularised bias the mean label
+    mode of a deep head has its own, higher basin root (``theory_columns`` reports it as
+    "mean_mode_trapped" / "mean_mode_basin_edge"); the phase does not depend on it.
 
     Raises :class:`InputError` for a bad model or decay (see :func:`equilibrium`), a dimension d
     that is not an integer >= 1 or an init scale that is not a finite number > 0.

@@ -25,7 +25,11 @@ def derive_mse() -> dict[str, sp.Expr]:
     g' = 0 for data weight c), ``Lambda_crit`` (g'(0+) = 0 solved for Lambda, c = 1),
     ``lambda_crit_ratio`` (critical lambda_W when lambda_H = rho lambda_W), and the norms of
     the factors per mode: ``a_w2`` = sigma sqrt(lambda_H/lambda_W) (squared W singular value),
-    ``a_h2`` = sigma sqrt(lambda_W/lambda_H).
+    ``a_h2`` = sigma sqrt(lambda_W/lambda_H); per bias ("none", "free", "reg") the squared
+    classifier row norm ``w_row2_<bias>``, the squared feature norm ``h2_<bias>`` (fn*^2) and
+    the optimal objective ``objective_star_<bias>``, and ``sigma_mean_reg``, the mean-mode
+    singular value with a regularised bias. These are the forms while every mode is alive
+    (sigma_star > 0, and sigma_mean_reg > 0 for "reg"); a mode below its threshold is 0.
     """
     g = S.g_mse(2)
     dg = sp.diff(g, S.sigma)
@@ -43,6 +47,11 @@ def derive_mse() -> dict[str, sp.Expr]:
     h2 = sp.simplify((S.sigma / a_opt) ** 2)
     assert sp.simplify(split.subs(a, a_opt) - sp.sqrt(S.lam_w * S.lam_h) * S.sigma) == 0
     sig_lam = sig.subs(S.Lam, lam_geo)
+    frac = (S.K - 1) / S.K
+    # a regularised bias leaves the mean label mode the data weight c0 = lambda_b/(1 + lambda_b)
+    # (derive_reg_bias_mean_mode); its singular value is sigma_star at c = c0 while positive
+    sig_c1, sig_c0 = sig_lam.subs(S.c, 1), sig_lam.subs(S.c, S.lam_b / (1 + S.lam_b))
+    g_star = g.subs(S.sigma, sig)
     return {
         "objective": g,
         "stationarity": dg,
@@ -54,7 +63,20 @@ def derive_mse() -> dict[str, sp.Expr]:
         "a_h2": h2,
         "w_row2_none": sp.simplify(a2.subs(S.sigma, sig_lam.subs(S.c, 1))),
         "h2_none": sp.simplify((h2 / S.n).subs(S.sigma, sig_lam.subs(S.c, 1))),
-        "objective_star_per_mode": sp.simplify(g.subs(S.sigma, sig).subs(S.c, 1)),
+        "objective_star_per_mode": sp.simplify(g_star.subs(S.c, 1)),
+        # |w_k|^2 and |h|^2 (row norm and uncentred feature norm, squared) per bias: no bias
+        # K ordinary modes, free bias the K - 1 centred ones (b = 1/K absorbs the mean mode),
+        # regularised bias the K - 1 centred ones plus the mean mode at sigma_mean_reg
+        "w_row2_free": sp.simplify(frac * a2.subs(S.sigma, sig_c1)),
+        "h2_free": sp.simplify(frac * (h2 / S.n).subs(S.sigma, sig_c1)),
+        "sigma_mean_reg": sp.simplify(sig_c0),
+        "w_row2_reg": sp.simplify(frac * a2.subs(S.sigma, sig_c1) + a2.subs(S.sigma, sig_c0) / S.K),
+        "h2_reg": sp.simplify(frac * (h2 / S.n).subs(S.sigma, sig_c1)
+                              + (h2 / S.n).subs(S.sigma, sig_c0) / S.K),
+        "objective_star_none": sp.simplify(S.K * g_star.subs(S.c, 1)),
+        "objective_star_free": sp.simplify((S.K - 1) * g_star.subs(S.c, 1)),
+        "objective_star_reg": sp.simplify((S.K - 1) * g_star.subs(S.c, 1)
+                                          + g_star.subs(S.c, S.lam_b / (1 + S.lam_b))),
     }
 
 
