@@ -20,10 +20,12 @@ from ncsim.study.analyses import (
     _group_stats,
     _lead_rows,
     _lead_summary,
+    _line_fig,
     _reduction_gap,
     activation,
     depth,
     grid,
+    intervention,
     invariance,
     lead,
     weight_decay,
@@ -420,6 +422,50 @@ def test_activation_one_collapsed_activation_is_inconclusive(tmp_path, figdir):
     assert len(sec.tables) == 1 and list(sec.tables[0][1]["n_collapsed"]) == [2, 0]
 
 
+def test_activation_with_one_run_per_activation_does_not_support(tmp_path, figdir):
+    """One collapsed seed per activation: the within-activation CV is unknown (NaN, not 0),
+    so large spreads do not count as above the noise; the reason says so."""
+    study = load(tmp_path, "activation", ACT_PART)
+    runs = act_runs("deep_ufm", {"linear": ((1.0, 1.0), 100.0), "relu": ((1.5, 1.5), 150.0),
+                                 "tanh": ((2.0, 2.0), 300.0)})
+    runs = runs[runs["seed"] == 0]
+    sec = activation(study, runs, linear_traj([]), figdir)
+    assert sec.verdict != "supports"
+    assert math.isnan(sec.numbers["deep_ufm"]["fn_star_within_cv"])
+    assert "within-activation fn* CV unknown (one collapsed run per activation) in deep_ufm" \
+        in sec.reason
+
+
+def test_intervention_names_an_arm_that_never_collapsed(tmp_path, figdir):
+    """The alpha = 3 arm never collapses: the reason names it and the numbers count it (it
+    was left out of the reason, which listed only the arms with an fn* ratio)."""
+    study = load(tmp_path, "intervention",
+                 part_toml("ufm", "intervene_time = 100.0\n", intervene_alpha=[0.3, 1.0, 3.0],
+                           seed=[0, 1]))
+    rows = []
+    for alpha, fn_star in ((0.3, 0.95), (1.0, 1.0), (3.0, None)):
+        rows += [{"intervene_alpha": alpha, "seed": s, "fn_before_intervention": 1.0,
+                  "fn_after_intervention": alpha,
+                  "status": "ok" if fn_star else "vanishing",
+                  "onset_time": 50.0 if fn_star else np.nan,
+                  "fn_at_onset": fn_star * (1 + 0.01 * s) if fn_star else np.nan}
+                 for s in (0, 1)]
+    sec = intervention(study, frame(rows, "ufm"), linear_traj([]), figdir)
+    assert "no collapse after rescaling: ufm alpha=3 (0 of 2 runs)" in sec.reason
+    assert sec.numbers["arms_without_collapse"] == 1
+
+
+def test_line_figure_marks_an_x_without_a_value():
+    """A point with no collapse (NaN onset) is marked on the x axis instead of vanishing."""
+    import matplotlib.pyplot as plt
+
+    table = pd.DataFrame({"weight_decay": [1e-4, 1e-3, 1e-2], "onset": [100.0, 50.0, np.nan]})
+    fig = _line_fig(table, "weight_decay", ["onset"], None, "onset over weight_decay")
+    marks = [line for line in fig.axes[0].lines if line.get_label() == "no value"]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [1e-2]
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- width
 WIDTH_PART = part_toml("ufm_dim", dim=[16, 32, 64, 128], reduction=["none", "gram"], seed=[0])
 
@@ -650,7 +696,9 @@ def test_weight_decay_line_series_three_regimes(tmp_path, figdir):
     assert series["theory_in_bracket"] is True
     assert sec.reason.startswith("1 of 1 lambda series show slow, optimal and prevents in "
                                  "order; lambda_crit (theory) lies between the last collapsed "
-                                 "and the first prevented lambda in 1 of 1 series.")
+                                 "and the first prevented lambda in 1 of 1 series with a "
+                                 "prevented lambda, above the last collapsed lambda in 0 of 0 "
+                                 "series without one.")
     assert written(sec, figdir) == ["wd_line_ufm_lambda.png"]
 
 

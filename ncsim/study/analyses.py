@@ -146,7 +146,16 @@ def _line_fig(table: pd.DataFrame, x: str, ys: list[str], hue: str | None, title
     for key, part in groups:
         part = part.sort_values(x)
         for ax, y in zip(axes[0], ys):
-            ax.plot(part[x], part[y], "o-", ms=4, label=f"{hue}={fmt(key)}" if hue else None)
+            (line,) = ax.plot(part[x], part[y], "o-", ms=4,
+                              label=f"{hue}={fmt(key)}" if hue else None)
+            # an x without a value (no run collapsed there) is marked on the x axis, so
+            # that a missing end of a series shows instead of shortening the axis
+            gone = part.loc[~np.isfinite(part[y].astype(float)), x]
+            if len(gone):
+                ax.plot(gone, np.zeros(len(gone)), "x", ms=7, mew=1.5,
+                        color=line.get_color(), clip_on=False,
+                        transform=ax.get_xaxis_transform(),
+                        label=f"no value{f' ({hue}={fmt(key)})' if hue else ''}")
     for ax, y in zip(axes[0], ys):
         if logx and (table[x].astype(float) > 0).all():
             ax.set_xscale("log")
@@ -375,10 +384,15 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
         return Section("inconclusive", "no rescaled arm with a collapsed control", {}, tables,
                        figs)
     dev = (arms["fn_star_ratio"] - 1).abs()
+    lost = table[(table["alpha"] != 1.0) & (table["n_collapsed"] == 0)]
     text = "; ".join(f"{r['part']} alpha={fmt(r['alpha'])}: fn {fmt(r['fn_before'])} -> "
                      f"{fmt(r['fn_after'])}, fn*/fn*(1) = {fmt(r['fn_star_ratio'])}, onset "
                      f"shift {fmt(r['onset_shift'])}" for _, r in arms.iterrows())
-    numbers = {"max_fn_star_deviation": float(dev.max())}
+    if len(lost):
+        text += "; no collapse after rescaling: " + ", ".join(
+            f"{r['part']} alpha={fmt(r['alpha'])} (0 of {r['n_runs']} runs)"
+            for _, r in lost.iterrows())
+    numbers = {"max_fn_star_deviation": float(dev.max()), "arms_without_collapse": len(lost)}
     if (dev <= RETURN_TOL).all():
         return Section("supports", f"every arm returns within {100 * RETURN_TOL:.0f}% of fn*: "
                        + text, numbers, tables, figs)
@@ -454,7 +468,8 @@ def activation(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
         rows.append(stats_)
         good = stats_[np.isfinite(stats_["fn_star_mean"])]
         if len(good) >= 2:
-            within = np.nanmax(np.r_[good["fn_star_cv"].to_numpy(float), 0.0])
+            cvs = good["fn_star_cv"].to_numpy(float)  # NaN: fewer than 2 collapsed seeds
+            within = np.nanmax(cvs) if np.isfinite(cvs).any() else math.nan
             results.append({"part": part, "n_activations": len(good),
                             "fn_star_spread": spread(good["fn_star_mean"]),
                             "onset_spread": spread(good["onset_mean"]),
@@ -478,7 +493,11 @@ def activation(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
     text = "; ".join(f"{r['part']}: fn* spread {100 * r['fn_star_spread']:.0f}%, onset spread "
                      f"{100 * r['onset_spread']:.0f}% over {r['n_activations']} activations"
                      for _, r in summary.iterrows())
-    both = (summary["fn_star_spread"] > 0.1) & (summary["onset_spread"] > 0.1) & (
+    noise = summary["fn_star_within_cv"].notna()
+    if not noise.all():
+        text += ("; within-activation fn* CV unknown (one collapsed run per activation) in "
+                 + ", ".join(summary.loc[~noise, "part"]))
+    both = (summary["fn_star_spread"] > 0.1) & (summary["onset_spread"] > 0.1) & noise & (
         summary["fn_star_spread"] > 2 * summary["fn_star_within_cv"])
     neither = (summary["fn_star_spread"] <= 0.1) & (summary["onset_spread"] <= 0.1)
     numbers = summary.set_index("part").to_dict("index")
@@ -729,8 +748,12 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     agree = "; ".join(f"{p}: measured collapse/no-collapse matches the theory's phase in "
                       f"{100 * a:.0f}% of {n} runs" if n else
                       f"{p}: the theory classifies none of its runs" for p, a, n in agreement)
-    brackets = [s for s in all_series if s["theory_in_bracket"] is not None]
+    brackets = [s for s in all_series if s["theory_in_bracket"] is not None
+                and math.isfinite(s["first_prevented"])]
+    open_ended = [s for s in all_series if s["theory_in_bracket"] is not None
+                  and not math.isfinite(s["first_prevented"])]
     in_bracket = sum(bool(s["theory_in_bracket"]) for s in brackets)
+    above = sum(bool(s["theory_in_bracket"]) for s in open_ended)
     example = good[0] if good else (all_series[0] if all_series else None)
     detail = ""
     if example is not None:
@@ -742,7 +765,9 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                   f"{fmt(example['lambda_crit_theory'])}")
     reason = (f"{len(good)} of {len(all_series)} lambda series show slow, optimal and prevents "
               f"in order; lambda_crit (theory) lies between the last collapsed and the first "
-              f"prevented lambda in {in_bracket} of {len(brackets)} series. {agree}. {detail}")
+              f"prevented lambda in {in_bracket} of {len(brackets)} series with a prevented "
+              f"lambda, above the last collapsed lambda in {above} of {len(open_ended)} series "
+              f"without one. {agree}. {detail}")
     if good:
         return Section("supports", reason, numbers, tables, figs)
     if all_series and all("prevents" not in s["regimes"] for s in all_series):
