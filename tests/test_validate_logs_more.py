@@ -325,8 +325,8 @@ def test_run_onset_phase_rules_and_summary_values():
     phase column and a log whose phases are all <NA> search every record (onset 10, fn* 7)."""
     out = run_onset(onset_part(), OnsetRule.preset("rupa2026"))
     assert out == {"onset_epoch": 30.0, "fn_star": 3.0, "min_metric": 0.002,
-                   "final_metric": 0.002, "final_fn": 2.0, "last_epoch": 40.0,
-                   "status": "collapsed"}
+                   "min_metric_searched": 0.002, "final_metric": 0.002, "final_fn": 2.0,
+                   "last_epoch": 40.0, "status": "collapsed"}
     whole = {"onset_epoch": 10.0, "fn_star": 7.0}
     assert run_onset(onset_part(), OnsetRule.preset("ncsim")).items() >= whole.items()
     no_phase = onset_part().drop(columns="phase")

@@ -18,6 +18,9 @@ from ncsim.errors import InputError, listed, require
 from ncsim.io import to_jsonable
 
 FORMATS = ("table", "json")
+#: text columns of the compare table, printed below it (one line each) rather than in it
+COMPARE_NOTES = ("time_mapping", "lambda_h_rule", "calibration_note", "onset_simulated_source",
+                 "theory_note")
 TABLE_SUFFIXES = (".csv", ".parquet")
 
 
@@ -68,9 +71,17 @@ def validate() -> None:
 @click.argument("logs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--preset", type=click.Choice(["rupa2026", "ncsim"]), default="rupa2026",
               show_default=True, help="onset rule: rupa2026 = first phase-2 epoch below the "
-              "threshold (whole log when it has no phase 2); ncsim = whole log")
-@click.option("--onset-threshold", type=float, default=0.01, show_default=True,
-              help="onset when nc1 (trace form) < threshold; 0.05 for the paper's relaxed cells")
+              "threshold (whole log when it has no phase 2), at the paper's per-condition "
+              "threshold; ncsim = whole log, threshold 0.01")
+@click.option("--onset-threshold", type=float, default=None,
+              help="onset when the metric < threshold, for every run [rupa2026 with nc1_trace: "
+              "the paper's threshold per condition, 0.05 for depth2, depth3 (and _ext), "
+              "actGELU, actTanh and mlp5_cifar10, 0.01 for the others (column 'threshold'); "
+              "otherwise 0.01]")
+@click.option("--interpolate/--no-interpolate", default=False, show_default=True,
+              help="interpolate the crossing between records in (log time, log metric) and "
+              "take fn there, as 'ncsim simulate' does by default; without it the onset is "
+              "the first record below (the paper's rule)")
 @click.option("--metric", default="nc1_trace", show_default=True, help="onset metric column")
 @click.option("--threshold-fit", type=click.Choice(["mean", "power"]), default="mean",
               show_default=True, help="lead-time threshold: group-mean fn*, or the paper's "
@@ -79,15 +90,30 @@ def validate() -> None:
 @click.option("--out", type=OutPath(path_type=Path), default=None,
               help="also write the run table here (.csv or .parquet)")
 @handle_errors
-def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, metric: str,
-                threshold_fit: str, fmt: str, out: Path | None) -> None:
-    """Onset epoch and fn* per run, fn* statistics per group, lead-time predictor."""
+def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float | None,
+                interpolate: bool, metric: str, threshold_fit: str, fmt: str,
+                out: Path | None) -> None:
+    """Onset epoch and fn* per run, fn* statistics per group, lead-time predictor.
+
+    Files without an 'epoch' or 'time' column (per-seed summaries such as the paper's
+    *_summary.csv) are skipped with a note on stderr, so a whole folder (*.csv) can be given.
+    """
     from ncsim.io import write_table
     from ncsim.validate.analysis import OnsetRule, analyze
-    from ncsim.validate.logs import read_logs
+    from ncsim.validate.logs import read_log, read_logs, split_logs
 
     if not logs:
         raise InputError("give at least one log file (paper CSV or ncsim log)")
+    per_epoch, others = split_logs(list(logs))
+    if others and len(logs) == 1:
+        read_log(logs[0])  # one file that is no log: its own one-line error
+    if others and not per_epoch:
+        raise InputError(f"none of the {len(logs)} files is a per-epoch log (each has neither "
+                         f"an 'epoch' (paper schema) nor a 'time' column (ncsim schema)): "
+                         f"{listed(map(str, others))}; give training or simulation logs")
+    if others:
+        click.echo(f"note: skipped {len(others)} file(s) that are not per-epoch logs (no "
+                   f"'epoch' or 'time' column): {listed(map(str, others), limit=20)}", err=True)
     if out is not None:
         require(out.suffix in TABLE_SUFFIXES, f"--out {out}: name the run table .csv or "
                 ".parquet")
@@ -96,25 +122,34 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float, met
         check_out_file(out)
     rule = OnsetRule.preset(preset, onset_threshold)
     rule = OnsetRule(metric=metric, threshold=rule.threshold, phase=rule.phase,
-                     interpolate=rule.interpolate)
-    result = analyze(read_logs(list(logs)), rule, threshold_fit)
+                     interpolate=interpolate)
+    # the paper's thresholds are nc1 thresholds: another metric gets 0.01 unless one is given
+    per_condition = preset == "rupa2026" and onset_threshold is None and metric == "nc1_trace"
+    result = analyze(read_logs(per_epoch), rule, threshold_fit, per_condition)
     _note_missing_fn_star(result["runs"])
     runs = result["runs"].copy()
     runs["onset_epoch"] = _whole_as_int(runs["onset_epoch"])
     if out is not None:
         write_table(result["runs"], out)
     if fmt == "json":
+        rule_json = to_jsonable(vars(rule))
+        if per_condition:  # each run's threshold is in its 'threshold' column
+            rule_json.update(threshold=None, per_condition_threshold=True)
         click.echo(json.dumps({
-            "rule": to_jsonable(vars(rule)),
+            "rule": rule_json,
             "runs": _records(runs),
             "groups": _records(result["groups"]),
             "leads": _records(result["leads"]),
             "lead_summary": to_jsonable(result["lead_summary"]),
         }))
         return
-    _print_table(f"runs (onset: {metric} < {rule.threshold}, preset {preset})",
+    shown = "the paper's threshold per condition" if per_condition else rule.threshold
+    how = "interpolated" if interpolate else "first record below"
+    _print_table(f"runs (onset: {metric} < {shown}, {how}, preset {preset}; min_metric: whole "
+                 "log, min_searched: the records searched)",
                  runs[["run", "model", "dataset", "condition", "seed", "onset_epoch", "fn_star",
-                       "min_metric", "status"]])
+                       "min_metric", "min_metric_searched", "threshold", "status"]]
+                 .rename(columns={"min_metric_searched": "min_searched"}))
     groups = result["groups"]
     _print_table("groups (fn* mean, sample std, CV, 95% Student-t interval)",
                  groups[["model", "dataset", "condition", "n_runs", "n_collapsed", "n_vanishing",
@@ -295,7 +330,22 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None,
 def compare_cmd(run_dir: Path, per_class: int | None, onset_threshold: float, horizon: float,
                 wd_horizon: float, max_steps: int, lambda_h_rule: str, out: Path | None,
                 fmt: str) -> None:
-    """Measured vs simulated (UFM surrogate) onset and fn*, next to the closed-form fn*."""
+    """Measured vs simulated (UFM surrogate) onset and fn*, next to the closed-form fn*.
+
+    \b
+    Needs a run whose MSE phase (phase 2) uses SGD (--optimizer sgd, e.g. --preset
+    cpu-small): Adam and AdamW steps have no gradient-flow time, and such a run is refused
+    (exit status 2) before anything is simulated.
+    \b
+    Units (theory.md section 0.3): nn.MSELoss (mean over N x K entries, no 1/2) is 2/K
+    times ncsim's data term, so weight decay wd is lambda_w = K wd / 2 in ncsim (K = 10,
+    wd 0.002: 0.01) and the network's time t runs ncsim's flow at t_ncsim = (2/K) t
+    (column t_ncsim_per_t = 2/K). The network's time is t = lr x steps / (1 - momentum)
+    (heavy ball), counted from the MSE start; the training log's flow_time column is
+    lr x steps from the start of training (no momentum factor), so t = (flow_time -
+    flow_time at the MSE start) / (1 - momentum). Progress goes to stderr; the table to
+    stdout, its text columns below it.
+    """
     from ncsim.io import write_table
     from ncsim.validate.compare import compare_run
     from ncsim.validate.plots import plot_overlay
@@ -306,7 +356,8 @@ def compare_cmd(run_dir: Path, per_class: int | None, onset_threshold: float, ho
     check_out_folder(out)
     result = compare_run(run_dir, per_class, onset_threshold, horizon,
                          wd_horizon=wd_horizon, max_steps=max_steps,
-                         lambda_h_rule=lambda_h_rule)
+                         lambda_h_rule=lambda_h_rule,
+                         report=lambda message: click.echo(f"compare: {message}", err=True))
     out = out or run_dir
     table = result["table"]
     write_table(table, out / "compare.csv")
@@ -317,5 +368,10 @@ def compare_cmd(run_dir: Path, per_class: int | None, onset_threshold: float, ho
     if fmt == "json":
         click.echo(json.dumps({"runs": _records(table)}))
         return
-    _print_table(f"network vs UFM surrogate (time: {row['time_mapping']})", table.T
+    numbers = table.drop(columns=[c for c in COMPARE_NOTES if c in table.columns])
+    _print_table(f"network vs UFM surrogate (time: {row['time_mapping']})", numbers.T
                  .reset_index().rename(columns={"index": "quantity", 0: "value"}))
+    click.echo("# notes")
+    for column in COMPARE_NOTES:
+        if column in table.columns and str(row[column]):
+            click.echo(f"{column}: {row[column]}")

@@ -16,11 +16,20 @@ is ``t = lr x steps`` for plain GD/SGD and ``t = lr x steps / (1 - m)`` for SGD 
 (heavy ball or Nesterov: the steady-state step is lr / (1 - m) times the gradient). All times in
 the table are in this unit t, counted from the start of the MSE phase.
 
+The training log's ``flow_time`` column is ``lr x steps`` (the sum of the scheduled lr over the
+steps from the start of training, with no momentum factor); this module's t is ``(flow_time -
+flow_time at the MSE start) / (1 - m)``. The table's ``t_ncsim_per_t`` is 2/K and ``lambda_w``
+is ``K wd / 2`` (the conversion rules of the theory reference, section 0.3: nn.MSELoss has the
+data weight a = 2/(NK)).
+
 Adam and AdamW divide each coordinate by its running gradient scale, so their steps follow no
-time of the gradient flow of f: for such a phase 2 the table says ``time_mapping = "invalid
-(adam)"``, ``time_mapping_valid = False``, gives the measured onset in ``lr x steps`` for
-reference only and leaves the simulated onset empty (NaN); fn* values (which carry no time) are
-still reported.
+time of the gradient flow of f: a run whose phase 2 uses them is refused (:class:`InputError`,
+before anything is simulated), since no onset of the surrogate could be set against the
+network's; train with ``--optimizer sgd`` (e.g. the ``cpu-small`` preset). ``time_mapping_valid``
+is therefore always True in the table (the column is kept for readers of older tables).
+
+``calibration_note`` flags a weak response fit (``calibration_r2_data`` below
+:data:`ncsim.validate.surrogate.WEAK_R2` = 0.5): the simulated onset is then a rough guide only.
 
 Horizon and cost. The surrogate's collapse is driven by its feature penalty: after it fits the
 targets, the within-class spread outside the row space of W decays as ``exp(-eta_H lambda_H
@@ -40,6 +49,7 @@ uses.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +91,8 @@ RULES = {
 
 def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: float = 0.01,
                 horizon: float = 10.0, seed: int = 0, wd_horizon: float = 5.0,
-                max_steps: int = 20_000, lambda_h_rule: str = "response") -> dict[str, Any]:
+                max_steps: int = 20_000, lambda_h_rule: str = "response",
+                report: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Compare a training run with its UFM surrogate.
 
     Parameters
@@ -95,6 +106,8 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
         collapse time scale).
     max_steps : step budget of the surrogate integration.
     lambda_h_rule : "response" or "balance" (:mod:`ncsim.validate.surrogate`).
+    report : called with a one-line message at each stage past the input checks (calibration
+        done, simulation started and finished), e.g. to print progress on stderr; None: silent.
 
     Returns
     -------
@@ -117,11 +130,18 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     require(lambda_h_rule in sg.CALIBRATIONS, f"unknown lambda_H rule {lambda_h_rule!r}; "
             f"allowed: {', '.join(sg.CALIBRATIONS)}")
 
+    say = report or (lambda message: None)
     model0, state0 = load_checkpoint(start_ckpt)
     config = state0["config"]
     phase2 = config["phases"][1] if len(config["phases"]) > 1 else None
     require(phase2 is not None and phase2["loss"] == "mse",
             "compare needs a run whose second phase uses the MSE loss")
+    phase2_spec = Phase(**{**phase2, "milestones": tuple(phase2.get("milestones", ()))})
+    step_factor = flow_time_factor(phase2_spec)
+    require(math.isfinite(step_factor),
+            f"the MSE phase of {run_dir} uses {phase2['optimizer']}: its steps have no "
+            "gradient-flow time, so its onset cannot be set against the surrogate's; train "
+            "the run with --optimizer sgd (e.g. 'ncsim validate train --preset cpu-small')")
     args = dict(config.get("data_args") or {})
     require("name" in args, f"{start_ckpt} does not record its dataset; retrain with ncsim")
     data = load_dataset(**args)  # every recorded argument (gaussian: classes, dim, ...)
@@ -137,9 +157,6 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     require(1 <= per_class <= counts.min(),
             f"--per-class must lie in [1, {counts.min()}] (the smallest class of the run's "
             f"training set), got {per_class}")
-    phase2_spec = Phase(**{**phase2, "milestones": tuple(phase2.get("milestones", ()))})
-    step_factor = flow_time_factor(phase2_spec)
-    mapping_ok = np.isfinite(step_factor)
     start = sg.network_state(model0, data, per_class, seed)
     final = start
     if final_ckpt.exists():
@@ -154,8 +171,9 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
             decayed_names(model0, int(phase2.get("decay_last", 0))))
         cal = sg.calibrate_response(start, v_data, v_decay, factor)
         if sg.has_batch_norm(model0):
-            cal.note = ("BatchNorm evaluated with running statistics (training steps use batch "
-                        "statistics): eta_H and lambda_H are approximate")
+            cal.note = "; ".join(filter(None, (
+                "BatchNorm evaluated with running statistics (training steps use batch "
+                "statistics): eta_H and lambda_H are approximate", cal.note)))
     rate = cal.eta_h * cal.lambda_h  # ncsim-time decay rate of the surrogate's features
     log = read_table(log_path)
     if "run_id" in log and log["run_id"].nunique() > 1:  # keep the checkpoint's own run
@@ -164,7 +182,7 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
                 f"{log_path} holds runs {', '.join(ids)}, none of them the checkpoint's run "
                 f"{config.get('run_id')!r}; give the folder's own log")
         log = log[log["run_id"] == config["run_id"]]
-    curve, onset_net, fn_net = _measured(log, threshold, step_factor if mapping_ok else 1.0)
+    curve, onset_net, fn_net = _measured(log, threshold, step_factor)
     duration = float(curve["t"].max())
     require(duration > 0, "the MSE phase of the log has zero duration (lr = 0?)")
     t_end = horizon * duration * factor
@@ -174,7 +192,13 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
                              eta_h=cal.eta_h)
     from ncsim.flow import simulate
 
+    # progress only past every input check, so that an input error stays one line
+    say(f"surrogate calibrated ({cal.rule} rule, {per_class} samples per class): eta_H "
+        f"{cal.eta_h:.4g}, lambda_H {cal.lambda_h:.4g}, r2_data {cal.r2_data:.3g}")
+    say(f"simulating the surrogate to t_ncsim = {t_end:.4g} (= {t_end / factor:.4g} network "
+        f"time t; at most {max_steps} steps)")
     sim = simulate([spec])
+    say(f"surrogate: {sim.runs['status'].iloc[0]} after {int(sim.runs['steps'].iloc[0])} steps")
     traj = sg.simulated_curve(sim.trajectories, factor)
     t = traj["t"].to_numpy(np.float64)
     onset_sim = onset_time(t, traj["nc1_trace"].to_numpy(np.float64), threshold,
@@ -193,14 +217,8 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
         gap = math.log(max(nc1_reached / threshold, 1.0))
         rest = gap / (2.0 * rate) / factor if rate > 0 else (math.inf if gap > 0 else 0.0)
         estimate, source = t_reached + rest, "extrapolated"
-    if not mapping_ok:
-        estimate, source = math.nan, "none (no time mapping)"
-    if mapping_ok:
-        mapping = ("t = lr x steps" if step_factor == 1.0
-                   else f"t = lr x steps / (1 - momentum) = {step_factor:g} lr x steps")
-    else:
-        mapping = (f"invalid ({phase2['optimizer']}): no gradient-flow time; onset_measured "
-                   "is lr x steps, onset_simulated omitted")
+    mapping = ("t = lr x steps" if step_factor == 1.0
+               else f"t = lr x steps / (1 - momentum) = {step_factor:g} lr x steps")
     fn_theory, regime = sg.closed_form_fn_star(spec)
     row = {
         "run": log["run_id"].iloc[0] if "run_id" in log else run_dir.name,
@@ -210,11 +228,10 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
         "calibration_r2_data": cal.r2_data, "calibration_r2_decay": cal.r2_decay,
         "calibration_note": cal.note,
         "optimizer": phase2["optimizer"], "time_mapping": mapping,
-        "time_mapping_valid": bool(mapping_ok), "time_unit": "t from MSE start",
+        "time_mapping_valid": True, "time_unit": "t from MSE start",
         "t_ncsim_per_t": factor, "lambda_w_x_t_end": lam_w * factor * duration,
-        "onset_measured": onset_net, "onset_simulated": onset_sim if mapping_ok else math.nan,
-        "onset_simulated_lower_bound": ((onset_sim if math.isfinite(onset_sim) else t_reached)
-                                        if mapping_ok else math.nan),
+        "onset_measured": onset_net, "onset_simulated": onset_sim,
+        "onset_simulated_lower_bound": onset_sim if math.isfinite(onset_sim) else t_reached,
         "onset_simulated_estimate": estimate, "onset_simulated_source": source,
         "onset_ratio_sim_over_measured": (estimate / onset_net
                                           if onset_net and math.isfinite(onset_net) else math.nan),

@@ -378,6 +378,34 @@ def read_log(path: str | Path) -> pd.DataFrame:
                      "(ncsim schema)")
 
 
+def is_epoch_log(path: str | Path) -> bool:
+    """Whether a table file has an ``epoch`` (paper schema) or a ``time`` column (ncsim schema),
+    read from its header only. A file that cannot be read counts as a log, so that
+    :func:`read_log` reports why (absent, empty, corrupt)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            columns = pq.read_schema(path).names
+        else:
+            columns = list(pd.read_csv(path, nrows=0).columns)
+    except (ValueError, OSError, pd.errors.ParserError, ImportError):
+        return True
+    return "epoch" in columns or "time" in columns
+
+
+def split_logs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(per-epoch logs, other tables) among ``paths``, in the order given: a per-seed summary
+    such as the paper's ``*_summary.csv`` (no ``epoch`` or ``time`` column) is another table
+    (:func:`is_epoch_log`)."""
+    logs: list[Path] = []
+    others: list[Path] = []
+    for path in map(Path, paths):
+        (logs if is_epoch_log(path) else others).append(path)
+    return logs, others
+
+
 def read_logs(paths: list[str | Path] | str | Path) -> pd.DataFrame:
     """Read several logs (or one path) into one trajectory table (run ids must be unique; a log
     without records is refused, naming its file)."""

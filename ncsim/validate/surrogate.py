@@ -211,8 +211,29 @@ def calibrate_response(state: SurrogateState, v_data: np.ndarray, v_decay: np.nd
         v2 = float((v ** 2).sum())
         return 1.0 - float(((v - fit) ** 2).sum()) / v2 if v2 > 0 else math.nan
 
-    return Calibration("response", lambda_h=rate / eta, eta_h=eta,
-                       r2_data=explained(vd, -eta * grad_h), r2_decay=explained(vw, -rate * H))
+    cal = Calibration("response", lambda_h=rate / eta, eta_h=eta,
+                      r2_data=explained(vd, -eta * grad_h), r2_decay=explained(vw, -rate * H))
+    cal.note = weak_fit_note(cal.r2_data)
+    return cal
+
+
+#: below this ``r2_data`` the response calibration is flagged as weak (:func:`weak_fit_note`)
+WEAK_R2: float = 0.5
+
+
+def weak_fit_note(r2_data: float) -> str:
+    """A note when the scalar eta_H explains less than :data:`WEAK_R2` of the network's data
+    feature velocity (``""`` otherwise, NaN included: the balance rule has no fit).
+
+    Then the network's features move far from the UFM's feature flow scaled by one number (an
+    anisotropic tangent kernel): the surrogate's time scale eta_H, hence its simulated onset,
+    rests on a fit that misses most of the feature motion, and the comparison of onset times is
+    a rough guide, not a test of the network's timing."""
+    if not (math.isfinite(r2_data) and r2_data < WEAK_R2):
+        return ""
+    return (f"weak calibration: r2_data {r2_data:.3g} < {WEAK_R2:g}, the scalar eta_H explains "
+            f"little of the network's feature velocity (anisotropic tangent kernel), so the "
+            "simulated onset is a rough guide, not a test of the network's timing")
 
 
 def surrogate_spec(state: SurrogateState, lambda_w: float, lambda_h: float, t_end: float,

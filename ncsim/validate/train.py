@@ -16,8 +16,13 @@ Tracking: every ``nc_every`` epochs, at epoch 0 and at the end of every phase, t
 in eval mode and the training set is passed in batches through :class:`ncsim.metrics.StreamingNC`
 (float64; a second pass gives NC4). One row of the log (trajectory schema, in this order)
 holds ``run_id, time (epoch), time_unit, phase, loss``, every NC metric of ``ncsim.metrics``,
-``accuracy, test_accuracy, weight_norm, phase_loss, steps, flow_time`` (sum of lr over steps,
-i.e. t = lr x steps), ``lr, seed`` and the label columns (see :func:`log_row`).
+``accuracy, test_accuracy, weight_norm, phase_loss, steps, flow_time`` (the sum of the
+scheduled lr over all steps so far, i.e. lr x steps at a constant lr, counted from the start of
+training, whatever the optimizer. It is not the gradient-flow time when there is momentum: over
+a phase trained by SGD with momentum m, the gradient-flow time elapsed is the increase of
+flow_time divided by (1 - m) (heavy ball; 10 x at m = 0.9), the time ``ncsim validate compare``
+reports from the start of the MSE phase (:func:`flow_time_factor`); Adam steps have none),
+``lr, seed`` and the label columns (see :func:`log_row`).
 ``loss`` is the phase's data loss (no weight decay) and ``accuracy`` the training accuracy, both
 from the record's eval-mode pass; ``weight_norm`` is the Euclidean norm of all parameters
 together (weights, biases, BatchNorm scales and shifts; no buffers).
