@@ -218,6 +218,17 @@ def _model_options(func):
     return func
 
 
+def _check_simulation_folder(out: Path | None) -> None:
+    """``--out`` names a folder: refuse one named like a file of its contents (``x.csv`` would
+    become a folder of Parquet tables), then check that it can be written."""
+    if out is not None and out.suffix.lower() in (".csv", ".parquet", ".json", ".png"):
+        hint = " and --table-format csv" if out.suffix.lower() == ".csv" else ""
+        raise InputError(f"--out {out} looks like a file name, but --out is a folder (runs, "
+                         f"trajectories, spec.json and a figure go into it); give a folder, "
+                         f"e.g. --out {out.with_suffix('')}{hint}")
+    check_out_folder(out)
+
+
 @cli.command(epilog=SIMULATE_EPILOG)
 @_model_options
 @click.option("--init", type=_choice(("gaussian", "spectral", "etf")), default="gaussian",
@@ -282,7 +293,7 @@ def simulate(**options: Any) -> None:
     from ncsim.threads import bounded_threads
 
     specs = build_specs(options)
-    check_out_folder(options["out"])
+    _check_simulation_folder(options["out"])
     show = options["progress"] if options["progress"] is not None else len(specs) > 1
     with bounded_threads(options["threads"]):
         result = run_simulation(specs, progress=show, theory=options["theory"])

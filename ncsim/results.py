@@ -21,18 +21,21 @@ def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec])
     """Write ``runs``, ``trajectories``, ``spec.json`` (each run's spec row under its run id)
     and ``trajectories.png`` into ``out``.
 
-    Tables of an earlier simulation in the other format are removed, so that every table in
-    ``out`` belongs to this simulation (and to ``spec.json``).
+    An earlier simulation's files in ``out`` are removed first and the run table is written
+    last: each file is written atomically, and an interrupted write leaves some of this
+    simulation's files but never a mix of two simulations; a run table in ``out`` means the
+    whole write finished.
     """
     from ncsim.flow.simulate import unique_run_ids
     from ncsim.io import FORMATS, provenance, table_path, write_json, write_table
     from ncsim.plots import save_figure, trajectory_figure
 
-    write_table(result.runs, table_path(out / "runs", table_format), table_format)
-    write_table(result.trajectories, table_path(out / "trajectories", table_format), table_format)
-    for stale in (f for f in FORMATS if f != table_format):
+    for fmt in FORMATS:
         for name in ("runs", "trajectories"):
-            table_path(out / name, stale).unlink(missing_ok=True)
+            table_path(out / name, fmt).unlink(missing_ok=True)
+    for name in ("spec.json", "trajectories.png"):
+        (out / name).unlink(missing_ok=True)
+    write_table(result.trajectories, table_path(out / "trajectories", table_format), table_format)
     rows = [{"run_id": rid, **s.to_row()} for rid, s in zip(unique_run_ids(specs), specs)]
     write_json({"runs": rows, "provenance": provenance(
         specs[0].solver.device, specs[0].solver.dtype)}, out / "spec.json")
@@ -40,3 +43,4 @@ def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec])
     fig = trajectory_figure(result.trajectories, result.runs,
                             label_column=axes[0] if axes else None)
     save_figure(fig, out / "trajectories.png")
+    write_table(result.runs, table_path(out / "runs", table_format), table_format)

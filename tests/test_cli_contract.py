@@ -165,6 +165,19 @@ def test_an_empty_out_is_refused_not_the_current_folder(tmp_path, monkeypatch):
     assert calls == [] and list(tmp_path.iterdir()) == []
 
 
+def test_simulate_out_named_like_a_table_is_refused(tmp_path, monkeypatch):
+    """--out x.csv made a folder named x.csv full of Parquet tables: refused before computing,
+    with the folder and the table format to give instead."""
+    calls = _no_simulation(monkeypatch)
+    line = error_line(invoke(["simulate", *TINY, "--out", str(tmp_path / "x.csv")]))
+    assert line == (f"Error: --out {tmp_path / 'x.csv'} looks like a file name, but --out is a "
+                    f"folder (runs, trajectories, spec.json and a figure go into it); give a "
+                    f"folder, e.g. --out {tmp_path / 'x'} and --table-format csv")
+    assert "e.g. --out" in error_line(invoke(["simulate", *TINY, "--out",
+                                              str(tmp_path / "r.Parquet")]))
+    assert calls == [] and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's /proc")
 def test_an_out_where_no_file_can_be_made_is_refused_before_computing(monkeypatch):
     """/proc accepts no new file, whatever its permission bits (and root's) say."""

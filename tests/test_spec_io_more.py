@@ -414,6 +414,29 @@ def test_simulation_folder_holds_tables_and_a_sidecar_that_match(tmp_path):
     assert "ncsim_version" in side["provenance"]
 
 
+def test_an_interrupted_simulation_write_never_mixes_two_simulations(tmp_path, monkeypatch):
+    """A write interrupted after the trajectories (here: in spec.json) leaves no run table and
+    none of the earlier simulation's files; the run table is written last."""
+    import ncsim.io
+    from ncsim.flow import simulate
+    from ncsim.results import write_simulation
+
+    model = ModelSpec(classes=3, per_class=2, dim=4)
+    specs = [RunSpec(model=model, solver=SolverSpec(t_end=5.0, records=4)).validate()]
+    result = simulate(specs, theory=False)
+    out = tmp_path / "out"
+    write_simulation(result, out, "parquet", specs)
+    (out / "runs.csv").write_text("run_id\nold\n")  # an earlier simulation's table in CSV
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ncsim.io, "write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_simulation(result, out, "parquet", specs)
+    assert sorted(p.name for p in out.iterdir()) == ["trajectories.parquet"]
+
+
 # ----------------------------------------------------------------------------- bad spec input
 
 DEEP = ModelSpec(kind="deep", depth=2, classes=3, per_class=2, dim=4)
