@@ -422,3 +422,25 @@ def test_lambda_h_zero_horizon_is_capped():
     assert prediction._horizon("ce", "none", 10, 20, 512, 1e-4, 0.0, 1.0, 0.01) == 1e10
     p = predicted_onset("ce", "none", 10, 20, 512, 1e-4, 0.0, 1.0)
     assert p.onset_time == math.inf and p.regime == "no_minimiser"
+
+
+
+@pytest.mark.parametrize("M", [3, 4])
+def test_deep_mse_mode_at_zero_decay_is_sqrt_n(M):
+    """At Lambda = 0 the deep MSE mode's root is sigma = sqrt(n) exactly; the bisection bracket
+    rounded to the wrong sign for about half of the (K, n) pairs and gave NaN."""
+    from ncsim.theory.modes import mse_mode
+
+    K, n = np.meshgrid(np.arange(2, 12, dtype=float), np.arange(1, 40, dtype=float))
+    sol = mse_mode(K.ravel(), n.ravel(), np.zeros(K.size), M)
+    np.testing.assert_allclose(sol.sigma, np.sqrt(n.ravel()), rtol=1e-15)
+    assert np.isfinite(sol.sigma_local).all()
+
+
+def test_phase_at_zero_decay_of_a_deep_mse_head():
+    """K = 5, n = 23, depth 2: a zero decay was 'vanishing' with fn* 0 (the NaN mode read as
+    the origin): lambda_H = 0 is no_collapse, lambda_W = 0 collapse."""
+    from ncsim.theory.phase import classify
+
+    assert classify("mse", "none", 5, 23, 20, 2, 0.01, 0.0, 0, 0.1)["phase"] == "no_collapse"
+    assert classify("mse", "none", 5, 23, 20, 2, 0.0, 0.01, 0, 0.1)["phase"] == "collapse"

@@ -101,7 +101,10 @@ def mse_mode(K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> ModeSolu
 
         has = phi(x_max) >= Lam
         x_root = bisect(lambda x: phi(x) - Lam, x_max, s ** (1.0 / M))
-        local = xp.where(has, x_root ** M, xp.full_like(s, float("nan")))
+        # Lambda = 0: the root is sigma = sqrt(n) itself, where phi(s^(1/M)) rounds to either
+        # sign (the bracket test then fails and bisect returns NaN)
+        root = xp.where(Lam > 0, x_root ** M, s)
+        local = xp.where(has, root, xp.full_like(s, float("nan")))
         # the non-zero state beats the origin iff Lambda < Lambda_glob (strict: the origin wins
         # the tie at Lambda_glob, where the objectives agree only to rounding)
         win = has & (Lam < deep_mse_expression("Lambda_glob")(N, s, M, Lam, c))
