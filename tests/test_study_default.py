@@ -57,3 +57,12 @@ def test_trained_part_crosses_the_threshold_in_phase_two(default_run):
     assert (trained["onset_time"].iloc[:2] > phase_one_epochs).all()
     text = (default_run / "report.md").read_text()
     assert "| mlp_real | all runs | slow optimal prevents | True |" in text
+
+
+def test_quick_verdict_says_it_is_not_evidence(default_run):
+    from ncsim.study.report import QUICK_CAVEAT
+
+    text = (default_run / "report.md").read_text()
+    verdict_line = next(line for line in text.splitlines() if line.startswith("**Verdict:"))
+    assert verdict_line.endswith(QUICK_CAVEAT)
+    assert "not evidence for or against the claim" in QUICK_CAVEAT

@@ -230,6 +230,11 @@ def _status_counts(runs: pd.DataFrame) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
 
 
+QUICK_CAVEAT = (" *(Quick variant: a smoke test of the pipeline on small models, single seeds "
+                "and relaxed settings; its verdict is not evidence for or against the claim. "
+                "Run the full study for that.)*")
+
+
 def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix: str = "",
                      progress: Progress | None = None) -> str:
     """Markdown of one study (figure paths relative to the report, under ``prefix``); an
@@ -244,7 +249,8 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
         counted = f"{progress.finished} of {progress.total} finished"
     lines += [f"**Question.** {_one_line(study.question)}", "",
               f"**Claim tested.** {_one_line(study.claim)}", "",
-              f"**Verdict: {section.verdict}.** {_one_line(section.reason)}", "",
+              f"**Verdict: {section.verdict}.** {_one_line(section.reason)}"
+              + (QUICK_CAVEAT if study.quick else ""), "",
               f"Runs: {counted} ({_status_counts(runs)}). Metrics: "
               f"{', '.join(study.metrics) or 'onset_time, fn_at_onset'}. "
               f"Spec: `{Path(str(study.source)).name}`.",
