@@ -221,7 +221,13 @@ def equilibrium_cmd(**o: Any) -> None:
 @_model_options
 @handle_errors
 def threshold_cmd(**o: Any) -> None:
-    """Critical weight decay (lambda_H = ratio x lambda_W), deep jump and thresholds."""
+    """Critical weight decay (lambda_H = ratio x lambda_W), deep jump and thresholds.
+
+    The thresholds are lambda_crit, Lambda_crit and, for deep heads, tau_* / Lambda_* and
+    sigma_jump. Every theory command prints the same row: here it also holds the equilibrium
+    at the given --lambda-w / --lambda-h (as `equilibrium` prints it) and null onset columns
+    (see `onset`).
+    """
     _run(o, False, ["crit", "tau", "Lambda", "jump"])
 
 
