@@ -270,9 +270,10 @@ def test_unequal_decay_basin_root_separates_the_simulated_outcomes(loss, K, n, d
                    [InitSpec(kind="spectral", scale=f * root, seed=0) for f in (0.97, 1.03)],
                    40 / min(lw, lh), records=10, gtol=1e-10)
     low, high = (row for _, row in res.runs.iterrows())
-    assert low["status"] == "vanishing" and low["theory_regime"] == "trapped"
+    # deep CE: a lower-rank state beats the ETF state here; the fate follows after "; "
+    assert low["status"] == "vanishing" and low["theory_regime"].rsplit("; ", 1)[-1] == "trapped"
     assert low["onset_time_theory"] == math.inf
-    assert high["status"] == "ok" and high["theory_regime"] == "ok"
+    assert high["status"] == "ok" and high["theory_regime"].rsplit("; ", 1)[-1] == "ok"
     assert high["onset_time_theory"] == 0.0
     if loss == "mse":  # (deep CE is still far from its end state at t_end)
         assert high["final_fn"] == pytest.approx(high["fn_star_theory"], rel=1e-3)

@@ -47,11 +47,16 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     lambda_H / lambda_W), ``w_norm_star_theory`` (the RMS classifier row norm
     |W_L|_F / sqrt(K), the row norm |w_k| when the rows are equinorm; the measured
     ``final_w_norm`` is |W_L|_F), ``loss_star_theory`` (mean data loss) and ``theory_regime``.
-    Deep CE: the equilibrium columns are the collapsed (ETF-ray) state, where the simulated runs
-    end; a lower-rank state can have a lower objective (:mod:`ncsim.theory.lowrank`, not run
-    here). NaN / None where the theory does not apply (non-linear deep heads, d or the hidden
-    width below the rank of the minimiser, a width other than d or per-layer decays in the
-    onset model, an "arrays" init in the onset model, imbalanced CE or deep imbalanced models),
+    Deep CE: the closed form minimises over the ETF ray and the origin; a state of lower rank
+    can have a lower objective (theory.md 3.2). :func:`ncsim.theory.lowrank.lower_rank_check`
+    (numeric, cached per (K, n, Lambda, L); 0.1-4 s per point at K = 10, depths 2-4) decides;
+    where it finds a lower state the regime starts with "lower_rank: ..." (see
+    :func:`_lower_rank`): the equilibrium columns and ``lambda_crit_theory`` are NaN and
+    ``collapsed_theory`` True (Gaussian / arrays inits, whose fn* depends on the init), or kept
+    for spectral / etf inits, which stay on the ETF ray. NaN / None where the theory does not
+    apply (non-linear deep heads, d or the hidden width below the rank of the minimiser, a
+    width other than d or per-layer decays in the onset model, an "arrays" init in the onset
+    model, imbalanced CE or deep imbalanced models),
     with the reason in ``theory_regime``; never raises for a valid spec. Time-scale factors
     (``spec.time_scale``) leave the equilibrium columns unchanged (the minimiser does not
     depend on them) and the onset NaN.
@@ -77,6 +82,8 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     mode; within, they are NaN and the text gives both candidate fn values). Deep Gaussian
     inits with per-layer decays: "trapped" / "basin_edge: ..." against the basin root of the
     aligned flow with those decays, else onset NaN with the reason.
+    "lower_rank: ..." (deep CE: a lower-rank state beats the closed form; the earlier regime
+    follows after "; ").
     Imbalanced one-layer MSE: the equilibrium columns come
     from :mod:`ncsim.theory.imbalance` (``w_norm_star_theory`` is then the RMS classifier row
     norm |W|_F / sqrt(K), which is the row norm when balanced); the onset is not predicted (NaN).
@@ -171,9 +178,72 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
                 regime.startswith("onset not predicted") and "; " not in regime)
             row["theory_regime"] = (_OTHER_METRIC if onset_only
                                     else f"{regime}; {_OTHER_METRIC}")
+        if m.loss == "ce" and m.depth > 1:
+            _lower_rank(spec, eq, row, lw, lh)
         return row
     except (ValueError, ArithmeticError) as err:  # numerical trouble: report, never raise
         return _empty(f"error: {err}")
+
+
+def _lower_rank(spec: RunSpec, eq: Any, row: dict[str, Any], lw: tuple[float, ...],
+                lh: float) -> None:
+    """Rewrite ``row`` (deep CE) where a state of rank r < K - 1 beats the closed form.
+
+    The closed form minimises over the ETF ray and the origin only; with M >= 3 factors the
+    Schatten-2/M penalty can favour a lower rank (theory.md 3.2). :func:`ncsim.theory.lowrank.
+    lower_rank_check` (numeric, 6 restarts per rank, cached per (K, n, Lambda, L)) searches the
+    ranks 1 .. min(K - 2, d, width); a lower objective (by more than 1e-10 relative) proves the
+    closed form is not the global minimiser. Then:
+
+    - spectral / etf inits: the init is symmetric under class permutations and stays on the
+      ETF ray (K = 10, n = 20, Lambda = 1e-3, L = 2, 3: the runs end at the ETF fn to the
+      printed digits), so its fate is the closed form's (collapsed, trapped, ...): the columns
+      are kept, the regime says that the closed form is not the minimiser;
+    - other inits: the run ends at the ETF state (then a local minimum) or at one of the
+      lower-rank minima, depending on the init, so fn*, |w|* and the loss are NaN,
+      ``collapsed_theory`` is True (the minimiser is a non-zero, within-class collapsed
+      state), ``lambda_crit_theory`` (the ETF ray's threshold, below that of the lower-rank
+      state) is NaN, and a "vanishing" onset (derived on the ETF ray) is NaN; "trapped" (inf)
+      is kept: it is derived from the mode flow near the origin, where every centred label
+      mode has the same strength (not checked against runs in this regime).
+
+    A witness found without bias is also feasible with a bias (b = 0), so the decision holds
+    for every bias option; with a bias the search may miss states that use it.
+    """
+    from ncsim.theory.lowrank import RANK_TIE_RTOL, lower_rank_check
+
+    m = spec.model
+    K, n = m.classes, m.class_counts[0]
+    max_rank = min(K - 2, m.dim, m.hidden_width)
+    if max_rank < 1:
+        return
+    lr = lower_rank_check(K, n, _geometric_decay(lw, lh), m.depth)
+    values = lr.objectives[:max_rank]
+    best = min(values)
+    rank = next(r for r, v in enumerate(values, start=1) if v - best <= RANK_TIE_RTOL * abs(best))
+    f_closed = float(eq.objective_star)
+    if not best < f_closed - 1e-10 * max(1.0, abs(f_closed)):
+        return
+    state = (f"the ETF state (f = {f_closed:.6g}, fn = {float(eq.fn_star):.6g})" if eq.collapsed
+             else f"the origin (f = {f_closed:.6g}; the ETF state is above it)")
+    text = (f"lower_rank: {state} is not the minimiser; a rank-{rank} state has f = {best:.6g} "
+            f"(numeric, ncsim.theory.lowrank)")
+    regime = str(row["theory_regime"])
+    if spec.init.kind in ("spectral", "etf"):
+        row["theory_regime"] = (f"{text}; the {spec.init.kind} init stays on the ETF ray (it "
+                                f"is symmetric under class permutations) and does not reach "
+                                f"that state: the equilibrium columns are the closed form's; "
+                                f"{regime}")
+        return
+    for key in ("fn_star_theory", "w_norm_star_theory", "loss_star_theory",
+                "lambda_crit_theory"):
+        row[key] = math.nan
+    row["collapsed_theory"] = True
+    if regime.startswith("vanishing"):
+        row["onset_time_theory"] = math.nan
+    row["theory_regime"] = (f"{text}; fn* depends on the init (runs end at the ETF state, a "
+                            f"local minimum, or at a lower-rank one): equilibrium columns NaN; "
+                            f"{regime}")
 
 
 def _geometric_decay(lw: tuple[float, ...], lh: float) -> float:

@@ -1,0 +1,157 @@
+"""Deep CE heads whose closed-form (ETF-ray) state is not the global minimiser.
+
+With M >= 3 factors the Schatten-2/M penalty favours low rank (reference/theory.md 3.2): at
+K = 10, n = 20, d = 32, lambda_W = lambda_H = 1e-3 a rank-5 state beats the ETF state at depth
+2, and Gaussian-init runs end below the ETF objective. The reference is an independent
+L-BFGS minimisation of the full matrix objective (H, W_1 .. W_L; every sample free), written
+here with torch autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from ncsim.spec import InitSpec, ModelSpec, OnsetSpec, Regularization, RunSpec, SolverSpec
+from ncsim.theory import equilibrium
+from ncsim.theory.columns import theory_columns
+from ncsim.theory.critical import lambda_crit
+from ncsim.theory.lowrank import lower_rank_check
+
+EQ_COLUMNS = ("fn_star_theory", "w_norm_star_theory", "loss_star_theory", "lambda_crit_theory")
+
+
+def _full_minimum(K: int, n: int, d: int, depth: int, lw: float, lh: float, seed: int,
+                  scale: float = 0.5) -> tuple[float, np.ndarray]:
+    """(f, singular values of the K x K class-mean logits) at an L-BFGS minimum of
+    f = (1/N) sum_i CE(W_L .. W_1 h_i, y_i) + lambda_W/2 sum_l |W_l|^2 + lambda_H/2 |H|^2,
+    H: (d, N), hidden widths d, from an i.i.d. N(0, scale^2) start."""
+    N = K * n
+    labels = torch.arange(K).repeat_interleave(n)
+    shapes = [(d, N)] + [(d, d)] * (depth - 1) + [(K, d)]
+    sizes = [a * b for a, b in shapes]
+
+    def unpack(x: torch.Tensor) -> list[torch.Tensor]:
+        mats, i = [], 0
+        for (a, b), s in zip(shapes, sizes):
+            mats.append(x[i:i + s].reshape(a, b))
+            i += s
+        return mats
+
+    def logits(mats: list[torch.Tensor]) -> torch.Tensor:
+        Z = mats[0]
+        for W in mats[1:]:
+            Z = W @ Z
+        return Z
+
+    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+        t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        mats = unpack(t)
+        f = (torch.nn.functional.cross_entropy(logits(mats).T, labels)
+             + lh / 2 * (mats[0] ** 2).sum() + lw / 2 * sum((W ** 2).sum() for W in mats[1:]))
+        f.backward()
+        return f.item(), t.grad.numpy().copy()
+
+    x0 = np.random.default_rng(seed).normal(0.0, scale, sum(sizes))
+    res = minimize(objective, x0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-10})
+    Z = logits(unpack(torch.tensor(res.x, dtype=torch.float64))).numpy()
+    zbar = Z.reshape(K, K, n).mean(axis=2)
+    return float(res.fun), np.linalg.svd(zbar, compute_uv=False)
+
+
+def _spec(K: int, n: int, d: int, depth: int, lam: float, init: str = "gaussian",
+          scale: float = 0.1) -> RunSpec:
+    return RunSpec(model=ModelSpec(kind="deep", loss="ce", bias="none", classes=K, per_class=n,
+                                   dim=d, depth=depth),
+                   reg=Regularization(lambda_w=lam, lambda_h=lam),
+                   init=InitSpec(kind=init, scale=scale, seed=0),
+                   solver=SolverSpec(method="dopri5", t_end=100.0),
+                   onset=OnsetSpec()).validate()
+
+
+def test_lower_rank_check_k10_depth2_matches_full_minimisation():
+    """K = 10, n = 20, L = 2, lambda = 1e-3: the full objective's minimum (two seeds) is a
+    rank-5 state 0.1245081345 < ETF 0.1410674739; lower_rank_check finds the same value and
+    reports rank 5 (before: rank 6, the larger of the ranks 5 .. 8 that tie to 6e-16)."""
+    K, n, d, L, lam = 10, 20, 32, 2, 1e-3
+    etf = float(equilibrium("ce", "none", K, n, lam, lam, 0.0, L).objective_star)
+    assert etf == pytest.approx(0.14106747390188845, rel=1e-12)
+    for seed in (0, 1):
+        f_full, sv = _full_minimum(K, n, d, L, lam, lam, seed)
+        assert f_full < etf - 0.01
+        assert int(np.sum(sv > 1e-8 * sv[0])) == 5
+        lr = lower_rank_check(K, n, lam, L)
+        assert lr.best_objective == pytest.approx(f_full, rel=1e-9)
+        assert lr.best_rank == 5
+    assert abs(lr.objectives[5] - lr.objectives[4]) <= 1e-9 * lr.best_objective  # the tie
+
+
+def test_columns_k10_depth2_gaussian_init_lower_rank_regime():
+    """Gaussian init: the ETF columns are not where the run goes (a simulated run ends at
+    fn 2.3805 and f 0.124508, the ETF state has fn 2.00983 and f 0.141067): fn*, |w|*, loss*
+    and lambda_crit are NaN, the minimiser is non-zero (collapsed True), the regime names both
+    objectives and the rank (before: fn* 2.00983, regime "onset not predicted ...")."""
+    row = theory_columns(_spec(10, 20, 32, 2, 1e-3))
+    for key in EQ_COLUMNS:
+        assert math.isnan(row[key]), key
+    assert math.isnan(row["onset_time_theory"])
+    assert row["collapsed_theory"] is True
+    regime = row["theory_regime"]
+    assert regime.startswith("lower_rank: the ETF state (f = 0.141067, fn = 2.00983) is not the "
+                             "minimiser; a rank-5 state has f = 0.124508")
+    assert "fn* depends on the init" in regime
+    assert regime.endswith("onset not predicted for deep gaussian inits (mode escape time "
+                           "108.3 only)")
+
+
+def test_columns_k10_depth2_etf_init_keeps_the_etf_state():
+    """An etf init stays on the ETF ray (a simulated run to t = 1e5 ends at fn 2.00983, the
+    ETF fn): the columns describe that state, the regime says it is not the minimiser."""
+    eq = equilibrium("ce", "none", 10, 20, 1e-3, 1e-3, 0.0, 2)
+    row = theory_columns(_spec(10, 20, 32, 2, 1e-3, init="etf", scale=1.0))
+    assert row["fn_star_theory"] == pytest.approx(float(eq.fn_star), rel=1e-12)
+    assert row["fn_star_theory"] == pytest.approx(2.009834100990792, rel=1e-9)
+    assert row["onset_time_theory"] == 0.0 and row["collapsed_theory"] is True
+    assert row["theory_regime"].startswith("lower_rank: the ETF state")
+    assert ("the etf init stays on the ETF ray (it is symmetric under class permutations) and "
+            "does not reach that state: the equilibrium columns are the closed form's; ok"
+            ) in row["theory_regime"]
+    assert row["theory_regime"].endswith("; ok")
+
+
+def test_columns_lower_rank_state_beats_the_origin():
+    """K = 3, n = 2, L = 2 at 1.02 lambda_crit: the closed form is the origin (f = ln 3), but
+    a rank-1 state is lower (full minimisation: f < 1.0885 < ln 3 = 1.0986): the minimiser is
+    non-zero, so collapsed_theory is True and fn* NaN (before: fn* 0, collapsed False)."""
+    lc = float(lambda_crit("ce", "none", 3, 2, 2, 1.0))
+    lam = 1.02 * lc
+    f_full = min(_full_minimum(3, 2, 4, 2, lam, lam, seed, scale=1.5)[0] for seed in range(3))
+    assert f_full < math.log(3) - 0.01
+    assert lower_rank_check(3, 2, lam, 2).best_objective <= f_full + 1e-9
+    row = theory_columns(_spec(3, 2, 4, 2, lam, scale=1.0))
+    assert row["collapsed_theory"] is True
+    for key in EQ_COLUMNS:
+        assert math.isnan(row[key]), key
+    assert row["theory_regime"].startswith("lower_rank: the origin (f = 1.09861; the ETF state "
+                                           "is above it) is not the minimiser; a rank-1 state")
+
+
+@pytest.mark.parametrize("K", [3, 4])
+def test_columns_keep_the_etf_state_where_it_is_the_minimiser(K):
+    """K = 3, 4, n = 5, d = 8, L = 2, lambda = 1e-3: no lower-rank state beats the ETF (and
+    the full minimisation from three seeds ends at the ETF objective): the old columns."""
+    n, d, L, lam = 5, 8, 2, 1e-3
+    eq = equilibrium("ce", "none", K, n, lam, lam, 0.0, L)
+    etf = float(eq.objective_star)
+    for seed in range(3):
+        assert _full_minimum(K, n, d, L, lam, lam, seed)[0] >= etf - 1e-9
+    assert lower_rank_check(K, n, lam, L).best_objective > etf
+    row = theory_columns(_spec(K, n, d, L, lam))
+    assert row["fn_star_theory"] == pytest.approx(float(eq.fn_star), rel=1e-12)
+    assert row["collapsed_theory"] is True and math.isfinite(row["lambda_crit_theory"])
+    assert not row["theory_regime"].startswith("lower_rank")
