@@ -49,6 +49,15 @@ class Problem:
         model, solver = specs[0].model, specs[0].solver
         if model.kind != "ufm" or model.has_bias:
             raise ValueError("the peers integrate the bias-free one-layer UFM")
+        for s in specs:  # what the peers' flow leaves out must be what the runs leave out
+            if s.model != model or not np.array_equal(s.solver.record_times(),
+                                                      solver.record_times()):
+                raise ValueError("the peers integrate runs of one model and one set of "
+                                 "record times (up to t_end); split the runs by model and solver")
+            scales = (*s.time_scale.per_layer(1), s.time_scale.eta_h)
+            if any(float(eta) != 1.0 for eta in scales):
+                raise ValueError(f"the peers integrate the flow with time scales 1, got "
+                                 f"eta_w, eta_h = {scales}; use the default TimeScale")
         obj = UFMObjective(model, device, dtype)
         y0 = initial_state(model, [s.init for s in specs], "cpu", torch.float64)
         lw = torch.tensor([s.reg.per_layer(1)[0] for s in specs], dtype=torch.float64)
@@ -204,8 +213,13 @@ PEERS: dict[str, Callable[..., dict]] = {
 
 
 def check_accuracy(name: str, fn: np.ndarray, ref: np.ndarray, tol: float) -> float:
-    """Largest |fn - ref|; raises AssertionError when it exceeds ``tol`` (NaN fails)."""
-    err = float(np.max(np.abs(np.asarray(fn) - np.asarray(ref))))
+    """Largest |fn - ref| over the runs (``fn`` and ``ref`` (R,)); raises AssertionError when
+    it exceeds ``tol`` (NaN fails) or when ``fn`` does not hold one value per run of ``ref``."""
+    fn, ref = np.asarray(fn), np.asarray(ref)
+    if fn.shape != ref.shape:
+        raise AssertionError(f"{name}: fn(T) has shape {fn.shape}, the reference "
+                             f"{ref.shape}: one value per run is needed")
+    err = float(np.max(np.abs(fn - ref)))
     if not (err <= tol) or not math.isfinite(err):
         raise AssertionError(f"{name}: fn(T) error {err:.3e} exceeds the stated accuracy "
                              f"{tol:.1e}")

@@ -1,7 +1,8 @@
 """``ncsim bench``: time ncsim against peer ODE solvers (W1-W3) and a plain training loop (V1).
 
 Every solver runs in this one process, one after the other, with the same number of torch
-threads; each time is the median of ``repeats`` runs. A solver's result must reach the stated
+threads; each time is the median of ``repeats`` runs (fewer than 3 are flagged by a
+``warning`` in the results). The result of every repeat of every solver must reach the stated
 accuracy (W1: fn(T) within 1e-6 (float64) or 1e-3 (float32) of a float64 reference, see
 :func:`bench_w1`; W2: the Gram form equals the d-space form to 1e-9; V1: the peer's training
 log equals ncsim's, see :func:`_check_training`) or the benchmark fails with an
@@ -58,9 +59,10 @@ def _benchmarks():
 # ------------------------------------------------------------------------------ measurement
 
 
-def machine() -> dict[str, Any]:
+def machine(device: str = "cpu") -> dict[str, Any]:
     """Machine, library versions, thread settings and whether freed heap is kept
-    (:mod:`ncsim.heap`; the command line keeps it)."""
+    (:mod:`ncsim.heap`; the command line keeps it); ``gpu``: the name of the CUDA device
+    ``device`` (of the current one when ``device`` is not a CUDA device)."""
     import scipy
 
     cpu = platform.processor()
@@ -86,7 +88,8 @@ def machine() -> dict[str, Any]:
         except (ImportError, AttributeError):
             info[name] = None
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+        cuda = torch.device(device).type == "cuda"
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device) if cuda else None)
     return info
 
 
@@ -131,9 +134,9 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
+            torch.cuda.synchronize(self.device)  # the device measured, not the current one
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
             return self
         self.base = _rss()
         self._stop = threading.Event()
@@ -150,19 +153,22 @@ class PeakMemory:
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
             return
         self._stop.set()
         self._thread.join()
         self.peak = max(self._max, _rss()) - self.base
 
 
-def timed(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: bool = False
-          ) -> tuple[dict[str, Any], Any]:
+def timed(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: bool = False,
+          check: Callable[[Any], Any] | None = None) -> tuple[dict[str, Any], Any]:
     """Run ``fn`` ``repeats`` times; ({median_s, times_s, peak_mem_mb}, last result).
+
     ``warmup``: one untimed call first (first-call costs and the allocator's growth are then
-    nobody's, whichever solver runs first)."""
+    nobody's, whichever solver runs first). ``check``: called on every repeat's result,
+    outside the timed region and the memory measurement (an accuracy check that raises
+    AssertionError), so that no repeat goes unchecked."""
     times, out, peak = [], None, 0
     if warmup:
         fn()
@@ -176,9 +182,11 @@ def timed(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: bool
             start = time.perf_counter()
             out = fn()
             if torch.device(device).type == "cuda":
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(device)  # cuda:N waits for device N's kernels
             times.append(time.perf_counter() - start)
         peak = max(peak, mem.peak)
+        if check is not None:
+            check(out)
     return {"median_s": statistics.median(times), "times_s": times,
             "peak_mem_mb": peak / 2**20}, out
 
@@ -205,6 +213,11 @@ def _simulate(specs: list) -> Any:
 
 W1_SHAPES = {"full": (8, 2e4, 200), "full-gpu": (64, 5e3, 200), "small": (4, 2e3, 100),
              "tiny": (2, 50.0, 10)}  # (grid, T, records); "full" on a GPU is "full-gpu"
+W1_TIMED = {  # what each W1 row's time covers (the JSON says it with the numbers)
+    "ncsim": "the whole simulate(theory=False) call: initial states drawn, integration, every "
+             "metric at every record, result tables (split in phases_s)",
+    "peers": "from initial states prepared outside the timed region: integration to T with "
+             "the states at the record times, and their NC metrics"}
 REFERENCE_LOOP_MAX = 256  # runs: above, the reference is ncsim (see _w1_reference)
 
 
@@ -287,10 +300,13 @@ def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[s
             if peer == "scipy_dop853_loop" and (gpu or dtype != "float64"):
                 skipped.append(f"{peer}{suffix} (a CPU float64 peer)")
                 continue
+            errors: list[float] = []
             try:
                 stats, out = timed(lambda run=run, problem=problem, tol=tol: run(problem, **tol),
-                                   peer_repeats or repeats, device)
-                err = peer_mod.check_accuracy(peer + suffix, out["fn"], ref, wl.fn_tol)
+                                   peer_repeats or repeats, device,
+                                   check=_fn_check(peer + suffix, ref, wl.fn_tol, errors,
+                                                   lambda out: out["fn"]))
+                err = max(errors)
             except (AssertionError, RuntimeError) as exc:
                 rows[peer + suffix] = _failed_row(peer + suffix, dtype, exc, log)
                 continue
@@ -302,8 +318,20 @@ def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[s
               "tolerances": {d: list(workloads.W1_TOLERANCES[d]) for d in dtypes}}
     entry = {"workload": "W1", "size": size, "device": device, "params": params,
              "reference": how, "solvers": rows, "peer_repeats": peer_repeats or repeats,
-             "skipped": skipped}
+             "skipped": skipped, "timed": W1_TIMED}
     return _with_ratios(entry, dtypes)
+
+
+def _fn_check(name: str, ref: np.ndarray, tol: float, errors: list[float],
+              final_fn: Callable[[Any], np.ndarray]) -> Callable[[Any], None]:
+    """The accuracy check of one repeat's result: its fn(T) (R,), ``final_fn(result)``, within
+    ``tol`` of ``ref`` (R,) (AssertionError), the error appended to ``errors``."""
+    _, peer_mod = _benchmarks()
+
+    def check(result: Any) -> None:
+        errors.append(peer_mod.check_accuracy(name, final_fn(result), ref, tol))
+
+    return check
 
 
 def _failed_row(name: str, dtype: str, exc: Exception, log: Callable[[str], None]
@@ -315,13 +343,20 @@ def _failed_row(name: str, dtype: str, exc: Exception, log: Callable[[str], None
 
 def _ncsim_w1_row(name: str, specs: list, ref: np.ndarray, wl: Any, repeats: int,
                   device: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """Time ncsim on W1's ``specs``; its fn(T) must reach ``wl.fn_tol`` (AssertionError)."""
+    """Time ncsim on W1's ``specs``; the fn(T) of every repeat must reach ``wl.fn_tol``
+    (AssertionError). ``stopped_before_t_end``: runs that ncsim ended before T (a steady
+    state; the peers integrate every run to T)."""
     _, peer_mod = _benchmarks()
-    stats, res = timed(lambda: _simulate(specs), repeats, device)
-    err = peer_mod.check_accuracy(name, res.runs["final_fn"].to_numpy(), ref, wl.fn_tol)
+    errors: list[float] = []
+    stats, res = timed(lambda: _simulate(specs), repeats, device,
+                       check=_fn_check(name, ref, wl.fn_tol, errors,
+                                       lambda res: res.runs["final_fn"].to_numpy()))
+    err = max(errors)
     log(f"  {name}: {stats['median_s']:.3f} s (fn error {err:.1e})")
+    t_end = specs[0].solver.t_end
     return {**stats, "dtype": specs[0].solver.dtype, "fn_error": err,
             "steps_total": int(res.runs.steps.sum()), "steps_max": int(res.runs.steps.max()),
+            "stopped_before_t_end": int((res.runs.t_final < t_end).sum()),
             "phases_s": res.timings}
 
 
@@ -330,8 +365,9 @@ def _with_ratios(entry: dict[str, Any], dtypes: tuple[str, ...]) -> dict[str, An
 
     - ``ratios``: each peer's time / ncsim's with the same method (tsit5 peers against ncsim
       tsit5 where it ran, the others against ncsim dopri5);
-    - ``speedup_vs_fastest_peer``: the fastest peer's time / the fastest ncsim row's
-      (``fastest_ncsim`` names it: dopri5, tsit5 or dopri5 with CUDA graphs);
+    - ``speedup_vs_fastest_peer``: the fastest peer's time (``fastest_peer`` names it) / the
+      fastest ncsim row's (``fastest_ncsim`` names it: dopri5, tsit5 or dopri5 with CUDA
+      graphs);
     - ``cuda_graphs_gain``: ncsim dopri5 eager / with CUDA graphs, where both ran, and
       ``speedup_vs_fastest_peer_graphs``: the fastest peer's time / ncsim's with graphs.
     """
@@ -354,6 +390,7 @@ def _with_ratios(entry: dict[str, Any], dtypes: tuple[str, ...]) -> dict[str, An
         fastest = min(ours, key=ours.get)
         entry[f"fastest_ncsim{suffix}"] = fastest
         if peers:
+            entry[f"fastest_peer{suffix}"] = min(peers, key=peers.get)
             entry[f"speedup_vs_fastest_peer{suffix}"] = min(peers.values()) / ours[fastest]
     return entry
 
@@ -388,16 +425,18 @@ def failed_ncsim_rows(results: dict[str, Any]) -> list[str]:
 def _compare_forms(make: Callable[[str], Any], forms: tuple[str, str], row: dict[str, Any],
                    repeats: int, device: str, log: Callable[[str], None]) -> dict[str, Any]:
     """Time the workload ``make(form)`` in the reduced form ``forms[0]`` and the parameter form
-    ``forms[1]``; check that their trajectories agree to the workload's tolerance."""
-    results = {}
+    ``forms[1]``; check that their trajectories agree to the workload's tolerance: every
+    repeat of each form against the last repeat of the other."""
+    kept: dict[str, list[Any]] = {form: [] for form in forms}  # each repeat's trajectories
     for form in forms:
         wl = make(form)
         stats, res = timed(lambda wl=wl: _simulate(_with_device(wl.specs, device)), repeats,
-                           device)
-        results[form] = res
+                           device, check=lambda res, form=form: kept[form].append(
+                               res.trajectories[["time", *W2_COLUMNS]].copy()))
         row[form] = {**stats, "steps_total": int(res.runs.steps.sum()), "phases_s": res.timings}
     fast, plain = forms
-    row["max_rel_diff"] = w2_difference(results[fast], results[plain])
+    row["max_rel_diff"] = max([w2_difference(t, kept[plain][-1]) for t in kept[fast]]
+                              + [w2_difference(kept[fast][-1], t) for t in kept[plain]])
     label = ", ".join(f"{k}={v}" for k, v in row.items() if k in ("loss", "d", "n", "records"))
     if not row["max_rel_diff"] <= wl.fn_tol:
         raise AssertionError(f"{row['workload']} {label}: {fast} and d-space trajectories differ "
@@ -448,16 +487,26 @@ W2_COLUMNS = ("loss", "objective", "fn", "class_mean_norm", "w_norm")
 
 
 def w2_difference(a: Any, b: Any) -> float:
-    """Largest difference of the recorded trajectories of two results, each column relative
-    to its largest value (loss, objective, fn, class-mean norm, |W|)."""
-    ta, tb = a.trajectories, b.trajectories
+    """Largest difference of the recorded trajectories of two results (or of their
+    trajectory tables), each column relative to its largest |value| in ``b`` (loss,
+    objective, fn, class-mean norm, |W|).
+
+    inf when the record times differ, or when a NaN or an infinity of one is not in
+    the other at the same place (a NaN never passes as "no difference")."""
+    ta = getattr(a, "trajectories", a)
+    tb = getattr(b, "trajectories", b)
+    if ta.shape[0] != tb.shape[0] or not np.array_equal(ta["time"].to_numpy(float),
+                                                        tb["time"].to_numpy(float)):
+        return math.inf
     worst = 0.0
     for col in W2_COLUMNS:
-        x, y = ta[col].to_numpy(), tb[col].to_numpy()
-        if x.shape != y.shape:
-            return float("inf")
-        scale = max(float(np.nanmax(np.abs(y))), 1e-300)
-        worst = max(worst, float(np.nanmax(np.abs(x - y))) / scale)
+        x, y = ta[col].to_numpy(float), tb[col].to_numpy(float)
+        finite = np.isfinite(x) & np.isfinite(y)
+        same = (np.isnan(x) & np.isnan(y)) | (np.isinf(x) & (x == y))
+        if not (finite | same).all():
+            return math.inf
+        scale = max(float(np.abs(y[finite]).max(initial=0.0)), 1e-300)
+        worst = max(worst, float(np.abs(x - y)[finite].max(initial=0.0)) / scale)
     return worst
 
 
@@ -582,12 +631,15 @@ def _tracking_cost(result: Any, data: Any, repeats: int, device: str, total_s: f
 
 
 def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
-             data_root: str | None = None, peers: bool = True) -> list[dict[str, Any]]:
+             data_root: str | None = None, peers: bool = True,
+             peer_repeats: int | None = None) -> list[dict[str, Any]]:
     """V1: ncsim's ``train`` (NC record every epoch) against a plain ``DataLoader`` loop.
 
     For every case of ``benchmarks.workloads.v1`` both loops train the same network from the
     same seed on the same batches; the peer's log must equal ncsim's (see
-    :func:`_check_training`), or its row holds the ``error`` and no ratio. The seeds case
+    :func:`_check_training`; every repeat of each loop against the last repeat of the other),
+    or its row holds the ``error`` and no ratio. The peer runs ``peer_repeats`` times
+    (default ``repeats``). The seeds case
     runs ``train(config, data, seeds=...)`` (one vectorised loop on an accelerator, the seeds
     one after another on the CPU) against one peer loop per seed. Each loop gets one untimed
     warm-up call before its timed repeats. Also timed: one NC record of the trained network
@@ -619,10 +671,12 @@ def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
                        for p in cfg.phases],
             "seeds": len(seeds) if seeds else 1, "nc_every": cfg.nc_every}
         log(f"V1 {case.name}: {row['train_samples']} samples, {epochs} epochs ...")
+        ncsim_logs: list[list] = []  # each repeat's logs (one per seed)
         stats, result = timed(lambda cfg=cfg, data=data, seeds=seeds: train(
-            cfg, data, seeds=list(seeds) if seeds else None), repeats, device, warmup=True)
+            cfg, data, seeds=list(seeds) if seeds else None), repeats, device, warmup=True,
+            check=lambda res, seeds=seeds, kept=ncsim_logs: kept.append(
+                [r.log for r in res.runs] if seeds else [res.log]))
         row["ncsim"] = stats
-        logs = [r.log for r in result.runs] if seeds else [result.log]
         configs = ([dataclasses.replace(cfg, seed=s) for s in seeds] if seeds else [cfg])
 
         def peer(configs=configs, data=data) -> list:
@@ -631,9 +685,17 @@ def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
         try:
             if not peers:
                 raise RuntimeError("not run (--no-peers)")
-            stats, peer_logs = timed(peer, repeats, device, warmup=True)
+            peer_kept: list[list] = []
+            stats, _ = timed(peer, peer_repeats or repeats, device, warmup=True,
+                             check=peer_kept.append)
             exact = torch.device(device).type == "cpu"  # seeds run one by one there
-            _check_training(case, logs, peer_logs, row, peer_mod, exact)
+            pairs = ([(logs, peer_kept[-1]) for logs in ncsim_logs]
+                     + [(ncsim_logs[-1], logs) for logs in peer_kept])
+            for logs, peer_logs in pairs:  # the row keeps the worst difference
+                checked: dict[str, Any] = {}
+                _check_training(case, logs, peer_logs, checked, peer_mod, exact)
+                for key, value in checked.items():
+                    row[key] = max(row.get(key, value), value)
             row["dataloader"] = stats
             row["speedup"] = stats["median_s"] / row["ncsim"]["median_s"]
         except (AssertionError, RuntimeError) as exc:
@@ -668,8 +730,14 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
     :func:`bench_w1`; ``data_root``: the Fashion-MNIST folder of V1)."""
     with bounded_threads(threads):  # numpy's BLAS too: ncsim's products and the peers'
         results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                                   "device": device, "repeats": repeats, "machine": machine(),
-                                   "workloads": {}}
+                                   "device": device, "repeats": repeats,
+                                   "peer_repeats": peer_repeats or repeats,
+                                   "machine": machine(device), "workloads": {}}
+        fewest = min(repeats, peer_repeats or repeats)
+        if fewest < 3:  # said in the JSON and on stderr: one or two samples are no median
+            results["warning"] = (f"{fewest} timed repeat(s): a time is a single sample "
+                                  "(or the mean of two), not a median of 3 or more")
+            log(f"warning: {results['warning']}")
         if "W1" in workloads:
             results["workloads"]["W1"] = bench_w1(size, repeats, device, peers, log, peer_repeats,
                                                   skip, dtypes)
@@ -680,7 +748,8 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
         if "W3" in workloads:
             results["workloads"]["W3"] = bench_w3(size, repeats, device, log)
         if "V1" in workloads:
-            results["workloads"]["V1"] = bench_v1(size, repeats, device, log, data_root, peers)
+            results["workloads"]["V1"] = bench_v1(size, repeats, device, log, data_root, peers,
+                                                  peer_repeats)
         return results
 
 
@@ -691,17 +760,21 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
                    "loop, needs Fashion-MNIST).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
-              help="Timed repeats per solver (the median is reported).")
+              help="Timed repeats per solver (the median is reported; below 3 the JSON "
+                   "carries a 'warning').")
 @click.option("--size", default="full", show_default=True,
-              type=click.Choice(["full", "small", "tiny"]), help="Workload size.")
+              type=click.Choice(["full", "small", "tiny"]),
+              help="Workload size ('full' on a GPU: W1's 64 x 64 grid at T = 5e3 and V1 on "
+                   "the whole training set; 'tiny' is a smoke test of seconds).")
 @click.option("--peers/--no-peers", default=True, show_default=True,
-              help="Also time scipy, torchdiffeq and torchode on W1, and the DataLoader loop "
-                   "on V1.")
+              help="Also time scipy (on the CPU in float64 only), torchdiffeq and torchode "
+                   "on W1, and the DataLoader loop on V1.")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="torch and BLAS threads for every solver (default: the libraries' own "
                    "settings).")
 @click.option("--peer-repeats", default=None, type=click.IntRange(1),
-              help="Timed repeats of each peer (default: --repeats).")
+              help="Timed repeats of each peer: W1's ODE solvers and V1's DataLoader loop "
+                   "(default: --repeats).")
 @click.option("--skip-peer", "skip", multiple=True,
               type=click.Choice(["scipy_dop853_loop", "torchdiffeq_dopri5", "torchode_dopri5",
                                  "torchode_tsit5"]),
@@ -726,7 +799,8 @@ def bench(workload: tuple[str, ...], device: str, repeats: int, size: str, peers
     results = run_bench(workload, device, repeats, size, peers, threads,
                         log=lambda m: click.echo(m, err=True), peer_repeats=peer_repeats,
                         skip=skip, dtypes=dtypes or None, data_root=data_root)
-    text = json.dumps(to_jsonable(results), indent=2)  # NaN (not measured) as null
+    # NaN (not measured) as null; allow_nan=False: the file is strict JSON or nothing
+    text = json.dumps(to_jsonable(results), indent=2, allow_nan=False)
     if out is None:
         stamp = datetime.date.today().isoformat()
         out = str(write_unused(ROOT / "benchmarks" / "results"
