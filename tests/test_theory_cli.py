@@ -130,3 +130,19 @@ def test_theory_columns_with_time_scales_keep_the_equilibrium():
     assert row["theory_regime"].startswith("no_minimiser") and "equilibrium only" in row[
         "theory_regime"]
     assert math.isnan(row["fn_star_theory"]) and math.isnan(row["onset_time_theory"])
+
+
+@pytest.mark.parametrize("cmd", ["threshold", "derive"])
+def test_word_options_take_any_case_as_simulate_does(cmd):
+    """--loss MSE --bias FREE --format JSON is --loss mse --bias free --format json."""
+    upper = run(cmd, "--loss", "MSE", "--bias", "FREE", "--format", "JSON")
+    lower = run(cmd, "--loss", "mse", "--bias", "free", "--format", "json")
+    assert upper.exit_code == 0, upper.output
+    assert json.loads(upper.output) == json.loads(lower.output)
+
+
+def test_help_shows_the_choices_and_numbers():
+    text = run("onset", "--help").output
+    for shown in ("--loss [ce|mse]", "--bias [none|free|reg]", "--format [json|latex|text]",
+                  "--lambda-w NUMBERS"):
+        assert shown in text

@@ -264,7 +264,7 @@ def test_theory_bad_ratio_is_one_line(value):
     (["threshold", "--depth", "0"], ["--depth", ">= 1"]),
     (["onset", "--init-scale", "0"], ["--init-scale", "> 0"]),
     (["onset", "--onset-threshold", "-0.1"], ["--onset-threshold", "> 0"]),
-    (["threshold", "--loss", "MSE"], ["unknown loss 'MSE'", "mse, ce"]),
+    (["threshold", "--loss", "hinge"], ["unknown loss 'hinge'", "mse, ce"]),
     (["threshold", "--bias", "zero"], ["unknown bias 'zero'", "none, free, reg"]),
     (["equilibrium", "--format", "csv"], ["unknown format 'csv'", "json, latex, text"]),
     (["equilibrium", "--lambda-w", "1e-4..1e-2"], ["--lambda-w", "malformed range"]),

@@ -31,25 +31,39 @@ GRID_ORDER = ("A numeric option takes one value, a comma list or a log range lo.
               "every --format json of ncsim).")
 
 
+def _lower(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A choice in any case, as the other commands take it (MSE = mse)."""
+    return value.lower() if isinstance(value, str) else value
+
+
+def _word(name: str, default: str, choices: tuple[str, ...], *dest: str) -> Callable:
+    """A word option (loss, bias, format) whose help shows its choices."""
+    return click.option(name, *dest, default=default, show_default=True, callback=_lower,
+                        metavar=f"[{'|'.join(choices)}]")
+
+
+def _numbers(*names: str, **kwargs: Any) -> Callable:
+    """A numeric option: one value, a comma list or a log range lo..hi:count."""
+    return click.option(*names, show_default=True, metavar="NUMBERS", **kwargs)
+
+
 def _model_options(func: Callable) -> Callable:
     opts = [
-        click.option("--loss", default="ce", show_default=True, help="ce | mse"),
-        click.option("--bias", default="none", show_default=True, help="none | free | reg"),
-        click.option("-K", "--classes", "classes", default="10", show_default=True),
-        click.option("-n", "--per-class", "per_class", default="20", show_default=True),
-        click.option("-d", "--dim", "dim", default="32", show_default=True),
-        click.option("--depth", default="1", show_default=True,
-                     help="weight matrices L (>= 2: deep linear UFM)"),
-        click.option("--lambda-w", "lambda_w", default="5e-4", show_default=True),
-        click.option("--lambda-h", "lambda_h", default="5e-4", show_default=True),
-        click.option("--lambda-b", "lambda_b", default="0", show_default=True),
-        click.option("--init-scale", "init_scale", default="0.1", show_default=True),
-        click.option("--onset-threshold", "onset_threshold", default="0.01", show_default=True),
-        click.option("--ratio", default=None,
+        _word("--loss", "ce", ("ce", "mse")),
+        _word("--bias", "none", ("none", "free", "reg")),
+        _numbers("-K", "--classes", "classes", default="10"),
+        _numbers("-n", "--per-class", "per_class", default="20"),
+        _numbers("-d", "--dim", "dim", default="32"),
+        _numbers("--depth", default="1", help="weight matrices L (>= 2: deep linear UFM)"),
+        _numbers("--lambda-w", "lambda_w", default="5e-4"),
+        _numbers("--lambda-h", "lambda_h", default="5e-4"),
+        _numbers("--lambda-b", "lambda_b", default="0"),
+        _numbers("--init-scale", "init_scale", default="0.1"),
+        _numbers("--onset-threshold", "onset_threshold", default="0.01"),
+        click.option("--ratio", default=None, metavar="NUMBER",
                      help="lambda_H / lambda_W for lambda_crit, one number > 0 (default: "
                      "--lambda-h / --lambda-w of each point; 1 where a decay is 0)"),
-        click.option("--format", "fmt", default="json", show_default=True,
-                     help="json | latex | text"),
+        _word("--format", "json", ("json", "latex", "text"), "fmt"),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -240,10 +254,10 @@ def onset_cmd(**o: Any) -> None:
 
 
 @theory.command("derive")
-@click.option("--loss", default="ce", show_default=True, help="ce | mse")
-@click.option("--bias", default="none", show_default=True, help="none | free | reg")
-@click.option("--depth", default="1", show_default=True)
-@click.option("--format", "fmt", default="latex", show_default=True, help="json | latex | text")
+@_word("--loss", "ce", ("ce", "mse"))
+@_word("--bias", "none", ("none", "free", "reg"))
+@click.option("--depth", default="1", show_default=True, metavar="INTEGER")
+@_word("--format", "latex", ("json", "latex", "text"), "fmt")
 @handle_errors
 def derive_cmd(loss: str, bias: str, depth: str, fmt: str) -> None:
     """Print the derivation's key expressions."""
