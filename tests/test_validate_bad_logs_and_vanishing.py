@@ -328,3 +328,15 @@ def test_compare_measures_no_onset_on_a_vanishing_log():
     # nc1 < 0.01 first at epoch 24 (0.5 x 10^(-14/8) = 0.0089); t counts from epoch 10's
     # flow time 1.0: 2.4 - 1.0
     assert onset == pytest.approx(1.4, rel=1e-12) and fn_star == 1.0
+
+
+@pytest.mark.parametrize("column", ["run_id", "time_unit"])
+def test_paper_log_with_run_id_or_time_unit_column_is_an_input_error(tmp_path, column):
+    """A paper log (epoch, nc1, feat_norm) that also carries run_id or time_unit was a
+    'cannot insert run_id, already exists' traceback; it is one line, exit 2."""
+    path = tmp_path / "mylog.csv"
+    path.write_text(f"{column},epoch,phase,nc1,feat_norm\na,0,1,1.0,1\na,10,2,0.001,2\n")
+    result = invoke(["validate", "analyze", str(path)])
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert f"has column(s) {column}, which a paper log" in line and "Traceback" not in line

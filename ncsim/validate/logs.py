@@ -276,6 +276,12 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
         )
     out = frame.rename(columns={k: v for k, v in PAPER_COLUMNS.items() if k in frame.columns})
     out = out.loc[:, ~out.columns.duplicated()].copy()
+    clash = [c for c in ("run_id", "time_unit") if c in out.columns]
+    if clash:
+        raise InputError(
+            f"log {run_id} has column(s) {', '.join(clash)}, which a paper log (epoch, nc1, "
+            "feat_norm) does not carry: a paper log is one run, named by its file; drop the "
+            "column(s), or write an ncsim log (run_id, time, time_unit, fn, nc1_trace, ...)")
     labels = run_labels(run_id)
     for key in ("condition", "seed"):
         if key in out.columns:  # intervention logs carry their own condition and seed
