@@ -444,3 +444,23 @@ def test_phase_at_zero_decay_of_a_deep_mse_head():
 
     assert classify("mse", "none", 5, 23, 20, 2, 0.01, 0.0, 0, 0.1)["phase"] == "no_collapse"
     assert classify("mse", "none", 5, 23, 20, 2, 0.0, 0.01, 0, 0.1)["phase"] == "collapse"
+
+@pytest.mark.parametrize("M", [3, 4, 5])
+@pytest.mark.parametrize("Lam", [1e-300, 1e-30, 1e-18])
+def test_deep_mse_mode_at_a_tiny_decay_is_close_to_sqrt_n(M, Lam):
+    """0 < Lambda << 1: the root sigma lies within a relative N Lambda / sqrt(n)^... of sqrt(n);
+    the upper end of the bracket, s^(1/M), rounded to either sign and gave NaN ('vanishing')."""
+    from ncsim.theory.modes import mse_mode
+
+    K, n = np.meshgrid(np.arange(2, 12, dtype=float), np.arange(1, 40, dtype=float))
+    sol = mse_mode(K.ravel(), n.ravel(), np.full(K.size, Lam), M)
+    np.testing.assert_allclose(sol.sigma, np.sqrt(n.ravel()), rtol=1e-12)
+    assert np.isfinite(sol.sigma_local).all()
+
+
+def test_phase_of_a_deep_mse_head_at_a_tiny_weight_decay():
+    """lambda_W = 1e-30 read as 'vanishing' with fn* 0 while 0 and 1e-20 collapse."""
+    from ncsim.theory.phase import classify
+
+    c = classify("mse", "none", 5, 23, 20, 2, 1e-30, 0.01, 0, 0.1)
+    assert c["phase"] == "collapse" and c["fn_star"] > 0

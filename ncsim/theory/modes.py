@@ -100,10 +100,11 @@ def mse_mode(K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> ModeSolu
             return c * x ** (M - 2) * (s - x ** M) / N
 
         has = phi(x_max) >= Lam
-        x_root = bisect(lambda x: phi(x) - Lam, x_max, s ** (1.0 / M))
-        # Lambda = 0: the root is sigma = sqrt(n) itself, where phi(s^(1/M)) rounds to either
-        # sign (the bracket test then fails and bisect returns NaN)
-        root = xp.where(Lam > 0, x_root ** M, s)
+        # the upper end lies just above s^(1/M), where phi < 0 <= Lambda for certain: at
+        # s^(1/M) itself s - x^M rounds to either sign, and a Lambda of 0 or below ~1e-16
+        # lost the sign change (bisect gave NaN, read as 'vanishing')
+        x_root = bisect(lambda x: phi(x) - Lam, x_max, s ** (1.0 / M) * (1 + 1e-14))
+        root = xp.where(Lam > 0, x_root ** M, s)  # Lambda = 0: sigma = sqrt(n) exactly
         local = xp.where(has, root, xp.full_like(s, float("nan")))
         # the non-zero state beats the origin iff Lambda < Lambda_glob (strict: the origin wins
         # the tie at Lambda_glob, where the objectives agree only to rounding)
