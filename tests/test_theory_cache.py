@@ -99,3 +99,28 @@ def test_every_derivation_reads_back_exactly(func):
         assert back[key] == expr, key
         assert ({s.name: s.assumptions0 for s in back[key].free_symbols}
                 == {s.name: s.assumptions0 for s in expr.free_symbols}), key
+
+
+def test_lower_rank_check_is_kept_on_disk_per_argument_tuple(monkeypatch, tmp_path):
+    """The lower-rank search (seconds per point at K = 10) runs once per installation: a
+    second process (here: the in-process cache cleared) reads the file back, and numpy
+    scalars share the key of the numbers they hold."""
+    import numpy as np
+
+    import ncsim.theory.lowrank as lowrank
+
+    monkeypatch.setenv("NCSIM_CACHE_DIR", str(tmp_path))
+    lowrank.lower_rank_check.cache_clear()
+    first = lowrank.lower_rank_check(4, 3, 0.05, 2)
+    files = list(tmp_path.glob("ncsim.theory.lowrank.lower_rank_check-*.pickle"))
+    assert len(files) == 1
+    lowrank.lower_rank_check.cache_clear()
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(lowrank, "minimize", no_search)
+    assert lowrank.lower_rank_check(np.int64(4), 3, np.float64(0.05), 2) == first
+    with pytest.raises(AssertionError, match="searched again"):
+        lowrank.lower_rank_check(4, 3, 0.05, 2, restarts=5)  # another key
+    lowrank.lower_rank_check.cache_clear()

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import os
 import pickle
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sympy as sp
 
 Derivation = Callable[[], dict[str, sp.Expr]]  # expressions and matrices of them
+T = TypeVar("T")
 
 
 def cache_dir() -> Path | None:
@@ -114,3 +117,53 @@ def derivation(func: Derivation) -> Derivation:
 
     cached.uncached = func  # the derivation itself, for tests and for checking a cache
     return cached
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (one cache key for 10 and np.int64(10))."""
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+
+
+def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Cache a numeric function of plain arguments (numbers, strings) in this process and on
+    disk, one file per argument tuple (``repr`` of the bound arguments, hashed) under the same
+    source key as the derivations; a file that does not hold a ``result_type`` is a miss.
+
+    For slow numeric searches that every process would otherwise repeat (e.g. the lower-rank
+    check of deep CE heads, up to seconds per parameter point)."""
+
+    def wrap(func: Callable[..., T]) -> Callable[..., T]:
+        signature = inspect.signature(func)
+
+        @functools.lru_cache(maxsize=4096)
+        def by_key(key: tuple[tuple[str, Any], ...]) -> T:
+            folder = cache_dir()
+            path = None
+            if folder is not None:
+                digest = hashlib.sha256(repr(key).encode()).hexdigest()[:20]
+                path = folder / (f"{func.__module__}.{func.__qualname__}-{source_key()}-"
+                                 f"{digest}.pickle")
+                try:
+                    with path.open("rb") as handle:
+                        value = pickle.load(handle)
+                except Exception:  # missing, truncated or another program's file: a miss
+                    value = None
+                if isinstance(value, result_type):
+                    return value
+            value = func(**dict(key))
+            if path is not None:
+                _write(path, value)
+            return value
+
+        @functools.wraps(func)
+        def cached(*args: Any, **kwargs: Any) -> T:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return by_key(tuple((k, _plain(v)) for k, v in bound.arguments.items()))
+
+        cached.uncached = func
+        cached.cache_clear = by_key.cache_clear
+        return cached
+
+    return wrap
+

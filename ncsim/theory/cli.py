@@ -217,8 +217,8 @@ def theory() -> None:
 @_model_options
 @click.option("--check-lower-rank", "check_lower_rank", is_flag=True,
               help="deep CE: compare the ETF state with the best state of class-mean rank "
-              "1 .. K-2 (numeric, with restarts; 0.06-4 s a point at K = 10): lower_rank_better, "
-              "lower_rank_objective, lower_rank")
+              "1 .. K-2 (numeric, with restarts; 0.06-7 s a point at K = 10, kept in the "
+              "theory cache): lower_rank_better, lower_rank_objective, lower_rank")
 @handle_errors
 def equilibrium_cmd(**o: Any) -> None:
     """Collapsed (ETF) minimiser: norms, fn*, logits / margin, loss, and the whole theory row.

@@ -16,16 +16,19 @@ the same best state (at K = 10, n = 20, Lambda = 1e-3, L = 2 the ranks 5 .. 8 al
 f = 0.1245081345 to 6e-16): the reported rank is the smallest one whose objective lies within
 a relative 1e-9 of the best. Cost: 6 restarts per rank, 0.06-4 s per call at K = 10,
 n = 20, depths 2-4, Lambda = 1e-4 .. 1e-1 (one CPU thread; slowest at small Lambda and depth
-3-4), milliseconds at K <= 4; the result is cached per argument tuple.
+3-4), milliseconds at K <= 4, 5-7 s at depth 5; the result is cached per argument tuple, in the
+process and on disk (:func:`ncsim.theory.cache.numeric`), so each parameter point is searched
+once per installation.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
+
+from ncsim.theory.cache import numeric
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def _objective(theta: np.ndarray, K: int, r: int, M: int, lam: float):
 RANK_TIE_RTOL = 1e-9
 
 
-@functools.lru_cache(maxsize=4096)
+@numeric(LowRankResult)
 def lower_rank_check(K: int, n: int, Lam: float, depth: int, restarts: int = 6,
                      seed: int = 0) -> LowRankResult:
     """Best objective of rank-r class-mean logits, r = 1 .. K - 2 (deep CE, M = depth + 1).
