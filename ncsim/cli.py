@@ -124,11 +124,6 @@ SIMULATE_EPILOG = (
     "the string \"inf\". Exit status 0 whatever the runs' statuses (diverged, "
     "not_collapsed, ... are in the status column); 2 for bad input.")
 #: run-table column of each grid option, in the order of GRID_OPTIONS
-AXIS_COLUMNS = ("classes", "per_class", "dim", "depth", "width", "leaky_slope", "lambda_w",
-                "lambda_h", "lambda_b", "init_scale", "init_seed", "time_scale_eta_h",
-                "time_scale_eta_w", "time_scale_eta_b", "solver_t_end", "solver_dt",
-                "solver_rtol", "solver_atol", "solver_records", "solver_t_first",
-                "solver_max_steps", "solver_gtol", "onset_threshold", "onset_stay")
 TABLE_COLUMNS = ("status", "onset_time", "fn_at_onset", "fn_star_theory", "onset_time_theory",
                  "final_fn", "final_nc1_trace", "steps")
 
@@ -323,7 +318,7 @@ def format_run_table(runs) -> str:
     """Readable text table: the grid axes and the main results."""
     from ncsim.results import varying_columns
 
-    axes = varying_columns(runs, AXIS_COLUMNS)
+    axes = varying_columns(runs)
     columns = ["run_id", *axes, *[c for c in TABLE_COLUMNS if c in runs]]
     with __import__("pandas").option_context("display.width", 200, "display.max_rows", 500):
         return runs[columns].to_string(index=False, float_format=lambda v: f"{v:.6g}")

@@ -8,13 +8,17 @@ import pandas as pd
 
 from ncsim.spec import RunSpec
 
+#: run-table columns a grid can vary (the command line's grid axes), in its grid order
+AXIS_COLUMNS = ("classes", "per_class", "dim", "depth", "width", "leaky_slope", "lambda_w",
+                "lambda_h", "lambda_b", "init_scale", "init_seed", "time_scale_eta_h",
+                "time_scale_eta_w", "time_scale_eta_b", "solver_t_end", "solver_dt",
+                "solver_rtol", "solver_atol", "solver_records", "solver_t_first",
+                "solver_max_steps", "solver_gtol", "onset_threshold", "onset_stay")
 
-def varying_columns(runs: pd.DataFrame, candidates: tuple[str, ...] = ()) -> list[str]:
+
+def varying_columns(runs: pd.DataFrame, candidates: tuple[str, ...] = AXIS_COLUMNS) -> list[str]:
     """Spec columns whose values differ between runs (the grid axes)."""
-    names = candidates or ("classes", "per_class", "dim", "depth", "width", "lambda_w",
-                           "lambda_h", "lambda_b", "init_scale", "init_seed",
-                           "time_scale_eta_h", "time_scale_eta_w", "time_scale_eta_b")
-    return [c for c in names if c in runs and runs[c].astype(str).nunique() > 1]
+    return [c for c in candidates if c in runs and runs[c].astype(str).nunique() > 1]
 
 
 def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec]) -> None:

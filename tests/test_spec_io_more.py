@@ -839,3 +839,25 @@ def test_rtol_floor_holds_for_adaptive_methods_only():
         _with(SolverSpec(rtol=rtol, dtype="float32")).validate()
     _with(SolverSpec(method="rk4", dt=0.1, rtol=1e-12, dtype="float32")).validate()
     _with(SolverSpec(rtol=2e-15)).validate()
+
+
+def test_simulation_figure_is_keyed_by_a_solver_grid_axis(tmp_path, monkeypatch):
+    """A grid over solver options only (t_end) keys the figure by that axis, as the text
+    table does (the figure looked at the model and decay columns only)."""
+    import ncsim.plots
+    from ncsim.flow import simulate
+    from ncsim.results import write_simulation
+
+    model = ModelSpec(classes=3, per_class=2, dim=4)
+    specs = [RunSpec(model=model, solver=SolverSpec(t_end=t, records=4)).validate()
+             for t in (5.0, 10.0)]
+    seen = {}
+
+    def figure(trajectories, runs, label_column=None):
+        seen["label"] = label_column
+        raise KeyboardInterrupt  # stop before writing: the label is what is checked
+
+    monkeypatch.setattr(ncsim.plots, "trajectory_figure", figure)
+    with pytest.raises(KeyboardInterrupt):
+        write_simulation(simulate(specs, theory=False), tmp_path / "out", "parquet", specs)
+    assert seen["label"] == "solver_t_end"
