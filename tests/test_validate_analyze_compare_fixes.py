@@ -189,3 +189,16 @@ def test_analyze_interpolate_gives_the_simulators_onset(tmp_path):
     (first,) = analyze_json(traj)[0]["runs"]
     times = pd.read_parquet(traj)["time"].to_numpy()
     assert first["onset_epoch"] in times and first["onset_epoch"] > sim["onset_time"]
+
+
+def test_analyze_takes_table_suffixes_in_any_case(tmp_path):
+    """T.PARQUET was read as CSV ('utf-8 codec can't decode'); --out r.CSV was refused."""
+    log = pd.DataFrame({"epoch": [0, 10, 20], "phase": [1, 2, 2], "nc1": [1.0, 0.5, 0.001],
+                        "feat_norm": [1.0, 2.0, 3.0]})
+    path = tmp_path / "depth5_s0.PARQUET"
+    log.to_parquet(path)
+    out = tmp_path / "r.CSV"
+    result = CliRunner().invoke(main, ["validate", "analyze", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert list(table["onset_epoch"]) == [20]

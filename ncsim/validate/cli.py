@@ -115,7 +115,7 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float | No
         click.echo(f"note: skipped {len(others)} file(s) that are not per-epoch logs (no "
                    f"'epoch' or 'time' column): {listed(map(str, others), limit=20)}", err=True)
     if out is not None:
-        require(out.suffix in TABLE_SUFFIXES, f"--out {out}: name the run table .csv or "
+        require(out.suffix.lower() in TABLE_SUFFIXES, f"--out {out}: name the run table .csv or "
                 ".parquet")
         require(not out.is_dir(), f"--out {out} is a folder; give a file name ending in .csv "
                 "or .parquet")

@@ -123,7 +123,7 @@ def _read_frame(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"log file {path} does not exist; check the path")
     try:
-        if path.suffix == ".parquet":
+        if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except (ValueError, OSError, pd.errors.ParserError) as err:
@@ -390,7 +390,7 @@ def is_epoch_log(path: str | Path) -> bool:
     :func:`read_log` reports why (absent, empty, corrupt)."""
     path = Path(path)
     try:
-        if path.suffix == ".parquet":
+        if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
             columns = pq.read_schema(path).names
