@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ncsim.errors import InputError
@@ -109,12 +110,15 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         return pd.DataFrame()
     ids = {c: str for c in header if c == "run_id" or str(c).endswith("_run_id")}
     text = pd.read_csv(path, dtype=ids, keep_default_na=False, na_values=[""])
-    loose = pd.read_csv(path, dtype=ids)  # pandas' missing-value texts ("NA", "nan") as NaN
-    for column in text.columns:
-        if (not pd.api.types.is_numeric_dtype(text[column])
-                and pd.api.types.is_numeric_dtype(loose[column])
-                and _has_a_number(text[column])):
-            text[column] = loose[column]  # numbers with "NA" or "nan" written for missing
+    # text columns that may be numbers with "NA" or "nan" written for missing: read again,
+    # those columns only, with pandas' missing-value texts as NaN
+    maybe = [c for c in text.columns if c not in ids
+             and not pd.api.types.is_numeric_dtype(text[c]) and _has_a_number(text[c])]
+    if maybe:
+        loose = pd.read_csv(path, usecols=maybe)
+        for column in maybe:
+            if pd.api.types.is_numeric_dtype(loose[column]):
+                text[column] = loose[column]
     return text
 
 
@@ -122,13 +126,8 @@ def _has_a_number(column: pd.Series) -> bool:
     """Whether a text column holds at least one finite number (a column of numbers that
     pandas reads as text because of a missing-value text, not a column of labels such as
     "NA" or "None")."""
-    for value in column.dropna():
-        try:
-            if math.isfinite(float(value)):
-                return True
-        except (TypeError, ValueError):
-            continue
-    return False
+    numbers = pd.to_numeric(column.dropna(), errors="coerce").to_numpy(dtype=float)
+    return bool(np.isfinite(numbers).any())
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
