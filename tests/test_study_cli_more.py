@@ -128,7 +128,7 @@ def test_every_contract_command_has_help(path):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"Usage: cli {' '.join(path)} ")
     if path[0] == "theory":
-        assert "json | latex | text" in result.stdout
+        assert "--format [json|latex|text]" in result.stdout
 
 
 def _readme_commands() -> list[list[str]]:

@@ -275,7 +275,7 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
         lines += [f"![{caption}]({prefix}{path})", "", f"*{_escape(caption)}*", ""]
     for caption, table in section.tables:
         lines += [f"**{_escape(_one_line(caption))}**", "", markdown_table(table), ""]
-    lines += [_one_line(note) + "\n" for note in section.notes]
+    lines += [_escape(_one_line(note)) + "\n" for note in section.notes]
     return "\n".join(lines) + "\n"
 
 
