@@ -10,6 +10,9 @@ import os
 import shutil
 import tempfile
 
+import mpmath
+import pytest
+
 # the symbolic derivations are cached in a folder of this session (derived afresh each session,
 # never read from or written to the user's cache); subprocesses inherit it
 os.environ["NCSIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="ncsim-test-cache-")
@@ -20,3 +23,17 @@ from ncsim.threads import set_threads  # noqa: E402
 
 set_threads(1)
 keep_freed_memory()
+
+
+@pytest.fixture(autouse=True)
+def _mpmath_digits(request):
+    """mpmath at the precision a test (or its module's ``pytestmark``) asks for with
+    ``@pytest.mark.mpmath_digits(n)``, restored afterwards (a module-level ``mp.dps = n`` would
+    be overwritten by whichever test module is imported last)."""
+    marker = request.node.get_closest_marker("mpmath_digits")
+    if marker is None:
+        yield
+        return
+    with mpmath.workdps(marker.args[0]):
+        yield
+

@@ -22,13 +22,7 @@ from ncsim.theory.columns import theory_columns
 from ncsim.theory.critical import basin_threshold
 from ncsim.theory.dynamics import aligned_basin_root
 
-
-@pytest.fixture(autouse=True)
-def _mpmath_fifty_digits():
-    """mpmath at 50 digits in every test of this module (a module-level setting would be
-    overwritten by whichever test module is imported last)."""
-    with mp.workdps(50):
-        yield
+pytestmark = pytest.mark.mpmath_digits(50)
 
 
 def _spec(kind: str = "ufm", loss: str = "mse", bias: str = "none", K: int = 4, n: int = 5,

@@ -46,13 +46,7 @@ from ncsim.theory.critical import critical_table
 from ncsim.theory.imbalance import kkt_residual
 from ncsim.theory.phase import classify, phase_diagram
 
-
-@pytest.fixture(autouse=True)
-def _mpmath_thirty_digits():
-    """mpmath at 30 digits in every test of this module (a module-level setting would be
-    overwritten by whichever test module is imported last)."""
-    with mp.workdps(30):
-        yield
+pytestmark = pytest.mark.mpmath_digits(30)
 
 
 # ---------------------------------------------------------------------------------------------

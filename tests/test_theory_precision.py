@@ -29,13 +29,7 @@ from ncsim.theory import (
 from ncsim.theory import symbols as S
 from ncsim.theory._backend import bisect
 
-
-@pytest.fixture(autouse=True)
-def _mpmath_fifty_digits():
-    """mpmath at 50 digits in every test of this module (a module-level setting would be
-    overwritten by whichever test module is imported last)."""
-    with mp.workdps(50):
-        yield
+pytestmark = pytest.mark.mpmath_digits(50)
 
 
 def rel(got: float, want: mp.mpf) -> float:
@@ -223,3 +217,8 @@ def test_cache_key_is_the_imported_sources_not_later_files(tmp_path):
     key_on_disk = out.stdout.strip()
     written = [p.name for p in (tmp_path / "cache").iterdir()]
     assert len(written) == 1 and key_on_disk not in written[0]
+
+
+def test_the_module_runs_at_fifty_digits():
+    """The references of this module are computed at 50 digits (conftest's mpmath_digits)."""
+    assert mp.mp.dps == 50

@@ -312,22 +312,27 @@ def _unseeded_mean_mode(spec: RunSpec, eq: Any, row: dict[str, Any], lw_arg: Any
                       m.depth, mean_mode=False)
     fn_end, fn_star = float(end.fn_star), float(eq.fn_star)
     if m.depth > 1:
-        row["fn_star_theory"] = fn_end
-        row["w_norm_star_theory"] = float(end.w_norm_star)
-        row["loss_star_theory"] = float(end.loss_star)
+        _end_state_columns(row, end)
         row["theory_regime"] = (
             f"mean_mode_unseeded: the {spec.init.kind} init has no mean label mode, which "
             f"stays 0 (a strict local minimum for depth >= 2): the flow ends at fn = "
             f"{fn_end:.6g} (the fn* column and the other equilibrium columns describe that "
             f"state), not at the global minimiser, fn* = {fn_star:.6g}")
         return
-    for key in ("fn_star_theory", "w_norm_star_theory", "loss_star_theory"):
-        row[key] = math.nan
+    _end_state_columns(row, None)
     row["theory_regime"] = (
         f"mean_mode_unseeded: the {spec.init.kind} init has no mean label mode; one layer: 0 "
         f"is invariant but unstable there, so the run ends at fn = {fn_end:.6g} (the mean mode "
         f"stays 0) or, once rounding errors seed it, at the global minimiser, fn* = "
         f"{fn_star:.6g}; which one depends on the run: equilibrium columns NaN")
+
+
+def _end_state_columns(row: dict[str, Any], end: Any) -> None:
+    """Set fn*, |w|* and the loss of ``row`` to those of the equilibrium ``end`` where the
+    flow ends, or to NaN (``end`` None) where the end state depends on the run."""
+    for key, field in (("fn_star_theory", "fn_star"), ("w_norm_star_theory", "w_norm_star"),
+                       ("loss_star_theory", "loss_star")):
+        row[key] = math.nan if end is None else float(getattr(end, field))
 
 
 def _unequal_decays_fate(spec: RunSpec, eq: Any, lw: tuple[float, ...], lh: float
@@ -388,9 +393,7 @@ def _gaussian_mean_mode(spec: RunSpec, eq: Any, row: dict[str, Any], lw: tuple[f
     fn_end, fn_star = float(end.fn_star), float(eq.fn_star)
     regime = str(row["theory_regime"])
     if where == "below":
-        row["fn_star_theory"] = fn_end
-        row["w_norm_star_theory"] = float(end.w_norm_star)
-        row["loss_star_theory"] = float(end.loss_star)
+        _end_state_columns(row, end)
         row["theory_regime"] = (
             f"mean_mode_trapped: the init amplitude a sqrt(d/2) = {a0:.4g} lies below the band "
             f"around the basin root of the mean label mode (data weight lambda_b/(1 + lambda_b)"
@@ -398,8 +401,7 @@ def _gaussian_mean_mode(spec: RunSpec, eq: Any, row: dict[str, Any], lw: tuple[f
             f"column and the other equilibrium columns describe that state), not at the global "
             f"minimiser, fn* = {fn_star:.6g}; {regime}")
         return
-    for key in ("fn_star_theory", "w_norm_star_theory", "loss_star_theory"):
-        row[key] = math.nan
+    _end_state_columns(row, None)
     row["theory_regime"] = (
         f"mean_mode_basin_edge: the init amplitude a sqrt(d/2) {where.replace('a_u', 'a_u0')}, "
         f"within the band around the basin root a_u0 of the mean label mode (data weight "
