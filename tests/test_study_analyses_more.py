@@ -459,10 +459,12 @@ def test_line_figure_marks_an_x_without_a_value():
     """A point with no collapse (NaN onset) is marked on the x axis instead of vanishing."""
     import matplotlib.pyplot as plt
 
-    table = pd.DataFrame({"weight_decay": [1e-4, 1e-3, 1e-2], "onset": [100.0, 50.0, np.nan]})
-    fig = _line_fig(table, "weight_decay", ["onset"], None, "onset over weight_decay")
-    marks = [line for line in fig.axes[0].lines if line.get_label() == "no value"]
+    table = pd.DataFrame({"weight_decay": [1e-4, 1e-3, 1e-2],
+                          "onset_collapsed": [100.0, 50.0, np.nan]})
+    fig = _line_fig(table, "weight_decay", ["onset_collapsed"], None, "onset over wd")
+    marks = [line for line in fig.axes[0].lines if line.get_label() == "no collapse"]
     assert len(marks) == 1 and list(marks[0].get_xdata()) == [1e-2]
+    assert fig.axes[0].get_ylabel() == "onset time (collapsed runs)"
     plt.close(fig)
 
 

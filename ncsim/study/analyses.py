@@ -137,6 +137,12 @@ def _trajectory_fig(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir
             _figure(fig, figdir, f"trajectories_{part}"))
 
 
+# axis labels of the line figures' value columns (times in the part's unit: flow time for
+# simulated parts, epochs for trained ones)
+Y_LABELS = {"onset_collapsed": "onset time (collapsed runs)", "onset_mean": "mean onset time",
+            "fn_star_mean": "mean fn* (fn at onset)"}
+
+
 def _line_fig(table: pd.DataFrame, x: str, ys: list[str], hue: str | None, title: str,
               logx: bool = True, logy: bool = True, vlines: dict[str, float] | None = None):
     import matplotlib.pyplot as plt
@@ -155,7 +161,7 @@ def _line_fig(table: pd.DataFrame, x: str, ys: list[str], hue: str | None, title
                 ax.plot(gone, np.zeros(len(gone)), "x", ms=7, mew=1.5,
                         color=line.get_color(), clip_on=False,
                         transform=ax.get_xaxis_transform(),
-                        label=f"no value{f' ({hue}={fmt(key)})' if hue else ''}")
+                        label=f"no collapse{f' ({hue}={fmt(key)})' if hue else ''}")
     for ax, y in zip(axes[0], ys):
         if logx and (table[x].astype(float) > 0).all():
             ax.set_xscale("log")
@@ -165,7 +171,7 @@ def _line_fig(table: pd.DataFrame, x: str, ys: list[str], hue: str | None, title
             if math.isfinite(value):
                 ax.axvline(value, color="c", ls="--", lw=1.5, label=name)
         ax.set_xlabel(x)
-        ax.set_ylabel(y)
+        ax.set_ylabel(Y_LABELS.get(y, y))
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
