@@ -49,7 +49,8 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     ``final_w_norm`` is |W_L|_F), ``loss_star_theory`` (mean data loss) and ``theory_regime``.
     Deep CE: the closed form minimises over the ETF ray and the origin; a state of lower rank
     can have a lower objective (theory.md 3.2). :func:`ncsim.theory.lowrank.lower_rank_check`
-    (numeric, cached per (K, n, Lambda, L); 0.1-4 s per point at K = 10, depths 2-4) decides;
+    (numeric, cached per (K, n, Lambda, L) in the process and on disk; 0.06-4 s per point at
+    K = 10, depths 2-4, 5-7 s at depth 5) decides;
     where it finds a lower state the regime starts with "lower_rank: ..." (see
     :func:`_lower_rank`): the equilibrium columns and ``lambda_crit_theory`` are NaN and
     ``collapsed_theory`` True (Gaussian / arrays inits, whose fn* depends on the init), or kept
@@ -210,7 +211,7 @@ def _lower_rank(spec: RunSpec, eq: Any, row: dict[str, Any], lw: tuple[float, ..
     A witness found without bias is also feasible with a bias (b = 0), so the decision holds
     for every bias option; with a bias the search may miss states that use it.
     """
-    from ncsim.theory.lowrank import RANK_TIE_RTOL, lower_rank_check
+    from ncsim.theory.lowrank import lower_rank_check
 
     m = spec.model
     K, n = m.classes, m.class_counts[0]
@@ -218,12 +219,10 @@ def _lower_rank(spec: RunSpec, eq: Any, row: dict[str, Any], lw: tuple[float, ..
     if max_rank < 1:
         return
     lr = lower_rank_check(K, n, _geometric_decay(lw, lh), m.depth)
-    values = lr.objectives[:max_rank]
-    best = min(values)
-    rank = next(r for r, v in enumerate(values, start=1) if v - best <= RANK_TIE_RTOL * abs(best))
     f_closed = float(eq.objective_star)
-    if not best < f_closed - 1e-10 * max(1.0, abs(f_closed)):
+    if not lr.beats(f_closed, max_rank):
         return
+    rank, best = lr.best_up_to(max_rank)
     state = (f"the ETF state (f = {f_closed:.6g}, fn = {float(eq.fn_star):.6g})" if eq.collapsed
              else f"the origin (f = {f_closed:.6g}; the ETF state is above it)")
     text = (f"lower_rank: {state} is not the minimiser; a rank-{rank} state has f = {best:.6g} "
@@ -235,9 +234,8 @@ def _lower_rank(spec: RunSpec, eq: Any, row: dict[str, Any], lw: tuple[float, ..
                                 f"that state: the equilibrium columns are the closed form's; "
                                 f"{regime}")
         return
-    for key in ("fn_star_theory", "w_norm_star_theory", "loss_star_theory",
-                "lambda_crit_theory"):
-        row[key] = math.nan
+    _end_state_columns(row, None)
+    row["lambda_crit_theory"] = math.nan
     row["collapsed_theory"] = True
     if regime.startswith("vanishing"):
         row["onset_time_theory"] = math.nan

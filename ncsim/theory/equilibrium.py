@@ -378,8 +378,7 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
 
         require(np.size(K) == 1, "check_lower_rank needs scalar parameters")
         lr = lower_rank_check(int(K), int(n), float(lam_geo), depth)
-        best_collapsed = float(obj)
-        lower = bool(lr.best_objective < best_collapsed - 1e-10 * max(1.0, abs(best_collapsed)))
+        lower = lr.beats(float(obj))
         meta.update(lower_rank_objective=lr.best_objective, lower_rank=lr.best_rank)
     return Equilibrium(
         collapsed=main.collapsed,

@@ -39,6 +39,17 @@ class LowRankResult:
     best_rank: int
     best_objective: float
 
+    def best_up_to(self, max_rank: int) -> tuple[int, float]:
+        """(rank, objective) of the best state of rank <= ``max_rank``: the smallest rank
+        within a relative :data:`RANK_TIE_RTOL` of the best; (0, inf) without a rank."""
+        return _best(self.objectives[:max_rank])
+
+    def beats(self, objective: float, max_rank: int | None = None) -> bool:
+        """Whether a state of rank <= ``max_rank`` (default: any) lies below ``objective`` by
+        more than :data:`BEAT_RTOL` relative, which proves ``objective`` is not the minimum."""
+        best = self.best_up_to(len(self.objectives) if max_rank is None else max_rank)[1]
+        return bool(best < objective - BEAT_RTOL * max(1.0, abs(objective)))
+
 
 def _objective(theta: np.ndarray, K: int, r: int, M: int, lam: float):
     shapes = [(r, K)] + [(r, r)] * (M - 2) + [(K, r)]
@@ -65,6 +76,18 @@ def _objective(theta: np.ndarray, K: int, r: int, M: int, lam: float):
 
 # relative gap within which two ranks reach the same state (the smaller rank is reported)
 RANK_TIE_RTOL = 1e-9
+# relative margin by which a lower-rank state must lie below an objective to beat it
+BEAT_RTOL = 1e-10
+
+
+def _best(objectives: tuple[float, ...]) -> tuple[int, float]:
+    """(smallest rank within RANK_TIE_RTOL of the best, best objective); (0, inf) if empty."""
+    if not objectives:
+        return 0, np.inf
+    best = min(objectives)
+    rank = next(r for r, value in enumerate(objectives, start=1)
+                if value - best <= RANK_TIE_RTOL * abs(best))
+    return rank, best
 
 
 @numeric(LowRankResult)
@@ -99,9 +122,5 @@ def lower_rank_check(K: int, n: int, Lam: float, depth: int, restarts: int = 6,
                            options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10})
             best = min(best, float(res.fun))
         best_per_rank.append(best)
-    if not best_per_rank:
-        return LowRankResult((), 0, np.inf)
-    best_value = min(best_per_rank)
-    rank = next(r for r, value in enumerate(best_per_rank, start=1)
-                if value - best_value <= RANK_TIE_RTOL * abs(best_value))
+    rank, best_value = _best(tuple(best_per_rank))
     return LowRankResult(tuple(best_per_rank), rank, best_value)
