@@ -123,7 +123,9 @@ SIMULATE_EPILOG = (
     "last varying fastest (--threads takes one number). json: NaN is null, an infinity is "
     "the string \"inf\". Exit status 0 whatever the runs' statuses (diverged, "
     "not_collapsed, ... are in the status column); 2 for bad input.")
-#: run-table column of each grid option, in the order of GRID_OPTIONS
+#: grid options that are SolverSpec / OnsetSpec fields (absent: the dataclass default)
+SOLVER_AXES = ("dt", "t_end", "records", "t_first", "max_steps", "gtol")
+ONSET_AXES = {"onset_threshold": "threshold", "onset_stay": "stay"}
 TABLE_COLUMNS = ("status", "onset_time", "fn_at_onset", "fn_star_theory", "onset_time_theory",
                  "final_fn", "final_nc1_trace", "steps")
 
@@ -155,7 +157,8 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
             kind=options["model"], loss=options["loss"], bias=options["bias"], classes=classes,
             per_class=per_class, dim=int(point.get("dim", 32)), depth=depth,
             width=int(point["width"]) if "width" in point else None,
-            activation=options["activation"], leaky_slope=point.get("leaky_slope", 0.01),
+            activation=options["activation"],
+            **({"leaky_slope": point["leaky_slope"]} if "leaky_slope" in point else {}),
         )
         lambda_b = point.get("lambda_b", 1e-3 if options["bias"] == "reg" else 0.0)
         spec = RunSpec(
@@ -167,17 +170,14 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
             time_scale=TimeScale(eta_h=point.get("eta_h", 1.0), eta_w=point.get("eta_w", 1.0),
                                  eta_b=point.get("eta_b", 1.0)),
             solver=SolverSpec(
-                method=options["solver"], dt=point.get("dt"),
-                rtol=point.get("rtol", usual[0]), atol=point.get("atol", usual[1]),
-                t_end=point.get("t_end", 2e4), records=int(point.get("records", 200)),
-                t_first=point.get("t_first"), max_steps=int(point.get("max_steps", 1_000_000)),
-                gtol=point.get("gtol", 1e-10), dtype=options["dtype"], device=options["device"],
-                reduction=options["reduction"], cuda_graphs=options["cuda_graphs"],
+                method=options["solver"], rtol=point.get("rtol", usual[0]),
+                atol=point.get("atol", usual[1]), dtype=options["dtype"],
+                device=options["device"], reduction=options["reduction"],
+                cuda_graphs=options["cuda_graphs"],
+                **{k: point[k] for k in SOLVER_AXES if k in point},
             ),
-            onset=OnsetSpec(metric=options["onset_metric"],
-                            threshold=point.get("onset_threshold", 0.01),
-                            stay=int(point.get("onset_stay", 1)),
-                            interpolate=options["interpolate"]),
+            onset=OnsetSpec(metric=options["onset_metric"], interpolate=options["interpolate"],
+                            **{field: point[k] for k, field in ONSET_AXES.items() if k in point}),
         )
         specs.append(spec.validate())
     return specs
