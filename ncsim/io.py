@@ -145,8 +145,6 @@ def to_jsonable(value: Any) -> Any:
     """Plain JSON types: NaN -> None, an infinity -> the string "inf" / "-inf" (a value that
     is infinite, such as an onset predicted never, stays apart from one that is undefined),
     numpy scalars -> Python numbers, tuples -> lists, paths -> text."""
-    import numpy as np
-
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -166,7 +164,6 @@ def to_jsonable(value: Any) -> Any:
 
 def provenance(device: str = "cpu", dtype: str = "float64") -> dict[str, Any]:
     """Versions and machine facts recorded with every result."""
-    import numpy as np
     import torch
 
     from ncsim import __version__
