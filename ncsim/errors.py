@@ -47,3 +47,10 @@ def short_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters (for messages)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none (for a
+    one-line error that names the cause of a failed read)."""
+    text = str(err)
+    return text.splitlines()[0] if text else type(err).__name__

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ncsim.errors import InputError, is_finite_number, is_integer, require
+from ncsim.errors import InputError, first_line, is_finite_number, is_integer, require
 
 DATASETS = ("gaussian", "digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -173,7 +173,7 @@ def _load_pickle(path: Path) -> object:
         with open(path, "rb") as handle:
             return pickle.load(handle, encoding="bytes")
     except CORRUPT_PICKLE_ERRORS as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise InputError(f"{path} is not a readable CIFAR-10 python batch (unpickling "
                          f"failed: {reason}); replace it with the file of the same name "
                          f"from a fresh extract of cifar-10-python.tar.gz") from None

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncsim.errors import InputError, is_finite_number, is_integer, require
+from ncsim.errors import InputError, first_line, is_finite_number, is_integer, require
 from ncsim.spec import require_device
 from ncsim.validate.data import CORRUPT_PICKLE_ERRORS, Dataset
 from ncsim.validate.networks import ACTIVATIONS, ARCHS, build_network
@@ -606,7 +606,7 @@ def load_checkpoint(path: str | Path, data: Dataset | None = None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError, *CORRUPT_PICKLE_ERRORS) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise InputError(f"{path} is not a readable checkpoint (loading failed: {reason}); "
                          "it is damaged or truncated: train the run again") from None
     require(isinstance(state, dict) and "model" in state and "config" in state,
