@@ -81,8 +81,7 @@ def trajectory_figure(
                 and label_column in info.columns)
     values = [info.at[rid, label_column] if labelled and rid in info.index else None
               for rid in ids]
-    colors, norm = _label_colors(values, cmap) if labelled else _label_colors([None] * len(ids),
-                                                                               cmap)
+    colors, norm = _label_colors(values, cmap)  # values are all None when not labelled
     hidden = dict.fromkeys(metrics, 0)
     shown = dict.fromkeys(metrics, 0)
     seen: set[str] = set()
