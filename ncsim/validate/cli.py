@@ -100,17 +100,11 @@ def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float | No
     """
     from ncsim.io import write_table
     from ncsim.validate.analysis import OnsetRule, analyze
-    from ncsim.validate.logs import read_log, read_logs, split_logs
+    from ncsim.validate.logs import epoch_logs, read_logs
 
     if not logs:
         raise InputError("give at least one log file (paper CSV or ncsim log)")
-    per_epoch, others = split_logs(list(logs))
-    if others and len(logs) == 1:
-        read_log(logs[0])  # one file that is no log: its own one-line error
-    if others and not per_epoch:
-        raise InputError(f"none of the {len(logs)} files is a per-epoch log (each has neither "
-                         f"an 'epoch' (paper schema) nor a 'time' column (ncsim schema)): "
-                         f"{listed(map(str, others))}; give training or simulation logs")
+    per_epoch, others = epoch_logs(list(logs))
     if others:
         click.echo(f"note: skipped {len(others)} file(s) that are not per-epoch logs (no "
                    f"'epoch' or 'time' column): {listed(map(str, others), limit=20)}", err=True)

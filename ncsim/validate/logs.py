@@ -412,6 +412,21 @@ def split_logs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
     return logs, others
 
 
+def epoch_logs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """:func:`split_logs` for a reader of whole folders: (per-epoch logs, other tables to skip).
+
+    One path that is not a per-epoch log gets :func:`read_log`'s own error; paths none of which
+    is one are an :class:`InputError` listing them."""
+    logs, others = split_logs(paths)
+    if others and len(paths) == 1:
+        read_log(paths[0])  # one file that is no log: its own one-line error
+    if others and not logs:
+        raise InputError(f"none of the {len(paths)} files is a per-epoch log (each has neither "
+                         f"an 'epoch' (paper schema) nor a 'time' column (ncsim schema)): "
+                         f"{listed(map(str, others))}; give training or simulation logs")
+    return logs, others
+
+
 def read_logs(paths: list[str | Path] | str | Path) -> pd.DataFrame:
     """Read several logs (or one path) into one trajectory table (run ids must be unique; a log
     without records is refused, naming its file)."""
