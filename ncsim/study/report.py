@@ -91,18 +91,13 @@ def _load_study(store: Store) -> Study:
     try:
         study = Study.from_dict(record)
     except TypeError as err:
-        raise InputError(_damaged(store, str(err))) from None
+        raise InputError(store.damaged_study(str(err))) from None
     run_ids = record.get("run_ids", [])
     problem = ("'run_ids' is not a list of run ids" if not isinstance(run_ids, list)
                or not all(isinstance(r, str) for r in run_ids) else _study_problem(study))
     if problem:
-        raise InputError(_damaged(store, problem))
+        raise InputError(store.damaged_study(problem))
     return study
-
-
-def _damaged(store: Store, why: str) -> str:
-    return (f"{store.study_path} is damaged ({why}); remove it and run 'ncsim study run SPEC "
-            f"--out {store.root}' with this folder's study")
 
 
 def _study_problem(study: Study) -> str:

@@ -121,12 +121,13 @@ class Store:
         try:
             study = json.loads(self.study_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError(self._damaged_study(f"not valid JSON: {err}")) from None
+            raise InputError(self.damaged_study(f"not valid JSON: {err}")) from None
         if not isinstance(study, dict):
-            raise InputError(self._damaged_study("not a JSON object"))
+            raise InputError(self.damaged_study("not a JSON object"))
         return study
 
-    def _damaged_study(self, why: str) -> str:
+    def damaged_study(self, why: str) -> str:
+        """The one-line message of a damaged study.json (what is wrong, what to do)."""
         return (f"{self.study_path} is damaged ({why}); remove it and run 'ncsim study run "
                 f"SPEC --out {self.root}' with this folder's study: finished runs in "
                 f"{self.parts} are kept")
