@@ -70,13 +70,18 @@ def cache_file(func: Derivation) -> Path | None:
     return folder / f"{func.__module__}.{func.__qualname__}-{source_key()}.pickle"
 
 
-def _read(path: Path) -> dict[str, sp.Expr] | None:
-    """The dict of expressions in ``path``, or None when there is none to read back."""
+def _load(path: Path) -> Any:
+    """The object pickled in ``path``, or None when there is none to read back."""
     try:
         with path.open("rb") as handle:
-            value = pickle.load(handle)
+            return pickle.load(handle)
     except Exception:  # missing, truncated or another program's file: a cache miss
         return None
+
+
+def _read(path: Path) -> dict[str, sp.Expr] | None:
+    """The dict of expressions in ``path``, or None when there is none to read back."""
+    value = _load(path)
     if isinstance(value, dict) and all(isinstance(k, str)
                                        and isinstance(v, (sp.Basic, sp.MatrixBase))
                                        for k, v in value.items()):
@@ -84,7 +89,7 @@ def _read(path: Path) -> dict[str, sp.Expr] | None:
     return None
 
 
-def _write(path: Path, value: dict[str, sp.Expr]) -> None:
+def _write(path: Path, value: Any) -> None:
     """Write ``value`` to ``path`` whole (a temporary file renamed); errors are ignored."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,11 +148,7 @@ def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]
                 digest = hashlib.sha256(repr(key).encode()).hexdigest()[:20]
                 path = folder / (f"{func.__module__}.{func.__qualname__}-{source_key()}-"
                                  f"{digest}.pickle")
-                try:
-                    with path.open("rb") as handle:
-                        value = pickle.load(handle)
-                except Exception:  # missing, truncated or another program's file: a miss
-                    value = None
+                value = _load(path)
                 if isinstance(value, result_type):
                     return value
             value = func(**dict(key))
