@@ -25,8 +25,8 @@ data weight a = 2/(NK)).
 Adam and AdamW divide each coordinate by its running gradient scale, so their steps follow no
 time of the gradient flow of f: a run whose phase 2 uses them is refused (:class:`InputError`,
 before anything is simulated), since no onset of the surrogate could be set against the
-network's; train with ``--optimizer sgd`` (e.g. the ``cpu-small`` preset). ``time_mapping_valid``
-is therefore always True in the table (the column is kept for readers of older tables).
+network's; train with ``--optimizer sgd`` (e.g. the ``cpu-small`` preset). Every row of the
+table therefore has a valid time mapping, named in its ``time_mapping`` column.
 
 ``calibration_note`` flags a weak response fit (``calibration_r2_data`` below
 :data:`ncsim.validate.surrogate.WEAK_R2` = 0.5): the simulated onset is then a rough guide only.
@@ -228,7 +228,7 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
         "calibration_r2_data": cal.r2_data, "calibration_r2_decay": cal.r2_decay,
         "calibration_note": cal.note,
         "optimizer": phase2["optimizer"], "time_mapping": mapping,
-        "time_mapping_valid": True, "time_unit": "t from MSE start",
+        "time_unit": "t from MSE start",
         "t_ncsim_per_t": factor, "lambda_w_x_t_end": lam_w * factor * duration,
         "onset_measured": onset_net, "onset_simulated": onset_sim,
         "onset_simulated_lower_bound": onset_sim if math.isfinite(onset_sim) else t_reached,
