@@ -258,7 +258,10 @@ def lead_time(
 
 
 def is_vanishing(fn: np.ndarray, vanish_tol: float = 1e-3) -> bool:
-    """True when the last finite fn is below ``vanish_tol`` times the largest fn."""
+    """True when the last finite fn is below ``vanish_tol`` times the largest fn, or when fn is
+    0 throughout; ``vanish_tol`` = 0 turns the rule off (always False)."""
+    if vanish_tol <= 0:
+        return False
     v = np.asarray(fn, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -306,7 +309,7 @@ def onset_table(
         when, fn_on = onset_and_fn(part[time_column].to_numpy(dtype=np.float64),
                                    part[metric].to_numpy(dtype=np.float64), fn,
                                    threshold, stay, interpolate)
-        vanishing = vanish_tol > 0 and is_vanishing(fn, vanish_tol)
+        vanishing = is_vanishing(fn, vanish_tol)
         if vanishing:  # a crossing while every norm vanishes is no onset
             when = fn_on = math.nan
         rows.append({group: run_id, "onset_time": when, "fn_at_onset": fn_on,

@@ -185,7 +185,7 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
     finite = all_metric[np.isfinite(all_metric)]
     searched = metric[np.isfinite(metric)]
     fn_all = part["fn"].to_numpy(np.float64)
-    vanishing = rule.vanish_tol > 0 and is_vanishing(fn_all, rule.vanish_tol)
+    vanishing = is_vanishing(fn_all, rule.vanish_tol)
     if vanishing:  # a crossing while every norm vanishes is no onset (as in the simulator)
         when = fn_star = math.nan
     fn_all = fn_all[np.isfinite(fn_all)]
