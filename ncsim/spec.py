@@ -360,15 +360,16 @@ class SolverSpec:
     gtol : steady state: a run stops when |grad f|_2 <= gtol. A start within gtol of a
         stationary point stops there too: an init at scale ~1e-10 near the origin's saddle
         stops at once as ``not_collapsed`` (``ncsim.flow.stopped_at_rest`` finds such runs in a
-        run table; ``ncsim simulate`` notes them); give gtol = 0 to
-        follow such runs to t_end. At rest an explicit method's
-        steps sit at its stability limit, so |grad f| settles on a noise floor of about
-        rtol x (largest curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a
-        gtol below that floor never stops a run early (it then runs to t_end).
+        run table; ``ncsim simulate`` notes them); give gtol = 0 to follow every run to
+        t_end, even one at an exact stationary point. At rest an explicit method's steps sit
+        at its stability limit, so |grad f| settles on a noise floor of about rtol x (largest
+        curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a gtol below that
+        floor never stops a run early (it then runs to t_end).
     check_every : steps between two host synchronisations (termination checks). On an
         accelerator a batch whose record queue holds fewer states per run (very large
         batches: a 1 GiB cap) synchronises after that many steps.
-    vanish_tol : a run whose final fn is below vanish_tol x its largest fn is "vanishing".
+    vanish_tol : a run whose final fn is below vanish_tol x its largest fn is "vanishing"
+        (0 turns the rule off).
     dtype, device : torch dtype name and device of the integration.
     reduction : state the one-layer UFM is integrated in: "none" (the parameters H, W, b),
         "gram" (the exact Gram-space form Z = W H, W W^T, H^T H, b, whose cost does not depend

@@ -628,8 +628,9 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         run_chunk()
         rec.flush()
         code = sub["code"]
-        steady = (code == RUNNING) & (gnorm(sub["y"], sub["k1"]) <= solver.gtol)
-        code = _mark(code, steady, STEADY)
+        if solver.gtol > 0:  # gtol = 0 follows every run to t_end, even one at rest
+            steady = (code == RUNNING) & (gnorm(sub["y"], sub["k1"]) <= solver.gtol)
+            code = _mark(code, steady, STEADY)
         # A step-size controller that rejects one step for every two it accepts, over a
         # thousand rejections, is chattering at a discontinuity of the velocity (a ReLU kink
         # the flow slides along): it would crawl to t_end in ever more steps. Such runs stop as
@@ -719,9 +720,10 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
         # a run that reached t_end stopped there (as with the adaptive methods), even if at rest
         if n_steps >= total:
             code = _mark(code, code == RUNNING, DONE)
-        k = velocity(y)
-        steady = (code == RUNNING) & (grad_norm(y, k) <= solver.gtol)
-        code = _mark(code, steady, STEADY)
+        if solver.gtol > 0:  # gtol = 0 follows every run to t_end, even one at rest
+            k = velocity(y)
+            steady = (code == RUNNING) & (grad_norm(y, k) <= solver.gtol)
+            code = _mark(code, steady, STEADY)
         if n_steps >= solver.max_steps:
             code = _mark(code, code == RUNNING, MAX_STEPS)
         finished = int((code != RUNNING).sum())
