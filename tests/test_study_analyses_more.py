@@ -453,6 +453,7 @@ def test_intervention_names_an_arm_that_never_collapsed(tmp_path, figdir):
     sec = intervention(study, frame(rows, "ufm"), linear_traj([]), figdir)
     assert "no collapse after rescaling: ufm alpha=3 (0 of 2 runs)" in sec.reason
     assert sec.numbers["arms_without_collapse"] == 1
+    assert sec.verdict == "contradicts"
 
 
 def test_line_figure_marks_an_x_without_a_value():

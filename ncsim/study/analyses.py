@@ -346,10 +346,15 @@ def lead(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
 # ----------------------------------------------------------------------------- 3 intervention
 def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                  figdir: Path) -> Section:
-    """Return to fn* and onset shift after rescaling the features by alpha."""
+    """Return to fn* and onset shift after rescaling the features by alpha.
+
+    The verdict weighs the rescaled arms (alpha != 1) of the parts whose control (alpha = 1)
+    collapsed: "contradicts" when such an arm has no collapsed run, or when an arm's mean fn*
+    lies more than 3 x :data:`RETURN_TOL` from the control's; "supports" when every arm lies
+    within RETURN_TOL; "inconclusive" otherwise, or when no part has a collapsed control."""
     from scipy import stats
 
-    rows = []
+    rows, with_control = [], set()
     for part in _parts(runs):
         sub = runs[runs["part"] == part]
         col = "intervene_alpha" if "intervene_alpha" in sub and sub["intervene_alpha"].notna(
@@ -358,6 +363,8 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             continue
         sub = sub[sub[col].notna()]
         control = collapsed(sub[sub[col] == 1.0])
+        if len(control):
+            with_control.add(part)
         for alpha, arm in sub.groupby(col, sort=True):
             ok = collapsed(arm)
             row = {"part": part, "alpha": alpha, "n_runs": len(arm), "n_collapsed": len(ok),
@@ -385,12 +392,15 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             figs.append(item)
     tables = [("fn* and onset per rescaling factor alpha (ratio and shift against alpha = 1)",
                table)]
-    arms = table[(table["alpha"] != 1.0) & table["fn_star_ratio"].notna()] if len(table) else table
-    if arms.empty:
-        return Section("inconclusive", "no rescaled arm with a collapsed control", {}, tables,
-                       figs)
+    rescaled = (table[(table["alpha"] != 1.0) & table["part"].isin(with_control)]
+                if len(table) else table)
+    arms = rescaled[rescaled["n_collapsed"] > 0] if len(rescaled) else rescaled
+    lost = rescaled[rescaled["n_collapsed"] == 0] if len(rescaled) else rescaled
+    if rescaled.empty:
+        reason = ("no part has a collapsed control (alpha = 1)" if len(table) and not with_control
+                  else "no rescaled arm beside a collapsed control (alpha = 1)")
+        return Section("inconclusive", reason, {}, tables, figs)
     dev = (arms["fn_star_ratio"] - 1).abs()
-    lost = table[(table["alpha"] != 1.0) & (table["n_collapsed"] == 0)]
     text = "; ".join(f"{r['part']} alpha={fmt(r['alpha'])}: fn {fmt(r['fn_before'])} -> "
                      f"{fmt(r['fn_after'])}, fn*/fn*(1) = {fmt(r['fn_star_ratio'])}, onset "
                      f"shift {fmt(r['onset_shift'])}" for _, r in arms.iterrows())
@@ -398,7 +408,12 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
         text += "; no collapse after rescaling: " + ", ".join(
             f"{r['part']} alpha={fmt(r['alpha'])} (0 of {r['n_runs']} runs)"
             for _, r in lost.iterrows())
-    numbers = {"max_fn_star_deviation": float(dev.max()), "arms_without_collapse": len(lost)}
+    text = text.lstrip("; ")
+    numbers = {"max_fn_star_deviation": float(dev.max()) if len(dev) else math.nan,
+               "arms_without_collapse": len(lost)}
+    if len(lost):
+        return Section("contradicts", "a rescaled arm does not collapse within its run while its "
+                       "control does: " + text, numbers, tables, figs)
     if (dev <= RETURN_TOL).all():
         return Section("supports", f"every arm returns within {100 * RETURN_TOL:.0f}% of fn*: "
                        + text, numbers, tables, figs)
