@@ -448,3 +448,34 @@ def test_a_run_with_an_onset_but_no_fn_star_is_not_counted_as_collapsed():
     runs = run_frame("p", onset_time=[10.0, 12.0, 11.0, np.nan],
                      fn_at_onset=[2.0, np.nan, 3.0, np.nan])
     assert collapsed(runs)["run_id"].tolist() == ["p-0", "p-2"]
+
+
+# ----------------------------------------------------------------------------- intervention runs
+@pytest.mark.parametrize("lam", [0.3, 1e-3])
+def test_control_arm_of_an_intervention_is_the_plain_run(lam):
+    """alpha = 1 continues the flow from its own state, so its row has the plain run's
+    status, onset and fn* (onset and fn* to the resolution of the records): vanishing without
+    an onset above the critical decay (lambda 0.3; K sqrt(n) lambda = 1.27 > 1: the crossing
+    at t ~ 16 is no onset), collapsed below it (lambda 1e-3, whose onset comes after the
+    switch at t = 200)."""
+    from ncsim.flow.simulate import simulate
+    from ncsim.study.compute import _intervention
+    from ncsim.study.spec import RunDesc
+
+    p = {"loss": "mse", "classes": 3, "per_class": 2, "dim": 4, "lambda": lam,
+         "init_scale": 1.0, "t_end": 4e3, "records": 60, "intervene_time": 200.0,
+         "intervene_alpha": 1.0}
+    plain = simulate(run_spec({k: v for k, v in p.items() if not k.startswith("intervene")}),
+                     theory=False).runs.iloc[0]
+    _, row, _ = _intervention(RunDesc("p", "simulated", p))
+    assert row["status"] == plain["status"] == ("vanishing" if lam > 0.1 else "ok")
+    if lam > 0.1:
+        assert math.isnan(row["onset_time"]) and math.isnan(row["fn_at_onset"])
+    else:
+        # the two segments record at other times than the plain run, and the onset is
+        # interpolated between records: the two agree within one record spacing (a factor
+        # (t_end / t_first)^(1 / (records - 2)) = 1.25 in time)
+        spacing = (4e3 / 1e-2) ** (1 / 58)
+        assert row["onset_time"] > 200.0
+        assert 1 / spacing < row["onset_time"] / plain["onset_time"] < spacing
+        assert row["fn_at_onset"] == pytest.approx(plain["fn_at_onset"], rel=0.05)

@@ -94,7 +94,7 @@ def _intervention(desc: RunDesc) -> Result:
     t1 (diverged, stalled, or out of steps), the run is that segment alone, with its status.
     """
     from ncsim.flow.simulate import run_id, simulate
-    from ncsim.onset import onset_and_fn
+    from ncsim.onset import is_vanishing, onset_and_fn
     from ncsim.spec import InitSpec
 
     spec = run_spec(desc.params)
@@ -135,11 +135,18 @@ def _intervention(desc: RunDesc) -> Result:
                 if k.endswith("_theory") or k == "theory_regime"})
     for key in ("steps", "rejected_steps"):
         row[key] = int(first_row[key]) + int(row[key])
+    # simulate's rules and order of statuses over the whole run: vanishing against the
+    # largest fn of both segments (the records and the final state), and a crossing while
+    # the norms vanish is no onset; so alpha = 1 gives the plain run's row
     status = row["status"]
-    if status not in ("diverged", "stalled", "vanishing"):  # simulate's order of statuses
-        status = "ok" if math.isfinite(when) else status
-    if status == "vanishing" and not when <= t1:  # as simulate: a crossing while the norms
-        when = fn_on = math.nan                   # vanish is no onset (one before t1 stays)
+    if status not in ("diverged", "stalled"):
+        fn_all = np.append(traj["fn"].to_numpy(np.float64), float(row["final_fn"]))
+        if is_vanishing(fn_all, solver.vanish_tol):
+            status = "vanishing"
+        elif math.isfinite(when):
+            status = "ok"
+    if status == "vanishing":
+        when = fn_on = math.nan
     fn2 = traj2["fn"].to_numpy(np.float64)
     row.update(_labels(desc))
     row.update({"sim_run_id": run_id(spec), "status": status, "onset_time": when,
