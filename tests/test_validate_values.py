@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ncsim.errors import InputError
 from ncsim.validate.analysis import (
     OnsetRule,
     crossing_epochs,
@@ -207,3 +208,19 @@ def test_measured_vanishing_is_judged_against_the_whole_log():
     assert math.isnan(onset) and math.isnan(fn_star)
     _, onset, fn_star = _measured(training_log([0.02, 0.02, 0.02]), 0.01, 1.0)
     assert onset == pytest.approx(0.1, rel=1e-12) and fn_star == 0.02
+
+
+def test_paper_log_with_two_conditions_is_refused():
+    """A paper log is one run: its condition and seed columns (intervention logs carry them)
+    must hold one value each; a file that mixes runs is refused, not labelled by its first
+    row."""
+    from ncsim.validate.logs import from_paper
+
+    frame = pd.DataFrame({"epoch": [1, 2, 3], "nc1": [1.0, 0.5, 0.1],
+                          "feat_norm": [3.0, 2.0, 1.0], "seed": [0, 0, 0],
+                          "condition": ["scale_up", "scale_up", "control"]})
+    with pytest.raises(InputError, match="2 values in its condition column"):
+        from_paper(frame, "mixed")
+    frame["condition"] = "scale_up"
+    one = from_paper(frame, "one")
+    assert set(one["condition"]) == {"scale_up"} and set(one["seed"]) == {0}

@@ -265,8 +265,8 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
 
     Refused (:class:`InputError`): text where a number belongs, a record without an epoch, a
     negative nc1, a phase other than 1 or 2 (text labels included), a phase blank on some
-    records only, and two different records for one epoch and phase (identical copies count
-    once).
+    records only, two different records for one epoch and phase (identical copies count
+    once), and condition or seed columns with more than one value (one file is one run).
     """
     missing = [c for c in PAPER_REQUIRED if c not in frame.columns]
     if missing:
@@ -285,7 +285,13 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     labels = run_labels(run_id)
     for key in ("condition", "seed"):
         if key in out.columns:  # intervention logs carry their own condition and seed
-            labels[key] = out[key].iloc[0] if len(out) else labels[key]
+            values = out[key].dropna().unique()
+            if len(values) > 1:
+                raise InputError(
+                    f"log {run_id} has {len(values)} values in its {key} column "
+                    f"({', '.join(map(str, values[:3]))}{', ...' if len(values) > 3 else ''}); "
+                    "a paper log is one run: split it into one file per run")
+            labels[key] = values[0] if len(values) else labels[key]
             out = out.drop(columns=key)
     out.insert(0, "run_id", run_id)
     out.insert(2, "time_unit", "epoch")
