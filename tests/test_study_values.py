@@ -479,3 +479,33 @@ def test_control_arm_of_an_intervention_is_the_plain_run(lam):
         assert row["onset_time"] > 200.0
         assert 1 / spacing < row["onset_time"] / plain["onset_time"] < spacing
         assert row["fn_at_onset"] == pytest.approx(plain["fn_at_onset"], rel=0.05)
+
+
+# ----------------------------------------------------------------------------- trained run ids
+def test_trained_run_id_follows_the_resolved_configuration(monkeypatch):
+    """A trained run's id is what it computes: the preset's values written out (depth 5,
+    width 512, lr 1e-3, weight decay 1e-4, epochs 200 + 300, dataset "gaussian", onset
+    threshold 0.01) give the same id; a changed preset default gives another, as a changed
+    code default does for a simulated run, so stored runs of the old protocol are not
+    reused."""
+    import dataclasses
+
+    from ncsim.study.spec import RunDesc
+    from ncsim.validate import train
+
+    plain = {"dataset": "digits", "preset": "mlp", "seed": 0}
+    written = {**plain, "depth": 5, "width": 512, "lr": 1e-3, "weight_decay": 1e-4,
+               "epochs": [200, 300], "onset_threshold": 0.01, "separation": 3.0}
+    base = RunDesc("p", "trained", plain).run_id
+    assert RunDesc("p", "trained", written).run_id == base
+    assert RunDesc("p", "trained", {**plain, "onset_threshold": 0.02}).run_id != base
+    assert RunDesc("p", "trained", {**plain, "dataset": "gaussian"}).run_id != base
+    original = train.preset
+
+    def wider(name, epochs=None, **overrides):
+        config = original(name, epochs=epochs, **overrides)
+        return dataclasses.replace(config, width=1024) if "width" not in overrides else config
+
+    monkeypatch.setattr(train, "preset", wider)
+    assert RunDesc("p", "trained", plain).run_id != base
+    assert RunDesc("p", "trained", {**plain, "width": 512}).run_id == base

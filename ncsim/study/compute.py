@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ncsim.study.spec import RunDesc, run_spec, train_config
+from ncsim.study.spec import (
+    TRAINED_ONSET_THRESHOLD,
+    RunDesc,
+    dataset_args,
+    run_spec,
+    train_config,
+)
 
 Result = tuple[str, dict[str, Any], pd.DataFrame | None]
 STOPPED_EARLY = ("diverged", "stalled", "max_steps")  # statuses of a flow that ended before t_end
@@ -186,13 +192,11 @@ def _train(desc: RunDesc) -> Result:
 
     p = desc.params
     config = dataclasses.replace(train_config(p), run_id=desc.run_id)
-    data = load_dataset(p.get("dataset", "gaussian"), per_class=p.get("per_class"),
-                        test_per_class=p.get("test_per_class"), seed=p.get("seed", 0),
-                        root=p.get("data_root"), classes=p.get("data_classes", 10),
-                        dim=p.get("data_dim", 32), separation=p.get("separation", 3.0))
+    data = load_dataset(**dataset_args(p), root=p.get("data_root"))
     result = train(config, data)
     log = result.log.sort_values("time").reset_index(drop=True)
-    rule = OnsetRule(threshold=p.get("onset_threshold", 0.01), phase=2, interpolate=False)
+    rule = OnsetRule(threshold=p.get("onset_threshold", TRAINED_ONSET_THRESHOLD), phase=2,
+                     interpolate=False)
     summary = run_onset(log, rule)
     collapsed = summary["status"] == "collapsed"
     inherited = collapsed and _below_at_switch(log, rule.metric, rule.threshold,

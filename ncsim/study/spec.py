@@ -29,7 +29,7 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ PART_KEYS = ("name", "model", "grid", "skip")
 
 
 EXECUTION_ONLY = ("chunk", "data_root")  # how and where a run is computed, not what
+TRAINED_ONSET_THRESHOLD = 0.01  # a trained run's onset: first phase-2 NC1 below this
 
 
 @dataclass(frozen=True)
@@ -109,17 +110,39 @@ class RunDesc:
 
         A simulated run's parameters enter as its RunSpec's identifier
         (:func:`ncsim.flow.simulate.run_id`: every field, code defaults included) and its
-        intervention, so a default written out, or ``lambda`` written as ``lambda_w`` and
-        ``lambda_h``, is the same run, and a changed default is another. Parameters that say
-        how or where a run is computed (``chunk``, ``data_root``) are left out. Invalid
-        parameters hash as written (checking a study reports them, naming the key)."""
+        intervention; a trained run's as its resolved training configuration, data and onset
+        threshold (:func:`_trained_identity`, code defaults and presets included). So a default
+        written out, or ``lambda`` written as ``lambda_w`` and ``lambda_h``, is the same run,
+        and a changed default or preset is another. Parameters that say how or where a run is
+        computed (``chunk``, ``data_root``) are left out. Invalid parameters hash as written
+        (checking a study reports them, naming the key)."""
         params = {k: v for k, v in self.params.items() if k not in EXECUTION_ONLY}
-        if self.model == "simulated":
-            with contextlib.suppress(InputError):
-                params = _simulated_identity(params)
+        identity = _simulated_identity if self.model == "simulated" else _trained_identity
+        with contextlib.suppress(InputError):
+            params = identity(params)
         text = json.dumps({"part": self.part, "model": self.model, "params": params},
                           sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _trained_identity(params: dict[str, Any]) -> dict[str, Any]:
+    """What a trained run computes: its validated training configuration (presets and code
+    defaults resolved; not its run id, labels or checkpoint folder), the data it is given and
+    the onset threshold it is read with."""
+    config = asdict(train_config(params))
+    for key in ("run_id", "labels", "checkpoint_dir", "data_args"):
+        config.pop(key, None)
+    return {"config": config, "data": dataset_args(params),
+            "onset_threshold": float(params.get("onset_threshold", TRAINED_ONSET_THRESHOLD))}
+
+
+def dataset_args(params: dict[str, Any]) -> dict[str, Any]:
+    """Arguments of :func:`ncsim.validate.data.load_dataset` for a trained run, code defaults
+    included (the data folder, ``data_root``, is left to the caller)."""
+    return {"name": params.get("dataset", "gaussian"), "per_class": params.get("per_class"),
+            "test_per_class": params.get("test_per_class"), "seed": params.get("seed", 0),
+            "classes": params.get("data_classes", 10), "dim": params.get("data_dim", 32),
+            "separation": params.get("separation", 3.0)}
 
 
 def _simulated_identity(params: dict[str, Any]) -> dict[str, Any]:
