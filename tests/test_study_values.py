@@ -509,3 +509,26 @@ def test_trained_run_id_follows_the_resolved_configuration(monkeypatch):
     monkeypatch.setattr(train, "preset", wider)
     assert RunDesc("p", "trained", plain).run_id != base
     assert RunDesc("p", "trained", {**plain, "width": 512}).run_id == base
+
+
+# ----------------------------------------------------------------------------- lead of trained runs
+def test_trained_lead_uses_the_first_logged_epoch_at_or_below_fn_pred():
+    """A trained run's fn falls 30, 26, ..., 2 (every 10 epochs) and its onset is a logged
+    epoch: its lead is onset minus the first logged epoch with fn <= fn_pred, without
+    interpolation, as ``ncsim validate analyze`` computes it (crossing_epochs). fn_pred is
+    the mean fn* of the two seeds, 11 and 13 -> 12: first logged fn <= 12 is 10 at epoch 50,
+    so the leads are 60 - 50 = 10 and 80 - 50 = 30 (interpolated, fn = 12 at epoch 45)."""
+    from ncsim.study.analyses import _lead_rows
+    from ncsim.validate.analysis import crossing_epochs
+
+    epochs = np.arange(0.0, 80.0, 10.0)
+    fn = 30.0 - 4.0 * epochs / 10.0
+    traj = pd.concat([pd.DataFrame({"run_id": f"mlp-{i}", "time": epochs, "fn": fn})
+                      for i in range(2)], ignore_index=True)
+    runs = run_frame("mlp", seed=[0, 1], onset_time=[60.0, 80.0], fn_at_onset=[11.0, 13.0])
+    trained = _lead_rows(runs, traj, ["seed"], trained=True)
+    assert list(trained["lead_in_sample"]) == [10.0, 30.0]
+    assert crossing_epochs(traj, {"mlp-0": 12.0, "mlp-1": 12.0}) == {"mlp-0": 50.0,
+                                                                     "mlp-1": 50.0}
+    simulated = _lead_rows(runs, traj, ["seed"])  # interpolated in log time between 40 and 50
+    assert 40.0 < 60.0 - simulated["lead_in_sample"].iloc[0] < 50.0

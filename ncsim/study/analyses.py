@@ -245,8 +245,16 @@ def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
 
 
 # ----------------------------------------------------------------------------- 2 lead time
-def _lead_rows(sub: pd.DataFrame, traj: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+def _lead_rows(sub: pd.DataFrame, traj: pd.DataFrame, axes: list[str],
+               trained: bool = False) -> pd.DataFrame:
+    """Lead of each collapsed run: onset minus the time fn crosses fn_pred (in-sample: the
+    mean fn* of its setting; held out: of the other seeds). Simulated runs: the crossing
+    interpolated in log time, in either direction (a small init grows to fn*), as their onset
+    is. Trained runs (``trained``): the first logged epoch with fn <= fn_pred, as their onset
+    is a logged epoch (the rule of :func:`ncsim.validate.analysis.crossing_epochs`)."""
     from ncsim.onset import lead_time
+
+    direction, interpolate = ("below", False) if trained else ("auto", True)
 
     keys = [a for a in axes if a != "seed" and a in sub]
     ok = collapsed(sub)
@@ -263,7 +271,8 @@ def _lead_rows(sub: pd.DataFrame, traj: pd.DataFrame, axes: list[str]) -> pd.Dat
         for name, level in (("in_sample", same["fn_at_onset"].mean()),
                             ("held_out", others["fn_at_onset"].mean() if len(others) else np.nan)):
             row[f"fn_pred_{name}"] = level
-            row[f"lead_{name}"] = (lead_time(t, fn, run["onset_time"], level)
+            row[f"lead_{name}"] = (lead_time(t, fn, run["onset_time"], level, direction,
+                                             interpolate)
                                    if math.isfinite(level) else math.nan)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -294,7 +303,8 @@ def lead(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
 
     tables, summary_rows, all_leads = [], [], []
     for part in _parts(runs):
-        leads = _lead_rows(runs[runs["part"] == part], traj, part_axes(study, part))
+        leads = _lead_rows(runs[runs["part"] == part], traj, part_axes(study, part),
+                           trained=part_model(study, part) == "trained")
         if leads.empty:
             continue
         leads.insert(0, "part", part)
