@@ -506,7 +506,7 @@ def w2_difference(a: Any, b: Any) -> float:
         if not (finite | same).all():
             return math.inf
         scale = max(float(np.abs(y[finite]).max(initial=0.0)), 1e-300)
-        worst = max(worst, float(np.abs(x - y)[finite].max(initial=0.0)) / scale)
+        worst = max(worst, float(np.abs(x[finite] - y[finite]).max(initial=0.0)) / scale)
     return worst
 
 
@@ -733,7 +733,7 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
                                    "device": device, "repeats": repeats,
                                    "peer_repeats": peer_repeats or repeats,
                                    "machine": machine(device), "workloads": {}}
-        fewest = min(repeats, peer_repeats or repeats)
+        fewest = min(repeats, peer_repeats or repeats) if peers else repeats
         if fewest < 3:  # said in the JSON and on stderr: one or two samples are no median
             results["warning"] = (f"{fewest} timed repeat(s): a time is a single sample "
                                   "(or the mean of two), not a median of 3 or more")

@@ -184,7 +184,7 @@ def _emit(rows: list[dict[str, Any]], fmt: str, exprs: dict[int, dict[str, sp.Ex
         width = max(len(k) for k in r)
         for k, v in r.items():
             click.echo(f"{k:<{width}}  {v:.10g}" if isinstance(v, float) and not isinstance(
-                v, bool) else f"{k:<{width}}  {v}")
+                v, bool) else f"{k:<{width}}  {'--' if v is None else v}")
 
 
 def _latex_exprs(exprs: dict[str, sp.Expr]) -> str:
@@ -297,8 +297,9 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
     require(o["ratio"] is None, "phase-diagram does not use --ratio (it sets lambda_crit of "
             "equilibrium, threshold and onset); leave it out")
     values = []
-    for axis, text, option in ((x_axis, xs, "--xs"), (y_axis, ys if ys is not None else xs,
-                                                     "--ys")):
+    for axis, text, option in ((x_axis, xs, "--xs"),
+                               (y_axis, ys, "--ys") if ys is not None
+                               else (y_axis, xs, "--ys (not given: the values of --xs)")):
         values.append(parse_ints(text, option) if axis in ("K", "n", "depth")
                       else distinct(parse_values(text, option)))
     xv, yv = values
