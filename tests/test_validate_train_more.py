@@ -502,7 +502,7 @@ def test_nc_records_equal_metrics_of_checkpointed_networks(digits, tmp_path):
     models = {0: build_network("mlp", (1, 8, 8), 10, depth=2, width=16)}
     for epoch in range(1, 7):
         name = {3: "phase1_end.pt", 6: "phase2_end.pt"}.get(epoch, f"epoch{epoch:05d}.pt")
-        models[epoch], state = load_checkpoint(tmp_path / name, digits)
+        models[epoch], state = load_checkpoint(tmp_path / name)
         assert state["epoch"] == epoch
     y, K = digits.y_train, digits.classes
     for epoch, model in models.items():

@@ -279,7 +279,7 @@ def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -
                   Phase("mse", 600, milestones=(300, 450), **sgd))
         base = {"arch": "resnet20"}
     elif name == "cpu-small":
-        full = 10_000  # >= every training set size used with this preset: full-batch steps
+        full = 2**31 - 1  # one batch of the whole training set, whatever its size
         phases = (Phase("ce", 50, "adam", 1e-3, 0.0, schedule="constant", batch_size=full),
                   Phase("mse", 4000, "sgd", 0.1, 2e-3, momentum=0.9, nesterov=False,
                         schedule="constant", batch_size=full, decay_last=2, warmup=100))
@@ -595,8 +595,7 @@ def _features_norm(model: nn.Module, data: Dataset, batch: int) -> float:
     return float(feats.double().norm(dim=1).mean())
 
 
-def load_checkpoint(path: str | Path, data: Dataset | None = None
-                    ) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network of a checkpoint; returns (model in eval mode, checkpoint dict)."""
     path = Path(path)
     if not path.exists():
