@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from test_bench_harness import _perturb_first_call
 
 from ncsim import bench as bench_module
 from ncsim.bench import W2_COLUMNS, _benchmarks, timed, w2_difference
@@ -167,17 +168,6 @@ def test_reduced_form_speedup_is_the_parameter_forms_time_over_its_own(monkeypat
     assert row["gram"]["steps_total"] == 12 and row["none"]["median_s"] == 2.0
 
 
-def _off_first_call(func, change):
-    calls = [0]
-
-    def wrapped(*args, **kwargs):
-        calls[0] += 1
-        out = func(*args, **kwargs)
-        return change(out) if calls[0] == 1 else out
-
-    return wrapped
-
-
 def test_fn_error_is_the_worst_of_every_repeat(monkeypatch):
     """A first repeat off by 4e-7 (inside the 1e-6 asked) and an exact second one: the row's
     fn_error is the first repeat's 4e-7 (to 1e-9: the solvers' own errors are ~1e-10), for
@@ -191,9 +181,9 @@ def test_fn_error_is_the_worst_of_every_repeat(monkeypatch):
         return res
 
     monkeypatch.setitem(peers.PEERS, "scipy_dop853_loop",
-                        _off_first_call(peers.scipy_loop, shift_fn))
+                        _perturb_first_call(peers.scipy_loop, shift_fn))
     monkeypatch.setattr(bench_module, "_simulate",
-                        _off_first_call(bench_module._simulate, shift_final_fn))
+                        _perturb_first_call(bench_module._simulate, shift_final_fn))
     w1 = bench_module.bench_w1("tiny", 2, "cpu", True, lambda m: None,
                                skip=("torchdiffeq_dopri5", "torchode_dopri5", "torchode_tsit5"))
     for name in ("scipy_dop853_loop", "ncsim_dopri5"):

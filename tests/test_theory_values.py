@@ -1,6 +1,7 @@
 """Closed-form values a user reads, checked at the edges where the theory promises them: the
 strict collapse threshold of deep CE, the non-zero critical point of deep MSE right up to
-Lambda_stat, and the critical decay of the theory columns for unequal weight and feature decays.
+Lambda_stat, the critical decay of the theory columns for unequal weight and feature decays,
+and the vanishing regime of aligned deep inits above Lambda_stat.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ncsim.spec import InitSpec, ModelSpec, OnsetSpec, Regularization, RunSpec, 
 from ncsim.theory import equilibrium, lambda_crit
 from ncsim.theory.columns import theory_columns
 from ncsim.theory.critical import Lambda_crit, deep_thresholds
+from ncsim.theory.phase import classify
 
 
 def _spec(loss: str = "mse", bias: str = "none", K: int = 4, n: int = 5, d: int = 20,
@@ -107,3 +109,31 @@ def test_lambda_crit_column_for_unequal_decays(depth, loss):
     assert bool(below.collapsed)
     if depth == 1 or loss == "mse":  # closed-form thresholds: the tie goes to the origin
         assert not bool(at.collapsed)
+
+
+# ---------------------------------------------------------------------------------------------
+# regimes of the theory columns and the phase classification that follow from the thresholds
+# alone (no flow needs integrating to know them)
+
+
+@pytest.mark.parametrize("kind", ["spectral", "etf"])
+@pytest.mark.parametrize("lw,lh", [(0.08, 0.08), ((0.075, 0.09), 0.085)])
+def test_deep_aligned_init_above_lambda_stat_is_vanishing(kind, lw, lh):
+    """Deep MSE (K = 4, n = 5, L = 2): Lambda_stat = 0.0691 (no non-zero critical point above
+    it). With every decay above it (equal, or per layer with geometric mean ~0.083) an aligned
+    init of any scale flows to the origin because no collapsed state exists at all: the
+    regime is "vanishing" (not "trapped", which names an init below the basin root of an
+    existing collapsed state), the onset inf, nothing collapsed, fn* 0; phase.classify (equal
+    decays) says "vanishing" too."""
+    lam_stat = float(deep_thresholds(4, 5, 0.01, 2).Lambda_stat)
+    assert lam_stat == pytest.approx(0.0690756, rel=1e-5)
+    layers = lw if isinstance(lw, tuple) else (lw, lw)
+    assert math.prod((*layers, lh)) ** (1 / 3) > lam_stat
+    row = theory_columns(_spec(depth=2, kind=kind, lw=lw, lh=lh, scale=1.0))
+    assert row["theory_regime"] == "vanishing"
+    assert row["onset_time_theory"] == math.inf
+    assert row["collapsed_theory"] is False
+    assert row["fn_star_theory"] == 0.0
+    if not isinstance(lw, tuple):
+        phase = classify("mse", "none", 4, 5, 20, 2, lw, lh, 0.0, 1.0)
+        assert phase["phase"] == "vanishing" and phase["collapsed_global"] is False
