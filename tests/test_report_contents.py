@@ -44,17 +44,19 @@ def _html_rows(html_text: str) -> list[list[str]]:
 
 def test_markdown_table_keeps_pipes_line_breaks_and_missing_values():
     """A cell with a pipe keeps it (escaped, not turned into '/'), a line break becomes a
-    space (a row stays one line), pd.NA is 'nan' (not '<NA>', an HTML tag to Markdown); the
-    HTML table has the same cells as the Markdown one."""
+    space (a row stays one line), pd.NA and None are 'nan' (not '<NA>', an HTML tag to
+    Markdown, nor 'None'); the HTML table has the same cells as the Markdown one."""
     frame = pd.DataFrame({"a|b": ["x|y", "one\ntwo"], "n": [1.5, math.nan],
-                          "s": pd.array(["fn*", pd.NA], dtype="string")})
+                          "s": pd.array(["fn*", pd.NA], dtype="string"),
+                          "o": pd.Series([True, None], dtype=object)})
     text = report.markdown_table(frame)
     lines = text.strip().splitlines()
-    assert lines[0] == "| a\\|b | n | s |"
-    assert lines[2] == "| x\\|y | 1.5 | fn\\* |"
-    assert lines[3] == "| one two | nan | nan |"
+    assert lines[0] == "| a\\|b | n | s | o |"
+    assert lines[2] == "| x\\|y | 1.5 | fn\\* | True |"
+    assert lines[3] == "| one two | nan | nan | nan |"
     rows = _html_rows(report._html(text, "t"))
-    assert rows == [["a|b", "n", "s"], ["x|y", "1.5", "fn*"], ["one two", "nan", "nan"]]
+    assert rows == [["a|b", "n", "s", "o"], ["x|y", "1.5", "fn*", "True"],
+                    ["one two", "nan", "nan", "nan"]]
 
 
 def test_caption_with_a_star_stays_bold_text(tmp_path):

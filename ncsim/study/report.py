@@ -179,7 +179,7 @@ def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
 
     A cell keeps its text: a pipe is escaped (``\\|``), a line break becomes a space, and
     stars and ``<`` are escaped so that Markdown shows them as text; a missing value of any
-    type (NaN, ``pd.NA``) is written "nan"."""
+    type (NaN, ``pd.NA``, None) is written "nan"."""
     if frame.empty:
         return "(empty)\n"
     shown = frame.head(max_rows)
@@ -195,7 +195,7 @@ def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
 def _cell(value: Any) -> str:
     """One table cell of Markdown: :func:`fmt` of the value, on one line, its pipes, stars
     and ``<`` escaped."""
-    if value is pd.NA or value is pd.NaT:
+    if value is None or value is pd.NA or value is pd.NaT:
         value = math.nan
     text = " ".join(fmt(value).split())
     return _escape(text).replace("|", "\\|")
