@@ -121,6 +121,8 @@ def lower_rank_check(K: int, n: int, Lam: float, depth: int, restarts: int = 6,
             res = minimize(_objective, x0, args=(K, r, M, lam), jac=True, method="L-BFGS-B",
                            options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10})
             best = min(best, float(res.fun))
-        best_per_rank.append(best)
+        # a rank-r factorisation holds every lower-rank state: a search that ends in a local
+        # minimum above the best of a lower rank still has that one at rank <= r
+        best_per_rank.append(min(best, best_per_rank[-1]) if best_per_rank else best)
     rank, best_value = _best(tuple(best_per_rank))
     return LowRankResult(tuple(best_per_rank), rank, best_value)
