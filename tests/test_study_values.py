@@ -265,6 +265,30 @@ def test_intervention_arm_that_loses_collapse_contradicts(tmp_path, no_figures):
     assert math.isnan(sec.numbers["max_fn_star_deviation"])
 
 
+@pytest.mark.parametrize("status, inherited", [("diverged", False), ("max_steps", False),
+                                               ("ok", True)])
+def test_intervention_arm_without_an_observed_outcome_decides_nothing(tmp_path, no_figures,
+                                                                       status, inherited):
+    """A rescaled arm whose runs failed numerically (diverged, out of steps) or collapsed
+    before phase 2 (``onset_at_phase_start``: collapsed, but not in view) neither collapsed
+    in view nor ended without collapse: it is not counted as lost, and with no other arm the
+    verdict is inconclusive."""
+    study = study_of("intervention", rescale=["intervene_alpha", "seed"])
+    runs = run_frame("rescale", intervene_alpha=[1.0, 1.0, 3.0, 3.0], seed=[0, 1, 0, 1],
+                     status=["ok", "ok", status, status],
+                     onset_at_phase_start=[False, False, inherited, inherited],
+                     fn_at_onset=[10.0, 10.2, 9.0 if inherited else np.nan,
+                                  9.0 if inherited else np.nan],
+                     onset_time=[50.0, 51.0, 1.0 if inherited else np.nan,
+                                 1.0 if inherited else np.nan])
+    sec = intervention(study, runs, rising_traj(runs["run_id"]), tmp_path)
+    assert (sec.verdict, sec.reason) == (
+        "inconclusive", "no rescaled arm with an observed outcome beside a collapsed control "
+        "(alpha = 1)")
+    arm = sec.tables[0][1].set_index("alpha").loc[3.0]
+    assert (arm["n_collapsed"], arm["n_without_collapse"]) == (0, 0)
+
+
 def test_intervention_without_a_collapsed_control_is_inconclusive(tmp_path, no_figures):
     """Nothing collapses, the control included: no evidence either way."""
     study = study_of("intervention", rescale=["intervene_alpha", "seed"])

@@ -25,6 +25,7 @@ CV_LIMIT = 0.08          # the paper's "CV < 8%"
 RETURN_TOL = 0.05        # |fn*(alpha) / fn*(1) - 1| counted as a return to fn*
 WIDTH_FN_LIMIT = 0.13    # the paper's "at most 13%"
 OPTIMAL_FACTOR = 2.0     # onset within this factor of the fastest = optimal regime
+NO_COLLAPSE = ("not_collapsed", "vanishing")  # statuses of runs that ended without collapse
 
 
 @dataclass
@@ -359,9 +360,12 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     """Return to fn* and onset shift after rescaling the features by alpha.
 
     The verdict weighs the rescaled arms (alpha != 1) of the parts whose control (alpha = 1)
-    collapsed: "contradicts" when such an arm has no collapsed run, or when an arm's mean fn*
-    lies more than 3 x :data:`RETURN_TOL` from the control's; "supports" when every arm lies
-    within RETURN_TOL; "inconclusive" otherwise, or when no part has a collapsed control."""
+    collapsed: "contradicts" when such an arm has no collapsed run and at least one observed
+    run that ended without collapse (status ``not_collapsed`` or ``vanishing``; runs that
+    failed numerically or whose collapse came before phase 2 decide nothing), or when an
+    arm's mean fn* lies more than 3 x :data:`RETURN_TOL` from the control's; "supports" when
+    every arm lies within RETURN_TOL; "inconclusive" otherwise, or when no part has a
+    collapsed control."""
     from scipy import stats
 
     rows, with_control = [], set()
@@ -377,7 +381,9 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             with_control.add(part)
         for alpha, arm in sub.groupby(col, sort=True):
             ok = collapsed(arm)
+            ended = observed(arm)["status"].isin(NO_COLLAPSE) if "status" in arm else []
             row = {"part": part, "alpha": alpha, "n_runs": len(arm), "n_collapsed": len(ok),
+                   "n_without_collapse": int(sum(ended)),
                    "fn_before": float(arm["fn_before_intervention"].mean())
                    if "fn_before_intervention" in arm else math.nan,
                    "fn_after": float(arm["fn_after_intervention"].mean())
@@ -405,20 +411,22 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     rescaled = (table[(table["alpha"] != 1.0) & table["part"].isin(with_control)]
                 if len(table) else table)
     arms = rescaled[rescaled["n_collapsed"] > 0] if len(rescaled) else rescaled
-    lost = rescaled[rescaled["n_collapsed"] == 0] if len(rescaled) else rescaled
-    if rescaled.empty:
+    lost = (rescaled[(rescaled["n_collapsed"] == 0) & (rescaled["n_without_collapse"] > 0)]
+            if len(rescaled) else rescaled)
+    if arms.empty and lost.empty:
         reason = ("no part has a collapsed control (alpha = 1)" if len(table) and not with_control
-                  else "no rescaled arm beside a collapsed control (alpha = 1)")
+                  else "no rescaled arm with an observed outcome beside a collapsed control "
+                  "(alpha = 1)")
         return Section("inconclusive", reason, {}, tables, figs)
     dev = (arms["fn_star_ratio"] - 1).abs()
-    text = "; ".join(f"{r['part']} alpha={fmt(r['alpha'])}: fn {fmt(r['fn_before'])} -> "
-                     f"{fmt(r['fn_after'])}, fn*/fn*(1) = {fmt(r['fn_star_ratio'])}, onset "
-                     f"shift {fmt(r['onset_shift'])}" for _, r in arms.iterrows())
+    pieces = [f"{r['part']} alpha={fmt(r['alpha'])}: fn {fmt(r['fn_before'])} -> "
+              f"{fmt(r['fn_after'])}, fn*/fn*(1) = {fmt(r['fn_star_ratio'])}, onset "
+              f"shift {fmt(r['onset_shift'])}" for _, r in arms.iterrows()]
     if len(lost):
-        text += "; no collapse after rescaling: " + ", ".join(
+        pieces.append("no collapse after rescaling: " + ", ".join(
             f"{r['part']} alpha={fmt(r['alpha'])} (0 of {r['n_runs']} runs)"
-            for _, r in lost.iterrows())
-    text = text.lstrip("; ")
+            for _, r in lost.iterrows()))
+    text = "; ".join(pieces)
     numbers = {"max_fn_star_deviation": float(dev.max()) if len(dev) else math.nan,
                "arms_without_collapse": len(lost)}
     if len(lost):
