@@ -535,6 +535,29 @@ def test_trained_run_id_follows_the_resolved_configuration(monkeypatch):
     assert RunDesc("p", "trained", {**plain, "width": 512}).run_id == base
 
 
+def test_trained_run_id_leaves_out_what_the_run_does_not_use(monkeypatch):
+    """The Gaussian mixture's default size (100 per class) written out is the same run; its
+    shape (separation, dim, classes) does not touch a digits run, nor depth and width a
+    ResNet-20; a device is hashed as written, so the id of a CUDA run is the same on a
+    machine with CUDA and on one without (where the device would not validate)."""
+    import torch
+
+    from ncsim.study.spec import RunDesc
+
+    def run_id(**params):
+        return RunDesc("p", "trained", {"seed": 0, **params}).run_id
+
+    assert run_id(dataset="gaussian") == run_id(dataset="gaussian", per_class=100)
+    assert run_id(dataset="gaussian") != run_id(dataset="gaussian", separation=4.0)
+    assert run_id(dataset="digits") == run_id(dataset="digits", separation=4.0, data_dim=8)
+    assert run_id(preset="resnet20") == run_id(preset="resnet20", depth=3, width=64)
+    assert run_id(preset="mlp") != run_id(preset="mlp", width=64)
+    without = run_id(device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert run_id(device="cuda") == without != run_id()
+
+
 # ----------------------------------------------------------------------------- lead of trained runs
 def test_trained_lead_uses_the_first_logged_epoch_at_or_below_fn_pred():
     """A trained run's fn falls 30, 26, ..., 2 (every 10 epochs) and its onset is a logged

@@ -127,12 +127,27 @@ class RunDesc:
 
 def _trained_identity(params: dict[str, Any]) -> dict[str, Any]:
     """What a trained run computes: its validated training configuration (presets and code
-    defaults resolved; not its run id, labels or checkpoint folder), the data it is given and
-    the onset threshold it is read with."""
-    config = asdict(train_config(params))
+    defaults resolved; not its run id, labels or checkpoint folder; the device as written,
+    checked on none, so the id does not depend on the machine), the data it is given and the
+    onset threshold it is read with. Settings that the network or the data do not use
+    (ResNet-20's depth and width, the Gaussian mixture's shape for another dataset) are left
+    out."""
+    from ncsim.validate.data import GAUSSIAN_PER_CLASS
+
+    config = asdict(train_config({**params, "device": "cpu"}))
+    config["device"] = params.get("device", "cpu")
     for key in ("run_id", "labels", "checkpoint_dir", "data_args"):
         config.pop(key, None)
-    return {"config": config, "data": dataset_args(params),
+    if config["arch"] == "resnet20":
+        config.pop("depth")
+        config.pop("width")
+    data = dataset_args(params)
+    if data["name"] == "gaussian":
+        data["per_class"] = data["per_class"] or GAUSSIAN_PER_CLASS
+    else:
+        for key in ("classes", "dim", "separation"):
+            data.pop(key)
+    return {"config": config, "data": data,
             "onset_threshold": float(params.get("onset_threshold", TRAINED_ONSET_THRESHOLD))}
 
 

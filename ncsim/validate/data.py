@@ -36,6 +36,7 @@ from ncsim.errors import InputError, first_line, is_finite_number, is_integer, r
 
 DATASETS = ("gaussian", "digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+GAUSSIAN_PER_CLASS = 100  # training samples per class of the gaussian mixture by default
 
 
 @dataclass
@@ -345,8 +346,8 @@ def load_dataset(
     require_count(per_class, "per_class")
     require_count(test_per_class, "test_per_class")
     if name == "gaussian":
-        arrays = _gaussian(classes, dim, 100 if per_class is None else per_class, separation,
-                           seed)
+        arrays = _gaussian(classes, dim, GAUSSIAN_PER_CLASS if per_class is None else per_class,
+                           separation, seed)
     elif name == "digits":
         arrays = _digits()
     elif name == "mnist1d":
