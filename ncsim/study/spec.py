@@ -127,9 +127,9 @@ class RunDesc:
 
 def _trained_identity(params: dict[str, Any]) -> dict[str, Any]:
     """What a trained run computes: its validated training configuration (presets and code
-    defaults resolved; not its run id, labels or checkpoint folder; the device as written,
-    checked on none, so the id does not depend on the machine), the data it is given and the
-    onset threshold it is read with. Settings that the network or the data do not use
+    defaults resolved; not its run id, labels or checkpoint folder; the device as written and
+    not checked against this machine, so the id is the same on every machine), the data it is
+    given and the onset threshold it is read with. Settings that the network or the data do not use
     (ResNet-20's depth and width, the Gaussian mixture's shape for another dataset) are left
     out."""
     from ncsim.validate.data import GAUSSIAN_PER_CLASS
