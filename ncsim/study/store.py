@@ -218,12 +218,14 @@ class Store:
             runs = runs.drop_duplicates("run_id", keep="last").reset_index(drop=True)
         trajs = [pd.read_parquet(self.traj_file(r)) for r in ids if self.traj_file(r).exists()]
         traj = pd.concat(trajs, ignore_index=True) if trajs else _no_runs()
-        runs, traj = _plain(runs), _plain(traj)  # what is returned is what a later read gives
+        runs, traj = _plain(runs), _plain(traj)  # mixed-type columns Parquet can hold
         # runs.parquet last: its time stamp tells tables() that both tables are current, so an
         # interrupted consolidation is redone instead of pairing new runs with old trajectories
         write_table(traj, self.trajectories_path)
         write_table(runs, self.runs_path)
-        return runs, traj
+        # what is returned is what a later read gives (an integer column with a missing value
+        # reads back as floats, a text column's None as NaN)
+        return read_table(self.runs_path), read_table(self.trajectories_path)
 
     def study_run_ids(self) -> list[str]:
         """The run ids of the bound study, in its order (none without study.json)."""
