@@ -381,9 +381,10 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             with_control.add(part)
         for alpha, arm in sub.groupby(col, sort=True):
             ok = collapsed(arm)
-            ended = observed(arm)["status"].isin(NO_COLLAPSE) if "status" in arm else []
+            ended = (int(observed(arm)["status"].isin(NO_COLLAPSE).sum()) if "status" in arm
+                     else 0)
             row = {"part": part, "alpha": alpha, "n_runs": len(arm), "n_collapsed": len(ok),
-                   "n_without_collapse": int(sum(ended)),
+                   "n_without_collapse": ended,
                    "fn_before": float(arm["fn_before_intervention"].mean())
                    if "fn_before_intervention" in arm else math.nan,
                    "fn_after": float(arm["fn_after_intervention"].mean())
@@ -408,16 +409,15 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             figs.append(item)
     tables = [("fn* and onset per rescaling factor alpha (ratio and shift against alpha = 1)",
                table)]
-    rescaled = (table[(table["alpha"] != 1.0) & table["part"].isin(with_control)]
-                if len(table) else table)
-    arms = rescaled[rescaled["n_collapsed"] > 0] if len(rescaled) else rescaled
-    lost = (rescaled[(rescaled["n_collapsed"] == 0) & (rescaled["n_without_collapse"] > 0)]
-            if len(rescaled) else rescaled)
-    if arms.empty and lost.empty:
-        reason = ("no part has a collapsed control (alpha = 1)" if len(table) and not with_control
-                  else "no rescaled arm with an observed outcome beside a collapsed control "
-                  "(alpha = 1)")
+    no_arm = "no rescaled arm with an observed outcome beside a collapsed control (alpha = 1)"
+    if not with_control:  # an empty table: no run has an alpha
+        reason = "no part has a collapsed control (alpha = 1)" if len(table) else no_arm
         return Section("inconclusive", reason, {}, tables, figs)
+    rescaled = table[(table["alpha"] != 1.0) & table["part"].isin(with_control)]
+    arms = rescaled[rescaled["n_collapsed"] > 0]
+    lost = rescaled[(rescaled["n_collapsed"] == 0) & (rescaled["n_without_collapse"] > 0)]
+    if arms.empty and lost.empty:
+        return Section("inconclusive", no_arm, {}, tables, figs)
     dev = (arms["fn_star_ratio"] - 1).abs()
     pieces = [f"{r['part']} alpha={fmt(r['alpha'])}: fn {fmt(r['fn_before'])} -> "
               f"{fmt(r['fn_after'])}, fn*/fn*(1) = {fmt(r['fn_star_ratio'])}, onset "
