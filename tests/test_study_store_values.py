@@ -221,3 +221,14 @@ def test_unfinished_studies_lists_only_the_studies_with_missing_runs(tmp_path, m
     assert missing["verdict"] == "incomplete" and missing["runs_missing"] == {"ufm": 1}
     whole = json.loads((root / "b" / "verdict.json").read_text())
     assert whole["verdict"] == "supported" and "runs_missing" not in whole
+
+
+def test_a_flag_mixed_with_integers_stays_a_flag(tmp_path):
+    """A column holding True for one run and the integer 2 for another is text ("True",
+    "2"), as with a float: joined as numbers the flag would read 1, the same as a run whose
+    value is the integer 1. A column of flags alone stays boolean."""
+    returned, disk = _consolidate(tmp_path, [True, 2])
+    assert disk == ["True", "2"] and returned == disk
+    returned, disk = _consolidate(tmp_path / "flags", [True, False, ...])
+    assert disk[:2] == [True, False] and _missing(disk[2])
+    assert returned[:2] == [True, False] and _missing(returned[2])

@@ -212,12 +212,12 @@ class Store:
             run_ids = self.study_run_ids() or sorted(done)
         ids = [r for r in run_ids if r in done]
         rows = [pd.read_parquet(self.run_file(r)) for r in ids]
-        runs = pd.concat(rows, ignore_index=True) if rows else _no_runs()
+        runs = _concat(rows) if rows else _no_runs()
         runs = runs.drop(columns=TRAJECTORY_ROWS, errors="ignore")
         if len(runs):
             runs = runs.drop_duplicates("run_id", keep="last").reset_index(drop=True)
         trajs = [pd.read_parquet(self.traj_file(r)) for r in ids if self.traj_file(r).exists()]
-        traj = pd.concat(trajs, ignore_index=True) if trajs else _no_runs()
+        traj = _concat(trajs) if trajs else _no_runs()
         runs, traj = _plain(runs), _plain(traj)  # mixed-type columns Parquet can hold
         # runs.parquet last: its time stamp tells tables() that both tables are current, so an
         # interrupted consolidation is redone instead of pairing new runs with old trajectories
@@ -267,6 +267,17 @@ class Store:
 def _no_runs() -> pd.DataFrame:
     """An empty table with a text run_id column."""
     return pd.DataFrame({"run_id": pd.Series([], dtype=object)})
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames one below the other. A column that holds flags in one frame and other
+    values in another is joined as objects, so the flags stay flags (pandas alone would join
+    True and 2 as the integers 1 and 2)."""
+    flags = {c for f in frames for c in f.columns if f[c].dtype == bool}
+    mixed = {c for c in flags if any(c in f and f[c].dtype != bool for f in frames)}
+    if mixed:
+        frames = [f.astype({c: object for c in mixed if c in f}) for f in frames]
+    return pd.concat(frames, ignore_index=True)
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:
