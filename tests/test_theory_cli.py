@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from ncsim.spec import ModelSpec, Regularization, RunSpec, TimeScale
 from ncsim.theory import theory_columns
 from ncsim.theory.cli import theory
+from ncsim.theory.lowrank import lower_rank_check
 
 KEYS = ["collapsed", "fn_star", "w_norm_star", "class_mean_norm_star", "loss_star",
         "margin_star", "lambda_crit", "growth_rate", "onset_time", "lead_time"]
@@ -66,8 +67,12 @@ def test_equilibrium_checks_lower_rank_states_on_request():
     assert deep["lower_rank_better"] is True and deep["lower_rank"] == 1
     assert deep["objective_star"] == pytest.approx(1.0846, abs=1e-4)
     assert deep["lower_rank_objective"] == pytest.approx(1.0715, abs=1e-4)
+    state = lower_rank_check(3, 2, 0.14455, 2).state(1, 0.14455)
+    for key in ("objective", "fn", "w_norm", "loss"):
+        assert deep[f"lower_rank_{key}"] == pytest.approx(getattr(state, key), rel=1e-12), key
+        assert checked[1][f"lower_rank_{key}"] is None  # NaN is written as null
+    assert deep["lower_rank_fn"] > 0 and deep["lower_rank_loss"] > 0
     assert checked[1]["lower_rank_better"] is False and checked[1]["lower_rank"] is None
-    assert checked[1]["lower_rank_objective"] is None  # NaN is written as null
 
 
 @pytest.mark.parametrize("args", [

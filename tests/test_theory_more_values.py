@@ -175,8 +175,11 @@ def test_lower_rank_witness_is_limited_to_the_hidden_width():
     row = theory_columns(_run_spec(loss="ce", K=4, n=2, depth=2, lw=lam, lh=lam, width=1))
     assert row["theory_regime"].startswith(
         f"lower_rank: the origin (f = {math.log(4):.6g}; the ETF state is above it) is not the "
-        f"minimiser; a rank-1 state has f = {lr.objectives[0]:.6g} ")
+        f"minimiser; a rank-1 state has f = {lr.objectives[0]:.6g}, "
+        f"fn = {lr.state(1, lam).fn:.6g} ")
     assert row["collapsed_theory"] is True
+    assert row["fn_lower_rank_theory"] == lr.state(1, lam).fn
+    assert abs(lr.state(2, lam).fn - lr.state(1, lam).fn) > 1e-3  # the rank-2 state differs
 
 
 def test_deep_spectral_init_in_a_metastable_basin_is_flagged():

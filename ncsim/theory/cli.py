@@ -123,7 +123,8 @@ def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, An
     for k, v in d.items():
         row[k] = v if v is None or isinstance(v, bool) else float(v)
     if o.get("check_lower_rank"):  # the best lower-rank state (deep CE; NaN / null elsewhere)
-        row["lower_rank_objective"] = float(eq.meta.get("lower_rank_objective", math.nan))
+        for key in ("objective", "fn", "w_norm", "loss"):
+            row[f"lower_rank_{key}"] = float(eq.meta.get(f"lower_rank_{key}", math.nan))
         row["lower_rank"] = eq.meta.get("lower_rank")
     ratio = _ratio(o["ratio"])
     if ratio is None:
@@ -218,7 +219,8 @@ def theory() -> None:
 @click.option("--check-lower-rank", "check_lower_rank", is_flag=True,
               help="deep CE: compare the ETF state with the best state of class-mean rank "
               "1 .. K-2 (numeric, with restarts; 0.06-7 s a point at K = 10, kept in the "
-              "theory cache): lower_rank_better, lower_rank_objective, lower_rank")
+              "theory cache): lower_rank_better, and the best such state's lower_rank, "
+              "lower_rank_objective, lower_rank_fn, lower_rank_w_norm, lower_rank_loss")
 @handle_errors
 def equilibrium_cmd(**o: Any) -> None:
     """Collapsed (ETF) minimiser: norms, fn*, logits / margin, loss, and the whole theory row.

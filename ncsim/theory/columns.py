@@ -16,7 +16,7 @@ from ncsim.theory.equilibrium import equilibrium
 from ncsim.theory.prediction import METASTABLE, predicted_onset
 
 COLUMNS = ("fn_star_theory", "onset_time_theory", "collapsed_theory", "lambda_crit_theory",
-           "w_norm_star_theory", "loss_star_theory", "theory_regime")
+           "w_norm_star_theory", "loss_star_theory", "fn_lower_rank_theory", "theory_regime")
 
 
 _METASTABLE_NOTE = ("metastable: the init is in the basin of a collapsed local minimum; the "
@@ -46,7 +46,9 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     < lambda_crit_theory; with equal layer decays this is :func:`lambda_crit` at ratio
     lambda_H / lambda_W), ``w_norm_star_theory`` (the RMS classifier row norm
     |W_L|_F / sqrt(K), the row norm |w_k| when the rows are equinorm; the measured
-    ``final_w_norm`` is |W_L|_F), ``loss_star_theory`` (mean data loss) and ``theory_regime``.
+    ``final_w_norm`` is |W_L|_F), ``loss_star_theory`` (mean data loss),
+    ``fn_lower_rank_theory`` (deep CE: fn of the best lower-rank state found where one beats
+    the closed form, NaN elsewhere) and ``theory_regime``.
     Deep CE: the closed form minimises over the ETF ray and the origin; a state of lower rank
     can have a lower objective (theory.md 3.2). :func:`ncsim.theory.lowrank.lower_rank_check`
     (numeric, cached per (K, n, Lambda, L) in the process and on disk; 0.06-4 s per point at
@@ -222,11 +224,12 @@ def _lower_rank(spec: RunSpec, eq: Any, row: dict[str, Any], lw: tuple[float, ..
     f_closed = float(eq.objective_star)
     if not lr.beats(f_closed, max_rank):
         return
-    rank, best = lr.best_up_to(max_rank)
+    lower = lr.state(max_rank, lw[-1])
+    row["fn_lower_rank_theory"] = lower.fn
     state = (f"the ETF state (f = {f_closed:.6g}, fn = {float(eq.fn_star):.6g})" if eq.collapsed
              else f"the origin (f = {f_closed:.6g}; the ETF state is above it)")
-    text = (f"lower_rank: {state} is not the minimiser; a rank-{rank} state has f = {best:.6g} "
-            f"(numeric, ncsim.theory.lowrank)")
+    text = (f"lower_rank: {state} is not the minimiser; a rank-{lower.rank} state has "
+            f"f = {lower.objective:.6g}, fn = {lower.fn:.6g} (numeric, ncsim.theory.lowrank)")
     regime = str(row["theory_regime"])
     if spec.init.kind in ("spectral", "etf"):
         row["theory_regime"] = (f"{text}; the {spec.init.kind} init stays on the ETF ray (it "

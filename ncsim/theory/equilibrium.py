@@ -230,6 +230,9 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     depth : L, the number of weight matrices (M = L + 1 factors).
     check_lower_rank : deep CE only: run :func:`ncsim.theory.lowrank.lower_rank_check` (numeric,
         restarts; scalar parameters) and set ``lower_rank_better``; otherwise it is None there.
+        ``meta`` then holds the best lower-rank state found: ``lower_rank`` (its rank),
+        ``lower_rank_objective``, ``lower_rank_fn``, ``lower_rank_w_norm`` (RMS row norm of
+        W_L) and ``lower_rank_loss`` (mean data loss).
     mean_mode : False: the state with the mean label mode held at 0 (MSE without bias or with
         a regularised bias; the other cases have none): the end state of an init that does not
         seed it (an etf init, or a spectral init with a regularised bias). For depth >= 2 that
@@ -379,7 +382,11 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
         require(np.size(K) == 1, "check_lower_rank needs scalar parameters")
         lr = lower_rank_check(int(K), int(n), float(lam_geo), depth)
         lower = lr.beats(float(obj))
-        meta.update(lower_rank_objective=lr.best_objective, lower_rank=lr.best_rank)
+        last = float(lambda_w[-1] if isinstance(lambda_w, (tuple, list)) else lambda_w)
+        state = lr.state(len(lr.objectives), last)
+        meta.update(lower_rank_objective=lr.best_objective, lower_rank=lr.best_rank,
+                    lower_rank_fn=state.fn, lower_rank_w_norm=state.w_norm,
+                    lower_rank_loss=state.loss)
     return Equilibrium(
         collapsed=main.collapsed,
         sigma=sig,

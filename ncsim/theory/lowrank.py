@@ -23,6 +23,7 @@ once per installation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,11 +34,17 @@ from ncsim.theory.cache import numeric
 
 @dataclass(frozen=True)
 class LowRankResult:
-    """Best objective per rank (index r - 1) and the overall best lower-rank objective."""
+    """Best objective per rank (index r - 1) and the overall best lower-rank objective, with
+    what the best state found at each rank looks like (index r - 1, in the factor units of the
+    search, where every factor carries the decay ``factor_decay``; see :meth:`state`)."""
 
     objectives: tuple[float, ...]
     best_rank: int
     best_objective: float
+    feature_norms: tuple[float, ...] = ()
+    last_factor_sq_norms: tuple[float, ...] = ()
+    data_losses: tuple[float, ...] = ()
+    factor_decay: float = float("nan")
 
     def best_up_to(self, max_rank: int) -> tuple[int, float]:
         """(rank, objective) of the best state of rank <= ``max_rank``: the smallest rank
@@ -50,19 +57,63 @@ class LowRankResult:
         best = self.best_up_to(len(self.objectives) if max_rank is None else max_rank)[1]
         return bool(best < objective - BEAT_RTOL * max(1.0, abs(objective)))
 
+    def state(self, max_rank: int, lambda_last: float) -> LowRankState:
+        """The best state of rank <= ``max_rank`` (the rank :meth:`best_up_to` reports) in the
+        units of the model whose last layer W_L has the decay ``lambda_last``.
 
-def _objective(theta: np.ndarray, K: int, r: int, M: int, lam: float):
+        The search's factors F_1 .. F_M all carry the decay c = ``factor_decay`` = Lambda
+        n^(1/M); the model's are H-bar = c_0 F_1 (class means), W_l = c_l F_(l+1) with
+        lambda_H n c_0^2 = lambda_l c_l^2 = c and prod c_j = 1 (same logits, same objective).
+        So W_L = sqrt(c / lambda_L) F_M, and the penultimate class means W_(L-1) .. W_1 H-bar
+        = F_(M-1) .. F_1 / sqrt(c / lambda_L): fn = feature_norm sqrt(lambda_L / c), and the
+        RMS classifier row norm |W_L|_F / sqrt(K) = sqrt(c |F_M|^2 / (lambda_L K)).
+        """
+        rank, objective = self.best_up_to(max_rank)
+        if rank == 0 or not self.feature_norms:
+            nan = float("nan")
+            return LowRankState(rank, objective, nan, nan, nan)
+        K = len(self.objectives) + 2
+        scale = math.sqrt(lambda_last / self.factor_decay)
+        return LowRankState(rank, objective, self.feature_norms[rank - 1] * scale,
+                            math.sqrt(self.last_factor_sq_norms[rank - 1] / K) / scale,
+                            self.data_losses[rank - 1])
+
+
+@dataclass(frozen=True)
+class LowRankState:
+    """A lower-rank state of a deep CE head in the model's units (:meth:`LowRankResult.state`):
+    its rank, objective f, fn (mean norm of the penultimate features, the input of W_L),
+    RMS classifier row norm |W_L|_F / sqrt(K) and mean data loss; NaN without a state."""
+
+    rank: int
+    objective: float
+    fn: float
+    w_norm: float
+    loss: float
+
+
+def _factors(theta: np.ndarray, K: int, r: int, M: int) -> list[np.ndarray]:
+    """F_1 (r, K), F_2 .. F_(M-1) (r, r), F_M (K, r) from the flat parameter vector."""
     shapes = [(r, K)] + [(r, r)] * (M - 2) + [(K, r)]
     mats, i = [], 0
     for a, b in shapes:
         mats.append(theta[i:i + a * b].reshape(a, b))
         i += a * b
+    return mats
+
+
+def _log_softmax(Z: np.ndarray) -> np.ndarray:
+    """Column-wise log-softmax of the (K, K) class-mean logits."""
+    Zs = Z - Z.max(axis=0)
+    return Zs - np.log(np.exp(Zs).sum(axis=0))
+
+
+def _objective(theta: np.ndarray, K: int, r: int, M: int, lam: float):
+    mats = _factors(theta, K, r, M)
     acts = [mats[0]]
     for F in mats[1:]:
         acts.append(F @ acts[-1])
-    Z = acts[-1]
-    Zs = Z - Z.max(axis=0)
-    logp = Zs - np.log(np.exp(Zs).sum(axis=0))
+    logp = _log_softmax(acts[-1])
     f = -np.trace(logp) / K + sum(lam / 2 * np.sum(F ** 2) for F in mats)
     G = (np.exp(logp) - np.eye(K)) / K
     grads = [None] * M
@@ -72,6 +123,17 @@ def _objective(theta: np.ndarray, K: int, r: int, M: int, lam: float):
         delta = mats[j].T @ delta
     grads[0] = delta + lam * mats[0]
     return f, np.concatenate([g.ravel() for g in grads])
+
+
+def _describe(theta: np.ndarray, K: int, r: int, M: int) -> tuple[float, float, float]:
+    """(mean column norm of F_(M-1) .. F_1, |F_M|_F^2, mean data loss) of a found state."""
+    mats = _factors(theta, K, r, M)
+    penultimate = mats[0]
+    for F in mats[1:-1]:
+        penultimate = F @ penultimate
+    loss = -float(np.trace(_log_softmax(mats[-1] @ penultimate))) / K
+    return (float(np.linalg.norm(penultimate, axis=0).mean()), float(np.sum(mats[-1] ** 2)),
+            loss)
 
 
 # relative gap within which two ranks reach the same state (the smaller rank is reported)
@@ -106,23 +168,34 @@ def lower_rank_check(K: int, n: int, Lam: float, depth: int, restarts: int = 6,
     -------
     LowRankResult with ``objectives[r - 1]`` the best objective found at rank <= r,
     ``best_rank`` the smallest rank whose objective is within a relative ``RANK_TIE_RTOL``
-    of the best (0 and ``best_objective`` inf where K < 3: no rank below K - 1).
+    of the best (0 and ``best_objective`` inf where K < 3: no rank below K - 1), and per
+    rank the found state's penultimate norm, last factor and data loss in the search's units
+    (:meth:`LowRankResult.state` converts them to the model's).
     """
     M = depth + 1
     lam = Lam * n ** (1.0 / M)
     rng = np.random.default_rng(seed)
-    best_per_rank = []
+    best_per_rank: list[float] = []
+    described: list[tuple[float, float, float]] = []
     for r in range(1, K - 1):
         size = r * K * 2 + r * r * (M - 2)
-        best = np.inf
+        best, best_theta = np.inf, None
         for k in range(restarts):
             scale = 0.5 + 1.5 * k / max(restarts - 1, 1)
             x0 = rng.normal(0.0, scale, size)
             res = minimize(_objective, x0, args=(K, r, M, lam), jac=True, method="L-BFGS-B",
                            options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10})
-            best = min(best, float(res.fun))
+            if float(res.fun) < best:
+                best, best_theta = float(res.fun), res.x
         # a rank-r factorisation holds every lower-rank state: a search that ends in a local
         # minimum above the best of a lower rank still has that one at rank <= r
-        best_per_rank.append(min(best, best_per_rank[-1]) if best_per_rank else best)
+        if best_per_rank and best_per_rank[-1] <= best:
+            best_per_rank.append(best_per_rank[-1])
+            described.append(described[-1])
+        else:
+            best_per_rank.append(best)
+            described.append(_describe(best_theta, K, r, M) if best_theta is not None
+                             else (math.nan, math.nan, math.nan))
     rank, best_value = _best(tuple(best_per_rank))
-    return LowRankResult(tuple(best_per_rank), rank, best_value)
+    norms, last_sq, losses = (tuple(v) for v in zip(*described)) if described else ((), (), ())
+    return LowRankResult(tuple(best_per_rank), rank, best_value, norms, last_sq, losses, lam)
