@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_models_deep_flows import _act, _blocks
 
 from ncsim.flow.simulate import _Batch
 from ncsim.flow.tableau import tableau
@@ -34,39 +35,6 @@ from ncsim.spec import (
 F64 = torch.float64
 
 
-def _formula(name: str, u: torch.Tensor, slope: float) -> torch.Tensor:
-    """The activation from its textbook formula (no torch.nn.functional)."""
-    if name == "linear":
-        return u
-    if name == "relu":
-        return torch.where(u > 0, u, torch.zeros_like(u))
-    if name == "leaky_relu":
-        return torch.where(u > 0, u, slope * u)
-    if name == "tanh":
-        return torch.tanh(u)
-    if name == "gelu":
-        return 0.5 * u * (1.0 + torch.erf(u / math.sqrt(2.0)))
-    if name == "silu":
-        return u * torch.sigmoid(u)
-    raise AssertionError(name)
-
-
-def _blocks(model: ModelSpec, row: torch.Tensor):
-    """(H, [W_1 .. W_L], b or None) of a state row, offsets counted here: H (d, N), then each
-    W_l row-major in layer order, then b (K,)."""
-    n, d, k = model.num_samples, model.dim, model.classes
-    m = model.width if model.width is not None else d
-    shapes = [(d, n)] + ([(k, d)] if model.depth == 1 else
-                         [(m, d)] + [(m, m)] * (model.depth - 2) + [(k, m)])
-    out, start = [], 0
-    for a, b in shapes:
-        out.append(row[start:start + a * b].reshape(a, b))
-        start += a * b
-    bias = row[start:start + k] if model.bias != "none" else None
-    assert start + (k if bias is not None else 0) == row.numel()
-    return out[0], out[1:], bias
-
-
 # --------------------------------------------------------------------------------------------
 # activations
 # --------------------------------------------------------------------------------------------
@@ -84,7 +52,7 @@ def test_activation_and_its_derivative_equal_the_formula_and_autograd(name):
     slope = 0.3
     sigma, sigma_grad = activation(name, slope)
     u = GRID.clone().requires_grad_(True)
-    want = _formula(name, u, slope)
+    want = _act(name, u, slope)
     (want_grad,) = torch.autograd.grad(want.sum(), u)
     torch.testing.assert_close(sigma(GRID), want.detach(), rtol=1e-15, atol=1e-300)
     torch.testing.assert_close(sigma_grad(GRID), want_grad, rtol=4e-15, atol=2e-16)
@@ -200,7 +168,7 @@ def test_zero_classifier_leaves_the_decays_and_the_bias_closed_form(depth, act, 
     for i, c in enumerate(labels):
         a = h[:, i]
         for w in ws[:-1]:
-            a = _formula(act, w @ a, 0.2)
+            a = _act(act, w @ a, 0.2)
         g = (torch.softmax(bb, 0) if loss == "ce" else bb.clone())
         g[c] -= 1.0
         grad_wl += torch.outer(g, a) / n
@@ -241,7 +209,7 @@ def test_penultimate_is_the_classifier_input_with_the_stored_classifier_and_bias
         for i in range(len(labels)):
             a = h[:, i]
             for w in ws[:-1]:
-                a = _formula(act, w @ a, model.leaky_slope)
+                a = _act(act, w @ a, model.leaky_slope)
             torch.testing.assert_close(feats[r, i], a, rtol=1e-13, atol=1e-14)
         assert torch.equal(weights[r], ws[-1]) and torch.equal(bias[r], b)
     records = batch.record(state, torch.arange(2))
