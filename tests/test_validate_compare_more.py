@@ -8,6 +8,7 @@ every number of the comparison row can be computed by hand. The surrogates use n
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -16,10 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from click.testing import CliRunner
 
 from ncsim.errors import InputError
-from ncsim.io import write_table
+from ncsim.io import to_jsonable, write_table
 from ncsim.validate import surrogate as sg
+from ncsim.validate.cli import validate
 from ncsim.validate.compare import _measured, compare_run
 from ncsim.validate.data import load_dataset
 from ncsim.validate.train import Phase, TrainConfig, load_checkpoint, train
@@ -562,3 +565,45 @@ def test_phase_momentum_must_be_below_one():
     for momentum in (1.0, -0.1):
         with pytest.raises(InputError, match=f"^momentum must be in \\[0, 1\\), got {momentum}"):
             Phase("mse", 3, "sgd", 0.1, 1e-3, momentum=momentum).validate()
+
+
+def _write_run_json(run: Path, config: dict) -> None:
+    (run / "run.json").write_text(json.dumps({"config": to_jsonable(config)}))
+
+
+def test_compare_refuses_a_checkpoint_of_another_training(tiny_run, tmp_path):
+    """run.json (and so the log) of one training beside the checkpoints of another: the
+    network would be paired with a log that is not its own, so compare refuses it and names
+    the settings that differ; with run.json of the checkpoint's own training it compares."""
+    run = _run(tiny_run, tmp_path)
+    config = load_checkpoint(run / "checkpoints" / "phase1_end.pt")[1]["config"]
+    _write_run_json(run, {**config, "run_id": "tiny_s1", "seed": 1})
+    with pytest.raises(InputError, match=r"phase1_end\.pt comes from another training than "
+                                         r".*run\.json \(they differ in run_id, seed\)"):
+        compare_run(run, **QUICK)
+    _write_run_json(run, config)
+    assert compare_run(run, **QUICK)["table"]["K"].iloc[0] == K
+    (run / "run.json").write_text("{not json")
+    with pytest.raises(InputError, match="run.json is not the JSON object"):
+        compare_run(run, **QUICK)
+
+
+def test_train_removes_the_checkpoints_of_an_earlier_training(tmp_path):
+    """A second 'validate train' into the same folder with --seeds (which writes no
+    checkpoints) removes the first training's checkpoints, with a note, so that compare
+    cannot pair the first network with the second log: it finds no start checkpoint. A file
+    that is not a checkpoint's name stays."""
+    out = tmp_path / "run"
+    base = ["train", "--dataset", "digits", "--per-class", "5", "--epochs", "1,1", "--depth",
+            "1", "--width", "8", "--nc-every", "1", "--optimizer", "sgd", "--lr", "0.01",
+            "--out", str(out), "--no-progress", "--format", "json"]
+    assert CliRunner().invoke(validate, base).exit_code == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["phase1_end.pt",
+                                                                       "phase2_end.pt"]
+    (out / "checkpoints" / "notes.pt.txt").write_text("mine")
+    res = CliRunner().invoke(validate, [*base, "--seeds", "0,1"])
+    assert res.exit_code == 0, res.output
+    assert "note: removed 2 checkpoint(s) of an earlier training" in res.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["notes.pt.txt"]
+    res = CliRunner().invoke(validate, ["compare", "--run", str(out)])
+    assert res.exit_code == 2 and "phase1_end.pt not found" in res.stderr

@@ -358,3 +358,15 @@ def test_readme_states_the_weight_decay_regime_rule():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "more than twice the fastest onset" in readme
     assert "OPTIMAL_FACTOR = 2" in readme
+
+
+def test_negative_feature_norm_is_refused(tmp_path):
+    """feat_norm is a mean of norms: a negative entry is a damaged log, refused naming the
+    record, not read as a vanishing run; fn 0 is a value like any other."""
+    frame = paper_frame()
+    frame.loc[6, "feat_norm"] = -1.2
+    with pytest.raises(InputError, match=r"^log width256_s0: feat_norm is -1.2 at epoch 70; "
+                                         r"feat_norm is a mean of feature norms, never below 0"):
+        read_log(write(frame, tmp_path / "width256_s0.csv"))
+    frame.loc[6, "feat_norm"] = 0.0
+    assert read_log(write(frame, tmp_path / "width256_s0.csv"))["fn"][6] == 0.0

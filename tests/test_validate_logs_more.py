@@ -696,3 +696,29 @@ def test_fractional_phase_is_an_input_error_and_one_path_is_read(tmp_path):
     assert list(table["run_id"].unique()) == ["depth3_s4"]
     assert table["time"].dtype == np.float64 and table["fn"].dtype == np.float64
     assert list(table["phase"]) == [1, 2]
+
+
+_PAPER_HEAD = ("epoch,phase,train,test,nc1,nc2,nc3,feat_norm\n"
+               "380,2,0.998,0.983,0.0131,0.2,0.3,1.15\n")
+
+
+@pytest.mark.parametrize("opener", [open, gzip.open])
+def test_a_log_cut_short_is_refused_not_read_in_part(tmp_path, opener):
+    """A log cut in its nc1 (0.01026 -> 0.0) would read as a collapse at epoch 390, its
+    missing fields as blanks; one cut in its last number (feat_norm 1.14 -> 1) has every
+    field but no line end. Both are refused, naming the line, in plain and gzip files; the
+    whole log reads as written."""
+    cases = {"cut": _PAPER_HEAD + "390,2,0.998,0.983,0.01026,0.2,0.3,1",
+             "fields": _PAPER_HEAD + "390,2,0.998,0.983,0.0",
+             "whole": _PAPER_HEAD + "390,2,0.998,0.983,0.01026,0.2,0.3,1.14\n"}
+    suffix = ".csv.gz" if opener is gzip.open else ".csv"
+    for name, text in cases.items():
+        with opener(tmp_path / f"{name}_s0{suffix}", "wt") as handle:
+            handle.write(text)
+    with pytest.raises(InputError, match=r"the last line \('390,2,0.998,0.983,0.01026,0.2,0.3,"
+                                         r"1'\) has no line end, so the file may be cut short"):
+        read_log(tmp_path / f"cut_s0{suffix}")
+    with pytest.raises(InputError, match="line 3 has 5 of the 8 fields of the header"):
+        read_log(tmp_path / f"fields_s0{suffix}")
+    log = read_log(tmp_path / f"whole_s0{suffix}")
+    assert log["nc1_trace"].tolist() == [0.0131, 0.01026]

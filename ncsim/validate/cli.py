@@ -280,6 +280,7 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None,
                 "condition": _condition_label(config)}).validate()
     data = load_dataset(dataset, per_class=per_class, test_per_class=test_per_class, seed=seed,
                         root=data_root)
+    _remove_old_checkpoints(out / "checkpoints")
     result = train(config, data, progress=progress,
                    seeds=None if seed_list is None else list(seed_list))
     write_table(result.log, out / "log.parquet")
@@ -296,6 +297,21 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None,
         click.echo(json.dumps(to_jsonable({"runs": summaries, "out": str(out)})))
         return
     _print_table(f"training run (log: {out / 'log.parquet'})", pd.DataFrame(summaries))
+
+
+def _remove_old_checkpoints(folder: Path) -> None:
+    """Delete the checkpoints an earlier training wrote into ``folder`` (phase{j}_end.pt,
+    epoch{k}.pt), with a note: the new log and run.json replace that training's, and a
+    checkpoint left behind would pair the old network with the new log."""
+    import re
+
+    pattern = r"(phase\d+_end|epoch\d+)\.pt"
+    old = [p for p in folder.glob("*.pt") if re.fullmatch(pattern, p.name)]
+    for path in old:
+        path.unlink()
+    if old:
+        click.echo(f"note: removed {len(old)} checkpoint(s) of an earlier training in {folder}",
+                   err=True)
 
 
 @validate.command("compare")

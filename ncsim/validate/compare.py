@@ -82,6 +82,32 @@ def _measured(log: pd.DataFrame, threshold: float, factor: float = 1.0
     return curve, onset, fn_on
 
 
+def _same_training(run_dir: Path, checkpoint: Path, config: dict[str, Any]) -> None:
+    """Refuse a checkpoint written by another training than the folder's run.json (and so
+    its log): a later 'validate train' into the same folder (with --seeds, which writes no
+    checkpoints, or before its checkpoints) would pair the old network with the new log."""
+    import json
+
+    from ncsim.io import to_jsonable
+
+    path = run_dir / "run.json"
+    if not path.exists():
+        return
+    try:
+        recorded = json.loads(path.read_text()).get("config")
+    except (OSError, ValueError, AttributeError) as err:
+        raise InputError(f"{path} is not the JSON object 'validate train' writes ({err}); "
+                         "train again, or remove it to compare the checkpoint alone") from err
+    if not isinstance(recorded, dict):
+        return
+    ours = to_jsonable(config)
+    differ = sorted(k for k in set(ours) | set(recorded) if ours.get(k) != recorded.get(k))
+    require(not differ,
+            f"{checkpoint} comes from another training than {path} (they differ in "
+            f"{', '.join(differ)}): the log is not that network's; train again into an empty "
+            "folder, or into this one without --seeds")
+
+
 RULES = {
     "response": "response: eta_H, lambda_H fitted to the network's feature velocity at the "
                 "start of the MSE phase",
@@ -133,6 +159,9 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     say = report or (lambda message: None)
     model0, state0 = load_checkpoint(start_ckpt)
     config = state0["config"]
+    _same_training(run_dir, start_ckpt, config)
+    if final_ckpt.exists():
+        _same_training(run_dir, final_ckpt, load_checkpoint(final_ckpt)[1]["config"])
     phase2 = config["phases"][1] if len(config["phases"]) > 1 else None
     require(phase2 is not None and phase2["loss"] == "mse",
             "compare needs a run whose second phase uses the MSE loss")

@@ -26,6 +26,11 @@ condition"), ``unlabelled`` otherwise.
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
+import io
+import lzma
 import re
 from pathlib import Path
 
@@ -125,10 +130,42 @@ def _read_frame(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path)
+        frame = pd.read_csv(path)
     except (ValueError, OSError, pd.errors.ParserError) as err:
         raise InputError(f"cannot read log {path}: {str(err).splitlines()[0]}; a log is a CSV "
                          "file or a Parquet file (.parquet)") from None
+    _check_whole_records(path)
+    return frame
+
+
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _check_whole_records(path: Path) -> None:
+    """Refuse a CSV log cut short: a last line without a line end, or a line with fewer fields
+    than the header (pandas would read the missing fields as blanks, and a number cut after
+    its first digits as that smaller number: ``0.01026`` cut to ``0.0`` reads as a collapse).
+    Plain, .gz, .bz2 and .xz files are checked; other compressions are read as they are."""
+    suffix = path.suffix.lower()
+    if suffix in (".zip", ".zst", ".tar"):
+        return
+    try:
+        with _OPENERS.get(suffix, open)(path, "rt", newline="") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError, EOFError):
+        return  # pandas read it; nothing more to check here
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, [])
+    for number, row in enumerate(rows, start=2):
+        if row and len(row) < len(header):
+            raise InputError(f"log {path}: line {number} has {len(row)} of the {len(header)} "
+                             f"fields of the header; the file may be cut short or damaged: "
+                             f"complete or remove that line")
+    if text and not text.endswith(("\n", "\r")):
+        last = text.splitlines()[-1]
+        raise InputError(f"log {path}: the last line ({last[:60]!r}) has no line end, so the "
+                         f"file may be cut short and its last number too; complete the file "
+                         f"or remove that line (or, if it is whole, end it with a newline)")
 
 
 #: the paper's phase numbers: 1 = cross-entropy, 2 = MSE
@@ -195,7 +232,8 @@ def _number_column(out: pd.DataFrame, col: str, log: str, names: dict[str, str])
 
 def _as_float(out: pd.DataFrame, log: str, names: dict[str, str]) -> pd.DataFrame:
     """time, fn and nc1_trace as float64. Text entries, a record without a time and a negative
-    nc1_trace (a ratio of traces) are errors naming the log and the record."""
+    nc1_trace (a ratio of traces) or fn (a mean of norms) are errors naming the log and the
+    record."""
     for col in ("time", "fn", "nc1_trace"):
         _number_column(out, col, log, names)
     no_time = np.isnan(out["time"].to_numpy(np.float64))
@@ -204,13 +242,16 @@ def _as_float(out: pd.DataFrame, log: str, names: dict[str, str]) -> pd.DataFram
         raise InputError(f"log {log}: {int(no_time.sum())} record(s) have no {names['time']} "
                          f"(the first is data row {first + 1}); give every record its "
                          f"{names['time']}, or delete the row")
-    nc1 = out["nc1_trace"].to_numpy(np.float64)
-    negative = nc1 < 0
-    if negative.any():
-        first = int(np.flatnonzero(negative)[0])
-        raise InputError(f"log {log}: {names['nc1_trace']} is {nc1[first]:g} at "
-                         f"{names['time']} {out['time'].iloc[first]:g}; nc1 is the trace ratio "
-                         "tr(Sigma_W)/tr(Sigma_B), never below 0: check how the log was written")
+    what = {"nc1_trace": "the trace ratio tr(Sigma_W)/tr(Sigma_B)",
+            "fn": "a mean of feature norms"}
+    for col, meaning in what.items():
+        values = out[col].to_numpy(np.float64)
+        negative = values < 0
+        if negative.any():
+            first = int(np.flatnonzero(negative)[0])
+            raise InputError(f"log {log}: {names[col]} is {values[first]:g} at "
+                             f"{names['time']} {out['time'].iloc[first]:g}; {names[col]} is "
+                             f"{meaning}, never below 0: check how the log was written")
     return out
 
 
@@ -264,9 +305,10 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     """Convert one paper-schema log (already read) to the trajectory schema.
 
     Refused (:class:`InputError`): text where a number belongs, a record without an epoch, a
-    negative nc1, a phase other than 1 or 2 (text labels included), a phase blank on some
-    records only, two different records for one epoch and phase (identical copies count
-    once), and condition or seed columns with more than one value (one file is one run).
+    negative nc1 or feat_norm, a phase other than 1 or 2 (text labels included), a phase
+    blank on some records only, two different records for one epoch and phase (identical
+    copies count once), and condition or seed columns with more than one value (one file is
+    one run).
     """
     missing = [c for c in PAPER_REQUIRED if c not in frame.columns]
     if missing:
