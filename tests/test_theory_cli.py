@@ -151,3 +151,28 @@ def test_help_shows_the_choices_and_numbers():
     for shown in ("--loss [ce|mse]", "--bias [none|free|reg]", "--format [json|latex|text]",
                   "--lambda-w NUMBERS"):
         assert shown in text
+
+
+@pytest.mark.parametrize("cmd", ["equilibrium", "onset"])
+def test_d_below_the_rank_of_the_minimiser_is_flagged_as_in_the_run_table(cmd):
+    """K = 10: the collapsed minimiser has rank 9 (CE, no bias), which d = 5 cannot hold. The
+    row says so (minimiser_rank 9, applies_at_d false, no onset, the run table's regime
+    text) with a note on stderr; at d = 9 the onset is predicted and equals the run table's
+    onset_time_theory for the same point."""
+    res = run(cmd, "-K", "10", "-n", "5", "-d", "5,9", "--format", "json")
+    assert res.exit_code == 0, res.output
+    low, high = json.loads(res.stdout)["results"]
+    assert (low["minimiser_rank"], low["applies_at_d"]) == (9, False)
+    assert low["onset_time"] is None
+    assert low["onset_regime"] == "not_applicable: d below the rank of the minimiser"
+    assert "note: at 1 of 2 point(s) d is below the rank of the collapsed minimiser" in res.stderr
+    assert (high["minimiser_rank"], high["applies_at_d"]) == (9, True)
+    spec = RunSpec(model=ModelSpec(loss="ce", classes=10, per_class=5, dim=9),
+                   reg=Regularization(lambda_w=high["lambda_w"], lambda_h=high["lambda_h"]))
+    spec = dataclasses.replace(spec, init=dataclasses.replace(spec.init,
+                                                              scale=high["init_scale"]))
+    assert high["onset_time"] == pytest.approx(theory_columns(spec)["onset_time_theory"],
+                                               rel=1e-12)
+    low_row = theory_columns(dataclasses.replace(spec, model=dataclasses.replace(spec.model,
+                                                                                 dim=5)))
+    assert low_row["theory_regime"] == low["onset_regime"]

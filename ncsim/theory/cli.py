@@ -139,6 +139,14 @@ def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, An
         row["nc1_rate_early"] = row["nc1_rate_late"] = math.nan
     row["onset_time"] = row["lead_time"] = row["fn_cross_time"] = math.nan
     row["onset_regime"] = None
+    # rank of the minimiser: the K - 1 centred label modes, plus the mean mode where it lives;
+    # below it a d-dimensional model cannot hold the closed form's state (as in the run table)
+    rank = (p["K"] - 1 + int(bool(eq.sigma_mean > 0))) if row["collapsed"] else 0
+    row["minimiser_rank"] = rank
+    row["applies_at_d"] = bool(p["d"] >= rank)
+    if not row["applies_at_d"]:
+        row["onset_regime"] = NOT_AT_D
+        return row
     if with_onset:
         pred = predicted_onset(loss, bias, p["K"], p["n"], p["d"], p["lambda_w"], p["lambda_h"],
                                p["init_scale"], p["onset_threshold"], p["lambda_b"], p["depth"])
@@ -196,9 +204,19 @@ def _latex_exprs(exprs: dict[str, sp.Expr]) -> str:
     return "\n".join(lines)
 
 
+NOT_AT_D = "not_applicable: d below the rank of the minimiser"
+
+
 def _run(o: dict[str, Any], with_onset: bool, keys: list[str] | None) -> None:
     points = _grid(o)
     rows = _same_keys([_row(o, p, with_onset) for p in points])
+    below = [r for r in rows if not r["applies_at_d"]]
+    if below:
+        click.echo(f"note: at {len(below)} of {len(rows)} point(s) d is below the rank of the "
+                   f"collapsed minimiser (d = {below[0]['d']}, rank {below[0]['minimiser_rank']}"
+                   f" at the first): a model of that width cannot reach it, so the columns there "
+                   f"describe a model with d >= that rank and no onset is predicted "
+                   f"(applies_at_d false)", err=True)
     exprs: dict[int, dict[str, sp.Expr]] = {}
     if o["fmt"] == "latex":  # the expressions of every depth of the grid
         for depth in dict.fromkeys(p["depth"] for p in points):
