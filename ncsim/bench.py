@@ -727,7 +727,12 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
               skip: tuple[str, ...] = (), dtypes: tuple[str, ...] | None = None,
               data_root: str | None = None) -> dict[str, Any]:
     """Run the workloads and return the JSON-ready results (``dtypes``: W1's, see
-    :func:`bench_w1`; ``data_root``: the Fashion-MNIST folder of V1)."""
+    :func:`bench_w1`; ``data_root``: the Fashion-MNIST folder of V1). V1's data is read
+    first, so that missing or damaged files stop the run before any workload is timed."""
+    if "V1" in workloads:
+        from ncsim.validate.data import load_dataset
+
+        load_dataset("fashion_mnist", per_class=1, test_per_class=1, root=data_root)
     with bounded_threads(threads):  # numpy's BLAS too: ncsim's products and the peers'
         results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                                    "device": device, "repeats": repeats,

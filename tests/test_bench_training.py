@@ -237,3 +237,17 @@ def test_tracking_cost_separates_the_epoch_time_or_says_it_cannot(monkeypatch):
     cost = bench_mod._tracking_cost(result, data, 3, "cpu", total_s=1.5)
     assert cost["nc_record_s"] == 0.5
     assert math.isnan(cost["epoch_s"]) and math.isnan(cost["tracking_overhead_nc_every_10"])
+
+
+def test_v1_data_is_checked_before_any_workload_runs(tmp_path, monkeypatch):
+    """W1 and V1 without the Fashion-MNIST files: the error comes before W1 is timed (a full
+    W1 takes minutes), exit status 2, no JSON."""
+    import ncsim.bench as bench_mod
+
+    timed = []
+    monkeypatch.setattr(bench_mod, "bench_w1", lambda *a, **k: timed.append("W1") or [])
+    result = CliRunner().invoke(bench, ["--workload", "W1", "--workload", "V1", "--size",
+                                        "tiny", "--repeats", "1", "--data-root", str(tmp_path),
+                                        "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 2 and "missing train-images-idx3-ubyte" in result.output
+    assert timed == [] and not (tmp_path / "r.json").exists()
