@@ -183,3 +183,53 @@ def test_intervention_and_training_ids(tmp_path):
         "p", "trained", {**trained, "chunk": 3, "data_root": "/data"}).run_id
     assert RunDesc("p", "trained", trained).run_id != RunDesc(
         "p", "trained", {**trained, "seed": 1}).run_id
+
+
+def _decays(tmp_path: Path, text: str) -> list[tuple]:
+    """(lambda param or None, lambda_w, lambda_h of the built spec) of every run."""
+    from ncsim.study.spec import build
+
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    out = []
+    for desc in load_study(path).runs():
+        reg = build(desc).reg
+        out.append((desc.params.get("lambda"), reg.lambda_w, reg.lambda_h))
+    return out
+
+
+def test_lambda_beside_both_decays_at_one_level_is_refused(tmp_path):
+    """lambda sets lambda_w and lambda_h; given beside both at one level (the part's grid or
+    fixed values, or the [simulated] table) it would be ignored while the run table showed
+    it, so the study is refused, naming the place."""
+    grid = _tiny(**{"seed = [0, 1]": "seed = [0]\nlambda = [1e-3]\nlambda_w = [1e-3, 1e-2]\n"
+                                     "lambda_h = [1e-3]"})
+    with pytest.raises(InputError, match=r"key 'parts\.ufm': sets lambda and both lambda_w and "
+                                         r"lambda_h, so lambda would be ignored"):
+        load_study(_write(tmp_path, grid))
+    table = _tiny(**{"lambda = 1e-2": "lambda = 1e-2\nlambda_w = 1e-3\nlambda_h = 1e-3"})
+    with pytest.raises(InputError, match=r"key 'simulated': sets lambda and both lambda_w"):
+        load_study(_write(tmp_path, table))
+
+
+def test_a_part_decay_replaces_the_inherited_one_by_where_it_is_set(tmp_path):
+    """[simulated] lambda = 1e-2 is inherited. A part's lambda_w and lambda_h replace it (and
+    the run no longer lists it); a part's lambda_h alone keeps lambda_w = 1e-2 from it; a
+    part's lambda replaces inherited lambda_w and lambda_h."""
+    both = _tiny(**{"seed = [0, 1]": "seed = [0]\nlambda_w = [2e-3]\nlambda_h = [3e-3]"})
+    assert _decays(tmp_path, both) == [(None, 2e-3, 3e-3)]
+    one = _tiny(**{"seed = [0, 1]": "seed = [0]\nlambda_h = [3e-3]"})
+    assert _decays(tmp_path, one) == [(1e-2, 1e-2, 3e-3)]
+    table = _tiny(**{"lambda = 1e-2": "lambda_w = 1e-3\nlambda_h = 1e-3",
+                     "seed = [0, 1]": "seed = [0]\nlambda = [5e-3]"})
+    assert _decays(tmp_path, table) == [(5e-3, 5e-3, 5e-3)]
+
+
+@pytest.mark.parametrize("name", ["", "../../esc", "a/b", ".hidden", "two words"])
+def test_a_study_name_that_is_not_a_folder_name_is_refused(tmp_path, name):
+    """The name is the default output folder (ncsim-out/<name>): an empty one would write into
+    ncsim-out itself, '..' or '/' outside it; both, and names with spaces or a leading dot,
+    are refused naming the key."""
+    with pytest.raises(InputError, match=r"key 'name': .* is not a folder name"):
+        load_study(_write(tmp_path, GOOD.replace('name = "tiny"', f'name = "{name}"')))
+    assert load_study(_write(tmp_path, GOOD.replace('name = "tiny"', 'name = "wd-2.b_1"')))

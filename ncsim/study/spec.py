@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,10 @@ def _check_top(source: str, raw: dict[str, Any]) -> None:
     for key in REQUIRED:
         if key not in raw:
             _fail(source, key, "missing; a study needs: " + ", ".join(REQUIRED))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", raw["name"]):
+        _fail(source, "name", f"{raw['name']!r} is not a folder name: the default output folder "
+              "is ncsim-out/<name>; use letters, digits, '_', '-' and '.', starting with a "
+              "letter or digit")
     from ncsim.study.analyses import ANALYSES
 
     _check_type(source, "analysis", raw["analysis"], str, tuple(ANALYSES))
@@ -396,6 +401,25 @@ def _check_own_keys(source: str, name: Any, part: dict[str, Any]) -> None:
                   f"fixed value would be ignored; give it in one place")
 
 
+def _decays_inherited(source: str, model: Any, defaults: dict[str, Any], own: set[str],
+                      where: str) -> dict[str, Any]:
+    """The study-level defaults a part inherits, ``lambda`` (both decays) and ``lambda_w`` /
+    ``lambda_h`` resolved by where they are set: the part's own ``lambda`` replaces inherited
+    ``lambda_w`` and ``lambda_h``, and its own ``lambda_w`` and ``lambda_h`` together replace an
+    inherited ``lambda`` (which would otherwise show in the run table without being used).
+    One level (the part, fixed or grid, or the [simulated] table) setting ``lambda`` and both
+    ``lambda_w`` and ``lambda_h`` is refused: ``lambda`` would be ignored."""
+    if model != "simulated":
+        return dict(defaults)
+    both = {"lambda_w", "lambda_h"}
+    for keys, at in ((own, where), (set(defaults), "simulated")):
+        if "lambda" in keys and both <= keys:
+            _fail(source, at, "sets lambda and both lambda_w and lambda_h, so lambda would be "
+                  "ignored; give lambda (both decays) or lambda_w and lambda_h")
+    drop = both if "lambda" in own else {"lambda"} if both <= own else set()
+    return {k: v for k, v in defaults.items() if k not in drop}
+
+
 def _check_part(source: str, index: int, part: Any, defaults: dict[str, dict]) -> dict[str, Any]:
     where = f"parts[{index}]"
     _check_type(source, where, part, dict, None)
@@ -407,9 +431,11 @@ def _check_part(source: str, index: int, part: Any, defaults: dict[str, dict]) -
         _fail(source, f"{where}.model", f"missing; allowed: {', '.join(MODELS)}")
     _check_type(source, f"{where}.model", model, str, MODELS)
     fixed = {k: v for k, v in part.items() if k not in PART_KEYS}
-    fixed = _check_params(source, where, {**defaults.get(model, {}), **fixed}, model)
     raw_grid = part.get("grid", {})
     _check_type(source, f"{where}.grid", raw_grid, dict, None)
+    inherited = _decays_inherited(source, model, defaults.get(model, {}), {*fixed, *raw_grid},
+                                  where)
+    fixed = _check_params(source, where, {**inherited, **fixed}, model)
     axes = {k: _axis_values(source, f"{where}.grid.{k}", v, model) for k, v in raw_grid.items()}
     for key in axes:
         fixed.pop(key, None)
