@@ -252,7 +252,10 @@ def test_compare_row_against_hand_computed_numbers(tiny_run, tmp_path):
     assert row["optimizer"] == "sgd" and "time_mapping_valid" not in row.index
     assert row["time_mapping"] == "t = lr x steps / (1 - momentum) = 10 lr x steps"
     assert row["t_ncsim_per_t"] == pytest.approx(factor, rel=1e-15)
-    assert row["lambda_w_x_t_end"] == pytest.approx(lam_w * factor * 2.5, rel=1e-12)
+    assert row["lambda_w_x_mse_duration"] == pytest.approx(lam_w * factor * 2.5, rel=1e-12)
+    rate = row["eta_h"] * row["lambda_h"]  # horizon 2 x the MSE phase, or wd_horizon / (2 rate)
+    assert row["surrogate_t_end"] == pytest.approx(max(2.0 * 2.5 * factor, 1e-3 / (2 * rate)),
+                                                   rel=1e-12)
     assert row["onset_measured"] == pytest.approx(1.875, rel=1e-12)
     assert row["fn_star_measured"] == 2.0
     assert (row["fn_final_measured"], row["nc1_final_measured"]) == (1.8, 0.004)
@@ -342,7 +345,8 @@ def test_compare_plain_sgd_counts_lr_times_steps(tiny_run, tmp_path):
     row = compare_run(_run(tiny_run, tmp_path, edit=no_momentum), **QUICK)["table"].iloc[0]
     assert row["time_mapping"] == "t = lr x steps"
     assert row["onset_measured"] == pytest.approx(0.1875, rel=1e-12)
-    assert row["lambda_w_x_t_end"] == pytest.approx(K * WD / 2 * (2 / K) * 0.25, rel=1e-12)
+    assert row["lambda_w_x_mse_duration"] == pytest.approx(K * WD / 2 * (2 / K) * 0.25,
+                                                           rel=1e-12)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
@@ -458,7 +462,8 @@ def test_compare_keeps_the_checkpoint_run_of_a_multi_run_log(tiny_run, tmp_path)
     assert row["run"] == "tiny"
     assert row["onset_measured"] == pytest.approx(1.875, rel=1e-12)
     assert row["fn_star_measured"] == 2.0
-    assert row["lambda_w_x_t_end"] == pytest.approx(K * WD / 2 * (2 / K) * 2.5, rel=1e-12)
+    assert row["lambda_w_x_mse_duration"] == pytest.approx(K * WD / 2 * (2 / K) * 2.5,
+                                                           rel=1e-12)
     strangers = pd.concat([other, _log("third")], ignore_index=True)
     run = _run(tiny_run, tmp_path / "b", log=strangers)
     with pytest.raises(InputError, match="holds runs other, third, none of them the "

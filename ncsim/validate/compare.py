@@ -20,7 +20,10 @@ The training log's ``flow_time`` column is ``lr x steps`` (the sum of the schedu
 steps from the start of training, with no momentum factor); this module's t is ``(flow_time -
 flow_time at the MSE start) / (1 - m)``. The table's ``t_ncsim_per_t`` is 2/K and ``lambda_w``
 is ``K wd / 2`` (the conversion rules of the theory reference, section 0.3: nn.MSELoss has the
-data weight a = 2/(NK)).
+data weight a = 2/(NK)). ``lambda_w_x_mse_duration`` is lambda_w times the network's MSE
+phase in the surrogate's time (``t_ncsim_per_t`` x its duration in t): how much weight decay
+the network's MSE phase amounts to; ``surrogate_t_end`` is the surrogate's horizon in its own
+time (at least ``horizon`` times that duration).
 
 Adam and AdamW divide each coordinate by its running gradient scale, so their steps follow no
 time of the gradient flow of f: a run whose phase 2 uses them is refused (:class:`InputError`,
@@ -258,7 +261,8 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
         "calibration_note": cal.note,
         "optimizer": phase2["optimizer"], "time_mapping": mapping,
         "time_unit": "t from MSE start",
-        "t_ncsim_per_t": factor, "lambda_w_x_t_end": lam_w * factor * duration,
+        "t_ncsim_per_t": factor, "lambda_w_x_mse_duration": lam_w * factor * duration,
+        "surrogate_t_end": t_end,
         "onset_measured": onset_net, "onset_simulated": onset_sim,
         "onset_simulated_lower_bound": onset_sim if math.isfinite(onset_sim) else t_reached,
         "onset_simulated_estimate": estimate, "onset_simulated_source": source,
