@@ -541,6 +541,28 @@ def test_unknown_executor_and_address_without_dask_are_refused():
     assert calls == []
 
 
+@pytest.mark.parametrize(("executor", "address"), [("local", None),
+                                                   ("dask", "tcp://127.0.0.1:8786")])
+def test_workers_where_no_pool_of_this_process_takes_them_are_refused(executor, address,
+                                                                     tmp_path):
+    """--workers sizes the process pool or the Dask LocalCluster; with the local executor or
+    a scheduler's address it would be silently ignored, so it is refused before anything
+    starts (no study folder is written); with process it is taken."""
+    with pytest.raises(InputError, match="--workers sets the workers of --executor process"):
+        executors.check_executor(executor, address, 3)
+    from tiny_study import write_tiny_study
+
+    from ncsim.study.runner import run_study
+    from ncsim.study.spec import load_study
+
+    study = load_study(write_tiny_study(tmp_path))
+    with pytest.raises(InputError, match="--workers sets the workers"):
+        run_study(study, tmp_path / "out", executor=executor, address=address, workers=3)
+    assert not (tmp_path / "out").exists()
+    executors.check_executor("process", None, 3)
+    executors.check_executor("dask", None, 3)
+
+
 def test_dask_executor_without_dask_is_refused_before_a_folder_is_written(tmp_path,
                                                                          monkeypatch):
     """--executor dask where dask.distributed does not import: exit 2, one line saying how to

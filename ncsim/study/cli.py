@@ -37,7 +37,8 @@ def list_cmd() -> None:
 @click.option("--address", default=None, help="Dask scheduler, e.g. tcp://host:8786 "
               "(without it --executor dask starts a LocalCluster of 2 workers).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Workers of process / LocalCluster.")
+              help="Workers of --executor process, or of the Dask LocalCluster (--executor "
+              "dask without --address); refused otherwise.")
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), default=None,
               help=f"Results folder (default {DEFAULT_OUT}/ or {DEFAULT_OUT}/NAME[-quick]).")
 @click.option("--force", is_flag=True, help="Recompute every run (ignore finished ones).")

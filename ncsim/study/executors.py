@@ -49,7 +49,7 @@ LOST_HINTS = {
 def execute(chunks: list[list[RunDesc]], executor: str = "local", on_done: Done | None = None,
             address: str | None = None, workers: int | None = None) -> None:
     """Run every chunk with ``executor``; ``on_done`` receives each chunk's results."""
-    check_executor(executor, address)
+    check_executor(executor, address, workers)
     done = on_done or (lambda _results: None)
     if not chunks:
         return
@@ -61,12 +61,18 @@ def execute(chunks: list[list[RunDesc]], executor: str = "local", on_done: Done 
         _dask(chunks, done, address, workers)
 
 
-def check_executor(executor: str, address: str | None) -> None:
-    """Reject an unknown executor, or an address without Dask, before anything starts."""
+def check_executor(executor: str, address: str | None, workers: int | None = None) -> None:
+    """Reject an unknown executor, an address without Dask, or a worker count that no worker
+    pool of this process would take (the local executor, or a scheduler given by address),
+    before anything starts."""
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
     if address is not None and executor != "dask":
         raise InputError("--address needs --executor dask")
+    if workers is not None and (executor == "local" or address is not None):
+        raise InputError("--workers sets the workers of --executor process or of the Dask "
+                         "LocalCluster (--executor dask without --address); the local executor "
+                         "runs in this process, and a scheduler's workers are started with it")
     if executor == "dask":
         _distributed()  # installed, before a study folder is written
 

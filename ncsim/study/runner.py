@@ -66,7 +66,7 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
     one their parameters give now); failed runs are retried with ``retry_failed`` (or
     ``force``).
     """
-    check_executor(executor, address)
+    check_executor(executor, address, workers)
     store = Store(out)
     if not store.study_path.exists():  # a new folder: an unreachable scheduler leaves none
         check_scheduler(executor, address)
