@@ -440,7 +440,8 @@ class SolverSpec:
                     f"rtol {self.rtol:g} is below what {self.dtype} resolves ({RTOL_FLOOR_EPS} "
                     f"eps = {floor:.2g}): the step control would chase rounding errors "
                     f"(rejections, 'stalled'); give rtol >= {floor:.2g} (usual in {self.dtype}: "
-                    f"{DEFAULT_TOLERANCES[self.dtype][0]:g}) or dtype float64")
+                    f"{DEFAULT_TOLERANCES[self.dtype][0]:g})"
+                    + ("" if self.dtype == "float64" else " or dtype float64"))
         require(is_finite_number(self.atol) and self.atol >= 0,
                 f"atol must be a finite number >= 0, got {self.atol!r}")
         if self.cuda_graphs:

@@ -745,6 +745,9 @@ def test_weight_decay_leaves_out_runs_collapsed_before_they_came_into_view(tmp_p
     sec = weight_decay(study, everything, linear_traj([]), figdir / "none")
     assert sec.numbers["series"] == [] and sec.figures == []
     assert sec.verdict == "inconclusive"
+    # no series, no agreement and no example: the reason ends after its first sentence
+    assert sec.reason.endswith("above the last collapsed lambda in 0 of 0 series without one")
+    assert ". ." not in sec.reason
 
 
 def test_weight_decay_agreement_counts_only_runs_the_theory_classifies(tmp_path, figdir):

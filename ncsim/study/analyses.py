@@ -806,7 +806,8 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
               f"in order; lambda_crit (theory) lies between the last collapsed and the first "
               f"prevented lambda in {in_bracket} of {len(brackets)} series with a prevented "
               f"lambda, above the last collapsed lambda in {above} of {len(open_ended)} series "
-              f"without one. {agree}. {detail}")
+              f"without one")
+    reason = ". ".join(part for part in (reason, agree, detail) if part)
     if good:
         return Section("supports", reason, numbers, tables, figs)
     if all_series and all("prevents" not in s["regimes"] for s in all_series):
