@@ -370,3 +370,18 @@ def test_negative_feature_norm_is_refused(tmp_path):
         read_log(write(frame, tmp_path / "width256_s0.csv"))
     frame.loc[6, "feat_norm"] = 0.0
     assert read_log(write(frame, tmp_path / "width256_s0.csv"))["fn"][6] == 0.0
+
+
+def test_run_table_names_the_unit_of_its_onset_times(tmp_path):
+    """onset_epoch and last_epoch are in the log's own time: epochs for a training log, the
+    flow time t for a simulation's trajectories; the run table says which (time_unit)."""
+    paper = read_log(write(paper_frame(), tmp_path / "width256_s0.csv"))
+    sim = pd.DataFrame({"run_id": "sim", "time": [0.0, 5.0, 10.0], "time_unit": "t",
+                        "fn": [1.0, 2.0, 3.0], "nc1_trace": [0.5, 0.05, 0.001]})
+    sim.to_csv(tmp_path / "sim.csv", index=False)
+    table = run_table(read_logs([tmp_path / "width256_s0.csv", tmp_path / "sim.csv"]),
+                      OnsetRule())
+    units = dict(zip(table["run"], table["time_unit"], strict=True))
+    assert units == {"width256_s0": "epoch", "sim": "t"}
+    assert table.set_index("run").loc["sim", "onset_epoch"] == 10.0
+    assert set(paper["time_unit"]) == {"epoch"}

@@ -45,7 +45,9 @@ the ``rupa2026`` rule when the log has it, else the whole log; ``status`` is ``c
 exactly when some searched record, ``stay`` in a row, is below the threshold, so a
 ``not_collapsed`` run has ``min_metric_searched`` >= ``threshold`` when ``stay`` = 1, while
 ``min_metric`` may be lower from the cross-entropy phase); ``final_metric``, ``final_fn``,
-``last_epoch``; ``status``; ``threshold`` (the threshold that run was scored at).
+``last_epoch``; ``status``; ``threshold`` (the threshold that run was scored at);
+``time_unit`` (the log's unit of ``onset_epoch`` and ``last_epoch``: ``epoch`` for a training
+log, the flow time ``t`` of a simulation's trajectories; <NA> where a run mixes units).
 """
 
 from __future__ import annotations
@@ -238,6 +240,8 @@ def run_table(traj: pd.DataFrame, rule: OnsetRule, per_condition: bool = False
                 row["model"], row["dataset"], row["condition"]))
         row.update(run_onset(part, own))
         row["threshold"] = own.threshold
+        units = part["time_unit"].dropna().unique() if "time_unit" in part else []
+        row["time_unit"] = str(units[0]) if len(units) == 1 else pd.NA
         rows.append(row)
     return pd.DataFrame(rows)
 
