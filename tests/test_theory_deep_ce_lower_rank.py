@@ -225,3 +225,23 @@ def test_simulated_depth2_run_ends_at_the_lower_rank_state():
     assert run["status"] == "ok"
     assert run["final_fn"] == pytest.approx(run["fn_lower_rank_theory"], rel=1e-7)
     assert run["fn_lower_rank_theory"] == pytest.approx(2.3805139585, rel=1e-6)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((4, 2, -0.05, 2), r"Lam must be a finite number > 0, got -0\.05"),
+    ((4, 2, 0.0, 2), r"Lam must be a finite number > 0, got 0\.0"),
+    ((4, 2, float("nan"), 2), r"Lam must be a finite number > 0, got nan"),
+    ((1, 2, 0.05, 2), r"K must be an integer >= 2, got 1"),
+    ((4, 2.5, 0.05, 2), r"n must be an integer >= 1, got 2\.5"),
+    ((4, 2, 0.05, 0), r"depth must be an integer >= 1, got 0"),
+])
+def test_lower_rank_check_refuses_bad_input(args, message):
+    """A negative decay made the search diverge (objectives near -1e11, then written to the
+    disk cache); restarts = 0 ended in a bare StopIteration. Both, and other bad values, are
+    refused with a message naming the argument."""
+    from ncsim.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        lower_rank_check(*args)
+    with pytest.raises(InputError, match=r"restarts must be an integer >= 1, got 0"):
+        lower_rank_check(4, 2, 0.05, 2, restarts=0)

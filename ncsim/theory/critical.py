@@ -111,7 +111,8 @@ class DeepThresholds:
     """Thresholds of the deep linear MSE mode problem (arrays), theory.md 3.1.
 
     tau_glob, tau_stat : collapse is global iff sqrt(n) > tau_glob; a non-zero critical point
-        exists iff sqrt(n) > tau_stat.
+        exists iff sqrt(n) >= tau_stat (at equality a double root: an inflection point of
+        the mode objective, not a minimiser).
     Lambda_glob, Lambda_stat : the same as bounds on Lambda.
     sigma_jump : sigma* at the global threshold (the size of the first-order jump).
     """

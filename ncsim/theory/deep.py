@@ -14,7 +14,8 @@ the transition to collapse is first order. Derived here with sympy:
   Lambda_stat and tau_stat;
 - the jump sigma_J (g(sigma_J) = g(0) and g'(sigma_J) = 0 together), giving Lambda_glob and
   tau_glob (collapse is the global optimum iff s > tau_glob, i.e. Lambda < Lambda_glob);
-- the basin root a_u: for equal decays the lower root of phi(x) = lambda (numeric, certified).
+The basin root a_u (for equal decays the lower root of phi(x) = lambda, numeric and
+certified) builds on phi and is computed in :func:`ncsim.theory.critical.basin_threshold`.
 
 For CE on the ETF ray the same structure holds with psi(sigma) = sigma^(1-2/M) / (sqrt(n)
 (exp(sigma/sqrt(n)) + K - 1)) = Lambda; its maximiser and the global threshold are numeric roots.
@@ -68,12 +69,23 @@ def derive_mse() -> dict[str, sp.Expr]:
     }
 
 
+# a point of the symbols' domain (M = 3 factors) at which the roots of a solve are told apart
+_PROBE = {S.M: 3, S.Lam: sp.Rational(1, 20), N_sym: 20, S.c: 1}
+
+
 def _invert_for_s(lam_expr: sp.Expr) -> sp.Expr:
-    """Solve Lambda = lam_expr(s) for s > 0 (lam_expr is a power of s times a constant)."""
+    """Solve Lambda = lam_expr(s) for s > 0 (lam_expr is a power of s times a constant).
+
+    sympy may return several branches (e.g. a complex one, -2i at M = 3, Lambda = 1/20,
+    N = 20, listed in no promised order): the root kept is the one that is real and positive
+    at a probe point of the domain; anything but exactly one such root is an error."""
     sols = sp.solve(sp.Eq(S.Lam, lam_expr), S.s)
-    positive = [r for r in sols if not r.could_extract_minus_sign()]
-    sol = positive[0] if positive else sols[0]
-    return sp.powsimp(sp.simplify(sol), force=True)
+    values = [complex(sp.N(r.subs(_PROBE))) for r in sols]
+    real = [r for r, v in zip(sols, values) if abs(v.imag) <= 1e-12 * abs(v) and v.real > 0]
+    if len(real) != 1:
+        raise RuntimeError(f"expected one real positive root of Lambda = {lam_expr} in s, got "
+                           f"{sols} (values {values} at {_PROBE})")
+    return sp.powsimp(sp.simplify(real[0]), force=True)
 
 
 @derivation

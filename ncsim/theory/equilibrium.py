@@ -51,7 +51,8 @@ class Equilibrium:
     loss_star : mean data loss (1/N) sum_i loss(z_i, y_i).
     objective_star, objective_zero : objective f at the minimiser and at the origin.
     sigma_local : non-zero local minimiser of the mode problem (NaN if none; deep: may be a
-        metastable state when the origin is global).
+        metastable state when the origin is global; exactly at Lambda_stat the double root,
+        an inflection point).
     lower_rank_better : whether a lower-rank configuration beats the collapsed one
         (False where proven; None where not checked, see :func:`ncsim.theory.lowrank`).
     """

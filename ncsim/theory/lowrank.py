@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
+from ncsim.errors import is_finite_number, is_integer, require
 from ncsim.theory.cache import numeric
 
 
@@ -171,7 +172,19 @@ def lower_rank_check(K: int, n: int, Lam: float, depth: int, restarts: int = 6,
     of the best (0 and ``best_objective`` inf where K < 3: no rank below K - 1), and per
     rank the found state's penultimate norm, last factor and data loss in the search's units
     (:meth:`LowRankResult.state` converts them to the model's).
+
+    Raises
+    ------
+    InputError : K, n, depth, restarts or seed not an integer (>= 2, 1, 1, 1, 0), or Lam not a
+        finite number > 0.
     """
+    for value, name, low in ((K, "K", 2), (n, "n", 1), (depth, "depth", 1),
+                             (restarts, "restarts", 1), (seed, "seed", 0)):
+        require(is_integer(value) and value >= low,
+                f"{name} must be an integer >= {low}, got {value!r}")
+    require(is_finite_number(Lam) and Lam > 0,
+            f"Lam must be a finite number > 0, got {Lam!r} (with a zero decay there is no "
+            "minimiser to compare)")
     M = depth + 1
     lam = Lam * n ** (1.0 / M)
     rng = np.random.default_rng(seed)
