@@ -37,3 +37,18 @@ def _mpmath_digits(request):
     with mpmath.workdps(marker.args[0]):
         yield
 
+
+@pytest.fixture
+def no_figures(monkeypatch):
+    """Skip drawing in the study analyses: the figures are not what the tests using this
+    check, and saving them costs seconds."""
+    import matplotlib.pyplot as plt
+
+    import ncsim.study.analyses as analyses
+
+    def close(fig, figdir, name):
+        plt.close(fig)
+        return f"figures/{name}.png"
+
+    monkeypatch.setattr(analyses, "_figure", close)
+    monkeypatch.setattr(analyses, "_trajectory_fig", lambda *args, **kwargs: None)

@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 
 from ncsim.errors import InputError
-from ncsim.study import analyses
 from ncsim.study.analyses import (
     _critical,
     _lambda_series,
@@ -31,20 +30,6 @@ from ncsim.study.analyses import (
     series_threshold,
 )
 from ncsim.study.spec import Study, parse_study, run_spec
-
-
-@pytest.fixture
-def no_figures(monkeypatch):
-    """Skip drawing: the figures are not what these tests check, and saving them costs
-    seconds."""
-    import matplotlib.pyplot as plt
-
-    def close(fig, figdir, name):
-        plt.close(fig)
-        return f"figures/{name}.png"
-
-    monkeypatch.setattr(analyses, "_figure", close)
-    monkeypatch.setattr(analyses, "_trajectory_fig", lambda *args, **kwargs: None)
 
 
 def study_of(analysis, **axes_by_part):
