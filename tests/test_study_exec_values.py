@@ -25,6 +25,7 @@ from cli_helpers import error_line, interrupt_chunk, invoke
 from tiny_study import write_tiny_study
 
 import ncsim.study.executors as executors
+from ncsim.errors import InputError
 from ncsim.study.compute import run_chunk
 from ncsim.study.runner import run_study
 from ncsim.study.spec import RunDesc, load_study
@@ -445,6 +446,27 @@ def test_a_late_intervention_keeps_eight_records_for_its_second_segment(tmp_path
     assert row["fn_after_intervention"] == pytest.approx(0.5 * row["fn_before_intervention"],
                                                          rel=1e-12)
     assert row["t_final"] == pytest.approx(300.0, rel=1e-12)
+
+
+@pytest.mark.parametrize(("records", "first"), [(3, 2), (9, 5), (12, 6)])
+def test_an_intervention_with_few_records_keeps_two_in_each_segment(tmp_path, records, first):
+    """records = 3, 9, 12 and t1 = 20 of t_end = 300 (the split on the log-time grid lies
+    past the cap): the first segment keeps at least min(8, records // 2) records (and 2),
+    the second that many plus its start (records - n1 + 1; two each at records = 3).
+    Before, the first segment got records - 8 (1 at records = 9, and the run failed on
+    "records ... got 1", a value the study never gave). records = 2 cannot hold two
+    segments and is refused when the study is read."""
+    from ncsim.study.spec import run_spec
+
+    plain = _study(tmp_path, seeds=1).runs()[0]
+    params = {**plain.params, "records": records, "t_end": 300.0, "intervene_time": 20.0,
+              "intervene_alpha": 0.5}
+    ((_, row, traj),) = run_chunk([RunDesc("kick", "simulated", params)])
+    assert row["status"] == "ok", row.get("error")
+    phases = traj["phase"].value_counts().to_dict()
+    assert phases == {1: first, 2: records - first + 1}
+    with pytest.raises(InputError, match=r"an intervention run needs records >= 3"):
+        run_spec({**params, "records": 2})
 
 
 def test_intervention_steps_count_both_segments(tmp_path, monkeypatch):

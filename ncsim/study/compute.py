@@ -87,9 +87,15 @@ def _simulate(descs: list[RunDesc]) -> list[Result]:
 
 
 def _segment_records(spec, t1: float) -> int:
+    """Records of the first segment (to t1): the run's records split at t1 on the log-time
+    grid, at least min(8, records // 2) (and 2) in the first segment and that many plus its
+    start in the second, which gets ``records - n1 + 1`` (its first record is the scaled state
+    at t1); at records = 3 two each."""
     solver = spec.solver
     frac = math.log(t1 / solver.first_record) / math.log(solver.t_end / solver.first_record)
-    return int(min(max(round(solver.records * frac), 8), solver.records - 8))
+    floor = max(2, min(8, solver.records // 2))
+    cap = max(solver.records - floor, 2)
+    return int(min(max(round(solver.records * frac), floor), cap))
 
 
 def _intervention(desc: RunDesc) -> Result:

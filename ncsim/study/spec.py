@@ -586,6 +586,9 @@ def run_spec(params: dict[str, Any]):
     t1 = p.get("intervene_time")
     if t1 is not None and not 0 < t1 < solver.t_end:
         raise InputError(f"intervene_time must lie in (0, t_end = {solver.t_end}), got {t1}")
+    if t1 is not None and solver.records < 3:
+        raise InputError(f"an intervention run needs records >= 3 (two segments of at least "
+                         f"2 records, sharing one), got {solver.records}")
     if p.get("intervene_alpha", 1.0) <= 0:
         raise InputError("intervene_alpha must be > 0")
     if "intervene_alpha" in p and t1 is None:
