@@ -250,6 +250,28 @@ def test_dask_with_an_address_checks_for_workers_and_gives_the_local_tables(
     pd.testing.assert_frame_equal(_table(tmp_path / "remote"), _table(tmp_path / "local"))
 
 
+def test_a_worker_that_joins_after_the_study_started_is_set_up(monkeypatch):
+    """The worker set-up (one thread per library, kept heap, end with the parent) is a worker
+    plugin: a worker that joins the scheduler after it was registered runs it too (client.run
+    reached only the workers present then, while the no-workers note invites starting them
+    later)."""
+    distributed = pytest.importorskip("dask.distributed")
+    monkeypatch.setattr(executors, "_init_worker", _note_init)
+    os.environ.pop("NCSIM_TEST_WORKER_INIT", None)
+    try:
+        with distributed.LocalCluster(n_workers=0, threads_per_worker=1, processes=False,
+                                      dashboard_address=None) as cluster, \
+                distributed.Client(cluster) as client:
+            client.register_plugin(executors._worker_setup(distributed),
+                                   name=executors.WORKER_PLUGIN)
+            assert "NCSIM_TEST_WORKER_INIT" not in os.environ  # no worker yet
+            cluster.scale(1)
+            client.wait_for_workers(1, timeout=30)
+            assert os.environ.get("NCSIM_TEST_WORKER_INIT") == "1"
+    finally:
+        os.environ.pop("NCSIM_TEST_WORKER_INIT", None)
+
+
 def test_a_scheduler_lost_while_waiting_for_workers_is_not_noted(capsys):
     """When waiting for workers fails because the scheduler is gone (OSError), nothing is said
     and nothing raised: the chunks' futures report the loss and are recorded."""

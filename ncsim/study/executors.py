@@ -227,7 +227,7 @@ def _dask(chunks: list[list[RunDesc]], done: Done, address: str | None,
     else:
         client = connect(address)
     try:
-        client.run(_init_worker)
+        client.register_plugin(_worker_setup(distributed), name=WORKER_PLUGIN)
         futures = client.map(run_chunk, chunks, pure=False)
         if address is not None:
             note_no_workers(client, address)
@@ -238,6 +238,21 @@ def _dask(chunks: list[list[RunDesc]], done: Done, address: str | None,
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+WORKER_PLUGIN = "ncsim-worker-setup"
+
+
+def _worker_setup(distributed: Any) -> Any:
+    """A Dask worker plugin that runs :func:`_init_worker` on every worker, those that join
+    the scheduler after the study started included (``client.run`` reaches only the workers
+    present when it is called, while the no-workers note invites starting them later)."""
+
+    class WorkerSetup(distributed.WorkerPlugin):
+        def setup(self, worker: Any) -> None:
+            _init_worker()
+
+    return WorkerSetup()
 
 
 def note_no_workers(client: Any, address: str, wait_s: float = NO_WORKERS_WAIT_S) -> bool:
