@@ -555,9 +555,12 @@ def test_compare_vanishing_surrogate_reports_no_onset(tiny_run, tmp_path, monkey
 
 
 def test_compare_refuses_non_positive_horizons(tiny_run, tmp_path):
-    """horizon <= 0 or wd_horizon < 0 is an InputError naming both, before any work."""
-    for horizon, wd_horizon in ((0.0, 5.0), (-1.0, 5.0), (2.0, -1.0)):
-        with pytest.raises(InputError, match=f"^horizon must be > 0 and wd_horizon >= 0, got "
+    """horizon <= 0 or infinite, or wd_horizon < 0 or infinite, is an InputError naming both,
+    before any work (an infinite horizon would ask the surrogate to run for ever)."""
+    for horizon, wd_horizon in ((0.0, 5.0), (-1.0, 5.0), (2.0, -1.0), (math.inf, 5.0),
+                                (2.0, math.inf)):
+        with pytest.raises(InputError, match=f"^horizon must be a finite number > 0 and "
+                                             f"wd_horizon a finite number >= 0, got "
                                              f"{horizon} and {wd_horizon}; they set"):
             compare_run(tmp_path, horizon=horizon, wd_horizon=wd_horizon)
 

@@ -142,9 +142,10 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     -------
     dict with ``table`` (one-row DataFrame), ``measured`` and ``simulated`` curves (column t).
     """
-    require(horizon > 0 and wd_horizon >= 0,
-            f"horizon must be > 0 and wd_horizon >= 0, got {horizon} and {wd_horizon}; they "
-            "set how far the surrogate is simulated")
+    require(math.isfinite(horizon) and horizon > 0 and math.isfinite(wd_horizon)
+            and wd_horizon >= 0,
+            f"horizon must be a finite number > 0 and wd_horizon a finite number >= 0, got "
+            f"{horizon} and {wd_horizon}; they set how far the surrogate is simulated")
     run_dir = Path(run_dir)
     start_ckpt = run_dir / "checkpoints" / "phase1_end.pt"
     final_ckpt = run_dir / "checkpoints" / "phase2_end.pt"
