@@ -29,10 +29,11 @@ def folder(tmp_path, monkeypatch):
 
 def test_a_derivation_runs_once_and_a_new_process_reads_it_back(folder):
     """The first call derives and writes the file; a fresh wrapper (as in a new process)
-    reads the same expressions without deriving; the process keeps its one value."""
+    reads the same expressions without deriving; the process keeps its one value (each call
+    a copy of it, with the same expression objects)."""
     first = derivation(toy)
     value = first()
-    assert CALLS == ["toy"] and first() is value
+    assert CALLS == ["toy"] and first() == value and first()["root"] is value["root"]
     path = cache_file(toy)
     assert path.parent == folder and path.is_file()
     assert path.name == f"{__name__}.toy-{cache.source_key()}.pickle"
@@ -124,3 +125,16 @@ def test_lower_rank_check_is_kept_on_disk_per_argument_tuple(monkeypatch, tmp_pa
     with pytest.raises(AssertionError, match="searched again"):
         lowrank.lower_rank_check(4, 3, 0.05, 2, restarts=5)  # another key
     lowrank.lower_rank_check.cache_clear()
+
+
+def test_a_caller_editing_a_derivation_changes_nothing_for_the_next():
+    """Each call of a cached derivation returns its own dict: deleting or replacing an entry
+    in one leaves the next call's (the same expressions) intact."""
+    from ncsim.theory.deep import derive_mse
+
+    first = derive_mse()
+    want = dict(first)
+    first["tau_glob"] = sp.Integer(7)
+    del first["Lambda_glob"]
+    again = derive_mse()
+    assert again == want and again is not first

@@ -107,11 +107,11 @@ def _write(path: Path, value: Any) -> None:
 
 def derivation(func: Derivation) -> Derivation:
     """Cache ``func`` (no arguments, returning a dict of sympy expressions) in this process and
-    on disk (:func:`cache_file`)."""
+    on disk (:func:`cache_file`). Each call returns its own copy of the dict (the expressions
+    are immutable), so a caller that edits it changes nothing for later callers."""
 
     @functools.cache
-    @functools.wraps(func)
-    def cached() -> dict[str, sp.Expr]:
+    def kept() -> dict[str, sp.Expr]:
         path = cache_file(func)
         value = _read(path) if path is not None else None
         if value is None:
@@ -120,7 +120,12 @@ def derivation(func: Derivation) -> Derivation:
                 _write(path, value)
         return value
 
+    @functools.wraps(func)
+    def cached() -> dict[str, sp.Expr]:
+        return dict(kept())
+
     cached.uncached = func  # the derivation itself, for tests and for checking a cache
+    cached.cache_clear = kept.cache_clear
     return cached
 
 
