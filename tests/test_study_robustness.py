@@ -284,11 +284,16 @@ def test_a_repeated_grid_value_is_refused(tmp_path, axes, why):
 
 
 def test_grid_points_that_are_the_same_run_are_refused(tmp_path):
-    """``lambda`` as an axis while ``lambda_w`` and ``lambda_h`` are fixed: every point is
-    the same run, refused instead of computed once."""
+    """``chunk`` (how runs are batched, not what they compute) as an axis: every point is the
+    same run, refused instead of computed once. ``lambda`` as an axis beside fixed
+    ``lambda_w`` and ``lambda_h`` is refused before that, as a lambda that would be
+    ignored."""
     with pytest.raises(InputError, match=r"key 'parts\.ufm\.grid': the grid points "
-                                         r"\{'lambda': 0\.01\} and \{'lambda': 0\.02\} are "
+                                         r"\{'chunk': 1\} and \{'chunk': 2\} are "
                                          r"the same run"):
+        _load_grid(tmp_path, "chunk = [1, 2]")
+    with pytest.raises(InputError, match=r"key 'parts\.ufm': sets lambda and lambda_h and "
+                                         r"lambda_w, so lambda would be overridden"):
         _load_grid(tmp_path, "lambda = [1e-2, 2e-2]", fixed="lambda_w = 1e-3\n"
                                                              "lambda_h = 1e-3\n")
 

@@ -198,17 +198,21 @@ def _decays(tmp_path: Path, text: str) -> list[tuple]:
     return out
 
 
-def test_lambda_beside_both_decays_at_one_level_is_refused(tmp_path):
-    """lambda sets lambda_w and lambda_h; given beside both at one level (the part's grid or
-    fixed values, or the [simulated] table) it would be ignored while the run table showed
-    it, so the study is refused, naming the place."""
+def test_lambda_beside_a_decay_at_one_level_is_refused(tmp_path):
+    """lambda sets lambda_w and lambda_h; given beside one or both at one level (the part's
+    grid or fixed values, or the [simulated] table) it would be overridden there while the
+    run table showed it, so the study is refused, naming the place and the keys."""
     grid = _tiny(**{"seed = [0, 1]": "seed = [0]\nlambda = [1e-3]\nlambda_w = [1e-3, 1e-2]\n"
                                      "lambda_h = [1e-3]"})
-    with pytest.raises(InputError, match=r"key 'parts\.ufm': sets lambda and both lambda_w and "
-                                         r"lambda_h, so lambda would be ignored"):
+    with pytest.raises(InputError, match=r"key 'parts\.ufm': sets lambda and lambda_h and "
+                                         r"lambda_w, so lambda would be overridden"):
         load_study(_write(tmp_path, grid))
+    one = _tiny(**{"seed = [0, 1]": "seed = [0]\nlambda = [1e-3]\nlambda_w = [1e-2]"})
+    with pytest.raises(InputError, match=r"key 'parts\.ufm': sets lambda and lambda_w, so "
+                                         r"lambda would be overridden by lambda_w"):
+        load_study(_write(tmp_path, one))
     table = _tiny(**{"lambda = 1e-2": "lambda = 1e-2\nlambda_w = 1e-3\nlambda_h = 1e-3"})
-    with pytest.raises(InputError, match=r"key 'simulated': sets lambda and both lambda_w"):
+    with pytest.raises(InputError, match=r"key 'simulated': sets lambda and lambda_h and lambda_w"):
         load_study(_write(tmp_path, table))
 
 

@@ -407,15 +407,17 @@ def _decays_inherited(source: str, model: Any, defaults: dict[str, Any], own: se
     ``lambda_h`` resolved by where they are set: the part's own ``lambda`` replaces inherited
     ``lambda_w`` and ``lambda_h``, and its own ``lambda_w`` and ``lambda_h`` together replace an
     inherited ``lambda`` (which would otherwise show in the run table without being used).
-    One level (the part, fixed or grid, or the [simulated] table) setting ``lambda`` and both
-    ``lambda_w`` and ``lambda_h`` is refused: ``lambda`` would be ignored."""
+    One level (the part, fixed or grid, or the [simulated] table) setting ``lambda`` beside
+    ``lambda_w`` or ``lambda_h`` is refused: ``lambda`` would be overridden there, in part or
+    whole, while the run table still showed it."""
     if model != "simulated":
         return dict(defaults)
     both = {"lambda_w", "lambda_h"}
     for keys, at in ((own, where), (set(defaults), "simulated")):
-        if "lambda" in keys and both <= keys:
-            _fail(source, at, "sets lambda and both lambda_w and lambda_h, so lambda would be "
-                  "ignored; give lambda (both decays) or lambda_w and lambda_h")
+        if "lambda" in keys and keys & both:
+            given = " and ".join(sorted(keys & both))
+            _fail(source, at, f"sets lambda and {given}, so lambda would be overridden by "
+                  f"{given}; give lambda (both decays) or lambda_w and lambda_h")
     drop = both if "lambda" in own else {"lambda"} if both <= own else set()
     return {k: v for k, v in defaults.items() if k not in drop}
 
