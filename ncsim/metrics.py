@@ -670,6 +670,11 @@ def nc4(features: Tensor, weights: Tensor, bias: Tensor | None, means: Tensor) -
         and means.shape[2] == p,
         f"means must have shape (R, K, p) = ({r}, K, {p}), got {_shape(means)}",
     )
+    if isinstance(weights, Tensor) and weights.ndim == 3:  # K from the classifier
+        require(means.shape[1] == weights.shape[1],
+                f"means hold {means.shape[1]} classes but the weights {weights.shape[1]}; "
+                f"give one class mean per row of the weights, shape ({r}, "
+                f"{weights.shape[1]}, {p})")
     _check_weights(weights, bias, r, means.shape[1], p, features.dtype)
     logits = matmul(features, weights.transpose(-1, -2))
     if bias is not None:
@@ -870,7 +875,8 @@ class StreamingNC:
         """Accumulated statistics as a :class:`ClassStats` with R = 1 (float64).
 
         ``within_factor`` is the symmetric square root of Sigma_W (negative rounding
-        eigenvalues set to 0).
+        eigenvalues set to 0; NaN where Sigma_W is not finite: NaN or inf features, or
+        squares past the float64 range).
         """
         _check_global_mean(global_mean)
         self._check_classes_present()
@@ -878,8 +884,11 @@ class StreamingNC:
         z = _mean_weights(self._counts, global_mean, torch.float64)
         mu_g = z @ self._means
         sigma_w = self._scatter / n
-        evals, evecs = torch.linalg.eigh(0.5 * (sigma_w + sigma_w.T))
-        factor = evals.clamp_min(0.0).sqrt().unsqueeze(-1) * evecs.T
+        if bool(torch.isfinite(sigma_w).all()):
+            evals, evecs = torch.linalg.eigh(0.5 * (sigma_w + sigma_w.T))
+            factor = evals.clamp_min(0.0).sqrt().unsqueeze(-1) * evecs.T
+        else:  # NaN / inf features, or squares past the float64 range: NaN, never an error
+            factor = torch.full_like(sigma_w, math.nan)
         return ClassStats(
             counts=self._counts.clone(),
             means=self._means.unsqueeze(0).clone(),
@@ -992,7 +1001,9 @@ def _check_features(features: Tensor, labels: Tensor, K: int) -> Tensor:
         isinstance(features, Tensor) and features.ndim == 3,
         f"features must be an (R, N, p) tensor, got shape {_shape(features)}",
     )
-    require(features.is_floating_point(), f"features must be floating, got {features.dtype}")
+    require(features.dtype in (torch.float32, torch.float64),
+            f"features must be float32 or float64, got {features.dtype}; cast them (e.g. "
+            f".float()): the metrics' sums and products need at least float32")
     require(features.shape[1] > 0, "features must hold at least one sample (N >= 1)")
     require(features.shape[2] > 0, "features must have at least one dimension (p >= 1)")
     labels = _check_labels_1d(labels, features.shape[1], K)

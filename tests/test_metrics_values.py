@@ -16,7 +16,8 @@ import math
 import pytest
 import torch
 
-from ncsim.metrics import StreamingNC, cdnv, class_statistics, nc1_trace
+from ncsim.errors import InputError
+from ncsim.metrics import StreamingNC, cdnv, class_statistics, nc1_trace, nc4, nc_metrics
 
 F64 = torch.float64
 
@@ -64,3 +65,44 @@ def test_streaming_resolution_uses_the_largest_entry_of_every_batch(a0):
     other.update(x[[1]], y[[1]])
     other.update(x[[0, 2]], y[[0, 2]])
     assert math.isinf(other.compute()["nc1_trace"])
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 1e200])
+def test_streaming_metrics_of_non_finite_features_are_nan_not_an_error(scale):
+    """NaN or inf features, or finite ones whose squares pass the float64 range (1e200): the
+    streaming metrics are NaN, as the batched ones are (torch's eigh failed to converge and
+    raised, which ended a diverging training without its log)."""
+    K, p = 3, 4
+    labels = torch.arange(K).repeat_interleave(2)
+    h = torch.randn(6, p, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * scale
+    stream = StreamingNC(K, p)
+    stream.update(h, labels)
+    values = stream.compute()
+    assert math.isnan(values["nc1_trace"]) and math.isnan(values["nc1"])
+    weights = torch.randn(1, K, p, dtype=torch.float64)
+    batched = nc_metrics(h[None], labels, K, weights)
+    assert math.isnan(float(batched["nc1_trace"][0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_features_are_refused_with_the_cast_to_make(dtype):
+    """float16 / bfloat16 features: refused naming the dtype and the cast (torch's cdist has
+    no half kernel on the CPU, and the metrics' sums need at least float32)."""
+    h = torch.randn(1, 6, 4).to(dtype)
+    labels = torch.arange(3).repeat_interleave(2)
+    weights = torch.randn(1, 3, 4).to(dtype)
+    for metric in (lambda: nc_metrics(h, labels, 3, weights), lambda: cdnv(h, labels, 3)):
+        with pytest.raises(InputError, match=r"features must be float32 or float64, got "
+                                             r"torch\.b?float16; cast them"):
+            metric()
+
+
+def test_nc4_with_means_of_another_class_count_blames_the_means():
+    """Class means for 2 classes beside a 3-class classifier: the message names the means
+    and the shape they need, not the (correct) weights."""
+    features = torch.randn(1, 6, 4, dtype=torch.float64)
+    weights = torch.randn(1, 3, 4, dtype=torch.float64)
+    means = torch.randn(1, 2, 4, dtype=torch.float64)
+    with pytest.raises(InputError, match=r"means hold 2 classes but the weights 3; give one "
+                                         r"class mean per row of the weights, shape \(1, 3, 4\)"):
+        nc4(features, weights, None, means)

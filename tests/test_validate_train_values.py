@@ -376,3 +376,18 @@ def test_resnet20_features_are_the_global_average_of_the_last_stage():
     maps = seen["maps"]
     assert maps.shape == (3, 64, 8, 8)
     torch.testing.assert_close(feats, maps.mean(dim=(2, 3)), rtol=1e-6, atol=1e-7)
+
+
+def test_a_diverging_training_logs_nan_records_instead_of_failing():
+    """SGD at lr 1e3 on a small Gaussian task: the weights blow up within three epochs. Every
+    epoch is still logged (loss, fn and nc1_trace NaN once they overflow) instead of the
+    training ending on torch's eigh error inside the NC record, which lost the whole log."""
+    data = load_dataset("gaussian", per_class=20, classes=4, dim=8, separation=4.0, seed=0)
+    step = {"optimizer": "sgd", "lr": 1e3, "weight_decay": 0.0, "momentum": 0.0,
+            "nesterov": False, "schedule": "constant", "batch_size": 80}
+    config = TrainConfig(arch="mlp", depth=3, width=16, nc_every=1, seed=1,
+                         phases=(Phase("ce", 3, **step), Phase("mse", 3, **step)))
+    log = train(config, data).log
+    assert list(log["time"]) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert math.isfinite(log["nc1_trace"].iloc[0])
+    assert log[["loss", "fn", "nc1_trace"]].iloc[-4:].isna().all().all()
