@@ -508,6 +508,8 @@ class OnsetSpec:
                 f"onset threshold must be a finite number > 0, got {self.threshold!r}")
         require(is_integer(self.stay) and self.stay >= 1,
                 f"onset 'stay' must be an integer >= 1, got {self.stay!r}")
+        require(isinstance(self.interpolate, (bool, np.bool_)),
+                f"onset 'interpolate' must be True or False, got {self.interpolate!r}")
 
 
 @functools.cache

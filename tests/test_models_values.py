@@ -121,3 +121,16 @@ def test_gram_gradient_norm_at_an_exact_optimum_is_not_a_rounded_number(k, lam):
     np.testing.assert_allclose(gram.layout.view(state, "Z")[0].numpy(),
                                (1.0 - k * lam) * np.eye(k), atol=1e-15)
     assert math.isnan(float(gram.grad_norm(state, pen)[0]))
+
+
+@pytest.mark.parametrize("H", [[["0.5"] * 6] * 4, [[True] * 6] * 4,
+                               np.array([[1, "0.5"] * 3] * 4, dtype=object)])
+def test_init_arrays_of_text_or_flags_are_refused(H):
+    """An init array of digits as text ("0.5") ran as 0.5, one of flags as 1.0: both are
+    refused, as other text is (a spec holds numbers)."""
+    from ncsim.errors import InputError
+    from ncsim.models.init import float_array
+
+    with pytest.raises(InputError, match=r"init array H must be an array of numbers"):
+        float_array("H", H)
+    assert float_array("H", [[0.5, None]]).tolist()[0][0] == 0.5

@@ -109,3 +109,19 @@ def test_value_at_a_record_time_is_that_record_exactly(seed):
     mid = float(np.sqrt(t[4] * t[5]))
     lo, hi = sorted((v[4], v[5]))
     assert lo < value_at(t, v, mid) < hi
+
+
+@pytest.mark.parametrize("value", ["no", "False", 0, None])
+def test_an_interpolate_flag_that_is_not_true_or_false_is_refused(value):
+    """OnsetSpec and OnsetRule take interpolate as True or False: the text "no" (truthy)
+    switched interpolation on, the opposite of what it says; 0 and None are refused too."""
+    from ncsim.errors import InputError
+    from ncsim.spec import OnsetSpec
+    from ncsim.validate.analysis import OnsetRule
+
+    with pytest.raises(InputError, match=r"onset 'interpolate' must be True or False"):
+        OnsetSpec(interpolate=value).validate()
+    with pytest.raises(InputError, match=r"interpolate must be True or False"):
+        OnsetRule(interpolate=value)
+    OnsetSpec(interpolate=np.bool_(False)).validate()
+    assert OnsetRule(interpolate=True).interpolate is True

@@ -15,6 +15,7 @@ import sympy as sp
 from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
 
+from ncsim.errors import InputError
 from ncsim.spec import InitSpec, ModelSpec, OnsetSpec, Regularization, RunSpec
 from ncsim.theory import cache, equilibrium
 from ncsim.theory.columns import theory_columns
@@ -486,3 +487,34 @@ def test_imbalanced_threshold_column_without_bias_is_set_by_the_largest_class():
     assert lc == pytest.approx(math.sqrt(5) / 20, rel=1e-14)
     assert imbalanced_mse(counts, 0.99 * lc, 4 * 0.99 * lc).collapsed
     assert not imbalanced_mse(counts, 1.01 * lc, 4 * 1.01 * lc).collapsed
+
+
+@pytest.mark.parametrize("call", [
+    lambda lb: equilibrium("mse", "free", 4, 5, 1e-3, 1e-3, lambda_b=lb),
+    lambda lb: equilibrium("ce", "none", 4, 5, 1e-3, 1e-3, lambda_b=lb),
+    lambda lb: predicted_onset("ce", "none", 4, 5, 20, 0.01, 0.01, 0.01, lambda_b=lb),
+])
+def test_a_bad_lambda_b_is_refused_whatever_the_bias(call):
+    """lambda_b is a decay: negative or NaN is refused even where the bias does not use it
+    (as RunSpec does), instead of being silently ignored."""
+    for bad in (-3.0, float("nan")):
+        with pytest.raises(InputError, match=r"lambda_b must be a finite number >= 0"):
+            call(bad)
+
+
+def test_logistic_mode_refuses_a_start_that_is_no_singular_value():
+    """z0 = sigma(WH) at t = 0: a negative, NaN or text value is refused by logistic,
+    logistic_integral and logistic_half_time alike (half_time raised a bare TypeError on
+    text and read True as 1)."""
+    from ncsim.theory import logistic, logistic_half_time, logistic_integral
+
+    for z0, words in ((-1e-3, "z0 must be a finite number >= 0"),
+                      (float("nan"), "z0 must be a finite number >= 0"),
+                      ("x", "z0 must be a number or an array of numbers"),
+                      (True, "z0 must be a number or an array of numbers")):
+        for call, args in ((logistic, (1.0, z0, 4, 5, 0.01)),
+                           (logistic_integral, (1.0, z0, 4, 5, 0.01)),
+                           (logistic_half_time, (z0, 4, 5, 0.01))):
+            with pytest.raises(InputError, match=words):
+                call(*args)
+    assert float(logistic(0.0, 1e-3, 4, 5, 0.01)) == pytest.approx(1e-3, rel=1e-15)

@@ -169,9 +169,13 @@ def _spectral(model: ModelSpec, init: InitSpec, centred: bool) -> dict[str, torc
 
 def float_array(name: str, value: Any) -> np.ndarray:
     """An init array as float64 numpy (None becomes NaN); :class:`InputError` when it is not
-    real and numeric (text, ragged nested lists, complex numbers)."""
+    real and numeric (text, digits as text included, flags, ragged nested lists, complex
+    numbers)."""
     try:
         raw = np.asarray(value)
+        if raw.dtype.kind in "USb" or (raw.dtype.kind == "O" and any(
+                isinstance(v, (str, bytes, bool, np.bool_)) for v in raw.flat)):
+            raise TypeError(raw.dtype)
         real = None if np.iscomplexobj(raw) else np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"init array {name} must be an array of numbers, got "

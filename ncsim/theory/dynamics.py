@@ -176,6 +176,7 @@ def _logistic_parts(t: Array, z0: Array, K: Array, n: Array, lam: Array
     K, n, lam = _checked(["K", "n", "lam"], [K, n, lam])
     t, z0, K, n, lam = broadcast_inputs(["t", "z0", "K", "n", "lam"], [t, z0, K, n, lam])
     xp = namespace(t)
+    check_decays(xp, z0, name="z0")  # a singular value: a finite number >= 0
     r = _fn("logistic_rate")(K, n, lam)
     return xp, t, z0, K * n, 2 * r * t
 
@@ -188,7 +189,8 @@ def logistic(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
     r <= 0), exact at the critical decay (r = 0: z0 / (1 + 2 z0 t / N)) and free of
     cancellation near it.
 
-    Raises :class:`InputError` for K, n, lam as :func:`growth_rate`."""
+    Raises :class:`InputError` for K, n, lam as :func:`growth_rate`, and for z0 not a finite
+    number >= 0."""
     xp, t, z0, N, x = _logistic_parts(t, z0, K, n, lam)
     with np.errstate(over="ignore"):
         return z0 * N / (N * xp.exp(-x) + 2 * z0 * t * _exprel(xp, -x))
@@ -201,8 +203,11 @@ def logistic_half_time(z0: Array, K: Array, n: Array, lam: Array) -> Array:
     mode never passes z_inf / 2: z0 >= z_inf (it falls towards z_inf from above) or
     lambda >= lambda_crit (r <= 0, z_inf <= 0: it falls to 0).
 
-    Raises :class:`InputError` for K, n, lam as :func:`growth_rate`."""
-    _checked(["K", "n", "lam"], [K, n, lam])
+    Raises :class:`InputError` for K, n, lam as :func:`growth_rate`, and for z0 not a finite
+    number >= 0."""
+    z0, K, n, lam = broadcast_inputs(["z0", "K", "n", "lam"], [z0, K, n, lam])
+    K, n, lam = _checked(["K", "n", "lam"], [K, n, lam])
+    check_decays(namespace(z0), z0, name="z0")
     r = _fn("logistic_rate")(K, n, lam)
     zi = _fn("logistic_limit")(K, n, lam)
     return _fn("half_time")(z0, zi, r)

@@ -279,6 +279,7 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     xp = namespace(K)
     check_classes(K, n)
     check_decays(xp, *lams)
+    check_decays(xp, lambda_b, name="lambda_b")  # a decay whatever the bias (used with "reg")
     lam_geo = geometric_mean(xp, lams)
     zero = xp.full_like(K, 0.0)
     N = K * n

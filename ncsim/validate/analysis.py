@@ -110,6 +110,9 @@ class OnsetRule:
         if not (is_integer(self.stay) and self.stay >= 1):
             raise InputError(f"stay must be an integer >= 1 (the number of consecutive records "
                              f"below the threshold), got {self.stay!r}")
+        if not isinstance(self.interpolate, (bool, np.bool_)):
+            raise InputError(f"interpolate must be True or False (interpolate the crossing, or "
+                             f"take the first record below), got {self.interpolate!r}")
         tol = self.vanish_tol
         if not (is_finite_number(tol) and 0 <= tol < 1):
             raise InputError(f"vanish_tol must be a number in [0, 1) (a run is vanishing when "
