@@ -149,6 +149,9 @@ def test_a_dask_task_that_fails_is_recorded_and_the_study_goes_on(tmp_path, monk
     monkeypatch.setattr(distributed, "LocalCluster",
                         lambda **kwargs: real(**{**kwargs, "processes": False}))
     monkeypatch.setattr(executors, "run_chunk", _raises_on_seed_1)
+    # in-process workers: their set-up (threads, heap, end with the parent) would act on the
+    # test process itself
+    monkeypatch.setattr(executors, "_init_worker", lambda: None)
     spec = write_tiny_study(tmp_path, seeds=3, chunk=1, records=12)
     out = tmp_path / "out"
     summary = run_study(load_study(spec), out, executor="dask", workers=1, progress=False)
