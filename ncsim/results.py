@@ -17,8 +17,10 @@ AXIS_COLUMNS = ("classes", "per_class", "dim", "depth", "width", "leaky_slope", 
 
 
 def varying_columns(runs: pd.DataFrame, candidates: tuple[str, ...] = AXIS_COLUMNS) -> list[str]:
-    """Spec columns whose values differ between runs (the grid axes)."""
-    return [c for c in candidates if c in runs and runs[c].astype(str).nunique() > 1]
+    """Spec columns whose values differ between runs (the grid axes); an axis unset (None)
+    for some runs and set for others varies too."""
+    return [c for c in candidates
+            if c in runs and runs[c].astype(str).nunique(dropna=False) > 1]
 
 
 def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec]) -> None:

@@ -73,9 +73,8 @@ class FinalStates(Mapping[str, dict[str, Any]]):
     def __getitem__(self, run: str) -> dict[str, Any]:
         if run not in self._built:
             k = self._batch_of[run]  # KeyError for an unknown run, as a dict
-            build = self._builders[k]
-            self._builders[k] = None  # what it held is not needed twice
-            self._built.update(zip(self._ids[k], build()))
+            self._built.update(zip(self._ids[k], self._builders[k]()))
+            self._builders[k] = None  # what it held is not needed twice (kept if build failed)
         return self._built[run]
 
     def __contains__(self, run: object) -> bool:
@@ -156,6 +155,8 @@ def run_id(spec: RunSpec) -> str:
             # a list of matrices (W) is hashed matrix by matrix: numpy cannot make one array
             # of matrices with equal row counts and different column counts
             value = spec.init.arrays[key]
+            if value is None:  # "b": None (a final state without bias) is no bias given
+                continue
             for arr in value if isinstance(value, (list, tuple)) else [value]:
                 digest.update(np.ascontiguousarray(float_array(key, arr)).tobytes())
         row["init_arrays"] = digest.hexdigest()
