@@ -360,7 +360,8 @@ class SolverSpec:
     gtol : steady state: a run stops when |grad f|_2 <= gtol. A start within gtol of a
         stationary point stops there too: an init at scale ~1e-10 near the origin's saddle
         stops at once as ``not_collapsed`` (``ncsim.flow.stopped_at_rest`` finds such runs in a
-        run table; ``ncsim simulate`` notes them); give gtol = 0 to follow every run to
+        run table; ``ncsim simulate`` notes them), while a start exactly at the origin, whose
+        fn is 0 throughout, is ``vanishing``; give gtol = 0 to follow every run to
         t_end, even one at an exact stationary point. At rest an explicit method's steps sit
         at its stability limit, so |grad f| settles on a noise floor of about rtol x (largest
         curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a gtol below that
