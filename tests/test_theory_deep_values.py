@@ -116,6 +116,16 @@ def test_kkt_certificate_is_the_same_for_the_transposed_problem():
     assert kkt_residual("mse", counts, lam, 0.0, np.diag([0.0, 0.0, 0.3]), zero, "none") < 1e-14
 
 
+def _rank_one_parts(theta: np.ndarray, K: int, M: int, weight: float) -> tuple[float, float]:
+    """(mean CE, penalty weight (|u||v|)^(2/M)) of the rank-1 class-mean logits u v^T,
+    theta = (u, v): column k holds the logits of class k's samples."""
+    u, v = theta[:K], theta[K:]
+    Z = np.outer(u, v)
+    top = Z.max(axis=0)
+    ce = np.mean(np.log(np.exp(Z - top).sum(axis=0)) + top - np.diag(Z))
+    return ce, weight * (np.linalg.norm(u) * np.linalg.norm(v)) ** (2 / M)
+
+
 @pytest.mark.parametrize(("n", "lam", "depth"), [(2, 0.02, 2), (5, 0.01, 3)])
 def test_lower_rank_objective_at_three_classes_matches_a_rank_one_minimisation(n, lam, depth):
     """K = 3: the only rank below K - 1 is 1, so the search's objective is the minimum over
@@ -132,11 +142,7 @@ def test_lower_rank_objective_at_three_classes_matches_a_rank_one_minimisation(n
     weight = M / 2 * lam * n ** (1 / M)
 
     def objective(theta):
-        u, v = theta[:K], theta[K:]
-        Z = np.outer(u, v)
-        top = Z.max(axis=0)
-        ce = np.mean(np.log(np.exp(Z - top).sum(axis=0)) + top - np.diag(Z))
-        return ce + weight * (np.linalg.norm(u) * np.linalg.norm(v)) ** (2 / M)
+        return sum(_rank_one_parts(theta, K, M, weight))
 
     rng = np.random.default_rng(3)
     direct = min([math.log(K)] + [
@@ -167,11 +173,7 @@ def test_lower_rank_state_below_the_top_rank_is_that_rank_s_own_state():
     weight = M / 2 * lam * n ** (1 / M)
 
     def parts(theta):
-        u, v = theta[:K], theta[K:]
-        Z = np.outer(u, v)
-        top = Z.max(axis=0)
-        ce = np.mean(np.log(np.exp(Z - top).sum(axis=0)) + top - np.diag(Z))
-        return ce, weight * (np.linalg.norm(u) * np.linalg.norm(v)) ** (2 / M)
+        return _rank_one_parts(theta, K, M, weight)
 
     rng = np.random.default_rng(3)
     best = min((minimize(lambda t: sum(parts(t)), rng.normal(0.0, 2.0, 2 * K), method="BFGS",
