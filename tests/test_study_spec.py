@@ -218,12 +218,13 @@ def test_lambda_beside_a_decay_at_one_level_is_refused(tmp_path):
 
 def test_a_part_decay_replaces_the_inherited_one_by_where_it_is_set(tmp_path):
     """[simulated] lambda = 1e-2 is inherited. A part's lambda_w and lambda_h replace it (and
-    the run no longer lists it); a part's lambda_h alone keeps lambda_w = 1e-2 from it; a
-    part's lambda replaces inherited lambda_w and lambda_h."""
+    the run no longer lists it); a part's lambda_h alone keeps lambda_w = 1e-2 from it,
+    written as lambda_w (the run lists no lambda it does not have); a part's lambda replaces
+    inherited lambda_w and lambda_h."""
     both = _tiny(**{"seed = [0, 1]": "seed = [0]\nlambda_w = [2e-3]\nlambda_h = [3e-3]"})
     assert _decays(tmp_path, both) == [(None, 2e-3, 3e-3)]
     one = _tiny(**{"seed = [0, 1]": "seed = [0]\nlambda_h = [3e-3]"})
-    assert _decays(tmp_path, one) == [(1e-2, 1e-2, 3e-3)]
+    assert _decays(tmp_path, one) == [(None, 1e-2, 3e-3)]
     table = _tiny(**{"lambda = 1e-2": "lambda_w = 1e-3\nlambda_h = 1e-3",
                      "seed = [0, 1]": "seed = [0]\nlambda = [5e-3]"})
     assert _decays(tmp_path, table) == [(5e-3, 5e-3, 5e-3)]
@@ -237,3 +238,30 @@ def test_a_study_name_that_is_not_a_folder_name_is_refused(tmp_path, name):
     with pytest.raises(InputError, match=r"key 'name': .* is not a folder name"):
         load_study(_write(tmp_path, GOOD.replace('name = "tiny"', f'name = "{name}"')))
     assert load_study(_write(tmp_path, GOOD.replace('name = "tiny"', 'name = "wd-2.b_1"')))
+
+
+def test_a_quick_override_of_one_decay_leaves_the_base_lambda_to_the_other(tmp_path):
+    """The full study sets lambda (table and part grid); its quick variant overrides
+    lambda_w alone (in [quick.simulated], and in a part's quick grid): the quick runs take
+    lambda_w from the override and lambda_h from the base lambda, listing no lambda (before:
+    lambda and lambda_w met in one table and the quick variant was refused). A quick lambda
+    replaces base lambda_w and lambda_h."""
+    table = _tiny(**{"seed = [0, 1]": "seed = [0]",
+                     "[quick]\n": "[quick]\n[quick.simulated]\nlambda_w = 3e-3\n"})
+    path = _write(tmp_path, table)
+    (desc,) = load_study(path, quick=True).runs()
+    from ncsim.study.spec import build
+
+    reg = build(desc).reg
+    assert (desc.params.get("lambda"), reg.lambda_w, reg.lambda_h) == (None, 3e-3, 1e-2)
+    grid = _tiny(**{"seed = [0, 1]": "seed = [0]\nlambda = [1e-3, 2e-3]",
+                    "[quick.parts.ufm.grid]\nseed = [0]": "[quick.parts.ufm.grid]\nseed = [0]\n"
+                                                          "lambda_w = [5e-3]"})
+    runs = load_study(_write(tmp_path, grid), quick=True).runs()
+    assert sorted((build(d).reg.lambda_w, build(d).reg.lambda_h) for d in runs) == [
+        (5e-3, 1e-3), (5e-3, 2e-3)]
+    assert all("lambda" not in d.params for d in runs)
+    both = _tiny(**{"lambda = 1e-2": "lambda_w = 1e-2\nlambda_h = 2e-2",
+                    "[quick]\n": "[quick]\n[quick.simulated]\nlambda = 4e-3\n"})
+    (desc,) = load_study(_write(tmp_path, both), quick=True).runs()
+    assert (build(desc).reg.lambda_w, build(desc).reg.lambda_h) == (4e-3, 4e-3)

@@ -329,6 +329,35 @@ def _check_quick_part(source: str, name: str, over: Any, part: dict[str, Any]) -
                   f"fixed value would be ignored; set it in [{where}.grid] as {key} = [...]")
 
 
+_DECAYS = ("lambda_w", "lambda_h")
+
+
+def _yield_decays(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a [simulated] table or a part, fixed keys and ``grid``) with its decays made
+    way for those a quick override sets: an override's ``lambda`` removes the base's
+    ``lambda_w`` and ``lambda_h``; an override's ``lambda_w`` (or ``lambda_h``) turns the base's
+    ``lambda`` into the other decay alone, so that the two never meet in one table."""
+    given = set(over) | set(over.get("grid", {}) if isinstance(over.get("grid"), dict) else ())
+    if not given & {"lambda", *_DECAYS}:
+        return base
+    out = dict(base)
+    grid = dict(out["grid"]) if isinstance(out.get("grid"), dict) else None
+    for place in (out, grid):
+        if place is None:
+            continue
+        if "lambda" in given:
+            for key in _DECAYS:
+                place.pop(key, None)
+        elif "lambda" in place:
+            value = place.pop("lambda")
+            for key in _DECAYS:
+                if key not in given and key not in place:
+                    place[key] = value
+    if grid is not None:
+        out["grid"] = grid
+    return out
+
+
 def _apply_quick(source: str, raw: dict[str, Any]) -> dict[str, Any]:
     quick = raw.get("quick", {})
     for key in quick:
@@ -341,7 +370,7 @@ def _apply_quick(source: str, raw: dict[str, Any]) -> dict[str, Any]:
         if key in quick:
             _check_type(source, f"quick.{key}", quick[key], dict, None)
             _check_params(source, f"quick.{key}", quick[key], key)
-            out[key] = _merge(out.get(key, {}), quick[key])
+            out[key] = _merge(_yield_decays(out.get(key, {}), quick[key]), quick[key])
     overrides = quick.get("parts", {})
     _check_type(source, "quick.parts", overrides, dict, None)
     names = [p.get("name") for p in out["parts"]]
@@ -355,8 +384,9 @@ def _apply_quick(source: str, raw: dict[str, Any]) -> dict[str, Any]:
         merged = part
         if part.get("name") in overrides:
             over = dict(overrides[part["name"]])
+            merged = _yield_decays(part, over)
             if "grid" in over:  # the quick grid replaces the axes it names
-                merged = _merge(part, {"grid": over.pop("grid")})
+                merged = _merge(merged, {"grid": over.pop("grid")})
             merged = _merge(merged, over)
         if not merged.get("skip", False):
             parts.append(merged)
@@ -404,9 +434,10 @@ def _check_own_keys(source: str, name: Any, part: dict[str, Any]) -> None:
 def _decays_inherited(source: str, model: Any, defaults: dict[str, Any], own: set[str],
                       where: str) -> dict[str, Any]:
     """The study-level defaults a part inherits, ``lambda`` (both decays) and ``lambda_w`` /
-    ``lambda_h`` resolved by where they are set: the part's own ``lambda`` replaces inherited
-    ``lambda_w`` and ``lambda_h``, and its own ``lambda_w`` and ``lambda_h`` together replace an
-    inherited ``lambda`` (which would otherwise show in the run table without being used).
+    ``lambda_h`` resolved by where they are set (:func:`_yield_decays`): the part's own
+    ``lambda`` replaces inherited ``lambda_w`` and ``lambda_h``; its own ``lambda_w`` (or
+    ``lambda_h``) leaves an inherited ``lambda`` to the other decay alone, written as that
+    decay (the run table would otherwise show a ``lambda`` the run does not have).
     One level (the part, fixed or grid, or the [simulated] table) setting ``lambda`` beside
     ``lambda_w`` or ``lambda_h`` is refused: ``lambda`` would be overridden there, in part or
     whole, while the run table still showed it."""
@@ -418,8 +449,7 @@ def _decays_inherited(source: str, model: Any, defaults: dict[str, Any], own: se
             given = " and ".join(sorted(keys & both))
             _fail(source, at, f"sets lambda and {given}, so lambda would be overridden by "
                   f"{given}; give lambda (both decays) or lambda_w and lambda_h")
-    drop = both if "lambda" in own else {"lambda"} if both <= own else set()
-    return {k: v for k, v in defaults.items() if k not in drop}
+    return _yield_decays(defaults, dict.fromkeys(own))
 
 
 def _check_part(source: str, index: int, part: Any, defaults: dict[str, dict]) -> dict[str, Any]:
