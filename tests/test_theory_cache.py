@@ -125,6 +125,11 @@ def test_lower_rank_check_is_kept_on_disk_per_argument_tuple(monkeypatch, tmp_pa
     with pytest.raises(AssertionError, match="searched again"):
         lowrank.lower_rank_check(4, 3, 0.05, 2, restarts=5)  # another key
     lowrank.lower_rank_check.cache_clear()
+    # another numpy or scipy: the search (scipy's L-BFGS) runs again instead of reading
+    monkeypatch.setattr(cache, "_numeric_versions", lambda: "numpy 0 scipy 0")
+    with pytest.raises(AssertionError, match="searched again"):
+        lowrank.lower_rank_check(4, 3, 0.05, 2)
+    lowrank.lower_rank_check.cache_clear()
 
 
 def test_a_caller_editing_a_derivation_changes_nothing_for_the_next():

@@ -134,10 +134,21 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
 
 
+@functools.cache
+def _numeric_versions() -> str:
+    """numpy's and scipy's versions: a numeric search (scipy's optimisers on numpy arrays)
+    found under other versions is searched again."""
+    import numpy
+    import scipy
+
+    return f"numpy {numpy.__version__} scipy {scipy.__version__}"
+
+
 def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Cache a numeric function of plain arguments (numbers, strings) in this process and on
-    disk, one file per argument tuple (``repr`` of the bound arguments, hashed) under the same
-    source key as the derivations; a file that does not hold a ``result_type`` is a miss.
+    disk, one file per argument tuple (``repr`` of the bound arguments and numpy's and scipy's
+    versions, hashed) under the same source key as the derivations; a file that does not hold
+    a ``result_type`` is a miss.
 
     For slow numeric searches that every process would otherwise repeat (e.g. the lower-rank
     check of deep CE heads, up to seconds per parameter point)."""
@@ -150,7 +161,8 @@ def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]
             folder = cache_dir()
             path = None
             if folder is not None:
-                digest = hashlib.sha256(repr(key).encode()).hexdigest()[:20]
+                digest = hashlib.sha256(repr((key, _numeric_versions())).encode()
+                                        ).hexdigest()[:20]
                 path = folder / (f"{func.__module__}.{func.__qualname__}-{source_key()}-"
                                  f"{digest}.pickle")
                 value = _load(path)
