@@ -18,7 +18,7 @@ from ncsim.params import distinct, grid, parse_ints, parse_values
 from ncsim.theory.critical import critical_table
 from ncsim.theory.derivations import derivations
 from ncsim.theory.dynamics import growth_rate, nc1_rates
-from ncsim.theory.equilibrium import BIASES, LOSSES, equilibrium
+from ncsim.theory.equilibrium import BIASES, LOSSES, equilibrium, minimiser_rank
 from ncsim.theory.phase import AXES, check_axes, phase_diagram, plot_phase
 from ncsim.theory.prediction import predicted_onset
 
@@ -139,11 +139,9 @@ def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, An
         row["nc1_rate_early"] = row["nc1_rate_late"] = math.nan
     row["onset_time"] = row["lead_time"] = row["fn_cross_time"] = math.nan
     row["onset_regime"] = None
-    # rank of the minimiser: the K - 1 centred label modes, plus the mean mode where it lives;
-    # below it a d-dimensional model cannot hold the closed form's state (as in the run table)
-    rank = (p["K"] - 1 + int(bool(eq.sigma_mean > 0))) if row["collapsed"] else 0
-    row["minimiser_rank"] = rank
-    row["applies_at_d"] = bool(p["d"] >= rank)
+    # below the minimiser's rank a d-dimensional model cannot hold it (as in the run table)
+    row["minimiser_rank"] = minimiser_rank(eq, p["K"])
+    row["applies_at_d"] = bool(p["d"] >= row["minimiser_rank"])
     if not row["applies_at_d"]:
         row["onset_regime"] = NOT_AT_D
         return row

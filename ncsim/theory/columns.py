@@ -12,7 +12,7 @@ import numpy as np
 from ncsim.spec import RunSpec, TimeScale, spectral_rank
 from ncsim.theory import dynamics
 from ncsim.theory.critical import Lambda_crit, basin_threshold, lambda_crit
-from ncsim.theory.equilibrium import equilibrium
+from ncsim.theory.equilibrium import equilibrium, minimiser_rank
 from ncsim.theory.prediction import METASTABLE, predicted_onset
 
 COLUMNS = ("fn_star_theory", "onset_time_theory", "collapsed_theory", "lambda_crit_theory",
@@ -119,10 +119,7 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
             return row
         eq = equilibrium(m.loss, m.bias, K, n, lw_arg, spec.reg.lambda_h, spec.reg.lambda_b,
                          m.depth)
-        # rank of the minimiser: the K - 1 centred label modes, plus the mean mode where it
-        # lives (MSE without bias, or with a regularised bias above lambda_b_crit)
-        rank = (K - 1 + int(bool(eq.sigma_mean > 0))) if eq.collapsed else 0
-        if rank > min(m.dim, m.hidden_width):
+        if minimiser_rank(eq, K) > min(m.dim, m.hidden_width):
             return _empty("not_applicable: d below the rank of the minimiser")
         row = _empty("ok")
         row["fn_star_theory"] = float(eq.fn_star)

@@ -84,6 +84,14 @@ class Equilibrium:
         return out
 
 
+def minimiser_rank(eq: Equilibrium, K: int) -> int:
+    """Rank of the minimiser of a scalar :class:`Equilibrium` of K classes: the K - 1 centred
+    label modes, plus the mean mode where it lives (``sigma_mean`` > 0: MSE without bias, or
+    with a regularised bias above its threshold); 0 at the origin. A model whose width d is
+    below it cannot hold that state."""
+    return (int(K) - 1 + int(bool(eq.sigma_mean > 0))) if bool(eq.collapsed) else 0
+
+
 def check_model(loss: str, bias: str, depth: int) -> None:
     """Raise :class:`InputError` for an unknown loss / bias or a bad depth."""
     require(loss in LOSSES, f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
