@@ -164,8 +164,10 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     model0, state0 = load_checkpoint(start_ckpt)
     config = state0["config"]
     _same_training(run_dir, start_ckpt, config)
+    model_final = None
     if final_ckpt.exists():
-        _same_training(run_dir, final_ckpt, load_checkpoint(final_ckpt)[1]["config"])
+        model_final, state_final = load_checkpoint(final_ckpt)
+        _same_training(run_dir, final_ckpt, state_final["config"])
     phase2 = config["phases"][1] if len(config["phases"]) > 1 else None
     require(phase2 is not None and phase2["loss"] == "mse",
             "compare needs a run whose second phase uses the MSE loss")
@@ -192,8 +194,8 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
             f"training set), got {per_class}")
     start = sg.network_state(model0, data, per_class, seed)
     final = start
-    if final_ckpt.exists():
-        final = sg.network_state(load_checkpoint(final_ckpt)[0], data, per_class, seed)
+    if model_final is not None:
+        final = sg.network_state(model_final, data, per_class, seed)
     lam_w = sg.lambda_w_ncsim(phase2["weight_decay"], K)
     factor = sg.time_factor(K)
     if lambda_h_rule == "balance":
