@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ncsim.cli_errors import OutPath, check_out_folder, handle_errors
+
+if TYPE_CHECKING:
+    from ncsim.study.spec import Study
 
 DEFAULT_STUDY = "weight_decay"
 DEFAULT_OUT = "ncsim-out"
@@ -43,16 +47,24 @@ def list_cmd() -> None:
               help=f"Results folder (default {DEFAULT_OUT}/ or {DEFAULT_OUT}/NAME[-quick]).")
 @click.option("--force", is_flag=True, help="Recompute every run (ignore finished ones).")
 @click.option("--retry-failed", is_flag=True, help="Recompute runs that failed before.")
+@click.option("--part", "parts", multiple=True, metavar="NAME",
+              help="Compute only this part of the study (repeatable); the others are left "
+              "for a later run on the same folder.")
+@click.option("--model", type=click.Choice(["simulated", "trained"]), default=None,
+              help="Compute only the parts of this kind (e.g. the simulated parts of a study "
+              "whose trained parts need a GPU).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @handle_errors
 def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
             workers: int | None, out: Path | None, force: bool, retry_failed: bool,
-            no_progress: bool) -> None:
+            parts: tuple[str, ...], model: str | None, no_progress: bool) -> None:
     """Run SPEC (a .toml file or a study name); without SPEC, the quick weight-decay study.
 
     Finished runs in --out are skipped, so an interrupted study resumes where it stopped;
     a simulated run whose stored simulator id differs from the one its parameters give now
-    (this version simulates it differently) is computed again.
+    (this version simulates it differently) is computed again. With --part or --model only
+    some parts are computed: the report's verdict stays "incomplete" until the rest is, and
+    gives the verdict of the finished parts alone beside it.
     """
     from ncsim.study.runner import run_study
     from ncsim.study.spec import load_study
@@ -63,10 +75,14 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
     loaded = load_study(spec, quick=quick)
     out = out or Path(DEFAULT_OUT) / (loaded.name + ("-quick" if quick else ""))
     check_out_folder(out)
+    selection = _selected_parts(loaded, parts, model)
     summary = run_study(loaded, out, executor=executor, address=address, force=force,
-                        retry_failed=retry_failed, progress=not no_progress, workers=workers)
-    click.echo(f"study {loaded.name} ({'quick' if quick else 'full'}): {summary.total} runs, "
-               f"{summary.computed} computed, {summary.skipped} already done, "
+                        retry_failed=retry_failed, progress=not no_progress, workers=workers,
+                        parts=selection)
+    chosen = ("" if selection is None else
+              f" (parts {', '.join(selection)}: {summary.selected} runs)")
+    click.echo(f"study {loaded.name} ({'quick' if quick else 'full'}): {summary.total} runs"
+               f"{chosen}, {summary.computed} computed, {summary.skipped} already done, "
                f"{summary.failed} failed, {summary.seconds:.1f} s")
     click.echo(f"table: {out / 'runs.parquet'}")
     click.echo(f"report: {out / 'report.md'}")
@@ -74,6 +90,31 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
         click.echo(f"note: {summary.failed} run(s) failed (their error is in the 'error' column "
                    "of the run table); --retry-failed recomputes them", err=True)
         raise SystemExit(1)
+
+
+def _selected_parts(study: Study, parts: tuple[str, ...], model: str | None) -> list[str] | None:
+    """The parts that --part and --model select, in the spec's order (both options: the named
+    parts, which must be of that kind); None when neither is given. Names the study does not
+    have are refused by :func:`ncsim.study.runner.select_parts`."""
+    from ncsim.study.runner import part_names
+
+    if not parts and model is None:
+        return None
+    names = part_names(study)
+    chosen = [p for p in names if p in parts] + [p for p in parts if p not in names]
+    if not parts:
+        chosen = names
+    if model is not None:
+        of_kind = part_names(study, model)
+        if not of_kind:
+            raise click.UsageError(f"study {study.name!r} has no {model} part; its parts: "
+                                   f"{', '.join(names)}")
+        wrong = [p for p in parts if p in names and p not in of_kind]
+        if wrong:
+            raise click.UsageError(f"part {', '.join(wrong)} of study {study.name!r} is not "
+                                   f"{model}; its {model} parts: {', '.join(of_kind)}")
+        chosen = [p for p in chosen if p in of_kind or p not in names]
+    return chosen
 
 
 @study.command("report")
@@ -91,5 +132,6 @@ def report_cmd(directory: Path) -> None:
     click.echo(f"report: {path.with_suffix('.html')}")
     for folder, finished, total in unfinished_studies(directory):
         click.echo(f"note: {folder}: {finished} of {total} runs finished, so the report gives "
-                   "no verdict; run 'ncsim study run' on that folder again to finish them",
+                   "no verdict (only that of whole finished parts, when the others have not "
+                   "started); run 'ncsim study run' on that folder again to finish them",
                    err=True)

@@ -39,6 +39,15 @@ class Progress:
     def complete(self) -> bool:
         return not self.missing
 
+    @property
+    def whole_parts(self) -> bool:
+        """An unfinished study whose finished runs are whole parts: some runs finished, and
+        every part that misses runs misses all of them (the study was run with a part
+        selection, ``study run --part/--model``), so the finished parts can be analysed on
+        their own."""
+        return self.finished > 0 and bool(self.missing) and all(
+            part != "?" and n == size for part, (n, size) in self.missing.items())
+
     def missing_text(self) -> str:
         """``seeds 12 of 20, wd 5 of 5`` (a part unknown to the study: ``17 runs``)."""
         return ", ".join(f"{n} runs" if part == "?" else f"{part} {n} of {size}"
@@ -65,7 +74,10 @@ def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame, Progress]:
 
     A study whose runs have not all finished (interrupted, or still running) gets the verdict
     ``incomplete`` naming what is missing: the analysis of a subset decides nothing. Its tables
-    and figures still show the finished runs."""
+    and figures still show the finished runs. When the finished runs are whole parts and the
+    others have not started (``Progress.whole_parts``: a ``--part``/``--model`` selection), the
+    analysis's verdict on those parts alone is given beside it, in the reason and in
+    ``numbers["finished_parts"]`` (parts, verdict, reason)."""
     store = Store(folder)
     study = _load_study(store)
     runs, traj = store.tables()
@@ -78,7 +90,12 @@ def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame, Progress]:
     else:
         section = _analyze(study, runs, traj, store, progress)
     if not progress.complete:
-        section.verdict, section.reason = INCOMPLETE, _incomplete_reason(progress)
+        alone = None
+        if progress.whole_parts and section.verdict != INCOMPLETE:
+            parts = [p["name"] for p in study.parts if p["name"] not in progress.missing]
+            alone = {"parts": parts, "verdict": section.verdict, "reason": section.reason}
+            section.numbers["finished_parts"] = alone
+        section.verdict, section.reason = INCOMPLETE, _incomplete_reason(progress, alone)
     return study, section, runs, progress
 
 
@@ -167,11 +184,17 @@ def _missing_by_part(study: Study, missing: list[str]) -> dict[str, tuple[int, i
             for part in order if counts.get(part)}
 
 
-def _incomplete_reason(progress: Progress) -> str:
-    return (f"{progress.finished} of {progress.total} runs finished (missing: "
-            f"{progress.missing_text()}): no verdict until every run has finished. Run "
-            "'ncsim study run' on this folder again to compute the rest (finished runs are "
-            "kept).")
+def _incomplete_reason(progress: Progress, alone: dict[str, Any] | None = None) -> str:
+    """Why the verdict is incomplete; ``alone``: the verdict of the finished parts by
+    themselves (parts, verdict, reason), quoted as such."""
+    text = (f"{progress.finished} of {progress.total} runs finished (missing: "
+            f"{progress.missing_text()}): no verdict until every run has finished.")
+    if alone is not None:
+        reason = alone["reason"].rstrip()
+        text += (f" The finished parts alone ({', '.join(alone['parts'])}) give "
+                 f"'{alone['verdict']}': {reason}{'' if reason.endswith('.') else '.'}")
+    return (text + " Run 'ncsim study run' on this folder again to compute the rest "
+            "(finished runs are kept).")
 
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from ncsim.errors import InputError
 from ncsim.study.executors import check_executor, check_scheduler, execute
 from ncsim.study.spec import RunDesc, Study, build, run_spec
 from ncsim.study.store import FAILED, Store
@@ -19,7 +21,8 @@ class RunSummary:
     """What a call of :func:`run_study` did.
 
     ``failed`` counts the study's failed runs in the folder after the call: those of this call
-    and those of earlier calls that were not retried.
+    and those of earlier calls that were not retried. ``selected`` is the number of runs of
+    the parts the call was asked to compute (``total`` without a part selection).
     """
 
     total: int
@@ -28,6 +31,7 @@ class RunSummary:
     failed: int
     seconds: float
     out: Path
+    selected: int | None = None
 
 
 def chunk_runs(descs: list[RunDesc], cheap_first: bool = True) -> list[list[RunDesc]]:
@@ -58,24 +62,52 @@ def chunk_runs(descs: list[RunDesc], cheap_first: bool = True) -> list[list[RunD
 
 def run_study(study: Study, out: str | Path, executor: str = "local", address: str | None = None,
               force: bool = False, retry_failed: bool = False, progress: bool = True,
-              workers: int | None = None, report: bool = True) -> RunSummary:
+              workers: int | None = None, report: bool = True,
+              parts: Collection[str] | None = None) -> RunSummary:
     """Compute every unfinished run of ``study`` into ``out`` and write tables and report.
 
     Finished runs (their part files) are not recomputed unless ``force``, or unless they are
     stale (:func:`stale_runs`: simulated runs whose stored simulator id differs from the
     one their parameters give now); failed runs are retried with ``retry_failed`` (or
-    ``force``).
+    ``force``). ``parts`` (names of the study's parts) computes only their runs; the folder
+    still holds the whole study, so a later call without ``parts`` computes the rest, and
+    until then the report's verdict is "incomplete" (with the verdict of the finished parts
+    alone, :func:`ncsim.study.report.analyze_dir`).
     """
     check_executor(executor, address, workers)
+    selected = select_parts(study, parts)
     store = Store(out)
     if not store.study_path.exists():  # a new folder: an unreachable scheduler leaves none
         check_scheduler(executor, address)
     start = time.perf_counter()
     with store.lock():
         computed, failed, total = _compute(study, store, out, executor, address, force,
-                                           retry_failed, progress, workers, report)
-    return RunSummary(total=total, skipped=total - computed, computed=computed, failed=failed,
-                      seconds=time.perf_counter() - start, out=Path(out))
+                                           retry_failed, progress, workers, report, selected)
+    chosen = total if selected is None else sum(d.part in selected for d in study.runs())
+    return RunSummary(total=total, skipped=chosen - computed, computed=computed, failed=failed,
+                      seconds=time.perf_counter() - start, out=Path(out), selected=chosen)
+
+
+def part_names(study: Study, model: str | None = None) -> list[str]:
+    """The names of the study's parts, in spec order; ``model`` ("simulated" or "trained")
+    keeps the parts of that kind."""
+    return [p["name"] for p in study.parts if model is None or p["model"] == model]
+
+
+def select_parts(study: Study, parts: Collection[str] | None) -> set[str] | None:
+    """``parts`` as a set of the study's part names (None: every part); :class:`InputError`
+    for an empty selection or a name the study does not have."""
+    if parts is None:
+        return None
+    if isinstance(parts, str):
+        parts = [parts]
+    known = part_names(study)
+    unknown = [p for p in parts if p not in known]
+    if unknown or not parts:
+        what = (f"study {study.name!r} has no part {', '.join(map(repr, unknown))}" if unknown
+                else "no part selected")
+        raise InputError(f"{what}; its parts: {', '.join(known)}")
+    return set(parts)
 
 
 def stale_runs(store: Store, descs: list[RunDesc]) -> set[str]:
@@ -109,21 +141,24 @@ def stale_runs(store: Store, descs: list[RunDesc]) -> set[str]:
 
 def _compute(study: Study, store: Store, out: str | Path, executor: str, address: str | None,
              force: bool, retry_failed: bool, progress: bool, workers: int | None,
-             report: bool) -> tuple[int, int, int]:
+             report: bool, selected: set[str] | None = None) -> tuple[int, int, int]:
     """The body of :func:`run_study` (under the folder's lock): (computed, failed, total),
-    ``failed`` counting every failed run of the study in the folder."""
+    ``failed`` counting every failed run of the study in the folder; ``selected``: the parts
+    to compute (None: all)."""
     from ncsim.io import provenance
 
     descs = study.runs()
     ids = [d.run_id for d in descs]
     store.bind({**study.to_dict(), "run_ids": ids, "provenance": provenance()}, force=force)
-    todo = set(store.pending(ids, force, retry_failed)) | stale_runs(store, descs)
-    pending = [d for d in descs if d.run_id in todo]
+    chosen = [d for d in descs if selected is None or d.part in selected]
+    todo = (set(store.pending([d.run_id for d in chosen], force, retry_failed))
+            | stale_runs(store, chosen))
+    pending = [d for d in chosen if d.run_id in todo]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(ids), initial=len(ids) - len(pending), unit="run",
+        bar = tqdm(total=len(chosen), initial=len(chosen) - len(pending), unit="run",
                    desc=study.name, file=sys.stderr, leave=False)
 
     def on_done(results) -> None:
