@@ -179,3 +179,19 @@ def test_cli_refuses_a_named_part_of_the_other_kind(tmp_path):
     line = error_line(invoke(["study", "run", str(spec), "--out", str(tmp_path / "y"),
                               "--part", "net", "--model", "simulated"]))
     assert "part net of study 'tiny' is not simulated; its simulated parts: ufm, more" in line
+
+
+def test_the_summary_table_names_the_finished_parts_verdict(tmp_path, no_figures):
+    """A report over two study folders, one run with a part selection, one whole: the summary
+    row of the first reads "incomplete (finished parts: V)" with V its quoted verdict, the
+    second its plain verdict."""
+    root = tmp_path / "all"
+    study = load_study(_spec(tmp_path))
+    run_study(study, root / "partial", progress=False, parts={"ufm"})
+    run_study(study, root / "whole", progress=False)
+    write_report(root)
+    quoted = _verdict(root / "partial")["numbers"]["finished_parts"]["verdict"]
+    whole = _verdict(root / "whole")["verdict"]
+    report = (root / "report.md").read_text()
+    assert f"| tiny | full | incomplete (finished parts: {quoted}) |" in report
+    assert f"| tiny | full | {whole} |" in report

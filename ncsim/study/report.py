@@ -373,13 +373,20 @@ def write_report(root: str | Path, nested: bool = True) -> Path:
     summary = ["# " + title, ""]
     if len(verdicts) > 1:
         summary += ["| study | variant | verdict |", "|---|---|---|"]
-        summary += [f"| {v['study']} | {'quick' if v['quick'] else 'full'} | {v['verdict']} |"
-                    for v in verdicts]
+        summary += [f"| {v['study']} | {'quick' if v['quick'] else 'full'} "
+                    f"| {_summary_verdict(v)} |" for v in verdicts]
         summary.append("")
     text = "\n".join(summary) + "\n" + "\n".join(sections)
     atomic_write(root / "report.md", lambda tmp: tmp.write_text(text))
     atomic_write(root / "report.html", lambda tmp: tmp.write_text(_html(text, title)))
     return root / "report.md"
+
+
+def _summary_verdict(verdict: dict[str, Any]) -> str:
+    """The verdict cell of the summary table: ``incomplete (finished parts: supports)`` when
+    the report quotes the verdict of whole finished parts."""
+    alone = verdict["numbers"].get("finished_parts")
+    return verdict["verdict"] + (f" (finished parts: {alone['verdict']})" if alone else "")
 
 
 def unfinished_studies(root: str | Path) -> list[tuple[Path, int, int]]:
