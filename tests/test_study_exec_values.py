@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_helpers import error_line, interrupt_chunk, invoke
-from tiny_study import write_tiny_study
+from tiny_study import NET_PART, write_tiny_study
 
 import ncsim.study.executors as executors
 from ncsim.errors import InputError
@@ -38,14 +38,6 @@ model = "simulated"
 intervene_time = 20.0
 [parts.grid]
 intervene_alpha = [0.5]
-"""
-
-NET_PART = """
-[[parts]]
-name = "net"
-model = "trained"
-dataset = "gaussian"
-epochs = [1, 1]
 """
 
 NUMBERS = ["status", "onset_time", "fn_at_onset", "final_fn", "final_nc1_trace", "steps",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import error_line, interrupt_chunk, invoke
-from tiny_study import write_tiny_study
+from tiny_study import NET_PART, write_tiny_study
 
 from ncsim.errors import InputError
 from ncsim.study.report import INCOMPLETE, Progress, write_report
@@ -24,14 +24,6 @@ name = "more"
 model = "simulated"
 [parts.grid]
 seed = [10, 11]
-"""
-
-NET_PART = """
-[[parts]]
-name = "net"
-model = "trained"
-dataset = "gaussian"
-epochs = [1, 1]
 """
 
 

@@ -47,6 +47,15 @@ dataset = "mnist"
 epochs = [1, 1]
 """
 
+# A trained part on a Gaussian mixture (one epoch per phase): a training that runs anywhere.
+NET_PART = """
+[[parts]]
+name = "net"
+model = "trained"
+dataset = "gaussian"
+epochs = [1, 1]
+"""
+
 
 def write_tiny_study(folder: Path, seeds: int = 2, chunk: int = 2, t_end: float = 300.0,
                      records: int = 40, rtol: float = 1e-5, extra: str = "") -> Path:
