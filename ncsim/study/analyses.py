@@ -648,7 +648,21 @@ def series_threshold(sub: pd.DataFrame, x: str) -> float:
     return math.nan
 
 
+def _basin_from(series: pd.DataFrame, x: str) -> float:
+    """The smallest ``x`` of a series whose runs the theory puts at or inside the origin's
+    basin (``theory_phase`` basin_edge or trapped: a deep head whose init is too small to
+    escape), NaN when none is or the phase is unknown. Collapse ends there, below
+    lambda_crit (the threshold of the collapsed state's existence)."""
+    if "theory_phase" not in series:
+        return math.nan
+    basin = series.loc[series["theory_phase"].isin(["basin_edge", "trapped"]), x]
+    return float(basin.astype(float).min()) if len(basin) else math.nan
+
+
 def _lambda_series(sub: pd.DataFrame, x: str, keys: list[str]) -> list[dict[str, Any]]:
+    """One entry per setting of ``keys``: the regimes along ``x``, the last collapsed and
+    first prevented value, the theory's lambda_crit, whether it lies in that bracket, and
+    where the theory puts the init in the origin's basin (:func:`_basin_from`)."""
     out = []
     groups = sub.groupby(keys, sort=True) if keys else [((), sub)]
     for key, s in groups:
@@ -665,7 +679,8 @@ def _lambda_series(sub: pd.DataFrame, x: str, keys: list[str]) -> list[dict[str,
                  "onsets": [float(v) for v in agg["onset"]],
                  "three_regimes": _in_order(labels), "last_collapsed": last,
                  "first_prevented": float(above.min()) if above.size else math.nan,
-                 "lambda_crit_theory": series_threshold(s, x)}
+                 "lambda_crit_theory": series_threshold(s, x),
+                 "basin_from_theory": _basin_from(s, x)}
         lc, lo, hi = entry["lambda_crit_theory"], last, entry["first_prevented"]
         if math.isfinite(lc) and math.isfinite(lo) and math.isfinite(hi):
             entry["theory_in_bracket"] = bool(lo < lc <= hi)
@@ -769,7 +784,7 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             # runs the theory classifies (basin_edge: the seed decides, no prediction)
             known = (~sub["theory_phase"].isin(["n/a", "basin_edge"])).to_numpy()
             agreement.append((part, float(match[known].mean()) if known.any() else math.nan,
-                              int(known.sum())))
+                              int(known.sum()), int((sub["theory_phase"] == "basin_edge").sum())))
         if {"lambda_w", "lambda_h"} <= set(axes):
             fig = _grid_heatmap(sub, "lambda_w", "lambda_h", "onset_collapsed",
                                 f"{part}: onset time (blank: no collapse)",
@@ -820,15 +835,18 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                            "last_collapsed": s["last_collapsed"],
                            "first_prevented": s["first_prevented"],
                            "lambda_crit_theory": s["lambda_crit_theory"],
-                           "theory_in_bracket": s["theory_in_bracket"]} for s in all_series])
+                           "theory_in_bracket": s["theory_in_bracket"],
+                           "basin_from_theory": s["basin_from_theory"]} for s in all_series])
     tables.insert(0, ("regimes along each lambda series (slow: onset > "
                       f"{OPTIMAL_FACTOR:g}x the fastest; prevents: no collapse)", table))
-    numbers = {"agreement_with_theory_phase": {p: a for p, a, _ in agreement},
+    numbers = {"agreement_with_theory_phase": {p: a for p, a, _, _ in agreement},
                "series": all_series}
     good = [s for s in all_series if s["three_regimes"]]
-    agree = "; ".join(f"{p}: measured collapse/no-collapse matches the theory's phase in "
-                      f"{100 * a:.0f}% of {n} runs" if n else
-                      f"{p}: the theory classifies none of its runs" for p, a, n in agreement)
+    agree = "; ".join((f"{p}: measured collapse/no-collapse matches the theory's phase in "
+                       f"{100 * a:.0f}% of {n} runs" if n else
+                       f"{p}: the theory classifies none of its runs")
+                      + (f" ({edge} more at the basin edge, where the seed decides)" if edge
+                         else "") for p, a, n, edge in agreement)
     brackets = [s for s in all_series if s["theory_in_bracket"] is not None
                 and math.isfinite(s["first_prevented"])]
     open_ended = [s for s in all_series if s["theory_in_bracket"] is not None
@@ -849,7 +867,7 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
               f"prevented lambda in {in_bracket} of {len(brackets)} series with a prevented "
               f"lambda, above the last collapsed lambda in {above} of {len(open_ended)} series "
               f"without one")
-    reason = ". ".join(part for part in (reason, agree, detail) if part)
+    reason = ". ".join(part for part in (reason, _basin_text(brackets), agree, detail) if part)
     if good:
         return Section("supports", reason, numbers, tables, figs)
     if all_series and all("prevents" not in s["regimes"] for s in all_series):
@@ -857,6 +875,25 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                        numbers, tables, figs)
     return Section("contradicts" if len(all_series) >= 2 else "inconclusive", reason, numbers,
                    tables, figs)
+
+
+def _basin_text(brackets: list[dict[str, Any]]) -> str:
+    """For the series whose bracket misses lambda_crit because the runs stop collapsing where
+    the theory puts the init at the origin's basin (at or below the first prevented value),
+    where that starts; "" when there is none."""
+    missed = [s for s in brackets if s["theory_in_bracket"] is False]
+    basin = [s for s in missed if math.isfinite(s["basin_from_theory"])
+             and s["basin_from_theory"] <= s["first_prevented"]]
+    if not basin:
+        return ""
+    where = ", ".join(f"{series_label(s['part'], s['setting'])} from {fmt(s['basin_from_theory'])}"
+                      for s in basin)
+    which = ("the series" if len(basin) == len(missed) == 1 else
+             f"all {len(missed)} series" if len(basin) == len(missed) else
+             f"{len(basin)} of the {len(missed)} series")
+    return (f"In {which} where it does not, the theory puts the init at the origin's "
+            f"basin edge or inside it (trapped) below lambda_crit, and collapse ends there: "
+            f"{where}")
 
 
 # ----------------------------------------------------------------------------- 7 width
