@@ -54,7 +54,7 @@ from torch import nn
 from ncsim.errors import InputError, first_line, is_finite_number, is_integer, require
 from ncsim.spec import require_device
 from ncsim.validate.data import CORRUPT_PICKLE_ERRORS, Dataset
-from ncsim.validate.networks import ACTIVATIONS, ARCHS, build_network
+from ncsim.validate.networks import ACTIVATIONS, ARCHS, HOMOGENEOUS, build_network
 
 LOSSES = ("ce", "mse")
 # Default samples per forward pass of an NC record. On the CPU, batches above ~256 run
@@ -143,6 +143,8 @@ class TrainConfig:
     eval_test : also pass the test set at every record (``test_accuracy``; NaN when False).
     intervention_epoch, intervention_alpha : after that many epochs the last hidden layer is
         rescaled by alpha (features x alpha); the record at that epoch is taken after it.
+        Only with a positively homogeneous activation (``HOMOGENEOUS``: linear, relu,
+        leaky_relu), for which scaling the layer's weight and bias scales its output.
     seed : seeds the initialisation and the batch order. device : "cpu", "cuda", ...
     amp : mixed precision in the training steps (bfloat16 on CPU, float16 on CUDA).
     checkpoint_dir, checkpoint_every : save model + optimiser state every k epochs and at
@@ -210,6 +212,12 @@ class TrainConfig:
             require(is_finite_number(self.intervention_alpha) and self.intervention_alpha > 0,
                     f"intervention alpha must be a finite number > 0, got "
                     f"{self.intervention_alpha!r}")
+            require(self.activation in HOMOGENEOUS,
+                    f"the intervention multiplies the last hidden layer's weight and bias by "
+                    f"alpha, which multiplies the features by alpha only for a positively "
+                    f"homogeneous activation ({', '.join(HOMOGENEOUS)}); with activation "
+                    f"{self.activation!r} the features would change by another factor. Train "
+                    f"with one of those activations, or without the intervention")
         else:
             require(self.intervention_alpha == 1.0,
                     "the intervention alpha rescales the last hidden layer at the intervention "
