@@ -131,6 +131,14 @@ def onset_time(
     return _onset(times, values, threshold, stay, interpolate)[0]
 
 
+def onset_record(times: np.ndarray, values: np.ndarray, threshold: float = 0.01,
+                 stay: int = 1) -> int | None:
+    """Index in ``times`` of the record whose metric crossed (the onset record of
+    :func:`onset_time`; None without an onset). Of two records at one time it tells which
+    one crossed."""
+    return _onset(times, values, threshold, stay, interpolate=False)[1]
+
+
 def _float_series(name: str, series: object) -> np.ndarray:
     """``series`` as a float64 array; :class:`InputError` if it holds anything but numbers."""
     try:

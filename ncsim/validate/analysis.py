@@ -62,7 +62,7 @@ import pandas as pd
 from scipy import stats
 
 from ncsim.errors import InputError, is_finite_number, is_integer
-from ncsim.onset import crossing_time, is_vanishing, onset_and_fn
+from ncsim.onset import crossing_time, is_vanishing, onset_and_fn, onset_record
 from ncsim.spec import SolverSpec
 from ncsim.validate.logs import blank_run_ids
 
@@ -151,13 +151,6 @@ def _search_part(part: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
     return part[in_phase] if in_phase.any() else part
 
 
-def _no_fn_at(times: np.ndarray, fn: np.ndarray, when: float) -> bool:
-    """Whether an onset at record time ``when`` has no finite fn on its record(s)."""
-    if not math.isfinite(when):
-        return False
-    return not np.isfinite(fn[times == when]).any()
-
-
 def run_status(onset: float, vanishing: bool) -> str:
     """``vanishing`` (whatever the metric does), else ``collapsed`` or ``not_collapsed``."""
     if vanishing:
@@ -184,8 +177,10 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
     metric = search[rule.metric].to_numpy(np.float64)
     fn = search["fn"].to_numpy(np.float64)
     when, fn_star = onset_and_fn(t, metric, fn, rule.threshold, rule.stay, rule.interpolate)
-    if not rule.interpolate and _no_fn_at(t, fn, when):
-        fn_star = math.nan  # fn* is fn at the onset record; a neighbour's would be another epoch's
+    if not rule.interpolate and math.isfinite(when):
+        # fn* is the onset record's own fn: NaN when it has none (never a neighbour's, nor
+        # that of another record at the same epoch, e.g. the other side of an intervention)
+        fn_star = float(fn[onset_record(t, metric, rule.threshold, rule.stay)])
     all_metric = part[rule.metric].to_numpy(np.float64)
     finite = all_metric[np.isfinite(all_metric)]
     searched = metric[np.isfinite(metric)]
