@@ -312,3 +312,19 @@ def test_onset_record_is_the_record_that_crossed():
     assert onset_record([1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 0.005, 0.5, 0.005, 0.001], 0.01,
                         stay=2) == 3
     assert onset_record([1.0, 2.0], [0.5, 0.2], 0.01) is None
+
+
+def test_a_seed_column_with_a_blank_cell_gives_the_file_names_seed():
+    """A paper log whose seed column has a blank cell is parsed as floats (0.0); the run's
+    seed label is the integer 0, the same seed as a file named ..._s0, so the
+    leave-one-seed-out fit counts it once. A seed 2.5 (not whole) stays as it is."""
+    from ncsim.validate.logs import from_paper
+
+    frame = pd.DataFrame({"epoch": [1.0, 2.0], "nc1": [0.5, 0.1], "feat_norm": [1.0, 2.0],
+                          "seed": [0.0, np.nan]})
+    out = from_paper(frame, "width128_s0")
+    assert out["seed"].tolist() == [0, 0]
+    assert type(out["seed"].iloc[0]) in (int, np.int64)
+    assert str(out["seed"].iloc[0]) == "0"
+    odd = from_paper(frame.assign(seed=[2.5, np.nan]), "width128_s0")
+    assert odd["seed"].tolist() == [2.5, 2.5]

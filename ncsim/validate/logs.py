@@ -33,6 +33,7 @@ import io
 import lzma
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -333,7 +334,7 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
                     f"log {run_id} has {len(values)} values in its {key} column "
                     f"({', '.join(map(str, values[:3]))}{', ...' if len(values) > 3 else ''}); "
                     "a paper log is one run: split it into one file per run")
-            labels[key] = values[0] if len(values) else labels[key]
+            labels[key] = _plain_label(values[0]) if len(values) else labels[key]
             out = out.drop(columns=key)
     out.insert(0, "run_id", run_id)
     out.insert(2, "time_unit", "epoch")
@@ -343,6 +344,15 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     for key, value in labels.items():
         out[key] = value
     return out.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def _plain_label(value: Any) -> Any:
+    """A label read from a log column as the file name would give it: a whole number read as
+    a float (a seed column with a blank cell is parsed as floats) becomes an int, so seed
+    0.0 and the file name's seed 0 are one seed."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def blank_run_ids(ids: pd.Series) -> np.ndarray:
