@@ -187,3 +187,19 @@ def test_the_summary_table_names_the_finished_parts_verdict(tmp_path, no_figures
     report = (root / "report.md").read_text()
     assert f"| tiny | full | incomplete (finished parts: {quoted}) |" in report
     assert f"| tiny | full | {whole} |" in report
+
+
+def test_force_with_a_part_selection_recomputes_that_part_only(tmp_path, no_figures):
+    """force recomputes the selected part's runs (their files rewritten) and leaves the other
+    part's run files as they were."""
+    study = load_study(_spec(tmp_path))
+    out = tmp_path / "out"
+    run_study(study, out, progress=False, report=False)
+    store = Store(out)
+    part_of = {d.run_id: d.part for d in study.runs()}
+    stamps = {rid: store.run_file(rid).stat().st_mtime_ns for rid in part_of}
+    forced = run_study(study, out, progress=False, report=False, force=True, parts={"more"})
+    assert (forced.computed, forced.skipped) == (2, 0)
+    for rid, part in part_of.items():
+        changed = store.run_file(rid).stat().st_mtime_ns != stamps[rid]
+        assert changed is (part == "more"), (rid, part)
