@@ -426,3 +426,38 @@ def test_a_log_range_of_zero_points_is_refused():
     values = parse_values("1e-4..1e-1:12")
     assert len(values) == 12 and (values[0], values[-1]) == (1e-4, 1e-1)
     assert np.diff(np.log10(values)) == pytest.approx([3 / 11] * 11, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- grid, unbalanced
+def test_grid_interaction_with_unequal_seeds_per_cell_is_the_contrast_over_its_variance(
+        tmp_path, no_figures):
+    """Cells a1 x d1, a1 x d2, a2 x d1 with 2 seeds (log fn* = -0.02, 0.02) and a2 x d2 with 6
+    (log fn* = 0.063 + (-0.03, -0.01, 0, 0.01, 0.02, 0.01)). In a 2 x 2 design the exact
+    interaction sum of squares is c^2 / sum(1 / n_ij), c = m22 - m21 - m12 + m11 the contrast
+    of the cell means (here m22 = 0.063, the others 0): 0.063^2 / (3/2 + 1/6). The within-cell
+    sum is 3 x 2 x 0.02^2 plus the six values' squared deviations from their mean 0 (offsets
+    summing to 0): 0.0024 + 0.0016 = 0.004 on 12 - 4 = 8 degrees of freedom. F = 4.7628,
+    p = 0.061 (inconclusive); a mean cell size (3) would give F = 5.95, p = 0.041."""
+    from scipy import stats
+
+    from ncsim.study.analyses import grid
+
+    offsets = {("a1", "d1"): (-0.02, 0.02), ("a1", "d2"): (-0.02, 0.02),
+               ("a2", "d1"): (-0.02, 0.02), ("a2", "d2"): (-0.03, -0.01, 0.0, 0.01, 0.02, 0.01)}
+    rows = [{"arch": a, "dataset": d, "seed": k, "onset_time": 10.0,
+             "fn_at_onset": math.exp((0.063 if (a, d) == ("a2", "d2") else 0.0) + e)}
+            for (a, d), es in offsets.items() for k, e in enumerate(es)]
+    frame = pd.DataFrame(rows)
+    runs = frame.assign(status="ok", part="cells", run_id=[f"c-{i}" for i in range(len(rows))])
+    study = Study(name="s", title="S", question="q?", claim="c.", analysis="grid", metrics=[],
+                  parts=[{"name": "cells", "model": "trained", "fixed": {},
+                          "grid": {"arch": [0], "dataset": [0], "seed": [0]}}], source="test")
+    sec = grid(study, runs, pd.DataFrame({"run_id": [], "time": [], "fn": [], "nc1_trace": []}),
+               tmp_path)
+    ss_inter = 0.063 ** 2 / (3 / 2 + 1 / 6)
+    offsets_22 = np.array(offsets[("a2", "d2")])
+    within = 3 * 2 * 0.02 ** 2 + float(((offsets_22 - offsets_22.mean()) ** 2).sum())
+    f_stat = ss_inter / (within / 8)
+    assert sec.numbers["interaction_F"] == pytest.approx(f_stat, rel=1e-9)
+    assert sec.numbers["interaction_p"] == pytest.approx(stats.f.sf(f_stat, 1, 8), rel=1e-9)
+    assert sec.verdict == "inconclusive"

@@ -991,6 +991,23 @@ def _cell_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _additive_misfit(ok: pd.DataFrame) -> float:
+    """Interaction sum of squares of log fn* (one row per run): |y_cells - y_additive|^2, the
+    squared distance between the cell-means fit and the least-squares additive fit
+    (intercept + architecture + dataset), which is the additive model's residual sum of
+    squares minus the cell-means model's, computed without that subtraction. With equal seeds
+    per cell it is n x the sum of the squared interaction contrasts of the cell means; with
+    unequal cells it is the exact F test's numerator (a mean cell size would overstate it)."""
+    labels = ok[["arch_label", "dataset_label"]].astype(str)
+    y = pd.Series(np.log(ok["fn_at_onset"].to_numpy(float)), index=ok.index)
+    cells = y.groupby([labels["arch_label"], labels["dataset_label"]]).transform("mean")
+    design = pd.get_dummies(labels, drop_first=True, dtype=float)
+    design.insert(0, "intercept", 1.0)
+    x = design.to_numpy(float)
+    coef, *_ = np.linalg.lstsq(x, y.to_numpy(float), rcond=None)
+    return float(((cells.to_numpy(float) - x @ coef) ** 2).sum())
+
+
 def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
     """fn* per (architecture, dataset) cell and the non-additivity (interaction) test."""
     import matplotlib.pyplot as plt
@@ -1039,8 +1056,7 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
     if within <= 1e-20 * df_within:  # within-cell sd of log fn* below 1e-10: no noise
         return Section("inconclusive", text + "; the replicate seeds have identical fn*, no "
                        "within-cell noise for the interaction test", numbers, tables, figs)
-    n_cell = np.mean([len(g) for g in groups])
-    ss_inter = n_cell * float((inter ** 2).sum())
+    ss_inter = _additive_misfit(ok)
     df_inter = (full.shape[0] - 1) * (full.shape[1] - 1)
     f_stat = (ss_inter / df_inter) / (within / df_within)
     p = float(stats.f.sf(f_stat, df_inter, df_within))  # finite: the within-cell noise is > 0
