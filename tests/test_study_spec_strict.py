@@ -461,3 +461,34 @@ def test_grid_interaction_with_unequal_seeds_per_cell_is_the_contrast_over_its_v
     assert sec.numbers["interaction_F"] == pytest.approx(f_stat, rel=1e-9)
     assert sec.numbers["interaction_p"] == pytest.approx(stats.f.sf(f_stat, 1, 8), rel=1e-9)
     assert sec.verdict == "inconclusive"
+
+
+# ----------------------------------------------------------------------------- undecided runs
+def test_weight_decay_leaves_out_runs_that_stopped_before_deciding(tmp_path, no_figures):
+    """lambda 1e-3 and 1e-2 collapse (onsets 500, 100), 3e-2 stops at max_steps without an
+    onset, 0.1 vanishes. The max_steps runs decide nothing: the series is 1e-3, 1e-2, 0.1
+    (slow, optimal, prevents), the first prevented lambda is 0.1, lambda_crit 0.05 lies in
+    the bracket (0.01, 0.1], and a note counts the two left-out runs."""
+    from ncsim.study.analyses import weight_decay
+
+    rows = []
+    for lam, status, onset in ((1e-3, "ok", 500.0), (1e-2, "ok", 100.0),
+                               (3e-2, "max_steps", np.nan), (1e-1, "vanishing", np.nan)):
+        rows += [{"run_id": f"{lam}-{seed}", "part": "wd", "lambda": lam, "lambda_w": lam,
+                  "lambda_h": lam, "seed": seed, "status": status, "onset_time": onset,
+                  "fn_at_onset": 1.0 if onset == onset else np.nan,
+                  "lambda_crit_theory": 0.05} for seed in (0, 1)]
+    study = Study(name="s", title="S", question="q?", claim="c.", analysis="weight_decay",
+                  metrics=[], parts=[{"name": "wd", "model": "simulated", "fixed": {},
+                                      "grid": {"lambda": [0], "seed": [0]}}], source="test")
+    traj = pd.DataFrame({"run_id": pd.Series([], dtype=str), "time": [], "fn": [],
+                         "nc1_trace": []})
+    sec = weight_decay(study, pd.DataFrame(rows), traj, tmp_path)
+    (series,) = sec.numbers["series"]
+    assert series["lambdas"] == [1e-3, 1e-2, 1e-1]
+    assert series["regimes"] == ["slow", "optimal", "prevents"]
+    assert series["first_prevented"] == 0.1 and series["theory_in_bracket"] is True
+    assert sec.verdict == "supports"
+    assert sec.numbers["undecided_runs"] == {"wd": 2}
+    assert sec.notes == ["wd: 2 run(s) stopped before deciding (2 max_steps); they count "
+                         "neither as collapsed nor as prevented and are left out."]

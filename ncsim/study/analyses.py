@@ -765,12 +765,21 @@ def _theory_phase(row: pd.Series) -> str:
 
 def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                  figdir: Path) -> Section:
-    """Three regimes (slow / optimal / prevents) and the theory's lambda_crit."""
-    tables, figs, all_series, agreement = [], [], [], []
+    """Three regimes (slow / optimal / prevents) and the theory's lambda_crit.
+
+    Only decided runs count: collapsed ones and those that ended without collapse
+    (``NO_COLLAPSE``). A run that stopped before deciding (max_steps, diverged, stalled,
+    without an onset) is neither, so it is left out of the series, the figures and the
+    agreement with the theory, and a note counts it."""
+    tables, figs, all_series, agreement, undecided = [], [], [], [], {}
     for part in _parts(runs):
         # runs already collapsed when they came into view are neither collapsed nor
         # prevented: they stay out of the series, the figures and the agreement
         sub = observed(runs[runs["part"] == part]).copy()
+        decided = sub.index.isin(collapsed(sub).index) | sub["status"].isin(NO_COLLAPSE)
+        if (~decided).any():
+            undecided[part] = sub.loc[~decided, "status"].value_counts().to_dict()
+        sub = sub[decided]
         if sub.empty:
             continue
         axes = part_axes(study, part)
@@ -868,13 +877,19 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
               f"lambda, above the last collapsed lambda in {above} of {len(open_ended)} series "
               f"without one")
     reason = ". ".join(part for part in (reason, _basin_text(brackets), agree, detail) if part)
+    notes = [f"{part}: {sum(counts.values())} run(s) stopped before deciding ("
+             + ", ".join(f"{n} {status}" for status, n in counts.items())
+             + "); they count neither as collapsed nor as prevented and are left out."
+             for part, counts in undecided.items()]
+    if undecided:
+        numbers["undecided_runs"] = {part: sum(c.values()) for part, c in undecided.items()}
     if good:
-        return Section("supports", reason, numbers, tables, figs)
+        return Section("supports", reason, numbers, tables, figs, notes)
     if all_series and all("prevents" not in s["regimes"] for s in all_series):
         return Section("inconclusive", reason + " (no series reaches the prevents regime)",
-                       numbers, tables, figs)
+                       numbers, tables, figs, notes)
     return Section("contradicts" if len(all_series) >= 2 else "inconclusive", reason, numbers,
-                   tables, figs)
+                   tables, figs, notes)
 
 
 def _basin_text(brackets: list[dict[str, Any]]) -> str:
