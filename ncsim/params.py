@@ -33,26 +33,32 @@ def _number(text: str, option: str) -> float:
     return value
 
 
+MAX_RANGE_COUNT = 1_000_000
+"""The most values one log range gives (the most runs a simulation grid may hold)."""
+
+
 def parse_values(text: str | float | int, option: str = "value") -> list[float]:
     """Parse ``"0.1"``, ``"1,2,3"`` or the log range ``"1e-4..1e-1:16"`` into floats.
 
     A log range ``lo..hi:count`` gives ``count`` log-spaced values from ``lo`` to ``hi``
-    (both > 0, count >= 1; count = 1 gives ``lo``).
+    (both > 0, 1 <= count <= ``MAX_RANGE_COUNT``; count = 1 gives ``lo``). Three dots
+    (``1e-3...1e-1:3``) are refused as malformed, not read as ``1e-3`` .. ``.1e-1``.
     """
     if isinstance(text, (int, float)):
         return [_number(str(text), option)]
     text = text.strip()
     if ".." in text:
-        match = _RANGE.match(text)
+        match = None if "..." in text else _RANGE.match(text)
         if match is None:
             raise InputError(
                 f"{option}: malformed range {text!r}; write lo..hi:count, e.g. 1e-4..1e-1:16"
             )
         lo, hi = _number(match.group(1), option), _number(match.group(2), option)
         count = int(match.group(3))
-        if lo <= 0 or hi <= 0 or count < 1:
+        if lo <= 0 or hi <= 0 or not 1 <= count <= MAX_RANGE_COUNT:
             raise InputError(
-                f"{option}: log range {text!r} needs lo > 0, hi > 0 and count >= 1"
+                f"{option}: log range {text!r} needs lo > 0, hi > 0 and count >= 1 (at most "
+                f"{MAX_RANGE_COUNT})"
             )
         return [float(v) for v in np.geomspace(lo, hi, count)]
     parts = [p for p in text.split(",")]

@@ -380,3 +380,35 @@ def test_w3_state_size_is_w_and_h_of_every_run_in_the_rows_dtype(monkeypatch):
     numbers = 4 * (10 * 64 + 64 * 100)
     assert {row["dtype"]: row["state_mb"] for row in rows} == {
         "float32": numbers * 4 / 2**20, "float64": numbers * 8 / 2**20}
+
+
+# ----------------------------------------------------------------------------- ranges
+@pytest.mark.parametrize("args", [
+    ["simulate", "--lambda-w", "1e-4..1:100000000000000000000", "--no-theory"],
+    ["simulate", "--lambda-w", "1e-4..1:1000001", "--no-theory"],
+    ["theory", "threshold", "-K", "2..3:100000000000000000000"],
+])
+def test_a_range_with_too_many_values_is_one_line_before_any_allocation(args):
+    """A count above 1,000,000 (the most runs of a grid) is refused by the parser, as one
+    line naming the option, instead of numpy failing (or allocating) on the value list."""
+    line = error_line(invoke(args))
+    assert "count >= 1 (at most 1000000)" in line
+    assert args[-2] in line or args[-1] in line or "-K" in line
+
+
+def test_a_range_of_the_largest_count_is_parsed():
+    from ncsim.params import MAX_RANGE_COUNT, parse_values
+
+    values = parse_values(f"1e-4..1:{MAX_RANGE_COUNT}", "--x")
+    assert len(values) == MAX_RANGE_COUNT
+    assert values[0] == pytest.approx(1e-4, rel=1e-15) and values[-1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("text", ["1e-3...1e-1:3", "5...6:2", "1e-3....1e-1:3"])
+def test_a_range_written_with_three_dots_is_malformed(text):
+    """'1e-3...1e-1:3' is a typo for 1e-3..1e-1:3, not the range 1e-3 .. .1e-1 (= 0.01):
+    it is refused, naming the form to write."""
+    from ncsim.params import parse_values
+
+    with pytest.raises(InputError, match=r"malformed range .*; write lo\.\.hi:count"):
+        parse_values(text, "--lambda-w")
