@@ -492,3 +492,39 @@ def test_weight_decay_leaves_out_runs_that_stopped_before_deciding(tmp_path, no_
     assert sec.numbers["undecided_runs"] == {"wd": 2}
     assert sec.notes == ["wd: 2 run(s) stopped before deciding (2 max_steps); they count "
                          "neither as collapsed nor as prevented and are left out."]
+
+
+# ----------------------------------------------------------------------------- both variants
+def _raw_with(parts_fixed: dict, quick: dict) -> dict:
+    return {"name": "s", "title": "S", "question": "q?", "claim": "c.", "analysis": "invariance",
+            "simulated": {"classes": 3, "per_class": 2, "dim": 4, "t_end": 100.0},
+            "parts": [{"name": "a", "model": "simulated", **parts_fixed,
+                       "grid": {"seed": [0, 1]}}],
+            "quick": quick}
+
+
+def test_a_full_variant_that_cannot_run_is_refused_when_the_quick_one_is_loaded():
+    """intervene_time 150 beyond the full variant's t_end = 100 (the quick variant's t_end is
+    1000): loading either variant refuses the file, naming the part and the reason."""
+    from ncsim.errors import InputError
+    from ncsim.study.spec import parse_study
+
+    raw = _raw_with({"intervene_time": 150.0}, {"simulated": {"t_end": 1000.0}})
+    for quick in (True, False):
+        with pytest.raises(InputError, match=r"key 'parts\.a': run .*intervene_time must lie "
+                                             r"in \(0, t_end = 100\.0\), got 150\.0"):
+            parse_study(raw, "s.toml", quick=quick)
+
+
+def test_a_quick_variant_that_cannot_run_is_refused_when_the_full_one_is_loaded():
+    """The quick variant shortens t_end to 50, below intervene_time 80: the full variant
+    (t_end 100) alone would run, but the file is refused naming the quick part."""
+    from ncsim.errors import InputError
+    from ncsim.study.spec import parse_study
+
+    raw = _raw_with({"intervene_time": 80.0}, {"simulated": {"t_end": 50.0}})
+    with pytest.raises(InputError, match=r"key 'quick\.parts\.a': run .*t_end = 50\.0"):
+        parse_study(raw, "s.toml", quick=False)
+    ok = _raw_with({"intervene_time": 80.0}, {"simulated": {"t_end": 500.0}})
+    assert len(parse_study(ok, "s.toml", quick=False).runs()) == 2
+    assert parse_study(ok, "s.toml", quick=True).quick is True

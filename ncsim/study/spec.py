@@ -482,35 +482,49 @@ def parse_study(raw: dict[str, Any], source: str, quick: bool = False) -> Study:
     for i, part in enumerate(raw["parts"]):
         _check_type(source, f"parts[{i}]", part, dict, None)
         _check_own_keys(source, part.get("name", f"part{i}"), part)
-    # both variants are checked whichever one is loaded: a malformed file is refused as a whole
+    # both variants are checked whichever one is loaded, their runs built: a malformed file
+    # is refused as a whole (a quick variant must not hide a full one that cannot run)
     defaults = {k: raw.get(k, {}) for k in ("simulated", "trained")}
     parts = [_check_part(source, i, p, defaults) for i, p in enumerate(raw["parts"])]
     resolved_raw = _apply_quick(source, raw)
-    if quick:
-        defaults = {k: resolved_raw.get(k, {}) for k in ("simulated", "trained")}
-        parts = [_check_part(source, i, p, defaults)
-                 for i, p in enumerate(resolved_raw["parts"])]
-    if quick and "quick" not in raw:
+    if "quick" in raw:
+        quick_defaults = {k: resolved_raw.get(k, {}) for k in ("simulated", "trained")}
+        quick_parts = [_check_part(source, i, p, quick_defaults)
+                       for i, p in enumerate(resolved_raw["parts"])]
+    elif quick:
         _fail(source, "quick", "missing; every study needs a [quick] variant")
     names = [p["name"] for p in parts]
     if len(set(names)) != len(names):
         _fail(source, "parts", f"part names must be unique, got {', '.join(names)}")
-    study = Study(name=raw["name"], title=raw["title"], question=raw["question"],
-                  claim=raw["claim"], analysis=raw["analysis"],
-                  metrics=list(raw.get("metrics", [])), parts=parts, source=source,
-                  quick=quick, notes=raw.get("notes", ""),
-                  quick_note=raw.get("quick", {}).get("note", "") if quick else "", raw=raw)
-    for part in parts:
+
+    def variant(chosen: list[dict[str, Any]], is_quick: bool) -> Study:
+        return Study(name=raw["name"], title=raw["title"], question=raw["question"],
+                     claim=raw["claim"], analysis=raw["analysis"],
+                     metrics=list(raw.get("metrics", [])), parts=chosen, source=source,
+                     quick=is_quick, notes=raw.get("notes", ""),
+                     quick_note=raw.get("quick", {}).get("note", "") if is_quick else "",
+                     raw=raw)
+
+    variants = [variant(parts, False)] + ([variant(quick_parts, True)] if "quick" in raw else [])
+    for each in variants:
+        _check_runs(source, each)
+    return variants[-1] if quick else variants[0]
+
+
+def _check_runs(source: str, study: Study) -> None:
+    """Refuse a variant whose grid repeats a run, that resolves to no run, or one of whose
+    runs does not build a valid spec or config (all before anything starts)."""
+    where = "quick." if study.quick else ""
+    for part in study.parts:
         _check_distinct_runs(source, part)
     runs = study.runs()
     if not runs:
-        _fail(source, "parts", "the study resolves to no run")
-    for desc in runs:  # every run must build a valid spec or config before anything starts
+        _fail(source, f"{where}parts", "the study resolves to no run")
+    for desc in runs:
         try:
             build(desc)
         except InputError as err:
-            _fail(source, f"parts.{desc.part}", f"run {desc.params}: {err}")
-    return study
+            _fail(source, f"{where}parts.{desc.part}", f"run {desc.params}: {err}")
 
 
 def load_study(path: str | Path, quick: bool = False) -> Study:
