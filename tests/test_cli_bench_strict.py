@@ -412,3 +412,18 @@ def test_a_range_written_with_three_dots_is_malformed(text):
 
     with pytest.raises(InputError, match=r"malformed range .*; write lo\.\.hi:count"):
         parse_values(text, "--lambda-w")
+
+
+def test_a_study_run_without_keys_takes_simulates_defaults_but_the_solver_tolerances():
+    """run_spec({}) (a study's simulated run that sets nothing) equals the spec `ncsim
+    simulate` builds without options, except rtol 1e-6, atol 1e-9 and 100 records (simulate:
+    1e-8, 1e-10, 200), as README.md and run_spec's docstring state."""
+    import dataclasses
+
+    from ncsim.study.spec import run_spec
+
+    study, cli = run_spec({}), _default_spec()
+    assert (study.solver.rtol, study.solver.atol, study.solver.records) == (1e-6, 1e-9, 100)
+    assert (cli.solver.rtol, cli.solver.atol, cli.solver.records) == (1e-8, 1e-10, 200)
+    same_solver = dataclasses.replace(study.solver, rtol=1e-8, atol=1e-10, records=200)
+    assert dataclasses.replace(study, solver=same_solver) == cli
