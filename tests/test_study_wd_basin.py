@@ -84,3 +84,25 @@ def test_basin_text_counts_only_misses_explained_by_the_basin():
     assert two.endswith("collapse ends there: a from 0.01, b from 0.02")
     some = _basin_text([_series("a", False, 0.01), _series("b", False, math.nan)])
     assert some.startswith("In 1 of the 2 series where it does not")
+
+
+def test_heatmap_marks_the_basin_at_the_left_edge_of_its_cell():
+    """basin_marks {2: 0.01} on lambda cells 1e-3, 1e-2, 1e-1 (log axis: edges at the
+    geometric midpoints) is a dashed line at sqrt(1e-3 x 1e-2) in the depth-2 row; the
+    lambda_crit mark {1: 0.05} stays at its value, solid."""
+    import matplotlib.pyplot as plt
+
+    from ncsim.study.analyses import _grid_heatmap
+
+    table = pd.DataFrame({"lambda": [1e-3, 1e-2, 1e-1] * 2, "depth": [1] * 3 + [2] * 3,
+                          "onset_collapsed": [10.0, 20.0, np.nan, 30.0, 40.0, np.nan]})
+    fig = _grid_heatmap(table, "lambda", "depth", "onset_collapsed", "t", row_marks={1: 0.05},
+                        log_y=False, basin_marks={2: 1e-2, 1: math.nan})
+    lines = fig.axes[0].lines
+    plt.close(fig)
+    assert len(lines) == 2
+    crit, basin = lines
+    assert list(crit.get_xdata()) == [0.05, 0.05] and crit.get_linestyle() == "-"
+    assert list(crit.get_ydata()) == [0.55, 1.45]
+    assert basin.get_xdata()[0] == pytest.approx(math.sqrt(1e-5), rel=1e-12)
+    assert basin.get_linestyle() == "--" and list(basin.get_ydata()) == [1.55, 2.45]

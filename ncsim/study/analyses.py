@@ -694,12 +694,16 @@ def _lambda_series(sub: pd.DataFrame, x: str, keys: list[str]) -> list[dict[str,
 
 def _grid_heatmap(table: pd.DataFrame, x: str, y: str, value: str, title: str,
                   curve: tuple[np.ndarray, np.ndarray] | None = None,
-                  row_marks: dict[float, float] | None = None, log_y: bool = True):
+                  row_marks: dict[float, float] | None = None, log_y: bool = True,
+                  basin_marks: dict[float, float] | None = None):
     """Heat map of log10 ``value`` on an (x, y) grid with whole edge cells; an axis is
     logarithmic when its values are all positive (``log_y=False``: y linear always), so a
     grid with a zero decay (a baseline without weight decay) gets a linear axis.
 
-    curve : (xs, ys) theory line; row_marks : {y: x} theory value marked in each row.
+    curve : (xs, ys) theory line; row_marks : {y: x} theory value (lambda_crit) marked in
+    each row; basin_marks : {y: x} the grid value from which the theory puts the init at the
+    origin's basin edge or inside it, marked dashed at the left edge of its cell (rows of
+    unit height: a linear y axis).
     """
     import matplotlib.pyplot as plt
 
@@ -721,10 +725,16 @@ def _grid_heatmap(table: pd.DataFrame, x: str, y: str, value: str, title: str,
         ax.set_yticks(ys)
     if curve is not None:
         ax.plot(curve[0], curve[1], "c-", lw=2, label="theory threshold")
-    for k, (row, xv) in enumerate((row_marks or {}).items()):
-        if math.isfinite(xv):
-            ax.plot([xv, xv], [row - 0.45, row + 0.45], "c-", lw=2.5,
-                    label="theory lambda_crit" if k == 0 else None)
+    # the basin starts at a grid value: marked at the left edge of its cell ("from here on")
+    basin_edges = {row: float(x_edges[int(np.argmin(abs(xs - xv)))])
+                   for row, xv in (basin_marks or {}).items() if math.isfinite(xv)}
+    for marks, style, label in ((row_marks or {}, "-", "theory lambda_crit"),
+                                (basin_edges, "--", "theory: init in the origin's basin")):
+        finite = {row: xv for row, xv in marks.items() if math.isfinite(xv)}
+        for k, (row, xv) in enumerate(finite.items()):
+            ax.plot([xv, xv], [row - 0.45, row + 0.45], linestyle=style, lw=2.5,
+                    color="c" if style == "-" else "tab:orange",
+                    label=label if k == 0 else None)
     ax.set_xlim(x_edges[0], x_edges[-1])
     ax.set_ylim(y_edges[0], y_edges[-1])
     ax.set_xlabel(x)
@@ -811,11 +821,14 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             if "lambda_crit_theory" in sub:
                 crit = sub.groupby("depth")["lambda_crit_theory"].mean().dropna()
                 marks = {float(k): float(v) for k, v in crit.items()}
+            basin = {float(k): _basin_from(g, "lambda") for k, g in sub.groupby("depth")}
             fig = _grid_heatmap(sub, "lambda", "depth", "onset_collapsed",
                                 f"{part}: onset time (blank: no collapse)", row_marks=marks,
-                                log_y=False)
+                                log_y=False, basin_marks=basin)
             figs.append((f"{part}: measured onset time over (lambda, depth); the line is the "
-                         "theory's lambda_crit(depth)", _figure(fig, figdir, f"wd_depth_{part}")))
+                         "theory's lambda_crit(depth), the dashed line where the theory puts "
+                         "the init at the origin's basin edge or inside it",
+                         _figure(fig, figdir, f"wd_depth_{part}")))
             series = _lambda_series(sub, "lambda", ["depth"])
         else:
             x = next((a for a in ("weight_decay", "lambda", "lambda_w", "lambda_h") if a in axes),
