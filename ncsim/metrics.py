@@ -842,7 +842,9 @@ class StreamingNC:
         self._means += delta * frac.unsqueeze(-1)
         self._counts += nb.to(torch.int64)
         self._norm_sum += torch.linalg.vector_norm(x, dim=-1).sum()
-        self._largest_entry = torch.maximum(self._largest_entry, _abs_max(x.unsqueeze(0))[0])
+        if x.shape[0]:  # an empty batch adds nothing (and has no largest entry)
+            self._largest_entry = torch.maximum(self._largest_entry,
+                                                _abs_max(x.unsqueeze(0))[0])
 
     def begin_nc4(self) -> None:
         """Close pass 1 and start the NC4 pass with the final class means."""
