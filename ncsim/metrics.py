@@ -923,7 +923,8 @@ class StreamingNC:
             The keys of :data:`METRIC_NAMES` that are available, in that order: always fn,
             nc1, nc1_trace, nc2_etf, nc2_equinorm, nc2_angle, cdnv, class_mean_norm,
             within_energy; with ``weights`` also nc2_etf_w, nc2_equinorm_w, nc3, nc3_paper,
-            w_norm; nc4 once the NC4 pass has seen samples.
+            w_norm; nc4 once the NC4 pass has seen samples, which must be as many as pass 1
+            saw (:class:`InputError` otherwise: a batch left out of one pass).
         """
         w = None
         if weights is not None:
@@ -939,6 +940,10 @@ class StreamingNC:
             )
         out = _stats_metrics(self.stats(global_mean), w)
         if self._nc4_count > 0:
+            seen = int(self._counts.sum())
+            require(self._nc4_count == seen,
+                    f"the NC4 pass saw {self._nc4_count} samples and pass 1 {seen}: NC4 is over "
+                    "the samples of the class means; feed every batch to both passes")
             out["nc4"] = (self._nc4_mismatch.to(torch.float64) / self._nc4_count).reshape(1)
         return {k: float(out[k][0]) for k in METRIC_NAMES if k in out}
 

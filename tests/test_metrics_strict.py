@@ -150,9 +150,10 @@ def test_streaming_accumulates_float32_batches_in_float64():
 
 
 def test_a_second_begin_nc4_restarts_the_nc4_pass():
-    """begin_nc4 starts the NC4 pass afresh: a partial pass with logits that disagree with
-    every nearest mean, then begin_nc4 and a full pass with the true logits, gives the nc4
-    of the full pass alone (the batched nc4), not a mixture of both passes."""
+    """begin_nc4 starts the NC4 pass afresh: a pass with logits that disagree with every
+    nearest mean (nc4 = 1), then begin_nc4 and a pass with the true logits, gives the nc4 of
+    the second pass alone (the batched nc4), not a mixture of both passes. A pass over 7 of
+    the 15 samples is refused: NC4 is over the samples of the class means."""
     gen = torch.Generator().manual_seed(5)
     k, p = 3, 4
     y = torch.arange(k).repeat(5)
@@ -166,6 +167,9 @@ def test_a_second_begin_nc4_restarts_the_nc4_pass():
     nearest = torch.cdist(h, means).argmin(1)
     wrong = torch.nn.functional.one_hot((nearest + 1) % k, k).to(F64)  # never the nearest
     acc.update_nc4(h[:7], wrong[:7])
+    with pytest.raises(InputError, match="the NC4 pass saw 7 samples and pass 1 15"):
+        acc.compute(w, b)
+    acc.update_nc4(h[7:], wrong[7:])
     assert acc.compute(w, b)["nc4"] == 1.0
     acc.begin_nc4()
     acc.update_nc4(h, h @ w.T + b)
