@@ -331,7 +331,11 @@ class GramObjective:
         m_norm = torch.diagonal(mbar_g, dim1=1, dim2=2).sum(1).clamp_min(0.0).sqrt()
         inner = torch.diagonal(wc_mbar, dim1=1, dim2=2).sum(1) / (wc_norm * m_norm)
         nc3 = (wc_norm / wc_norm).square() + (m_norm / m_norm).square() - 2.0 * inner
-        cos_wm = torch.diagonal(w_mbar, dim1=1, dim2=2) / (w_norms * norms)
+        # unresolved class means (norms 0): NaN, as in ncsim.metrics; w_mbar is not masked,
+        # so its rounding residue over 0 would give +-inf (and -inf reads as an onset)
+        cos_wm = torch.where(norms > 0,
+                             torch.diagonal(w_mbar, dim1=1, dim2=2) / (w_norms * norms),
+                             torch.full_like(norms, torch.nan))
         # nc4: argmax of the logits against the nearest class mean (distances about the
         # average class mean, as in ncsim.metrics).
         logits = self._logits(s, b)
