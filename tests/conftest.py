@@ -52,3 +52,12 @@ def no_figures(monkeypatch):
 
     monkeypatch.setattr(analyses, "_figure", close)
     monkeypatch.setattr(analyses, "_trajectory_fig", lambda *args, **kwargs: None)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """3 classes x 4 samples of a Gaussian mixture in 5 dimensions, 2 test samples per class
+    (a dataset of :mod:`ncsim.validate.data` that trains in milliseconds)."""
+    from ncsim.validate.data import load_dataset
+
+    return load_dataset("gaussian", per_class=4, classes=3, dim=5, seed=1, test_per_class=2)

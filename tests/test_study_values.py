@@ -41,7 +41,7 @@ def study_of(analysis, **axes_by_part):
 
 
 def run_frame(part, **columns):
-    """A run table of one part: status ok, run ids part-0, part-1, ..."""
+    """A run table of one part: status ok unless given, run ids part-0, part-1, ..."""
     out = pd.DataFrame({"status": "ok", **columns})
     out.insert(0, "part", part)
     out.insert(0, "run_id", [f"{part}-{i}" for i in range(len(out))])
@@ -49,10 +49,13 @@ def run_frame(part, **columns):
 
 
 def rising_traj(run_ids, t_max=100):
-    """fn = t and NC1 = 1 / t at t = 1, ..., t_max for each run."""
+    """fn = t and NC1 = 1 / t at t = 1, ..., t_max for each run (no rows without runs)."""
     t = np.arange(1.0, t_max + 1)
-    return pd.concat([pd.DataFrame({"run_id": rid, "time": t, "fn": t, "nc1_trace": 1.0 / t})
-                      for rid in run_ids], ignore_index=True)
+    empty = pd.DataFrame({"run_id": pd.Series([], dtype=str), "time": [], "fn": [],
+                          "nc1_trace": []})
+    return pd.concat([empty, *(pd.DataFrame({"run_id": rid, "time": t, "fn": t,
+                                             "nc1_trace": 1.0 / t}) for rid in run_ids)],
+                     ignore_index=True)
 
 
 LAMBDA_CRIT = 0.05

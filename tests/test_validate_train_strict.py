@@ -37,12 +37,6 @@ from ncsim.validate.train import (
 )
 
 
-@pytest.fixture(scope="module")
-def blobs() -> Dataset:
-    """3 classes x 4 samples in 5 dimensions, 2 test samples per class."""
-    return load_dataset("gaussian", per_class=4, classes=3, dim=5, seed=1, test_per_class=2)
-
-
 def sgd_phase(epochs: int, lr: float, **kw) -> Phase:
     """Plain full-batch SGD on the 12 blobs (one step per epoch), no decay, no momentum."""
     base = {"loss": "ce", "epochs": epochs, "optimizer": "sgd", "lr": lr, "weight_decay": 0.0,

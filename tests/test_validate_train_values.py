@@ -29,12 +29,6 @@ from ncsim.validate.train import (
 )
 
 
-@pytest.fixture(scope="module")
-def blobs() -> Dataset:
-    """3 classes x 4 samples in 5 dimensions, 2 test samples per class."""
-    return load_dataset("gaussian", per_class=4, classes=3, dim=5, seed=1, test_per_class=2)
-
-
 def frozen(epochs: int) -> tuple[Phase, ...]:
     """One phase at lr 0: the network never changes, so every record sees the same features
     unless the intervention rescales them."""
