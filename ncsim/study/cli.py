@@ -45,7 +45,8 @@ def list_cmd() -> None:
               "dask without --address); refused otherwise.")
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), default=None,
               help=f"Results folder (default {DEFAULT_OUT}/ or {DEFAULT_OUT}/NAME[-quick]).")
-@click.option("--force", is_flag=True, help="Recompute every run (ignore finished ones).")
+@click.option("--force", is_flag=True, help="Recompute every run (of the selected parts, with "
+              "--part or --model), ignoring finished ones.")
 @click.option("--retry-failed", is_flag=True, help="Recompute runs that failed before.")
 @click.option("--part", "parts", multiple=True, metavar="NAME",
               help="Compute only this part of the study (repeatable); the others are left "
