@@ -106,3 +106,27 @@ def test_heatmap_marks_the_basin_at_the_left_edge_of_its_cell():
     assert list(crit.get_ydata()) == [0.55, 1.45]
     assert basin.get_xdata()[0] == pytest.approx(math.sqrt(1e-5), rel=1e-12)
     assert basin.get_linestyle() == "--" and list(basin.get_ydata()) == [1.55, 2.45]
+
+
+def test_agreement_leaves_out_runs_without_feature_decay(tmp_path, no_figures):
+    """At lambda_H = 0 the theory's phase is no_collapse (NC1 fails in absolute terms) while
+    a simulated run's relative NC1 still crosses the threshold (classify's docstring: onset
+    32.6 at K = 4, n = 5): the agreement leaves such a run out, saying so, instead of
+    counting it as a miss. The run at lambda_H = 0.01 collapses as the theory says: 100% of
+    1 run."""
+    from ncsim.theory.phase import classify
+
+    base = {"loss": "ce", "bias": "none", "classes": 3, "per_class": 4, "dim": 8, "depth": 1,
+            "lambda_b": 0.0, "init_scale": 0.1, "seed": 0, "lambda_w": 1e-2,
+            "status": "ok", "fn_at_onset": 1.0}
+    rows = [{**base, "lambda_h": 0.0, "onset_time": 40.0},
+            {**base, "lambda_h": 1e-2, "onset_time": 50.0}]
+    assert [classify(**{k: r[k] for k in ("loss", "bias", "depth", "lambda_w", "lambda_h",
+                                           "lambda_b", "init_scale")},
+                     K=3, n=4, d=8)["phase"] for r in rows] == ["no_collapse", "collapse"]
+    study = load(tmp_path, "weight_decay", part_toml("decay", **{"lambda_h": [0.0, 1e-2]}))
+    sec = weight_decay(study, frame(rows, "decay"), linear_traj([]), tmp_path)
+    assert sec.numbers["agreement_with_theory_phase"] == {"decay": 1.0}
+    assert ("decay: measured collapse/no-collapse matches the theory's phase in 100% of 1 runs "
+            "(1 more at lambda_H = 0, where NC1 falls only relative to the growing class means, "
+            "which the theory does not count as collapse)") in sec.reason
