@@ -427,3 +427,15 @@ def test_a_study_run_without_keys_takes_simulates_defaults_but_the_solver_tolera
     assert (cli.solver.rtol, cli.solver.atol, cli.solver.records) == (1e-8, 1e-10, 200)
     same_solver = dataclasses.replace(study.solver, rtol=1e-8, atol=1e-10, records=200)
     assert dataclasses.replace(study, solver=same_solver) == cli
+
+
+def test_phase_diagram_says_where_the_y_values_came_from():
+    """--x depth --y K --xs 1,2 without --ys: K takes 1 and 2 from --xs and K = 1 is refused;
+    the one-line error says the K values are those of --xs. With --ys given it does not."""
+    line = error_line(invoke(["theory", "phase-diagram", "--x", "depth", "--y", "K",
+                              "--xs", "1,2"]))
+    assert "classes K must be an integer >= 2, got 1" in line
+    assert line.endswith("(--ys was not given, so the K values are those of --xs)")
+    line = error_line(invoke(["theory", "phase-diagram", "--x", "depth", "--y", "K",
+                              "--xs", "1,2", "--ys", "1"]))
+    assert "--ys was not given" not in line

@@ -344,8 +344,10 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
             "lambda_b": p["lambda_b"], "init_scale": p["init_scale"]}
     try:
         rows = phase_diagram(x_axis, xv, y_axis, yv, base)
-    except ValueError as err:
-        raise InputError(str(err)) from None
+    except (ValueError, InputError) as err:
+        where = ("" if ys is not None else f" (--ys was not given, so the {y_axis} values "
+                 "are those of --xs)")
+        raise InputError(f"{err}{where}") from None
     if out is not None:
         plot_phase(rows, x_axis, y_axis, out)
     if o["fmt"] == "json":
