@@ -325,17 +325,15 @@ class GramObjective:
         nc2_angle = ((cos + 1.0 / (k - 1)).abs() * off).sum((1, 2)) / (k * (k - 1))
         wc_g = self.centre_w @ a @ self.centre_w
         w_norms = torch.diagonal(a, dim1=1, dim2=2).clamp_min(0.0).sqrt()
-        w_mbar = s @ self.avg @ self.centre.T  # (R, K, K): w_a . mbar_c
+        # (R, K, K): w_a . mbar_c, exact 0 where the means are unresolved (as mbar_g): its
+        # rounding residue over their zero norm would give +-inf cosines (-inf reads as an onset)
+        w_mbar = s @ self.avg @ self.centre.T * resolved.to(s.dtype).view(-1, 1, 1)
         wc_mbar = (self.centre_w @ w_mbar)
         wc_norm = torch.diagonal(wc_g, dim1=1, dim2=2).sum(1).clamp_min(0.0).sqrt()
         m_norm = torch.diagonal(mbar_g, dim1=1, dim2=2).sum(1).clamp_min(0.0).sqrt()
         inner = torch.diagonal(wc_mbar, dim1=1, dim2=2).sum(1) / (wc_norm * m_norm)
         nc3 = (wc_norm / wc_norm).square() + (m_norm / m_norm).square() - 2.0 * inner
-        # unresolved class means (norms 0): NaN, as in ncsim.metrics; w_mbar is not masked,
-        # so its rounding residue over 0 would give +-inf (and -inf reads as an onset)
-        cos_wm = torch.where(norms > 0,
-                             torch.diagonal(w_mbar, dim1=1, dim2=2) / (w_norms * norms),
-                             torch.full_like(norms, torch.nan))
+        cos_wm = torch.diagonal(w_mbar, dim1=1, dim2=2) / (w_norms * norms)  # 0/0: NaN
         # nc4: argmax of the logits against the nearest class mean (distances about the
         # average class mean, as in ncsim.metrics).
         logits = self._logits(s, b)
