@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from ncsim.cli_errors import OutPath, check_out_folder, handle_errors
-
-if TYPE_CHECKING:
-    from ncsim.study.spec import Study
 
 DEFAULT_STUDY = "weight_decay"
 DEFAULT_OUT = "ncsim-out"
@@ -67,7 +63,7 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
     some parts are computed: the report's verdict stays "incomplete" until the rest is, and
     gives the verdict of the finished parts alone beside it.
     """
-    from ncsim.study.runner import run_study
+    from ncsim.study.runner import run_study, select_parts
     from ncsim.study.spec import load_study
 
     if spec is None:
@@ -76,7 +72,7 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
     loaded = load_study(spec, quick=quick)
     out = out or Path(DEFAULT_OUT) / (loaded.name + ("-quick" if quick else ""))
     check_out_folder(out)
-    selection = _selected_parts(loaded, parts, model)
+    selection = select_parts(loaded, parts or None, model)
     summary = run_study(loaded, out, executor=executor, address=address, force=force,
                         retry_failed=retry_failed, progress=not no_progress, workers=workers,
                         parts=selection)
@@ -91,31 +87,6 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
         click.echo(f"note: {summary.failed} run(s) failed (their error is in the 'error' column "
                    "of the run table); --retry-failed recomputes them", err=True)
         raise SystemExit(1)
-
-
-def _selected_parts(study: Study, parts: tuple[str, ...], model: str | None) -> list[str] | None:
-    """The parts that --part and --model select, in the spec's order (both options: the named
-    parts, which must be of that kind); None when neither is given. Names the study does not
-    have are refused by :func:`ncsim.study.runner.select_parts`."""
-    from ncsim.study.runner import part_names
-
-    if not parts and model is None:
-        return None
-    names = part_names(study)
-    chosen = [p for p in names if p in parts] + [p for p in parts if p not in names]
-    if not parts:
-        chosen = names
-    if model is not None:
-        of_kind = part_names(study, model)
-        if not of_kind:
-            raise click.UsageError(f"study {study.name!r} has no {model} part; its parts: "
-                                   f"{', '.join(names)}")
-        wrong = [p for p in parts if p in names and p not in of_kind]
-        if wrong:
-            raise click.UsageError(f"part {', '.join(wrong)} of study {study.name!r} is not "
-                                   f"{model}; its {model} parts: {', '.join(of_kind)}")
-        chosen = [p for p in chosen if p in of_kind or p not in names]
-    return chosen
 
 
 @study.command("report")

@@ -76,14 +76,15 @@ def run_study(study: Study, out: str | Path, executor: str = "local", address: s
     """
     check_executor(executor, address, workers)
     selected = select_parts(study, parts)
+    selected = None if selected is None else set(selected)
     store = Store(out)
     if not store.study_path.exists():  # a new folder: an unreachable scheduler leaves none
         check_scheduler(executor, address)
     start = time.perf_counter()
     with store.lock():
-        computed, failed, total = _compute(study, store, out, executor, address, force,
-                                           retry_failed, progress, workers, report, selected)
-    chosen = total if selected is None else sum(d.part in selected for d in study.runs())
+        computed, failed, total, chosen = _compute(study, store, out, executor, address,
+                                                   force, retry_failed, progress, workers,
+                                                   report, selected)
     return RunSummary(total=total, skipped=chosen - computed, computed=computed, failed=failed,
                       seconds=time.perf_counter() - start, out=Path(out), selected=chosen)
 
@@ -94,20 +95,34 @@ def part_names(study: Study, model: str | None = None) -> list[str]:
     return [p["name"] for p in study.parts if model is None or p["model"] == model]
 
 
-def select_parts(study: Study, parts: Collection[str] | None) -> set[str] | None:
-    """``parts`` as a set of the study's part names (None: every part); :class:`InputError`
-    for an empty selection or a name the study does not have."""
-    if parts is None:
+def select_parts(study: Study, parts: Collection[str] | None,
+                 model: str | None = None) -> list[str] | None:
+    """The study's parts that ``parts`` and ``model`` ("simulated" or "trained") select, in
+    spec order (both: the named parts, which must be of that kind); None when neither is
+    given. :class:`InputError` for a name the study does not have, an empty selection, no
+    part of that kind, or a named part of the other kind."""
+    if parts is None and model is None:
         return None
     if isinstance(parts, str):
         parts = [parts]
     known = part_names(study)
-    unknown = [p for p in parts if p not in known]
-    if unknown or not parts:
+    chosen = known if parts is None else list(parts)
+    unknown = [p for p in chosen if p not in known]
+    if unknown or not chosen:
         what = (f"study {study.name!r} has no part {', '.join(map(repr, unknown))}" if unknown
                 else "no part selected")
         raise InputError(f"{what}; its parts: {', '.join(known)}")
-    return set(parts)
+    if model is not None:
+        of_kind = part_names(study, model)
+        if not of_kind:
+            raise InputError(f"study {study.name!r} has no {model} part; its parts: "
+                             f"{', '.join(known)}")
+        wrong = [p for p in chosen if p not in of_kind]
+        if wrong and parts is not None:
+            raise InputError(f"part {', '.join(wrong)} of study {study.name!r} is not "
+                             f"{model}; its {model} parts: {', '.join(of_kind)}")
+        chosen = [p for p in chosen if p in of_kind]
+    return [p for p in known if p in chosen]
 
 
 def stale_runs(store: Store, descs: list[RunDesc]) -> set[str]:
@@ -141,10 +156,10 @@ def stale_runs(store: Store, descs: list[RunDesc]) -> set[str]:
 
 def _compute(study: Study, store: Store, out: str | Path, executor: str, address: str | None,
              force: bool, retry_failed: bool, progress: bool, workers: int | None,
-             report: bool, selected: set[str] | None = None) -> tuple[int, int, int]:
-    """The body of :func:`run_study` (under the folder's lock): (computed, failed, total),
-    ``failed`` counting every failed run of the study in the folder; ``selected``: the parts
-    to compute (None: all)."""
+             report: bool, selected: set[str] | None = None) -> tuple[int, int, int, int]:
+    """The body of :func:`run_study` (under the folder's lock): (computed, failed, total,
+    selected runs), ``failed`` counting every failed run of the study in the folder;
+    ``selected``: the parts to compute (None: all)."""
     from ncsim.io import provenance
 
     descs = study.runs()
@@ -180,4 +195,4 @@ def _compute(study: Study, store: Store, out: str | Path, executor: str, address
         from ncsim.study.report import write_report
 
         write_report(out, nested=False)  # this study's report; `study report` covers all
-    return len(pending), failed, len(ids)
+    return len(pending), failed, len(ids), len(chosen)
