@@ -218,10 +218,10 @@ def axis_spread(ok: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["axis", "n_groups", "cv_mean", "cv_max"])
 
 
-def _axis_text(spread_rows: pd.DataFrame) -> str:
+def _axis_text(spread_rows: pd.DataFrame | None) -> str:
     """``across init_scale 17.6%, eta_h 9.1%, seed 1.1% with the other axes fixed`` (the mean
-    CVs of :func:`axis_spread`; empty with fewer than two axes)."""
-    if len(spread_rows) < 2:
+    CVs of :func:`axis_spread`; empty without a split)."""
+    if spread_rows is None:
         return ""
     items = ", ".join(f"{r.axis} {100 * r.cv_mean:.1f}%" for r in spread_rows.itertuples())
     return f"; across {items} with the other axes fixed"
@@ -233,7 +233,7 @@ def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
     (:func:`axis_spread`): which condition moves fn*."""
     import matplotlib.pyplot as plt
 
-    rows, evaluable, spreads = [], [], []
+    rows, evaluable, split = [], [], {}
     for part in _parts(runs):
         sub = runs[runs["part"] == part]
         ok = collapsed(sub)
@@ -246,13 +246,11 @@ def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
             row["fn_star_theory_mean"] = float(ok["fn_star_theory"].astype(float).mean())
         by_axis = axis_spread(ok, axes)
         if len(by_axis) >= 2:  # one axis: its CV is the part's
-            spreads.append(by_axis.assign(part=part))
-        row["axes_text"] = _axis_text(by_axis)
-        row["cv_by_axis"] = dict(zip(by_axis["axis"], by_axis["cv_mean"]))
+            split[part] = by_axis
         rows.append(row)
         if len(ok) >= 3:
             evaluable.append(row)
-    table = pd.DataFrame(rows).drop(columns=["axes_text", "cv_by_axis"])
+    table = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for i, part in enumerate(_parts(runs)):
         ok = collapsed(runs[runs["part"] == part])
@@ -267,19 +265,21 @@ def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
         if item:
             figs.append(item)
     tables = [("fn* per part", table)]
-    if spreads:
+    if split:
         tables.append(("fn* CV across each varied axis, the part's other axes fixed (mean and "
                        "largest over the settings of the other axes)",
-                       pd.concat(spreads)[["part", "axis", "n_groups", "cv_mean", "cv_max"]]))
+                       pd.concat([b.assign(part=p) for p, b in split.items()])[
+                           ["part", "axis", "n_groups", "cv_mean", "cv_max"]]))
     if not evaluable:
         return Section("inconclusive", "no part has 3 or more collapsed runs",
                        tables=tables, figures=figs)
     over = [r for r in evaluable if r["fn_star_cv"] >= CV_LIMIT]
     numbers = {r["part"]: {"cv": r["fn_star_cv"], "n": r["n_collapsed"]}
-               | ({"cv_by_axis": r["cv_by_axis"]} if len(r["cv_by_axis"]) >= 2 else {})
+               | ({"cv_by_axis": dict(zip(split[r["part"]]["axis"], split[r["part"]]["cv_mean"]))}
+                  if r["part"] in split else {})
                for r in evaluable}
     listing = "; ".join(f"{r['part']}: CV {100 * r['fn_star_cv']:.1f}% (n={r['n_collapsed']}"
-                        f"{r['axes_text']})" for r in evaluable)
+                        f"{_axis_text(split.get(r['part']))})" for r in evaluable)
     verdict = "contradicts" if over else "supports"
     reason = (f"fn* CV {'>=' if over else '<'} {100 * CV_LIMIT:.0f}% "
               f"{'in ' + ', '.join(r['part'] for r in over) if over else 'in every part'}: "
