@@ -176,11 +176,12 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
     t = search["time"].to_numpy(np.float64)
     metric = search[rule.metric].to_numpy(np.float64)
     fn = search["fn"].to_numpy(np.float64)
-    when, fn_star = onset_and_fn(t, metric, fn, rule.threshold, rule.stay, rule.interpolate)
-    if not rule.interpolate and math.isfinite(when):
-        # fn* is the onset record's own fn: NaN when it has none (never a neighbour's, nor
+    if rule.interpolate:
+        when, fn_star = onset_and_fn(t, metric, fn, rule.threshold, rule.stay)
+    else:  # fn* is the onset record's own fn: NaN when it has none (never a neighbour's, nor
         # that of another record at the same epoch, e.g. the other side of an intervention)
-        fn_star = float(fn[onset_record(t, metric, rule.threshold, rule.stay)])
+        row = onset_record(t, metric, rule.threshold, rule.stay)
+        when, fn_star = (math.nan, math.nan) if row is None else (float(t[row]), float(fn[row]))
     all_metric = part[rule.metric].to_numpy(np.float64)
     finite = all_metric[np.isfinite(all_metric)]
     searched = metric[np.isfinite(metric)]
