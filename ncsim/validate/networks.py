@@ -14,6 +14,12 @@ biases, as in arXiv 2604.00230), a small CNN (two conv blocks, one hidden Linear
 (He et al. 2016, CIFAR form: 3 stages x 3 BasicBlocks, 16/32/64 channels, 64-d pooled features;
 28x28 inputs are zero-padded to 32x32).
 
+ResNet-20 is fully convolutional up to its global average pool, so it takes images of any size
+(C, H, W) (the digits' 8x8 run through stages of 8x8, 4x4 and 2x2) and, with the same topology
+in one dimension (3-wide kernels, Conv1d and BatchNorm1d), signals (C, L) such as MNIST-1D's
+(1, 40) (stages of 40, 20 and 10 positions). Its 3-wide kernels hold a third of the 3x3
+kernels' weights: 93,914 parameters for one channel and K = 10.
+
 ResNet-20's shortcuts where the shape changes are 1x1 convolutions with BatchNorm (He et al.'s
 option B): 272,474 parameters for 3 input channels, the paper's 0.272M (He et al.'s CIFAR
 networks use option A, zero-padded identities without parameters: 269,722). Grey images keep
@@ -139,20 +145,24 @@ class SmallCNN(nn.Module):
         self.hidden.bias.mul_(alpha)
 
 
-class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convs with BatchNorm; a 1x1 conv + BatchNorm projection
-    shortcut when the shape changes, option B)."""
+# Convolution and BatchNorm classes of ResNet-20 by the number of spatial axes.
+_RESNET_LAYERS = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d)}
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3-wide convs with BatchNorm, 3x3 on images; a 1-wide conv +
+    BatchNorm projection shortcut when the shape changes, option B). ``spatial``: 1 or 2."""
+
+    def __init__(self, cin: int, cout: int, stride: int, spatial: int = 2) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        conv, norm = _RESNET_LAYERS[spatial]
+        self.conv1 = conv(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = norm(cout)
+        self.conv2 = conv(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = norm(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride, bias=False), norm(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -160,37 +170,48 @@ class BasicBlock(nn.Module):
 
 
 class ResNet20(nn.Module):
-    """ResNet-20 for 32x32 inputs (28x28 inputs are zero-padded by 2 on each side).
+    """ResNet-20 for images (C, H, W) of any size, or for signals (C, L) with ``spatial=1``.
+
+    28x28 images are zero-padded by 2 on each side to 32x32 (the paper's MNIST convention);
+    other sizes are used as they are: the global average pool makes the features 64-d whatever
+    the size.
 
     Parameters
     ----------
-    in_channels : 1 or 3.
+    in_channels : C >= 1.
     classes : K.
+    spatial : 2 for images (Conv2d, 3x3 kernels), 1 for signals (Conv1d, 3-wide kernels).
     """
 
-    def __init__(self, in_channels: int = 3, classes: int = 10) -> None:
+    def __init__(self, in_channels: int = 3, classes: int = 10, spatial: int = 2) -> None:
         super().__init__()
-        require(in_channels in (1, 3), f"ResNet-20 takes 1 or 3 channels, got {in_channels}")
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(16), nn.ReLU())
+        require(is_integer(in_channels) and in_channels >= 1,
+                f"ResNet-20 needs at least one input channel, got {in_channels!r}")
+        require(spatial in _RESNET_LAYERS,
+                f"ResNet-20 takes signals (spatial = 1) or images (spatial = 2), got {spatial!r}")
+        conv, norm = _RESNET_LAYERS[spatial]
+        self.spatial = spatial
+        self.stem = nn.Sequential(conv(int(in_channels), 16, 3, 1, 1, bias=False), norm(16),
+                                  nn.ReLU())
         blocks: list[nn.Module] = []
         cin = 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(3):
-                blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1))
+                blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1, spatial))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.classifier = nn.Linear(64, classes)
         self.register_buffer("feature_scale", torch.ones(()))
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] == 28 and x.shape[-2] == 28:
+        if self.spatial == 2 and x.shape[-1] == 28 and x.shape[-2] == 28:
             x = F.pad(x, (2, 2, 2, 2))
         out = self.blocks(self.stem(x))
-        return F.adaptive_avg_pool2d(out, 1).flatten(1) * self.feature_scale
+        pool = F.adaptive_avg_pool2d if self.spatial == 2 else F.adaptive_avg_pool1d
+        return pool(out, 1).flatten(1) * self.feature_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -210,7 +231,8 @@ def build_network(arch: str, input_shape: tuple[int, ...], classes: int, depth: 
     if arch == "resnet20":
         require(act == "relu", f"ResNet-20's blocks use ReLU; activation {act!r} is not "
                 "available for it (allowed: relu)")
-        require(len(input_shape) == 3 and input_shape[1:] in ((28, 28), (32, 32)),
-                f"ResNet-20 needs (C, 32, 32) or (C, 28, 28) images, got {input_shape}")
-        return ResNet20(input_shape[0], classes)
+        require(len(input_shape) in (2, 3),
+                f"ResNet-20 needs images (C, H, W) or signals (C, L), got inputs of shape "
+                f"{input_shape}")
+        return ResNet20(input_shape[0], classes, spatial=len(input_shape) - 1)
     raise InputError(f"unknown network {arch!r}; allowed: {', '.join(ARCHS)}")
