@@ -132,18 +132,6 @@ def test_one_dimensional_form_equals_the_image_form_on_one_pixel_high_images(mod
     assert f1.abs().max() > 0.1  # not a trivial zero function
 
 
-def test_rescale_last_hidden_of_the_one_dimensional_form():
-    """The intervention scales the pooled 64-d features by alpha exactly, in 1-D as in 2-D."""
-    torch.manual_seed(4)
-    net = build_network("resnet20", (1, 40), 4).double().eval()
-    x = torch.randn(6, 1, 40, dtype=torch.float64)
-    with torch.no_grad():
-        before = net.features(x)
-        net.rescale_last_hidden(0.3)
-        after = net.features(x)
-    torch.testing.assert_close(after, 0.3 * before, rtol=1e-14, atol=1e-14)
-
-
 def test_resnet20_refuses_shapes_and_channels_it_cannot_take():
     """Inputs with no spatial axis or three of them, no channels, or a spatial rank other
     than 1 or 2 are refused with what is accepted."""

@@ -445,7 +445,8 @@ def test_resnet20_pads_28_by_28_inputs_with_zeros():
 @pytest.mark.parametrize(("arch", "shape", "act"), [("mlp", (1, 8, 8), "linear"),
                                                     ("mlp", (1, 8, 8), "leaky_relu"),
                                                     ("cnn", (1, 12), "relu"),
-                                                    ("resnet20", (1, 28, 28), "relu")])
+                                                    ("resnet20", (1, 28, 28), "relu"),
+                                                    ("resnet20", (1, 40), "relu")])
 def test_rescale_last_hidden_scales_the_features(arch, shape, act):
     """The intervention multiplies the penultimate features by alpha exactly (positively
     homogeneous activations), logits aside."""
