@@ -67,6 +67,9 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = 
 
     The extension is read in any case (``.CSV`` is CSV, as :func:`read_table` reads it);
     without ``fmt`` it must be ``.csv`` or ``.parquet``, since the reader goes by it.
+    In Parquet a column of objects that mixes kinds (a run table with a scalar decay in one
+    run and per-layer decays, written "1e-3,2e-3", in another) is written as text, and one
+    mixing integers and floats as floats (:func:`parquet_columns`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -81,11 +84,32 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = 
                          f"{fmt!r}; name the file .{fmt} or give the format of its extension")
     if fmt == "csv":
         return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-    return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    plain = parquet_columns(frame)
+    return atomic_write(path, lambda tmp: plain.to_parquet(tmp, index=False))
+
+
+def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with columns Parquet can hold: an object column mixing integers and floats
+    (and missing values) becomes floats; one mixing other kinds (numbers and text, tuples,
+    flags and numbers) becomes text, missing values kept. Other columns are unchanged."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype != object:
+            continue
+        kinds = {type(v) for v in out[col] if v is not None and v == v}
+        if len(kinds) < 2:
+            continue
+        if all(issubclass(k, (int, float, np.integer, np.floating))
+               and not issubclass(k, (bool, np.bool_)) for k in kinds):
+            out[col] = out[col].astype(float)
+        else:
+            out[col] = out[col].map(lambda v: v if v is None or v != v else str(v))
+    return out
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a Parquet or CSV table written by :func:`write_table`.
+    """Read a Parquet or CSV table written by :func:`write_table` (the extension, ``.parquet``
+    or ``.csv`` in any case, gives the format; any other is refused).
 
     In a CSV file the run identifiers (``run_id`` and columns ending in ``_run_id``) are read
     as text: a hexadecimal identifier such as ``012345678901`` or ``1234e5678901`` would
@@ -102,7 +126,11 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError(f"table {path} does not exist")
-    if path.suffix.lower() != ".csv":
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise InputError(f"table {path}: cannot tell its format from the extension "
+                         f"{path.suffix or '(none)'}; name it .csv or .parquet")
+    if suffix == ".parquet":
         return pd.read_parquet(path)
     try:
         header = pd.read_csv(path, nrows=0).columns

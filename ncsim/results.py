@@ -24,8 +24,9 @@ def varying_columns(runs: pd.DataFrame, candidates: tuple[str, ...] = AXIS_COLUM
 
 
 def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec]) -> None:
-    """Write ``runs``, ``trajectories``, ``spec.json`` (each run's spec row under its run id)
-    and ``trajectories.png`` into ``out``.
+    """Write ``runs``, ``trajectories``, ``spec.json`` (each run's spec row under its run id,
+    and the provenance: versions, and the runs' devices and dtypes, comma-separated in order
+    of first use when they differ) and ``trajectories.png`` into ``out``.
 
     An earlier simulation's files in ``out`` are removed first and the run table is written
     last: each file is written atomically, and an interrupted write leaves some of this
@@ -43,8 +44,9 @@ def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec])
         (out / name).unlink(missing_ok=True)
     write_table(result.trajectories, table_path(out / "trajectories", table_format), table_format)
     rows = [{"run_id": rid, **s.to_row()} for rid, s in zip(unique_run_ids(specs), specs)]
-    write_json({"runs": rows, "provenance": provenance(
-        specs[0].solver.device, specs[0].solver.dtype)}, out / "spec.json")
+    devices, dtypes = ({getattr(s.solver, key): None for s in specs} for key in ("device", "dtype"))
+    write_json({"runs": rows, "provenance": provenance(",".join(devices), ",".join(dtypes))},
+               out / "spec.json")
     axes = varying_columns(result.runs)
     fig = trajectory_figure(result.trajectories, result.runs,
                             label_column=axes[0] if axes else None)

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ncsim.errors import InputError
@@ -218,7 +217,6 @@ class Store:
             runs = runs.drop_duplicates("run_id", keep="last").reset_index(drop=True)
         trajs = [pd.read_parquet(self.traj_file(r)) for r in ids if self.traj_file(r).exists()]
         traj = _concat(trajs) if trajs else _no_runs()
-        runs, traj = _plain(runs), _plain(traj)  # mixed-type columns Parquet can hold
         # runs.parquet last: its time stamp tells tables() that both tables are current, so an
         # interrupted consolidation is redone instead of pairing new runs with old trajectories
         write_table(traj, self.trajectories_path)
@@ -278,18 +276,3 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if mixed:
         frames = [f.astype({c: object for c in mixed if c in f}) for f in frames]
     return pd.concat(frames, ignore_index=True)
-
-
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """Object columns mixing types become strings, so Parquet accepts them; a column mixing
-    integers and floats (and missing values) stays numeric, as floats."""
-    out = frame.copy()
-    for col in out.columns:
-        if out[col].dtype == object:
-            kinds = {type(v) for v in out[col] if v is not None and v == v}
-            if len(kinds) > 1 and all(issubclass(k, (int, float, np.integer, np.floating))
-                                      and not issubclass(k, (bool, np.bool_)) for k in kinds):
-                out[col] = out[col].astype(float)
-            elif len(kinds) > 1:
-                out[col] = out[col].map(lambda v: v if v is None else str(v))
-    return out
