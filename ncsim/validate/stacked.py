@@ -145,6 +145,5 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
     bar.close()
     out: list[TrainResult] = []
     for i, c in enumerate(configs):
-        log = pd.DataFrame(rows[i]).drop_duplicates(subset=["time"], keep="last")
-        out.append(TrainResult(log.reset_index(drop=True), _unstack(models[i], params, i), c, []))
+        out.append(TrainResult(pd.DataFrame(rows[i]), _unstack(models[i], params, i), c, []))
     return out

@@ -592,9 +592,7 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
                 checkpoints.append(_save_checkpoint(ckpt_dir / name, model, opt, epoch,
                                                     phase_no, config, data, steps, flow_time))
     bar.close()
-    log = pd.DataFrame(rows)
-    log = log.drop_duplicates(subset=["time"], keep="last").reset_index(drop=True)
-    return TrainResult(log, model, config, checkpoints, fn_before)
+    return TrainResult(pd.DataFrame(rows), model, config, checkpoints, fn_before)
 
 
 @torch.no_grad()
