@@ -658,13 +658,37 @@ def test_grid_no_collapsed_cell_or_no_run_is_inconclusive(tmp_path, figdir):
     none = runs.assign(status="not_collapsed", onset_time=np.nan, fn_at_onset=np.nan)
     sec = grid(study, none, linear_traj([]), figdir)
     assert sec.verdict == "inconclusive"
-    assert sec.reason.startswith("only 0 collapsed cells")
-    assert list(sec.tables[0][1]["n_collapsed"]) == [0, 0, 0, 0]
+    cells = sec.tables[0][1]
+    assert list(cells["n_collapsed"]) == [0, 0, 0, 0]
+    named = "; ".join(f"{a} x {d} (0 of 1 runs)"
+                      for a, d in zip(cells["arch_label"], cells["dataset_label"], strict=True))
+    assert sec.reason.startswith(f"0 of 4 cells collapsed (none in {named}); ")
     assert sec.figures == [] and not (figdir / "grid.png").exists()  # no empty heat map
     sec = grid(study, runs.iloc[0:0], linear_traj([]), figdir)
     assert sec.verdict == "inconclusive"
-    assert sec.reason.startswith("only 0 collapsed cells")
+    assert sec.reason.startswith("0 of 0 cells collapsed; the non-additivity test needs")
     assert sec.figures == []
+
+
+def test_grid_names_the_cells_without_collapse(tmp_path, figdir):
+    """With one architecture's runs collapsed and the other's not, the reason counts the
+    collapsed cells and names each empty cell with its run count."""
+    study = load(tmp_path, "grid", part_toml("a", seed=[0, 1]))
+    runs = grid_runs(interaction_cells(0.0), (0.0, 0.01))
+    labels = _cell_labels(runs)["arch_label"]
+    arch = sorted(labels)[0]
+    mask = labels == arch
+    runs.loc[mask.to_numpy(), ["status", "onset_time", "fn_at_onset"]] = \
+        ["not_collapsed", np.nan, np.nan]
+    sec = grid(study, runs, linear_traj([]), figdir)
+    cells = sec.tables[0][1]
+    empty = cells[cells["n_collapsed"] == 0]
+    assert len(empty) == 2 and set(empty["arch_label"]) == {arch}
+    named = "; ".join(f"{arch} x {d} (0 of 2 runs)" for d in empty["dataset_label"])
+    assert sec.verdict == "inconclusive"
+    assert sec.reason == (f"2 of 4 cells collapsed (none in {named}); the non-additivity "
+                          "test needs 2 architectures x 2 datasets with collapsed runs in "
+                          "every cell")
 
 
 # ----------------------------------------------------------------------------- weight decay

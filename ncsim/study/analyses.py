@@ -1067,9 +1067,13 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
         figs.append(("fn* per (architecture, dataset) cell", _figure(fig, figdir, "grid")))
     full = pivot.dropna(axis=0, how="any").dropna(axis=1, how="any")
     if full.shape[0] < 2 or full.shape[1] < 2:
-        return Section("inconclusive", f"only {int(pivot.notna().sum().sum())} collapsed cells; "
-                       "the non-additivity test needs 2 architectures x 2 datasets",
-                       {}, tables, figs)
+        empty = cells[cells["n_collapsed"] == 0]
+        without = "; ".join(f"{a} x {d} (0 of {n} runs)" for a, d, n in zip(
+            empty["arch_label"], empty["dataset_label"], empty["n_runs"], strict=True))
+        return Section("inconclusive", f"{int(pivot.notna().sum().sum())} of {len(cells)} "
+                       "cells collapsed" + (f" (none in {without})" if without else "")
+                       + "; the non-additivity test needs 2 architectures x 2 datasets with "
+                       "collapsed runs in every cell", {}, tables, figs)
     ok = collapsed(runs)
     ok = ok[ok["arch_label"].isin(full.index) & ok["dataset_label"].isin(full.columns)]
     # interaction of the cell means of log fn*: what the additive model leaves over
