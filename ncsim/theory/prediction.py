@@ -208,13 +208,14 @@ def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, 
 
     def energies(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, integ = y[:, 1], y[:, 2]
-        between = (K - 1) * (h * h + d * a * a * decay_h * np.exp(2 * mu_minus * t))
+        mode = h * h + d * a * a * decay_h * np.exp(2 * mu_minus * t)  # growing + decaying
+        between = (K - 1) * mode
         kept = (d - r_w - r_0) / d + r_w / d * np.exp(-2 * integ)
         if reg:
             kept = kept + r_0 / d * np.exp(-2 * y[:, 5])
             mean = y[:, 4] ** 2 + d * a * a * m_minus[1] ** 2 * np.exp(2 * mu0_minus * t)
         elif loss == "mse" and bias == "none":
-            mean = h * h
+            mean = mode
         else:
             mean = d * a * a * np.exp(-2 * lh * t)
         return between, e0 * np.exp(-2 * lh * t) * kept, mean
