@@ -44,7 +44,8 @@ def write_simulation(result, out: Path, table_format: str, specs: list[RunSpec])
         (out / name).unlink(missing_ok=True)
     write_table(result.trajectories, table_path(out / "trajectories", table_format), table_format)
     rows = [{"run_id": rid, **s.to_row()} for rid, s in zip(unique_run_ids(specs), specs)]
-    devices, dtypes = ({getattr(s.solver, key): None for s in specs} for key in ("device", "dtype"))
+    devices = dict.fromkeys(s.solver.device for s in specs)  # distinct, in order of first use
+    dtypes = dict.fromkeys(s.solver.dtype for s in specs)
     write_json({"runs": rows, "provenance": provenance(",".join(devices), ",".join(dtypes))},
                out / "spec.json")
     axes = varying_columns(result.runs)
