@@ -413,8 +413,10 @@ class SolverSpec:
         return self.t_first if self.t_first is not None else min(1e-2, self.t_end / 10)
 
     def record_times(self) -> np.ndarray:
-        """Record times, shape (records,): 0 then log-spaced in [t_first, t_end] (two records:
-        0 and t_end; ``validate`` asks for at least two)."""
+        """Record times, shape (records,): 0 then log-spaced in [t_first, t_end] (one record:
+        t_end; two: 0 and t_end)."""
+        if self.records == 1:
+            return np.array([self.t_end])
         if self.records == 2:
             return np.array([0.0, self.t_end])
         rest = np.geomspace(self.first_record, self.t_end, self.records - 1)
