@@ -8,6 +8,7 @@ that reach the computed run."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -281,6 +282,25 @@ def test_an_onset_before_the_rescaling_is_marked_as_such():
     _, row, _ = _intervention(RunDesc("p", "simulated", p))
     assert row["status"] == "ok" and row["onset_time"] < 400.0
     assert row["onset_before_intervention"] is True
+
+
+def test_an_intervention_run_vanishes_against_the_largest_fn_of_both_segments():
+    """MSE, K = 3, n = 2, d = 4, lambda = 3 (above the critical decay: every norm decays), H
+    scaled by 0.01 at t1 = 1, t_end = 2: the final fn is 2.6e-4 of the largest fn of the
+    whole run (its start, ~2.0), below the vanishing tolerance 1e-3, though it is 0.39 of the
+    largest fn of the second segment alone. The run is "vanishing", with no onset and no fn*
+    (simulate's rule, over the whole run)."""
+    from ncsim.study.compute import _intervention
+
+    p = {"loss": "mse", "classes": 3, "per_class": 2, "dim": 4, "lambda": 3.0,
+         "init_scale": 1.0, "t_end": 2.0, "records": 8, "intervene_time": 1.0,
+         "intervene_alpha": 1e-2}
+    _, row, traj = _intervention(RunDesc("p", "simulated", p))
+    second = traj[traj["phase"] == 2]["fn"]
+    assert row["final_fn"] / second.max() > 0.1  # not vanishing within segment 2 alone
+    assert row["final_fn"] / traj["fn"].max() < 1e-3 / 2
+    assert row["status"] == "vanishing"
+    assert math.isnan(row["onset_time"]) and math.isnan(row["fn_at_onset"])
 
 
 TRAINED = {"dataset": "gaussian", "per_class": 6, "test_per_class": 2, "data_classes": 3,
