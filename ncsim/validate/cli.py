@@ -217,6 +217,11 @@ def _condition_label(config) -> str:
               help="epochs between NC records [default: 10; cpu-small: 50]")
 @click.option("--nc-min-accuracy", type=float, default=0.0, show_default=True,
               help="leave NC columns empty below this train accuracy (paper: 0.99)")
+@click.option("--reference-train-size", type=int, default=None,
+              help="take, in every phase, the optimiser steps the protocol takes on this many "
+              "training samples (60000: MNIST's): epochs, milestones, warm-up, --nc-every, "
+              "--checkpoint-every and --intervene-epoch are rescaled to the data given; the "
+              "log and run.json hold the rescaled values [epochs as given]")
 @click.option("--intervene-epoch", type=int, default=None,
               help="rescale the last hidden layer after this many epochs")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="rescale factor")
@@ -241,7 +246,7 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None,
               activation: str | None, optimizer: str | None, lr: float | None,
               weight_decay: float | None, schedule: str | None, batch_size: int | None,
               warmup: int | None, nc_every: int | None, nc_min_accuracy: float,
-              intervene_epoch: int | None, alpha: float,
+              reference_train_size: int | None, intervene_epoch: int | None, alpha: float,
               seed: int, seeds: str | None, device: str, amp: bool, onset_threshold: float,
               out: Path,
               checkpoint_every: int, fmt: str, progress: bool) -> None:
@@ -269,7 +274,8 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None,
     run_id = f"{config.arch}_{dataset}" if seed_list else f"{config.arch}_{dataset}_s{seed}"
     config = dataclasses.replace(
         config, nc_every=nc_every if nc_every is not None else config.nc_every,
-        nc_min_accuracy=nc_min_accuracy, seed=seed, device=device,
+        nc_min_accuracy=nc_min_accuracy, reference_train_size=reference_train_size,
+        seed=seed, device=device,
         amp=amp, intervention_epoch=intervene_epoch, intervention_alpha=alpha,
         checkpoint_dir=None if seed_list else str(out / "checkpoints"),
         checkpoint_every=checkpoint_every,
@@ -289,7 +295,7 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None,
     summaries = [{"run": r.config.run_id, "seed": r.config.seed,
                   **summarize(r.log, onset_threshold),
                   "fn_before_intervention": r.fn_before_intervention} for r in runs]
-    write_json({"config": config.to_dict(), "seeds": [r.config.seed for r in runs],
+    write_json({"config": result.config.to_dict(), "seeds": [r.config.seed for r in runs],
                 "summary": summaries[0] if len(summaries) == 1 else summaries,
                 "provenance": provenance(device, "float32")}, out / "run.json")
     plot_training(runs[0].log, out / "training.png", onset=summaries[0]["onset_epoch"])

@@ -150,6 +150,12 @@ class TrainConfig:
     checkpoint_dir, checkpoint_every : save model + optimiser state every k epochs and at
         every phase end (``phase{j}_end.pt``); None = no checkpoints.
     run_id, labels : the log's run id and label columns (model, dataset, condition).
+    reference_train_size : None, or a number of training samples (60000: MNIST and
+        Fashion-MNIST) whose optimiser steps every phase takes on the data given: :func:`train`
+        rescales the phases' epochs, and with them the step milestones, warm-ups, ``nc_every``,
+        ``checkpoint_every`` and the intervention epoch, to the actual training set (see
+        :meth:`for_train_size`). The paper's protocols count epochs of 60,000 samples; on the
+        digits (1,438 training samples) they take 40x fewer steps.
     data_args : keyword arguments of :func:`ncsim.validate.data.load_dataset` (stored in
         checkpoints so that a checkpoint can rebuild its training set).
     """
@@ -171,6 +177,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     run_id: str = "run"
+    reference_train_size: int | None = None
     data_args: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     labels: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -200,6 +207,10 @@ class TrainConfig:
                 f"seed must be an integer in [0, 2^31), got {self.seed!r} (torch's generator "
                 "keeps only the low 32 bits of a seed, and the batch order uses seed + "
                 f"{BATCH_ORDER_OFFSET})")
+        require(self.reference_train_size is None
+                or (is_integer(self.reference_train_size) and self.reference_train_size >= 1),
+                f"reference_train_size must be an integer >= 1 (the training-set size whose "
+                f"steps each phase takes, e.g. 60000) or None, got {self.reference_train_size!r}")
         require(is_integer(self.checkpoint_every) and self.checkpoint_every >= 0,
                 f"checkpoint_every must be an integer >= 0 (0: only at phase ends), got "
                 f"{self.checkpoint_every!r}")
@@ -236,6 +247,37 @@ class TrainConfig:
     def total_epochs(self) -> int:
         return sum(p.epochs for p in self.phases)
 
+    def for_train_size(self, n_train: int) -> TrainConfig:
+        """This configuration for a training set of ``n_train`` samples, step-matched to
+        ``reference_train_size`` (returned as it is when that is None).
+
+        A phase of ``e`` epochs at batch size ``b`` takes ``e x ceil(n_ref / b)`` optimiser steps
+        on ``n_ref`` samples. On ``n_train`` samples it gets
+        ``e' = max(1, round(e x ceil(n_ref / b) / ceil(n_train / b)))`` epochs, the same steps to
+        within half an epoch's; its step milestones and warm-up scale with ``e' / e``.
+        ``nc_every`` and ``checkpoint_every`` scale with the last phase's ``e' / e`` (the phase
+        whose records give the onset), at least 1 (``checkpoint_every`` 0 stays 0). An intervention
+        epoch inside phase j moves to the same fraction of the rescaled phase j. The result has
+        ``reference_train_size`` None, so it is not rescaled twice (checkpoints store it).
+        """
+        require(is_integer(n_train) and n_train >= 1,
+                f"the training set must hold at least one sample, got {n_train!r}")
+        if self.reference_train_size is None:
+            return self
+        ref = int(self.reference_train_size)
+        phases = tuple(
+            _rescaled(p, max(1, round(p.epochs * math.ceil(ref / p.batch_size)
+                                      / math.ceil(n_train / p.batch_size))))
+            for p in self.phases)
+        scale = phases[-1].epochs / self.phases[-1].epochs
+        nc_every = max(1, round(self.nc_every * scale))
+        checkpoint_every = (max(1, round(self.checkpoint_every * scale))
+                            if self.checkpoint_every else 0)
+        return dataclasses.replace(
+            self, phases=phases, nc_every=nc_every, checkpoint_every=checkpoint_every,
+            intervention_epoch=_moved_epoch(self.intervention_epoch, self.phases, phases),
+            reference_train_size=None)
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["phases"] = [dataclasses.asdict(p) for p in self.phases]
@@ -255,6 +297,21 @@ def _rescaled(phase: Phase, epochs: int) -> Phase:
     return dataclasses.replace(
         phase, epochs=epochs, milestones=tuple(int(round(m * scale)) for m in phase.milestones),
         warmup=min(int(round(phase.warmup * scale)), max(epochs - 1, 0)))
+
+
+def _moved_epoch(epoch: int | None, old: tuple[Phase, ...], new: tuple[Phase, ...]
+                 ) -> int | None:
+    """``epoch`` of the phases ``old`` at the same fraction of its phase in ``new`` (rounded);
+    a phase end stays that phase's end, epoch 0 stays 0, None stays None."""
+    if epoch is None:
+        return None
+    start, new_start = 0, 0
+    for before, after in zip(old, new, strict=True):
+        if epoch <= start + before.epochs:
+            return new_start + round((epoch - start) * after.epochs / before.epochs)
+        start += before.epochs
+        new_start += after.epochs
+    return new_start + (epoch - start)
 
 
 def preset(name: str, epochs: tuple[int, ...] | None = None, **overrides: Any) -> TrainConfig:
@@ -520,6 +577,7 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
     if not isinstance(data, Dataset):
         raise InputError(f"train takes a Dataset as data, got {type(data).__name__}; load one "
                          "with ncsim.validate.data.load_dataset(name)")
+    config = config.validate().for_train_size(int(data.x_train.shape[0]))
     if seeds is not None:
         from ncsim.validate.stacked import check_seeds, train_stacked
 
