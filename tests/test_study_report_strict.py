@@ -284,6 +284,33 @@ def test_an_onset_before_the_rescaling_is_marked_as_such():
     assert row["onset_before_intervention"] is True
 
 
+def test_an_onset_counts_when_the_second_segment_runs_out_of_steps():
+    """MSE, K = 3, n = 2, d = 4, lambda 1e-2 collapses near t ~ 224; H rescaled (alpha = 1)
+    at t1 = 300 (segment 1 takes ~137 steps, its last record is the first below 0.01),
+    t_end = 1e5 with max_steps 140: segment 2 runs out of steps near t ~ 1200 after 6
+    records. The onset rule asks for 7 records in a row below the threshold: the joined
+    series has them (1 + 6), segment 2 alone does not. As in simulate, a run that collapsed
+    is "ok" even when its steps ran out, so the run is "ok" with its onset just before
+    segment 1's last record; read with a threshold it never reaches (1e-30) it has no onset
+    and keeps the status "max_steps"."""
+    from ncsim.study.compute import _intervention
+
+    p = {"loss": "mse", "classes": 3, "per_class": 2, "dim": 4, "lambda": 1e-2,
+         "init_scale": 1.0, "t_end": 1e5, "records": 16, "intervene_time": 300.0,
+         "intervene_alpha": 1.0, "max_steps": 140, "onset_stay": 7}
+    _, row, traj = _intervention(RunDesc("p", "simulated", p))
+    below = (traj["nc1_trace"] < 0.01).tolist()
+    assert traj["phase"].tolist() == [1] * 8 + [2] * 6
+    assert below == [False] * 7 + [True] * 7
+    assert 300.0 < row["t_final"] < 1e5
+    assert row["status"] == "ok"
+    # interpolated between the last record above the threshold and the first below (t1)
+    assert traj["time"].iloc[6] < row["onset_time"] < traj["time"].iloc[7] == 300.0
+    _, row, _ = _intervention(RunDesc("p", "simulated", {**p, "onset_threshold": 1e-30}))
+    assert row["status"] == "max_steps" and math.isnan(row["onset_time"])
+    assert 300.0 < row["t_final"] < 1e5
+
+
 def test_an_intervention_run_vanishes_against_the_largest_fn_of_both_segments():
     """MSE, K = 3, n = 2, d = 4, lambda = 3 (above the critical decay: every norm decays), H
     scaled by 0.01 at t1 = 1, t_end = 2: the final fn is 2.6e-4 of the largest fn of the
