@@ -968,3 +968,21 @@ def test_a_run_whose_objective_rose_is_diverged():
         status[name] = run["status"]
     assert status == {"gd 1000": "diverged", "dopri5 loose": "diverged", "gd 1": "ok",
                       "dopri5": "ok"}
+
+
+def test_few_rejections_at_the_stability_boundary():
+    """y' = -diag(1, 30, 500) y from (1, 1, 1) to t = 10, dopri5, rtol 1e-6, atol 1e-12: once
+    the fast modes have decayed, the step is bounded by stability (dt x 500 near
+    Dormand-Prince's real boundary 3.307), not by accuracy. The accepted steps are scipy
+    RK45's (the same pair and error norm: 1577) to within one, with 39 rejections (2.5%).
+    scipy rejects 226 (14%): after a rejection it forbids the next step to grow, and at the
+    stability boundary that keeps the controller bouncing off it (the same rule here took
+    1236 rejections against 190 to t = 50; the flows of W1 end on this boundary). The slow
+    mode ends at exp(-10) to the tolerance."""
+    lam = torch.tensor([1.0, 30.0, 500.0], dtype=F64)
+    solver = _spec(method="dopri5", t_end=10.0, records=3, rtol=1e-6, atol=1e-12, gtol=0)
+    result = integrate(lambda y: -lam * y, torch.ones(1, 3, dtype=F64), solver, _states, 3)
+    assert result.code[0] == DONE
+    assert abs(int(result.steps[0]) - 1577) <= 1
+    assert result.rejected[0] <= 0.03 * result.steps[0]
+    assert float(result.final_state[0, 0]) == pytest.approx(math.exp(-10.0), rel=1e-5)
