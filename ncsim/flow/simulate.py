@@ -11,6 +11,7 @@ not collapse (README, "What ncsim computes"); the crossing stays visible in the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -132,6 +133,25 @@ def _some_ids(ids: list[str]) -> str:
     return listed(ids) if ids else "none (the result holds no final states)"
 
 
+def _canonical_row(spec: RunSpec) -> dict[str, Any]:
+    """``spec.to_row()`` with each setting written out at the value of its short form, so that
+    one run has one identifier: equal class counts (5, 5, 5) as 5, equal per-layer decays or
+    time scales as one number, a hidden width equal to d and a first record time equal to
+    its default as None (the forms give the same numbers to the bit). The short forms are
+    the ones the identifiers were made of before."""
+    row = spec.to_row()
+    for key, value in (("per_class", spec.model.per_class), ("lambda_w", spec.reg.lambda_w),
+                       ("time_scale_eta_w", spec.time_scale.eta_w)):
+        if isinstance(value, tuple) and len(set(value)) == 1:
+            row[key] = value[0]
+    if spec.model.width == spec.model.dim:
+        row["width"] = None
+    if spec.solver.t_first is not None and spec.solver.t_first == dataclasses.replace(
+            spec.solver, t_first=None).first_record:
+        row["solver_t_first"] = None
+    return row
+
+
 def run_id(spec: RunSpec) -> str:
     """Stable 12-hex identifier of a run spec (hash of every field that shapes the result;
     ``cuda_graphs`` only changes how the same steps are launched, so it is left out, which
@@ -140,7 +160,7 @@ def run_id(spec: RunSpec) -> str:
     ``init_draw``: such runs once drew (H, W) entry by entry, so their stored results are
     not those of the same spec now (a study computes a run again when its stored
     ``sim_run_id`` is not the current one: :func:`ncsim.study.runner.stale_runs`)."""
-    row = spec.to_row()
+    row = _canonical_row(spec)
     if spec.init.kind == "gaussian" and draws_gram_factor(spec.model):
         row["init_draw"] = "gram_factor"
     row.pop("solver_cuda_graphs", None)
