@@ -85,10 +85,18 @@ def test_an_analysis_that_fails_on_whole_finished_parts_quotes_no_verdict_of_the
     assert "finished parts alone" not in text
 
 
+def test_missing_runs_are_named_by_part():
+    """Runs of a part are counted against the part's size; runs that no part gives are
+    counted alone, in the singular for one."""
+    progress = report.Progress(finished=3, total=22, missing={"seeds": (2, 5), "?": (17, 17)})
+    assert progress.missing_text() == "seeds 2 of 5, 17 runs of no part"
+    assert report.Progress(4, 5, {"?": (1, 1)}).missing_text() == "1 run of no part"
+
+
 def test_a_run_id_that_no_part_gives_keeps_the_study_unfinished(tmp_path, monkeypatch):
     """study.json lists the two runs of "ufm" and a third id that the study's parts do not
     give (a run of another version of the study). Both "ufm" runs finished, the third did not:
-    2 of 3 runs finished, the missing run counted under "?" ("1 runs"), the verdict is
+    2 of 3 runs finished, the missing run counted under "?" ("1 run of no part"), the verdict is
     "incomplete" (not the analysis's "supported"), and, since a run outside every part is
     missing, no verdict of finished parts is quoted."""
     folder, store, descs = _bound_folder(tmp_path, extra="", foreign=["0123456789ab"])
@@ -101,7 +109,7 @@ def test_a_run_id_that_no_part_gives_keeps_the_study_unfinished(tmp_path, monkey
     assert (verdict["runs_finished"], verdict["runs_total"]) == (2, 3)
     assert verdict["runs_missing"] == {"?": 1}
     assert "finished_parts" not in verdict["numbers"]
-    assert verdict["reason"].startswith("2 of 3 runs finished (missing: 1 runs)")
+    assert verdict["reason"].startswith("2 of 3 runs finished (missing: 1 run of no part)")
     assert report.unfinished_studies(folder) == [(folder, 2, 3)]
 
 

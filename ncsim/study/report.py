@@ -49,8 +49,10 @@ class Progress:
             part != "?" and n == size for part, (n, size) in self.missing.items())
 
     def missing_text(self) -> str:
-        """``seeds 12 of 20, wd 5 of 5`` (a part unknown to the study: ``17 runs``)."""
-        return ", ".join(f"{n} runs" if part == "?" else f"{part} {n} of {size}"
+        """``seeds 12 of 20, wd 5 of 5``; runs that no part of the study gives (listed by a
+        study.json of another version): ``1 run of no part`` / ``17 runs of no part``."""
+        return ", ".join(f"{n} run{'' if n == 1 else 's'} of no part" if part == "?"
+                         else f"{part} {n} of {size}"
                          for part, (n, size) in self.missing.items())
 
 
