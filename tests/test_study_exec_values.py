@@ -508,8 +508,9 @@ def test_intervention_steps_count_both_segments(tmp_path, monkeypatch):
 def test_a_trained_row_reads_the_training_log(monkeypatch):
     """A trained run's row from its log (records out of order, as a log may be read): onset at
     the first phase-2 epoch below 0.01 (epoch 5, fn* = fn there), final values at the last
-    epoch (nc1_trace 0.004, not its minimum 0.003), fn after the intervention at its epoch,
-    fn before it as the training reported, the status in the simulator's words."""
+    epoch (nc1_trace 0.004, not its minimum 0.003, and the optimiser steps of the last
+    record, not of the last row read), fn after the intervention at its epoch, fn before it as
+    the training reported, the status in the simulator's words."""
     import types
 
     import ncsim.validate.data as data_module
@@ -521,6 +522,7 @@ def test_a_trained_row_reads_the_training_log(monkeypatch):
         "fn": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
         "nc1_trace": [1.0, 0.5, 0.005, 0.1, 0.05, 0.008, 0.003, 0.004],
         "accuracy": [0.1, 0.5, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99],
+        "steps": [0, 3, 6, 9, 12, 15, 18, 21],
     }).iloc[[5, 0, 7, 2, 1, 6, 3, 4]]
     monkeypatch.setattr(data_module, "load_dataset", lambda *args, **kwargs: None)
     monkeypatch.setattr(train_module, "train", lambda config, data: types.SimpleNamespace(
@@ -532,7 +534,8 @@ def test_a_trained_row_reads_the_training_log(monkeypatch):
     want = {"status": "ok", "time_unit": "epoch", "onset_time": 5.0, "fn_at_onset": 0.6,
             "final_fn": 0.8, "final_nc1_trace": 0.004, "min_nc1_trace": 0.003, "t_final": 7.0,
             "final_accuracy": 0.99, "fn_before_intervention": 1.25,
-            "fn_after_intervention": 0.5, "onset_at_phase_start": False, "epochs": "3,4"}
+            "fn_after_intervention": 0.5, "onset_at_phase_start": False, "epochs": "3,4",
+            "optimizer_steps": 21}
     assert {k: row[k] for k in want} == want
     assert list(traj["time"]) == [0.0, 1, 2, 3, 4, 5, 6, 7] and "run_id" not in traj
 

@@ -385,6 +385,8 @@ def test_a_trained_run_gets_the_data_decay_and_threshold_of_its_study():
     assert row["final_nc1_trace"] == pytest.approx(float(direct["nc1_trace"].iloc[-1]),
                                                    rel=1e-12)
     assert row["min_nc1_trace"] == pytest.approx(float(direct["nc1_trace"].min()), rel=1e-12)
+    # 18 samples at batch 6: 3 steps per epoch, 2 epochs
+    assert row["optimizer_steps"] == int(direct["steps"].iloc[-1]) == 6
     assert row["fn_before_intervention"] == pytest.approx(result.fn_before_intervention,
                                                           rel=1e-12)
     at_one = float(direct.loc[direct["time"] == 1.0, "fn"].iloc[-1])

@@ -213,6 +213,7 @@ def _train(desc: RunDesc) -> Result:
            "fn_at_onset": summary["fn_star"], "final_fn": summary["final_fn"],
            "final_nc1_trace": float(log["nc1_trace"].iloc[-1]),
            "min_nc1_trace": summary["min_metric"], "t_final": summary["last_epoch"],
+           "optimizer_steps": int(log["steps"].iloc[-1]),
            "final_accuracy": float(log["accuracy"].iloc[-1]),
            "fn_before_intervention": result.fn_before_intervention,
            "fn_after_intervention": _fn_at(log, config.intervention_epoch),
