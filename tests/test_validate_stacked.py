@@ -57,6 +57,20 @@ def test_seeds_on_the_cpu_train_one_after_another_exactly():
     assert result.model is result.runs[0].model
 
 
+def test_stacked_training_takes_the_reference_steps():
+    """With ``reference_train_size`` the vectorised loop trains the rescaled protocol, as
+    ``train`` does: 100 digits at batch 32 (4 steps per epoch) against a reference of 200 (7
+    steps): 2 epochs become round(14 / 4) = 4 (rounded half to even from 3.5) in both phases,
+    8 epochs and 32 steps in all, a record every round(1 x 4 / 2) = 2 epochs."""
+    data = load_dataset("digits", per_class=10, seed=0)
+    config = dataclasses.replace(_config(), reference_train_size=200)
+    (run,) = train_stacked(config, data, [0])
+    assert [p.epochs for p in run.config.phases] == [4, 4]
+    assert run.config.reference_train_size is None
+    assert list(run.log["time"]) == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert int(run.log["steps"].iloc[-1]) == 32
+
+
 def test_stacked_rejects_batchnorm_and_duplicates():
     data = load_dataset("gaussian", per_class=4, classes=3, dim=4)
     config = TrainConfig(depth=1, width=8, phases=(Phase("ce", 1, batch_size=4),))

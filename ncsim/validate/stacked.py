@@ -76,7 +76,9 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
 
     Parameters
     ----------
-    config : the run (its ``seed`` is replaced by each of ``seeds``; ``run_id`` gets ``_s{seed}``).
+    config : the run (its ``seed`` is replaced by each of ``seeds``; ``run_id`` gets ``_s{seed}``;
+        a ``reference_train_size`` is resolved for ``data`` as :func:`~ncsim.validate.train.train`
+        does).
     data : training data (shared by the seeds; each seed has its own batch order).
     seeds : S >= 1 distinct seeds.
 
@@ -90,6 +92,7 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
     from tqdm.auto import tqdm
 
     seeds = check_seeds(config, seeds)
+    config = config.for_train_size(int(data.x_train.shape[0]))
     device = torch.device(config.device)
     data = data.to(device)
     configs = [dataclasses.replace(config, seed=s, run_id=f"{config.run_id}_s{s}")
