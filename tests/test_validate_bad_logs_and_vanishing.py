@@ -295,7 +295,8 @@ def test_study_trained_row_reads_the_status_of_run_onset(monkeypatch, fn_end, nc
     log = pd.DataFrame({
         "time": epochs, "phase": [1, 1, 1, 2, 2, 2],
         "nc1_trace": [2.0, 1.0, 0.5, 0.1, 0.05, nc1_end],
-        "fn": [1.0, 1.5, 2.0, 2.0, 2.0, fn_end], "accuracy": [0.5, 0.9, 1.0, 1.0, 1.0, 1.0]})
+        "fn": [1.0, 1.5, 2.0, 2.0, 2.0, fn_end], "accuracy": [0.5, 0.9, 1.0, 1.0, 1.0, 1.0],
+        "steps": 3 * epochs.astype(int)})
     monkeypatch.setattr(train_module, "train", lambda config, data: SimpleNamespace(
         log=log, fn_before_intervention=math.nan))
     desc = RunDesc("part", "train", {"dataset": "gaussian", "per_class": 4,
