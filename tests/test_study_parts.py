@@ -10,21 +10,13 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import error_line, interrupt_chunk, invoke
-from tiny_study import NET_PART, write_tiny_study
+from tiny_study import MORE_PART, NET_PART, write_tiny_study
 
 from ncsim.errors import InputError
 from ncsim.study.report import INCOMPLETE, Progress, write_report
 from ncsim.study.runner import part_names, run_study
 from ncsim.study.spec import load_study
 from ncsim.study.store import Store
-
-MORE_PART = """
-[[parts]]
-name = "more"
-model = "simulated"
-[parts.grid]
-seed = [10, 11]
-"""
 
 
 def _spec(tmp_path: Path, extra: str = MORE_PART) -> Path:

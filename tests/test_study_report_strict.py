@@ -14,21 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tiny_study import write_tiny_study
+from tiny_study import MORE_PART, write_tiny_study
 
 from ncsim.study import report
 from ncsim.study.analyses import Section
 from ncsim.study.report import INCOMPLETE, section_markdown, write_report
 from ncsim.study.spec import RunDesc, load_study, run_spec
 from ncsim.study.store import Store
-
-MORE_PART = """
-[[parts]]
-name = "more"
-model = "simulated"
-[parts.grid]
-seed = [10, 11]
-"""
 
 
 def _bound_folder(tmp_path: Path, extra: str = MORE_PART, foreign: list[str] | None = None):

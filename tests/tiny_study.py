@@ -47,6 +47,15 @@ dataset = "mnist"
 epochs = [1, 1]
 """
 
+# A second simulated part of the tiny study (seeds 10 and 11).
+MORE_PART = """
+[[parts]]
+name = "more"
+model = "simulated"
+[parts.grid]
+seed = [10, 11]
+"""
+
 # A trained part on a Gaussian mixture (one epoch per phase): a training that runs anywhere.
 NET_PART = """
 [[parts]]
