@@ -256,7 +256,9 @@ def _check_simulation_folder(out: Path | None) -> None:
 @click.option("--t-first", type=NUMBERS, default=None, help="First non-zero record time.")
 @click.option("--max-steps", type=INTEGERS, default=None, help="Step budget per run [1000000].")
 @click.option("--gtol", type=NUMBERS, default=None,
-              help="Steady state when |grad f| <= gtol [1e-10].")
+              help="Steady state when |grad f| <= gtol at a point the flow does not leave "
+                   "before t_end (a saddle it leaves is followed); 0 follows every run to "
+                   "t_end [1e-10].")
 @click.option("--onset-metric", type=_choice(ONSET_METRICS), default="nc1_trace",
               show_default=True)
 @click.option("--onset-threshold", type=NUMBERS, default=None,
@@ -300,9 +302,8 @@ def simulate(**options: Any) -> None:
     at_rest = int(stopped_at_rest(result.runs).sum())
     if at_rest:
         click.echo(f"note: {at_rest} run(s) stopped at rest before t_end without collapsing "
-                   "(|grad f| <= gtol): a stationary point, possibly a saddle such as the "
-                   "origin that a tiny init starts next to; give --gtol 0 to follow them to "
-                   "t_end", err=True)
+                   "(|grad f| <= gtol at a minimum, or at a saddle the flow would not leave "
+                   "before t_end); give --gtol 0 to follow them to t_end", err=True)
     if options["out"] is not None:
         write_simulation(result, options["out"], options["table_format"], specs)
     if options["fmt"] == "json":

@@ -357,15 +357,19 @@ class SolverSpec:
     t_first : first non-zero record time (default min(1e-2, t_end / 10)).
     max_steps : cap on the step attempts of a run (accepted and rejected alike); status
         "max_steps" when it is reached before t_end.
-    gtol : steady state: a run stops when |grad f|_2 <= gtol. A start within gtol of a
-        stationary point stops there too: an init at scale ~1e-10 near the origin's saddle
-        stops at once as ``not_collapsed`` (``ncsim.flow.stopped_at_rest`` finds such runs in a
-        run table; ``ncsim simulate`` notes them), while a start exactly at the origin, whose
-        fn is 0 throughout, is ``vanishing``; give gtol = 0 to follow every run to
-        t_end, even one at an exact stationary point. At rest an explicit method's steps sit
-        at its stability limit, so |grad f| settles on a noise floor of about rtol x (largest
-        curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol 1e-8); a gtol below that
-        floor never stops a run early (it then runs to t_end).
+    gtol : steady state: a run stops when |grad f|_2 <= gtol at a point the flow does not
+        leave before t_end. A point at rest is tested for a saddle
+        (:mod:`ncsim.flow.saddle`: the largest growth rate mu of the linearised flow, by
+        Arnoldi's method on the velocity): where mu x (t_end - t) >= 1 the run goes on, so an
+        init at scale ~1e-10 next to the origin's saddle leaves it and collapses as with
+        gtol = 0; a saddle left too slowly, or a minimum, stops the run (``not_collapsed``
+        without an onset; ``ncsim.flow.stopped_at_rest`` finds such runs in a run table and
+        ``ncsim simulate`` notes them). A start exactly at a stationary point (|grad f| = 0,
+        such as the origin) cannot leave it and stops there; its fn is 0 throughout, so it
+        is ``vanishing``. Give gtol = 0 to follow every run to t_end. At rest an explicit
+        method's steps sit at its stability limit, so |grad f| settles on a noise floor of
+        about rtol x (largest curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol
+        1e-8); a gtol below that floor never stops a run early (it then runs to t_end).
     check_every : steps between two host synchronisations (termination checks). On an
         accelerator a batch whose record queue holds fewer states per run (very large
         batches: a 1 GiB cap) synchronises after that many steps.

@@ -158,17 +158,35 @@ def test_tolerances_default_to_the_dtype_s_usual_pair(dtype, rtol, atol):
     assert (row["solver_rtol"], row["solver_atol"]) == (2e-5, 3e-7)
 
 
+TINY_INIT = ["simulate", "--loss", "ce", "-K", "4", "-n", "3", "-d", "8", "--lambda-w", "1e-3",
+             "--lambda-h", "1e-3", "--init-scale", "1e-10", "--records", "30", "--no-theory",
+             "--format", "json"]
+
+
+def test_a_tiny_init_leaves_the_origin_saddle_with_the_default_gtol():
+    """An init at scale 1e-10 next to the origin's saddle has |grad f| <= gtol at once, but
+    the origin is a saddle the flow leaves: the run goes on and collapses with the very onset
+    of a run that never tests for rest (--gtol 0), with no note on stderr."""
+    default = CliRunner().invoke(cli, [*TINY_INIT, "--t-end", "2000"], catch_exceptions=False)
+    followed = CliRunner().invoke(cli, [*TINY_INIT, "--t-end", "2000", "--gtol", "0"],
+                                  catch_exceptions=False)
+    assert "stopped at rest" not in default.stderr
+    (row,) = json.loads(default.stdout)["runs"]
+    (ref,) = json.loads(followed.stdout)["runs"]
+    assert row["status"] == ref["status"] == "ok"
+    assert row["onset_time"] == ref["onset_time"] and row["steps"] == ref["steps"]
+
+
 def test_a_run_stopped_at_rest_without_collapsing_is_noted():
-    """An init at scale 1e-10 next to the origin's saddle has |grad f| <= gtol at once: the run
-    stops as not_collapsed after one step, and the command says so on stderr with the way out
-    (--gtol 0, with which the same run collapses)."""
-    args = ["simulate", "--loss", "ce", "-K", "4", "-n", "3", "-d", "8", "--lambda-w", "1e-3",
-            "--lambda-h", "1e-3", "--init-scale", "1e-10", "--t-end", "2000", "--records", "30",
-            "--no-theory", "--format", "json"]
-    stopped = CliRunner().invoke(cli, args, catch_exceptions=False)
+    """The same tiny init with t_end = 2: its unstable direction grows by less than e before
+    t_end, so the run stops at rest after one step as not_collapsed, and the command says so
+    on stderr with the way out (--gtol 0, with which the run goes on to t_end)."""
+    stopped = CliRunner().invoke(cli, [*TINY_INIT, "--t-end", "2"], catch_exceptions=False)
     assert "1 run(s) stopped at rest before t_end without collapsing" in stopped.stderr
     assert "--gtol 0" in stopped.stderr
-    assert json.loads(stopped.stdout)["runs"][0]["status"] == "not_collapsed"
-    followed = CliRunner().invoke(cli, [*args, "--gtol", "0"], catch_exceptions=False)
+    (row,) = json.loads(stopped.stdout)["runs"]
+    assert row["status"] == "not_collapsed" and row["steps"] == 1 and row["t_final"] < 2.0
+    followed = CliRunner().invoke(cli, [*TINY_INIT, "--t-end", "2", "--gtol", "0"],
+                                  catch_exceptions=False)
     assert "stopped at rest" not in followed.stderr
-    assert json.loads(followed.stdout)["runs"][0]["status"] == "ok"
+    assert json.loads(followed.stdout)["runs"][0]["t_final"] == 2.0

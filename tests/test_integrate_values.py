@@ -235,7 +235,9 @@ def test_run_table_onset_follows_the_onset_metric():
 def test_stopped_at_rest_flags_only_runs_that_stopped_before_t_end():
     """A not_collapsed run at t_end (or a rounding below it) did not stop at rest; one that
     ended at half of t_end did; an ``ok`` run is never flagged. On simulated runs: a start at
-    1e-12 stops at rest at once, a normal start cut at t_end = 0.5 runs to t_end."""
+    1e-12 next to the origin's saddle, whose unstable direction grows at a rate mu < 0.25
+    (so by less than e within t_end = 2), stops at rest at its first step; a normal start cut
+    at t_end = 0.5 runs to t_end."""
     table = pd.DataFrame({"status": ["not_collapsed", "not_collapsed", "not_collapsed", "ok"],
                           "t_final": [10.0, 10.0 * (1 - 1e-15), 5.0, 5.0],
                           "solver_t_end": [10.0, 10.0, 10.0, 10.0]})
@@ -243,12 +245,13 @@ def test_stopped_at_rest_flags_only_runs_that_stopped_before_t_end():
     base = RunSpec(model=ModelSpec(loss="ce", classes=3, per_class=2, dim=4),
                    reg=Regularization(lambda_w=1e-3, lambda_h=1e-3))
     rest = base.replace(init=InitSpec(scale=1e-12, seed=1),
-                        solver=SolverSpec(t_end=100.0, records=5))
+                        solver=SolverSpec(t_end=2.0, records=5))
     short = base.replace(init=InitSpec(scale=0.5, seed=1),
                          solver=SolverSpec(t_end=0.5, records=5))
     runs = simulate([rest, short], theory=False).runs
     assert list(runs["status"]) == ["not_collapsed", "not_collapsed"]
-    assert runs["t_final"].iloc[0] < 100.0 and runs["t_final"].iloc[1] == 0.5
+    assert runs["t_final"].iloc[0] < 2.0 and runs["steps"].iloc[0] == 1
+    assert runs["t_final"].iloc[1] == 0.5
     assert list(stopped_at_rest(runs)) == [True, False]
 
 

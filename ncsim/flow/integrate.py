@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ncsim.flow.saddle import saddle_escapes
 from ncsim.flow.tableau import Tableau, tableau
 from ncsim.products import bmm, vecmat
 from ncsim.spec import SolverSpec
@@ -334,6 +335,35 @@ def _grad_norm(k: torch.Tensor, eta: torch.Tensor | float) -> torch.Tensor:
     return (k / eta).double().norm(dim=1)
 
 
+def _steady(f: Velocity, y: torch.Tensor, t: torch.Tensor, grad: torch.Tensor,
+            running: torch.Tensor, recheck: torch.Tensor, solver: SolverSpec
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(steady (M,), recheck (M,)): which running runs stop at rest, |grad f| (``grad``) <=
+    gtol, as steady.
+
+    A run at a saddle that the flow leaves before t_end (:func:`ncsim.flow.saddle.
+    saddle_escapes`) goes on; it is not tested again before t + 1 / mu (``recheck``, the time
+    its unstable direction takes to grow by e), so a run next to a saddle costs one test per
+    1 / mu of flow time, not one per step. A run whose gradient is exactly 0 (an init exactly
+    at a stationary point, such as the origin) cannot leave its point and stops whatever
+    the curvature there."""
+    at_rest = running & (grad <= solver.gtol)
+    if not bool(at_rest.any()):  # the usual case: one test per step
+        return at_rest, recheck
+    candidates = at_rest & (t >= recheck) & (grad > 0)
+    still = at_rest & (grad == 0)
+    if not bool(candidates.any()):
+        return still, recheck
+    rows = candidates.nonzero().squeeze(1)
+    escapes, mu = saddle_escapes(f, y, rows, float(solver.t_end) - t[rows])
+    leaving = rows[escapes]
+    steady = candidates.clone()
+    steady[leaving] = False
+    recheck = recheck.clone()
+    recheck[leaving] = t[leaving] + 1.0 / mu[escapes]
+    return steady | still, recheck
+
+
 def integrate(
     velocity: Velocity,
     y0: torch.Tensor,
@@ -410,16 +440,17 @@ def _finish(rec: _Recorder, velocity: Velocity, grad_norm: GradNorm, y, t, steps
     )
 
 
-_STATE = ("y", "k1", "t", "dt", "code", "steps", "rejected", "next_rec")
+_STATE = ("y", "k1", "t", "dt", "code", "steps", "rejected", "next_rec", "recheck")
 
 
 @dataclass
 class _Chunk:
     """What a chunk of adaptive steps of one batch needs besides its state.
 
-    ``advance`` runs ``length`` steps on a state dict (keys ``_STATE``: y, k1 (M, P); t, dt
-    (M,) float64; code, steps, rejected, next_rec (M,)) and writes the result back into the
-    same tensors, so that a captured chunk can be replayed on them (:class:`_GraphedChunk`).
+    ``advance`` runs ``length`` steps on a state dict (keys ``_STATE``: y, k1 (M, P); t, dt,
+    recheck (M,) float64; code, steps, rejected, next_rec (M,)) and writes the result back
+    into the same tensors, so that a captured chunk can be replayed on them
+    (:class:`_GraphedChunk`).
     ``stop_on_finish`` (CPU, where a host test is free, and a batch that can shrink): end the
     chunk at the step where a run finishes, so that the others go on without it (a batch with
     a finished run would step it in vain and take every state through a masked update).
@@ -441,7 +472,7 @@ class _Chunk:
 
     def advance(self, state: dict[str, torch.Tensor]) -> None:
         tab, f, solver, rec_t = self.tab, self.f, self.solver, self.rec_t
-        y, k1, t, dt, code, steps, rejected, next_rec = (state[key] for key in _STATE)
+        y, k1, t, dt, code, steps, rejected, next_rec, recheck = (state[key] for key in _STATE)
         err_exp = -1.0 / tab.order
         t_end_v = torch.full_like(t, float(solver.t_end))
         # error scale and peak of the current y, carried from step to step (an accepted y_new
@@ -480,7 +511,8 @@ class _Chunk:
             code = _mark(code, accept & (t >= solver.t_end), DONE)
             if not self.host_free and solver.gtol > 0:
                 # free steps grow fast: test the steady state at every step (no sync on CPU)
-                steady = accept & (code == RUNNING) & (self.gnorm(y, k1) <= solver.gtol)
+                steady, recheck = _steady(self.f, y, t, self.gnorm(y, k1),
+                                          accept & (code == RUNNING), recheck, solver)
                 code = _mark(code, steady, STEADY)
             # NaN included: a NaN step (a NaN velocity at the initial state) is a failure
             tiny = ~(dt >= 1e-13 * torch.clamp(t, min=1.0))
@@ -490,7 +522,7 @@ class _Chunk:
             code = _mark(code, capped_out, MAX_STEPS)
             if self.stop_on_finish and bool((code != RUNNING).any()):
                 break  # the batch sheds the finished run now, not after the chunk
-        for key, value in zip(_STATE, (y, k1, t, dt, code, steps, rejected, next_rec),
+        for key, value in zip(_STATE, (y, k1, t, dt, code, steps, rejected, next_rec, recheck),
                               strict=True):
             state[key].copy_(value)
 
@@ -616,7 +648,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
     rows = torch.arange(r, device=dev)
     gnorm = grad_norm
     full = {"y": y, "k1": k1, "t": t, "dt": dt, "code": code, "steps": steps,
-            "rejected": rejected, "next_rec": next_rec}
+            "rejected": rejected, "next_rec": next_rec, "recheck": torch.zeros_like(t)}
     sub = full
 
     def batch_runner(f: Velocity, gnorm: GradNorm, rows: torch.Tensor,
@@ -628,13 +660,16 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
                        stop_on_finish=not host_free and select is not None)
         return _GraphedChunk(chunk, state) if graphs else (lambda: chunk.advance(state))
 
-    run_chunk = batch_runner(velocity, gnorm, rows, sub)
+    f = velocity
+    run_chunk = batch_runner(f, gnorm, rows, sub)
     while True:
         run_chunk()
         rec.flush()
         code = sub["code"]
         if solver.gtol > 0:  # gtol = 0 follows every run to t_end, even one at rest
-            steady = (code == RUNNING) & (gnorm(sub["y"], sub["k1"]) <= solver.gtol)
+            steady, recheck = _steady(f, sub["y"], sub["t"], gnorm(sub["y"], sub["k1"]),
+                                      code == RUNNING, sub["recheck"], solver)
+            sub["recheck"].copy_(recheck)
             code = _mark(code, steady, STEADY)
         # A step-size controller that rejects one step for every two it accepts, over a
         # thousand rejections, is chattering at a discontinuity of the velocity (a ReLU kink
@@ -694,6 +729,7 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
     t = torch.zeros(r, dtype=torch.float64, device=dev)
     code = torch.zeros(r, dtype=torch.int8, device=dev)
     steps = torch.zeros(r, dtype=torch.long, device=dev)
+    recheck = torch.zeros_like(t)
     j_next = int(next_rec[0])
     buf = _Stages(tab.stages, y)
     into = _takes_out(velocity)
@@ -727,7 +763,8 @@ def _integrate_fixed(velocity, y0, solver, record, q, grad_norm, progress) -> Fl
             code = _mark(code, code == RUNNING, DONE)
         if solver.gtol > 0:  # gtol = 0 follows every run to t_end, even one at rest
             k = velocity(y)
-            steady = (code == RUNNING) & (grad_norm(y, k) <= solver.gtol)
+            steady, recheck = _steady(velocity, y, t, grad_norm(y, k), code == RUNNING, recheck,
+                                      solver)
             code = _mark(code, steady, STEADY)
         if n_steps >= solver.max_steps:
             code = _mark(code, code == RUNNING, MAX_STEPS)

@@ -322,8 +322,8 @@ class _Batch:
 
 def stopped_at_rest(runs: pd.DataFrame) -> pd.Series:
     """(runs,) bool of a run table: `not_collapsed` runs that stopped before t_end because
-    |grad f| <= gtol, at a stationary point that need not be a minimum (a tiny init next to the
-    origin's saddle stops at once; ``SolverSpec(gtol=0)`` follows such runs to t_end)."""
+    |grad f| <= gtol, at a minimum or at a saddle the flow would not leave before t_end
+    (``SolverSpec.gtol``; ``SolverSpec(gtol=0)`` follows such runs to t_end)."""
     early = runs["t_final"] < runs["solver_t_end"] * (1.0 - 1e-12)
     return (runs["status"] == "not_collapsed") & early
 
