@@ -148,20 +148,21 @@ def _count_saddle_tests(monkeypatch) -> list[tuple[float, bool]]:
     return calls
 
 
-@pytest.mark.parametrize(("loop", "solver"), [
-    ("cpu", {}), ("device", {}), ("cpu", {"method": "tsit5"}),
-    ("cpu", {"method": "rk4", "dt": 0.5, "check_every": 4}),
-    ("cpu", {"reduction": "gram", "method": "dopri5"}),
+@pytest.mark.parametrize(("loop", "loss", "solver"), [
+    ("cpu", "ce", {}), ("device", "ce", {}), ("cpu", "ce", {"method": "tsit5"}),
+    ("cpu", "ce", {"method": "rk4", "dt": 0.5, "check_every": 4}),
+    ("cpu", "ce", {"reduction": "gram"}), ("device", "ce", {"reduction": "gram"}),
+    ("cpu", "mse", {"reduction": "classes"}), ("cpu", "mse", {"reduction": "none"}),
 ])
-def test_a_tiny_init_follows_the_flow_out_of_the_origin_saddle(monkeypatch, loop, solver):
+def test_a_tiny_init_follows_the_flow_out_of_the_origin_saddle(monkeypatch, loop, loss, solver):
     """Scale 1e-12, |grad f| ~ 2e-12 <= gtol = 1e-10 from the start. The origin is a saddle
     (mu = 0.143, lambda below the critical decay), so the run is not steady: it collapses with
     the very records and step count of gtol = 0 (and the saddle test did run)."""
     _use_loop(monkeypatch, loop)
     calls = _count_saddle_tests(monkeypatch)
-    default = simulate(_ufm(dim=16, **solver), theory=False)
+    default = simulate(_ufm(loss, dim=16, **solver), theory=False)
     assert calls and all(escapes for _, escapes in calls)
-    followed = simulate(_ufm(dim=16, gtol=0.0, **solver), theory=False)
+    followed = simulate(_ufm(loss, dim=16, gtol=0.0, **solver), theory=False)
     run, ref = default.runs.iloc[0], followed.runs.iloc[0]
     assert run["status"] == ref["status"] == "ok"
     assert run["steps"] == ref["steps"] and run["t_final"] == ref["t_final"] == 2000.0
