@@ -206,7 +206,7 @@ def _model_options(func):
         click.option("--lambda-w", type=NUMBERS, default=None, help="Weight decay of W [5e-4]."),
         click.option("--lambda-h", type=NUMBERS, default=None, help="Feature decay [5e-4]."),
         click.option("--lambda-b", type=NUMBERS, default=None,
-                     help="Bias decay (with --bias reg) [1e-3]."),
+                     help="Bias decay, used with --bias reg [1e-3 there]."),
     ]
     for opt in reversed(opts):
         func = opt(func)

@@ -257,8 +257,8 @@ def threshold_cmd(**o: Any) -> None:
 
     The thresholds are lambda_crit, Lambda_crit and, for deep heads, tau_* / Lambda_* and
     sigma_jump. Every theory command prints the same row: here it also holds the equilibrium
-    at the given --lambda-w / --lambda-h (as `equilibrium` prints it) and null onset columns
-    (see `onset`).
+    at the given --lambda-w / --lambda-h (as `equilibrium` prints it) and null onset
+    predictions (onset_time, lead_time, fn_cross_time, onset_regime; see `onset`).
     """
     _run(o, False, ["crit", "tau", "Lambda", "jump"])
 
@@ -299,17 +299,19 @@ def derive_cmd(loss: str, bias: str, depth: str, fmt: str) -> None:
 @click.option("--x", "x_axis", default="lambda_w", show_default=True,
               help="x parameter: " + ", ".join(AXES))
 @click.option("--y", "y_axis", default="lambda_h", show_default=True, help="y parameter")
-@click.option("--xs", default="1e-4..1:25", help="x values (value, list or lo..hi:count)")
+@click.option("--xs", default="1e-4..1:25", show_default=True,
+              help="x values (value, list or lo..hi:count)")
 @click.option("--ys", default=None, help="y values (default: as --xs)")
 @click.option("--out", type=OutPath(dir_okay=False), default=None,
               help="figure path (png/pdf)")
 @handle_errors
 def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None,
               **o: Any) -> None:
-    """Analytic phase diagram over two parameters: table (stdout) and figure (--out).
+    """Analytic phase diagram over two parameters: rows (stdout, --format) and figure (--out).
 
     One row per (x, y) point, y in the outer loop and x varying fastest. K, n and depth take
-    integers (a log range is rounded); the axis lambda sets lambda_w = lambda_h.
+    integers (a log range is rounded); the axis lambda sets lambda_w = lambda_h. Only --xs
+    and --ys take lists: every other parameter takes one value.
     """
     check_axes(x_axis, y_axis, o["bias"])
     require(o["ratio"] is None, "phase-diagram does not use --ratio (it sets lambda_crit of "

@@ -35,7 +35,8 @@ def derivations(loss: str, depth: int = 1, bias: str = "none") -> dict[str, sp.E
     out.update(_bias_forms(loss, bias))
     if depth == 1:
         out.update({k: dyn[k] for k in ["growth_rate", "growth_rate_evaluated", "logistic",
-                                         "logistic_evaluated", "half_time", "nc1_rate_early",
+                                         "logistic_evaluated", "half_time", "z_integral",
+                                         "z_integral_evaluated", "nc1_rate_early",
                                          "nc1_rate_early_evaluated", "nc1_rate_late"]})
     else:
         out["escape_asymptotic"] = dyn["escape_asymptotic"]

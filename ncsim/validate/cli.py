@@ -93,10 +93,12 @@ def validate() -> None:
 def analyze_cmd(logs: tuple[Path, ...], preset: str, onset_threshold: float | None,
                 interpolate: bool, metric: str, threshold_fit: str, fmt: str,
                 out: Path | None) -> None:
-    """Onset epoch and fn* per run, fn* statistics per group, lead-time predictor.
+    """Onset and fn* per run, fn* statistics per group, lead-time predictor.
 
-    Files without an 'epoch' or 'time' column (per-seed summaries such as the paper's
-    *_summary.csv) are skipped with a note on stderr, so a whole folder (*.csv) can be given.
+    The onset column onset_epoch holds the log's time axis: epochs for training logs, the
+    flow time t for ncsim simulation tables. Files without an 'epoch' or 'time' column
+    (per-seed summaries such as the paper's *_summary.csv) are skipped with a note on stderr,
+    so a whole folder (*.csv) can be given.
     """
     from ncsim.io import write_table
     from ncsim.validate.analysis import OnsetRule, analyze
@@ -201,7 +203,8 @@ def _condition_label(config) -> str:
               help="mlp, resnet20: the paper's two-phase protocol (CE then MSE); cpu-small: a "
               "full-batch CPU run that collapses in seconds (digits, 10 per class by default)")
 @click.option("--epochs", default=None, help="epochs per phase, e.g. 200,300")
-@click.option("--arch", type=click.Choice(["mlp", "cnn", "resnet20"]), default=None)
+@click.option("--arch", type=click.Choice(["mlp", "cnn", "resnet20"]), default=None,
+              help="architecture [preset's]")
 @click.option("--depth", type=int, default=None, help="MLP hidden layers (>= 1)")
 @click.option("--width", type=int, default=None, help="hidden width")
 @click.option("--activation", default=None,
@@ -357,10 +360,10 @@ def compare_cmd(run_dir: Path, per_class: int | None, onset_threshold: float, ho
     times ncsim's data term, so weight decay wd is lambda_w = K wd / 2 in ncsim (K = 10,
     wd 0.002: 0.01) and the network's time t runs ncsim's flow at t_ncsim = (2/K) t
     (column t_ncsim_per_t = 2/K). The network's time is t = lr x steps / (1 - momentum)
-    (heavy ball), counted from the MSE start; the training log's flow_time column is
-    lr x steps from the start of training (no momentum factor), so t = (flow_time -
-    flow_time at the MSE start) / (1 - momentum). Progress goes to stderr; the table to
-    stdout, its text columns below it.
+    (heavy-ball or Nesterov momentum), counted from the MSE start; the training log's
+    flow_time column is lr x steps from the start of training (no momentum factor), so
+    t = (flow_time - flow_time at the MSE start) / (1 - momentum). Progress goes to stderr;
+    the table to stdout, its text columns below it.
     """
     from ncsim.io import write_table
     from ncsim.validate.compare import compare_run
