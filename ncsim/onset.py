@@ -178,7 +178,9 @@ def onset_and_fn(
     fn at onset is fn at the onset time (:func:`value_at`), except when the onset is a
     record's own time: then it is that record's fn. The difference shows at two records with
     one time (the two sides of an intervention that rescales the features): the onset is at
-    the record whose metric crossed, and fn at onset is that record's, not the first one's.
+    the record whose metric crossed, and fn at onset is that record's, not the first one's;
+    where that record has no fn, the nearest finite records give it as :func:`value_at` does,
+    without the records before the crossing one at the same time.
     """
     fn = np.asarray(fn, dtype=np.float64)
     when, row = _onset(times, values, threshold, stay, interpolate)
@@ -187,9 +189,16 @@ def onset_and_fn(
                          f"{np.shape(times)} times")
     if row is None:
         return math.nan, math.nan
-    if when == float(np.asarray(times, dtype=np.float64)[row]) and math.isfinite(fn[row]):
+    t = np.asarray(times, dtype=np.float64)
+    when = float(when)
+    if when != float(t[row]):
+        return when, value_at(t, fn, when, interpolate)
+    if math.isfinite(fn[row]):
         return when, float(fn[row])
-    return when, value_at(times, fn, when, interpolate)
+    # no fn at the crossing record: the nearest finite ones, without the records before it
+    # at its own time (the other side of a jump)
+    keep = (np.arange(t.size) >= row) | (t != t[row])
+    return when, value_at(t[keep], fn[keep], when, interpolate)
 
 
 def value_at(times: np.ndarray, values: np.ndarray, when: float, interpolate: bool = True) -> float:
