@@ -62,15 +62,15 @@ def use_gram(model: ModelSpec, reduction: str) -> bool:
     """Whether a batch of ``model`` runs in Gram space under ``reduction``.
 
     "gram" forces it (one-layer UFM only), "none" never; "auto" picks it for the one-layer UFM
-    when the Gram state is smaller than the d-space state and d >= N + K, where it is exact
-    for any decays and time scales (:func:`ncsim.spec.gram_full_rank_dim`).
+    when d >= N + K, where it is exact for any decays and time scales
+    (:func:`ncsim.spec.gram_full_rank_dim`). The Gram state is then always the smaller one:
+    KN + K^2 + N^2 numbers (and the bias) against d (N + K) >= (N + K)^2.
     """
     if reduction == "none" or model.kind != "ufm" or model.depth != 1:
         return False
     if reduction == "gram":
         return True
-    return (gram_size(model) < state_layout(model).size
-            and model.dim >= gram_full_rank_dim(model))
+    return model.dim >= gram_full_rank_dim(model)
 
 
 def initial_gram_state(model: ModelSpec, inits: list[InitSpec]) -> Tensor:

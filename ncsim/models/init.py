@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ncsim.errors import InputError
+from ncsim.errors import InputError, is_integer
 from ncsim.models.layout import StateLayout
 from ncsim.models.ufm import state_layout
 from ncsim.spec import SEED_LIMIT, InitSpec, ModelSpec, spectral_rank
@@ -55,6 +55,8 @@ _RUNS_PER_THREAD = 16  # fewer runs per thread are drawn on the calling thread a
 def run_seed(init: InitSpec) -> int:
     """The seed of ``init`` as a Python int; :class:`InputError` when it is not below
     :data:`SEED_LIMIT` (a larger seed would start from the same point as its low 32 bits)."""
+    if not is_integer(init.seed):
+        raise InputError(f"seed must be an integer, got {init.seed!r}")
     seed = int(init.seed)
     if not 0 <= seed < SEED_LIMIT:
         raise InputError(f"seed {seed} is out of range: seeds of the initial state are integers "
