@@ -29,7 +29,7 @@ from ncsim.onset import (
     onset_time,
     value_at,
 )
-from ncsim.spec import InitSpec, ModelSpec, RunSpec, SolverSpec
+from ncsim.spec import InitSpec, ModelSpec, Regularization, RunSpec, SolverSpec
 
 # =============================================================================================
 # onset rule
@@ -215,3 +215,33 @@ def test_an_arrays_init_has_one_run_id_whatever_the_order_of_its_keys():
     assert run_id(spec({"b": b, "W": [w], "H": h})) == first
     assert run_id(spec({"W": [w], "H": h, "b": b})) == first
     assert run_id(spec({"H": h, "W": [w], "b": b + np.array([0.0, 0.0, 1e-9])})) != first
+
+
+def _stop_spec(lam: float = 1e-3, scale: float = 0.5, **solver) -> RunSpec:
+    return RunSpec(model=ModelSpec(loss="ce", classes=4, per_class=3, dim=8),
+                   reg=Regularization(lambda_w=lam, lambda_h=lam),
+                   init=InitSpec(scale=scale, seed=1),
+                   solver=SolverSpec(**{"t_end": 2000.0, "records": 30, **solver}))
+
+
+def test_the_stop_column_says_why_the_integration_ended():
+    """``stop`` is the integrator's reason, next to the status it feeds: a run to t_end; a
+    run out of steps before its onset (max_steps / max_steps) and one out of steps after its
+    onset, which is ``ok`` but must still say it was cut short (t_final < t_end); a tiny init
+    where the origin is the minimum (lambda 0.2 > 1 / (K sqrt(n)) = 0.144) at rest; gradient
+    descent far past its stability limit."""
+    cases = {
+        "t_end": _stop_spec(),
+        "cut_before_onset": _stop_spec(max_steps=40),
+        "cut_after_onset": _stop_spec(scale=1e-10, max_steps=60),
+        "at_rest": _stop_spec(lam=0.2, scale=1e-12),
+        "blown_up": _stop_spec(method="gd", dt=500.0),
+    }
+    runs = simulate(list(cases.values()), theory=False).runs
+    got = dict(zip(cases, zip(runs["status"], runs["stop"], strict=True), strict=True))
+    assert got == {"t_end": ("ok", "t_end"), "cut_before_onset": ("max_steps", "max_steps"),
+                   "cut_after_onset": ("ok", "max_steps"), "at_rest": ("not_collapsed", "steady"),
+                   "blown_up": ("diverged", "diverged")}
+    cut = runs.iloc[2]
+    assert cut["t_final"] < 2000.0 and cut["steps"] + cut["rejected_steps"] == 60
+    assert math.isfinite(cut["onset_time"]) and cut["onset_time"] < cut["t_final"]

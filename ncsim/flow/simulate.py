@@ -30,6 +30,7 @@ from ncsim.flow.integrate import (
     DIVERGED,
     MAX_STEPS,
     STALLED,
+    STATUS_NAMES,
     FlowResult,
     integrate,
     record_block,
@@ -416,7 +417,8 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
         if status == "vanishing":  # a crossing while every norm vanishes is no onset
             when = fn_on = math.nan
         row = {"run_id": rid, **spec.to_row(), "status": status,
-               "steps": int(flow.steps[i]), "rejected_steps": int(flow.rejected[i]),
+               "stop": STATUS_NAMES[int(flow.code[i])], "steps": int(flow.steps[i]),
+               "rejected_steps": int(flow.rejected[i]),
                "t_final": float(flow.t_final[i]), "grad_norm_final": float(flow.grad_norm[i]),
                "onset_time": when, "fn_at_onset": fn_on}
         row.update({f"final_{name}": float(final[i, j]) for j, name in enumerate(RECORDED)})
