@@ -299,6 +299,11 @@ def simulate(**options: Any) -> None:
         click.echo(f"note: {stalled} run(s) stalled: the adaptive steps chatter at a kink of the "
                    "flow (ReLU-type activations); integrate them with a fixed step, e.g. "
                    "--solver rk4 --dt 0.5 (or --solver gd)", err=True)
+    cut = int(((result.runs["stop"] == "max_steps") & (result.runs["status"] == "ok")).sum())
+    if cut:
+        click.echo(f"note: {cut} collapsed run(s) ran out of steps before t_end (stop "
+                   "max_steps): their final columns are at t_final; raise --max-steps to "
+                   "follow them to t_end", err=True)
     at_rest = int(stopped_at_rest(result.runs).sum())
     if at_rest:
         click.echo(f"note: {at_rest} run(s) stopped at rest before t_end without collapsing "

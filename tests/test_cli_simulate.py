@@ -190,3 +190,18 @@ def test_a_run_stopped_at_rest_without_collapsing_is_noted():
                                   catch_exceptions=False)
     assert "stopped at rest" not in followed.stderr
     assert json.loads(followed.stdout)["runs"][0]["t_final"] == 2.0
+
+
+def test_a_collapsed_run_cut_by_max_steps_is_noted():
+    """The tiny init collapses at t ~ 20 but with --max-steps 60 stops at t ~ 140 < t_end:
+    status ok, stop max_steps, and a note on stderr that names the way to follow it to
+    t_end; with enough steps there is no note."""
+    cut = CliRunner().invoke(cli, [*TINY_INIT, "--t-end", "2000", "--max-steps", "60"],
+                             catch_exceptions=False)
+    assert "1 collapsed run(s) ran out of steps before t_end" in cut.stderr
+    assert "--max-steps" in cut.stderr
+    (row,) = json.loads(cut.stdout)["runs"]
+    assert (row["status"], row["stop"]) == ("ok", "max_steps") and row["t_final"] < 2000.0
+    full = CliRunner().invoke(cli, [*TINY_INIT, "--t-end", "2000"], catch_exceptions=False)
+    assert "ran out of steps" not in full.stderr
+    assert json.loads(full.stdout)["runs"][0]["stop"] == "t_end"
