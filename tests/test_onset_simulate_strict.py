@@ -245,3 +245,36 @@ def test_the_stop_column_says_why_the_integration_ended():
     cut = runs.iloc[2]
     assert cut["t_final"] < 2000.0 and cut["steps"] + cut["rejected_steps"] == 60
     assert math.isfinite(cut["onset_time"]) and cut["onset_time"] < cut["t_final"]
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "rk4"])
+def test_the_integrators_dense_output_is_the_tableaus_dense_weights(method):
+    """The integrator's dense output (integrate._dense) and ``Tableau.dense_weights`` are two
+    codings of one interpolant: y + h sum_i b_i(theta) k_i must agree to rounding at every
+    theta of every run, with the subset path (``rows``) too; at theta = 1 it is the step's
+    own y_new (to rounding) and at theta = 0 exactly y."""
+    import torch
+
+    from ncsim.flow.integrate import _dense, _stages
+    from ncsim.flow.tableau import tableau
+
+    tab = tableau(method)
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(6, 6, generator=gen, dtype=torch.float64) * 0.3
+    def f(y):
+        return torch.tanh(y @ a.T)
+    y = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    h = torch.tensor([0.1, 0.4, 0.7], dtype=torch.float64)
+    y_new, ks = _stages(tab, f, y, f(y), h)
+    theta = torch.tensor([0.0, 0.37, 1.0], dtype=torch.float64)
+    weights = tab.dense_weights(theta.numpy())  # (3, S)
+    stages = ks.buf.numpy()  # (S, R, P)
+    want = y.numpy() + h.numpy()[:, None] * np.einsum("rs,srp->rp", weights, stages)
+    np.testing.assert_allclose(_dense(tab, y, h, ks, theta).numpy(), want, rtol=1e-14,
+                               atol=1e-15)
+    rows = torch.tensor([2, 0])
+    np.testing.assert_allclose(_dense(tab, y, h, ks, theta[rows], rows).numpy(), want[[2, 0]],
+                               rtol=1e-14, atol=1e-15)
+    # tsit5's interpolant reproduces b at theta = 1 to its coefficients' rounding (~1e-15)
+    np.testing.assert_allclose(want[2], y_new.numpy()[2], rtol=0, atol=1e-13)
+    np.testing.assert_array_equal(want[0], y.numpy()[0])
