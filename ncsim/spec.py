@@ -364,9 +364,9 @@ class SolverSpec:
         init at scale ~1e-10 next to the origin's saddle leaves it and collapses as with
         gtol = 0; a saddle left too slowly, or a minimum, stops the run (``not_collapsed``
         without an onset; ``ncsim.flow.stopped_at_rest`` finds such runs in a run table and
-        ``ncsim simulate`` notes them). A start exactly at a stationary point (|grad f| = 0,
-        such as the origin) cannot leave it and stops there; its fn is 0 throughout, so it
-        is ``vanishing``. Give gtol = 0 to follow every run to t_end. At rest an explicit
+        ``ncsim simulate`` notes them). A start exactly at a stationary point (|grad f| = 0)
+        cannot leave it and stops there (at the origin fn is 0 throughout: ``vanishing``).
+        Give gtol = 0 to follow every run to t_end. At rest an explicit
         method's steps sit at its stability limit, so |grad f| settles on a noise floor of
         about rtol x (largest curvature) x |theta| (1e-10 .. 4e-9 for small UFMs at rtol
         1e-8); a gtol below that floor never stops a run early (it then runs to t_end).
