@@ -89,7 +89,7 @@ TRAIN_PARAMS: dict[str, tuple[type, tuple | None]] = {
     "batch_size": (int, None), "seed": (int, None), "nc_every": (int, None),
     "onset_threshold": (float, None), "intervention_epoch": (int, None),
     "intervention_alpha": (float, None), "device": (str, None), "chunk": (int, None),
-    "reference_train_size": (int, None),
+    "reference_train_size": (int, None), "nc_dense": (int, None),
 }
 PART_KEYS = ("name", "model", "grid", "skip")
 
@@ -133,8 +133,8 @@ def _trained_identity(params: dict[str, Any]) -> dict[str, Any]:
     not checked against this machine, so the id is the same on every machine), the data it is
     given and the onset threshold it is read with. Settings that the network or the data do not use
     (ResNet-20's depth and width, the Gaussian mixture's shape for another dataset) are left
-    out, and so is a ``reference_train_size`` of None (epochs as given), which keeps the ids of
-    runs without step matching what they were before the setting existed."""
+    out, and so are a ``reference_train_size`` of None (epochs as given) and an ``nc_dense`` of
+    0, which keep the ids of runs without them what they were before the settings existed."""
     from ncsim.validate.data import GAUSSIAN_PER_CLASS
 
     config = asdict(train_config({**params, "device": "cpu"}))
@@ -143,6 +143,8 @@ def _trained_identity(params: dict[str, Any]) -> dict[str, Any]:
         config.pop(key, None)
     if config["reference_train_size"] is None:  # epochs as given: the ids of before the option
         config.pop("reference_train_size")
+    if config["nc_dense"] == 0:  # no dense records: the ids of before the option
+        config.pop("nc_dense")
     if config["arch"] == "resnet20":
         config.pop("depth")
         config.pop("width")
@@ -666,8 +668,8 @@ def train_config(params: dict[str, Any]):
     p = dict(params)
     epochs = tuple(p["epochs"]) if "epochs" in p else None
     overrides = {k: p[k] for k in ("arch", "depth", "width", "activation", "seed", "nc_every",
-                                   "intervention_epoch", "intervention_alpha", "device",
-                                   "reference_train_size")
+                                   "nc_dense", "intervention_epoch", "intervention_alpha",
+                                   "device", "reference_train_size")
                  if k in p}
     config = preset(p.get("preset", "mlp"), epochs=epochs, **overrides)
     phase_over = {k: p[k] for k in ("lr", "weight_decay", "batch_size") if k in p}

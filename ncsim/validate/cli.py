@@ -218,6 +218,9 @@ def _condition_label(config) -> str:
               help="epochs of linear lr warm-up at the start of every phase [preset's]")
 @click.option("--nc-every", type=int, default=None,
               help="epochs between NC records [default: 10; cpu-small: 50]")
+@click.option("--nc-dense", type=int, default=0, show_default=True,
+              help="also record each of the first N epochs of every phase (the transient "
+              "after a phase switch)")
 @click.option("--nc-min-accuracy", type=float, default=0.0, show_default=True,
               help="leave NC columns empty below this train accuracy (paper: 0.99)")
 @click.option("--reference-train-size", type=int, default=None,
@@ -248,7 +251,7 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None,
               epochs: str | None, arch: str | None, depth: int | None, width: int | None,
               activation: str | None, optimizer: str | None, lr: float | None,
               weight_decay: float | None, schedule: str | None, batch_size: int | None,
-              warmup: int | None, nc_every: int | None, nc_min_accuracy: float,
+              warmup: int | None, nc_every: int | None, nc_dense: int, nc_min_accuracy: float,
               reference_train_size: int | None, intervene_epoch: int | None, alpha: float,
               seed: int, seeds: str | None, device: str, amp: bool, onset_threshold: float,
               out: Path,
@@ -277,8 +280,8 @@ def train_cmd(dataset: str, data_root: Path | None, per_class: int | None,
     run_id = f"{config.arch}_{dataset}" if seed_list else f"{config.arch}_{dataset}_s{seed}"
     config = dataclasses.replace(
         config, nc_every=nc_every if nc_every is not None else config.nc_every,
-        nc_min_accuracy=nc_min_accuracy, reference_train_size=reference_train_size,
-        seed=seed, device=device,
+        nc_dense=nc_dense, nc_min_accuracy=nc_min_accuracy,
+        reference_train_size=reference_train_size, seed=seed, device=device,
         amp=amp, intervention_epoch=intervene_epoch, intervention_alpha=alpha,
         checkpoint_dir=None if seed_list else str(out / "checkpoints"),
         checkpoint_every=checkpoint_every,

@@ -142,8 +142,7 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
             sched.step()
             epoch += 1
             bar.update(1)
-            end = epoch == sum(p.epochs for p in config.phases[:phase_no])
-            if epoch % config.nc_every == 0 or end:
+            if config.records_epoch(epoch):
                 record(phase_no, phase, opt.param_groups[0]["lr"])
     bar.close()
     out: list[TrainResult] = []

@@ -12,7 +12,8 @@ Protocol presets (arXiv 2604.00230):
 Loss conventions: ``ce`` is ``nn.CrossEntropyLoss`` (mean over the batch); ``mse`` is
 ``nn.MSELoss`` against one-hot targets (mean over the B x K entries, no 1/2), as the paper's code.
 
-Tracking: every ``nc_every`` epochs, at epoch 0 and at the end of every phase, the network is put
+Tracking: every ``nc_every`` epochs, at epoch 0, at the end of every phase and at each of the
+first ``nc_dense`` epochs of every phase (:meth:`TrainConfig.records_epoch`), the network is put
 in eval mode and the training set is passed in batches through :class:`ncsim.metrics.StreamingNC`
 (float64; a second pass gives NC4). One row of the log (trajectory schema, in this order)
 holds ``run_id, time (epoch), time_unit, phase, loss``, every NC metric of ``ncsim.metrics``,
@@ -137,6 +138,9 @@ class TrainConfig:
     arch, depth, width, activation : the network (see :mod:`ncsim.validate.networks`).
     phases : the training phases in order (phase numbers 1, 2, ...).
     nc_every : epochs between two NC records (also epoch 0 and every phase end).
+    nc_dense : the first ``nc_dense`` epochs of every phase are recorded too, each of them (0:
+        none): the transient after a phase switch (the ``mlp`` protocol's fresh Adam on the
+        MSE loss knocks the network over for a few hundred steps) at every epoch.
     nc_min_accuracy : NC columns empty while train accuracy < this (paper: 0.99; 0 = always).
     eval_batch : samples per forward pass of a record; None: :data:`EVAL_BATCH` of the device
         (see :attr:`record_batch`).
@@ -166,6 +170,7 @@ class TrainConfig:
     activation: str = "relu"
     phases: tuple[Phase, ...] = (Phase(), Phase(loss="mse", epochs=300))
     nc_every: int = 10
+    nc_dense: int = 0
     nc_min_accuracy: float = 0.0
     eval_batch: int | None = None
     eval_test: bool = True
@@ -197,6 +202,9 @@ class TrainConfig:
                 f"width must be an integer >= 1, got {self.width}")
         require(is_integer(self.nc_every) and self.nc_every >= 1,
                 f"nc_every must be an integer >= 1, got {self.nc_every!r}")
+        require(is_integer(self.nc_dense) and self.nc_dense >= 0,
+                f"nc_dense must be an integer >= 0 (epochs recorded one by one at the start of "
+                f"every phase; 0: none), got {self.nc_dense!r}")
         require(is_finite_number(self.nc_min_accuracy) and 0 <= self.nc_min_accuracy <= 1,
                 f"nc_min_accuracy must be a fraction in [0, 1] (the paper: 0.99), got "
                 f"{self.nc_min_accuracy!r}")
@@ -247,6 +255,19 @@ class TrainConfig:
     def total_epochs(self) -> int:
         return sum(p.epochs for p in self.phases)
 
+    def records_epoch(self, epoch: int) -> bool:
+        """Whether the NC record follows epoch ``epoch`` (>= 1, counted from the start of
+        training): every ``nc_every``-th epoch, the last epoch of every phase, the intervention
+        epoch and the first ``nc_dense`` epochs of every phase. (Epoch 0 is always recorded.)"""
+        if epoch % self.nc_every == 0 or epoch == self.intervention_epoch:
+            return True
+        start = 0
+        for phase in self.phases:
+            if start < epoch <= start + phase.epochs:
+                return epoch == start + phase.epochs or epoch - start <= self.nc_dense
+            start += phase.epochs
+        return False
+
     def for_train_size(self, n_train: int) -> TrainConfig:
         """This configuration for a training set of ``n_train`` samples, step-matched to
         ``reference_train_size`` (returned as it is when that is None).
@@ -255,8 +276,8 @@ class TrainConfig:
         on ``n_ref`` samples. On ``n_train`` samples it gets
         ``e' = max(1, round(e x ceil(n_ref / b) / ceil(n_train / b)))`` epochs, the same steps to
         within half an epoch's; its step milestones and warm-up scale with ``e' / e``.
-        ``nc_every`` and ``checkpoint_every`` scale with the last phase's ``e' / e`` (the phase
-        whose records give the onset), at least 1 (``checkpoint_every`` 0 stays 0). An intervention
+        ``nc_every``, ``nc_dense`` and ``checkpoint_every`` scale with the last phase's ``e' / e``
+        (the phase whose records give the onset), at least 1 (0 stays 0). An intervention
         epoch inside phase j moves to the same fraction of the rescaled phase j. The result has
         ``reference_train_size`` None, so it is not rescaled twice (checkpoints store it).
         """
@@ -270,11 +291,12 @@ class TrainConfig:
                                       / math.ceil(n_train / p.batch_size))))
             for p in self.phases)
         scale = phases[-1].epochs / self.phases[-1].epochs
-        nc_every = max(1, round(self.nc_every * scale))
-        checkpoint_every = (max(1, round(self.checkpoint_every * scale))
-                            if self.checkpoint_every else 0)
+        def scaled(epochs: int) -> int:
+            return max(1, round(epochs * scale)) if epochs else 0
+
         return dataclasses.replace(
-            self, phases=phases, nc_every=nc_every, checkpoint_every=checkpoint_every,
+            self, phases=phases, nc_every=scaled(self.nc_every), nc_dense=scaled(self.nc_dense),
+            checkpoint_every=scaled(self.checkpoint_every),
             intervention_epoch=_moved_epoch(self.intervention_epoch, self.phases, phases),
             reference_train_size=None)
 
@@ -642,7 +664,7 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
                 fn_before = _features_norm(model, data, config.record_batch)
                 model.rescale_last_hidden(config.intervention_alpha)
             end = epoch == sum(p.epochs for p in config.phases[:phase_no])
-            if epoch % config.nc_every == 0 or end or config.intervention_epoch == epoch:
+            if config.records_epoch(epoch):
                 record(phase_no, phase, opt.param_groups[0]["lr"])
             if ckpt_dir is not None and (end or (config.checkpoint_every
                                                  and epoch % config.checkpoint_every == 0)):
