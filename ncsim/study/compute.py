@@ -200,7 +200,7 @@ def _train(desc: RunDesc) -> Result:
     config = dataclasses.replace(train_config(p), run_id=desc.run_id)
     data = load_dataset(**dataset_args(p), root=p.get("data_root"))
     result = train(config, data)
-    log = result.log.sort_values("time").reset_index(drop=True)
+    log = result.log.sort_values("time", kind="stable").reset_index(drop=True)
     rule = OnsetRule(threshold=p.get("onset_threshold", TRAINED_ONSET_THRESHOLD), phase=2,
                      interpolate=False)
     summary = run_onset(log, rule)

@@ -188,7 +188,12 @@ class Store:
                 if r not in done or (retry_failed and done[r] == FAILED)]
 
     def write_run(self, run_id: str, row: dict[str, Any], traj: pd.DataFrame | None) -> None:
-        """Write one finished run: trajectory first, then the run row (its completion mark)."""
+        """Write one finished run: trajectory first, then the run row (its completion mark).
+
+        A row stored before (a run computed again) is removed first, so that an interruption
+        between the two writes leaves the run unfinished, never the old row beside the new
+        trajectory."""
+        self.run_file(run_id).unlink(missing_ok=True)
         if traj is not None and len(traj):
             traj = traj.drop(columns="run_id", errors="ignore")
             traj.insert(0, "run_id", run_id)  # first, as in every table
