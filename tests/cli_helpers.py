@@ -3,6 +3,7 @@ and interrupting a study run in a chosen chunk."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
@@ -41,3 +42,12 @@ def interrupt_chunk(monkeypatch: Any, at: int = 2) -> list[int]:
 
     monkeypatch.setattr(executors, "run_chunk", interrupted)
     return calls
+
+
+def tiny_train_args(out: Path, epochs: str, nc_every: int) -> list[str]:
+    """``ncsim validate train`` of a one-hidden-layer MLP (width 8) on 10 x 3 Gaussian training
+    samples at batch 8 (4 steps per epoch), writing to ``out`` (the last argument)."""
+    return ["validate", "train", "--dataset", "gaussian", "--per-class", "3",
+            "--test-per-class", "2", "--depth", "1", "--width", "8", "--epochs", epochs,
+            "--batch-size", "8", "--nc-every", str(nc_every), "--no-progress", "--format",
+            "json", "--out", str(out)]

@@ -132,13 +132,18 @@ def test_equal_times_are_accepted():
     assert value_at(times, [1.0, 2.0, 6.0, 5.0], 2.0) == 2.0
 
 
+@pytest.mark.parametrize(("times", "values"), [
+    ([1.0, 3.0, 2.0], [0.5, 0.02, 0.001]),
+    # a record without a finite time is dropped, but t = 1 then t = 0.5 stays out of order
+    ([1.0, math.nan, 0.5, 2.0], [0.5, 0.2, 0.001, 0.0005]),
+])
 @pytest.mark.parametrize("func", ["onset_time", "value_at", "crossing_time"])
-def test_unsorted_times_are_refused(func):
-    """Out-of-order records would give a crossing between unrelated records."""
-    times, values = [1.0, 3.0, 2.0], [0.5, 0.02, 0.001]
+def test_unsorted_times_are_refused(func, times, values):
+    """Out-of-order records would give a crossing between unrelated records, whether or not a
+    record without time sits between them."""
     call = {
         "onset_time": lambda: onset_time(times, values, 0.01),
-        "value_at": lambda: value_at(times, values, 2.5),
+        "value_at": lambda: value_at(times, values, 0.7),
         "crossing_time": lambda: crossing_time(times, values, 0.01),
     }[func]
     with pytest.raises(InputError, match="sort the records by time"):

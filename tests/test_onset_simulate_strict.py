@@ -3,8 +3,8 @@ reach a user without any error.
 
 - Onset (``ncsim.onset``, module docstring): the crossing is interpolated linearly in
   (log time, log value) whenever the earlier record is at t > 0, including the simulator's
-  early records at 0 < t < 1; an onset at the first record of a series is that record's time;
-  records are in time order, also across a record without a finite time. A naive onset finder
+  early records at 0 < t < 1; an onset at the first record of a series is that record's time.
+  A naive onset finder
   written here (a plain loop over the records, power-law interpolation written as
   t0 (t1/t0)^s) is the reference on random series with gaps, records at +inf, t = 0 and
   stay windows.
@@ -20,7 +20,6 @@ import math
 import numpy as np
 import pytest
 
-from ncsim.errors import InputError
 from ncsim.flow.simulate import run_id, simulate
 from ncsim.onset import (
     crossing_time,
@@ -63,21 +62,6 @@ def test_an_onset_at_the_first_record_is_its_time_even_if_the_series_rises_later
     assert onset_time(times, metric, 0.01, interpolate=interpolate) == 1.0
     assert onset_and_fn(times, metric, fn, 0.01, interpolate=interpolate) == (1.0, 3.0)
     assert onset_time(times, [0.001, 0.002, 0.5], 0.01, stay=2, interpolate=interpolate) == 1.0
-
-
-@pytest.mark.parametrize("func", ["onset_time", "value_at", "crossing_time"])
-def test_records_out_of_order_around_a_record_without_time_are_refused(func):
-    """A record without a finite time is dropped, but the records around it must still be in
-    order: t = 1 then t = 0.5 is out of order whether or not a NaN time sits between them (a
-    crossing would otherwise be interpolated between unrelated records)."""
-    times, values = [1.0, math.nan, 0.5, 2.0], [0.5, 0.2, 0.001, 0.0005]
-    call = {
-        "onset_time": lambda: onset_time(times, values, 0.01),
-        "value_at": lambda: value_at(times, values, 0.7),
-        "crossing_time": lambda: crossing_time(times, values, 0.01),
-    }[func]
-    with pytest.raises(InputError, match="sort the records by time"):
-        call()
 
 
 def _naive_onset(times, values, threshold, stay, interpolate):

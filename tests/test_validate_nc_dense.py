@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import error_line, invoke
+from cli_helpers import error_line, invoke, tiny_train_args
 
 from ncsim.errors import InputError
 from ncsim.io import read_table
@@ -112,10 +112,7 @@ def test_the_train_command_takes_the_dense_window(tmp_path, no_figures):
     """``--nc-dense 2`` with ``--nc-every 3`` over epochs 3,4: the log holds every epoch and
     run.json the setting; a negative window is refused in one line that names it."""
     out = tmp_path / "run"
-    args = ["validate", "train", "--dataset", "gaussian", "--per-class", "3",
-            "--test-per-class", "2", "--depth", "1", "--width", "8", "--epochs", "3,4",
-            "--batch-size", "8", "--nc-every", "3", "--no-progress", "--format", "json",
-            "--out", str(out)]
+    args = tiny_train_args(out, "3,4", 3)
     result = invoke([*args, "--nc-dense", "2"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "run.json").read_text())["config"]["nc_dense"] == 2

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from cli_helpers import error_line, invoke
+from cli_helpers import error_line, invoke, tiny_train_args
 
 from ncsim.errors import InputError
 from ncsim.io import read_table
@@ -197,10 +197,7 @@ def test_the_train_command_writes_the_rescaled_protocol(tmp_path, no_figures):
     run.json holds the rescaled phases and the log ends at epoch 12 after 48 steps. A size of
     0 is refused in one line that names the setting."""
     out = tmp_path / "run"
-    args = ["validate", "train", "--dataset", "gaussian", "--per-class", "3",
-            "--test-per-class", "2", "--depth", "1", "--width", "8", "--epochs", "1,2",
-            "--batch-size", "8", "--nc-every", "1", "--no-progress", "--format", "json",
-            "--out", str(out)]
+    args = tiny_train_args(out, "1,2", 1)
     result = invoke([*args, "--reference-train-size", "120"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "run.json").read_text())["config"]
