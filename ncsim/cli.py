@@ -284,8 +284,8 @@ def _check_simulation_folder(out: Path | None) -> None:
 @handle_errors
 def simulate(**options: Any) -> None:
     """Integrate one run or a grid (numeric options take lists and 1e-4..1e-1:16 ranges)."""
+    from ncsim.flow import cut_short, stopped_at_rest
     from ncsim.flow import simulate as run_simulation
-    from ncsim.flow import stopped_at_rest
     from ncsim.results import write_simulation
     from ncsim.threads import bounded_threads
 
@@ -299,7 +299,7 @@ def simulate(**options: Any) -> None:
         click.echo(f"note: {stalled} run(s) stalled: the adaptive steps chatter at a kink of the "
                    "flow (ReLU-type activations); integrate them with a fixed step, e.g. "
                    "--solver rk4 --dt 0.5 (or --solver gd)", err=True)
-    cut = int(((result.runs["stop"] == "max_steps") & (result.runs["status"] == "ok")).sum())
+    cut = int(cut_short(result.runs).sum())
     if cut:
         click.echo(f"note: {cut} collapsed run(s) ran out of steps before t_end (stop "
                    "max_steps): their final columns are at t_final; raise --max-steps to "

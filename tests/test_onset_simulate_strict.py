@@ -20,7 +20,7 @@ import math
 import numpy as np
 import pytest
 
-from ncsim.flow.simulate import run_id, simulate
+from ncsim.flow.simulate import cut_short, run_id, simulate
 from ncsim.onset import (
     crossing_time,
     onset_and_fn,
@@ -226,6 +226,7 @@ def test_the_stop_column_says_why_the_integration_ended():
     assert got == {"t_end": ("ok", "t_end"), "cut_before_onset": ("max_steps", "max_steps"),
                    "cut_after_onset": ("ok", "max_steps"), "at_rest": ("not_collapsed", "steady"),
                    "blown_up": ("diverged", "diverged")}
+    assert list(cut_short(runs)) == [False, False, True, False, False]
     cut = runs.iloc[2]
     assert cut["t_final"] < 2000.0 and cut["steps"] + cut["rejected_steps"] == 60
     assert math.isfinite(cut["onset_time"]) and cut["onset_time"] < cut["t_final"]

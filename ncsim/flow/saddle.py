@@ -33,7 +33,7 @@ def _noise(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** (2.0 / 3.0)
 
 
-def _start_vector(p: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _start_vector(p: int, device: torch.device) -> torch.Tensor:
     """The Krylov start (P,) shared by every run: a fixed Gaussian draw of unit norm."""
     gen = torch.Generator().manual_seed(_START_SEED)
     v = torch.randn(p, generator=gen, dtype=torch.float64)
@@ -68,7 +68,7 @@ def growth_rate(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
     m = min(KRYLOV_DIM, p)
     basis = torch.zeros(count, m + 1, p, dtype=torch.float64, device=y.device)
     hess = torch.zeros(count, m + 1, m, dtype=torch.float64, device=y.device)
-    basis[:, 0] = _start_vector(p, y.dtype, y.device)
+    basis[:, 0] = _start_vector(p, y.device)
     dims = torch.full((count,), m, dtype=torch.long, device=y.device)  # Krylov dimension
     floor = 100.0 * _noise(y.dtype)
     for j in range(m):

@@ -329,6 +329,12 @@ def stopped_at_rest(runs: pd.DataFrame) -> pd.Series:
     return (runs["status"] == "not_collapsed") & early
 
 
+def cut_short(runs: pd.DataFrame) -> pd.Series:
+    """(runs,) bool of a run table: collapsed (``ok``) runs whose integration ran out of steps
+    (``stop`` max_steps) before t_end, so that their final columns are at t_final."""
+    return (runs["stop"] == STATUS_NAMES[MAX_STEPS]) & (runs["status"] == "ok")
+
+
 def _status(code: int, has_onset: bool, vanishing: bool, rose: bool = False) -> str:
     """Run status from the integrator's stop code, the onset, the vanishing rule and whether
     the objective ended above its start (``rose``: no gradient flow does that)."""

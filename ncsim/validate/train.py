@@ -291,6 +291,7 @@ class TrainConfig:
                                       / math.ceil(n_train / p.batch_size))))
             for p in self.phases)
         scale = phases[-1].epochs / self.phases[-1].epochs
+
         def scaled(epochs: int) -> int:
             return max(1, round(epochs * scale)) if epochs else 0
 
