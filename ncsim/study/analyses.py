@@ -630,16 +630,19 @@ def _critical(sub: pd.DataFrame) -> float:
     return float(np.nanmedian(lc))
 
 
-def series_threshold(sub: pd.DataFrame, x: str) -> float:
-    """The theory's critical value of ``x`` along a series (the other decays fixed).
+def series_threshold(sub: pd.DataFrame, x: str, tied: bool = False) -> float:
+    """The theory's critical value of ``x`` along a series: the other decay fixed, or, with
+    ``tied`` (and for ``x`` = ``lambda``), both decays moving together (a grid's diagonal).
 
-    Collapse iff (lambda_H lambda_W^L)^(1/(L+1)) < Lambda_crit; L the depth.
+    Collapse iff (lambda_H lambda_W^L)^(1/(L+1)) < Lambda_crit; L the depth. Whether the
+    decays are tied is said, not guessed from the values: a series of one point along
+    ``lambda_w`` that happens to sit on the diagonal still has ``lambda_h`` fixed.
     """
     lc = _critical(sub)
     if not math.isfinite(lc):
         return math.nan
     depth_ = float(sub["depth"].iloc[0]) if "depth" in sub else 1.0
-    if x == "lambda" or np.allclose(sub["lambda_w"], sub["lambda_h"]):
+    if x == "lambda" or tied:
         return lc
     if x == "lambda_w":
         return float((lc ** (depth_ + 1) / sub["lambda_h"].iloc[0]) ** (1.0 / depth_))
@@ -659,10 +662,12 @@ def _basin_from(series: pd.DataFrame, x: str) -> float:
     return float(basin.astype(float).min()) if len(basin) else math.nan
 
 
-def _lambda_series(sub: pd.DataFrame, x: str, keys: list[str]) -> list[dict[str, Any]]:
+def _lambda_series(sub: pd.DataFrame, x: str, keys: list[str],
+                   tied: bool = False) -> list[dict[str, Any]]:
     """One entry per setting of ``keys``: the regimes along ``x``, the last collapsed and
     first prevented value, the theory's lambda_crit, whether it lies in that bracket, and
-    where the theory puts the init in the origin's basin (:func:`_basin_from`)."""
+    where the theory puts the init in the origin's basin (:func:`_basin_from`). ``tied``:
+    the series moves both decays together (:func:`series_threshold`)."""
     out = []
     groups = sub.groupby(keys, sort=True) if keys else [((), sub)]
     for key, s in groups:
@@ -679,7 +684,7 @@ def _lambda_series(sub: pd.DataFrame, x: str, keys: list[str]) -> list[dict[str,
                  "onsets": [float(v) for v in agg["onset"]],
                  "three_regimes": _in_order(labels), "last_collapsed": last,
                  "first_prevented": float(above.min()) if above.size else math.nan,
-                 "lambda_crit_theory": series_threshold(s, x),
+                 "lambda_crit_theory": series_threshold(s, x, tied),
                  "basin_from_theory": _basin_from(s, x)}
         lc, lo, hi = entry["lambda_crit_theory"], last, entry["first_prevented"]
         if math.isfinite(lc) and math.isfinite(lo) and math.isfinite(hi):
@@ -815,7 +820,7 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                          "the theory's threshold sqrt(lambda_W lambda_H) = Lambda_crit (depth 1)",
                          _figure(fig, figdir, f"wd_heatmap_{part}")))
             diag = sub[np.isclose(sub["lambda_w"], sub["lambda_h"])]
-            series = _lambda_series(diag, "lambda_w", []) if len(diag) else []
+            series = _lambda_series(diag, "lambda_w", [], tied=True) if len(diag) else []
             for s in series:
                 s["setting"] = {"lambda_h": "lambda_w"}  # the diagonal of the grid
             series += _lambda_series(sub, "lambda_w", ["lambda_h"])
