@@ -199,18 +199,23 @@ def logistic(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
 def logistic_half_time(z0: Array, K: Array, n: Array, lam: Array) -> Array:
     """t_1/2 = ln(z_inf/z0 - 1) / (2 r): time at which the mode reaches half its limit.
 
-    Negative where z_inf / 2 < z0 < z_inf (the half point lies before t = 0); NaN where the
-    mode never passes z_inf / 2: z0 >= z_inf (it falls towards z_inf from above) or
-    lambda >= lambda_crit (r <= 0, z_inf <= 0: it falls to 0).
+    Negative where z_inf / 2 < z0 < z_inf (the half point lies before t = 0); inf at z0 = 0
+    below lambda_crit (the mode stays at 0); NaN where the mode never passes z_inf / 2:
+    z0 >= z_inf (it stays at z_inf or falls towards it from above) or lambda >= lambda_crit
+    (r <= 0, z_inf <= 0: it falls to 0).
 
     Raises :class:`InputError` for K, n, lam as :func:`growth_rate`, and for z0 not a finite
     number >= 0."""
     z0, K, n, lam = broadcast_inputs(["z0", "K", "n", "lam"], [z0, K, n, lam])
     K, n, lam = _checked(["K", "n", "lam"], [K, n, lam])
-    check_decays(namespace(z0), z0, name="z0")
+    xp = namespace(z0)
+    check_decays(xp, z0, name="z0")
     r = _fn("logistic_rate")(K, n, lam)
     zi = _fn("logistic_limit")(K, n, lam)
-    return _fn("half_time")(z0, zi, r)
+    rises = z0 < zi  # z_inf > 0 (r > 0) and the mode below it
+    with np.errstate(divide="ignore", invalid="ignore"):  # the entries that do not rise
+        half = _fn("half_time")(z0, zi, r)
+    return xp.where(rises, half, xp.full_like(half, math.nan))[()]  # 0-d: a scalar, as before
 
 
 def logistic_integral(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
