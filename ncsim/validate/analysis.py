@@ -282,6 +282,18 @@ def condition_number(condition: str) -> float:
     return float(match.group(1).replace("p", "."))
 
 
+_NO_LABEL = "<no label>"  # a missing model, dataset or condition: one group, as in group_table
+
+
+def _labels_filled(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with missing group labels (NaN, None, pd.NA) as one plain string, so that
+    they group, look up and compare as one label (pd.NA neither equals itself nor is a
+    dict key of the groups' NaN)."""
+    labels = {k: runs[k].astype(object).where(runs[k].notna(), _NO_LABEL)
+              for k in GROUP_KEYS if k in runs}
+    return runs.assign(**labels)
+
+
 def fit_thresholds(runs: pd.DataFrame, fit: str = "mean") -> dict[str, float]:
     """fn_pred per run id, fitted on the collapsed runs of ``runs``.
 
@@ -290,8 +302,9 @@ def fit_thresholds(runs: pd.DataFrame, fit: str = "mean") -> dict[str, float]:
     """
     if fit not in FITS:
         raise InputError(f"unknown threshold fit {fit!r}; allowed: {', '.join(FITS)}")
+    runs = _labels_filled(runs)
     ok = runs[np.isfinite(runs["fn_star"].to_numpy(np.float64))]
-    means = ok.groupby(list(GROUP_KEYS), dropna=False)["fn_star"].mean()
+    means = ok.groupby(list(GROUP_KEYS))["fn_star"].mean()
     out: dict[str, float] = {}
     for _, run in runs.iterrows():
         key = tuple(run[k] for k in GROUP_KEYS)
