@@ -565,6 +565,14 @@ def test_compare_refuses_non_positive_horizons(tiny_run, tmp_path):
             compare_run(tmp_path, horizon=horizon, wd_horizon=wd_horizon)
 
 
+def test_compare_refuses_a_bad_seed(tmp_path):
+    """A negative, fractional or boolean subsample seed is an InputError before any work
+    (numpy would refuse the negative one with its own message only when drawing)."""
+    for seed in (-1, 1.5, True):
+        with pytest.raises(InputError, match=f"^seed must be an integer >= 0 .*got {seed!r}"):
+            compare_run(tmp_path, seed=seed)
+
+
 def test_phase_momentum_must_be_below_one():
     """Momentum 1 would make the flow time lr x steps / (1 - momentum) infinite: refused."""
     from ncsim.validate.train import Phase

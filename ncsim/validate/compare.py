@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ncsim.errors import InputError, require
+from ncsim.errors import InputError, is_integer, require
 from ncsim.onset import is_vanishing, onset_and_fn, onset_time, value_at
 from ncsim.validate import surrogate as sg
 from ncsim.validate.analysis import VANISH_TOL
@@ -146,6 +146,8 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
             and wd_horizon >= 0,
             f"horizon must be a finite number > 0 and wd_horizon a finite number >= 0, got "
             f"{horizon} and {wd_horizon}; they set how far the surrogate is simulated")
+    require(is_integer(seed) and seed >= 0,
+            f"seed must be an integer >= 0 (it draws the class-balanced subsample), got {seed!r}")
     run_dir = Path(run_dir)
     start_ckpt = run_dir / "checkpoints" / "phase1_end.pt"
     final_ckpt = run_dir / "checkpoints" / "phase2_end.pt"
