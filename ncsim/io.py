@@ -96,15 +96,22 @@ def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
     for col in out.columns:
         if out[col].dtype != object:
             continue
-        kinds = {type(v) for v in out[col] if v is not None and v == v}
+        kinds = {type(v) for v in out[col] if not _is_missing(v)}
         if len(kinds) < 2:
             continue
         if all(issubclass(k, (int, float, np.integer, np.floating))
                and not issubclass(k, (bool, np.bool_)) for k in kinds):
             out[col] = out[col].astype(float)
         else:
-            out[col] = out[col].map(lambda v: v if v is None or v != v else str(v))
+            out[col] = out[col].map(lambda v: v if _is_missing(v) else str(v))
     return out
+
+
+def _is_missing(value: Any) -> bool:
+    """None, NaN, pd.NA or NaT; any other value (an array included) is not missing."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, (float, np.floating)) and value != value
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

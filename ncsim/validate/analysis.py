@@ -172,6 +172,15 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
         raise InputError(f"log of run {run} lacks the onset metric column {rule.metric!r}; "
                          f"its columns: {', '.join(map(str, part.columns))}; choose another "
                          "metric (--metric) or a log that records it")
+    numbers = pd.to_numeric(part[rule.metric], errors="coerce")
+    text = numbers.isna() & part[rule.metric].notna()
+    if text.any():
+        run = part["run_id"].iloc[0] if "run_id" in part else "?"
+        raise InputError(f"log of run {run}: the onset metric column {rule.metric!r} holds "
+                         f"{part[rule.metric][text].iloc[0]!r}, not a number; choose a column "
+                         "of numbers (--metric) or write numbers there, blank where nothing "
+                         "was measured")
+    part = part.assign(**{rule.metric: numbers.astype(np.float64)})
     search = _search_part(part, rule)
     t = search["time"].to_numpy(np.float64)
     metric = search[rule.metric].to_numpy(np.float64)

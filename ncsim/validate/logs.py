@@ -155,7 +155,7 @@ def _check_whole_records(path: Path) -> None:
             text = handle.read()
     except (OSError, UnicodeDecodeError, EOFError):
         return  # pandas read it; nothing more to check here
-    rows = csv.reader(io.StringIO(text))
+    rows = csv.reader(io.StringIO(text, newline=None))  # \n, \r\n and \r end a line
     header = next(rows, [])
     for number, row in enumerate(rows, start=2):
         if row and len(row) < len(header):
@@ -172,7 +172,10 @@ def _check_whole_records(path: Path) -> None:
 #: the paper's phase numbers: 1 = cross-entropy, 2 = MSE
 PAPER_PHASES = (1, 2)
 #: trajectory column -> its name in a paper log (for messages)
-PAPER_NAMES = {"time": "epoch", "fn": "feat_norm", "nc1_trace": "nc1"}
+PAPER_NAMES = {"time": "epoch", "fn": "feat_norm", "nc1_trace": "nc1", "nc2_angle": "nc2",
+               "nc3_paper": "nc3", "accuracy": "train", "test_accuracy": "test"}
+#: trajectory columns that hold numbers when a log has them (text there is refused)
+OPTIONAL_NUMBERS = ("nc2_angle", "nc3_paper", "accuracy", "test_accuracy")
 NCSIM_NAMES = {"time": "time", "fn": "fn", "nc1_trace": "nc1_trace"}
 #: text that reads as a blank (not measured) value
 _BLANK_TEXT = ("", "nan", "na", "n/a", "null", "none", "<na>")
@@ -191,6 +194,10 @@ def _not_numbers(values: pd.Series, numbers: pd.Series) -> np.ndarray:
     return numbers.isna().to_numpy(bool) & ~blank
 
 
+#: the largest phase number read (a larger one, or inf, is a damaged log, not a phase)
+_LARGEST_PHASE = 2**31 - 1
+
+
 def _phases(values: pd.Series, log: str, allowed: tuple[int, ...] | None) -> pd.arrays.IntegerArray:
     """Training phases as nullable integers (blanks -> <NA>).
 
@@ -204,6 +211,10 @@ def _phases(values: pd.Series, log: str, allowed: tuple[int, ...] | None) -> pd.
     if text.any():
         found = listed((repr(v) for v in pd.unique(values[text].astype(str))), limit=4)
         raise InputError(f"log {log}: phase values {found} are not phase numbers; {hint}")
+    unusable = numbers.notna() & ~(numbers.abs() <= _LARGEST_PHASE)  # inf, 1e30
+    if unusable.any():
+        raise InputError(f"log {log}: phase {numbers[unusable].iloc[0]:g} is not a phase "
+                         f"number; {hint}")
     fractional = numbers.notna() & (numbers != numbers.round())
     if fractional.any():
         raise InputError(f"log {log}: phase {numbers[fractional].iloc[0]} is not a whole "
@@ -226,16 +237,17 @@ def _number_column(out: pd.DataFrame, col: str, log: str, names: dict[str, str])
         first = int(np.flatnonzero(text)[0])
         hint = (f"give every record its {names[col]} as a number" if col == "time" else
                 "write numbers, and leave an entry blank where nothing was measured")
-        raise InputError(f"log {log}: {names[col]} {str(out[col].iloc[first])!r} in data row "
-                         f"{first + 1} is not a number ({int(text.sum())} such entries); {hint}")
+        raise InputError(f"log {log}: {names.get(col, col)} {str(out[col].iloc[first])!r} in "
+                         f"data row {first + 1} is not a number ({int(text.sum())} such "
+                         f"entries); {hint}")
     out[col] = numbers.astype(np.float64)
 
 
 def _as_float(out: pd.DataFrame, log: str, names: dict[str, str]) -> pd.DataFrame:
-    """time, fn and nc1_trace as float64. Text entries, a record without a time and a negative
-    nc1_trace (a ratio of traces) or fn (a mean of norms) are errors naming the log and the
-    record."""
-    for col in ("time", "fn", "nc1_trace"):
+    """time, fn and nc1_trace, and those of :data:`OPTIONAL_NUMBERS` the log has, as float64.
+    Text entries, a record without a time and a negative nc1_trace (a ratio of traces) or fn
+    (a mean of norms) are errors naming the log and the record."""
+    for col in ("time", "fn", "nc1_trace", *(c for c in OPTIONAL_NUMBERS if c in out)):
         _number_column(out, col, log, names)
     no_time = np.isnan(out["time"].to_numpy(np.float64))
     if no_time.any():
@@ -302,14 +314,24 @@ def _check_records(out: pd.DataFrame, log: str, names: dict[str, str],
     return _drop_repeated_records(out, log, names)
 
 
+def _check_column_pairs(frame: pd.DataFrame, run_id: str) -> None:
+    """Refuse two paper columns for one trajectory column (``train`` and ``train_acc``) that
+    differ: which one is the accuracy would be a guess (equal copies are read as one)."""
+    for target in set(PAPER_COLUMNS.values()):
+        given = [k for k, v in PAPER_COLUMNS.items() if v == target and k in frame.columns]
+        if len(given) > 1 and not all(frame[given[0]].equals(frame[k]) for k in given[1:]):
+            raise InputError(f"log {run_id} has columns {' and '.join(given)}, which both name "
+                             f"its {target} and differ; keep the one that holds it")
+
+
 def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     """Convert one paper-schema log (already read) to the trajectory schema.
 
     Refused (:class:`InputError`): text where a number belongs, a record without an epoch, a
     negative nc1 or feat_norm, a phase other than 1 or 2 (text labels included), a phase
     blank on some records only, two different records for one epoch and phase (identical
-    copies count once), and condition or seed columns with more than one value (one file is
-    one run).
+    copies count once), two columns for one value that differ (``train`` and ``train_acc``),
+    and condition or seed columns with more than one value (one file is one run).
     """
     missing = [c for c in PAPER_REQUIRED if c not in frame.columns]
     if missing:
@@ -317,6 +339,7 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
             f"log {run_id} lacks column(s) {', '.join(missing)}; a paper log needs "
             "epoch, nc1 and feat_norm (and optionally phase, train, test, nc2, nc3)"
         )
+    _check_column_pairs(frame, run_id)
     out = frame.rename(columns={k: v for k, v in PAPER_COLUMNS.items() if k in frame.columns})
     out = out.loc[:, ~out.columns.duplicated()].copy()
     clash = [c for c in ("run_id", "time_unit") if c in out.columns]
