@@ -37,6 +37,7 @@ import torch
 from ncsim import __version__ as ncsim_version
 from ncsim import heap
 from ncsim.cli_errors import OutPath, check_out_folder, handle_errors
+from ncsim.errors import InputError, is_integer
 from ncsim.io import to_jsonable
 from ncsim.spec import require_device
 from ncsim.threads import bounded_threads
@@ -161,6 +162,13 @@ class PeakMemory:
         self.peak = max(self._max, _rss()) - self.base
 
 
+def _check_repeats(count: Any, name: str) -> None:
+    """Refuse a repeat count that is not an integer >= 1 (a median needs a sample)."""
+    if not (is_integer(count) and count >= 1):
+        raise InputError(f"{name} must be an integer >= 1 (timed runs per measurement), got "
+                         f"{count!r}")
+
+
 def timed(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: bool = False,
           check: Callable[[Any], Any] | None = None) -> tuple[dict[str, Any], Any]:
     """Run ``fn`` ``repeats`` times; ({median_s, times_s, peak_mem_mb}, last result).
@@ -169,6 +177,7 @@ def timed(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: bool
     nobody's, whichever solver runs first). ``check``: called on every repeat's result,
     outside the timed region and the memory measurement (an accuracy check that raises
     AssertionError), so that no repeat goes unchecked."""
+    _check_repeats(repeats, "repeats")
     times, out, peak = [], None, 0
     if warmup:
         fn()
@@ -728,7 +737,11 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
               data_root: str | None = None) -> dict[str, Any]:
     """Run the workloads and return the JSON-ready results (``dtypes``: W1's, see
     :func:`bench_w1`; ``data_root``: the Fashion-MNIST folder of V1). V1's data is read
-    first, so that missing or damaged files stop the run before any workload is timed."""
+    first, so that missing or damaged files stop the run before any workload is timed.
+    ``repeats`` and ``peer_repeats`` (None: ``repeats``) are integers >= 1."""
+    _check_repeats(repeats, "repeats")
+    if peer_repeats is not None:
+        _check_repeats(peer_repeats, "peer_repeats")
     if "V1" in workloads:
         from ncsim.validate.data import load_dataset
 
@@ -736,7 +749,7 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
     with bounded_threads(threads):  # numpy's BLAS too: ncsim's products and the peers'
         results: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                                    "device": device, "repeats": repeats,
-                                   "peer_repeats": peer_repeats or repeats,
+                                   "peer_repeats": peer_repeats or repeats,  # None: repeats
                                    "machine": machine(device), "workloads": {}}
         fewest = min(repeats, peer_repeats or repeats) if peers else repeats
         if fewest < 3:  # said in the JSON and on stderr: one or two samples are no median
