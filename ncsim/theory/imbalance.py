@@ -297,9 +297,11 @@ def imbalanced_equilibrium(loss: str, bias: str, counts: Sequence[int], lambda_w
     -------
     ImbalancedEquilibrium. MSE with no or a free bias is a closed form (soft-thresholding);
     the other cases are certified numeric solutions (``kkt_residual`` <= ``kkt_tol`` and
-    ``objective_star`` <= ``objective_zero``): the origin with its best bias when it meets the
-    optimality condition |grad_X F(0, b0)|_2 <= Lambda (then ``collapsed`` is False and every
-    norm exactly 0), else the polished L-BFGS solution (``collapsed`` True).
+    ``objective_star`` <= ``objective_zero`` to rounding, 1e-12 relative: just below the
+    threshold the true gain, ~(1 - Lambda/Lambda_c)^2, is below one ulp): the origin with its
+    best bias when it meets the optimality condition |grad_X F(0, b0)|_2 <= Lambda (then
+    ``collapsed`` is False and every norm exactly 0), else the polished L-BFGS solution
+    (``collapsed`` True).
 
     Raises
     ------
