@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from test_study_values import rising_traj, run_frame
 from tiny_study import MORE_PART, write_tiny_study
 
 from ncsim.study import report
@@ -38,24 +39,6 @@ def study_of(analysis, quick=False, **axes_by_part):
               "grid": {axis: [0] for axis in axes}} for name, axes in axes_by_part.items()]
     return Study(name="s", title="S", question="q?", claim="c.", analysis=analysis,
                  metrics=[], parts=parts, source="test", quick=quick)
-
-
-def run_frame(part, **columns):
-    """A run table of one part: status ok unless given, run ids part-0, part-1, ..."""
-    out = pd.DataFrame({"status": "ok", **columns})
-    out.insert(0, "part", part)
-    out.insert(0, "run_id", [f"{part}-{i}" for i in range(len(out))])
-    return out
-
-
-def rising_traj(run_ids, t_max=100):
-    """fn = t and NC1 = 1 / t at t = 1, ..., t_max for each run."""
-    t = np.arange(1.0, t_max + 1)
-    empty = pd.DataFrame({"run_id": pd.Series([], dtype=str), "time": [], "fn": [],
-                          "nc1_trace": []})
-    return pd.concat([empty, *(pd.DataFrame({"run_id": rid, "time": t, "fn": t,
-                                             "nc1_trace": 1.0 / t}) for rid in run_ids)],
-                     ignore_index=True)
 
 
 # ----------------------------------------------------------------------------- intervention
