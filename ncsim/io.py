@@ -198,7 +198,9 @@ def to_jsonable(value: Any) -> Any:
 
 
 def provenance(device: str = "cpu", dtype: str = "float64") -> dict[str, Any]:
-    """Versions and machine facts recorded with every result."""
+    """Versions and machine facts recorded with every result. ``torch_threads`` is torch's
+    intra-op thread count: float reductions, hence a trained network's bits, depend on it
+    (a training run repeats bit for bit only at the same count)."""
     import torch
 
     from ncsim import __version__
@@ -209,6 +211,7 @@ def provenance(device: str = "cpu", dtype: str = "float64") -> dict[str, Any]:
         "numpy_version": np.__version__,
         "python_version": platform.python_version(),
         "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
         "device": device,
         "dtype": dtype,
     }

@@ -83,6 +83,22 @@ def test_simulation_sidecar_records_the_dtype_the_runs_used(tmp_path, monkeypatc
     assert side["runs"][0]["solver_dtype"] == "float32"
 
 
+def test_provenance_records_torch_threads():
+    """The provenance names torch's intra-op thread count at the time it is taken (a trained
+    network's bits depend on it), as an int."""
+    import torch
+
+    from ncsim.io import provenance
+
+    before = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            assert provenance()["torch_threads"] == count
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_sidecar_names_every_dtype_of_a_mixed_call(tmp_path, monkeypatch):
     """A call with float64 and float32 runs records both dtypes (in order of first use),
     not the first run's alone."""
