@@ -254,9 +254,13 @@ def test_rejected_steps_keep_their_state_in_the_cpu_loop():
 def test_cpu_loop_takes_the_accelerator_loops_steps(monkeypatch):
     """The CPU loop (rejecting runs copy their rows back; finished runs leave at once) and the
     accelerator loop (masked updates of every state) take the same steps, rejections included,
-    to the same end (two records: the accelerator loop's steps are cut at records only)."""
+    to the same end (two records: the accelerator loop's steps are cut at records only). Both
+    take their products through torch: numpy's BLAS (the CPU loop's route for small products)
+    can round differently from torch in the last bit, which flips a borderline rejection
+    without any difference between the loops (with numpy 2.4.6: 6 rejections against 8)."""
     specs = [s.replace(solver=dataclasses.replace(s.solver, records=2)) for s in _uneven_runs()]
     cols = ["steps", "rejected_steps", "t_final"]
+    monkeypatch.setattr(importlib.import_module("ncsim.products"), "HOST_BLAS", False)
     cpu = simulate(specs, theory=False).runs
     _emulate_accelerator(monkeypatch)
     device = simulate(specs, theory=False).runs
