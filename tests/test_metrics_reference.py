@@ -269,10 +269,17 @@ def test_random_runs_match_reference(case):
 
 
 def test_bias_enters_nc4_only():
-    """The bias changes nc4 (and only nc4), as in the definition argmax(W h + b)."""
+    """The bias changes nc4 (and only nc4), as in the definition argmax(W h + b): a bias that
+    puts class 0 above every logit makes the classifier say 0 everywhere, so nc4 is then the
+    fraction of samples whose nearest class mean is not class 0's. (A random bias may leave
+    every prediction as it was, depending on the draw.)"""
     h, y, w, b = _run(BALANCED, 3, seed=4, spread=1.5)
-    b = 3.0 * b
+    b = np.zeros(4)
+    b[0] = 10.0 * np.abs(h @ w.T).max()
     with_b, without_b = _code(h, y, 4, w, b), _code(h, y, 4, w)
+    means = np.array([h[y == c].mean(0) for c in range(4)])
+    nearest = np.linalg.norm(h[:, None, :] - means[None], axis=2).argmin(1)
+    assert float(with_b["nc4"]) == pytest.approx(np.mean(nearest != 0), abs=1e-15)
     assert float(with_b["nc4"]) != float(without_b["nc4"])
     _assert_metrics(with_b, reference_metrics(h, y, 4, w, b))
     for name in METRIC_NAMES:
