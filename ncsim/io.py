@@ -167,7 +167,8 @@ def _has_a_number(column: pd.Series) -> bool:
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
     """Write strict JSON atomically (:func:`to_jsonable`: NaN as null, an infinity as the
-    string "inf" or "-inf"; a value that is still not valid JSON raises ``ValueError``).
+    string "inf" or "-inf"; a value of a type JSON does not hold, such as a set, raises
+    ``TypeError``).
 
     Keys keep the order of ``data``: an order can carry meaning (the grid axes of a study,
     whose runs are their Cartesian product in that order), and a read gives it back.

@@ -306,3 +306,15 @@ def test_a_last_line_ended_by_a_carriage_return_is_whole(tmp_path):
     """A last line that ends in ``\\r`` has its line end: the record is read, not refused."""
     path = write(tmp_path / "run.csv", "epoch,nc1,feat_norm\n0,1.0,1.0\n10,0.5,2.0\r")
     assert logs.read_log(path)["fn"].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("header,row", [("epoch,nc1,feat_norm", "inf,0.5,2.0"),
+                                        ("time,fn,nc1_trace", "-inf,2.0,0.5")])
+def test_an_infinite_time_is_refused(tmp_path, header, row):
+    """A record at epoch (or time) +-inf has no place on the time axis: an InputError naming
+    the data row, in both schemas."""
+    name = header.split(",")[0]
+    path = write(tmp_path / "run.csv", f"{header}\n0,1.0,1.0\n{row}\n")
+    with pytest.raises(InputError, match=f"^log run: {name} is -?inf in data row 2; give every "
+                                         f"record a finite {name}$"):
+        logs.read_log(path)

@@ -255,6 +255,11 @@ def _as_float(out: pd.DataFrame, log: str, names: dict[str, str]) -> pd.DataFram
         raise InputError(f"log {log}: {int(no_time.sum())} record(s) have no {names['time']} "
                          f"(the first is data row {first + 1}); give every record its "
                          f"{names['time']}, or delete the row")
+    endless = np.isinf(out["time"].to_numpy(np.float64))
+    if endless.any():
+        first = int(np.flatnonzero(endless)[0])
+        raise InputError(f"log {log}: {names['time']} is {out['time'].iloc[first]:g} in data "
+                         f"row {first + 1}; give every record a finite {names['time']}")
     what = {"nc1_trace": "the trace ratio tr(Sigma_W)/tr(Sigma_B)",
             "fn": "a mean of feature norms"}
     for col, meaning in what.items():
