@@ -64,7 +64,7 @@ from scipy import stats
 from ncsim.errors import InputError, is_finite_number, is_integer
 from ncsim.onset import crossing_time, is_vanishing, onset_and_fn, onset_record
 from ncsim.spec import SolverSpec
-from ncsim.validate.logs import blank_run_ids
+from ncsim.validate.logs import blank_run_ids, not_numbers
 
 GROUP_KEYS = ("model", "dataset", "condition")
 #: the paper's strict and relaxed onset thresholds (its logs README)
@@ -173,7 +173,7 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
                          f"its columns: {', '.join(map(str, part.columns))}; choose another "
                          "metric (--metric) or a log that records it")
     numbers = pd.to_numeric(part[rule.metric], errors="coerce")
-    text = numbers.isna() & part[rule.metric].notna()
+    text = not_numbers(part[rule.metric], numbers)  # blanks as the log reader reads them
     if text.any():
         run = part["run_id"].iloc[0] if "run_id" in part else "?"
         raise InputError(f"log of run {run}: the onset metric column {rule.metric!r} holds "

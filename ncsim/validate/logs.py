@@ -186,7 +186,7 @@ _PHASE_HINT_NCSIM = ("give the phase number on every record (0 for a simulation,
                      "the phase column to search the whole log for the onset")
 
 
-def _not_numbers(values: pd.Series, numbers: pd.Series) -> np.ndarray:
+def not_numbers(values: pd.Series, numbers: pd.Series) -> np.ndarray:
     """(M,) bool: entries of ``values`` that are neither a number nor a blank (text such as
     ``CE`` or ``ten``); ``numbers`` is ``pd.to_numeric(values, errors="coerce")``."""
     text = values.astype("string").str.strip().str.lower()
@@ -207,7 +207,7 @@ def _phases(values: pd.Series, log: str, allowed: tuple[int, ...] | None) -> pd.
     """
     numbers = pd.to_numeric(values, errors="coerce")
     hint = _PHASE_HINT_NCSIM if allowed is None else _PHASE_HINT_PAPER
-    text = _not_numbers(values, numbers)
+    text = not_numbers(values, numbers)
     if text.any():
         found = listed((repr(v) for v in pd.unique(values[text].astype(str))), limit=4)
         raise InputError(f"log {log}: phase values {found} are not phase numbers; {hint}")
@@ -232,7 +232,7 @@ def _number_column(out: pd.DataFrame, col: str, log: str, names: dict[str, str])
     """``out[col]`` as float64 in place; an entry that is text (not a number, not blank) is an
     error, never a silent gap."""
     numbers = pd.to_numeric(out[col], errors="coerce")
-    text = _not_numbers(out[col], numbers)
+    text = not_numbers(out[col], numbers)
     if text.any():
         first = int(np.flatnonzero(text)[0])
         hint = (f"give every record its {names[col]} as a number" if col == "time" else
@@ -322,7 +322,7 @@ def _check_records(out: pd.DataFrame, log: str, names: dict[str, str],
 def _check_column_pairs(frame: pd.DataFrame, run_id: str) -> None:
     """Refuse two paper columns for one trajectory column (``train`` and ``train_acc``) that
     differ: which one is the accuracy would be a guess (equal copies are read as one)."""
-    for target in set(PAPER_COLUMNS.values()):
+    for target in dict.fromkeys(PAPER_COLUMNS.values()):  # in the table's order
         given = [k for k, v in PAPER_COLUMNS.items() if v == target and k in frame.columns]
         if len(given) > 1 and not all(frame[given[0]].equals(frame[k]) for k in given[1:]):
             raise InputError(f"log {run_id} has columns {' and '.join(given)}, which both name "
