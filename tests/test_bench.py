@@ -215,6 +215,8 @@ def test_device_check_script_dry_runs_on_the_cpu(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    log = (tmp_path / "device_check.log").read_text()
+    assert "== tests" in log and "== w1" in log and "skipped" in log  # no CUDA: tests skip
     written = {p.name.rsplit("_", 1)[-1] if "w2_w3" not in p.name else "w2_w3.json": p
                for p in tmp_path.glob("*.json")}
     w1 = json.loads(written["w1.json"].read_text())["workloads"]["W1"]
@@ -227,6 +229,27 @@ def test_device_check_script_dry_runs_on_the_cpu(tmp_path):
         assert all("speedup" in r for r in v1)
     else:
         assert len(written) == 2 and "V1 left out" in done.stderr
+
+
+def test_device_check_deadline_skips_the_stages_it_leaves_no_time_for(tmp_path):
+    """With DEADLINE spent before the first stage, no stage starts: each says so in the log
+    and on stderr, nothing is written, and the script fails."""
+    import os
+    import subprocess
+    import sys
+
+    from ncsim.bench import ROOT
+
+    env = {**os.environ, "DEVICE": "cpu", "SIZE": "tiny", "PYTHON": sys.executable,
+           "DEADLINE": "1", "STAGES": "w1 w2", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    log = (tmp_path / "device_check.log").read_text()
+    for stage in ("w1", "w2"):
+        assert f"no time left for stage {stage}" in log
+        assert f"no time left for stage {stage}" in done.stderr
+    assert not list(tmp_path.glob("*.json"))
 
 
 def test_ratios_with_a_cuda_graph_row():

@@ -33,6 +33,7 @@ from ncsim.validate.train import Phase, TrainConfig, train
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 COMPARED = ("loss", "objective", *METRIC_NAMES)
+RECORDS = 40
 
 MODELS = {
     "ufm_ce_params": (ModelSpec(kind="ufm", loss="ce", classes=3, per_class=4, dim=6), "none"),
@@ -52,7 +53,7 @@ def _specs(model: ModelSpec, reduction: str, device: str, dtype: str = "float64"
            ) -> list[RunSpec]:
     """Four runs of one structure (two decays, two seeds) on ``device``."""
     rtol, atol = (1e-8, 1e-10) if dtype == "float64" else (1e-6, 1e-8)
-    solver = SolverSpec(method=method, dt=dt, t_end=1000.0, records=40, rtol=rtol, atol=atol,
+    solver = SolverSpec(method=method, dt=dt, t_end=1000.0, records=RECORDS, rtol=rtol, atol=atol,
                         dtype=dtype, device=device, reduction=reduction, cuda_graphs=cuda_graphs)
     lam_b = 1e-2 if model.bias == "reg" else 0.0
     return [RunSpec(model=model, reg=Regularization(lambda_w=lam, lambda_h=lam, lambda_b=lam_b),
@@ -71,11 +72,27 @@ def _records(result) -> np.ndarray:
 
 
 def _largest_relative_gap(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest |a - b| over each quantity's largest |a| (NaN where both are NaN)."""
+    """Largest |a - b| over each continuous quantity's largest |a| (NaN where both are NaN);
+    nc4, a count of samples, is left to :func:`_check_nc4`."""
     assert np.array_equal(np.isnan(a), np.isnan(b)), "the runs reached different record times"
+    keep = [q for q, name in enumerate(COMPARED) if name != "nc4"]
+    a, b = a[:, :, keep], b[:, :, keep]
     scale = np.nanmax(np.abs(a), axis=(0, 1))
     gap = np.nanmax(np.abs(a - b), axis=(0, 1)) / np.where(scale > 0, scale, 1.0)
+    worst = int(np.argmax(gap))
+    print(f"  largest gap in {COMPARED[keep[worst]]}")
     return float(np.max(gap))
+
+
+def _check_nc4(a: np.ndarray, b: np.ndarray, samples: int) -> None:
+    """nc4 counts the samples whose classifier and nearest-mean decisions differ: a sample at
+    a tie (a ReLU feature at 0 scores every class 0) may flip with the rounding, so the two
+    devices may differ by one sample at a few records, no more."""
+    q = COMPARED.index("nc4")
+    flips = np.abs(a[:, :, q] - b[:, :, q]) * samples
+    flips = flips[np.isfinite(flips)]
+    assert np.all(flips <= 1 + 1e-9), f"nc4 differs by more than one sample: {flips.max()}"
+    assert np.count_nonzero(flips > 0.5) <= 0.05 * flips.size
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -83,7 +100,7 @@ def test_cuda_follows_the_cpu_trajectories_in_float64(name):
     model, reduction = MODELS[name]
     cpu = simulate(_specs(model, reduction, "cpu"), theory=False)
     gpu = simulate(_specs(model, reduction, "cuda"), theory=False)
-    _same_runs(cpu, gpu, name)
+    _same_runs(cpu, gpu, name, model.num_samples)
 
 
 def test_cuda_follows_the_cpu_with_relu_and_fixed_steps():
@@ -92,20 +109,27 @@ def test_cuda_follows_the_cpu_with_relu_and_fixed_steps():
                       activation="relu")
     cpu = simulate(_specs(model, "none", "cpu", method="gd", dt=0.5), theory=False)
     gpu = simulate(_specs(model, "none", "cuda", method="gd", dt=0.5), theory=False)
-    _same_runs(cpu, gpu, "deep_relu_gd")
+    _same_runs(cpu, gpu, "deep_relu_gd", model.num_samples)
 
 
-def _same_runs(cpu, gpu, name: str) -> None:
-    """Same statuses, trajectories to 1e-6 of each quantity's scale, onsets to 1e-5, steps
-    within 2% (+2)."""
+def _same_runs(cpu, gpu, name: str, samples: int) -> None:
+    """Same statuses, trajectories to 1e-6 of each quantity's scale (nc4: :func:`_check_nc4`),
+    onsets to 1e-5; the same steps with a fixed step, up to one more per record time with an
+    adaptive one (on a device a step crosses one record time at most)."""
     assert gpu.runs["status"].tolist() == cpu.runs["status"].tolist()
-    gap = _largest_relative_gap(_records(gpu), _records(cpu))
+    records_gpu, records_cpu = _records(gpu), _records(cpu)
+    gap = _largest_relative_gap(records_gpu, records_cpu)
     print(f"{name}: largest relative gap cuda vs cpu {gap:.2e}")
     assert gap <= 1e-6
+    _check_nc4(records_gpu, records_cpu, samples)
     onset_cpu, onset_gpu = cpu.runs["onset_time"].to_numpy(), gpu.runs["onset_time"].to_numpy()
     np.testing.assert_allclose(onset_gpu, onset_cpu, rtol=1e-5, equal_nan=True)
     steps_cpu, steps_gpu = cpu.runs["steps"].to_numpy(), gpu.runs["steps"].to_numpy()
-    assert np.all(np.abs(steps_gpu - steps_cpu) <= 0.02 * steps_cpu + 2)
+    if cpu.runs["solver_method"].iloc[0] == "gd":
+        assert np.array_equal(steps_gpu, steps_cpu)
+    else:  # on a device an adaptive step crosses one record time at most: a few more steps
+        print(f"  extra steps on the device: {(steps_gpu - steps_cpu).tolist()}")
+        assert np.all((steps_gpu >= steps_cpu) & (steps_gpu <= steps_cpu + RECORDS))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -117,9 +141,11 @@ def test_cuda_graphs_replay_the_eager_steps(method, dtype):
                        theory=False)
     assert graphed.runs["steps"].tolist() == eager.runs["steps"].tolist()
     assert graphed.runs["status"].tolist() == eager.runs["status"].tolist()
-    gap = _largest_relative_gap(_records(graphed), _records(eager))
+    records_graphed, records_eager = _records(graphed), _records(eager)
+    gap = _largest_relative_gap(records_graphed, records_eager)
     print(f"{method} {dtype}: largest relative gap graphs vs eager {gap:.2e}")
     assert gap <= (1e-12 if dtype == "float64" else 1e-5)
+    _check_nc4(records_graphed, records_eager, model.num_samples)
 
 
 def test_float32_on_cuda_stays_within_the_benchmark_bound_of_float64():
