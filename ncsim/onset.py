@@ -74,7 +74,9 @@ def _interp_time(
     t0: float, t1: float, v0: float, v1: float, level: float, log_value: bool
 ) -> float:
     """Time in [t0, t1] where a segment from v0 to v1 meets ``level``."""
-    if math.isinf(v0):  # the segment comes down from infinity: no earlier time is known
+    if math.isinf(v0) or math.isinf(v1):
+        # from +inf, or down to -inf: the segment has no value between its ends to
+        # interpolate, and t1 is the first time it is known to be below the level
         return t1
     if log_value and v0 > 0 and v1 > 0 and level > 0:
         a, b, c = math.log(v0), math.log(v1), math.log(level)
@@ -123,7 +125,8 @@ def onset_time(
     Parameters
     ----------
     times : (T,) record times (non-decreasing), any unit.
-    values : (T,) metric values (NaN = gap; +inf = above every threshold).
+    values : (T,) metric values (NaN = gap; +inf = above every threshold, -inf = below every
+        threshold: a crossing at a record next to an infinite one is that record's time).
     threshold : onset when ``values < threshold`` (a finite number).
     stay : number of consecutive records (gaps skipped) that must stay below, >= 1.
     interpolate : interpolate the crossing in (log time, log value).
@@ -182,7 +185,7 @@ def onset_and_fn(
     where that record has no fn, the nearest finite records give it as :func:`value_at` does,
     without the records before the crossing one at the same time.
     """
-    fn = np.asarray(fn, dtype=np.float64)
+    fn = _float_series("fn", fn)
     when, row = _onset(times, values, threshold, stay, interpolate)
     if fn.shape != np.shape(times):  # checked with or without an onset
         raise InputError(f"fn must have one value per record: {fn.shape} against "
@@ -277,6 +280,8 @@ def lead_time(
 def is_vanishing(fn: np.ndarray, vanish_tol: float = 1e-3) -> bool:
     """True when the last finite fn is below ``vanish_tol`` times the largest fn, or when fn is
     0 throughout; ``vanish_tol`` = 0 turns the rule off (always False)."""
+    if not (is_finite_number(vanish_tol) and 0 <= vanish_tol < 1):
+        raise InputError(f"vanish_tol must be a number in [0, 1), got {vanish_tol!r}")
     if vanish_tol <= 0:
         return False
     v = np.asarray(fn, dtype=np.float64)
