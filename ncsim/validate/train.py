@@ -711,7 +711,8 @@ def summarize(log: pd.DataFrame, threshold: float = 0.01, metric: str = "nc1_tra
     run's ``status`` (``collapsed``, ``not_collapsed``, or ``vanishing`` with no onset and fn*
     when fn vanishes: :func:`ncsim.validate.analysis.run_onset`).
 
-    ``log`` is one run's training log as :func:`train` writes it; :class:`InputError` when it
+    ``log`` is one run's training log as :func:`train` writes it, its rows in any order (read
+    in time order: ``final_accuracy`` is the last record's); :class:`InputError` when it
     has no records or lacks a column this needs (``time``, ``phase``, ``fn``, ``accuracy`` and
     ``metric``)."""
     from ncsim.validate.analysis import OnsetRule, run_onset
@@ -722,7 +723,8 @@ def summarize(log: pd.DataFrame, threshold: float = 0.01, metric: str = "nc1_tra
             f"needs a log as train() writes it, with time, phase, fn, accuracy and the onset "
             f"metric {metric!r}")
     require(len(log) > 0, "the training log has no records; summarize needs at least one")
-    out = run_onset(log.sort_values("time"), rule)
+    log = log.sort_values("time", kind="stable")  # records at one time keep their order
+    out = run_onset(log, rule)
     finite = log[np.isfinite(log[metric].to_numpy(np.float64))]
     out["final_accuracy"] = float(log["accuracy"].iloc[-1])
     out["nc1_start_phase2"] = (float(finite.loc[finite["phase"] == 2, metric].iloc[0])
