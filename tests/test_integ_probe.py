@@ -87,19 +87,21 @@ def test_a_wrecked_step_is_retried_at_one_fifth_of_its_size(monkeypatch, loop):
         assert result.t_final[0] == pytest.approx(t_final, rel=1e-12, abs=0.0)
 
 
-class _EveryOtherRejected:
-    """y' = (y_1, -y_0) whose every other dopri5 attempt (the 1st, 3rd, ...) has its last
-    stage off by 1e6, so that at least one attempt in two is rejected (with a given dt, call 0
+class _PeriodicallyRejected:
+    """y' = (y_1, -y_0) whose dopri5 attempts 1, 1 + period, 1 + 2 period, ... have their last
+    stage off by 1e6, so that one attempt in ``period`` is rejected (with a given dt, call 0
     is k1 at t = 0 and each attempt takes 6 calls)."""
 
-    def __init__(self):
+    def __init__(self, period: int):
         self.calls = 0
+        self.period = period
 
     def __call__(self, y):
         attempt, stage = divmod(self.calls - 1, 6)
         self.calls += 1
         k = torch.stack([y[:, 1], -y[:, 0]], dim=1)
-        return k + 1e6 if self.calls > 1 and stage == 5 and attempt % 2 == 0 else k
+        wrecked = self.calls > 1 and stage == 5 and attempt % self.period == 0
+        return k + 1e6 if wrecked else k
 
 
 def test_a_run_stalls_at_exactly_the_thousandth_rejection():
@@ -108,7 +110,7 @@ def test_a_run_stalls_at_exactly_the_thousandth_rejection():
     solver = SolverSpec(method="dopri5", dt=0.01, rtol=1e-6, atol=1e-9, t_end=1e6, records=3,
                         t_first=1.0, gtol=0.0, check_every=2)
     solver.validate()
-    result = integrate(_EveryOtherRejected(), torch.tensor([[1.0, 0.0]], dtype=F64), solver,
+    result = integrate(_PeriodicallyRejected(2), torch.tensor([[1.0, 0.0]], dtype=F64), solver,
                        lambda s, runs: s, 2)
     assert result.code.tolist() == [STALLED]
     assert result.rejected.tolist() == [1000]
@@ -130,20 +132,6 @@ def test_finite_time_blow_up_runs_until_the_step_falls_below_1e_13_t(monkeypatch
     assert 1e11 < result.final_state.item() < 1e13
 
 
-class _OneInThreeRejected:
-    """y' = (y_1, -y_0) whose attempts 1, 4, 7, ... (dopri5, given dt) have their last stage
-    off by 1e6: exactly one rejection for every two accepted steps."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, y):
-        attempt, stage = divmod(self.calls - 1, 6)
-        self.calls += 1
-        k = torch.stack([y[:, 1], -y[:, 0]], dim=1)
-        return k + 1e6 if self.calls > 1 and stage == 5 and attempt % 3 == 0 else k
-
-
 @pytest.mark.parametrize("loop", ["cpu", "device"])
 def test_one_rejection_per_two_accepted_steps_is_enough_to_stall(monkeypatch, loop):
     """The stall ratio is 2 rejected >= steps, equality included: with the rejection count
@@ -154,7 +142,7 @@ def test_one_rejection_per_two_accepted_steps_is_enough_to_stall(monkeypatch, lo
     solver = SolverSpec(method="dopri5", dt=1e-3, rtol=1e-6, atol=1e-9, t_end=1e6, records=3,
                         t_first=1.0, gtol=0.0, check_every=3, max_steps=300)
     solver.validate()
-    result = integrate(_OneInThreeRejected(), torch.tensor([[1.0, 0.0]], dtype=F64), solver,
+    result = integrate(_PeriodicallyRejected(3), torch.tensor([[1.0, 0.0]], dtype=F64), solver,
                        lambda s, runs: s, 2)
     assert result.code.tolist() == [STALLED]
     assert result.rejected.tolist() == [10]
