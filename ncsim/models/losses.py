@@ -26,5 +26,7 @@ def logit_gradient(name: str, logits: torch.Tensor, onehot: torch.Tensor) -> tor
 
     ``logits`` is overwritten for MSE (the residual is formed in place).
     """
+    if name not in ("ce", "mse"):
+        raise ValueError(f"unknown loss {name!r}")
     g = torch.softmax(logits, dim=-2) if name == "ce" else logits
     return g.sub_(onehot).div_(logits.shape[-1])
