@@ -239,7 +239,7 @@ def _check_type(source: str, key: str, value: Any, kind: type, allowed: tuple | 
         _fail(source, key, f"expected {_type_name(kind)}{extra}, got {value!r}")
     if allowed is not None and value not in allowed:
         _fail(source, key, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
-    if kind is list and key.endswith("epochs") and not all(
+    if kind is list and re.sub(r"\[\d+\]$", "", key).endswith("epochs") and not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
         _fail(source, key, f"expected a list of integers >= 1, got {value!r}")
     return value
@@ -319,7 +319,12 @@ def _check_quick_part(source: str, name: str, over: Any, part: dict[str, Any]) -
     where = f"quick.parts.{name}"
     _check_type(source, where, over, dict, None)
     _check_type(source, f"{where}.skip", over.get("skip", False), bool, None)
-    model = over.get("model", part.get("model"))
+    for key in ("name", "model"):
+        if key in over:
+            _fail(source, f"{where}.{key}", f"a quick override cannot change a part's {key} "
+                  f"(the quick variant would no longer be a smaller run of part {name!r}); "
+                  f"drop it, or write another part and skip this one in the quick variant")
+    model = part.get("model")
     if model not in MODELS:
         return  # reported with the part itself
     fixed = {k: v for k, v in over.items() if k not in PART_KEYS}
