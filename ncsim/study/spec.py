@@ -12,7 +12,7 @@ A study file answers one question. Its top level holds
   fixed or a grid axis, not both (defaults of ``[simulated]``/``[trained]`` may be grid axes);
 - ``[quick]``: the quick variant, merged over the full one: ``[quick.simulated]``,
   ``[quick.trained]`` and ``[quick.parts.NAME]`` (fixed values, ``grid`` axes, or
-  ``skip = true``).
+  ``skip = true``; not a part's ``name`` or ``model``).
 
 Unknown keys are refused everywhere, and both variants are checked whichever one is loaded.
 
@@ -315,7 +315,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def _check_quick_part(source: str, name: str, over: Any, part: dict[str, Any]) -> None:
     """Check one ``[quick.parts.NAME]`` table: a table of known parameters (of the part's
-    model), ``grid`` axes and a true/false ``skip``."""
+    model), ``grid`` axes and a true/false ``skip``; the part's ``name`` and ``model`` stay."""
     where = f"quick.parts.{name}"
     _check_type(source, where, over, dict, None)
     _check_type(source, f"{where}.skip", over.get("skip", False), bool, None)
