@@ -34,6 +34,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 COMPARED = ("loss", "objective", *METRIC_NAMES)
 RECORDS = 40
+T_END = 1000.0
+# the record times of every run here (a run that stopped early has NaN after its last)
+RECORD_TIMES = SolverSpec(t_end=T_END, records=RECORDS).record_times()
 
 MODELS = {
     "ufm_ce_params": (ModelSpec(kind="ufm", loss="ce", classes=3, per_class=4, dim=6), "none"),
@@ -53,7 +56,7 @@ def _specs(model: ModelSpec, reduction: str, device: str, dtype: str = "float64"
            ) -> list[RunSpec]:
     """Four runs of one structure (two decays, two seeds) on ``device``."""
     rtol, atol = (1e-8, 1e-10) if dtype == "float64" else (1e-6, 1e-8)
-    solver = SolverSpec(method=method, dt=dt, t_end=1000.0, records=RECORDS, rtol=rtol, atol=atol,
+    solver = SolverSpec(method=method, dt=dt, t_end=T_END, records=RECORDS, rtol=rtol, atol=atol,
                         dtype=dtype, device=device, reduction=reduction, cuda_graphs=cuda_graphs)
     lam_b = 1e-2 if model.bias == "reg" else 0.0
     return [RunSpec(model=model, reg=Regularization(lambda_w=lam, lambda_h=lam, lambda_b=lam_b),
@@ -63,11 +66,10 @@ def _specs(model: ModelSpec, reduction: str, device: str, dtype: str = "float64"
 
 def _records(result) -> np.ndarray:
     """(runs, records, quantities) of a result, in input order (NaN where not reached)."""
-    times = _specs(*MODELS["ufm_ce_params"], "cpu")[0].solver.record_times()
     out = []
     for rid in result.runs["run_id"]:
         rows = result.trajectories[result.trajectories["run_id"] == rid].set_index("time")
-        out.append(rows[list(COMPARED)].reindex(times).to_numpy())
+        out.append(rows[list(COMPARED)].reindex(RECORD_TIMES).to_numpy())
     return np.stack(out)
 
 
