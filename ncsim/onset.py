@@ -277,11 +277,18 @@ def lead_time(
     return onset - cross if math.isfinite(onset) and math.isfinite(cross) else math.nan
 
 
+def _check_vanish_tol(vanish_tol: float) -> None:
+    """Refuse a vanishing tolerance that is not a number in [0, 1)."""
+    if not (is_finite_number(vanish_tol) and 0 <= vanish_tol < 1):
+        raise InputError(f"vanish_tol must be a number in [0, 1) (a run is vanishing when its "
+                         f"final fn < vanish_tol x its largest fn; 0 turns the rule off), "
+                         f"got {vanish_tol!r}")
+
+
 def is_vanishing(fn: np.ndarray, vanish_tol: float = 1e-3) -> bool:
     """True when the last finite fn is below ``vanish_tol`` times the largest fn, or when fn is
     0 throughout; ``vanish_tol`` = 0 turns the rule off (always False)."""
-    if not (is_finite_number(vanish_tol) and 0 <= vanish_tol < 1):
-        raise InputError(f"vanish_tol must be a number in [0, 1), got {vanish_tol!r}")
+    _check_vanish_tol(vanish_tol)
     if vanish_tol <= 0:
         return False
     v = np.asarray(fn, dtype=np.float64)
@@ -320,10 +327,7 @@ def onset_table(
     missing = [c for c in (group, time_column, metric, fn_column) if c not in trajectories]
     if missing:
         raise InputError(f"trajectory table lacks column(s) {', '.join(missing)}")
-    if not (is_finite_number(vanish_tol) and 0 <= vanish_tol < 1):
-        raise InputError(f"vanish_tol must be a number in [0, 1) (a run is vanishing when its "
-                         f"final fn < vanish_tol x its largest fn; 0 turns the rule off), "
-                         f"got {vanish_tol!r}")
+    _check_vanish_tol(vanish_tol)
     rows = []
     for run_id, part in trajectories.groupby(group, sort=False):
         part = part.sort_values(time_column, kind="stable")  # keeps equal times in order
