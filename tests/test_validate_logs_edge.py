@@ -20,7 +20,14 @@ import ncsim.validate.analysis as analysis_module
 from ncsim.errors import InputError
 from ncsim.validate.analysis import OnsetRule, analyze, group_table, run_table
 from ncsim.validate.cli import validate
-from ncsim.validate.logs import is_paper_name, log_name, read_log, read_logs, run_labels
+from ncsim.validate.logs import (
+    from_paper,
+    is_paper_name,
+    log_name,
+    read_log,
+    read_logs,
+    run_labels,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT.parent / "shared" / "reference" / "rupa2026-logs"
@@ -88,6 +95,23 @@ def test_numeric_phases_read_as_before(tmp_path):
                  tmp_path / "actTanh_s0.csv")
     run = only_run(analyze_cli([path]))
     assert (run["onset_epoch"], run["fn_star"]) == (60, 1.5)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_true_false_phases_are_refused_not_read_as_one_and_zero(tmp_path, suffix):
+    """A True/False phase column (a CSV's True parses as a bool, a Parquet column may be bool)
+    read as phases 1 and 0: True became the cross-entropy phase. It is refused, also when
+    only some cells are bools."""
+    frame = paper_frame(phase=[True] * 4 + [False] * 4)
+    path = tmp_path / f"depth5_s1{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    with pytest.raises(InputError, match=r"^log depth5_s1: phase values True/False are not "
+                                         r"phase numbers; give phase 1 \(cross-entropy\)"):
+        read_log(path)
+    mixed = paper_frame(phase=pd.Series([1, 1, 1, 1, 2, 2, 2, True], dtype=object))
+    with pytest.raises(InputError, match=r"phase values True/False are not phase numbers"):
+        from_paper(mixed, "depth5_s2")
+    assert read_log(write(paper_frame(), tmp_path / "depth5_s3.csv"))["phase"].tolist() == PHASE
 
 
 @pytest.mark.parametrize("phases", [[1, 1, 1, 1, 3, 3, 3, 3], [0, 0, 0, 0, 2, 2, 2, 2]])

@@ -198,6 +198,15 @@ def not_numbers(values: pd.Series, numbers: pd.Series) -> np.ndarray:
 _LARGEST_PHASE = 2**31 - 1
 
 
+def _holds_truth_values(values: pd.Series) -> bool:
+    """Whether a column holds True/False (a bool column, or bools among other objects)."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return True
+    if values.dtype != object:
+        return False
+    return any(isinstance(v, (bool, np.bool_)) for v in values.to_numpy())
+
+
 def _phases(values: pd.Series, log: str, allowed: tuple[int, ...] | None) -> pd.arrays.IntegerArray:
     """Training phases as nullable integers (blanks -> <NA>).
 
@@ -205,8 +214,10 @@ def _phases(values: pd.Series, log: str, allowed: tuple[int, ...] | None) -> pd.
     1 or 2; None: any number >= 0) are errors: a phase that is not read would silently switch
     off the phase-2 onset rule.
     """
-    numbers = pd.to_numeric(values, errors="coerce")
     hint = _PHASE_HINT_NCSIM if allowed is None else _PHASE_HINT_PAPER
+    if _holds_truth_values(values):  # True would read as phase 1
+        raise InputError(f"log {log}: phase values True/False are not phase numbers; {hint}")
+    numbers = pd.to_numeric(values, errors="coerce")
     text = not_numbers(values, numbers)
     if text.any():
         found = listed((repr(v) for v in pd.unique(values[text].astype(str))), limit=4)
