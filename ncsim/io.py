@@ -137,8 +137,17 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if suffix not in (".csv", ".parquet"):
         raise InputError(f"table {path}: cannot tell its format from the extension "
                          f"{path.suffix or '(none)'}; name it .csv or .parquet")
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path) if suffix == ".parquet" else _read_csv_table(path)
+    except (ValueError, pd.errors.ParserError) as err:  # UnicodeDecodeError, ArrowInvalid
+        first = (str(err).splitlines()[0] if str(err) else type(err).__name__).rstrip(". ")
+        raise InputError(f"cannot read table {path}: {first}; it is damaged or not a "
+                         f"{'Parquet' if suffix == '.parquet' else 'UTF-8 CSV'} file (write "
+                         "it again, or remove it to start afresh)") from None
+
+
+def _read_csv_table(path: Path) -> pd.DataFrame:
+    """The CSV part of :func:`read_table`."""
     try:
         header = pd.read_csv(path, nrows=0).columns
     except pd.errors.EmptyDataError:  # what to_csv writes for a table without columns

@@ -46,6 +46,26 @@ def test_unknown_format_and_missing_table(tmp_path):
         read_table(tmp_path / "none.parquet")
 
 
+@pytest.mark.parametrize(("name", "content", "said"), [
+    ("latin1.csv", b"run_id,x\nabc,1\n\xe9t\xe9,2\n", r"'utf-8' codec can't decode byte 0xe9"),
+    ("cut.csv", b'a,b\n1,2\n"never closed\n', r"EOF inside string"),
+    ("junk.parquet", b"PAR1 not a parquet file", r"magic bytes not found"),
+])
+def test_damaged_or_foreign_table_is_an_input_error_naming_the_file(tmp_path, name, content,
+                                                                    said):
+    """A table that is not UTF-8 text, a cut CSV and a damaged Parquet file raise InputError
+    (one line naming the file, the reader's reason and what to do), not a raw
+    UnicodeDecodeError, ParserError or ArrowInvalid."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    kind = "Parquet" if name.endswith(".parquet") else "UTF-8 CSV"
+    with pytest.raises(InputError, match=rf"^cannot read table .*{name}: .*{said}.*; it is "
+                                         rf"damaged or not a {kind} file \(write it again, "
+                                         r"or remove it to start afresh\)$") as err:
+        read_table(path)
+    assert "\n" not in str(err.value)
+
+
 def test_csv_keeps_text_that_reads_like_a_missing_value(tmp_path):
     """In a CSV table only an empty field is missing: the texts "NA", "None", "null", "n/a"
     and "nan" come back as written (pandas' defaults would read them as NaN); NaN and None
