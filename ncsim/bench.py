@@ -17,6 +17,7 @@ the peers are timed from prepared tensors, so their times compare with ``integra
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -26,7 +27,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -576,6 +577,36 @@ def bench_w3(size: str, repeats: int, device: str, log: Callable[[str], None]
     return out
 
 
+#: cuBLAS's workspace setting under which its kernels are deterministic (read when cuBLAS
+#: starts, so it is set before any device work of ``ncsim bench``)
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """Run the block with deterministic kernels and no TF32 (restored afterwards).
+
+    On an accelerator, cuDNN picks among non-deterministic convolution kernels and reduces
+    with atomics, and convolutions run in TF32: two loops that do the same computation then
+    drift apart, and Adam amplifies the drift (ResNet-20's logs differed by 24% after two
+    epochs on an H200). With these switches both loops of V1 run the same kernels in the
+    same order. Operations without a deterministic kernel warn rather than fail
+    (``warn_only``). The flags are process-wide; the CPU's kernels are deterministic anyway.
+    """
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        cudnn.deterministic, cudnn.benchmark = True, False
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved[2:]
+
+
 def _check_training(case: Any, logs: list, peer_logs: list, row: dict[str, Any],
                     peer_mod: Any, exact: bool) -> None:
     """Compare ncsim's logs with the peer's (one per seed); AssertionError when they differ.
@@ -653,71 +684,81 @@ def bench_v1(size: str, repeats: int, device: str, log: Callable[[str], None],
     one after another on the CPU) against one peer loop per seed. Each loop gets one untimed
     warm-up call before its timed repeats. Also timed: one NC record of the trained network
     (``nc_record_s``), and from it the tracking overhead at the paper's ``nc_every`` = 10
-    (record / 10 epochs).
+    (record / 10 epochs). On an accelerator both loops run under
+    :func:`deterministic_kernels` (``deterministic_kernels`` in each row), so that what they
+    compute can be compared; the times are those of the deterministic kernels.
     """
+    workloads, _ = _benchmarks()
+    import benchmarks.training_peer as peer_mod
+
+    accelerator = torch.device(device).type != "cpu"
+    with deterministic_kernels() if accelerator else contextlib.nullcontext():
+        return [_v1_case(case, size, repeats, device, log, data_root, peers, peer_repeats,
+                         peer_mod) | {"deterministic_kernels": accelerator}
+                for case in workloads.v1(size, device)]
+
+
+def _v1_case(case: Any, size: str, repeats: int, device: str, log: Callable[[str], None],
+             data_root: str | None, peers: bool, peer_repeats: int | None, peer_mod: Any
+             ) -> dict[str, Any]:
+    """One V1 case's row (see :func:`bench_v1`)."""
     import dataclasses
 
     from ncsim.validate.data import load_dataset
     from ncsim.validate.train import train
 
-    workloads, _ = _benchmarks()
-    import benchmarks.training_peer as peer_mod
+    cfg = case.config
+    data = load_dataset("fashion_mnist", per_class=case.per_class,
+                        test_per_class=case.test_per_class, root=data_root)
+    seeds = case.seeds
+    epochs = cfg.total_epochs
+    row: dict[str, Any] = {
+        "workload": "V1", "case": case.name, "size": size, "arch": cfg.arch,
+        "depth": cfg.depth if cfg.arch == "mlp" else 20, "width": cfg.width,
+        "train_samples": int(data.x_train.shape[0]),
+        "test_samples": int(data.x_test.shape[0]),
+        "epochs": [p.epochs for p in cfg.phases],
+        "phases": [f"{p.loss} {p.optimizer} lr {p.lr:g} batch {p.batch_size}"
+                   for p in cfg.phases],
+        "seeds": len(seeds) if seeds else 1, "nc_every": cfg.nc_every}
+    log(f"V1 {case.name}: {row['train_samples']} samples, {epochs} epochs ...")
+    ncsim_logs: list[list] = []  # each repeat's logs (one per seed)
+    stats, result = timed(lambda cfg=cfg, data=data, seeds=seeds: train(
+        cfg, data, seeds=list(seeds) if seeds else None), repeats, device, warmup=True,
+        check=lambda res, seeds=seeds, kept=ncsim_logs: kept.append(
+            [r.log for r in res.runs] if seeds else [res.log]))
+    row["ncsim"] = stats
+    configs = ([dataclasses.replace(cfg, seed=s) for s in seeds] if seeds else [cfg])
 
-    rows = []
-    for case in workloads.v1(size, device):
-        cfg = case.config
-        data = load_dataset("fashion_mnist", per_class=case.per_class,
-                            test_per_class=case.test_per_class, root=data_root)
-        seeds = case.seeds
-        epochs = cfg.total_epochs
-        row: dict[str, Any] = {
-            "workload": "V1", "case": case.name, "size": size, "arch": cfg.arch,
-            "depth": cfg.depth if cfg.arch == "mlp" else 20, "width": cfg.width,
-            "train_samples": int(data.x_train.shape[0]),
-            "test_samples": int(data.x_test.shape[0]),
-            "epochs": [p.epochs for p in cfg.phases],
-            "phases": [f"{p.loss} {p.optimizer} lr {p.lr:g} batch {p.batch_size}"
-                       for p in cfg.phases],
-            "seeds": len(seeds) if seeds else 1, "nc_every": cfg.nc_every}
-        log(f"V1 {case.name}: {row['train_samples']} samples, {epochs} epochs ...")
-        ncsim_logs: list[list] = []  # each repeat's logs (one per seed)
-        stats, result = timed(lambda cfg=cfg, data=data, seeds=seeds: train(
-            cfg, data, seeds=list(seeds) if seeds else None), repeats, device, warmup=True,
-            check=lambda res, seeds=seeds, kept=ncsim_logs: kept.append(
-                [r.log for r in res.runs] if seeds else [res.log]))
-        row["ncsim"] = stats
-        configs = ([dataclasses.replace(cfg, seed=s) for s in seeds] if seeds else [cfg])
+    def peer(configs=configs, data=data) -> list:
+        return [peer_mod.dataloader_training(c, data) for c in configs]
 
-        def peer(configs=configs, data=data) -> list:
-            return [peer_mod.dataloader_training(c, data) for c in configs]
-
-        try:
-            if not peers:
-                raise RuntimeError("not run (--no-peers)")
-            peer_kept: list[list] = []
-            stats, _ = timed(peer, peer_repeats or repeats, device, warmup=True,
-                             check=peer_kept.append)
-            exact = torch.device(device).type == "cpu"  # seeds run one by one there
-            pairs = ([(logs, peer_kept[-1]) for logs in ncsim_logs]
-                     + [(ncsim_logs[-1], logs) for logs in peer_kept])
-            for logs, peer_logs in pairs:  # the row keeps the worst difference
-                checked: dict[str, Any] = {}
-                _check_training(case, logs, peer_logs, checked, peer_mod, exact)
-                for key, value in checked.items():
-                    row[key] = max(row.get(key, value), value)
-            row["dataloader"] = stats
-            row["speedup"] = stats["median_s"] / row["ncsim"]["median_s"]
-        except (AssertionError, RuntimeError) as exc:
-            row["dataloader"] = {"error": str(exc)}
-            log(f"  dataloader: FAILED: {exc}")
-        if not seeds:
-            row |= _tracking_cost(result, data, repeats, device, row["ncsim"]["median_s"])
-        diff = row.get("max_rel_diff", row.get("first_record_rel_diff", math.nan))
-        log(f"  ncsim {row['ncsim']['median_s']:.2f} s, dataloader "
-            f"{row['dataloader'].get('median_s', math.nan):.2f} s, "
-            f"x{row.get('speedup', math.nan):.2f}, log difference {diff:.1e}")
-        rows.append(row)
-    return rows
+    try:
+        if not peers:
+            raise RuntimeError("not run (--no-peers)")
+        peer_kept: list[list] = []
+        stats, _ = timed(peer, peer_repeats or repeats, device, warmup=True,
+                         check=peer_kept.append)
+        exact = torch.device(device).type == "cpu"  # seeds run one by one there
+        pairs = ([(logs, peer_kept[-1]) for logs in ncsim_logs]
+                 + [(ncsim_logs[-1], logs) for logs in peer_kept])
+        for logs, peer_logs in pairs:  # the row keeps the worst difference
+            checked: dict[str, Any] = {}
+            _check_training(case, logs, peer_logs, checked, peer_mod, exact)
+            for key, value in checked.items():
+                row[key] = max(row.get(key, value), value)
+        row["dataloader"] = stats
+        row["speedup"] = stats["median_s"] / row["ncsim"]["median_s"]
+    except (AssertionError, RuntimeError) as exc:
+        row["dataloader"] = {"error": str(exc)}
+        log(f"  dataloader: FAILED: {exc}")
+    if not seeds:
+        row |= _tracking_cost(result, data, repeats, device, row["ncsim"]["median_s"])
+    diff = row.get("max_rel_diff", row.get("first_record_rel_diff", math.nan))
+    log(f"  ncsim {row['ncsim']['median_s']:.2f} s, dataloader "
+        f"{row['dataloader'].get('median_s', math.nan):.2f} s, "
+        f"x{row.get('speedup', math.nan):.2f}, log difference {diff:.1e}")
+    return row
 
 
 def _blas_threads() -> dict[str, int]:
@@ -744,6 +785,9 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
         _check_repeats(peer_repeats, "peer_repeats")
     if "V1" in workloads:
         from ncsim.validate.data import load_dataset
+
+        if torch.device(device).type != "cpu":  # before cuBLAS starts (W1 would start it)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
 
         load_dataset("fashion_mnist", per_class=1, test_per_class=1, root=data_root)
     with bounded_threads(threads):  # numpy's BLAS too: ncsim's products and the peers'

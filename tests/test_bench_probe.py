@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ncsim import bench as bench_module
@@ -255,6 +256,48 @@ def test_v1_compares_exactly_on_the_cpu_only(monkeypatch, device, exact):
     (row,) = bench_module.bench_v1("tiny", 1, device, lambda m: None)
     assert flags and set(flags) == {exact}
     assert row["speedup"] == 2.5
+
+
+def _kernel_flags() -> tuple:
+    cudnn = torch.backends.cudnn
+    return (torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.deterministic,
+            cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+
+
+@pytest.mark.parametrize(("device", "deterministic"), [("cpu", False), ("cuda", True)])
+def test_v1_trains_with_deterministic_kernels_on_an_accelerator(monkeypatch, device,
+                                                                deterministic):
+    """On an accelerator both loops train under deterministic kernels without TF32 (so that
+    what they compute can be compared), the row says so, and the process's flags are as
+    before afterwards; on the CPU nothing is switched."""
+    import ncsim.validate.train as train_module
+
+    flags, _ = _v1_with_stand_ins(monkeypatch)
+    seen: list = []
+    monkeypatch.setattr(train_module, "train", lambda config, data, seeds=None: seen.append(
+        _kernel_flags()) or SimpleNamespace(log="ncsim", runs=[], config=config, model=None))
+    before = _kernel_flags()
+    (row,) = bench_module.bench_v1("tiny", 1, device, lambda m: None)
+    assert _kernel_flags() == before
+    assert row["deterministic_kernels"] is deterministic
+    expected = (True, True, True, False, False, False) if deterministic else before
+    assert seen and set(seen) == {expected}
+
+
+def test_deterministic_kernels_restore_the_flags_after_an_error():
+    """The switches are restored when the block raises, whatever they were before."""
+    before = _kernel_flags()
+    torch.backends.cudnn.benchmark = True
+    try:
+        with pytest.raises(RuntimeError, match="inside"), bench_module.deterministic_kernels():
+            assert _kernel_flags()[:4] == (True, True, True, False)
+            raise RuntimeError("inside")
+        assert torch.backends.cudnn.benchmark is True
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.backends.cudnn.benchmark = before[3]
+    assert _kernel_flags() == before
 
 
 def test_v1_without_peers_runs_no_peer_and_reports_it(monkeypatch):
