@@ -17,9 +17,11 @@ import pytest
 from cli_helpers import error_line as _error_line
 from cli_helpers import interrupt_chunk
 from cli_helpers import invoke as _invoke
+from click.testing import CliRunner
 from tiny_study import write_tiny_study
 
 import ncsim.cli as cli_module
+from ncsim.cli import cli as ncsim_group
 from ncsim.params import COUNTS, INTEGERS, NUMBERS, parse_ints, parse_values
 from ncsim.study.runner import run_study
 from ncsim.study.spec import load_study
@@ -63,10 +65,12 @@ def test_python_m_ncsim_help_lists_every_command():
 @pytest.mark.parametrize("group", [[], ["study"], ["theory"], ["validate"]])
 def test_a_group_without_a_command_prints_its_help(group):
     """``ncsim``, ``ncsim study``, ... without a command print the group's help as --help
-    does (exit 0, stdout, one option per line), not a one-line error."""
-    bare = _python_m_ncsim(*group)
-    helped = _python_m_ncsim(*group, "--help")
-    assert bare.returncode == 0 and bare.stderr == "", bare.stderr
+    does (exit 0, stdout, one option per line), not a one-line error. (In process: the
+    tests above start ``python -m ncsim`` itself.)"""
+    runner = CliRunner()
+    bare = runner.invoke(ncsim_group, group, prog_name="python -m ncsim")
+    helped = runner.invoke(ncsim_group, [*group, "--help"], prog_name="python -m ncsim")
+    assert bare.exit_code == 0 and bare.stderr == "", bare.output
     assert bare.stdout == helped.stdout
     assert bare.stdout.startswith("Usage: python -m ncsim")
     assert "\nOptions:\n" in bare.stdout and "\nCommands:\n" in bare.stdout
