@@ -107,8 +107,10 @@ def trajectory_figure(
             onset = (info.at[rid, "onset_time"] if info is not None and rid in info.index
                      and "onset_time" in info.columns else np.nan)
             if np.isfinite(onset) and onset > 0 and len(data):
+                # on the line as drawn: straight between records on the log-log axes
                 y = (info.at[rid, "fn_at_onset"] if metric == "fn" and "fn_at_onset" in info
-                     else np.interp(np.log(onset), np.log(data["time"]), data[metric]))
+                     else np.exp(np.interp(np.log(onset), np.log(data["time"]),
+                                           np.log(data[metric]))))
                 ax.plot([onset], [y], "o", color=color, ms=3)
     for ax, metric in zip(axes[0], metrics):
         ax.set_xlabel(time_label)

@@ -146,7 +146,8 @@ def _trajectories() -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_trajectory_panels_lines_and_onset_dots():
     """One log-log panel per metric and one line per run through the rows with t > 0 and a
     positive metric; a dot at each finite onset: (onset, fn_at_onset) on fn, the log-time
-    interpolation on the other panels; legend labels use the label column."""
+    interpolation on the other panels, on the line as drawn (linear in log value over log
+    time); legend labels use the label column."""
     traj, runs = _trajectories()
     fig = trajectory_figure(traj, runs, label_column="lam", time_label="epoch")
     ax_fn, ax_nc = fig.axes
@@ -164,8 +165,8 @@ def test_trajectory_panels_lines_and_onset_dots():
     assert dots == [(10.0, 0.25), (10.0 ** 1.5, 0.5)]
     nc_dots = [(ln.get_xdata()[0], ln.get_ydata()[0]) for ln in ax_nc.get_lines()
                if ln.get_marker() == "o"]
-    np.testing.assert_allclose(nc_dots, [(10.0, 0.5 + (0.01 - 0.5) * 0.5),
-                                         (10.0 ** 1.5, 0.5 + (0.01 - 0.5) * 0.75)])
+    np.testing.assert_allclose(nc_dots, [(10.0, 0.5 * (0.01 / 0.5) ** 0.5),
+                                         (10.0 ** 1.5, 0.5 * (0.01 / 0.5) ** 0.75)])
     texts = [t.get_text() for t in ax_fn.get_legend().get_texts()]
     assert texts == ["lam=0.001", "lam=0.01", "lam=0.1"]
 
