@@ -14,7 +14,6 @@ Prints (and writes as JSON with ``--out``):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import workloads  # noqa: E402
+from ncsim.bench import _with_device  # noqa: E402
 from ncsim.flow.simulate import _Batch, simulate  # noqa: E402
 
 
@@ -35,8 +35,8 @@ def _sync(device: str) -> None:
 
 
 def _specs(grid: int, t_end: float, records: int, dtype: str, device: str) -> list:
-    wl = workloads.w1(grid=grid, t_end=t_end, records=records, dtype=dtype)
-    return [s.replace(solver=dataclasses.replace(s.solver, device=device)) for s in wl.specs]
+    return _with_device(workloads.w1(grid=grid, t_end=t_end, records=records,
+                                     dtype=dtype).specs, device)
 
 
 def rhs_time(specs: list, device: str, calls: int) -> float:

@@ -723,14 +723,14 @@ def _v1_case(case: Any, size: str, repeats: int, device: str, log: Callable[[str
         "seeds": len(seeds) if seeds else 1, "nc_every": cfg.nc_every}
     log(f"V1 {case.name}: {row['train_samples']} samples, {epochs} epochs ...")
     ncsim_logs: list[list] = []  # each repeat's logs (one per seed)
-    stats, result = timed(lambda cfg=cfg, data=data, seeds=seeds: train(
-        cfg, data, seeds=list(seeds) if seeds else None), repeats, device, warmup=True,
-        check=lambda res, seeds=seeds, kept=ncsim_logs: kept.append(
-            [r.log for r in res.runs] if seeds else [res.log]))
+    stats, result = timed(lambda: train(cfg, data, seeds=list(seeds) if seeds else None),
+                          repeats, device, warmup=True,
+                          check=lambda res: ncsim_logs.append(
+                              [r.log for r in res.runs] if seeds else [res.log]))
     row["ncsim"] = stats
     configs = ([dataclasses.replace(cfg, seed=s) for s in seeds] if seeds else [cfg])
 
-    def peer(configs=configs, data=data) -> list:
+    def peer() -> list:
         return [peer_mod.dataloader_training(c, data) for c in configs]
 
     try:
