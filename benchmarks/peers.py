@@ -116,7 +116,7 @@ class Problem:
         of as many states as ncsim's own records use (cache-sized on the CPU: one call on
         W1's 12,800 states took 3.4-5 s, blocks of 128 about 1.5 s)."""
         lay = self.objective.layout
-        block = record_block(states.device)
+        block = record_block(states.device, states.shape[1] * states.element_size())
         parts = []
         for lo in range(0, max(states.shape[0], 1), block):  # no states: one empty call
             chunk = states[lo:lo + block]

@@ -188,9 +188,9 @@ def test_peer_metrics_in_blocks_equal_one_call(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     states = problem.y0.repeat(3, 1) * (1 + torch.rand(12, 1, generator=gen,
                                                         dtype=torch.float64))
-    monkeypatch.setattr(peers, "record_block", lambda device: 1_000)
+    monkeypatch.setattr(peers, "record_block", lambda device, state_bytes: 1_000)
     whole = problem.metrics(states)
-    monkeypatch.setattr(peers, "record_block", lambda device: 5)
+    monkeypatch.setattr(peers, "record_block", lambda device, state_bytes: 5)
     blocks = problem.metrics(states)
     assert list(blocks) == list(METRIC_NAMES)
     for name in METRIC_NAMES:

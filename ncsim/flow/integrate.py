@@ -6,17 +6,21 @@ is frozen while the others go on. The loop never synchronises with the host insi
 ``check_every`` steps: termination and records are checked between chunks.
 
 Records: the flow is recorded at fixed times (R share them). On a GPU, adaptive methods limit
-each step so that it crosses at most one record time and evaluate the record with the method's
-dense output inside the step; on the CPU, where asking how many record times a step crossed
-costs no device synchronisation, steps are not limited and every crossed record is evaluated by
-dense output. The recorded states wait in a small buffer and their metrics are computed at the
-next synchronisation, for all waiting runs at once. Fixed-step methods share one time for every
-run, so the host knows which records a step crosses without asking the device.
+each step so that it crosses at most ``_DEVICE_CROSSINGS`` (2) record times and evaluate the
+records with the method's dense output inside the step (W1-GPU's slowest run: 371 steps with
+one crossing a step, 297 with two, 238 unlimited); on the CPU, where asking how many record
+times a step crossed costs no device synchronisation, steps are not limited and every crossed
+record is evaluated by dense output. The recorded states wait in a small buffer and their
+metrics are computed at the next synchronisation, for all waiting runs at once, in calls of as
+many states as a byte budget holds on a device (each call launches some 200 kernels).
+Fixed-step methods share one time for every run, so the host knows which records a step
+crosses without asking the device.
 
 CUDA graphs (``SolverSpec.cuda_graphs``): since a chunk holds no host synchronisation on a
 device, each batch's chunk is captured once as a CUDA graph and replayed, one launch per chunk
 of steps instead of one per kernel; the chunk works in place on static state tensors, so the
-replay takes the same steps as the eager loop.
+replay takes the same steps as the eager loop (its numbers agree to rounding: the eager loop
+sheds finished runs sooner, and a stage sum over another number of runs may round otherwise).
 
 Cost: the stages of a step live in one (S, R, P) buffer, so each stage sum is one matrix-vector
 product over the stacked stages; and when the caller can evaluate the velocity of a subset of
@@ -32,6 +36,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,9 +62,15 @@ GradNorm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # rejections against 190, for the same 7,620 accepted steps; tests/test_integrate_more.py).
 _SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
 # Recorded states per metrics call: on the CPU blocks that stay in cache (W1: 371 us/state at
-# 1024, 227 at 64); on an accelerator larger blocks, since small calls are launch-bound.
+# 1024, 227 at 64); on an accelerator as many states as _RECORD_BLOCK_BYTES_DEVICE holds
+# (at least _RECORD_CHUNK_DEVICE, at most _RECORD_CHUNK_DEVICE_MAX): a metrics call launches
+# ~200 kernels whatever its size, so small calls are launch-bound (W1-GPU at 1024 states a
+# call: ~800 calls, ~3.5 s of its 6.8 s). The metrics' temporaries take ~4.2x the block's
+# bytes (W1, both dtypes, measured on the CPU).
 _RECORD_CHUNK = 128
 _RECORD_CHUNK_DEVICE = 1024
+_RECORD_CHUNK_DEVICE_MAX = 65536
+_RECORD_BLOCK_BYTES_DEVICE = 128 * 2**20
 # Bytes of queued record states (R x slots x P) a batch may hold, on the CPU and on an
 # accelerator (4096 W1 runs in float64 took 3.5 GB with 16 slots; 1 GiB keeps 4 slots there,
 # 9 in float32).
@@ -72,6 +83,9 @@ _DIVERGE_ABS = 1e100
 # their error test rejects such steps.
 _DIVERGE_GROWTH = 1e6
 _STALL_REJECTIONS = 1000  # smooth flows reject a few percent of their steps
+# Record times a device step may cross (a longer step is cut): each costs the step one masked
+# update of the record queue, and each cut step costs a whole step.
+_DEVICE_CROSSINGS = 2
 _GRAPH_SHRINK = 4  # with CUDA graphs, a batch shrinks when <= 1/4 of it still runs
 # Dense output of some runs: their stages are gathered (written once, read twice) when fewer
 # than 1/3 of the batch's runs record; otherwise one product reads every run's stages once.
@@ -203,24 +217,41 @@ def _stages(tab: Tableau, f: Velocity, y: torch.Tensor, k1: torch.Tensor, h: tor
     return ks.combine(y, h, tab.b), ks
 
 
+def _dense_weights(tab: Tableau, ks: _Stages, theta: torch.Tensor) -> torch.Tensor:
+    """Stage weights (..., S) of the dense output at step fractions ``theta`` (...):
+    sum_j theta^(j+1) p[:, j], elementwise, so that a run's weights do not depend on how many
+    runs share the call (a matrix product may pick another kernel for another row count)."""
+    p = ks.constant(tab.p, theta.dtype)  # (S, order)
+    weights = theta.unsqueeze(-1) * p[:, 0]
+    for j in range(1, p.shape[1]):
+        weights = weights + (theta ** (j + 1)).unsqueeze(-1) * p[:, j]
+    return weights
+
+
+def _dense_points(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: _Stages,
+                  theta: torch.Tensor) -> torch.Tensor:
+    """Dense output (R, m, P) of every run of the batch at m fractions ``theta`` (R, m) of
+    its step: one batched (m, S) x (S, P) product per run, reading its stages once."""
+    weights = _dense_weights(tab, ks, theta).to(y.dtype)  # (R, m, S)
+    acc = bmm(weights, ks.buf.transpose(0, 1))
+    return torch.addcmul(y.unsqueeze(1), acc, h.to(y.dtype)[:, None, None])
+
+
 def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: _Stages,
            theta: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Dense output (M, P) of the runs ``rows`` (M,) of the batch (default: all R) at
     fractions ``theta`` (M,) of their step: y + h sum_j w_j(theta) k_j, the stage sum as one
     batched (1, S) x (S, P) product per run."""
-    powers = torch.stack([theta ** (j + 1) for j in range(tab.p.shape[1])], dim=1)
-    p = ks.constant(tab.p, powers.dtype)
-    weights = (powers @ p.T).to(y.dtype).unsqueeze(1)  # (M, 1, S)
     if rows is None:
-        acc = bmm(weights, ks.buf.transpose(0, 1)).squeeze(1)
-    else:
-        y, h = y.index_select(0, rows), h.index_select(0, rows)
-        if _GATHER_BELOW * rows.shape[0] < ks.buf.shape[1]:  # few runs: gather their stages
-            acc = bmm(weights, ks.buf.index_select(1, rows).transpose(0, 1)).squeeze(1)
-        else:  # many: one product over every run's stages, then their rows
-            every = weights.new_zeros((ks.buf.shape[1], 1, weights.shape[2]))
-            every[rows] = weights
-            acc = bmm(every, ks.buf.transpose(0, 1)).squeeze(1).index_select(0, rows)
+        return _dense_points(tab, y, h, ks, theta.unsqueeze(1)).squeeze(1)
+    weights = _dense_weights(tab, ks, theta).to(y.dtype).unsqueeze(1)  # (M, 1, S)
+    y, h = y.index_select(0, rows), h.index_select(0, rows)
+    if _GATHER_BELOW * rows.shape[0] < ks.buf.shape[1]:  # few runs: gather their stages
+        acc = bmm(weights, ks.buf.index_select(1, rows).transpose(0, 1)).squeeze(1)
+    else:  # many: one product over every run's stages, then their rows
+        every = weights.new_zeros((ks.buf.shape[1], 1, weights.shape[2]))
+        every[rows] = weights
+        acc = bmm(every, ks.buf.transpose(0, 1)).squeeze(1).index_select(0, rows)
     return torch.addcmul(y, acc, h.to(y.dtype).unsqueeze(1))
 
 
@@ -244,9 +275,13 @@ def _host_free(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def record_block(device: torch.device) -> int:
-    """Recorded states per metrics call on ``device``."""
-    return _RECORD_CHUNK_DEVICE if _host_free(device) else _RECORD_CHUNK
+def record_block(device: torch.device, state_bytes: int) -> int:
+    """Recorded states per metrics call on ``device`` for states of ``state_bytes`` bytes
+    each (P x itemsize): a fixed count on the CPU, a byte budget on an accelerator."""
+    if not _host_free(device):
+        return _RECORD_CHUNK
+    fits = _RECORD_BLOCK_BYTES_DEVICE // max(1, state_bytes)
+    return max(_RECORD_CHUNK_DEVICE, min(_RECORD_CHUNK_DEVICE_MAX, fits))
 
 
 def record_in_blocks(record: Recorder, states: torch.Tensor, runs: torch.Tensor,
@@ -269,14 +304,17 @@ class _Recorder:
     when full, on the CPU). It holds ``capacity`` states per run (see :func:`record_slots`)."""
 
     def __init__(self, record: Recorder, r: int, t: int, q: int, p: int, slots: int,
-                 like: torch.Tensor) -> None:
+                 like: torch.Tensor, graphs: bool = False) -> None:
         self.record = record
         self.values = torch.full((r, t, q), math.nan, dtype=torch.float64, device=like.device)
         self.states = torch.empty((r, slots, p), dtype=like.dtype, device=like.device)
         self.index = torch.full((r, slots), -1, dtype=torch.long, device=like.device)
         self.slot = torch.zeros(r, dtype=torch.long, device=like.device)
         self.rows = torch.arange(r, device=like.device)
-        self.block = record_block(like.device)
+        self.block = record_block(like.device, p * like.element_size())
+        # with CUDA graphs the flushes' metrics calls go through one captured call
+        self.metrics = (_GraphedRecord(record, min(self.block, r * slots), self.states)
+                        if graphs else record)
 
     @property
     def capacity(self) -> int:
@@ -308,7 +346,7 @@ class _Recorder:
         where = used.nonzero()  # (M, 2): run, slot
         for lo in range(0, where.shape[0], self.block):  # gathered block by block
             runs, slots = where[lo:lo + self.block].unbind(1)
-            values = self.record(self.states[runs, slots], runs).double()
+            values = self.metrics(self.states[runs, slots], runs).double()
             self.values[runs, self.index[runs, slots]] = values
         self.slot.zero_()
         self.index.fill_(-1)
@@ -414,8 +452,13 @@ def integrate(
 def _start(y0: torch.Tensor, solver: SolverSpec, record: Recorder, q: int, slots: int
            ) -> tuple[_Recorder, torch.Tensor, np.ndarray]:
     times = solver.record_times()
-    slots = record_slots(y0.shape[0], y0.shape[1], y0.element_size(), slots, y0.device)
-    rec = _Recorder(record, y0.shape[0], len(times), q, y0.shape[1], slots, y0)
+    if _host_free(y0.device):  # a device step queues up to _DEVICE_CROSSINGS states per run
+        slots = max(_DEVICE_CROSSINGS, record_slots(y0.shape[0], y0.shape[1], y0.element_size(),
+                                                    slots * _DEVICE_CROSSINGS, y0.device))
+    else:
+        slots = record_slots(y0.shape[0], y0.shape[1], y0.element_size(), slots, y0.device)
+    rec = _Recorder(record, y0.shape[0], len(times), q, y0.shape[1], slots, y0,
+                    graphs=_host_free(y0.device) and solver.cuda_graphs)
     next_rec = torch.zeros(y0.shape[0], dtype=torch.long, device=y0.device)
     if times[0] == 0.0:
         rec.now(torch.ones_like(next_rec, dtype=torch.bool), y0, 0)
@@ -454,6 +497,8 @@ class _Chunk:
     ``stop_on_finish`` (CPU, where a host test is free, and a batch that can shrink): end the
     chunk at the step where a run finishes, so that the others go on without it (a batch with
     a finished run would step it in vain and take every state through a masked update).
+    ``crossings`` (on a device): the record times a step may cross; a longer step is cut at
+    the next one after them, and each step queues up to ``crossings`` states per run.
     """
 
     tab: Tableau
@@ -469,6 +514,7 @@ class _Chunk:
     length: int
     host_free: bool
     stop_on_finish: bool = False
+    crossings: int = 1
 
     def advance(self, state: dict[str, torch.Tensor]) -> None:
         tab, f, solver, rec_t = self.tab, self.f, self.solver, self.rec_t
@@ -480,9 +526,10 @@ class _Chunk:
         mag, peak = self.error_scale(y), _peak(y)
         for _ in range(self.length):
             active = code == RUNNING
-            # On a device, a step crosses at most one record time (no host test of how many
-            # it crosses); on the CPU steps run free and record every time they cross.
-            limit = torch.minimum(rec_t[next_rec + 1], t_end_v) if self.host_free else t_end_v
+            # On a device, a step crosses at most ``crossings`` record times (no host test of
+            # how many it crosses); on the CPU steps run free and record every time they cross.
+            limit = (torch.minimum(rec_t[next_rec + self.crossings], t_end_v) if self.host_free
+                     else t_end_v)
             capped = t + dt >= limit
             h = torch.where(capped, limit - t, dt)
             hy = h.to(y.dtype)
@@ -531,14 +578,21 @@ class _Chunk:
         """Queue the dense output of every record time that an accepted step from ``t`` to
         ``t_new`` (M,) crossed; returns the runs' next record indices (M,).
 
-        On a device a step crosses at most one record time and every run goes through the
-        queue's masked update; on the CPU only the runs that cross, as often as they cross."""
+        On a device a step crosses at most ``crossings`` record times: the dense output at
+        the next ``crossings`` record times of every run is one product, and every run goes
+        through the queue's masked update once per crossing; on the CPU only the runs that
+        cross, as often as they cross."""
         rec, rec_t = self.rec, self.rec_t
-        cross = accept & (rec_t[next_rec] <= t_new)
         if self.host_free:
-            theta = ((rec_t[next_rec] - t) / h).clamp(0.0, 1.0)
-            rec.push(cross, _dense(self.tab, y, h, ks, theta), next_rec, self.rows)
-            return next_rec + cross.long()
+            index = next_rec.unsqueeze(1) + torch.arange(self.crossings, device=next_rec.device)
+            when = rec_t[index]  # (M, crossings), ascending
+            theta = ((when - t.unsqueeze(1)) / h.unsqueeze(1)).clamp(0.0, 1.0)
+            dense = _dense_points(self.tab, y, h, ks, theta)
+            cross = accept.unsqueeze(1) & (when <= t_new.unsqueeze(1))
+            for j in range(self.crossings):
+                rec.push(cross[:, j], dense[:, j], index[:, j], self.rows)
+            return next_rec + cross.sum(1)
+        cross = accept & (rec_t[next_rec] <= t_new)
         while bool(cross.any()):  # on the CPU a test costs no sync
             if int(rec.slot.max()) >= rec.capacity:
                 rec.flush()
@@ -603,22 +657,68 @@ class _GraphedChunk:
             self.graph.replay()
 
 
-def _capture_graph(advance: Callable[[dict[str, torch.Tensor]], None],
-                   state: dict[str, torch.Tensor]) -> torch.cuda.CUDAGraph:
-    """Run ``advance(state)`` once eagerly on a side stream (it fills the lazy caches: stage
-    weights, dense-output coefficients, cuBLAS workspaces), then capture a second call, which
-    a capture records without running; returns the graph. (Tests stand in for it on the CPU.)
+class _GraphedRecord:
+    """``record(states, runs)`` of up to ``size`` states through one captured CUDA graph.
+
+    A metrics call launches some 200 kernels whatever its size, and on a device it is bound by
+    their launches (W1-GPU: ~5 ms a call). The call is captured once on static buffers of
+    ``size`` states (the first call runs eagerly on them: a batch flushed once is never
+    captured) and replayed for every later block; a block of fewer states is padded with
+    copies of its first state, whose values are dropped.
     """
-    device = state["y"].device
+
+    def __init__(self, record: Recorder, size: int, like: torch.Tensor) -> None:
+        self.record = record
+        self.states = like.new_empty((size, like.shape[-1]))
+        self.runs = torch.zeros(size, dtype=torch.long, device=like.device)
+        self.graph = None
+        self.values: torch.Tensor | None = None
+        self.calls = 0
+
+    def __call__(self, states: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
+        """Values (M, Q) of ``states`` (M, P) of the runs ``runs`` (M,), 1 <= M <= size; a
+        view of the graph's output, valid until the next call."""
+        m = states.shape[0]
+        self.states[:m], self.runs[:m] = states, runs
+        self.states[m:], self.runs[m:] = states[:1], runs[:1]
+        self.calls += 1
+        if self.calls == 1:
+            return self.record(self.states, self.runs)[:m]
+        if self.graph is None:
+            self.graph, self.values = _capture_record(self.record, self.states, self.runs)
+        self.graph.replay()
+        return self.values[:m]
+
+
+def _warm_and_capture(call: Callable[[], Any], device: torch.device
+                      ) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """Run ``call()`` once eagerly on a side stream (it fills the lazy caches: stage weights,
+    dense-output coefficients, cuBLAS workspaces), then capture a second call, which a capture
+    records without running; returns the graph and what the captured call returned (tensors
+    that every replay writes again)."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
-        advance(state)
+        call()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        advance(state)
-    return graph
+        out = call()
+    return graph, out
+
+
+def _capture_graph(advance: Callable[[dict[str, torch.Tensor]], None],
+                   state: dict[str, torch.Tensor]) -> torch.cuda.CUDAGraph:
+    """The graph of one chunk ``advance(state)`` (its warm-up advances the state once).
+    (Tests stand in for it on the CPU.)"""
+    return _warm_and_capture(lambda: advance(state), state["y"].device)[0]
+
+
+def _capture_record(record: Recorder, states: torch.Tensor, runs: torch.Tensor
+                    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """The graph of ``record(states, runs)`` on static buffers and its output (M, Q).
+    (Tests stand in for it on the CPU.)"""
+    return _warm_and_capture(lambda: record(states, runs), states.device)
 
 
 def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, select,
@@ -626,7 +726,13 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
     tab = tableau(solver.method)
     r, dev = y0.shape[0], y0.device
     rec, next_rec, times = _start(y0, solver, record, q, solver.check_every)
-    rec_t = torch.as_tensor(np.append(times, [np.inf, np.inf]), dtype=torch.float64, device=dev)
+    host_free = _host_free(y0.device)
+    # On an accelerator a step queues up to ``crossings`` records per run, and the queue is
+    # flushed at the end of a chunk: a large batch's queue (fewer slots) makes the chunk shorter.
+    crossings = _DEVICE_CROSSINGS
+    length = min(solver.check_every, rec.capacity // crossings) if host_free else solver.check_every
+    rec_t = torch.as_tensor(np.append(times, [np.inf] * (crossings + 1)), dtype=torch.float64,
+                            device=dev)
     y = y0.clone()
     k1 = velocity(y)
     t = torch.zeros(r, dtype=torch.float64, device=dev)
@@ -637,11 +743,7 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
     code = torch.zeros(r, dtype=torch.int8, device=dev)
     steps = torch.zeros(r, dtype=torch.long, device=dev)
     rejected = torch.zeros(r, dtype=torch.long, device=dev)
-    host_free = _host_free(y.device)
     graphs = host_free and solver.cuda_graphs
-    # On an accelerator a step queues at most one record per run, and the queue is flushed at
-    # the end of a chunk: a large batch's queue (fewer slots) makes the chunk shorter.
-    length = min(solver.check_every, rec.capacity) if host_free else solver.check_every
     finished_before = 0
     # The chunk works on the running runs only (``rows``): finished runs leave the batch at the
     # next synchronisation when ``select`` gives the velocity of a subset of runs.
@@ -657,7 +759,8 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
         ``state``: eager, or through a CUDA graph."""
         chunk = _Chunk(tab, f, _takes_out(f), _Stages(tab.stages, state["y"]), rec, rows,
                        rec_t, solver, error_scale, gnorm, length, host_free,
-                       stop_on_finish=not host_free and select is not None)
+                       stop_on_finish=not host_free and select is not None,
+                       crossings=crossings)
         return _GraphedChunk(chunk, state) if graphs else (lambda: chunk.advance(state))
 
     f = velocity

@@ -405,8 +405,10 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
     each trajectory row's run."""
     q_index = {name: i for i, name in enumerate(RECORDED)}
     all_runs = torch.arange(len(ids), device=batch.device)
-    final = record_in_blocks(batch.record, flow.final_state, all_runs,
-                             record_block(batch.device)).cpu().numpy()
+    state = flow.final_state
+    final = record_in_blocks(batch.record, state, all_runs,
+                             record_block(batch.device, state.shape[1] * state.element_size())
+                             ).cpu().numpy()
     f_index = q_index["objective"]
     f_start = batch.objective_values(batch.y0)
     onset = batch.onset

@@ -75,6 +75,7 @@ class ClassMeansObjective:
         self.layout = class_means_layout(model)
         self.labels = labels_for(model, device)
         counts = torch.tensor(model.class_counts, dtype=dtype, device=device)
+        self.counts = counts.long()  # made here: no host data while a metrics call is captured
         self.samples = int(model.num_samples)
         self.weights = counts / self.samples  # n_c / N (K,)
         self.onehot = torch.nn.functional.one_hot(self.labels, model.classes).T.to(dtype)
@@ -146,7 +147,7 @@ class ClassMeansObjective:
         sq_dev = dev.square().sum(1)  # (R, N)
         mu = means.transpose(1, 2)  # (R, K, d)
         stats = ClassStats(
-            counts=self.weights.new_tensor(self.model.class_counts).long(),
+            counts=self.counts,
             means=mu,
             global_mean=(mu * self.weights.unsqueeze(-1)).sum(1),
             within_factor=bmm(phi, root).transpose(1, 2) / self.samples ** 0.5,
