@@ -285,8 +285,7 @@ def _complement_basis(z: Tensor) -> Tensor:
     """(K, K-1) orthonormal basis of the complement of z (Householder reflector, no sync)."""
     K = z.shape[0]
     u = z / torch.linalg.vector_norm(z)
-    e1 = torch.zeros_like(u)
-    e1[0] = 1.0
+    e1 = (torch.arange(K, device=z.device) == 0).to(u.dtype)  # no host scalar: capturable
     v = u + e1  # u[0] >= 0, so no cancellation
     h = torch.eye(K, dtype=z.dtype, device=z.device) - 2.0 * torch.outer(v, v) / (v @ v)
     return h[:, 1:]

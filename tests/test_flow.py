@@ -463,8 +463,9 @@ def test_small_record_queue_and_the_accelerator_loop_change_no_number(monkeypatc
 class _ForbiddenOnDevice:
     """Inside a replayed chunk: every ATen operation that synchronises with the host
     (``item``/``bool``, ``nonzero`` (boolean masks), ``unique``, ...) and every tensor made
-    from host data (``torch.tensor``, ``as_tensor``, ``from_numpy``) raises, as they would
-    break (or be frozen into) a CUDA graph capture."""
+    from host data (``torch.tensor``, ``as_tensor``, ``from_numpy``, and the host scalar of
+    ``x[i] = 1.0``, which a CUDA tensor copies from the host: ``lift_fresh``) raises, as they
+    would break (or be frozen into) a CUDA graph capture."""
 
     FUNCTIONS = ("tensor", "as_tensor", "from_numpy")
     METHODS = ("tolist", "numpy", "cpu", "new_tensor")  # no ATen op on a CPU tensor
@@ -475,7 +476,7 @@ class _ForbiddenOnDevice:
         aten = torch.ops.aten
         syncing = {aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten._unique2,
                    aten.unique_consecutive, aten.unique_dim, aten.repeat_interleave,
-                   aten.equal, aten.is_nonzero}
+                   aten.equal, aten.is_nonzero, aten.lift_fresh}
 
         indexing = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}
 
@@ -655,6 +656,8 @@ def test_the_stand_in_capture_holds_the_captured_tensors(monkeypatch):
         torch.nonzero(held)
     with pytest.raises(RuntimeError, match="_local_scalar_dense"), _ForbiddenOnDevice():
         bool(held.sum() > 0)
+    with pytest.raises(RuntimeError, match="lift_fresh"), _ForbiddenOnDevice():
+        held[0] = 1.0  # on CUDA: a copy from the host, refused by a capture
     for read in (lambda t: t.tolist(), lambda t: t.cpu(), lambda t: t.numpy(),
                  lambda t: t[t.to(torch.uint8)], lambda t: t.new_tensor([1.0])):
         with pytest.raises(RuntimeError, match="inside a captured chunk"), _ForbiddenOnDevice():
