@@ -64,9 +64,9 @@ _SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
 # Recorded states per metrics call: on the CPU blocks that stay in cache (W1: 371 us/state at
 # 1024, 227 at 64); on an accelerator as many states as _RECORD_BLOCK_BYTES_DEVICE holds
 # (at least _RECORD_CHUNK_DEVICE, at most _RECORD_CHUNK_DEVICE_MAX): a metrics call launches
-# ~200 kernels whatever its size, so small calls are launch-bound (W1-GPU at 1024 states a
-# call: ~800 calls, ~3.5 s of its 6.8 s). The metrics' temporaries take ~4.2x the block's
-# bytes (W1, both dtypes, measured on the CPU).
+# ~200 kernels whatever its size, so small calls are launch-bound (W1-GPU on an H200, float32:
+# 7.19 s with 1,024 states a call, 5.15 s with 128 MiB). The metrics' temporaries take ~4.2x
+# the block's bytes (W1, both dtypes, measured on the CPU).
 _RECORD_CHUNK = 128
 _RECORD_CHUNK_DEVICE = 1024
 _RECORD_CHUNK_DEVICE_MAX = 65536
@@ -84,7 +84,8 @@ _DIVERGE_ABS = 1e100
 _DIVERGE_GROWTH = 1e6
 _STALL_REJECTIONS = 1000  # smooth flows reject a few percent of their steps
 # Record times a device step may cross (a longer step is cut): each costs the step one masked
-# update of the record queue, and each cut step costs a whole step.
+# update of the record queue, and each cut step costs a whole step (W1-GPU on an H200,
+# float32: 5.15 s with 1, 4.48 s with 2, 4.95 s with 3).
 _DEVICE_CROSSINGS = 2
 _GRAPH_SHRINK = 4  # with CUDA graphs, a batch shrinks when <= 1/4 of it still runs
 # Dense output of some runs: their stages are gathered (written once, read twice) when fewer
@@ -660,11 +661,11 @@ class _GraphedChunk:
 class _GraphedRecord:
     """``record(states, runs)`` of up to ``size`` states through one captured CUDA graph.
 
-    A metrics call launches some 200 kernels whatever its size, and on a device it is bound by
-    their launches (W1-GPU: ~5 ms a call). The call is captured once on static buffers of
-    ``size`` states (the first call runs eagerly on them: a batch flushed once is never
-    captured) and replayed for every later block; a block of fewer states is padded with
-    copies of its first state, whose values are dropped.
+    A metrics call launches some 200 kernels whatever its size; the graph makes them one
+    launch (W1-GPU: 220 calls of ~4-5 ms each when eager). The call is captured once on
+    static buffers of ``size`` states (the first call runs eagerly on them: a batch flushed
+    once is never captured) and replayed for every later block; a block of fewer states is
+    padded with copies of its first state, whose values are dropped.
     """
 
     def __init__(self, record: Recorder, size: int, like: torch.Tensor) -> None:
