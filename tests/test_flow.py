@@ -630,7 +630,8 @@ def test_cuda_graph_chunks_replay_the_accelerator_loop(monkeypatch):
     assert set(changes) <= set(plain_changes)  # it shrinks to the runs still running
     assert fake.captures <= 1 + len(changes)  # a batch is captured at its second chunk
     assert fake.replays > 3 * fake.captures
-    assert records.captures == 1 and records.replays > 3
+    # the metrics calls: one capture per size of block used twice or more (at most three)
+    assert 1 <= records.captures <= 3 and records.replays > 3
     without, without_records = _use_fake_graphs(monkeypatch)
     _integrate_batch(specs)  # cuda_graphs off: no capture
     assert without.captures == 0 and without_records.captures == 0

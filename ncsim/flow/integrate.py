@@ -450,14 +450,14 @@ def integrate(
     return _integrate_fixed(velocity, y0, solver, record, num_quantities, grad_norm, progress)
 
 
-def _start(y0: torch.Tensor, solver: SolverSpec, record: Recorder, q: int, slots: int
-           ) -> tuple[_Recorder, torch.Tensor, np.ndarray]:
+def _start(y0: torch.Tensor, solver: SolverSpec, record: Recorder, q: int, slots: int,
+           per_step: int = 1) -> tuple[_Recorder, torch.Tensor, np.ndarray]:
+    """The record queue (``slots`` steps of ``per_step`` states per run, fewer steps when the
+    byte budget says so, never fewer than one step's states), the first record index of every
+    run and the record times; records t = 0 right away."""
     times = solver.record_times()
-    if _host_free(y0.device):  # a device step queues up to _DEVICE_CROSSINGS states per run
-        slots = max(_DEVICE_CROSSINGS, record_slots(y0.shape[0], y0.shape[1], y0.element_size(),
-                                                    slots * _DEVICE_CROSSINGS, y0.device))
-    else:
-        slots = record_slots(y0.shape[0], y0.shape[1], y0.element_size(), slots, y0.device)
+    slots = max(per_step, record_slots(y0.shape[0], y0.shape[1], y0.element_size(),
+                                       slots * per_step, y0.device))
     rec = _Recorder(record, y0.shape[0], len(times), q, y0.shape[1], slots, y0,
                     graphs=_host_free(y0.device) and solver.cuda_graphs)
     next_rec = torch.zeros(y0.shape[0], dtype=torch.long, device=y0.device)
@@ -658,15 +658,11 @@ class _GraphedChunk:
             self.graph.replay()
 
 
-class _GraphedRecord:
-    """``record(states, runs)`` of up to ``size`` states through one captured CUDA graph.
-
-    A metrics call launches some 200 kernels whatever its size; the graph makes them one
-    launch (W1-GPU: 220 calls of ~4-5 ms each when eager). The call is captured once on
-    static buffers of ``size`` states (the first call runs eagerly on them: a batch flushed
-    once is never captured) and replayed for every later block; a block of fewer states is
-    padded with copies of its first state, whose values are dropped.
-    """
+class _CapturedRecord:
+    """``record(states, runs)`` of up to ``size`` states through one captured CUDA graph on
+    static buffers of ``size`` states: the first call runs eagerly on them (a size used once
+    is never captured), the second captures and replays, later calls replay; a block of
+    fewer states is padded with copies of its first state, whose values are dropped."""
 
     def __init__(self, record: Recorder, size: int, like: torch.Tensor) -> None:
         self.record = record
@@ -689,6 +685,30 @@ class _GraphedRecord:
             self.graph, self.values = _capture_record(self.record, self.states, self.runs)
         self.graph.replay()
         return self.values[:m]
+
+
+class _GraphedRecord:
+    """``record(states, runs)`` of up to ``size`` states through captured CUDA graphs.
+
+    A metrics call launches some 200 kernels whatever its size; a graph makes them one
+    launch (W1-GPU: 220 calls of ~4-5 ms each when eager). A graph computes every state of
+    its static buffers, so a block goes to the smallest of the sizes ``size``, ``size // 8``
+    and ``size // 64`` that holds it (each a :class:`_CapturedRecord`, made when first
+    needed): a late flush of a few states does not pay for a whole block.
+    """
+
+    def __init__(self, record: Recorder, size: int, like: torch.Tensor) -> None:
+        self.record, self.like = record, like
+        self.sizes = sorted({max(1, size // 64), max(1, size // 8), size})
+        self.calls: dict[int, _CapturedRecord] = {}
+
+    def __call__(self, states: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
+        """Values (M, Q) of ``states`` (M, P) of the runs ``runs`` (M,), 1 <= M <= size; a
+        view of a graph's output, valid until the next call of that size."""
+        size = next(s for s in self.sizes if s >= states.shape[0])
+        if size not in self.calls:
+            self.calls[size] = _CapturedRecord(self.record, size, self.like)
+        return self.calls[size](states, runs)
 
 
 def _warm_and_capture(call: Callable[[], Any], device: torch.device
@@ -726,11 +746,12 @@ def _integrate_adaptive(velocity, y0, solver, record, q, grad_norm, progress, se
                         error_scale) -> FlowResult:
     tab = tableau(solver.method)
     r, dev = y0.shape[0], y0.device
-    rec, next_rec, times = _start(y0, solver, record, q, solver.check_every)
     host_free = _host_free(y0.device)
-    # On an accelerator a step queues up to ``crossings`` records per run, and the queue is
-    # flushed at the end of a chunk: a large batch's queue (fewer slots) makes the chunk shorter.
-    crossings = _DEVICE_CROSSINGS
+    # a device step queues up to ``crossings`` states per run; a CPU step pushes as it goes
+    crossings = _DEVICE_CROSSINGS if host_free else 1
+    rec, next_rec, times = _start(y0, solver, record, q, solver.check_every, crossings)
+    # On an accelerator the queue is flushed at the end of a chunk: a large batch's queue
+    # (fewer slots) makes the chunk shorter.
     length = min(solver.check_every, rec.capacity // crossings) if host_free else solver.check_every
     rec_t = torch.as_tensor(np.append(times, [np.inf] * (crossings + 1)), dtype=torch.float64,
                             device=dev)
