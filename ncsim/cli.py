@@ -249,8 +249,8 @@ def _check_simulation_folder(out: Path | None) -> None:
                    "only: class means, deviation propagator, W, b; cost independent of n), "
                    "auto (the cheapest that applies).")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
-              help="Capture each chunk of steps as a CUDA graph and replay it (dopri5, tsit5 "
-                   "on a CUDA device).")
+              help="Capture each chunk of steps and the records' metrics calls as CUDA "
+                   "graphs and replay them (dopri5, tsit5 on a CUDA device).")
 @click.option("--records", type=INTEGERS, default=None,
               help="Record times: 0 and records - 1 log-spaced times up to t_end [200].")
 @click.option("--t-first", type=NUMBERS, default=None, help="First non-zero record time.")

@@ -384,9 +384,10 @@ class SolverSpec:
         loss only) or "auto" (gram for the one-layer UFM when its state is smaller and
         d >= N + K; else classes for the one-layer MSE UFM when cheaper, 4 d + 3 K < 3 N; none
         otherwise; see :func:`ncsim.models.reduction.state_form`).
-    cuda_graphs : capture each chunk of ``check_every`` steps as a CUDA graph and replay it
-        (adaptive methods on a CUDA device only): one launch per chunk instead of one per
-        kernel. Same steps and results as without.
+    cuda_graphs : capture each chunk of ``check_every`` steps, and the metrics calls of the
+        records, as CUDA graphs and replay them (adaptive methods on a CUDA device only): one
+        launch per chunk or call instead of one per kernel. The same steps as without, and
+        results to rounding.
     """
 
     method: str = "dopri5"
