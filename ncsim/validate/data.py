@@ -147,6 +147,11 @@ def _read_idx_split(root: Path, provider: str) -> tuple[np.ndarray, ...]:
                 f"images (N, rows, columns); {provider}")
         require(labels.ndim == 1, f"{label_path} holds an array of shape {labels.shape}, not "
                 f"labels (N,); {provider}")
+        require(labels.dtype.kind in "iu", f"{label_path} holds {labels.dtype} values, not "
+                f"integer class labels; {provider}")
+        lowest = int(labels.min()) if labels.size else 0
+        require(lowest >= 0, f"{label_path} holds negative labels (down to {lowest}); class "
+                f"labels are integers >= 0; {provider}")
         require(images.shape[0] == labels.shape[0],
                 f"{root}: {split}-images holds {images.shape[0]} images but {split}-labels "
                 f"holds {labels.shape[0]} labels; use image and label files of the same set")
@@ -201,6 +206,9 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{bad} (its pixel values leave 0..255); {CIFAR_HINT}")
     require(labels.ndim == 1 and labels.dtype.kind in "iu",
             f"{bad} (its labels are not a list of integers); {CIFAR_HINT}")
+    lowest = int(labels.min()) if labels.size else 0
+    require(lowest >= 0, f"{bad} (its labels go down to {lowest}; class labels are >= 0); "
+            f"{CIFAR_HINT}")
     require(data.shape[0] == labels.shape[0], f"{path} holds {data.shape[0]} images but "
             f"{labels.shape[0]} labels; {CIFAR_HINT}")
     return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels.astype(np.int64)

@@ -116,6 +116,11 @@ class SmallCNN(nn.Module):
         super().__init__()
         spatial = len(input_shape) - 1
         require(spatial in (1, 2), f"the CNN needs (C, L) or (C, H, W) inputs, got {input_shape}")
+        require(is_integer(width) and width >= 1,
+                f"CNN width must be an integer >= 1, got {width!r}")
+        require(all(is_integer(n) and n >= 4 for n in input_shape[1:]),
+                f"the CNN's two 2-wide max-pools need every spatial size >= 4, got inputs of "
+                f"shape {tuple(input_shape)}; use a larger input or another network (--arch mlp)")
         conv, pool = (nn.Conv1d, nn.MaxPool1d) if spatial == 1 else (nn.Conv2d, nn.MaxPool2d)
         chans = input_shape[0]
         self.act_name = act
