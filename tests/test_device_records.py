@@ -34,11 +34,8 @@ def _decay(y: torch.Tensor) -> torch.Tensor:
     return -RATES * y
 
 
-def _dense_records(monkeypatch, crossings: int, check_every: int = 16):
-    """200 log-spaced records in [1e-3, 20] of y' = -rates y from (1, 1, 1), two runs, on
-    the accelerator loop with ``crossings``; returns (result, record times, capacity)."""
-    monkeypatch.setattr(INTEGRATE, "_host_free", lambda device: True)
-    monkeypatch.setattr(INTEGRATE, "_DEVICE_CROSSINGS", crossings)
+def _record_capacities(monkeypatch) -> list[int]:
+    """A list that gets the capacity of every record queue made from now on."""
     capacities = []
     real_init = INTEGRATE._Recorder.__init__
 
@@ -47,6 +44,15 @@ def _dense_records(monkeypatch, crossings: int, check_every: int = 16):
         capacities.append(self.capacity)
 
     monkeypatch.setattr(INTEGRATE._Recorder, "__init__", init)
+    return capacities
+
+
+def _dense_records(monkeypatch, crossings: int, check_every: int = 16):
+    """200 log-spaced records in [1e-3, 20] of y' = -rates y from (1, 1, 1), two runs, on
+    the accelerator loop with ``crossings``; returns (result, record times, capacity)."""
+    monkeypatch.setattr(INTEGRATE, "_host_free", lambda device: True)
+    monkeypatch.setattr(INTEGRATE, "_DEVICE_CROSSINGS", crossings)
+    capacities = _record_capacities(monkeypatch)
     solver = SolverSpec(method="dopri5", rtol=1e-8, atol=1e-10, t_end=20.0, records=200,
                         t_first=1e-3, gtol=0.0, check_every=check_every)
     solver.validate()
@@ -177,14 +183,7 @@ def test_a_fixed_step_run_queues_one_state_a_step_on_a_device(monkeypatch):
     """Fixed steps record as they pass a record time (one state a run): their queue on a
     device stays at one slot, where an adaptive run's holds a step's two crossings."""
     monkeypatch.setattr(INTEGRATE, "_host_free", lambda device: True)
-    capacities = []
-    real_init = INTEGRATE._Recorder.__init__
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        capacities.append(self.capacity)
-
-    monkeypatch.setattr(INTEGRATE._Recorder, "__init__", init)
+    capacities = _record_capacities(monkeypatch)
     y0 = torch.ones(3, 4, dtype=F64)
     fixed = SolverSpec(method="rk4", dt=0.02, t_end=1.0, records=5, gtol=0.0)
     adaptive = SolverSpec(method="dopri5", rtol=1e-8, atol=1e-10, t_end=1.0, records=5,
