@@ -134,6 +134,14 @@ def _find_idx(root: Path, stem: str, provider: str) -> Path:
     raise InputError(f"missing {stem}[.gz] in {root}; {provider}")
 
 
+def _require_nonnegative_labels(labels: np.ndarray, source: object, hint: str) -> None:
+    """Integer labels (N,) read from ``source``: an :class:`InputError` naming it when one is
+    negative (class labels are 0 .. K-1)."""
+    lowest = int(labels.min()) if labels.size else 0
+    require(lowest >= 0, f"{source} holds negative labels (down to {lowest}); class labels are "
+            f"integers >= 0; {hint}")
+
+
 def _read_idx_split(root: Path, provider: str) -> tuple[np.ndarray, ...]:
     if not root.is_dir():
         raise InputError(f"dataset folder {root} does not exist; {provider}")
@@ -149,9 +157,7 @@ def _read_idx_split(root: Path, provider: str) -> tuple[np.ndarray, ...]:
                 f"labels (N,); {provider}")
         require(labels.dtype.kind in "iu", f"{label_path} holds {labels.dtype} values, not "
                 f"integer class labels; {provider}")
-        lowest = int(labels.min()) if labels.size else 0
-        require(lowest >= 0, f"{label_path} holds negative labels (down to {lowest}); class "
-                f"labels are integers >= 0; {provider}")
+        _require_nonnegative_labels(labels, label_path, provider)
         require(images.shape[0] == labels.shape[0],
                 f"{root}: {split}-images holds {images.shape[0]} images but {split}-labels "
                 f"holds {labels.shape[0]} labels; use image and label files of the same set")
@@ -206,9 +212,7 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{bad} (its pixel values leave 0..255); {CIFAR_HINT}")
     require(labels.ndim == 1 and labels.dtype.kind in "iu",
             f"{bad} (its labels are not a list of integers); {CIFAR_HINT}")
-    lowest = int(labels.min()) if labels.size else 0
-    require(lowest >= 0, f"{bad} (its labels go down to {lowest}; class labels are >= 0); "
-            f"{CIFAR_HINT}")
+    _require_nonnegative_labels(labels, path, CIFAR_HINT)
     require(data.shape[0] == labels.shape[0], f"{path} holds {data.shape[0]} images but "
             f"{labels.shape[0]} labels; {CIFAR_HINT}")
     return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels.astype(np.int64)
