@@ -134,16 +134,26 @@ def _choice(values: tuple[str, ...]) -> click.Choice:
     return click.Choice(list(values), case_sensitive=False)
 
 
+def _check_class_counts(classes: int, axes: dict[str, Any]) -> None:
+    """Refuse -K or -n beside --class-counts unless -K names the number of counts.
+
+    classes: the number of counts given; axes: the grid options given on the command line.
+    """
+    given_k = [int(k) for k in axes.get("classes", ())]
+    if "per_class" in axes or any(k != classes for k in given_k):
+        named = " and ".join(flag for flag, name in (("-K", "classes"), ("-n", "per_class"))
+                             if name in axes)
+        raise InputError(f"--class-counts sets K = {classes} and the samples per class, so "
+                         f"{named} cannot be given beside it (-K only as {classes}); drop "
+                         f"{named} or --class-counts")
+
+
 def build_specs(options: dict[str, Any]) -> list[RunSpec]:
     """Run specs of the grid given by the simulate options (validated)."""
     axes = {name: options[name] for name in GRID_OPTIONS if options.get(name) is not None}
     counts = options.get("class_counts")
     if counts:
-        spread = [f"-{'K' if n == 'classes' else 'n'}" for n in ("classes", "per_class")
-                  if len(axes.get(n, ())) > 1]
-        if spread:  # each value of the axis would repeat the same runs
-            raise InputError(f"--class-counts sets K and n, so {' and '.join(spread)} cannot "
-                             "take several values; drop them or --class-counts")
+        _check_class_counts(len(counts), axes)
     usual = DEFAULT_TOLERANCES.get(options["dtype"], DEFAULT_TOLERANCES["float64"])
     specs = []
     for point in grid(axes, limit=MAX_RUNS):
@@ -194,7 +204,8 @@ def _model_options(func):
         click.option("-n", "--per-class", type=INTEGERS, default=None,
                      help="Samples per class n [20]."),
         click.option("--class-counts", type=COUNTS, default=None,
-                     help="Class counts n_1,...,n_K (imbalance; overrides -K and -n)."),
+                     help="Class counts n_1,...,n_K (imbalance). They set K and n: no -n "
+                          "beside them, and -K only as their number."),
         click.option("-d", "--dim", type=INTEGERS, default=None, help="Feature dimension d [32]."),
         click.option("--depth", type=INTEGERS, default=None,
                      help="Weight matrices L incl. the classifier (deep) [1]."),

@@ -215,32 +215,33 @@ def test_default_map_list_becomes_a_grid_axis():
 # ------------------------------------------------------------------ class counts
 
 
-@pytest.mark.parametrize(("counts", "classes"), [
-    ("5,5,3", 3),
-    ("4,4", 2),
-    ("2,3,2,3", 4),
+@pytest.mark.parametrize(("counts", "classes", "extra"), [
+    ("5,5,3", 3, ()),
+    ("4,4", 2, ("-K", "2")),
+    ("2,3,2,3", 4, ("-K", "4")),
 ])
-def test_class_counts_give_one_class_per_count(counts, classes):
+def test_class_counts_give_one_class_per_count(counts, classes, extra):
     """--class-counts gives K = the number of counts and the counts in order, repeated
-    counts included; it overrides -K and -n."""
-    result = _invoke(["simulate", "--class-counts", counts, "-K", "7", "-n", "9", *TINY,
-                      "--format", "json"])
+    counts included; -K may be given beside them as that number."""
+    result = _invoke(["simulate", "--class-counts", counts, *extra, *TINY, "--format", "json"])
     assert result.exit_code == 0, result.output
     (run,) = json.loads(result.stdout)["runs"]
     assert run["classes"] == classes
     assert run["per_class"] == counts
 
 
-def test_class_counts_with_a_k_or_n_grid_is_refused(tmp_path):
-    """--class-counts with several values of -K or -n would repeat the same runs: refused
-    with one line that says what to drop, before any file is written."""
+def test_class_counts_beside_another_k_or_any_n_is_refused(tmp_path):
+    """--class-counts beside -n, or beside a -K other than the number of counts (alone or in
+    a grid), is refused with one line that says what to drop, before any file is written."""
     out = tmp_path / "never"
-    for args, named in ((["-K", "3,4"], "-K"), (["-n", "2,3"], "-n"),
-                        (["-K", "3,4", "-n", "2,3"], "-K and -n")):
+    cases = ((["-K", "3"], "-K"), (["-K", "2,3"], "-K"), (["-n", "2"], "-n"),
+             (["-K", "2", "-n", "2,3"], "-K and -n"), (["-K", "3,4", "-n", "2"], "-K and -n"))
+    for args, named in cases:
         line = _error_line(_invoke(["simulate", "--class-counts", "2,3", *args, *TINY,
                                     "--out", str(out)]))
-        assert line == (f"Error: --class-counts sets K and n, so {named} cannot take several "
-                        "values; drop them or --class-counts")
+        assert line == (f"Error: --class-counts sets K = 2 and the samples per class, so "
+                        f"{named} cannot be given beside it (-K only as 2); drop {named} or "
+                        "--class-counts")
     assert not out.exists()
 
 
