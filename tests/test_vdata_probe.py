@@ -5,6 +5,7 @@ or not integers (IDX and CIFAR files), and the small CNN's width and smallest in
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -78,12 +79,27 @@ def test_cifar_in_range_pixels_read_back(tmp_path):
     assert data.classes == 2
 
 
-def test_class_count_includes_labels_seen_only_in_the_test_set(tmp_path):
-    """classes = 1 + the largest label of either split (a test-only class 3 gives K = 4)."""
-    root = _mnist_folder(tmp_path, [0, 1, 2, 0, 1, 2], [3, 1, 0])
+def test_class_count_is_one_more_than_the_largest_label_of_either_split(tmp_path):
+    """classes = 1 + the largest label of either split (a class 2 seen in training only)."""
+    root = _mnist_folder(tmp_path, [0, 1, 2, 0, 1, 2], [1, 0, 1])
     data = load_dataset("mnist", root=root, normalize=False)
-    assert data.classes == 4
-    assert data.y_test.tolist() == [3, 1, 0]
+    assert data.classes == 3
+    assert data.y_test.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize(("train_labels", "test_labels", "missing"), [
+    ([0, 1, 2, 0, 1, 2], [3, 1, 0], "class 3 (K = 4"),
+    ([0, 1, 3, 0, 1, 3], [0, 1, 3], "class 2 (K = 4"),
+    ([2, 3, 2, 3, 2, 3], [2, 3, 2], "class 0, 1 (K = 4"),
+])
+def test_a_class_without_training_samples_is_refused(tmp_path, train_labels, test_labels,
+                                                      missing):
+    """Labels with a gap, or a class seen only in the test set, are refused at load with the
+    missing classes named (training would fail at its first NC record otherwise)."""
+    root = _mnist_folder(tmp_path, train_labels, test_labels)
+    expected = re.escape(f"mnist training set has no sample of {missing}")
+    with pytest.raises(InputError, match=expected):
+        load_dataset("mnist", root=root, normalize=False)
 
 
 def test_negative_idx_labels_are_refused(tmp_path):

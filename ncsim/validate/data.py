@@ -325,6 +325,19 @@ def balanced_subset(y: np.ndarray, per_class: int | None, seed: int, name: str =
     return np.concatenate(out)
 
 
+def _require_every_class_trained(y_train: np.ndarray, classes: int, name: str) -> None:
+    """Refuse a training set that lacks one of the classes 0..K-1 (K = 1 + the largest label).
+
+    The NC metrics need a mean of every class, and a class without training samples gives its
+    classifier row nothing to learn.
+    """
+    missing = sorted(set(range(classes)) - {int(c) for c in np.unique(y_train)})
+    require(not missing,
+            f"{name} training set has no sample of class {', '.join(map(str, missing))} "
+            f"(K = {classes}: 1 + the largest label of either split); every class 0..K-1 needs "
+            "training samples for the NC metrics: number the classes 0..K-1 without gaps")
+
+
 def load_dataset(
     name: str,
     per_class: int | None = None,
@@ -390,5 +403,6 @@ def load_dataset(
         std = x_tr.std(dim=axes, keepdim=True).clamp_min(1e-8)
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     k = int(max(y_tr.max(), y_te.max())) + 1
+    _require_every_class_trained(y_tr, k, name)
     return Dataset(name, x_tr.contiguous(), torch.as_tensor(y_tr[keep]),
                    x_te.contiguous(), torch.as_tensor(y_te[keep_te]), k)
