@@ -6,7 +6,9 @@ import pickle
 
 import pytest
 import sympy as sp
+from cli_helpers import error_line, invoke
 
+from ncsim.errors import InputError
 from ncsim.theory import cache, deep, dynamics, ufm
 from ncsim.theory.cache import cache_file, derivation
 
@@ -18,6 +20,13 @@ def toy() -> dict[str, sp.Expr]:
     """A derivation that counts its calls."""
     CALLS.append("toy")
     return {"root": sp.solve(sp.Eq(x ** 2, 2), x)[0], "log": sp.log(x) / 3}
+
+
+@pytest.fixture(autouse=True)
+def registry(monkeypatch):
+    """The derivations registered here (toy ones) stay out of the package's list."""
+    monkeypatch.setattr(cache, "REGISTERED", list(cache.REGISTERED))
+    return cache.REGISTERED
 
 
 @pytest.fixture
@@ -143,3 +152,117 @@ def test_a_caller_editing_a_derivation_changes_nothing_for_the_next():
     del first["Lambda_glob"]
     again = derive_mse()
     assert again == want and again is not first
+
+
+# ------------------------------------------------------------------ checking the kept files
+
+
+def test_the_package_registers_its_six_derivations():
+    """Importing ncsim.theory registers every cached derivation once, by module and name."""
+    import ncsim.theory  # noqa: F401
+
+    names = sorted(f"{f.__module__}.{f.__qualname__}" for f in cache.REGISTERED)
+    assert names == ["ncsim.theory.deep.derive_ce", "ncsim.theory.deep.derive_mse",
+                     "ncsim.theory.dynamics.derive", "ncsim.theory.ufm.derive_ce",
+                     "ncsim.theory.ufm.derive_mse", "ncsim.theory.ufm.derive_reg_bias_mean_mode"]
+
+
+def test_verify_finds_a_missing_a_same_an_altered_and_an_unreadable_file(folder):
+    """verify: no file -> "missing" (and written); then "same"; a file holding another value
+    -> "differs" and replaced by the derivation (the process's kept value with it); garbage
+    -> "unreadable" and replaced; an equal expression written otherwise -> "same"."""
+    cached = derivation(toy)
+    path = cache_file(toy)
+    assert cache.verify(cached) == "missing" and cache._read(path) == toy()
+    assert cache.verify(cached) == "same"
+    cached()  # the process keeps the file's value
+    path.write_bytes(pickle.dumps({"root": sp.sqrt(3), "log": sp.log(x) / 3}))
+    cached.cache_clear()
+    assert cached()["root"] == sp.sqrt(3)  # the altered file is trusted when read
+    assert cache.verify(cached) == "differs"
+    assert cache._read(path)["root"] == sp.sqrt(2) and cached()["root"] == sp.sqrt(2)
+    path.write_bytes(pickle.dumps({"root": sp.sqrt(2)}))  # a key missing
+    assert cache.verify(cached) == "differs" and cache._read(path).keys() == {"root", "log"}
+    path.write_bytes(b"garbage")
+    assert cache.verify(cached) == "unreadable" and cache._read(path) == toy()
+    other_form = sp.log(x) / 3 + sp.sin(x) ** 2 + sp.cos(x) ** 2 - 1
+    assert other_form != sp.log(x) / 3  # not equal as written
+    path.write_bytes(pickle.dumps({"root": sp.sqrt(2), "log": other_form}))
+    assert cache.verify(cached) == "same"
+
+
+def test_verify_compares_matrices_entry_by_entry(folder):
+    """Matrices are the same when every entry simplifies to the same; another shape differs."""
+    def mats():
+        return {"m": sp.Matrix([[x, 1], [0, x * (x + 1)]])}
+
+    cached = derivation(mats)
+    path = cache_file(mats)
+    assert cache.verify(cached) == "missing"
+    path.write_bytes(pickle.dumps({"m": sp.Matrix([[x, 1], [0, x ** 2 + x]])}))
+    assert cache.verify(cached) == "same"
+    path.write_bytes(pickle.dumps({"m": sp.Matrix([[x, 1], [0, x ** 3]])}))
+    assert cache.verify(cached) == "differs"
+    path.write_bytes(pickle.dumps({"m": sp.Matrix([[x, 1]])}))
+    assert cache.verify(cached) == "differs"
+    path.write_bytes(pickle.dumps({"m": x}))
+    assert cache.verify(cached) == "differs"
+
+
+def test_verify_refuses_when_the_cache_is_off(monkeypatch):
+    monkeypatch.setenv("NCSIM_CACHE_DIR", "")
+    with pytest.raises(InputError, match="the derivation cache is off"):
+        cache.verify(derivation(toy))
+
+
+def _only_toy(registry):
+    """The toy derivation filed as ncsim's own (ncsim.toy.toy), alone in the registry."""
+    def named():
+        return toy()
+
+    named.__module__, named.__qualname__ = "ncsim.toy", "toy"
+    registry.clear()
+    return derivation(named)
+
+
+def test_cache_command_counts_and_verifies_and_clears(folder, registry):
+    """`ncsim theory cache` names the folder and key and counts the files of these and of
+    other sources; --verify prints one status per derivation and exits 1 when one differed;
+    --clear removes ncsim's files only."""
+    named = _only_toy(registry)
+    folder.mkdir()
+    (folder / "ncsim.theory.ufm.derive_ce-0123456789abcdef0123.pickle").write_bytes(b"old")
+    (folder / "notes.txt").write_text("someone else's")
+    shown = invoke(["theory", "cache"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.splitlines() == [
+        f"folder: {folder}", f"source key: {cache.source_key()}",
+        "files for these sources: 0; for other sources: 1 (--clear removes all)"]
+    first = invoke(["theory", "cache", "--verify"])
+    assert first.exit_code == 0, first.output
+    assert first.stdout.splitlines()[-1] == "ncsim.toy.toy: missing"
+    cache_file(named).write_bytes(pickle.dumps({"root": sp.Integer(1), "log": sp.log(x) / 3}))
+    altered = invoke(["theory", "cache", "--verify"])
+    assert altered.exit_code == 1
+    assert altered.stdout.splitlines()[2:] == [
+        "files for these sources: 1; for other sources: 1 (--clear removes all)",
+        "ncsim.toy.toy: differs"]
+    assert invoke(["theory", "cache", "--verify"]).exit_code == 0
+    cleared = invoke(["theory", "cache", "--clear"])
+    assert cleared.exit_code == 0 and cleared.stdout == f"removed 2 file(s) from {folder}\n"
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_cache_command_when_off_or_asked_both(monkeypatch, folder):
+    """With the cache off the command says so, and --verify or --clear is an error; --verify
+    with --clear is refused."""
+    both = invoke(["theory", "cache", "--verify", "--clear"])
+    assert error_line(both) == ("Error: --verify and --clear exclude each other; run one, "
+                                "then the other")
+    monkeypatch.setenv("NCSIM_CACHE_DIR", "")
+    off = invoke(["theory", "cache"])
+    assert off.exit_code == 0 and off.stdout == "cache: off (NCSIM_CACHE_DIR is set empty)\n"
+    for flag in ("--verify", "--clear"):
+        assert error_line(invoke(["theory", "cache", flag])) == (
+            "Error: the derivation cache is off; unset NCSIM_CACHE_DIR or set it to a folder "
+            "to keep derivations")

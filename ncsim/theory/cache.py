@@ -37,6 +37,7 @@ import sympy as sp
 
 Derivation = Callable[[], dict[str, sp.Expr]]  # expressions and matrices of them
 T = TypeVar("T")
+REGISTERED: list[Derivation] = []  # every cached derivation, in the order of import
 
 
 def cache_dir() -> Path | None:
@@ -126,6 +127,7 @@ def derivation(func: Derivation) -> Derivation:
 
     cached.uncached = func  # the derivation itself, for tests and for checking a cache
     cached.cache_clear = kept.cache_clear
+    REGISTERED.append(cached)
     return cached
 
 
@@ -185,3 +187,52 @@ def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]
 
     return wrap
 
+
+
+def kept_files(folder: Path) -> list[Path]:
+    """ncsim's files in the cache folder (derivations and numeric results, of any sources)."""
+    return sorted(folder.glob("ncsim.*.pickle")) if folder.is_dir() else []
+
+
+def is_current(path: Path) -> bool:
+    """Whether ``path`` was filed under the source key of the code running now."""
+    return f"-{source_key()}" in path.name
+
+
+def _same_expression(a: Any, b: Any) -> bool:
+    """Two expressions (or matrices of them) equal as written, or with a difference that sympy
+    simplifies to zero."""
+    if isinstance(a, sp.MatrixBase) or isinstance(b, sp.MatrixBase):
+        if not (isinstance(a, sp.MatrixBase) and isinstance(b, sp.MatrixBase)
+                and a.shape == b.shape):
+            return False
+        return all(_same_expression(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b) or sp.simplify(a - b) == 0
+
+
+def verify(func: Derivation) -> str:
+    """Derive ``func`` again and compare with its kept file; the file is then rewritten with
+    the new derivation unless it was the same.
+
+    Returns "same", "differs" (other keys, or an expression whose difference does not
+    simplify to zero), "unreadable" (not a dict of expressions) or "missing" (no file; one is
+    written). Raises InputError when the disk cache is off.
+    """
+    path = cache_file(func)
+    if path is None:
+        from ncsim.errors import InputError
+
+        raise InputError("the derivation cache is off (NCSIM_CACHE_DIR is set empty); set it "
+                         "to a folder, or unset it, to keep and check derivations")
+    kept = _read(path) if path.exists() else None
+    fresh = func.uncached()
+    if kept is None:
+        status = "unreadable" if path.exists() else "missing"
+    elif kept.keys() == fresh.keys() and all(_same_expression(kept[k], fresh[k])
+                                             for k in fresh):
+        return "same"
+    else:
+        status = "differs"
+    _write(path, fresh)
+    func.cache_clear()
+    return status

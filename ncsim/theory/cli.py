@@ -1,4 +1,4 @@
-"""``ncsim theory``: equilibrium | threshold | onset | derive | phase-diagram."""
+"""``ncsim theory``: equilibrium | threshold | onset | derive | phase-diagram | cache."""
 
 from __future__ import annotations
 
@@ -368,3 +368,43 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
         for r in rows:
             click.echo(f"{r[x_axis]:>12.6g} {r[y_axis]:>12.6g} {r['phase']:>12} "
                        f"{r['fn_star']:>12.6g}")
+
+
+@theory.command("cache")
+@click.option("--verify", "check", is_flag=True,
+              help="Derive every expression again and compare it with the kept file; a file "
+                   "that differs or cannot be read is replaced; exit 1 when one differed.")
+@click.option("--clear", is_flag=True,
+              help="Remove ncsim's kept files (derivations and numeric results, of every "
+                   "source version).")
+@handle_errors
+def cache_cmd(check: bool, clear: bool) -> None:
+    """Show the derivation cache: its folder and the files kept there."""
+    import ncsim.theory  # noqa: F401  (registers every cached derivation)
+    from ncsim.theory import cache
+
+    require(not (check and clear), "--verify and --clear exclude each other; run one, then "
+            "the other")
+    folder = cache.cache_dir()
+    if folder is None:
+        require(not (check or clear), "the derivation cache is off; unset NCSIM_CACHE_DIR or "
+                "set it to a folder to keep derivations")
+        click.echo("cache: off (NCSIM_CACHE_DIR is set empty)")
+        return
+    files = cache.kept_files(folder)
+    if clear:
+        for path in files:
+            path.unlink(missing_ok=True)
+        click.echo(f"removed {len(files)} file(s) from {folder}")
+        return
+    current = [p for p in files if cache.is_current(p)]
+    click.echo(f"folder: {folder}\nsource key: {cache.source_key()}\n"
+               f"files for these sources: {len(current)}; for other sources: "
+               f"{len(files) - len(current)} (--clear removes all)")
+    if check:
+        statuses = {f"{f.__module__}.{f.__qualname__}": cache.verify(f)
+                    for f in cache.REGISTERED}
+        for name, status in statuses.items():
+            click.echo(f"{name}: {status}")
+        if "differs" in statuses.values():
+            raise SystemExit(1)
