@@ -49,7 +49,3 @@ def g_ce(m: sp.Expr = M) -> sp.Expr:
     m = sp.sympify(m)
     return ce_data(sigma / sp.sqrt(n)) + (K - 1) * m / 2 * Lam * sigma ** (2 / m)
 
-
-def geometric_lambda(lams: list[sp.Expr]) -> sp.Expr:
-    """Lambda = (prod lambda_j)^(1/M) over the M factors."""
-    return sp.Mul(*lams) ** sp.Rational(1, len(lams))
