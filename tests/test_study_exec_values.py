@@ -505,6 +505,33 @@ def test_intervention_steps_count_both_segments(tmp_path, monkeypatch):
         assert row[key] == sum(int(m[key].iloc[0]) for m in made), key
 
 
+@pytest.mark.parametrize("second_status", ["stalled", "diverged"])
+def test_a_second_segment_that_stalls_or_diverges_keeps_its_status(tmp_path, monkeypatch,
+                                                                   second_status):
+    """An intervention run whose second segment ends stalled or diverged keeps that status,
+    although its joined records cross the onset threshold (which would make it "ok")."""
+    simulate_module = importlib.import_module("ncsim.flow.simulate")
+    real = simulate_module.simulate
+    calls: list[int] = []
+
+    def second_fails(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            result.runs.loc[result.runs.index[0], "status"] = second_status
+        return result
+
+    plain = _study(tmp_path, seeds=1).runs()[0]
+    params = {**plain.params, "intervene_time": 20.0, "intervene_alpha": 0.5}
+    ((_, row, _),) = run_chunk([RunDesc("kick", "simulated", params)])
+    assert row["status"] == "ok" and math.isfinite(row["onset_time"])
+    monkeypatch.setattr(simulate_module, "simulate", second_fails)
+    ((_, failed, _),) = run_chunk([RunDesc("kick", "simulated", params)])
+    assert len(calls) == 2
+    assert failed["status"] == second_status
+    assert failed["onset_time"] == row["onset_time"]
+
+
 def test_a_trained_row_reads_the_training_log(monkeypatch):
     """A trained run's row from its log (records out of order, as a log may be read): onset at
     the first phase-2 epoch below 0.01 (epoch 5, fn* = fn there), final values at the last
