@@ -160,6 +160,9 @@ def heatmap_figure(
         if not (np.isfinite(keys) & (keys > 0)).all():
             raise InputError(f"heat map: column {column!r} needs positive finite values on its "
                              f"log axis; got {keys[~(np.isfinite(keys) & (keys > 0))][0]}")
+    if not pd.api.types.is_numeric_dtype(table[value]):
+        raise InputError(f"heat map: column {value!r} holds {table[value].dtype} values, not "
+                         "numbers; give a numeric column (a cell shows the mean of its rows)")
     grid = table.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
     data = grid.to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
