@@ -532,6 +532,21 @@ def test_a_second_segment_that_stalls_or_diverges_keeps_its_status(tmp_path, mon
     assert failed["onset_time"] == row["onset_time"]
 
 
+@pytest.mark.parametrize(("offset", "before"), [(0.0, True), (1e-9, False)])
+def test_an_onset_at_the_intervention_time_counts_as_before_it(tmp_path, monkeypatch, offset,
+                                                                before):
+    """onset_before_intervention holds for an onset at t1 itself (the last record of the first
+    segment, where the state is not yet scaled), not for one just after it."""
+    onset_module = importlib.import_module("ncsim.onset")
+    monkeypatch.setattr(onset_module, "onset_and_fn",
+                        lambda times, *args: (20.0 + offset, 0.25))
+    plain = _study(tmp_path, seeds=1).runs()[0]
+    params = {**plain.params, "intervene_time": 20.0, "intervene_alpha": 0.5}
+    ((_, row, _),) = run_chunk([RunDesc("kick", "simulated", params)])
+    assert row["onset_time"] == 20.0 + offset and row["fn_at_onset"] == 0.25
+    assert row["onset_before_intervention"] is before
+
+
 def test_a_trained_row_reads_the_training_log(monkeypatch):
     """A trained run's row from its log (records out of order, as a log may be read): onset at
     the first phase-2 epoch below 0.01 (epoch 5, fn* = fn there), final values at the last
