@@ -141,12 +141,17 @@ def heatmap_figure(
     title: str = "",
     log_value: bool = True,
     boundary: tuple[np.ndarray, np.ndarray] | None = None,
+    log_x: bool | None = True,
+    log_y: bool | None = True,
 ) -> plt.Figure:
-    """Heat map of ``value`` over a grid of (``x``, ``y``) (both log axes).
+    """Heat map of ``value`` (the mean of each cell's rows) over a grid of (``x``, ``y``).
 
-    Each cell is centred (in log space) on its grid point and shown whole; a cell without a
-    finite (with ``log_value``, positive) mean is blank.
+    Each cell is centred on its grid point (in log space on a log axis) and shown whole; a
+    cell without a finite (with ``log_value``, positive) mean is blank.
 
+    log_x, log_y : True: a log axis (every coordinate must be positive); False: linear, with
+        a tick at each grid value when they are at most 20 whole numbers (depth, K); None: log
+        when every coordinate is positive, else linear (e.g. a decay grid holding 0).
     boundary : optional curve (xs, ys) drawn over the map (e.g. a theoretical threshold).
     """
     missing = [c for c in (x, y, value) if c not in table.columns]
@@ -155,30 +160,42 @@ def heatmap_figure(
                          f"columns: {', '.join(map(str, table.columns))}")
     if not len(table):
         raise InputError(f"heat map of {value!r}: the table has no rows; nothing to draw")
-    for column in (x, y):
+    logs = {x: log_x, y: log_y} if x != y else {x: log_x}
+    for column, log in logs.items():
         keys = pd.to_numeric(table[column], errors="coerce").to_numpy(float)  # text -> NaN
-        if not (np.isfinite(keys) & (keys > 0)).all():
-            raise InputError(f"heat map: column {column!r} needs positive finite values on its "
-                             f"log axis; got {keys[~(np.isfinite(keys) & (keys > 0))][0]}")
+        good = np.isfinite(keys) & (keys > 0)
+        if log is None:
+            logs[column] = log = bool(good.all())
+        if not log:
+            good = np.isfinite(keys)
+        if not good.all():
+            raise InputError(f"heat map: column {column!r} needs "
+                             f"{'positive ' if log else ''}finite values on its "
+                             f"{'log' if log else 'linear'} axis; got {keys[~good][0]}")
     if not pd.api.types.is_numeric_dtype(table[value]):
         raise InputError(f"heat map: column {value!r} holds {table[value].dtype} values, not "
                          "numbers; give a numeric column (a cell shows the mean of its rows)")
     grid = table.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
     data = grid.to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    fig, ax = plt.subplots(figsize=(5.8, 4.6))
     with np.errstate(divide="ignore", invalid="ignore"):
         shown = np.log10(data) if log_value else data
-    xs = cell_edges(grid.columns.to_numpy(float), log=True)
-    ys = cell_edges(grid.index.to_numpy(float), log=True)
-    mesh = ax.pcolormesh(xs, ys, np.ma.masked_invalid(shown), shading="flat", cmap="magma")
+    xs, ys = grid.columns.to_numpy(float), grid.index.to_numpy(float)
+    x_edges, y_edges = cell_edges(xs, log=logs[x]), cell_edges(ys, log=logs[y])
+    mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(shown), shading="flat",
+                         cmap="magma")
     fig.colorbar(mesh, ax=ax, label=f"log10 {value}" if log_value else value)
+    for values, log, scale, ticks in ((xs, logs[x], ax.set_xscale, ax.set_xticks),
+                                      (ys, logs[y], ax.set_yscale, ax.set_yticks)):
+        if log:
+            scale("log")
+        elif len(values) <= 20 and np.all(values == np.round(values)):
+            ticks(values)  # a count axis (depth, K): one tick per row or column
     if boundary is not None:
         ax.plot(boundary[0], boundary[1], "c-", lw=2, label="theory threshold")
         ax.legend(fontsize=8, loc="lower left")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(xs[0], xs[-1])
-    ax.set_ylim(ys[0], ys[-1])
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(y_edges[0], y_edges[-1])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(title or value)

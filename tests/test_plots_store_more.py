@@ -116,6 +116,30 @@ def test_heatmap_linear_values_boundary_and_title():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["theory threshold"]
 
 
+def test_heatmap_linear_and_automatic_axes():
+    """log_x=None takes a linear x axis for a grid holding 0 (arithmetic cell edges, default
+    ticks) and a log one for a positive grid; log_y=False draws a count axis linearly with a
+    tick per row; a linear axis still refuses a missing coordinate."""
+    table = pd.DataFrame({"a": [0.0, 1e-3, 2e-3] * 2, "b": [1.0] * 3 + [2.0] * 3,
+                          "v": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    fig = heatmap_figure(table, "a", "b", "v", log_x=None, log_y=False)
+    ax = fig.axes[0]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("linear", "linear")
+    corners = _mesh(fig).get_coordinates()
+    np.testing.assert_allclose(corners[0, :, 0], [-5e-4, 5e-4, 1.5e-3, 2.5e-3], rtol=1e-12)
+    np.testing.assert_allclose(corners[:, 0, 1], [0.5, 1.5, 2.5], rtol=1e-12)
+    assert list(ax.get_yticks()) == [1.0, 2.0]
+    np.testing.assert_allclose(np.ma.getdata(_mesh(fig).get_array()),
+                               np.log10([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), rtol=1e-12)
+    positive = heatmap_figure(table.assign(a=table["a"] + 1e-4), "a", "b", "v", log_x=None)
+    assert positive.axes[0].get_xscale() == "log"
+    with pytest.raises(InputError, match="column 'a' needs finite values on its linear axis"):
+        heatmap_figure(table.assign(a=table["a"].replace(0.0, np.nan)), "a", "b", "v",
+                       log_x=False)
+    with pytest.raises(InputError, match="column 'a' needs positive finite values on its log"):
+        heatmap_figure(table, "a", "b", "v")
+
+
 @pytest.mark.parametrize("change, match", [
     (lambda t: t.iloc[:0], "no rows"),
     (lambda t: t.drop(columns="v"), "no column 'v'"),

@@ -710,26 +710,13 @@ def _grid_heatmap(table: pd.DataFrame, x: str, y: str, value: str, title: str,
     origin's basin edge or inside it, marked dashed at the left edge of its cell (rows of
     unit height: a linear y axis).
     """
-    import matplotlib.pyplot as plt
+    from ncsim.plots import cell_edges, heatmap_figure
 
-    from ncsim.plots import cell_edges
-
-    grid_ = table.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
-    xs, ys = grid_.columns.to_numpy(float), grid_.index.to_numpy(float)
-    data = np.log10(grid_.to_numpy(float))
-    fig, ax = plt.subplots(figsize=(5.8, 4.6))
-    log_x, log_y = bool((xs > 0).all()), log_y and bool((ys > 0).all())
-    x_edges, y_edges = cell_edges(xs, log=log_x), cell_edges(ys, log=log_y)
-    mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(data), cmap="magma")
-    fig.colorbar(mesh, ax=ax, label=f"log10 {value}")
-    if log_x:
-        ax.set_xscale("log")
-    if log_y:
-        ax.set_yscale("log")
-    else:
-        ax.set_yticks(ys)
-    if curve is not None:
-        ax.plot(curve[0], curve[1], "c-", lw=2, label="theory threshold")
+    fig = heatmap_figure(table, x, y, value, title, boundary=curve, log_x=None,
+                         log_y=None if log_y else False)
+    ax = fig.axes[0]
+    xs = np.sort(pd.unique(table[x].to_numpy(float)))
+    x_edges = cell_edges(xs, log=ax.get_xscale() == "log")
     # the basin starts at a grid value: marked at the left edge of its cell ("from here on")
     basin_edges = {row: float(x_edges[int(np.argmin(abs(xs - xv)))])
                    for row, xv in (basin_marks or {}).items() if math.isfinite(xv)}
@@ -740,10 +727,6 @@ def _grid_heatmap(table: pd.DataFrame, x: str, y: str, value: str, title: str,
             ax.plot([xv, xv], [row - 0.45, row + 0.45], linestyle=style, lw=2.5,
                     color="c" if style == "-" else "tab:orange",
                     label=label if k == 0 else None)
-    ax.set_xlim(x_edges[0], x_edges[-1])
-    ax.set_ylim(y_edges[0], y_edges[-1])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
     ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower left")
