@@ -188,7 +188,6 @@ def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]
     return wrap
 
 
-
 def kept_files(folder: Path) -> list[Path]:
     """ncsim's files in the cache folder (derivations and numeric results, of any sources)."""
     return sorted(folder.glob("ncsim.*.pickle")) if folder.is_dir() else []
