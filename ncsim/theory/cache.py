@@ -235,3 +235,9 @@ def verify(func: Derivation) -> str:
     _write(path, fresh)
     func.cache_clear()
     return status
+
+
+def verify_all() -> dict[str, str]:
+    """:func:`verify` every registered derivation; ``{"module.name": status}`` in the order of
+    registration (importing :mod:`ncsim.theory` registers the package's own)."""
+    return {f"{f.__module__}.{f.__qualname__}": verify(f) for f in REGISTERED}

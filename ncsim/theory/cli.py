@@ -402,8 +402,7 @@ def cache_cmd(check: bool, clear: bool) -> None:
                f"files for these sources: {len(current)}; for other sources: "
                f"{len(files) - len(current)} (--clear removes all)")
     if check:
-        statuses = {f"{f.__module__}.{f.__qualname__}": cache.verify(f)
-                    for f in cache.REGISTERED}
+        statuses = cache.verify_all()
         for name, status in statuses.items():
             click.echo(f"{name}: {status}")
         if "differs" in statuses.values():
