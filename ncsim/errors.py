@@ -26,12 +26,16 @@ def require(condition: bool, message: str) -> None:
 
 def is_integer(value: Any) -> bool:
     """Whether ``value`` is an integer, Python or numpy (a bool is not)."""
+    if type(value) is int:  # the common case, without the abstract-class check
+        return True
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_finite_number(value: Any) -> bool:
     """Whether ``value`` is a finite real number, Python or numpy (a bool, text or None is
     not)."""
+    if type(value) is float:  # the common case, without the abstract-class check
+        return math.isfinite(value)
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
 

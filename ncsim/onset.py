@@ -94,14 +94,7 @@ def _interp_time(
 
 def crossing_index(values: np.ndarray, threshold: float, stay: int = 1) -> int | None:
     """Index of the first entry of the first run of ``stay`` entries below ``threshold``."""
-    if not (is_integer(stay) and stay >= 1):
-        raise InputError(f"stay must be an integer >= 1 (the number of consecutive records "
-                         f"below the threshold), got {stay!r}")
-    if isinstance(threshold, np.ndarray) and threshold.ndim == 0:
-        threshold = threshold.item()  # a 0-d array is the number it holds
-    if not is_finite_number(threshold):
-        raise InputError(f"onset threshold must be a finite number (not text or a bool), got "
-                         f"{threshold!r}")
+    threshold = _checked_rule(threshold, stay)
     below = np.asarray(values) < threshold
     if below.size < stay:  # too few records for a run of ``stay`` (none at all included)
         return None
@@ -111,6 +104,20 @@ def crossing_index(values: np.ndarray, threshold: float, stay: int = 1) -> int |
     window = np.convolve(below.astype(np.int64), np.ones(stay, dtype=np.int64), mode="valid")
     hits = np.flatnonzero(window == stay)
     return int(hits[0]) if hits.size else None
+
+
+def _checked_rule(threshold: float, stay: int) -> float:
+    """``threshold`` as a number, after :class:`InputError` for a threshold that is not a
+    finite number or a ``stay`` that is not an integer >= 1."""
+    if not (is_integer(stay) and stay >= 1):
+        raise InputError(f"stay must be an integer >= 1 (the number of consecutive records "
+                         f"below the threshold), got {stay!r}")
+    if isinstance(threshold, np.ndarray) and threshold.ndim == 0:
+        threshold = threshold.item()  # a 0-d array is the number it holds
+    if not is_finite_number(threshold):
+        raise InputError(f"onset threshold must be a finite number (not text or a bool), got "
+                         f"{threshold!r}")
+    return threshold
 
 
 def onset_time(
@@ -204,6 +211,86 @@ def onset_and_fn(
     return when, value_at(t[keep], fn[keep], when, interpolate)
 
 
+def onsets_and_fn(
+    times: np.ndarray,
+    values: np.ndarray,
+    fn: np.ndarray,
+    threshold: float = 0.01,
+    stay: int = 1,
+    interpolate: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`onset_and_fn` of R series that share their record times, bit for bit.
+
+    times : (T,) record times (non-decreasing where finite).
+    values, fn : (R, T) metric and fn series (NaN = gap, as for :func:`onset_and_fn`).
+
+    Returns ``(when, fn_on)``, each (R,) (NaN where a series has no onset). The search for the
+    crossing record runs on the whole batch at once; the interpolation of the crossing rows
+    goes through the same scalar rules as :func:`onset_and_fn`.
+    """
+    times = _float_series("times", times)
+    values, fn = _float_series("values", values), _float_series("fn", fn)
+    if times.ndim != 1 or values.ndim != 2 or values.shape[1] != times.size:
+        raise InputError(f"onsets_and_fn takes times (T,) and values (R, T), got "
+                         f"{times.shape} and {values.shape}")
+    if fn.shape != values.shape:
+        raise InputError(f"fn must have one value per record of each series: {fn.shape} "
+                         f"against values {values.shape}")
+    threshold = _checked_rule(threshold, stay)
+    timed = np.isfinite(times)
+    if np.any(np.diff(times[timed]) < 0):
+        raise InputError("record times must be in order (non-decreasing); sort the records by "
+                         "time first")
+    rank, column = _first_run_below(timed & ~np.isnan(values), values < threshold, stay)
+    when = np.full(values.shape[0], math.nan)
+    fn_on = np.full(values.shape[0], math.nan)
+    fn_kept = timed & np.isfinite(fn)
+    for i in np.flatnonzero(rank >= 0):
+        row = int(column[i, rank[i]])
+        if not interpolate or rank[i] == 0:
+            when[i] = times[row]
+        else:
+            prev = int(column[i, rank[i] - 1])
+            when[i] = _interp_time(times[prev], times[row], values[i, prev], values[i, row],
+                                   threshold, log_value=True)
+        fn_on[i] = _fn_at_onset(times, fn[i], fn_kept[i], float(when[i]), row, interpolate)
+    return when, fn_on
+
+
+def _first_run_below(kept: np.ndarray, below: np.ndarray, stay: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, the rank among its kept records of the first of ``stay`` consecutive kept
+    records below the threshold (-1 if none), and the columns of the kept records in order.
+
+    kept, below : (R, T) masks. Returns ``rank`` (R,) and ``column`` (R, T): ``column[i, k]``
+    is the column of series i's k-th kept record (the columns after its last kept record
+    are the others, in order).
+    """
+    column = np.argsort(~kept, axis=1, kind="stable")
+    hit = np.take_along_axis(below & kept, column, axis=1).astype(np.int64)
+    if hit.shape[1] < stay:
+        return np.full(hit.shape[0], -1), column
+    ones = np.concatenate([np.zeros((hit.shape[0], 1), np.int64), np.cumsum(hit, axis=1)], 1)
+    # kept records below among ranks k .. k + stay - 1 (a window past the last kept record
+    # holds fewer than ``stay``: the columns there count as not below)
+    full = ones[:, stay:] - ones[:, :-stay] == stay  # (R, T - stay + 1)
+    return np.where(full.any(axis=1), full.argmax(axis=1), -1), column
+
+
+def _fn_at_onset(times: np.ndarray, fn: np.ndarray, fn_kept: np.ndarray, when: float, row: int,
+                 interpolate: bool) -> float:
+    """fn at an onset at ``when`` whose crossing record is ``row`` (:func:`onset_and_fn`'s
+    rule); ``fn_kept`` marks the records with a finite time and a finite fn."""
+    if when != float(times[row]):
+        if fn_kept.all():  # no gap: the records as they are (no copy)
+            return _value_at_finite(times, fn, when, interpolate)
+        return _value_at_finite(times[fn_kept], fn[fn_kept], when, interpolate)
+    if math.isfinite(fn[row]):
+        return float(fn[row])
+    keep = fn_kept & ((np.arange(times.size) >= row) | (times != times[row]))
+    return _value_at_finite(times[keep], fn[keep], when, interpolate)
+
+
 def value_at(times: np.ndarray, values: np.ndarray, when: float, interpolate: bool = True) -> float:
     """Series value at time ``when``: interpolated, or the record at/after ``when``.
 
@@ -218,7 +305,12 @@ def value_at(times: np.ndarray, values: np.ndarray, when: float, interpolate: bo
     """
     if not math.isfinite(when):
         return math.nan
-    t, v = _finite_series(times, values)
+    return _value_at_finite(*_finite_series(times, values), when, interpolate)
+
+
+def _value_at_finite(t: np.ndarray, v: np.ndarray, when: float, interpolate: bool) -> float:
+    """:func:`value_at` at a finite ``when`` on records that all have a finite time and value
+    (t in order)."""
     if t.size == 0:
         return math.nan
     j = int(np.searchsorted(t, when, side="left"))
@@ -297,6 +389,21 @@ def is_vanishing(fn: np.ndarray, vanish_tol: float = 1e-3) -> bool:
         return False
     peak = float(v.max())
     return peak <= 0 or float(v[-1]) < vanish_tol * peak
+
+
+def are_vanishing(fn: np.ndarray, vanish_tol: float = 1e-3) -> np.ndarray:
+    """:func:`is_vanishing` of each series of ``fn`` (R, T); returns (R,) bools."""
+    _check_vanish_tol(vanish_tol)
+    fn = _float_series("fn", fn)
+    if fn.ndim != 2:
+        raise InputError(f"are_vanishing takes fn series as an (R, T) array, got shape "
+                         f"{fn.shape}")
+    finite = np.isfinite(fn)
+    if vanish_tol <= 0 or fn.shape[1] == 0:
+        return np.zeros(fn.shape[0], dtype=bool)
+    peak = np.where(finite, fn, -np.inf).max(axis=1)
+    last = fn[np.arange(fn.shape[0]), fn.shape[1] - 1 - finite[:, ::-1].argmax(axis=1)]
+    return finite.any(axis=1) & ((peak <= 0) | (last < vanish_tol * peak))
 
 
 def onset_table(

@@ -535,15 +535,27 @@ class RunSpec:
     solver: SolverSpec = field(default_factory=SolverSpec)
     onset: OnsetSpec = field(default_factory=OnsetSpec)
 
-    def validate(self) -> RunSpec:
-        """Check every field; raise :class:`InputError` with one clear line. Returns self."""
+    def validate(self, checked: set[tuple[int, ...]] | None = None) -> RunSpec:
+        """Check every field; raise :class:`InputError` with one clear line. Returns self.
+
+        checked : for a pass over many specs that share part objects (one ``ModelSpec`` for
+            a whole grid): the identities of the parts already checked in the pass. A part
+            found there is not checked again; the parts checked here are added. The caller
+            keeps the specs alive during the pass, so that an identity names one object.
+        """
         self._check_parts()
-        self.model.validate()
-        self.reg.validate(self.model)
-        self.init.validate(self.model)
-        self.time_scale.validate(self.model)
-        self.solver.validate()
-        self.onset.validate()
+        model = self.model
+        for key, check in (((id(model),), model.validate),
+                           ((id(self.reg), id(model)), lambda: self.reg.validate(model)),
+                           ((id(self.init), id(model)), lambda: self.init.validate(model)),
+                           ((id(self.time_scale), id(model)),
+                            lambda: self.time_scale.validate(model)),
+                           ((id(self.solver),), self.solver.validate),
+                           ((id(self.onset),), self.onset.validate)):
+            if checked is None or key not in checked:
+                check()
+                if checked is not None:
+                    checked.add(key)
         require(self.solver.reduction != "gram" or self.model.kind == "ufm",
                 "reduction 'gram' needs the one-layer UFM (model 'ufm')")
         if self.solver.reduction == "gram":

@@ -331,11 +331,13 @@ def test_host_cost_script_times_every_part_and_keeps_the_thread_setting():
     from benchmarks.host import host_costs
 
     before = torch.get_num_threads()
-    costs = host_costs(grid=3, records=5, threads=2, repeats=1, theory_runs=3)
+    costs = host_costs(grid=3, records=5, threads=2, repeats=1, theory_runs=3, real_grid=2)
     assert costs["runs"] == 9 and costs["records"] == 5
-    for key in ("validate_ids_s", "initial_state_s_threads1", "initial_state_s_threads2",
-                "trajectory_table_s", "theory_per_run_ms"):
+    for key in ("validate_s", "run_ids_s", "initial_state_s_threads1",
+                "initial_state_s_threads2", "trajectory_table_s", "onsets_s",
+                "onsets_per_run_loop_s", "summary_host_s", "theory_per_run_ms"):
         assert costs[key] > 0, key
+    assert 0 < costs["onsets_found"] <= 9  # the stand-in records hold real W1 onsets
     assert torch.get_num_threads() == before
 
 

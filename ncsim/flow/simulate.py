@@ -43,7 +43,7 @@ from ncsim.models.gram import GramObjective, initial_gram_state
 from ncsim.models.init import draws_gram_factor, float_array
 from ncsim.models.layout import StateLayout
 from ncsim.models.reduction import state_form
-from ncsim.onset import is_vanishing, onset_and_fn
+from ncsim.onset import are_vanishing, onsets_and_fn
 from ncsim.spec import RunSpec
 
 RECORDED = ("loss", "objective", *METRIC_NAMES)
@@ -409,18 +409,19 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
     final = record_in_blocks(batch.record, state, all_runs,
                              record_block(batch.device, state.shape[1] * state.element_size())
                              ).cpu().numpy()
-    f_index = q_index["objective"]
+    f_index, fn_index = q_index["objective"], q_index["fn"]
     f_start = batch.objective_values(batch.y0)
     onset = batch.onset
+    fn_series = flow.records[:, :, fn_index]  # (R, T)
+    onset_times, fn_at_onset = onsets_and_fn(
+        flow.times, flow.records[:, :, q_index[onset.metric]], fn_series, onset.threshold,
+        onset.stay, onset.interpolate)
+    vanishing = are_vanishing(np.concatenate([fn_series, final[:, fn_index, None]], axis=1),
+                              batch.solver.vanish_tol)
     rows = []
     for i, (spec, rid) in enumerate(zip(batch.specs, ids)):
-        series = flow.records[i]
-        fn_series = series[:, q_index["fn"]]
-        when, fn_on = onset_and_fn(flow.times, series[:, q_index[onset.metric]], fn_series,
-                                   onset.threshold, onset.stay, onset.interpolate)
-        fn_all = np.append(fn_series, final[i, q_index["fn"]])
-        vanishing = is_vanishing(fn_all, spec.solver.vanish_tol)
-        status = _status(int(flow.code[i]), math.isfinite(when), vanishing,
+        when, fn_on = float(onset_times[i]), float(fn_at_onset[i])
+        status = _status(int(flow.code[i]), math.isfinite(when), bool(vanishing[i]),
                          _objective_rose(f_start[i], final[i, f_index]))
         if status == "vanishing":  # a crossing while every norm vanishes is no onset
             when = fn_on = math.nan
@@ -536,12 +537,13 @@ def _run_specs(specs: object) -> list[RunSpec]:
     runs = list(specs)
     require(len(runs) > 0, "simulate got an empty list of runs; give a RunSpec or a list of at "
             "least one RunSpec")
+    checked: set[tuple[int, ...]] = set()  # parts shared by several runs are checked once
     for i, spec in enumerate(runs):
         if not isinstance(spec, RunSpec):
             raise InputError(f"simulate takes RunSpecs, but item {i} of the list is a "
                              f"{type(spec).__name__} {short_repr(spec)}; wrap it in a RunSpec, "
                              "e.g. RunSpec(model=ModelSpec(...))")
-        spec.validate()
+        spec.validate(checked)
     return runs
 
 
