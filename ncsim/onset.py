@@ -201,14 +201,7 @@ def onset_and_fn(
         return math.nan, math.nan
     t = np.asarray(times, dtype=np.float64)
     when = float(when)
-    if when != float(t[row]):
-        return when, value_at(t, fn, when, interpolate)
-    if math.isfinite(fn[row]):
-        return when, float(fn[row])
-    # no fn at the crossing record: the nearest finite ones, without the records before it
-    # at its own time (the other side of a jump)
-    keep = (np.arange(t.size) >= row) | (t != t[row])
-    return when, value_at(t[keep], fn[keep], when, interpolate)
+    return when, _fn_at_onset(t, fn, np.isfinite(t) & np.isfinite(fn), when, row, interpolate)
 
 
 def onsets_and_fn(
@@ -287,6 +280,8 @@ def _fn_at_onset(times: np.ndarray, fn: np.ndarray, fn_kept: np.ndarray, when: f
         return _value_at_finite(times[fn_kept], fn[fn_kept], when, interpolate)
     if math.isfinite(fn[row]):
         return float(fn[row])
+    # no fn at the crossing record: the nearest finite ones, without the records before it
+    # at its own time (the other side of a jump)
     keep = fn_kept & ((np.arange(times.size) >= row) | (times != times[row]))
     return _value_at_finite(times[keep], fn[keep], when, interpolate)
 
