@@ -510,7 +510,8 @@ def test_theory_columns_refuse_d_below_the_rank(loss, bias, d, depth, width, ran
     _, f = minimise(obj, scales=(1e-3, 1.0, 3.0))
     assert f > float(eq.objective_star) + 1e-3
     row = theory_columns(_spec(loss, bias, d=d, depth=depth, lw=lw, lh=lh, lb=lb, width=width))
-    assert row["theory_regime"] == "not_applicable: d below the rank of the minimiser"
+    narrow = "d" if d < rank else "the hidden width"
+    assert row["theory_regime"] == f"not_applicable: {narrow} below the rank of the minimiser"
     assert row["collapsed_theory"] is None
     assert all(math.isnan(row[k]) for k in ("fn_star_theory", "w_norm_star_theory",
                                             "loss_star_theory", "onset_time_theory"))

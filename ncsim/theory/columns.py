@@ -66,8 +66,9 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
 
     Regimes (``theory_regime``): "ok"; "approximate: d < 5K" (onset model less accurate);
     "no_minimiser: ..." (a zero decay: fn* etc. NaN, the early-phase onset is still given);
-    "not_applicable: d below the rank of the minimiser" (the minimiser is then not the closed
-    form and not unique: all columns NaN / None);
+    "not_applicable: d below the rank of the minimiser" (or "the hidden width below ..." for a
+    deep head narrower than that rank; the minimiser is then not the closed form and not
+    unique: all columns NaN / None);
     deep gaussian inits: onset NaN (only the mode escape time is known, named in the text;
     followed by "; metastable: ..." where the flow goes to a collapsed local minimum while the
     origin is global); "basin_edge: ..." (deep gaussian init within the band around the basin
@@ -119,8 +120,10 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
             return row
         eq = equilibrium(m.loss, m.bias, K, n, lw_arg, spec.reg.lambda_h, spec.reg.lambda_b,
                          m.depth)
-        if minimiser_rank(eq, K) > min(m.dim, m.hidden_width):
-            return _empty("not_applicable: d below the rank of the minimiser")
+        rank = minimiser_rank(eq, K)
+        if rank > min(m.dim, m.hidden_width):  # name the narrower of the two
+            narrow = "d" if m.dim < rank else "the hidden width"
+            return _empty(f"not_applicable: {narrow} below the rank of the minimiser")
         row = _empty("ok")
         row["fn_star_theory"] = float(eq.fn_star)
         row["w_norm_star_theory"] = float(eq.w_norm_star)
