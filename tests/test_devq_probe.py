@@ -68,8 +68,11 @@ def test_a_record_at_the_last_step_end_is_taken_by_finish(monkeypatch, crossings
     assert np.isfinite(result.records).all()
     np.testing.assert_allclose(result.records, _exact(y0, rates, times), rtol=1e-9, atol=0)
     np.testing.assert_array_equal(result.t_final, [1.0, 1.0])
-    # the loop pushes ``crossings`` times a step; the lagging record adds one push
-    assert len(pushes) % crossings == 1 % crossings
+    # the loop pushes ``crossings`` times an iteration, in chunks of ``check_every``
+    # iterations (both runs take the same steps here); _finish adds one push of both runs
+    chunks = -(-int(result.steps.max()) // solver.check_every)
+    assert len(pushes) == crossings * solver.check_every * chunks + 1
+    assert pushes[-1].all()
 
 
 def test_the_captured_loop_shrinks_when_exactly_a_quarter_still_runs(monkeypatch):
