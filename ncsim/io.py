@@ -91,11 +91,17 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = 
 def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with columns Parquet can hold: an object column mixing integers and floats
     (and missing values) becomes floats; one mixing other kinds (numbers and text, tuples,
-    flags and numbers) becomes text, missing values kept. Other columns are unchanged."""
+    flags and numbers) becomes text, missing values kept. In the other object columns a
+    missing value of a kind Parquet does not take as missing (a numpy float32 NaN) becomes
+    None. Other columns are unchanged."""
     out = frame.copy()
     for col in out.columns:
         if out[col].dtype != object:
             continue
+        odd = out[col].map(lambda v: _is_missing(v) and not isinstance(v, float)
+                           and v is not None and v is not pd.NA and v is not pd.NaT)
+        if odd.any():
+            out[col] = out[col].where(~odd, None)
         kinds = {type(v) for v in out[col] if not _is_missing(v)}
         if len(kinds) < 2:
             continue
