@@ -98,8 +98,8 @@ def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
     for col in out.columns:
         if out[col].dtype != object:
             continue
-        odd = out[col].map(lambda v: _is_missing(v) and not isinstance(v, float)
-                           and v is not None and v is not pd.NA and v is not pd.NaT)
+        odd = out[col].map(lambda v: isinstance(v, np.floating) and not isinstance(v, float)
+                           and v != v)  # a NaN of float16 / float32 / longdouble
         if odd.any():
             out[col] = out[col].where(~odd, None)
         kinds = {type(v) for v in out[col] if not _is_missing(v)}
