@@ -38,14 +38,15 @@ def test_whole_times_print_as_integers_but_not_beyond_2_to_the_53():
         np.testing.assert_array_equal(kept.to_numpy(), values)
 
 
-def test_parquet_text_column_keeps_a_float32_nan_missing(tmp_path):
+@pytest.mark.parametrize("nan_type", [np.float32, np.float16])
+def test_parquet_text_column_keeps_a_float32_nan_missing(tmp_path, nan_type):
     """A text column whose missing value is a numpy float32 NaN (not a Python float, which
     pyarrow refused with a traceback) is written with None there, and reads back missing,
     never the text 'nan'; the frame given is left as it was."""
-    frame = pd.DataFrame({"label": pd.Series(["a", np.float32("nan"), "b"], dtype=object)})
+    frame = pd.DataFrame({"label": pd.Series(["a", nan_type("nan"), "b"], dtype=object)})
     plain = parquet_columns(frame)
     assert plain["label"].iloc[1] is None and plain["label"].iloc[0] == "a"
-    assert isinstance(frame["label"].iloc[1], np.float32)
+    assert isinstance(frame["label"].iloc[1], nan_type)
     back = read_table(write_table(frame, tmp_path / "t.parquet"))
     assert back["label"].iloc[0] == "a" and back["label"].iloc[2] == "b"
     assert pd.isna(back["label"].iloc[1])
