@@ -378,12 +378,8 @@ def is_vanishing(fn: np.ndarray, vanish_tol: float = 1e-3) -> bool:
     _check_vanish_tol(vanish_tol)
     if vanish_tol <= 0:
         return False
-    v = np.asarray(fn, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return False
-    peak = float(v.max())
-    return peak <= 0 or float(v[-1]) < vanish_tol * peak
+    series = np.asarray(fn, dtype=np.float64).reshape(1, -1)
+    return bool(are_vanishing(series, vanish_tol)[0])  # one rule for one series and many
 
 
 def are_vanishing(fn: np.ndarray, vanish_tol: float = 1e-3) -> np.ndarray:

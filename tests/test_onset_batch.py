@@ -126,9 +126,19 @@ def test_bad_rules_are_refused(threshold, stay, match):
         onsets_and_fn(np.ones(2), np.ones((1, 2)), np.ones((1, 2)), threshold, stay)
 
 
+def _vanishing_written_out(row: np.ndarray, vanish_tol: float) -> bool:
+    """The vanishing rule by hand: the last finite fn below vanish_tol x the largest, or no
+    positive fn at all; never with a tolerance of 0 or without a finite fn."""
+    finite = [float(v) for v in row if math.isfinite(v)]
+    if vanish_tol <= 0 or not finite:
+        return False
+    return max(finite) <= 0 or finite[-1] < vanish_tol * max(finite)
+
+
 @pytest.mark.parametrize("vanish_tol", [1e-3, 0.5, 0.0])
 def test_are_vanishing_equals_is_vanishing(vanish_tol):
-    """Each row's answer equals ``is_vanishing``'s, for every kind of row."""
+    """Each row's answer equals ``is_vanishing``'s (which is the batch rule on one row) and
+    the rule written out by hand, for every kind of row."""
     rng = np.random.default_rng(7)
     fn = rng.uniform(0.0, 2.0, (200, 12)) * np.geomspace(1.0, 1e-4, 12)[None, :] ** rng.uniform(
         0.0, 1.0, (200, 1))
@@ -140,8 +150,9 @@ def test_are_vanishing_equals_is_vanishing(vanish_tol):
     fn[25:27] = np.linspace(1.0, 1e-3, 12)  # last = 1e-3 x peak: not below it
     fn[27:29] = np.linspace(1.0, 0.5, 12)  # last = 0.5 x peak
     got = are_vanishing(fn, vanish_tol)
-    expected = [is_vanishing(row, vanish_tol) for row in fn]
+    expected = [_vanishing_written_out(row, vanish_tol) for row in fn]
     assert got.tolist() == expected
+    assert [is_vanishing(row, vanish_tol) for row in fn] == expected
     if vanish_tol > 0:
         assert 0 < got.sum() < len(got)
 
