@@ -519,9 +519,18 @@ class OnsetSpec:
 
 
 @functools.cache
+@functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     """Field names of a spec dataclass for the run table (init arrays left out)."""
     return tuple(f.name for f in dataclasses.fields(cls) if f.name != "arrays")
+
+
+@functools.cache
+def _row_keys(part: str, cls: type) -> tuple[tuple[str, str], ...]:
+    """(field name, run-table column) of each field of the part ``part`` of class ``cls``:
+    model and reg fields keep their names, the others get the part's name in front."""
+    return tuple((name, name if part in ("model", "reg") else f"{part}_{name}")
+                 for name in _field_names(cls))
 
 
 @dataclass(frozen=True)
@@ -607,11 +616,11 @@ class RunSpec:
         row: dict[str, Any] = {}
         for part in ("model", "reg", "init", "time_scale", "solver", "onset"):
             value = getattr(self, part)
-            for name in _field_names(type(value)):
+            for name, column in _row_keys(part, type(value)):
                 entry = getattr(value, name)
                 if isinstance(entry, tuple):
                     entry = ",".join(str(v) for v in entry)
-                row[name if part in ("model", "reg") else f"{part}_{name}"] = entry
+                row[column] = entry
         return row
 
     def replace(self, **parts: Any) -> RunSpec:
