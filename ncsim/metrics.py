@@ -633,10 +633,14 @@ def nc3_paper(weights: Tensor, means_centred: Tensor) -> Tensor:
 def _ncc_mismatch(features: Tensor, logits: Tensor, means: Tensor) -> Tensor:
     """(R, N) bool: argmax of the logits differs from the nearest class mean.
 
-    Distances are expanded about the average class mean, so a large common offset of the
+    Distances are expanded about the first class mean, so a large common offset of the
     features costs no precision: argmin_c |m_c|^2 - 2 h' . m_c with h' = h - ref, m = mu - ref.
+    The reference is a class mean, not their average, so that features and means on a grid
+    (integers, dyadic fractions) give exactly tied scores where their distances tie, and the
+    first of the tied classes is taken (an average such as 2/3 would be rounded and decide
+    the tie by its rounding).
     """
-    ref = means.mean(-2, keepdim=True)
+    ref = means[..., :1, :]
     hc = features - ref
     mc = means - ref
     score = (mc * mc).sum(-1).unsqueeze(-2) - 2.0 * matmul(hc, mc.transpose(-1, -2))  # (R, N, K)
