@@ -128,25 +128,30 @@ def run_labels(name: str) -> dict[str, object]:
 def _read_frame(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"log file {path} does not exist; check the path")
+    parquet = path.suffix.lower() == ".parquet"
+    if not parquet:
+        _check_whole_records(path)  # before pandas, which would warn of what it refuses
     try:
-        if path.suffix.lower() == ".parquet":
+        if parquet:
             return pd.read_parquet(path)
-        frame = pd.read_csv(path)
+        return pd.read_csv(path, index_col=False)  # never a data column as the row index
     except (ValueError, OSError, pd.errors.ParserError) as err:
         raise InputError(f"cannot read log {path}: {str(err).splitlines()[0]}; a log is a CSV "
                          "file or a Parquet file (.parquet)") from None
-    _check_whole_records(path)
-    return frame
 
 
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 def _check_whole_records(path: Path) -> None:
-    """Refuse a CSV log cut short: a last line without a line end, or a line with fewer fields
-    than the header (pandas would read the missing fields as blanks, and a number cut after
-    its first digits as that smaller number: ``0.01026`` cut to ``0.0`` reads as a collapse).
-    Plain, .gz, .bz2 and .xz files are checked; other compressions are read as they are."""
+    """Refuse a CSV log cut short or misaligned: a last line without a line end, a line with
+    fewer fields than the header (pandas would read the missing fields as blanks, and a number
+    cut after its first digits as that smaller number: ``0.01026`` cut to ``0.0`` reads as a
+    collapse), a line with more fields than the header unless the extra ones are blank (a
+    trailing comma; pandas would otherwise take the first field as a row index and shift every
+    column), and a header that names a column twice (pandas would rename the second copy and
+    read the first as the value). Plain, .gz, .bz2 and .xz files are checked; other
+    compressions are read as they are."""
     suffix = path.suffix.lower()
     if suffix in (".zip", ".zst", ".tar"):
         return
@@ -157,16 +162,31 @@ def _check_whole_records(path: Path) -> None:
         return  # pandas read it; nothing more to check here
     rows = csv.reader(io.StringIO(text, newline=None))  # \n, \r\n and \r end a line
     header = next(rows, [])
+    _check_unique_header(path, header)
     for number, row in enumerate(rows, start=2):
         if row and len(row) < len(header):
             raise InputError(f"log {path}: line {number} has {len(row)} of the {len(header)} "
                              f"fields of the header; the file may be cut short or damaged: "
                              f"complete or remove that line")
+        if any(field.strip() for field in row[len(header):]):
+            raise InputError(f"log {path}: line {number} has {len(row)} fields but the header "
+                             f"names {len(header)}; its values cannot be matched to columns: "
+                             f"name every column in the header or remove the extra fields")
     if text and not text.endswith(("\n", "\r")):
         last = text.splitlines()[-1]
         raise InputError(f"log {path}: the last line ({last[:60]!r}) has no line end, so the "
                          f"file may be cut short and its last number too; complete the file "
                          f"or remove that line (or, if it is whole, end it with a newline)")
+
+
+def _check_unique_header(path: Path, header: list[str]) -> None:
+    """:class:`InputError` when the CSV header ``header`` names a column twice."""
+    names = [name.strip() for name in header]
+    twice = sorted({name for name in names if name and names.count(name) > 1})
+    if twice:
+        raise InputError(f"log {path}: the header names column(s) {', '.join(twice)} more "
+                         f"than once, so which one holds the value is a guess: keep one "
+                         f"column of each name")
 
 
 #: the paper's phase numbers: 1 = cross-entropy, 2 = MSE
