@@ -338,9 +338,13 @@ def test_bind_refuses_another_study_unless_forced_and_cleans_temporaries(tmp_pat
                                                                             "study.json"]
     assert store.study()["quick"] is False
     quick = _study(tmp_path, quick=True).to_dict()
-    with pytest.raises(InputError, match="holds the full variant of study 'tiny'; use another "
-                                         "--out or --force"):
+    with pytest.raises(InputError, match="holds the full variant of study 'tiny', not the "
+                                         "quick variant of 'tiny' asked for; use another "
+                                         "--out or --force") as refused:
         store.bind(quick)
+    source = full["source"]  # a study file of its own: the command names the file
+    assert str(refused.value).endswith(f"go on with the study it holds: ncsim study run "
+                                       f"{source} --out {store.root}")
     store.bind(quick, force=True)
     assert store.study()["quick"] is True
     (store.parts / ".b.tmp").write_text("x")
@@ -725,3 +729,19 @@ def test_trajectory_legend_has_one_entry_per_label_value():
     fig = trajectory_figure(traj, runs, label_column="lam")
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["lam=0.001",
                                                                             "lam=0.1"]
+
+
+def test_a_folder_of_a_shipped_study_names_the_command_that_goes_on_with_it(tmp_path):
+    """A folder holding the quick variant of a shipped study refuses another study with the
+    command that resumes the one it holds: the study's name (not its file) and --quick."""
+    from ncsim.study.spec import spec_dir
+
+    store = Store(tmp_path / "out")
+    held = {"name": "depth", "quick": True, "source": str(spec_dir() / "depth.toml")}
+    store.bind(held)
+    with pytest.raises(InputError, match="quick variant of study 'depth', not the full "
+                                         "variant of 'weight_decay'") as refused:
+        store.bind({"name": "weight_decay", "quick": False,
+                    "source": str(spec_dir() / "weight_decay.toml")})
+    assert str(refused.value).endswith(
+        f"ncsim study run depth --quick --out {store.root}")

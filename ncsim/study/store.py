@@ -95,12 +95,23 @@ class Store:
         if self.study_path.exists() and not force:
             old = self.study()
             if (old.get("name"), old.get("quick")) != (study["name"], study["quick"]):
-                variant = "quick" if old.get("quick") else "full"
-                raise InputError(f"{self.root} holds the {variant} variant of study "
-                                 f"{old.get('name')!r}; use another --out or --force")
+                raise InputError(self._other_study_message(old, study))
         self.parts.mkdir(parents=True, exist_ok=True)
         self.clean_temporary()
         write_json(study, self.study_path)
+
+    def _other_study_message(self, old: dict[str, Any], new: dict[str, Any]) -> str:
+        """Why the folder refuses ``new``: the study it holds, the command that goes on with
+        that one, and the ways out for the new one."""
+        def variant(study: dict[str, Any]) -> str:
+            return "quick" if study.get("quick") else "full"
+
+        resume = f"ncsim study run {_spec_argument(old)}{' --quick' if old.get('quick') else ''}"
+        return (f"{self.root} holds the {variant(old)} variant of study {old.get('name')!r}, "
+                f"not the {variant(new)} variant of {new['name']!r} asked for; use another "
+                f"--out or --force (which records the new study here and recomputes its runs; "
+                f"the other study's files stay). To go on with the study it holds: "
+                f"{resume} --out {self.root}")
 
     def clean_temporary(self) -> int:
         """Remove temporary files left by a killed writer (safe: the runner holds
@@ -281,3 +292,14 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if mixed:
         frames = [f.astype({c: object for c in mixed if c in f}) for f in frames]
     return pd.concat(frames, ignore_index=True)
+
+
+def _spec_argument(study: dict[str, Any]) -> str:
+    """How ``ncsim study run`` names the recorded study ``study``: its name when it is a study
+    shipped with the package, else the file it was read from."""
+    from ncsim.study.spec import spec_dir
+
+    source = study.get("source")
+    if source is None or Path(source).parent == spec_dir():
+        return str(study.get("name"))
+    return str(source)
