@@ -349,6 +349,10 @@ class SolverSpec:
     method : "gd" (explicit Euler, i.e. gradient descent with learning rate dt), "rk4"
         (fixed step dt), "dopri5" or "tsit5" (adaptive, one step size per run).
     dt : fixed step (gd, rk4); the first step is chosen automatically when None (adaptive).
+        A t_end that is not a multiple of dt ends with one shorter step, and a record time
+        between two fixed steps is read from the method's dense output (for gd the straight
+        line between two iterates), so gd's records are gradient-descent iterates only at
+        multiples of dt.
     rtol, atol : local error tolerances of the adaptive methods; rtol >= 8 eps of the dtype
         (9.5e-7 in float32; :data:`DEFAULT_TOLERANCES` are the usual pairs).
     t_end : final time (> 0), in gradient-flow time units (t = lr x steps).

@@ -78,6 +78,8 @@ SIM_PARAMS: dict[str, tuple[type, tuple | None]] = {
     "dtype": (str, ("float64", "float32")), "chunk": (int, None),
     "reduction": (str, ("auto", "none", "gram", "classes")),
     "intervene_time": (float, None), "intervene_alpha": (float, None),
+    "leaky_slope": (float, None), "gtol": (float, None), "vanish_tol": (float, None),
+    "onset_interpolate": (bool, None),
 }
 TRAIN_PARAMS: dict[str, tuple[type, tuple | None]] = {
     "dataset": (str, ("gaussian", "digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")),
@@ -605,6 +607,12 @@ def build(desc: RunDesc) -> Any:
     return train_config(desc.params)
 
 
+def _given(params: dict[str, Any], **fields: str) -> dict[str, Any]:
+    """{spec field: params[key]} for each ``field=key`` whose key the study gives; a key it
+    leaves out leaves the field at the spec's default."""
+    return {name: params[key] for name, key in fields.items() if key in params}
+
+
 def run_spec(params: dict[str, Any]):
     """A validated :class:`ncsim.spec.RunSpec` from flat simulated-run parameters.
 
@@ -629,7 +637,8 @@ def run_spec(params: dict[str, Any]):
     model = ModelSpec(kind="ufm" if depth == 1 else "deep", loss=p.get("loss", "ce"),
                       bias=p.get("bias", "none"), classes=p.get("classes", 10),
                       per_class=p.get("per_class", 20), dim=p.get("dim", 32), depth=depth,
-                      width=p.get("width"), activation=p.get("activation", "linear"))
+                      width=p.get("width"), activation=p.get("activation", "linear"),
+                      **_given(p, leaky_slope="leaky_slope"))
     reg = Regularization(lambda_w=p.get("lambda_w", lam if lam is not None else 5e-4),
                          lambda_h=p.get("lambda_h", lam if lam is not None else 5e-4),
                          lambda_b=p.get("lambda_b", 0.0))
@@ -641,9 +650,10 @@ def run_spec(params: dict[str, Any]):
                         t_end=p.get("t_end", 2e4), records=p.get("records", 100),
                         t_first=p.get("t_first"), max_steps=p.get("max_steps", 1_000_000),
                         dtype=p.get("dtype", "float64"),
-                        **({"reduction": p["reduction"]} if "reduction" in p else {}))
+                        **_given(p, reduction="reduction", gtol="gtol", vanish_tol="vanish_tol"))
     onset = OnsetSpec(metric=p.get("onset_metric", "nc1_trace"),
-                      threshold=p.get("onset_threshold", 0.01), stay=p.get("onset_stay", 1))
+                      threshold=p.get("onset_threshold", 0.01), stay=p.get("onset_stay", 1),
+                      **_given(p, interpolate="onset_interpolate"))
     spec = RunSpec(model=model, reg=reg, init=init, time_scale=ts, solver=solver, onset=onset)
     spec.validate()
     t1 = p.get("intervene_time")
