@@ -80,7 +80,7 @@ def test_equilibrium_checks_lower_rank_states_on_request():
     ["equilibrium", "-K", "1"],
     ["threshold", "--lambda-w", "-1"],
     ["onset", "--lambda-w", "1e-4..x:3"],
-    ["equilibrium", "--bias", "reg"],
+    ["equilibrium", "--bias", "reg", "--lambda-b", "0"],
     ["equilibrium", "--format", "yaml"],
     ["phase-diagram", "--x", "speed"],
 ])
@@ -176,3 +176,17 @@ def test_d_below_the_rank_of_the_minimiser_is_flagged_as_in_the_run_table(cmd):
     low_row = theory_columns(dataclasses.replace(spec, model=dataclasses.replace(spec.model,
                                                                                  dim=5)))
     assert low_row["theory_regime"] == low["onset_regime"]
+
+
+def test_bias_reg_without_lambda_b_takes_simulate_s_default():
+    """--bias reg without --lambda-b is lambda_b = 1e-3 (ncsim simulate's default): the same
+    rows as --lambda-b 1e-3, and not those of another lambda_b."""
+    base = ["equilibrium", "--loss", "mse", "--bias", "reg", "-K", "4", "-n", "5"]
+    default = run(*base)
+    assert default.exit_code == 0, default.output
+    written = run(*base, "--lambda-b", "1e-3")
+    other = run(*base, "--lambda-b", "1e-2")
+    assert json.loads(default.output) == json.loads(written.output)
+    assert json.loads(default.output) != json.loads(other.output)
+    free = run("equilibrium", "--loss", "mse", "--bias", "free", "-K", "4", "-n", "5")
+    assert free.exit_code == 0 and json.loads(free.output)["results"][0]["lambda_b"] == 0.0

@@ -57,7 +57,8 @@ def _model_options(func: Callable) -> Callable:
         _numbers("--depth", default="1", help="weight matrices L (>= 2: deep linear UFM)"),
         _numbers("--lambda-w", "lambda_w", default="5e-4"),
         _numbers("--lambda-h", "lambda_h", default="5e-4"),
-        _numbers("--lambda-b", "lambda_b", default="0"),
+        _numbers("--lambda-b", "lambda_b", default=None,
+                 help="bias decay, with --bias reg (1e-3 there, as in ncsim simulate)"),
         _numbers("--init-scale", "init_scale", default="0.1"),
         _numbers("--onset-threshold", "onset_threshold", default="0.01"),
         click.option("--ratio", default=None, metavar="NUMBER",
@@ -68,6 +69,17 @@ def _model_options(func: Callable) -> Callable:
     for opt in reversed(opts):
         func = opt(func)
     return func
+
+
+#: the bias decay of --bias reg when --lambda-b is not given (ncsim simulate's)
+DEFAULT_REG_LAMBDA_B = "1e-3"
+
+
+def _lambda_b_option(o: dict[str, Any]) -> str:
+    """--lambda-b as given, else 1e-3 with --bias reg and 0 otherwise."""
+    if o["lambda_b"] is not None:
+        return o["lambda_b"]
+    return DEFAULT_REG_LAMBDA_B if o["bias"] == "reg" else "0"
 
 
 def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
@@ -82,7 +94,7 @@ def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
         "depth": parse_ints(o["depth"], "--depth"),
         "lambda_w": distinct(parse_values(o["lambda_w"], "--lambda-w")),
         "lambda_h": distinct(parse_values(o["lambda_h"], "--lambda-h")),
-        "lambda_b": distinct(parse_values(o["lambda_b"], "--lambda-b")),
+        "lambda_b": distinct(parse_values(_lambda_b_option(o), "--lambda-b")),
         "init_scale": distinct(parse_values(o["init_scale"], "--init-scale")),
         "onset_threshold": distinct(parse_values(o["onset_threshold"], "--onset-threshold")),
     }
