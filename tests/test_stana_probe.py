@@ -248,8 +248,10 @@ def test_report_over_two_studies_has_a_summary_table(tmp_path, monkeypatch):
         _finish(store, descs)
     write_report(tmp_path, nested=True)
     text = (tmp_path / "report.md").read_text()
-    assert "| study | variant | verdict |" in text
-    assert text.count("| tiny | full | inconclusive |") == 2
+    assert "| folder | study | variant | verdict |" in text
+    for name in ("one", "two"):  # each row and section names its folder
+        assert text.count(f"| `{name}/` | tiny | full | inconclusive |") == 1
+        assert text.count(f"(`tiny`, full variant, folder `{name}/`)") == 1
     assert calls == [2, 2]
     for name in ("one", "two"):
         verdict = json.loads((tmp_path / name / "verdict.json").read_text())

@@ -59,7 +59,7 @@ def test_report_without_nesting_on_a_parent_reports_its_sub_studies(tmp_path, su
     assert path == tmp_path / "a" / "report.md"
     assert json.loads((tmp_path / "a" / "out" / "verdict.json").read_text())["verdict"] \
         == report.INCOMPLETE
-    assert "(`tiny`, full variant)" in path.read_text()
+    assert "(`tiny`, full variant, folder `out/`)" in path.read_text()
 
 
 def test_report_without_nesting_on_a_study_leaves_its_sub_studies_out(tmp_path, supported):

@@ -344,11 +344,11 @@ def test_run_study_reports_its_own_study_only(tmp_path, no_figures):
     from ncsim.study.report import write_report
 
     write_report(out)  # `study report`: both studies, a summary row each (the folder's first)
-    rows = re.findall(r"^\| tiny \| (\w+) \| (\w+) \|$", (out / "report.md").read_text(),
-                      flags=re.M)
+    rows = re.findall(r"^\| `([\w./]+)` \| tiny \| (\w+) \| (\w+) \|$",
+                      (out / "report.md").read_text(), flags=re.M)
     verdicts = [json.loads((folder / "verdict.json").read_text())["verdict"]
                 for folder in (out, out / "sub")]
-    assert rows == [("full", verdicts[0]), ("quick", verdicts[1])]
+    assert rows == [("./", "full", verdicts[0]), ("sub/", "quick", verdicts[1])]
 
 
 def test_old_intervention_rows_of_a_spectral_start_are_kept(tmp_path):

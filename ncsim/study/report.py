@@ -260,7 +260,8 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
     """Markdown of one study (figure paths relative to the report, under ``prefix``); an
     unfinished study (``progress``) says so first."""
     variant = "quick" if study.quick else "full"
-    lines = [f"## {_one_line(study.title)} (`{study.name}`, {variant} variant)", ""]
+    where = f", folder `{prefix}`" if prefix else ""
+    lines = [f"## {_one_line(study.title)} (`{study.name}`, {variant} variant{where})", ""]
     counted = f"{len(runs)}"
     if progress is not None and not progress.complete:
         lines += [f"**Unfinished study: {progress.finished} of {progress.total} runs "
@@ -357,7 +358,7 @@ def write_report(root: str | Path, nested: bool = True) -> Path:
     sub-folders. verdict.json is strict JSON: an undefined number (NaN) is null, an infinite
     one the string "inf" or "-inf" (:func:`ncsim.io.to_jsonable`)."""
     root = Path(root)
-    sections, verdicts = [], []
+    sections, verdicts, folders = [], [], []
     for folder in study_dirs(root, nested):
         study, section, runs, progress = analyze_dir(folder)
         prefix = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
@@ -371,12 +372,13 @@ def write_report(root: str | Path, nested: bool = True) -> Path:
             verdict["quick_note"] = study.quick_note
         write_json(verdict, folder / "verdict.json")
         verdicts.append(verdict)
+        folders.append(prefix or "./")
     title = "ncsim study report"
     summary = ["# " + title, ""]
     if len(verdicts) > 1:
-        summary += ["| study | variant | verdict |", "|---|---|---|"]
-        summary += [f"| {v['study']} | {'quick' if v['quick'] else 'full'} "
-                    f"| {_summary_verdict(v)} |" for v in verdicts]
+        summary += ["| folder | study | variant | verdict |", "|---|---|---|---|"]
+        summary += [f"| `{where}` | {v['study']} | {'quick' if v['quick'] else 'full'} "
+                    f"| {_summary_verdict(v)} |" for where, v in zip(folders, verdicts)]
         summary.append("")
     text = "\n".join(summary) + "\n" + "\n".join(sections)
     atomic_write(root / "report.md", lambda tmp: tmp.write_text(text))
