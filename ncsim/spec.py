@@ -523,7 +523,6 @@ class OnsetSpec:
 
 
 @functools.cache
-@functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     """Field names of a spec dataclass for the run table (init arrays left out)."""
     return tuple(f.name for f in dataclasses.fields(cls) if f.name != "arrays")
