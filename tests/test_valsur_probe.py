@@ -75,8 +75,9 @@ def test_data_lines_with_an_extra_value_are_refused(tmp_path):
     """A data line with a value beyond the header's columns is refused with its line number:
     which column it belongs to would be a guess."""
     path = _write(tmp_path, "shift_s0.csv", "epoch,nc1,feat_norm\n10,0.5,40,7\n20,0.3,30,8\n")
-    with pytest.raises(InputError, match="line 2 has 4 fields but the header names 3"):
+    with pytest.raises(InputError, match="line 2 has 4 fields but the header names 3") as err:
         read_log(path)
+    assert str(err.value).startswith(f"log {path}: ")  # one message, not wrapped in another
     one = _write(tmp_path, "one_s0.csv", "epoch,nc1,feat_norm\n10,0.5,40\n20,0.3,30,7\n")
     with pytest.raises(InputError, match="line 3"):  # pandas' own refusal, made one line
         read_log(one)
