@@ -220,12 +220,13 @@ class Store:
         """Gather the part files into runs.parquet and trajectories.parquet (atomically).
 
         run_ids : keep these runs only, in this order (default: the runs of the bound study,
-            or every part file without one).
+            or every part file without one); a repeated id counts once, at its first place,
+            in both tables.
         """
         done = self.statuses()
         if run_ids is None:
             run_ids = self.study_run_ids() or sorted(done)
-        ids = [r for r in run_ids if r in done]
+        ids = [r for r in dict.fromkeys(run_ids) if r in done]
         rows = [pd.read_parquet(self.run_file(r)) for r in ids]
         runs = _concat(rows) if rows else _no_runs()
         runs = runs.drop(columns=TRAJECTORY_ROWS, errors="ignore")
