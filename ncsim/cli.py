@@ -23,6 +23,7 @@ from ncsim.params import COUNTS, INTEGERS, NUMBERS, grid
 from ncsim.spec import (
     ACTIVATIONS,
     BIASES,
+    DEFAULT_REG_LAMBDA_B,
     DEFAULT_TOLERANCES,
     DTYPES,
     LOSSES,
@@ -170,7 +171,7 @@ def build_specs(options: dict[str, Any]) -> list[RunSpec]:
             activation=options["activation"],
             **({"leaky_slope": point["leaky_slope"]} if "leaky_slope" in point else {}),
         )
-        lambda_b = point.get("lambda_b", 1e-3 if options["bias"] == "reg" else 0.0)
+        lambda_b = point.get("lambda_b", DEFAULT_REG_LAMBDA_B if options["bias"] == "reg" else 0.0)
         spec = RunSpec(
             model=model,
             reg=Regularization(lambda_w=point.get("lambda_w", 5e-4),

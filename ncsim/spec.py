@@ -37,6 +37,8 @@ INITS = ("gaussian", "spectral", "etf", "arrays")
 #: low 32 bits of its seed, so seeds s and s + 2^32 would draw the same start
 SEED_LIMIT = 2**32
 SOLVERS = ("gd", "rk4", "dopri5", "tsit5")
+#: the bias decay lambda_b the command lines take for bias "reg" when none is given
+DEFAULT_REG_LAMBDA_B = 1e-3
 DTYPES = ("float64", "float32")
 #: usual (rtol, atol) of each dtype (the command line's defaults)
 DEFAULT_TOLERANCES = {"float64": (1e-8, 1e-10), "float32": (1e-5, 1e-7)}

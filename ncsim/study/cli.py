@@ -64,7 +64,7 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
     gives the verdict of the finished parts alone beside it.
     """
     from ncsim.study.runner import run_study, select_parts
-    from ncsim.study.spec import load_study
+    from ncsim.study.spec import load_study, variant_name
 
     if spec is None:
         spec, quick = DEFAULT_STUDY, True
@@ -78,7 +78,7 @@ def run_cmd(spec: str | None, quick: bool, executor: str, address: str | None,
                         parts=selection)
     chosen = ("" if selection is None else
               f" (parts {', '.join(selection)}: {summary.selected} runs)")
-    click.echo(f"study {loaded.name} ({'quick' if quick else 'full'}): {summary.total} runs"
+    click.echo(f"study {loaded.name} ({variant_name(quick)}): {summary.total} runs"
                f"{chosen}, {summary.computed} computed, {summary.skipped} already done, "
                f"{summary.failed} failed, {summary.seconds:.1f} s")
     click.echo(f"table: {out / 'runs.parquet'}")

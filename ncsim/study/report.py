@@ -19,7 +19,7 @@ import pandas as pd
 from ncsim.errors import InputError
 from ncsim.io import atomic_write, write_json
 from ncsim.study.analyses import ANALYSES, Section, fmt, observed
-from ncsim.study.spec import Study
+from ncsim.study.spec import Study, variant_name
 from ncsim.study.store import FAILED, Store
 
 MAX_ROWS = 40
@@ -259,7 +259,7 @@ def section_markdown(study: Study, section: Section, runs: pd.DataFrame, prefix:
                      progress: Progress | None = None) -> str:
     """Markdown of one study (figure paths relative to the report, under ``prefix``); an
     unfinished study (``progress``) says so first."""
-    variant = "quick" if study.quick else "full"
+    variant = variant_name(study.quick)
     where = f", folder `{prefix}`" if prefix else ""
     lines = [f"## {_one_line(study.title)} (`{study.name}`, {variant} variant{where})", ""]
     counted = f"{len(runs)}"
@@ -377,7 +377,7 @@ def write_report(root: str | Path, nested: bool = True) -> Path:
     summary = ["# " + title, ""]
     if len(verdicts) > 1:
         summary += ["| folder | study | variant | verdict |", "|---|---|---|---|"]
-        summary += [f"| `{where}` | {v['study']} | {'quick' if v['quick'] else 'full'} "
+        summary += [f"| `{where}` | {v['study']} | {variant_name(v['quick'])} "
                     f"| {_summary_verdict(v)} |" for where, v in zip(folders, verdicts)]
         summary.append("")
     text = "\n".join(summary) + "\n" + "\n".join(sections)

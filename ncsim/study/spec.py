@@ -220,6 +220,11 @@ class Study:
 
 
 # ----------------------------------------------------------------------------- errors
+def variant_name(quick: bool) -> str:
+    """The word for a study's variant: "quick" or "full"."""
+    return "quick" if quick else "full"
+
+
 def _fail(source: str, key: str, message: str) -> None:
     raise InputError(f"{source}: key '{key}': {message}")
 

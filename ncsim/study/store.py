@@ -30,6 +30,7 @@ import pandas as pd
 
 from ncsim.errors import InputError
 from ncsim.io import read_table, write_json, write_table
+from ncsim.study.spec import spec_dir, variant_name
 
 FAILED = "failed"
 TRAJECTORY_ROWS = "trajectory_rows"  # in each part row: the rows of its trajectory file
@@ -103,12 +104,10 @@ class Store:
     def _other_study_message(self, old: dict[str, Any], new: dict[str, Any]) -> str:
         """Why the folder refuses ``new``: the study it holds, the command that goes on with
         that one, and the ways out for the new one."""
-        def variant(study: dict[str, Any]) -> str:
-            return "quick" if study.get("quick") else "full"
-
         resume = f"ncsim study run {_spec_argument(old)}{' --quick' if old.get('quick') else ''}"
-        return (f"{self.root} holds the {variant(old)} variant of study {old.get('name')!r}, "
-                f"not the {variant(new)} variant of {new['name']!r} asked for; use another "
+        held, asked = variant_name(bool(old.get("quick"))), variant_name(new["quick"])
+        return (f"{self.root} holds the {held} variant of study {old.get('name')!r}, not the "
+                f"{asked} variant of {new['name']!r} asked for; use another "
                 f"--out or --force (which records the new study here and recomputes its runs; "
                 f"the other study's files stay). To go on with the study it holds: "
                 f"{resume} --out {self.root}")
@@ -298,8 +297,6 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _spec_argument(study: dict[str, Any]) -> str:
     """How ``ncsim study run`` names the recorded study ``study``: its name when it is a study
     shipped with the package, else the file it was read from."""
-    from ncsim.study.spec import spec_dir
-
     source = study.get("source")
     if source is None or Path(source).parent == spec_dir():
         return str(study.get("name"))

@@ -15,6 +15,7 @@ from ncsim.cli_errors import OutPath, check_out_file, handle_errors
 from ncsim.errors import InputError, require
 from ncsim.io import to_jsonable
 from ncsim.params import distinct, grid, parse_ints, parse_values
+from ncsim.spec import DEFAULT_REG_LAMBDA_B
 from ncsim.theory.critical import critical_table
 from ncsim.theory.derivations import derivations
 from ncsim.theory.dynamics import growth_rate, nc1_rates
@@ -71,15 +72,11 @@ def _model_options(func: Callable) -> Callable:
     return func
 
 
-#: the bias decay of --bias reg when --lambda-b is not given (ncsim simulate's)
-DEFAULT_REG_LAMBDA_B = "1e-3"
-
-
 def _lambda_b_option(o: dict[str, Any]) -> str:
     """--lambda-b as given, else 1e-3 with --bias reg and 0 otherwise."""
     if o["lambda_b"] is not None:
         return o["lambda_b"]
-    return DEFAULT_REG_LAMBDA_B if o["bias"] == "reg" else "0"
+    return repr(DEFAULT_REG_LAMBDA_B) if o["bias"] == "reg" else "0"
 
 
 def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
