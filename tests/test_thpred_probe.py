@@ -58,6 +58,7 @@ def test_basin_band_edges(d, high):
     assert hi == pytest.approx(high, rel=1e-12)
 
 
+@pytest.mark.slow  # two basin solves of a deep head, 5-10 s
 def test_unequal_decay_basin_position_within_the_band_is_not_above():
     """Unequal decays: an amplitude just inside the band's high edge is not called "above"
     (the flow from a0 / high, not a0 * high, decides "above")."""
