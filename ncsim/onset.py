@@ -420,7 +420,8 @@ def onset_table(
     of a diverged or stalled run: its run table is the reference for those.
 
     Returns a frame indexed by ``group`` with columns ``onset_time``, ``fn_at_onset`` and
-    ``vanishing`` (no rows for a table without records).
+    ``vanishing``, one row per run in the order of the runs' first records (the run table's
+    order for a table from ``simulate``; no rows for a table without records).
     """
     missing = [c for c in (group, time_column, metric, fn_column) if c not in trajectories]
     if missing:
