@@ -749,6 +749,12 @@ def _boundary_2d(sub: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
     return xs, ys
 
 
+def _diagonal(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with lambda_W = lambda_H, equal to a relative 1e-5 (no absolute slack, so
+    that decays of 1e-9 and 5e-9 stay apart)."""
+    return runs[np.isclose(runs["lambda_w"], runs["lambda_h"], rtol=1e-5, atol=0.0)]
+
+
 def _theory_phase(row: pd.Series) -> str:
     from ncsim.theory.phase import classify
 
@@ -802,7 +808,7 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             figs.append((f"{part}: measured onset time over (lambda_W, lambda_H); the line is "
                          "the theory's threshold sqrt(lambda_W lambda_H) = Lambda_crit (depth 1)",
                          _figure(fig, figdir, f"wd_heatmap_{part}")))
-            diag = sub[np.isclose(sub["lambda_w"], sub["lambda_h"])]
+            diag = _diagonal(sub)
             series = _lambda_series(diag, "lambda_w", [], tied=True) if len(diag) else []
             for s in series:
                 s["setting"] = {"lambda_h": "lambda_w"}  # the diagonal of the grid
