@@ -157,3 +157,16 @@ def test_grid_diagonal_is_relative_so_tiny_decays_stay_apart():
     runs = pd.DataFrame({"lambda_w": [1e-9, 1e-9, 5e-9, 1e-3, 1e-3],
                          "lambda_h": [1e-9, 5e-9, 1e-9, 1e-3 * (1 + 1e-7), 2e-3]})
     assert list(_diagonal(runs).index) == [0, 3]
+
+
+def test_non_monotonic_from_an_onset_of_zero_counts_the_sign_without_warnings():
+    """Onsets 0, 0, 5, 1 rise then fall (non-monotonic), 0, 0, 5 only rise; no numpy
+    division warning is raised on the zero onsets."""
+    import warnings
+
+    from ncsim.study.analyses import _non_monotonic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _non_monotonic(np.array([0.0, 0.0, 5.0, 1.0]))
+        assert not _non_monotonic(np.array([0.0, 0.0, 5.0]))

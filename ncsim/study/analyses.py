@@ -485,8 +485,10 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
 
 # ----------------------------------------------------------------------------- 4 depth
 def _non_monotonic(values: np.ndarray, tol: float = 0.05) -> bool:
-    """True when successive differences change sign beyond a relative tolerance."""
-    diffs = np.diff(values) / values[:-1]
+    """True when successive differences change sign beyond a relative tolerance. A change
+    from an onset of 0 counts by its sign (a rise is infinitely large); 0 to 0 is no change."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diffs = np.diff(values) / values[:-1]
     signs = [np.sign(d) for d in diffs if abs(d) > tol]
     return any(a != b for a, b in zip(signs, signs[1:]))
 
