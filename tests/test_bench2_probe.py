@@ -140,28 +140,19 @@ class _NoThread:
         pass
 
 
-def test_cpu_peak_memory_reads_the_resident_set_once_more_at_the_end(monkeypatch):
+@pytest.mark.parametrize(("exit_mib", "peak_mib"), [(1100, 100), (900, 0)])
+def test_cpu_peak_memory_is_the_growth_read_at_exit_too_never_below_zero(monkeypatch, exit_mib,
+                                                                         peak_mib):
     """A block that the sampler never saw still reports its growth: the resident set is read
-    at exit too (100 MiB more than at entry gives a peak of 100 MiB, in bytes)."""
-    readings = iter([1000 * 2**20, 1100 * 2**20])
+    at exit too (100 MiB more than at entry gives a peak of 100 MiB, in bytes). A block that
+    gives memory back has a peak of 0 (the entry level is the floor), not a negative one."""
+    readings = iter([1000 * 2**20, exit_mib * 2**20])
     monkeypatch.setattr(bench_module, "_rss", lambda: next(readings))
     monkeypatch.setattr(bench_module, "threading",
                         SimpleNamespace(Event=threading.Event, Thread=_NoThread))
     with bench_module.PeakMemory("cpu") as mem:
         pass
-    assert mem.peak == 100 * 2**20
-
-
-def test_cpu_peak_memory_is_growth_over_the_entry_level_never_below_zero(monkeypatch):
-    """A block that gives memory back has a peak of 0 (the entry level is the floor), not a
-    negative growth."""
-    readings = iter([1000 * 2**20, 900 * 2**20])
-    monkeypatch.setattr(bench_module, "_rss", lambda: next(readings))
-    monkeypatch.setattr(bench_module, "threading",
-                        SimpleNamespace(Event=threading.Event, Thread=_NoThread))
-    with bench_module.PeakMemory("cpu") as mem:
-        pass
-    assert mem.peak == 0
+    assert mem.peak == peak_mib * 2**20
 
 
 # ------------------------------------------------------------------------------ accuracy check

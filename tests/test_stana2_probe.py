@@ -51,37 +51,30 @@ def test_lead_with_80_percent_ordering_but_zero_mean_lead_is_inconclusive(tmp_pa
 
 
 # ----------------------------------------------------------------------------- intervention
-def test_arm_whose_runs_came_into_view_collapsed_decides_nothing(tmp_path, no_figures):
-    """The control (alpha = 1) collapses; the rescaled arm's two runs end not_collapsed but
-    were already below the threshold when phase 2 began (onset_at_phase_start): they are not
-    observed, so the arm counts no run without collapse and the verdict is inconclusive, not
-    contradicts."""
+@pytest.mark.parametrize(("inherited", "without", "verdict"), [
+    ([False, False, True, True], 0, "inconclusive"),
+    ([False, False, False, True], 1, "contradicts"),
+])
+def test_an_arm_counts_only_its_observed_runs_without_collapse(tmp_path, no_figures, inherited,
+                                                               without, verdict):
+    """The control (alpha = 1) collapses; the rescaled arm's two runs end not_collapsed. A
+    run already below the threshold when phase 2 began (onset_at_phase_start) is not
+    observed: with both inherited the arm counts no run without collapse and the verdict is
+    inconclusive; with one observed, it counts that one and the verdict is contradicts."""
     study = study_of("intervention", rescale=["intervene_alpha", "seed"])
     runs = run_frame("rescale", intervene_alpha=[1.0, 1.0, 2.0, 2.0], seed=[0, 1, 0, 1],
                      status=["ok", "ok", "not_collapsed", "not_collapsed"],
-                     onset_at_phase_start=[False, False, True, True],
+                     onset_at_phase_start=inherited,
                      fn_at_onset=[10.0, 10.0, np.nan, np.nan],
                      onset_time=[50.0, 50.0, np.nan, np.nan])
     sec = intervention(study, runs, rising_traj(runs["run_id"]), tmp_path)
     arm = sec.tables[0][1].set_index("alpha").loc[2.0]
-    assert (arm["n_runs"], arm["n_collapsed"], arm["n_without_collapse"]) == (2, 0, 0)
-    assert sec.verdict == "inconclusive"
-    assert "no rescaled arm with an observed outcome" in sec.reason
-
-
-def test_arm_with_an_observed_run_without_collapse_contradicts(tmp_path, no_figures):
-    """Same arm with one run observed (not inherited) that ended not_collapsed: contradicts,
-    and the arm counts exactly that one run."""
-    study = study_of("intervention", rescale=["intervene_alpha", "seed"])
-    runs = run_frame("rescale", intervene_alpha=[1.0, 1.0, 2.0, 2.0], seed=[0, 1, 0, 1],
-                     status=["ok", "ok", "not_collapsed", "not_collapsed"],
-                     onset_at_phase_start=[False, False, False, True],
-                     fn_at_onset=[10.0, 10.0, np.nan, np.nan],
-                     onset_time=[50.0, 50.0, np.nan, np.nan])
-    sec = intervention(study, runs, rising_traj(runs["run_id"]), tmp_path)
-    assert sec.tables[0][1].set_index("alpha").loc[2.0, "n_without_collapse"] == 1
-    assert sec.verdict == "contradicts"
-    assert sec.numbers["arms_without_collapse"] == 1
+    assert (arm["n_runs"], arm["n_collapsed"], arm["n_without_collapse"]) == (2, 0, without)
+    assert sec.verdict == verdict
+    if without:
+        assert sec.numbers["arms_without_collapse"] == without
+    else:
+        assert "no rescaled arm with an observed outcome" in sec.reason
 
 
 # ----------------------------------------------------------------------------- thresholds
