@@ -86,6 +86,22 @@ def test_w2_runs_pair_each_decay_with_the_mirrored_one_at_w1s_norms(loss, dim):
     assert wl.fn_tol == 1e-9
 
 
+@pytest.mark.parametrize(("build", "expected"), [
+    (lambda: workloads.w2(), ("dopri5", 1e-10, 1e-12, 1e3, 50, "gram")),
+    (lambda: workloads.w2n(), ("dopri5", 1e-11, 1e-13, 20.0, 20, "classes")),
+])
+def test_w2_and_w2n_solver_defaults(build, expected):
+    """W2 by default: dopri5 at rtol 1e-10, atol 1e-12 to T = 1e3 with 50 records in the Gram
+    form; W2n: rtol 1e-11, atol 1e-13 to T = 20 with 20 records in the class-means form. The
+    params block of the JSON repeats them."""
+    wl = build()
+    got = {(s.solver.method, s.solver.rtol, s.solver.atol, s.solver.t_end, s.solver.records,
+            s.solver.reduction) for s in wl.specs}
+    assert got == {expected}
+    assert (wl.params["rtol"], wl.params["atol"], wl.params["t_end"],
+            wl.params["records"]) == expected[1:5]
+
+
 def test_w2n_runs_use_the_range_ends_at_init_scale_0_1():
     """W2n (2 runs): (lambda_W, lambda_H) = (1e-4, 3e-2) and (3e-2, 1e-4), the UFM-MSE with
     K = 10, d = 32, the n per class asked, init N(0, 0.1^2) at every n; fn_tol 1e-9."""
