@@ -44,7 +44,9 @@ the weights of mu_G (counts/N, or 1/K). Rather than cut that numerically zero si
 tolerance (fragile when |mu_G| >> |Mbar|, where its rounding level is not small), ``nc1``
 projects it out exactly: with Q (K, K-1) an orthonormal basis of z-perp, B = Q^T Mbar satisfies
 B^T B = Mbar^T Mbar, and tr(Sigma_W Sigma_B^+)/K = |F B^+|_F^2 for any factor F with
-F^T F = Sigma_W (F = centred features / sqrt(N) in the batched path: no p x p matrix is formed).
+F^T F = Sigma_W (F = centred features / sqrt(N) in the batched path: no p x p matrix is formed;
+``nc_metrics`` takes nc1 and nc4 from one product of the centred features, see
+:func:`_sample_metrics`).
 ``torch.linalg.pinv``/``svd``/``eigh`` synchronise a CUDA device with the host, so B^+ is a
 filtered pseudo-inverse from one small complex solve (``inv_ex``, no sync): with G = B B^T (or
 B^T B when p < K-1, whichever is smaller) in float64 and T = Re[(G - i delta I)^{-1}]
@@ -150,14 +152,16 @@ class ClassStats:
     counts : (K,) int64, samples per class.
     means : (R, K, p), class means mu_c.
     global_mean : (R, p), mu_G (see ``mean_weights``).
-    within_factor : (R, m, p), any F with F^T F = Sigma_W (the centred features / sqrt(N) in the
-        batched path, m = N; a symmetric square root in the streaming path, m = p).
+    within_factor : (R, m, p), any F with s^2 F^T F = Sigma_W, s = ``within_scale`` (the
+        centred features h_i - mu_{y_i} in the batched path, m = N, s = 1/sqrt(N); a symmetric
+        square root in the streaming path, m = p, s = 1).
     within_energy : (R,), tr(Sigma_W) (squared feature units).
     feature_norm : (R,), fn = mean_i |h_i|_2 (feature units).
     class_var : (R, K), Var_c = mean over class c of |h - mu_c|^2.
     mean_weights : (K,), z with mu_G = sum_c z_c mu_c (counts/N or 1/K), in the means' dtype.
     mean_noise : (R,), rounding level s_n of the centred class means (feature units, see
         :func:`mean_noise`); spreads below it are not resolved.
+    within_scale : s of ``within_factor`` (1 / sqrt(N) when its rows are the samples).
     """
 
     counts: Tensor
@@ -169,6 +173,7 @@ class ClassStats:
     class_var: Tensor
     mean_weights: Tensor
     mean_noise: Tensor
+    within_scale: float = 1.0
 
     @property
     def K(self) -> int:
@@ -188,7 +193,7 @@ class ClassStats:
     def sigma_w(self) -> Tensor:
         """(R, p, p) within-class covariance Sigma_W (formed on demand: O(m p^2))."""
         f = self.within_factor
-        return f.transpose(-1, -2) @ f
+        return (f.transpose(-1, -2) @ f) * self.within_scale**2
 
     @property
     def sigma_b(self) -> Tensor:
@@ -260,19 +265,20 @@ def class_statistics(
     counts_f = counts.to(dtype)
     means = matmul(onehot.transpose(0, 1), features) / counts_f.unsqueeze(-1)  # (R, K, p)
     z = _mean_weights(counts, global_mean, dtype)
-    mu_g = features.mean(-2) if global_mean == "sample" else means.mean(-2)
+    mu_g = (means * z.unsqueeze(-1)).sum(-2)  # sum_c z_c mu_c: no pass over the samples
     centred = features - means.index_select(-2, labels)  # (R, N, p)
-    sq = (centred * centred).sum(-1)  # (R, N)
+    sq = torch.linalg.vector_norm(centred, dim=-1).square()  # (R, N), one pass, no temporary
     return ClassStats(
         counts=counts,
         means=means,
         global_mean=mu_g,
-        within_factor=centred / n**0.5,
+        within_factor=centred,
         within_energy=sq.sum(-1) / n,
         feature_norm=feature_norm(features),
         class_var=(sq @ onehot) / counts_f,
         mean_weights=z,
         mean_noise=mean_noise(_abs_max(features), K, features.shape[-1], dtype),
+        within_scale=n**-0.5,
     )
 
 
@@ -333,14 +339,24 @@ def nc1_from_stats(stats: ClassStats) -> Tensor:
     Tensor
         (R,) dimensionless, in the dtype of the statistics.
     """
+    return _nc1_of_product(matmul(stats.within_factor, _nc1_pinv(stats)), stats)
+
+
+def _nc1_pinv(stats: ClassStats) -> Tensor:
+    """(R, p, K-1) filtered pseudo-inverse B^+ of B = Q^T Mbar (module docstring), in the
+    statistics' dtype."""
     mbar = stats.means_centred
-    K = mbar.shape[-2]
     q = _complement_basis(stats.mean_weights)  # (K, K-1)
     b = q.transpose(0, 1) @ mbar  # (R, K-1, p), B^T B = Mbar^T Mbar
-    b_pinv = _soft_pinv(b, _nc1_delta_rel(mbar.dtype), stats.mean_noise).to(mbar.dtype)
-    x = matmul(stats.within_factor, b_pinv)  # (R, m, K-1)
-    value = (x * x).sum((-2, -1))
-    tr_b = (mbar * mbar).sum((-2, -1)) / K
+    return _soft_pinv(b, _nc1_delta_rel(mbar.dtype), stats.mean_noise).to(mbar.dtype)
+
+
+def _nc1_of_product(x: Tensor, stats: ClassStats) -> Tensor:
+    """(R,) NC1 = s^2 |F B^+|_F^2 from x = F B^+ (R, m, K-1), F = ``stats.within_factor``;
+    tr(Sigma_W)/0 (inf or NaN) where no between-class spread is resolved."""
+    mbar = stats.means_centred
+    value = (x * x).sum((-2, -1)) * stats.within_scale**2
+    tr_b = (mbar * mbar).sum((-2, -1)) / stats.K
     return torch.where(tr_b > 0, value, _over_zero_spread(stats.within_energy, stats.mean_noise))
 
 
@@ -398,11 +414,11 @@ def cdnv_of_pairs(class_var: Tensor, dist2: Tensor, noise: Tensor) -> Tensor:
 
 
 def _stats_metrics(stats: ClassStats, weights: Tensor | None) -> dict[str, Tensor]:
-    """Every metric of :data:`METRIC_NAMES` except ``nc4`` (and the W ones without W)."""
+    """Every metric of :data:`METRIC_NAMES` except ``nc1`` and ``nc4`` (and the W ones
+    without W)."""
     mbar = stats.means_centred
     out = {
         "fn": stats.feature_norm,
-        "nc1": nc1_from_stats(stats),
         "nc1_trace": nc1_trace_from_stats(stats),
         "nc2_etf": nc2_etf(mbar),
         "nc2_equinorm": nc2_equinorm(mbar),
@@ -741,8 +757,43 @@ def nc_metrics(
     """
     if isinstance(features, Tensor):  # (anything else is refused by class_statistics)
         features = features.contiguous()  # rows of a transposed view make every reduction slow
-    stats = class_statistics(features, labels, K, global_mean)
-    return nc_metrics_from_stats(stats, features, weights, bias)
+    stats = class_statistics(features, labels, K, global_mean)  # checks features and labels
+    _check_weights(weights, bias, features.shape[0], K, features.shape[-1], features.dtype)
+    out = _stats_metrics(stats, weights)
+    out["nc1"], out["nc4"] = _sample_metrics(stats, labels.to(torch.int64), weights, bias)
+    return {name: out[name] for name in METRIC_NAMES}
+
+
+def _sample_metrics(stats: ClassStats, labels: Tensor, weights: Tensor,
+                    bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(nc1, nc4), each (R,), from one product of the centred features.
+
+    ``stats`` must come from :func:`class_statistics` (its ``within_factor`` holds the centred
+    features E, e_i = h_i - mu_{y_i}, (R, N, p)). One product E [B^+ | M^T | W^T] (R, N, 3K-1),
+    M = mu_c - mu_0, gives both: nc1 = |E B^+|_F^2 / N, and with h_i = mu_{y_i} + e_i,
+
+    - logits: W h_i + b = W e_i + (W mu_{y_i} + b),
+    - nearest mean: |h_i - mu_c|^2 = |m_c|^2 - 2 m_{y_i} . m_c - 2 e_i . m_c + (terms of i alone),
+      expanded about mu_0 as :func:`_ncc_mismatch` is (exact ties for features on a grid).
+
+    The centred features are read once, by that product, instead of once per metric (and
+    the features no more for nc4); :func:`nc1_from_stats` and :func:`nc4` are the same
+    metrics computed one by one (equal to rounding; ``benchmarks/metrics.py`` times both).
+    """
+    centred, means, k = stats.within_factor, stats.means, stats.K
+    offsets = means - means[..., :1, :]  # (R, K, p)
+    rhs = torch.cat([_nc1_pinv(stats), offsets.transpose(-1, -2), weights.transpose(-1, -2)],
+                    dim=-1)  # (R, p, 3K-1)
+    x_pinv, x_offsets, x_weights = matmul(centred, rhs).split([k - 1, k, k], dim=-1)
+    gram = offsets @ offsets.transpose(-1, -2)  # (R, K, K)
+    mean_score = torch.diagonal(gram, dim1=-2, dim2=-1).unsqueeze(-2) - 2.0 * gram
+    score = mean_score.index_select(-2, labels) - 2.0 * x_offsets  # (R, N, K)
+    mean_logits = means @ weights.transpose(-1, -2)  # (R, K, K): row y = W mu_y
+    if bias is not None:
+        mean_logits = mean_logits + bias.unsqueeze(-2)
+    logits = x_weights + mean_logits.index_select(-2, labels)
+    mismatch = logits.max(-1).indices != score.min(-1).indices
+    return _nc1_of_product(x_pinv, stats), mismatch.to(centred.dtype).mean(-1)
 
 
 def nc_metrics_from_stats(stats: ClassStats, features: Tensor, weights: Tensor,
@@ -751,6 +802,7 @@ def nc_metrics_from_stats(stats: ClassStats, features: Tensor, weights: Tensor,
     ``within_factor``) and the features (R, N, p) they describe (nc4 needs every sample)."""
     _check_weights(weights, bias, features.shape[0], stats.K, features.shape[-1], features.dtype)
     out = _stats_metrics(stats, weights)
+    out["nc1"] = nc1_from_stats(stats)
     out["nc4"] = nc4(features, weights, bias, stats.means)
     return {name: out[name] for name in METRIC_NAMES}
 
@@ -941,7 +993,9 @@ class StreamingNC:
                 isinstance(bias, Tensor) and tuple(bias.shape) == (self.K,),
                 f"bias must have shape ({self.K},), got {_shape(bias)}",
             )
-        out = _stats_metrics(self.stats(global_mean), w)
+        stats = self.stats(global_mean)
+        out = _stats_metrics(stats, w)
+        out["nc1"] = nc1_from_stats(stats)
         if self._nc4_count > 0:
             seen = int(self._counts.sum())
             require(self._nc4_count == seen,
