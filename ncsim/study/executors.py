@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ncsim.errors import InputError
+from ncsim.errors import InputError, is_integer
 from ncsim.heap import keep_freed_memory
 from ncsim.study.compute import Result, failed_results, run_chunk
 from ncsim.study.spec import RunDesc
@@ -62,13 +62,16 @@ def execute(chunks: list[list[RunDesc]], executor: str = "local", on_done: Done 
 
 
 def check_executor(executor: str, address: str | None, workers: int | None = None) -> None:
-    """Reject an unknown executor, an address without Dask, or a worker count that no worker
-    pool of this process would take (the local executor, or a scheduler given by address),
-    before anything starts."""
+    """Reject an unknown executor, an address without Dask, a worker count that is not an
+    integer >= 1, or one that no worker pool of this process would take (the local executor,
+    or a scheduler given by address), before anything starts."""
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
     if address is not None and executor != "dask":
         raise InputError("--address needs --executor dask")
+    if workers is not None and not (is_integer(workers) and workers >= 1):
+        raise InputError(f"workers must be an integer >= 1 (worker processes), got {workers!r}; "
+                         "leave it out for the executor's default")
     if workers is not None and (executor == "local" or address is not None):
         raise InputError("--workers sets the workers of --executor process or of the Dask "
                          "LocalCluster (--executor dask without --address); the local executor "
