@@ -8,20 +8,12 @@ import re
 
 import pandas as pd
 import pytest
+from test_study_exec_values import KICK_PART
 from tiny_study import NET_PART, write_tiny_study
 
 from ncsim.errors import InputError
 from ncsim.study.runner import run_study
 from ncsim.study.spec import load_study
-
-KICK_PART = """
-[[parts]]
-name = "kick"
-model = "simulated"
-intervene_time = 20.0
-[parts.grid]
-intervene_alpha = [0.5]
-"""
 
 
 def _traj(n):
