@@ -287,6 +287,7 @@ def test_a_derivation_filed_under_other_sources_is_not_reused(monkeypatch, tmp_p
     sources change (another key) the derivation runs again and gives its new value, and the
     old sources' file still serves the old key."""
     monkeypatch.setenv("NCSIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cache, "REGISTERED", list(cache.REGISTERED))  # keep the package's list
     value = [sp.Integer(1)]
 
     def derived() -> dict[str, sp.Expr]:
