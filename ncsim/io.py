@@ -91,9 +91,10 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = 
 def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with columns Parquet can hold: an object column mixing integers and floats
     (and missing values) becomes floats; one mixing other kinds (numbers and text, tuples,
-    flags and numbers) becomes text, missing values kept. In the other object columns a
-    missing value of a kind Parquet does not take as missing (a numpy float32 NaN) becomes
-    None. Other columns are unchanged."""
+    flags and numbers) becomes text, missing values kept; Python and numpy scalars of one kind
+    (``True`` and ``numpy.bool_``, ``int`` and ``numpy.int64``) stay as they are. In the
+    other object columns a missing value of a kind Parquet does not take as missing (a numpy
+    float32 NaN) becomes None. Other columns are unchanged."""
     out = frame.copy()
     for col in out.columns:
         if out[col].dtype != object:
@@ -102,15 +103,27 @@ def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
                            and v != v)  # a NaN of float16 / float32 / longdouble
         if odd.any():
             out[col] = out[col].where(~odd, None)
-        kinds = {type(v) for v in out[col] if not _is_missing(v)}
+        kinds = {_value_kind(v) for v in out[col] if not _is_missing(v)}
         if len(kinds) < 2:
             continue
-        if all(issubclass(k, (int, float, np.integer, np.floating))
-               and not issubclass(k, (bool, np.bool_)) for k in kinds):
+        if kinds <= {"integer", "float"}:
             out[col] = out[col].astype(float)
         else:
             out[col] = out[col].map(lambda v: v if _is_missing(v) else str(v))
     return out
+
+
+def _value_kind(value: Any) -> object:
+    """What Parquet stores ``value`` as: "flag" (bool, numpy bool), "integer" (int, numpy
+    integers), "float" (float, numpy floats), else its type; Python and numpy scalars of one
+    kind share a column as they are (pyarrow writes both, integers exactly)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "flag"
+    if isinstance(value, (int, np.integer)):
+        return "integer"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    return type(value)
 
 
 def _is_missing(value: Any) -> bool:
@@ -139,6 +152,9 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError(f"table {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"table {path} is a folder, not a table file; give the path of a "
+                         f".csv or .parquet file")
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise InputError(f"table {path}: cannot tell its format from the extension "
