@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ncsim.errors import InputError  # noqa: E402
+from ncsim.errors import InputError, is_integer, require  # noqa: E402
 from ncsim.io import atomic_write  # noqa: E402
 
 
@@ -66,12 +67,16 @@ def trajectory_figure(
     label_column : run-table column used to colour and label the lines: a legend (one entry
         per value) up to 12 runs, a colour bar of its values beyond (numbers; other values
         colour by order).
-    max_runs : the first ``max_runs`` runs are drawn; the title then says how many of all.
+    max_runs : the first ``max_runs`` runs are drawn (a whole number >= 1); the title then
+        says how many of all. An onset dot sits on its run's line (on the fn panel at
+        ``fn_at_onset`` when finite); an onset outside the drawn records' times gets none.
 
     Nothing is dropped silently: a panel says how many records with t > 0 it cannot show
     on its log axes (a value that is 0, negative or NaN), and one without any record to
     show says so.
     """
+    require(is_integer(max_runs) and max_runs >= 1,
+            f"max_runs must be a whole number >= 1 (the first runs drawn), got {max_runs!r}")
     all_ids = list(dict.fromkeys(trajectories["run_id"])) if "run_id" in trajectories else []
     ids = all_ids[:max_runs]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
@@ -106,11 +111,8 @@ def trajectory_figure(
             ax.loglog(data["time"], data[metric], color=color, lw=1.0, label=label)
             onset = (info.at[rid, "onset_time"] if info is not None and rid in info.index
                      and "onset_time" in info.columns else np.nan)
-            if np.isfinite(onset) and onset > 0 and len(data):
-                # on the line as drawn: straight between records on the log-log axes
-                y = (info.at[rid, "fn_at_onset"] if metric == "fn" and "fn_at_onset" in info
-                     else np.exp(np.interp(np.log(onset), np.log(data["time"]),
-                                           np.log(data[metric]))))
+            y = _onset_value(info, rid, metric, onset, data)
+            if np.isfinite(y):
                 ax.plot([onset], [y], "o", color=color, ms=3)
     for ax, metric in zip(axes[0], metrics):
         ax.set_xlabel(time_label)
@@ -131,6 +133,25 @@ def trajectory_figure(
         mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
         fig.colorbar(mappable, ax=axes[0].tolist(), label=label_column, fraction=0.03, pad=0.02)
     return fig
+
+
+def _onset_value(info: pd.DataFrame | None, rid: str, metric: str, onset: float,
+                 data: pd.DataFrame) -> float:
+    """Where a run's onset dot sits on a panel: ``fn_at_onset`` on the fn panel when it is
+    finite, else on the line as drawn (straight between records on the log-log axes); NaN
+    (no dot) without a finite onset > 0 or when the onset lies outside the drawn records'
+    times (a line cut short by values the log axis cannot show)."""
+    if not (np.isfinite(onset) and onset > 0 and len(data)):
+        return math.nan
+    if metric == "fn" and "fn_at_onset" in info.columns:
+        value = float(info.at[rid, "fn_at_onset"])
+        if np.isfinite(value):
+            return value
+    times = data["time"].to_numpy(float)
+    if not times.min() <= onset <= times.max():
+        return math.nan
+    return float(np.exp(np.interp(np.log(onset), np.log(times),
+                                  np.log(data[metric].to_numpy(float)))))
 
 
 def heatmap_figure(
