@@ -141,10 +141,11 @@ def _onset_value(info: pd.DataFrame | None, rid: str, metric: str, onset: float,
     finite, else on the line as drawn (straight between records on the log-log axes); NaN
     (no dot) without a finite onset > 0 or when the onset lies outside the drawn records'
     times (a line cut short by values the log axis cannot show)."""
+    onset = _as_float(onset)
     if not (np.isfinite(onset) and onset > 0 and len(data)):
         return math.nan
     if metric == "fn" and "fn_at_onset" in info.columns:
-        value = float(info.at[rid, "fn_at_onset"])
+        value = _as_float(info.at[rid, "fn_at_onset"])
         if np.isfinite(value):
             return value
     times = data["time"].to_numpy(float)
@@ -152,6 +153,15 @@ def _onset_value(info: pd.DataFrame | None, rid: str, metric: str, onset: float,
         return math.nan
     return float(np.exp(np.interp(np.log(onset), np.log(times),
                                   np.log(data[metric].to_numpy(float)))))
+
+
+def _as_float(value: object) -> float:
+    """A table cell as a float: NaN for a missing value (None, pd.NA) or one that is not a
+    number."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def heatmap_figure(

@@ -341,3 +341,17 @@ def test_heatmap_boundary_is_drawn_through_its_points_with_a_legend():
     np.testing.assert_array_equal(line.get_xdata(), [1.0, 10.0])
     np.testing.assert_array_equal(line.get_ydata(), [1.0, 2.0])
     assert _legend_texts(ax) == ["theory threshold"]
+
+
+def test_missing_onset_cells_of_any_kind_draw_no_dot_and_raise_nothing():
+    """Onset cells holding pd.NA or None (a nullable column) are missing: no dot, and the fn
+    dot falls back to the line when fn_at_onset is missing that way."""
+    traj = pd.DataFrame({"run_id": ["r0", "r0", "r1", "r1"], "time": [1.0, 100.0] * 2,
+                         "fn": [1.0, 1e-4, 1.0, 1e-4]})
+    runs = pd.DataFrame({"run_id": ["r0", "r1"],
+                         "onset_time": pd.array([pd.NA, 10.0], dtype="Float64"),
+                         "fn_at_onset": pd.Series([None, None], dtype=object)})
+    (ax,) = trajectory_figure(traj, runs, metrics=("fn",)).axes
+    (dot,) = _dots(ax)
+    np.testing.assert_allclose([dot.get_xdata()[0], dot.get_ydata()[0]], [10.0, 1e-2],
+                               rtol=1e-12)
