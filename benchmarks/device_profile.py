@@ -214,6 +214,7 @@ def main() -> None:
           f"{prof['kernel_launches']}", flush=True)
     out["profile"] = prof
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2))
         print(f"written {args.out}")
 

@@ -66,6 +66,7 @@ def main() -> None:
                 f"rtol {rtol}: error {row['error']:.2e}, {row['steps']} steps"
                 for rtol, row in rows.items()))
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": machine(),
                                         "date": datetime.date.today().isoformat(),
                                         "cases": cases}, indent=1))

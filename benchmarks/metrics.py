@@ -98,6 +98,7 @@ def main() -> None:
     day = datetime.date.today().isoformat()
     device = args.device.split(":")[0]
     path = Path(args.out) / f"metrics_{device}_{day}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"date": day, "machine": machine(args.device), "threads": args.threads,
               "device": args.device, "K": K, "n": PER_CLASS, "d": DIM, "rounds": ROUNDS,
               "blocks": rows}

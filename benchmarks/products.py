@@ -128,6 +128,7 @@ def main() -> None:
     day = datetime.date.today().isoformat()
     suffix = "" if args.threads == 1 else f"_threads{args.threads}"
     path = Path(args.out) / f"products_cpu_{day}{suffix}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"date": day, "machine": machine(), "threads": args.threads,
                                 "products": rows, "stage_sums": sums}, indent=2))
     print(f"written {path}")

@@ -127,6 +127,7 @@ def main() -> None:
                                   out["total_ncsim_steps_by_rtol"].items())
           + " with atol = rtol / 100)")
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1))
         print(f"wrote {args.out}")
 
