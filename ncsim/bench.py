@@ -37,6 +37,7 @@ import torch
 
 from ncsim import __version__ as ncsim_version
 from ncsim import heap
+from ncsim import products as cpu_products
 from ncsim.cli_errors import OutPath, check_out_folder, handle_errors
 from ncsim.errors import InputError, is_integer
 from ncsim.io import to_jsonable
@@ -80,6 +81,7 @@ def machine(device: str = "cpu") -> dict[str, Any]:
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "blas_threads": _blas_threads(), "heap_kept": heap.kept(),
+        "cpu_float64_products": "numpy" if cpu_products.HOST_BLAS else "torch",
         "ncsim": ncsim_version, "ncsim_commit": _commit(),
         "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

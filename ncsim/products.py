@@ -2,14 +2,17 @@
 
 The right-hand sides multiply many small matrices per run (W H, W^T G, G H^T: 10 x 32 x 200
 in the phase-diagram workload), and the integrator sums its stages with one vector-matrix
-product. On the CPU in float64 on one thread, numpy's ``matmul`` (OpenBLAS) runs these faster
-than torch's (MKL) on the machines measured (``benchmarks/products.py``,
-``benchmarks/README.md``). The route is on when numpy reports an optimised BLAS (its wheels
-ship OpenBLAS) and torch runs on one thread (``--threads 1``, the study executors): with more,
-torch splits a batched product over its threads and numpy does not. The tensors are shared
-with numpy, not copied. float32 stays with torch (measured mixed), as do tensors on an
-accelerator, sparse tensors and tensors that take part in autograd (reverse or forward mode)
-or in ``torch.func`` transforms.
+product. On the CPU in float64 on one thread, numpy's ``matmul`` (OpenBLAS) runs these
+1.1-2.4x faster than torch's (MKL) on an AMD EPYC core; on an Intel Xeon core MKL is as fast
+or faster (numpy 0.46-1.08x as fast; the phase-diagram workload W1 took 1.02x and the wide
+d-space workload 1.16x torch's time through numpy): ``benchmarks/products.py``,
+``benchmarks/route.py``, ``benchmarks/README.md``. The route is on when numpy reports an
+optimised BLAS (its wheels ship OpenBLAS), torch's BLAS is not MKL on an Intel CPU
+(:func:`host_route_default`), and torch runs on one thread (``--threads 1``, the study
+executors): with more, torch splits a batched product over its threads and numpy does not.
+The tensors are shared with numpy, not copied. float32 stays with torch (measured mixed), as
+do tensors on an accelerator, sparse tensors and tensors that take part in autograd (reverse
+or forward mode) or in ``torch.func`` transforms.
 """
 
 from __future__ import annotations
@@ -36,9 +39,30 @@ def optimised(blas_name: str) -> bool:
     return any(name in blas_name.lower() for name in OPTIMISED_BLAS)
 
 
-HOST_BLAS = optimised(numpy_blas())
-"""Route CPU float64 products through numpy: on when numpy has an optimised BLAS; switched off
-to emulate an accelerator's loop on the CPU (where the loop must not read host memory)."""
+def cpu_vendor() -> str:
+    """The CPU's vendor string as Linux reports it ("GenuineIntel", "AuthenticAMD", ...);
+    "" where /proc/cpuinfo does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def host_route_default(blas_name: str, vendor: str, torch_mkl: bool) -> bool:
+    """Whether CPU float64 products go through numpy: with an optimised numpy BLAS
+    (:func:`optimised`), unless torch multiplies with MKL on an Intel CPU (``vendor``
+    "GenuineIntel"), where MKL was measured as fast or faster."""
+    return optimised(blas_name) and not (torch_mkl and vendor == "GenuineIntel")
+
+
+HOST_BLAS = host_route_default(numpy_blas(), cpu_vendor(), torch.backends.mkl.is_available())
+"""Route CPU float64 products through numpy (:func:`host_route_default` on this machine);
+switched off to emulate an accelerator's loop on the CPU (where the loop must not read host
+memory)."""
 
 _wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
 

@@ -11,7 +11,9 @@ from ncsim import products
 
 @pytest.fixture
 def matmul_calls(monkeypatch):
-    """Count the calls of numpy's matmul made by the products module."""
+    """Count the calls of numpy's matmul made by the products module, with the route on as on
+    a machine that takes it (an AMD CPU; :func:`products.host_route_default`)."""
+    monkeypatch.setattr(products, "HOST_BLAS", products.optimised(products.numpy_blas()))
     calls = []
     real = np.matmul
 
@@ -140,7 +142,9 @@ def test_the_route_is_off_when_torch_runs_on_several_threads(matmul_calls):
 
 def test_the_route_is_on_only_for_an_optimised_numpy_blas():
     assert products.optimised(products.numpy_blas())  # numpy's wheels ship OpenBLAS
-    assert products.HOST_BLAS
+    default = products.host_route_default(products.numpy_blas(), products.cpu_vendor(),
+                                          torch.backends.mkl.is_available())
+    assert products.HOST_BLAS is default
     for name in ("scipy-openblas", "openblas64", "mkl-sdl", "accelerate"):
         assert products.optimised(name)
     for name in ("blas", "cblas", "netlib", ""):  # reference BLAS, or numpy does not say
@@ -214,3 +218,34 @@ def test_overflow_gives_torchs_inf_and_nan_without_a_warning(matmul_calls):
     assert len(matmul_calls) == 2  # both through numpy
     assert not got.isfinite().any() and not got_matmul.isfinite().any()
     assert torch.equal(got[0], expected[0])  # +inf everywhere
+
+
+@pytest.mark.parametrize(("blas", "vendor", "mkl", "route"), [
+    ("scipy-openblas", "AuthenticAMD", True, True),  # MKL on AMD: numpy's OpenBLAS
+    ("scipy-openblas", "GenuineIntel", True, False),  # MKL on Intel: torch's own
+    ("scipy-openblas", "GenuineIntel", False, True),  # torch without MKL (e.g. OpenBLAS)
+    ("scipy-openblas", "", True, True),  # vendor unknown (no /proc/cpuinfo)
+    ("blas", "AuthenticAMD", True, False),  # the reference BLAS: never
+    ("", "AuthenticAMD", False, False),
+])
+def test_the_default_route_follows_the_blas_and_the_cpu_vendor(blas, vendor, mkl, route):
+    """numpy's BLAS unless torch multiplies with MKL on an Intel CPU (measured there as fast
+    or faster), and never the reference BLAS."""
+    assert products.host_route_default(blas, vendor, mkl) is route
+
+
+def test_cpu_vendor_reads_the_vendor_line(monkeypatch, tmp_path):
+    """cpu_vendor is the vendor_id field of /proc/cpuinfo, "" where it cannot be read."""
+    real_open = open
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/cpuinfo":
+            return real_open(info, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert products.cpu_vendor() == "AuthenticAMD"
+    info.unlink()
+    assert products.cpu_vendor() == ""
