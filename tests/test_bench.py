@@ -325,6 +325,48 @@ def test_products_benchmark_rows(monkeypatch):
     assert stage["torch_ms"] > 0 and stage["numpy_ms"] > 0 and stage["dtype"] == "float32"
 
 
+def test_route_benchmark_runs_both_routes_and_restores_the_default(monkeypatch, tmp_path):
+    """benchmarks/route.py times each workload by both routes, each run taking the route it
+    names (numpy's matmul called or not), and leaves HOST_BLAS as it found it."""
+    import benchmarks.route as bench_route
+    from benchmarks.workloads import w1
+    from ncsim import products
+
+    calls = {"numpy": 0}
+    real = np.matmul
+
+    def counting(*args, **kwargs):
+        calls["numpy"] += 1
+        return real(*args, **kwargs)
+
+    seen = []
+    real_simulate = bench_route.simulate
+
+    def simulate(specs, theory):
+        before = calls["numpy"]
+        out = real_simulate(specs, theory=theory)
+        seen.append((products.HOST_BLAS, calls["numpy"] > before))
+        return out
+
+    monkeypatch.setattr(products.np, "matmul", counting)
+    monkeypatch.setattr(bench_route, "simulate", simulate)
+    monkeypatch.setattr(bench_route, "WORKLOADS", {"W1": lambda: w1(grid=1, t_end=5.0,
+                                                                     records=3)})
+    monkeypatch.setattr(products, "HOST_BLAS", products.optimised(products.numpy_blas()))
+    default = products.HOST_BLAS
+    out = tmp_path / "sub" / "route.json"
+    monkeypatch.setattr("sys.argv", ["route.py", "--repeats", "2", "--out", str(out)])
+    bench_route.main()
+    assert products.HOST_BLAS is default
+    assert seen[1:] == [(True, True), (False, False)] * 2  # after the warm-up run
+    record = json.loads(out.read_text())
+    row = record["workloads"]["W1"]
+    assert [len(row["seconds"][r]) for r in ("numpy", "torch")] == [2, 2]
+    assert row["numpy_time_over_torch_time"] == pytest.approx(
+        row["median_s"]["numpy"] / row["median_s"]["torch"], rel=1e-12)
+    assert record["cpu_vendor"] == products.cpu_vendor()
+
+
 def test_host_cost_script_times_every_part_and_keeps_the_thread_setting():
     import torch
 
