@@ -25,7 +25,7 @@ from ncsim.bench import machine  # noqa: E402
 from ncsim.flow.simulate import simulate  # noqa: E402
 from ncsim.threads import set_threads  # noqa: E402
 
-WORKLOADS = {"W1": lambda: w1(), "W2": lambda: w2(reduction="none")}
+WORKLOADS = {"W1": w1, "W2": lambda: w2(reduction="none")}
 
 
 def time_routes(name: str, repeats: int) -> dict:

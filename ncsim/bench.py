@@ -68,15 +68,7 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     ``device`` (of the current one when ``device`` is not a CUDA device)."""
     import scipy
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_products.cpuinfo_field("model name") or platform.processor()
     info: dict[str, Any] = {
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

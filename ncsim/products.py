@@ -39,17 +39,23 @@ def optimised(blas_name: str) -> bool:
     return any(name in blas_name.lower() for name in OPTIMISED_BLAS)
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor string as Linux reports it ("GenuineIntel", "AuthenticAMD", ...);
-    "" where /proc/cpuinfo does not say."""
+def cpuinfo_field(name: str) -> str:
+    """The first value of field ``name`` in Linux's /proc/cpuinfo ("vendor_id", "model
+    name", ...); "" where the file or the field is missing."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith("vendor_id"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string as Linux reports it ("GenuineIntel", "AuthenticAMD", ...);
+    "" where /proc/cpuinfo does not say."""
+    return cpuinfo_field("vendor_id")
 
 
 def host_route_default(blas_name: str, vendor: str, torch_mkl: bool) -> bool:
