@@ -331,9 +331,7 @@ def _check_quick_part(source: str, name: str, over: Any, part: dict[str, Any]) -
             _fail(source, f"{where}.{key}", f"a quick override cannot change a part's {key} "
                   f"(the quick variant would no longer be a smaller run of part {name!r}); "
                   f"drop it, or write another part and skip this one in the quick variant")
-    model = part.get("model")
-    if model not in MODELS:
-        return  # reported with the part itself
+    model = part["model"]  # checked with the part itself (_check_part) before
     fixed = {k: v for k, v in over.items() if k not in PART_KEYS}
     _check_params(source, where, fixed, model)
     grid = over.get("grid", {})

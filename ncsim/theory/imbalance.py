@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from ncsim.errors import InputError, require
+from ncsim.errors import InputError, is_finite_number, is_integer, require
 
 
 @dataclass(frozen=True)
@@ -306,11 +306,17 @@ def imbalanced_equilibrium(loss: str, bias: str, counts: Sequence[int], lambda_w
     Raises
     ------
     InputError : unknown loss / bias, counts that are not K >= 2 integers >= 1, decays that are
-        not single finite numbers > 0 (lambda_b only for bias "reg").
+        not single finite numbers > 0 (lambda_b only for bias "reg"), restarts not an integer
+        >= 1, seed not an integer >= 0, kkt_tol not a finite number >= 0.
     ArithmeticError : a numeric solution that cannot be certified.
     """
     require(loss in ("mse", "ce"), f"unknown loss {loss!r}; allowed: mse, ce")
     require(bias in ("none", "free", "reg"), f"unknown bias {bias!r}; allowed: none, free, reg")
+    for value, name, low in ((restarts, "restarts", 1), (seed, "seed", 0)):
+        require(is_integer(value) and value >= low,
+                f"{name} must be an integer >= {low}, got {value!r}")
+    require(is_finite_number(kkt_tol) and kkt_tol >= 0,
+            f"kkt_tol must be a finite number >= 0, got {kkt_tol!r}")
     try:
         cnt = np.asarray(counts, dtype=np.float64)
     except (TypeError, ValueError):
