@@ -139,7 +139,11 @@ class _ModeCurves:
         one grid interval. A curve that starts at the level crosses at t = 0 (the grid's first
         time); one that starts on the far side crosses only after it has come back to the
         near side (e.g. fn starting just above 0.95 fn*, dipping and rising to fn*: the rise),
-        so inf if it never comes back, as when a curve never reaches the level.
+        so inf if it never comes back, as when a curve never reaches the level. Where the
+        curve only grazes the level (fn tending to fn* with delta = 0), the dense solution may
+        put the interval's ends on one side, within the solvers' tolerances of the level:
+        then the crossing is the end where the dense solution is on the level's far side or
+        at it (t0), else the grid's own crossing time (t1).
         """
         side = _side(curve(self.grid, self.states) - level, direction)
         if side[0] == 0:
@@ -150,8 +154,16 @@ class _ModeCurves:
         t0, t1 = float(self.grid[i]), float(self.grid[i + 1])
         cell = solve_ivp(self.rhs, (t0, t1), self.states[i], method="LSODA", rtol=_RTOL,
                          atol=_ATOL, dense_output=True).sol
-        return float(brentq(lambda t: float(curve(np.array([t]), cell(t)[None, :])[0]) - level,
-                            t0, t1, xtol=1e-12, rtol=1e-12))
+
+        def near_side(t: float) -> float:  # < 0 before the crossing, >= 0 at or past it
+            value = float(curve(np.array([t]), cell(t)[None, :])[0]) - level
+            return value if direction == "up" else -value
+
+        if near_side(t0) >= 0:
+            return t0
+        if near_side(t1) < 0:
+            return t1
+        return float(brentq(near_side, t0, t1, xtol=1e-12, rtol=1e-12))
 
 
 def _side(v: np.ndarray, direction: str) -> np.ndarray:
@@ -266,8 +278,10 @@ def predicted_onset(loss: str, bias: str, K: int, n: int, d: int, lambda_w: floa
         below it ((N - K)/(K - 1) at t = 0; 0 for n = 1), the onset is t = 0.
     delta : fn crossing level (1 + delta) fn*, a finite number > -1. delta < 0: the time fn
         rises to the level (the first crossing from below); delta > 0: the time it falls to it
-        (from above); delta = 0: from the side fn starts on. See
-        :meth:`_ModeCurves.first_crossing` for a start on the far side of the level.
+        (from above); delta = 0: from the side fn starts on (fn tends to fn*, so the time is
+        where it meets fn* to the mode ODE's accuracy, 1e-10 relative: ill-conditioned, e.g.
+        1863 for CE K = 4, n = 5, d = 20, lambda 0.01, init 1, against 1124 at delta = 1e-9).
+        See :meth:`_ModeCurves.first_crossing` for a start on the far side of the level.
         Default -0.05 when the model's fn starts at or below fn*, +0.05 when above.
     t_max : search horizon (default: 40 / min(lambda_W, lambda_H, mu) capped to [1e3, 1e8];
         with lambda_H = 0 < lambda_W at least 100 x the estimated time of the slow polynomial
