@@ -117,7 +117,10 @@ def _intervention(desc: RunDesc) -> Result:
     first = simulate(spec.replace(solver=dataclasses.replace(solver, t_end=t1, records=n1)))
     first_row = first.runs.iloc[0].to_dict()
     traj1 = first.trajectories.drop(columns="run_id").assign(phase=1)
-    if first_row["status"] in STOPPED_EARLY:  # the flow ended before t1: nothing to continue
+    # the flow ended before t1, nothing to continue: a failed status, or an ``ok`` run (its
+    # onset found) whose steps ran out (stop "max_steps"); a stop at rest ("steady") stays
+    # where it is, so the second segment starts from it
+    if first_row["status"] in STOPPED_EARLY or first_row["stop"] in STOPPED_EARLY:
         row = {**first_row, **spec.to_row(), **_labels(desc), "sim_run_id": run_id(spec),
                "fn_before_intervention": math.nan, "fn_after_intervention": math.nan,
                "onset_before_intervention": bool(math.isfinite(first_row["onset_time"]))}
@@ -218,6 +221,8 @@ def _train(desc: RunDesc) -> Result:
            "fn_before_intervention": result.fn_before_intervention,
            "fn_after_intervention": _fn_at(log, config.intervention_epoch),
            "onset_at_phase_start": inherited}
-    keep = [c for c in log.columns if c != "run_id" and log[c].dtype != object
+    # numbers and flags, and the two text columns of the trajectory table (whatever dtype
+    # pandas gives text: object before pandas 3, str from it)
+    keep = [c for c in log.columns if c != "run_id" and pd.api.types.is_numeric_dtype(log[c])
             or c in ("time_unit", "phase_loss")]
     return desc.run_id, row, log[keep]
