@@ -14,71 +14,35 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from compare_helpers import (
+    DATA_ARGS,
+    N_PER,
+    QUICK,
+    WD,
+    K,
+    train_tiny_run,
+)
+from compare_helpers import copy_run as _run
+from compare_helpers import edit_checkpoint as _edit_checkpoint
+from compare_helpers import tiny_log as _log
 
 from ncsim.errors import InputError
-from ncsim.io import to_jsonable, write_table
+from ncsim.io import to_jsonable
 from ncsim.validate import surrogate as sg
 from ncsim.validate.compare import _same_training, compare_run
 from ncsim.validate.data import Dataset, load_dataset
-from ncsim.validate.train import Phase, TrainConfig, load_checkpoint, train
-
-K, WD, WIDTH, N_PER = 3, 1e-2, 5, 2
-DATA_ARGS = {"name": "gaussian", "per_class": 4, "seed": 0, "classes": K, "dim": 4}
-QUICK = {"per_class": N_PER, "horizon": 2.0, "wd_horizon": 1e-3, "max_steps": 500}
-PHASE1 = {"time": [0.0, 1.0, 2.0], "flow_time": [0.0, 0.25, 0.5], "nc1_trace": [0.9, 0.8, 0.7],
-          "fn": [5.0, 4.0, 3.5]}
-PHASE2_TIME = [3.0, 4.0, 5.0, 6.0]
-PHASE2_FLOW = [0.5625, 0.625, 0.6875, 0.75]
-NC1 = [0.5, 0.02, 0.008, 0.004]
-FN = [3.0, 2.5, 2.0, 1.8]
-
-
-def _log(run_id: str = "tiny", nc1=NC1, fn=FN, flow=PHASE2_FLOW) -> pd.DataFrame:
-    """A training log of one run: three phase-1 records, then the phase-2 records."""
-    p1 = pd.DataFrame({"run_id": run_id, "phase": 1, **PHASE1})
-    p2 = pd.DataFrame({"run_id": run_id, "phase": 2, "time": PHASE2_TIME,
-                       "flow_time": list(flow), "nc1_trace": list(nc1), "fn": list(fn)})
-    return pd.concat([p1, p2], ignore_index=True)
+from ncsim.validate.train import load_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """Checkpoints of a tiny two-phase run (phase 2: MSE, SGD lr 0.05, momentum 0.9, wd 1e-2)."""
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    config = TrainConfig(
-        arch="mlp", depth=1, width=WIDTH, activation="relu",
-        phases=(Phase("ce", 2, "adam", 1e-2, 0.0, schedule="constant", batch_size=100),
-                Phase("mse", 3, "sgd", 0.05, WD, momentum=0.9, nesterov=False,
-                      schedule="constant", batch_size=100)),
-        nc_every=1, checkpoint_dir=str(out / "checkpoints"), run_id="tiny",
-        data_args=dict(DATA_ARGS), eval_test=False)
-    result = train(config, load_dataset(**DATA_ARGS))
-    write_table(result.log, out / "log.parquet")
-    return out
-
-
-def _edit_checkpoint(path: Path, edit) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    edit(state["config"])
-    torch.save(state, path)
-
-
-def _run(tiny_run: Path, dst: Path, log: pd.DataFrame | None = None, edit=None) -> Path:
-    """A copy of the tiny run with ``log`` as its log and ``edit`` applied to the start
-    checkpoint's config."""
-    run = dst / "run"
-    shutil.copytree(tiny_run, run)
-    write_table(_log() if log is None else log, run / "log.parquet")
-    if edit is not None:
-        _edit_checkpoint(run / "checkpoints" / "phase1_end.pt", edit)
-    return run
+    """Checkpoints of the tiny two-phase run of compare_helpers."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
 
 
 # ----------------------------------------------------------------------------- surrogate

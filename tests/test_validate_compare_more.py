@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,66 +17,31 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from compare_helpers import (
+    DATA_ARGS,
+    N_PER,
+    QUICK,
+    WD,
+    WIDTH,
+    K,
+    train_tiny_run,
+)
+from compare_helpers import copy_run as _run
+from compare_helpers import tiny_log as _log
 
 from ncsim.errors import InputError
-from ncsim.io import to_jsonable, write_table
+from ncsim.io import to_jsonable
 from ncsim.validate import surrogate as sg
 from ncsim.validate.cli import validate
 from ncsim.validate.compare import _measured, compare_run
 from ncsim.validate.data import load_dataset
-from ncsim.validate.train import Phase, TrainConfig, load_checkpoint, train
-
-K, WD, WIDTH, N_PER = 3, 1e-2, 5, 2
-DATA_ARGS = {"name": "gaussian", "per_class": 4, "seed": 0, "classes": K, "dim": 4}
-# Fast surrogate settings: a short horizon, no collapse at threshold 0.01.
-QUICK = {"per_class": N_PER, "horizon": 2.0, "wd_horizon": 1e-3, "max_steps": 500}
-
-# Hand-built log: phase 1 ends at flow_time 0.5 (t0); phase 2 records at lr x steps = 1/16 ... 1/4
-# after it, i.e. t = 10 x that = 0.625, 1.25, 1.875, 2.5 with momentum 0.9.
-PHASE1 = {"time": [0.0, 1.0, 2.0], "flow_time": [0.0, 0.25, 0.5], "nc1_trace": [0.9, 0.8, 0.7],
-          "fn": [5.0, 4.0, 3.5]}
-PHASE2_TIME = [3.0, 4.0, 5.0, 6.0]
-PHASE2_FLOW = [0.5625, 0.625, 0.6875, 0.75]
-NC1 = [0.5, 0.02, 0.008, 0.004]  # first below 0.01: the third record
-FN = [3.0, 2.5, 2.0, 1.8]
-
-
-def _log(run_id: str = "tiny", nc1=NC1, fn=FN, flow=PHASE2_FLOW) -> pd.DataFrame:
-    """A training log of one run: three phase-1 records, then the phase-2 records."""
-    p1 = pd.DataFrame({"run_id": run_id, "phase": 1, **PHASE1})
-    p2 = pd.DataFrame({"run_id": run_id, "phase": 2, "time": PHASE2_TIME,
-                       "flow_time": list(flow), "nc1_trace": list(nc1), "fn": list(fn)})
-    return pd.concat([p1, p2], ignore_index=True)
+from ncsim.validate.train import Phase, load_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """Checkpoints of a tiny two-phase run (phase 2: MSE, SGD lr 0.05, momentum 0.9, wd 1e-2)."""
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    config = TrainConfig(
-        arch="mlp", depth=1, width=WIDTH, activation="relu",
-        phases=(Phase("ce", 2, "adam", 1e-2, 0.0, schedule="constant", batch_size=100),
-                Phase("mse", 3, "sgd", 0.05, WD, momentum=0.9, nesterov=False,
-                      schedule="constant", batch_size=100)),
-        nc_every=1, checkpoint_dir=str(out / "checkpoints"), run_id="tiny",
-        data_args=dict(DATA_ARGS), eval_test=False)
-    result = train(config, load_dataset(**DATA_ARGS))
-    write_table(result.log, out / "log.parquet")
-    return out
-
-
-def _run(tiny_run: Path, dst: Path, log: pd.DataFrame | None = None, edit=None) -> Path:
-    """A copy of the tiny run with ``log`` as its log and ``edit`` applied to the start
-    checkpoint's config."""
-    run = dst / "run"
-    shutil.copytree(tiny_run, run)
-    write_table(_log() if log is None else log, run / "log.parquet")
-    if edit is not None:
-        path = run / "checkpoints" / "phase1_end.pt"
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        edit(state["config"])
-        torch.save(state, path)
-    return run
+    """Checkpoints of the tiny two-phase run of compare_helpers."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
 
 
 # ----------------------------------------------------------------------------- measured curve
@@ -575,7 +539,6 @@ def test_compare_refuses_a_bad_seed(tmp_path):
 
 def test_phase_momentum_must_be_below_one():
     """Momentum 1 would make the flow time lr x steps / (1 - momentum) infinite: refused."""
-    from ncsim.validate.train import Phase
 
     Phase("mse", 3, "sgd", 0.1, 1e-3, momentum=0.99).validate()
     for momentum in (1.0, -0.1):
