@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_study_values import run_frame as _runs
+from test_study_values import study_of as _study
 
 from ncsim.errors import InputError
 from ncsim.spec import InitSpec, ModelSpec, Regularization, RunSpec
@@ -63,20 +65,6 @@ def test_mps_without_mps_support_is_refused(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- study/analyses
-def _study(analysis, **axes_by_part):
-    from ncsim.study.spec import Study
-
-    parts = [{"name": name, "model": "simulated", "fixed": {},
-              "grid": {axis: [0] for axis in axes}} for name, axes in axes_by_part.items()]
-    return Study(name="s", title="S", question="q?", claim="c.", analysis=analysis,
-                 metrics=[], parts=parts, source="test")
-
-
-def _runs(part, **columns):
-    out = pd.DataFrame({"status": "ok", **columns})
-    out.insert(0, "part", part)
-    out.insert(0, "run_id", [f"{part}-{i}" for i in range(len(out))])
-    return out
 
 
 def _empty_traj():
