@@ -24,7 +24,8 @@ from ncsim.study.spec import (
 )
 
 Result = tuple[str, dict[str, Any], pd.DataFrame | None]
-STOPPED_EARLY = ("diverged", "stalled", "max_steps")  # statuses of a flow that ended before t_end
+# statuses, and values of the row's "stop", of a flow that ended before t_end (not at rest)
+STOPPED_EARLY = ("diverged", "stalled", "max_steps")
 
 
 def run_chunk(descs: list[RunDesc]) -> list[Result]:
