@@ -567,21 +567,14 @@ def test_run_json_without_a_config_table_is_not_compared(tmp_path):
 def test_response_calibration_of_a_batchnorm_network_says_it_is_approximate(tmp_path):
     """compare_run on a ResNet-20 (BatchNorm) run: the calibration note starts with the
     BatchNorm caveat, followed by the response fit's own note (here the weak-fit one)."""
-    from ncsim.io import write_table
+    from compare_helpers import train_two_phase
+
     from ncsim.validate import surrogate as sg
     from ncsim.validate.compare import compare_run
-    from ncsim.validate.data import load_dataset
-    from ncsim.validate.train import Phase, TrainConfig, load_checkpoint, train
+    from ncsim.validate.train import load_checkpoint
 
     args = {"name": "gaussian", "per_class": 4, "seed": 0, "classes": 3, "dim": 16}
-    config = TrainConfig(
-        arch="resnet20", activation="relu",
-        phases=(Phase("ce", 1, "adam", 1e-2, 0.0, schedule="constant", batch_size=100),
-                Phase("mse", 2, "sgd", 0.05, 1e-2, momentum=0.9, nesterov=False,
-                      schedule="constant", batch_size=100)),
-        nc_every=1, checkpoint_dir=str(tmp_path / "checkpoints"), run_id="bn",
-        data_args=dict(args), eval_test=False)
-    write_table(train(config, load_dataset(**args)).log, tmp_path / "log.parquet")
+    train_two_phase(tmp_path, args, "bn", (1, 2), arch="resnet20")
     row = compare_run(tmp_path, per_class=2, horizon=2.0, wd_horizon=1e-3,
                       max_steps=500)["table"].iloc[0]
     model, _ = load_checkpoint(tmp_path / "checkpoints" / "phase1_end.pt")
