@@ -257,11 +257,16 @@ def test_compare_theory_note_without_a_closed_form(tiny_run, tmp_path, monkeypat
     assert math.isnan(row["fn_star_ratio_closed_form_over_measured"])
 
 
-def test_compare_single_run_log_is_used_whatever_its_run_id(tiny_run, tmp_path):
-    """A log of one run is the run's log even under another run id (only a log of several
-    runs is cut to the checkpoint's run_id); the row is named after the log's id."""
-    row = compare_run(_run(tiny_run, tmp_path, log=_log("renamed")), **QUICK)["table"].iloc[0]
-    assert row["run"] == "renamed"
+def test_compare_refuses_a_single_run_log_of_another_run(tiny_run, tmp_path):
+    """A log of one run under another run id than the checkpoint's is another training's log:
+    refused with both ids named; without a run_id column the log is the folder's and the row
+    is named after the folder."""
+    with pytest.raises(InputError, match=r"holds run renamed, not the checkpoint's run 'tiny'; "
+                                         r"give the folder's own log"):
+        compare_run(_run(tiny_run, tmp_path / "a", log=_log("renamed")), **QUICK)
+    unnamed = _log().drop(columns="run_id")
+    row = compare_run(_run(tiny_run, tmp_path / "b", log=unnamed), **QUICK)["table"].iloc[0]
+    assert row["run"] == "run"
     assert row["onset_measured"] == pytest.approx(1.875, rel=1e-12)
 
 

@@ -213,11 +213,13 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
                 "statistics): eta_H and lambda_H are approximate", cal.note)))
     rate = cal.eta_h * cal.lambda_h  # ncsim-time decay rate of the surrogate's features
     log = read_table(log_path)
-    if "run_id" in log and log["run_id"].nunique() > 1:  # keep the checkpoint's own run
+    if "run_id" in log and config.get("run_id") is not None:  # the checkpoint's own run
         ids = sorted(map(str, log["run_id"].unique()))
-        require(config.get("run_id") in ids,
-                f"{log_path} holds runs {', '.join(ids)}, none of them the checkpoint's run "
-                f"{config.get('run_id')!r}; give the folder's own log")
+        require(config["run_id"] in ids,
+                f"{log_path} holds "
+                + (f"runs {', '.join(ids)}, none of them" if len(ids) > 1 else
+                   f"run {ids[0]}, not")
+                + f" the checkpoint's run {config['run_id']!r}; give the folder's own log")
         log = log[log["run_id"] == config["run_id"]]
     curve, onset_net, fn_net = _measured(log, threshold, step_factor)
     duration = float(curve["t"].max())
