@@ -43,17 +43,17 @@ def tiny_log(run_id: str = "tiny", nc1=NC1, fn=FN, flow=PHASE2_FLOW) -> pd.DataF
 
 
 def train_two_phase(out: Path, data_args: dict, run_id: str, epochs: tuple[int, int],
-                    **network) -> Path:
+                    momentum: float = 0.9, weight_decay: float = WD, **network) -> Path:
     """Train a two-phase run into ``out`` (checkpoints/ and log.parquet); returns ``out``.
 
     Phase 1: CE with Adam (lr 1e-2, no decay) for ``epochs[0]`` epochs; phase 2: MSE with
-    heavy-ball SGD (lr 0.05, momentum 0.9, weight decay WD) for ``epochs[1]``; NC records every
+    heavy-ball SGD (lr 0.05, ``momentum``, ``weight_decay``) for ``epochs[1]``; NC records every
     epoch, full batches; ``network``: the network's TrainConfig fields (arch, depth, width)."""
     config = TrainConfig(
         activation="relu", **network,
         phases=(Phase("ce", epochs[0], "adam", 1e-2, 0.0, schedule="constant", batch_size=100),
-                Phase("mse", epochs[1], "sgd", 0.05, WD, momentum=0.9, nesterov=False,
-                      schedule="constant", batch_size=100)),
+                Phase("mse", epochs[1], "sgd", 0.05, weight_decay, momentum=momentum,
+                      nesterov=False, schedule="constant", batch_size=100)),
         nc_every=1, checkpoint_dir=str(out / "checkpoints"), run_id=run_id,
         data_args=dict(data_args), eval_test=False)
     write_table(train(config, load_dataset(**data_args)).log, out / "log.parquet")

@@ -221,21 +221,11 @@ def test_whole_as_int_keeps_huge_and_fractional_times_as_floats():
 def run12(tmp_path_factory):
     """A tiny two-phase run (gaussian, K = 2, 12 per class, MLP 3 wide; MSE phase: plain SGD,
     lr 0.05, wd 1e-2) with its checkpoints and its own log."""
-    from ncsim.io import write_table
-    from ncsim.validate.data import load_dataset
-    from ncsim.validate.train import Phase, TrainConfig, train
+    from compare_helpers import train_two_phase
 
-    out = tmp_path_factory.mktemp("run12") / "run"
     data_args = {"name": "gaussian", "per_class": 12, "seed": 0, "classes": 2, "dim": 3}
-    config = TrainConfig(
-        arch="mlp", depth=1, width=3, activation="relu",
-        phases=(Phase("ce", 1, "adam", 1e-2, 0.0, schedule="constant", batch_size=100),
-                Phase("mse", 2, "sgd", 0.05, 1e-2, momentum=0.0, nesterov=False,
-                      schedule="constant", batch_size=100)),
-        nc_every=1, checkpoint_dir=str(out / "checkpoints"), run_id="pc",
-        data_args=dict(data_args), eval_test=False)
-    write_table(train(config, load_dataset(**data_args)).log, out / "log.parquet")
-    return out
+    return train_two_phase(tmp_path_factory.mktemp("run12") / "run", data_args, "pc", (1, 2),
+                           momentum=0.0, weight_decay=1e-2, arch="mlp", depth=1, width=3)
 
 
 QUICK12 = {"horizon": 1.0, "wd_horizon": 0.0, "max_steps": 50}
