@@ -65,7 +65,9 @@ class ImbalancedEquilibrium:
     class_mean_norm_centred : mean_k |mu_k - mu_G|, mu_G the sample mean.
     w_norm_fro : |W|_F; w_row_norms : (K,) |w_k|.
     h_norm_fro : |H|_F.
-    bias : (K,) bias vector (zeros without a bias).
+    bias : (K,) bias vector (zeros without a bias). CE with a free bias fixes it only up to a
+        shift b + c 1 (softmax is blind to it): the one of zero sum is reported, the bias a
+        gradient flow from a zero-sum bias keeps.
     logits : (K, K) class logits Z[:, k] = W mu_k + b.
     loss_star : mean data loss; objective_star : f at the minimiser; objective_zero : f at W = H
         = 0 with the best bias.
@@ -114,6 +116,8 @@ def _summary(loss: str, counts: np.ndarray, lw: float, lh: float, lb: float, X: 
              b: np.ndarray, method: str, kkt: float, obj0: float,
              collapsed: bool) -> ImbalancedEquilibrium:
     N = counts.sum()
+    if loss == "ce" and lb == 0:  # softmax is blind to b + c 1: report the zero-sum bias
+        b = b - b.mean()
     U, S, Vt = np.linalg.svd(X)
     ratio = (lw / lh) ** 0.25
     means = ratio * (np.sqrt(S)[:, None] * Vt) / np.sqrt(counts)[None, :]
