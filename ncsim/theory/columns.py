@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -248,8 +249,14 @@ def _lower_rank(spec: RunSpec, eq: Any, row: dict[str, Any], lw: tuple[float, ..
 
 
 def _geometric_decay(lw: tuple[float, ...], lh: float) -> float:
-    """Lambda = (lambda_W1 ... lambda_WL lambda_H)^(1/(L+1)), the decay the thresholds use."""
-    return math.prod((*lw, lh)) ** (1.0 / (len(lw) + 1))
+    """Lambda = (lambda_W1 ... lambda_WL lambda_H)^(1/(L+1)), the decay the thresholds use;
+    through logarithms where the product leaves float64's normal range (decays near 1e-110 or
+    1e300, each of which has a well-defined Lambda)."""
+    decays = (*lw, lh)
+    product = math.prod(decays)
+    if sys.float_info.min <= product < math.inf or min(decays) == 0:
+        return product ** (1.0 / len(decays))
+    return math.exp(math.fsum(map(math.log, decays)) / len(decays))
 
 
 def _aligned_onset(spec: RunSpec, eq: Any, lw: tuple[float, ...], lh: float
@@ -429,7 +436,7 @@ def _imbalanced(spec: RunSpec) -> dict[str, Any]:
         return _empty("not_applicable: d below the rank of the minimiser")
     row = _empty(f"ok: imbalanced equilibrium ({eq.method}); onset not predicted")
     counts = np.asarray(m.class_counts, dtype=np.float64)
-    N = counts.sum()
+    N = float(counts.sum())
     row["fn_star_theory"] = eq.fn_star
     row["w_norm_star_theory"] = eq.w_norm_fro / math.sqrt(m.classes)
     row["loss_star_theory"] = eq.loss_star

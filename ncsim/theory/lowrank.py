@@ -177,6 +177,7 @@ def lower_rank_check(K: int, n: int, Lam: float, depth: int, restarts: int = 6,
     ------
     InputError : K, n, depth, restarts or seed not an integer (>= 2, 1, 1, 1, 0), or Lam not a
         finite number > 0.
+    ArithmeticError : no start reached a finite objective (a Lam so large that it overflows).
     """
     for value, name, low in ((K, "K", 2), (n, "n", 1), (depth, "depth", 1),
                              (restarts, "restarts", 1), (seed, "seed", 0)):
@@ -209,6 +210,9 @@ def lower_rank_check(K: int, n: int, Lam: float, depth: int, restarts: int = 6,
             best_per_rank.append(best)
             described.append(_describe(best_theta, K, r, M) if best_theta is not None
                              else (math.nan, math.nan, math.nan))
+    if best_per_rank and not math.isfinite(best_per_rank[-1]):
+        raise ArithmeticError(f"the lower-rank search found no finite objective at Lam = "
+                              f"{Lam:.3g} (its objective overflows there)")
     rank, best_value = _best(tuple(best_per_rank))
     norms, last_sq, losses = (tuple(v) for v in zip(*described)) if described else ((), (), ())
     return LowRankResult(tuple(best_per_rank), rank, best_value, norms, last_sq, losses, lam)
