@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from test_reduced_probe import _params as _point
 
 from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.models.classmeans import ClassMeansObjective
@@ -31,18 +32,11 @@ def _name(model: ModelSpec) -> str:
     return f"{model.loss}-{model.bias}-K{model.classes}-{model.class_counts}-d{model.dim}"
 
 
-def _point(model: ModelSpec, seed: int = 0):
-    """Random H (R, d, N), W (R, K, d), b (R, K) or None and per-run penalties."""
-    gen = torch.Generator().manual_seed(seed)
-    d, k, n = model.dim, model.classes, model.num_samples
-    h = torch.randn(R, d, n, generator=gen, dtype=F64)
-    w = 0.8 * torch.randn(R, k, d, generator=gen, dtype=F64)
-    b = torch.randn(R, k, generator=gen, dtype=F64) if model.has_bias else None
-    pen = Penalties(w=torch.tensor([[3e-2, 1e-2, 0.2]], dtype=F64),
-                    h=torch.tensor([2e-2, 0.15, 1e-3], dtype=F64),
-                    b=torch.tensor([4e-2, 0.3, 1e-2] if model.bias == "reg" else [0.0] * R,
-                                   dtype=F64))
-    return h, w, b, pen
+def _same_metrics(got: dict, ref: dict) -> None:
+    """Every NC metric of a reduced form equals nc_metrics of the d-space point."""
+    for name in METRIC_NAMES:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-11,
+                                   equal_nan=True, msg=name)
 
 
 def _flat(obj: UFMObjective, h, w, b) -> torch.Tensor:
@@ -86,11 +80,7 @@ def test_gram_form_equals_the_d_space_model_at_odd_shapes(model):
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(gram.grad_norm(state, pen), plain.gradient(y, pen).norm(dim=1),
                                rtol=1e-10, atol=0)
-    ref = nc_metrics(h.mT, plain.labels, model.classes, w, b)
-    got = gram.metrics(state)
-    for name in METRIC_NAMES:
-        torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-11,
-                                   equal_nan=True, msg=name)
+    _same_metrics(gram.metrics(state), nc_metrics(h.mT, plain.labels, model.classes, w, b))
 
 
 @pytest.mark.parametrize("model", [m for m in MODELS if m.loss == "mse"], ids=_name)
@@ -122,11 +112,7 @@ def test_class_means_form_equals_the_d_space_model_at_odd_shapes(model):
     torch.testing.assert_close(form.grad_norm(state, pen), norm, rtol=1e-10, atol=0)
     torch.testing.assert_close(form.grad_norm_from_velocity(vel, ETA_W, ETA_H, ETA_B), norm,
                                rtol=1e-10, atol=0)
-    ref = nc_metrics(h.mT, plain.labels, model.classes, w, b)
-    got = form.metrics(state)
-    for name in METRIC_NAMES:
-        torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-11,
-                                   equal_nan=True, msg=name)
+    _same_metrics(form.metrics(state), nc_metrics(h.mT, plain.labels, model.classes, w, b))
 
 
 def _gram_state(gram: GramObjective, s, a, bb, b=None) -> torch.Tensor:
