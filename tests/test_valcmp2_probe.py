@@ -259,11 +259,13 @@ def test_compare_theory_note_without_a_closed_form(tiny_run, tmp_path, monkeypat
 
 def test_compare_refuses_a_single_run_log_of_another_run(tiny_run, tmp_path):
     """A log of one run under another run id than the checkpoint's is another training's log:
-    refused with both ids named; without a run_id column the log is the folder's and the row
-    is named after the folder."""
+    refused with both ids named (an empty log too); without a run_id column the log is the
+    folder's and the row is named after the folder."""
     with pytest.raises(InputError, match=r"holds run renamed, not the checkpoint's run 'tiny'; "
                                          r"give the folder's own log"):
         compare_run(_run(tiny_run, tmp_path / "a", log=_log("renamed")), **QUICK)
+    with pytest.raises(InputError, match=r"holds no record of the checkpoint's run 'tiny'"):
+        compare_run(_run(tiny_run, tmp_path / "c", log=_log().iloc[0:0]), **QUICK)
     unnamed = _log().drop(columns="run_id")
     row = compare_run(_run(tiny_run, tmp_path / "b", log=unnamed), **QUICK)["table"].iloc[0]
     assert row["run"] == "run"

@@ -215,11 +215,11 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     log = read_table(log_path)
     if "run_id" in log and config.get("run_id") is not None:  # the checkpoint's own run
         ids = sorted(map(str, log["run_id"].unique()))
-        require(config["run_id"] in ids,
-                f"{log_path} holds "
-                + (f"runs {', '.join(ids)}, none of them" if len(ids) > 1 else
-                   f"run {ids[0]}, not")
-                + f" the checkpoint's run {config['run_id']!r}; give the folder's own log")
+        if config["run_id"] not in ids:
+            held = {0: "no record of", 1: f"run {', '.join(ids)}, not"}.get(
+                len(ids), f"runs {', '.join(ids)}, none of them")
+            raise InputError(f"{log_path} holds {held} the checkpoint's run "
+                             f"{config['run_id']!r}; give the folder's own log")
         log = log[log["run_id"] == config["run_id"]]
     curve, onset_net, fn_net = _measured(log, threshold, step_factor)
     duration = float(curve["t"].max())
