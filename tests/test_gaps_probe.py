@@ -608,7 +608,7 @@ def test_zip_log_is_read_without_the_record_check(tmp_path):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("width128_s0.csv", header + "0,1,0.5,0.45,,,,1.5\n10,2,0.99,0.97,0.004,"
                     "0.02,0.3,2.5")  # no final line end: refused for a plain CSV
-    assert logs._check_whole_records(path) is None
+    assert logs._check_whole_records(path) is False  # not checked
     out = logs.read_log(path)
     assert list(out["time"]) == [0.0, 10.0]
     assert out["nc1_trace"].iloc[1] == 0.004 and out["fn"].iloc[1] == 2.5

@@ -32,6 +32,7 @@ import gzip
 import io
 import lzma
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,21 +130,27 @@ def _read_frame(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"log file {path} does not exist; check the path")
     parquet = path.suffix.lower() == ".parquet"
-    if not parquet:
-        _check_whole_records(path)  # before pandas, which would warn of what it refuses
+    # before pandas, which would warn of what it refuses
+    checked = not parquet and _check_whole_records(path)
     try:
         if parquet:
             return pd.read_parquet(path)
-        return pd.read_csv(path, index_col=False)  # never a data column as the row index
+        with warnings.catch_warnings():
+            if checked:  # extra fields are blank (checked): pandas' "loss of data" loses none
+                warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, index_col=False)  # never a data column as the row index
     except (ValueError, OSError, pd.errors.ParserError) as err:
         raise InputError(f"cannot read log {path}: {str(err).splitlines()[0]}; a log is a CSV "
                          "file or a Parquet file (.parquet)") from None
+    # a header ending in commas names blank columns (pandas' "Unnamed: i"): nothing to keep
+    return frame.drop(columns=[c for c in frame.columns
+                               if str(c).startswith("Unnamed: ") and frame[c].isna().all()])
 
 
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
-def _check_whole_records(path: Path) -> None:
+def _check_whole_records(path: Path) -> bool:
     """Refuse a CSV log cut short or misaligned: a last line without a line end, a line with
     fewer fields than the header (pandas would read the missing fields as blanks, and a number
     cut after its first digits as that smaller number: ``0.01026`` cut to ``0.0`` reads as a
@@ -151,15 +158,15 @@ def _check_whole_records(path: Path) -> None:
     trailing comma; pandas would otherwise take the first field as a row index and shift every
     column), and a header that names a column twice (pandas would rename the second copy and
     read the first as the value). Plain, .gz, .bz2 and .xz files are checked; other
-    compressions are read as they are."""
+    compressions are read as they are. Returns whether the file was checked."""
     suffix = path.suffix.lower()
     if suffix in (".zip", ".zst", ".tar"):
-        return
+        return False
     try:
         with _OPENERS.get(suffix, open)(path, "rt", newline="") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError, EOFError):
-        return  # pandas read it; nothing more to check here
+        return False  # pandas read it; nothing more to check here
     rows = csv.reader(io.StringIO(text, newline=None))  # \n, \r\n and \r end a line
     header = next(rows, [])
     _check_unique_header(path, header)
@@ -177,6 +184,7 @@ def _check_whole_records(path: Path) -> None:
         raise InputError(f"log {path}: the last line ({last[:60]!r}) has no line end, so the "
                          f"file may be cut short and its last number too; complete the file "
                          f"or remove that line (or, if it is whole, end it with a newline)")
+    return True
 
 
 def _check_unique_header(path: Path, header: list[str]) -> None:
