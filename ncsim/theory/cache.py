@@ -159,7 +159,9 @@ def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]
         signature = inspect.signature(func)
 
         @functools.lru_cache(maxsize=4096)
-        def by_key(key: tuple[tuple[str, Any], ...]) -> T:
+        def by_key(key: tuple[tuple[str, Any], ...], spelled: str) -> T:
+            # ``spelled`` = repr(key) keys the memory cache as the disk: 1, 1.0 and True (or
+            # 0.0 and -0.0) are equal in ``key`` but are other arguments
             folder = cache_dir()
             path = None
             if folder is not None:
@@ -179,7 +181,8 @@ def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]
         def cached(*args: Any, **kwargs: Any) -> T:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            return by_key(tuple((k, _plain(v)) for k, v in bound.arguments.items()))
+            key = tuple((k, _plain(v)) for k, v in bound.arguments.items())
+            return by_key(key, repr(key))
 
         cached.uncached = func
         cached.cache_clear = by_key.cache_clear
