@@ -124,38 +124,24 @@ def test_epoch_logs_of_no_paths_is_empty():
     assert epoch_logs([]) == ([], [])
 
 
-def test_blank_run_id_message_names_the_first_blank_row(tmp_path):
-    """With blank run ids on data rows 2 and 4, the message names row 2."""
-    path = _write(tmp_path, "ids.csv",
-                  "run_id,time,fn,nc1_trace\na,1,1,1\n,2,1,1\na,3,1,1\n,4,1,1\n")
-    with pytest.raises(InputError, match=r"2 of 4 records have no run_id \(the first is data "
-                                         r"row 2\)"):
-        read_log(path)
-
-
-def test_text_entry_message_names_the_first_text_row(tmp_path):
-    """With text nc1 on data rows 2 and 3, the message names row 2 and its value."""
-    path = _write(tmp_path, "txt_s0.csv",
-                  "epoch,nc1,feat_norm\n0,0.5,2\n1,ten,2\n2,eleven,2\n")
-    with pytest.raises(InputError, match=r"nc1 'ten' in data row 2 is not a number \(2 such"):
-        read_log(path)
-
-
-def test_negative_nc1_message_names_the_first_negative_record(tmp_path):
-    """With negative nc1 at epochs 1 and 2, the message names epoch 1 and its value."""
-    path = _write(tmp_path, "neg_s0.csv",
-                  "epoch,nc1,feat_norm\n0,0.5,2\n1,-0.25,2\n2,-0.5,2\n")
-    with pytest.raises(InputError, match=r"nc1 is -0.25 at epoch 1;"):
-        read_log(path)
-
-
-def test_missing_epoch_message_names_the_first_such_row(tmp_path):
-    """With no epoch on data rows 2 and 3, the message counts 2 and names row 2."""
-    path = _write(tmp_path, "noep_s0.csv",
-                  "epoch,nc1,feat_norm\n0,0.5,2\n,0.4,2\n,0.3,2\n")
-    with pytest.raises(InputError, match=r"2 record\(s\) have no epoch \(the first is data "
-                                         r"row 2\)"):
-        read_log(path)
+@pytest.mark.parametrize(("name", "text", "message"), [
+    # blank run ids on data rows 2 and 4: row 2 named
+    ("ids.csv", "run_id,time,fn,nc1_trace\na,1,1,1\n,2,1,1\na,3,1,1\n,4,1,1\n",
+     r"2 of 4 records have no run_id \(the first is data row 2\)"),
+    # text nc1 on data rows 2 and 3: row 2 and its value named
+    ("txt_s0.csv", "epoch,nc1,feat_norm\n0,0.5,2\n1,ten,2\n2,eleven,2\n",
+     r"nc1 'ten' in data row 2 is not a number \(2 such"),
+    # negative nc1 at epochs 1 and 2: epoch 1 and its value named
+    ("neg_s0.csv", "epoch,nc1,feat_norm\n0,0.5,2\n1,-0.25,2\n2,-0.5,2\n",
+     r"nc1 is -0.25 at epoch 1;"),
+    # no epoch on data rows 2 and 3: counted, row 2 named
+    ("noep_s0.csv", "epoch,nc1,feat_norm\n0,0.5,2\n,0.4,2\n,0.3,2\n",
+     r"2 record\(s\) have no epoch \(the first is data row 2\)"),
+], ids=["blank_run_id", "text_entry", "negative_nc1", "missing_epoch"])
+def test_refusals_name_the_first_offending_row(tmp_path, name, text, message):
+    """With two offending records, each refusal names the first of them (and its value)."""
+    with pytest.raises(InputError, match=message):
+        read_log(_write(tmp_path, name, text))
 
 
 def test_a_paper_log_with_two_seeds_is_refused(tmp_path):
