@@ -61,3 +61,12 @@ def blobs():
     from ncsim.validate.data import load_dataset
 
     return load_dataset("gaussian", per_class=4, classes=3, dim=5, seed=1, test_per_class=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_net(tmp_path_factory):
+    """Checkpoints and log of the tiny two-phase run of compare_helpers, trained once per
+    process; a test that changes anything works on a copy (compare_helpers.copy_run)."""
+    from compare_helpers import train_tiny_run
+
+    return train_tiny_run(tmp_path_factory.mktemp("tiny") / "run")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +24,6 @@ from compare_helpers import (
     QUICK,
     WD,
     K,
-    train_tiny_run,
 )
 from compare_helpers import copy_run as _run
 from compare_helpers import edit_checkpoint as _edit_checkpoint
@@ -37,12 +35,6 @@ from ncsim.validate import surrogate as sg
 from ncsim.validate.compare import _same_training, compare_run
 from ncsim.validate.data import Dataset, load_dataset
 from ncsim.validate.train import load_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """Checkpoints of the tiny two-phase run of compare_helpers."""
-    return train_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
 
 
 # ----------------------------------------------------------------------------- surrogate
@@ -173,7 +165,7 @@ def test_has_batch_norm_covers_every_batch_norm_kind(layer, expected):
 
 
 # ----------------------------------------------------------------------------- compare_run
-def test_compare_decay_on_the_classifier_only_gives_no_feature_decay(tiny_run, tmp_path):
+def test_compare_decay_on_the_classifier_only_gives_no_feature_decay(tiny_net, tmp_path):
     """decay_last = 1 (only the classifier decayed) leaves the features no decay velocity:
     lambda_H = 0 (r2_decay NaN), the horizon alone sets t_end (2 x 2.5 x 2/3), the collapse time
     scale is infinite and so is the extrapolated onset (and its ratio)."""
@@ -181,7 +173,7 @@ def test_compare_decay_on_the_classifier_only_gives_no_feature_decay(tiny_run, t
     def classifier_only(config):
         config["phases"][1]["decay_last"] = 1
 
-    res = compare_run(_run(tiny_run, tmp_path, edit=classifier_only), **QUICK)
+    res = compare_run(_run(tiny_net, tmp_path, edit=classifier_only), **QUICK)
     row = res["table"].iloc[0]
     assert row["lambda_h"] == 0.0 and row["eta_h"] > 0
     assert math.isnan(row["calibration_r2_decay"])
@@ -196,10 +188,10 @@ def test_compare_decay_on_the_classifier_only_gives_no_feature_decay(tiny_run, t
                                                                rel=1e-12)
 
 
-def test_compare_balance_rule_uses_the_seeded_subsample_of_the_final_network(tiny_run, tmp_path):
+def test_compare_balance_rule_uses_the_seeded_subsample_of_the_final_network(tiny_net, tmp_path):
     """With seed 1 the balance rule reads the final network's features on the seed-1
     subsample (the start's), lambda_W |W|^2 / |H|^2 summed here sample by sample."""
-    run = _run(tiny_run, tmp_path)
+    run = _run(tiny_net, tmp_path)
     row = compare_run(run, lambda_h_rule="balance", seed=1, **QUICK)["table"].iloc[0]
     data = load_dataset(**DATA_ARGS)
     model0, _ = load_checkpoint(run / "checkpoints" / "phase1_end.pt")
@@ -213,10 +205,10 @@ def test_compare_balance_rule_uses_the_seeded_subsample_of_the_final_network(tin
     assert row["lambda_h"] == pytest.approx(K * WD / 2 * w2 / h2, rel=1e-6)
 
 
-def test_compare_refuses_a_final_checkpoint_of_another_training(tiny_run, tmp_path):
+def test_compare_refuses_a_final_checkpoint_of_another_training(tiny_net, tmp_path):
     """run.json matching the start checkpoint but not the final one (another seed) is refused
     naming phase2_end.pt and the differing setting."""
-    run = _run(tiny_run, tmp_path)
+    run = _run(tiny_net, tmp_path)
     config = load_checkpoint(run / "checkpoints" / "phase1_end.pt")[1]["config"]
     (run / "run.json").write_text(json.dumps({"config": to_jsonable(config)}))
     _edit_checkpoint(run / "checkpoints" / "phase2_end.pt",
@@ -234,11 +226,11 @@ def test_same_training_names_a_setting_only_run_json_records(tmp_path):
     assert _same_training(tmp_path, tmp_path / "c.pt", {"seed": 0, "extra": 1}) is None
 
 
-def test_compare_onset_at_the_mse_start_has_no_ratio(tiny_run, tmp_path):
+def test_compare_onset_at_the_mse_start_has_no_ratio(tiny_net, tmp_path):
     """A network below the threshold at its first MSE record, t = 0 (flow time of the phase-1
     end): onset 0, fn* that record's fn, and no onset ratio (NaN, not a division by 0)."""
     log = _log(nc1=[0.005, 0.004, 0.003, 0.002], flow=[0.5, 0.5625, 0.625, 0.75])
-    row = compare_run(_run(tiny_run, tmp_path, log=log), **QUICK)["table"].iloc[0]
+    row = compare_run(_run(tiny_net, tmp_path, log=log), **QUICK)["table"].iloc[0]
     assert row["onset_measured"] == 0.0 and row["fn_star_measured"] == 3.0
     assert math.isnan(row["onset_ratio_sim_over_measured"])
     assert row["lambda_w_x_mse_duration"] == pytest.approx(K * WD / 2 * (2 / K) * 2.5, rel=1e-12)
@@ -246,36 +238,36 @@ def test_compare_onset_at_the_mse_start_has_no_ratio(tiny_run, tmp_path):
 
 @pytest.mark.parametrize("regime, note", [("", "closed form not available"),
                                           ("theory failed: boom", "theory failed: boom")])
-def test_compare_theory_note_without_a_closed_form(tiny_run, tmp_path, monkeypatch, regime,
+def test_compare_theory_note_without_a_closed_form(tiny_net, tmp_path, monkeypatch, regime,
                                                    note):
     """A NaN closed-form fn* gives NaN ratio and the theory's reason as theory_note, or
     'closed form not available' when it gives none."""
     monkeypatch.setattr(sg, "closed_form_fn_star", lambda spec: (math.nan, regime))
-    row = compare_run(_run(tiny_run, tmp_path), **QUICK)["table"].iloc[0]
+    row = compare_run(_run(tiny_net, tmp_path), **QUICK)["table"].iloc[0]
     assert row["theory_note"] == note
     assert math.isnan(row["fn_star_closed_form"])
     assert math.isnan(row["fn_star_ratio_closed_form_over_measured"])
 
 
-def test_compare_refuses_a_single_run_log_of_another_run(tiny_run, tmp_path):
+def test_compare_refuses_a_single_run_log_of_another_run(tiny_net, tmp_path):
     """A log of one run under another run id than the checkpoint's is another training's log:
     refused with both ids named (an empty log too); without a run_id column the log is the
     folder's and the row is named after the folder."""
     with pytest.raises(InputError, match=r"holds run renamed, not the checkpoint's run 'tiny'; "
                                          r"give the folder's own log"):
-        compare_run(_run(tiny_run, tmp_path / "a", log=_log("renamed")), **QUICK)
+        compare_run(_run(tiny_net, tmp_path / "a", log=_log("renamed")), **QUICK)
     with pytest.raises(InputError, match=r"holds no record of the checkpoint's run 'tiny'"):
-        compare_run(_run(tiny_run, tmp_path / "c", log=_log().iloc[0:0]), **QUICK)
+        compare_run(_run(tiny_net, tmp_path / "c", log=_log().iloc[0:0]), **QUICK)
     unnamed = _log().drop(columns="run_id")
-    row = compare_run(_run(tiny_run, tmp_path / "b", log=unnamed), **QUICK)["table"].iloc[0]
+    row = compare_run(_run(tiny_net, tmp_path / "b", log=unnamed), **QUICK)["table"].iloc[0]
     assert row["run"] == "run"
     assert row["onset_measured"] == pytest.approx(1.875, rel=1e-12)
 
 
-def test_compare_step_budget_reaches_the_surrogate(tiny_run, tmp_path):
+def test_compare_step_budget_reaches_the_surrogate(tiny_net, tmp_path):
     """max_steps = 3 stops the surrogate early: status max_steps, no simulated onset, the lower
     bound is the time reached (short of t_end in network time) and the estimate extrapolates."""
-    res = compare_run(_run(tiny_run, tmp_path), per_class=N_PER, horizon=2.0, wd_horizon=1e-3,
+    res = compare_run(_run(tiny_net, tmp_path), per_class=N_PER, horizon=2.0, wd_horizon=1e-3,
                       max_steps=3)
     row = res["table"].iloc[0]
     assert row["status_simulated"] == "max_steps"
@@ -287,21 +279,21 @@ def test_compare_step_budget_reaches_the_surrogate(tiny_run, tmp_path):
     assert row["onset_simulated_estimate"] > reached
 
 
-def test_compare_threshold_reaches_the_surrogate_spec(tiny_run, tmp_path):
+def test_compare_threshold_reaches_the_surrogate_spec(tiny_net, tmp_path):
     """The threshold is the surrogate's onset threshold too: at threshold 1e6 every record is
     below it, so the surrogate's status is 'ok' (collapsed at its first record, t = 0), as is
     the measured onset (first MSE record, t = 0.625)."""
-    row = compare_run(_run(tiny_run, tmp_path), threshold=1e6, **QUICK)["table"].iloc[0]
+    row = compare_run(_run(tiny_net, tmp_path), threshold=1e6, **QUICK)["table"].iloc[0]
     assert row["onset_measured"] == pytest.approx(0.625, rel=1e-12)
     assert row["onset_simulated"] == 0.0
     assert row["status_simulated"] == "ok"
 
 
-def test_compare_report_messages_give_both_time_units(tiny_run, tmp_path):
+def test_compare_report_messages_give_both_time_units(tiny_net, tmp_path):
     """The progress messages: the calibration, the horizon in ncsim time and in network time
     (t_end / (2/K) = 1.5 t_end for K = 3) with the step budget, then the surrogate's status."""
     messages: list[str] = []
-    row = compare_run(_run(tiny_run, tmp_path), report=messages.append, **QUICK)["table"].iloc[0]
+    row = compare_run(_run(tiny_net, tmp_path), report=messages.append, **QUICK)["table"].iloc[0]
     assert len(messages) == 3
     assert messages[0].startswith(f"surrogate calibrated (response rule, {N_PER} samples per "
                                   "class): eta_H ")
@@ -314,7 +306,7 @@ def test_compare_report_messages_give_both_time_units(tiny_run, tmp_path):
     assert re.fullmatch(r"surrogate: not_collapsed after \d+ steps", messages[2])
 
 
-def test_compare_refuses_a_dataset_of_another_input_shape(tiny_run, tmp_path):
+def test_compare_refuses_a_dataset_of_another_input_shape(tiny_net, tmp_path):
     """Recorded dataset arguments that rebuild inputs of another shape (dimension 5, not 4) are
     refused before the network sees them, naming both shapes."""
 
@@ -323,4 +315,4 @@ def test_compare_refuses_a_dataset_of_another_input_shape(tiny_run, tmp_path):
 
     with pytest.raises(InputError, match=r"\(3 classes, inputs \(1, 5\)\) does not match the "
                                          r"network \(3 classes, inputs \(1, 4\)\)"):
-        compare_run(_run(tiny_run, tmp_path, edit=five_dims), **QUICK)
+        compare_run(_run(tiny_net, tmp_path, edit=five_dims), **QUICK)

@@ -24,7 +24,6 @@ from compare_helpers import (
     WD,
     WIDTH,
     K,
-    train_tiny_run,
 )
 from compare_helpers import copy_run as _run
 from compare_helpers import tiny_log as _log
@@ -36,12 +35,6 @@ from ncsim.validate.cli import validate
 from ncsim.validate.compare import _measured, compare_run
 from ncsim.validate.data import load_dataset
 from ncsim.validate.train import Phase, load_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """Checkpoints of the tiny two-phase run of compare_helpers."""
-    return train_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
 
 
 # ----------------------------------------------------------------------------- measured curve
@@ -184,10 +177,10 @@ def test_unit_conversions_and_simulated_curve():
     assert "t" not in traj
 
 
-def test_network_state_is_the_seeded_class_sorted_subsample(tiny_run):
+def test_network_state_is_the_seeded_class_sorted_subsample(tiny_net):
     """H holds the network's features of n samples per class, class-major; W and b are the
     classifier's; another seed picks other samples."""
-    model, _ = load_checkpoint(tiny_run / "checkpoints" / "phase1_end.pt")
+    model, _ = load_checkpoint(tiny_net / "checkpoints" / "phase1_end.pt")
     data = load_dataset(**DATA_ARGS)
     state = sg.network_state(model, data, N_PER, seed=0)
     y = data.y_train.numpy()
@@ -202,12 +195,12 @@ def test_network_state_is_the_seeded_class_sorted_subsample(tiny_run):
 
 
 # ----------------------------------------------------------------------------- compare_run
-def test_compare_row_against_hand_computed_numbers(tiny_run, tmp_path):
+def test_compare_row_against_hand_computed_numbers(tiny_net, tmp_path):
     """Every measured, unit-conversion and ratio column of the row, computed by hand from the
     hand-built log (momentum 0.9: t = 10 lr x steps) and from the returned surrogate curve; the
     surrogate does not reach the threshold, so its onset is the extrapolation from its last
     record at the calibrated rate."""
-    res = compare_run(_run(tiny_run, tmp_path), **QUICK)
+    res = compare_run(_run(tiny_net, tmp_path), **QUICK)
     row = res["table"].iloc[0]
     factor, lam_w = 2.0 / K, K * WD / 2.0
     assert len(res["table"]) == 1
@@ -246,11 +239,11 @@ def test_compare_row_against_hand_computed_numbers(tiny_run, tmp_path):
     assert row["status_simulated"] == "not_collapsed"
 
 
-def test_compare_response_calibration_is_that_of_the_start_checkpoint(tiny_run, tmp_path):
+def test_compare_response_calibration_is_that_of_the_start_checkpoint(tiny_net, tmp_path):
     """eta_H and lambda_H are the response fit of the start checkpoint's features on the seeded
     subsample (all parameters decayed: one ReLU layer, so eta_H lambda_H = K wd / 2); fn_start
     and the surrogate's first record are that subsample's fn; another seed, another subsample."""
-    run = _run(tiny_run, tmp_path)
+    run = _run(tiny_net, tmp_path)
     row = compare_run(run, seed=1, **QUICK)["table"].iloc[0]
     model, _ = load_checkpoint(run / "checkpoints" / "phase1_end.pt")
     data = load_dataset(**DATA_ARGS)
@@ -268,10 +261,10 @@ def test_compare_response_calibration_is_that_of_the_start_checkpoint(tiny_run, 
     assert other["fn_start"] != pytest.approx(row["fn_start"], rel=1e-6)
 
 
-def test_compare_balance_rule_uses_the_final_checkpoint(tiny_run, tmp_path):
+def test_compare_balance_rule_uses_the_final_checkpoint(tiny_net, tmp_path):
     """The balance rule: lambda_H = lambda_W |W|^2 / |H|^2 of the final checkpoint's classifier
     and features on the same subsample, eta_H = 1, no explained fractions."""
-    run = _run(tiny_run, tmp_path)
+    run = _run(tiny_net, tmp_path)
     row = compare_run(run, lambda_h_rule="balance", **QUICK)["table"].iloc[0]
     final, _ = load_checkpoint(run / "checkpoints" / "phase2_end.pt")
     state = sg.network_state(final, load_dataset(**DATA_ARGS), N_PER, seed=0)
@@ -282,11 +275,11 @@ def test_compare_balance_rule_uses_the_final_checkpoint(tiny_run, tmp_path):
     assert math.isnan(row["calibration_r2_data"]) and math.isnan(row["calibration_r2_decay"])
 
 
-def test_compare_collapsed_surrogate_onset_fn_star_and_lower_bound(tiny_run, tmp_path):
+def test_compare_collapsed_surrogate_onset_fn_star_and_lower_bound(tiny_net, tmp_path):
     """A surrogate integrated past its onset: onset and fn* are its first record below the
     threshold, the estimate is that onset, the ratio is onset / 1.875, and the lower bound of
     the onset is the onset itself (not the later time the integration reached)."""
-    res = compare_run(_run(tiny_run, tmp_path), per_class=N_PER, horizon=2.0, wd_horizon=5.0,
+    res = compare_run(_run(tiny_net, tmp_path), per_class=N_PER, horizon=2.0, wd_horizon=5.0,
                       max_steps=5000)
     row, sim = res["table"].iloc[0], res["simulated"]
     first = sim[sim["nc1_trace"] < 0.01].iloc[0]
@@ -300,13 +293,13 @@ def test_compare_collapsed_surrogate_onset_fn_star_and_lower_bound(tiny_run, tmp
     assert row["onset_simulated_lower_bound"] == row["onset_simulated"]
 
 
-def test_compare_plain_sgd_counts_lr_times_steps(tiny_run, tmp_path):
+def test_compare_plain_sgd_counts_lr_times_steps(tiny_net, tmp_path):
     """Without momentum the network's time is lr x steps: onset 0.1875 and the plain label."""
 
     def no_momentum(config):
         config["phases"][1]["momentum"] = 0.0
 
-    row = compare_run(_run(tiny_run, tmp_path, edit=no_momentum), **QUICK)["table"].iloc[0]
+    row = compare_run(_run(tiny_net, tmp_path, edit=no_momentum), **QUICK)["table"].iloc[0]
     assert row["time_mapping"] == "t = lr x steps"
     assert row["onset_measured"] == pytest.approx(0.1875, rel=1e-12)
     assert row["lambda_w_x_mse_duration"] == pytest.approx(K * WD / 2 * (2 / K) * 0.25,
@@ -314,7 +307,7 @@ def test_compare_plain_sgd_counts_lr_times_steps(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
-def test_compare_refuses_an_adam_phase_before_simulating(tiny_run, tmp_path, monkeypatch,
+def test_compare_refuses_an_adam_phase_before_simulating(tiny_net, tmp_path, monkeypatch,
                                                          optimizer):
     """An Adam (or AdamW) MSE phase has no gradient-flow time: an InputError that names the
     optimizer and says to train with SGD, raised before the dataset, the calibration or the
@@ -323,7 +316,7 @@ def test_compare_refuses_an_adam_phase_before_simulating(tiny_run, tmp_path, mon
     def adam(config):
         config["phases"][1]["optimizer"] = optimizer
 
-    run = _run(tiny_run, tmp_path, edit=adam)
+    run = _run(tiny_net, tmp_path, edit=adam)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("compare went on past the optimizer check")
@@ -338,7 +331,7 @@ def test_compare_refuses_an_adam_phase_before_simulating(tiny_run, tmp_path, mon
         "'ncsim validate train --preset cpu-small')")
 
 
-def test_compare_cli_adam_run_is_one_line_exit_2(tiny_run, tmp_path):
+def test_compare_cli_adam_run_is_one_line_exit_2(tiny_net, tmp_path):
     """The command: exit status 2, one line on stderr, nothing on stdout, no files written."""
     from click.testing import CliRunner
 
@@ -347,7 +340,7 @@ def test_compare_cli_adam_run_is_one_line_exit_2(tiny_run, tmp_path):
     def adam(config):
         config["phases"][1]["optimizer"] = "adam"
 
-    run = _run(tiny_run, tmp_path, edit=adam)
+    run = _run(tiny_net, tmp_path, edit=adam)
     res = CliRunner().invoke(validate, ["compare", "--run", str(run), "--format", "json"])
     assert res.exit_code == 2 and res.stdout == "" and "Traceback" not in res.output
     lines = res.stderr.splitlines()
@@ -355,7 +348,7 @@ def test_compare_cli_adam_run_is_one_line_exit_2(tiny_run, tmp_path):
     assert not (run / "compare.csv").exists()
 
 
-def test_compare_cli_table_notes_below_and_progress_on_stderr(tiny_run, tmp_path):
+def test_compare_cli_table_notes_below_and_progress_on_stderr(tiny_net, tmp_path):
     """Table output: no line wider than 100 characters (the text columns, once padded into
     every row, made each ~250 wide), the text columns below the table as 'name: text' lines,
     progress on stderr; json output: stdout is the json alone."""
@@ -365,7 +358,7 @@ def test_compare_cli_table_notes_below_and_progress_on_stderr(tiny_run, tmp_path
 
     from ncsim.validate.cli import COMPARE_NOTES, validate
 
-    run = _run(tiny_run, tmp_path)
+    run = _run(tiny_net, tmp_path)
     args = ["compare", "--run", str(run), "--per-class", str(N_PER), "--horizon", "2",
             "--wd-horizon", "1e-3", "--max-steps", "500"]
     res = CliRunner().invoke(validate, args)
@@ -405,11 +398,11 @@ def test_weak_response_calibration_is_noted():
     assert sg.weak_fit_note(0.4999).startswith("weak calibration")
 
 
-def test_compare_network_without_onset_gives_nan_ratios(tiny_run, tmp_path):
+def test_compare_network_without_onset_gives_nan_ratios(tiny_net, tmp_path):
     """A network that never falls below the threshold: NaN measured onset and fn*, NaN ratios,
     the rest of the row filled."""
     log = _log(nc1=[0.5, 0.3, 0.2, 0.1])
-    row = compare_run(_run(tiny_run, tmp_path, log=log), **QUICK)["table"].iloc[0]
+    row = compare_run(_run(tiny_net, tmp_path, log=log), **QUICK)["table"].iloc[0]
     for col in ("onset_measured", "fn_star_measured", "onset_ratio_sim_over_measured",
                 "fn_star_ratio_sim_over_measured", "fn_star_ratio_closed_form_over_measured"):
         assert math.isnan(row[col]), col
@@ -417,45 +410,45 @@ def test_compare_network_without_onset_gives_nan_ratios(tiny_run, tmp_path):
     assert row["nc1_final_measured"] == 0.1
 
 
-def test_compare_keeps_the_checkpoint_run_of_a_multi_run_log(tiny_run, tmp_path):
+def test_compare_keeps_the_checkpoint_run_of_a_multi_run_log(tiny_net, tmp_path):
     """A log holding another run besides the checkpoint's ('tiny') is cut to the checkpoint's
     run: the same row as with its own log; a log of other runs only is an InputError."""
     other = _log("other", nc1=[0.001] * 4, fn=[9.0] * 4, flow=[0.51, 0.52, 0.53, 0.54])
     mixed = pd.concat([other, _log()], ignore_index=True)
-    row = compare_run(_run(tiny_run, tmp_path / "a", log=mixed), **QUICK)["table"].iloc[0]
+    row = compare_run(_run(tiny_net, tmp_path / "a", log=mixed), **QUICK)["table"].iloc[0]
     assert row["run"] == "tiny"
     assert row["onset_measured"] == pytest.approx(1.875, rel=1e-12)
     assert row["fn_star_measured"] == 2.0
     assert row["lambda_w_x_mse_duration"] == pytest.approx(K * WD / 2 * (2 / K) * 2.5,
                                                            rel=1e-12)
     strangers = pd.concat([other, _log("third")], ignore_index=True)
-    run = _run(tiny_run, tmp_path / "b", log=strangers)
+    run = _run(tiny_net, tmp_path / "b", log=strangers)
     with pytest.raises(InputError, match="holds runs other, third, none of them the "
                                          "checkpoint's run 'tiny'"):
         compare_run(run, **QUICK)
 
 
-def test_compare_rebuilds_the_recorded_dataset(tiny_run, tmp_path):
+def test_compare_rebuilds_the_recorded_dataset(tiny_net, tmp_path):
     """The dataset is rebuilt with every recorded argument (here a 3-class, 4-dimensional
     mixture); recorded arguments that give another dataset than the network's are refused."""
-    row = compare_run(_run(tiny_run, tmp_path / "a"), **QUICK)["table"].iloc[0]
+    row = compare_run(_run(tiny_net, tmp_path / "a"), **QUICK)["table"].iloc[0]
     assert row["K"] == K
 
     def four_classes(config):
         config["data_args"]["classes"] = 4
 
-    run = _run(tiny_run, tmp_path / "b", edit=four_classes)
+    run = _run(tiny_net, tmp_path / "b", edit=four_classes)
     with pytest.raises(InputError, match="4 classes.*does not match the network \\(3 classes"):
         compare_run(run, **QUICK)
 
 
-def test_compare_bad_run_folders(tiny_run, tmp_path):
+def test_compare_bad_run_folders(tiny_net, tmp_path):
     """Missing files, another loss or a single phase, no recorded dataset: InputErrors that say
     what to give."""
     with pytest.raises(InputError, match="phase1_end.pt not found; give a folder written by "
                                          "'ncsim validate train'"):
         compare_run(tmp_path / "nowhere")
-    run = _run(tiny_run, tmp_path / "a")
+    run = _run(tiny_net, tmp_path / "a")
     (run / "log.parquet").unlink()
     with pytest.raises(InputError, match="log.parquet not found"):
         compare_run(run, **QUICK)
@@ -473,13 +466,13 @@ def test_compare_bad_run_folders(tiny_run, tmp_path):
                                 ("c", one_phase, "second phase uses the MSE loss"),
                                 ("d", no_name, "does not record its dataset; retrain")):
         with pytest.raises(InputError, match=message):
-            compare_run(_run(tiny_run, tmp_path / name, edit=edit), **QUICK)
+            compare_run(_run(tiny_net, tmp_path / name, edit=edit), **QUICK)
 
 
-def test_compare_bad_options_and_logs(tiny_run, tmp_path):
+def test_compare_bad_options_and_logs(tiny_net, tmp_path):
     """An unknown rule, a subsample outside [1, smallest class], a log without the MSE phase, of
     zero duration or without a column: InputErrors that say what is wrong."""
-    run = _run(tiny_run, tmp_path / "a")
+    run = _run(tiny_net, tmp_path / "a")
     with pytest.raises(InputError, match="unknown lambda_H rule 'median'; allowed: response, "
                                          "balance"):
         compare_run(run, lambda_h_rule="median")
@@ -491,10 +484,10 @@ def test_compare_bad_options_and_logs(tiny_run, tmp_path):
              ("d", _log().drop(columns="phase"), "lacks column\\(s\\) phase"))
     for name, log, message in cases:
         with pytest.raises(InputError, match=message):
-            compare_run(_run(tiny_run, tmp_path / name, log=log), **QUICK)
+            compare_run(_run(tiny_net, tmp_path / name, log=log), **QUICK)
 
 
-def test_compare_vanishing_surrogate_reports_no_onset(tiny_run, tmp_path, monkeypatch):
+def test_compare_vanishing_surrogate_reports_no_onset(tiny_net, tmp_path, monkeypatch):
     """A surrogate whose features vanish has no simulated onset, fn*, estimate or ratio (its
     nc1 falling is no collapse), whatever its nc1 curve does."""
     import ncsim.flow as flow
@@ -507,7 +500,7 @@ def test_compare_vanishing_surrogate_reports_no_onset(tiny_run, tmp_path, monkey
         return result
 
     monkeypatch.setattr(flow, "simulate", vanishing)
-    res = compare_run(_run(tiny_run, tmp_path), per_class=N_PER, horizon=2.0, wd_horizon=5.0,
+    res = compare_run(_run(tiny_net, tmp_path), per_class=N_PER, horizon=2.0, wd_horizon=5.0,
                       max_steps=5000)
     row = res["table"].iloc[0]
     assert (res["simulated"]["nc1_trace"] < 0.01).any()  # the curve crosses all the same
@@ -518,7 +511,7 @@ def test_compare_vanishing_surrogate_reports_no_onset(tiny_run, tmp_path, monkey
     assert row["onset_simulated_source"] == "none (the surrogate's features vanish)"
 
 
-def test_compare_refuses_non_positive_horizons(tiny_run, tmp_path):
+def test_compare_refuses_non_positive_horizons(tiny_net, tmp_path):
     """horizon <= 0 or infinite, or wd_horizon < 0 or infinite, is an InputError naming both,
     before any work (an infinite horizon would ask the surrogate to run for ever)."""
     for horizon, wd_horizon in ((0.0, 5.0), (-1.0, 5.0), (2.0, -1.0), (math.inf, 5.0),
@@ -550,11 +543,11 @@ def _write_run_json(run: Path, config: dict) -> None:
     (run / "run.json").write_text(json.dumps({"config": to_jsonable(config)}))
 
 
-def test_compare_refuses_a_checkpoint_of_another_training(tiny_run, tmp_path):
+def test_compare_refuses_a_checkpoint_of_another_training(tiny_net, tmp_path):
     """run.json (and so the log) of one training beside the checkpoints of another: the
     network would be paired with a log that is not its own, so compare refuses it and names
     the settings that differ; with run.json of the checkpoint's own training it compares."""
-    run = _run(tiny_run, tmp_path)
+    run = _run(tiny_net, tmp_path)
     config = load_checkpoint(run / "checkpoints" / "phase1_end.pt")[1]["config"]
     _write_run_json(run, {**config, "run_id": "tiny_s1", "seed": 1})
     with pytest.raises(InputError, match=r"phase1_end\.pt comes from another training than "
