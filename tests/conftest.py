@@ -70,3 +70,23 @@ def tiny_net(tmp_path_factory):
     from compare_helpers import train_tiny_run
 
     return train_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
+
+
+@pytest.fixture
+def matmul_calls(monkeypatch):
+    """Count the calls of numpy's matmul made by the products module, with the route on as on
+    a machine that takes it (an AMD CPU; :func:`products.host_route_default`)."""
+    import numpy as np
+
+    from ncsim import products
+
+    monkeypatch.setattr(products, "HOST_BLAS", products.optimised(products.numpy_blas()))
+    calls = []
+    real = np.matmul
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(products.np, "matmul", counting)
+    return calls

@@ -16,21 +16,13 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 @pytest.fixture
-def host_route(monkeypatch):
-    """The numpy route switched on (as on an AMD CPU), torch on one thread; numpy's matmul
-    calls counted."""
+def host_route(monkeypatch, matmul_calls):
+    """The numpy route switched on whatever the host (as on an AMD CPU), torch on one thread;
+    numpy's matmul calls counted (conftest's ``matmul_calls``)."""
     monkeypatch.setattr(products, "HOST_BLAS", True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    calls = []
-    real = np.matmul
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(products.np, "matmul", counting)
-    yield calls
+    yield matmul_calls
     torch.set_num_threads(threads)
 
 

@@ -9,22 +9,6 @@ import torch
 from ncsim import products
 
 
-@pytest.fixture
-def matmul_calls(monkeypatch):
-    """Count the calls of numpy's matmul made by the products module, with the route on as on
-    a machine that takes it (an AMD CPU; :func:`products.host_route_default`)."""
-    monkeypatch.setattr(products, "HOST_BLAS", products.optimised(products.numpy_blas()))
-    calls = []
-    real = np.matmul
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(products.np, "matmul", counting)
-    return calls
-
-
 def _operands(dtype=torch.float64, seed=0):
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(5, 4, 7, generator=gen, dtype=dtype)
