@@ -49,7 +49,8 @@ class LowRankResult:
 
     def best_up_to(self, max_rank: int) -> tuple[int, float]:
         """(rank, objective) of the best state of rank <= ``max_rank``: the smallest rank
-        within a relative :data:`RANK_TIE_RTOL` of the best; (0, inf) without a rank."""
+        within a relative :data:`RANK_TIE_RTOL` of the best; (0, inf) without a rank of finite
+        objective."""
         return _best(self.objectives[:max_rank])
 
     def beats(self, objective: float, max_rank: int | None = None) -> bool:
@@ -144,10 +145,13 @@ BEAT_RTOL = 1e-10
 
 
 def _best(objectives: tuple[float, ...]) -> tuple[int, float]:
-    """(smallest rank within RANK_TIE_RTOL of the best, best objective); (0, inf) if empty."""
+    """(smallest rank within RANK_TIE_RTOL of the best, best objective); (0, inf) if empty or
+    if no rank has a finite objective (every search overflowed: there is no state to name)."""
     if not objectives:
         return 0, np.inf
     best = min(objectives)
+    if not math.isfinite(best):
+        return 0, math.inf
     rank = next(r for r, value in enumerate(objectives, start=1)
                 if value - best <= RANK_TIE_RTOL * abs(best))
     return rank, best
