@@ -8,6 +8,7 @@ thread only adds contention on a shared 2-core machine (10-40x slower under load
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 import mpmath
@@ -36,6 +37,15 @@ def _mpmath_digits(request):
         return
     with mpmath.workdps(marker.args[0]):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close every pyplot figure a test left open (where pyplot was imported at all)."""
+    yield
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
 
 
 @pytest.fixture

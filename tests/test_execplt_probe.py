@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import sys
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from plot_helpers import capture
 from tiny_study import write_tiny_study
 
 import ncsim.study.executors as executors
@@ -18,26 +18,13 @@ from ncsim.study.spec import load_study
 from ncsim.validate import plots as vplots
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
-def _capture(monkeypatch):
-    """Keep the figures plot_* would save (not closed, nothing written)."""
-    kept = []
-    monkeypatch.setattr(vplots, "save_figure", lambda fig, path: kept.append(fig) or path)
-    return kept
-
-
 def _solid(ax):
     return [ln for ln in ax.get_lines() if ln.get_linestyle() != "--"]
 
 
 def test_training_lines_are_drawn_against_the_epoch_column(monkeypatch, tmp_path):
     """plot_training: every panel's lines have the log's time column as x data."""
-    kept = _capture(monkeypatch)
+    kept = capture(monkeypatch, vplots)
     log = pd.DataFrame({"time": [0.0, 5.0, 20.0], "fn": [1.0, 2.0, 4.0],
                         "nc1_trace": [1.0, 0.5, 0.25], "accuracy": [0.1, 0.5, 0.9]})
     vplots.plot_training(log, tmp_path / "t.png")
@@ -54,7 +41,7 @@ def test_training_lines_are_drawn_against_the_epoch_column(monkeypatch, tmp_path
 def test_training_nc1_panel_has_both_forms_with_their_values(monkeypatch, tmp_path):
     """plot_training: the NC1 panel draws nc1_trace and nc1 (pinv form), each its own column,
     labelled by the column name; without nc1 only nc1_trace."""
-    kept = _capture(monkeypatch)
+    kept = capture(monkeypatch, vplots)
     log = pd.DataFrame({"time": [1.0, 2.0, 3.0], "fn": [1.0, 2.0, 3.0],
                         "nc1_trace": [1.0, 0.5, 0.1], "nc1": [3.0, 2.0, 0.7],
                         "accuracy": [0.2, 0.6, 1.0]})
@@ -74,7 +61,7 @@ def test_overlay_draws_measured_and_simulated_each_from_its_own_table(monkeypatc
     """plot_overlay: the 'network' line holds the measured table's t > 0 values, the
     'UFM surrogate' line the simulated table's (different times and values), fn on the first
     panel and nc1_trace on the second."""
-    kept = _capture(monkeypatch)
+    kept = capture(monkeypatch, vplots)
     measured = pd.DataFrame({"t": [0.0, 1.0, 2.0, 4.0], "fn": [9.0, 1.0, 2.0, 3.0],
                              "nc1_trace": [9.0, 0.5, 0.25, 0.125]})
     simulated = pd.DataFrame({"t": [0.5, 1.5, 3.0], "fn": [10.0, 20.0, 30.0],

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from plot_helpers import one_over_t_runs, onset_dots, solid_lines
 
 from ncsim.errors import InputError
 from ncsim.plots import heatmap_figure, save_figure, trajectory_figure
@@ -22,31 +23,8 @@ from ncsim.plots import heatmap_figure, save_figure, trajectory_figure
 VIRIDIS = plt.get_cmap("viridis")
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
-def _runs(labels, ids=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One run per label with fn = 1/t and nc1_trace = 0.5/t at t = 1, 10 and no onset."""
-    ids = ids or [f"r{k:02d}" for k in range(len(labels))]
-    t = np.array([1.0, 10.0])
-    traj = pd.concat([pd.DataFrame({"run_id": rid, "time": t, "fn": 1.0 / t,
-                                    "nc1_trace": 0.5 / t}) for rid in ids], ignore_index=True)
-    return traj, pd.DataFrame({"run_id": ids, "lab": labels})
-
-
-def _lines(ax):
-    return [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
-
-
-def _dots(ax):
-    return [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
-
-
 def _colors(ax):
-    return [ln.get_color() for ln in _lines(ax)]
+    return [ln.get_color() for ln in solid_lines(ax)]
 
 
 def _legend_texts(ax):
@@ -89,7 +67,7 @@ def test_save_figure_closes_the_figure_when_saving_fails(tmp_path):
 def test_label_colour_rule_edges(labels, want):
     """Colours at the edges of the rule: a zero label keeps the scale linear, a span of
     exactly 10 is linear (log only beyond), an infinite label falls back to the order."""
-    traj, runs = _runs(labels)
+    traj, runs = one_over_t_runs(labels)
     fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
     np.testing.assert_allclose(_colors(fig.axes[0]), [VIRIDIS(w) for w in want], rtol=1e-6)
 
@@ -101,7 +79,7 @@ def test_label_colour_rule_edges(labels, want):
 def test_colour_bar_spans_the_label_values(labels, limits, scale):
     """The colour bar of 13 numeric labels runs from the smallest to the largest value, on
     a log scale for a span beyond a factor 10 and linear otherwise."""
-    traj, runs = _runs(labels)
+    traj, runs = one_over_t_runs(labels)
     fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
     _, bar = fig.axes
     np.testing.assert_allclose(bar.get_ylim(), limits, rtol=1e-9)
@@ -111,7 +89,7 @@ def test_colour_bar_spans_the_label_values(labels, limits, scale):
 def test_many_text_labels_get_neither_legend_nor_colour_bar():
     """13 runs labelled by text: no legend (too many) and no colour bar (no values to scale);
     the lines colour by order."""
-    traj, runs = _runs([f"v{k}" for k in range(13)])
+    traj, runs = one_over_t_runs([f"v{k}" for k in range(13)])
     fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
     (ax,) = fig.axes
     assert ax.get_legend() is None
@@ -122,7 +100,7 @@ def test_many_text_labels_get_neither_legend_nor_colour_bar():
 def test_empty_trajectory_table_draws_empty_panels_without_legend():
     """A trajectory table without rows and a labelled run table: every panel says it has
     nothing to show, no lines, no legend (and no empty-legend warning), no run-count title."""
-    traj, runs = _runs([1.0, 2.0])
+    traj, runs = one_over_t_runs([1.0, 2.0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fig = trajectory_figure(traj.iloc[:0], runs, label_column="lab")
@@ -136,7 +114,7 @@ def test_empty_trajectory_table_draws_empty_panels_without_legend():
 
 def test_trajectory_table_without_run_id_draws_nothing():
     """A trajectory table without a run_id column has no runs: panels say so, no error."""
-    traj, _ = _runs([1.0])
+    traj, _ = one_over_t_runs([1.0])
     fig = trajectory_figure(traj.drop(columns="run_id"))
     for ax in fig.axes:
         assert ax.get_lines() == [] and len(ax.texts) == 1
@@ -145,7 +123,7 @@ def test_trajectory_table_without_run_id_draws_nothing():
 def test_run_table_without_run_id_or_label_column_leaves_lines_unlabelled():
     """A run table lacking run_id, or lacking the label column, is not used for labels:
     every run is still drawn, coloured by order, without a legend or dots."""
-    traj, runs = _runs([1.0, 2.0, 3.0])
+    traj, runs = one_over_t_runs([1.0, 2.0, 3.0])
     runs = runs.assign(onset_time=5.0, fn_at_onset=0.2)
     for table, column in ((runs.drop(columns="run_id"), "lab"), (runs, "other")):
         fig = trajectory_figure(traj, table, metrics=("fn",), label_column=column)
@@ -153,30 +131,30 @@ def test_run_table_without_run_id_or_label_column_leaves_lines_unlabelled():
         np.testing.assert_allclose(_colors(ax), [VIRIDIS(w) for w in (0.0, 0.5, 1.0)],
                                    rtol=1e-6)
         assert ax.get_legend() is None
-    assert len(_dots(ax)) == 3  # the run table with run_id still marks the onsets
+    assert len(onset_dots(ax)) == 3  # the run table with run_id still marks the onsets
 
 
 def test_a_run_missing_from_the_run_table_is_drawn_without_a_label():
     """A trajectory run absent from the run table is drawn, has no legend entry and no dot;
     the labelled runs keep theirs, and the colours then follow the order."""
-    traj, runs = _runs([1.0, 2.0, 3.0])
+    traj, runs = one_over_t_runs([1.0, 2.0, 3.0])
     runs = runs.assign(onset_time=5.0, fn_at_onset=0.2).drop(index=1)
     fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
     (ax,) = fig.axes
-    assert len(_lines(ax)) == 3
+    assert len(solid_lines(ax)) == 3
     assert _legend_texts(ax) == ["lab=1", "lab=3"]
     np.testing.assert_allclose(_colors(ax), [VIRIDIS(w) for w in (0.0, 0.5, 1.0)], rtol=1e-6)
-    assert [ln.get_color() for ln in _dots(ax)] == [_colors(ax)[0], _colors(ax)[2]]
+    assert [ln.get_color() for ln in onset_dots(ax)] == [_colors(ax)[0], _colors(ax)[2]]
 
 
 def test_a_metric_absent_from_the_table_gets_an_empty_panel():
     """A metric without a column gets a panel saying it has nothing to show; the other
     panel draws every run."""
-    traj, _ = _runs([1.0, 2.0])
+    traj, _ = one_over_t_runs([1.0, 2.0])
     fig = trajectory_figure(traj.drop(columns="nc1_trace"))
     ax_fn, ax_nc = fig.axes
-    assert len(_lines(ax_fn)) == 2 and len(ax_fn.texts) == 0
-    assert _lines(ax_nc) == []
+    assert len(solid_lines(ax_fn)) == 2 and len(ax_fn.texts) == 0
+    assert solid_lines(ax_nc) == []
     assert [t.get_text() for t in ax_nc.texts] == ["no positive finite nc1_trace at t > 0 "
                                                    "to show"]
 
@@ -188,7 +166,7 @@ def test_infinite_values_are_not_drawn_and_are_counted():
     traj = pd.DataFrame({"run_id": "r0", "time": [1.0, 2.0, 3.0], "fn": [1.0, math.inf, 3.0]})
     fig = trajectory_figure(traj, metrics=("fn",))
     (ax,) = fig.axes
-    (line,) = _lines(ax)
+    (line,) = solid_lines(ax)
     np.testing.assert_array_equal(line.get_xdata(), [1.0, 3.0])
     assert ax.get_title() == "1 record(s) with fn <= 0 or NaN not shown (log axis)"
 
@@ -221,8 +199,8 @@ def test_no_onset_dot_on_a_panel_where_the_run_has_no_line():
                          "nc1_trace": [1.0, 0.1]})
     runs = pd.DataFrame({"run_id": ["r0"], "onset_time": [5.0], "fn_at_onset": [0.3]})
     ax_fn, ax_nc = trajectory_figure(traj, runs).axes
-    assert _dots(ax_fn) == []
-    assert len(_dots(ax_nc)) == 1
+    assert onset_dots(ax_fn) == []
+    assert len(onset_dots(ax_nc)) == 1
 
 
 def test_fn_dot_is_interpolated_without_fn_at_onset():
@@ -231,17 +209,17 @@ def test_fn_dot_is_interpolated_without_fn_at_onset():
     traj = pd.DataFrame({"run_id": "r0", "time": [1.0, 100.0], "fn": [1.0, 1e-4]})
     runs = pd.DataFrame({"run_id": ["r0"], "onset_time": [10.0]})
     (ax,) = trajectory_figure(traj, runs, metrics=("fn",)).axes
-    (dot,) = _dots(ax)
+    (dot,) = onset_dots(ax)
     np.testing.assert_allclose([dot.get_xdata()[0], dot.get_ydata()[0]], [10.0, 1e-2],
                                rtol=1e-12)
 
 
 def test_an_onset_dot_has_its_runs_line_colour():
     """Each run's onset dot is drawn in the colour of that run's line."""
-    traj, runs = _runs([1.0, 2.0, 3.0])
+    traj, runs = one_over_t_runs([1.0, 2.0, 3.0])
     runs = runs.assign(onset_time=[2.0, 3.0, 4.0], fn_at_onset=0.3)
     (ax,) = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab").axes
-    dots = _dots(ax)
+    dots = onset_dots(ax)
     assert len(dots) == 3
     np.testing.assert_allclose([d.get_color() for d in dots], _colors(ax), rtol=1e-12)
 
@@ -252,7 +230,7 @@ def test_a_nan_fn_at_onset_puts_the_dot_on_the_line():
     traj = pd.DataFrame({"run_id": "r0", "time": [1.0, 100.0], "fn": [1.0, 1e-4]})
     runs = pd.DataFrame({"run_id": ["r0"], "onset_time": [10.0], "fn_at_onset": [math.nan]})
     (ax,) = trajectory_figure(traj, runs, metrics=("fn",)).axes
-    (dot,) = _dots(ax)
+    (dot,) = onset_dots(ax)
     np.testing.assert_allclose([dot.get_xdata()[0], dot.get_ydata()[0]], [10.0, 1e-2],
                                rtol=1e-12)
 
@@ -265,14 +243,14 @@ def test_an_onset_beyond_the_drawn_line_gets_no_dot():
                          "nc1_trace": [1.0, 0.5, 0.0]})
     runs = pd.DataFrame({"run_id": ["r0"], "onset_time": [50.0]})
     ax_fn, ax_nc = trajectory_figure(traj, runs).axes
-    assert len(_dots(ax_fn)) == 1
-    assert _dots(ax_nc) == []
+    assert len(onset_dots(ax_fn)) == 1
+    assert onset_dots(ax_nc) == []
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])
 def test_max_runs_must_be_a_whole_number_of_at_least_one(bad):
     """max_runs below 1 or not a whole number is refused (-1 drew all runs but the last)."""
-    traj, _ = _runs([1.0, 2.0])
+    traj, _ = one_over_t_runs([1.0, 2.0])
     with pytest.raises(InputError, match=r"^max_runs must be a whole number >= 1"):
         trajectory_figure(traj, max_runs=bad)
 
@@ -281,7 +259,7 @@ def test_max_runs_must_be_a_whole_number_of_at_least_one(bad):
 def test_default_time_label_and_grid():
     """Without time_label every panel's x label is 't (gradient-flow time)'; the grid is on
     at major and minor ticks (a log axis reads by its minor ticks)."""
-    traj, _ = _runs([1.0])
+    traj, _ = one_over_t_runs([1.0])
     for metrics in (("fn",), ("fn", "nc1_trace")):
         fig = trajectory_figure(traj, metrics=metrics)
         assert len(fig.axes) == len(metrics)
@@ -352,6 +330,6 @@ def test_missing_onset_cells_of_any_kind_draw_no_dot_and_raise_nothing():
                          "onset_time": pd.array([pd.NA, 10.0], dtype="Float64"),
                          "fn_at_onset": pd.Series([None, None], dtype=object)})
     (ax,) = trajectory_figure(traj, runs, metrics=("fn",)).axes
-    (dot,) = _dots(ax)
+    (dot,) = onset_dots(ax)
     np.testing.assert_allclose([dot.get_xdata()[0], dot.get_ydata()[0]], [10.0, 1e-2],
                                rtol=1e-12)

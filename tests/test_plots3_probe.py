@@ -13,42 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.ticker import FixedLocator, LogLocator
+from plot_helpers import capture, one_over_t_runs, onset_dots, solid_lines
 
 from ncsim.errors import InputError
 from ncsim.plots import heatmap_figure, trajectory_figure
 from ncsim.validate import plots as vplots
 
 VIRIDIS = plt.get_cmap("viridis")
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
-def _capture(monkeypatch, module):
-    """Keep the figures ``module``'s save_figure would save (not closed, nothing written)."""
-    kept = []
-    monkeypatch.setattr(module, "save_figure", lambda fig, path: kept.append(fig) or path)
-    return kept
-
-
-def _runs(labels) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One run per label with fn = 1/t and nc1_trace = 0.5/t at t = 1, 10 and no onset."""
-    ids = [f"r{k:02d}" for k in range(len(labels))]
-    t = np.array([1.0, 10.0])
-    traj = pd.concat([pd.DataFrame({"run_id": rid, "time": t, "fn": 1.0 / t,
-                                    "nc1_trace": 0.5 / t}) for rid in ids], ignore_index=True)
-    return traj, pd.DataFrame({"run_id": ids, "lab": labels})
-
-
-def _lines(ax):
-    return [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
-
-
-def _dots(ax):
-    return [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
 
 
 def _dashed(ax):
@@ -72,10 +43,10 @@ def test_boolean_labels_colour_by_order_not_by_value(dtype):
     """True/False labels (a bool column, or Python bools in an object column) are not
     numbers to scale: the runs colour by order (0, 0.5, 1 of the map), not True = 1 and
     False = 0, and the legend names them as True/False."""
-    traj, runs = _runs([True, False, True])
+    traj, runs = one_over_t_runs([True, False, True])
     runs["lab"] = runs["lab"].astype(dtype)
     (ax,) = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab").axes
-    np.testing.assert_allclose([ln.get_color() for ln in _lines(ax)],
+    np.testing.assert_allclose([ln.get_color() for ln in solid_lines(ax)],
                                [VIRIDIS(0.0), VIRIDIS(0.5), VIRIDIS(1.0)], rtol=1e-12)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lab=True", "lab=False"]
 
@@ -83,7 +54,7 @@ def test_boolean_labels_colour_by_order_not_by_value(dtype):
 def test_colour_bar_takes_its_room_from_every_panel():
     """With 13 numeric labels on two panels, the colour bar stands right of both panels and
     both panels keep the same width."""
-    traj, runs = _runs([float(k) for k in range(1, 14)])
+    traj, runs = one_over_t_runs([float(k) for k in range(1, 14)])
     ax_fn, ax_nc, bar = trajectory_figure(traj, runs, label_column="lab").axes
     fn_box, nc_box, bar_box = (a.get_position() for a in (ax_fn, ax_nc, bar))
     assert fn_box.width == pytest.approx(nc_box.width, rel=1e-9)
@@ -98,7 +69,7 @@ def test_onset_at_the_first_or_last_record_gets_its_dot(onset):
                          "nc1_trace": [0.8, 0.4, 0.1]})
     runs = pd.DataFrame({"run_id": ["r0"], "onset_time": [onset]})
     _, ax_nc = trajectory_figure(traj, runs).axes
-    (dot,) = _dots(ax_nc)
+    (dot,) = onset_dots(ax_nc)
     want = {1.0: 0.8, 100.0: 0.1}[onset]
     np.testing.assert_allclose([dot.get_xdata()[0], dot.get_ydata()[0]], [onset, want],
                                rtol=1e-12)
@@ -117,7 +88,7 @@ def test_empty_panel_note_sits_in_the_middle_of_the_axes():
 
 def test_trajectory_figure_width_grows_with_its_panels():
     """The trajectory figure is as wide per panel for one panel as for three, and as high."""
-    traj, runs = _runs([1.0, 2.0])
+    traj, runs = one_over_t_runs([1.0, 2.0])
     one, three = (trajectory_figure(traj, runs, metrics=metrics).get_size_inches()
                   for metrics in (("fn",), ("fn", "nc1_trace", "fn")))
     np.testing.assert_allclose(three, [3 * one[0], one[1]], rtol=1e-12)
@@ -126,7 +97,7 @@ def test_trajectory_figure_width_grows_with_its_panels():
 @pytest.mark.parametrize("bad", [0, 1.5])
 def test_max_runs_refusal_names_the_value_given(bad):
     """The max_runs refusal ends with the value that was given, as its repr."""
-    traj, _ = _runs([1.0])
+    traj, _ = one_over_t_runs([1.0])
     with pytest.raises(InputError) as refused:
         trajectory_figure(traj, max_runs=bad)
     assert str(refused.value) == ("max_runs must be a whole number >= 1 (the first runs "
@@ -199,7 +170,7 @@ def test_heatmap_empty_table_refusal_is_exact():
 def test_training_labels_markers_and_onset_colour(monkeypatch, tmp_path):
     """plot_training: fn and NC1 lines carry '.' markers, accuracy lines none; the panels'
     labels are epoch / 'fn (mean |h|)', 'NC1', 'accuracy'; onset lines are black."""
-    kept = _capture(monkeypatch, vplots)
+    kept = capture(monkeypatch, vplots)
     vplots.plot_training(_training_log(), tmp_path / "t.png", onset=2.0)
     (fig,) = kept
     labels = [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
@@ -213,7 +184,7 @@ def test_training_labels_markers_and_onset_colour(monkeypatch, tmp_path):
 
 def test_training_without_onset_draws_no_onset_line(monkeypatch, tmp_path):
     """plot_training with the default onset (NaN) draws no dashed line on any panel."""
-    kept = _capture(monkeypatch, vplots)
+    kept = capture(monkeypatch, vplots)
     vplots.plot_training(_training_log(), tmp_path / "t.png")
     (fig,) = kept
     assert [len(_dashed(ax)) for ax in fig.axes] == [0, 0, 0]
@@ -222,7 +193,7 @@ def test_training_without_onset_draws_no_onset_line(monkeypatch, tmp_path):
 def test_training_without_nc1_columns_has_no_nc1_legend(monkeypatch, tmp_path):
     """A log without nc1_trace and nc1: the NC1 panel has no line and no (empty) legend; the
     accuracy panel keeps its legend."""
-    kept = _capture(monkeypatch, vplots)
+    kept = capture(monkeypatch, vplots)
     vplots.plot_training(_training_log().drop(columns=["nc1_trace", "nc1"]), tmp_path / "t.png")
     (fig,) = kept
     assert fig.axes[1].get_lines() == []
@@ -246,7 +217,7 @@ def test_validation_figures_are_written_and_their_paths_returned(tmp_path):
 def test_overlay_time_labels(monkeypatch, tmp_path):
     """plot_overlay: both panels' x label is the matched time 't = lr x steps (from MSE
     start)', and each holds the two curves' lines."""
-    kept = _capture(monkeypatch, vplots)
+    kept = capture(monkeypatch, vplots)
     vplots.plot_overlay(_curve(), _curve(), tmp_path / "c.png", onsets={"network": math.nan})
     (fig,) = kept
     for ax in fig.axes:
@@ -258,16 +229,16 @@ def test_overlay_time_labels(monkeypatch, tmp_path):
 def test_infinite_values_break_the_validation_lines_and_are_counted(monkeypatch, tmp_path):
     """An infinite fn or nc1_trace cannot sit on a log axis: plot_training and plot_overlay
     draw NaN there (a break in the line) and count it in the panel's note."""
-    kept = _capture(monkeypatch, vplots)
+    kept = capture(monkeypatch, vplots)
     log = _training_log().assign(fn=[1.0, math.inf, 3.0], nc1=[2.0, 1.0, -math.inf])
     vplots.plot_training(log, tmp_path / "t.png")
     curve = _curve().assign(nc1_trace=[0.5, math.inf, 0.05])
     vplots.plot_overlay(curve, _curve(), tmp_path / "c.png")
     training, overlay = kept
-    np.testing.assert_array_equal(_lines(training.axes[0])[0].get_ydata(), [1.0, np.nan, 3.0])
+    np.testing.assert_array_equal(solid_lines(training.axes[0])[0].get_ydata(), [1.0, np.nan, 3.0])
     assert training.axes[0].get_title() == "1 fn value(s) <= 0 or NaN not shown (log axis)"
     assert training.axes[1].get_title() == "1 NC1 value(s) <= 0 or NaN not shown (log axis)"
-    network = _lines(overlay.axes[1])[0]
+    network = solid_lines(overlay.axes[1])[0]
     np.testing.assert_array_equal(network.get_ydata(), [0.5, np.nan, 0.05])
     assert overlay.axes[1].get_title() == ("1 nc1_trace value(s) <= 0 or NaN not shown "
                                            "(log axis)")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from plot_helpers import capture, one_over_t_runs
 
 import ncsim.plots as plots
 from ncsim.cli_errors import handle_errors
@@ -23,29 +24,6 @@ from ncsim.validate import plots as vplots
 VIRIDIS = plt.get_cmap("viridis")
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
-def _capture(monkeypatch, module):
-    """Replace ``module.save_figure`` by one that keeps the figure (not closed) and writes
-    nothing; return the list of kept figures."""
-    kept = []
-    monkeypatch.setattr(module, "save_figure", lambda fig, path: kept.append(fig) or path)
-    return kept
-
-
-def _runs(labels) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One run per label with fn = 1/t at t = 1, 10 and no onset."""
-    ids = [f"r{k:02d}" for k in range(len(labels))]
-    t = np.array([1.0, 10.0])
-    traj = pd.concat([pd.DataFrame({"run_id": rid, "time": t, "fn": 1.0 / t}) for rid in ids])
-    runs = pd.DataFrame({"run_id": ids, "lab": labels})
-    return traj, runs
-
-
 def _line_colors(ax):
     return [ln.get_color() for ln in ax.get_lines() if ln.get_linestyle() == "-"]
 
@@ -54,7 +32,7 @@ def _line_colors(ax):
 def test_trajectory_colours_span_a_factor_20_on_a_log_scale():
     """Numeric labels spanning more than a factor 10 colour the runs by log10 of the value."""
     labels = list(np.linspace(1.0, 20.0, 13))
-    traj, runs = _runs(labels)
+    traj, runs = one_over_t_runs(labels, nc1=False)
     fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
     want = [VIRIDIS(math.log(v) / math.log(20.0)) for v in labels]
     np.testing.assert_allclose(_line_colors(fig.axes[0]), want, rtol=1e-6)
@@ -63,7 +41,7 @@ def test_trajectory_colours_span_a_factor_20_on_a_log_scale():
 def test_trajectory_colours_within_a_factor_10_are_linear():
     """Labels within a factor 10 colour the runs linearly in the value."""
     labels = [1.0, 2.0, 5.0]
-    traj, runs = _runs(labels)
+    traj, runs = one_over_t_runs(labels, nc1=False)
     fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
     want = [VIRIDIS((v - 1.0) / 4.0) for v in labels]
     np.testing.assert_allclose(_line_colors(fig.axes[0]), want, rtol=1e-6)
@@ -73,7 +51,7 @@ def test_trajectory_equal_numeric_labels_and_text_labels_colour_by_order():
     """All-equal numbers (no range to map) and text labels colour the runs by their order,
     first run at the low end of the map, last at the high end."""
     for labels in ([0.5, 0.5, 0.5], ["c", "a", "b"]):
-        traj, runs = _runs(labels)
+        traj, runs = one_over_t_runs(labels, nc1=False)
         fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
         want = [VIRIDIS(0.0), VIRIDIS(0.5), VIRIDIS(1.0)]
         np.testing.assert_allclose(_line_colors(fig.axes[0]), want, rtol=1e-6)
@@ -82,11 +60,11 @@ def test_trajectory_equal_numeric_labels_and_text_labels_colour_by_order():
 def test_trajectory_twelve_runs_get_a_legend_thirteen_a_colour_bar():
     """Up to 12 labelled runs: a legend with one entry each and no colour bar; 13: a colour
     bar named after the label column and no legend."""
-    traj, runs = _runs([float(k + 1) for k in range(12)])
+    traj, runs = one_over_t_runs([float(k + 1) for k in range(12)], nc1=False)
     fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
     assert len(fig.axes) == 1
     assert len(fig.axes[0].get_legend().get_texts()) == 12
-    traj, runs = _runs([float(k + 1) for k in range(13)])
+    traj, runs = one_over_t_runs([float(k + 1) for k in range(13)], nc1=False)
     fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
     ax, bar = fig.axes
     assert ax.get_legend() is None and bar.get_ylabel() == "lab"
@@ -94,7 +72,7 @@ def test_trajectory_twelve_runs_get_a_legend_thirteen_a_colour_bar():
 
 def test_trajectory_legend_labels_keep_three_significant_digits():
     """Numeric legend labels are formatted with three significant digits."""
-    traj, runs = _runs([0.0125, 123456.0])
+    traj, runs = one_over_t_runs([0.0125, 123456.0], nc1=False)
     fig = trajectory_figure(traj, runs, metrics=("fn",), label_column="lab")
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts == ["lab=0.0125", "lab=1.23e+05"]
@@ -102,7 +80,7 @@ def test_trajectory_legend_labels_keep_three_significant_digits():
 
 def test_trajectory_non_positive_onset_draws_no_dot():
     """An onset time <= 0 cannot sit on the log time axis: no dot is drawn for it."""
-    traj, runs = _runs([1.0, 2.0])
+    traj, runs = one_over_t_runs([1.0, 2.0], nc1=False)
     runs = runs.assign(onset_time=[-1.0, 0.0], fn_at_onset=[0.5, 0.5])
     fig = trajectory_figure(traj, runs, metrics=("fn",))
     assert not [ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "o"]
@@ -127,7 +105,7 @@ def test_save_figure_without_suffix_writes_png(tmp_path):
 def test_training_figure_accuracy_panel_and_onset_on_every_panel(monkeypatch, tmp_path):
     """plot_training: train and test accuracy lines on the third panel; a finite onset is a
     dashed vertical line at that epoch on all three panels."""
-    kept = _capture(monkeypatch, vplots)
+    kept = capture(monkeypatch, vplots)
     log = pd.DataFrame({"time": [1.0, 2.0, 3.0], "fn": [1.0, 2.0, 3.0],
                         "nc1_trace": [1.0, 0.5, 0.1], "accuracy": [0.2, 0.6, 1.0],
                         "test_accuracy": [0.1, 0.4, 0.7]})
@@ -146,7 +124,7 @@ def test_training_figure_accuracy_panel_and_onset_on_every_panel(monkeypatch, tm
 def test_overlay_axes_are_log_log_and_onsets_are_coloured_by_source(monkeypatch, tmp_path):
     """plot_overlay: both panels log-log with their labels and a legend of the two sources; the
     network onset is a black dashed line, others C1; a non-positive or NaN onset is skipped."""
-    kept = _capture(monkeypatch, vplots)
+    kept = capture(monkeypatch, vplots)
     curve = pd.DataFrame({"t": [1.0, 2.0], "fn": [1.0, 2.0], "nc1_trace": [0.5, 0.1]})
     vplots.plot_overlay(curve, curve, tmp_path / "c.png",
                         onsets={"network": 1.5, "surrogate": 1.2, "bad": -1.0, "none": math.nan})
@@ -171,7 +149,7 @@ def _phase_rows():
 def test_phase_plot_grid_scales_labels_colours_and_legend(monkeypatch, tmp_path):
     """plot_phase: one cell per (x, y) holding the phase index, rows = y; an integer axis
     (depth) is linear and a decay axis log; each cell shows the legend colour of its phase."""
-    kept = _capture(monkeypatch, plots)
+    kept = capture(monkeypatch, plots)
     plot_phase(_phase_rows(), "depth", "lambda_w", str(tmp_path / "p.png"))
     (fig,) = kept
     ax = fig.axes[0]
@@ -190,7 +168,7 @@ def test_phase_plot_grid_scales_labels_colours_and_legend(monkeypatch, tmp_path)
 
 def test_phase_plot_axis_with_zero_is_linear(monkeypatch, tmp_path):
     """A decay axis holding 0 cannot be logarithmic: it is drawn linear."""
-    kept = _capture(monkeypatch, plots)
+    kept = capture(monkeypatch, plots)
     rows = [{"lambda_h": lh, "lambda_w": lw, "phase": "collapse"}
             for lh in (0.0, 1e-2) for lw in (1e-3, 1e-2)]
     plot_phase(rows, "lambda_h", "lambda_w", str(tmp_path / "p.png"))

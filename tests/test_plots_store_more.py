@@ -19,13 +19,6 @@ from ncsim.study import executors
 from ncsim.study.spec import load_study
 from ncsim.study.store import Store
 
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
 # ----------------------------------------------------------------------------- heat map
 XS = (1e-4, 1e-3, 1e-2)
 YS = (1.0, 10.0)

@@ -10,18 +10,11 @@ import types
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pytest
 
 from ncsim.plots import trajectory_figure
 from ncsim.spec import InitSpec, ModelSpec, Regularization, RunSpec, SolverSpec
 
 sim = importlib.import_module("ncsim.flow.simulate")
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def _tiny(loss: str = "ce", seed: int = 0, **solver) -> RunSpec:
