@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
+from theory_helpers import deep_mse_lam_glob, deep_mse_lam_stat
 
 from ncsim.theory import modes
 
@@ -44,18 +45,6 @@ def _ce_rhs(K, n, lam, M):
     return rhs
 
 
-def _lam_glob(K, n, M, c):
-    """Lambda_glob of the deep MSE mode (theory.md 3.1) with data weight c."""
-    N, s = K * n, math.sqrt(n)
-    return c * (s * (M - 2) / (M - 1)) ** (2 * (M - 1) / M) / ((M - 2) * N)
-
-
-def _lam_stat(K, n, M, c):
-    """Lambda_stat of the deep MSE mode (theory.md 3.1) with data weight c."""
-    N, s = K * n, math.sqrt(n)
-    return c * M * (s * (M - 2) / (2 * (M - 1))) ** (2 * (M - 1) / M) / ((M - 2) * N)
-
-
 def _f(v):
     return np.array(float(v))
 
@@ -75,7 +64,7 @@ def test_two_factor_mse_mode_is_the_limit_of_the_balanced_flow(K, n, c, frac):
 def test_deep_mse_bistable_window_matches_the_balanced_flow(K, n, M, c):
     """Between Lambda_glob and Lambda_stat the flow from a large a0 ends at sigma_local and
     from a small a0 at the origin, which mse_mode reports as the global minimiser."""
-    lam = 0.5 * (_lam_glob(K, n, M, c) + _lam_stat(K, n, M, c))
+    lam = 0.5 * (deep_mse_lam_glob(K, n, M, c) + deep_mse_lam_stat(K, n, M, c))
     sol = modes.mse_mode(_f(K), _f(n), _f(lam), M, _f(c))
     rhs = _mse_rhs(K, n, lam, M, c)
     hi = _flow_limit(rhs, (2 * math.sqrt(n)) ** (1 / M))
@@ -89,7 +78,7 @@ def test_deep_mse_bistable_window_matches_the_balanced_flow(K, n, M, c):
 def test_deep_mse_global_state_is_the_limit_from_above(K, n, M, c):
     """Below Lambda_glob the flow from a large a0 ends at sigma = sigma_local, with a lower
     objective than the origin."""
-    lam = 0.6 * _lam_glob(K, n, M, c)
+    lam = 0.6 * deep_mse_lam_glob(K, n, M, c)
     sol = modes.mse_mode(_f(K), _f(n), _f(lam), M, _f(c))
     a = _flow_limit(_mse_rhs(K, n, lam, M, c), (2 * math.sqrt(n)) ** (1 / M))
     assert a**M == pytest.approx(float(sol.sigma), rel=1e-8)

@@ -10,13 +10,13 @@ import math
 
 import numpy as np
 import pytest
-import scipy.optimize
 import torch
 from scipy.special import log_softmax
+from theory_helpers import lowrank_search_starts
 
 from ncsim.flow.saddle import KRYLOV_DIM, growth_rate
 from ncsim.theory import lowrank
-from ncsim.theory.lowrank import BEAT_RTOL, RANK_TIE_RTOL, LowRankResult, lower_rank_check
+from ncsim.theory.lowrank import BEAT_RTOL, RANK_TIE_RTOL, LowRankResult
 
 
 def _symmetric(values, p: int, dtype=torch.float64, seed: int = 3) -> torch.Tensor:
@@ -148,29 +148,15 @@ def test_rank_zero_has_no_state_even_with_described_ranks():
     assert not lr.beats(10.0, 0)
 
 
-def _starts(monkeypatch, **kwargs) -> tuple[list[np.ndarray], lowrank.LowRankResult]:
-    """The start points of the search's L-BFGS runs (K = 3: rank 1 only) and its result."""
-    starts: list[np.ndarray] = []
-    real = scipy.optimize.minimize
-
-    def recorded(fun, x0, *args, **kw):
-        starts.append(np.array(x0))
-        return real(fun, x0, *args, **kw)
-
-    monkeypatch.setattr(lowrank, "minimize", recorded)
-    result = lower_rank_check.uncached(3, 2, 0.05, 2, **kwargs)
-    return starts, result
-
-
 def test_search_starts_follow_the_seed_and_a_single_restart_works(monkeypatch):
     """restarts random starts per rank drawn from ``seed``: the same seed repeats them, another
     seed draws others (and reaches the same minimum to 1e-9); restarts = 1 runs one start."""
-    a, res_a = _starts(monkeypatch, restarts=3, seed=0)
-    b, _ = _starts(monkeypatch, restarts=3, seed=0)
-    c, res_c = _starts(monkeypatch, restarts=3, seed=1)
+    a, res_a = lowrank_search_starts(monkeypatch, 3, 2, 0.05, 2, restarts=3, seed=0)
+    b, _ = lowrank_search_starts(monkeypatch, 3, 2, 0.05, 2, restarts=3, seed=0)
+    c, res_c = lowrank_search_starts(monkeypatch, 3, 2, 0.05, 2, restarts=3, seed=1)
     assert len(a) == len(c) == 3
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not any(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
     assert res_c.best_objective == pytest.approx(res_a.best_objective, rel=1e-9)
-    one, res_one = _starts(monkeypatch, restarts=1, seed=0)
+    one, res_one = lowrank_search_starts(monkeypatch, 3, 2, 0.05, 2, restarts=1, seed=0)
     assert len(one) == 1 and math.isfinite(res_one.best_objective)

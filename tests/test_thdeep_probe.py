@@ -10,6 +10,7 @@ import mpmath as mp
 import numpy as np
 import pytest
 import torch
+from theory_helpers import deep_mse_lam_glob, deep_mse_lam_stat
 
 from ncsim.theory import modes
 
@@ -46,24 +47,12 @@ def _g_mse(K, n, lam, M, c):
     return lambda v: c / (2 * N) * (v - s) ** 2 + M / 2 * lam * np.abs(v) ** (2.0 / M)
 
 
-def _lam_glob(K, n, M, c):
-    """Lambda at which s = tau_glob (theory.md 3.1), scaled by the data weight c."""
-    N, s = K * n, math.sqrt(n)
-    return c * (s * (M - 2) / (M - 1)) ** (2 * (M - 1) / M) / ((M - 2) * N)
-
-
-def _lam_stat(K, n, M, c):
-    """Lambda at which s = tau_stat (theory.md 3.1), scaled by the data weight c."""
-    N, s = K * n, math.sqrt(n)
-    return c * M * (s * (M - 2) / (2 * (M - 1))) ** (2 * (M - 1) / M) / ((M - 2) * N)
-
-
 @pytest.mark.parametrize(("K", "n", "M", "c"), [(3, 4, 3, 0.6), (4, 5, 4, 1.7), (5, 2, 5, 2.5)])
 @pytest.mark.parametrize("frac", [0.3, 0.9, 1.1])
 def test_deep_mse_mode_matches_brute_force_with_data_weight(K, n, M, c, frac):
     """sigma, objective and objective_zero of mse_mode (M >= 3, c != 1) equal a brute-force
     global minimisation of c/(2N)(sigma - s)^2 + (M/2) Lambda sigma^(2/M)."""
-    lam = frac * _lam_glob(K, n, M, c)
+    lam = frac * deep_mse_lam_glob(K, n, M, c)
     sol = modes.mse_mode(np.array(float(K)), np.array(float(n)), np.array(lam), M, np.array(c))
     g = _g_mse(K, n, lam, M, c)
     x, gx = _brute_min(g, 2 * math.sqrt(n))
@@ -96,7 +85,7 @@ def test_deep_mse_jump_and_bistable_window(K, n, M, c):
     Lambda_stat the origin wins but the local minimiser (the larger root) is reported; above
     Lambda_stat there is no non-zero critical point (theory.md 3.1)."""
     s = math.sqrt(n)
-    lg, ls = _lam_glob(K, n, M, c), _lam_stat(K, n, M, c)
+    lg, ls = deep_mse_lam_glob(K, n, M, c), deep_mse_lam_stat(K, n, M, c)
     assert lg < ls
     args = (np.array(float(K)), np.array(float(n)))
     below = modes.mse_mode(*args, np.array(lg * (1 - 1e-9)), M, np.array(c))
@@ -181,7 +170,7 @@ def test_mse_mode_torch_matches_numpy(M):
     K = np.array([3.0, 4.0, 10.0])
     n = np.array([4.0, 5.0, 7.0])
     lam = (
-        np.array([0.5, 0.9, 1.2]) * np.array([_lam_glob(3, 4, 3, 1.0)] * 3)
+        np.array([0.5, 0.9, 1.2]) * np.array([deep_mse_lam_glob(3, 4, 3, 1.0)] * 3)
         if M > 2
         else np.array([0.01, 0.05, 0.2])
     )

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 import sympy as sp
+from theory_helpers import lowrank_search_starts
 
 from ncsim.errors import InputError
 from ncsim.theory import deep, lowrank
@@ -118,22 +119,14 @@ def test_search_start_spreads_run_evenly_from_half_to_two(monkeypatch):
     """The restarts of a rank start at N(0, s^2) draws from default_rng(seed), one generator
     for all, with spreads s evenly from 0.5 to 2.0 (3 restarts: 0.5, 1.25, 2.0; 1 restart:
     0.5); K = 3, depth 2: rank 1 only, 7 parameters."""
-    starts: list[np.ndarray] = []
-    real = scipy.optimize.minimize
-
-    def recorded(fun, x0, *args, **kwargs):
-        starts.append(np.array(x0))
-        return real(fun, x0, *args, **kwargs)
-
-    monkeypatch.setattr(lowrank, "minimize", recorded)
-    lower_rank_check.uncached(3, 2, 0.05, 2, restarts=3, seed=5)
+    starts, _ = lowrank_search_starts(monkeypatch, 3, 2, 0.05, 2, restarts=3, seed=5)
     rng = np.random.default_rng(5)
     want = [rng.normal(0.0, s, 7) for s in (0.5, 1.25, 2.0)]
     assert len(starts) == 3
     for got, ref in zip(starts, want, strict=True):
         np.testing.assert_array_equal(got, ref)
-    starts.clear()
-    lower_rank_check.uncached(3, 2, 0.05, 2, restarts=1, seed=5)
+    starts, _ = lowrank_search_starts(monkeypatch, 3, 2, 0.05, 2, restarts=1, seed=5)
+    assert len(starts) == 1
     np.testing.assert_array_equal(starts[0], np.random.default_rng(5).normal(0.0, 0.5, 7))
 
 
