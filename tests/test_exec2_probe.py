@@ -10,6 +10,7 @@ import concurrent.futures
 import signal
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,7 +73,6 @@ def test_bad_executor_options_have_their_exact_message(executor, address, worker
 
 def test_a_numpy_worker_count_is_taken():
     """check_executor: a numpy integer worker count >= 1 is an integer."""
-    np = pytest.importorskip("numpy")
     executors.check_executor("process", None, np.int64(1))
 
 
