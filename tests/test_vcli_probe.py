@@ -258,3 +258,12 @@ def test_compare_default_out_is_the_run_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in run.iterdir()) == ["compare.csv", "compare.png",
                                                      "surrogate_trajectory.parquet"]
     assert "calibration_note: fitted\n" in result.stdout
+
+
+def test_an_empty_table_prints_none_under_its_title(capsys):
+    """A table without rows prints '(none)' under its title (not pandas' empty-frame text),
+    then a blank line."""
+    from ncsim.validate.cli import _print_table
+
+    _print_table("leads", pd.DataFrame({"run": [], "lead": []}))
+    assert capsys.readouterr().out == "# leads\n(none)\n\n"
