@@ -69,16 +69,17 @@ def test_bmm_results_do_not_alias_the_operands(host_route):
     assert m.tolist() == [[0.0, 1.0, 2.0, 3.0]] and len(host_route) == 2
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_vecmat_matches_a_loop_for_one_stage_and_strided_rows(host_route, dtype):
-    """vecmat equals sum_i v_i m_i for one stage, a strided row block and n = 0."""
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-13), (torch.float32, 1e-5)])
+def test_vecmat_matches_a_loop_for_one_stage_and_strided_rows(host_route, dtype, tol):
+    """vecmat equals sum_i v_i m_i for one stage, a strided row block and n = 0 (to rounding
+    of the dtype)."""
     gen = torch.Generator().manual_seed(6)
     stages = torch.randn(6, 2 * 9, generator=gen, dtype=dtype)[:, ::2]  # (6, 9), strided
     for s in (1, 4):
         v = torch.randn(2 * s, generator=gen, dtype=dtype)[::2]
         expected = sum(v[i].double() * stages[i].double() for i in range(s))
         np.testing.assert_allclose(products.vecmat(v, stages[:s]).double().numpy(),
-                                   expected.numpy(), rtol=1e-5, atol=1e-6)
+                                   expected.numpy(), rtol=tol, atol=tol / 10)
     assert products.vecmat(torch.ones(3, dtype=dtype), torch.ones(3, 0, dtype=dtype)).shape == (0,)
 
 
