@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
+from data_helpers import gaussian_dataset
 
 from ncsim.errors import InputError
 from ncsim.metrics import METRIC_NAMES
-from ncsim.validate.data import Dataset
 from ncsim.validate.networks import build_network
 from ncsim.validate.train import (
     Phase,
@@ -22,15 +20,6 @@ from ncsim.validate.train import (
     preset,
     train,
 )
-
-
-def _tiny_data(n_per_class=4, classes=3, dim=6, seed=0):
-    """A few dozen Gaussian samples, as a Dataset (no test set)."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(classes), n_per_class)
-    x = rng.normal(size=(y.size, dim)) + 2.0 * np.eye(classes, dim)[y]
-    return Dataset("tiny", torch.tensor(x, dtype=torch.float32), torch.tensor(y),
-                   torch.zeros(0, dim), torch.zeros(0, dtype=torch.long), classes)
 
 
 def test_decayed_names_of_a_small_mlp_are_the_last_linear_layers_by_hand():
@@ -52,7 +41,7 @@ def test_decay_last_beyond_the_linear_layers_is_refused():
     phases = (Phase("ce", 1, "sgd", 0.1, 1e-2, batch_size=12, decay_last=5),)
     config = TrainConfig(depth=3, width=4, phases=phases, nc_every=1, eval_test=False)
     with pytest.raises(InputError, match="only 4 Linear layers"):
-        train(config, _tiny_data())
+        train(config, gaussian_dataset())
 
 
 def test_cnn_decay_counts_linear_layers_only_not_convolutions():
@@ -104,7 +93,7 @@ def test_on_record_receives_every_row_of_the_log_in_order():
               Phase("mse", 3, "sgd", 0.05, 1e-3, batch_size=6))
     config = TrainConfig(depth=2, width=5, phases=phases, nc_every=2, eval_test=False)
     seen = []
-    result = train(config, _tiny_data(), on_record=seen.append)
+    result = train(config, gaussian_dataset(), on_record=seen.append)
     assert [row["time"] for row in seen] == [0.0, 2.0, 4.0, 5.0]
     assert [row["phase"] for row in seen] == [1, 1, 2, 2]
     pd.testing.assert_frame_equal(pd.DataFrame(seen), result.log)
@@ -114,7 +103,7 @@ def test_an_empty_seed_list_is_refused_by_name():
     """train(seeds=[]) is an InputError asking for seeds, not a crash in pandas."""
     config = TrainConfig(depth=2, width=4, phases=(Phase("ce", 1, batch_size=12),))
     with pytest.raises(InputError, match="give distinct seeds, got \\[\\]"):
-        train(config, _tiny_data(), seeds=[])
+        train(config, gaussian_dataset(), seeds=[])
 
 
 @pytest.mark.parametrize("epochs", [(5,), (5, 6, 7)])

@@ -8,20 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from data_helpers import gaussian_dataset
 
 from ncsim.errors import InputError
-from ncsim.validate.data import Dataset
 from ncsim.validate.train import TRAIN_SEED_LIMIT, Phase, TrainConfig, summarize, train
-
-
-def _tiny_data(n_per_class=4, classes=3, dim=6, seed=0):
-    """A dozen Gaussian samples, as a Dataset (no test set)."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(classes), n_per_class)
-    x = rng.normal(size=(y.size, dim)) + 2.0 * np.eye(classes, dim)[y]
-    return Dataset("tiny", torch.tensor(x, dtype=torch.float32), torch.tensor(y),
-                   torch.zeros(0, dim), torch.zeros(0, dtype=torch.long), classes)
 
 
 def test_seed_exactly_2_to_the_31_is_refused():
@@ -46,7 +36,7 @@ def test_a_milestone_at_epoch_zero_is_valid_and_applies_from_the_first_epoch(war
                   gamma=0.5, batch_size=12, warmup=warmup)
     phase.validate()
     log = train(TrainConfig(depth=1, width=8, phases=(phase,), nc_every=1, eval_test=False),
-                _tiny_data()).log
+                gaussian_dataset()).log
     np.testing.assert_allclose(log["lr"], used + [0.05], rtol=1e-12)
     np.testing.assert_allclose(log["flow_time"], [0.0, *np.cumsum(used)], rtol=1e-12)
     assert log["steps"].tolist() == [0, 1, 2, 3, 4]
@@ -56,7 +46,7 @@ def test_log_time_is_a_float_column_of_epochs():
     """The log's time column holds floats (the trajectory schema's time), time_unit 'epoch'."""
     phase = Phase("ce", 2, "adam", 1e-2, 0.0, batch_size=5)
     log = train(TrainConfig(depth=1, width=8, phases=(phase,), nc_every=1, eval_test=False),
-                _tiny_data()).log
+                gaussian_dataset()).log
     assert log["time"].dtype == np.float64
     assert log["time"].tolist() == [0.0, 1.0, 2.0]
     assert log["time_unit"].tolist() == ["epoch"] * 3
