@@ -209,43 +209,32 @@ def test_image_and_label_counts_must_agree(tmp_path):
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
-def test_cifar_rows_of_the_wrong_width_are_refused(tmp_path):
-    """A batch of rows of 3071 pixels is refused, with dtype and shape in the message."""
-    bad = {b"data": np.zeros((2, 3071), np.uint8), b"labels": [0, 1]}
-    root = _cifar_batches(tmp_path, data_batch_2=bad)
-    with pytest.raises(InputError, match=re.escape(
-            f"{root / 'data_batch_2'} is not a CIFAR-10 python batch (its data is uint8 of "
-            "shape (2, 3071), not integer rows of 3072 pixels)")):
-        read_cifar10(root)
-
-
-def test_negative_cifar_pixels_are_refused(tmp_path):
-    """A pixel of -1 is refused, not wrapped to 255."""
+def _negative_pixel_rows() -> np.ndarray:
     rows = np.zeros((2, 3072), np.int64)
     rows[1, 5] = -1
-    root = _cifar_batches(tmp_path, test_batch={b"data": rows, b"labels": [0, 1]})
-    with pytest.raises(InputError, match=re.escape(
-            f"{root / 'test_batch'} is not a CIFAR-10 python batch (its pixel values leave "
-            "0..255)")):
-        read_cifar10(root)
+    return rows
 
 
-def test_cifar_labels_as_a_column_are_refused(tmp_path):
-    """Labels [[0], [1]] (2-D) are 'not a list of integers'."""
-    bad = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0], [1]]}
-    root = _cifar_batches(tmp_path, data_batch_3=bad)
-    with pytest.raises(InputError, match=re.escape(
-            f"{root / 'data_batch_3'} is not a CIFAR-10 python batch (its labels are not a "
-            "list of integers)")):
-        read_cifar10(root)
-
-
-def test_cifar_image_and_label_counts_must_agree(tmp_path):
-    """2 images with 3 labels: the exact count message naming the batch."""
-    bad = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1, 0]}
-    root = _cifar_batches(tmp_path, data_batch_4=bad)
-    with pytest.raises(InputError, match=re.escape(
-            f"{root / 'data_batch_4'} holds 2 images but 3 labels")):
+@pytest.mark.parametrize(("batch", "data", "labels", "reason"), [
+    # rows of 3071 pixels: dtype and shape in the message
+    ("data_batch_2", np.zeros((2, 3071), np.uint8), [0, 1],
+     " is not a CIFAR-10 python batch (its data is uint8 of shape (2, 3071), not integer rows "
+     "of 3072 pixels)"),
+    # a pixel of -1 is refused, not wrapped to 255
+    ("test_batch", _negative_pixel_rows(), [0, 1],
+     " is not a CIFAR-10 python batch (its pixel values leave 0..255)"),
+    # labels [[0], [1]] (2-D)
+    ("data_batch_3", np.zeros((2, 3072), np.uint8), [[0], [1]],
+     " is not a CIFAR-10 python batch (its labels are not a list of integers)"),
+    # 2 images with 3 labels
+    ("data_batch_4", np.zeros((2, 3072), np.uint8), [0, 1, 0], " holds 2 images but 3 labels"),
+])
+def test_damaged_cifar_batches_are_refused_naming_the_batch(tmp_path, batch, data, labels,
+                                                           reason):
+    """Rows of the wrong width, negative pixels, a label column and unequal image and label
+    counts are each refused with the exact message naming the batch."""
+    root = _cifar_batches(tmp_path, **{batch: {b"data": data, b"labels": labels}})
+    with pytest.raises(InputError, match=re.escape(f"{root / batch}{reason}")):
         read_cifar10(root)
 
 
