@@ -19,10 +19,10 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from integrate_helpers import solver_spec, states_as_recorded
 from scipy.integrate import RK45
 
 from ncsim.flow.integrate import DONE, MAX_STEPS, integrate
-from ncsim.spec import SolverSpec
 
 F64 = torch.float64
 INTEGRATE = importlib.import_module("ncsim.flow.integrate")
@@ -30,22 +30,9 @@ RATES = np.array([[0.5, 1.0, 2.0], [1.0, 8.0, 40.0], [3.0, 0.2, 90.0]])
 Y0 = np.array([[1.0, -2.0, 0.5], [0.3, 1.0, -1.0], [2.0, 0.0, 1.0]])
 
 
-def _spec(**fields) -> SolverSpec:
-    base = dict(method="dopri5", dt=1e-3, rtol=1e-6, atol=1e-9, t_end=4.0, records=25,
-                t_first=0.01, gtol=0.0, check_every=16)
-    base.update(fields)
-    spec = SolverSpec(**base)
-    spec.validate()
-    return spec
-
-
 def _velocity(rates: np.ndarray):
     r = torch.tensor(rates, dtype=F64)
     return lambda y: -r * y
-
-
-def _states(states, runs):
-    return states
 
 
 def _use_loop(monkeypatch, loop):
@@ -122,8 +109,8 @@ def test_steps_rejections_and_records_follow_the_reference_controller(monkeypatc
     """Accepted and rejected step counts, t_final = t_end exactly, final state and dense
     records of three runs of different stiffness equal the reference loop's."""
     _use_loop(monkeypatch, loop)
-    spec = _spec()
-    result = integrate(_velocity(RATES), torch.tensor(Y0, dtype=F64), spec, _states, 3)
+    spec = solver_spec()
+    result = integrate(_velocity(RATES), torch.tensor(Y0, dtype=F64), spec, states_as_recorded, 3)
     crossings = INTEGRATE._DEVICE_CROSSINGS if loop == "device" else None
     assert (result.code == DONE).all()
     assert (result.rejected[1:] > 0).all()  # the stiff runs meet their stability limit
@@ -135,8 +122,8 @@ def test_steps_rejections_and_records_follow_the_reference_controller(monkeypatc
 def test_records_equal_the_exact_solution_to_the_tolerance(monkeypatch, loop):
     """Every record (t = 0, the log-spaced times, t_end) is exp(-rate t) y0 within 1e-5."""
     _use_loop(monkeypatch, loop)
-    spec = _spec()
-    result = integrate(_velocity(RATES), torch.tensor(Y0, dtype=F64), spec, _states, 3)
+    spec = solver_spec()
+    result = integrate(_velocity(RATES), torch.tensor(Y0, dtype=F64), spec, states_as_recorded, 3)
     times = spec.record_times()
     exact = Y0[:, None, :] * np.exp(-RATES[:, None, :] * times[None, :, None])
     np.testing.assert_allclose(result.records, exact, rtol=0, atol=1e-5)
@@ -147,11 +134,11 @@ def test_a_shedding_batch_records_each_run_as_the_reference(monkeypatch, loop):
     """With ``select`` the finished runs leave the batch; the runs that go on record into
     their own rows (the slow runs' records and counts equal the reference)."""
     _use_loop(monkeypatch, loop)
-    spec = _spec(check_every=4)
+    spec = solver_spec(check_every=4)
     def select(rows):
         return _velocity(RATES[rows.numpy()]), lambda s, k: k.double().norm(dim=1)
 
-    result = integrate(_velocity(RATES), torch.tensor(Y0, dtype=F64), spec, _states, 3,
+    result = integrate(_velocity(RATES), torch.tensor(Y0, dtype=F64), spec, states_as_recorded, 3,
                        select=select)
     assert (result.code == DONE).all()
     crossings = INTEGRATE._DEVICE_CROSSINGS if loop == "device" else None
@@ -164,9 +151,9 @@ def test_max_steps_caps_every_attempt_exactly(monkeypatch, loop, cap):
     """max_steps = n stops a run after exactly n attempts (accepted + rejected), as MAX_STEPS,
     at the reference's time and state."""
     _use_loop(monkeypatch, loop)
-    spec = _spec(max_steps=cap, check_every=40)
+    spec = solver_spec(max_steps=cap, check_every=40)
     result = integrate(_velocity(RATES[1:2]), torch.tensor(Y0[1:2], dtype=F64), spec,
-                       _states, 3)
+                       states_as_recorded, 3)
     steps, rejected, t, y, _ = _reference(RATES[1], Y0[1], spec,
                                           INTEGRATE._DEVICE_CROSSINGS if loop == "device"
                                           else None)
@@ -181,9 +168,9 @@ def test_device_steps_cut_at_dense_records_still_record_t_end(monkeypatch):
     next record time and records two, so the last step ends on t_end with the t_end record
     left to the final flush; every record, t_end included, is the reference's and exact."""
     _use_loop(monkeypatch, "device")
-    spec = _spec(t_end=1.0, records=60, t_first=0.5, rtol=1e-8, atol=1e-12)
+    spec = solver_spec(t_end=1.0, records=60, t_first=0.5, rtol=1e-8, atol=1e-12)
     rates, y0 = RATES[:1, :2], Y0[:1, :2]
-    result = integrate(_velocity(rates), torch.tensor(y0, dtype=F64), spec, _states, 2)
+    result = integrate(_velocity(rates), torch.tensor(y0, dtype=F64), spec, states_as_recorded, 2)
     times = spec.record_times()
     assert result.code.tolist() == [DONE] and result.t_final[0] == 1.0
     assert np.isfinite(result.records).all()
@@ -213,12 +200,12 @@ def _first_step(rates, y0, rtol, atol, order=5):
 def test_automatic_first_step_is_the_textbook_starting_step():
     """With dt = None each run starts with its own HNW starting step (exponent 1/6 for
     dopri5): its step counts, records and final state equal the reference started there."""
-    spec = _spec(dt=None)
-    result = integrate(_velocity(RATES), torch.tensor(Y0, dtype=F64), spec, _states, 3)
+    spec = solver_spec(dt=None)
+    result = integrate(_velocity(RATES), torch.tensor(Y0, dtype=F64), spec, states_as_recorded, 3)
     firsts = [_first_step(RATES[i], Y0[i], spec.rtol, spec.atol) for i in range(3)]
     assert len(set(firsts)) == 3
     for i, first in enumerate(firsts):
-        ref = _spec(dt=first)
+        ref = solver_spec(dt=first)
         steps, rejected, t, y, records = _reference(RATES[i], Y0[i], ref)
         assert (int(result.steps[i]), int(result.rejected[i])) == (steps, rejected), i
         np.testing.assert_allclose(result.records[i], records, rtol=1e-9, atol=1e-13)

@@ -17,6 +17,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from integrate_helpers import solver_spec, states_as_recorded
 
 from ncsim.flow.integrate import DONE, STEADY, integrate
 from ncsim.flow.tableau import tableau
@@ -27,16 +28,8 @@ INTEGRATE = importlib.import_module("ncsim.flow.integrate")
 
 
 def _spec(**fields) -> SolverSpec:
-    base = dict(method="dopri5", dt=1e-3, rtol=1e-6, atol=1e-9, t_end=3.0, records=12,
-                t_first=0.05, gtol=0.0, check_every=16)
-    base.update(fields)
-    spec = SolverSpec(**base)
-    spec.validate()
-    return spec
-
-
-def _states(states, runs):
-    return states
+    """solver_spec to t_end 3 with 12 records from t = 0.05."""
+    return solver_spec(**{"t_end": 3.0, "records": 12, "t_first": 0.05, **fields})
 
 
 class _ClockedDecay:
@@ -113,7 +106,7 @@ def test_every_attempt_follows_the_reference_controller(method):
     y0 = np.array([0.0, 1.0, -0.5, 2.0])
     spec = _spec(method=method)
     f = _ClockedDecay(rates)
-    result = integrate(f, torch.tensor(y0[None], dtype=F64), spec, _states, 4)
+    result = integrate(f, torch.tensor(y0[None], dtype=F64), spec, states_as_recorded, 4)
     clocks, steps, rejected, t, y, records = _reference(method, rates, y0, spec)
     assert rejected > 5  # the stiff mode meets its stability limit
     assert (int(result.steps[0]), int(result.rejected[0])) == (steps, rejected)
@@ -162,7 +155,7 @@ def test_a_step_landing_exactly_on_its_limit_counts_as_capped(monkeypatch):
     spec = _spec(t_end=1000.0, records=6, t_first=0.1, atol=0.0, rtol=rtol, dt=dt,
                  max_steps=2)
     clock = _ClockedDecay(np.array([rate]))
-    result = integrate(clock, torch.tensor(y[None], dtype=F64), spec, _states, 2)
+    result = integrate(clock, torch.tensor(y[None], dtype=F64), spec, states_as_recorded, 2)
     assert (int(result.steps[0]), int(result.rejected[0])) == (2, 0)
     stages = tab.stages - 1
     t1 = clock.clocks[stages]  # the last stage of attempt 1: y_new's clock
@@ -196,7 +189,7 @@ def test_gd_to_a_t_end_below_dt_takes_one_step_of_t_end():
     y0 = np.array([[1.0, -2.0]])
     spec = _spec(method="gd", dt=0.5, t_end=0.25, records=2, t_first=None)
     r = torch.tensor(rates, dtype=F64)
-    result = integrate(lambda y: -r * y, torch.tensor(y0, dtype=F64), spec, _states, 2)
+    result = integrate(lambda y: -r * y, torch.tensor(y0, dtype=F64), spec, states_as_recorded, 2)
     want = _euler_np(y0[0], rates, 0.25)
     assert result.steps.tolist() == [1] and result.t_final.tolist() == [0.25]
     assert result.code.tolist() == [DONE]
@@ -209,7 +202,7 @@ def test_gd_whose_ratio_rounds_above_an_integer_takes_no_extra_step():
     step of 1e-17, ending at t_end."""
     r = torch.tensor([2.0], dtype=F64)
     spec = _spec(method="gd", dt=0.01, t_end=0.07, records=3, t_first=0.01)
-    result = integrate(lambda y: -r * y, torch.ones(1, 1, dtype=F64), spec, _states, 1)
+    result = integrate(lambda y: -r * y, torch.ones(1, 1, dtype=F64), spec, states_as_recorded, 1)
     assert result.steps.tolist() == [7] and result.t_final.tolist() == [0.07]
     assert result.final_state.item() == pytest.approx(0.98**7, rel=1e-14)
 
@@ -224,7 +217,7 @@ def test_a_run_started_at_the_origin_stops_steady_while_its_batch_goes_on(monkey
     r = torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=F64)
     y0 = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=F64)
     spec = _spec(dt=0.01, t_end=2.0, gtol=1e-30, check_every=4)
-    result = integrate(lambda y: -r * y, y0, spec, _states, 2)
+    result = integrate(lambda y: -r * y, y0, spec, states_as_recorded, 2)
     assert result.code.tolist() == [STEADY, DONE]
     first_test = 1 if loop == "cpu" else 4
     assert result.steps.tolist()[0] == first_test
@@ -254,7 +247,7 @@ def test_a_step_with_a_non_finite_stage_is_retried_at_the_smallest_factor(monkey
         return k
 
     spec = _spec(dt=0.1, t_end=1.0, records=3, t_first=0.5)
-    result = integrate(velocity, torch.tensor([[0.0, 1.0]], dtype=F64), spec, _states, 2)
+    result = integrate(velocity, torch.tensor([[0.0, 1.0]], dtype=F64), spec, states_as_recorded, 2)
     stages = tableau("dopri5").stages - 1
     assert clock.clocks[stages] == pytest.approx(0.1, rel=1e-12)  # the wrecked attempt
     assert clock.clocks[2 * stages] == pytest.approx(0.02, rel=1e-12)  # its retry
@@ -273,7 +266,7 @@ def test_the_origin_stops_steady_next_to_a_run_tested_for_a_saddle(monkeypatch, 
     y0 = torch.tensor([[0.0, 0.0], [1e-12, -1e-12], [1.0, 1.0]], dtype=F64)
     spec = _spec(dt=0.01, t_end=2.0, gtol=1e-8, check_every=4)
     progress: list[int] = []
-    result = integrate(lambda y: -r * y, y0, spec, _states, 2, progress=progress.append)
+    result = integrate(lambda y: -r * y, y0, spec, states_as_recorded, 2, progress=progress.append)
     assert result.code.tolist() == [STEADY, STEADY, DONE]
     assert result.steps[0] == result.steps[1]
     assert (result.final_state[0] == 0).all()
@@ -299,7 +292,7 @@ def test_a_run_rejected_at_t_0_is_diverged_when_its_step_falls_below_1e_13(monke
     _always_wrecked.calls = 0
     # atol 1e-15: even the last attempts' errors (h ~ 1e-13) are 1e5 tolerances, factor 0.2
     spec = _spec(dt=0.1, t_end=10.0, records=3, t_first=1.0, atol=1e-15, max_steps=100)
-    result = integrate(_always_wrecked, torch.zeros(1, 2, dtype=F64), spec, _states, 2)
+    result = integrate(_always_wrecked, torch.zeros(1, 2, dtype=F64), spec, states_as_recorded, 2)
     assert result.code.tolist() == [INTEGRATE.DIVERGED]
     assert result.rejected.tolist() == [18] and result.steps.tolist() == [0]
     assert result.t_final.tolist() == [0.0]
@@ -311,7 +304,7 @@ def test_a_run_passing_1e100_on_its_last_step_is_done():
     below 1e100."""
     y0 = torch.full((1, 1), 1.001e100 / np.e, dtype=F64)
     spec = _spec(dt=None, rtol=1e-8, atol=1e-10, t_end=1.0, records=3, t_first=0.5)
-    result = integrate(lambda y: y.clone(), y0, spec, _states, 1)
+    result = integrate(lambda y: y.clone(), y0, spec, states_as_recorded, 1)
     assert result.code.tolist() == [DONE]
     assert result.t_final.tolist() == [1.0]
     assert result.final_state.item() == pytest.approx(1.001e100, rel=1e-6)
@@ -324,7 +317,7 @@ def test_gd_from_a_huge_start_diverges_at_1e100():
     1.5^28) and keeps its last finite state 1e95 x 1.5^28 at t = 14."""
     spec = _spec(method="gd", dt=0.5, t_end=20.0, records=3, t_first=1.0)
     result = integrate(lambda y: y.clone(), torch.full((1, 1), 1e95, dtype=F64), spec,
-                       _states, 1)
+                       states_as_recorded, 1)
     assert result.code.tolist() == [INTEGRATE.DIVERGED]
     assert result.steps.tolist() == [28] and result.t_final.tolist() == [14.0]
     assert result.final_state.item() == pytest.approx(1e95 * 1.5**28, rel=1e-14)
@@ -341,7 +334,7 @@ def test_gd_with_a_nan_velocity_is_diverged_at_its_last_finite_state():
         return k * float("nan") if len(calls) == 3 else k
 
     spec = _spec(method="gd", dt=0.25, t_end=2.0, records=3, t_first=0.5)
-    result = integrate(velocity, torch.ones(1, 1, dtype=F64), spec, _states, 1)
+    result = integrate(velocity, torch.ones(1, 1, dtype=F64), spec, states_as_recorded, 1)
     assert result.code.tolist() == [INTEGRATE.DIVERGED]
     assert result.steps.tolist() == [2] and result.t_final.tolist() == [0.5]
     assert result.final_state.item() == 0.25
@@ -355,7 +348,7 @@ def test_fixed_steps_with_gtol_zero_follow_a_run_at_the_origin_to_t_end(method):
     r = torch.tensor([1.0, 3.0], dtype=F64)
     spec = _spec(method=method, dt=0.125, t_end=1.0, records=3, t_first=0.5, gtol=0.0,
                  check_every=2)
-    result = integrate(lambda y: -r * y, torch.zeros(1, 2, dtype=F64), spec, _states, 2)
+    result = integrate(lambda y: -r * y, torch.zeros(1, 2, dtype=F64), spec, states_as_recorded, 2)
     assert result.code.tolist() == [DONE]
     assert result.steps.tolist() == [8] and result.t_final.tolist() == [1.0]
 
@@ -378,7 +371,7 @@ def test_a_finished_run_leaves_the_batch_through_select():
 
     y0 = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=F64)
     spec = _spec(dt=0.01, t_end=2.0, gtol=1e-30, check_every=4)
-    result = integrate(velocity, y0, spec, _states, 2, select=select)
+    result = integrate(velocity, y0, spec, states_as_recorded, 2, select=select)
     assert result.code.tolist() == [STEADY, DONE]
     assert asked == [[1]]
     assert rows_seen[0] == 2 and rows_seen[-2] == 1  # (the last call: the final velocity)
