@@ -248,7 +248,8 @@ def _numeric(loss: str, bias: str, counts: np.ndarray, Lam: float, lb: float,
 
 def _number(value: object, name: str) -> float:
     """``value`` as a float, or :class:`InputError` when it is not one real number."""
-    if np.ndim(value) != 0 or isinstance(value, (str, bytes, bool)):
+    if (np.ndim(value) != 0 or isinstance(value, (str, bytes))
+            or np.asarray(value).dtype.kind == "b"):  # Python, numpy or 0-d array booleans
         raise InputError(f"{name} must be one number, got {value!r}")
     try:
         return float(value)  # type: ignore[arg-type]
