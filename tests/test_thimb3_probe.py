@@ -145,3 +145,10 @@ def test_boolean_decay_is_refused(flag):
     """A boolean decay, Python, numpy or a 0-d array, is not one number (as in equilibrium)."""
     with pytest.raises(InputError, match=r"^lambda_w must be one number"):
         imbalanced_equilibrium("mse", "none", (1, 2), flag, 1.0)
+
+
+@pytest.mark.parametrize("bias", ["reg", "Free", ""])
+def test_label_singular_values_refuses_a_bias_without_closed_form(bias):
+    """Only 'none' and 'free' have label singular values; 'reg' or a typo is refused."""
+    with pytest.raises(InputError, match=r"^label_singular_values: bias must be 'none' or 'free'"):
+        im.label_singular_values(bias, (1, 2, 3))

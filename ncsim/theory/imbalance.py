@@ -154,6 +154,9 @@ def label_singular_values(bias: str, counts: Sequence[int]) -> np.ndarray:
     MSE collapse threshold: the mode with singular value s survives iff s > N Lambda, so the
     collapse threshold is Lambda_c = max(s) / N.
     """
+    require(bias in ("none", "free"),
+            f"label_singular_values: bias must be 'none' or 'free' (a regularised bias has no "
+            f"closed-form threshold), got {bias!r}")
     cnt = np.asarray(counts, dtype=np.float64)
     if bias == "none":
         return np.sort(np.sqrt(cnt))[::-1]
