@@ -358,12 +358,34 @@ def _check_records(out: pd.DataFrame, log: str, names: dict[str, str],
     return _drop_repeated_records(out, log, names)
 
 
+def _same_values(first: pd.Series, second: pd.Series) -> bool:
+    """Whether two columns hold the same entries: equal as read, or equal as numbers with
+    blanks in the same records when both hold numbers only (0 and 0.0 are one accuracy)."""
+    if first.equals(second):
+        return True
+    a, b = pd.to_numeric(first, errors="coerce"), pd.to_numeric(second, errors="coerce")
+    if not_numbers(first, a).any() or not_numbers(second, b).any():
+        return False
+    return a.astype(np.float64).equals(b.astype(np.float64))
+
+
+def _paper_names(frame: pd.DataFrame) -> dict[str, str]:
+    """:data:`PAPER_NAMES` with each trajectory column named as this log names it (the first of
+    its paper columns that the log has, e.g. ``train_acc`` for the accuracy), for messages."""
+    names = dict(PAPER_NAMES)
+    for col in reversed(list(frame.columns)):  # the first of two equal copies is the one kept
+        if col in PAPER_COLUMNS:
+            names[PAPER_COLUMNS[col]] = str(col)
+    return names
+
+
 def _check_column_pairs(frame: pd.DataFrame, run_id: str) -> None:
     """Refuse two paper columns for one trajectory column (``train`` and ``train_acc``) that
     differ: which one is the accuracy would be a guess (equal copies are read as one)."""
     for target in dict.fromkeys(PAPER_COLUMNS.values()):  # in the table's order
         given = [k for k, v in PAPER_COLUMNS.items() if v == target and k in frame.columns]
-        if len(given) > 1 and not all(frame[given[0]].equals(frame[k]) for k in given[1:]):
+        if len(given) > 1 and not all(_same_values(frame[given[0]], frame[k])
+                                      for k in given[1:]):
             raise InputError(f"log {run_id} has columns {' and '.join(given)}, which both name "
                              f"its {target} and differ; keep the one that holds it")
 
@@ -407,7 +429,7 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     out.insert(2, "time_unit", "epoch")
     if "phase" not in out.columns:
         out.insert(3, "phase", pd.NA)
-    out = _check_records(out, run_id, PAPER_NAMES, PAPER_PHASES)
+    out = _check_records(out, run_id, _paper_names(frame), PAPER_PHASES)
     for key, value in labels.items():
         out[key] = value
     return out.sort_values("time", kind="stable").reset_index(drop=True)
