@@ -31,6 +31,7 @@ three repeated ones, whose initial scale is sqrt(3) times larger).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,13 +55,20 @@ def activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
     return table[name]()
 
 
+def _require_size(network: str, what: str, value: Any, least: int) -> int:
+    """``value`` as an int, or :class:`InputError` when it is not an integer >= ``least``."""
+    require(is_integer(value) and value >= least,
+            f"{network} needs {what} >= {least}, got {value!r}")
+    return int(value)
+
+
 class MLP(nn.Module):
     """Fully connected network: ``depth`` hidden layers of ``width`` units, then Linear(width, K).
 
     Parameters
     ----------
     in_features : flattened input size.
-    classes : K.
+    classes : K >= 2.
     depth : number of hidden layers (>= 1).
     width : hidden width (>= 1).
     act : activation name.
@@ -74,6 +82,9 @@ class MLP(nn.Module):
         require(is_integer(width) and width >= 1,
                 f"MLP width must be an integer >= 1, got {width!r}")
         depth, width = int(depth), int(width)
+        in_features = _require_size("the MLP", "in_features (the flattened input size)",
+                                    in_features, 1)
+        classes = _require_size("the MLP", "classes", classes, 2)
         self.act_name = act
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = in_features
@@ -122,7 +133,8 @@ class SmallCNN(nn.Module):
                 f"the CNN's two 2-wide max-pools need every spatial size >= 4, got inputs of "
                 f"shape {tuple(input_shape)}; use a larger input or another network (--arch mlp)")
         conv, pool = (nn.Conv1d, nn.MaxPool1d) if spatial == 1 else (nn.Conv2d, nn.MaxPool2d)
-        chans = input_shape[0]
+        chans = _require_size("the CNN", "input channels", input_shape[0], 1)
+        classes = _require_size("the CNN", "classes", classes, 2)
         self.act_name = act
         self.conv = nn.Sequential(
             conv(chans, 32, 3, padding=1), nn.ReLU(), pool(2),
@@ -184,7 +196,7 @@ class ResNet20(nn.Module):
     Parameters
     ----------
     in_channels : C >= 1.
-    classes : K.
+    classes : K >= 2.
     spatial : 2 for images (Conv2d, 3x3 kernels), 1 for signals (Conv1d, 3-wide kernels).
     """
 
@@ -192,6 +204,7 @@ class ResNet20(nn.Module):
         super().__init__()
         require(is_integer(in_channels) and in_channels >= 1,
                 f"ResNet-20 needs at least one input channel, got {in_channels!r}")
+        classes = _require_size("ResNet-20", "classes", classes, 2)
         require(spatial in _RESNET_LAYERS,
                 f"ResNet-20 takes signals (spatial = 1) or images (spatial = 2), got {spatial!r}")
         conv, norm = _RESNET_LAYERS[spatial]
