@@ -95,7 +95,9 @@ class Store:
         """Record the study in the folder; refuse a folder holding another study."""
         if self.study_path.exists() and not force:
             old = self.study()
-            if (old.get("name"), old.get("quick")) != (study["name"], study["quick"]):
+            # a study.json without "quick" holds the full variant (as the message reads it)
+            if (old.get("name"), bool(old.get("quick"))) != (study["name"],
+                                                             bool(study["quick"])):
                 raise InputError(self._other_study_message(old, study))
         self.parts.mkdir(parents=True, exist_ok=True)
         self.clean_temporary()
