@@ -303,6 +303,28 @@ def derive_cmd(loss: str, bias: str, depth: str, fmt: str) -> None:
             click.echo(f"{k} = {sp.sstr(v)}")
 
 
+#: grid parameter -> the option that sets it (for messages)
+_OPTION_OF = {"K": "-K/--classes", "n": "-n/--per-class", "d": "-d/--dim", "depth": "--depth",
+              "lambda_w": "--lambda-w", "lambda_h": "--lambda-h", "lambda_b": "--lambda-b",
+              "init_scale": "--init-scale", "onset_threshold": "--onset-threshold"}
+
+
+def _several_values_message(points: list[dict[str, Any]], x_axis: str, y_axis: str) -> str:
+    """Why a phase diagram refuses the grid ``points`` (more than one): the options given
+    several values, and for an axis's own option, that --xs or --ys holds its values."""
+    several = [k for k in _OPTION_OF if len({p[k] for p in points}) > 1]
+    for axis, values in ((x_axis, "--xs"), (y_axis, "--ys")):
+        own = ("lambda_w", "lambda_h") if axis == "lambda" else (axis,)
+        given = [k for k in several if k in own]
+        if given:
+            return (f"phase-diagram: {_OPTION_OF[given[0]]} got several values, but {axis} is "
+                    f"an axis: give its values with {values}, and leave "
+                    f"{_OPTION_OF[given[0]]} out")
+    named = ", ".join(_OPTION_OF[k] for k in several)
+    return (f"phase-diagram: give one value for every other parameter ({named} got "
+            "several); only --xs and --ys take lists")
+
+
 @theory.command("phase-diagram")
 @_model_options
 @click.option("--x", "x_axis", default="lambda_w", show_default=True,
@@ -348,7 +370,7 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
                 f"{suffix!r}; name the file with one of: {', '.join(sorted(kinds))}")
         check_out_file(out)
     points = _grid(o)
-    require(len(points) == 1, "phase-diagram: give one value for every other parameter")
+    require(len(points) == 1, _several_values_message(points, x_axis, y_axis))
     p = points[0]
     base = {"loss": o["loss"], "bias": o["bias"], "K": p["K"], "n": p["n"], "d": p["d"],
             "depth": p["depth"], "lambda_w": p["lambda_w"], "lambda_h": p["lambda_h"],
