@@ -11,6 +11,7 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
+from study_helpers import computed_alone, same_value
 
 from ncsim.onset import onset_and_fn
 from ncsim.study.compute import run_chunk
@@ -18,21 +19,6 @@ from ncsim.study.spec import RunDesc, parse_study, run_spec
 
 TINY = {"classes": 3, "per_class": 2, "dim": 4, "t_end": 300.0, "records": 24,
         "rtol": 1e-10, "atol": 1e-12, "lambda": 1e-2}
-
-
-def _one(params, part="k"):
-    """(row, trajectory) of one simulated run (of part ``part``) computed by run_chunk."""
-    desc = RunDesc(part, "simulated", params)
-    ((rid, row, traj),) = run_chunk([desc])
-    assert rid == desc.run_id
-    return row, traj
-
-
-def _same(a, b):
-    """Equal values, NaN equal to NaN."""
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
 
 
 # ----------------------------------------------------------------------------- simulated
@@ -43,13 +29,13 @@ def test_a_plain_run_row_is_the_direct_simulate_row_without_its_run_id():
     from ncsim.flow.simulate import simulate
 
     params = {**TINY, "t_end": 100.0, "seed": 4}
-    row, traj = _one(params)
+    row, traj = computed_alone(params)
     direct = simulate(run_spec(params))
     want = direct.runs.iloc[0].to_dict()
     sim_id = want.pop("run_id")
     assert "run_id" not in row
     assert row["sim_run_id"] == sim_id
-    assert [k for k in want if not _same(row[k], want[k])] == []
+    assert [k for k in want if not same_value(row[k], want[k])] == []
     expected = direct.trajectories.drop(columns="run_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(traj, expected)
 
@@ -69,7 +55,7 @@ def test_a_failed_run_records_the_whole_error_message(monkeypatch, message, reco
         raise ValueError(message)
 
     monkeypatch.setattr(sim_module, "simulate", boom)
-    row, traj = _one({**TINY, "seed": 1})
+    row, traj = computed_alone({**TINY, "seed": 1})
     assert traj is None
     assert (row["status"], row["error"]) == ("failed", recorded)
 
@@ -78,7 +64,7 @@ def test_an_intervention_splits_its_records_at_the_rounded_log_time_fraction():
     """t1 = 6 of (t_end 300, 24 records, first record 0.01): 24 * ln(600) / ln(30000) = 14.89
     rounds to 15 records in the first segment (between the floor 8 and the cap 16) and
     24 - 15 + 1 = 10 in the second."""
-    _, traj = _one({**TINY, "intervene_time": 6.0, "intervene_alpha": 0.5})
+    _, traj = computed_alone({**TINY, "intervene_time": 6.0, "intervene_alpha": 0.5})
     assert 24 * math.log(600) / math.log(30000) == pytest.approx(14.89, abs=5e-3)
     assert int((traj["phase"] == 1).sum()) == 15
     assert int((traj["phase"] == 2).sum()) == 10
@@ -89,7 +75,7 @@ def test_a_first_segment_out_of_steps_without_onset_is_the_run_alone():
     run is that segment alone, status max_steps, 100 steps, with the run's own t_end and
     records in its row (not those of the segment) and no onset before the intervention."""
     params = {**TINY, "intervene_time": 250.0, "intervene_alpha": 0.5, "max_steps": 100}
-    row, traj = _one(params)
+    row, traj = computed_alone(params)
     assert set(traj["phase"]) == {1}
     assert (row["status"], row["stop"], row["steps"]) == ("max_steps", "max_steps", 100)
     assert row["t_final"] < 250.0
@@ -103,7 +89,7 @@ def test_a_first_segment_out_of_steps_after_its_onset_is_the_run_alone():
     before t1: the run is that segment alone (documented: out of steps before t1), with an
     onset before the intervention, not a second segment glued on at t1."""
     params = {**TINY, "intervene_time": 250.0, "intervene_alpha": 0.5, "max_steps": 132}
-    row, traj = _one(params)
+    row, traj = computed_alone(params)
     assert set(traj["phase"]) == {1}
     assert row["t_final"] < 250.0 and row["stop"] == "max_steps"
     assert row["onset_before_intervention"] is True
@@ -113,8 +99,8 @@ def test_alpha_one_keeps_the_bias_of_the_first_segment():
     """bias = "free" and alpha = 1 at t1 = 10: the run's final values are the plain run's
     (the bias goes on into the second segment with H and W)."""
     params = {**TINY, "t_end": 100.0, "bias": "free"}
-    plain, _ = _one(params, "p")
-    kick, _ = _one({**params, "intervene_time": 10.0, "intervene_alpha": 1.0})
+    plain, _ = computed_alone(params, "p")
+    kick, _ = computed_alone({**params, "intervene_time": 10.0, "intervene_alpha": 1.0})
     for key in ("final_fn", "final_nc1_trace", "final_loss"):
         assert kick[key] == pytest.approx(plain[key], rel=1e-8), key
 
@@ -122,7 +108,7 @@ def test_alpha_one_keeps_the_bias_of_the_first_segment():
 def test_a_short_second_segment_records_from_a_tenth_of_its_length():
     """t_end - t1 = 0.05 (< 0.1): the second segment's first record after its start is at
     t1 + 0.005 (a tenth of its length), not t1 + 0.01."""
-    _, traj = _one({**TINY, "t_end": 1.0, "records": 12, "intervene_time": 0.95,
+    _, traj = computed_alone({**TINY, "t_end": 1.0, "records": 12, "intervene_time": 0.95,
                     "intervene_alpha": 2.0})
     times = traj.loc[traj["phase"] == 2, "time"].to_numpy()
     assert times[0] == 0.95
@@ -134,8 +120,8 @@ def test_alpha_one_gives_the_plain_status_when_only_the_first_segment_crosses():
     the onset is at t = 0, in the first segment; with alpha = 1 at t1 = 0.5 the run is "ok"
     with that onset, as the plain run, though its second segment has no crossing."""
     params = {**TINY, "t_end": 1.0, "records": 12, "onset_threshold": 1.885}
-    plain, _ = _one(params, "p")
-    kick, traj = _one({**params, "intervene_time": 0.5, "intervene_alpha": 1.0})
+    plain, _ = computed_alone(params, "p")
+    kick, traj = computed_alone({**params, "intervene_time": 0.5, "intervene_alpha": 1.0})
     phase2 = traj.loc[traj["phase"] == 2, "nc1_trace"].to_numpy()
     assert (phase2 > 1.885).all()
     assert (plain["status"], plain["onset_time"]) == ("ok", 0.0)
@@ -148,8 +134,8 @@ def test_a_vanishing_intervention_run_has_no_onset_though_its_metric_crosses():
     with NaN onset and fn at onset, as the plain run, although nc1_trace crosses 0.01 on the
     joined trajectory (t ~ 13.6)."""
     params = {**TINY, "t_end": 100.0, "lambda": 0.3}
-    plain, _ = _one(params, "p")
-    kick, traj = _one({**params, "intervene_time": 10.0, "intervene_alpha": 1.0})
+    plain, _ = computed_alone(params, "p")
+    kick, traj = computed_alone({**params, "intervene_time": 10.0, "intervene_alpha": 1.0})
     when, _ = onset_and_fn(traj["time"].to_numpy(np.float64),
                            traj["nc1_trace"].to_numpy(np.float64),
                            traj["fn"].to_numpy(np.float64), 0.01, 1, True)

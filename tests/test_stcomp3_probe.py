@@ -13,27 +13,13 @@ import types
 
 import pandas as pd
 import pytest
+from study_helpers import computed_alone, same_value
 
 from ncsim.flow.simulate import run_id
 from ncsim.study.compute import run_chunk
 from ncsim.study.spec import RunDesc, run_spec
 
 TINY = {"classes": 3, "per_class": 2, "dim": 4, "t_end": 50.0, "records": 8, "lambda": 1e-2}
-
-
-def _one(params, part="k"):
-    """(row, trajectory) of one simulated run computed alone by run_chunk."""
-    desc = RunDesc(part, "simulated", params)
-    ((rid, row, traj),) = run_chunk([desc])
-    assert rid == desc.run_id
-    return row, traj
-
-
-def _same(a, b):
-    """Equal values, NaN equal to NaN."""
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
 
 
 def _spy_simulate(monkeypatch, edit):
@@ -64,14 +50,14 @@ def test_a_mixed_batch_gives_each_run_its_own_parameters_row_and_trajectory():
     batch = run_chunk(descs)
     assert [rid for rid, _, _ in batch] == [d.run_id for d in descs]
     for desc, (_, row, traj) in zip(descs, batch):
-        alone, traj_alone = _one(desc.params, desc.part)
+        alone, traj_alone = computed_alone(desc.params, desc.part)
         assert row["part"] == desc.part and row["seed"] == desc.params["seed"]
         assert row["solver_dtype"] == desc.params.get("dtype", "float64")
         assert row["classes"] == desc.params["classes"]
         assert row["sim_run_id"] == run_id(run_spec(desc.params))
         timing = {k for k in alone if k.endswith("_s")}
         assert set(row) == set(alone)
-        assert [k for k in set(row) - timing if not _same(row[k], alone[k])] == []
+        assert [k for k in set(row) - timing if not same_value(row[k], alone[k])] == []
         pd.testing.assert_frame_equal(traj, traj_alone)
 
 
@@ -81,7 +67,7 @@ def test_a_spec_repeated_in_a_batch_gives_each_run_its_own_trajectory():
     simulator ids that are the spec's (the repeat with a -k suffix)."""
     descs = [RunDesc("a", "simulated", TINY), RunDesc("b", "simulated", TINY)]
     batch = run_chunk(descs)
-    _, traj_alone = _one(TINY, "a")
+    _, traj_alone = computed_alone(TINY, "a")
     assert [rid for rid, _, _ in batch] == [d.run_id for d in descs]
     assert descs[0].run_id != descs[1].run_id
     assert [row["part"] for _, row, _ in batch] == ["a", "b"]
@@ -109,11 +95,11 @@ def test_an_intervention_row_carries_its_own_spec_columns_and_simulator_id():
     init and t_first of the run, not of its second segment), the run's simulator id and no
     run_id of a segment."""
     params = {**TINY, "intervene_time": 10.0, "intervene_alpha": 0.5}
-    row, traj = _one(params)
+    row, traj = computed_alone(params)
     assert set(traj["phase"]) == {1, 2}
     spec = run_spec(params)
     want = spec.to_row()
-    assert [k for k in want if not _same(row[k], want[k])] == []
+    assert [k for k in want if not same_value(row[k], want[k])] == []
     assert (row["solver_t_end"], row["solver_records"], row["init_kind"]) == (50.0, 8,
                                                                              "gaussian")
     assert row["sim_run_id"] == run_id(spec)
@@ -124,7 +110,7 @@ def test_a_first_segment_out_of_steps_row_has_the_runs_simulator_id():
     """max_steps = 20 stops the first segment before t1: the row has the run's simulator id
     (not the first segment's) and no run_id of the segment."""
     params = {**TINY, "intervene_time": 40.0, "intervene_alpha": 0.5, "max_steps": 20}
-    row, traj = _one(params)
+    row, traj = computed_alone(params)
     assert set(traj["phase"]) == {1} and row["stop"] == "max_steps"
     assert row["sim_run_id"] == run_id(run_spec(params))
     assert "run_id" not in row
@@ -134,8 +120,8 @@ def test_an_intervention_without_alpha_scales_by_one():
     """intervene_time without intervene_alpha: H is not scaled (alpha 1), fn just after t1
     is fn just before it, and the run ends where the run with alpha = 1 does."""
     params = {**TINY, "intervene_time": 10.0}
-    row, _ = _one(params)
-    one, _ = _one({**params, "intervene_alpha": 1.0})
+    row, _ = computed_alone(params)
+    one, _ = computed_alone({**params, "intervene_alpha": 1.0})
     assert row["fn_after_intervention"] == pytest.approx(row["fn_before_intervention"],
                                                          rel=1e-12)
     assert row["final_fn"] == pytest.approx(one["final_fn"], rel=1e-12)
@@ -150,7 +136,7 @@ def test_intervention_rejected_steps_are_summed_over_both_segments(monkeypatch):
         runs.loc[runs.index[0], ["steps", "rejected_steps"]] = counts[call]
 
     calls = _spy_simulate(monkeypatch, edit)
-    row, _ = _one({**TINY, "intervene_time": 10.0, "intervene_alpha": 0.5})
+    row, _ = computed_alone({**TINY, "intervene_time": 10.0, "intervene_alpha": 0.5})
     assert calls == [1, 2]
     assert (row["steps"], row["rejected_steps"]) == (24, 8)
 
@@ -164,7 +150,7 @@ def test_a_first_segment_that_stalls_or_diverges_is_the_run_alone(monkeypatch, s
             runs.loc[runs.index[0], "status"] = status
 
     calls = _spy_simulate(monkeypatch, edit)
-    row, traj = _one({**TINY, "intervene_time": 10.0, "intervene_alpha": 0.5})
+    row, traj = computed_alone({**TINY, "intervene_time": 10.0, "intervene_alpha": 0.5})
     assert calls == [1]
     assert row["status"] == status and set(traj["phase"]) == {1}
     assert math.isnan(row["fn_before_intervention"])
@@ -179,7 +165,7 @@ def test_few_records_keep_the_floor_in_the_first_and_floor_plus_one_in_the_secon
     the first and three in the second (the floor of 2 plus its start)."""
     params = {**TINY, "t_end": 300.0, "records": records, "intervene_time": t1,
               "intervene_alpha": 0.5}
-    row, traj = _one(params)
+    row, traj = computed_alone(params)
     assert row["status"] != "failed", row.get("error")
     assert traj["phase"].value_counts().to_dict() == {1: first, 2: records - first + 1}
 

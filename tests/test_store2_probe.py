@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from study_helpers import parts_store, short_trajectory
 from tiny_study import write_tiny_study
 
 import ncsim.io as io_module
@@ -22,16 +23,6 @@ from ncsim.io import read_table
 from ncsim.study.runner import run_study
 from ncsim.study.spec import load_study, spec_dir
 from ncsim.study.store import TRAJECTORY_ROWS, Store
-
-
-def _traj(rows: int) -> pd.DataFrame:
-    return pd.DataFrame({"time": np.arange(rows, dtype=float), "fn": np.linspace(1, 2, rows)})
-
-
-def _store(tmp_path) -> Store:
-    store = Store(tmp_path / "study")
-    store.parts.mkdir(parents=True)
-    return store
 
 
 # ----------------------------------------------------------------------------- messages
@@ -153,8 +144,8 @@ def test_bind_makes_the_parts_folder_and_leaves_other_temporary_names(tmp_path):
 def test_rows_gives_the_asked_columns_only(tmp_path):
     """rows() gives, by run id, the asked columns a run has (an absent one left out), not
     the trajectory bookkeeping column that it reads as well."""
-    store = _store(tmp_path)
-    store.write_run("a", {"status": "ok", "x": 1.5, "y": "t"}, _traj(2))
+    store = parts_store(tmp_path)
+    store.write_run("a", {"status": "ok", "x": 1.5, "y": "t"}, short_trajectory(2))
     store.write_run("b", {"status": "failed", "error": "boom"}, None)
     assert store.rows(["status", "x", "nope"]) == {"a": {"status": "ok", "x": 1.5},
                                                    "b": {"status": "failed"}}
@@ -165,15 +156,15 @@ def test_rows_gives_the_asked_columns_only(tmp_path):
 def test_a_row_without_status_is_finished_but_has_no_status(tmp_path):
     """A finished run whose row has no status column is left out of statuses() (so it is
     pending) but its other values are stored."""
-    store = _store(tmp_path)
-    store.write_run("a", {"x": 1.0}, _traj(1))
+    store = parts_store(tmp_path)
+    store.write_run("a", {"x": 1.0}, short_trajectory(1))
     assert store.statuses() == {} and store.stored("x") == {"a": 1.0}
     assert store.pending(["a"]) == ["a"]
 
 
 def test_the_store_run_id_wins_over_a_run_id_in_the_row(tmp_path):
     """A row that carries its own run_id is stored under the store's id, run_id first."""
-    store = _store(tmp_path)
+    store = parts_store(tmp_path)
     store.write_run("a", {"run_id": "zzz", "status": "ok"}, None)
     row = pd.read_parquet(store.run_file("a"))
     assert list(row.columns) == ["run_id", "status", TRAJECTORY_ROWS]
@@ -184,7 +175,7 @@ def test_the_store_run_id_wins_over_a_run_id_in_the_row(tmp_path):
 def test_a_trajectory_write_killed_midway_leaves_nothing_of_the_run(tmp_path, monkeypatch):
     """A new run killed while its trajectory is written: no trajectory, no row, no temporary
     file; the run is pending and a second write finishes it."""
-    store = _store(tmp_path)
+    store = parts_store(tmp_path)
     real = io_module.atomic_write
 
     def killed(path, write):
@@ -196,10 +187,10 @@ def test_a_trajectory_write_killed_midway_leaves_nothing_of_the_run(tmp_path, mo
     with monkeypatch.context() as patch:
         patch.setattr(io_module, "atomic_write", killed)
         with pytest.raises(KeyboardInterrupt):
-            store.write_run("a", {"status": "ok"}, _traj(3))
+            store.write_run("a", {"status": "ok"}, short_trajectory(3))
     assert sorted(p.name for p in store.parts.iterdir()) == []
     assert store.pending(["a"]) == ["a"]
-    store.write_run("a", {"status": "ok"}, _traj(3))
+    store.write_run("a", {"status": "ok"}, short_trajectory(3))
     assert store.pending(["a"]) == [] and store.statuses() == {"a": "ok"}
 
 
@@ -207,7 +198,7 @@ def test_a_row_killed_after_its_trajectory_leaves_the_run_pending(tmp_path, monk
     """A new run killed after its trajectory is written but before its row: the run is not
     finished, enters neither table, and a stale temporary row file beside it (a SIGKILL) is
     not a finished run and goes at the next bind."""
-    store = _store(tmp_path)
+    store = parts_store(tmp_path)
     real = store_module.write_table
 
     def killed(frame, path, *args, **kwargs):
@@ -218,9 +209,10 @@ def test_a_row_killed_after_its_trajectory_leaves_the_run_pending(tmp_path, monk
     with monkeypatch.context() as patch:
         patch.setattr(store_module, "write_table", killed)
         with pytest.raises(KeyboardInterrupt):
-            store.write_run("a", {"status": "ok"}, _traj(3))
+            store.write_run("a", {"status": "ok"}, short_trajectory(3))
     assert store.traj_file("a").exists() and not store.run_file("a").exists()
-    _traj(1).assign(run_id="a", status="ok").to_parquet(store.parts / ".a.run.parquet.x.tmp")
+    short_trajectory(1).assign(run_id="a", status="ok").to_parquet(
+        store.parts / ".a.run.parquet.x.tmp")
     assert store.statuses() == {} and store.pending(["a"]) == ["a"]
     runs, traj = store.consolidate(["a"])
     assert len(runs) == 0 and len(traj) == 0
@@ -231,8 +223,8 @@ def test_a_row_killed_after_its_trajectory_leaves_the_run_pending(tmp_path, monk
 def test_tables_see_a_run_rewritten_without_trajectory(tmp_path):
     """A run recomputed as failed (row newer, its trajectory removed) after the tables were
     consolidated: tables() gives the failed row and none of its old records."""
-    store = _store(tmp_path)
-    store.write_run("a", {"status": "ok", "x": 1.0}, _traj(2))
+    store = parts_store(tmp_path)
+    store.write_run("a", {"status": "ok", "x": 1.0}, short_trajectory(2))
     store.consolidate()
     earlier = store.runs_path.stat().st_mtime_ns - 10_000_000_000
     os.utime(store.runs_path, ns=(earlier, earlier))
@@ -246,9 +238,9 @@ def test_tables_see_a_run_rewritten_without_trajectory(tmp_path):
 def test_consolidating_no_runs_gives_empty_tables_with_a_text_run_id(tmp_path):
     """consolidate([]) keeps no run although two are finished: both tables are empty, with
     the one column run_id of objects, on disk as returned."""
-    store = _store(tmp_path)
-    store.write_run("a", {"status": "ok"}, _traj(2))
-    store.write_run("b", {"status": "ok"}, _traj(2))
+    store = parts_store(tmp_path)
+    store.write_run("a", {"status": "ok"}, short_trajectory(2))
+    store.write_run("b", {"status": "ok"}, short_trajectory(2))
     runs, traj = store.consolidate([])
     for frame in (runs, traj, read_table(store.runs_path), read_table(store.trajectories_path)):
         assert list(frame.columns) == ["run_id"] and len(frame) == 0
@@ -258,9 +250,9 @@ def test_consolidating_no_runs_gives_empty_tables_with_a_text_run_id(tmp_path):
 def test_without_study_json_every_finished_run_is_merged_in_id_order(tmp_path):
     """A folder without study.json has no study run ids; consolidate() takes every finished
     run in sorted id order (not the order written), skipping an unfinished one."""
-    store = _store(tmp_path)
+    store = parts_store(tmp_path)
     for rid in ("c", "a", "d", "b"):
-        store.write_run(rid, {"status": "ok"}, _traj(1))
+        store.write_run(rid, {"status": "ok"}, short_trajectory(1))
     store.traj_file("d").unlink()
     assert store.study_run_ids() == []
     runs, traj = store.consolidate()
@@ -273,8 +265,8 @@ def test_the_merged_tables_keep_column_order_and_dtypes(tmp_path):
     then the first run's columns in their order, then a column only a later run has (NaN
     before); ints stay int64, flags bool, text objects; no bookkeeping column. Trajectory
     columns keep their dtypes (an int phase stays int64), run_id first."""
-    store = _store(tmp_path)
-    traj = _traj(2).assign(phase=np.array([1, 2], dtype=np.int64))
+    store = parts_store(tmp_path)
+    traj = short_trajectory(2).assign(phase=np.array([1, 2], dtype=np.int64))
     store.write_run("b", {"status": "ok", "steps": 7, "fn": 0.5, "flag": True}, traj)
     store.write_run("a", {"status": "ok", "steps": 9, "fn": 1.5, "flag": False, "late": 2.0},
                     traj)
@@ -327,9 +319,9 @@ def test_a_changed_grid_point_is_the_only_run_computed_again(tmp_path):
 def test_tables_rebuild_a_table_cut_short_or_missing(tmp_path, which):
     """A consolidated table cut short (newer than every part file) or deleted: tables()
     rebuilds both from the part files instead of raising."""
-    store = _store(tmp_path)
-    store.write_run("a", {"status": "ok", "x": 1.0}, _traj(2))
-    store.write_run("b", {"status": "ok", "x": 2.0}, _traj(3))
+    store = parts_store(tmp_path)
+    store.write_run("a", {"status": "ok", "x": 1.0}, short_trajectory(2))
+    store.write_run("b", {"status": "ok", "x": 2.0}, short_trajectory(3))
     want = store.consolidate()
     path = store.runs_path if which == "runs" else store.trajectories_path
     data = path.read_bytes()

@@ -7,37 +7,27 @@ taken before the call, files listed from disk."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
+from study_helpers import parts_store, short_trajectory
 
 from ncsim.errors import InputError
 from ncsim.io import read_table
 from ncsim.study.store import Store
 
 
-def _traj(rows: int) -> pd.DataFrame:
-    return pd.DataFrame({"time": np.arange(rows, dtype=float), "fn": np.linspace(1, 2, rows)})
-
-
-def _store(tmp_path) -> Store:
-    store = Store(tmp_path / "study")
-    store.parts.mkdir(parents=True)
-    return store
-
-
 # ----------------------------------------------------------------------------- write_run
 def test_write_run_leaves_the_callers_frames_alone(tmp_path):
     """write_run does not add or replace a run_id column in the caller's trajectory, nor
     change the caller's row dict."""
-    store = _store(tmp_path)
-    traj = _traj(3)
+    store = parts_store(tmp_path)
+    traj = short_trajectory(3)
     keep = traj.copy()
     row = {"status": "ok", "x": 1.0}
     store.write_run("a", row, traj)
     pd.testing.assert_frame_equal(traj, keep)
     assert row == {"status": "ok", "x": 1.0}
-    stray = _traj(2).assign(run_id="zzz")
+    stray = short_trajectory(2).assign(run_id="zzz")
     keep = stray.copy()
     store.write_run("b", {"status": "ok"}, stray)
     pd.testing.assert_frame_equal(stray, keep)
@@ -48,7 +38,7 @@ def test_write_run_leaves_the_callers_frames_alone(tmp_path):
 def test_finished_runs_are_read_back_in_sorted_id_order(tmp_path):
     """rows(), statuses() and stored() list the finished runs by sorted run id, whatever
     the order in which they were written."""
-    store = _store(tmp_path)
+    store = parts_store(tmp_path)
     ids = ["m", "c", "x", "a", "q", "f", "z", "b", "k", "e"]
     for n, rid in enumerate(ids):
         store.write_run(rid, {"status": "ok", "n": n}, None)
@@ -61,8 +51,8 @@ def test_finished_runs_are_read_back_in_sorted_id_order(tmp_path):
 def test_stored_leaves_out_the_runs_without_the_column(tmp_path):
     """stored(column) gives the runs whose rows have the column; a run without it (and a
     failed run without trajectory) is left out, not an error."""
-    store = _store(tmp_path)
-    store.write_run("a", {"status": "ok", "x": 2.5}, _traj(1))
+    store = parts_store(tmp_path)
+    store.write_run("a", {"status": "ok", "x": 2.5}, short_trajectory(1))
     store.write_run("b", {"status": "failed", "error": "boom"}, None)
     assert store.stored("x") == {"a": 2.5}
     assert store.stored("error") == {"b": "boom"}
