@@ -505,8 +505,15 @@ def _etf_distance(x: Tensor) -> Tensor:
 
 
 def _centre_classes(weights: Tensor) -> Tensor:
-    """(R, K, p) W minus its mean row."""
-    return weights - weights.mean(-2, keepdim=True)
+    """(R, K, p) W minus its mean row; exactly 0 where |Wc|_F is not above the rounding of the
+    subtraction, 4 sqrt(K) eps max_c |w_c| (identical rows have no centred part: the
+    normalised metrics are then 0/0 = NaN, not a rounding residue). NaN stays NaN."""
+    wc = weights - weights.mean(-2, keepdim=True)
+    k = weights.shape[-2]
+    level = (4.0 * k ** 0.5 * torch.finfo(weights.dtype).eps
+             * torch.linalg.vector_norm(weights, dim=-1).amax(-1))
+    resolved = torch.linalg.vector_norm(wc, dim=(-2, -1)) > level
+    return wc * resolved.to(wc.dtype).unsqueeze(-1).unsqueeze(-1)
 
 
 def _equinorm(x: Tensor) -> Tensor:

@@ -324,11 +324,16 @@ class GramObjective:
         off = ~torch.eye(k, dtype=torch.bool, device=s.device)
         nc2_angle = ((cos + 1.0 / (k - 1)).abs() * off).sum((1, 2)) / (k * (k - 1))
         wc_g = self.centre_w @ a @ self.centre_w
+        # the centred classifier against the rounding of A, as the means (identical rows: 0)
+        noise2_w = 16.0 * k ** 0.5 * torch.finfo(s.dtype).eps * torch.diagonal(
+            a, dim1=1, dim2=2).amax(1)
+        resolved_w = torch.diagonal(wc_g, dim1=1, dim2=2).sum(1) > 16.0 * noise2_w
+        wc_g = wc_g * resolved_w.to(s.dtype).view(-1, 1, 1)
         w_norms = torch.diagonal(a, dim1=1, dim2=2).clamp_min(0.0).sqrt()
         # (R, K, K): w_a . mbar_c, exact 0 where the means are unresolved (as mbar_g): its
         # rounding residue over their zero norm would give +-inf cosines (-inf reads as an onset)
         w_mbar = s @ self.avg @ self.centre.T * resolved.to(s.dtype).view(-1, 1, 1)
-        wc_mbar = (self.centre_w @ w_mbar)
+        wc_mbar = (self.centre_w @ w_mbar) * resolved_w.to(s.dtype).view(-1, 1, 1)
         wc_norm = torch.diagonal(wc_g, dim1=1, dim2=2).sum(1).clamp_min(0.0).sqrt()
         m_norm = torch.diagonal(mbar_g, dim1=1, dim2=2).sum(1).clamp_min(0.0).sqrt()
         inner = torch.diagonal(wc_mbar, dim1=1, dim2=2).sum(1) / (wc_norm * m_norm)
