@@ -65,6 +65,8 @@ rounding's exact size (measured, it is ~10x above it: then 1e-10).
 Resolution. The class means carry rounding errors of about s_n = 8 eps (sqrt(K) + sqrt(p))
 max|h| (eps of the features' dtype). Centred means with |Mbar|_F <= 4 s_n are not resolved and
 count as exact zeros (``ClassStats.means_centred``): identical features are no collapse.
+Likewise the centred classifier Wc = W - mean_c w_c is an exact zero where |Wc|_F <= 4 sqrt(K)
+eps max_c |w_c| (equal rows: nc2_etf_w and nc3 are then NaN, not a rounding residue).
 
 Degenerate values (IEEE conventions, no clamping, never an exception):
 - exactly collapsed features (Sigma_W = 0, distinct class means): nc1 = nc1_trace = cdnv = 0;
