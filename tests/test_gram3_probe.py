@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from ufm_helpers import RUNS, labels, naive_gradients, onehot, penalties, random_point
 
 from ncsim.metrics import METRIC_NAMES, nc_metrics
 from ncsim.models.gram import GramObjective
@@ -15,7 +16,7 @@ from ncsim.models.ufm import Penalties
 from ncsim.spec import ModelSpec
 
 F64 = torch.float64
-R = 3
+R = RUNS
 LOSS_BIAS = [(loss, bias) for loss in ("ce", "mse") for bias in ("none", "free", "reg")]
 
 
@@ -23,47 +24,9 @@ def _model(loss: str, bias: str, dim: int = 9) -> ModelSpec:
     return ModelSpec(loss=loss, bias=bias, classes=3, per_class=(2, 1, 3), dim=dim)
 
 
-def _pen(bias: str) -> Penalties:
-    return Penalties(w=torch.tensor([[3e-2, 1e-2, 0.2]], dtype=F64),
-                     h=torch.tensor([2e-2, 0.15, 1e-3], dtype=F64),
-                     b=torch.tensor([4e-2, 0.3, 1e-2] if bias == "reg" else [0.0] * R,
-                                    dtype=F64))
-
-
 def _point(model: ModelSpec, seed: int = 3):
-    gen = torch.Generator().manual_seed(seed)
-    d, k, n = model.dim, model.classes, model.num_samples
-    h = torch.randn(R, d, n, generator=gen, dtype=F64)
-    w = torch.randn(R, k, d, generator=gen, dtype=F64) * 0.6
-    b = torch.randn(R, k, generator=gen, dtype=F64) if model.has_bias else None
-    return h, w, b
-
-
-def _labels(model: ModelSpec) -> torch.Tensor:
-    return torch.repeat_interleave(torch.arange(model.classes),
-                                   torch.tensor(model.class_counts))
-
-
-def _autograd_grads(model: ModelSpec, h, w, b, pen):
-    """(dF/dH, dF/dW, dF/db or None) of the objective written out by hand, by autograd."""
-    y = torch.nn.functional.one_hot(_labels(model), model.classes).T.to(F64)
-    n = model.num_samples
-    h, w = h.clone().requires_grad_(), w.clone().requires_grad_()
-    leaves = [h, w]
-    z = w @ h
-    if b is not None:
-        b = b.clone().requires_grad_()
-        leaves.append(b)
-        z = z + b.unsqueeze(-1)
-    if model.loss == "mse":
-        loss = 0.5 * (z - y).square().sum((1, 2)) / n
-    else:
-        loss = -(torch.log_softmax(z, dim=1) * y).sum((1, 2)) / n
-    f = loss + 0.5 * pen.w[0] * w.square().sum((1, 2)) + 0.5 * pen.h * h.square().sum((1, 2))
-    if b is not None:
-        f = f + 0.5 * pen.b * b.square().sum(1)
-    grads = torch.autograd.grad(f.sum(), leaves)
-    return grads[0], grads[1], (grads[2] if b is not None else None)
+    """Random H (R, d, N), W (R, K, d) x 0.6, b (R, K) or None."""
+    return random_point(model, seed, 0.6)
 
 
 @pytest.mark.parametrize(("loss", "bias"), LOSS_BIAS)
@@ -72,9 +35,9 @@ def test_velocity_with_scalar_time_scales_is_the_chain_rule_of_autograd(loss, bi
     the d-space flow (autograd gradients) mapped through S = WH, A = WW^T, B = H^T H."""
     model = _model(loss, bias)
     h, w, b = _point(model)
-    pen = _pen(bias)
+    pen = penalties(bias)
     eta_w, eta_h, eta_b = 0.5, 3.0, 7.0
-    g_h, g_w, g_b = _autograd_grads(model, h, w, b, pen)
+    g_h, g_w, g_b = naive_gradients(model, h, w, b, pen)
     d_h, d_w = -eta_h * g_h, -eta_w * g_w
     want = {"Z": d_w @ h + w @ d_h, "A": d_w @ w.mT + w @ d_w.mT, "B": d_h.mT @ h + h.mT @ d_h}
     if b is not None:
@@ -91,7 +54,7 @@ def test_zero_state_velocity_value_grad_norm_and_metrics(loss, bias):
     one, and every metric equals nc_metrics of the zero point (NaN where it is 0/0)."""
     model = _model(loss, bias, dim=4)
     gram = GramObjective(model, "cpu", F64)
-    pen = _pen(bias)
+    pen = penalties(bias)
     k, n, d = model.classes, model.num_samples, model.dim
     h, w = torch.zeros(R, d, n, dtype=F64), torch.zeros(R, k, d, dtype=F64)
     b = (torch.tensor([[0.3, -0.2, 0.5], [0.0, 0.0, 0.0], [-1.0, 2.0, 0.1]], dtype=F64)
@@ -101,11 +64,11 @@ def test_zero_state_velocity_value_grad_norm_and_metrics(loss, bias):
     lay = gram.layout
     for name in ("Z", "A", "B"):
         assert bool((lay.view(vel, name) == 0).all()), name
-    g_h, g_w, g_b = _autograd_grads(model, h, w, b, pen)
+    g_h, g_w, g_b = naive_gradients(model, h, w, b, pen)
     assert bool((g_h == 0).all() and (g_w == 0).all())
     loss_v, total = gram.value(state, pen)
     z = torch.zeros(R, k, n, dtype=F64) if b is None else b.unsqueeze(-1).expand(R, k, n)
-    y = torch.nn.functional.one_hot(_labels(model), k).T.to(F64)
+    y = onehot(model)  # (K, N)
     ref = (0.5 * (z - y).square().sum((1, 2)) / n if loss == "mse"
            else -(torch.log_softmax(z, dim=1) * y).sum((1, 2)) / n)
     torch.testing.assert_close(loss_v, ref, rtol=1e-14, atol=1e-15)
@@ -118,7 +81,7 @@ def test_zero_state_velocity_value_grad_norm_and_metrics(loss, bias):
         torch.testing.assert_close(lay.view(vel, "b"), -7.0 * g_b, rtol=1e-13, atol=1e-15)
         torch.testing.assert_close(norm, g_b.norm(dim=1), rtol=1e-13, atol=0)
     got = gram.metrics(state)
-    want = nc_metrics(h.mT, _labels(model), k, w, b)
+    want = nc_metrics(h.mT, labels(model), k, w, b)
     for name in METRIC_NAMES:
         torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-12,
                                    equal_nan=True, msg=name)
@@ -153,12 +116,12 @@ def test_float32_grad_norm_is_reported_in_float64_with_the_float32_floor():
     and equals the float64 norm to float32 rounding."""
     model = _model("ce", "reg")
     h, w, b = _point(model)
-    pen = _pen("reg")
+    pen = penalties("reg")
     g32 = GramObjective(model, "cpu", torch.float32)
     pen32 = Penalties(pen.w.float(), pen.h.float(), pen.b.float())
     got = g32.grad_norm(g32.from_parameters(h.float(), w.float(), b.float()), pen32)
     assert got.dtype == F64
-    g_h, g_w, g_b = _autograd_grads(model, h, w, b, pen)
+    g_h, g_w, g_b = naive_gradients(model, h, w, b, pen)
     ref = (g_h.square().sum((1, 2)) + g_w.square().sum((1, 2)) + g_b.square().sum(1)).sqrt()
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=0)
 
@@ -168,7 +131,7 @@ def test_float32_velocity_and_value_stay_float32():
     that equal the float64 ones to float32 rounding."""
     model = _model("ce", "free")
     h, w, b = _point(model)
-    pen = _pen("free")
+    pen = penalties("free")
     pen32 = Penalties(pen.w.float(), pen.h.float(), pen.b.float())
     g64, g32 = GramObjective(model, "cpu", F64), GramObjective(model, "cpu", torch.float32)
     s64 = g64.from_parameters(h, w, b)
@@ -197,7 +160,7 @@ def test_k2_n1_metrics_against_explicit_parameters():
     h, w, b = _point(model, seed=11)
     gram = GramObjective(model, "cpu", F64)
     got = gram.metrics(gram.from_parameters(h, w, b))
-    want = nc_metrics(h.mT, _labels(model), 2, w, b)
+    want = nc_metrics(h.mT, labels(model), 2, w, b)
     for name in METRIC_NAMES:
         torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12,
                                    equal_nan=True, msg=name)
@@ -219,7 +182,7 @@ def test_class_means_are_resolved_only_above_the_gram_rounding_level(ratio, reso
                      dtype=F64)
     feats = torch.zeros(model.num_samples, model.dim, dtype=F64)
     feats[:, 0] = 1.0
-    feats[:, :3] += s * u[_labels(model)]
+    feats[:, :3] += s * u[labels(model)]
     h = feats.T.unsqueeze(0)
     w = torch.eye(3, 5, dtype=F64).unsqueeze(0)
     norm = float(gram.metrics(gram.from_parameters(h, w, None))["class_mean_norm"][0])
@@ -267,7 +230,7 @@ def test_nc3_and_etf_w_of_identical_classifier_rows_are_nan(k):
     the Gram metrics and in d space alike, not a finite value made of rounding residue."""
     gram, state, h, w = _identical_classifier_rows(k, runs=8)
     model = ModelSpec(loss="ce", bias="none", classes=k, per_class=2, dim=6)
-    for got in (gram.metrics(state), nc_metrics(h.mT, _labels(model), k, w)):
+    for got in (gram.metrics(state), nc_metrics(h.mT, labels(model), k, w)):
         assert bool(got["nc3"].isnan().all()) and bool(got["nc2_etf_w"].isnan().all())
         assert bool(got["nc3_paper"].isfinite().all())  # the raw W is not centred
 
@@ -281,7 +244,7 @@ def test_a_small_resolved_centred_classifier_agrees_with_d_space(k):
     w = w + 1e-4 * torch.randn(w.shape, generator=gen, dtype=F64)
     model = ModelSpec(loss="ce", bias="none", classes=k, per_class=2, dim=6)
     got = gram.metrics(gram.from_parameters(h, w, None))
-    want = nc_metrics(h.mT, _labels(model), k, w)
+    want = nc_metrics(h.mT, labels(model), k, w)
     for name in ("nc3", "nc2_etf_w"):
         assert bool(want[name].isfinite().all())
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-6)

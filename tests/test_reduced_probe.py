@@ -5,59 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ufm_helpers import RUNS, naive_gradients, naive_objective, onehot, penalties, random_point
 
 from ncsim.models.classmeans import ClassMeansObjective
 from ncsim.models.gram import GramObjective
-from ncsim.models.ufm import Penalties
 from ncsim.spec import ModelSpec
 
 F64 = torch.float64
-R = 3
+R = RUNS
 
 
 def _params(model: ModelSpec, seed: int = 0):
-    """Random H (R, d, N), W (R, K, d), b (R, K) or None, and per-run penalties."""
-    gen = torch.Generator().manual_seed(seed)
-    d, k, n = model.dim, model.classes, model.num_samples
-    h = torch.randn(R, d, n, generator=gen, dtype=F64)
-    w = torch.randn(R, k, d, generator=gen, dtype=F64) * 0.7
-    b = torch.randn(R, k, generator=gen, dtype=F64) if model.has_bias else None
-    pen = Penalties(w=torch.tensor([[3e-2, 1e-2, 0.2]], dtype=F64),
-                    h=torch.tensor([2e-2, 0.15, 1e-3], dtype=F64),
-                    b=torch.tensor([4e-2, 0.3, 1e-2] if model.bias == "reg" else [0.0] * R,
-                                   dtype=F64))
-    return h, w, b, pen
-
-
-def _onehot(model: ModelSpec) -> torch.Tensor:
-    labels = torch.repeat_interleave(torch.arange(model.classes),
-                                     torch.tensor(model.class_counts))
-    return torch.nn.functional.one_hot(labels, model.classes).T.to(F64)
-
-
-def _naive_objective(model: ModelSpec, h, w, b, pen):
-    """(loss (R,), f (R,)) of the one-layer UFM written out by hand in d space."""
-    y = _onehot(model)
-    n = model.num_samples
-    z = w @ h + (0.0 if b is None else b.unsqueeze(-1))
-    if model.loss == "mse":
-        loss = 0.5 * (z - y).square().sum((1, 2)) / n
-    else:
-        loss = -(torch.log_softmax(z, dim=1) * y).sum((1, 2)) / n
-    f = (loss + 0.5 * pen.w[-1] * w.square().sum((1, 2))
-         + 0.5 * pen.h * h.square().sum((1, 2)))
-    if b is not None:
-        f = f + 0.5 * pen.b * b.square().sum(1)
-    return loss, f
-
-
-def _naive_gradients(model, h, w, b, pen):
-    """Autograd gradients (gH, gW, gb or None) of the naive objective."""
-    leaves = [t.clone().requires_grad_(True) for t in (h, w) + ((b,) if b is not None else ())]
-    _, f = _naive_objective(model, leaves[0], leaves[1], leaves[2] if b is not None else None,
-                            pen)
-    grads = torch.autograd.grad(f.sum(), leaves)
-    return grads[0], grads[1], grads[2] if b is not None else None
+    """Random H (R, d, N), W (R, K, d) x 0.7, b (R, K) or None, and per-run penalties."""
+    return (*random_point(model, seed, 0.7), penalties(model.bias))
 
 
 MODELS = [ModelSpec(loss="ce", bias="reg", classes=3, per_class=(2, 4, 3), dim=13),
@@ -70,7 +30,7 @@ def test_gram_velocity_with_per_run_time_scales_into_a_buffer_slice(model):
     """Per-run (R,) eta_W, eta_H, eta_b (all distinct) give dS = dW H + W dH, dA, dB, db of
     the autograd d-space flow, written into a strided slice of a larger buffer."""
     h, w, b, pen = _params(model)
-    g_h, g_w, g_b = _naive_gradients(model, h, w, b, pen)
+    g_h, g_w, g_b = naive_gradients(model, h, w, b, pen)
     eta_w = torch.tensor([0.5, 2.0, 1.0], dtype=F64)
     eta_h = torch.tensor([3.0, 0.25, 1.5], dtype=F64)
     eta_b = torch.tensor([7.0, 0.1, 2.0], dtype=F64)
@@ -95,9 +55,9 @@ def test_gram_value_and_grad_norm_equal_the_naive_objective(model):
     h, w, b, pen = _params(model, seed=1)
     gram = GramObjective(model, "cpu", F64)
     state = gram.from_parameters(h, w, b)
-    for got, want in zip(gram.value(state, pen), _naive_objective(model, h, w, b, pen)):
+    for got, want in zip(gram.value(state, pen), naive_objective(model, h, w, b, pen)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
-    grads = [g for g in _naive_gradients(model, h, w, b, pen) if g is not None]
+    grads = [g for g in naive_gradients(model, h, w, b, pen) if g is not None]
     norm = torch.sqrt(sum(g.square().sum(tuple(range(1, g.dim()))) for g in grads))
     torch.testing.assert_close(gram.grad_norm(state, pen), norm, rtol=1e-10, atol=0)
 
@@ -130,19 +90,19 @@ def test_class_means_grad_norm_from_velocity_with_per_run_time_scales(bias):
     eta = [torch.tensor(v, dtype=F64) for v in ([0.5, 2.0, 1.0], [3.0, 0.25, 1.5],
                                                 [7.0, 0.1, 2.0])]
     vel = form.velocity(state, pen, *eta)
-    grads = [g for g in _naive_gradients(model, h_now, w, b, pen) if g is not None]
+    grads = [g for g in naive_gradients(model, h_now, w, b, pen) if g is not None]
     norm = torch.sqrt(sum(g.square().sum(tuple(range(1, g.dim()))) for g in grads))
     torch.testing.assert_close(form.grad_norm_from_velocity(vel, *eta), norm, rtol=1e-10,
                                atol=0)
     loss, total = form.value(state, pen)
-    want_loss, want_total = _naive_objective(model, h_now, w, b, pen)
+    want_loss, want_total = naive_objective(model, h_now, w, b, pen)
     torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=0)
     torch.testing.assert_close(total, want_total, rtol=1e-12, atol=0)
 
 
 def _naive_metrics(model: ModelSpec, h, w):
     """A few NC metrics written out by hand from H (R, d, N) and W (R, K, d)."""
-    y = _onehot(model)
+    y = onehot(model)
     k = model.classes
     counts = y.sum(1)
     mu = (h @ y.T) / counts  # (R, d, K)
