@@ -298,8 +298,7 @@ class GramObjective:
         bc = matmul(bb, self.avg)  # (R, N, K): h_i . mu_c
         mg = self.avg.T @ bc  # (R, K, K): mu_a . mu_c
         mbar_g = self.centre @ mg @ self.centre.T  # Mbar Mbar^T
-        # rounding level of Mbar from the Gram: s_n^2 ~ eps max|h_i|^2 (half the digits)
-        noise2 = 16.0 * k ** 0.5 * torch.finfo(s.dtype).eps * diag_b.amax(1)
+        noise2 = _rounding_level(diag_b, k)
         resolved = torch.diagonal(mbar_g, dim1=1, dim2=2).sum(1) > 16.0 * noise2
         mbar_g = mbar_g * resolved.to(s.dtype).view(-1, 1, 1)  # unresolved: exact 0, NaN stays
         noise = noise2.clamp_min(0.0).sqrt()
@@ -325,8 +324,7 @@ class GramObjective:
         nc2_angle = ((cos + 1.0 / (k - 1)).abs() * off).sum((1, 2)) / (k * (k - 1))
         wc_g = self.centre_w @ a @ self.centre_w
         # the centred classifier against the rounding of A, as the means (identical rows: 0)
-        noise2_w = 16.0 * k ** 0.5 * torch.finfo(s.dtype).eps * torch.diagonal(
-            a, dim1=1, dim2=2).amax(1)
+        noise2_w = _rounding_level(torch.diagonal(a, dim1=1, dim2=2), k)
         resolved_w = torch.diagonal(wc_g, dim1=1, dim2=2).sum(1) > 16.0 * noise2_w
         wc_g = wc_g * resolved_w.to(s.dtype).view(-1, 1, 1)
         w_norms = torch.diagonal(a, dim1=1, dim2=2).clamp_min(0.0).sqrt()
@@ -371,6 +369,13 @@ class GramObjective:
             "w_norm": torch.diagonal(a, dim1=1, dim2=2).sum(1).clamp_min(0.0).sqrt(),
         }
         return {name: out[name] for name in METRIC_NAMES}
+
+
+def _rounding_level(diag: Tensor, k: int) -> Tensor:
+    """(R,) s_n^2 = 16 sqrt(K) eps max(diag): the rounding level of a class-centred K x K Gram
+    formed from a Gram with diagonal ``diag`` (R, M), e.g. |h_i|^2 or |w_c|^2 (half the
+    digits: a Gram's entries carry eps times its largest diagonal entry)."""
+    return 16.0 * k ** 0.5 * torch.finfo(diag.dtype).eps * diag.amax(1)
 
 
 def _etf_distance_gram(g: Tensor, eye: Tensor) -> Tensor:
