@@ -51,7 +51,6 @@ def test_help_shows_each_numeric_default(command):
     for shown in ("-K, --classes NUMBERS [default: 10]", "-n, --per-class NUMBERS [default: 20]",
                   "-d, --dim NUMBERS [default: 32]", "--lambda-w NUMBERS [default: 5e-4]",
                   "--lambda-h NUMBERS [default: 5e-4]", "--init-scale NUMBERS [default: 0.1]",
-                  "--onset-threshold NUMBERS [default: 0.01]",
                   "--depth NUMBERS weight matrices L (>= 2: deep linear UFM) [default: 1]",
                   "--format [json|latex|text] [default: json]"):
         assert shown in text, shown
@@ -65,6 +64,23 @@ def test_help_of_every_grid_command_states_the_grid_order(command):
     assert text.endswith("the last varying fastest. json: NaN is null, an infinity is the "
                          "string \"inf\" (as in every --format json of ncsim).")
     assert "(at most 100000)" in text
+
+
+@pytest.mark.parametrize("command", ["equilibrium", "threshold", "onset"])
+def test_help_of_every_grid_command_shows_the_threshold_and_the_ratio(command):
+    """The commands that report thresholds, onsets and lambda_crit list --onset-threshold
+    with its default and --ratio."""
+    text = _help(command)
+    assert "--onset-threshold NUMBERS [default: 0.01]" in text
+    assert "--ratio NUMBER lambda_H / lambda_W for lambda_crit" in text
+
+
+def test_phase_diagram_help_leaves_out_the_options_it_refuses():
+    """A phase diagram has no onset and no critical-decay ratio: its --help lists neither
+    option (giving one is refused by name, see the one-line errors below)."""
+    text = _help("phase-diagram")
+    assert "--onset-threshold" not in text and "--ratio" not in text
+    assert "--init-scale NUMBERS [default: 0.1]" in text
 
 
 def test_phase_diagram_help_lists_its_axes():
@@ -92,8 +108,11 @@ def test_phase_diagram_help_lists_its_axes():
      "phase-diagram does not use --ratio (it sets lambda_crit of equilibrium, threshold and "
      "onset); leave it out"),
     (["phase-diagram", "--xs", "1e-3", "--onset-threshold", "0.01,0.02"],
-     "phase-diagram: give one value for every other parameter (--onset-threshold got "
-     "several); only --xs and --ys take lists"),
+     "phase-diagram does not use --onset-threshold (the phase of a point does not depend on "
+     "it; it sets the onset of ncsim theory onset); leave it out"),
+    (["phase-diagram", "--xs", "1e-3", "--onset-threshold", "0.01"],
+     "phase-diagram does not use --onset-threshold (the phase of a point does not depend on "
+     "it; it sets the onset of ncsim theory onset); leave it out"),
     (["phase-diagram", "--xs", "1e-3", "-K", "3,4", "--depth", "1,2"],
      "phase-diagram: give one value for every other parameter (-K/--classes, --depth got "
      "several); only --xs and --ys take lists"),

@@ -48,28 +48,39 @@ def _numbers(*names: str, **kwargs: Any) -> Callable:
     return click.option(*names, show_default=True, metavar="NUMBERS", **kwargs)
 
 
-def _model_options(func: Callable) -> Callable:
-    opts = [
-        _word("--loss", "ce", ("ce", "mse")),
-        _word("--bias", "none", ("none", "free", "reg")),
-        _numbers("-K", "--classes", "classes", default="10"),
-        _numbers("-n", "--per-class", "per_class", default="20"),
-        _numbers("-d", "--dim", "dim", default="32"),
-        _numbers("--depth", default="1", help="weight matrices L (>= 2: deep linear UFM)"),
-        _numbers("--lambda-w", "lambda_w", default="5e-4"),
-        _numbers("--lambda-h", "lambda_h", default="5e-4"),
-        _numbers("--lambda-b", "lambda_b", default=None,
-                 help="bias decay, with --bias reg (1e-3 there, as in ncsim simulate)"),
-        _numbers("--init-scale", "init_scale", default="0.1"),
-        _numbers("--onset-threshold", "onset_threshold", default="0.01"),
-        click.option("--ratio", default=None, metavar="NUMBER",
-                     help="lambda_H / lambda_W for lambda_crit, one number > 0 (default: "
-                     "--lambda-h / --lambda-w of each point; 1 where a decay is 0)"),
-        _word("--format", "json", ("json", "latex", "text"), "fmt"),
-    ]
-    for opt in reversed(opts):
-        func = opt(func)
-    return func
+def _model_options_for(phase: bool) -> Callable[[Callable], Callable]:
+    """The model options of a theory command. A phase diagram uses neither the onset
+    threshold nor the critical-decay ratio: there both options are hidden from --help and
+    default to None, so that the command can refuse them by name when they are given."""
+    hidden = {"default": None, "hidden": True} if phase else {}
+
+    def decorate(func: Callable) -> Callable:
+        opts = [
+            _word("--loss", "ce", ("ce", "mse")),
+            _word("--bias", "none", ("none", "free", "reg")),
+            _numbers("-K", "--classes", "classes", default="10"),
+            _numbers("-n", "--per-class", "per_class", default="20"),
+            _numbers("-d", "--dim", "dim", default="32"),
+            _numbers("--depth", default="1", help="weight matrices L (>= 2: deep linear UFM)"),
+            _numbers("--lambda-w", "lambda_w", default="5e-4"),
+            _numbers("--lambda-h", "lambda_h", default="5e-4"),
+            _numbers("--lambda-b", "lambda_b", default=None,
+                     help="bias decay, with --bias reg (1e-3 there, as in ncsim simulate)"),
+            _numbers("--init-scale", "init_scale", default="0.1"),
+            _numbers("--onset-threshold", "onset_threshold", **({"default": "0.01"} | hidden)),
+            click.option("--ratio", default=None, metavar="NUMBER", hidden=phase,
+                         help="lambda_H / lambda_W for lambda_crit, one number > 0 (default: "
+                         "--lambda-h / --lambda-w of each point; 1 where a decay is 0)"),
+            _word("--format", "json", ("json", "latex", "text"), "fmt"),
+        ]
+        for opt in reversed(opts):
+            func = opt(func)
+        return func
+
+    return decorate
+
+
+_model_options = _model_options_for(phase=False)
 
 
 def _lambda_b_option(o: dict[str, Any]) -> str:
@@ -93,8 +104,10 @@ def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
         "lambda_h": distinct(parse_values(o["lambda_h"], "--lambda-h")),
         "lambda_b": distinct(parse_values(_lambda_b_option(o), "--lambda-b")),
         "init_scale": distinct(parse_values(o["init_scale"], "--init-scale")),
-        "onset_threshold": distinct(parse_values(o["onset_threshold"], "--onset-threshold")),
     }
+    if o["onset_threshold"] is not None:  # None: a phase diagram, which has no onset
+        axes["onset_threshold"] = distinct(parse_values(o["onset_threshold"],
+                                                        "--onset-threshold"))
     require(all(k >= 2 for k in axes["K"]), "-K/--classes must be an integer >= 2")
     require(all(v >= 1 for v in axes["n"]), "-n/--per-class must be an integer >= 1")
     require(all(v >= 1 for v in axes["d"]), "-d/--dim must be an integer >= 1")
@@ -102,7 +115,8 @@ def _grid(o: dict[str, Any]) -> list[dict[str, Any]]:
     for name in ("lambda_w", "lambda_h", "lambda_b"):
         require(all(v >= 0 for v in axes[name]), f"--{name.replace('_', '-')} must be >= 0")
     require(all(v > 0 for v in axes["init_scale"]), "--init-scale must be > 0")
-    require(all(v > 0 for v in axes["onset_threshold"]), "--onset-threshold must be > 0")
+    require(all(v > 0 for v in axes.get("onset_threshold", ())),
+            "--onset-threshold must be > 0")
     if o["bias"] == "reg":
         require(all(v > 0 for v in axes["lambda_b"]),
                 "bias 'reg' needs --lambda-b > 0 (use --bias free for 0)")
@@ -312,7 +326,7 @@ _OPTION_OF = {"K": "-K/--classes", "n": "-n/--per-class", "d": "-d/--dim", "dept
 def _several_values_message(points: list[dict[str, Any]], x_axis: str, y_axis: str) -> str:
     """Why a phase diagram refuses the grid ``points`` (more than one): the options given
     several values, and for an axis's own option, that --xs or --ys holds its values."""
-    several = [k for k in _OPTION_OF if len({p[k] for p in points}) > 1]
+    several = [k for k in _OPTION_OF if k in points[0] and len({p[k] for p in points}) > 1]
     for axis, values in ((x_axis, "--xs"), (y_axis, "--ys")):
         own = ("lambda_w", "lambda_h") if axis == "lambda" else (axis,)
         given = [k for k in several if k in own]
@@ -326,7 +340,7 @@ def _several_values_message(points: list[dict[str, Any]], x_axis: str, y_axis: s
 
 
 @theory.command("phase-diagram")
-@_model_options
+@_model_options_for(phase=True)
 @click.option("--x", "x_axis", default="lambda_w", show_default=True,
               help="x parameter: " + ", ".join(AXES))
 @click.option("--y", "y_axis", default="lambda_h", show_default=True, help="y parameter")
@@ -347,6 +361,9 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
     check_axes(x_axis, y_axis, o["bias"])
     require(o["ratio"] is None, "phase-diagram does not use --ratio (it sets lambda_crit of "
             "equilibrium, threshold and onset); leave it out")
+    require(o["onset_threshold"] is None, "phase-diagram does not use --onset-threshold (the "
+            "phase of a point does not depend on it; it sets the onset of ncsim theory "
+            "onset); leave it out")
     values = []
     for axis, text, option in ((x_axis, xs, "--xs"),
                                (y_axis, ys, "--ys") if ys is not None
