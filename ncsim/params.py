@@ -54,7 +54,7 @@ def parse_values(text: str | float | int, option: str = "value") -> list[float]:
                 f"{option}: malformed range {text!r}; write lo..hi:count, e.g. 1e-4..1e-1:16"
             )
         lo, hi = _number(match.group(1), option), _number(match.group(2), option)
-        count = int(match.group(3))
+        count = _count(match.group(3))
         if lo <= 0 or hi <= 0 or not 1 <= count <= MAX_RANGE_COUNT:
             raise InputError(
                 f"{option}: log range {text!r} needs lo > 0, hi > 0 and count >= 1 (at most "
@@ -67,6 +67,16 @@ def parse_values(text: str | float | int, option: str = "value") -> list[float]:
     return [_number(p, option) for p in parts]
 
 
+def _count(digits: str) -> int:
+    """The count of a log range from its digits; one above ``MAX_RANGE_COUNT`` when it has
+    more digits than that (a count of thousands of digits is not read: Python's int() refuses
+    strings over 4300 digits)."""
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > len(str(MAX_RANGE_COUNT)):
+        return MAX_RANGE_COUNT + 1
+    return int(significant)
+
+
 INT_LIMIT = 2**63
 """Integer option values lie in (-2^63, 2^63): the run tables store them (seeds included) as
 int64."""
@@ -75,8 +85,14 @@ int64."""
 def _integer(text: str, option: str) -> int:
     """One whole number, read exactly (``"9007199254740993"`` keeps its last digit; a float
     spelling such as ``"1e3"`` must be whole)."""
+    whole = text.strip()
+    if _WHOLE.fullmatch(whole):
+        sign, digits = "-" if whole[0] == "-" else "", whole.lstrip("+-").lstrip("0")
+        if len(digits) > _INT_DIGITS:  # also too long for int() beyond 4300 digits
+            shown = digits if len(digits) <= 40 else f"{digits[:20]}... ({len(digits)} digits)"
+            raise _out_of_range(sign + shown, option)
     try:
-        value = int(text.strip())
+        value = int(whole)
     except ValueError:
         number = _number(text, option)
         if number != int(number):
@@ -85,10 +101,19 @@ def _integer(text: str, option: str) -> int:
     return _in_int_range(value, option)
 
 
+_WHOLE = re.compile(r"[+-]?\d+")
+_INT_DIGITS = len(str(INT_LIMIT))
+"""Digits of 2^63: a whole number with more digits is out of range."""
+
+
+def _out_of_range(shown: str, option: str) -> InputError:
+    return InputError(f"{option}: {shown} is out of range; give integers of magnitude below "
+                      "2^63 (9223372036854775808)")
+
+
 def _in_int_range(value: int, option: str) -> int:
     if abs(value) >= INT_LIMIT:
-        raise InputError(f"{option}: {value} is out of range; give integers of magnitude below "
-                         "2^63 (9223372036854775808)")
+        raise _out_of_range(str(value), option)
     return value
 
 
