@@ -296,14 +296,20 @@ def _axis_values(source: str, key: str, value: Any, model: str) -> list[Any]:
 
 
 def _check_distinct(source: str, key: str, written: Any, values: list[Any]) -> None:
-    """Refuse a grid axis that repeats a value (``seed = [0, 0, 1]``, or an integer range
-    that rounds two points to one): the repeat would be the same run, computed once."""
+    """Refuse a grid axis that repeats a value (``seed = [0, 0, 1]``, an integer range that
+    rounds two points to one, or a range with equal ends): the repeat would be the same run,
+    computed once."""
     seen: list[Any] = []
     for value in values:
         if value in seen:
-            how = (f"the range {written!r} rounds two points to {value!r}; give fewer points "
-                   "or a list" if isinstance(written, str) and ".." in written
-                   else f"{value!r} appears more than once; give each value once")
+            if not (isinstance(written, str) and ".." in written):
+                how = f"{value!r} appears more than once; give each value once"
+            elif isinstance(value, int):
+                how = (f"the range {written!r} rounds two points to {value!r}; give fewer "
+                       "points or a list")
+            else:  # a float range repeats a value only when its ends (nearly) meet
+                how = (f"the range {written!r} gives {value!r} more than once; give "
+                       "different ends, one point or a list")
             _fail(source, key, f"repeated grid value: {how} (a repeated value is the same "
                   "run, computed once)")
         seen.append(value)
