@@ -1,5 +1,5 @@
 """Small builders shared by the study tests: one run computed alone, a short trajectory, an
-empty run store."""
+empty run store, a small parsed study document."""
 
 from __future__ import annotations
 
@@ -39,3 +39,21 @@ def parts_store(tmp_path) -> Store:
     store = Store(tmp_path / "study")
     store.parts.mkdir(parents=True)
     return store
+
+
+SMALL_SIMULATED = {"classes": 3, "per_class": 2, "dim": 4, "t_end": 100.0}
+"""The [simulated] table of :func:`study_raw`: small, cheap runs."""
+
+
+def study_raw(*parts: dict, **top: Any) -> dict[str, Any]:
+    """A parsed study document with the given [[parts]] tables (small, cheap runs); ``top``
+    keys replace or add top-level keys."""
+    return {"name": "s", "title": "S", "question": "q?", "claim": "c.",
+            "analysis": "invariance", "simulated": dict(SMALL_SIMULATED),
+            "parts": list(parts), **top}
+
+
+def part(**extra: Any) -> dict[str, Any]:
+    """A simulated part "a" over two seeds, with ``extra`` keys (fixed values or a ``grid``)
+    replacing or adding."""
+    return {"name": "a", "model": "simulated", "grid": {"seed": [0, 1]}, **extra}

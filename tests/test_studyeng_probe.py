@@ -5,21 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from study_helpers import part, study_raw
 
 from ncsim.errors import InputError
-
-
-def study_raw(*parts, **top):
-    """A parsed study document with the given [[parts]] tables (small, cheap runs)."""
-    return {"name": "s", "title": "S", "question": "q?", "claim": "c.",
-            "analysis": "invariance",
-            "simulated": {"classes": 3, "per_class": 2, "dim": 4, "t_end": 100.0},
-            "parts": list(parts), **top}
-
-
-def part(**extra):
-    """A simulated part "a" over two seeds, with ``extra`` fixed keys or a ``grid``."""
-    return {"name": "a", "model": "simulated", "grid": {"seed": [0, 1]}, **extra}
 
 
 # ----------------------------------------------------------------------------- spec
