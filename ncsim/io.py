@@ -211,14 +211,17 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types: NaN -> None, an infinity -> the string "inf" / "-inf" (a value that
     is infinite, such as an onset predicted never, stays apart from one that is undefined),
-    numpy scalars -> Python numbers, tuples -> lists, paths -> text."""
+    numpy scalars -> Python numbers (a long double -> the nearest float), numpy arrays (0-d
+    included) and tuples -> (nested) lists or their one value, paths -> text."""
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [to_jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
+    if isinstance(value, np.ndarray):  # a 0-d array gives its one value
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.floating):  # float(): item() keeps a long double as it is
+        value = float(value)
+    elif isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
