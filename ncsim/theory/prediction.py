@@ -135,15 +135,15 @@ class _ModeCurves:
         """First time ``curve`` (:meth:`nc1` or :meth:`fn`) crosses ``level`` in ``direction``:
         "up" (from below the level to at or above it) or "down" (from above to at or below).
 
-        The first such sign change on the grid, refined by brentq on a dense solution of that
-        one grid interval. A curve that starts at the level crosses at t = 0 (the grid's first
-        time); one that starts on the far side crosses only after it has come back to the
-        near side (e.g. fn starting just above 0.95 fn*, dipping and rising to fn*: the rise),
-        so inf if it never comes back, as when a curve never reaches the level. Where the
-        curve only grazes the level (fn tending to fn* with delta = 0), the dense solution may
-        put the interval's ends on one side, within the solvers' tolerances of the level:
-        then the crossing is the end where the dense solution is on the level's far side or
-        at it (t0), else the grid's own crossing time (t1).
+        The first such sign change on the grid, refined by brentq on a dense (Radau)
+        solution of that one grid interval. A curve that starts at the level crosses at
+        t = 0 (the grid's first time); one that starts on the far side crosses only after it has
+        come back to the near side (e.g. fn starting just above 0.95 fn*, dipping and rising
+        to fn*: the rise), so inf if it never comes back, as when a curve never reaches the
+        level. Where the curve only grazes the level (fn tending to fn* with delta = 0), the
+        dense solution may put the interval's ends on one side, within the solvers'
+        tolerances of the level: then the crossing is the end where the dense solution is on
+        the level's far side or at it (t0), else the grid's own crossing time (t1).
         """
         side = _side(curve(self.grid, self.states) - level, direction)
         if side[0] == 0:
@@ -152,7 +152,9 @@ class _ModeCurves:
         if i is None:
             return math.inf
         t0, t1 = float(self.grid[i]), float(self.grid[i + 1])
-        cell = solve_ivp(self.rhs, (t0, t1), self.states[i], method="LSODA", rtol=_RTOL,
+        # Radau: restarted late in flow time the mode ODE is stiff (lambda_H = 0: the residual
+        # relaxes at ~h^2 / N while h grows), and LSODA's first steps from there can stall
+        cell = solve_ivp(self.rhs, (t0, t1), self.states[i], method="Radau", rtol=_RTOL,
                          atol=_ATOL, dense_output=True).sol
 
         def near_side(t: float) -> float:  # < 0 before the crossing, >= 0 at or past it
