@@ -63,7 +63,10 @@ def theory_columns(spec: RunSpec) -> dict[str, Any]:
     model, imbalanced CE or deep imbalanced models),
     with the reason in ``theory_regime``; never raises for a valid spec. Time-scale factors
     (``spec.time_scale``) leave the equilibrium columns unchanged (the minimiser does not
-    depend on them) and the onset NaN.
+    depend on them); those of W or H make the onset NaN. The bias's eta_b keeps the
+    predicted onset: the mode model has no bias dynamics (a free bias is undriven on the
+    centred modes), and simulated one-layer free-bias MSE and CE onsets moved by at most
+    0.2% for eta_b in 0.1..10.
 
     Regimes (``theory_regime``): "ok"; "approximate: d < 5K" (onset model less accurate);
     "no_minimiser: ..." (a zero decay: fn* etc. NaN, the early-phase onset is still given);
