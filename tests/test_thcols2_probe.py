@@ -8,31 +8,17 @@ import dataclasses
 import math
 
 import pytest
+from columns_helpers import EQ_COLUMNS
+from columns_helpers import TIME_SCALE_NOTE as _NOTE
+from columns_helpers import WIDTH_NOTE as _WIDTH
+from columns_helpers import column_spec as _spec
+from columns_helpers import same_equilibrium as _same_equilibrium
 
-from ncsim.spec import InitSpec, ModelSpec, OnsetSpec, Regularization, RunSpec, TimeScale
+from ncsim.spec import ModelSpec, Regularization, RunSpec, TimeScale
 from ncsim.theory import equilibrium, lambda_crit, theory_columns
 from ncsim.theory.prediction import predicted_onset
 
-EQ_COLUMNS = ("fn_star_theory", "w_norm_star_theory", "loss_star_theory")
-_NOTE = "equilibrium only: the onset is predicted for unit time-scale factors"
 _OTHER = "onset predicted for nc1_trace only"
-_WIDTH = "onset not predicted for deep gaussian inits with a width other than d"
-
-
-def _spec(loss="mse", bias="none", K=3, n=2, d=5, depth=1, lw=0.02, lh=0.03, lb=0.0,
-          kind="gaussian", scale=0.3, threshold=0.01, width=None, metric="nc1_trace",
-          time_scale=None) -> RunSpec:
-    model = ModelSpec(kind="ufm" if depth == 1 else "deep", loss=loss, bias=bias, classes=K,
-                      per_class=n, dim=d, depth=depth, width=width)
-    return RunSpec(model=model, reg=Regularization(lambda_w=lw, lambda_h=lh, lambda_b=lb),
-                   init=InitSpec(kind=kind, scale=scale, seed=1),
-                   time_scale=time_scale or TimeScale(),
-                   onset=OnsetSpec(metric=metric, threshold=threshold)).validate()
-
-
-def _same_equilibrium(row, eq) -> None:
-    for key, field in zip(EQ_COLUMNS, ("fn_star", "w_norm_star", "loss_star"), strict=True):
-        assert row[key] == pytest.approx(float(getattr(eq, field)), rel=1e-12), key
 
 
 # ---------------------------------------------------------------------------------------------
