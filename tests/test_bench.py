@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from thread_helpers import blas_threads, torch_threads
 
 from ncsim.bench import _benchmarks, bench, run_bench
 
@@ -293,20 +294,15 @@ def test_w3_measures_the_rhs_against_the_faster_matmul_library():
 
 def test_threads_bound_torch_and_numpy_blas_during_the_run_only():
     import torch
-    from threadpoolctl import threadpool_info, threadpool_limits
 
-    torch_before = torch.get_num_threads()
-    torch.set_num_threads(2)  # two threads before: the bound and the restoring both show
-    try:
-        with threadpool_limits(limits=2, user_api="blas"):
-            results = run_bench(("W3",), size="tiny", repeats=1, threads=1, log=lambda m: None)
-            assert results["machine"]["torch_threads"] == 1
-            assert results["machine"]["blas_threads"]  # numpy's OpenBLAS is seen
-            assert set(results["machine"]["blas_threads"].values()) == {1}
-            assert torch.get_num_threads() == 2
-            assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
-    finally:
-        torch.set_num_threads(torch_before)
+    # two threads before: the bound and the restoring both show
+    with torch_threads(2, blas=True):
+        results = run_bench(("W3",), size="tiny", repeats=1, threads=1, log=lambda m: None)
+        assert results["machine"]["torch_threads"] == 1
+        assert results["machine"]["blas_threads"]  # numpy's OpenBLAS is seen
+        assert set(results["machine"]["blas_threads"].values()) == {1}
+        assert torch.get_num_threads() == 2
+        assert set(blas_threads().values()) == {2}
 
 
 def test_products_benchmark_rows(monkeypatch):

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from thread_helpers import blas_threads, torch_threads
 
 from ncsim.cli import cli
 from ncsim.params import parse_values
@@ -101,31 +102,23 @@ def test_stalled_runs_get_a_note_with_the_remedy():
 
 def test_threads_bound_torch_and_blas_during_the_simulation_only(monkeypatch):
     import torch
-    from threadpoolctl import threadpool_info, threadpool_limits
 
     import ncsim.flow
-
-    def blas_threads():
-        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
 
     seen = {}
     real = ncsim.flow.simulate
 
     def observing(specs, **kwargs):
-        seen["torch"], seen["blas"] = torch.get_num_threads(), blas_threads()
+        seen["torch"], seen["blas"] = torch.get_num_threads(), set(blas_threads().values())
         return real(specs, **kwargs)
 
     monkeypatch.setattr(ncsim.flow, "simulate", observing)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # two threads before: the bound and the restoring both show
-    try:
-        with threadpool_limits(limits=2, user_api="blas"):
-            result = _run([*SMALL, "--threads", "1", "--format", "json", "--no-progress"])
-            assert result.exit_code == 0, result.output
-            assert seen == {"torch": 1, "blas": {1}}
-            assert torch.get_num_threads() == 2 and blas_threads() == {2}
-    finally:
-        torch.set_num_threads(before)
+    # two threads before: the bound and the restoring both show
+    with torch_threads(2, blas=True):
+        result = _run([*SMALL, "--threads", "1", "--format", "json", "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert seen == {"torch": 1, "blas": {1}}
+        assert torch.get_num_threads() == 2 and set(blas_threads().values()) == {2}
 
 
 def test_no_theory_leaves_the_prediction_columns_out():

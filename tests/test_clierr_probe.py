@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from thread_helpers import torch_threads
 
 import ncsim.heap
 from ncsim.cli import format_run_table
@@ -93,24 +94,16 @@ def test_is_finite_number_takes_python_and_numpy_numbers():
 
 def test_bounded_threads_none_leaves_torch_s_count_as_it_is():
     """bounded_threads(None) (no --threads) changes no thread count inside the block."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
+    with torch_threads(3):
         with bounded_threads(None):
             assert torch.get_num_threads() == 3
         assert torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_bounded_threads_restores_the_count_after_an_error():
     """A bound ends with the previous torch count even when its block raises."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
+    with torch_threads(3):
         with pytest.raises(KeyError), bounded_threads(1):
             assert torch.get_num_threads() == 1
             raise KeyError("x")
         assert torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(before)

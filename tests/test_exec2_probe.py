@@ -13,6 +13,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from thread_helpers import torch_threads
 
 import ncsim.study.executors as executors
 from ncsim.errors import InputError
@@ -87,16 +88,12 @@ def test_local_chunks_run_on_one_thread_and_the_count_is_restored(monkeypatch):
         return _rows(chunk)
 
     monkeypatch.setattr(executors, "run_chunk", work)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         got: list = []
         executors.execute(_split(_runs(3), 2), "local", got.append)
         assert seen == [1, 1]
         assert torch.get_num_threads() == 2
         assert [len(r) for r in got] == [2, 1]
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_local_on_done_error_propagates_once(monkeypatch):

@@ -15,6 +15,7 @@ import types
 
 import pytest
 import torch
+from thread_helpers import torch_threads
 
 import ncsim.study.executors as executors
 from ncsim.errors import InputError
@@ -63,17 +64,13 @@ def test_ctrl_c_in_a_local_chunk_leaves_execute_and_restores_threads(monkeypatch
         return _rows(chunk)
 
     monkeypatch.setattr(executors, "run_chunk", work)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         got: list = []
         with pytest.raises(KeyboardInterrupt):
             executors.execute([[d] for d in _runs(3)], "local", got.append)
         assert started == [0, 1]
         assert [_seeds(r) for r in got] == [[0]]
         assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_a_future_raising_ctrl_c_is_not_a_failed_chunk():

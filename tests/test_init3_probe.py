@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from thread_helpers import torch_threads
 
 from ncsim.errors import InputError
 from ncsim.models.init import draws_gram_factor, float_array, initial_parts, initial_state
@@ -89,12 +90,8 @@ def test_threaded_batch_draws_each_run_as_alone():
     the run drawn alone, distinct seeds give distinct rows, equal seeds equal rows."""
     seeds = [i % 35 for i in range(70)]
     inits = [InitSpec(scale=0.5, seed=s) for s in seeds]
-    old = torch.get_num_threads()
-    torch.set_num_threads(4)
-    try:
+    with torch_threads(4):
         batch = initial_state(DEEP, inits, "cpu", F64)
-    finally:
-        torch.set_num_threads(old)
     layout = state_layout(DEEP)
     for i, init in enumerate(inits):
         assert torch.equal(batch[i], initial_state(DEEP, [init], "cpu", F64)[0]), i

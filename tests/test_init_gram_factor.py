@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from thread_helpers import torch_threads
 
 from ncsim.flow import simulate
 from ncsim.flow.simulate import run_id
@@ -131,12 +132,8 @@ def test_factor_draw_is_the_seeds_alone():
     """The same seed gives the same start in any batch and on any number of threads; the
     d-space start and the factor share the generator's first draws (L)."""
     inits = [InitSpec(seed=s % 5, scale=0.1) for s in range(40)]
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         many = initial_state(WIDE, inits, "cpu", torch.float64)
-    finally:
-        torch.set_num_threads(before)
     alone = initial_state(WIDE, [InitSpec(seed=3, scale=0.1)], "cpu", torch.float64)
     assert torch.equal(many[3], alone[0]) and torch.equal(many[8], alone[0])
     factor, _ = gram_factor(WIDE, InitSpec(seed=3, scale=0.1))
@@ -195,14 +192,10 @@ def test_wide_starts_agree_across_thread_counts_to_rounding():
     (2e-14 measured)."""
     model = ModelSpec(loss="ce", classes=10, per_class=20, dim=4096)
     inits = [InitSpec(seed=s, scale=0.01) for s in range(2)]
-    before = torch.get_num_threads()
     starts = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    for threads in (1, 2):
+        with torch_threads(threads):
             starts.append((initial_state(model, inits, "cpu", torch.float64),
                            initial_gram_state(model, inits)))
-    finally:
-        torch.set_num_threads(before)
     for one, two in zip(*starts, strict=True):
         assert (one - two).abs().max() <= 1e-13 * one.abs().max()

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from thread_helpers import torch_threads
 
 from ncsim.errors import InputError
 from ncsim.flow import simulate
@@ -86,17 +87,12 @@ def test_simulation_sidecar_records_the_dtype_the_runs_used(tmp_path, monkeypatc
 def test_provenance_records_torch_threads():
     """The provenance names torch's intra-op thread count at the time it is taken (a trained
     network's bits depend on it), as an int."""
-    import torch
 
     from ncsim.io import provenance
 
-    before = torch.get_num_threads()
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
+    for count in (1, 2):
+        with torch_threads(count):
             assert provenance()["torch_threads"] == count
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_sidecar_names_every_dtype_of_a_mixed_call(tmp_path, monkeypatch):

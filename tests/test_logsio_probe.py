@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from cli_helpers import invoke
+from thread_helpers import torch_threads
 
 from ncsim import io, products
 from ncsim.errors import InputError
@@ -233,10 +234,8 @@ def test_numpy_blas_is_empty_when_numpy_reports_it_not_found(monkeypatch):
 def host_route(monkeypatch):
     """The numpy route switched on, torch on one thread."""
     monkeypatch.setattr(products, "HOST_BLAS", True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def test_bmm_with_an_out_of_another_shape_behaves_as_torch(host_route):

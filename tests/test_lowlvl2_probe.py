@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from thread_helpers import torch_threads
 
 from ncsim import heap, products
 
@@ -20,10 +21,8 @@ def host_route(monkeypatch, matmul_calls):
     """The numpy route switched on whatever the host (as on an AMD CPU), torch on one thread;
     numpy's matmul calls counted (conftest's ``matmul_calls``)."""
     monkeypatch.setattr(products, "HOST_BLAS", True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield matmul_calls
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield matmul_calls
 
 
 def _naive_bmm(a, b):

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from thread_helpers import torch_threads
 
 from ncsim import heap
 from ncsim.errors import InputError
@@ -113,15 +114,11 @@ def test_release_runs_malloc_trim_with_no_padding(monkeypatch):
 
 def test_bounded_threads_restores_torch_threads_after_an_error():
     """An exception inside the block still gives torch back its thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         with pytest.raises(RuntimeError, match="inside"), bounded_threads(1):
             assert torch.get_num_threads() == 1
             raise RuntimeError("inside")
         assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_bounded_threads_loads_the_blas_libraries_first(monkeypatch):

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from thread_helpers import torch_threads
 
 from ncsim.errors import InputError
 from ncsim.models import Penalties, UFMObjective, initial_state, label_modes
@@ -113,12 +114,8 @@ def test_initial_state_equals_per_run_draws_on_any_number_of_threads(kind, depth
     layout = state_layout(model)
     expected = torch.cat([layout.pack({k: v.unsqueeze(0) for k, v in
                                        initial_parts(model, i).items()}) for i in inits])
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         got = initial_state(model, inits, "cpu", torch.float64)
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(got, expected)
     assert not torch.equal(got[0], got[1])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from thread_helpers import torch_threads
 
 from ncsim.errors import InputError
 from ncsim.models import Penalties, UFMObjective, initial_parts, initial_state
@@ -156,14 +157,10 @@ def test_every_row_of_a_threaded_batch_is_its_own_seeds_draw(runs):
                       dim=5)
     layout = state_layout(model)
     inits = [InitSpec(seed=1000 + 7 * s, scale=0.2 + 0.01 * s) for s in range(runs)]
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
+    with torch_threads(3):
         stale = torch.full((runs, layout.size), float("nan"), dtype=F64)
         del stale
         got = initial_state(model, inits, "cpu", F64)
-    finally:
-        torch.set_num_threads(before)
     for r, init in enumerate(inits):
         want = layout.pack({k: v.unsqueeze(0) for k, v in initial_parts(model, init).items()})
         assert torch.equal(got[r], want[0]), f"row {r}"

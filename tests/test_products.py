@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from thread_helpers import blas_threads, torch_threads
 
 from ncsim import products
 
@@ -113,13 +114,10 @@ def test_vecmat_equals_torch_on_the_stage_buffer_pattern(matmul_calls):
 def test_the_route_is_off_when_torch_runs_on_several_threads(matmul_calls):
     a, b = _operands()
     before = torch.get_num_threads()
-    torch.set_num_threads(2)  # torch then splits the batch over its threads; numpy would not
-    try:
+    with torch_threads(2):  # torch then splits the batch over its threads; numpy would not
         np.testing.assert_allclose(products.bmm(a, b).numpy(), torch.bmm(a, b).numpy(),
                                    rtol=1e-13)
         assert matmul_calls == []
-    finally:
-        torch.set_num_threads(before)
     products.bmm(a, b)
     assert len(matmul_calls) == int(before == 1)
 
@@ -148,27 +146,20 @@ def test_mismatched_shapes_raise_torch_errors_on_both_routes(monkeypatch):
 
 
 def test_bounded_threads_bounds_torch_and_blas_and_restores_them():
-    from threadpoolctl import threadpool_info, threadpool_limits
-
     from ncsim.threads import bounded_threads
 
     def blas():
-        return {p["filepath"]: p["num_threads"] for p in threadpool_info()
-                if p["user_api"] == "blas"}
+        return set(blas_threads().values())
 
-    torch_before = torch.get_num_threads()
-    torch.set_num_threads(2)  # two threads before: the bound and the restoring both show
-    try:
-        with threadpool_limits(limits=2, user_api="blas"):
-            assert blas() and set(blas().values()) == {2}  # numpy's OpenBLAS is loaded
-            with bounded_threads(1):
-                assert torch.get_num_threads() == 1
-                assert set(blas().values()) == {1}
-            assert torch.get_num_threads() == 2 and set(blas().values()) == {2}
-            with bounded_threads(None):
-                assert torch.get_num_threads() == 2 and set(blas().values()) == {2}
-    finally:
-        torch.set_num_threads(torch_before)
+    # two threads before: the bound and the restoring both show
+    with torch_threads(2, blas=True):
+        assert blas_threads() and blas() == {2}  # numpy's OpenBLAS is loaded
+        with bounded_threads(1):
+            assert torch.get_num_threads() == 1
+            assert blas() == {1}
+        assert torch.get_num_threads() == 2 and blas() == {2}
+        with bounded_threads(None):
+            assert torch.get_num_threads() == 2 and blas() == {2}
 
 
 def test_matmul_broadcasts_as_torch_does(matmul_calls):
