@@ -84,12 +84,30 @@ def _interp_time(
         a, b, c = v0, v1, level
     if a == b or t0 == t1:  # flat, or a jump between two records at one time
         return t1
-    frac = min(max((c - a) / (b - a), 0.0), 1.0)
+    frac = min(max(_fraction(a, b, c), 0.0), 1.0)
     if frac in (0.0, 1.0):  # on a record: its time exactly (exp(log t) need not be t)
         return t0 if frac == 0.0 else t1
     if t0 > 0:
         return math.exp(math.log(t0) + frac * (math.log(t1) - math.log(t0)))
     return t0 + frac * (t1 - t0)
+
+
+def _fraction(a: float, b: float, c: float) -> float:
+    """(c - a) / (b - a) for finite a != b, also where b - a overflows (values near +-1e308)."""
+    a, b, c = float(a), float(b), float(c)  # Python floats: an overflow gives inf, no warning
+    span = b - a
+    if math.isinf(span):
+        return (c / 2 - a / 2) / (b / 2 - a / 2)
+    return (c - a) / span
+
+
+def _between(v0: float, v1: float, frac: float) -> float:
+    """The value a fraction ``frac`` in [0, 1] of the way from v0 to v1 (finite ends)."""
+    v0, v1 = float(v0), float(v1)
+    span = v1 - v0
+    if math.isinf(span):  # ends of opposite signs near +-1e308: the weighted sum stays finite
+        return (1.0 - frac) * v0 + frac * v1
+    return v0 + frac * span
 
 
 def crossing_index(values: np.ndarray, threshold: float, stay: int = 1) -> int | None:
@@ -320,7 +338,7 @@ def _value_at_finite(t: np.ndarray, v: np.ndarray, when: float, interpolate: boo
         frac = (when - t0) / (t1 - t0)
     if v0 > 0 and v1 > 0:
         return float(math.exp(math.log(v0) + frac * (math.log(v1) - math.log(v0))))
-    return float(v0 + frac * (v1 - v0))
+    return float(_between(v0, v1, frac))
 
 
 def crossing_time(

@@ -125,3 +125,34 @@ def test_an_interpolate_flag_that_is_not_true_or_false_is_refused(value):
         OnsetRule(interpolate=value)
     OnsetSpec(interpolate=np.bool_(False)).validate()
     assert OnsetRule(interpolate=True).interpolate is True
+
+
+@pytest.mark.parametrize("big", [1e308, 1.7976931348623157e308])
+def test_crossings_between_values_near_the_float_limit_are_interpolated(big):
+    """A segment from +big to -big (its span overflows) meets 0 half way, and a level of
+    big/10 at the fraction 0.45, in log time from t = 1 (sqrt(3) and 3**0.45 for 1..3), as a
+    segment of a hundredth of the size does; never at its first record."""
+    times = np.array([1.0, 3.0])
+    for level, frac in ((0.0, 0.5), (big / 10, 0.45)):
+        for scale in (1.0, 1e-2):
+            when = crossing_time(times, np.array([big, -big]) * scale, level * scale)
+            assert when == pytest.approx(3.0 ** frac, rel=1e-14), (level, scale)
+    rising = crossing_time(np.array([0.0, 2.0]), np.array([-big, big]), 0.0)
+    assert rising == pytest.approx(1.0, rel=1e-15)  # from t = 0: linear in time
+
+
+@pytest.mark.parametrize("big", [1e308, 1.7976931348623157e308])
+def test_value_at_between_values_near_the_float_limit_stays_finite(big):
+    """value_at between -big and +big (their difference overflows) is the linear blend in
+    time: 0 half way, +-0.9 big at the 5% and 95% times, the records at their own times."""
+    import warnings
+
+    times, values = np.array([0.0, 2.0]), np.array([-big, big])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning either
+        assert value_at(times, values, 1.0) == 0.0
+        assert value_at(times, values, 0.1) == pytest.approx(-0.9 * big, rel=1e-14)
+        assert value_at(times, values, 1.9) == pytest.approx(0.9 * big, rel=1e-14)
+        assert value_at(times, values, 0.0) == -big and value_at(times, values, 2.0) == big
+        mid_log = value_at(np.array([1.0, 4.0]), values, 2.0)  # log-time half way
+    assert mid_log == pytest.approx(0.0, abs=1e-14 * big)
