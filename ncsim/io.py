@@ -92,11 +92,15 @@ def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with columns Parquet can hold: an object column mixing integers and floats
     (and missing values) becomes floats; one mixing other kinds (numbers and text, tuples,
     flags and numbers) becomes text, missing values kept; Python and numpy scalars of one kind
-    (``True`` and ``numpy.bool_``, ``int`` and ``numpy.int64``) stay as they are. In the
+    (``True`` and ``numpy.bool_``, ``int`` and ``numpy.int64``) stay as they are. A
+    categorical column whose categories mix kinds (which pyarrow refuses) is first made an
+    object column and follows the same rule; other categorical columns stay. In the
     other object columns a missing value of a kind Parquet does not take as missing (a numpy
     float32 NaN) becomes None. Other columns are unchanged."""
     out = frame.copy()
     for col in out.columns:
+        if _mixed_categories(out[col]):
+            out[col] = out[col].astype(object)  # then handled as an object column
         if out[col].dtype != object:
             continue
         odd = out[col].map(lambda v: isinstance(v, np.floating) and not isinstance(v, float)
@@ -111,6 +115,14 @@ def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
         else:
             out[col] = out[col].map(lambda v: v if _is_missing(v) else str(v))
     return out
+
+
+def _mixed_categories(column: pd.Series) -> bool:
+    """Whether ``column`` is categorical with categories of several kinds (1 and "x"), which
+    pyarrow refuses; categories of one kind are written as a Parquet dictionary column."""
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        return False
+    return len({_value_kind(v) for v in column.cat.categories}) > 1
 
 
 def _value_kind(value: Any) -> object:

@@ -157,6 +157,28 @@ def test_parquet_columns_mixing_integers_and_floats_stay_numbers(tmp_path):
     assert back["plain"].dtype == np.int64 and list(back["plain"]) == [1, 2, 3]
 
 
+def test_categorical_columns_mixing_kinds_are_written_by_the_object_rule(tmp_path):
+    """A categorical column whose categories mix text and numbers (pyarrow refuses it) is
+    written as text, one mixing integers and floats as floats, missing values kept; a
+    categorical of one kind stays categorical, and one whose unused category is the only
+    other kind keeps its values' kind."""
+    frame = pd.DataFrame({
+        "label": pd.Categorical([1, "x", 2.5, None]),
+        "number": pd.Categorical(pd.Series([1, 2.5, 1, None], dtype=object)),
+        "text": pd.Categorical(["u", "v", "u", "v"]),
+        "unused": pd.Categorical([1, 2, 1, 2], categories=[1, 2, "x"]),
+    })
+    assert list(frame["number"].cat.categories) == [1, 2.5]
+    back = read_table(write_table(frame, tmp_path / "t.parquet"))
+    assert list(back["label"][:3]) == ["1", "x", "2.5"] and pd.isna(back["label"][3])
+    assert back["number"].dtype == np.float64
+    np.testing.assert_array_equal(back["number"].to_numpy(), [1.0, 2.5, 1.0, np.nan])
+    assert isinstance(back["text"].dtype, pd.CategoricalDtype)
+    assert list(back["text"]) == ["u", "v", "u", "v"]
+    assert list(back["unused"]) == [1, 2, 1, 2]
+    assert isinstance(frame["label"].dtype, pd.CategoricalDtype)  # the caller's frame stays
+
+
 @pytest.mark.parametrize("name", ["runs.txt", "runs", "runs.pq"])
 def test_read_table_refuses_an_extension_that_names_no_format(tmp_path, name):
     """A table named other than .csv or .parquet is refused with what to name it, before
