@@ -296,6 +296,42 @@ def test_aligned_fate_with_equal_decays_is_the_closed_form_basin_root():
             float(basin_threshold(loss, 4, 5, lam, L)), rel=1e-4)
 
 
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("a0", [1e-12, 1e-9, 1e-6])
+def test_one_layer_aligned_flow_escapes_the_origin_from_a_tiny_init(loss, a0):
+    """One layer (two factors, unequal decays 0.04 / 0.005): the origin is a saddle, so the
+    aligned flow from a per-factor amplitude far below 1e-5 (its product starts below the
+    "vanished" level 1e-10 sigma_local) grows out and collapses; the basin position is
+    "above" (one layer has no basin, a_u = 0)."""
+    from ncsim.theory.dynamics import aligned_basin_root, aligned_fate
+    from ncsim.theory.prediction import basin_position
+
+    decays = (0.04, 0.005)
+    assert aligned_fate(loss, 4, 5, a0, decays) == "collapse"
+    assert basin_position(loss, 4, 5, a0, decays, 20) == "above"
+    assert aligned_basin_root(loss, 4, 5, decays) == 0.0
+
+
+@pytest.mark.parametrize(("loss", "L"), [("mse", 2), ("ce", 2), ("mse", 3)])
+def test_small_decay_basin_root_of_nearly_equal_decays_is_the_closed_form(loss, L):
+    """Decays near 1e-6: a_u^(L+1) lies far below 1e-10 sigma_local, so a start just above
+    a_u grows up through the "vanished" level; the bisected root of decays unequal by 1e-9
+    is the closed form of equal decays (to 1e-6), and the flow from 1.01 a_u collapses, from
+    0.99 a_u goes to the origin."""
+    from ncsim.theory import basin_threshold
+    from ncsim.theory.dynamics import aligned_basin_root, aligned_fate
+
+    lam = 1e-6
+    a_u = float(basin_threshold(loss, 4, 5, lam, L))
+    equal = (lam,) * (L + 1)
+    assert aligned_fate(loss, 4, 5, 1.01 * a_u, equal) == "collapse"
+    assert aligned_fate(loss, 4, 5, 0.99 * a_u, equal) == "origin"
+    near = (lam,) * L + (lam * (1 + 1e-9),)
+    geo = float(np.prod(near)) ** (1 / (L + 1))
+    assert aligned_basin_root(loss, 4, 5, near) == pytest.approx(
+        float(basin_threshold(loss, 4, 5, geo, L)), rel=1e-6)
+
+
 def test_aligned_fate_input_errors():
     from ncsim.theory.dynamics import aligned_fate
 

@@ -369,6 +369,7 @@ def aligned_fate(loss: str, K: int, n: int, a0: float, decays: tuple[float, ...]
         return abs(float(np.prod(a)) / target - 1) - 1e-7
 
     vanished.terminal = settled.terminal = True
+    vanished.direction = -1.0  # falling through the level: a start below it may grow out
     sol_ = solve_ivp(rhs, (0.0, 1000.0 / float(lams.min())), np.full(M, float(a0)),
                      method="LSODA", rtol=1e-10, atol=1e-14 * float(a0), events=[vanished, settled])
     if sol_.status == -1:
