@@ -175,7 +175,7 @@ def test_derive_prints_the_forms_the_numbers_come_from():
     at[S.Lam] = sp.sqrt(at[S.lam_w] * at[S.lam_h])
     for key in ("growth_rate", "growth_rate_evaluated"):
         assert rel(growth_rate(K, n, lw, lh), mp.mpf(str(ex[key].subs(at).evalf(50)))) < 1e-14
-    for key in ("nc1_rate_early", "nc1_rate_early_evaluated"):
+    for key in ("nc1_rate_early", "nc1_rate_early_evaluated", "nc1_rate_early_direct"):
         want = mp.mpf(str(ex[key].subs(at).evalf(50)))
         assert rel(nc1_rates(K, n, lw, lh)[0], want) < 1e-14
     lam = 0.02

@@ -16,7 +16,7 @@ from ncsim.theory.derivations import derivations
 
 DYN = ["growth_rate", "growth_rate_evaluated", "logistic", "logistic_evaluated", "half_time",
        "z_integral", "z_integral_evaluated", "nc1_rate_early", "nc1_rate_early_evaluated",
-       "nc1_rate_late"]
+       "nc1_rate_early_direct", "nc1_rate_late"]
 MSE_HEAD = ["objective", "stationarity", "sigma_star", "Lambda_crit", "lambda_crit_ratio",
             "a_w2", "a_h2", "objective_star_per_mode"]
 MSE_KEYS = {

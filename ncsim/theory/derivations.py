@@ -37,7 +37,8 @@ def derivations(loss: str, depth: int = 1, bias: str = "none") -> dict[str, sp.E
         out.update({k: dyn[k] for k in ["growth_rate", "growth_rate_evaluated", "logistic",
                                          "logistic_evaluated", "half_time", "z_integral",
                                          "z_integral_evaluated", "nc1_rate_early",
-                                         "nc1_rate_early_evaluated", "nc1_rate_late"]})
+                                         "nc1_rate_early_evaluated", "nc1_rate_early_direct",
+                                         "nc1_rate_late"]})
     else:
         out["escape_asymptotic"] = dyn["escape_asymptotic"]
     return out

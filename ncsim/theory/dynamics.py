@@ -77,9 +77,11 @@ def derive() -> dict[str, sp.Expr]:
     root = sp.sqrt((S.lam_w - S.lam_h) ** 2 + 4 * g2)
     mu_eval = 2 * (g_ - S.Lam) * (g_ + S.Lam) / (S.lam_w + S.lam_h + root)
     early_eval = 4 * g2 / (S.lam_w - S.lam_h + root)
+    early_direct = S.lam_h - S.lam_w + root  # a sum of terms >= 0 where lH >= lW
     assert sp.simplify(sp.radsimp(mu_eval.subs(S.Lam, sp.sqrt(S.lam_w * S.lam_h))
                                   - mu_ufm)) == 0
     assert sp.simplify(sp.radsimp(early_eval - 2 * (S.lam_h + mu_ufm))) == 0
+    assert sp.simplify(early_direct - 2 * (S.lam_h + mu_ufm)) == 0
     (t_half,) = sp.solve(sp.Eq(zt, z_inf / 2), S.t)
     tau = sp.Symbol("tau", positive=True)
     z_int = sp.simplify(sp.integrate(zt.subs(S.t, tau), (tau, 0, S.t)))
@@ -104,6 +106,7 @@ def derive() -> dict[str, sp.Expr]:
         "growth_rate": sp.simplify(mu_ufm),
         "growth_rate_evaluated": mu_eval,
         "nc1_rate_early_evaluated": early_eval,
+        "nc1_rate_early_direct": early_direct,
         "logistic": zt,
         "logistic_evaluated": z_stable,
         "z_integral_evaluated": int_stable,
@@ -124,6 +127,7 @@ def _fn(name: str):
         "growth_rate": [S.K, S.n, S.lam_w, S.lam_h],
         "growth_rate_evaluated": [S.K, S.n, S.lam_w, S.lam_h, S.Lam],
         "nc1_rate_early_evaluated": [S.K, S.n, S.lam_w, S.lam_h],
+        "nc1_rate_early_direct": [S.K, S.n, S.lam_w, S.lam_h],
         "logistic": [S.t, S.z0, z_inf, r_sym],
         "logistic_rate": [S.K, S.n, S.lam],
         "logistic_limit": [S.K, S.n, S.lam],
@@ -186,14 +190,15 @@ def logistic(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
 
     Evaluated as z0 N / (N e^(-2rt) + 2 z0 t exprel(-2rt)) (``derive()["logistic_evaluated"]``,
     the logistic with z_inf = N r): finite for every t (z -> z_inf = N r for r > 0, -> 0 for
-    r <= 0), exact at the critical decay (r = 0: z0 / (1 + 2 z0 t / N)) and free of
-    cancellation near it.
+    r <= 0; 0 for z0 = 0, a fixed point), exact at the critical decay (r = 0:
+    z0 / (1 + 2 z0 t / N)) and free of cancellation near it.
 
     Raises :class:`InputError` for K, n, lam as :func:`growth_rate`, and for z0 not a finite
     number >= 0."""
     xp, t, z0, N, x = _logistic_parts(t, z0, K, n, lam)
-    with np.errstate(over="ignore"):
-        return z0 * N / (N * xp.exp(-x) + 2 * z0 * t * _exprel(xp, -x))
+    with np.errstate(over="ignore", invalid="ignore"):  # z0 = 0 may give 0 inf: taken as 0
+        z = z0 * N / (N * xp.exp(-x) + 2 * z0 * t * _exprel(xp, -x))
+    return xp.where(z0 == 0, xp.full_like(z, 0.0), z)[()]
 
 
 def logistic_half_time(z0: Array, K: Array, n: Array, lam: Array) -> Array:
@@ -223,30 +228,35 @@ def logistic_integral(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Ar
 
     Evaluated as (N/2) log1p(2 z0 t exprel(2rt) / N), and where 2rt > 700 (exprel would
     overflow) as (N/2) (2rt + log(e^(-2rt) + 2 z0 t exprel(-2rt) / N))
-    (``derive()["z_integral_evaluated"]``): finite for every t and exact at r = 0.
+    (``derive()["z_integral_evaluated"]``): finite for every t, exact at r = 0, and 0 for
+    z0 = 0.
 
     Raises :class:`InputError` for K, n, lam as :func:`growth_rate`."""
     xp, t, z0, N, x = _logistic_parts(t, z0, K, n, lam)
     up = x > 700.0
-    with np.errstate(over="ignore", invalid="ignore"):  # the branch not taken may overflow
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # branches not taken
         grown = x + xp.log(xp.exp(-xp.where(up, x, -x)) + 2 * z0 * t * _exprel(xp, -x) / N)
         small = xp.log1p(2 * z0 * t * _exprel(xp, xp.where(up, -x, x)) / N)
-    return N / 2 * xp.where(up, grown, small)
+        total = N / 2 * xp.where(up, grown, small)
+    return xp.where(z0 == 0, xp.full_like(total, 0.0), total)[()]  # z stays 0: no log(0)
 
 
 def nc1_rates(K: Array, n: Array, lambda_w: Array, lambda_h: Array) -> tuple[Array, Array]:
     """(early, late) exponential decay rates of NC1: 2(lambda_H + mu) and 2 lambda_H.
 
-    The early rate is evaluated as 2(lambda_H + mu) where lambda_H >= lambda_W and as
-    4 g^2 / (lambda_W - lambda_H + root) (``derive()["nc1_rate_early_evaluated"]``, the same
-    number without the cancellation of lambda_H + mu) where lambda_W > lambda_H.
+    With root = sqrt((lambda_W - lambda_H)^2 + 4 g^2), the early rate is evaluated as
+    lambda_H - lambda_W + root (``derive()["nc1_rate_early_direct"]``, a sum of terms >= 0)
+    where lambda_H >= lambda_W and as 4 g^2 / (lambda_W - lambda_H + root)
+    (``derive()["nc1_rate_early_evaluated"]``) where lambda_W > lambda_H: neither cancels
+    (2(lambda_H + mu) would, through mu, where the decays are far above g).
 
     Raises :class:`InputError` for bad input as :func:`growth_rate`."""
     mu = growth_rate(K, n, lambda_w, lambda_h)
     K, n, lw, lh = broadcast_inputs(["K", "n", "lambda_w", "lambda_h"],
                                     [K, n, lambda_w, lambda_h])
     xp = namespace(mu)
-    early = xp.where(lw > lh, _fn("nc1_rate_early_evaluated")(K, n, lw, lh), 2 * (lh + mu))
+    early = xp.where(lw > lh, _fn("nc1_rate_early_evaluated")(K, n, lw, lh),
+                     _fn("nc1_rate_early_direct")(K, n, lw, lh))
     return early, 2 * lh + 0 * mu
 
 
@@ -302,26 +312,78 @@ def escape_time(K: float, n: float, a0: float, a_end: float, depth: int, lam: fl
     return float(val)
 
 
-def _aligned_rhs(loss: str, K: float, n: float, decays: np.ndarray, c: float):
-    """Right-hand side of the per-factor amplitudes a (M,) of one aligned label mode with
-    decays ``decays`` (M,): da_j/dt = drive(u) prod_(i != j) a_i - lambda_j a_j, u = prod a,
-    MSE drive c (s - u) / N, CE (ETF ray) e^(-m) / (s (1 + (K-1) e^(-m))) with m = u / s.
-    Equal decays and amplitudes give :func:`_deep_rhs`."""
+def _aligned_drive(loss: str, K: float, n: float, c: float):
+    """(drive(u), drive'(u)) of the aligned mode flow (u >= 0): MSE drive c (s - u) / N, CE
+    (ETF ray) e^(-m) / (s (1 + (K-1) e^(-m))) = 1 / (s (e^m + K - 1)) with m = u / s; both
+    decrease in u (convex losses)."""
     s, N = math.sqrt(n), K * n
 
-    def rhs(t: float, a: np.ndarray) -> np.ndarray:
-        before = np.concatenate([[1.0], np.cumprod(a[:-1])])  # prod_(i < j) a_i
-        after = np.concatenate([np.cumprod(a[:0:-1])[::-1], [1.0]])  # prod_(i > j) a_i
-        others = before * after
-        u = float(before[-1] * a[-1])
+    def drive(u: float) -> float:
         if loss == "mse":
-            drive = c * (s - u) / N
-        else:
-            em = math.exp(-u / s) if u / s > -700 else math.inf
-            drive = em / (s * (1 + (K - 1) * em))
-        return drive * others - decays * a
+            return c * (s - u) / N
+        return 1.0 / (s * (math.exp(min(u / s, 700.0)) + K - 1))
+
+    def slope(u: float) -> float:
+        if loss == "mse":
+            return -c / N
+        return -drive(u) / (s * (1 + (K - 1) * math.exp(-min(u / s, 700.0))))
+
+    return drive, slope
+
+
+def _aligned_log_rhs(drive, decays: np.ndarray):
+    """Right-hand side of the log amplitudes y = log a (M,) of one aligned label mode with
+    decays ``decays`` (M,): da_j/dt = drive(u) prod_(i != j) a_i - lambda_j a_j, u = prod a,
+    so dy_j/dt = drive(u) u / a_j^2 - lambda_j. In log form the amplitudes stay positive
+    (the positive orthant is invariant: at a_j = 0 the drive is >= 0) whatever the step."""
+
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        log_u = float(y.sum())
+        return drive(math.exp(min(log_u, 700.0))) * np.exp(np.minimum(log_u - 2 * y, 700.0)) \
+            - decays
 
     return rhs
+
+
+def _attracted(drive, decays: np.ndarray):
+    """Event function of the origin's certain basin, negative inside it (M >= 3).
+
+    With E = sum a_j^2 / 2 and x = 2E / M (the mean a_j^2), dE/dt = M drive(u) u -
+    sum lambda_j a_j^2 <= M x (G x^(M/2 - 1) - lambda_min), since 0 <= u <= x^(M/2)
+    (AM-GM) and |drive| <= G = max(drive(0), |drive(x^(M/2))|) on [0, x^(M/2)] (drive
+    decreases in u). Where G x^(M/2 - 1) <= lambda_min / 2, E falls at a rate >= M x
+    lambda_min / 2, x and G with it: the flow goes to the origin."""
+    M, lam_min = decays.size, float(decays.min())
+    g0 = drive(0.0)
+
+    def event(t: float, y: np.ndarray) -> float:
+        log_x = math.log(float(np.mean(np.exp(2 * (y - y.max()))))) + 2 * float(y.max())
+        g = max(g0, abs(drive(math.exp(min(M / 2 * log_x, 700.0)))))
+        return math.log(g) + (M / 2 - 1) * log_x - math.log(lam_min / 2)
+
+    return event
+
+
+def _settled_gap(drive, slope, decays: np.ndarray, target: float):
+    """How far the log amplitudes y are from having collapsed: the larger of |u / target - 1|
+    and |d log u / dt| / rho, with d log u / dt = drive(u) u S - sum(lambda), S = sum 1 / a_j^2,
+    and rho = (|drive'(u)| u + |drive(u)|) u S + sum(lambda) the size of its terms and of its
+    change with u (0 at the critical point; the second part excludes a u that passes through
+    the target on its way elsewhere). The factors' balance is not asked for: with a decay of
+    1e-30 on some factors u settles in time ~1 / the other decays while the balance takes
+    ~1e30."""
+    decay_sum = float(decays.sum())
+
+    def gap(y: np.ndarray) -> float:
+        u = math.exp(min(float(y.sum()), 700.0))
+        with np.errstate(over="ignore"):
+            inverse_sum = float(np.exp(-2 * y).sum())
+        d, d_slope = drive(u), slope(u)
+        rate = d * u * inverse_sum - decay_sum
+        rho = (abs(d_slope) * u + abs(d)) * u * inverse_sum + decay_sum
+        return max(abs(u / target - 1), abs(rate) / rho)
+
+    return gap
 
 
 def aligned_fate(loss: str, K: int, n: int, a0: float, decays: tuple[float, ...],
@@ -330,16 +392,22 @@ def aligned_fate(loss: str, K: int, n: int, a0: float, decays: tuple[float, ...]
     on every factor (a spectral / etf init of scale a0) with the decays ``decays`` of the
     M = depth + 1 factors (any order; all > 0).
 
-    Returns "collapse" (u = prod a converges to the non-zero local minimiser sigma_local of
-    the mode problem at Lambda = geometric mean of the decays, within 1e-6 relative),
-    "origin" (u falls below 1e-10 sigma_local) or "undecided" (neither after 1000 /
-    min(decays) of flow time: the init lies on the boundary of the origin's basin to within
-    the ODE's accuracy). "origin" also where no non-zero critical point exists. With equal
-    decays the balanced flow is one ODE and the answer is a0 > a_u
+    Returns "collapse" (the flow settles at the non-zero local minimiser: u = prod a within
+    1e-7 relative of sigma_local of the mode problem at Lambda = geometric mean of the decays,
+    with |d log u / dt| below 1e-7 of the size of its terms), "origin" (the flow enters a
+    region that provably falls to the origin, see :func:`_attracted`) or "undecided"
+    (neither after 1e6 / min(decays) of flow time: the init lies on the boundary of the
+    origin's basin to within the ODE's accuracy). "origin" also where no non-zero critical
+    point exists. One layer (M = 2) with a non-zero critical point is "collapse" without
+    integrating: the drive decreases in u, so there is one positive critical point, a
+    minimiser, and the origin is a saddle whose stable direction leaves the positive
+    quadrant. With equal decays the balanced flow is one ODE and the answer is a0 > a_u
     (:func:`ncsim.theory.critical.basin_threshold`); with unequal decays the factors do not
     stay equal and a_u of the geometric mean is not the boundary (MSE, K=4, n=5, L=2,
-    lambda_W = 0.04, lambda_H = 0.005: 1.1 a_u(Lambda) goes to the origin), so the M
-    amplitudes are integrated (LSODA, rtol 1e-10).
+    lambda_W = 0.04, lambda_H = 0.005: 1.1 a_u(Lambda) goes to the origin), so the M log
+    amplitudes are integrated (LSODA, rtol 1e-10). Neither a dip of u (a fast-decaying
+    factor falls first while the slow ones later grow out) nor a start with a tiny u
+    decides the fate.
 
     Raises :class:`InputError` for an unknown loss, K, n as :func:`growth_rate`, a0 that is
     not a finite number > 0, or decays that are not finite numbers > 0 (at least 2 of them).
@@ -360,26 +428,32 @@ def aligned_fate(loss: str, K: int, n: int, a0: float, decays: tuple[float, ...]
     target = float(sol.sigma_local)
     if not math.isfinite(target):
         return "origin"
-    rhs = _aligned_rhs(loss, float(K), float(n), lams, c)
-
-    def vanished(t: float, a: np.ndarray) -> float:  # u = 1e-10 sigma_local
-        return float(np.sum(np.log(np.abs(a)))) - math.log(1e-10 * target)
-
-    def settled(t: float, a: np.ndarray) -> float:  # |u / sigma_local - 1| = 1e-7
-        return abs(float(np.prod(a)) / target - 1) - 1e-7
-
-    vanished.terminal = settled.terminal = True
-    vanished.direction = -1.0  # falling through the level: a start below it may grow out
-    sol_ = solve_ivp(rhs, (0.0, 1000.0 / float(lams.min())), np.full(M, float(a0)),
-                     method="LSODA", rtol=1e-10, atol=1e-14 * float(a0), events=[vanished, settled])
-    if sol_.status == -1:
-        raise ArithmeticError(f"the aligned mode ODE failed: {sol_.message}")
-    u = float(np.prod(sol_.y[:, -1]))
-    if u <= 1e-10 * target * (1 + 1e-6):
-        return "origin"
-    if abs(u / target - 1) <= 1e-6:
+    if M == 2:
         return "collapse"
-    return "undecided"
+    drive, slope = _aligned_drive(loss, float(K), float(n), c)
+    rhs = _aligned_log_rhs(drive, lams)
+    gap = _settled_gap(drive, slope, lams, target)
+    attracted = _attracted(drive, lams)
+    y0 = np.full(M, math.log(float(a0)))
+    if gap(y0) <= 1e-7:
+        return "collapse"
+    if attracted(0.0, y0) <= 0:
+        return "origin"
+
+    def settled(t: float, y: np.ndarray) -> float:
+        return gap(y) - 1e-7
+
+    attracted.terminal = settled.terminal = True  # type: ignore[attr-defined]
+    attracted.direction = settled.direction = -1.0  # type: ignore[attr-defined]
+    end = solve_ivp(rhs, (0.0, 1e6 / float(lams.min())), y0,
+                    method="LSODA", rtol=1e-10, atol=1e-12, events=[attracted, settled])
+    if end.status == -1:
+        raise ArithmeticError(f"the aligned mode ODE failed: {end.message}")
+    if not np.isfinite(end.y[:, -1]).all():
+        raise ArithmeticError("the aligned mode ODE failed: the amplitudes left the floats")
+    if end.status == 1:  # an event ended the flow
+        return "origin" if len(end.t_events[0]) else "collapse"
+    return "collapse" if gap(end.y[:, -1]) <= 1e-6 else "undecided"
 
 
 @functools.lru_cache(maxsize=1024)
