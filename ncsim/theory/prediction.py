@@ -113,7 +113,8 @@ class _ModeCurves:
 
     ``rhs`` is the mode ODE (w, h, int kappa w^2 / N); ``grid`` (G,) the times and ``states``
     (G, 3) its solution there; ``energies(t, states)`` gives the (between, within, mean)
-    energies at times ``t`` (M,) of mode states (M, 3) (module docstring); ``samples`` is N.
+    energies at times ``t`` (M,) of mode states (M, 3) (module docstring); ``samples`` is N;
+    ``atol`` the solve's absolute tolerances, which the refinement of a crossing keeps.
     """
 
     rhs: Callable[[float, np.ndarray], list[float]]
@@ -121,6 +122,7 @@ class _ModeCurves:
     states: np.ndarray
     energies: Energies
     samples: int
+    atol: np.ndarray | float = 1e-14  # absolute tolerances of the state (_mode_atol)
 
     def nc1(self, t: np.ndarray, states: np.ndarray) -> np.ndarray:
         between, within, _ = self.energies(t, states)
@@ -155,7 +157,7 @@ class _ModeCurves:
         # Radau: restarted late in flow time the mode ODE is stiff (lambda_H = 0: the residual
         # relaxes at ~h^2 / N while h grows), and LSODA's first steps from there can stall
         cell = solve_ivp(self.rhs, (t0, t1), self.states[i], method="Radau", rtol=_RTOL,
-                         atol=_ATOL, dense_output=True).sol
+                         atol=self.atol, dense_output=True).sol
 
         def near_side(t: float) -> float:  # < 0 before the crossing, >= 0 at or past it
             value = float(curve(np.array([t]), cell(t)[None, :])[0]) - level
@@ -183,7 +185,59 @@ def _first_crossing_interval(side: np.ndarray) -> int | None:
     return int(idx[0]) if idx.size else None
 
 
-_RTOL, _ATOL = 1e-10, 1e-14  # of the mode ODE
+_RTOL, _ATOL = 1e-10, 1e-14  # of the mode ODE (_ATOL: for states of size 1, see _mode_atol)
+_LSODA_BUDGET = 200_000  # right-hand sides; past it the grid solve goes to BDF
+
+
+class _OverBudget(Exception):
+    """LSODA spent :data:`_LSODA_BUDGET` right-hand sides on one grid solve."""
+
+
+def _mode_atol(y0: list[float], amplitudes: list[int]) -> np.ndarray:
+    """Absolute tolerances of the mode ODE's state: :data:`_ATOL` times the largest initial
+    amplitude (at most 1) for the amplitude components, so that a 1e-12 init is solved to
+    the same relative accuracy as a 0.1 init; :data:`_ATOL` for the others."""
+    scale = min(1.0, max(abs(y0[i]) for i in amplitudes))
+    atol = np.full(len(y0), _ATOL)
+    if scale > 0:
+        atol[amplitudes] = _ATOL * scale
+    return atol
+
+
+def _solve_on_grid(rhs: Callable[[float, np.ndarray], list[float]], y0: list[float],
+                   grid: np.ndarray, atol: np.ndarray) -> np.ndarray:
+    """States (G, len(y0)) of the mode ODE on ``grid``: LSODA (odeint) in one call; where it
+    fails at run time or spends more than :data:`_LSODA_BUDGET` right-hand sides (a
+    regularised bias with lambda_W << lambda_H: 3e6 for lambda_W = 1e-7, lambda_H = 1e-3),
+    BDF on the same grid (8e3 there). Raises ArithmeticError when both fail, or when LSODA
+    refuses its input."""
+    calls = 0
+
+    def budgeted(t: float, y: np.ndarray) -> list[float]:
+        nonlocal calls
+        calls += 1
+        if calls > _LSODA_BUDGET:
+            raise _OverBudget
+        return rhs(t, y)
+
+    try:
+        with warnings.catch_warnings():  # a failure is raised below, not printed
+            warnings.simplefilter("ignore", ODEintWarning)
+            states, info = odeint(budgeted, y0, grid, rtol=_RTOL, atol=atol, tfirst=True,
+                                  mxstep=100_000, full_output=True)
+        if info["message"] == "Integration successful.":
+            return states
+        reason = info["message"].split(" (")[0].rstrip(".")  # without scipy's Dfun hint
+        if reason.startswith("Illegal input"):
+            raise ArithmeticError(f"the mode ODE failed: LSODA: {reason}")
+    except _OverBudget:
+        reason = f"more than {_LSODA_BUDGET} right-hand sides"
+    with np.errstate(over="ignore", invalid="ignore"):  # BDF's difference Jacobian probes
+        sol = solve_ivp(rhs, (float(grid[0]), float(grid[-1])), y0, method="BDF", t_eval=grid,
+                        rtol=_RTOL, atol=atol)
+    if sol.status != 0 or sol.y.shape[1] != grid.size:
+        raise ArithmeticError(f"the mode ODE failed: LSODA: {reason}; BDF: {sol.message}")
+    return sol.y.T
 _SLOW_HORIZON = 1e10  # longest default search with lambda_H = 0 (flow time)
 
 
@@ -204,13 +258,8 @@ def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, 
         m_plus, m_minus, mu0_minus = _split(lw, lh, g * lb / (1 + lb))
         y0 += [*(math.sqrt(d) * a * m_plus), 0.0, 0.0]
     rhs = _mode_rhs(loss, K, n, lw, lh, lb if reg else None)
-    with warnings.catch_warnings():  # a failure is raised below, not printed
-        warnings.simplefilter("ignore", ODEintWarning)
-        states, info = odeint(rhs, y0, grid, rtol=_RTOL, atol=_ATOL, tfirst=True,
-                              mxstep=100_000, full_output=True)
-    if info["message"] != "Integration successful.":
-        reason = info["message"].split(" (")[0].rstrip(".")  # without scipy's Dfun hint
-        raise ArithmeticError(f"the mode ODE failed: LSODA: {reason}")
+    atol = _mode_atol(y0, [0, 1, 3, 4] if reg else [0, 1])
+    states = _solve_on_grid(rhs, y0, grid, atol)
     N = K * n
     # directions of range(W) on which the within-class energy also decays: the K - 1 centred
     # modes (int kappa w^2 / N), the mean mode for MSE without bias (the same integral) or with
@@ -234,7 +283,7 @@ def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, 
             mean = d * a * a * np.exp(-2 * lh * t)
         return between, e0 * np.exp(-2 * lh * t) * kept, mean
 
-    return _ModeCurves(rhs, grid, states, energies, N)
+    return _ModeCurves(rhs, grid, states, energies, N, atol)
 
 
 def _horizon(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, a: float,
