@@ -76,6 +76,11 @@ Degenerate values (IEEE conventions, no clamping, never an exception):
   that divides by a zero norm (nc2_*, nc3*, cdnv for coincident means) is NaN or inf likewise.
   fn, within_energy, class_mean_norm, w_norm and nc4 stay finite. The simulator flags vanishing
   runs from fn; a NaN never passes an onset test ``metric < threshold``.
+- Magnitudes whose squares overflow the dtype (|h| or |w| past ~1.8e19 in float32, ~1.3e154
+  in float64): the norms and energies formed from them are inf, and every scale-free metric
+  that divides by one of them is NaN (a ratio finite / inf would read as an exact collapse);
+  nc4 is NaN where a run's logits or mean distances are not all finite. fn,
+  class_mean_norm, within_energy and w_norm are then inf.
 - A class without samples has undefined mean. Inputs on the CPU are checked (labels in range,
   every class present) and raise :class:`~ncsim.errors.InputError`; on other devices that check
   would need a host sync, so it is skipped and such a class yields NaN.
@@ -327,6 +332,16 @@ def _soft_pinv(b: Tensor, delta_rel: float, noise: Tensor) -> Tensor:
     return _filtered_inverse(bt @ b64, delta_rel, noise) @ bt
 
 
+def _where_finite(value: Tensor, *parts: Tensor) -> Tensor:
+    """``value`` where every one of ``parts`` (same shape) is finite, else NaN: a ratio whose
+    energies or norms overflowed the dtype (|h| past ~1.8e19 in float32, ~1.3e154 in float64)
+    has no digits left, and would otherwise read as an exact 0 (finite / inf) or 1."""
+    finite = torch.ones_like(value, dtype=torch.bool)
+    for part in parts:
+        finite = finite & torch.isfinite(part)
+    return torch.where(finite, value, torch.full_like(value, math.nan))
+
+
 def _over_zero_spread(within: Tensor, noise: Tensor) -> Tensor:
     """within / 0 for a spread zero to resolution: NaN if ``within`` <= noise^2, else inf."""
     return torch.where(within > noise * noise, torch.full_like(within, math.inf),
@@ -359,7 +374,8 @@ def _nc1_of_product(x: Tensor, stats: ClassStats) -> Tensor:
     mbar = stats.means_centred
     value = (x * x).sum((-2, -1)) * stats.within_scale**2
     tr_b = (mbar * mbar).sum((-2, -1)) / stats.K
-    return torch.where(tr_b > 0, value, _over_zero_spread(stats.within_energy, stats.mean_noise))
+    nc1 = torch.where(tr_b > 0, value, _over_zero_spread(stats.within_energy, stats.mean_noise))
+    return _where_finite(nc1, tr_b, stats.within_energy)
 
 
 def _nc1_delta_rel(dtype: torch.dtype) -> float:
@@ -372,7 +388,8 @@ def nc1_trace_from_stats(stats: ClassStats) -> Tensor:
     mbar = stats.means_centred
     tr_b = (mbar * mbar).sum((-2, -1)) / stats.K
     within = stats.within_energy
-    return torch.where(tr_b > 0, within / tr_b, _over_zero_spread(within, stats.mean_noise))
+    ratio = torch.where(tr_b > 0, within / tr_b, _over_zero_spread(within, stats.mean_noise))
+    return _where_finite(ratio, tr_b, within)
 
 
 # Above this many R K^2 p terms the pair distances come from a float64 Gram: the difference
@@ -412,7 +429,7 @@ def cdnv_of_pairs(class_var: Tensor, dist2: Tensor, noise: Tensor) -> Tensor:
     iu = torch.triu_indices(k, k, offset=1, device=class_var.device)
     num, dist2 = num[..., iu[0], iu[1]], dist2[..., iu[0], iu[1]]
     ratio = torch.where(dist2 > 0, num / dist2, _over_zero_spread(num, noise.unsqueeze(-1)))
-    return ratio.mean(-1)
+    return _where_finite(ratio, num, dist2).mean(-1)
 
 
 def _stats_metrics(stats: ClassStats, weights: Tensor | None) -> dict[str, Tensor]:
@@ -498,7 +515,7 @@ def _etf_distance(x: Tensor) -> Tensor:
 
     x is scaled to unit Frobenius norm first, so G does not over- or underflow (x^4)."""
     K = x.shape[-2]
-    x = x / torch.linalg.vector_norm(x, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
+    x = x / _finite_norm(x, (-2, -1))
     g = x @ x.transpose(-1, -2)
     g = g / torch.linalg.vector_norm(g, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
     eye = torch.eye(K, dtype=x.dtype, device=x.device)
@@ -591,8 +608,15 @@ def nc2_equinorm_w(weights: Tensor) -> Tensor:
     return _equinorm(weights)
 
 
+def _finite_norm(x: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+    """|x| over ``dim`` (kept), NaN where it overflowed to inf (x / inf would read as 0)."""
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+    return torch.where(torch.isinf(norm), torch.full_like(norm, math.nan), norm)
+
+
 def _unit_rows(x: Tensor) -> Tensor:
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    """Rows of x (..., K, p) scaled to unit length; NaN rows where a norm overflowed."""
+    return x / _finite_norm(x, -1)
 
 
 def nc2_angle(means_centred: Tensor) -> Tensor:
@@ -632,9 +656,7 @@ def nc3(weights: Tensor, means_centred: Tensor) -> Tensor:
     """
     _check_blocks(weights=weights, means_centred=means_centred)
     wc = _centre_classes(weights)
-    a = wc / torch.linalg.vector_norm(wc, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
-    nm = torch.linalg.vector_norm(means_centred, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
-    d = a - means_centred / nm
+    d = wc / _finite_norm(wc, (-2, -1)) - means_centred / _finite_norm(means_centred, (-2, -1))
     return (d * d).sum((-2, -1))
 
 
@@ -655,8 +677,9 @@ def nc3_paper(weights: Tensor, means_centred: Tensor) -> Tensor:
     return 1.0 - cos.mean(-1)
 
 
-def _ncc_mismatch(features: Tensor, logits: Tensor, means: Tensor) -> Tensor:
-    """(R, N) bool: argmax of the logits differs from the nearest class mean.
+def _ncc_mismatch(features: Tensor, logits: Tensor, means: Tensor) -> tuple[Tensor, Tensor]:
+    """(R, N) bool: argmax of the logits differs from the nearest class mean; and (R,) bool:
+    the run's logits and distances are all finite (:func:`_all_finite`).
 
     Distances are expanded about the first class mean, so a large common offset of the
     features costs no precision: argmin_c |m_c|^2 - 2 h' . m_c with h' = h - ref, m = mu - ref.
@@ -670,7 +693,23 @@ def _ncc_mismatch(features: Tensor, logits: Tensor, means: Tensor) -> Tensor:
     mc = means - ref
     score = (mc * mc).sum(-1).unsqueeze(-2) - 2.0 * matmul(hc, mc.transpose(-1, -2))  # (R, N, K)
     # max/min's indices are argmax/argmin's (the first of ties, NaN first), ~30% faster on the CPU
-    return logits.max(-1).indices != score.min(-1).indices
+    return logits.max(-1).indices != score.min(-1).indices, _all_finite(logits, score)
+
+
+def _all_finite(*blocks: Tensor) -> Tensor:
+    """(R,) bool: every entry of each (R, N, K) block is finite (logits or distances that
+    overflowed decide no argmax)."""
+    finite = torch.ones(blocks[0].shape[0], dtype=torch.bool, device=blocks[0].device)
+    for block in blocks:
+        finite = finite & torch.isfinite(block).flatten(1).all(-1)
+    return finite
+
+
+def _mismatch_fraction(mismatch: Tensor, finite: Tensor, dtype: torch.dtype) -> Tensor:
+    """(R,) nc4 from the (R, N) mismatches; NaN for a run whose logits or distances are not
+    all finite."""
+    fraction = mismatch.to(dtype).mean(-1)
+    return torch.where(finite, fraction, torch.full_like(fraction, math.nan))
 
 
 def nc4(features: Tensor, weights: Tensor, bias: Tensor | None, means: Tensor) -> Tensor:
@@ -707,7 +746,7 @@ def nc4(features: Tensor, weights: Tensor, bias: Tensor | None, means: Tensor) -
     logits = matmul(features, weights.transpose(-1, -2))
     if bias is not None:
         logits = logits + bias.unsqueeze(-2)
-    return _ncc_mismatch(features, logits, means).to(features.dtype).mean(-1)
+    return _mismatch_fraction(*_ncc_mismatch(features, logits, means), features.dtype)
 
 
 def cdnv(features: Tensor, labels: Tensor, K: int) -> Tensor:
@@ -802,7 +841,8 @@ def _sample_metrics(stats: ClassStats, labels: Tensor, weights: Tensor,
         mean_logits = mean_logits + bias.unsqueeze(-2)
     logits = x_weights + mean_logits.index_select(-2, labels)
     mismatch = logits.max(-1).indices != score.min(-1).indices
-    return _nc1_of_product(x_pinv, stats), mismatch.to(centred.dtype).mean(-1)
+    nc4 = _mismatch_fraction(mismatch, _all_finite(logits, score), centred.dtype)
+    return _nc1_of_product(x_pinv, stats), nc4
 
 
 def nc_metrics_from_stats(stats: ClassStats, features: Tensor, weights: Tensor,
@@ -856,6 +896,7 @@ class StreamingNC:
         self._largest_entry = torch.zeros((), **f64)
         self._nc4_means: Tensor | None = None
         self._nc4_mismatch = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._nc4_finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._nc4_count = 0
 
     @property
@@ -915,6 +956,7 @@ class StreamingNC:
         self._check_classes_present()
         self._nc4_means = self._means.clone()
         self._nc4_mismatch.zero_()
+        self._nc4_finite.fill_(True)
         self._nc4_count = 0
 
     def update_nc4(self, features: Tensor, logits: Tensor) -> None:
@@ -929,8 +971,10 @@ class StreamingNC:
         x = self._batch(features)
         self._check_logits(logits, x.shape[0])
         z = logits.to(device=self.device, dtype=torch.float64)
-        mism = _ncc_mismatch(x.unsqueeze(0), z.unsqueeze(0), self._nc4_means.unsqueeze(0))
+        mism, finite = _ncc_mismatch(x.unsqueeze(0), z.unsqueeze(0),
+                                     self._nc4_means.unsqueeze(0))
         self._nc4_mismatch += mism.sum()
+        self._nc4_finite &= finite[0]
         self._nc4_count += x.shape[0]
 
     def _check_classes_present(self) -> None:
@@ -1010,7 +1054,9 @@ class StreamingNC:
             require(self._nc4_count == seen,
                     f"the NC4 pass saw {self._nc4_count} samples and pass 1 {seen}: NC4 is over "
                     "the samples of the class means; feed every batch to both passes")
-            out["nc4"] = (self._nc4_mismatch.to(torch.float64) / self._nc4_count).reshape(1)
+            fraction = self._nc4_mismatch.to(torch.float64).reshape(1) / self._nc4_count
+            out["nc4"] = torch.where(self._nc4_finite, fraction,  # NaN: a batch not finite
+                                     torch.full_like(fraction, math.nan))
         return {k: float(out[k][0]) for k in METRIC_NAMES if k in out}
 
 

@@ -504,7 +504,9 @@ def test_nc4_takes_the_first_of_tied_classes_as_argmax_and_argmin_do():
     expected = logits.argmax(-1) != score.argmin(-1)
     assert (score == score.min(-1, keepdim=True).values).sum(-1).gt(1).any()  # ties occur
     assert (logits == logits.amax(-1, keepdim=True)).sum(-1).gt(1).any()
-    assert torch.equal(_ncc_mismatch(feats, logits, means), expected)
+    mismatch, finite = _ncc_mismatch(feats, logits, means)
+    assert torch.equal(mismatch, expected)
+    assert finite.tolist() == [False, True, True]  # the NaN logit of run 0
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8,
