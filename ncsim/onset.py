@@ -88,8 +88,10 @@ def _interp_time(
     if frac in (0.0, 1.0):  # on a record: its time exactly (exp(log t) need not be t)
         return t0 if frac == 0.0 else t1
     if t0 > 0:
-        return math.exp(math.log(t0) + frac * (math.log(t1) - math.log(t0)))
-    return t0 + frac * (t1 - t0)
+        when = math.exp(math.log(t0) + frac * (math.log(t1) - math.log(t0)))
+    else:
+        when = t0 + frac * (t1 - t0)
+    return min(max(when, t0), t1)  # exp(log t0 + a few ulps) may round below t0
 
 
 def _fraction(a: float, b: float, c: float) -> float:
@@ -191,6 +193,18 @@ def _onset(times: np.ndarray, values: np.ndarray, threshold: float, stay: int,
     return when, int(rows[idx])
 
 
+def _onset_rows(times: np.ndarray, values: np.ndarray, threshold: float, stay: int,
+                interpolate: bool) -> tuple[float, int | None, int | None]:
+    """:func:`_onset` and the index of the record before the crossing one among the kept
+    records (None without an onset, at the first kept record or without interpolation)."""
+    when, row = _onset(times, values, threshold, stay, interpolate)
+    if row is None or not interpolate:
+        return when, row, None
+    times, values = _float_series("times", times), _float_series("values", values)
+    before = np.flatnonzero(_kept(times, values, keep_inf=True)[:row])
+    return when, row, (int(before[-1]) if before.size else None)
+
+
 def onset_and_fn(
     times: np.ndarray,
     values: np.ndarray,
@@ -203,15 +217,16 @@ def onset_and_fn(
 
     times, values : as for :func:`onset_time`; fn : (T,) fn at the same records (NaN = gap).
 
-    fn at onset is fn at the onset time (:func:`value_at`), except when the onset is a
-    record's own time: then it is that record's fn. The difference shows at two records with
-    one time (the two sides of an intervention that rescales the features): the onset is at
-    the record whose metric crossed, and fn at onset is that record's, not the first one's;
-    where that record has no fn, the nearest finite records give it as :func:`value_at` does,
-    without the records before the crossing one at the same time.
+    fn at onset is fn at the onset time (:func:`value_at`), except when the onset is the
+    own time of the record whose metric crossed, or of the record that starts the crossing
+    segment (the metric there exactly at the threshold): then it is that record's fn. The
+    difference shows at two records with one time (the two sides of an intervention that
+    rescales the features): fn at onset is the crossing side's, not the first record's;
+    where the crossing record has no fn, the nearest finite records give it as
+    :func:`value_at` does, without the records before the crossing one at the same time.
     """
     fn = _float_series("fn", fn)
-    when, row = _onset(times, values, threshold, stay, interpolate)
+    when, row, prev = _onset_rows(times, values, threshold, stay, interpolate)
     if fn.shape != np.shape(times):  # checked with or without an onset
         raise InputError(f"fn must have one value per record: {fn.shape} against "
                          f"{np.shape(times)} times")
@@ -219,7 +234,8 @@ def onset_and_fn(
         return math.nan, math.nan
     t = np.asarray(times, dtype=np.float64)
     when = float(when)
-    return when, _fn_at_onset(t, fn, np.isfinite(t) & np.isfinite(fn), when, row, interpolate)
+    return when, _fn_at_onset(t, fn, np.isfinite(t) & np.isfinite(fn), when, row, prev,
+                              interpolate)
 
 
 def onsets_and_fn(
@@ -258,13 +274,15 @@ def onsets_and_fn(
     fn_kept = timed & np.isfinite(fn)
     for i in np.flatnonzero(rank >= 0):
         row = int(column[i, rank[i]])
+        prev = None
         if not interpolate or rank[i] == 0:
             when[i] = times[row]
         else:
             prev = int(column[i, rank[i] - 1])
             when[i] = _interp_time(times[prev], times[row], values[i, prev], values[i, row],
                                    threshold, log_value=True)
-        fn_on[i] = _fn_at_onset(times, fn[i], fn_kept[i], float(when[i]), row, interpolate)
+        fn_on[i] = _fn_at_onset(times, fn[i], fn_kept[i], float(when[i]), row, prev,
+                                interpolate)
     return when, fn_on
 
 
@@ -289,9 +307,13 @@ def _first_run_below(kept: np.ndarray, below: np.ndarray, stay: int
 
 
 def _fn_at_onset(times: np.ndarray, fn: np.ndarray, fn_kept: np.ndarray, when: float, row: int,
-                 interpolate: bool) -> float:
-    """fn at an onset at ``when`` whose crossing record is ``row`` (:func:`onset_and_fn`'s
-    rule); ``fn_kept`` marks the records with a finite time and a finite fn."""
+                 prev: int | None, interpolate: bool) -> float:
+    """fn at an onset at ``when`` whose crossing record is ``row`` and whose crossing segment
+    starts at record ``prev`` (None: no segment) (:func:`onset_and_fn`'s rule); ``fn_kept``
+    marks the records with a finite time and a finite fn."""
+    if (prev is not None and when == float(times[prev]) and when != float(times[row])
+            and math.isfinite(fn[prev])):
+        return float(fn[prev])  # at the segment's start: its record, not one before a jump
     if when != float(times[row]):
         if fn_kept.all():  # no gap: the records as they are (no copy)
             return _value_at_finite(times, fn, when, interpolate)
