@@ -102,7 +102,10 @@ def lambda_b_crit_mean_mode(K: Array, n: Array, lambda_w: Array, lambda_h: Array
     """
     K, n, lw, lh = broadcast(K, n, lambda_w, lambda_h)
     xp = namespace(K)
-    q = K * xp.sqrt(n * lw * lh)
+    product = n * lw * lh
+    # a product below the normal floats (decays ~1e-160) has lost digits: its factors' roots
+    split = K * xp.sqrt(n) * xp.sqrt(lw) * xp.sqrt(lh)
+    q = xp.where(product >= 2.2250738585072014e-308, K * xp.sqrt(product), split)
     return xp.where(q < 1, q / xp.where(q < 1, 1 - q, 1.0), xp.full_like(q, float("inf")))
 
 
