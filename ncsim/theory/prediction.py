@@ -244,7 +244,8 @@ _SLOW_HORIZON = 1e10  # longest default search with lambda_H = 0 (flow time)
 def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, a: float,
             grid: np.ndarray, lb: float = 0.0) -> _ModeCurves:
     """The mode ODE from the growing eigen-direction of the init, solved on ``grid`` (G,)
-    (starting at t = 0) by LSODA in one call (the solver interpolates at the grid times).
+    (starting at t = 0) by LSODA in one call (the solver interpolates at the grid times), or
+    by BDF where LSODA fails or is too costly (:func:`_solve_on_grid`).
 
     The mean label mode: for MSE without bias an ordinary mode (the centred solution); with a
     free bias, and for CE, undriven (it decays at lambda_H); with a regularised bias its own
