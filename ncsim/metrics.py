@@ -79,7 +79,7 @@ Degenerate values (IEEE conventions, no clamping, never an exception):
 - Magnitudes whose squares overflow the dtype (|h| or |w| past ~1.8e19 in float32, ~1.3e154
   in float64): the norms and energies formed from them are inf, and every scale-free metric
   that divides by one of them is NaN (a ratio finite / inf would read as an exact collapse);
-  nc4 is NaN where a run's logits or mean distances are not all finite. fn,
+  nc4 is NaN where a sample's largest logit or smallest mean distance is not finite. fn,
   class_mean_norm, within_energy and w_norm are then inf.
 - A class without samples has undefined mean. Inputs on the CPU are checked (labels in range,
   every class present) and raise :class:`~ncsim.errors.InputError`; on other devices that check
@@ -91,6 +91,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -679,7 +680,7 @@ def nc3_paper(weights: Tensor, means_centred: Tensor) -> Tensor:
 
 def _ncc_mismatch(features: Tensor, logits: Tensor, means: Tensor) -> tuple[Tensor, Tensor]:
     """(R, N) bool: argmax of the logits differs from the nearest class mean; and (R,) bool:
-    the run's logits and distances are all finite (:func:`_all_finite`).
+    the run's decisions are made on finite numbers (:func:`_decided`).
 
     Distances are expanded about the first class mean, so a large common offset of the
     features costs no precision: argmin_c |m_c|^2 - 2 h' . m_c with h' = h - ref, m = mu - ref.
@@ -693,16 +694,16 @@ def _ncc_mismatch(features: Tensor, logits: Tensor, means: Tensor) -> tuple[Tens
     mc = means - ref
     score = (mc * mc).sum(-1).unsqueeze(-2) - 2.0 * matmul(hc, mc.transpose(-1, -2))  # (R, N, K)
     # max/min's indices are argmax/argmin's (the first of ties, NaN first), ~30% faster on the CPU
-    return logits.max(-1).indices != score.min(-1).indices, _all_finite(logits, score)
+    return _decided(logits.max(-1), score.min(-1))
 
 
-def _all_finite(*blocks: Tensor) -> Tensor:
-    """(R,) bool: every entry of each (R, N, K) block is finite (logits or distances that
-    overflowed decide no argmax)."""
-    finite = torch.ones(blocks[0].shape[0], dtype=torch.bool, device=blocks[0].device)
-    for block in blocks:
-        finite = finite & torch.isfinite(block).flatten(1).all(-1)
-    return finite
+def _decided(top: Any, nearest: Any) -> tuple[Tensor, Tensor]:
+    """(R, N) mismatches of the argmax of the logits and the nearest mean, from their
+    ``max(-1)`` / ``min(-1)`` results, and (R,) bool: every deciding value (largest logit,
+    smallest distance) is finite. A logit or distance that overflowed to inf, or a NaN,
+    decides no argmax; an inf that decides nothing (a far mean) does not count."""
+    finite = (torch.isfinite(top.values) & torch.isfinite(nearest.values)).all(-1)
+    return top.indices != nearest.indices, finite
 
 
 def _mismatch_fraction(mismatch: Tensor, finite: Tensor, dtype: torch.dtype) -> Tensor:
@@ -840,8 +841,7 @@ def _sample_metrics(stats: ClassStats, labels: Tensor, weights: Tensor,
     if bias is not None:
         mean_logits = mean_logits + bias.unsqueeze(-2)
     logits = x_weights + mean_logits.index_select(-2, labels)
-    mismatch = logits.max(-1).indices != score.min(-1).indices
-    nc4 = _mismatch_fraction(mismatch, _all_finite(logits, score), centred.dtype)
+    nc4 = _mismatch_fraction(*_decided(logits.max(-1), score.min(-1)), centred.dtype)
     return _nc1_of_product(x_pinv, stats), nc4
 
 
