@@ -108,15 +108,26 @@ def test_float32_seed_column_reads_as_the_integer_seed():
     assert out["seed"].tolist() == [0, 0]
 
 
-def test_epochs_logged_in_both_phases_keep_phase_one_first(tmp_path):
-    """Epochs 0..9 logged in phase 1 then again in phase 2 sort by epoch, phase 1 first."""
+def test_epochs_logged_again_in_phase_two_are_refused(tmp_path):
+    """Epochs 0..9 logged in phase 1 then again in phase 2: the epochs restart at a phase,
+    which would interleave the phases in time (the final record a phase-1 one): refused."""
     rows = [f"{e},1,{0.5 + e},2.0" for e in range(10)]
     rows += [f"{e},2,{0.25 + e},3.0" for e in range(10)]
     path = _write(tmp_path, "both_s0.csv", "epoch,phase,nc1,feat_norm\n" + "\n".join(rows) + "\n")
+    with pytest.raises(InputError, match="phase 1 has epochs up to 9 but a later phase starts "
+                                         "at 0"):
+        read_log(path)
+
+
+def test_the_epoch_shared_by_two_phases_sorts_phase_one_first(tmp_path):
+    """Phase 1 ends and phase 2 starts at epoch 9 (rows written phase 2 first): sorted by
+    epoch, then phase."""
+    rows = [f"{e},1,{0.5 + e},2.0" for e in range(10)] + ["9,2,0.25,3.0", "10,2,0.125,3.0"]
+    rows = rows[:9] + [rows[10], rows[9], rows[11]]
+    path = _write(tmp_path, "both_s0.csv", "epoch,phase,nc1,feat_norm\n" + "\n".join(rows) + "\n")
     out = read_log(path)
-    assert out["time"].tolist() == [float(e) for e in range(10) for _ in range(2)]
-    assert out["phase"].tolist() == [1, 2] * 10
-    assert out["nc1_trace"].tolist() == [v for e in range(10) for v in (0.5 + e, 0.25 + e)]
+    assert out["time"].tolist() == [float(e) for e in range(10)] + [9.0, 10.0]
+    assert out["phase"].tolist() == [1] * 10 + [2, 2]
 
 
 def test_epoch_logs_of_no_paths_is_empty():

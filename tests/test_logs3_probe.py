@@ -197,13 +197,12 @@ def test_a_file_name_with_dots_keeps_them_in_its_run_id(tmp_path, name, run_id):
 
 
 # ----------------------------------------------------------------------------- folders of files
-def test_a_header_with_a_spaced_epoch_is_no_log_consistently(tmp_path):
-    """``' epoch'`` (a space before it) is no ``epoch`` column: split_logs calls the file
-    another table, as read_log refuses it for lacking epoch and time."""
+def test_a_header_with_a_spaced_epoch_is_a_log_consistently(tmp_path):
+    """``' epoch'`` (a space before it) is the ``epoch`` column, for split_logs (a log) as for
+    read_log (header names are read without their surrounding spaces)."""
     path = write(tmp_path / "run.csv", " epoch,nc1,feat_norm\n0,1.0,1.0\n")
-    assert logs.split_logs([path]) == ([], [path])
-    assert refusal(path).endswith("has neither an 'epoch' (paper schema) nor a 'time' column "
-                                  "(ncsim schema)")
+    assert logs.split_logs([path]) == ([path], [])
+    assert logs.read_log(path)["time"].tolist() == [0.0]
 
 
 def test_epoch_logs_skips_a_summary_given_before_a_log(tmp_path):

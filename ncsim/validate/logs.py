@@ -143,8 +143,12 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise InputError(f"cannot read log {path}: {str(err).splitlines()[0]}; a log is a CSV "
                          "file or a Parquet file (.parquet)") from None
     # a header ending in commas names blank columns (pandas' "Unnamed: i"): nothing to keep
-    return frame.drop(columns=[c for c in frame.columns
-                               if str(c).startswith("Unnamed: ") and frame[c].isna().all()])
+    frame = frame.drop(columns=[c for c in frame.columns
+                                if str(c).startswith("Unnamed: ") and frame[c].isna().all()])
+    # " phase" is the phase column (a header written with spaces after its commas)
+    frame.columns = [c.strip() if isinstance(c, str) else c for c in frame.columns]
+    _check_unique_header(path, [str(c) for c in frame.columns])
+    return frame
 
 
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -380,10 +384,13 @@ def _paper_names(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def _check_column_pairs(frame: pd.DataFrame, run_id: str) -> None:
-    """Refuse two paper columns for one trajectory column (``train`` and ``train_acc``) that
-    differ: which one is the accuracy would be a guess (equal copies are read as one)."""
+    """Refuse two columns for one trajectory column that differ (``train`` and ``train_acc``,
+    or ``feat_norm`` and an extra ``fn``): which one is the value would be a guess, and the
+    column order would decide it (equal copies are read as one)."""
     for target in dict.fromkeys(PAPER_COLUMNS.values()):  # in the table's order
         given = [k for k, v in PAPER_COLUMNS.items() if v == target and k in frame.columns]
+        if given and target in frame.columns and target not in PAPER_COLUMNS:
+            given.append(target)  # e.g. an extra fn column beside feat_norm
         if len(given) > 1 and not all(_same_values(frame[given[0]], frame[k])
                                       for k in given[1:]):
             raise InputError(f"log {run_id} has columns {' and '.join(given)}, which both name "
@@ -396,8 +403,11 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     Refused (:class:`InputError`): text where a number belongs, a record without an epoch, a
     negative nc1 or feat_norm, a phase other than 1 or 2 (text labels included), a phase
     blank on some records only, two different records for one epoch and phase (identical
-    copies count once), two columns for one value that differ (``train`` and ``train_acc``),
-    and condition or seed columns with more than one value (one file is one run).
+    copies count once), two columns for one value that differ (``train`` and ``train_acc``,
+    ``feat_norm`` and an extra ``fn``), epochs that restart at a later phase (they keep
+    counting across phases), and condition or seed columns with more than one value (one
+    file is one run). Records are sorted by epoch, then phase; header names are read without
+    surrounding spaces.
     """
     missing = [c for c in PAPER_REQUIRED if c not in frame.columns]
     if missing:
@@ -429,10 +439,11 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     out.insert(2, "time_unit", "epoch")
     if "phase" not in out.columns:
         out.insert(3, "phase", pd.NA)
-    out = _check_records(out, run_id, _paper_names(frame), PAPER_PHASES)
+    names = _paper_names(frame)
+    out = _check_records(out, run_id, names, PAPER_PHASES)
     for key, value in labels.items():
         out[key] = value
-    return out.sort_values("time", kind="stable").reset_index(drop=True)
+    return _in_time_order(out, run_id, names, ["time", "phase"])
 
 
 def _plain_label(value: Any) -> Any:
@@ -491,7 +502,7 @@ def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
     every record needs an id (a blank one is an :class:`InputError`, never dropped). Missing
     model / dataset / condition / seed come from :func:`_default_labels`. Records are checked
     as a paper log's are (:func:`from_paper`), except that a phase may be any whole number
-    >= 0 (0: a simulation).
+    >= 0 (0: a simulation); a run whose label columns hold more than one value is refused.
     """
     missing = [c for c in NCSIM_REQUIRED if c not in frame.columns]
     if missing:
@@ -508,11 +519,47 @@ def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
     if "phase" not in out.columns:
         out["phase"] = pd.NA
     out = _check_records(out, default_id, NCSIM_NAMES, None)
+    _check_one_label_per_run(out, default_id)
     defaults = _default_labels(out, default_id, own_ids)
     for key in LABELS:
         if key not in out.columns:
             out[key] = defaults[key]
-    return out.sort_values(["run_id", "time"], kind="stable").reset_index(drop=True)
+    return _in_time_order(out, default_id, NCSIM_NAMES, ["run_id", "time", "phase"])
+
+
+def _check_one_label_per_run(out: pd.DataFrame, log: str) -> None:
+    """Refuse a run whose model, dataset, condition or seed column holds more than one value
+    (its records would be read under the first one's labels)."""
+    for key in (k for k in LABELS if k in out.columns):
+        counts = out.groupby("run_id", sort=False)[key].nunique(dropna=True)
+        if (counts > 1).any():
+            run_id = counts.index[int(np.flatnonzero(counts.to_numpy() > 1)[0])]
+            values = out.loc[out["run_id"] == run_id, key].dropna().unique()
+            raise InputError(f"{_where(log, run_id)} has {len(values)} values in its {key} "
+                             f"column ({listed(values, 3)}); one run has one {key}: give each "
+                             f"its own run_id")
+
+
+def _in_time_order(out: pd.DataFrame, log: str, names: dict[str, str],
+                   keys: list[str]) -> pd.DataFrame:
+    """``out`` sorted by ``keys`` (time, then phase: two records at one time are the end of a
+    phase and the start of the next, whatever the file's row order), after refusing a run
+    whose times restart at a later phase (a phase whose records lie before an earlier phase's
+    last one would be read interleaved with it)."""
+    phased = out.dropna(subset=["phase"])
+    if not phased.empty:
+        span = phased.groupby(["run_id", "phase"], sort=True)["time"].agg(["min", "max"])
+        for run_id, part in span.groupby(level=0, sort=False):
+            later = part["min"].iloc[::-1].cummin().iloc[::-1].shift(-1)  # phases after each
+            bad = np.flatnonzero((part["max"] > later).to_numpy())
+            if bad.size:
+                first = part.index[bad[0]][1]
+                raise InputError(
+                    f"{_where(log, run_id)}: phase {first} has {names['time']}s up to "
+                    f"{part['max'].iloc[bad[0]]:g} but a later phase starts at "
+                    f"{later.iloc[bad[0]]:g}; the {names['time']}s restart at a phase: number "
+                    f"them on across the phases (a paper log's epochs keep counting)")
+    return out.sort_values(keys, kind="stable", na_position="last").reset_index(drop=True)
 
 
 def read_log(path: str | Path) -> pd.DataFrame:
@@ -545,7 +592,8 @@ def is_epoch_log(path: str | Path) -> bool:
             columns = list(pd.read_csv(path, nrows=0).columns)
     except (ValueError, OSError, pd.errors.ParserError, ImportError):
         return True
-    return "epoch" in columns or "time" in columns
+    names = {str(c).strip() for c in columns}  # as read_log reads the header
+    return "epoch" in names or "time" in names
 
 
 def split_logs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
@@ -587,10 +635,10 @@ def read_logs(paths: list[str | Path] | str | Path) -> pd.DataFrame:
         raise InputError(f"log(s) without records: {', '.join(empty)}; a log needs at least one "
                          "row below its header")
     table = pd.concat(parts, ignore_index=True)
-    holders: dict[object, list[str]] = {}
+    holders: dict[str, list[str]] = {}
     for path, part in zip(paths, parts, strict=True):
-        for rid in part["run_id"].unique():
-            holders.setdefault(rid, []).append(str(path))
+        for rid in part["run_id"].unique():  # 1 and "1" print alike: one id
+            holders.setdefault(str(rid), []).append(str(path))
     dup = sorted((rid for rid, files in holders.items() if len(files) > 1), key=str)
     if dup:
         where = "; ".join(f"{rid} in {', '.join(holders[rid])}" for rid in dup)
