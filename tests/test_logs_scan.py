@@ -412,3 +412,48 @@ def test_ncsim_log_with_two_labels_in_one_run_is_refused(tmp_path):
     path.write_text("run_id,time,fn,nc1_trace,condition,seed\na,1,3,0.5,x,0\na,2,1,0.001,y,1\n")
     with pytest.raises(InputError, match="condition"):
         read_log(path)
+
+
+def _loso_by_run(runs: pd.DataFrame, fit: str) -> dict:
+    """Leave-one-seed-out thresholds the plain way: one fit per run on the runs of the other
+    known seeds plus that run with fn* blanked (the reference)."""
+    from ncsim.validate.analysis import fit_thresholds
+
+    out = {}
+    for _, run in runs.iterrows():
+        others = runs[runs["seed"].astype("string") != str(run["seed"])]  # <NA> rows drop out
+        table = pd.concat([others, run.to_frame().T.assign(fn_star=math.nan)])
+        out[run["run"]] = fit_thresholds(table, fit).get(run["run"], math.nan)
+    return out
+
+
+@pytest.mark.parametrize("fit", ["mean", "power"])
+def test_leave_one_seed_out_fits_once_per_seed_with_the_per_run_values(fit, monkeypatch):
+    """_loso_thresholds gives the per-run reference's values bit for bit (unknown seeds
+    included) with one fit per distinct seed, not one per run."""
+    from ncsim.validate import analysis
+
+    real = analysis.fit_thresholds
+    calls: list[int] = []
+
+    def counted(table, f):
+        calls.append(1)
+        return real(table, f)
+
+    rng = np.random.default_rng(5)
+    for _ in range(8):
+        n = 14
+        runs = pd.DataFrame({
+            "run": [f"r{i}" for i in range(n)], "model": "mlp", "dataset": "mnist",
+            "condition": rng.choice(["width16", "width32", "width64"], size=n),
+            "seed": pd.array(rng.choice([0, 1, 2, None], size=n).tolist(), dtype="Int64"),
+            "fn_star": np.where(rng.random(n) < 0.2, np.nan, rng.random(n) * 10)})
+        want = _loso_by_run(runs, fit)
+        calls.clear()
+        monkeypatch.setattr(analysis, "fit_thresholds", counted)
+        got = analysis._loso_thresholds(runs, fit)
+        monkeypatch.setattr(analysis, "fit_thresholds", real)
+        assert len(calls) == runs["seed"].astype("string").nunique(dropna=False)
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert (math.isnan(value) and math.isnan(got[key])) or got[key] == value, key
