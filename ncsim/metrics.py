@@ -473,7 +473,12 @@ def feature_norm(features: Tensor) -> Tensor:
     Tensor
         (R,) in feature units.
     """
-    return torch.linalg.vector_norm(features, dim=-1).mean(-1)
+    if features.dtype == torch.float64:
+        return torch.linalg.vector_norm(features, dim=-1).mean(-1)
+    # lower precision: squares accumulated in float64, so that features of 1e-24 (squares
+    # below float32's range) or 1e20 (above it) keep their norm instead of 0 or inf
+    wide = torch.linalg.vector_norm(features, dim=-1, dtype=torch.float64).mean(-1)
+    return wide.to(features.dtype)
 
 
 def nc1(features: Tensor, labels: Tensor, K: int, global_mean: str = "sample") -> Tensor:

@@ -171,6 +171,9 @@ class ModelSpec:
                 f"per_class gives {len(counts)} class counts but K = {self.classes}")
         require(is_integer(self.dim) and self.dim >= 1,
                 f"dim d must be an integer >= 1, got {self.dim!r}")
+        require(self.dim < 2**53, f"dim d must be below 2^53 (where whole numbers stop being "
+                                  f"exact floats; the Gram form's cost does not grow with d), "
+                                  f"got {self.dim!r}")
         require(is_integer(self.depth) and self.depth >= 1,
                 f"depth must be an integer >= 1, got {self.depth!r}")
         require(self.kind == "deep" or self.depth == 1, "model 'ufm' has depth 1")

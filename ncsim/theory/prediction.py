@@ -220,8 +220,8 @@ def _solve_on_grid(rhs: Callable[[float, np.ndarray], list[float]], y0: list[flo
             raise _OverBudget
         return rhs(t, y)
 
-    try:
-        with warnings.catch_warnings():  # a failure is raised below, not printed
+    try:  # a failure is raised below, not printed; an overflowing state fails that way too
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
             warnings.simplefilter("ignore", ODEintWarning)
             states, info = odeint(budgeted, y0, grid, rtol=_RTOL, atol=atol, tfirst=True,
                                   mxstep=100_000, full_output=True)
