@@ -225,25 +225,16 @@ def test_float32_fn_of_tiny_deep_features_does_not_underflow_to_zero():
     assert rows["float32"]["status"] == rows["float64"]["status"]
 
 
-def test_huge_init_scale_gives_no_runtime_warning():
-    """Init scale 1e140: the run is 'diverged' with no overflow RuntimeWarning."""
+@pytest.mark.parametrize("theory", [True, False])
+def test_huge_init_scale_is_diverged_without_a_runtime_warning(theory):
+    """Init scale 1e140: the run is 'diverged' at t = 0 with no overflow RuntimeWarning, with
+    the theory columns (whose mode ODE overflowed with a warning) or without them."""
     spec = RunSpec(model=ModelSpec(loss="mse", classes=2, per_class=1, dim=2),
                    reg=Regularization(1e-3, 1e-3), init=InitSpec(scale=1e140),
                    solver=SolverSpec(t_end=1.0, records=3))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        row = simulate(spec).runs.iloc[0]
-    assert row["status"] == "diverged"
-
-
-def test_huge_init_scale_without_theory_is_diverged_silently():
-    """Init scale 1e140 with theory=False: 'diverged' at t = 0, no RuntimeWarning."""
-    spec = RunSpec(model=ModelSpec(loss="mse", classes=2, per_class=1, dim=2),
-                   reg=Regularization(1e-3, 1e-3), init=InitSpec(scale=1e140),
-                   solver=SolverSpec(t_end=1.0, records=3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        row = simulate(spec, theory=False).runs.iloc[0]
+        row = simulate(spec, theory=theory).runs.iloc[0]
     assert row["status"] == "diverged" and row["t_final"] == 0.0
 
 
