@@ -78,7 +78,8 @@ def _measured(log: pd.DataFrame, threshold: float, factor: float = 1.0
     t0 = float(before["flow_time"].iloc[-1]) if len(before) else 0.0
     curve = phase2.assign(t=(phase2["flow_time"].to_numpy(np.float64) - t0) * factor)
     t = curve["t"].to_numpy(np.float64)
-    if is_vanishing(log["fn"].to_numpy(np.float64), VANISH_TOL):  # no collapse, as in analyze
+    in_time = log.sort_values("time", kind="stable")  # the final fn is the latest record's
+    if is_vanishing(in_time["fn"].to_numpy(np.float64), VANISH_TOL):  # no collapse, as analyze
         return curve, math.nan, math.nan
     onset, fn_on = onset_and_fn(t, curve["nc1_trace"].to_numpy(np.float64),
                                 curve["fn"].to_numpy(np.float64), threshold, interpolate=False)
@@ -191,9 +192,9 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
     counts = np.bincount(data.y_train.cpu().numpy(), minlength=K)
     if per_class is None:
         per_class = int(min(20, counts.min()))
-    require(1 <= per_class <= counts.min(),
+    require(is_integer(per_class) and 1 <= per_class <= counts.min(),
             f"--per-class must lie in [1, {counts.min()}] (the smallest class of the run's "
-            f"training set), got {per_class}")
+            f"training set) and be an integer, got {per_class!r}")
     start = sg.network_state(model0, data, per_class, seed)
     final = start
     if model_final is not None:

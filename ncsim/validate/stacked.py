@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -57,6 +58,9 @@ def check_seeds(config: TrainConfig, seeds: Sequence[int]) -> list[int]:
     """Validate ``config`` for a training of several ``seeds`` (what stacking supports, on
     every device, so that a run that works on the CPU works on a GPU); returns the seeds."""
     config.validate()
+    require(not isinstance(seeds, (str, bytes)) and np.iterable(seeds),
+            f"seeds must be a list of integers (several seeds), got {seeds!r}; for one seed "
+            "give [seed]")
     seeds = list(seeds)
     require(all(is_integer(s) and 0 <= s < TRAIN_SEED_LIMIT for s in seeds),
             f"seeds must be integers in [0, 2^31), got {seeds!r}")

@@ -194,6 +194,12 @@ def calibrate_response(state: SurrogateState, v_data: np.ndarray, v_decay: np.nd
     """
     H, W, b = state.H, state.W, state.b
     K, N = W.shape[0], H.shape[1]
+    require(state.per_class * K == N,
+            f"the state's H has {N} samples but per_class x K = {state.per_class} x {K}; "
+            "give the state network_state built")
+    require(np.shape(v_data) == H.shape and np.shape(v_decay) == H.shape,
+            f"the feature velocities must have H's shape {H.shape}, got {np.shape(v_data)} "
+            f"and {np.shape(v_decay)}")
     onehot = np.repeat(np.eye(K), state.per_class, axis=1)
     grad_h = W.T @ (W @ H + b[:, None] - onehot) / N
     vd, vw = v_data / time_factor_, v_decay / time_factor_
