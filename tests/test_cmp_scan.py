@@ -182,3 +182,20 @@ def test_a_single_int_seeds_argument_is_an_input_error():
     for seeds in (5, None, "12"):
         with pytest.raises(InputError, match="seeds must be a list of integers"):
             check_seeds(_config(), seeds)
+
+
+def test_compare_names_the_horizon_when_t_end_overflows(tiny_net, tmp_path):
+    """horizon 1e308 x the MSE phase's duration overflows: the refusal names the horizon."""
+    with pytest.raises(InputError, match=r"horizon 1e\+308 x the MSE phase's duration .* "
+                                         r"overflows the surrogate's t_end"):
+        compare_run(_run(tiny_net, tmp_path), **{**QUICK, "horizon": 1e308})
+
+
+def test_compare_names_a_blank_flow_time_at_the_phase_change(tiny_net, tmp_path):
+    """A blank flow_time on the last phase-1 record makes every measured time NaN: refused as
+    such, not as a zero-duration phase."""
+    log = _log()
+    last_phase1 = log.index[log["phase"] == 1][-1]
+    log.loc[last_phase1, "flow_time"] = float("nan")
+    with pytest.raises(InputError, match="no finite flow_time"):
+        compare_run(_run(tiny_net, tmp_path, log), **QUICK)

@@ -224,10 +224,16 @@ def compare_run(run_dir: str | Path, per_class: int | None = None, threshold: fl
         log = log[log["run_id"] == config["run_id"]]
     curve, onset_net, fn_net = _measured(log, threshold, step_factor)
     duration = float(curve["t"].max())
+    require(math.isfinite(duration), "the MSE phase of the log has no finite flow_time (a "
+            "blank flow_time on the records around the phase change?); give the log "
+            "'ncsim validate train' wrote")
     require(duration > 0, "the MSE phase of the log has zero duration (lr = 0?)")
     t_end = horizon * duration * factor
     if rate > 0:
         t_end = max(t_end, wd_horizon / (2.0 * rate))
+    require(math.isfinite(t_end), f"horizon {horizon:g} x the MSE phase's duration "
+            f"({duration:g}) or wd_horizon {wd_horizon:g} overflows the surrogate's t_end; "
+            "give a smaller horizon")
     spec = sg.surrogate_spec(start, lam_w, cal.lambda_h, t_end, threshold, max_steps=max_steps,
                              eta_h=cal.eta_h)
     from ncsim.flow import simulate
