@@ -712,8 +712,8 @@ def _decided(top: Any, nearest: Any) -> tuple[Tensor, Tensor]:
 
 
 def _mismatch_fraction(mismatch: Tensor, finite: Tensor, dtype: torch.dtype) -> Tensor:
-    """(R,) nc4 from the (R, N) mismatches; NaN for a run whose logits or distances are not
-    all finite."""
+    """(R,) nc4 from the (R, N) mismatches; NaN for a run whose deciding values are not all
+    finite (``finite`` (R,), :func:`_decided`)."""
     fraction = mismatch.to(dtype).mean(-1)
     return torch.where(finite, fraction, torch.full_like(fraction, math.nan))
 
