@@ -199,3 +199,14 @@ def test_compare_names_a_blank_flow_time_at_the_phase_change(tiny_net, tmp_path)
     log.loc[last_phase1, "flow_time"] = float("nan")
     with pytest.raises(InputError, match="no finite flow_time"):
         compare_run(_run(tiny_net, tmp_path, log), **QUICK)
+
+
+def test_compare_refuses_a_phase_two_flow_time_below_the_phase_one_end(tiny_net, tmp_path):
+    """A flow_time that restarts at the MSE phase (below the cross-entropy phase's end) gives
+    negative measured times: refused, naming the phase change."""
+    log = _log()
+    phase2 = log["phase"] == 2
+    log.loc[phase2, "flow_time"] = log.loc[phase2, "flow_time"] - 1e3
+    with pytest.raises(InputError, match="flow_time falls below the end of the cross-entropy "
+                                         "phase"):
+        compare_run(_run(tiny_net, tmp_path, log), **QUICK)

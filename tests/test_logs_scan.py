@@ -457,3 +457,13 @@ def test_leave_one_seed_out_fits_once_per_seed_with_the_per_run_values(fit, monk
         assert got.keys() == want.keys()
         for key, value in want.items():
             assert (math.isnan(value) and math.isnan(got[key])) or got[key] == value, key
+
+
+def test_a_paper_log_with_a_wall_clock_time_column_says_why_it_is_refused(tmp_path):
+    """epoch, nc1, feat_norm and a 'time' column: read as an ncsim log (it has time), and the
+    refusal says that the time column made it one."""
+    path = tmp_path / "clock_s0.csv"
+    path.write_text("epoch,time,nc1,feat_norm\n1,12.5,0.5,3\n2,25.0,0.005,2\n")
+    with pytest.raises(InputError, match=r"lacks column\(s\) fn, nc1_trace; .* it has an "
+                                         r"'epoch' column too: .* drop or rename that column"):
+        read_log(path)

@@ -78,6 +78,9 @@ def _measured(log: pd.DataFrame, threshold: float, factor: float = 1.0
     t0 = float(before["flow_time"].iloc[-1]) if len(before) else 0.0
     curve = phase2.assign(t=(phase2["flow_time"].to_numpy(np.float64) - t0) * factor)
     t = curve["t"].to_numpy(np.float64)
+    require(not bool(np.any(t < 0)), f"the MSE phase's flow_time falls below the end of the "
+            f"cross-entropy phase ({t0:g}) on {int(np.sum(t < 0))} record(s): flow_time must "
+            "keep counting across the phases; give the log 'ncsim validate train' wrote")
     in_time = log.sort_values("time", kind="stable")  # the final fn is the latest record's
     if is_vanishing(in_time["fn"].to_numpy(np.float64), VANISH_TOL):  # no collapse, as analyze
         return curve, math.nan, math.nan

@@ -506,8 +506,11 @@ def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
     """
     missing = [c for c in NCSIM_REQUIRED if c not in frame.columns]
     if missing:
+        paper = ("; it has an 'epoch' column too: a paper log (epoch, nc1, feat_norm) is read "
+                 "as an ncsim log when it also has a 'time' column (a wall clock?): drop or "
+                 "rename that column" if "epoch" in frame.columns else "")
         raise InputError(f"log {default_id} lacks column(s) {', '.join(missing)}; an ncsim log "
-                         "needs time, fn and nc1_trace")
+                         f"needs time, fn and nc1_trace{paper}")
     out = frame.copy()
     own_ids = "run_id" in out.columns
     if own_ids:
