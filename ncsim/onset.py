@@ -179,30 +179,20 @@ def _float_series(name: str, series: object) -> np.ndarray:
 
 
 def _onset(times: np.ndarray, values: np.ndarray, threshold: float, stay: int,
-           interpolate: bool) -> tuple[float, int | None]:
-    """Onset time (NaN if none) and the index in ``times`` of the record that crossed."""
+           interpolate: bool) -> tuple[float, int | None, int | None]:
+    """Onset time (NaN if none), the index in ``times`` of the record that crossed, and the
+    index of the kept record before it, which starts the crossing segment (None without an
+    onset, at the first kept record or without interpolation)."""
     times, values = _float_series("times", times), _float_series("values", values)
     rows = np.flatnonzero(_kept(times, values, keep_inf=True))
     t, v = times[rows], values[rows]
     idx = crossing_index(v, threshold, stay)
     if idx is None:
-        return math.nan, None
+        return math.nan, None, None
     if not interpolate or idx == 0:
-        return float(t[idx]), int(rows[idx])
+        return float(t[idx]), int(rows[idx]), None
     when = _interp_time(t[idx - 1], t[idx], v[idx - 1], v[idx], threshold, log_value=True)
-    return when, int(rows[idx])
-
-
-def _onset_rows(times: np.ndarray, values: np.ndarray, threshold: float, stay: int,
-                interpolate: bool) -> tuple[float, int | None, int | None]:
-    """:func:`_onset` and the index of the record before the crossing one among the kept
-    records (None without an onset, at the first kept record or without interpolation)."""
-    when, row = _onset(times, values, threshold, stay, interpolate)
-    if row is None or not interpolate:
-        return when, row, None
-    times, values = _float_series("times", times), _float_series("values", values)
-    before = np.flatnonzero(_kept(times, values, keep_inf=True)[:row])
-    return when, row, (int(before[-1]) if before.size else None)
+    return when, int(rows[idx]), int(rows[idx - 1])
 
 
 def onset_and_fn(
@@ -226,7 +216,7 @@ def onset_and_fn(
     :func:`value_at` does, without the records before the crossing one at the same time.
     """
     fn = _float_series("fn", fn)
-    when, row, prev = _onset_rows(times, values, threshold, stay, interpolate)
+    when, row, prev = _onset(times, values, threshold, stay, interpolate)
     if fn.shape != np.shape(times):  # checked with or without an onset
         raise InputError(f"fn must have one value per record: {fn.shape} against "
                          f"{np.shape(times)} times")
