@@ -45,6 +45,8 @@ from ncsim.errors import is_finite_number, is_integer, require
 from ncsim.theory import dynamics
 from ncsim.theory.equilibrium import equilibrium
 
+_RTOL, _ATOL = 1e-10, 1e-14  # of the mode ODE (_ATOL: for states of size 1, see _mode_atol)
+
 
 @dataclass(frozen=True)
 class OnsetPrediction:
@@ -122,7 +124,7 @@ class _ModeCurves:
     states: np.ndarray
     energies: Energies
     samples: int
-    atol: np.ndarray | float = 1e-14  # absolute tolerances of the state (_mode_atol)
+    atol: np.ndarray | float = _ATOL  # absolute tolerances of the state (_mode_atol)
 
     def nc1(self, t: np.ndarray, states: np.ndarray) -> np.ndarray:
         between, within, _ = self.energies(t, states)
@@ -185,7 +187,6 @@ def _first_crossing_interval(side: np.ndarray) -> int | None:
     return int(idx[0]) if idx.size else None
 
 
-_RTOL, _ATOL = 1e-10, 1e-14  # of the mode ODE (_ATOL: for states of size 1, see _mode_atol)
 _LSODA_BUDGET = 200_000  # right-hand sides; past it the grid solve goes to BDF
 
 

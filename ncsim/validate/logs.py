@@ -441,9 +441,10 @@ def from_paper(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
         out.insert(3, "phase", pd.NA)
     names = _paper_names(frame)
     out = _check_records(out, run_id, names, PAPER_PHASES)
+    _check_phase_order(out, run_id, names)
     for key, value in labels.items():
         out[key] = value
-    return _in_time_order(out, run_id, names, ["time", "phase"])
+    return _in_time_order(out, ["time", "phase"])
 
 
 def _plain_label(value: Any) -> Any:
@@ -522,12 +523,13 @@ def from_ncsim(frame: pd.DataFrame, default_id: str) -> pd.DataFrame:
     if "phase" not in out.columns:
         out["phase"] = pd.NA
     out = _check_records(out, default_id, NCSIM_NAMES, None)
+    _check_phase_order(out, default_id, NCSIM_NAMES)
     _check_one_label_per_run(out, default_id)
     defaults = _default_labels(out, default_id, own_ids)
     for key in LABELS:
         if key not in out.columns:
             out[key] = defaults[key]
-    return _in_time_order(out, default_id, NCSIM_NAMES, ["run_id", "time", "phase"])
+    return _in_time_order(out, ["run_id", "time", "phase"])
 
 
 def _check_one_label_per_run(out: pd.DataFrame, log: str) -> None:
@@ -543,25 +545,29 @@ def _check_one_label_per_run(out: pd.DataFrame, log: str) -> None:
                              f"its own run_id")
 
 
-def _in_time_order(out: pd.DataFrame, log: str, names: dict[str, str],
-                   keys: list[str]) -> pd.DataFrame:
-    """``out`` sorted by ``keys`` (time, then phase: two records at one time are the end of a
-    phase and the start of the next, whatever the file's row order), after refusing a run
-    whose times restart at a later phase (a phase whose records lie before an earlier phase's
-    last one would be read interleaved with it)."""
+def _check_phase_order(out: pd.DataFrame, log: str, names: dict[str, str]) -> None:
+    """Refuse a run whose times restart at a later phase: a phase whose records lie before an
+    earlier phase's last one would be read interleaved with it (one shared time, the end of a
+    phase and the start of the next, is allowed)."""
     phased = out.dropna(subset=["phase"])
-    if not phased.empty:
-        span = phased.groupby(["run_id", "phase"], sort=True)["time"].agg(["min", "max"])
-        for run_id, part in span.groupby(level=0, sort=False):
-            later = part["min"].iloc[::-1].cummin().iloc[::-1].shift(-1)  # phases after each
-            bad = np.flatnonzero((part["max"] > later).to_numpy())
-            if bad.size:
-                first = part.index[bad[0]][1]
-                raise InputError(
-                    f"{_where(log, run_id)}: phase {first} has {names['time']}s up to "
-                    f"{part['max'].iloc[bad[0]]:g} but a later phase starts at "
-                    f"{later.iloc[bad[0]]:g}; the {names['time']}s restart at a phase: number "
-                    f"them on across the phases (a paper log's epochs keep counting)")
+    if phased.empty:
+        return
+    span = phased.groupby(["run_id", "phase"], sort=True)["time"].agg(["min", "max"])
+    for run_id, part in span.groupby(level=0, sort=False):
+        later = part["min"].iloc[::-1].cummin().iloc[::-1].shift(-1)  # phases after each
+        bad = np.flatnonzero((part["max"] > later).to_numpy())
+        if bad.size:
+            first = part.index[bad[0]][1]
+            raise InputError(
+                f"{_where(log, run_id)}: phase {first} has {names['time']}s up to "
+                f"{part['max'].iloc[bad[0]]:g} but a later phase starts at "
+                f"{later.iloc[bad[0]]:g}; the {names['time']}s restart at a phase: number "
+                f"them on across the phases (a paper log's epochs keep counting)")
+
+
+def _in_time_order(out: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``out`` sorted by ``keys`` (time, then phase: two records at one time are the end of a
+    phase and the start of the next, whatever the file's row order)."""
     return out.sort_values(keys, kind="stable", na_position="last").reset_index(drop=True)
 
 
