@@ -24,6 +24,7 @@ truncated file is an :class:`~ncsim.errors.InputError` naming it.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import zlib
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ class Dataset:
 # ----------------------------------------------------------------------------- file readers
 #: the first two bytes of every gzip stream (RFC 1952)
 GZIP_MAGIC = b"\x1f\x8b"
+#: the most dimensions a numpy array has (IDX headers allow 255)
+NUMPY_MAX_DIMS = 64
+#: the largest float32 value
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: the largest gaussian mixture separation (its inputs are float32: at most 3.4e38 in size)
+SEPARATION_MAX = 1e30
+#: how many missing classes an error message names
+MISSING_SHOWN = 10
 
 
 def _read_bytes(path: Path, hint: str) -> bytes:
@@ -114,12 +123,14 @@ def read_idx(path: str | Path, hint: str = "") -> np.ndarray:
     kinds = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     require(data[2] in kinds, f"{path}: unknown IDX element type {data[2]:#x}{tail}")
     ndim = data[3]
+    require(ndim <= NUMPY_MAX_DIMS, f"{path}: the IDX header declares {ndim} dimensions; "
+            f"numpy arrays hold at most {NUMPY_MAX_DIMS}{tail}")
     start = 4 + 4 * ndim
     require(len(data) >= start, f"{path}: IDX header is truncated ({ndim} dimensions need "
             f"{start} header bytes, the file has {len(data)}){tail}")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(kinds[data[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: no wrap past 2^64
     require(len(data) - start >= expected, f"{path}: IDX file is truncated{tail}")
     require(len(data) - start == expected, f"{path}: IDX file holds more data than its header's "
             f"shape {shape} ({len(data) - start} data bytes for {expected}){tail}")
@@ -142,6 +153,19 @@ def _require_nonnegative_labels(labels: np.ndarray, source: object, hint: str) -
             f"integers >= 0; {hint}")
 
 
+def _require_float32_range(images: np.ndarray, source: object, hint: str) -> None:
+    """Float images read from ``source``: an :class:`InputError` naming it when a value is NaN,
+    infinite or beyond float32's range (the inputs are float32 tensors)."""
+    if images.dtype.kind != "f" or images.size == 0:
+        return
+    finite = bool(np.isfinite(images).all())
+    largest = float(np.abs(images).max()) if finite else math.inf
+    require(finite and largest <= FLOAT32_MAX,
+            f"{source} holds images with " + ("NaN or infinite values" if not finite else
+                                               f"values up to {largest:.3g}")
+            + f", which float32 inputs cannot hold (at most {FLOAT32_MAX:.3g} in size); {hint}")
+
+
 def _read_idx_split(root: Path, provider: str) -> tuple[np.ndarray, ...]:
     if not root.is_dir():
         raise InputError(f"dataset folder {root} does not exist; {provider}")
@@ -158,6 +182,7 @@ def _read_idx_split(root: Path, provider: str) -> tuple[np.ndarray, ...]:
         require(labels.dtype.kind in "iu", f"{label_path} holds {labels.dtype} values, not "
                 f"integer class labels; {provider}")
         _require_nonnegative_labels(labels, label_path, provider)
+        _require_float32_range(images, image_path, provider)
         require(images.shape[0] == labels.shape[0],
                 f"{root}: {split}-images holds {images.shape[0]} images but {split}-labels "
                 f"holds {labels.shape[0]} labels; use image and label files of the same set")
@@ -245,8 +270,9 @@ def _gaussian(classes: int, dim: int, per_class: int, separation: float, seed: i
     require(is_integer(classes) and classes >= 2,
             f"gaussian: classes must be an integer >= 2, got {classes!r}")
     require(is_integer(dim) and dim >= 1, f"gaussian: dim must be an integer >= 1, got {dim!r}")
-    require(is_finite_number(separation) and separation > 0,
-            f"gaussian: separation must be a finite number > 0, got {separation!r}")
+    require(is_finite_number(separation) and 0 < separation <= SEPARATION_MAX,
+            f"gaussian: separation must be a number in (0, {SEPARATION_MAX:.0e}] (the inputs are "
+            f"float32), got {separation!r}")
     gen = np.random.default_rng(seed)
     means = gen.standard_normal((classes, dim))
     means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
@@ -310,6 +336,8 @@ def balanced_subset(y: np.ndarray, per_class: int | None, seed: int, name: str =
     if per_class is None:
         return np.arange(y.size)
     require_count(per_class, name)
+    require(y.size > 0, f"{where + ': ' if where else ''}there are no samples to take "
+            f"{name} = {per_class} per class from; drop {name} or use a set with samples")
     counts = {c: int(np.count_nonzero(y == c)) for c in classes}
     short = [c for c in classes if counts[c] < per_class]
     if short:
@@ -331,11 +359,18 @@ def _require_every_class_trained(y_train: np.ndarray, classes: int, name: str) -
     The NC metrics need a mean of every class, and a class without training samples gives its
     classifier row nothing to learn.
     """
-    missing = sorted(set(range(classes)) - {int(c) for c in np.unique(y_train)})
-    require(not missing,
-            f"{name} training set has no sample of class {', '.join(map(str, missing))} "
-            f"(K = {classes}: 1 + the largest label of either split); every class 0..K-1 needs "
-            "training samples for the NC metrics: number the classes 0..K-1 without gaps")
+    present = np.unique(y_train)  # a subset of 0..K-1: K - present.size classes are missing
+    n_missing = classes - present.size
+    if n_missing == 0:
+        return
+    candidates = np.arange(min(classes, present.size + MISSING_SHOWN))
+    first = np.setdiff1d(candidates, present)[:MISSING_SHOWN]
+    shown = ", ".join(map(str, first.tolist()))
+    more = f" and {n_missing - first.size} more" if n_missing > first.size else ""
+    raise InputError(f"{name} training set has no sample of class {shown}{more} (K = {classes}: "
+                     "1 + the largest label of either split); every class 0..K-1 needs "
+                     "training samples for the NC metrics: number the classes 0..K-1 without "
+                     "gaps")
 
 
 def load_dataset(
@@ -395,6 +430,8 @@ def load_dataset(
                            f"{name} training set")
     keep_te = balanced_subset(y_te, test_per_class, seed + 1, "test_per_class",
                               f"{name} test set")
+    require(keep.size > 0, f"the {name} training set has no samples; training needs at least "
+            "one sample of every class")
     x_tr = torch.as_tensor(np.asarray(x_tr[keep], dtype=np.float32))
     x_te = torch.as_tensor(np.asarray(x_te[keep_te], dtype=np.float32))
     if normalize:
@@ -402,7 +439,7 @@ def load_dataset(
         mean = x_tr.mean(dim=axes, keepdim=True)
         std = x_tr.std(dim=axes, keepdim=True).clamp_min(1e-8)
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-    k = int(max(y_tr.max(), y_te.max())) + 1
+    k = int(max(y_tr.max(), y_te.max() if y_te.size else 0)) + 1
     _require_every_class_trained(y_tr, k, name)
     return Dataset(name, x_tr.contiguous(), torch.as_tensor(y_tr[keep]),
                    x_te.contiguous(), torch.as_tensor(y_te[keep_te]), k)

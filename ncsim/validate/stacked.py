@@ -42,6 +42,7 @@ from ncsim.validate.train import (
     make_optimizer,
     make_scheduler,
     nc_record,
+    require_trainable,
 )
 
 
@@ -97,6 +98,7 @@ def train_stacked(config: TrainConfig, data: Dataset, seeds: Sequence[int],
 
     seeds = check_seeds(config, seeds)
     config = config.for_train_size(int(data.x_train.shape[0]))
+    require_trainable(config, data)
     device = torch.device(config.device)
     data = data.to(device)
     configs = [dataclasses.replace(config, seed=s, run_id=f"{config.run_id}_s{s}")

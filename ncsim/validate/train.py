@@ -72,6 +72,10 @@ TRAIN_SEED_LIMIT = 2**31
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 PRESETS = ("mlp", "resnet20", "cpu-small")
+# The largest learning rate a schedule may reach and the largest weight decay: torch's
+# optimisers convert them to float32 (at most 3.4e38), and Adam scales the learning rate by up
+# to 1 / (1 - beta1) = 10 on its first step (1e38 already overflows there).
+OPTIMIZER_VALUE_MAX = 1e30
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,20 @@ class Phase:
         require(is_finite_number(self.momentum) and 0 <= self.momentum < 1,
                 f"momentum must be in [0, 1), got {self.momentum!r} "
                 "(the flow time lr x steps / (1 - momentum) needs momentum < 1)")
+        require(self.weight_decay <= OPTIMIZER_VALUE_MAX,
+                f"weight decay must be at most {OPTIMIZER_VALUE_MAX:.0e} (torch's optimisers "
+                f"hold it as float32), got {self.weight_decay!r}")
+        require(self._log10_peak_lr() <= math.log10(OPTIMIZER_VALUE_MAX),
+                f"the learning rate (lr, times gamma at each step milestone when gamma > 1) "
+                f"reaches 10^{self._log10_peak_lr():.3g} in this phase; it must stay at most "
+                f"{OPTIMIZER_VALUE_MAX:.0e} (torch's optimisers hold it as float32)")
+
+    def _log10_peak_lr(self) -> float:
+        """log10 of the largest learning rate the schedule can reach (-inf for lr 0)."""
+        if self.lr == 0:
+            return -math.inf
+        steps = len(self.milestones) if self.schedule == "step" else 0
+        return math.log10(self.lr) + steps * max(0.0, math.log10(self.gamma))
 
 
 @dataclass(frozen=True)
@@ -515,14 +533,22 @@ def nc_record(model: nn.Module, data: Dataset, loss_kind: str, batch: int = 4096
     weight, bias = classifier_arrays(model)
     row = {k: float(v) for k, v in acc.compute(weight, bias).items()}
     row["loss"] = float(loss_fn(logits.float(), data.y_train, loss_kind))
-    row["accuracy"] = float((logits.argmax(1) == data.y_train).double().mean())
+    row["accuracy"] = accuracy(logits, data.y_train)
     row["test_accuracy"] = math.nan
     if test and data.x_test.shape[0]:
         _, test_logits = extract(model, data.x_test, batch)
-        row["test_accuracy"] = float((test_logits.argmax(1) == data.y_test).double().mean())
+        row["test_accuracy"] = accuracy(test_logits, data.y_test)
     row["weight_norm"] = float(torch.sqrt(sum((p.detach().double() ** 2).sum()
                                               for p in model.parameters())))
     return row
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows of ``logits`` (N, K) whose largest entry is at ``labels`` (N,); NaN when a
+    logit is NaN (a diverged network predicts nothing: torch's argmax of a NaN row is arbitrary)."""
+    if bool(torch.isnan(logits).any()):
+        return math.nan
+    return float((logits.argmax(1) == labels).double().mean())
 
 
 def log_row(config: TrainConfig, epoch: int, phase_no: int, phase: Phase, steps: int,
@@ -601,6 +627,7 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
         raise InputError(f"train takes a Dataset as data, got {type(data).__name__}; load one "
                          "with ncsim.validate.data.load_dataset(name)")
     config = config.validate().for_train_size(int(data.x_train.shape[0]))
+    require_trainable(config, data)
     if seeds is not None:
         from ncsim.validate.stacked import check_seeds, train_stacked
 
@@ -674,6 +701,39 @@ def train(config: TrainConfig, data: Dataset, progress: bool = False,
                                                     phase_no, config, data, steps, flow_time))
     bar.close()
     return TrainResult(pd.DataFrame(rows), model, config, checkpoints, fn_before)
+
+
+def _resnet_last_stage_size(input_shape: tuple[int, ...]) -> int:
+    """Positions per channel of ResNet-20's last stage for inputs (C, *spatial): each of the
+    two stride-2 stages maps a side s to ceil(s / 2); 28x28 images are padded to 32x32."""
+    sides = list(input_shape[1:])
+    if sides == [28, 28]:
+        sides = [32, 32]
+    return math.prod(math.ceil(math.ceil(side / 2) / 2) for side in sides)
+
+
+def require_trainable(config: TrainConfig, data: Dataset) -> None:
+    """Refuse data on which a training cannot run or its NC metrics mean nothing.
+
+    One sample per class makes the within-class spread 0 at every record (NC1 = 0 without
+    training, a fake onset). ResNet-20's BatchNorm needs more than one value per channel in a
+    training batch: with a last stage of one position (sides <= 4), a batch of one sample fails.
+    """
+    counts = torch.bincount(data.y_train.cpu(), minlength=data.classes)
+    require(int(counts.max()) >= 2,
+            "every class has at most one training sample, so the within-class spread is 0 at "
+            "every record (NC1 = 0 without any training) and no onset can be measured; use at "
+            "least 2 samples per class")
+    n = int(data.x_train.shape[0])
+    if config.arch != "resnet20" or _resnet_last_stage_size(data.input_shape) > 1:
+        return
+    for number, phase in enumerate(config.phases, start=1):
+        b = phase.batch_size
+        require(b != 1 and n % b != 1,
+                f"phase {number}: a batch size of {b} on {n} samples leaves a batch of one "
+                f"sample, and ResNet-20 on inputs of shape {data.input_shape} has a last stage "
+                "of one position, where BatchNorm needs more than one value per channel; pick "
+                "a batch size b with b > 1 and n mod b != 1, or inputs of side >= 5")
 
 
 @torch.no_grad()
