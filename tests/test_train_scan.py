@@ -357,3 +357,32 @@ def test_a_schedule_growing_past_float32_is_refused_before_training():
         grow.validate()
     Phase("ce", 4, "sgd", 1e30, 0.0, schedule="step", milestones=(1, 2), gamma=1e-6).validate()
     Phase("ce", 4, "sgd", 1e20, 0.0, schedule="cosine", milestones=(1, 2), gamma=1e6).validate()
+
+
+def test_a_run_that_diverges_to_nan_is_summarised_diverged():
+    """MSE at lr 100 ends with a NaN loss: status diverged, final_fn the last finite fn."""
+    log = train(TrainConfig(depth=2, width=8, nc_every=1,
+                            phases=_one_phase("mse", lr=100.0, epochs=2)), _gauss()).log
+    assert math.isnan(log["loss"].iloc[-1])
+    out = summarize(log)
+    finite_fn = log["fn"][np.isfinite(log["fn"])]
+    assert out["status"] == "diverged"
+    assert out["final_fn"] == float(finite_fn.iloc[-1])
+
+
+@pytest.mark.parametrize("loss, fn, status", [
+    ([1.0, 0.5, math.nan], [1.0, 1.0, math.nan], "diverged"),
+    ([1.0, 0.5, math.inf], [1.0, 1.0, 1.0], "diverged"),
+    ([1.0, 0.5, 0.2], [1.0, 1.0, math.inf], "diverged"),
+    ([math.nan, math.nan, math.nan], [1.0, 1.0, 1.0], "not_collapsed"),
+    ([1.0, 0.5, 0.2], [1.0, 1.0, math.nan], "not_collapsed"),
+])
+def test_divergence_is_read_from_the_last_loss_after_finite_ones_or_an_infinite_fn(
+        loss, fn, status):
+    """A blank loss column or a blank last fn decides nothing; a NaN loss after finite ones or
+    an infinite fn is a divergence."""
+    import pandas as pd
+
+    log = pd.DataFrame({"run_id": "r", "time": [0.0, 1.0, 2.0], "phase": 1, "loss": loss,
+                        "fn": fn, "nc1_trace": [1.0, 0.5, 0.4], "accuracy": 1.0})
+    assert summarize(log)["status"] == status

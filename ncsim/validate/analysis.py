@@ -19,7 +19,9 @@ Rules
   NaN): its scale-free NC1 may still fall while every feature norm goes to 0, which is no
   collapse (README.md, section "What ncsim computes", item Onset). It is left out of the group
   fn* and onset statistics and of the lead-time fit. Status of the other runs: ``collapsed``
-  or ``not_collapsed``.
+  or ``not_collapsed``; ``diverged`` (before both, as in the simulator) when the last record's
+  fn is infinite or its ``loss`` NaN or infinite after finite losses (:func:`ended_diverged`):
+  an onset measured before the divergence is kept, ``final_fn`` is the last finite fn.
 - Run ids: every record needs one; a record without a run id is an error (never dropped).
 - Group statistics (per model, dataset, condition): mean, sample std (ddof = 1), CV = std / mean
   and the 95% Student-t interval mean +- t_{0.975, n-1} std / sqrt(n), over the collapsed runs
@@ -41,8 +43,9 @@ Run table columns (:func:`run_table`)
 ``run, model, dataset, condition, seed``; ``onset_epoch`` (log time of the onset; NaN when none)
 and ``fn_star``; ``min_metric`` (the smallest finite metric over the whole log, every phase) and
 ``min_metric_searched`` (the smallest over the records the onset is searched in: phase 2 under
-the ``rupa2026`` rule when the log has it, else the whole log; ``status`` is ``collapsed``
-exactly when some searched record, ``stay`` in a row, is below the threshold, so a
+the ``rupa2026`` rule when the log has it, else the whole log; unless ``diverged``,
+``status`` is ``collapsed`` exactly when some searched record, ``stay`` in a row, is below
+the threshold, so a
 ``not_collapsed`` run has ``min_metric_searched`` >= ``threshold`` when ``stay`` = 1, while
 ``min_metric`` may be lower from the cross-entropy phase); ``final_metric``, ``final_fn``,
 ``last_epoch``; ``status``; ``threshold`` (the threshold that run was scored at);
@@ -151,11 +154,27 @@ def _search_part(part: pd.DataFrame, rule: OnsetRule) -> pd.DataFrame:
     return part[in_phase] if in_phase.any() else part
 
 
-def run_status(onset: float, vanishing: bool) -> str:
-    """``vanishing`` (whatever the metric does), else ``collapsed`` or ``not_collapsed``."""
+def run_status(onset: float, vanishing: bool, diverged: bool = False) -> str:
+    """``diverged`` (as the simulator, whatever came before), ``vanishing`` (whatever the metric
+    does), else ``collapsed`` or ``not_collapsed``."""
+    if diverged:
+        return "diverged"
     if vanishing:
         return "vanishing"
     return "collapsed" if math.isfinite(onset) else "not_collapsed"
+
+
+def ended_diverged(part: pd.DataFrame) -> bool:
+    """Whether a run's records (in time order) end diverged: the last record's fn is infinite,
+    or its ``loss`` is NaN or infinite in a log whose ``loss`` column holds finite numbers
+    before (a blank loss column, or a log without one, decides nothing)."""
+    last_fn = pd.to_numeric(part["fn"].iloc[-1:], errors="coerce").to_numpy(np.float64)
+    if np.isinf(last_fn).any():
+        return True
+    if "loss" not in part.columns:
+        return False
+    loss = pd.to_numeric(part["loss"], errors="coerce").to_numpy(np.float64)
+    return bool(np.isfinite(loss[:-1]).any() and not np.isfinite(loss[-1]))
 
 
 def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
@@ -207,7 +226,7 @@ def run_onset(part: pd.DataFrame, rule: OnsetRule) -> dict[str, float | str]:
         "final_metric": float(finite[-1]) if finite.size else math.nan,
         "final_fn": float(fn_all[-1]) if fn_all.size else math.nan,
         "last_epoch": float(part["time"].max()),
-        "status": run_status(when, vanishing),
+        "status": run_status(when, vanishing, ended_diverged(part)),
     }
 
 

@@ -768,8 +768,9 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 def summarize(log: pd.DataFrame, threshold: float = 0.01, metric: str = "nc1_trace"
               ) -> dict[str, float | str]:
     """Onset epoch (the paper's rule: first phase-2 record below ``threshold``), fn* and the
-    run's ``status`` (``collapsed``, ``not_collapsed``, or ``vanishing`` with no onset and fn*
-    when fn vanishes: :func:`ncsim.validate.analysis.run_onset`).
+    run's ``status`` (``collapsed``, ``not_collapsed``, ``vanishing`` with no onset and fn*
+    when fn vanishes, or ``diverged`` when the last record's loss is NaN or infinite:
+    :func:`ncsim.validate.analysis.run_onset`).
 
     ``log`` is one run's training log as :func:`train` writes it, its rows in any order (read
     in time order: ``final_accuracy`` is the last record's); :class:`InputError` when it
