@@ -375,8 +375,8 @@ def test_critical_table_rejects_bad_model():
     for args, message in ((("ce", "none", 1, 2, 2), "classes K must be an integer >= 2, got 1"),
                           (("mse", "none", 3, 0, 1), "samples per class n must be an integer "
                            ">= 1, got 0"),
-                          (("ce", "none", 3, 2, 2, -1.0), "ratio lambda_H / lambda_W must be "
-                           "> 0, got -1.0")):
+                          (("ce", "none", 3, 2, 2, -1.0), "ratio lambda_H / lambda_W must be a "
+                           "finite number > 0, got -1.0")):
         with pytest.raises(InputError, match=f"^{message}$"):
             critical.critical_table(*args)
 

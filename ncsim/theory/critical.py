@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ncsim.errors import InputError, is_integer, require
+from ncsim.errors import InputError, is_finite_number, is_integer, require
 from ncsim.theory import modes
 from ncsim.theory._backend import Array, bisect, broadcast, namespace
 from ncsim.theory.equilibrium import (
@@ -198,14 +198,20 @@ def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Ar
     return bisect(psi_minus_lam, lo, hi)
 
 
+def _whole(value: object) -> bool:
+    """Whether ``value`` is an integer or a finite float with an integer value (4.0)."""
+    return is_integer(value) or (is_finite_number(value) and float(value).is_integer())
+
+
 def critical_table(loss: str, bias: str, K: int, n: int, depth: int, ratio: float = 1.0
                    ) -> dict[str, float]:
     """Scalars for reports: lambda_crit, Lambda_crit and, for a deep model, the amplitude
     sigma_jump of the collapsed state at Lambda_crit (deep MSE: closed form; deep CE: the
     ray solution just below Lambda_crit, at Lambda_crit (1 - 1e-9))."""
-    require(int(K) == K and K >= 2, f"classes K must be an integer >= 2, got {K}")
-    require(int(n) == n and n >= 1, f"samples per class n must be an integer >= 1, got {n}")
-    require(ratio > 0, f"ratio lambda_H / lambda_W must be > 0, got {ratio}")
+    require(_whole(K) and K >= 2, f"classes K must be an integer >= 2, got {K!r}")
+    require(_whole(n) and n >= 1, f"samples per class n must be an integer >= 1, got {n!r}")
+    require(is_finite_number(ratio) and ratio > 0,
+            f"ratio lambda_H / lambda_W must be a finite number > 0, got {ratio!r}")
     lc = float(lambda_crit(loss, bias, K, n, depth, ratio))
     out = {"lambda_crit": lc, "Lambda_crit": float(Lambda_crit(loss, K, n, depth))}
     if depth >= 2 and loss == "mse":

@@ -110,7 +110,8 @@ def check_classes(K: Array, n: Array) -> None:
     (float arrays from :func:`broadcast_inputs`)."""
     xp = namespace(K, n)
     for v, name, low in ((K, "classes K", 2), (n, "samples per class n", 1)):
-        bad = ~(v >= low) | (v % 1 != 0)
+        bad = ~(v >= low) | ~xp.isfinite(v)
+        bad = bad | (xp.where(bad, xp.full_like(v, 0.0), v) % 1 != 0)  # inf % 1 would warn
         if xp.any(bad):
             raise InputError(f"{name} must be an integer >= {low}, got {_first_bad(v, bad)}")
 

@@ -63,6 +63,9 @@ def deep_mse_expression(name: str):
 # most 9.4e-16 relative. The window it opens below Lambda_crit is below 1e-12 relative in
 # Lambda (every one of those points is collapsed at (1 - 1e-12) lambda_crit).
 CE_TIE = 1e-13
+# One-layer CE ray: below this Lambda sqrt(n), 1 / (Lambda sqrt n) nears float64's overflow
+# (5.6e-309) and sigma takes its far form -sqrt(n) log(Lambda sqrt n).
+CE_FAR = 1e-300
 
 
 def mse_objective(sigma: Array, K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> Array:
@@ -146,7 +149,12 @@ def ce_ray(K: Array, n: Array, Lam: Array, M: int) -> ModeSolution:
         live = Lam < 1 / (K * xp.sqrt(n))  # the expression of Lambda_crit (see mse_mode)
         with_lam = Lam > 0
         safe = xp.where(with_lam & live, Lam, 1 / (2 * K * xp.sqrt(n)))
-        sig = _ce_sigma2()(K, n, safe)
+        # sigma = sqrt(n) log(1 / (Lambda sqrt n) - K + 1); where 1 / (Lambda sqrt n) would
+        # overflow, (K - 1) Lambda sqrt n is below 1e-270 and sigma = -sqrt(n) log(Lambda sqrt n)
+        # to the last digit
+        far = safe * xp.sqrt(n) < CE_FAR
+        sig = _ce_sigma2()(K, n, xp.where(far, 1 / (2 * K * xp.sqrt(n)), safe))
+        sig = xp.where(far, -xp.sqrt(n) * (xp.log(safe) + xp.log(n) / 2), sig)
         sig = xp.where(with_lam, sig, xp.full_like(K, float("inf")))
         local = xp.where(live, sig, nan)
         sig = xp.where(live, sig, xp.full_like(K, 0.0))

@@ -107,13 +107,13 @@ def phase_diagram(x: str, xs: Sequence[float], y: str, ys: Sequence[float],
         for xv in xs:
             p = dict(base)
             for name, v in ((x, xv), (y, yv)):
-                if name == "lambda":
-                    p["lambda_w"] = p["lambda_h"] = float(v)
-                elif name in ("depth", "K", "n"):
-                    require(float(v).is_integer(), f"phase axis {name} takes integers, got {v}")
-                    p[name] = int(v)
-                else:
-                    p[name] = float(v)
+                if name in ("depth", "K", "n"):  # 4.0 from a float grid is 4; classify
+                    # checks the rest, as it checks every value (bool, text, None refused)
+                    whole = is_integer(v) or (is_finite_number(v) and float(v).is_integer())
+                    require(whole, f"phase axis {name} takes integers, got {v!r}")
+                    v = int(v)
+                for key in ("lambda_w", "lambda_h") if name == "lambda" else (name,):
+                    p[key] = v
             rows.append({x: xv, y: yv, **classify(**p)})
     return rows
 
