@@ -234,17 +234,30 @@ def heatmap_figure(
     return fig
 
 
+# matplotlib's log axes overflow (ticks, margins) on spans like 1e-250 .. 1e250: grid values
+# on a log axis lie within 10^+-LOG10_VALUES, the cells' mirrored outer edges within
+# 10^+-LOG10_EDGES
+LOG10_VALUES = 150.0
+LOG10_EDGES = 200.0
+
+
 def cell_edges(values: Sequence[float], log: bool) -> np.ndarray:
     """Edges (M + 1,) of the cells of a heat map centred on sorted grid values (M,).
 
-    On a log axis (``log``, positive values) the inner edges are geometric midpoints and a
-    single value gets half a decade either side; on a linear axis they are arithmetic midpoints
-    and a single value gets +-0.5. The outer edges mirror the nearest inner ones, so the edge
-    cells are whole.
+    On a log axis (``log``, positive values within 1e+-150, else an :class:`InputError`) the
+    inner edges are geometric midpoints and a single value gets half a decade either side; on a
+    linear axis they are arithmetic midpoints and a single value gets +-0.5. The outer edges
+    mirror the nearest inner ones, so the edge cells are whole (on a log axis up to 1e+-200).
     """
     v = np.asarray(values, dtype=float)
     if log:
-        return 10.0 ** cell_edges(np.log10(v), log=False)
+        exponents = np.log10(v)
+        require(bool(np.all(np.abs(exponents) <= LOG10_VALUES)),
+                f"a log axis of a figure takes values within 1e-{LOG10_VALUES:.0f} .. "
+                f"1e+{LOG10_VALUES:.0f}, got {v.min():.3g} .. {v.max():.3g}; plot a narrower "
+                "range")
+        edges = cell_edges(exponents, log=False)
+        return 10.0 ** np.clip(edges, -LOG10_EDGES, LOG10_EDGES)
     if len(v) == 1:
         return v[0] + np.array([-0.5, 0.5])
     mids = 0.5 * (v[1:] + v[:-1])

@@ -106,7 +106,8 @@ def test_invariance_with_two_collapsed_runs_is_inconclusive(tmp_path, no_figures
     runs = run_frame("seeds", seed=[0, 1, 2], status=["ok", "ok", "not_collapsed"],
                      onset_time=[10.0, 11.0, np.nan], fn_at_onset=[24.0, 30.0, np.nan])
     sec = invariance(study, runs, rising_traj(runs["run_id"]), tmp_path)
-    assert (sec.verdict, sec.reason) == ("inconclusive", "no part has 3 or more collapsed runs")
+    assert (sec.verdict, sec.reason) == (
+        "inconclusive", "no part has 3 or more collapsed runs with a finite fn* CV")
     assert sec.numbers == {}
 
 

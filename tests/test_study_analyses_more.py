@@ -533,7 +533,8 @@ def test_width_axis_without_other_axes_and_too_few_widths(tmp_path, figdir):
     runs.loc[runs["width"] == 64, ["status", "onset_time"]] = ["not_collapsed", np.nan]
     sec = width(study, runs, linear_traj([]), figdir)
     assert sec.verdict == "inconclusive" and sec.numbers == {}
-    assert sec.reason == "fewer than 3 widths collapsed in every series"
+    assert sec.reason == ("fewer than 3 widths collapsed (with an onset time > 0) in every "
+                          "series")
 
 
 def test_reduction_gap_pairs_and_missing_pairs():

@@ -10,6 +10,7 @@ collapsed (status ok, a finite onset and fn at onset, a crossing in view); fn* o
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,7 +249,7 @@ def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
         if len(by_axis) >= 2:  # one axis: its CV is the part's
             split[part] = by_axis
         rows.append(row)
-        if len(ok) >= 3:
+        if len(ok) >= 3 and math.isfinite(row["fn_star_cv"]):  # NaN: fn* of mean 0 or overflow
             evaluable.append(row)
     table = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -271,8 +272,8 @@ def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
                        pd.concat([b.assign(part=p) for p, b in split.items()])[
                            ["part", "axis", "n_groups", "cv_mean", "cv_max"]]))
     if not evaluable:
-        return Section("inconclusive", "no part has 3 or more collapsed runs",
-                       tables=tables, figures=figs)
+        return Section("inconclusive", "no part has 3 or more collapsed runs with a finite "
+                       "fn* CV", tables=tables, figures=figs)
     over = [r for r in evaluable if r["fn_star_cv"] >= CV_LIMIT]
     numbers = {r["part"]: {"cv": r["fn_star_cv"], "n": r["n_collapsed"]}
                | ({"cv_by_axis": dict(zip(split[r["part"]]["axis"], split[r["part"]]["cv_mean"]))}
@@ -361,11 +362,19 @@ def lead(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
         frame = pd.concat(all_leads, ignore_index=True)
         tables.append(("per-run leads", frame))
         fig, ax = plt.subplots(figsize=(5.5, 4))
+        onset = frame["onset_time"].to_numpy(np.float64)
+        drawn = 0
         for name, marker in (("in_sample", "o"), ("held_out", "x")):
-            ax.plot(frame["onset_time"], frame[f"lead_{name}"] / frame["onset_time"], marker,
-                    label=name)
+            lead_ = frame[f"lead_{name}"].to_numpy(np.float64)
+            shown = (onset > 0) & np.isfinite(onset) & np.isfinite(lead_)  # a log axis
+            ax.plot(onset[shown], lead_[shown] / onset[shown], marker, label=name)
+            drawn += int(shown.sum())
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xscale("log")
+        if drawn:
+            ax.set_xscale("log")
+        else:
+            ax.text(0.5, 0.5, "no run with an onset > 0 crossed fn_pred", ha="center",
+                    va="center", transform=ax.transAxes)
         ax.set_xlabel("onset time")
         ax.set_ylabel("lead / onset time")
         ax.legend(fontsize=8)
@@ -397,6 +406,26 @@ def lead(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
 
 
 # ----------------------------------------------------------------------------- 3 intervention
+def _welch_p(a: pd.Series, b: pd.Series) -> float:
+    """Welch's t-test p of two samples' means; NaN with fewer than 2 values in either, or
+    when neither spreads (all values equal to 1e-12 relative: no noise to test against, where
+    scipy's moments lose every digit)."""
+    from scipy import stats
+
+    x, y = a.to_numpy(np.float64), b.to_numpy(np.float64)
+    if x.size < 2 or y.size < 2:
+        return math.nan
+
+    def flat(v: np.ndarray) -> bool:
+        return bool(np.ptp(v) <= 1e-12 * np.abs(v).max())
+
+    if flat(x) and flat(y):
+        return math.nan
+    with warnings.catch_warnings():  # one flat arm: its variance is 0, which Welch's test takes
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+
+
 def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
                  figdir: Path) -> Section:
     """Return to fn* and onset shift after rescaling the features by alpha.
@@ -408,7 +437,6 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     arm's mean fn* lies more than 3 x :data:`RETURN_TOL` from the control's; "supports" when
     every arm lies within RETURN_TOL; "inconclusive" otherwise, or when no part has a
     collapsed control."""
-    from scipy import stats
 
     rows, with_control = [], set()
     for part in _parts(runs):
@@ -437,10 +465,8 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             row["fn_star_ratio"] = row["fn_star"] / base_fn if len(control) else math.nan
             row["onset_shift"] = (row["onset"] - control["onset_time"].mean()
                                   if len(control) else math.nan)
-            row["p_fn_star"] = (float(stats.ttest_ind(ok["fn_at_onset"], control["fn_at_onset"],
-                                                      equal_var=False).pvalue)
-                                if alpha != 1.0 and len(ok) >= 2 and len(control) >= 2
-                                else math.nan)
+            row["p_fn_star"] = (_welch_p(ok["fn_at_onset"], control["fn_at_onset"])
+                                if alpha != 1.0 else math.nan)
             rows.append(row)
     table = pd.DataFrame(rows)
     figs = []
@@ -505,7 +531,7 @@ def depth(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) ->
         groups = stats_.groupby(others, sort=True) if others else [((), stats_)]
         for key, s in groups:
             s = s.sort_values("depth")
-            good = s[np.isfinite(s["onset_mean"])]
+            good = s[np.isfinite(s["onset_mean"]) & s["depth"].notna()]  # a run without depth
             entry = {"part": part,
                      "setting": {k: fmt(v) for k, v in zip(others, np.atleast_1d(key))},
                      "depths": list(good["depth"]), "onsets": list(good["onset_mean"]),
@@ -559,7 +585,7 @@ def activation(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
                             "fn_star_within_cv": float(within)})
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
         for ax, col in zip(axes, ("onset_mean", "fn_star_mean")):
-            ax.bar(stats_["activation"].astype(str), stats_[col].astype(float))
+            ax.bar(stats_["activation"].map(str), stats_[col].astype(float))  # NaN: 'nan'
             ax.set_ylabel(col)
             ax.tick_params(axis="x", labelsize=8)
         fig.suptitle(f"{part}: onset time and fn* per activation", fontsize=10)
@@ -746,7 +772,10 @@ def _boundary_2d(sub: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
                                float(first["per_class"]), depth_))
     except Exception:
         return None
-    ys = np.geomspace(sub["lambda_h"].min() / 2, sub["lambda_h"].max() * 2, 64)
+    positive = sub["lambda_h"][sub["lambda_h"] > 0]  # a lambda_H = 0 baseline has no boundary
+    if positive.empty:
+        return None
+    ys = np.geomspace(positive.min() / 2, positive.max() * 2, 64)
     xs = (lc ** (depth_ + 1) / ys) ** (1.0 / depth_)
     return xs, ys
 
@@ -969,7 +998,9 @@ def width(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) ->
         rows.append(stats_.rename(columns={x: "width_or_dim"}))
         groups = stats_.groupby(others, sort=True) if others else [((), stats_)]
         for key, series in groups:
-            good = series[np.isfinite(series["onset_mean"])].sort_values(x)
+            onset_ = series["onset_mean"].to_numpy(float)
+            # an onset at t = 0 (collapsed from the start) measures no speed-up
+            good = series[np.isfinite(onset_) & (onset_ > 0)].sort_values(x)
             if len(good) < 3:
                 continue
             onsets = good["onset_mean"].to_numpy(float)
@@ -987,8 +1018,8 @@ def width(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) ->
                pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())]
     summary = pd.DataFrame(results)
     if summary.empty:
-        return Section("inconclusive", "fewer than 3 widths collapsed in every series", {},
-                       tables, figs)
+        return Section("inconclusive", "fewer than 3 widths collapsed (with an onset time > 0) "
+                       "in every series", {}, tables, figs)
     tables.append(("width summary", summary))
     text = "; ".join(f"{r['part']}: onset changes {100 * r['onset_change']:+.0f}% from the "
                      f"smallest to the largest {r['axis']} (monotone decreasing: "

@@ -68,22 +68,28 @@ def plot_overlay(measured: pd.DataFrame, simulated: pd.DataFrame, path: str | Pa
     """Measured and simulated fn and NC1 (trace form) against matched time t = lr x steps.
 
     All axes are logarithmic: records at t <= 0 are left out (the start of the phase), and a
-    value that is 0, negative or NaN breaks its line, with a note of how many were left out.
+    value that is 0, negative or NaN breaks its line, with a note of how many were left out;
+    a panel with nothing to show on log axes says so (on linear axes).
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     hidden = {"fn": 0, "nc1_trace": 0}
+    shown = {"fn": 0, "nc1_trace": 0}
     for frame, label, style in ((measured, "network", "-o"), (simulated, "UFM surrogate", "-")):
         t = frame["t"].to_numpy(np.float64)
         keep = t > 0
         for ax, col in zip(axes, ("fn", "nc1_trace")):
             values, n = _on_log_axis(frame[col].to_numpy()[keep])
             hidden[col] += n
+            shown[col] += values.size - n
             ax.plot(t[keep], values, style, ms=3, label=label)
-    axes[0].set(xscale="log", yscale="log", xlabel="t = lr x steps (from MSE start)", ylabel="fn")
-    axes[1].set(xscale="log", yscale="log", xlabel="t = lr x steps (from MSE start)",
-                ylabel="NC1 (trace)")
-    for ax, col in zip(axes, ("fn", "nc1_trace")):
-        _note_hidden(ax, hidden[col], col)
+    for ax, col, name in zip(axes, ("fn", "nc1_trace"), ("fn", "NC1 (trace)")):
+        ax.set(xlabel="t = lr x steps (from MSE start)", ylabel=name)
+        if shown[col]:
+            ax.set(xscale="log", yscale="log")
+            _note_hidden(ax, hidden[col], col)
+        else:  # log axes without a positive value to show cannot be drawn
+            ax.text(0.5, 0.5, f"no positive finite {col} at t > 0 to show",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=9)
     for name, value in (onsets or {}).items():
         if value is not None and math.isfinite(value) and value > 0:
             for ax in axes:
