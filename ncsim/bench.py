@@ -42,7 +42,7 @@ from ncsim.cli_errors import OutPath, check_out_folder, handle_errors
 from ncsim.errors import InputError, is_integer
 from ncsim.io import to_jsonable
 from ncsim.spec import require_device
-from ncsim.threads import bounded_threads
+from ncsim.threads import THREADS_MAX, bounded_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -825,7 +825,7 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
 @click.option("--peers/--no-peers", default=True, show_default=True,
               help="Also time scipy (on the CPU in float64 only), torchdiffeq and torchode "
                    "on W1, and the DataLoader loop on V1.")
-@click.option("--threads", default=None, type=click.IntRange(1),
+@click.option("--threads", default=None, type=click.IntRange(1, THREADS_MAX),
               help="torch and BLAS threads for every solver (default: the libraries' own "
                    "settings).")
 @click.option("--peer-repeats", default=None, type=click.IntRange(1),

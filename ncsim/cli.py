@@ -39,6 +39,7 @@ from ncsim.spec import (
     SolverSpec,
     TimeScale,
 )
+from ncsim.threads import THREADS_MAX
 
 SUBCOMMANDS = {
     "theory": "ncsim.theory.cli:theory",
@@ -290,7 +291,7 @@ def _check_simulation_folder(out: Path | None) -> None:
               help="Closed-form prediction columns (fn_star_theory, onset_time_theory, ...): "
                    "a few ms of CPU per distinct parameter point; leave them out for large "
                    "grids on an accelerator.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=THREADS_MAX), default=None,
               help="Torch and BLAS CPU threads (small problems on shared machines run best "
                    "with 1).")
 @handle_errors

@@ -36,6 +36,9 @@ INITS = ("gaussian", "spectral", "etf", "arrays")
 #: seeds of drawn inits lie in [0, SEED_LIMIT): torch's CPU generator (mt19937) keeps only the
 #: low 32 bits of its seed, so seeds s and s + 2^32 would draw the same start
 SEED_LIMIT = 2**32
+# The most record times of a run (its (T, quantities) float64 record table: 1e7 x 16 x 8 bytes
+# = 1.3 GB a run).
+RECORDS_MAX = 10**7
 SOLVERS = ("gd", "rk4", "dopri5", "tsit5")
 #: the bias decay lambda_b the command lines take for bias "reg" when none is given
 DEFAULT_REG_LAMBDA_B = 1e-3
@@ -169,6 +172,8 @@ class ModelSpec:
         counts = self.class_counts
         require(len(counts) == self.classes,
                 f"per_class gives {len(counts)} class counts but K = {self.classes}")
+        require(sum(counts) < 2**53, f"the samples N = {sum(counts)} (all classes) must be "
+                "below 2^53 (where whole numbers stop being exact floats)")
         require(is_integer(self.dim) and self.dim >= 1,
                 f"dim d must be an integer >= 1, got {self.dim!r}")
         require(self.dim < 2**53, f"dim d must be below 2^53 (where whole numbers stop being "
@@ -179,6 +184,8 @@ class ModelSpec:
         require(self.kind == "deep" or self.depth == 1, "model 'ufm' has depth 1")
         require(self.width is None or (is_integer(self.width) and self.width >= 1),
                 f"width must be an integer >= 1, got {self.width!r}")
+        require(self.width is None or self.width < 2**53,
+                f"width must be below 2^53, got {self.width!r}")
         require(self.kind == "deep" or self.activation == "linear",
                 "an activation needs kind='deep' (--model deep; the one-layer UFM has none)")
         require(self.depth >= 2 or self.activation == "linear",
@@ -445,6 +452,9 @@ class SolverSpec:
         if not self.adaptive:
             require(is_finite_number(self.dt) and self.dt > 0,
                     f"solver {self.method!r} needs a step dt > 0 (e.g. dt=0.1, --dt 0.1)")
+            require(self.t_end / self.dt < 2**53,
+                    f"dt {self.dt!r} makes t_end / dt = {self.t_end / self.dt:.3g} steps, past "
+                    f"2^53 (where step counts stop being exact); use dt >= t_end / 2^53")
         elif self.dt is not None:
             require(is_finite_number(self.dt) and self.dt > 0, f"dt must be > 0, got {self.dt!r}")
         require(is_finite_number(self.rtol) and self.rtol > 0,
@@ -466,6 +476,9 @@ class SolverSpec:
                     f"or drop cuda_graphs (--cuda-graphs)")
         require(is_integer(self.records) and self.records >= 2,
                 f"records must be an integer >= 2, got {self.records!r}")
+        require(self.records <= RECORDS_MAX,
+                f"records must be at most {RECORDS_MAX:.0e} (each run keeps every quantity at "
+                f"every record time), got {self.records!r}")
         require(self.t_first is None or is_finite_number(self.t_first),
                 f"t_first must be a finite number, got {self.t_first!r}")
         require(0 < self.first_record < self.t_end,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import torch
+#: the most threads a command takes (--threads): far above any machine's cores, within the
+#: integers torch.set_num_threads takes (this module imports torch only when it bounds)
+THREADS_MAX = 4096
 
 
 def _load_blas() -> None:
@@ -26,6 +28,7 @@ def bounded_threads(count: int | None) -> Iterator[None]:
         yield
         return
     _load_blas()
+    import torch
     from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
@@ -41,6 +44,7 @@ def set_threads(count: int) -> None:
     """Bound torch and the BLAS libraries to ``count`` threads for the rest of the process
     (a worker process's initialiser)."""
     _load_blas()
+    import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(count)

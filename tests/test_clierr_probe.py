@@ -39,7 +39,7 @@ def test_python_m_ncsim_goes_through_the_entry_point_that_keeps_freed_memory(mon
 def test_threads_below_one_is_one_line_naming_the_range(count):
     """``--threads`` takes a count >= 1; 0 or a negative count exits 2 with click's one line."""
     line = error_line(invoke([*TINY, "--threads", count]))
-    assert line == f"Error: Invalid value for '--threads': {count} is not in the range x>=1."
+    assert line == f"Error: Invalid value for '--threads': {count} is not in the range 1<=x<=4096."
 
 
 def test_run_table_prints_six_significant_digits():

@@ -49,7 +49,8 @@ def naive_run(recs, thr=0.01, stay=1, tol=1e-3):
         onset = fn_star = math.nan
     finite = [r["nc1"] for r in recs if math.isfinite(r["nc1"])]
     searched = [r["nc1"] for r in search if math.isfinite(r["nc1"])]
-    status = ("vanishing" if vanishing else
+    diverged = math.isinf(recs[-1]["fn"])  # these logs have no loss column
+    status = ("diverged" if diverged else "vanishing" if vanishing else
               "collapsed" if math.isfinite(onset) else "not_collapsed")
     return {"onset_epoch": onset, "fn_star": fn_star,
             "min_metric": min(finite) if finite else math.nan,

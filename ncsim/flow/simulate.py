@@ -31,6 +31,7 @@ from ncsim.flow.integrate import (
     MAX_STEPS,
     STALLED,
     STATUS_NAMES,
+    STEADY,
     FlowResult,
     integrate,
     record_block,
@@ -43,8 +44,8 @@ from ncsim.models.gram import GramObjective, initial_gram_state
 from ncsim.models.init import draws_gram_factor, float_array
 from ncsim.models.layout import StateLayout
 from ncsim.models.reduction import state_form
-from ncsim.onset import are_vanishing, onsets_and_fn
-from ncsim.spec import RunSpec
+from ncsim.onset import are_vanishing, onset_and_fn, onsets_and_fn
+from ncsim.spec import OnsetSpec, RunSpec
 
 RECORDED = ("loss", "objective", *METRIC_NAMES)
 STATUSES = ("ok", "vanishing", "diverged", "stalled", "max_steps", "not_collapsed")
@@ -399,6 +400,31 @@ def _trajectory_frame(ids: Sequence[str], times: np.ndarray, records: np.ndarray
     return frame, run_of_row
 
 
+def _onsets_at_the_stop(flow: FlowResult, metric: np.ndarray, fn: np.ndarray,
+                        final_metric: np.ndarray, final_fn: np.ndarray, onset: OnsetSpec,
+                        when: np.ndarray, fn_on: np.ndarray) -> None:
+    """Onsets of runs that stopped early at a state of the flow, in place.
+
+    A run that stops at rest (``steady``) or out of steps (``max_steps``) before t_end ends
+    between two record times; the records alone miss a crossing after the last record reached
+    (a collapse of 1e-13 read as ``not_collapsed``). Each such run without an onset is searched
+    again in its records up to the stop plus its final state at ``t_final``.
+
+    metric, fn : (R, T) recorded series. final_metric, final_fn : (R,) at the final states.
+    when, fn_on : (R,) onsets and fn at onset from the records, completed here.
+    """
+    early = np.isin(flow.code, (STEADY, MAX_STEPS)) & np.isnan(when)
+    for i in np.flatnonzero(early):
+        reached = flow.times < flow.t_final[i]
+        if reached.all() or not np.isfinite(final_metric[i]):
+            continue  # no record time after the stop, or nothing to read at it
+        times = np.append(flow.times[reached], flow.t_final[i])
+        when[i], fn_on[i] = onset_and_fn(
+            times, np.append(metric[i, reached], final_metric[i]),
+            np.append(fn[i, reached], final_fn[i]), onset.threshold, onset.stay,
+            onset.interpolate)
+
+
 def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
                ) -> tuple[list[dict], pd.DataFrame, np.ndarray]:
     """Run rows and trajectory rows of one integrated batch, and the index into ``ids`` of
@@ -413,9 +439,11 @@ def _summarise(batch: _Batch, flow: FlowResult, ids: list[str]
     f_start = batch.objective_values(batch.y0)
     onset = batch.onset
     fn_series = flow.records[:, :, fn_index]  # (R, T)
+    metric_series = flow.records[:, :, q_index[onset.metric]]
     onset_times, fn_at_onset = onsets_and_fn(
-        flow.times, flow.records[:, :, q_index[onset.metric]], fn_series, onset.threshold,
-        onset.stay, onset.interpolate)
+        flow.times, metric_series, fn_series, onset.threshold, onset.stay, onset.interpolate)
+    _onsets_at_the_stop(flow, metric_series, fn_series, final[:, q_index[onset.metric]],
+                        final[:, fn_index], onset, onset_times, fn_at_onset)
     vanishing = are_vanishing(np.concatenate([fn_series, final[:, fn_index, None]], axis=1),
                               batch.solver.vanish_tol)
     final_columns = [f"final_{name}" for name in RECORDED]

@@ -143,6 +143,9 @@ def _intervention(desc: RunDesc) -> Result:
                                spec.onset.stay, spec.onset.interpolate)
     row = second.runs.iloc[0].to_dict()
     row.pop("run_id", None)
+    if math.isnan(when) and math.isfinite(row["onset_time"]):  # found at the second segment's
+        # early stop, past its last record (simulate's rule), so not in the trajectories
+        when, fn_on = float(row["onset_time"]) + t1, float(row["fn_at_onset"])
     # the row describes the whole run: its own spec (not the second segment's t_end, records
     # and array init), the steps of both segments, and the closed forms of its spec (the first
     # segment's, which differ from the run's in t_end and records only)

@@ -152,6 +152,8 @@ def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, An
     ratio = _ratio(o["ratio"])
     if ratio is None:
         ratio = p["lambda_h"] / p["lambda_w"] if p["lambda_w"] > 0 and p["lambda_h"] > 0 else 1.0
+        require(math.isfinite(ratio), f"lambda_H / lambda_W = {p['lambda_h']!r} / "
+                f"{p['lambda_w']!r} overflows; give the ratio of lambda_crit with --ratio")
     row["ratio"] = ratio
     row.update(critical_table(loss, bias, p["K"], p["n"], p["depth"], ratio))
     row["growth_rate"] = float(growth_rate(p["K"], p["n"], p["lambda_w"], p["lambda_h"],
@@ -169,8 +171,13 @@ def _row(o: dict[str, Any], p: dict[str, Any], with_onset: bool) -> dict[str, An
         row["onset_regime"] = NOT_AT_D
         return row
     if with_onset:
-        pred = predicted_onset(loss, bias, p["K"], p["n"], p["d"], p["lambda_w"], p["lambda_h"],
-                               p["init_scale"], p["onset_threshold"], p["lambda_b"], p["depth"])
+        try:
+            pred = predicted_onset(loss, bias, p["K"], p["n"], p["d"], p["lambda_w"],
+                                   p["lambda_h"], p["init_scale"], p["onset_threshold"],
+                                   p["lambda_b"], p["depth"])
+        except ArithmeticError as err:  # numerical trouble: reported in the row, as in the
+            row["onset_regime"] = f"error: {err}"  # run table's theory columns
+            return row
         row.update(onset_time=pred.onset_time, lead_time=pred.lead_time,
                    fn_cross_time=pred.fn_cross_time, onset_regime=pred.regime)
     return row

@@ -255,8 +255,15 @@ def nc1_rates(K: Array, n: Array, lambda_w: Array, lambda_h: Array) -> tuple[Arr
     K, n, lw, lh = broadcast_inputs(["K", "n", "lambda_w", "lambda_h"],
                                     [K, n, lambda_w, lambda_h])
     xp = namespace(mu)
-    early = xp.where(lw > lh, _fn("nc1_rate_early_evaluated")(K, n, lw, lh),
-                     _fn("nc1_rate_early_direct")(K, n, lw, lh))
+    above = lw > lh
+    zero, one = xp.full_like(lw, 0.0), xp.full_like(lw, 1.0)
+    # each form gets the decays where it is taken and (1, 0) / (0, 1) elsewhere, where the
+    # other form's cancellation (a division by 0 at lambda_H >> lambda_W) would warn
+    evaluated = _fn("nc1_rate_early_evaluated")(K, n, xp.where(above, lw, one),
+                                                xp.where(above, lh, zero))
+    direct = _fn("nc1_rate_early_direct")(K, n, xp.where(above, zero, lw),
+                                          xp.where(above, one, lh))
+    early = xp.where(above, evaluated, direct)
     return early, 2 * lh + 0 * mu
 
 

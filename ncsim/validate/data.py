@@ -271,8 +271,8 @@ def _gaussian(classes: int, dim: int, per_class: int, separation: float, seed: i
             f"gaussian: classes must be an integer >= 2, got {classes!r}")
     require(is_integer(dim) and dim >= 1, f"gaussian: dim must be an integer >= 1, got {dim!r}")
     require(is_finite_number(separation) and 0 < separation <= SEPARATION_MAX,
-            f"gaussian: separation must be a number in (0, {SEPARATION_MAX:.0e}] (the inputs are "
-            f"float32), got {separation!r}")
+            f"gaussian: separation must be a finite number > 0 and at most {SEPARATION_MAX:.0e} "
+            f"(the inputs are float32), got {separation!r}")
     gen = np.random.default_rng(seed)
     means = gen.standard_normal((classes, dim))
     means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
