@@ -105,7 +105,8 @@ def test_lambda_crit_broadcasts_an_array_ratio():
 # ---------------------------------------------------------------- critical_table
 def test_critical_table_refuses_a_zero_ratio_with_its_own_message():
     """critical_table checks the ratio first: 'must be > 0, got 0'."""
-    with pytest.raises(InputError, match=r"^ratio lambda_H / lambda_W must be a finite number > 0, got 0$"):
+    with pytest.raises(InputError,
+                       match=r"^ratio lambda_H / lambda_W must be a finite number > 0, got 0$"):
         critical_table("mse", "none", 3, 2, 1, 0)
 
 
