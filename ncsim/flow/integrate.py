@@ -47,6 +47,10 @@ from ncsim.products import bmm, vecmat
 from ncsim.spec import SolverSpec
 
 RUNNING, DONE, STEADY, MAX_STEPS, DIVERGED, STALLED = 0, 1, 2, 3, 4, 5
+# An adaptive step below STEP_FLOOR x max(t, 1) marks the run diverged (a flow far too stiff);
+# the automatic first step is at least FIRST_STEP_MIN, ten times that floor at t = 0.
+STEP_FLOOR = 1e-13
+FIRST_STEP_MIN = 10 * STEP_FLOOR
 STATUS_NAMES = {RUNNING: "running", DONE: "t_end", STEADY: "steady", MAX_STEPS: "max_steps",
                 STALLED: "stalled",
                 DIVERGED: "diverged"}
@@ -258,7 +262,8 @@ def _dense(tab: Tableau, y: torch.Tensor, h: torch.Tensor, ks: _Stages,
 
 def _initial_step(f: Velocity, y0: torch.Tensor, k0: torch.Tensor, order: int,
                   rtol: float, atol: float) -> torch.Tensor:
-    """Per-run first step (Hairer, Norsett & Wanner, II.4), float64 (R,)."""
+    """Per-run first step (Hairer, Norsett & Wanner, II.4), float64 (R,), at least
+    :data:`FIRST_STEP_MIN` where the velocity is finite."""
     scale = (atol + rtol * y0.abs()).clamp(min=torch.finfo(y0.dtype).tiny)  # atol may be 0
     d0, d1 = _rms(y0 / scale).double(), _rms(k0 / scale).double()
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
@@ -267,7 +272,13 @@ def _initial_step(f: Velocity, y0: torch.Tensor, k0: torch.Tensor, order: int,
     big = torch.maximum(d1, d2)
     h1 = torch.where(big <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
                      (0.01 / big) ** (1.0 / (order + 1)))
-    return torch.minimum(100 * h0, h1)
+    h = torch.minimum(100 * h0, h1)
+    # an entry at 0 that moves under pure relative control (atol 0 or tiny) makes |k0| / scale
+    # overflow or dwarf the rest: h comes out 0, NaN or below the step floor, where the run
+    # would read as diverged at t = 0; it starts at FIRST_STEP_MIN instead (the controller
+    # grows or shrinks it). A NaN velocity keeps its NaN step: a failure at the start.
+    finite = torch.isfinite(k0).all(dim=1)
+    return torch.where(finite & ~(h >= FIRST_STEP_MIN), torch.full_like(h, FIRST_STEP_MIN), h)
 
 
 def _host_free(device: torch.device) -> bool:
@@ -563,7 +574,7 @@ class _Chunk:
                                           accept & (code == RUNNING), recheck, solver)
                 code = _mark(code, steady, STEADY)
             # NaN included: a NaN step (a NaN velocity at the initial state) is a failure
-            tiny = ~(dt >= 1e-13 * torch.clamp(t, min=1.0))
+            tiny = ~(dt >= STEP_FLOOR * torch.clamp(t, min=1.0))
             bad = active & (tiny | (peak > _DIVERGE_ABS))
             code = _mark(code, bad & (code == RUNNING), DIVERGED)
             capped_out = (code == RUNNING) & (steps + rejected >= solver.max_steps)

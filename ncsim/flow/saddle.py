@@ -21,6 +21,7 @@ before it is found and goes unseen.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -43,11 +44,19 @@ def _start_vector(p: int, device: torch.device) -> torch.Tensor:
     return (v / v.norm()).to(device)
 
 
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norms (C,) of the rows of x (C, P), scaled by their largest entry so that
+    entries past 1e154 do not overflow in the squares (0 for a zero row)."""
+    top = x.abs().amax(dim=1)
+    safe = torch.where(top > 0, top, torch.ones_like(top))
+    return top * (x / safe.unsqueeze(1)).norm(dim=1)
+
+
 def _jacobian_products(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
                        rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """J v (C, P) float64 for the runs ``rows`` (C,) of the batch y (M, P), v (C, P) of unit
     norm: central differences with a step eps^(1/3) x |y_row| (a floor where y is ~0)."""
-    scale = y[rows].double().norm(dim=1).clamp(min=torch.finfo(y.dtype).tiny ** 0.25)
+    scale = _norm(y[rows].double()).clamp(min=torch.finfo(y.dtype).tiny ** 0.25)
     step = float(torch.finfo(y.dtype).eps) ** (1.0 / 3.0) * scale  # (C,)
     shift = (step.unsqueeze(1) * v).to(y.dtype)
     plus, minus = y.clone(), y.clone()
@@ -93,7 +102,11 @@ def growth_rate(f: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
     hess_host, dims_host = hess.cpu().numpy(), dims.cpu().numpy()
     rate, radius = np.empty(count), np.empty(count)
     for i, k in enumerate(dims_host):  # the Ritz values of each run's own space
-        ritz = np.linalg.eigvals(hess_host[i, :k, :k])
+        block = hess_host[i, :k, :k]
+        if not np.isfinite(block).all():  # a NaN velocity next to the state: no rate, so
+            rate[i] = radius[i] = math.nan  # no escape is claimed (saddle_escapes: False)
+            continue
+        ritz = np.linalg.eigvals(block)
         rate[i], radius[i] = ritz.real.max(), np.abs(ritz).max()
     return rate, radius
 
