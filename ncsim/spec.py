@@ -481,6 +481,9 @@ class SolverSpec:
                 f"every record time), got {self.records!r}")
         require(self.t_first is None or is_finite_number(self.t_first),
                 f"t_first must be a finite number, got {self.t_first!r}")
+        if self.t_first is None:  # the default t_end / 10 underflows below ~5e-323
+            require(self.first_record > 0, f"t_end {self.t_end!r} is too small for records "
+                    f"(its default first record t_end / 10 is 0); use t_end >= 1e-300")
         require(0 < self.first_record < self.t_end,
                 f"t_first must lie in (0, t_end), got {self.first_record}")
         require(is_integer(self.max_steps) and self.max_steps >= 1,

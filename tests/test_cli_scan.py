@@ -247,3 +247,9 @@ def test_huge_per_class_subprocess_exit_status():
                           capture_output=True, text=True, timeout=60)
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_t_end_whose_default_first_record_underflows_names_t_end():
+    """--t-end 5e-324: t_end / 10 is 0, so the error names t_end, not the t_first never given."""
+    line = error_line(invoke([a if a != "1" else "5e-324" for a in TINY]))
+    assert "t_end 5e-324 is too small for records" in line

@@ -386,3 +386,10 @@ def test_divergence_is_read_from_the_last_loss_after_finite_ones_or_an_infinite_
     log = pd.DataFrame({"run_id": "r", "time": [0.0, 1.0, 2.0], "phase": 1, "loss": loss,
                         "fn": fn, "nc1_trace": [1.0, 0.5, 0.4], "accuracy": 1.0})
     assert summarize(log)["status"] == status
+
+
+def test_a_phase_of_more_than_1e7_epochs_is_refused():
+    """epochs 2^64 (it would never end) is an InputError naming the bound; 1e7 is accepted."""
+    with pytest.raises(InputError, match="epochs per phase must be at most 1e\\+07"):
+        Phase("ce", 2**64, "sgd", 0.1, 0.0).validate()
+    Phase("ce", 10**7, "sgd", 0.1, 0.0).validate()

@@ -76,6 +76,8 @@ PRESETS = ("mlp", "resnet20", "cpu-small")
 # optimisers convert them to float32 (at most 3.4e38), and Adam scales the learning rate by up
 # to 1 / (1 - beta1) = 10 on its first step (1e38 already overflows there).
 OPTIMIZER_VALUE_MAX = 1e30
+# The most epochs of a phase (1e7 epochs of one step of 1 ms each take 3 hours).
+EPOCHS_MAX = 10**7
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ class Phase:
                 f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         require(is_integer(self.epochs) and self.epochs >= 1,
                 f"epochs per phase must be an integer >= 1, got {self.epochs!r}")
+        require(self.epochs <= EPOCHS_MAX, f"epochs per phase must be at most {EPOCHS_MAX:.0e} "
+                f"(a phase of more would not end), got {self.epochs!r}")
         require(is_finite_number(self.lr) and self.lr >= 0,
                 f"lr must be a finite number >= 0, got {self.lr!r}")
         require(is_finite_number(self.weight_decay) and self.weight_decay >= 0,
