@@ -381,6 +381,9 @@ def _rounding_level(diag: Tensor, k: int) -> Tensor:
 def _etf_distance_gram(g: Tensor, eye: Tensor) -> Tensor:
     """|| G/|G|_F - (I - 11^T/K)/sqrt(K-1) ||_F for a Gram G (R, K, K)."""
     k = g.shape[-1]
+    # first by its largest entry: the Frobenius norm squares entries that are already |h|^2
+    top = g.abs().amax(dim=(-2, -1), keepdim=True)
+    g = g / torch.where(top > 0, top, torch.ones_like(top))
     g = g / torch.linalg.vector_norm(g, dim=(-2, -1)).unsqueeze(-1).unsqueeze(-1)
     target = (eye - 1.0 / k) / (k - 1) ** 0.5
     return torch.linalg.vector_norm(g - target, dim=(-2, -1))

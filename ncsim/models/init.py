@@ -177,13 +177,16 @@ def float_array(name: str, value: Any) -> np.ndarray:
     """An init array as float64 numpy (None becomes NaN); :class:`InputError` when it is not
     real and numeric (text, digits as text included, flags, ragged nested lists, complex
     numbers)."""
+    if isinstance(value, torch.Tensor):  # values only: a tensor that requires grad, on a device
+        value = value.detach().cpu()
     try:
         raw = np.asarray(value)
         if raw.dtype.kind in "USb" or (raw.dtype.kind == "O" and any(
                 isinstance(v, (str, bytes, bool, np.bool_)) for v in raw.flat)):
             raise TypeError(raw.dtype)
-        real = None if np.iscomplexobj(raw) else np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
+        # a fresh C-ordered copy: views with negative strides (H[:, ::-1]) convert to tensors
+        real = None if np.iscomplexobj(raw) else np.array(raw, dtype=np.float64, order="C")
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float range
         raise InputError(f"init array {name} must be an array of numbers, got "
                          f"{type(value).__name__} {value!r:.60}") from None
     if real is None:

@@ -15,7 +15,10 @@ def loss_value(name: str, logits: torch.Tensor, onehot: torch.Tensor) -> torch.T
     """The loss (R,): (1/2N) |Z - Y|_F^2 for MSE, (1/N) sum_i CE(z_i, y_i) for CE."""
     n = logits.shape[-1]
     if name == "ce":
-        return -(torch.log_softmax(logits, dim=-2) * onehot).sum(dim=(-2, -1)) / n
+        # the label's log-probability alone: a wrong class's -inf (an overflowing logit gap)
+        # times its 0 would be NaN
+        picked = torch.where(onehot != 0, torch.log_softmax(logits, dim=-2) * onehot, 0.0)
+        return -picked.sum(dim=(-2, -1)) / n
     if name == "mse":
         return 0.5 * (logits - onehot).square().sum(dim=(-2, -1)) / n
     raise ValueError(f"unknown loss {name!r}")
