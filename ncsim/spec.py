@@ -39,6 +39,9 @@ SEED_LIMIT = 2**32
 # The most record times of a run (its (T, quantities) float64 record table: 1e7 x 16 x 8 bytes
 # = 1.3 GB a run).
 RECORDS_MAX = 10**7
+# The most classes (a run holds K x K blocks) and layers of a model.
+CLASSES_MAX = 10**6
+DEPTH_MAX = 10**4
 SOLVERS = ("gd", "rk4", "dopri5", "tsit5")
 #: the bias decay lambda_b the command lines take for bias "reg" when none is given
 DEFAULT_REG_LAMBDA_B = 1e-3
@@ -165,6 +168,8 @@ class ModelSpec:
         _one_of(self.activation, ACTIVATIONS, "activation")
         require(is_integer(self.classes) and self.classes >= 2,
                 f"classes K must be an integer >= 2, got {self.classes!r}")
+        require(self.classes <= CLASSES_MAX, f"classes K must be at most {CLASSES_MAX:.0e} (a run "
+                f"holds K x K blocks), got {self.classes!r}")
         given = self.per_class if isinstance(self.per_class, tuple) else (self.per_class,)
         require(all(is_integer(c) and c >= 1 for c in given),
                 f"samples per class (per_class; --class-counts on the command line) must be "
@@ -181,6 +186,8 @@ class ModelSpec:
                                   f"got {self.dim!r}")
         require(is_integer(self.depth) and self.depth >= 1,
                 f"depth must be an integer >= 1, got {self.depth!r}")
+        require(self.depth <= DEPTH_MAX,
+                f"depth must be at most {DEPTH_MAX:.0e} layers, got {self.depth!r}")
         require(self.kind == "deep" or self.depth == 1, "model 'ufm' has depth 1")
         require(self.width is None or (is_integer(self.width) and self.width >= 1),
                 f"width must be an integer >= 1, got {self.width!r}")

@@ -24,6 +24,8 @@ from ncsim.study.store import FAILED, Store
 
 MAX_ROWS = 40
 INCOMPLETE = "incomplete"  # the verdict of a study whose runs have not all finished
+# the list of the figures a report wrote in figures/ (the next report replaces those only)
+WRITTEN_FIGURES = ".written"
 
 
 @dataclass
@@ -85,12 +87,14 @@ def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame, Progress]:
     runs, traj = store.tables()
     progress = study_progress(store, study, runs)
     store.figures.mkdir(parents=True, exist_ok=True)
-    for old in store.figures.glob("*.png"):  # figures of an earlier study or spec of the folder
-        old.unlink()
+    _remove_written_figures(store.figures)  # of an earlier study or spec of the folder
+    others = set(store.figures.glob("*.png"))  # figures ncsim did not write: kept
     if runs.empty or "status" not in runs:
         section = Section("inconclusive", "no finished run")
     else:
         section = _analyze(study, runs, traj, store, progress)
+    written = sorted(p.name for p in set(store.figures.glob("*.png")) - others)
+    (store.figures / WRITTEN_FIGURES).write_text("".join(f"{name}\n" for name in written))
     if not progress.complete:
         alone = None
         if progress.whole_parts and section.verdict != INCOMPLETE:
@@ -99,6 +103,17 @@ def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame, Progress]:
             section.numbers["finished_parts"] = alone
         section.verdict, section.reason = INCOMPLETE, _incomplete_reason(progress, alone)
     return study, section, runs, progress
+
+
+def _remove_written_figures(figures: Path) -> None:
+    """Delete the figures a report wrote in ``figures`` (listed in :data:`WRITTEN_FIGURES`),
+    never a file of the folder it did not write."""
+    listing = figures / WRITTEN_FIGURES
+    if not listing.is_file():
+        return
+    for name in listing.read_text().splitlines():
+        if name and "/" not in name and "\\" not in name:
+            (figures / name).unlink(missing_ok=True)
 
 
 def _load_study(store: Store) -> Study:

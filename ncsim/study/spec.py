@@ -36,6 +36,7 @@ from typing import Any
 
 from ncsim.errors import InputError
 from ncsim.params import grid as cartesian
+from ncsim.params import grid_size
 
 try:  # Python >= 3.11
     import tomllib
@@ -94,6 +95,10 @@ TRAIN_PARAMS: dict[str, tuple[type, tuple | None]] = {
     "reference_train_size": (int, None), "nc_dense": (int, None),
 }
 PART_KEYS = ("name", "model", "grid", "skip")
+# A part name goes into figure file names (trajectories_<part>.png): at most this long.
+PART_NAME_MAX = 100
+# The most runs of a study variant (all parts): more would take days; split such a study.
+STUDY_MAX_RUNS = 100_000
 
 
 EXECUTION_ONLY = ("chunk", "data_root")  # how and where a run is computed, not what
@@ -299,9 +304,14 @@ def _check_distinct(source: str, key: str, written: Any, values: list[Any]) -> N
     """Refuse a grid axis that repeats a value (``seed = [0, 0, 1]``, an integer range that
     rounds two points to one, or a range with equal ends): the repeat would be the same run,
     computed once."""
-    seen: list[Any] = []
+    hashed: set[Any] = set()
+    unhashable: list[Any] = []  # e.g. class-count lists
     for value in values:
-        if value in seen:
+        try:
+            repeated = value in hashed  # a set: an axis of 1e6 values is checked in linear time
+        except TypeError:
+            repeated = value in unhashable
+        if repeated:
             if not (isinstance(written, str) and ".." in written):
                 how = f"{value!r} appears more than once; give each value once"
             elif isinstance(value, int):
@@ -312,7 +322,10 @@ def _check_distinct(source: str, key: str, written: Any, values: list[Any]) -> N
                        "different ends, one point or a list")
             _fail(source, key, f"repeated grid value: {how} (a repeated value is the same "
                   "run, computed once)")
-        seen.append(value)
+        try:
+            hashed.add(value)
+        except TypeError:
+            unhashable.append(value)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -479,6 +492,11 @@ def _check_part(source: str, index: int, part: Any, defaults: dict[str, dict]) -
     _check_type(source, where, part, dict, None)
     name = part.get("name", f"part{index}")
     _check_type(source, f"{where}.name", name, str, None)
+    if (len(name) > PART_NAME_MAX or not name.isprintable() or name in (".", "..")
+            or any(c in name for c in "/\\")):
+        _fail(source, f"{where}.name", f"{name[:60]!r} cannot name the part's figure files: "
+              f"use at most {PART_NAME_MAX} printable characters, without '/' or '\\' and "
+              "other than '.' or '..'")
     where = f"parts.{name}"
     model = part.get("model")
     if model is None:
@@ -537,6 +555,10 @@ def _check_runs(source: str, study: Study) -> None:
     """Refuse a variant whose grid repeats a run, that resolves to no run, or one of whose
     runs does not build a valid spec or config (all before anything starts)."""
     where = "quick." if study.quick else ""
+    total = sum(grid_size(part["grid"]) for part in study.parts)
+    if total > STUDY_MAX_RUNS:
+        _fail(source, f"{where}parts", f"the grids give {total} runs; a study takes at most "
+              f"{STUDY_MAX_RUNS}: give fewer grid values or split the study")
     for part in study.parts:
         _check_distinct_runs(source, part)
     runs = study.runs()
