@@ -6,7 +6,7 @@ Fixed findings: a part name wrote figures outside --out ('x/../../ESCAPED'), or 
 every run (NUL byte: a traceback; 300 characters: too long); study grids had no size limit
 (2e6 runs stalled building run ids; a 1e6-value axis stalled in a quadratic repeat check);
 classes = 2^62 built a K-long tuple (MemoryError); a report deleted every figures/*.png of
-its folder, a user's too (it now removes the figures listed in figures/.written only).
+its folder, a user's too (it now removes the figures listed in .figures-written only).
 """
 
 from __future__ import annotations
@@ -295,19 +295,19 @@ def test_unsafe_part_names_are_refused_before_any_run(name):
 
 
 def test_a_rerun_replaces_its_own_figures_and_keeps_the_users(tmp_path):
-    """figures/.written lists what the report wrote: a re-run with another part name removes
+    """.figures-written lists what the report wrote: a re-run with another part name removes
     the old part's figure, a user's PNG stays."""
     out = tmp_path / "out"
     invoke(["study", "run", str(_spec(tmp_path, part="first")), "--out", str(out),
             "--no-progress"])
-    written = (out / "figures" / ".written").read_text().split()
+    written = (out / ".figures-written").read_text().split()
     assert "trajectories_first.png" in written
     (out / "figures" / "mine.png").write_bytes(b"user")
     invoke(["study", "run", str(_spec(tmp_path / "b", part="second")), "--out", str(out),
             "--no-progress"])
     names = {p.name for p in (out / "figures").glob("*.png")}
     assert "trajectories_first.png" not in names and "trajectories_second.png" in names
-    assert "mine.png" in names and "mine.png" not in (out / "figures" / ".written").read_text()
+    assert "mine.png" in names and "mine.png" not in (out / ".figures-written").read_text()
 
 
 def test_a_study_of_more_than_1e5_runs_is_refused_at_once():

@@ -243,6 +243,7 @@ def test_figures_of_an_earlier_report_are_removed(tmp_path, monkeypatch):
     _finish(store, descs)
     (folder / "figures").mkdir(exist_ok=True)
     (folder / "figures" / "old.png").write_bytes(b"png")
+    (folder / report.WRITTEN_FIGURES).write_text("old.png\n")  # the earlier report's list
     monkeypatch.setitem(report.ANALYSES, "invariance",
                         lambda study, runs, traj, figures: Section("supported", "fine"))
     write_report(folder, nested=False)

@@ -24,8 +24,9 @@ from ncsim.study.store import FAILED, Store
 
 MAX_ROWS = 40
 INCOMPLETE = "incomplete"  # the verdict of a study whose runs have not all finished
-# the list of the figures a report wrote in figures/ (the next report replaces those only)
-WRITTEN_FIGURES = ".written"
+# the list of the figures a report wrote in figures/, beside that folder (the next report
+# replaces those only)
+WRITTEN_FIGURES = ".figures-written"
 
 
 @dataclass
@@ -87,14 +88,14 @@ def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame, Progress]:
     runs, traj = store.tables()
     progress = study_progress(store, study, runs)
     store.figures.mkdir(parents=True, exist_ok=True)
-    _remove_written_figures(store.figures)  # of an earlier study or spec of the folder
+    _remove_written_figures(store.figures, store.root / WRITTEN_FIGURES)  # an earlier report's
     others = set(store.figures.glob("*.png"))  # figures ncsim did not write: kept
     if runs.empty or "status" not in runs:
         section = Section("inconclusive", "no finished run")
     else:
         section = _analyze(study, runs, traj, store, progress)
     written = sorted(p.name for p in set(store.figures.glob("*.png")) - others)
-    (store.figures / WRITTEN_FIGURES).write_text("".join(f"{name}\n" for name in written))
+    (store.root / WRITTEN_FIGURES).write_text("".join(f"{name}\n" for name in written))
     if not progress.complete:
         alone = None
         if progress.whole_parts and section.verdict != INCOMPLETE:
@@ -105,10 +106,9 @@ def analyze_dir(folder: Path) -> tuple[Study, Section, pd.DataFrame, Progress]:
     return study, section, runs, progress
 
 
-def _remove_written_figures(figures: Path) -> None:
-    """Delete the figures a report wrote in ``figures`` (listed in :data:`WRITTEN_FIGURES`),
-    never a file of the folder it did not write."""
-    listing = figures / WRITTEN_FIGURES
+def _remove_written_figures(figures: Path, listing: Path) -> None:
+    """Delete the figures an earlier report wrote in ``figures`` (named in ``listing``, the
+    folder's :data:`WRITTEN_FIGURES`), never a file of the folder it did not write."""
     if not listing.is_file():
         return
     for name in listing.read_text().splitlines():
