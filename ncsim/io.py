@@ -97,6 +97,10 @@ def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
     object column and follows the same rule; other categorical columns stay. In the
     other object columns a missing value of a kind Parquet does not take as missing (a numpy
     float32 NaN) becomes None. Other columns are unchanged."""
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if repeated:
+        raise InputError(f"the table has duplicated column names ({', '.join(repeated)}); "
+                         "give every column its own name")
     out = frame.copy()
     for col in out.columns:
         if _mixed_categories(out[col]):
@@ -173,7 +177,11 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
                          f"{path.suffix or '(none)'}; name it .csv or .parquet")
     try:
         return pd.read_parquet(path) if suffix == ".parquet" else _read_csv_table(path)
-    except (ValueError, pd.errors.ParserError) as err:  # UnicodeDecodeError, ArrowInvalid
+    except PermissionError:
+        raise  # the system's refusal, said as such by the command line
+    # UnicodeDecodeError, ArrowInvalid (ValueError); a footer pyarrow cannot deserialise
+    # (OSError); ArrowNotImplementedError (NotImplementedError) and KeyError from damaged bytes
+    except (ValueError, OSError, KeyError, NotImplementedError, pd.errors.ParserError) as err:
         first = (str(err).splitlines()[0] if str(err) else type(err).__name__).rstrip(". ")
         raise InputError(f"cannot read table {path}: {first}; it is damaged or not a "
                          f"{'Parquet' if suffix == '.parquet' else 'UTF-8 CSV'} file (write "

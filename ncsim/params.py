@@ -5,6 +5,7 @@ Several such options together make a grid (their Cartesian product).
 
 from __future__ import annotations
 
+import decimal
 import itertools
 import math
 import re
@@ -30,7 +31,18 @@ def _number(text: str, option: str) -> float:
     if not math.isfinite(value):
         raise InputError(f"{option}: {text.strip()!r} is not a finite number; give a finite "
                          "value")
+    if value == 0 and _exact(text) not in (None, 0):
+        raise InputError(f"{option}: {text.strip()!r} underflows to 0 (floats reach down to "
+                         "5e-324); give 0 or a larger value")
     return value
+
+
+def _exact(text: str) -> decimal.Decimal | None:
+    """The number ``text`` spells, exactly (None when Decimal does not read it)."""
+    try:
+        return decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        return None
 
 
 MAX_RANGE_COUNT = 1_000_000
@@ -94,10 +106,16 @@ def _integer(text: str, option: str) -> int:
     try:
         value = int(whole)
     except ValueError:
-        number = _number(text, option)
-        if number != int(number):
-            raise InputError(f"{option}: {number} is not an integer; give whole numbers") from None
-        value = int(number)
+        exact = _exact(whole)  # a float spelling, read exactly: "9007199254740993.0" stays
+        if exact is None or not exact.is_finite():
+            _number(text, option)  # raises: not a number, or not finite
+            raise  # pragma: no cover - _number refused it
+        if exact.adjusted() >= 4000:  # beyond int()'s digits: the text as written
+            raise _out_of_range(whole, option) from None
+        if exact != exact.to_integral_value():
+            raise InputError(f"{option}: {float(exact)} is not an integer; give whole "
+                             "numbers") from None
+        value = int(exact)
     return _in_int_range(value, option)
 
 

@@ -51,7 +51,7 @@ def _no_runtime_warnings(args: list[str]):
 
 @pytest.mark.parametrize("option, value, word", [
     ("--lambda-w", "1" + "0" * 400, "not a finite number"),
-    ("--init-scale", "1e-400", "init scale"),
+    ("--init-scale", "1e-400", "underflows to 0"),
     ("--rtol", "5e-324", "rtol"),
     ("-K", "1" * 5000, "out of range"),
     ("--seed", "18446744073709551616", "out of range"),

@@ -92,10 +92,10 @@ def test_a_non_finite_end_is_named_exactly(text, bad):
 
 
 @pytest.mark.parametrize("text", ["0..1:3", "-0..1:3", "1..-0:2", "-1..-2:2", "1..0:1",
-                                  "0..0:1", "1e-400..1:2", "1..2:0", "1..2:00",
+                                  "0..0:1", "1..2:0", "1..2:00",
                                   f"1..2:{MAX_RANGE_COUNT + 1}", "1..2:99999999999999999999"])
 def test_range_rule_refusals_are_exact(text):
-    """Zero (also -0 and an underflowing 1e-400) or negative ends, count 0 and too large a
+    """Zero (also -0) or negative ends, count 0 and too large a
     count are refused with the one rule, even where count = 1 would ignore hi."""
     with _raises_exactly(f"--x: log range {text!r} {_COUNT_RULE}"):
         parse_values(text, "--x")
@@ -172,10 +172,10 @@ def test_a_fraction_is_refused_naming_the_number_read(given, shown):
         parse_ints(given, "--seed")
 
 
-@pytest.mark.parametrize(("text", "shown"), [("1e30", str(int(1e30))), ("-1e19", "-" + str(10**19)),
+@pytest.mark.parametrize(("text", "shown"), [("1e30", str(10**30)), ("-1e19", "-" + str(10**19)),
                                              (str(-(2**63)), str(-(2**63)))])
 def test_an_integer_beyond_int64_names_the_integer_read(text, shown):
-    """A float spelling too large is refused naming the exact integer of the float."""
+    """A float spelling too large is refused naming the integer it spells, exactly."""
     with _raises_exactly(f"--seed: {shown} is out of range; give integers of magnitude below "
                          "2^63 (9223372036854775808)"):
         parse_ints(text, "--seed")
@@ -305,3 +305,9 @@ def test_leading_zeros_do_not_make_a_number_out_of_range(text):
     """Zeros before the first digit do not count: '000...012' is 12 and 2^63 - 1 behind
     zeros, either sign, is in range."""
     assert parse_ints(text, "--seed") == [int(text)]
+
+
+def test_an_underflowing_end_is_refused_as_underflowing():
+    """'1e-400' as a range end underflows to 0: refused saying so, not read as 0."""
+    with pytest.raises(InputError, match="'1e-400' underflows to 0"):
+        parse_values("1e-400..1:2", "--x")
