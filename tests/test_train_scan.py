@@ -393,3 +393,14 @@ def test_a_phase_of_more_than_1e7_epochs_is_refused():
     with pytest.raises(InputError, match="epochs per phase must be at most 1e\\+07"):
         Phase("ce", 2**64, "sgd", 0.1, 0.0).validate()
     Phase("ce", 10**7, "sgd", 0.1, 0.0).validate()
+
+
+def test_ended_diverged_of_no_records_or_one_record_decides_nothing():
+    """No records, or a single record with a NaN loss (no finite loss before it): not diverged."""
+    import pandas as pd
+
+    from ncsim.validate.analysis import ended_diverged
+
+    assert not ended_diverged(pd.DataFrame({"fn": [], "loss": []}))
+    assert not ended_diverged(pd.DataFrame({"fn": [1.0], "loss": [math.nan]}))
+    assert ended_diverged(pd.DataFrame({"fn": [1.0, math.inf], "loss": [1.0, 1.0]}))

@@ -168,6 +168,8 @@ def ended_diverged(part: pd.DataFrame) -> bool:
     """Whether a run's records (in time order) end diverged: the last record's fn is infinite,
     or its ``loss`` is NaN or infinite in a log whose ``loss`` column holds finite numbers
     before (a blank loss column, or a log without one, decides nothing)."""
+    if part.empty:
+        return False
     last_fn = pd.to_numeric(part["fn"].iloc[-1:], errors="coerce").to_numpy(np.float64)
     if np.isinf(last_fn).any():
         return True
