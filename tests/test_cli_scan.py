@@ -6,8 +6,9 @@ overflows (tracebacks; now bounded in the specs and options), theory onset at in
 (the mode ODE's ArithmeticError, now reported in the row), lambda_H / lambda_W overflowing
 at a subnormal lambda_W (an error about a ratio never given), a collapsed run stopped at rest
 between two record times read as not_collapsed, nc1_rates' warning from the branch not taken.
-Known limits (strict xfail): numpy warnings of squares past float64 at decays or init scales
-near the float limits.
+growth_rate at lambda_W = 1e300 (the square of lambda_W - lambda_H overflowed: now hypot).
+Known limits (strict xfail): numpy warnings of squares past float64 at init scales near the
+float limits.
 """
 
 from __future__ import annotations
@@ -217,9 +218,7 @@ def test_steady_stop_between_records_keeps_the_onset():
 
 
 @pytest.mark.parametrize("option, value", [
-    pytest.param("--lambda-w", "1e300", marks=pytest.mark.xfail(
-        strict=True, reason="known limit: growth_rate squares lambda_W - lambda_H, which "
-        "overflows past 1e154 (numpy's overflow warning, a growth rate of 0)")),
+    ("--lambda-w", "1e300"),
     ("--lambda-h", "18446744073709551616")])
 def test_huge_decay_theory_raises_no_runtime_warning(option, value):
     """theory threshold at a huge decay prints its row without numpy RuntimeWarnings."""
@@ -253,3 +252,16 @@ def test_a_t_end_whose_default_first_record_underflows_names_t_end():
     """--t-end 5e-324: t_end / 10 is 0, so the error names t_end, not the t_first never given."""
     line = error_line(invoke([a if a != "1" else "5e-324" for a in TINY]))
     assert "t_end 5e-324 is too small for records" in line
+
+
+def test_growth_rate_and_nc1_rates_at_decays_past_1e154_are_exact():
+    """lambda_W = 1e300, lambda_H = 5e-4 (K = 2, n = 2): mu = -lambda_H to rounding (the
+    decays far above g) and the early NC1 rate 4 g^2 / (2 lambda_W) = 2.5e-301."""
+    from ncsim.theory.dynamics import nc1_rates
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mu = float(growth_rate(2, 2, 1e300, 5e-4))
+        early, late = nc1_rates(2, 2, 1e300, 5e-4)
+    assert mu == pytest.approx(-5e-4, rel=1e-12)
+    assert float(early) == pytest.approx(2.5e-301, rel=1e-12) and float(late) == 1e-3

@@ -28,6 +28,7 @@ from ncsim.theory import (
 )
 from ncsim.theory import symbols as S
 from ncsim.theory._backend import bisect
+from ncsim.theory.dynamics import ROOT
 
 pytestmark = pytest.mark.mpmath_digits(50)
 
@@ -173,6 +174,7 @@ def test_derive_prints_the_forms_the_numbers_come_from():
     K, n, lw, lh, t, z0 = 4, 5, 0.013, 0.021, 7.0, 0.01
     at = {S.K: K, S.n: n, S.lam_w: sp.Float(lw, 30), S.lam_h: sp.Float(lh, 30)}
     at[S.Lam] = sp.sqrt(at[S.lam_w] * at[S.lam_h])
+    at[ROOT] = sp.sqrt((at[S.lam_w] - at[S.lam_h]) ** 2 + sp.Rational(4, K * K * n))
     for key in ("growth_rate", "growth_rate_evaluated"):
         assert rel(growth_rate(K, n, lw, lh), mp.mpf(str(ex[key].subs(at).evalf(50)))) < 1e-14
     for key in ("nc1_rate_early", "nc1_rate_early_evaluated", "nc1_rate_early_direct"):

@@ -35,6 +35,8 @@ from ncsim.theory.equilibrium import (
 )
 
 z_inf, r_sym, u_sym = sp.symbols("z_inf r u", positive=True)
+# the root sqrt((lambda_W - lambda_H)^2 + 4 g^2) of the evaluated rate forms, passed in as hypot
+ROOT = sp.Symbol("root", positive=True)
 g_sym = sp.Symbol("g", positive=True)
 
 
@@ -75,13 +77,15 @@ def derive() -> dict[str, sp.Expr]:
     g2 = (sp.sqrt(S.n) / S.N) ** 2
     g_ = 1 / (S.K * sp.sqrt(S.n))
     root = sp.sqrt((S.lam_w - S.lam_h) ** 2 + 4 * g2)
-    mu_eval = 2 * (g_ - S.Lam) * (g_ + S.Lam) / (S.lam_w + S.lam_h + root)
-    early_eval = 4 * g2 / (S.lam_w - S.lam_h + root)
-    early_direct = S.lam_h - S.lam_w + root  # a sum of terms >= 0 where lH >= lW
-    assert sp.simplify(sp.radsimp(mu_eval.subs(S.Lam, sp.sqrt(S.lam_w * S.lam_h))
+    # the root is a symbol too, evaluated as hypot(lW - lH, 2 g): its square would overflow
+    # past decays of 1e154 (numpy's warning and a rate of 0 at lambda_W = 1e300)
+    mu_eval = 2 * (g_ - S.Lam) * (g_ + S.Lam) / (S.lam_w + S.lam_h + ROOT)
+    early_eval = 4 * g2 / (S.lam_w - S.lam_h + ROOT)
+    early_direct = S.lam_h - S.lam_w + ROOT  # a sum of terms >= 0 where lH >= lW
+    assert sp.simplify(sp.radsimp(mu_eval.subs({S.Lam: sp.sqrt(S.lam_w * S.lam_h), ROOT: root})
                                   - mu_ufm)) == 0
-    assert sp.simplify(sp.radsimp(early_eval - 2 * (S.lam_h + mu_ufm))) == 0
-    assert sp.simplify(early_direct - 2 * (S.lam_h + mu_ufm)) == 0
+    assert sp.simplify(sp.radsimp(early_eval.subs(ROOT, root) - 2 * (S.lam_h + mu_ufm))) == 0
+    assert sp.simplify(early_direct.subs(ROOT, root) - 2 * (S.lam_h + mu_ufm)) == 0
     (t_half,) = sp.solve(sp.Eq(zt, z_inf / 2), S.t)
     tau = sp.Symbol("tau", positive=True)
     z_int = sp.simplify(sp.integrate(zt.subs(S.t, tau), (tau, 0, S.t)))
@@ -125,9 +129,9 @@ def _fn(name: str):
     d = derive()
     args = {
         "growth_rate": [S.K, S.n, S.lam_w, S.lam_h],
-        "growth_rate_evaluated": [S.K, S.n, S.lam_w, S.lam_h, S.Lam],
-        "nc1_rate_early_evaluated": [S.K, S.n, S.lam_w, S.lam_h],
-        "nc1_rate_early_direct": [S.K, S.n, S.lam_w, S.lam_h],
+        "growth_rate_evaluated": [S.K, S.n, S.lam_w, S.lam_h, S.Lam, ROOT],
+        "nc1_rate_early_evaluated": [S.K, S.n, S.lam_w, S.lam_h, ROOT],
+        "nc1_rate_early_direct": [S.K, S.n, S.lam_w, S.lam_h, ROOT],
         "logistic": [S.t, S.z0, z_inf, r_sym],
         "logistic_rate": [S.K, S.n, S.lam],
         "logistic_limit": [S.K, S.n, S.lam],
@@ -162,8 +166,15 @@ def growth_rate(K: Array, n: Array, lambda_w: Array, lambda_h: Array, depth: int
     K, n, lw, lh = _checked(["K", "n", "lambda_w", "lambda_h"], [K, n, lambda_w, lambda_h])
     xp = namespace(K)
     if depth == 1:  # the rationalised form (derive()["growth_rate_evaluated"])
-        return _fn("growth_rate_evaluated")(K, n, lw, lh, geometric_mean(xp, [lw, lh]))
+        return _fn("growth_rate_evaluated")(K, n, lw, lh, geometric_mean(xp, [lw, lh]),
+                                            _root(xp, K, n, lw, lh))
     return -xp.minimum(lw, lh)
+
+
+def _root(xp: Any, K: Array, n: Array, lw: Array, lh: Array) -> Array:
+    """sqrt((lambda_W - lambda_H)^2 + 4 g^2), g = 1/(K sqrt n), without squaring the decays
+    (the ``R`` of the evaluated rate forms)."""
+    return xp.hypot(lw - lh, 2 / (K * xp.sqrt(n)))
 
 
 def _exprel(xp: Any, x: Array) -> Array:
@@ -259,10 +270,10 @@ def nc1_rates(K: Array, n: Array, lambda_w: Array, lambda_h: Array) -> tuple[Arr
     zero, one = xp.full_like(lw, 0.0), xp.full_like(lw, 1.0)
     # each form gets the decays where it is taken and (1, 0) / (0, 1) elsewhere, where the
     # other form's cancellation (a division by 0 at lambda_H >> lambda_W) would warn
-    evaluated = _fn("nc1_rate_early_evaluated")(K, n, xp.where(above, lw, one),
-                                                xp.where(above, lh, zero))
-    direct = _fn("nc1_rate_early_direct")(K, n, xp.where(above, zero, lw),
-                                          xp.where(above, one, lh))
+    lw_e, lh_e = xp.where(above, lw, one), xp.where(above, lh, zero)
+    lw_d, lh_d = xp.where(above, zero, lw), xp.where(above, one, lh)
+    evaluated = _fn("nc1_rate_early_evaluated")(K, n, lw_e, lh_e, _root(xp, K, n, lw_e, lh_e))
+    direct = _fn("nc1_rate_early_direct")(K, n, lw_d, lh_d, _root(xp, K, n, lw_d, lh_d))
     early = xp.where(above, evaluated, direct)
     return early, 2 * lh + 0 * mu
 
