@@ -23,6 +23,8 @@ import ctypes.util
 import functools
 import platform
 
+from ncsim.errors import is_integer
+
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -72,8 +74,9 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD_BYTES,
     """
     global _taken_mmap_threshold
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
-        if not 0 < value < 2**31:
-            raise ValueError(f"{name} must be a byte count in (0, 2**31), got {value}")
+        if not (is_integer(value) and 0 < value < 2**31):
+            raise ValueError(f"{name} must be an integer byte count in (0, 2**31), got "
+                             f"{value!r}")
     mallopt = _mallopt()
     if mallopt is None:
         return False

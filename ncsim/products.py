@@ -76,7 +76,7 @@ _wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
 def _plain(t: torch.Tensor) -> bool:
     """A CPU float64 tensor whose memory numpy may read and write behind torch's back."""
     return (t.is_cpu and t.dtype == torch.float64 and t.layout == torch.strided
-            and not t.requires_grad
+            and not t.requires_grad and not t.is_neg()  # a lazy negation numpy cannot read
             and (_wrapped is None or not _wrapped(t))
             and (not t.is_inference() or torch.is_inference_mode_enabled()))
 
@@ -135,10 +135,20 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with ``torch.matmul``'s broadcasting of the leading dimensions (numpy's
     ``matmul`` broadcasts alike) for a (..., m, k), b (..., k, n): the metrics' products over
     all samples."""
-    fits = a.dim() >= 2 and b.dim() >= 2 and a.shape[-1] == b.shape[-2]
+    fits = (a.dim() >= 2 and b.dim() >= 2 and a.shape[-1] == b.shape[-2]
+            and _broadcastable(a.shape[:-2], b.shape[:-2]))
     if not (fits and _host_route(a, b)):
         return torch.matmul(a, b)
     return torch.from_numpy(_np_matmul(a, b))
+
+
+def _broadcastable(x: torch.Size, y: torch.Size) -> bool:
+    """Whether two leading shapes broadcast (else torch raises its own error, as for bmm)."""
+    try:
+        torch.broadcast_shapes(x, y)
+    except RuntimeError:
+        return False
+    return True
 
 
 def vecmat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
