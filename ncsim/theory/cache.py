@@ -41,11 +41,17 @@ REGISTERED: list[Derivation] = []  # every cached derivation, in the order of im
 
 
 def cache_dir() -> Path | None:
-    """The folder of the derivation cache, or None when ``NCSIM_CACHE_DIR`` is set empty."""
+    """The folder of the derivation cache, or None when ``NCSIM_CACHE_DIR`` is set empty or
+    no folder can be found (no XDG_CACHE_HOME and no home directory: the cache is off)."""
     chosen = os.environ.get("NCSIM_CACHE_DIR")
     if chosen is not None:
         return Path(chosen).expanduser() if chosen else None
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError:  # no HOME and no passwd entry
+            return None
     return Path(base) / "ncsim"
 
 
