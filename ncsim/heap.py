@@ -75,8 +75,8 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD_BYTES,
     global _taken_mmap_threshold
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
         if not (is_integer(value) and 0 < value < 2**31):
-            raise ValueError(f"{name} must be an integer byte count in (0, 2**31), got "
-                             f"{value!r}")
+            raise ValueError(f"{name} must be a byte count in (0, 2**31), got {value} (an "
+                             "integer)")
     mallopt = _mallopt()
     if mallopt is None:
         return False
