@@ -106,10 +106,9 @@ def _integer(text: str, option: str) -> int:
     try:
         value = int(whole)
     except ValueError:
-        exact = _exact(whole)  # a float spelling, read exactly: "9007199254740993.0" stays
-        if exact is None or not exact.is_finite():
-            _number(text, option)  # raises: not a number, or not finite
-            raise  # pragma: no cover - _number refused it
+        number = _number(text, option)  # refuses what is not a finite number
+        # a float spelling, read exactly: "9007199254740993.0" keeps its last digit
+        exact = _exact(whole) or decimal.Decimal(number)
         if exact.adjusted() >= 4000:  # beyond int()'s digits: the text as written
             raise _out_of_range(whole, option) from None
         if exact != exact.to_integral_value():
