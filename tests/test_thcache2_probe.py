@@ -3,7 +3,6 @@ empty derivations, numeric file names and result types, and numeric keys of equa
 
 from __future__ import annotations
 
-import pickle
 import re
 
 import pytest
@@ -45,7 +44,7 @@ def test_a_dict_with_one_non_expression_value_is_a_miss(folder):
     calls = []
     toy = _toy(calls)
     path = cache.cache_file(toy)
-    path.write_bytes(pickle.dumps({"root": sp.sqrt(3), "log": 0.5}))
+    cache._write(path, {"root": sp.sqrt(3), "log": 0.5})
     assert cache._read(path) is None
     assert cache.derivation(toy)() == {"root": sp.sqrt(2), "log": sp.log(x) / 3}
     assert calls == [1] and cache._read(path)["log"] == sp.log(x) / 3
@@ -82,8 +81,7 @@ def test_verify_finds_a_kept_file_with_an_extra_key_differs_and_rewrites_it(fold
     """A kept dict with the derived keys plus another one differs; the file is replaced."""
     cached = cache.derivation(_toy([]))
     path = cache.cache_file(cached.uncached)
-    path.write_bytes(pickle.dumps({"root": sp.sqrt(2), "log": sp.log(x) / 3,
-                                   "old": sp.Integer(1)}))
+    cache._write(path, {"root": sp.sqrt(2), "log": sp.log(x) / 3, "old": sp.Integer(1)})
     assert cache.verify(cached) == "differs"
     assert cache._read(path) == {"root": sp.sqrt(2), "log": sp.log(x) / 3}
 
@@ -93,8 +91,8 @@ def test_verify_leaves_a_file_that_is_the_same_as_written(folder):
     cached = cache.derivation(_toy([]))
     path = cache.cache_file(cached.uncached)
     other_form = sp.log(x) / 3 + sp.sin(x) ** 2 + sp.cos(x) ** 2 - 1
-    content = pickle.dumps({"root": sp.sqrt(2), "log": other_form})
-    path.write_bytes(content)
+    cache._write(path, {"root": sp.sqrt(2), "log": other_form})
+    content = path.read_bytes()
     assert cache.verify(cached) == "same"
     assert path.read_bytes() == content
 
@@ -104,7 +102,7 @@ def test_verify_calls_a_dict_of_non_expressions_unreadable(folder):
     is replaced by the derivation."""
     cached = cache.derivation(_toy([]))
     path = cache.cache_file(cached.uncached)
-    path.write_bytes(pickle.dumps({"root": 1.4142135623730951, "log": 0.0}))
+    cache._write(path, {"root": 1.4142135623730951, "log": 0.0})
     assert cache.verify(cached) == "unreadable"
     assert cache._read(path) == {"root": sp.sqrt(2), "log": sp.log(x) / 3}
 

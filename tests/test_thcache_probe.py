@@ -48,7 +48,7 @@ def test_a_write_that_fails_midway_keeps_the_old_file_and_leaves_no_temporary(
     temporary file stays behind, and the error is swallowed (best effort)."""
     path = tmp_path / "ncsim.toy-key.pickle"
     old = {"root": sp.sqrt(2)}
-    path.write_bytes(pickle.dumps(old))
+    cache._write(path, old)
     seen = []
     monkeypatch.setattr(pickle, "dump", _failing_dump(seen))
     cache._write(path, {"root": sp.sqrt(3)})
@@ -62,7 +62,7 @@ def test_the_kept_file_is_replaced_only_once_written_whole(monkeypatch, tmp_path
     """While the new value is being dumped, a reader of the kept file (another process) still
     sees the old, whole value; afterwards it sees the new one."""
     path = tmp_path / "ncsim.toy-key.pickle"
-    path.write_bytes(pickle.dumps({"root": sp.sqrt(2)}))
+    cache._write(path, {"root": sp.sqrt(2)})
     real_dump = pickle.dump
     mid_write = []
 
@@ -165,7 +165,7 @@ def test_verify_tells_a_reshaped_matrix_from_the_same_entries(monkeypatch, tmp_p
     cached = cache.derivation(square)
     path = cache.cache_file(square)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps({"m": sp.Matrix([[x, 1, 0, x + 1]])}))
+    cache._write(path, {"m": sp.Matrix([[x, 1, 0, x + 1]])})
     assert cache.verify(cached) == "differs"
     assert cache._read(path)["m"].shape == (2, 2)
 

@@ -52,17 +52,31 @@ def test_a_derivation_runs_once_and_a_new_process_reads_it_back(folder):
     assert [p.name for p in folder.iterdir()] == [path.name]  # no temporary file left
 
 
-@pytest.mark.parametrize("content", [b"", b"not a pickle", pickle.dumps([1, 2]),
-                                     pickle.dumps({"a": 1.0}), pickle.dumps({1: sp.Integer(1)})])
+def _record(name: str, value: object) -> bytes:
+    """A kept file's bytes: the record of ``value`` filed as ``name``."""
+    return pickle.dumps({"file": name, "value": value})
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"not a pickle", pickle.dumps([1, 2]), pickle.dumps({"a": 1.0}),
+    pickle.dumps({"root": sp.sqrt(2), "log": sp.log(x) / 3}),  # a bare dict, not a record
+    "record", {"a": 1.0}, {1: sp.Integer(1)}, [1, 2]],
+    ids=["empty", "text", "list", "float-dict", "bare-dict", "record-of-another-file",
+         "record-float-dict", "record-int-key", "record-list"])
 def test_an_unreadable_or_foreign_file_is_a_miss_and_is_rewritten(folder, content):
-    """A truncated file, another program's pickle, a dict of something else: the derivation
-    runs and its result replaces the file."""
+    """A truncated file, another program's pickle, a record filed under another name, a
+    record of something else: the derivation runs and its result replaces the file."""
     path = cache_file(toy)
     folder.mkdir()
+    if content == "record":  # toy's true value, filed under another name
+        content = _record(path.name.replace("toy", "other"),
+                          {"root": sp.sqrt(2), "log": sp.log(x) / 3})
+    elif not isinstance(content, bytes):
+        content = _record(path.name, content)
     path.write_bytes(content)
     value = derivation(toy)()
     assert CALLS == ["toy"] and value["root"] == sp.sqrt(2)
-    assert pickle.loads(path.read_bytes()) == value
+    assert cache._load(path) == value
 
 
 def test_an_empty_setting_turns_the_disk_cache_off(monkeypatch, tmp_path):
@@ -100,8 +114,10 @@ def test_default_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
 def test_every_derivation_reads_back_exactly(func):
     """Each of the package's derivations, in the test session's cache: the file holds the
     same expressions, structurally equal (so compiled alike), with the symbols' assumptions."""
-    value = func()
     path = cache_file(func.uncached)
+    if not path.is_file():  # first derived in this process under another test's folder
+        func.cache_clear()
+    value = func()
     assert path is not None and path.is_file()
     back = cache._read(path)
     assert back is not None and back.keys() == value.keys()
@@ -176,18 +192,18 @@ def test_verify_finds_a_missing_a_same_an_altered_and_an_unreadable_file(folder)
     assert cache.verify(cached) == "missing" and cache._read(path) == toy()
     assert cache.verify(cached) == "same"
     cached()  # the process keeps the file's value
-    path.write_bytes(pickle.dumps({"root": sp.sqrt(3), "log": sp.log(x) / 3}))
+    cache._write(path, {"root": sp.sqrt(3), "log": sp.log(x) / 3})
     cached.cache_clear()
     assert cached()["root"] == sp.sqrt(3)  # the altered file is trusted when read
     assert cache.verify(cached) == "differs"
     assert cache._read(path)["root"] == sp.sqrt(2) and cached()["root"] == sp.sqrt(2)
-    path.write_bytes(pickle.dumps({"root": sp.sqrt(2)}))  # a key missing
+    cache._write(path, {"root": sp.sqrt(2)})  # a key missing
     assert cache.verify(cached) == "differs" and cache._read(path).keys() == {"root", "log"}
     path.write_bytes(b"garbage")
     assert cache.verify(cached) == "unreadable" and cache._read(path) == toy()
     other_form = sp.log(x) / 3 + sp.sin(x) ** 2 + sp.cos(x) ** 2 - 1
     assert other_form != sp.log(x) / 3  # not equal as written
-    path.write_bytes(pickle.dumps({"root": sp.sqrt(2), "log": other_form}))
+    cache._write(path, {"root": sp.sqrt(2), "log": other_form})
     assert cache.verify(cached) == "same"
 
 
@@ -199,13 +215,13 @@ def test_verify_compares_matrices_entry_by_entry(folder):
     cached = derivation(mats)
     path = cache_file(mats)
     assert cache.verify(cached) == "missing"
-    path.write_bytes(pickle.dumps({"m": sp.Matrix([[x, 1], [0, x ** 2 + x]])}))
+    cache._write(path, {"m": sp.Matrix([[x, 1], [0, x ** 2 + x]])})
     assert cache.verify(cached) == "same"
-    path.write_bytes(pickle.dumps({"m": sp.Matrix([[x, 1], [0, x ** 3]])}))
+    cache._write(path, {"m": sp.Matrix([[x, 1], [0, x ** 3]])})
     assert cache.verify(cached) == "differs"
-    path.write_bytes(pickle.dumps({"m": sp.Matrix([[x, 1]])}))
+    cache._write(path, {"m": sp.Matrix([[x, 1]])})
     assert cache.verify(cached) == "differs"
-    path.write_bytes(pickle.dumps({"m": x}))
+    cache._write(path, {"m": x})
     assert cache.verify(cached) == "differs"
 
 
@@ -241,7 +257,7 @@ def test_cache_command_counts_and_verifies_and_clears(folder, registry):
     first = invoke(["theory", "cache", "--verify"])
     assert first.exit_code == 0, first.output
     assert first.stdout.splitlines()[-1] == "ncsim.toy.toy: missing"
-    cache_file(named).write_bytes(pickle.dumps({"root": sp.Integer(1), "log": sp.log(x) / 3}))
+    cache._write(cache_file(named), {"root": sp.Integer(1), "log": sp.log(x) / 3})
     altered = invoke(["theory", "cache", "--verify"])
     assert altered.exit_code == 1
     assert altered.stdout.splitlines()[2:] == [

@@ -6,7 +6,6 @@ columns, the lower-rank search and the derivation cache."""
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -321,11 +320,11 @@ def test_a_numeric_cache_file_of_another_type_is_recomputed(monkeypatch, tmp_pat
 
     assert doubled(1.5) == _Doubled(3.0)
     (path,) = tmp_path.glob("*.pickle")
-    path.write_bytes(pickle.dumps({"value": 99.0}))
+    cache._write(path, {"value": 99.0})
     doubled.cache_clear()
     assert doubled(1.5) == _Doubled(3.0)
     assert calls == [1.5, 1.5]
-    assert pickle.loads(path.read_bytes()) == _Doubled(3.0)  # rewritten
+    assert cache._load(path) == _Doubled(3.0)  # rewritten
 
 
 def test_imbalanced_reg_bias_has_no_threshold_column():

@@ -16,8 +16,10 @@ The folder is ``$NCSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/ncsim``, else ``~/.ca
 ``NCSIM_CACHE_DIR=""`` turns the disk cache off. The cache is best effort: a folder that
 cannot be written, or a file that cannot be read back as such a dict (truncated, from
 another program), means the derivation runs as without it (and rewrites an unreadable file).
-Files are written whole (a temporary file renamed), so processes that derive at once do not
-see each other's partial files.
+Each file holds ``{"file": its own name, "value": the result}``: a file renamed or copied
+under another name (another derivation's, another source key's) is a miss, not another
+derivation's value served. Files are written whole (a temporary file renamed), so processes
+that derive at once do not see each other's partial files.
 """
 
 from __future__ import annotations
@@ -78,12 +80,17 @@ def cache_file(func: Derivation) -> Path | None:
 
 
 def _load(path: Path) -> Any:
-    """The object pickled in ``path``, or None when there is none to read back."""
+    """The value kept in ``path``, or None when there is none to read back: no file, a damaged
+    one, or one whose record names another file (renamed or copied here)."""
     try:
         with path.open("rb") as handle:
-            return pickle.load(handle)
+            record = pickle.load(handle)
     except Exception:  # missing, truncated or another program's file: a cache miss
         return None
+    if isinstance(record, dict) and record.keys() == {"file", "value"} \
+            and record["file"] == path.name:
+        return record["value"]
+    return None
 
 
 def _read(path: Path) -> dict[str, sp.Expr] | None:
@@ -97,13 +104,15 @@ def _read(path: Path) -> dict[str, sp.Expr] | None:
 
 
 def _write(path: Path, value: Any) -> None:
-    """Write ``value`` to ``path`` whole (a temporary file renamed); errors are ignored."""
+    """Keep ``value`` in ``path`` as ``{"file": path.name, "value": value}``, written whole (a
+    temporary file renamed); errors are ignored."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "wb") as handle:
-                pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump({"file": path.name, "value": value}, handle,
+                            protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -188,6 +197,10 @@ def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             key = tuple((k, _plain(v)) for k, v in bound.arguments.items())
+            try:
+                hash(key)
+            except TypeError:  # a list or an array: not a key; the function judges it
+                return func(**bound.arguments)
             return by_key(key, repr(key))
 
         cached.uncached = func
@@ -200,6 +213,12 @@ def numeric(result_type: type) -> Callable[[Callable[..., T]], Callable[..., T]]
 def kept_files(folder: Path) -> list[Path]:
     """ncsim's files in the cache folder (derivations and numeric results, of any sources)."""
     return sorted(folder.glob("ncsim.*.pickle")) if folder.is_dir() else []
+
+
+def temporary_files(folder: Path) -> list[Path]:
+    """The temporaries of ncsim's writes in the cache folder (``.ncsim.*.pickle.XXXX``): left
+    by a process killed between writing and renaming, or of a write under way."""
+    return sorted(folder.glob(".ncsim.*.pickle.*")) if folder.is_dir() else []
 
 
 def is_current(path: Path) -> bool:

@@ -431,7 +431,7 @@ def phase_cmd(x_axis: str, y_axis: str, xs: str, ys: str | None, out: str | None
                    "that differs or cannot be read is replaced; exit 1 when one differed.")
 @click.option("--clear", is_flag=True,
               help="Remove ncsim's kept files (derivations and numeric results, of every "
-                   "source version).")
+                   "source version) and the temporaries of interrupted writes.")
 @handle_errors
 def cache_cmd(check: bool, clear: bool) -> None:
     """Show the derivation cache: its folder and the files kept there."""
@@ -448,9 +448,12 @@ def cache_cmd(check: bool, clear: bool) -> None:
         return
     files = cache.kept_files(folder)
     if clear:
-        for path in files:
+        temporaries = cache.temporary_files(folder)
+        for path in files + temporaries:
             path.unlink(missing_ok=True)
-        click.echo(f"removed {len(files)} file(s) from {folder}")
+        also = (f" and {len(temporaries)} temporary file(s) of interrupted writes"
+                if temporaries else "")
+        click.echo(f"removed {len(files)} file(s){also} from {folder}")
         return
     current = [p for p in files if cache.is_current(p)]
     click.echo(f"folder: {folder}\nsource key: {cache.source_key()}\n"
