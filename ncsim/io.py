@@ -12,6 +12,7 @@ nc2_etf, ...`` one row per run and record time.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -69,7 +70,8 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = 
     without ``fmt`` it must be ``.csv`` or ``.parquet``, since the reader goes by it.
     In Parquet a column of objects that mixes kinds (a run table with a scalar decay in one
     run and per-layer decays, written "1e-3,2e-3", in another) is written as text, and one
-    mixing integers and floats as floats (:func:`parquet_columns`).
+    mixing integers and floats as floats (:func:`parquet_columns`). In CSV only fields that
+    need it are quoted, unless a row would be lost (:func:`_needs_quotes`): then every text.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -83,9 +85,26 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = 
         raise InputError(f"table {path} has the extension {path.suffix} but the format is "
                          f"{fmt!r}; name the file .{fmt} or give the format of its extension")
     if fmt == "csv":
-        return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+        quoting = csv.QUOTE_NONNUMERIC if _needs_quotes(frame) else csv.QUOTE_MINIMAL
+        return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, quoting=quoting))
     plain = parquet_columns(frame)
     return atomic_write(path, lambda tmp: plain.to_parquet(tmp, index=False))
+
+
+def _needs_quotes(frame: pd.DataFrame) -> bool:
+    """Whether CSV must quote every text field of ``frame`` to read back its rows: a text
+    holding a carriage return (left unquoted, it ends the row) or, in a table of one column, a
+    text of blanks only (an unquoted blank line, which the reader skips). Otherwise only the
+    fields that need it are quoted."""
+    for column in frame.columns:
+        kind = frame[column].dtype
+        if isinstance(kind, pd.CategoricalDtype) or pd.api.types.is_string_dtype(kind):
+            texts = [v for v in frame[column] if isinstance(v, str)]
+            if any("\r" in v for v in texts):
+                return True
+            if frame.shape[1] == 1 and any(v.strip() == "" for v in texts):
+                return True
+    return False
 
 
 def parquet_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -162,8 +181,10 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
     CSV keeps no types: a column of integers with a missing value comes back as float64, a
     boolean column with a missing value as objects, a column without any value (all
-    missing, or a table without rows) as float64 or objects (Parquet keeps them all). A
-    table without columns is read back as an empty table.
+    missing, or a table without rows) as float64 or objects (Parquet keeps them all; a
+    categorical column of numbers keeps the categories its values use). A table without
+    columns is read back as an empty table; a CSV whose first row has more fields than its
+    header is refused (pandas would read the surplus as a row index, shifting the values).
     """
     path = Path(path)
     if not path.exists():
@@ -176,7 +197,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         raise InputError(f"table {path}: cannot tell its format from the extension "
                          f"{path.suffix or '(none)'}; name it .csv or .parquet")
     try:
-        return pd.read_parquet(path) if suffix == ".parquet" else _read_csv_table(path)
+        return _read_parquet_table(path) if suffix == ".parquet" else _read_csv_table(path)
     except PermissionError:
         raise  # the system's refusal, said as such by the command line
     # UnicodeDecodeError, ArrowInvalid (ValueError); a footer pyarrow cannot deserialise
@@ -188,6 +209,23 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
                          "it again, or remove it to start afresh)") from None
 
 
+def _read_parquet_table(path: Path) -> pd.DataFrame:
+    """The Parquet part of :func:`read_table`: a categorical column of numbers, which pyarrow
+    reads back as its values, is made categorical again from the pandas metadata (with the
+    categories its values use; unused ones are not kept)."""
+    import pyarrow.parquet as pq
+
+    frame = pd.read_parquet(path)
+    columns = (pq.read_schema(path).pandas_metadata or {}).get("columns", [])
+    for entry in columns:
+        name = entry.get("name")
+        if entry.get("pandas_type") == "categorical" and name in frame.columns \
+                and not isinstance(frame[name].dtype, pd.CategoricalDtype):
+            ordered = bool((entry.get("metadata") or {}).get("ordered", False))
+            frame[name] = pd.Categorical(frame[name], ordered=ordered)
+    return frame
+
+
 def _read_csv_table(path: Path) -> pd.DataFrame:
     """The CSV part of :func:`read_table`."""
     try:
@@ -196,6 +234,8 @@ def _read_csv_table(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
     ids = {c: str for c in header if c == "run_id" or str(c).endswith("_run_id")}
     text = pd.read_csv(path, dtype=ids, keep_default_na=False, na_values=[""])
+    if not text.index.equals(pd.RangeIndex(len(text))):  # pandas' index of surplus fields
+        raise ValueError(f"a row has more fields than the header's {len(header)}")
     # text columns that may be numbers with "NA" or "nan" written for missing: read again,
     # those columns only, with pandas' missing-value texts as NaN
     maybe = [c for c in text.columns if c not in ids

@@ -125,31 +125,41 @@ def test_parquet_keeps_narrow_dtypes_and_empty_tables(tmp_path):
     assert back.dtypes.to_dict() == empty.dtypes.to_dict()
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: "
-                   "a categorical integer column is read back from "
-                   "Parquet as int64")
 def test_parquet_keeps_integer_categorical(tmp_path):
-    """A categorical column of integers comes back categorical from Parquet."""
-    frame = pd.DataFrame({"x": pd.Categorical([1, 2, 1])})
+    """Categorical columns of integers and floats (one ordered) come back categorical from
+    Parquet; text categoricals stay as pyarrow reads them."""
+    frame = pd.DataFrame({"x": pd.Categorical([1, 2, 1]),
+                          "f": pd.Categorical([0.5, 0.5, 2.0], ordered=True),
+                          "s": pd.Categorical(["u", "v", "u"])})
     pd.testing.assert_frame_equal(read_table(write_table(frame, tmp_path / "t.parquet")), frame)
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: "
-                   "to_csv leaves a field with a bare carriage return "
-                   "unquoted and read_csv ends the row there: the row splits")
 def test_csv_keeps_carriage_return_in_text(tmp_path):
     """A text field holding '\\r' survives a CSV round trip, its row intact."""
     frame = pd.DataFrame({"x": ["a\rb", "c"], "y": [1, 2]})
     pd.testing.assert_frame_equal(read_table(write_table(frame, tmp_path / "t.csv")), frame)
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: "
-                   "in a one-column CSV a row of blanks is an unquoted "
-                   "blank line, which read_csv skips: the row is lost")
+def test_csv_keeps_carriage_return_in_a_categorical_column(tmp_path):
+    """A categorical text column holding '\r' also keeps its rows (read back as text)."""
+    frame = pd.DataFrame({"x": pd.Categorical(["a\rb", "c", "a\rb"]), "y": [1, 2, 3]})
+    back = read_table(write_table(frame, tmp_path / "t.csv"))
+    assert back["x"].tolist() == ["a\rb", "c", "a\rb"] and back["y"].tolist() == [1, 2, 3]
+
+
 def test_csv_keeps_blank_text_row_of_one_column_table(tmp_path):
     """A one-column table whose text is only spaces keeps all its rows through CSV."""
-    frame = pd.DataFrame({"x": ["  ", "c"]})
-    assert len(read_table(write_table(frame, tmp_path / "t.csv"))) == 2
+    frame = pd.DataFrame({"x": ["  ", "c", "\t"]})
+    pd.testing.assert_frame_equal(read_table(write_table(frame, tmp_path / "t.csv")), frame)
+
+
+def test_csv_quotes_only_where_a_row_would_be_lost(tmp_path):
+    """Plain tables keep minimal quoting (a text with a comma quoted, nothing else); a table
+    with a carriage return quotes every text field, numbers left bare."""
+    plain = pd.DataFrame({"x": ["a,b", "c"], "y": [1, 2]})
+    assert write_table(plain, tmp_path / "p.csv").read_text() == 'x,y\n"a,b",1\nc,2\n'
+    odd = pd.DataFrame({"x": ["a\rb", "c"], "y": [1, 2]})
+    assert write_table(odd, tmp_path / "o.csv").read_bytes() == b'"x","y"\n"a\rb",1\n"c",2\n'
 
 
 def test_duplicate_column_names_are_an_input_error(tmp_path):
@@ -206,14 +216,11 @@ def test_damaged_parquet_footer_is_an_input_error(tmp_path, make):
         read_table(path)
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: "
-                   "read_csv makes the surplus leading field an index: "
-                   "a ragged row is read with its values shifted, no error")
 def test_ragged_csv_is_an_input_error(tmp_path):
     """A CSV row with more fields than the header gives InputError, not shifted values."""
     path = tmp_path / "ragged.csv"
     path.write_bytes(b"a,b\n1,2,3\n5,6\n")
-    with pytest.raises(InputError, match="ragged.csv"):
+    with pytest.raises(InputError, match="ragged.csv.*more fields than the header's 2"):
         read_table(path)
 
 
