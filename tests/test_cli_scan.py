@@ -20,12 +20,12 @@ import sys
 import warnings
 
 import pytest
+from cli_helpers import error_line, invoke
 
 from ncsim.theory.critical import critical_table
 from ncsim.theory.dynamics import growth_rate
 from ncsim.theory.equilibrium import equilibrium
 from ncsim.theory.prediction import predicted_onset
-from tests.cli_helpers import error_line, invoke
 
 TINY = ["simulate", "-K", "2", "-n", "2", "-d", "4", "--t-end", "1", "--records", "3",
         "--no-theory", "--format", "json"]
@@ -227,9 +227,6 @@ def test_huge_decay_theory_raises_no_runtime_warning(option, value):
     assert not caught, [str(w.message) for w in caught]
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: the theory columns of an init scale near "
-                   "the float limits raise numpy RuntimeWarnings (prediction.energies overflow, "
-                   "within / between 0/0), printed on stderr")
 @pytest.mark.parametrize("scale", ["1e300", "1e-200"])
 def test_extreme_init_scale_simulate_raises_no_runtime_warning(scale):
     """simulate (theory columns on) at init scale 1e300 or 1e-200 warns nothing."""
@@ -237,6 +234,21 @@ def test_extreme_init_scale_simulate_raises_no_runtime_warning(scale):
     result, caught = _no_runtime_warnings(args)
     assert result.exit_code == 0, result.output
     assert not caught, [str(w.message) for w in caught]
+
+
+def test_predicted_onset_at_an_init_scale_whose_square_underflows_is_the_small_init_limit():
+    """Below init scale ~1e-2 the predicted onset of this point no longer depends on the
+    scale (8.4732...): at 1e-200, whose square underflows, it is the 1e-100 value, not
+    'no onset' from 0/0 energies."""
+    def onset(scale: str) -> object:
+        args = [a for a in TINY if a != "--no-theory"] + ["--init-scale", scale]
+        result = invoke(args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["runs"][0]["onset_time_theory"]
+
+    small = onset("1e-100")
+    assert small == pytest.approx(8.4732015808, rel=1e-9)
+    assert onset("1e-200") == pytest.approx(small, rel=1e-12)
 
 
 def test_huge_per_class_subprocess_exit_status():

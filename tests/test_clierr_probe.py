@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import error_line, invoke
 from thread_helpers import torch_threads
 
 import ncsim.heap
 from ncsim.cli import format_run_table
 from ncsim.errors import first_line, is_finite_number, listed, short_repr
 from ncsim.threads import bounded_threads
-from tests.cli_helpers import error_line, invoke
 
 TINY = ["simulate", "-K", "2", "-n", "2", "-d", "4", "--t-end", "1"]
 

@@ -6,12 +6,12 @@ refused naming the key."""
 from __future__ import annotations
 
 import pytest
+from tiny_study import write_tiny_study
 
 from ncsim.errors import InputError
 from ncsim.flow.simulate import run_id
 from ncsim.spec import ModelSpec, OnsetSpec, SolverSpec
 from ncsim.study.spec import build, load_study, run_spec
-from tests.tiny_study import write_tiny_study
 
 BASE = {"classes": 3, "per_class": 4, "dim": 8, "lambda": 1e-2, "t_end": 10.0}
 

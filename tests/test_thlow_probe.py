@@ -199,22 +199,30 @@ def test_lower_rank_check_refuses_a_negative_seed():
 
 
 def test_a_rank_whose_search_ends_higher_keeps_the_lower_rank_state(monkeypatch):
-    """When the rank-2 search ends above the rank-1 best (forced here: its L-BFGS value is
-    reported 1.0 higher), rank 2 keeps the rank-1 objective AND the rank-1 state (norms, data
-    loss), not the description of the worse rank-2 search."""
+    """When the rank-2 search ends above the rank-1 best (forced here: its L-BFGS runs stop
+    at their random starts, and the polish leaves them there), rank 2 keeps the rank-1
+    objective AND the rank-1 state (norms, data loss), not the description of the worse
+    rank-2 search."""
     K, n, Lam, depth = 4, 3, 0.02, 2
     M = depth + 1
     rank2_size = 2 * K * 2 + 4 * (M - 2)
-    real = scipy.optimize.minimize
+    real, real_polish = scipy.optimize.minimize, lowrank._polish
+    stuck = []
 
     def fake(fun, x0, *args, **kwargs):
         res = real(fun, x0, *args, **kwargs)
         if x0.size == rank2_size:
-            res.fun = float(res.fun) + 1.0
+            res.x, res.fun = x0, fun(x0, *kwargs["args"])[0]
+            stuck.append(res.fun)
         return res
 
+    def polish(theta, *args, **kwargs):
+        return theta if theta.size == rank2_size else real_polish(theta, *args, **kwargs)
+
     monkeypatch.setattr(lowrank, "minimize", fake)
+    monkeypatch.setattr(lowrank, "_polish", polish)
     lr = lower_rank_check.uncached(K, n, Lam, depth, restarts=2, seed=7)
+    assert len(stuck) == 2 and min(stuck) > lr.objectives[0]
     assert lr.objectives[1] == lr.objectives[0]
     assert lr.feature_norms[1] == lr.feature_norms[0]
     assert lr.last_factor_sq_norms[1] == lr.last_factor_sq_norms[0]

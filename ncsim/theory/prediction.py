@@ -106,7 +106,8 @@ def _split(lw: float, lh: float, g: float) -> tuple[np.ndarray, np.ndarray, floa
     return e_plus, vecs[:, 0], float(vals[0])
 
 
-Energies = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+Energies = Callable[[np.ndarray, np.ndarray],
+                    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,10 @@ class _ModeCurves:
 
     ``rhs`` is the mode ODE (w, h, int kappa w^2 / N); ``grid`` (G,) the times and ``states``
     (G, 3) its solution there; ``energies(t, states)`` gives the (between, within, mean)
-    energies at times ``t`` (M,) of mode states (M, 3) (module docstring); ``samples`` is N;
+    energies at times ``t`` (M,) of mode states (M, 3) (module docstring) in units of
+    ``unit**2``, and ``unit`` (M,), a per-time scale of the features (the largest of the init
+    scale and the modes' amplitudes) that keeps the energies finite at init scales near the
+    float limits (1e300 squared overflows, 1e-200 squared underflows); ``samples`` is N;
     ``atol`` the solve's absolute tolerances, which the refinement of a crossing keeps.
     """
 
@@ -127,12 +131,12 @@ class _ModeCurves:
     atol: np.ndarray | float = _ATOL  # absolute tolerances of the state (_mode_atol)
 
     def nc1(self, t: np.ndarray, states: np.ndarray) -> np.ndarray:
-        between, within, _ = self.energies(t, states)
+        between, within, _, _ = self.energies(t, states)
         return within / between
 
     def fn(self, t: np.ndarray, states: np.ndarray) -> np.ndarray:
-        between, within, mean = self.energies(t, states)
-        return np.sqrt((between + within + mean) / self.samples)
+        between, within, mean, unit = self.energies(t, states)
+        return unit * np.sqrt((between + within + mean) / self.samples)
 
     def first_crossing(self, curve: Callable[[np.ndarray, np.ndarray], np.ndarray],
                        level: float, direction: str) -> float:
@@ -268,22 +272,27 @@ def _curves(loss: str, bias: str, K: int, n: int, d: int, lw: float, lh: float, 
     # a regularised bias (its own integral int w0^2 / N)
     r_w = min(K if (loss == "mse" and bias == "none") else K - 1, d)
     r_0 = 1 if (reg and d > r_w) else 0
-    e0 = a * a * d * (N - K)
     decay_h = e_minus[1] ** 2
 
-    def energies(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def energies(t: np.ndarray, y: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         h, integ = y[:, 1], y[:, 2]
-        mode = h * h + d * a * a * decay_h * np.exp(2 * mu_minus * t)  # growing + decaying
+        unit = np.maximum(a, np.abs(h))
+        if reg:
+            unit = np.maximum(unit, np.abs(y[:, 4]))
+        h_u, a2_u = h / unit, (a / unit) ** 2  # h and a^2 in units of unit, unit^2
+        mode = h_u * h_u + d * a2_u * decay_h * np.exp(2 * mu_minus * t)  # growing + decaying
         between = (K - 1) * mode
         kept = (d - r_w - r_0) / d + r_w / d * np.exp(-2 * integ)
         if reg:
             kept = kept + r_0 / d * np.exp(-2 * y[:, 5])
-            mean = y[:, 4] ** 2 + d * a * a * m_minus[1] ** 2 * np.exp(2 * mu0_minus * t)
+            mean = (y[:, 4] / unit) ** 2 + d * a2_u * m_minus[1] ** 2 * np.exp(2 * mu0_minus * t)
         elif loss == "mse" and bias == "none":
             mean = mode
         else:
-            mean = d * a * a * np.exp(-2 * lh * t)
-        return between, e0 * np.exp(-2 * lh * t) * kept, mean
+            mean = d * a2_u * np.exp(-2 * lh * t)
+        within = a2_u * d * (N - K) * np.exp(-2 * lh * t) * kept
+        return between, within, mean, unit
 
     return _ModeCurves(rhs, grid, states, energies, N, atol)
 
