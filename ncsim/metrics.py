@@ -543,8 +543,19 @@ def _centre_classes(weights: Tensor) -> Tensor:
 
 def _equinorm(x: Tensor) -> Tensor:
     """std_c |x_c| / mean_c |x_c| (ddof = 1) for x (R, K, p)."""
-    norms = torch.linalg.vector_norm(x, dim=-1)
-    return norms.std(-1, correction=1) / norms.mean(-1)
+    return spread_over_mean(torch.linalg.vector_norm(x, dim=-1))
+
+
+def spread_over_mean(values: Tensor) -> Tensor:
+    """std / mean (ddof = 1) along the last axis of ``values`` (R, K): (R,).
+
+    Two passes (mean, then the centred squares' sum), each a plain sum per row, so that a
+    row's value does not depend on how many rows share the call: ``Tensor.std`` takes
+    another path for R > 1 at small K (K = 3: the last bit differs between a run alone and
+    in a batch)."""
+    mean = values.mean(-1, keepdim=True)
+    spread = (values - mean).square().sum(-1).div(values.shape[-1] - 1).sqrt()
+    return spread / mean.squeeze(-1)
 
 
 def nc2_etf(means_centred: Tensor) -> Tensor:

@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-from ncsim.metrics import METRIC_NAMES, _over_zero_spread, cdnv_of_pairs
+from ncsim.metrics import METRIC_NAMES, _over_zero_spread, cdnv_of_pairs, spread_over_mean
 from ncsim.models.init import draws_gram_factor, gram_factor, initial_state
 from ncsim.models.layout import StateLayout
 from ncsim.models.losses import logit_gradient, loss_value
@@ -357,8 +357,8 @@ class GramObjective:
             "nc1_trace": torch.where(tr_b > 0, within_energy / tr_b, unresolved),
             "nc2_etf": _etf_distance_gram(mbar_g, eye),
             "nc2_etf_w": _etf_distance_gram(wc_g, eye),
-            "nc2_equinorm": norms.std(-1, correction=1) / norms.mean(-1),
-            "nc2_equinorm_w": w_norms.std(-1, correction=1) / w_norms.mean(-1),
+            "nc2_equinorm": spread_over_mean(norms),
+            "nc2_equinorm_w": spread_over_mean(w_norms),
             "nc2_angle": nc2_angle,
             "nc3": nc3,
             "nc3_paper": 1.0 - cos_wm.mean(-1),
