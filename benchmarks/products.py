@@ -3,7 +3,9 @@
 Usage: ``python benchmarks/products.py [--out benchmarks/results] [--threads 1]``.
 For every shape R x (m x k x n) and dtype it times (median of 7 repeats, one variant after the
 other) the product with a fresh result (as a right-hand side makes its logits) and into a held
-result (as the stage buffer is written), and the stage sum (s,) @ (s, R P) of the integrator;
+result (as the stage buffer is written), and the stage sum sum_j a_j k_j over (s, R P) stages
+as a matrix-vector product (torch, numpy) and entry by entry, as the integrator forms it (so
+that a run's bits do not depend on its batch);
 it writes ``products_cpu_<date>.json`` (``_threads<N>`` added for N > 1). This is the
 measurement behind the route of :mod:`ncsim.products` (CPU float64 through numpy).
 """
@@ -95,15 +97,26 @@ def product_row(label: str, r: int, m: int, k: int, n: int, transpose: bool,
 
 
 def stage_sum_row(label: str, stages: int, size: int, dtype: torch.dtype) -> dict:
-    """Seconds of the stage sum (s,) @ (s, R P) with torch and numpy."""
+    """Milliseconds of the stage sum (s,) @ (s, R P) with torch and numpy, and entry by entry
+    (one multiply, then one fused multiply-add per further stage: the integrator's way)."""
     gen = torch.Generator().manual_seed(1)
     buffer = torch.randn(stages + 1, size, generator=gen, dtype=dtype)
     weights = torch.randn(stages, generator=gen, dtype=dtype)
     torch_s = _median_time(lambda: weights @ buffer[:stages])
     numpy_s = _median_time(lambda: np.matmul(weights.numpy(), buffer[:stages].numpy()))
+    alphas = [float(w) for w in weights]
+
+    def entrywise() -> torch.Tensor:
+        acc = torch.mul(buffer[0], alphas[0])
+        for j in range(1, stages):
+            acc.add_(buffer[j], alpha=alphas[j])
+        return acc
+
+    entrywise_s = _median_time(entrywise)
     return {"label": label, "stages": stages, "size": size,
             "dtype": str(dtype).removeprefix("torch."), "torch_ms": torch_s * 1e3,
-            "numpy_ms": numpy_s * 1e3, "numpy_over_torch": torch_s / numpy_s}
+            "numpy_ms": numpy_s * 1e3, "entrywise_ms": entrywise_s * 1e3,
+            "numpy_over_torch": torch_s / numpy_s}
 
 
 def main() -> None:

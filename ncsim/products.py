@@ -1,18 +1,17 @@
 """Batched matrix products of the flows, on the CPU in float64 through numpy's BLAS.
 
 The right-hand sides multiply many small matrices per run (W H, W^T G, G H^T: 10 x 32 x 200
-in the phase-diagram workload), and the integrator sums its stages with one vector-matrix
-product. On the CPU in float64 on one thread, numpy's ``matmul`` (OpenBLAS) runs these
-1.1-2.4x faster than torch's (MKL) on an AMD EPYC core; on an Intel Xeon core MKL is as fast
-or faster (numpy 0.46-1.08x as fast; the phase-diagram workload W1 took 1.02x and the wide
-d-space workload 1.16x torch's time through numpy): ``benchmarks/products.py``,
-``benchmarks/route.py``, ``benchmarks/README.md``. The route is on when numpy reports an
-optimised BLAS (its wheels ship OpenBLAS), torch's BLAS is not MKL on an Intel CPU
-(:func:`host_route_default`), and torch runs on one thread (``--threads 1``, the study
-executors): with more, torch splits a batched product over its threads and numpy does not.
-The tensors are shared with numpy, not copied. float32 stays with torch (measured mixed), as
-do tensors on an accelerator, sparse tensors and tensors that take part in autograd (reverse
-or forward mode) or in ``torch.func`` transforms.
+in the phase-diagram workload). On the CPU in float64 on one thread, numpy's ``matmul``
+(OpenBLAS) runs these 1.1-2.4x faster than torch's (MKL) on an AMD EPYC core; on an Intel
+Xeon core MKL is as fast or faster (numpy 0.46-1.08x as fast; the phase-diagram workload W1
+took 1.02x and the wide d-space workload 1.16x torch's time through numpy):
+``benchmarks/products.py``, ``benchmarks/route.py``, ``benchmarks/README.md``. The route is
+on when numpy reports an optimised BLAS (its wheels ship OpenBLAS), torch's BLAS is not MKL
+on an Intel CPU (:func:`host_route_default`), and torch runs on one thread (``--threads 1``,
+the study executors): with more, torch splits a batched product over its threads and numpy
+does not. The tensors are shared with numpy, not copied. float32 stays with torch (measured
+mixed), as do tensors on an accelerator, sparse tensors and tensors that take part in
+autograd (reverse or forward mode) or in ``torch.func`` transforms.
 """
 
 from __future__ import annotations
@@ -149,11 +148,3 @@ def _broadcastable(x: torch.Size, y: torch.Size) -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def vecmat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """v @ m for v (s,), m (s, n): (n,) (the integrator's stage sums)."""
-    if not (v.dim() == 1 and m.dim() == 2 and v.shape[0] == m.shape[0]
-            and _host_route(v, m)):
-        return v @ m
-    return torch.from_numpy(_np_matmul(v, m))

@@ -250,15 +250,6 @@ def test_bmm_with_an_out_of_another_shape_behaves_as_torch(host_route):
     torch.testing.assert_close(got, torch.bmm(a, b), rtol=1e-13, atol=1e-13)
 
 
-def test_vecmat_with_shapes_that_do_not_fit_raises_torchs_error(host_route):
-    """vecmat of (3,) and (4, 2) is torch's RuntimeError, as ``v @ m`` raises it."""
-    with pytest.raises(RuntimeError):
-        products.vecmat(torch.ones(3, dtype=torch.float64), torch.ones(4, 2, dtype=torch.float64))
-    v = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
-    m = torch.arange(6, dtype=torch.float64).view(3, 2)
-    assert products.vecmat(v, m).tolist() == [16.0, 22.0]
-
-
 def test_write_json_turns_keys_numpy_scalars_and_paths_into_plain_json(tmp_path):
     """Keys of any type become text (a numpy integer key too); a path value becomes its text,
     -inf the string "-inf", a NaN inside an array null."""

@@ -99,18 +99,6 @@ def test_forward_mode_autograd_and_torch_bookkeeping_are_kept(matmul_calls):
         products.bmm(a, b, out=held)  # torch's rule for inference tensors holds
 
 
-def test_vecmat_equals_torch_on_the_stage_buffer_pattern(matmul_calls):
-    gen = torch.Generator().manual_seed(2)
-    stages = torch.randn(7, 3 * 40, generator=gen, dtype=torch.float64)
-    weights = torch.tensor([0.1, -0.3, 0.25, 0.0, 1.5], dtype=torch.float64)
-    np.testing.assert_allclose(products.vecmat(weights, stages[:5]).numpy(),
-                               (weights @ stages[:5]).numpy(), rtol=1e-13, atol=1e-15)
-    assert len(matmul_calls) == 1
-    w32, s32 = weights.float(), stages[:5].float()
-    assert torch.equal(products.vecmat(w32, s32), w32 @ s32)
-    assert len(matmul_calls) == 1
-
-
 def test_the_route_is_off_when_torch_runs_on_several_threads(matmul_calls):
     a, b = _operands()
     before = torch.get_num_threads()

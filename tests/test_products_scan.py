@@ -67,7 +67,7 @@ def _layouts(rng: np.random.Generator, shape_a, shape_b, scale: float):
 @pytest.mark.parametrize("scale", [1e-150, 1.0, 1e150])
 @pytest.mark.parametrize(("r", "m", "k", "n"), [(1, 1, 1, 1), (1, 3, 64, 2), (7, 4, 33, 5)])
 def test_products_are_within_rounding_of_an_exact_sum_in_every_layout(route, scale, r, m, k, n):
-    """bmm, matmul, bmm into out and vecmat: within k ulps of math.fsum, any layout and scale."""
+    """bmm, matmul and bmm into out: within k ulps of math.fsum, any layout and scale."""
     rng = np.random.default_rng(r * 100 + k)
     for a, b in _layouts(rng, (r, m, k), (r, k, n), scale):
         exact, mag = _exact(a.numpy(), b.numpy())
@@ -76,8 +76,6 @@ def test_products_are_within_rounding_of_an_exact_sum_in_every_layout(route, sca
         for got in (products.bmm(a, b), products.matmul(a, b), products.bmm(a, b, out=out)):
             assert got.dtype == F64 and got.shape == (r, m, n)
             assert (np.abs(got.numpy() - exact) <= tol).all()
-        vec = products.vecmat(a[0, 0], b[0]).numpy()
-        assert (np.abs(vec - exact[0, 0]) <= tol[0, 0]).all()
 
 
 @pytest.mark.parametrize("alpha", [1.0, -0.5, 3.0, 0.0])
@@ -103,21 +101,20 @@ def test_a_zero_dimension_gives_torchs_empty_or_zero_result(route, shape_a, shap
     assert torch.equal(products.bmm(a, b), torch.bmm(a, b))
     assert torch.equal(products.matmul(a, b), torch.matmul(a, b))
     assert torch.equal(products.baddbmm(c, a, b, alpha=3.0), torch.baddbmm(c, a, b, alpha=3.0))
-    assert torch.equal(products.vecmat(torch.ones(0, dtype=F64), torch.ones(0, 3, dtype=F64)),
-                       torch.zeros(3, dtype=F64))
 
 
 def test_nan_and_inf_propagate_through_zero_factors(route):
-    """NaN * 0 and inf * 0 give NaN (no silent zero), in bmm, matmul and vecmat."""
+    """NaN * 0 and inf * 0 give NaN (no silent zero), in bmm and matmul."""
     a = torch.zeros(1, 2, 3, dtype=F64)
     a[0, 0, 1] = math.nan
     b = torch.zeros(1, 3, 2, dtype=F64)
     for got in (products.bmm(a, b), products.matmul(a, b)):
         assert got[0, 0].isnan().all() and (got[0, 1] == 0).all()
-    m = torch.zeros(2, 3, dtype=F64)
-    m[0, 0] = math.inf
-    got = products.vecmat(torch.zeros(2, dtype=F64), m)
-    assert got[0].isnan() and (got[1:] == 0).all()
+    v = torch.zeros(1, 1, 2, dtype=F64)
+    m = torch.zeros(1, 2, 3, dtype=F64)
+    m[0, 0, 0] = math.inf
+    for got in (products.bmm(v, m), products.matmul(v, m)):
+        assert got[0, 0, 0].isnan() and (got[0, 0, 1:] == 0).all()
 
 
 def test_subnormal_products_are_kept_and_overflow_is_silent(host):
@@ -127,9 +124,11 @@ def test_subnormal_products_are_kept_and_overflow_is_silent(host):
     assert tiny.item() == pytest.approx(4e-320, rel=1e-3) and tiny.item() > 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        big = products.vecmat(torch.full((3,), 1e300, dtype=F64),
-                              torch.full((3, 2), 1e300, dtype=F64))
-    assert (big == math.inf).all()
+        v = torch.full((1, 1, 3), 1e300, dtype=F64)
+        m = torch.full((1, 3, 2), 1e300, dtype=F64)
+        bigs = (products.bmm(v, m), products.matmul(v, m))
+    for big in bigs:
+        assert big.shape == (1, 1, 2) and (big == math.inf).all()
 
 
 def test_out_aliasing_an_operand_gets_the_true_product_on_the_numpy_route(host):
@@ -144,7 +143,7 @@ def test_out_aliasing_an_operand_gets_the_true_product_on_the_numpy_route(host):
 
 
 def test_one_and_two_threads_agree_to_rounding():
-    """bmm, matmul and vecmat on 1 thread (numpy route where taken) and 2 (torch) agree."""
+    """bmm and matmul on 1 thread (numpy route where taken) and 2 (torch) agree."""
     from ncsim.threads import bounded_threads
 
     gen = torch.Generator().manual_seed(0)
@@ -153,8 +152,7 @@ def test_one_and_two_threads_agree_to_rounding():
     got = {}
     for count in (1, 2):
         with bounded_threads(count):
-            got[count] = (products.bmm(a, b), products.matmul(a, b),
-                          products.vecmat(a[0, 0], b[0]))
+            got[count] = (products.bmm(a, b), products.matmul(a, b))
     for one, two in zip(got[1], got[2], strict=True):
         torch.testing.assert_close(one, two, rtol=1e-13, atol=1e-12)
 
