@@ -1,5 +1,6 @@
 """A run's trajectory does not depend on the runs that share its batch: the same run alone and
-at any position of batches of 2 to 9 runs gives the same bits (records, final state, steps).
+at any position of batches of 2, 3, 5 and 9 runs gives the same bits (records, final state,
+steps).
 
 A matrix-vector product over the stacked stages rounds an entry by where it falls in BLAS's
 blocks (OpenBLAS on an AMD EPYC: 1 ulp between a run alone and the same run second in a
@@ -35,11 +36,12 @@ def _solve(y0: torch.Tensor, method: str):
 
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "rk4", "gd"])
 def test_a_run_alone_and_anywhere_in_a_batch_gives_the_same_bits(method):
-    """Run 0 alone, then at every position of batches of 2 .. 9 random companions."""
+    """Run 0 alone, then at every position of batches of 2, 3, 5 and 9 with random
+    companions."""
     gen = torch.Generator().manual_seed(11)
     mine = torch.randn(1, P, generator=gen, dtype=F64)
     alone = _solve(mine.clone(), method)
-    for size in range(2, 10):
+    for size in (2, 3, 5, 9):
         others = torch.randn(size - 1, P, generator=gen, dtype=F64) * 1.5
         for position in range(size):
             batch = torch.cat([others[:position], mine, others[position:]])
