@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-import scipy.optimize
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
@@ -101,26 +100,38 @@ def test_two_classes_have_no_rank_to_search():
 
 
 def test_a_rank_whose_search_ties_the_lower_rank_keeps_the_lower_rank_state(monkeypatch):
-    """K = 4, n = 3, Lambda = 0.03, L = 2: when the rank-2 runs report exactly the rank-1 best
-    (forced), rank 2 keeps the rank-1 state (the smaller rank of a tie), not the description
-    of the rank-2 search's own end point (fn 2.33 against rank 1's 1.70)."""
+    """K = 4, n = 3, Lambda = 0.03, L = 2: when the rank-2 search ends at exactly the rank-1
+    best objective (forced: its polished end point is valued at the polished rank-1 best),
+    rank 2 keeps the rank-1 state (the smaller rank of a tie), not the description of the
+    rank-2 search's own end point (fn 2.33 against rank 1's 1.70)."""
     K, M = 4, 3
     rank1_size = 1 * K * 2 + 1 * (M - 2)
-    real = scipy.optimize.minimize
-    rank1_funs: list[float] = []
+    real_polish, real_objective = lowrank._polish, lowrank._objective
+    rank1_best: list[float] = []
+    rank2_end: list[np.ndarray] = []
 
-    def fake(fun, x0, *args, **kwargs):
-        res = real(fun, x0, *args, **kwargs)
-        if x0.size == rank1_size:
-            rank1_funs.append(float(res.fun))
-        else:
-            res.fun = min(rank1_funs)
-        return res
+    def polish(theta, *args, **kwargs):
+        if theta.size == rank1_size:
+            polished = real_polish(theta, *args, **kwargs)
+            rank1_best.append(float(real_objective(polished, *args[:4])[0]))
+            return polished
+        rank2_end.append(theta)  # kept as found; valued below at the rank-1 best
+        return theta
 
-    monkeypatch.setattr(lowrank, "minimize", fake)
+    def objective(theta, *args):
+        value, grad = real_objective(theta, *args)
+        if rank2_end and theta is rank2_end[-1]:
+            return rank1_best[-1], grad
+        return value, grad
+
+    monkeypatch.setattr(lowrank, "_polish", polish)
+    monkeypatch.setattr(lowrank, "_objective", objective)
     lr = lower_rank_check.uncached(K, 3, 0.03, 2, restarts=3)
-    assert lr.objectives[1] == lr.objectives[0] == min(rank1_funs)
+    assert len(rank1_best) == 1 and len(rank2_end) == 1
+    assert lr.objectives[1] == lr.objectives[0] == rank1_best[0]
     assert lr.feature_norms[0] == pytest.approx(1.69737990, rel=1e-6)
+    own_end = lowrank._describe(rank2_end[0], K, 2, M)
+    assert own_end[0] == pytest.approx(2.33, abs=0.01)  # the state a wrong choice would name
     assert lr.feature_norms[1] == lr.feature_norms[0]
     assert lr.last_factor_sq_norms[1] == lr.last_factor_sq_norms[0]
     assert lr.data_losses[1] == lr.data_losses[0]
