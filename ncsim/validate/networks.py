@@ -50,7 +50,7 @@ def activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
              "silu": nn.SiLU}
     if name == "leaky_relu":
         return nn.LeakyReLU(leaky_slope)
-    if name not in table:
+    if not isinstance(name, str) or name not in table:  # a list or dict: no TypeError
         raise InputError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
     return table[name]()
 
@@ -241,8 +241,16 @@ class ResNet20(nn.Module):
 
 def build_network(arch: str, input_shape: tuple[int, ...], classes: int, depth: int = 5,
                   width: int = 512, act: str = "relu") -> nn.Module:
-    """Network by name (``ARCHS``) for inputs of shape ``input_shape`` (C, *spatial)."""
+    """Network by name (``ARCHS``) for inputs of shape ``input_shape`` (C, *spatial).
+
+    Every size of ``input_shape`` must be an integer >= 1 (:class:`InputError` otherwise):
+    the MLP would take the product of negative sizes, ResNet-20 would build on any size."""
+    require(isinstance(input_shape, (tuple, list)) and len(input_shape) >= 1,
+            f"the input shape must be a tuple (C, *spatial) of sizes, got {input_shape!r}")
     if arch == "mlp":
+        require(all(is_integer(n) and n >= 0 for n in input_shape),
+                f"the MLP needs inputs whose sizes are integers >= 1, got inputs of shape "
+                f"{tuple(input_shape)}")
         return MLP(math.prod(input_shape), classes, depth, width, act)
     if arch == "cnn":
         return SmallCNN(input_shape, classes, width, act)
@@ -252,5 +260,8 @@ def build_network(arch: str, input_shape: tuple[int, ...], classes: int, depth: 
         require(len(input_shape) in (2, 3),
                 f"ResNet-20 needs images (C, H, W) or signals (C, L), got inputs of shape "
                 f"{input_shape}")
+        require(all(is_integer(n) and n >= 1 for n in input_shape[1:]),
+                f"ResNet-20 needs spatial sizes that are integers >= 1, got inputs of shape "
+                f"{tuple(input_shape)}")
         return ResNet20(input_shape[0], classes, spatial=len(input_shape) - 1)
     raise InputError(f"unknown network {arch!r}; allowed: {', '.join(ARCHS)}")

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ncsim.errors import require
+from ncsim.errors import is_finite_number, is_integer, listed, require
 from ncsim.validate.data import Dataset, balanced_subset
 from ncsim.validate.train import extract, loss_fn
 
@@ -69,17 +69,48 @@ class SurrogateState:
 
 def network_state(model: torch.nn.Module, data: Dataset, per_class: int, seed: int = 0
                   ) -> SurrogateState:
-    """Features, classifier and bias of ``model`` on a class-balanced subsample of ``data``."""
+    """Features, classifier and bias of ``model`` on a class-balanced subsample of ``data``.
+
+    The subsample holds ``per_class`` samples of each of the network's K classes, class-major
+    (:class:`InputError` when a class has no training sample); the inputs are cast to the
+    dtype and device of the model's parameters (a float64 model takes the float32 data). A
+    state with non-finite features or classifier (a diverged network) is refused.
+    """
+    require(is_integer(per_class) and per_class >= 1,
+            f"per_class must be an integer >= 1 (samples of each class), got {per_class!r}")
+    K = int(model.classifier.weight.shape[0])
     y = data.y_train.cpu().numpy()
     idx = balanced_subset(y, per_class, seed)  # sorted by class
+    labels = y[idx]
+    missing = [c for c in range(K) if not np.any(labels == c)]
+    require(not missing, f"the training set has no sample of class(es) {listed(missing)} of "
+            f"the network's {K} classes; the surrogate needs {per_class} samples of every class")
+    require(np.array_equal(labels, np.repeat(np.arange(K), per_class)),
+            f"the training labels lie outside [0, {K}) (the network's {K} classes); give the "
+            "dataset the network was trained on")
+    ref = next(model.parameters())
     x = data.x_train[torch.as_tensor(idx, device=data.x_train.device)]
-    feats, _ = extract(model, x)
-    return SurrogateState(
+    feats, _ = extract(model, x.to(device=ref.device, dtype=ref.dtype))
+    state = SurrogateState(
         H=feats.double().cpu().numpy().T.copy(),
         W=model.classifier.weight.detach().double().cpu().numpy().copy(),
         b=model.classifier.bias.detach().double().cpu().numpy().copy(),
         per_class=per_class, index=idx,
     )
+    _require_finite(state)
+    return state
+
+
+def _require_finite(state: SurrogateState, *velocities: np.ndarray) -> None:
+    """:class:`InputError` unless the state's H, W, b (and the given velocities) are finite."""
+    require(all(np.isfinite(a).all() for a in (state.H, state.W, state.b)),
+            "the network's features or classifier hold NaN or infinite values (a diverged "
+            "run?); the surrogate needs a finite state: use a checkpoint from before the "
+            "divergence, or train with a smaller learning rate")
+    require(all(np.isfinite(v).all() for v in velocities),
+            "the network's feature velocities hold NaN or infinite values (a diverged run?); "
+            "the response calibration needs finite ones: use --lambda-h-rule balance or a "
+            "checkpoint from before the divergence")
 
 
 def lambda_w_ncsim(weight_decay: float, classes: int) -> float:
@@ -94,6 +125,7 @@ def time_factor(classes: int) -> float:
 
 def calibrate_lambda_h(state: SurrogateState, lambda_w: float) -> float:
     """Balance calibration ``lambda_H = lambda_W |W|_F^2 / |H|_F^2`` (see module docstring)."""
+    _require_finite(state)
     h2 = float((state.H ** 2).sum())
     require(h2 > 0, "the network's features are all zero; cannot calibrate lambda_H")
     return lambda_w * float((state.W ** 2).sum()) / h2
@@ -134,8 +166,19 @@ def feature_velocities(model: torch.nn.Module, data: Dataset, index: np.ndarray,
     (H, v_data, v_decay), each (d, M) float64: features of the M samples, and dH/dt from the
     data gradient and from the weight decay.
     """
+    require(loss in ("ce", "mse"), f"loss must be 'ce' or 'mse' (the network's phase loss), "
+            f"got {loss!r}")
+    require(is_finite_number(weight_decay) and weight_decay >= 0,
+            f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    require(is_integer(batch) and batch >= 1,
+            f"batch must be an integer >= 1 (samples per forward pass), got {batch!r}")
     net = copy.deepcopy(model).double().eval()
     params = dict(net.named_parameters())
+    if decayed is not None:
+        unknown = sorted(set(decayed) - set(params))
+        require(not unknown, f"decayed names parameters the network does not have: "
+                f"{listed(unknown)}; give names of model.named_parameters() (see "
+                "ncsim.validate.train.decayed_names)")
     x, y = data.x_train, data.y_train
     total = x.shape[0]
     grads = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -192,6 +235,9 @@ def calibrate_response(state: SurrogateState, v_data: np.ndarray, v_decay: np.nd
         :func:`feature_velocities`).
     time_factor_ : t_ncsim / t_network (:func:`time_factor`).
     """
+    require(is_finite_number(time_factor_) and time_factor_ > 0,
+            f"time_factor_ must be a finite number > 0 (t_ncsim / t_network), got "
+            f"{time_factor_!r}")
     H, W, b = state.H, state.W, state.b
     K, N = W.shape[0], H.shape[1]
     require(state.per_class * K == N,
@@ -200,6 +246,7 @@ def calibrate_response(state: SurrogateState, v_data: np.ndarray, v_decay: np.nd
     require(np.shape(v_data) == H.shape and np.shape(v_decay) == H.shape,
             f"the feature velocities must have H's shape {H.shape}, got {np.shape(v_data)} "
             f"and {np.shape(v_decay)}")
+    _require_finite(state, v_data, v_decay)
     onehot = np.repeat(np.eye(K), state.per_class, axis=1)
     grad_h = W.T @ (W @ H + b[:, None] - onehot) / N
     vd, vw = v_data / time_factor_, v_decay / time_factor_
@@ -263,6 +310,7 @@ def surrogate_spec(state: SurrogateState, lambda_w: float, lambda_h: float, t_en
     d, N = state.H.shape
     K = state.W.shape[0]
     require(K * state.per_class == N, "surrogate state must hold n samples of every class")
+    _require_finite(state)
     bias = "reg" if lambda_w > 0 else "free"
     model = sp.ModelSpec(kind="ufm", loss="mse", bias=bias, classes=K,
                          per_class=state.per_class, dim=d)
