@@ -37,6 +37,7 @@ Conventions
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import pandas as pd
@@ -63,9 +64,10 @@ def _kept(times: np.ndarray, values: np.ndarray, keep_inf: bool = False) -> np.n
 
 def _finite_series(times: np.ndarray, values: np.ndarray, keep_inf: bool = False
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The records with a finite time and a finite value (``keep_inf``: a non-NaN value)."""
-    times = np.asarray(times, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
+    """The records with a finite time and a finite value (``keep_inf``: a non-NaN value);
+    :class:`InputError` naming the argument for a series that holds anything but numbers."""
+    times = _float_series("times", times)
+    values = _float_series("values", values)
     keep = _kept(times, values, keep_inf)
     return times[keep], values[keep]
 
@@ -140,6 +142,28 @@ def _checked_rule(threshold: float, stay: int) -> float:
     return threshold
 
 
+def _checked_flag(name: str, value: object) -> bool:
+    """``value`` as a bool, after :class:`InputError` for anything but True or False (the text
+    "no" is truthy and would switch interpolation on, None would switch it off)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _real(name: str, value: object, meaning: str) -> float:
+    """``value`` (a real number, or a 0-d array holding one; NaN and inf pass) as a float,
+    after :class:`InputError` for text, a bool, None or anything else."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float64
+            pass
+    raise InputError(f"{name} must be a number ({meaning}), not text or a bool, got "
+                     f"{value!r}")
+
+
 def onset_time(
     times: np.ndarray,
     values: np.ndarray,
@@ -183,6 +207,7 @@ def _onset(times: np.ndarray, values: np.ndarray, threshold: float, stay: int,
     """Onset time (NaN if none), the index in ``times`` of the record that crossed, and the
     index of the kept record before it, which starts the crossing segment (None without an
     onset, at the first kept record or without interpolation)."""
+    interpolate = _checked_flag("interpolate", interpolate)
     times, values = _float_series("times", times), _float_series("values", values)
     rows = np.flatnonzero(_kept(times, values, keep_inf=True))
     t, v = times[rows], values[rows]
@@ -254,6 +279,7 @@ def onsets_and_fn(
         raise InputError(f"fn must have one value per record of each series: {fn.shape} "
                          f"against values {values.shape}")
     threshold = _checked_rule(threshold, stay)
+    interpolate = _checked_flag("interpolate", interpolate)
     timed = np.isfinite(times)
     if np.any(np.diff(times[timed]) < 0):
         raise InputError("record times must be in order (non-decreasing); sort the records by "
@@ -328,9 +354,12 @@ def value_at(times: np.ndarray, values: np.ndarray, when: float, interpolate: bo
     first at or after ``when`` (interpolated with the one before it), or the last finite one
     when none follows; NaN when ``when`` is not finite or no record is.
     """
+    when = _real("when", when, "the time to read the series at")
+    interpolate = _checked_flag("interpolate", interpolate)
+    series = _finite_series(times, values)  # checked whatever the time
     if not math.isfinite(when):
         return math.nan
-    return _value_at_finite(*_finite_series(times, values), when, interpolate)
+    return _value_at_finite(*series, when, interpolate)
 
 
 def _value_at_finite(t: np.ndarray, v: np.ndarray, when: float, interpolate: bool) -> float:
@@ -365,8 +394,10 @@ def crossing_time(
     direction : "below" (first value <= level), "above" (first value >= level) or "auto"
         ("below" when the first finite value is above the level, else "above").
     """
-    if direction not in ("below", "above", "auto"):
+    if not (isinstance(direction, str) and direction in ("below", "above", "auto")):
         raise InputError(f"unknown crossing direction {direction!r}; allowed: below, above, auto")
+    level = _real("level", level, "the crossing level, NaN for none")
+    interpolate = _checked_flag("interpolate", interpolate)
     t, v = _finite_series(times, values)
     if t.size == 0:
         return math.nan
@@ -390,6 +421,7 @@ def lead_time(
     interpolate: bool = True,
 ) -> float:
     """Onset time minus the first time fn crosses ``level`` (NaN if either is missing)."""
+    onset = _real("onset", onset, "the onset time, NaN or inf for none")
     cross = crossing_time(times, fn, level, direction, interpolate)
     return onset - cross if math.isfinite(onset) and math.isfinite(cross) else math.nan
 
@@ -408,7 +440,7 @@ def is_vanishing(fn: np.ndarray, vanish_tol: float = 1e-3) -> bool:
     _check_vanish_tol(vanish_tol)
     if vanish_tol <= 0:
         return False
-    series = np.asarray(fn, dtype=np.float64).reshape(1, -1)
+    series = _float_series("fn", fn).reshape(1, -1)
     return bool(are_vanishing(series, vanish_tol)[0])  # one rule for one series and many
 
 
@@ -457,12 +489,15 @@ def onset_table(
     if missing:
         raise InputError(f"trajectory table lacks column(s) {', '.join(missing)}")
     _check_vanish_tol(vanish_tol)
+    threshold = _checked_rule(threshold, stay)  # checked also for a table without runs
+    interpolate = _checked_flag("interpolate", interpolate)
+    for name in dict.fromkeys((time_column, metric, fn_column)):
+        _column(trajectories, name)
     rows = []
     for run_id, part in trajectories.groupby(group, sort=False):
         part = part.sort_values(time_column, kind="stable")  # keeps equal times in order
-        fn = part[fn_column].to_numpy(dtype=np.float64)
-        when, fn_on = onset_and_fn(part[time_column].to_numpy(dtype=np.float64),
-                                   part[metric].to_numpy(dtype=np.float64), fn,
+        fn = _column(part, fn_column)
+        when, fn_on = onset_and_fn(_column(part, time_column), _column(part, metric), fn,
                                    threshold, stay, interpolate)
         vanishing = is_vanishing(fn, vanish_tol)
         if vanishing:  # a crossing while every norm vanishes is no onset
@@ -470,3 +505,13 @@ def onset_table(
         rows.append({group: run_id, "onset_time": when, "fn_at_onset": fn_on,
                      "vanishing": vanishing})
     return pd.DataFrame(rows, columns=[group, *ONSET_COLUMNS]).set_index(group)
+
+
+def _column(table: pd.DataFrame, name: str) -> np.ndarray:
+    """Column ``name`` of a trajectory table as float64; :class:`InputError` naming it if it
+    holds anything but numbers (text, say)."""
+    try:
+        return table[name].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"trajectory column {name!r} must hold numbers (NaN for a missing "
+                         f"value), got {table[name].dtype}: {err}") from None

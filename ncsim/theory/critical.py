@@ -102,10 +102,13 @@ def lambda_b_crit_mean_mode(K: Array, n: Array, lambda_w: Array, lambda_h: Array
     """
     K, n, lw, lh = broadcast(K, n, lambda_w, lambda_h)
     xp = namespace(K)
-    product = n * lw * lh
-    # a product below the normal floats (decays ~1e-160) has lost digits: its factors' roots
+    with np.errstate(over="ignore"):
+        product = n * lw * lh
+    # a product below the normal floats (decays ~1e-160) has lost digits, and one that
+    # overflowed (n lambda_W above 1.8e308, lambda_H subnormal) has none: its factors' roots
     split = K * xp.sqrt(n) * xp.sqrt(lw) * xp.sqrt(lh)
-    q = xp.where(product >= 2.2250738585072014e-308, K * xp.sqrt(product), split)
+    normal = (product >= 2.2250738585072014e-308) & (product <= 1.7976931348623157e308)
+    q = xp.where(normal, K * xp.sqrt(product), split)
     return xp.where(q < 1, q / xp.where(q < 1, 1 - q, 1.0), xp.full_like(q, float("inf")))
 
 
@@ -158,7 +161,8 @@ def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Ar
     ratio, so accurate to rounding down to the smallest decays); CE: the lower root of
     psi(sigma) = lambda, a_u = sigma_u^(1/M) (solved in a). Returns 0 for depth 1 (the origin
     is a saddle below lambda_crit) and NaN where no non-zero critical point exists (everything
-    vanishes).
+    vanishes; CE: lambda > Lambda_stat of :func:`ncsim.theory.modes.ce_psi_max`, the rule of
+    the equilibrium, so the two agree up to the last ulp).
     Raises :class:`InputError` for an unknown loss, a bad depth, K or n, or a decay that is not a
     finite number >= 0.
     """
@@ -183,7 +187,7 @@ def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Ar
         hi = xp.minimum(x_max, 1.001 * (2 * (M - 1) / M * N * lam / s) ** (1.0 / (M - 2)))
         lo = xp.minimum(hi, 0.999 * (N * lam / s) ** (1.0 / (M - 2)))
         return bisect(lambda a: a ** (M - 2) * (s - a ** M) / N - lam, lo, hi)
-    sig_m, _ = modes.ce_psi_max(K, n, M)
+    sig_m, lam_stat = modes.ce_psi_max(K, n, M)
     # in the amplitude a = sigma^(1/M) (sigma itself underflows for a tiny decay):
     # psi(a^M) = a^(M-2) / (s (e^(a^M / s) + K - 1)); on [0, sig_m] K <= e^(a^M/s) + K - 1 <=
     # e^(sig_m/s) + K - 1, so the root satisfies lam s K <= a^(M-2) <= lam s (e^(sig_m/s) + K - 1)
@@ -195,7 +199,14 @@ def basin_threshold(loss: str, K: Array, n: Array, lam: Array, depth: int) -> Ar
     def psi_minus_lam(a: Array) -> Array:
         return a ** (M - 2) / (s * (xp.exp(a ** M / s) + K - 1)) - lam
 
-    return bisect(psi_minus_lam, lo, hi)
+    root = bisect(psi_minus_lam, lo, hi)
+    # A root exists iff lam <= Lambda_stat = psi(sig_m), the rule of the equilibrium
+    # (modes.ce_ray); within a few ulps of Lambda_stat psi evaluated in a rounds to either
+    # side of lam, so the bracket alone gave NaN where the equilibrium has a critical point
+    # (and a root where it has none). At the fold the root is the maximiser's amplitude.
+    fold = sig_m ** (1.0 / M)
+    root = xp.where(xp.isfinite(root), root, fold)
+    return xp.where(lam <= lam_stat, root, xp.full_like(root, float("nan")))
 
 
 def _whole(value: object) -> bool:

@@ -49,7 +49,10 @@ def classify(loss: str, bias: str, K: int, n: int, d: int, depth: int, lambda_w:
             f"init_scale must be a finite number > 0, got {init_scale!r}")
     eq = equilibrium(loss, bias, K, n, lambda_w, lambda_h, lambda_b, depth)
     glob = bool(eq.collapsed)
-    exists = glob or bool(np.isfinite(eq.sigma_local))
+    # a non-zero critical point: sigma_local > 0 (NaN where there is none; a one-layer CE
+    # decay within an ulp or two below lambda_crit rounds it to 0, with sigma = 0 and
+    # fn_star = 0, which is no collapsed state)
+    exists = glob or bool(eq.sigma_local > 0)
     row = {"collapsed_global": glob, "fn_star": float(eq.fn_star)}
     if not exists:
         return {**row, "phase": "vanishing"}
