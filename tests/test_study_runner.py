@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from tiny_study import BROKEN_PART, write_tiny_study
 
+from ncsim.flow.simulate import run_id
 from ncsim.study.runner import run_study
-from ncsim.study.spec import load_study
+from ncsim.study.spec import load_study, run_spec
 from ncsim.study.store import Store
 
 
@@ -213,7 +214,8 @@ def test_an_intervention_run_stores_its_simulator_id(tmp_path):
 
 def test_a_spec_repeated_in_a_batch_is_not_stale(tmp_path):
     """Two parts with the same simulated spec share a batch, where the second gets the id
-    ``<id>-1``: a rerun keeps both (the suffix is not a changed simulator id)."""
+    ``<id>-1``: both store the spec's own id (a resume that computes the copy alone stores
+    the same), and a rerun keeps both."""
     extra = """
 [[parts]]
 name = "copy"
@@ -225,7 +227,7 @@ seed = [0]
     out = tmp_path / "out"
     assert run_study(study, out, progress=False).computed == 2
     sim_ids = sorted(Store(out).stored("sim_run_id").values())
-    assert sim_ids[1] == f"{sim_ids[0]}-1"
+    assert sim_ids[1] == sim_ids[0] == run_id(run_spec(study.runs()[0].params))
     again = run_study(study, out, progress=False)
     assert (again.computed, again.skipped) == (0, 2)
 

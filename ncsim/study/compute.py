@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import traceback
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ncsim.errors import InputError
 from ncsim.study.spec import (
     TRAINED_ONSET_THRESHOLD,
     RunDesc,
@@ -72,16 +74,19 @@ def _labels(desc: RunDesc) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- simulated
 def _simulate(descs: list[RunDesc]) -> list[Result]:
-    from ncsim.flow.simulate import simulate
+    from ncsim.flow.simulate import run_id, simulate
 
     specs = [run_spec(d.params) for d in descs]
     result = simulate(specs)
     out = []
     sim_ids = list(result.runs["run_id"])
     per_run = {rid: traj for rid, traj in result.trajectories.groupby("run_id", sort=False)}
-    for desc, sim_id, row in zip(descs, sim_ids, result.runs.to_dict("records")):
+    for desc, spec, sim_id, row in zip(descs, specs, sim_ids,
+                                       result.runs.to_dict("records")):
         traj = per_run.get(sim_id, result.trajectories.iloc[:0])
-        row = {**row, **_labels(desc), "sim_run_id": sim_id}
+        # the spec's own id, not the batch's (a spec repeated in one batch is '<id>-1'
+        # there): a resume that computes the copy alone stores the same row
+        row = {**row, **_labels(desc), "sim_run_id": run_id(spec)}
         row.pop("run_id", None)
         out.append((desc.run_id, row, traj.drop(columns="run_id").reset_index(drop=True)))
     return out
@@ -114,6 +119,13 @@ def _intervention(desc: RunDesc) -> Result:
     t1 = float(desc.params["intervene_time"])
     alpha = float(desc.params.get("intervene_alpha", 1.0))
     solver = spec.solver
+    if solver.t_first is not None and solver.t_first >= t1:  # the first segment's records
+        # start at t_first, so it could not be simulated ("t_first must lie in (0, t_end)",
+        # naming neither the intervention nor the segment's t_end)
+        raise InputError(f"intervene_time {t1:g} is not after t_first = {solver.t_first:g} "
+                         "(the first record time, from which the segment before the "
+                         "intervention is recorded); give a t_first below intervene_time, "
+                         "or none")
     n1 = _segment_records(spec, t1)
     first = simulate(spec.replace(solver=dataclasses.replace(solver, t_end=t1, records=n1)))
     first_row = first.runs.iloc[0].to_dict()
@@ -197,8 +209,23 @@ def _fn_at(log: pd.DataFrame, epoch: int | None) -> float:
     return float(rows["fn"].iloc[-1]) if len(rows) else math.nan
 
 
+# trainings in one process run one at a time: a network's initial weights are drawn from
+# torch's global generator, seeded per run (ncsim.validate.train.build_model), which the
+# threads of one process share: two trainings at once in a Dask worker with more than one
+# thread (`dask worker`'s default: one per core) drew each other's weights
+_TRAIN_LOCK = threading.Lock()
+
+
 def _train(desc: RunDesc) -> Result:
-    """Train one network (two-phase protocol) and read onset and fn* (paper's rule)."""
+    """Train one network (two-phase protocol) and read onset and fn* (paper's rule); one
+    training at a time in a process (``_TRAIN_LOCK``), so that its result is that of its
+    seed whatever runs in the process's other threads."""
+    with _TRAIN_LOCK:
+        return _train_alone(desc)
+
+
+def _train_alone(desc: RunDesc) -> Result:
+    """The work of :func:`_train`, under its lock."""
     from ncsim.validate.analysis import OnsetRule, run_onset
     from ncsim.validate.data import load_dataset
     from ncsim.validate.train import train

@@ -35,6 +35,13 @@ from ncsim.threads import bounded_threads, set_threads
 
 EXECUTORS = ("local", "process", "dask")
 Done = Callable[[list[Result]], None]
+# the most worker processes --workers may start on this machine: each holds open files of
+# the study process (whose limit is often 1024), a Dask LocalCluster starts them all at once,
+# and the process pool's queue refuses 2**31 - 1 or more (OverflowError)
+MAX_WORKERS = 1024
+CONNECT_TIMEOUT_S = 20  # to reach the scheduler (the Dask client's own retries)
+ANSWER_GRACE_S = 10  # then for its answer: a server that takes the connection and stays
+# silent (an HTTP server, a plain listener) held the Dask client forever
 NO_WORKERS_WAIT_S = 5.0  # after this long without a worker, --address says so (and waits on)
 # what the errors of a lost chunk mean, for its runs' error text
 LOST_HINTS = {
@@ -72,6 +79,10 @@ def check_executor(executor: str, address: str | None, workers: int | None = Non
     if workers is not None and not (is_integer(workers) and workers >= 1):
         raise InputError(f"workers must be an integer >= 1 (worker processes), got {workers!r}; "
                          "leave it out for the executor's default")
+    if workers is not None and workers > MAX_WORKERS:
+        raise InputError(f"workers must be at most {MAX_WORKERS} (worker processes on this "
+                         f"machine), got {workers!r}; for more, start a Dask scheduler and "
+                         "its workers and give --address")
     if workers is not None and (executor == "local" or address is not None):
         raise InputError("--workers sets the workers of --executor process or of the Dask "
                          "LocalCluster (--executor dask without --address); the local executor "
@@ -151,13 +162,27 @@ def _process(chunks: list[list[RunDesc]], done: Done, workers: int | None) -> No
     with _workers_end_on_sigterm(), ProcessPoolExecutor(count, mp_context=context,
                                                         initializer=_init_worker) as pool:
         futures = {}
-        for chunk in chunks:
-            try:
-                futures[pool.submit(run_chunk, chunk)] = chunk
-            except BrokenExecutor as err:  # the pool broke while chunks were submitted
-                done(failed_results(chunk, chunk_error("process", err)))
-        for future in as_completed(futures):
-            _finish(future, futures[future], done, "process")
+        try:
+            for chunk in chunks:
+                try:
+                    futures[pool.submit(run_chunk, chunk)] = chunk
+                except BrokenExecutor as err:  # the pool broke while chunks were submitted
+                    done(failed_results(chunk, chunk_error("process", err)))
+            for future in as_completed(futures):
+                _finish(future, futures[future], done, "process")
+        except BaseException:  # Ctrl-C, SIGTERM, or an error in writing a result
+            _stop_pool(pool)
+            raise
+
+
+def _stop_pool(pool: Any) -> None:
+    """Leave a process pool at once, its results no longer written (Ctrl-C, an error in
+    writing a result): its worker processes are ended and the chunks not started dropped.
+    Leaving the pool as it is (``with``) waited for every chunk still in it to be computed,
+    and threw their results away."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextlib.contextmanager
@@ -195,18 +220,47 @@ def _distributed():
 
 def connect(address: str):
     """A ``distributed`` client of the scheduler at ``address``; :class:`InputError` when the
-    address is malformed (no port, an unknown scheme) or cannot be reached within 20 s."""
+    address is malformed (no port, an unknown scheme), cannot be reached within 20 s
+    (``CONNECT_TIMEOUT_S``), or is served by something that does not answer as a Dask
+    scheduler: garbage (an SSH server), a Dask worker, or silence for 10 s more
+    (``ANSWER_GRACE_S``; the client's handshake has no time limit of its own, so an HTTP
+    server held it forever). The client is made in a helper thread; one left waiting on a
+    silent server is a daemon thread, given up."""
     distributed = _distributed()
     from distributed.comm import resolve_address
 
     try:
         resolve_address(address)  # the form of the address, before a client is made
-        return distributed.Client(address, timeout="20s")
     except ValueError as err:
         raise InputError(f"--address {address!r} is not a Dask scheduler address ({err}); "
                          "give one as tcp://HOST:PORT") from None
-    except OSError as err:
+    made: dict[str, Any] = {}
+
+    def make() -> None:
+        try:
+            made["client"] = distributed.Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except BaseException as err:  # handed to the caller's thread
+            made["error"] = err
+
+    helper = threading.Thread(target=make, name="ncsim-dask-connect", daemon=True)
+    helper.start()
+    helper.join(CONNECT_TIMEOUT_S + ANSWER_GRACE_S)
+    where = ("give the address the scheduler prints ('Scheduler at: tcp://HOST:PORT'), not a "
+             "worker's or another service's")
+    if helper.is_alive():
+        raise InputError(f"{address} took the connection but gave no answer of a Dask "
+                         f"scheduler within {CONNECT_TIMEOUT_S + ANSWER_GRACE_S} s; {where}")
+    err = made.get("error")
+    if isinstance(err, OSError):
         raise InputError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+    if isinstance(err, Exception):
+        text = " ".join(str(err).split())
+        raise InputError(f"{address} does not answer as a Dask scheduler "
+                         f"({type(err).__name__}{': ' + text if text else ''}); "
+                         f"{where}") from None
+    if err is not None:
+        raise err
+    return made["client"]
 
 
 def check_scheduler(executor: str, address: str | None) -> None:

@@ -128,8 +128,9 @@ def select_parts(study: Study, parts: Collection[str] | None,
 def stale_runs(store: Store, descs: list[RunDesc]) -> set[str]:
     """Finished simulated runs whose stored simulator id (``sim_run_id``) is not the one their
     parameters give now: the simulator computes something else for them (e.g. a new draw of
-    the initial state), so they are computed again. A spec repeated in one batch is stored
-    with a ``-k`` suffix (:func:`ncsim.flow.simulate.unique_run_ids`), which is not compared.
+    the initial state), so they are computed again. Rows stored before each row held its
+    spec's own id have a ``-k`` suffix where a spec was repeated in one batch
+    (:func:`ncsim.flow.simulate.unique_run_ids`), which is not compared.
     A finished intervention row without ``sim_run_id`` (stored before it was written) is
     stale when its init is drawn through the Gram factor
     (:func:`ncsim.models.init.draws_gram_factor`): it came from the entry-by-entry draw.
