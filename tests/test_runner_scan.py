@@ -291,6 +291,15 @@ def test_an_intervention_before_t_first_fails_saying_so():
     assert row["status"] != "failed" and set(traj["phase"]) == {1, 2}
 
 
+def test_a_study_with_an_intervention_before_t_first_is_refused_at_load(tmp_path):
+    """The same clash in a study spec is refused when the study loads, before any run."""
+    kick = KICK_PART.replace("intervene_time = 20.0", "intervene_time = 20.0\nt_first = 30.0")
+    with pytest.raises(InputError) as err:
+        _study(tmp_path, seeds=1, extra=kick)
+    assert "intervene_time 20 is not after t_first = 30" in str(err.value)
+    _study(tmp_path, seeds=1, extra=kick.replace("t_first = 30.0", "t_first = 10.0"))
+
+
 # ----------------------------------------------------------------------------- worker counts
 def test_the_largest_worker_count_is_taken_and_one_more_refused():
     """check_executor takes MAX_WORKERS (1024) workers and refuses 1025 with one message

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ncsim.errors import InputError
 from ncsim.study.spec import (
     TRAINED_ONSET_THRESHOLD,
     RunDesc,
@@ -119,13 +118,6 @@ def _intervention(desc: RunDesc) -> Result:
     t1 = float(desc.params["intervene_time"])
     alpha = float(desc.params.get("intervene_alpha", 1.0))
     solver = spec.solver
-    if solver.t_first is not None and solver.t_first >= t1:  # the first segment's records
-        # start at t_first, so it could not be simulated ("t_first must lie in (0, t_end)",
-        # naming neither the intervention nor the segment's t_end)
-        raise InputError(f"intervene_time {t1:g} is not after t_first = {solver.t_first:g} "
-                         "(the first record time, from which the segment before the "
-                         "intervention is recorded); give a t_first below intervene_time, "
-                         "or none")
     n1 = _segment_records(spec, t1)
     first = simulate(spec.replace(solver=dataclasses.replace(solver, t_end=t1, records=n1)))
     first_row = first.runs.iloc[0].to_dict()

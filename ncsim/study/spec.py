@@ -690,6 +690,11 @@ def run_spec(params: dict[str, Any]):
     t1 = p.get("intervene_time")
     if t1 is not None and not 0 < t1 < solver.t_end:
         raise InputError(f"intervene_time must lie in (0, t_end = {solver.t_end}), got {t1}")
+    if t1 is not None and solver.t_first is not None and solver.t_first >= t1:
+        raise InputError(f"intervene_time {t1:g} is not after t_first = {solver.t_first:g} "
+                         "(the first record time, from which the segment before the "
+                         "intervention is recorded); give a t_first below intervene_time, "
+                         "or none")
     if t1 is not None and solver.records < 3:
         raise InputError(f"an intervention run needs records >= 3 (two segments of at least "
                          f"2 records, sharing one), got {solver.records}")
