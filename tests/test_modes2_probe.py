@@ -101,14 +101,19 @@ def test_ce_ray_local_state_is_the_limit_of_the_balanced_flow(K, n, M, frac):
 
 
 # ------------------------------------------------------------------ rounding and warnings
-def test_two_factor_mse_sigma_is_never_negative_just_below_the_threshold():
-    """K = 3, n = 13, Lambda one ulp below 1/(K sqrt n): the closed form rounds to -4e-16, the
-    reported sigma is 0.0 (clipped), not collapsed, with no local state."""
+def test_two_factor_mse_sigma_is_positive_just_below_the_threshold():
+    """K = 3, n = 13, Lambda one ulp below 1/(K sqrt n): collapsed, with sigma > 0 (the exact
+    sigma at these float inputs is +1.96e-16; the form sqrt(n) - N Lambda rounded to -4e-16,
+    which was clipped to 0, not collapsed); sigma is sqrt(n) (1 - Lambda / Lambda_c), whose
+    1 - q is exact: 2^-53 sqrt(13) here."""
     lam = np.nextafter(1 / (3 * np.sqrt(13.0)), 0.0)
     assert lam < 1 / (3 * np.sqrt(13.0))
     sol = modes.mse_mode(_f(3), _f(13), np.array(lam), 2, _f(1.0))
-    assert float(sol.sigma) == 0.0 and not math.copysign(1.0, float(sol.sigma)) < 0
-    assert not bool(sol.collapsed) and math.isnan(float(sol.sigma_local))
+    assert bool(sol.collapsed) and float(sol.sigma) > 0
+    assert float(sol.sigma_local) == float(sol.sigma)
+    q = lam / (1 / (3 * np.sqrt(13.0)))
+    assert float(sol.sigma) == np.sqrt(13.0) * (1 - q)
+    assert float(sol.sigma) < 1e-15
     assert float(sol.objective) == pytest.approx(1 / 6, rel=1e-15)
 
 

@@ -178,18 +178,32 @@ def _lambdas(lambda_w: Any, lambda_h: Array, depth: int) -> list[Array]:
     return [lambda_w] * depth + [lambda_h]
 
 
+# smallest normal float64: a ratio of decays below it has lost digits (or underflowed to 0)
+TINY_NORMAL = 2.2250738585072014e-308
+
+
 def geometric_mean(xp: Any, lams: list[Array]) -> Array:
     """Lambda = (prod_j lambda_j)^(1/M), written as m prod_j (lambda_j / m)^(1/M) with m the
     largest decay: exact (Lambda == lambda) when every decay equals lambda, so that a decay set
-    to the critical value gives exactly Lambda_crit; 0 where a decay is 0."""
+    to the critical value gives exactly Lambda_crit; 0 where a decay is 0. Where a decay is
+    more than ~1e308 times below the largest (lambda_W = 1e300, lambda_H = 1e-300), the ratio
+    underflows (it gave Lambda = 0, a collapsed state for a decay of geometric mean 1): there
+    the product of the M-th roots, prod_j lambda_j^(1/M), which neither overflows nor
+    underflows for decays in the float range."""
     M = len(lams)
     top = lams[0]
     for v in lams[1:]:
         top = xp.maximum(top, v)
     safe = xp.where(top > 0, top, xp.full_like(top, 1.0))
     out = top
+    roots = xp.full_like(top, 1.0)
+    wide = top < 0  # all False
     for v in lams:
-        out = out * (v / safe) ** (1.0 / M)
+        ratio = v / safe
+        out = out * ratio ** (1.0 / M)
+        roots = roots * v ** (1.0 / M)
+        wide = wide | ((v > 0) & (ratio < TINY_NORMAL))
+    out = xp.where(wide, roots, out)
     return xp.where(top > 0, out, xp.full_like(top, 0.0))
 
 
@@ -274,9 +288,11 @@ def equilibrium(loss: str, bias: str, K: Array, n: Array, lambda_w: Any, lambda_
     between two states of equal objective; the origin is returned, as just above the
     threshold; deep CE counts an objective gap within 1e-13 relative as that tie, which makes
     it not collapsed within 1e-12 relative below Lambda_crit, see :mod:`ncsim.theory.modes`).
-    Unequal decays whose geometric mean is Lambda_crit (``lambda_crit(..., ratio=r)``) round
-    to within a few ulps of it, on either side; there the state is collapsed with sigma ~
-    1e-16 or not.
+    Below the threshold the state is collapsed to the last ulp (one layer and deep MSE:
+    ``collapsed`` iff Lambda < Lambda_crit, and then sigma > 0 and fn_star > 0; one layer
+    evaluates sigma from Lambda / Lambda_crit, see :mod:`ncsim.theory.modes`). Unequal decays
+    whose geometric mean is Lambda_crit (``lambda_crit(..., ratio=r)``) round to within a few
+    ulps of it, on either side; the computed Lambda (:func:`geometric_mean`) decides.
     """
     check_model(loss, bias, depth)
     M = depth + 1

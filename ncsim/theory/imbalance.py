@@ -15,6 +15,11 @@ orthonormal rows (|Z|_* = |X|_*). The problem becomes the convex program
     min_{X, b} (1/N) sum_k n_k loss(X[:, k] / sqrt(n_k) + b, e_k) + lambda_b/2 |b|^2
                + Lambda |X|_*.
 
+- Lambda is :func:`ncsim.theory.equilibrium.geometric_mean` of the decays (exact for equal
+  decays), and with balanced counts every case decides collapse as the balanced
+  :func:`ncsim.theory.equilibrium.equilibrium` does, to the last ulp: iff Lambda <
+  1 / (K sqrt n), the expression of :func:`ncsim.theory.critical.Lambda_crit` (the tie goes
+  to the origin).
 - MSE, no bias: X = SVT(diag(sqrt(n_k)), N Lambda): singular values (sqrt(n_k) - N Lambda)_+.
   Closed form. Collapse iff sqrt(max_k n_k) > N Lambda; the classes with
   sqrt(n_k) <= N Lambda collapse to zero features ("minority collapse").
@@ -46,6 +51,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ncsim.errors import InputError, is_finite_number, is_integer, require
+from ncsim.theory.equilibrium import geometric_mean
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,10 @@ def _summary(loss: str, counts: np.ndarray, lw: float, lh: float, lb: float, X: 
     if loss == "ce" and lb == 0:  # softmax is blind to b + c 1: report the zero-sum bias
         b = b - b.mean()
     U, S, Vt = np.linalg.svd(X)
-    ratio = (lw / lh) ** 0.25
+    # (lambda_W / lambda_H)^(1/4) as a quotient of fourth roots: lambda_W / lambda_H itself
+    # overflows or underflows for decays ~1e308 apart (1e-300 and 1e290 gave W = inf * 0 =
+    # NaN and fn* 0 instead of 2.4e-148)
+    ratio = lw ** 0.25 / lh ** 0.25
     means = ratio * (np.sqrt(S)[:, None] * Vt) / np.sqrt(counts)[None, :]
     W = (U * np.sqrt(S)[None, :]) / ratio
     norms = np.linalg.norm(means, axis=0)
@@ -139,7 +148,7 @@ def _summary(loss: str, counts: np.ndarray, lw: float, lh: float, lb: float, X: 
         class_mean_norm_centred=float(np.mean(np.linalg.norm(means - mu_g[:, None], axis=0))),
         w_norm_fro=float(np.linalg.norm(W)),
         w_row_norms=np.linalg.norm(W, axis=1),
-        h_norm_fro=math.sqrt(math.sqrt(lw / lh) * nuc),
+        h_norm_fro=ratio * math.sqrt(nuc),
         bias=b,
         logits=logits,
         loss_star=data,
@@ -165,20 +174,59 @@ def label_singular_values(bias: str, counts: Sequence[int]) -> np.ndarray:
     return np.linalg.svd(np.diag(sq) - np.outer(cnt, sq) / N, compute_uv=False)
 
 
-def _mse_closed_form(bias: str, counts: np.ndarray, Lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """(X, b) of the MSE problem without bias or with a free bias (soft-thresholding)."""
+def _balanced(counts: np.ndarray) -> bool:
+    """Whether every class has the same count (then the thresholds are those of the balanced
+    :func:`ncsim.theory.equilibrium.equilibrium`, to the last ulp)."""
+    return bool(np.all(counts == counts[0]))
+
+
+def _balanced_threshold(counts: np.ndarray) -> float:
+    """Lambda_crit = 1 / (K sqrt n) of balanced counts, the float expression of
+    :func:`ncsim.theory.critical.Lambda_crit` (and of :mod:`ncsim.theory.modes`)."""
+    return float(1 / (counts.size * np.sqrt(counts[0])))
+
+
+def _shrink(s: np.ndarray, lam_c: np.ndarray, Lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Soft-thresholded singular values s (1 - Lambda / Lambda_c) = s - N Lambda where Lambda
+    < Lambda_c (= s / N), else 0; and where they live. As in :mod:`ncsim.theory.modes`: > 0
+    wherever Lambda < Lambda_c, to the last ulp (s - N Lambda rounds to 0 there)."""
+    live = Lam < lam_c
+    safe = np.where(live, lam_c, 1.0)
+    return np.where(live, s * (1 - Lam / safe), 0.0), live
+
+
+def _mse_closed_form(bias: str, counts: np.ndarray, Lam: float
+                     ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(X, b, collapsed) of the MSE problem without bias or with a free bias
+    (soft-thresholding at N Lambda). A mode of label singular value s lives iff Lambda < s / N,
+    written as 1 / ((N / n_k) sqrt(n_k)) for the class modes without bias and as 1 / (K sqrt n)
+    for the centred modes of balanced counts: at balanced counts the expression of
+    Lambda_crit, so that collapse is decided as in the balanced equilibrium (a decay set to
+    lambda_crit is not collapsed; sqrt(n) - N Lambda rounded above 0 there for K = 50, n = 7)."""
     K, N = counts.size, counts.sum()
     sq = np.sqrt(counts)
     if bias == "none":
-        return np.diag(np.maximum(sq - N * Lam, 0.0)), np.zeros(K)
+        sv, live = _shrink(sq, 1 / ((N / counts) * sq), Lam)
+        return np.diag(sv), np.zeros(K), bool(np.any(live))
     # centred labels Y (I - 11^T/N) = C E in class coordinates (E has orthonormal rows):
     # C[j, k] = sqrt(n_k) [j = k] - n_j sqrt(n_k) / N; the optimal Z has no part along 1.
     C = np.diag(sq) - np.outer(counts, sq) / N
-    U, S, Vt = np.linalg.svd(C)
-    X = (U * np.maximum(S - N * Lam, 0.0)[None, :]) @ Vt
+    if _balanced(counts):
+        # C = sqrt(n) (I - 11^T / K): K - 1 singular values sqrt(n) and 0, so the
+        # soft-thresholded C is C (1 - Lambda / Lambda_c) (no SVD: its singular values round
+        # to either side of sqrt(n))
+        lam_c = np.array(_balanced_threshold(counts))
+        frac, live = _shrink(np.array(1.0), lam_c, Lam)
+        X = float(frac) * C
+        collapsed = bool(live)
+    else:
+        U, S, Vt = np.linalg.svd(C)
+        sv, live = _shrink(S, S / N, Lam)
+        X = (U * sv[None, :]) @ Vt
+        collapsed = bool(np.any(live))
     # b = (1/N)(Y - Z) 1 = (1/N) (n_j - sum_k X[j, k] sqrt(n_k))
     b = (counts - X @ sq) / N
-    return X, b
+    return X, b, collapsed
 
 
 def _origin(loss: str, bias: str, counts: np.ndarray, lb: float) -> tuple[float, np.ndarray]:
@@ -313,7 +361,8 @@ def imbalanced_equilibrium(loss: str, bias: str, counts: Sequence[int], lambda_w
     the other cases are certified numeric solutions (``kkt_residual`` <= ``kkt_tol`` and
     ``objective_star`` <= ``objective_zero`` to rounding, 1e-12 relative: just below the
     threshold the true gain, ~(1 - Lambda/Lambda_c)^2, is below one ulp): the origin with its
-    best bias when it meets the optimality condition |grad_X F(0, b0)|_2 <= Lambda (then
+    best bias when it meets the optimality condition |grad_X F(0, b0)|_2 <= Lambda (balanced
+    counts: Lambda >= 1 / (K sqrt n), the exact value of that norm; then
     ``collapsed`` is False and every norm exactly 0), else the polished L-BFGS solution
     (``collapsed`` True).
 
@@ -346,15 +395,26 @@ def imbalanced_equilibrium(loss: str, bias: str, counts: Sequence[int], lambda_w
                          "(with a zero decay the objective has no minimiser)")
     lb = _number(lambda_b, "lambda_b") if bias == "reg" else 0.0
     require(bias != "reg" or 0 < lb < math.inf, "bias 'reg' needs a finite lambda_b > 0")
-    Lam = math.sqrt(lambda_w) * math.sqrt(lambda_h)  # the product may over- or underflow
+    # Lambda as the balanced equilibrium takes it (exact for equal decays; sqrt(l) sqrt(l)
+    # is not l: K = 10, n = 3 at lambda_crit gave one ulp below Lambda_crit)
+    Lam = float(geometric_mean(np, [np.asarray(lambda_w), np.asarray(lambda_h)]))
     obj0, b0 = _origin(loss, bias, cnt, lb)
     if loss == "mse" and bias in ("none", "free"):
-        X, b = _mse_closed_form(bias, cnt, Lam)
-        collapsed = bool(np.any(X != 0))
+        X, b, collapsed = _mse_closed_form(bias, cnt, Lam)
         return _summary(loss, cnt, lambda_w, lambda_h, lb, X, b, "closed_form", 0.0, obj0,
                         collapsed)
     zero = np.zeros((cnt.size, cnt.size))
-    if np.linalg.norm(_smooth(loss, cnt, lb, zero, b0)[1], 2) <= Lam:
+    if _balanced(cnt):
+        # balanced counts: |G(0, b0)|_2 = 1 / (K sqrt n) exactly (MSE, regularised bias: G =
+        # (b0 1^T - I) / (K sqrt n) with b0 = 1 / (K (1 + lambda_b)) per entry, singular values
+        # 1 / (K sqrt n) and lambda_b / (1 + lambda_b) / (K sqrt n); CE, any bias: b0 = 0 up to
+        # a shift and G = (11^T / K - I) / (K sqrt n)), so the origin wins iff Lambda >=
+        # Lambda_crit, the balanced rule to the last ulp (the computed spectral norm rounds to
+        # either side: CE K = 10, n = 3 was collapsed at lambda_crit)
+        origin = Lam >= _balanced_threshold(cnt)
+    else:
+        origin = bool(np.linalg.norm(_smooth(loss, cnt, lb, zero, b0)[1], 2) <= Lam)
+    if origin:
         # the origin (with its best bias) meets the optimality condition |G|_2 <= Lambda: it is
         # the minimiser (decided exactly, not from the size of a numeric solution)
         kkt = kkt_residual(loss, cnt, Lam, lb, zero, b0, bias)

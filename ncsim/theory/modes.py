@@ -7,6 +7,11 @@ collapsed. Decided by the same expression as the threshold where it has a closed
 layer, deep MSE: Lambda < Lambda_crit, analytically the same as comparing the objectives, which
 at Lambda_crit agree only to rounding); deep CE compares the objectives and counts a gap within
 rounding (:data:`CE_TIE`) as a tie, since its Lambda_crit is a numeric root of that gap.
+One layer: the state is collapsed iff Lambda < Lambda_c, the float expression of
+:func:`ncsim.theory.critical.Lambda_crit` (c / (K sqrt n)), to the last ulp, and there sigma
+> 0: sigma is evaluated from the distance Lambda_c - Lambda (exact near the threshold), not
+as sqrt(n) - N Lambda / c (or log(1 / (Lambda sqrt n) - K + 1)), which cancel to 0 within an
+ulp or three below it (:func:`one_layer_forms`).
 All functions are vectorised over numpy or torch arrays; ``M`` (number of factors) is an int.
 """
 
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+
+import sympy as sp
 
 from ncsim.theory import deep, ufm
 from ncsim.theory import symbols as S
@@ -40,13 +47,46 @@ class ModeSolution:
 
 
 @functools.cache
-def _mse_sigma2():
-    return compile_expr(ufm.derive_mse()["sigma_star"], [S.K, S.n, S.Lam, S.c])
+def one_layer_forms() -> dict[str, sp.Expr]:
+    """The evaluated one-layer forms of sigma*, in Lambda and Lambda_c (the threshold), each
+    asserted equal to the derived ``sigma_star`` (:mod:`ncsim.theory.ufm`) at Lambda_c =
+    c / (K sqrt n), the root of the derived MSE sigma* (CE: its derived Lambda_crit).
+
+    - ``mse``: sqrt(n) (1 - Lambda / Lambda_c); for Lambda < Lambda_c (floats) the quotient
+      rounds to at most 1 - 2^-53, so 1 - q is exact and > 0 (sqrt(n) - N Lambda / c rounds
+      to 0 or below within ~3 ulps under Lambda_c: MSE K = 2, n = 3 one ulp below).
+    - ``ce``: sqrt(n) log1p(K (Lambda_c - Lambda) / Lambda) (log1p written as log(1 + x)
+      here); Lambda_c - Lambda is exact near the threshold and > 0 below it (log(1 /
+      (Lambda sqrt n) - K + 1) rounds to log(1) = 0 there: CE K = 3, n = 5 one ulp below).
+    """
+    lam_c = sp.Symbol("Lambda_c", positive=True)
+    sig_mse = ufm.derive_mse()["sigma_star"]
+    (root,) = sp.solve(sig_mse, S.Lam)
+    assert sp.simplify(root - S.c / (S.K * sp.sqrt(S.n))) == 0
+    mse = sp.sqrt(S.n) * (1 - S.Lam / lam_c)
+    assert sp.simplify(mse.subs(lam_c, root) - sig_mse) == 0
+    ce_d = ufm.derive_ce()
+    assert sp.simplify(ce_d["Lambda_crit"] - 1 / (S.K * sp.sqrt(S.n))) == 0
+    arg = S.K * (lam_c - S.Lam) / S.Lam
+    ce = sp.sqrt(S.n) * sp.log(1 + arg)
+    # sigma* = sqrt(n) log(u): compare the arguments u
+    u_derived = sp.simplify(sp.exp(ce_d["sigma_star"] / sp.sqrt(S.n)))
+    assert sp.simplify((1 + arg).subs(lam_c, ce_d["Lambda_crit"]) - u_derived) == 0
+    return {"mse": mse, "ce": ce, "Lambda_c_mse": root, "Lambda_c_ce": ce_d["Lambda_crit"]}
 
 
-@functools.cache
-def _ce_sigma2():
-    return compile_expr(ufm.derive_ce()["sigma_star"], [S.K, S.n, S.Lam])
+def _mse_sigma2(s: Array, Lam: Array, lam_c: Array) -> Array:
+    """One-layer MSE sigma* = sqrt(n) (1 - Lambda / Lambda_c) (> 0 for Lambda < Lambda_c)."""
+    one_layer_forms()
+    return s * (1 - Lam / lam_c)
+
+
+def _ce_sigma2(s: Array, K: Array, Lam: Array, lam_c: Array) -> Array:
+    """One-layer CE sigma* = sqrt(n) log1p(K (Lambda_c - Lambda) / Lambda) (> 0 for 0 < Lambda
+    < Lambda_c)."""
+    one_layer_forms()
+    xp = namespace(s, Lam)
+    return s * xp.log1p(K * (lam_c - Lam) / Lam)
 
 
 @functools.cache
@@ -91,10 +131,12 @@ def mse_mode(K: Array, n: Array, Lam: Array, M: int, c: Array = 1.0) -> ModeSolu
         # strict threshold test (collapse iff K Lambda sqrt(n) < c), written as the comparison
         # Lambda < c / (K sqrt n) with the expression of Lambda_crit, so that Lambda set to
         # Lambda_crit is never collapsed (the closed form alone rounds to sigma ~ 1e-16 there)
-        live = Lam < c / (K * s)
-        sig = xp.where(live, _mse_sigma2()(K, n, Lam, c), xp.full_like(s, 0.0))
-        sig = xp.maximum(sig, xp.full_like(sig, 0.0))
-        local = xp.where(sig > 0, sig, xp.full_like(sig, float("nan")))
+        # and every Lambda below it is, with sigma > 0 (evaluated from Lambda / Lambda_c)
+        lam_c = c / (K * s)
+        live = Lam < lam_c
+        safe_c = xp.where(live, lam_c, xp.full_like(s, 1.0))
+        sig = xp.where(live, _mse_sigma2(s, Lam, safe_c), xp.full_like(s, 0.0))
+        local = xp.where(live, sig, xp.full_like(sig, float("nan")))
     else:
         N = K * n
         x_max = (s * (M - 2) / (2 * (M - 1))) ** (1.0 / M)
@@ -146,14 +188,15 @@ def ce_ray(K: Array, n: Array, Lam: Array, M: int) -> ModeSolution:
     g0 = xp.log(K)
     nan = xp.full_like(K, float("nan"))
     if M == 2:
-        live = Lam < 1 / (K * xp.sqrt(n))  # the expression of Lambda_crit (see mse_mode)
+        lam_c = 1 / (K * xp.sqrt(n))
+        live = Lam < lam_c  # the expression of Lambda_crit (see mse_mode)
         with_lam = Lam > 0
-        safe = xp.where(with_lam & live, Lam, 1 / (2 * K * xp.sqrt(n)))
-        # sigma = sqrt(n) log(1 / (Lambda sqrt n) - K + 1); where 1 / (Lambda sqrt n) would
-        # overflow, (K - 1) Lambda sqrt n is below 1e-270 and sigma = -sqrt(n) log(Lambda sqrt n)
-        # to the last digit
+        safe = xp.where(with_lam & live, Lam, lam_c / 2)
+        # sigma = sqrt(n) log1p(K (Lambda_c - Lambda) / Lambda) (> 0 below Lambda_c, to the
+        # last ulp); where 1 / (Lambda sqrt n) would overflow, (K - 1) Lambda sqrt n is below
+        # 1e-270 and sigma = -sqrt(n) log(Lambda sqrt n) to the last digit
         far = safe * xp.sqrt(n) < CE_FAR
-        sig = _ce_sigma2()(K, n, xp.where(far, 1 / (2 * K * xp.sqrt(n)), safe))
+        sig = _ce_sigma2(xp.sqrt(n), K, xp.where(far, lam_c / 2, safe), lam_c)
         sig = xp.where(far, -xp.sqrt(n) * (xp.log(safe) + xp.log(n) / 2), sig)
         sig = xp.where(with_lam, sig, xp.full_like(K, float("inf")))
         local = xp.where(live, sig, nan)
