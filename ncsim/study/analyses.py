@@ -4,11 +4,13 @@ Each analysis takes the study, its run table and trajectory table and the figure
 returns a :class:`Section`: tables, figures, numbers and a verdict ("supports", "contradicts"
 or "inconclusive") with the reason in numbers. Only the runs :func:`collapsed` keeps count as
 collapsed (status ok, a finite onset and fn at onset, a crossing in view); fn* of a run is
-``fn_at_onset``.
+``fn_at_onset``. A run table holds one row per run (:func:`one_row_per_run`); its row order,
+column order and index labels change nothing (parts follow the study's order).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable
@@ -26,6 +28,7 @@ CV_LIMIT = 0.08          # the paper's "CV < 8%"
 RETURN_TOL = 0.05        # |fn*(alpha) / fn*(1) - 1| counted as a return to fn*
 WIDTH_FN_LIMIT = 0.13    # the paper's "at most 13%"
 OPTIMAL_FACTOR = 2.0     # onset within this factor of the fastest = optimal regime
+MONOTONE_TOL = 0.02      # relative rise of onset over width still counted as monotone
 NO_COLLAPSE = ("not_collapsed", "vanishing")  # statuses of runs that ended without collapse
 
 
@@ -42,24 +45,47 @@ class Section:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _observed_mask(runs: pd.DataFrame) -> np.ndarray:
+    """Per row of ``runs``: True for a run whose outcome was observed (see :func:`observed`)."""
+    if "onset_at_phase_start" not in runs:
+        return np.ones(len(runs), dtype=bool)
+    return ~runs["onset_at_phase_start"].astype("boolean").fillna(False).to_numpy(bool)
+
+
 def observed(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs whose outcome was observed: all but the trained runs whose metric was already
     below the threshold when phase 2 began (``onset_at_phase_start``), which neither
     collapsed in view nor failed to collapse."""
     if "onset_at_phase_start" not in runs:
         return runs
-    inherited = runs["onset_at_phase_start"].astype("boolean").fillna(False).to_numpy(bool)
-    return runs[~inherited]
+    return runs[_observed_mask(runs)]
+
+
+def collapsed_mask(runs: pd.DataFrame) -> np.ndarray:
+    """Per row of ``runs`` (by position, whatever its index labels): True for a run that
+    :func:`collapsed` keeps."""
+    if "status" not in runs or "onset_time" not in runs:
+        return np.zeros(len(runs), dtype=bool)
+    return ((runs["status"] == "ok").to_numpy(bool) & _observed_mask(runs)
+            & np.isfinite(runs["onset_time"].astype(float).to_numpy())
+            & np.isfinite(runs["fn_at_onset"].astype(float).to_numpy()))
 
 
 def collapsed(runs: pd.DataFrame) -> pd.DataFrame:
     """Observed runs (:func:`observed`) with status ok and a finite onset time and fn at
     onset."""
-    if "status" not in runs or "onset_time" not in runs:
-        return runs.iloc[0:0]
-    ok = observed(runs[runs["status"] == "ok"])
-    return ok[np.isfinite(ok["onset_time"].astype(float))
-              & np.isfinite(ok["fn_at_onset"].astype(float))]
+    return runs[collapsed_mask(runs)]
+
+
+def one_row_per_run(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with one row per run: a ``run_id`` that repeats keeps its last row, as the
+    study store keeps it, so that a run counted twice does not count as two runs (a CV of
+    2 runs shown twice would pass for one of 4); rows without a run id are all kept."""
+    if "run_id" not in runs:
+        return runs
+    ids = runs["run_id"]
+    again = (ids.duplicated(keep="last") & ids.notna()).to_numpy(bool)
+    return runs[~again] if again.any() else runs
 
 
 def cv(values: Any) -> float:
@@ -108,8 +134,14 @@ def series_label(part: str, setting: dict[str, str]) -> str:
     return f"{part} ({setting_text(setting)})" if setting else part
 
 
-def _parts(runs: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(runs["part"])) if "part" in runs else []
+def _parts(runs: pd.DataFrame, study: Study) -> list[str]:
+    """The parts that have runs in ``runs``, in the study's order (parts the study does not
+    list after them, by name): tables, reasons and numbers do not depend on the row order."""
+    if "part" not in runs:
+        return []
+    have = set(runs["part"])
+    listed = list(dict.fromkeys(p["name"] for p in study.parts if p["name"] in have))
+    return listed + sorted(have - set(listed), key=str)
 
 
 def _time_label(study: Study, part: str) -> str:
@@ -234,8 +266,9 @@ def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
     (:func:`axis_spread`): which condition moves fn*."""
     import matplotlib.pyplot as plt
 
+    runs = one_row_per_run(runs)
     rows, evaluable, split = [], [], {}
-    for part in _parts(runs):
+    for part in _parts(runs, study):
         sub = runs[runs["part"] == part]
         ok = collapsed(sub)
         axes = part_axes(study, part)
@@ -253,15 +286,15 @@ def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
             evaluable.append(row)
     table = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for i, part in enumerate(_parts(runs)):
+    for i, part in enumerate(_parts(runs, study)):
         ok = collapsed(runs[runs["part"] == part])
         ax.plot(np.full(len(ok), i) + np.linspace(-0.15, 0.15, len(ok)), ok["fn_at_onset"],
                 "o", ms=4)
-    ax.set_xticks(range(len(_parts(runs))), _parts(runs), rotation=20, fontsize=8)
+    ax.set_xticks(range(len(_parts(runs, study))), _parts(runs, study), rotation=20, fontsize=8)
     ax.set_ylabel("fn at onset (fn*)")
     ax.grid(True, alpha=0.3)
     figs = [("fn* of every collapsed run, by part", _figure(fig, figdir, "fn_star_groups"))]
-    for part in _parts(runs)[:2]:
+    for part in _parts(runs, study)[:2]:
         item = _trajectory_fig(study, runs, traj, figdir, part, None)
         if item:
             figs.append(item)
@@ -282,9 +315,14 @@ def invariance(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
     listing = "; ".join(f"{r['part']}: CV {100 * r['fn_star_cv']:.1f}% (n={r['n_collapsed']}"
                         f"{_axis_text(split.get(r['part']))})" for r in evaluable)
     verdict = "contradicts" if over else "supports"
-    reason = (f"fn* CV {'>=' if over else '<'} {100 * CV_LIMIT:.0f}% "
-              f"{'in ' + ', '.join(r['part'] for r in over) if over else 'in every part'}: "
-              f"{listing}")
+    left = [r for r in rows if r not in evaluable]
+    where = ("in " + ", ".join(r["part"] for r in over) if over else "in every part"
+             + (" with 3 or more collapsed runs" if left else ""))
+    reason = f"fn* CV {'>=' if over else '<'} {100 * CV_LIMIT:.0f}% {where}: {listing}"
+    if left:  # parts that say nothing of the CV are named, not passed over
+        reason += ("; left out (fewer than 3 collapsed runs, or no finite fn* CV): "
+                   + ", ".join(f"{r['part']} ({r['n_collapsed']} of {r['n_runs']} runs "
+                               "collapsed)" for r in left))
     return Section(verdict, reason, numbers, tables, figs)
 
 
@@ -345,8 +383,9 @@ def lead(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
     """Lead of the fn crossing of fn_pred before onset, in-sample and leave-one-seed-out."""
     import matplotlib.pyplot as plt
 
+    runs = one_row_per_run(runs)
     tables, summary_rows, all_leads = [], [], []
-    for part in _parts(runs):
+    for part in _parts(runs, study):
         leads = _lead_rows(runs[runs["part"] == part], traj, part_axes(study, part),
                            trained=part_model(study, part) == "trained")
         if leads.empty:
@@ -381,12 +420,12 @@ def lead(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
         ax.grid(True, alpha=0.3)
         figs.append(("lead of the fn crossing, relative to the onset time",
                      _figure(fig, figdir, "lead")))
-    for part in _parts(runs)[:2]:
+    for part in _parts(runs, study)[:2]:
         item = _trajectory_fig(study, runs, traj, figdir, part, "seed")
         if item:
             figs.append(item)
-    held = summary[summary["method"] == "held_out"] if len(summary) else summary
-    held = held[held["n_crossed"] >= 4] if len(held) else held
+    all_held = summary[summary["method"] == "held_out"] if len(summary) else summary
+    held = all_held[all_held["n_crossed"] >= 4] if len(all_held) else all_held
     numbers = {f"{r['part']}/{r['method']}": {k: r[k] for k in
                ("lead_mean", "lead_std", "ordering_accuracy", "mae", "n_crossed")}
                for _, r in summary.iterrows()}
@@ -394,10 +433,19 @@ def lead(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
         return Section("inconclusive", "fewer than 4 held-out runs crossed fn_pred in every "
                        "part", numbers, tables, figs)
     acc = held["ordering_accuracy"].to_numpy(float)
+    # runs without a held-out lead (fn never crossed fn_pred, or no other seed) and parts
+    # with too few crossings are counted, not passed over
     text = "; ".join(f"{r['part']}: held-out lead {fmt(r['lead_mean'])} ± {fmt(r['lead_std'])} "
                      f"(MAE {fmt(r['mae'])}, fn crosses first in "
-                     f"{100 * r['ordering_accuracy']:.0f}% of {r['n_crossed']} runs)"
+                     f"{100 * r['ordering_accuracy']:.0f}% of {r['n_crossed']} runs"
+                     + (f"; {r['n_runs'] - r['n_crossed']} of its {r['n_runs']} collapsed runs "
+                        "have no held-out lead" if r["n_crossed"] < r["n_runs"] else "") + ")"
                      for _, r in held.iterrows())
+    left = all_held[all_held["n_crossed"] < 4]
+    if len(left):
+        text += ("; left out (fewer than 4 held-out leads): " + ", ".join(
+            f"{r['part']} ({r['n_crossed']} of {r['n_runs']} collapsed runs)"
+            for _, r in left.iterrows()))
     if (acc >= 0.8).all() and (held["lead_mean"] > 0).all():
         return Section("supports", text, numbers, tables, figs)
     if (acc <= 0.5).any():
@@ -437,9 +485,9 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     arm's mean fn* lies more than 3 x :data:`RETURN_TOL` from the control's; "supports" when
     every arm lies within RETURN_TOL; "inconclusive" otherwise, or when no part has a
     collapsed control."""
-
+    runs = one_row_per_run(runs)
     rows, with_control = [], set()
-    for part in _parts(runs):
+    for part in _parts(runs, study):
         sub = runs[runs["part"] == part]
         col = "intervene_alpha" if "intervene_alpha" in sub and sub["intervene_alpha"].notna(
         ).any() else "intervention_alpha"
@@ -470,7 +518,7 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             rows.append(row)
     table = pd.DataFrame(rows)
     figs = []
-    for part in _parts(runs)[:2]:
+    for part in _parts(runs, study)[:2]:
         label = "intervene_alpha" if part_model(study, part) == "simulated" else None
         item = _trajectory_fig(study, runs, traj, figdir, part, label)
         if item:
@@ -487,9 +535,13 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     if arms.empty and lost.empty:
         return Section("inconclusive", no_arm, {}, tables, figs)
     dev = (arms["fn_star_ratio"] - 1).abs()
+    # an arm's fn* is that of its collapsed runs: when some of its runs did not collapse
+    # (in view), the reason says how many did
     pieces = [f"{r['part']} alpha={fmt(r['alpha'])}: fn {fmt(r['fn_before'])} -> "
               f"{fmt(r['fn_after'])}, fn*/fn*(1) = {fmt(r['fn_star_ratio'])}, onset "
-              f"shift {fmt(r['onset_shift'])}" for _, r in arms.iterrows()]
+              f"shift {fmt(r['onset_shift'])}"
+              + (f" ({r['n_collapsed']} of {r['n_runs']} runs collapsed)"
+                 if r["n_collapsed"] < r["n_runs"] else "") for _, r in arms.iterrows()]
     if len(lost):
         pieces.append("no collapse after rescaling: " + ", ".join(
             f"{r['part']} alpha={fmt(r['alpha'])} (0 of {r['n_runs']} runs)"
@@ -511,18 +563,29 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
 
 # ----------------------------------------------------------------------------- 4 depth
 def _non_monotonic(values: np.ndarray, tol: float = 0.05) -> bool:
-    """True when successive differences change sign beyond a relative tolerance. A change
-    from an onset of 0 counts by its sign (a rise is infinitely large); 0 to 0 is no change."""
+    """True when the series turns beyond a relative tolerance: some value lies more than
+    ``tol`` above an earlier one and more than ``tol`` above a later one, or more than
+    ``tol`` below both (each change relative to the earlier value of the two). Changes are
+    taken between any two values, not only neighbours, so rises of 4% per step that add up to
+    12% before a fall are a turn. A change from an onset of 0 counts by its sign (a rise is
+    infinitely large); 0 to 0 is no change."""
+    v = np.asarray(values, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        diffs = np.diff(values) / values[:-1]
-    signs = [np.sign(d) for d in diffs if abs(d) > tol]
-    return any(a != b for a, b in zip(signs, signs[1:]))
+        rel = (v[None, :] - v[:, None]) / v[:, None]  # rel[i, j]: from v[i] to v[j]
+    later = np.triu(np.ones((v.size, v.size), dtype=bool), 1)  # i < j
+    up, down = (rel > tol) & later, (rel < -tol) & later
+    # value j a peak (a rise to it, a fall after it) or a trough (a fall to it, a rise after)
+    return bool(np.any((up.any(axis=0) & down.any(axis=1))
+                       | (down.any(axis=0) & up.any(axis=1))))
 
 
 def depth(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
-    """Onset time over depth, per part and per setting of the other axes."""
+    """Onset time over depth, per part and per setting of the other axes: "supports" when a
+    series of 3 or more collapsed depths turns (:func:`_non_monotonic`), "contradicts" when
+    none does."""
+    runs = one_row_per_run(runs)
     rows, figs, series = [], [], []
-    for part in _parts(runs):
+    for part in _parts(runs, study):
         sub = runs[runs["part"] == part]
         others = [a for a in part_axes(study, part) if a not in ("depth", "seed") and a in sub]
         stats_ = _group_stats(sub, others + ["depth"])
@@ -569,8 +632,9 @@ def activation(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
     """Onset time and fn* per activation: spread across activations against within."""
     import matplotlib.pyplot as plt
 
+    runs = one_row_per_run(runs)
     rows, figs, results = [], [], []
-    for part in _parts(runs):
+    for part in _parts(runs, study):
         sub = runs[runs["part"] == part]
         stats_ = _group_stats(sub, ["activation"])
         stats_.insert(0, "part", part)
@@ -606,18 +670,34 @@ def activation(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Pat
     if not noise.all():
         text += ("; within-activation fn* CV unknown (one collapsed run per activation) in "
                  + ", ".join(summary.loc[~noise, "part"]))
-    both = (summary["fn_star_spread"] > 0.1) & (summary["onset_spread"] > 0.1) & noise & (
-        summary["fn_star_spread"] > 2 * summary["fn_star_within_cv"])
+    fn_big, onset_big = summary["fn_star_spread"] > 0.1, summary["onset_spread"] > 0.1
+    fn_moves = fn_big & noise & (summary["fn_star_spread"] > 2 * summary["fn_star_within_cv"])
+    both = fn_moves & onset_big
     neither = (summary["fn_star_spread"] <= 0.1) & (summary["onset_spread"] <= 0.1)
     numbers = summary.set_index("part").to_dict("index")
     if both.all():
         return Section("supports", "activation moves both speed and fn* (>10%): " + text,
                        numbers, tables, figs)
     if neither.any():
-        return Section("contradicts", "activation moves neither speed nor fn* by >10%: " + text,
-                       numbers, tables, figs)
-    return Section("inconclusive", "activation moves only one of speed and fn* by >10% "
-                   "somewhere: " + text, numbers, tables, figs)
+        where = ("" if neither.all() else
+                 " in " + ", ".join(summary.loc[neither, "part"]))  # not in every part
+        return Section("contradicts", f"activation moves neither speed nor fn* by >10%{where}: "
+                       + text, numbers, tables, figs)
+    # why not "supports", part by part, as the numbers say (a spread > 10% is not called
+    # "not moved"; fn* moves only beyond twice its within-activation CV)
+    undefined = summary["fn_star_spread"].isna() | summary["onset_spread"].isna()
+    unknown = ~undefined & fn_big & ~noise
+    one = ~both & ~undefined & ~unknown & (fn_moves != onset_big)
+    none_ = ~both & ~undefined & ~unknown & ~one
+    causes = [(one, "moves only one of speed and fn* (by >10%, fn* also by more than twice "
+                    "its within-activation CV)"),
+              (none_, "moves speed by at most 10% and fn* by no more than twice its "
+                      "within-activation CV"),
+              (unknown, "moves fn* by >10% against an unknown within-activation CV"),
+              (undefined, "gives no onset or fn* spread (fewer than 2 positive values)")]
+    why = "; ".join(f"{phrase} in {', '.join(summary.loc[mask, 'part'])}"
+                    for mask, phrase in causes if mask.any())
+    return Section("inconclusive", f"activation {why}: {text}", numbers, tables, figs)
 
 
 # ----------------------------------------------------------------------------- 6 weight decay
@@ -805,13 +885,22 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     Only decided runs count: collapsed ones and those that ended without collapse
     (``NO_COLLAPSE``). A run that stopped before deciding (max_steps, diverged, stalled,
     without an onset) is neither, so it is left out of the series, the figures and the
-    agreement with the theory, and a note counts it."""
+    agreement with the theory, and a note counts it.
+
+    Verdict: "supports" when a series shows slow, optimal and prevents in order;
+    "contradicts" when none does and two or more series hold both a collapsed and a
+    prevented lambda; "inconclusive" otherwise (no series reaches prevents, none collapses,
+    or fewer than two series span both)."""
+    runs = one_row_per_run(runs)
     tables, figs, all_series, agreement, undecided = [], [], [], [], {}
-    for part in _parts(runs):
+    for part in _parts(runs, study):
         # runs already collapsed when they came into view are neither collapsed nor
         # prevented: they stay out of the series, the figures and the agreement
+        # masks by position, not by index label: a table whose labels repeat (two tables
+        # concatenated) must not lend one run's collapse to another
         sub = observed(runs[runs["part"] == part]).copy()
-        decided = sub.index.isin(collapsed(sub).index) | sub["status"].isin(NO_COLLAPSE)
+        is_collapsed = collapsed_mask(sub)
+        decided = is_collapsed | sub["status"].isin(NO_COLLAPSE).to_numpy(bool)
         if (~decided).any():
             undecided[part] = sub.loc[~decided, "status"].value_counts().to_dict()
         sub = sub[decided]
@@ -819,8 +908,9 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             continue
         axes = part_axes(study, part)
         trained = part_model(study, part) == "trained"
-        sub["is_collapsed"] = sub.index.isin(collapsed(sub).index)
-        sub["onset_collapsed"] = np.where(sub["is_collapsed"], sub["onset_time"], np.nan)
+        sub["is_collapsed"] = is_collapsed[decided]
+        sub["onset_collapsed"] = np.where(sub["is_collapsed"],  # floats: an object column
+                                          sub["onset_time"].astype(float), np.nan)  # of ints
         if not trained:
             sub["theory_phase"] = sub.apply(_theory_phase, axis=1)
             measured = np.where(sub["is_collapsed"], "collapse", sub["status"])
@@ -928,8 +1018,20 @@ def weight_decay(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     if all_series and all("prevents" not in s["regimes"] for s in all_series):
         return Section("inconclusive", reason + " (no series reaches the prevents regime)",
                        numbers, tables, figs, notes)
-    return Section("contradicts" if len(all_series) >= 2 else "inconclusive", reason, numbers,
-                   tables, figs, notes)
+    if all_series and all(set(s["regimes"]) == {"prevents"} for s in all_series):
+        return Section("inconclusive", reason + " (no series has a collapsed lambda)",
+                       numbers, tables, figs, notes)
+    # a series counts against the claim only where it has both a collapsed and a prevented
+    # lambda: one without either says only that the grid does not reach that far
+    spanning = [s for s in all_series if "prevents" in s["regimes"]
+                and set(s["regimes"]) != {"prevents"}]
+    if len(spanning) >= 2:
+        return Section("contradicts", reason, numbers, tables, figs, notes)
+    if all_series:
+        reason += (f" ({len(spanning)} of {len(all_series)} series "
+                   f"{'has' if len(spanning) == 1 else 'have'} both a collapsed and a prevented "
+                   "lambda; contradicting the claim takes 2)")
+    return Section("inconclusive", reason, numbers, tables, figs, notes)
 
 
 def _left_out_text(edge: int, unbounded: int) -> str:
@@ -978,14 +1080,26 @@ def _reduction_gap(runs: pd.DataFrame) -> float:
     return max(gaps) if gaps else math.nan
 
 
+def _speeds_up(onsets: np.ndarray, tol: float = MONOTONE_TOL) -> bool:
+    """True when onsets ordered by increasing width fall monotonically within ``tol``: no
+    onset lies more than ``tol`` (relative) above the lowest onset at a smaller width, so
+    small rises do not add up, and the largest width's onset lies more than ``tol`` below
+    the smallest width's, so a flat series is no speed-up."""
+    lowest = np.minimum.accumulate(onsets)[:-1]
+    return bool(np.all(onsets[1:] <= (1 + tol) * lowest)
+                and onsets[-1] < (1 - tol) * onsets[0])
+
+
 def width(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
-    """Onset time and fn* over width: monotone speed-up, fn* moved by at most 13%.
+    """Onset time and fn* over width: monotone speed-up (:func:`_speeds_up`), fn* moved by
+    at most 13%.
 
     Each setting of the other axes (e.g. the UFM's ``reduction``: "none" integrates H and W,
     "gram" the width-independent Gram form) is a series of its own.
     """
+    runs = one_row_per_run(runs)
     rows, figs, results = [], [], []
-    for part in _parts(runs):
+    for part in _parts(runs, study):
         sub = runs[runs["part"] == part]
         axes = part_axes(study, part)
         x = "dim" if "dim" in axes else "width"
@@ -1007,8 +1121,7 @@ def width(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) ->
             label = ", ".join(f"{k}={fmt(v)}" for k, v in zip(others, np.atleast_1d(key)))
             results.append({"part": part + (f" ({label})" if label else ""), "axis": x,
                             "n_widths": len(good),
-                            "onset_monotone_decreasing": bool(
-                                np.all(np.diff(onsets) <= 0.02 * onsets[:-1])),
+                            "onset_monotone_decreasing": _speeds_up(onsets),
                             "onset_change": float(onsets[-1] / onsets[0] - 1),
                             "fn_star_spread": spread(good["fn_star_mean"])})
         fig = _line_fig(stats_, x, ["onset_mean", "fn_star_mean"], others[0] if others else None,
@@ -1074,12 +1187,42 @@ def _additive_misfit(ok: pd.DataFrame) -> float:
     return float(((cells.to_numpy(float) - x @ coef) ** 2).sum())
 
 
+def _full_rectangle(pivot: pd.DataFrame, max_subsets: int = 4096) -> pd.DataFrame:
+    """The largest block of ``pivot`` (architectures x datasets) with a value in every cell
+    and 2 or more rows and columns: the most cells; ties go to the first set of the shorter
+    axis (the larger sets first, each size in the pivot's order). Every set of that axis is
+    tried (dropping first the rows, then the columns with a gap would lose the 2 x 2 block
+    of a 2 x 3 grid with one empty cell); a pivot with more than ``log2(max_subsets)``
+    columns and rows falls back to that greedy drop."""
+    values = pivot.notna().to_numpy(bool)
+    if values.all() or min(values.shape) < 2:
+        return pivot.dropna(axis=0, how="any").dropna(axis=1, how="any")
+    transposed = values.shape[1] > values.shape[0]
+    if transposed:  # enumerate the sets of the shorter axis
+        values = values.T
+    if 2 ** values.shape[1] > max_subsets:
+        return pivot.dropna(axis=0, how="any").dropna(axis=1, how="any")
+    best, best_cells = None, 0
+    n = values.shape[1]
+    for size in range(n, 1, -1):
+        for cols in itertools.combinations(range(n), size):
+            rows = np.flatnonzero(values[:, list(cols)].all(axis=1))
+            if len(rows) >= 2 and len(rows) * size > best_cells:
+                best, best_cells = (rows, list(cols)), len(rows) * size
+    if best is None:
+        return pivot.iloc[0:0, 0:0]
+    rows, cols = best
+    if transposed:
+        rows, cols = cols, rows
+    return pivot.iloc[rows, cols]
+
+
 def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> Section:
     """fn* per (architecture, dataset) cell and the non-additivity (interaction) test."""
     import matplotlib.pyplot as plt
     from scipy import stats
 
-    runs = _cell_labels(runs)
+    runs = _cell_labels(one_row_per_run(runs))
     cells = _group_stats(runs, ["arch_label", "dataset_label"])
     tables = [("fn* per (architecture, dataset) cell", cells)]
     pivot = cells.pivot_table(index="arch_label", columns="dataset_label", values="fn_star_mean")
@@ -1092,7 +1235,7 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
         fig.colorbar(im, ax=ax, label="fn*")
         fig.tight_layout()
         figs.append(("fn* per (architecture, dataset) cell", _figure(fig, figdir, "grid")))
-    full = pivot.dropna(axis=0, how="any").dropna(axis=1, how="any")
+    full = _full_rectangle(pivot)
     if full.shape[0] < 2 or full.shape[1] < 2:
         empty = cells[cells["n_collapsed"] == 0]
         without = "; ".join(f"{a} x {d} (0 of {n} runs)" for a, d, n in zip(
@@ -1116,6 +1259,15 @@ def grid(study: Study, runs: pd.DataFrame, traj: pd.DataFrame, figdir: Path) -> 
     groups = list(by_cell.values())
     text = "architecture effect " + ", ".join(f"{c}: {100 * e:+.0f}%" for c, e in
                                               effects.items())
+    left = cells[~(cells["arch_label"].isin(full.index) & cells["dataset_label"].isin(
+        full.columns))]
+    if len(left):  # the test's cells are a block of the grid: say which, and what is left
+        text += (f" (test on the {full.shape[0]} x {full.shape[1]} cells "
+                 f"{', '.join(map(str, full.index))} x {', '.join(map(str, full.columns))}; "
+                 "left out: " + ", ".join(
+                     f"{a} x {d} ({c} of {n} runs collapsed)" for a, d, c, n in zip(
+                         left["arch_label"], left["dataset_label"], left["n_collapsed"],
+                         left["n_runs"], strict=True)) + ")")
     single = [f"{a} x {d}" for (a, d), g in by_cell.items() if len(g) < 2]
     if single:
         return Section("inconclusive", text + "; the interaction test needs 2 or more collapsed "
