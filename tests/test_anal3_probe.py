@@ -184,7 +184,8 @@ def test_intervention_ratio_is_against_the_mean_control_fn_star(tmp_path, no_fig
     arm = sec.tables[0][1].set_index("alpha").loc[2.0]
     assert arm["fn_star_ratio"] == 1.0
     assert sec.verdict == "supports"
-    assert sec.numbers == {"max_fn_star_deviation": 0.0, "arms_without_collapse": 0}
+    assert sec.numbers == {"max_fn_star_deviation": 0.0, "arms_without_collapse": 0,
+                           "arms_in_part_collapsed": 0}
 
 
 def test_intervention_part_without_a_collapsed_control_decides_nothing(tmp_path, no_figures):

@@ -664,19 +664,28 @@ def test_lead_counts_runs_without_a_lead_and_parts_left_out(tmp_path, no_figures
 
 # ----------------------------------------------------------------------------- intervention
 def test_intervention_reason_counts_an_arm_s_runs_that_did_not_collapse(tmp_path, no_figures):
-    """Control fn* 1, 1, 1; arm alpha 3: 1 of 3 runs collapsed (fn* 1.02), 2 not collapsed.
-    By the documented rule (an arm contradicts only with no collapsed run) this supports;
-    the reason says the ratio stands on 1 of 3 runs."""
+    """Control fn* 1, 1, 1; arm alpha 3: 1 of 3 runs collapsed (fn* 1.02), 2 not collapsed:
+    inconclusive (it supported before: the arm's fn* stands on 1 of 3 runs, and 2 did not
+    return to collapse); the reason says the ratio stands on 1 of 3 runs. With the 2 runs
+    failed numerically instead (they decide nothing) it supports."""
     g = {"intervene_alpha": [1.0, 3.0], "seed": [0, 1, 2]}
     runs = grid_runs("u", g, [50.0, 50.0, 50.0, 60.0, 60.0, 60.0],
                      [1.0, 1.0, 1.0, 1.02, 1.0, 1.0])
     runs = fail(runs, [False] * 4 + [True, True])
     sec = A.intervention(study("intervention", [("u", g)]), runs, no_traj(), tmp_path)
-    assert sec.verdict == "supports"
+    assert sec.verdict == "inconclusive"
     assert sec.numbers == {"max_fn_star_deviation": pytest.approx(0.02),
-                           "arms_without_collapse": 0}
-    assert sec.reason == ("every arm returns within 5% of fn*: u alpha=3: fn nan -> nan, "
+                           "arms_without_collapse": 0, "arms_in_part_collapsed": 1}
+    assert sec.reason == ("every arm's collapsed runs return within 5% of fn*, but in 1 "
+                          "arm(s) some runs ended without collapse: u alpha=3: fn nan -> nan, "
                           "fn*/fn*(1) = 1.02, onset shift 10 (1 of 3 runs collapsed)")
+    failed = fail(grid_runs("u", g, [50.0, 50.0, 50.0, 60.0, 60.0, 60.0],
+                            [1.0, 1.0, 1.0, 1.02, 1.0, 1.0]),
+                  [False] * 4 + [True, True], status="failed")
+    sec = A.intervention(study("intervention", [("u", g)]), failed, no_traj(), tmp_path)
+    assert sec.verdict == "supports"
+    assert sec.numbers["arms_in_part_collapsed"] == 0
+    assert sec.reason.startswith("every arm returns within 5% of fn*: u alpha=3: ")
 
 
 # ----------------------------------------------------------------------------- reasons

@@ -483,8 +483,9 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
     run that ended without collapse (status ``not_collapsed`` or ``vanishing``; runs that
     failed numerically or whose collapse came before phase 2 decide nothing), or when an
     arm's mean fn* lies more than 3 x :data:`RETURN_TOL` from the control's; "supports" when
-    every arm lies within RETURN_TOL; "inconclusive" otherwise, or when no part has a
-    collapsed control."""
+    every arm lies within RETURN_TOL and no run of an arm ended without collapse (an arm
+    whose fn* stands on 1 of its 3 runs, the 2 others not collapsed, does not show the
+    return); "inconclusive" otherwise, or when no part has a collapsed control."""
     runs = one_row_per_run(runs)
     rows, with_control = [], set()
     for part in _parts(runs, study):
@@ -547,17 +548,22 @@ def intervention(study: Study, runs: pd.DataFrame, traj: pd.DataFrame,
             f"{r['part']} alpha={fmt(r['alpha'])} (0 of {r['n_runs']} runs)"
             for _, r in lost.iterrows()))
     text = "; ".join(pieces)
+    partial = arms[arms["n_without_collapse"] > 0]  # some runs collapsed, some ended without
     numbers = {"max_fn_star_deviation": float(dev.max()) if len(dev) else math.nan,
-               "arms_without_collapse": len(lost)}
+               "arms_without_collapse": len(lost), "arms_in_part_collapsed": len(partial)}
     if len(lost):
         return Section("contradicts", "a rescaled arm does not collapse within its run while its "
                        "control does: " + text, numbers, tables, figs)
-    if (dev <= RETURN_TOL).all():
-        return Section("supports", f"every arm returns within {100 * RETURN_TOL:.0f}% of fn*: "
-                       + text, numbers, tables, figs)
     if (dev > 3 * RETURN_TOL).any():
         return Section("contradicts", f"an arm ends more than {300 * RETURN_TOL:.0f}% away "
                        "from fn*: " + text, numbers, tables, figs)
+    if (dev <= RETURN_TOL).all() and partial.empty:
+        return Section("supports", f"every arm returns within {100 * RETURN_TOL:.0f}% of fn*: "
+                       + text, numbers, tables, figs)
+    if (dev <= RETURN_TOL).all():
+        return Section("inconclusive", f"every arm's collapsed runs return within "
+                       f"{100 * RETURN_TOL:.0f}% of fn*, but in {len(partial)} arm(s) some runs "
+                       "ended without collapse: " + text, numbers, tables, figs)
     return Section("inconclusive", text, numbers, tables, figs)
 
 
