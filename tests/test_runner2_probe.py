@@ -8,8 +8,7 @@ import re
 
 import pandas as pd
 import pytest
-from test_study_exec_values import KICK_PART
-from tiny_study import NET_PART, write_tiny_study
+from tiny_study import KICK_PART, NET_PART, write_tiny_study
 
 from ncsim.errors import InputError
 from ncsim.study.runner import run_study

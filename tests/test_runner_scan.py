@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import signal
 import socket
 import threading
 import time
@@ -49,7 +48,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from cli_helpers import error_line, invoke
-from tiny_study import MORE_PART, NET_PART, write_tiny_study
+from deadline import deadline
+from tiny_study import KICK_PART, MORE_PART, NET_PART, write_tiny_study
 
 import ncsim.study.executors as executors
 from ncsim.errors import InputError
@@ -57,15 +57,6 @@ from ncsim.study.compute import run_chunk
 from ncsim.study.runner import chunk_runs, run_study
 from ncsim.study.spec import RunDesc, load_study
 from ncsim.study.store import Store
-
-KICK_PART = """
-[[parts]]
-name = "kick"
-model = "simulated"
-intervene_time = 20.0
-[parts.grid]
-intervene_alpha = [0.5]
-"""
 
 
 def _study(tmp_path: Path, seeds: int = 3, chunk: int = 2, extra: str = MORE_PART + KICK_PART):
@@ -84,29 +75,6 @@ def _assert_same_tables(out: Path, want: Path) -> None:
     """Both tables of ``out`` equal those of ``want``: every column, every bit, same order."""
     for got, expected in zip(_tables(out), _tables(want)):
         pd.testing.assert_frame_equal(got, expected, check_exact=True)
-
-
-class _Stalled(Exception):
-    """A call still waiting at its deadline (not an OSError, which connect would take for
-    an unreachable scheduler)."""
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float):
-    """Raise _Stalled in this (main) thread after ``seconds``: a hang fails the test."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("needs the main thread for SIGALRM")
-
-    def stop(*_):
-        raise _Stalled(f"still waiting after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _dask_in_process(patch: pytest.MonkeyPatch):
@@ -388,7 +356,7 @@ def test_ctrl_c_in_the_process_pool_cancels_the_queued_chunks_and_ends_the_worke
         handed.append(results)
         raise KeyboardInterrupt
 
-    with _deadline(60), pytest.raises(KeyboardInterrupt):
+    with deadline(60), pytest.raises(KeyboardInterrupt):
         executors.execute(chunks, "process", interrupt, workers=1)
     futures = _RecordingPool.futures
     assert len(handed) == 1 and len(futures) == 8
@@ -457,7 +425,7 @@ def test_a_silent_server_at_the_address_is_an_input_error_not_a_hang(tmp_path, l
     study = _study(tmp_path, seeds=1, extra="")
     out = tmp_path / "out"
     start = time.perf_counter()
-    with _deadline(30), pytest.raises(InputError) as err:
+    with deadline(30), pytest.raises(InputError) as err:
         run_study(study, out, executor="dask", address=address, progress=False, report=False)
     assert time.perf_counter() - start < 15
     assert str(err.value) == (
@@ -472,7 +440,7 @@ def test_the_connect_helper_ends_when_the_silent_server_closes(listener, short_c
     """After the InputError of a silent server, closing its connections ends the helper
     thread (no thread left behind for good)."""
     address = listener.start()
-    with _deadline(30), pytest.raises(InputError, match="gave no answer"):
+    with deadline(30), pytest.raises(InputError, match="gave no answer"):
         executors.connect(address)
     helpers = [t for t in threading.enumerate() if t.name == "ncsim-dask-connect"]
     assert helpers
@@ -486,7 +454,7 @@ def test_a_server_with_a_banner_is_an_input_error(listener, short_connect):
     """An SSH server's banner read as a Dask frame asked for exabytes (MemoryError, a
     traceback): now one InputError saying the address does not answer as a scheduler."""
     address = listener.start(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
-    with _deadline(30), pytest.raises(InputError) as err:
+    with deadline(30), pytest.raises(InputError) as err:
         executors.connect(address)
     assert str(err.value).startswith(f"{address} does not answer as a Dask scheduler (")
     assert str(err.value).endswith("); give the address the scheduler prints ('Scheduler "
@@ -503,7 +471,7 @@ def test_a_dask_workers_address_is_an_input_error(short_connect):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
         worker = next(iter(cluster.scheduler_info["workers"]))
-        with _deadline(30), pytest.raises(InputError) as err:
+        with deadline(30), pytest.raises(InputError) as err:
             executors.connect(worker)
         client = executors.connect(cluster.scheduler_address)  # the scheduler's: taken
         client.close()
@@ -518,7 +486,7 @@ def test_a_refused_port_is_cannot_reach_after_the_connect_timeout(short_connect)
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]  # free once closed
     start = time.perf_counter()
-    with _deadline(30), pytest.raises(InputError) as err:
+    with deadline(30), pytest.raises(InputError) as err:
         executors.connect(f"tcp://127.0.0.1:{port}")
     assert str(err.value).startswith(f"cannot reach the Dask scheduler at tcp://127.0.0.1:"
                                      f"{port}: Timed out trying to connect")

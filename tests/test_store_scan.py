@@ -11,15 +11,13 @@ its folder, a user's too (it now removes the figures listed in .figures-written 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from cli_helpers import invoke
+from deadline import deadline
 
 from ncsim.errors import InputError
 from ncsim.study.runner import run_study
@@ -69,24 +67,6 @@ def _raw(grid: dict, **fixed) -> dict:
             "simulated": {"classes": 3, "per_class": 2, "dim": 4, "t_end": 50.0,
                           "records": 10},
             "parts": [{"name": "p", "model": "simulated", "grid": grid, **fixed}]}
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float):
-    """Raise TimeoutError in this (main) thread after ``seconds``: a stall fails the test."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("needs the main thread for SIGALRM")
-
-    def stop(*_):
-        raise TimeoutError(f"stalled for more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -148,7 +128,7 @@ def test_a_part_name_with_unicode_or_an_empty_name_runs(tmp_path):
 ], ids=["2e6_points", "1e6_axis"])
 def test_a_huge_study_grid_is_refused_at_once(grid):
     """A study grid of 1e6 points or more is refused with an InputError within seconds."""
-    with _deadline(2.0), pytest.raises(InputError, match="points|runs"):
+    with deadline(2.0), pytest.raises(InputError, match="points|runs"):
         parse_study(_raw(grid), "x.toml")
 
 
@@ -313,5 +293,5 @@ def test_a_rerun_replaces_its_own_figures_and_keeps_the_users(tmp_path):
 def test_a_study_of_more_than_1e5_runs_is_refused_at_once():
     """Three axes of 50 values (125,000 runs) are refused before any run id is built."""
     grid = {"lambda_w": "1e-4..1e-1:50", "lambda_h": "1e-4..1e-1:50", "seed": list(range(50))}
-    with _deadline(2.0), pytest.raises(InputError, match="125000 runs; a study takes at most"):
+    with deadline(2.0), pytest.raises(InputError, match="125000 runs; a study takes at most"):
         parse_study(_raw(grid), "x.toml")

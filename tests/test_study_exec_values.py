@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_helpers import error_line, interrupt_chunk, invoke
-from tiny_study import NET_PART, write_tiny_study
+from tiny_study import KICK_PART, NET_PART, write_tiny_study
 
 import ncsim.study.executors as executors
 from ncsim.errors import InputError
@@ -30,15 +30,6 @@ from ncsim.study.compute import run_chunk
 from ncsim.study.runner import run_study
 from ncsim.study.spec import RunDesc, load_study
 from ncsim.study.store import Store
-
-KICK_PART = """
-[[parts]]
-name = "kick"
-model = "simulated"
-intervene_time = 20.0
-[parts.grid]
-intervene_alpha = [0.5]
-"""
 
 NUMBERS = ["status", "onset_time", "fn_at_onset", "final_fn", "final_nc1_trace", "steps",
            "t_final", "sim_run_id"]

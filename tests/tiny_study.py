@@ -66,6 +66,16 @@ epochs = [1, 1]
 """
 
 
+KICK_PART = """
+[[parts]]
+name = "kick"
+model = "simulated"
+intervene_time = 20.0
+[parts.grid]
+intervene_alpha = [0.5]
+"""
+
+
 def write_tiny_study(folder: Path, seeds: int = 2, chunk: int = 2, t_end: float = 300.0,
                      records: int = 40, rtol: float = 1e-5, extra: str = "") -> Path:
     """Write the study as ``folder / "tiny.toml"`` (``extra``: TOML appended) and return the
