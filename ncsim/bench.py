@@ -40,7 +40,7 @@ from ncsim import heap
 from ncsim import products as cpu_products
 from ncsim.cli_errors import OutPath, check_out_folder, handle_errors
 from ncsim.errors import InputError, is_integer
-from ncsim.io import to_jsonable
+from ncsim.io import atomic_write, to_jsonable
 from ncsim.spec import require_device
 from ncsim.threads import THREADS_MAX, bounded_threads
 
@@ -266,9 +266,9 @@ def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[s
     float64 reference. Solvers in float32 are named ``<solver>_float32`` and compared with
     ncsim in float32. The scipy loop is a CPU float64 peer: it runs only there.
 
-    ncsim missing its accuracy raises AssertionError; a peer missing it (or failing) is
-    reported in its row (``error``) and left out of the ratios, so one peer cannot cost the
-    other measurements.
+    ncsim missing its accuracy raises AssertionError; a peer missing it, or failing in any
+    other way (an exception, its package not installed), is reported in its row (``error``)
+    and left out of the ratios, so one peer cannot cost the other measurements.
     """
     workloads, peer_mod = _benchmarks()
     gpu = torch.device(device).type == "cuda"
@@ -311,7 +311,11 @@ def bench_w1(size: str, repeats: int, device: str, peers: bool, log: Callable[[s
                                    check=_fn_check(peer + suffix, ref, wl.fn_tol, errors,
                                                    lambda out: out["fn"]))
                 err = max(errors)
-            except (AssertionError, RuntimeError) as exc:
+            except InputError:  # a repeat count refused: the caller's error, not the peer's
+                raise
+            except Exception as exc:  # a missing package (torchdiffeq and torchode are the
+                # optional ``bench`` extra), scipy's ValueError, a result off its accuracy:
+                # the peer's row says it, and the other measurements survive
                 rows[peer + suffix] = _failed_row(peer + suffix, dtype, exc, log)
                 continue
             rows[peer + suffix] = {**stats, "dtype": dtype, "fn_error": err,
@@ -403,18 +407,54 @@ def write_unused(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` if no file is there, else to the first free
     ``<stem>_2<suffix>``, ``<stem>_3<suffix>``, ... beside it; return the path written.
 
-    A default output never overwrites a result: each name is claimed by an exclusive create,
-    so two benchmarks that finish at once cannot both take the same one."""
+    A default output never overwrites a result: each name is claimed by an exclusive
+    operation, so two benchmarks that finish at once cannot both take the same one. The text
+    is written whole (and synced) to a temporary file first, which is then hard-linked to the
+    free name: a write that fails (a full disk) leaves no truncated result under a result's
+    name. Where the file system refuses hard links, the name is claimed by an exclusive
+    create and written in place (removed again if that write fails)."""
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    candidate, k = path, 1
-    while True:
-        try:
-            with candidate.open("x") as handle:
-                handle.write(text)
-            return candidate
-        except FileExistsError:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_path = Path(tmp)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp_path, 0o666 & ~mask)  # mkstemp makes 0600; results are shared files
+        candidate, k = path, 1
+        while True:
+            try:
+                os.link(tmp_path, candidate)
+                return candidate
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links here: claim the name, then write it
+                try:
+                    _write_exclusive(candidate, text)
+                    return candidate
+                except FileExistsError:
+                    pass
             k += 1
             candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _write_exclusive(path: Path, text: str) -> None:
+    """Create ``path`` (FileExistsError if it exists) holding ``text``; a write that fails
+    removes the file it created."""
+    with path.open("x", encoding="utf-8") as handle:
+        try:
+            handle.write(text)
+            handle.flush()
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
 
 def failed_ncsim_rows(results: dict[str, Any]) -> list[str]:
@@ -538,7 +578,10 @@ def _matmul_rates(shape: tuple[int, int, int, int], dtype: torch.dtype, device: 
 
 def bench_w3(size: str, repeats: int, device: str, log: Callable[[str], None]
              ) -> list[dict[str, Any]]:
-    """W3: right-hand-side throughput against the device's batched matmul rate."""
+    """W3: right-hand-side throughput against the device's batched matmul rate.
+
+    ``rhs_times_s``: each repeat's time of ``calls`` right-hand sides; ``rhs_s`` is their
+    median over ``calls``."""
     workloads, _ = _benchmarks()
     from ncsim.flow.simulate import _Batch
 
@@ -560,7 +603,8 @@ def bench_w3(size: str, repeats: int, device: str, log: Callable[[str], None]
         rates = _matmul_rates((r, k, d, n), getattr(torch, dtype), device, calls, repeats)
         mm_rate = max(rates.values())
         row = {"workload": "W3", "dtype": dtype, "R": r, "K": k, "N": n, "d": d,
-               "rhs_s": rhs, "rhs_gflops": flops / rhs / 1e9, "matmul_gflops": mm_rate / 1e9,
+               "rhs_s": rhs, "calls": calls, "rhs_times_s": stats.get("times_s"),
+               "rhs_gflops": flops / rhs / 1e9, "matmul_gflops": mm_rate / 1e9,
                **{f"{lib}_gflops": rate / 1e9 for lib, rate in rates.items()},
                "fraction_of_matmul_rate": flops / rhs / mm_rate,
                "peak_mem_mb": stats["peak_mem_mb"], "state_mb": y.numel() * y.element_size()
@@ -852,19 +896,27 @@ def bench(workload: tuple[str, ...], device: str, repeats: int, size: str, peers
     require_device(device)
     if out is not None:  # before the (long) measurements, not after them
         check_out_folder(Path(out).parent, "--out")
+        if Path(out).exists():
+            click.echo(f"warning: --out {out} exists; it will be replaced by this run's "
+                       "results", err=True)
     results = run_bench(workload, device, repeats, size, peers, threads,
                         log=lambda m: click.echo(m, err=True), peer_repeats=peer_repeats,
                         skip=skip, dtypes=dtypes or None, data_root=data_root)
     # NaN (not measured) as null; allow_nan=False: the file is strict JSON or nothing
     text = json.dumps(to_jsonable(results), indent=2, allow_nan=False)
-    if out is None:
-        stamp = datetime.date.today().isoformat()
-        out = str(write_unused(ROOT / "benchmarks" / "results"
-                               / f"{device.split(':')[0]}_{stamp}.json", text + "\n"))
-    else:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
-    click.echo(text)
+    click.echo(text)  # first: the measurements survive a file that cannot be written
+    target = out or str(ROOT / "benchmarks" / "results"
+                        / f"{device.split(':')[0]}_{datetime.date.today().isoformat()}.json")
+    try:
+        if out is None:
+            out = str(write_unused(Path(target), text + "\n"))
+        else:  # replaced whole or not at all: a failed write keeps the earlier file
+            atomic_write(out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        # a failed write names no file (a full disk): name it, for a one-line error
+        raise OSError(err.errno, err.strerror or str(err), target) from err
     click.echo(f"written {out}", err=True)
     failed = failed_ncsim_rows(results)
     if failed:
