@@ -52,6 +52,10 @@ def _benchmarks():
     try:
         import benchmarks.peers  # noqa: F401
     except ImportError:
+        if not (ROOT / "benchmarks" / "workloads.py").is_file():
+            raise InputError("ncsim bench needs the benchmarks/ folder of ncsim's source tree "
+                             "(workloads and peers are not installed with the package); run "
+                             "it from a checkout installed with pip install -e") from None
         sys.path.insert(0, str(ROOT))
     import benchmarks.peers as peers
     import benchmarks.workloads as workloads
@@ -833,7 +837,9 @@ def run_bench(workloads: tuple[str, ...], device: str = "cpu", repeats: int = 3,
                                    "device": device, "repeats": repeats,
                                    "peer_repeats": peer_repeats or repeats,  # None: repeats
                                    "machine": machine(device), "workloads": {}}
-        fewest = min(repeats, peer_repeats or repeats) if peers else repeats
+        # peers run in W1 and V1 only: --peer-repeats counts where one of them is timed
+        timed_peers = peers and any(w in ("W1", "V1") for w in workloads)
+        fewest = min(repeats, peer_repeats or repeats) if timed_peers else repeats
         if fewest < 3:  # said in the JSON and on stderr: one or two samples are no median
             results["warning"] = (f"{fewest} timed repeat(s): a time is a single sample "
                                   "(or the mean of two), not a median of 3 or more")

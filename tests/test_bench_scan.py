@@ -369,3 +369,19 @@ def test_cuda_without_cuda_is_one_line_and_status_2(monkeypatch, device):
     line = error_line(invoke(["bench", "--device", device, "--workload", "W1"]))
     assert line == (f"Error: device {device!r} is not available (torch sees no CUDA device); "
                     "use device='cpu' (--device cpu)")
+
+
+def test_bench_outside_a_source_tree_says_what_it_needs(monkeypatch, tmp_path):
+    """Installed without its source tree (no benchmarks/ beside the package), the workloads
+    cannot be imported: one InputError saying so (was a ModuleNotFoundError traceback)."""
+    from pathlib import Path
+
+    from ncsim.errors import InputError
+
+    monkeypatch.setattr(bench_module, "ROOT", tmp_path)
+    for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path
+                                      if not (Path(p or ".") / "benchmarks").is_dir()])
+    with pytest.raises(InputError, match="needs the benchmarks/ folder"):
+        bench_module._benchmarks()

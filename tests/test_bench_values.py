@@ -134,15 +134,20 @@ def test_w2_difference_of_matching_infinities_warns_of_nothing():
         assert w2_difference(_table(b, times), _table(b, times)) == 0.0
 
 
-def test_no_repeat_warning_from_peer_repeats_without_peers():
-    """--peer-repeats 1 under --no-peers times no peer at all: only ncsim's repeats count for
-    the "fewer than 3 repeats" warning."""
+def test_no_repeat_warning_from_peer_repeats_without_peers(monkeypatch):
+    """--peer-repeats 1 under --no-peers, or with no workload that has peers (W2), times no
+    peer at all: only ncsim's repeats count for the "fewer than 3 repeats" warning; with W1
+    (its measurement stood in) the peers' count does."""
+    import ncsim.bench as bench_module
     from ncsim.bench import run_bench
 
-    quiet = run_bench((), repeats=3, peer_repeats=1, peers=False, log=lambda m: None)
+    monkeypatch.setattr(bench_module, "bench_w1", lambda *args, **kwargs: {})
+    monkeypatch.setattr(bench_module, "bench_w2", lambda *args, **kwargs: [])
+    quiet = run_bench(("W1",), repeats=3, peer_repeats=1, peers=False, log=lambda m: None)
     assert "warning" not in quiet
-    assert "warning" in run_bench((), repeats=3, peer_repeats=1, log=lambda m: None)
-    assert "warning" in run_bench((), repeats=2, peers=False, log=lambda m: None)
+    assert "warning" not in run_bench(("W2",), repeats=3, peer_repeats=1, log=lambda m: None)
+    assert "warning" in run_bench(("W1",), repeats=3, peer_repeats=1, log=lambda m: None)
+    assert "warning" in run_bench(("W2",), repeats=2, peers=False, log=lambda m: None)
 
 
 def test_reduced_form_speedup_is_the_parameter_forms_time_over_its_own(monkeypatch):
