@@ -86,6 +86,9 @@ def derive() -> dict[str, sp.Expr]:
                                   - mu_ufm)) == 0
     assert sp.simplify(sp.radsimp(early_eval.subs(ROOT, root) - 2 * (S.lam_h + mu_ufm))) == 0
     assert sp.simplify(early_direct.subs(ROOT, root) - 2 * (S.lam_h + mu_ufm)) == 0
+    # growth_rate past decays of 1: the same form, without the overflowing product
+    mu_big = (g_ - S.Lam) * ((g_ + S.Lam) / (S.lam_w / 2 + S.lam_h / 2 + ROOT / 2))
+    assert sp.simplify(mu_big - mu_eval) == 0
     (t_half,) = sp.solve(sp.Eq(zt, z_inf / 2), S.t)
     tau = sp.Symbol("tau", positive=True)
     z_int = sp.simplify(sp.integrate(zt.subs(S.t, tau), (tau, 0, S.t)))
@@ -166,9 +169,23 @@ def growth_rate(K: Array, n: Array, lambda_w: Array, lambda_h: Array, depth: int
     K, n, lw, lh = _checked(["K", "n", "lambda_w", "lambda_h"], [K, n, lambda_w, lambda_h])
     xp = namespace(K)
     if depth == 1:  # the rationalised form (derive()["growth_rate_evaluated"])
-        return _fn("growth_rate_evaluated")(K, n, lw, lh, geometric_mean(xp, [lw, lh]),
-                                            _root(xp, K, n, lw, lh))
-    return -xp.minimum(lw, lh)
+        lam_geo, root = geometric_mean(xp, [lw, lh]), _root(xp, K, n, lw, lh)
+        # past decays of ~1e154 the compiled product 2 (g - Lambda)(g + Lambda) overflows
+        # (-inf, NaN at 1e308, and a RuntimeWarning, for a rate of about -min(decays)): where a
+        # decay exceeds 1, the same form as (g - Lambda) ((g + Lambda) / D) with D = (lW + lH
+        # + root) / 2 >= g + Lambda, in which no step overflows (D <= max(lW, lH) + g); each
+        # form gets harmless decays (0, or lambda_W = 1) where the other one is taken
+        big = xp.maximum(lw, lh) > 1.0
+        zero = xp.full_like(lw, 0.0)
+        lw_s, lh_s = xp.where(big, zero, lw), xp.where(big, zero, lh)
+        mu = _fn("growth_rate_evaluated")(K, n, lw_s, lh_s, xp.where(big, zero, lam_geo),
+                                          _root(xp, K, n, lw_s, lh_s))
+        lw_b, lh_b = xp.where(big, lw, xp.full_like(lw, 1.0)), xp.where(big, lh, zero)
+        lam_b, root_b = xp.where(big, lam_geo, zero), xp.where(big, root, zero)
+        g = 1 / (K * xp.sqrt(n))
+        mu_big = (g - lam_b) * ((g + lam_b) / (0.5 * lw_b + 0.5 * lh_b + 0.5 * root_b))
+        return xp.where(big, mu_big, mu)[()]
+    return -xp.minimum(lw, lh)[()]
 
 
 def _root(xp: Any, K: Array, n: Array, lw: Array, lh: Array) -> Array:
@@ -192,6 +209,7 @@ def _logistic_parts(t: Array, z0: Array, K: Array, n: Array, lam: Array
     t, z0, K, n, lam = broadcast_inputs(["t", "z0", "K", "n", "lam"], [t, z0, K, n, lam])
     xp = namespace(t)
     check_decays(xp, z0, name="z0")  # a singular value: a finite number >= 0
+    check_finite_numbers(xp, t, name="the time t")  # NaN and t < 0 gave numbers, inf NaN
     r = _fn("logistic_rate")(K, n, lam)
     return xp, t, z0, K * n, 2 * r * t
 
@@ -209,6 +227,18 @@ def logistic(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Array:
     xp, t, z0, N, x = _logistic_parts(t, z0, K, n, lam)
     with np.errstate(over="ignore", invalid="ignore"):  # z0 = 0 may give 0 inf: taken as 0
         z = z0 * N / (N * xp.exp(-x) + 2 * z0 * t * _exprel(xp, -x))
+    # z0 > 1: z0 N and 2 z0 t overflow (z0 = 1e305: inf at t = 0; z0 = 1e300, t = 1e10:
+    # 0.0 for z_inf = sqrt(5) at K = 4, n = 5, lambda = 0), and for r < 0 e^(-2rt) does so
+    # where z0 e^(2rt) is still a float; there the same z as 1 / (e^(-x) / z0 + 2 (t/N)
+    # exprel(-x)) (x = 2rt >= 0) and e^x / D, D = 1 / z0 + 2 (t/N) exprel(x) (x < 0;
+    # e^(x - ln D) where e^x underflows), in which no step overflows
+    big = z0 > 1
+    zb = xp.where(big, z0, xp.full_like(z0, 2.0))
+    xp_, xn = xp.where(x >= 0, x, -x), xp.where(x < 0, x, -x)  # x >= 0 and x < 0 parts, <= 0
+    rising = 1 / (xp.exp(-xp_) / zb + 2 * (t / N) * _exprel(xp, -xp_))
+    d = 1 / zb + 2 * (t / N) * _exprel(xp, xn)
+    falling = xp.where(xn > -700.0, xp.exp(xn) / d, xp.exp(xn - xp.log(d)))
+    z = xp.where(big, xp.where(x >= 0, rising, falling), z)
     return xp.where(z0 == 0, xp.full_like(z, 0.0), z)[()]
 
 
@@ -227,10 +257,18 @@ def logistic_half_time(z0: Array, K: Array, n: Array, lam: Array) -> Array:
     xp = namespace(z0)
     check_decays(xp, z0, name="z0")
     r = _fn("logistic_rate")(K, n, lam)
-    zi = _fn("logistic_limit")(K, n, lam)
+    # z_inf = N r, as :func:`logistic` (derive()["logistic_evaluated"]): the limit form
+    # sqrt(n) - K lambda n rounds to the other side of 0 than r within an ulp of
+    # lambda_crit (K = 2, n = 3: r > 0, z_inf 0.0, a NaN half time for a mode that rises)
+    zi = K * n * r
     rises = z0 < zi  # z_inf > 0 (r > 0) and the mode below it
-    with np.errstate(divide="ignore", invalid="ignore"):  # the entries that do not rise
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # entries not taken
         half = _fn("half_time")(z0, zi, r)
+        # z_inf / z0 overflows for z0 below ~1e-306: there z0 << z_inf and
+        # ln(z_inf / z0 - 1) = ln z_inf - ln z0 (> 700) to within an ulp
+        wide = xp.log(xp.where(rises, zi, xp.full_like(zi, 1.0)))
+        wide = (wide - xp.log(xp.where(rises, z0, xp.full_like(z0, 1.0)))) / (2 * r)
+    half = xp.where(xp.isfinite(half) | ~rises, half, wide)
     return xp.where(rises, half, xp.full_like(half, math.nan))[()]  # 0-d: a scalar, as before
 
 
@@ -248,7 +286,19 @@ def logistic_integral(t: Array, z0: Array, K: Array, n: Array, lam: Array) -> Ar
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # branches not taken
         grown = x + xp.log(xp.exp(-xp.where(up, x, -x)) + 2 * z0 * t * _exprel(xp, -x) / N)
         small = xp.log1p(2 * z0 * t * _exprel(xp, xp.where(up, -x, x)) / N)
-        total = N / 2 * xp.where(up, grown, small)
+        # 2 z0 t overflows for a large z0 t (z0 = 1e300, t = 1e10: inf for ~2e10), and 2 t
+        # for t ~ 1e308: where the form above is not finite, the same with q = z0 rest, rest
+        # = 2 (t/N) exprel(+-x), and where q overflows (the log's argument is then above
+        # 1e308) log(z0) + log(rest), the same to within 1e-308 relative
+        part = xp.where(up, -x, x)
+        rest = 2 * (t / N) * _exprel(xp, part)
+        q = z0 * rest
+        safe_z0 = xp.where(z0 > 0, z0, xp.full_like(z0, 1.0))
+        wide = xp.where(xp.isfinite(q), xp.where(up, xp.log(xp.exp(-x) + q), xp.log1p(q)),
+                        xp.log(safe_z0) + xp.log(rest))
+        wide = xp.where(up, x + wide, wide)
+        exact = xp.where(up, grown, small)
+        total = N / 2 * xp.where(xp.isfinite(exact), exact, wide)
     return xp.where(z0 == 0, xp.full_like(total, 0.0), total)[()]  # z stays 0: no log(0)
 
 
@@ -272,10 +322,14 @@ def nc1_rates(K: Array, n: Array, lambda_w: Array, lambda_h: Array) -> tuple[Arr
     # other form's cancellation (a division by 0 at lambda_H >> lambda_W) would warn
     lw_e, lh_e = xp.where(above, lw, one), xp.where(above, lh, zero)
     lw_d, lh_d = xp.where(above, zero, lw), xp.where(above, one, lh)
-    evaluated = _fn("nc1_rate_early_evaluated")(K, n, lw_e, lh_e, _root(xp, K, n, lw_e, lh_e))
+    # K^2 n (lambda_W - lambda_H + root) overflows only where the rate is below ~1e-308
+    # (lambda_W ~ 1e297 at K = 1000, n = 1e5): 4 / inf = 0 there, within the underflow
+    with np.errstate(over="ignore"):
+        evaluated = _fn("nc1_rate_early_evaluated")(K, n, lw_e, lh_e,
+                                                    _root(xp, K, n, lw_e, lh_e))
     direct = _fn("nc1_rate_early_direct")(K, n, lw_d, lh_d, _root(xp, K, n, lw_d, lh_d))
     early = xp.where(above, evaluated, direct)
-    return early, 2 * lh + 0 * mu
+    return early[()], (2 * lh + 0 * mu)[()]  # 0-d: scalars, as growth_rate
 
 
 def escape_time_asymptotic(K: Array, n: Array, a0: Array, depth: int) -> Array:
@@ -302,6 +356,41 @@ def _deep_rhs(a: float, K: float, n: float, lam: float, M: int, loss: str) -> fl
     return a ** (M - 1) * math.exp(-m) / (s * (1 + (K - 1) * math.exp(-m))) - lam * a
 
 
+def _escape_time_log(K: float, n: float, a0: float, a_end: float, M: int, lam: float,
+                     loss: str) -> float:
+    """escape_time over a wide range (a_end > 1e6 a0) as int dw a / (da/dt), w = ln(a / a0),
+    with a / (da/dt) = 1 / (drive a^(M-2) - lam), drive = (s - a^M) / N (MSE), e^(-m) / (s (1 +
+    (K-1) e^(-m))) (CE), written a^(2-M) / drive for lam = 0: in a, da/dt = a^(M-1) drive
+    underflows to 0 for a tiny a0 (inf for a0 = 1e-300 at depth 2, where the time is
+    ~N a0^(-1) / s) and 1 / (da/dt) exceeds the floats (quad's IntegrationWarning and inf
+    at a0 = 1e-160)."""
+    s, N = math.sqrt(n), K * n
+
+    def drive(a: float) -> float:
+        if loss == "mse":
+            return (s - a ** M) / N
+        m = a ** M / s
+        return math.exp(-m) / (s * (1 + (K - 1) * math.exp(-m)))
+
+    scale = a0 ** (2 - M) if lam == 0 else 1.0  # a^(2-M) = a0^(2-M) e^((2-M) w)
+
+    def per_w(w: float) -> float:  # a / (da/dt) / scale at a = a0 e^w
+        a = a0 * math.exp(w)
+        if lam == 0:
+            return math.exp((2 - M) * w) / drive(a)
+        return 1.0 / (drive(a) * a ** (M - 2) - lam)
+
+    w1 = math.log(a_end / a0)
+    for w in np.linspace(0.0, w1, 2001):  # the sign of da/dt (a^(M-2) may underflow, but
+        a = a0 * math.exp(w)              # not where lam = 0)
+        if drive(a) <= 0 or (lam > 0 and drive(a) * a ** (M - 2) - lam <= 0):
+            return math.inf
+    # in w = ln(a / a0) the mass lies near w = 0 whatever a0 (no ln(a0) in the exponent)
+    val, _ = quad(per_w, 0.0, w1, limit=400, epsabs=0.0, epsrel=1e-12,
+                  points=list(np.linspace(0.0, w1, 40)[1:-1]))
+    return float(val) * scale
+
+
 def escape_time(K: float, n: float, a0: float, a_end: float, depth: int, lam: float = 0.0,
                 loss: str = "mse") -> float:
     """Time for the balanced per-factor amplitude to go from a0 to a_end (quadrature).
@@ -314,6 +403,8 @@ def escape_time(K: float, n: float, a0: float, a_end: float, depth: int, lam: fl
     """
     require(is_integer(depth) and depth >= 1, f"depth must be an integer >= 1, got {depth!r}")
     require(loss in LOSSES, f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+    for name, v in (("K", K), ("n", n), ("lam", lam)):  # an array gave a TypeError
+        require(np.ndim(v) == 0, f"{name} must be a single number, got {v!r}")
     _checked(["K", "n", "lam"], [K, n, lam])
     for name, v in (("a0", a0), ("a_end", a_end)):
         require(is_finite_number(v) and v >= 0,
@@ -321,6 +412,8 @@ def escape_time(K: float, n: float, a0: float, a_end: float, depth: int, lam: fl
     M = depth + 1
     if a_end <= a0:
         return 0.0
+    if a0 > 0 and a_end > 1e6 * a0:
+        return _escape_time_log(float(K), float(n), a0, a_end, M, float(lam), loss)
     grid = np.linspace(a0, a_end, 2001)
     rates = np.array([_deep_rhs(a, K, n, lam, M, loss) for a in grid])
     if np.any(rates <= 0):
@@ -437,6 +530,8 @@ def aligned_fate(loss: str, K: int, n: int, a0: float, decays: tuple[float, ...]
     _checked(["K", "n"], [K, n])
     require(is_finite_number(a0) and a0 > 0,
             f"amplitude a0 must be a finite number > 0, got {a0!r}")
+    require(is_finite_number(c) and c > 0,  # c = -1 or NaN gave "origin"
+            f"the MSE scale c must be a finite number > 0, got {c!r}")
     require(len(decays) >= 2 and all(is_finite_number(v) and v > 0 for v in decays),
             f"decays must be at least 2 finite numbers > 0 (one per factor), got {decays!r}")
     lams = np.array(decays, dtype=float)
